@@ -1,0 +1,263 @@
+"""Command line: ``featcache`` (a group of every command) and the ``extract`` shortcut.
+
+Each command is a thin adapter over the Python API. Library errors become one-line
+messages: exit status 2 for usage or input errors, 1 for anything else.
+TensorFlow is imported only by the commands that run a model.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .errors import FeatcacheError
+
+_RESIZE = ("stretch", "pad", "crop")
+_POOLING = ("avg", "max", "none")
+
+
+def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library exceptions into one-line messages and exit codes."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FeatcacheError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: finished batches were saved; rerun to resume", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if os.environ.get("FEATCACHE_DEBUG"):
+                raise
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(
+                f"error: {type(exc).__name__}: {text} (FEATCACHE_DEBUG=1 shows more)", err=True
+            )
+            sys.exit(1)
+
+    return wrapper
+
+
+def _print_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="featcache")
+def main() -> None:
+    """Embed an image dataset once with a frozen backbone; train heads on the cache."""
+
+
+@click.command("extract")
+@click.argument("data", type=click.Path())
+@click.option(
+    "--backbone",
+    "-b",
+    default="mobilenet",
+    show_default=True,
+    help="Registry name (see `featcache backbones`) or a saved .keras/.h5 model.",
+)
+@click.option(
+    "--weights",
+    "-w",
+    default="imagenet",
+    show_default=True,
+    help="imagenet, none (random, seeded) or the path of a weights file.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(),
+    default=None,
+    help="Cache file to write. [default: cache/<backbone>.h5]",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(_POOLING),
+    default="avg",
+    show_default=True,
+    help="Global pooling of the feature map; none keeps it whole, flattened.",
+)
+@click.option("--layer", default=None, help="Take features from this inner layer.")
+@click.option("--image-size", default=None, help="N or H,W. [default: the backbone's own size]")
+@click.option(
+    "--resize",
+    type=click.Choice(_RESIZE),
+    default="stretch",
+    show_default=True,
+    help="stretch, pad (resize_with_pad) or crop (centre crop to the aspect ratio).",
+)
+@click.option(
+    "--preprocessing",
+    default="auto",
+    show_default=True,
+    help="auto (the backbone's preprocess_input), none, or a backbone name.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(("float32", "float16")),
+    default="float32",
+    show_default=True,
+    help="Storage type of the features.",
+)
+@click.option(
+    "--split",
+    default="0.7,0.2,0.1",
+    show_default=True,
+    help="train,val[,test] ratios, from each image's content hash and --seed.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=20,
+    show_default=True,
+    help="Seed of the split (and of random weights).",
+)
+@click.option(
+    "--labels", type=click.Path(), default=None, help="Integer labels .npy for an .npy image array."
+)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, default=None, help="Image decoding threads.")
+@click.option(
+    "--max-pixels",
+    type=int,
+    default=100_000_000,
+    show_default=True,
+    help="Larger images are recorded as bad (decompression bombs).",
+)
+@click.option(
+    "--checkpoint-seconds",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Commit finished rows to the cache at least this often.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_handle_errors
+def extract_command(data: str, quiet: bool, as_json: bool, **options: Any) -> None:
+    """Embed every image of DATA into an HDF5 cache (resumable, incremental).
+
+    DATA is a folder of class sub-folders, a flat folder, a folder with train/,
+    val/ and test/ at its top, or an .npy array of images.
+    """
+    from .extractor.pipeline import extract
+
+    summary = extract(data, progress=False if quiet or as_json else None, **options)
+    if as_json:
+        _print_json(summary.to_dict())
+    elif not quiet:
+        _print_summary(summary)
+
+
+def _print_summary(summary: Any) -> None:
+    click.echo(
+        f"{summary.output}: {summary.rows} rows x {summary.feature_dim} ({summary.backbone})"
+    )
+    click.echo(
+        f"  new {summary.new}, reused {summary.reused}, removed {summary.removed}, "
+        f"bad {summary.bad}, ignored {summary.ignored} non-image files"
+    )
+    click.echo(f"  {summary.seconds:.1f} s, {summary.images_per_second:.1f} new images/s")
+    if summary.classes:
+        names = ", ".join(summary.classes[:12]) + (" ..." if len(summary.classes) > 12 else "")
+        click.echo(f"  {len(summary.classes)} classes: {names}")
+    for path, reason in summary.bad_files[:10]:
+        click.echo(f"  bad: {path}: {reason}")
+    if summary.bad > 10:
+        click.echo(f"  ... {summary.bad - 10} more bad files (featcache inspect lists them)")
+
+
+@main.command("inspect")
+@click.argument("cache", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+@_handle_errors
+def inspect_command(cache: str, as_json: bool) -> None:
+    """Rows, dimension, classes per split, bad files and settings of a CACHE file."""
+    from .extractor.cache import cache_info
+
+    info = cache_info(cache)
+    if as_json:
+        _print_json(info)
+        return
+    settings = info["settings"]
+    click.echo(
+        f"{info['path']}: {info['rows']} rows x {info['feature_dim']} {settings.get('dtype', '')}"
+    )
+    for key in (
+        "backbone",
+        "weights",
+        "image_size",
+        "resize",
+        "pooling",
+        "layer",
+        "preprocessing",
+        "split_source",
+        "split_ratios",
+        "seed",
+        "dataset_root",
+        "fingerprint",
+        "created",
+        "updated",
+    ):
+        click.echo(f"  {key:<14} {settings.get(key, '')}")
+    splits = info["splits"]
+    click.echo(f"  {'class':<24} {'train':>7} {'val':>7} {'test':>7} {'total':>7}")
+    for row in info["classes"]:
+        click.echo(
+            f"  {row['class'][:24]:<24} {row['train']:>7} {row['val']:>7} "
+            f"{row['test']:>7} {row['total']:>7}"
+        )
+    click.echo(
+        f"  {'all':<24} {splits['train']:>7} {splits['val']:>7} {splits['test']:>7} "
+        f"{info['rows']:>7}"
+    )
+    click.echo(f"  bad files: {len(info['bad'])}")
+    for bad in info["bad"]:
+        click.echo(f"    {bad['path']}: {bad['reason']}")
+
+
+@main.command("backbones")
+@click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
+def backbones_command(as_json: bool) -> None:
+    """List the registered keras.applications backbones."""
+    from .extractor.registry import list_backbones
+
+    specs = list_backbones()
+    if as_json:
+        _print_json(
+            [
+                {
+                    "name": s.name,
+                    "class": s.class_name,
+                    "default_size": s.default_size,
+                    "feature_dim": s.feature_dim,
+                    "min_size": s.min_size,
+                    "preprocessing": s.preprocessing,
+                }
+                for s in specs
+            ]
+        )
+        return
+    click.echo(f"{'name':<22} {'keras.applications':<20} {'size':>5} {'dim':>5}  preprocessing")
+    for s in specs:
+        click.echo(
+            f"{s.name:<22} {s.class_name:<20} {s.default_size:>5} {s.feature_dim:>5}  "
+            f"{s.module}.preprocess_input"
+        )
+
+
+main.add_command(extract_command)
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Exceptions raised by featcache.
+
+Every error a user can cause derives from :class:`FeatcacheError`; the CLI turns
+them into one-line messages and exit status 2, the gRPC servicer into status codes.
+"""
+
+from __future__ import annotations
+
+
+class FeatcacheError(Exception):
+    """Base class of the errors a user can cause (bad input, options or files)."""
+
+
+class UnknownBackboneError(FeatcacheError, KeyError):
+    """The backbone name is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidOptionError(FeatcacheError, ValueError):
+    """An option value is malformed or inconsistent with the others."""
+
+
+class DatasetError(FeatcacheError):
+    """The dataset cannot be read (missing, empty, bad layout)."""
+
+
+class CacheError(FeatcacheError):
+    """A cache file is missing, unreadable or of an unsupported version."""
+
+
+class SettingsMismatchError(CacheError):
+    """An existing cache was made with other settings than the ones asked for."""
+
+
+class CacheLockedError(CacheError):
+    """Another process is writing the same cache file."""
+
+
+class WeightsError(FeatcacheError):
+    """Backbone weights could not be loaded."""

@@ -1,0 +1,294 @@
+"""Building the frozen feature extractor: backbone + optional inner layer + pooling.
+
+A :class:`FeatureExtractor` maps a batch of resized float32 RGB images (0-255) to
+embeddings; the backbone's own ``preprocess_input`` runs inside it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidOptionError, WeightsError
+from .registry import REGISTRY, BackboneSpec, get_backbone
+
+POOLING_MODES = ("avg", "max", "none")
+"""``avg``/``max``: global pooling of the feature map; ``none``: the flattened map."""
+
+_MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def ensure_tensorflow_backend() -> None:
+    """Select the TensorFlow backend of Keras (the decoder and the loops use TF)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise InvalidOptionError(
+            f"featcache needs the TensorFlow backend of Keras, not {keras.backend.backend()!r} "
+            "(unset KERAS_BACKEND)"
+        )
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_model_file(backbone: str) -> bool:
+    """True when ``backbone`` names a saved Keras model rather than a registry entry."""
+    return backbone.lower().endswith(_MODEL_SUFFIXES) and backbone.lower() not in REGISTRY
+
+
+def parse_image_size(value: str | int | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``224``, ``"224"`` or ``"240,320"`` (height, width) to a pair; None stays None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        pair: tuple[int, ...] = (value, value)
+    elif isinstance(value, str):
+        try:
+            parts = tuple(int(p) for p in value.replace("x", ",").split(","))
+        except ValueError:
+            raise InvalidOptionError(f"--image-size {value!r}: expected N or H,W") from None
+        pair = parts * 2 if len(parts) == 1 else parts
+    else:
+        pair = tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise InvalidOptionError(f"--image-size {value!r}: expected N or H,W of positive ints")
+    return (pair[0], pair[1])
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Everything that decides which features a backbone produces."""
+
+    backbone: str
+    """Registry name, or the path of a saved Keras model."""
+    weights: str = "imagenet"
+    """``imagenet``, ``none`` (random, seeded) or the path of a weights file."""
+    image_size: str | int | tuple[int, int] | None = None
+    pooling: str = "avg"
+    layer: str = ""
+    preprocessing: str = "auto"
+    """``auto`` (the backbone's own), ``none``, or a registry name whose function to use."""
+    seed: int = 0
+    """Seeds random weights (``weights="none"``) so that reruns give equal features."""
+
+
+@dataclass(frozen=True)
+class ResolvedBackbone:
+    """A :class:`BackboneConfig` with names canonicalised and files hashed."""
+
+    backbone: str
+    backbone_sha256: str
+    weights: str
+    weights_sha256: str
+    image_size: tuple[int, int]
+    pooling: str
+    layer: str
+    preprocessing: str
+    spec: BackboneSpec | None
+
+
+def resolve_backbone(config: BackboneConfig) -> ResolvedBackbone:
+    """Validate options and hash files, without building any model."""
+    if config.pooling not in POOLING_MODES:
+        raise InvalidOptionError(f"--pooling {config.pooling!r}: expected one of {POOLING_MODES}")
+    spec: BackboneSpec | None = None
+    backbone_sha = ""
+    if is_model_file(config.backbone):
+        model_path = Path(config.backbone).expanduser()
+        if not model_path.is_file():
+            raise InvalidOptionError(f"--backbone {config.backbone}: no such model file")
+        backbone = str(model_path.resolve())
+        backbone_sha = file_sha256(model_path)
+    else:
+        spec = get_backbone(config.backbone)
+        backbone = spec.name
+    weights, weights_sha = _resolve_weights(config.weights, spec is None)
+    preprocessing = _resolve_preprocessing(config.preprocessing, spec)
+    size = parse_image_size(config.image_size)
+    if size is None and spec is not None:
+        size = (spec.default_size, spec.default_size)
+    if size is not None and spec is not None and min(size) < spec.min_size:
+        raise InvalidOptionError(
+            f"--image-size {size[0]},{size[1]}: {spec.name} needs at least {spec.min_size} px"
+        )
+    return ResolvedBackbone(
+        backbone,
+        backbone_sha,
+        weights,
+        weights_sha,
+        size or (0, 0),
+        config.pooling,
+        config.layer or "",
+        preprocessing,
+        spec,
+    )
+
+
+def _resolve_weights(weights: str, saved_model: bool) -> tuple[str, str]:
+    key = weights.strip()
+    if key.lower() in ("imagenet", "none", "random"):
+        if saved_model:
+            if key.lower() != "imagenet":
+                raise InvalidOptionError("--weights none: a saved-model backbone keeps its weights")
+            return "embedded", ""
+        return ("none" if key.lower() == "random" else key.lower()), ""
+    path = Path(key).expanduser()
+    if not path.is_file():
+        raise InvalidOptionError(f"--weights {weights}: expected imagenet, none or a weights file")
+    return str(path.resolve()), file_sha256(path)
+
+
+def _resolve_preprocessing(preprocessing: str, spec: BackboneSpec | None) -> str:
+    key = preprocessing.strip().lower()
+    if key == "auto":
+        return spec.preprocessing if spec is not None else "none"
+    if key == "none":
+        return "none"
+    return get_backbone(key).preprocessing
+
+
+def _preprocess_function(name: str) -> Callable[[Any], Any]:
+    if name == "none":
+        return lambda x: x
+    module = name.rsplit(".", 1)[0].split(".", 2)[2]
+    matches = [spec for spec in REGISTRY.values() if spec.module == module]
+    if not matches:
+        raise InvalidOptionError(f"unknown preprocessing {name!r}")
+    return matches[0].preprocess_input()
+
+
+class FeatureExtractor:
+    """Frozen backbone that embeds batches of resized float32 images (0-255 RGB)."""
+
+    def __init__(self, resolved: ResolvedBackbone, seed: int = 0) -> None:
+        ensure_tensorflow_backend()
+        import keras
+        import tensorflow as tf
+
+        self.resolved = resolved
+        base = self._load_base(resolved, seed, keras)
+        base.trainable = False
+        if resolved.image_size == (0, 0):
+            shape = tuple(base.inputs[0].shape[1:3])
+            if None in shape:
+                raise InvalidOptionError(
+                    "the saved model accepts any input size: pass --image-size"
+                )
+            resolved = ResolvedBackbone(**{**resolved.__dict__, "image_size": shape})
+            self.resolved = resolved
+        tapped = _tap_layer(base, resolved.layer, keras)
+        pooled = _pool(tapped.output, resolved.pooling, keras)
+        self.model = keras.Model(tapped.inputs, pooled, name=f"featcache_{base.name}")
+        if len(self.model.output.shape) != 2 or self.model.output.shape[1] is None:
+            raise InvalidOptionError(
+                f"features of shape {tuple(self.model.output.shape)} are not (N, D)"
+            )
+        self.feature_dim = int(self.model.output.shape[1])
+        preprocess = _preprocess_function(resolved.preprocessing)
+        height, width = resolved.image_size
+        model = self.model
+
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)],
+            reduce_retracing=True,
+        )
+        def embed(images: Any) -> Any:
+            return model(preprocess(images), training=False)
+
+        self._embed = embed
+
+    @staticmethod
+    def _load_base(resolved: ResolvedBackbone, seed: int, keras: Any) -> Any:
+        if resolved.weights == "none":
+            keras.utils.set_random_seed(seed)
+        if resolved.spec is None:
+            try:
+                model = keras.models.load_model(resolved.backbone, compile=False)
+            except Exception as exc:  # noqa: BLE001 - Keras raises many kinds here
+                raise WeightsError(f"could not load model {resolved.backbone}: {exc}") from None
+            if resolved.weights != "embedded":
+                _load_weights(model, resolved.weights)
+            return model
+        spec = resolved.spec
+        weights: str | None = resolved.weights
+        if weights == "none":
+            weights = None
+        height, width = resolved.image_size
+        try:
+            return spec.constructor()(
+                include_top=False,
+                weights=weights,
+                input_shape=(height, width, 3),
+                pooling=None,
+            )
+        except Exception as exc:  # noqa: BLE001 - download and load errors vary
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if weights == "imagenet":
+                raise WeightsError(
+                    f"could not get the ImageNet weights of {spec.name} ({message}); "
+                    "offline, pass --weights PATH to a weights file, or --weights none"
+                ) from None
+            raise WeightsError(
+                f"could not load {resolved.weights} into {spec.name}: {message}"
+            ) from None
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """Embed ``(N, H, W, 3)`` float32 images; returns ``(N, D)`` float32."""
+        return np.asarray(self._embed(images), dtype=np.float32)
+
+
+def _load_weights(model: Any, path: str) -> None:
+    try:
+        model.load_weights(path)
+    except Exception as exc:  # noqa: BLE001
+        raise WeightsError(f"could not load weights {path}: {exc}") from None
+
+
+def _tap_layer(base: Any, layer: str, keras: Any) -> Any:
+    if not layer:
+        return base
+    names = [each.name for each in base.layers]
+    if layer not in names:
+        close = difflib.get_close_matches(layer, names, n=5, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}?" if close else f"{len(names)} layers exist"
+        raise InvalidOptionError(f"--layer {layer!r}: no such layer in {base.name}; {hint}")
+    return keras.Model(base.inputs, base.get_layer(layer).output)
+
+
+def _pool(output: Any, pooling: str, keras: Any) -> Any:
+    rank = len(output.shape)
+    if rank == 2:
+        return output
+    if pooling == "none":
+        return keras.layers.Flatten(name="featcache_flatten")(output)
+    if rank == 4:
+        layer = (
+            keras.layers.GlobalAveragePooling2D
+            if pooling == "avg"
+            else keras.layers.GlobalMaxPooling2D
+        )
+        return layer(name=f"featcache_{pooling}_pool")(output)
+    if rank == 3:
+        layer = (
+            keras.layers.GlobalAveragePooling1D
+            if pooling == "avg"
+            else keras.layers.GlobalMaxPooling1D
+        )
+        return layer(name=f"featcache_{pooling}_pool")(output)
+    return keras.layers.Flatten(name="featcache_flatten")(output)

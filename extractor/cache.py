@@ -1,0 +1,606 @@
+"""The HDF5 cache file (format version 1): settings, reading and crash-safe writing.
+
+A cache is only ever replaced atomically: every checkpoint writes a complete file
+next to it (``NAME.tmp-PID``), flushes it to disk and renames it over the old one.
+A process killed at any moment therefore leaves either the previous checkpoint or
+the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import CacheError, SettingsMismatchError
+from .splits import SPLIT_NAMES
+
+FORMAT = "featcache"
+FORMAT_VERSION = 1
+DTYPES = ("float32", "float16")
+
+_STR = h5py.string_dtype("utf-8")
+_FEATURE_FIELDS = (
+    "backbone",
+    "backbone_sha256",
+    "weights",
+    "weights_sha256",
+    "image_size",
+    "resize",
+    "pooling",
+    "layer",
+    "preprocessing",
+    "dtype",
+)
+_COPY_CHUNK_BYTES = 32 << 20
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The settings recorded in a cache's root attributes."""
+
+    backbone: str
+    backbone_sha256: str
+    weights: str
+    weights_sha256: str
+    image_size: tuple[int, int]
+    resize: str
+    pooling: str
+    layer: str
+    preprocessing: str
+    dtype: str
+    split_ratios: tuple[float, float, float]
+    split_source: str
+    """``hash`` (ratios and seed) or ``folders`` (train/val/test folders)."""
+    seed: int
+    dataset_root: str
+
+    def _feature_key(self, name: str) -> Any:
+        value = getattr(self, name)
+        if name == "weights" and self.weights_sha256:
+            return "file"  # a weights file is identified by its hash, not its path
+        if name == "backbone" and self.backbone_sha256:
+            return "file"
+        return list(value) if isinstance(value, tuple) else value
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 over every setting that changes the stored features."""
+        payload = {name: self._feature_key(name) for name in _FEATURE_FIELDS}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def differences(self, other: CacheSettings) -> list[str]:
+        """Human-readable ``name: ours vs theirs`` for every differing setting."""
+        out = []
+        for name in (*_FEATURE_FIELDS, "split_ratios", "split_source", "seed", "dataset_root"):
+            if name.endswith("sha256"):
+                continue
+            mine, theirs = self._feature_key(name), other._feature_key(name)
+            if name in ("weights", "backbone"):
+                sha = f"{name}_sha256" if name == "weights" else "backbone_sha256"
+                mine = getattr(self, sha) or getattr(self, name)
+                theirs = getattr(other, sha) or getattr(other, name)
+            if name == "split_ratios":
+                mine = [round(v, 6) for v in self.split_ratios]
+                theirs = [round(v, 6) for v in other.split_ratios]
+            if mine != theirs:
+                out.append(
+                    f"{name} {_show(getattr(self, name))} (cache) vs "
+                    f"{_show(getattr(other, name))} (now)"
+                )
+        return out
+
+    def to_attrs(self) -> dict[str, Any]:
+        """Root attributes of the cache file for these settings."""
+        return {
+            "backbone": self.backbone,
+            "backbone_sha256": self.backbone_sha256,
+            "weights": self.weights,
+            "weights_sha256": self.weights_sha256,
+            "image_size": np.asarray(self.image_size, dtype=np.int64),
+            "resize": self.resize,
+            "pooling": self.pooling,
+            "layer": self.layer,
+            "preprocessing": self.preprocessing,
+            "dtype": self.dtype,
+            "split_names": json.dumps(list(SPLIT_NAMES)),
+            "split_ratios": np.asarray(self.split_ratios, dtype=np.float64),
+            "split_source": self.split_source,
+            "seed": int(self.seed),
+            "dataset_root": self.dataset_root,
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: Any) -> CacheSettings:
+        """Settings read back from a cache file's root attributes."""
+
+        def text(name: str) -> str:
+            value = attrs.get(name, "")
+            return value.decode() if isinstance(value, bytes) else str(value)
+
+        size = [int(v) for v in np.asarray(attrs["image_size"]).reshape(-1)]
+        ratios = [float(v) for v in np.asarray(attrs["split_ratios"]).reshape(-1)]
+        return cls(
+            backbone=text("backbone"),
+            backbone_sha256=text("backbone_sha256"),
+            weights=text("weights"),
+            weights_sha256=text("weights_sha256"),
+            image_size=(size[0], size[1]),
+            resize=text("resize"),
+            pooling=text("pooling"),
+            layer=text("layer"),
+            preprocessing=text("preprocessing"),
+            dtype=text("dtype"),
+            split_ratios=(ratios[0], ratios[1], ratios[2]),
+            split_source=text("split_source") or "hash",
+            seed=int(attrs["seed"]),
+            dataset_root=text("dataset_root"),
+        )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}x{value[1]}"
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" for v in value)
+    return repr(value) if value != "" else "''"
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"h5py_version": h5py.__version__}
+    for attr, dist in (
+        ("featcache_version", "featcache"),
+        ("keras_version", "keras"),
+        ("tensorflow_version", "tensorflow"),
+    ):
+        try:
+            out[attr] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            try:
+                out[attr] = metadata.version(f"{dist}-cpu")
+            except metadata.PackageNotFoundError:
+                out[attr] = "unknown"
+    return out
+
+
+def open_h5(path: str | os.PathLike[str]) -> h5py.File:
+    """Open a cache read-only after checking that it is a featcache file we can read."""
+    path = Path(path)
+    if not path.is_file():
+        raise CacheError(f"{path}: no such cache file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise CacheError(f"{path}: not a readable HDF5 file ({exc})") from None
+    fmt = handle.attrs.get("format", b"")
+    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+    if fmt != FORMAT:
+        handle.close()
+        raise CacheError(f"{path}: not a featcache cache (format attribute {fmt!r})")
+    version = int(handle.attrs.get("format_version", 0))
+    if version > FORMAT_VERSION:
+        handle.close()
+        raise CacheError(
+            f"{path}: cache format version {version} is newer than this featcache reads "
+            f"({FORMAT_VERSION}); upgrade featcache"
+        )
+    return handle
+
+
+def _strings(dataset: Any) -> list[str]:
+    return [str(v) for v in dataset.asstr()[:]] if len(dataset) else []
+
+
+@dataclass
+class CacheData:
+    """A cache loaded into numpy arrays."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    sha256: list[str]
+    split: np.ndarray
+    class_names: list[str]
+    settings: CacheSettings
+    attrs: dict[str, Any]
+    bad: list[tuple[str, str]] = field(default_factory=list)
+
+    def mask(self, split: str) -> np.ndarray:
+        """Boolean row mask of ``train``, ``val`` or ``test``."""
+        return self.split == SPLIT_NAMES.index(split)
+
+    @property
+    def train_mask(self) -> np.ndarray:
+        return self.mask("train")
+
+    @property
+    def val_mask(self) -> np.ndarray:
+        return self.mask("val")
+
+    @property
+    def test_mask(self) -> np.ndarray:
+        return self.mask("test")
+
+
+def _plain_attrs(attrs: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, np.ndarray):
+            value = value.tolist()
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def read_cache(path: str | os.PathLike[str], features: bool = True) -> CacheData:
+    """Load a cache: features (unless ``features=False``), labels, paths, splits."""
+    with open_h5(path) as handle:
+        attrs = _plain_attrs(handle.attrs)
+        dim = int(attrs.get("feature_dim", 0))
+        data = CacheData(
+            features=handle["features"][:] if features else np.empty((0, dim), np.float32),
+            labels=handle["labels"][:].astype(np.int32),
+            paths=_strings(handle["paths"]),
+            sha256=[v.decode() for v in handle["sha256"][:]],
+            split=handle["split"][:].astype(np.uint8),
+            class_names=json.loads(attrs.get("class_names", "[]")),
+            settings=CacheSettings.from_attrs(handle.attrs),
+            attrs=attrs,
+            bad=list(zip(_strings(handle["bad/paths"]), _strings(handle["bad/reasons"]))),
+        )
+    return data
+
+
+def cache_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What ``featcache inspect`` shows: rows, classes per split, bad files, settings."""
+    data = read_cache(path, features=False)
+    names = data.class_names
+    classes = []
+    for index, name in [(i, n) for i, n in enumerate(names)] + [(-1, "(unlabelled)")]:
+        counts = {s: int(np.sum((data.labels == index) & data.mask(s))) for s in SPLIT_NAMES}
+        if index >= 0 or sum(counts.values()):
+            classes.append({"class": name, "index": index, **counts, "total": sum(counts.values())})
+    return {
+        "path": str(path),
+        "rows": len(data.paths),
+        "feature_dim": int(data.attrs.get("feature_dim", 0)),
+        "splits": {s: int(np.sum(data.mask(s))) for s in SPLIT_NAMES},
+        "classes": classes,
+        "bad": [{"path": p, "reason": r} for p, r in data.bad],
+        "settings": {k: v for k, v in data.attrs.items() if k != "class_names"},
+    }
+
+
+@dataclass
+class _Pending:
+    paths: list[str] = field(default_factory=list)
+    sha256: list[str] = field(default_factory=list)
+    classes: list[str | None] = field(default_factory=list)
+    split: list[int] = field(default_factory=list)
+    features: list[np.ndarray] = field(default_factory=list)
+    nbytes: int = 0
+
+
+class CacheWriter:
+    """Appends rows to a cache and commits them with atomic checkpoints.
+
+    The caller holds the cache's lock. Rows of the existing file stay until
+    :meth:`drop` marks them; nothing reaches the disk before :meth:`commit`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        settings: CacheSettings,
+        class_names: list[str],
+        order: dict[str, int],
+        overwrite: bool = False,
+        checkpoint_seconds: float = 60.0,
+        max_pending_bytes: int = 256 << 20,
+    ) -> None:
+        self.path = Path(path)
+        self.settings = settings
+        self.class_names = list(class_names)
+        self.order = order
+        self.checkpoint_seconds = checkpoint_seconds
+        self.max_pending_bytes = max_pending_bytes
+        self.feature_dim = 0
+        self.created = _now()
+        self._pending = _Pending()
+        self._last_commit = time.monotonic()
+        self._commit_cost = 0.0
+        self._dirty = False
+        for stale in self.path.parent.glob(self.path.name + ".tmp-*"):
+            stale.unlink(missing_ok=True)
+        self.base_paths: list[str] = []
+        self.base_sha: list[str] = []
+        self.base_split = np.zeros(0, np.uint8)
+        self.bad: dict[str, str] = {}
+        self._base_classes: list[str] = list(class_names)
+        self._has_base = self.path.exists() and not overwrite
+        if self._has_base:
+            self._load_base()
+        self.keep = np.ones(len(self.base_paths), dtype=bool)
+        self._rewrite = not self._has_base or self._base_classes != self.class_names
+
+    def _load_base(self) -> None:
+        with open_h5(self.path) as handle:
+            theirs = CacheSettings.from_attrs(handle.attrs)
+            differ = theirs.differences(self.settings)
+            if differ:
+                raise SettingsMismatchError(
+                    f"{self.path} was made with other settings: {'; '.join(differ)}. "
+                    "Pass --overwrite to replace it, or -o to write another file"
+                )
+            self.created = str(handle.attrs.get("created", self.created))
+            self.feature_dim = int(handle.attrs.get("feature_dim", 0))
+            self.base_paths = _strings(handle["paths"])
+            self.base_sha = [v.decode() for v in handle["sha256"][:]]
+            self.base_split = handle["split"][:].astype(np.uint8)
+            self._base_classes = json.loads(handle.attrs.get("class_names", "[]"))
+            self.bad = dict(zip(_strings(handle["bad/paths"]), _strings(handle["bad/reasons"])))
+
+    # -- bookkeeping -----------------------------------------------------------------
+
+    def index(self) -> dict[str, str]:
+        """Path -> SHA-256 of the rows already in the file."""
+        return dict(zip(self.base_paths, self.base_sha))
+
+    def drop(self, paths: Iterable[str]) -> None:
+        """Drop existing rows (deleted or changed files)."""
+        wanted = set(paths)
+        for row, path in enumerate(self.base_paths):
+            if path in wanted and self.keep[row]:
+                self.keep[row] = False
+                self._rewrite = self._dirty = True
+
+    def forget_bad(self, keep: Iterable[str]) -> None:
+        """Keep bad-file records only for these paths (the dataset's current files)."""
+        keep = set(keep)
+        before = len(self.bad)
+        self.bad = {p: r for p, r in self.bad.items() if p in keep}
+        self._dirty |= len(self.bad) != before
+
+    def set_bad(self, path: str, reason: str | None) -> None:
+        """Record (or, with None, clear) why a file could not be used."""
+        if self.bad.get(path) != reason:
+            self._dirty = True
+            if reason is None:
+                self.bad.pop(path, None)
+            else:
+                self.bad[path] = reason
+
+    def add(
+        self,
+        paths: list[str],
+        sha256: list[str],
+        classes: list[str | None],
+        split: list[int],
+        features: np.ndarray,
+    ) -> None:
+        """Queue new rows; commits by itself when a checkpoint is due."""
+        if features.ndim != 2 or len(features) != len(paths):
+            raise ValueError("features must be (len(paths), D)")
+        if self.feature_dim and features.shape[1] != self.feature_dim:
+            raise CacheError(
+                f"{self.path}: features of width {features.shape[1]}, cache has {self.feature_dim}"
+            )
+        self.feature_dim = features.shape[1]
+        pending = self._pending
+        stored = features.astype(self.settings.dtype, copy=False)
+        pending.paths += paths
+        pending.sha256 += sha256
+        pending.classes += classes
+        pending.split += split
+        pending.features.append(stored)
+        pending.nbytes += stored.nbytes
+        self._dirty = True
+        if self.due():
+            self.commit()
+
+    def due(self) -> bool:
+        """True when the pending rows should be checkpointed now."""
+        if not self._pending.paths:
+            return False
+        waited = time.monotonic() - self._last_commit
+        interval = max(self.checkpoint_seconds, 10.0 * self._commit_cost)
+        return waited >= interval or self._pending.nbytes >= self.max_pending_bytes
+
+    # -- committing ------------------------------------------------------------------
+
+    def commit(self, final: bool = False) -> bool:
+        """Write everything so far as the new cache file; False when nothing changed."""
+        if self._has_base and not self._dirty:
+            return False
+        if not self._has_base and not self._pending.paths and not final:
+            return False
+        started = time.monotonic()
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if self._rewrite or (final and not self._in_order()):
+                self._write_fresh(tmp)
+            else:
+                self._write_appended(tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.path.parent)
+        self._after_commit()
+        self._commit_cost = time.monotonic() - started
+        self._last_commit = time.monotonic()
+        return True
+
+    def _in_order(self) -> bool:
+        keys = [self.order.get(p, -1) for p, k in zip(self.base_paths, self.keep) if k]
+        keys += [self.order.get(p, -1) for p in self._pending.paths]
+        return all(a < b for a, b in zip(keys, keys[1:]))
+
+    def _after_commit(self) -> None:
+        with h5py.File(self.path, "r") as handle:
+            self.base_paths = _strings(handle["paths"])
+            self.base_sha = [v.decode() for v in handle["sha256"][:]]
+            self.base_split = handle["split"][:].astype(np.uint8)
+        self.keep = np.ones(len(self.base_paths), dtype=bool)
+        self._pending = _Pending()
+        self._base_classes = list(self.class_names)
+        self._has_base = True
+        self._rewrite = False
+        self._dirty = False
+
+    def _labels(self, classes: Iterable[str | None]) -> np.ndarray:
+        lookup = {name: i for i, name in enumerate(self.class_names)}
+        return np.asarray([lookup[c] if c is not None else -1 for c in classes], np.int32)
+
+    def _root_attrs(self, handle: h5py.File, rows: int) -> None:
+        attrs = handle.attrs
+        for key, value in self.settings.to_attrs().items():
+            attrs[key] = value
+        attrs["format"] = FORMAT
+        attrs["format_version"] = FORMAT_VERSION
+        attrs["feature_dim"] = int(self.feature_dim)
+        attrs["class_names"] = json.dumps(self.class_names)
+        attrs["rows"] = int(rows)
+        attrs["created"] = self.created
+        attrs["updated"] = _now()
+        for key, value in _versions().items():
+            attrs[key] = value
+
+    def _write_bad(self, handle: h5py.File) -> None:
+        if "bad" in handle:
+            del handle["bad"]
+        group = handle.create_group("bad")
+        items = sorted(self.bad.items())
+        group.create_dataset("paths", data=[p for p, _ in items], dtype=_STR, shape=(len(items),))
+        group.create_dataset("reasons", data=[r for _, r in items], dtype=_STR, shape=(len(items),))
+
+    def _create(self, handle: h5py.File, rows: int) -> None:
+        dim = max(int(self.feature_dim), 1)
+        chunk_rows = max(1, min(4096, (1 << 20) // (dim * np.dtype(self.settings.dtype).itemsize)))
+        handle.create_dataset(
+            "features",
+            shape=(rows, self.feature_dim),
+            dtype=self.settings.dtype,
+            maxshape=(None, self.feature_dim),
+            chunks=(chunk_rows, dim) if self.feature_dim else None,
+        )
+        for name, dtype in (
+            ("labels", np.int32),
+            ("paths", _STR),
+            ("sha256", "S64"),
+            ("split", np.uint8),
+        ):
+            handle.create_dataset(
+                name, shape=(rows,), dtype=dtype, maxshape=(None,), chunks=(4096,)
+            )
+
+    def _write_fresh(self, tmp: Path) -> None:
+        """Rewrite the whole file in dataset order: kept old rows merged with new rows."""
+        pending = self._pending
+        kept = np.flatnonzero(self.keep) if self._has_base else np.zeros(0, np.int64)
+        base_paths = [self.base_paths[i] for i in kept]
+        keys = [self.order.get(p, len(self.order)) for p in base_paths]
+        keys += [self.order.get(p, len(self.order)) for p in pending.paths]
+        order = np.argsort(np.asarray(keys, dtype=np.int64), kind="stable")
+        n_base = len(kept)
+        rows = len(order)
+        new_features = (
+            np.concatenate(pending.features)
+            if pending.features
+            else np.zeros((0, self.feature_dim), self.settings.dtype)
+        )
+        old_classes: list[str | None] = []
+        old_labels = np.zeros(0, np.int32)
+        old: h5py.File | None = h5py.File(self.path, "r") if self._has_base else None
+        try:
+            if old is not None:
+                old_labels = old["labels"][:]
+                old_classes = [self._base_classes[v] if v >= 0 else None for v in old_labels[kept]]
+            all_paths = base_paths + pending.paths
+            all_sha = [self.base_sha[i] for i in kept] + pending.sha256
+            all_classes = old_classes + pending.classes
+            all_split = np.concatenate([self.base_split[kept], np.asarray(pending.split, np.uint8)])
+            with h5py.File(tmp, "w") as out:
+                self._create(out, rows)
+                out["labels"][:] = self._labels(all_classes[i] for i in order)
+                out["paths"][:] = [all_paths[i] for i in order]
+                out["sha256"][:] = np.asarray([all_sha[i] for i in order], dtype="S64")
+                out["split"][:] = all_split[order]
+                step = max(1, _COPY_CHUNK_BYTES // max(1, self.feature_dim * 4))
+                for start in range(0, rows, step):
+                    picks = order[start : start + step]
+                    block = np.empty((len(picks), self.feature_dim), self.settings.dtype)
+                    from_old = picks < n_base
+                    if from_old.any() and old is not None:
+                        source_rows = kept[picks[from_old]]
+                        block[from_old] = _read_rows(old["features"], source_rows)
+                    if (~from_old).any():
+                        block[~from_old] = new_features[picks[~from_old] - n_base]
+                    out["features"][start : start + len(picks)] = block
+                self._write_bad(out)
+                self._root_attrs(out, rows)
+        finally:
+            if old is not None:
+                old.close()
+
+    def _write_appended(self, tmp: Path) -> None:
+        """Copy the current file and append the pending rows to the copy."""
+        pending = self._pending
+        shutil.copyfile(self.path, tmp)
+        with h5py.File(tmp, "r+") as out:
+            start = out["paths"].shape[0]
+            rows = start + len(pending.paths)
+            if pending.paths:
+                for name in ("features", "labels", "paths", "sha256", "split"):
+                    out[name].resize(rows, axis=0)
+                out["features"][start:rows] = np.concatenate(pending.features)
+                out["labels"][start:rows] = self._labels(pending.classes)
+                out["paths"][start:rows] = pending.paths
+                out["sha256"][start:rows] = np.asarray(pending.sha256, dtype="S64")
+                out["split"][start:rows] = np.asarray(pending.split, np.uint8)
+            self._write_bad(out)
+            self._root_attrs(out, rows)
+
+
+def _read_rows(dataset: Any, rows: np.ndarray) -> np.ndarray:
+    """``dataset[rows]`` for any row order, reading one slice when rows are contiguous."""
+    low, high = int(rows.min()), int(rows.max())
+    if high - low + 1 <= 2 * len(rows):
+        return np.asarray(dataset[low : high + 1])[rows - low]
+    unique, inverse = np.unique(rows, return_inverse=True)
+    return np.asarray(dataset[unique])[inverse]
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,138 @@
+"""Decoding image bytes to RGB pixels and resizing them, as Keras's loader does.
+
+Formats TensorFlow decodes (JPEG, PNG, GIF, BMP) go through ``tf.io.decode_image``
+so that features match ``keras.utils.image_dataset_from_directory`` exactly; the rest
+(TIFF, WebP, CMYK JPEG, EXIF-rotated photos) go through Pillow. Resizing always uses
+TensorFlow's bilinear ``tf.image.resize`` (no antialiasing), like Keras.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+"""File name endings (case-insensitive) treated as images."""
+
+RESIZE_MODES = ("stretch", "pad", "crop")
+"""``stretch``: plain resize; ``pad``: ``tf.image.resize_with_pad``; ``crop``: centre crop
+to the target aspect ratio, then resize (Keras ``crop_to_aspect_ratio``)."""
+
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Images with more pixels than this are refused as decompression bombs."""
+
+_TF_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
+_EXIF_ORIENTATION = 0x0112
+
+
+class BadImageError(Exception):
+    """A file or array that cannot be used as an image; the message is the reason."""
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode encoded image bytes to an ``(H, W, 3)`` uint8 RGB array.
+
+    Raises :class:`BadImageError` with a short reason for empty, truncated, oversized
+    or unrecognised data.
+    """
+    if not data:
+        raise BadImageError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise BadImageError(
+                        f"decompression bomb: {width}x{height} pixels is over the "
+                        f"limit of {max_pixels}"
+                    )
+                orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+                if image.format in _TF_FORMATS and orientation == 1 and image.mode != "CMYK":
+                    pixels = _decode_tf(data)
+                    if pixels is not None:
+                        return pixels
+                return _decode_pil(image)
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(f"decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        raise BadImageError("not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadImageError(f"corrupt or truncated image: {exc}") from None
+
+
+def _decode_tf(data: bytes) -> np.ndarray | None:
+    """Keras's own decoder; None when TensorFlow refuses the file."""
+    import tensorflow as tf
+
+    try:
+        tensor = tf.io.decode_image(data, channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+        return None
+    return np.asarray(tensor)
+
+
+def _decode_pil(image: Image.Image) -> np.ndarray:
+    """Pillow decoder with EXIF orientation and every mode converted to 8-bit RGB."""
+    image.load()
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        wide = np.asarray(image, dtype=np.int64)
+        gray = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        gray = np.clip(np.asarray(image), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8)
+
+
+def array_to_rgb(array: np.ndarray) -> np.ndarray:
+    """Turn one in-memory image (H, W), (H, W, 1|3|4) into (H, W, 3), keeping its dtype.
+
+    Integer arrays wider than 8 bits and float arrays are taken as 0-255 values.
+    """
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise BadImageError(f"array of shape {array.shape} is not an image")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise BadImageError(f"array of shape {array.shape} is empty")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 4:
+        array = array[:, :, :3]
+    if not np.all(np.isfinite(array)):
+        raise BadImageError("array holds NaN or infinite values")
+    return np.ascontiguousarray(array)
+
+
+def resize_image(pixels: Any, size: tuple[int, int], mode: str = "stretch") -> np.ndarray:
+    """Resize one ``(H, W, 3)`` image to ``size`` (height, width) as float32, bilinear."""
+    import tensorflow as tf
+
+    height, width = size
+    if mode == "stretch":
+        out = tf.image.resize(pixels, (height, width), method="bilinear")
+    elif mode == "pad":
+        out = tf.image.resize_with_pad(pixels, height, width, method="bilinear")
+    elif mode == "crop":
+        out = tf.image.resize(_centre_crop(pixels, height, width), (height, width))
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
+    return np.asarray(out, dtype=np.float32)
+
+
+def _centre_crop(pixels: Any, target_height: int, target_width: int) -> Any:
+    """Largest centred crop with the target aspect ratio (Keras ``smart_resize``)."""
+    height, width = int(pixels.shape[0]), int(pixels.shape[1])
+    crop_height = max(min(height, int(float(width * target_height) / target_width)), 1)
+    crop_width = max(min(width, int(float(height * target_width) / target_height)), 1)
+    top = int(float(height - crop_height) / 2)
+    left = int(float(width - crop_width) / 2)
+    return pixels[top : top + crop_height, left : left + crop_width]

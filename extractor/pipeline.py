@@ -1,0 +1,382 @@
+"""``extract``: read -> decode -> embed -> write, each stage overlapping the next.
+
+Reader threads read, hash, decode and resize images (in dataset order); the calling
+thread batches them through the frozen backbone; a writer thread appends the rows
+and checkpoints the cache. Memory is bounded by the read-ahead window and the
+writer's pending rows, not by the dataset size.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ..errors import CacheLockedError, InvalidOptionError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from .backbone import BackboneConfig, FeatureExtractor, ResolvedBackbone, resolve_backbone
+from .cache import DTYPES, CacheSettings, CacheWriter
+from .decode import (
+    DEFAULT_MAX_PIXELS,
+    RESIZE_MODES,
+    BadImageError,
+    array_to_rgb,
+    decode_image,
+    resize_image,
+)
+from .sources import Dataset, Item, scan_dataset
+from .splits import assign_split, parse_split
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+DEFAULT_CACHE_DIR = Path("cache")
+
+
+@dataclass
+class ExtractSummary:
+    """What one ``extract`` run did."""
+
+    output: str
+    backbone: str
+    rows: int
+    feature_dim: int
+    new: int
+    reused: int
+    removed: int
+    bad: int
+    ignored: int
+    seconds: float
+    images_per_second: float
+    """New images embedded per second of the whole run."""
+    classes: list[str] = field(default_factory=list)
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form of the summary."""
+        out = asdict(self)
+        out["bad_files"] = [{"path": p, "reason": r} for p, r in self.bad_files]
+        return out
+
+
+@dataclass
+class _Prepared:
+    item: Item
+    sha256: str = ""
+    pixels: np.ndarray | None = None
+    reason: str | None = None
+    reused: bool = False
+
+
+def default_output(backbone: str) -> Path:
+    """``cache/<backbone>.h5`` (the model file's stem for saved-model backbones)."""
+    name = Path(backbone).stem if backbone.lower().endswith((".keras", ".h5")) else backbone
+    return DEFAULT_CACHE_DIR / f"{name.lower().replace('-', '_')}.h5"
+
+
+def extract(
+    data: str | os.PathLike[str],
+    *,
+    backbone: str = "mobilenet",
+    weights: str = "imagenet",
+    output: str | os.PathLike[str] | None = None,
+    pooling: str = "avg",
+    layer: str | None = None,
+    image_size: str | int | tuple[int, int] | None = None,
+    resize: str = "stretch",
+    preprocessing: str = "auto",
+    dtype: str = "float32",
+    split: str | tuple[float, ...] = "0.7,0.2,0.1",
+    seed: int = 20,
+    labels: str | None = None,
+    batch_size: int = 32,
+    overwrite: bool = False,
+    workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    checkpoint_seconds: float = 60.0,
+    progress: bool | None = None,
+) -> ExtractSummary:
+    """Embed every image of ``data`` with a frozen backbone into an HDF5 cache.
+
+    Re-running with the same settings embeds only new or changed files and drops
+    rows of deleted ones. ``progress=None`` shows a bar only on a terminal.
+
+    Examples
+    --------
+    >>> summary = extract("examples/fashion-mnist", backbone="mobilenet",
+    ...                   weights="examples/weights/mobilenet_1_0_224_imagenet_notop.weights.h5",
+    ...                   image_size=96)  # doctest: +SKIP
+    """
+    started = time.monotonic()
+    if resize not in RESIZE_MODES:
+        raise InvalidOptionError(f"--resize {resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+    if dtype not in DTYPES:
+        raise InvalidOptionError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if batch_size < 1:
+        raise InvalidOptionError(f"--batch-size {batch_size}: must be at least 1")
+    ratios = parse_split(split)
+    config = BackboneConfig(
+        backbone, weights, image_size, pooling, layer or "", preprocessing, seed
+    )
+    resolved = resolve_backbone(config)
+    dataset = scan_dataset(data, labels)
+    out_path = Path(output) if output is not None else default_output(backbone)
+    extractor: FeatureExtractor | None = None
+    if resolved.spec is None:  # saved model: its input size is needed up front
+        extractor = FeatureExtractor(resolved, seed)
+        resolved = extractor.resolved
+    settings = _settings(resolved, resize, dtype, ratios, seed, dataset)
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out_path)
+    try:
+        return _run(
+            dataset,
+            resolved,
+            settings,
+            extractor,
+            out_path,
+            overwrite,
+            batch_size,
+            workers,
+            max_pixels,
+            checkpoint_seconds,
+            progress,
+            started,
+        )
+    finally:
+        lock.release()
+
+
+def _settings(
+    resolved: ResolvedBackbone,
+    resize: str,
+    dtype: str,
+    ratios: tuple[float, float, float],
+    seed: int,
+    dataset: Dataset,
+) -> CacheSettings:
+    return CacheSettings(
+        backbone=resolved.backbone,
+        backbone_sha256=resolved.backbone_sha256,
+        weights=resolved.weights,
+        weights_sha256=resolved.weights_sha256,
+        image_size=resolved.image_size,
+        resize=resize,
+        pooling=resolved.pooling,
+        layer=resolved.layer,
+        preprocessing=resolved.preprocessing,
+        dtype=dtype,
+        split_ratios=ratios,
+        split_source="folders" if dataset.layout == "splits" else "hash",
+        seed=seed,
+        dataset_root=str(dataset.root),
+    )
+
+
+def _lock(path: Path) -> Any:
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path) + ".lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise CacheLockedError(
+            f"{path} is being written by another extract process; wait for it to finish"
+        ) from None
+    return lock
+
+
+def _run(
+    dataset: Dataset,
+    resolved: ResolvedBackbone,
+    settings: CacheSettings,
+    extractor: FeatureExtractor | None,
+    out_path: Path,
+    overwrite: bool,
+    batch_size: int,
+    workers: int | None,
+    max_pixels: int,
+    checkpoint_seconds: float,
+    progress: bool | None,
+    started: float,
+) -> ExtractSummary:
+    order = {item.path: i for i, item in enumerate(dataset.items)}
+    writer = CacheWriter(
+        out_path, settings, dataset.class_names, order, overwrite, checkpoint_seconds
+    )
+    known = writer.index()
+    removed = [p for p in known if p not in order]
+    writer.drop(removed)
+    writer.forget_bad(order)
+    size = resolved.image_size
+
+    def prepare(item: Item) -> _Prepared:
+        try:
+            content, sha = dataset.read(item)
+        except OSError as exc:
+            return _Prepared(item, reason=f"unreadable: {exc.strerror or exc}")
+        if known.get(item.path) == sha:
+            return _Prepared(item, sha, reused=True)
+        try:
+            if isinstance(content, np.ndarray):
+                pixels = array_to_rgb(content)
+            else:
+                pixels = decode_image(content, max_pixels)
+            return _Prepared(item, sha, resize_image(pixels, size, settings.resize))
+        except BadImageError as exc:
+            return _Prepared(item, sha, reason=str(exc))
+
+    counts = {"new": 0, "reused": 0, "bad": 0}
+    bad_files: list[tuple[str, str]] = []
+    batch: list[_Prepared] = []
+    background = _Background()
+
+    def flush() -> None:
+        nonlocal extractor
+        if not batch:
+            return
+        if extractor is None:
+            extractor = FeatureExtractor(resolved, settings.seed)
+        features = extractor(np.stack([p.pixels for p in batch]))  # type: ignore[misc]
+        rows = list(batch)
+        batch.clear()
+        background.submit(
+            writer.add,
+            [p.item.path for p in rows],
+            [p.sha256 for p in rows],
+            [p.item.class_name for p in rows],
+            [_split_of(p, settings) for p in rows],
+            features,
+        )
+
+    bar = _progress_bar(len(dataset.items), progress)
+    threads = workers or min(4, (os.cpu_count() or 1) + 1)
+    finished = False
+    try:
+        with ThreadPoolExecutor(threads, thread_name_prefix="featcache-read") as pool:
+            window = max(2 * batch_size, 16)
+            for prepared in _ordered_map(pool, prepare, dataset.items, window):
+                path = prepared.item.path
+                if prepared.reason is not None:
+                    counts["bad"] += 1
+                    bad_files.append((path, prepared.reason))
+                    background.submit(writer.set_bad, path, prepared.reason)
+                else:
+                    background.submit(writer.set_bad, path, None)
+                    if prepared.reused:
+                        counts["reused"] += 1
+                    else:
+                        counts["new"] += 1
+                        if path in known:
+                            background.submit(writer.drop, [path])
+                        batch.append(prepared)
+                        if len(batch) >= batch_size:
+                            flush()
+                bar.update(1)
+            flush()
+        if counts["new"] == 0 and writer.feature_dim == 0:  # new cache of bad files only
+            extractor = extractor or FeatureExtractor(resolved, settings.seed)
+            background.submit(setattr, writer, "feature_dim", extractor.feature_dim)
+        background.submit(writer.commit, True)
+        finished = True
+    finally:
+        bar.close()
+        if not finished:  # interrupted: keep the batches already embedded
+            background.submit_last(writer.commit)
+        background.close(raise_error=finished)
+    seconds = time.monotonic() - started
+    return ExtractSummary(
+        output=str(out_path),
+        backbone=settings.backbone,
+        rows=len(writer.base_paths),
+        feature_dim=writer.feature_dim,
+        new=counts["new"],
+        reused=counts["reused"],
+        removed=len(removed),
+        bad=counts["bad"],
+        ignored=dataset.ignored,
+        seconds=round(seconds, 3),
+        images_per_second=round(counts["new"] / seconds, 2) if seconds > 0 else 0.0,
+        classes=dataset.class_names,
+        bad_files=bad_files,
+    )
+
+
+def _split_of(prepared: _Prepared, settings: CacheSettings) -> int:
+    if prepared.item.split is not None:
+        return prepared.item.split
+    return assign_split(prepared.sha256, settings.split_ratios, settings.seed)
+
+
+def _ordered_map(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: list[T], window: int
+) -> Iterator[R]:
+    """``map`` over a thread pool, in order, with at most ``window`` items in flight."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+class _Background:
+    """One writer thread running submitted calls in order; re-raises its errors."""
+
+    def __init__(self, depth: int = 8) -> None:
+        self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue(
+            depth
+        )
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="featcache-write", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    job[0](*job[1])
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    self._error = exc
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)``; raises the writer's error if one happened."""
+        self._raise()
+        self._queue.put((fn, args))
+
+    def submit_last(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue a final call even after an error (it runs only if none happened)."""
+        self._queue.put((fn, args))
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait for every queued call, then raise the first error, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        if raise_error:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _progress_bar(total: int, enabled: bool | None) -> Any:
+    from tqdm import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=total, unit="img", desc="extract", disable=not enabled, smoothing=0.1)

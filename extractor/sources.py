@@ -1,0 +1,194 @@
+"""Reading a dataset: class folders, flat folders, split folders or ``.npy`` arrays.
+
+:func:`scan_dataset` lists the images (cheap: no decoding); :meth:`Dataset.read`
+returns one item's raw content and its SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatasetError
+from .decode import IMAGE_EXTENSIONS
+from .splits import SPLIT_FOLDERS
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a dataset."""
+
+    path: str
+    """Path relative to the dataset root with ``/`` separators (``file.npy#i`` for arrays)."""
+    class_name: str | None
+    """Class folder (or label) name; None when unlabelled."""
+    split: int | None
+    """Split fixed by the layout (``train/``, ``val/``, ``test/``), else None."""
+    index: int = -1
+    """Row of the ``.npy`` array, -1 for files."""
+
+
+@dataclass
+class Dataset:
+    """The images of one dataset, in a stable (sorted) order."""
+
+    root: Path
+    """Folder, or ``.npy`` file for array datasets."""
+    layout: str
+    """``classes``, ``flat``, ``splits`` or ``npy``."""
+    items: list[Item]
+    class_names: list[str]
+    ignored: int = 0
+    """Files skipped because their name does not end like an image."""
+    _array: np.ndarray | None = field(default=None, repr=False)
+
+    def read(self, item: Item) -> tuple[bytes | np.ndarray, str]:
+        """Raw content (file bytes, or the array row) and its SHA-256 hex digest.
+
+        Raises OSError when a file cannot be read.
+        """
+        if self._array is not None:
+            row = np.asarray(self._array[item.index])
+            header = f"{row.dtype.str}{row.shape}".encode()
+            return row, hashlib.sha256(header + row.tobytes()).hexdigest()
+        data = (self.root / item.path).read_bytes()
+        return data, hashlib.sha256(data).hexdigest()
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def _walk_files(folder: Path, root: Path) -> tuple[list[str], int]:
+    """Image files below ``folder`` as sorted root-relative paths, and the ignored count."""
+    found: list[str] = []
+    ignored = 0
+    for current, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if _visible(d))
+        for name in files:
+            if not _visible(name):
+                continue
+            if _is_image(name):
+                found.append((Path(current) / name).relative_to(root).as_posix())
+            else:
+                ignored += 1
+    return sorted(found), ignored
+
+
+def _subdirs(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
+
+
+def _scan_folder(
+    folder: Path, root: Path, split: int | None
+) -> tuple[list[tuple[str, str | None, int | None]], set[str], int]:
+    """(path, class, split) rows of one folder: classes if it has sub-folders, else flat."""
+    classes = _subdirs(folder)
+    rows: list[tuple[str, str | None, int | None]] = []
+    ignored = 0
+    if classes:
+        for name in classes:
+            files, skipped = _walk_files(folder / name, root)
+            rows.extend((path, name, split) for path in files)
+            ignored += skipped
+        ignored += sum(1 for e in os.scandir(folder) if e.is_file() and _visible(e.name))
+    else:
+        files, ignored = _walk_files(folder, root)
+        rows.extend((path, None, split) for path in files)
+    return rows, set(classes), ignored
+
+
+def scan_dataset(data: str | os.PathLike[str], labels: str | None = None) -> Dataset:
+    """List the images of a dataset without decoding them.
+
+    ``data`` is a folder of class sub-folders (labels are the sorted folder names, as
+    ``image_dataset_from_directory``), a flat folder (unlabelled), a folder whose
+    top level is ``train/``, ``val/`` or ``validation/``, ``test/``, or an ``.npy``
+    array of images with optional ``labels`` (an ``.npy`` of integers).
+    """
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise DatasetError(f"{data}: no such file or folder")
+    root = root.resolve()
+    if root.is_file():
+        if root.suffix.lower() != ".npy":
+            raise DatasetError(f"{data}: expected a folder of images or an .npy array")
+        return _scan_npy(root, labels)
+    if labels is not None:
+        raise DatasetError("--labels applies to .npy datasets only; folders label by sub-folder")
+    top = _subdirs(root)
+    if top and all(name.lower() in SPLIT_FOLDERS for name in top):
+        layout = "splits"
+        rows: list[tuple[str, str | None, int | None]] = []
+        classes: set[str] = set()
+        ignored = 0
+        for name in top:
+            part, part_classes, skipped = _scan_folder(
+                root / name, root, SPLIT_FOLDERS[name.lower()]
+            )
+            rows.extend(part)
+            classes |= part_classes
+            ignored += skipped
+    else:
+        rows, classes, ignored = _scan_folder(root, root, None)
+        layout = "classes" if classes else "flat"
+    if not rows:
+        raise DatasetError(f"{data}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+    items = [Item(path, cls, split) for path, cls, split in sorted(rows)]
+    return Dataset(root, layout, items, sorted(classes), ignored)
+
+
+def _sibling_labels(images: Path) -> Path | None:
+    """``y_train.npy`` for ``x_train.npy``, ``labels.npy`` for ``images.npy`` and the like."""
+    stem = images.stem
+    candidates = [stem.replace("images", "labels"), stem + "_labels"]
+    if stem.lower().startswith("x"):
+        candidates.append("y" + stem[1:])
+    for candidate in candidates:
+        path = images.with_name(candidate + ".npy")
+        if candidate != stem and path.is_file():
+            return path
+    return None
+
+
+def _scan_npy(path: Path, labels: str | None) -> Dataset:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
+    if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[3] not in (1, 3, 4)):
+        raise DatasetError(
+            f"{path}: image array must be (N, H, W) or (N, H, W, 1|3|4), got {array.shape}"
+        )
+    if array.dtype.kind not in "uif":
+        raise DatasetError(f"{path}: image array has unsupported dtype {array.dtype}")
+    label_path = Path(labels) if labels is not None else _sibling_labels(path)
+    names: list[str] = []
+    label_values: np.ndarray | None = None
+    if label_path is not None:
+        try:
+            label_values = np.load(label_path, allow_pickle=False).reshape(-1)
+        except (ValueError, OSError) as exc:
+            raise DatasetError(f"{label_path}: not a readable .npy array ({exc})") from None
+        if label_values.dtype.kind not in "iu" or len(label_values) != len(array):
+            raise DatasetError(
+                f"{label_path}: expected {len(array)} integer labels, got "
+                f"{len(label_values)} of dtype {label_values.dtype}"
+            )
+        top = int(label_values.max()) if len(label_values) else -1
+        names = [str(i) for i in range(top + 1)]
+    if len(array) == 0:
+        raise DatasetError(f"{path}: the array holds no images")
+    items = []
+    for i in range(len(array)):
+        label = -1 if label_values is None else int(label_values[i])
+        items.append(Item(f"{path.name}#{i}", names[label] if label >= 0 else None, None, i))
+    return Dataset(path, "npy", items, names, 0, array)

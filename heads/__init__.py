@@ -1,0 +1,1 @@
+"""Classification heads trained on cached features (see the head-trainer issue)."""
