@@ -7,7 +7,7 @@ on first use.
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import FeatcacheError
 
@@ -17,11 +17,6 @@ try:
     __version__ = _version("featcache")
 except Exception:  # noqa: BLE001 - running from a source tree
     __version__ = "0.0.0"
-
-if TYPE_CHECKING:
-    from .extractor.cache import CacheData, cache_info, read_cache
-    from .extractor.pipeline import ExtractSummary, extract
-    from .extractor.registry import BackboneSpec, get_backbone, list_backbones
 
 _LAZY = {
     "extract": "featcache.extractor.pipeline",

@@ -9,6 +9,7 @@ the new one, never a torn file.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -278,7 +279,7 @@ def cache_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     classes = []
     for index, name in [(i, n) for i, n in enumerate(names)] + [(-1, "(unlabelled)")]:
         counts = {s: int(np.sum((data.labels == index) & data.mask(s))) for s in SPLIT_NAMES}
-        if index >= 0 or sum(counts.values()):
+        if index >= 0 or any(counts.values()):
             classes.append({"class": name, "index": index, **counts, "total": sum(counts.values())})
     return {
         "path": str(path),
@@ -456,7 +457,7 @@ class CacheWriter:
     def _in_order(self) -> bool:
         keys = [self.order.get(p, -1) for p, k in zip(self.base_paths, self.keep) if k]
         keys += [self.order.get(p, -1) for p in self._pending.paths]
-        return all(a < b for a, b in zip(keys, keys[1:]))
+        return all(a < b for a, b in itertools.pairwise(keys))
 
     def _after_commit(self) -> None:
         with h5py.File(self.path, "r") as handle:

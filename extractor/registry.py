@@ -42,12 +42,12 @@ class BackboneSpec:
     def constructor(self) -> Callable[..., Any]:
         """The ``keras.applications`` constructor (imports Keras)."""
         applications = importlib.import_module("keras.applications")
-        return getattr(applications, self.class_name)  # type: ignore[no-any-return]
+        return getattr(applications, self.class_name)
 
     def preprocess_input(self) -> Callable[[Any], Any]:
         """The architecture's own ``preprocess_input`` (imports Keras)."""
         module = importlib.import_module(f"keras.applications.{self.module}")
-        return module.preprocess_input  # type: ignore[no-any-return]
+        return module.preprocess_input
 
 
 _ENTRIES: list[BackboneSpec] = [
