@@ -6,9 +6,9 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from conftest import TINY, make_class_folder, write_image
 from filelock import FileLock
 
+from conftest import TINY, make_class_folder, write_image
 from featcache.errors import CacheLockedError, InvalidOptionError, SettingsMismatchError
 from featcache.extractor import cache_info, extract, read_cache
 

@@ -2,8 +2,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import write_image
 
+from conftest import write_image
 from featcache.errors import DatasetError
 from featcache.extractor.sources import scan_dataset
 
@@ -19,7 +19,7 @@ def test_class_folders_label_by_sorted_folder(class_folder):
     assert len(dataset.items) == 13
     assert dataset.ignored == 2
     assert [i.path for i in dataset.items] == sorted(i.path for i in dataset.items)
-    deep = [i for i in dataset.items if i.path.endswith("deep.png")][0]
+    deep = next(i for i in dataset.items if i.path.endswith("deep.png"))
     assert deep.path == "class_2/nested/deep.png" and deep.class_name == "class_2"
 
 
@@ -85,6 +85,6 @@ def test_unusable_datasets_fail_clearly(tmp_path, make):
 def test_read_reports_unreadable_files(class_folder):
     os.symlink(class_folder / "nowhere.png", class_folder / "class_0" / "broken.png")
     dataset = scan_dataset(class_folder)
-    item = [i for i in dataset.items if i.path.endswith("broken.png")][0]
+    item = next(i for i in dataset.items if i.path.endswith("broken.png"))
     with pytest.raises(OSError):
         dataset.read(item)

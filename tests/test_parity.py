@@ -1,0 +1,82 @@
+"""Features equal the Keras tutorial pipeline, with the real pretrained MobileNet weights."""
+
+import numpy as np
+import pytest
+
+from conftest import make_class_folder
+from featcache.extractor import extract, read_cache
+
+pytestmark = pytest.mark.pretrained
+
+
+def _keras_reference(folder, weights, size):
+    import keras
+
+    dataset = keras.utils.image_dataset_from_directory(
+        folder,
+        image_size=size,
+        shuffle=False,
+        interpolation="bilinear",
+        batch_size=8,
+        verbose=False,
+    )
+    model = keras.applications.MobileNet(
+        include_top=False, weights=str(weights), pooling="avg", input_shape=(*size, 3)
+    )
+    images = np.concatenate([x.numpy() for x, _ in dataset])
+    features = model.predict(keras.applications.mobilenet.preprocess_input(images), verbose=0)
+    return [str(p) for p in dataset.file_paths], features
+
+
+@pytest.mark.parametrize("size", [(224, 224), (96, 128)])
+def test_features_match_image_dataset_from_directory(tmp_path, mobilenet_weights, size):
+    folder = make_class_folder(tmp_path / "data", classes=2, per_class=5)  # PNG and JPEG
+    out = tmp_path / "c.h5"
+    extract(
+        folder,
+        backbone="mobilenet",
+        weights=str(mobilenet_weights),
+        output=out,
+        image_size=f"{size[0]},{size[1]}",
+        progress=False,
+        batch_size=4,
+    )
+    data = read_cache(out)
+    paths, expected = _keras_reference(folder, mobilenet_weights, size)
+    order = [data.paths.index(str(p)[len(str(folder)) + 1 :]) for p in paths]
+    assert data.settings.weights_sha256 and len(order) == 10
+    np.testing.assert_allclose(data.features[order], expected, atol=1e-4, rtol=0)
+    assert np.abs(expected).mean() > 0.01  # real features, not vanishing ones
+
+
+def test_pretrained_features_separate_classes_better_than_random(tmp_path, mobilenet_weights):
+    """Sanity check that the file really is pretrained: class structure shows in features."""
+    from PIL import Image
+
+    folder = tmp_path / "shapes"
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        for name, draw in (("stripes", 0), ("dots", 1)):
+            canvas = np.full((64, 64, 3), 255, np.uint8)
+            if draw == 0:
+                canvas[:, (np.arange(64) // (3 + i % 3)) % 2 == 0] = rng.integers(0, 120, 3)
+            else:
+                for _ in range(20):
+                    y, x = rng.integers(4, 60, 2)
+                    canvas[y - 2 : y + 2, x - 2 : x + 2] = rng.integers(0, 120, 3)
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(canvas).save(folder / name / f"{i}.png")
+    scores = {}
+    for weights in (str(mobilenet_weights), "none"):
+        out = tmp_path / f"{weights == 'none'}.h5"
+        extract(
+            folder, backbone="mobilenet", weights=weights, output=out, image_size=96, progress=False
+        )
+        data = read_cache(out)
+        x = data.features / (np.linalg.norm(data.features, axis=1, keepdims=True) + 1e-12)
+        sim = x @ x.T
+        same = data.labels[:, None] == data.labels[None, :]
+        np.fill_diagonal(same, False)
+        other = data.labels[:, None] != data.labels[None, :]
+        scores[weights] = sim[same].mean() - sim[other].mean()
+    assert scores[str(mobilenet_weights)] > max(0.05, scores["none"])

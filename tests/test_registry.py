@@ -1,0 +1,41 @@
+"""Every registry entry builds with random weights at a small size (one test per entry)."""
+
+import numpy as np
+import pytest
+
+from featcache.errors import InvalidOptionError, UnknownBackboneError
+from featcache.extractor.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
+from featcache.extractor.registry import REGISTRY, get_backbone, list_backbones
+
+
+def test_registry_covers_every_keras_application():
+    import keras
+
+    constructors = {n for n in dir(keras.applications) if n[0].isupper()}
+    assert {spec.class_name for spec in list_backbones()} == constructors
+    assert all(spec.name == spec.name.lower() for spec in list_backbones())
+
+
+def test_lookup_is_forgiving_and_unknown_names_list_close_matches():
+    assert get_backbone("MobileNet-V2").name == "mobilenet_v2"
+    assert get_backbone("EfficientNetB3").name == "efficientnet_b3"
+    with pytest.raises(UnknownBackboneError, match=r"did you mean .*resnet50"):
+        get_backbone("resnet5")
+
+
+def test_too_small_input_is_refused():
+    with pytest.raises(InvalidOptionError, match="at least 75 px"):
+        resolve_backbone(BackboneConfig("inception_v3", "none", 32))
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_entry_builds_and_gives_documented_dimension(name):
+    import keras
+
+    keras.backend.clear_session()
+    spec = REGISTRY[name]
+    extractor = FeatureExtractor(resolve_backbone(BackboneConfig(name, "none", spec.min_size)))
+    features = extractor(np.full((1, spec.min_size, spec.min_size, 3), 127.0, np.float32))
+    assert features.shape == (1, spec.feature_dim)
+    assert extractor.feature_dim == spec.feature_dim
+    assert np.isfinite(features).all()
