@@ -211,6 +211,7 @@ class FeatureExtractor:
         def embed(images: Any) -> Any:
             return model(preprocess(images), training=False)
 
+        embed.get_concrete_function()  # trace now, so that loading time includes it
         self._embed = embed
 
     @staticmethod

@@ -60,6 +60,8 @@ class ExtractSummary:
     seconds: float
     images_per_second: float
     """New images embedded per second of the whole run."""
+    load_seconds: float = 0.0
+    """Time spent building the backbone and loading its weights (0 when not needed)."""
     classes: list[str] = field(default_factory=list)
     bad_files: list[tuple[str, str]] = field(default_factory=list)
 
@@ -243,13 +245,21 @@ def _run(
     batch: list[_Prepared] = []
     background = _Background()
 
+    load_seconds = 0.0
+
+    def load() -> FeatureExtractor:
+        nonlocal extractor, load_seconds
+        if extractor is None:
+            began = time.monotonic()
+            extractor = FeatureExtractor(resolved, settings.seed)
+            load_seconds = time.monotonic() - began
+        return extractor
+
     def flush() -> None:
-        nonlocal extractor
         if not batch:
             return
-        if extractor is None:
-            extractor = FeatureExtractor(resolved, settings.seed)
-        features = extractor(np.stack([p.pixels for p in batch]))  # type: ignore[misc]
+        model = load()
+        features = model(np.stack([p.pixels for p in batch]))  # type: ignore[misc]
         rows = list(batch)
         batch.clear()
         background.submit(
@@ -287,8 +297,7 @@ def _run(
                 bar.update(1)
             flush()
         if counts["new"] == 0 and writer.feature_dim == 0:  # new cache of bad files only
-            extractor = extractor or FeatureExtractor(resolved, settings.seed)
-            background.submit(setattr, writer, "feature_dim", extractor.feature_dim)
+            background.submit(setattr, writer, "feature_dim", load().feature_dim)
         background.submit(writer.commit, True)
         finished = True
     finally:
@@ -309,6 +318,7 @@ def _run(
         ignored=dataset.ignored,
         seconds=round(seconds, 3),
         images_per_second=round(counts["new"] / seconds, 2) if seconds > 0 else 0.0,
+        load_seconds=round(load_seconds, 3),
         classes=dataset.class_names,
         bad_files=bad_files,
     )

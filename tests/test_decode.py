@@ -130,3 +130,12 @@ def test_resize_modes():
     # a 24x32 image padded to a square has black bars on top and bottom
     assert padded[0].max() == 0 and padded[-1].max() == 0 and stretched[0].max() > 0
     assert not np.allclose(stretched, cropped)
+
+
+@pytest.mark.parametrize("mode", ["stretch", "pad", "crop"])
+def test_resize_to_the_same_size_is_exact(mode):
+    import tensorflow as tf
+
+    pixels = np.asarray(RGB)
+    reference = tf.image.resize(pixels, (24, 32), method="bilinear").numpy()
+    np.testing.assert_array_equal(resize_image(pixels, (24, 32), mode), reference)

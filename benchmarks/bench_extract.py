@@ -1,0 +1,252 @@
+"""Extraction speed and memory: model only vs ``extract`` vs the Keras reference pipeline.
+
+Usage (from the repository root, after ``pip install .``)::
+
+    python benchmarks/bench_extract.py --images 1000 --backbones mobilenet,resnet50 \
+        --weights-dir ../shared/weights --memory 2000,20000
+
+(a) model only: the same frozen backbone (featcache's tf.function) on decoded, resized
+    tensors already in memory, batches of 32;
+(b) ``extract`` end to end: JPEG files to a new HDF5 cache;
+(c) the Keras reference: ``image_dataset_from_directory`` + ``preprocess_input`` +
+    ``model.predict`` (features discarded).
+Backbone construction and weight loading are excluded from (a), (b) and (c) alike and
+reported on their own. Peak memory: ``extract`` in a subprocess, peak RSS from ``wait4``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from datasets import write_jpeg_folder
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+WEIGHT_FILES = {
+    "mobilenet": "mobilenet_1_0_224_imagenet_notop.weights.h5",
+    "vgg16": "vgg16_hed_bsds500_notop.weights.h5",
+}
+
+
+def _weights(backbone: str, weights_dir: str | None) -> str:
+    if weights_dir and backbone in WEIGHT_FILES:
+        path = Path(weights_dir) / WEIGHT_FILES[backbone]
+        if path.is_file():
+            return str(path)
+    return "none"
+
+
+def _decoded(folder: Path, size: int) -> np.ndarray:
+    from featcache.extractor.decode import decode_image, resize_image
+    from featcache.extractor.sources import scan_dataset
+
+    dataset = scan_dataset(folder)
+    return np.stack(
+        [
+            resize_image(decode_image((folder / item.path).read_bytes()), (size, size))
+            for item in dataset.items
+        ]
+    )
+
+
+def model_only(backbone: str, weights: str, images: np.ndarray, batch: int) -> dict:
+    from featcache.extractor.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
+
+    began = time.monotonic()
+    extractor = FeatureExtractor(
+        resolve_backbone(BackboneConfig(backbone, weights, images.shape[1]))
+    )
+    load = time.monotonic() - began
+    extractor(images[:batch])  # trace and warm up
+    began = time.monotonic()
+    for start in range(0, len(images), batch):
+        extractor(images[start : start + batch])
+    seconds = time.monotonic() - began
+    return {"seconds": seconds, "images_per_second": len(images) / seconds, "load_seconds": load}
+
+
+def end_to_end(backbone: str, weights: str, folder: Path, size: int, batch: int) -> dict:
+    from featcache.extractor import extract
+
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = extract(
+            folder,
+            backbone=backbone,
+            weights=weights,
+            image_size=size,
+            output=Path(tmp) / "bench.h5",
+            batch_size=batch,
+            progress=False,
+        )
+    seconds = summary.seconds - summary.load_seconds
+    return {
+        "seconds": seconds,
+        "images_per_second": summary.new / seconds,
+        "wall_seconds": summary.seconds,
+        "load_seconds": summary.load_seconds,
+    }
+
+
+def keras_reference(backbone: str, weights: str, folder: Path, size: int, batch: int) -> dict:
+    import keras
+
+    from featcache.extractor.registry import get_backbone
+
+    spec = get_backbone(backbone)
+    model = spec.constructor()(
+        include_top=False,
+        weights=None if weights == "none" else weights,
+        pooling="avg",
+        input_shape=(size, size, 3),
+    )
+    preprocess = spec.preprocess_input()
+    began = time.monotonic()
+    dataset = keras.utils.image_dataset_from_directory(
+        folder, image_size=(size, size), batch_size=batch, shuffle=False, verbose=False
+    )
+    dataset = dataset.map(lambda x, y: preprocess(x))
+    features = model.predict(dataset, verbose=0)
+    seconds = time.monotonic() - began
+    return {"seconds": seconds, "images_per_second": len(features) / seconds}
+
+
+def peak_memory(folder: Path, size: int, backbone: str, weights: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable,
+            "-m",
+            "featcache.cli",
+            "extract",
+            str(folder),
+            "-q",
+            "--backbone",
+            backbone,
+            "--weights",
+            weights,
+            "--image-size",
+            str(size),
+            "-o",
+            str(Path(tmp) / "mem.h5"),
+            "--json",
+        ]
+        began = time.monotonic()
+        process = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+        assert process.stdout is not None
+        output = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+        if status != 0:
+            raise SystemExit(f"extract failed: {cmd}")
+        summary = json.loads(output)
+    return {
+        "images": summary["rows"],
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "seconds": time.monotonic() - began,
+    }
+
+
+def _median(runs: list[dict]) -> dict:
+    """The run with the median rate, plus every run's rate."""
+    ordered = sorted(runs, key=lambda r: r["images_per_second"])
+    return {**ordered[len(ordered) // 2], "all_rates": [r["images_per_second"] for r in runs]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of (a), (b), (c), interleaved; the median is reported",
+    )
+    parser.add_argument("--backbones", default="mobilenet,resnet50")
+    parser.add_argument("--weights-dir", default=os.environ.get("FEATCACHE_WEIGHTS_DIR"))
+    parser.add_argument(
+        "--memory", default="2000,20000", help="image counts for the peak-memory runs ('' to skip)"
+    )
+    parser.add_argument(
+        "--memory-size", type=int, default=96, help="image and input size of the memory runs"
+    )
+    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "featcache-bench"))
+    parser.add_argument("--json", dest="json_out", default=None, help="also write results here")
+    args = parser.parse_args()
+
+    data = Path(args.data)
+    folder = write_jpeg_folder(data / f"jpeg{args.size}-{args.images}", args.images, args.size)
+    results: dict = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "images": args.images,
+        "size": args.size,
+        "speed": [],
+        "memory": [],
+    }
+    images = _decoded(folder, args.size)
+    for backbone in [b for b in args.backbones.split(",") if b]:
+        weights = _weights(backbone, args.weights_dir)
+        runs: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
+        for _ in range(args.repeats):
+            runs["a"].append(model_only(backbone, weights, images, args.batch_size))
+            runs["b"].append(end_to_end(backbone, weights, folder, args.size, args.batch_size))
+            runs["c"].append(keras_reference(backbone, weights, folder, args.size, args.batch_size))
+        a, b, c = (_median(runs[k]) for k in "abc")
+        row = {
+            "backbone": backbone,
+            "weights": Path(weights).name,
+            "model_only": a,
+            "extract": b,
+            "keras": c,
+            "runs": runs,
+            "b_over_a": b["images_per_second"] / a["images_per_second"],
+            "b_over_c": b["images_per_second"] / c["images_per_second"],
+        }
+        results["speed"].append(row)
+        print(
+            f"{backbone:>12}: model {a['images_per_second']:.1f}/s, extract "
+            f"{b['images_per_second']:.1f}/s, keras {c['images_per_second']:.1f}/s, "
+            f"b/a {row['b_over_a']:.2f}, b/c {row['b_over_c']:.2f} "
+            f"(load {b['load_seconds']:.1f} s)",
+            flush=True,
+        )
+    del images
+    for count in [int(n) for n in args.memory.split(",") if n]:
+        mem_folder = write_jpeg_folder(
+            data / f"jpeg{args.memory_size}-{count}", count, args.memory_size
+        )
+        row = peak_memory(
+            mem_folder, args.memory_size, "mobilenet", _weights("mobilenet", args.weights_dir)
+        )
+        results["memory"].append(row)
+        print(
+            f"memory: {row['images']} images -> peak RSS {row['peak_rss_mib']:.0f} MiB "
+            f"({row['seconds']:.0f} s)",
+            flush=True,
+        )
+    if len(results["memory"]) >= 2:
+        ratio = results["memory"][-1]["peak_rss_mib"] / results["memory"][0]["peak_rss_mib"]
+        results["memory_ratio"] = ratio
+        print(
+            f"memory ratio {results['memory'][-1]['images']} vs "
+            f"{results['memory'][0]['images']}: {ratio:.2f}x"
+        )
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
