@@ -27,6 +27,11 @@ _LAZY = {
     "list_backbones": "featcache.extractor.registry",
     "get_backbone": "featcache.extractor.registry",
     "BackboneSpec": "featcache.extractor.registry",
+    "train_head": "featcache.heads.train",
+    "load_head": "featcache.heads.train",
+    "compare": "featcache.heads.compare",
+    "predict_cache": "featcache.heads.predict",
+    "DenseHead": "featcache.heads.dense",
 }
 
 __all__ = ["FeatcacheError", "__version__", *_LAZY]

@@ -257,7 +257,197 @@ def backbones_command(as_json: bool) -> None:
         )
 
 
+def _hidden(value: str) -> tuple[int, ...]:
+    if value.strip().lower() in ("", "none", "0"):
+        return ()
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected widths like 256 or 512,128") from None
+
+
+@click.command("train-head")
+@click.argument("cache", type=click.Path())
+@click.option(
+    "--head",
+    "kind",
+    default="dense",
+    show_default=True,
+    type=click.Choice(("dense", "logreg", "linear-svm", "svm", "knn", "random-forest", "ridge")),
+    help="Keras dense head or a scikit-learn baseline.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(),
+    default=None,
+    help="Run folder. [default: runs/<cache-stem>-<head>-<timestamp>/]",
+)
+@click.option(
+    "--hidden",
+    default="256",
+    show_default=True,
+    help="Hidden layer widths, e.g. 512,128 (none: a linear softmax).",
+)
+@click.option("--dropout", type=float, default=0.5, show_default=True)
+@click.option("--batchnorm", is_flag=True, help="BatchNormalization after each hidden Dense.")
+@click.option("--activation", default="relu", show_default=True)
+@click.option(
+    "--optimizer", type=click.Choice(("adam", "sgd", "rmsprop")), default="adam", show_default=True
+)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate.")
+@click.option("--momentum", type=float, default=0.0, show_default=True)
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option(
+    "--patience",
+    type=int,
+    default=5,
+    show_default=True,
+    help="EarlyStopping patience (best weights restored); 0 disables it.",
+)
+@click.option(
+    "--monitor",
+    type=click.Choice(("val_accuracy", "val_loss")),
+    default="val_accuracy",
+    show_default=True,
+)
+@click.option("--from-logits", is_flag=True, help="Linear output and a from_logits loss.")
+@click.option("--class-weight", type=click.Choice(("balanced",)), default=None)
+@click.option(
+    "--C",
+    "C",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Inverse regularisation of logreg, linear-svm and svm.",
+)
+@click.option("--k", type=int, default=5, show_default=True, help="Neighbours of knn.")
+@click.option(
+    "--n-estimators", type=int, default=200, show_default=True, help="Trees of random-forest."
+)
+@click.option("--max-depth", type=int, default=None, help="Tree depth of random-forest.")
+@click.option("--alpha", type=float, default=1.0, show_default=True, help="Ridge penalty.")
+@click.option(
+    "--standardize/--no-standardize",
+    default=None,
+    help="Standardise features. [default: on for logreg, svm, knn, ridge]",
+)
+@click.option(
+    "--stream/--no-stream",
+    default=None,
+    help="Stream the dense head's features from disk. [default: when large]",
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Share of train carved into val when the cache has no val split.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_handle_errors
+def train_head_command(cache: str, kind: str, hidden: str, as_json: bool, **options: Any) -> None:
+    """Train a classification head on the features of CACHE and report val and test metrics."""
+    from .heads.train import train_head
+
+    result = train_head(cache, kind, hidden=_hidden(hidden), **options)
+    report = result.report
+    if as_json:
+        _print_json({**report, "run_dir": str(result.run_dir)})
+        return
+    rows = report["rows"]
+    click.echo(
+        f"{kind} head on {cache}: {rows['train']} train, {rows['val']} val, "
+        f"{rows['test']} test rows, {len(report['class_names'])} classes"
+    )
+    for note in report["notes"]:
+        click.echo(f"  note: {note}")
+    click.echo(f"  {'split':<6} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9}")
+    for split in ("val", "test"):
+        m = report[split]
+        click.echo(
+            f"  {split:<6} {m['accuracy']:>9.4f} {m['balanced_accuracy']:>9.4f} "
+            f"{m['macro_f1']:>9.4f}"
+        )
+    epochs = (
+        f", best epoch {report['best_epoch']} of {report['epochs_run']}"
+        if "best_epoch" in report
+        else ""
+    )
+    click.echo(f"  fit {report['fit_seconds']:.2f} s{epochs}; run folder {result.run_dir}")
+
+
+@main.command("compare")
+@click.argument("cache", type=click.Path())
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(),
+    default=None,
+    help="Folder. [default: runs/<cache-stem>-compare-<timestamp>/]",
+)
+@click.option(
+    "--heads",
+    default=",".join(("dense", "logreg", "linear-svm", "svm", "knn", "random-forest", "ridge")),
+    show_default=True,
+)
+@click.option("--cv", type=int, default=None, help="Select by K-fold CV on train+val.")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
+@_handle_errors
+def compare_command(
+    cache: str,
+    output: str | None,
+    heads: str,
+    cv: int | None,
+    epochs: int,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Fit every head kind with a small search on CACHE and print a leaderboard."""
+    from .heads.compare import compare
+
+    board = compare(cache, output, tuple(h for h in heads.split(",") if h), cv, epochs, seed)
+    if as_json:
+        _print_json(
+            {"rows": board.rows, "folder": str(board.folder), "best_run": str(board.best.run_dir)}
+        )
+        return
+    selected = "cv accuracy" if cv else "val accuracy"
+    click.echo(f"{'head':<14} {selected:>12} {'test acc':>9} {'test F1':>8} {'fit s':>7}  params")
+    for row in board.rows:
+        click.echo(
+            f"{row['head']:<14} {row['val_accuracy']:>12.4f} {row['test_accuracy']:>9.4f} "
+            f"{row['test_macro_f1']:>8.4f} {row['fit_seconds']:>7.2f}  {row['params']}"
+        )
+    click.echo(f"leaderboard: {board.folder}/leaderboard.csv; best run: {board.best.run_dir}")
+
+
+@main.command("predict")
+@click.argument("run", type=click.Path())
+@click.argument("cache", type=click.Path())
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(),
+    default=None,
+    help="CSV file. [default: RUN/predictions.csv]",
+)
+@click.option("--top-k", type=int, default=3, show_default=True)
+@_handle_errors
+def predict_command(run: str, cache: str, output: str | None, top_k: int) -> None:
+    """Apply the head trained in RUN to the features of CACHE; write predictions.csv."""
+    from .heads.predict import predict_cache
+
+    out = predict_cache(run, cache, output, top_k)
+    click.echo(f"wrote {out}")
+
+
 main.add_command(extract_command)
+main.add_command(train_head_command)
 
 if __name__ == "__main__":
     main()

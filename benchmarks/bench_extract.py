@@ -122,38 +122,39 @@ def keras_reference(backbone: str, weights: str, folder: Path, size: int, batch:
     return {"seconds": seconds, "images_per_second": len(features) / seconds}
 
 
+def _vm_hwm_kib(pid: int) -> int:
+    """Peak resident set size of a running process (VmHWM), in KiB; 0 once it has exited."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def peak_memory(folder: Path, size: int, backbone: str, weights: str) -> dict:
+    """Peak RSS of ``extract`` in its own process, read from /proc while it runs.
+
+    (``wait4``'s ``ru_maxrss`` would count the benchmark's own memory, inherited at fork.)
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "featcache.cli",
-            "extract",
-            str(folder),
-            "-q",
-            "--backbone",
-            backbone,
-            "--weights",
-            weights,
-            "--image-size",
-            str(size),
-            "-o",
-            str(Path(tmp) / "mem.h5"),
-            "--json",
-        ]
+        cmd = [sys.executable, "-m", "featcache.cli", "extract", str(folder), "-q",
+               "--backbone", backbone, "--weights", weights, "--image-size", str(size),
+               "-o", str(Path(tmp) / "mem.h5"), "--json"]
         began = time.monotonic()
-        process = subprocess.Popen(cmd, stdout=subprocess.PIPE)
-        assert process.stdout is not None
-        output = process.stdout.read()
-        _, status, usage = os.wait4(process.pid, 0)
-        if status != 0:
-            raise SystemExit(f"extract failed: {cmd}")
-        summary = json.loads(output)
-    return {
-        "images": summary["rows"],
-        "peak_rss_mib": usage.ru_maxrss / 1024,
-        "seconds": time.monotonic() - began,
-    }
+        with tempfile.TemporaryFile() as out:
+            process = subprocess.Popen(cmd, stdout=out)
+            peak = 0
+            while process.poll() is None:
+                peak = max(peak, _vm_hwm_kib(process.pid))
+                time.sleep(0.1)
+            if process.returncode != 0:
+                raise SystemExit(f"extract failed: {cmd}")
+            out.seek(0)
+            summary = json.loads(out.read())
+    return {"images": summary["rows"], "peak_rss_mib": peak / 1024,
+            "seconds": time.monotonic() - began}
 
 
 def _median(runs: list[dict]) -> dict:

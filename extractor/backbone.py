@@ -184,14 +184,20 @@ class FeatureExtractor:
         self.resolved = resolved
         base = self._load_base(resolved, seed, keras)
         base.trainable = False
-        if resolved.image_size == (0, 0):
+        if resolved.spec is None:
             shape = tuple(base.inputs[0].shape[1:3])
-            if None in shape:
+            if resolved.image_size == (0, 0):
+                if None in shape:
+                    raise InvalidOptionError(
+                        "the saved model accepts any input size: pass --image-size"
+                    )
+                resolved = ResolvedBackbone(**{**resolved.__dict__, "image_size": shape})
+                self.resolved = resolved
+            elif None not in shape and shape != resolved.image_size:
                 raise InvalidOptionError(
-                    "the saved model accepts any input size: pass --image-size"
+                    f"--image-size {resolved.image_size[0]},{resolved.image_size[1]}: the saved "
+                    f"model takes {shape[0]}x{shape[1]} images"
                 )
-            resolved = ResolvedBackbone(**{**resolved.__dict__, "image_size": shape})
-            self.resolved = resolved
         tapped = _tap_layer(base, resolved.layer, keras)
         pooled = _pool(tapped.output, resolved.pooling, keras)
         self.model = keras.Model(tapped.inputs, pooled, name=f"featcache_{base.name}")
@@ -242,7 +248,7 @@ class FeatureExtractor:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if weights == "imagenet":
                 raise WeightsError(
-                    f"could not get the ImageNet weights of {spec.name} ({message}); "
+                    f"could not build {spec.name} with ImageNet weights ({message}); "
                     "offline, pass --weights PATH to a weights file, or --weights none"
                 ) from None
             raise WeightsError(

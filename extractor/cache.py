@@ -82,13 +82,20 @@ class CacheSettings:
     def fingerprint(self) -> str:
         """SHA-256 over every setting that changes the stored features."""
         payload = {name: self._feature_key(name) for name in _FEATURE_FIELDS}
+        if self.weights == "none":  # random weights are drawn from the seed
+            payload["seed"] = self.seed
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def differences(self, other: CacheSettings) -> list[str]:
         """Human-readable ``name: ours vs theirs`` for every differing setting."""
         out = []
+        folders = self.split_source == other.split_source == "folders"
         for name in (*_FEATURE_FIELDS, "split_ratios", "split_source", "seed", "dataset_root"):
             if name.endswith("sha256"):
+                continue
+            if folders and name == "split_ratios":
+                continue  # the layout sets the splits
+            if folders and name == "seed" and self.weights != "none":
                 continue
             mine, theirs = self._feature_key(name), other._feature_key(name)
             if name in ("weights", "backbone"):
@@ -336,12 +343,14 @@ class CacheWriter:
         self.base_paths: list[str] = []
         self.base_sha: list[str] = []
         self.base_split = np.zeros(0, np.uint8)
+        self.base_labels = np.zeros(0, np.int32)
         self.bad: dict[str, str] = {}
         self._base_classes: list[str] = list(class_names)
         self._has_base = self.path.exists() and not overwrite
         if self._has_base:
             self._load_base()
         self.keep = np.ones(len(self.base_paths), dtype=bool)
+        self._base_rows = {path: row for row, path in enumerate(self.base_paths)}
         self._rewrite = not self._has_base or self._base_classes != self.class_names
 
     def _load_base(self) -> None:
@@ -358,20 +367,24 @@ class CacheWriter:
             self.base_paths = _strings(handle["paths"])
             self.base_sha = [v.decode() for v in handle["sha256"][:]]
             self.base_split = handle["split"][:].astype(np.uint8)
+            self.base_labels = handle["labels"][:].astype(np.int32)
             self._base_classes = json.loads(handle.attrs.get("class_names", "[]"))
             self.bad = dict(zip(_strings(handle["bad/paths"]), _strings(handle["bad/reasons"])))
 
     # -- bookkeeping -----------------------------------------------------------------
 
-    def index(self) -> dict[str, str]:
-        """Path -> SHA-256 of the rows already in the file."""
-        return dict(zip(self.base_paths, self.base_sha))
+    def index(self) -> dict[str, tuple[str, str | None]]:
+        """Path -> (SHA-256, class name) of the rows already in the file."""
+        return {
+            path: (sha, self._base_classes[label] if label >= 0 else None)
+            for path, sha, label in zip(self.base_paths, self.base_sha, self.base_labels.tolist())
+        }
 
     def drop(self, paths: Iterable[str]) -> None:
         """Drop existing rows (deleted or changed files)."""
-        wanted = set(paths)
-        for row, path in enumerate(self.base_paths):
-            if path in wanted and self.keep[row]:
+        for path in paths:
+            row = self._base_rows.get(path)
+            if row is not None and self.keep[row]:
                 self.keep[row] = False
                 self._rewrite = self._dirty = True
 
@@ -431,8 +444,9 @@ class CacheWriter:
 
     def commit(self, final: bool = False) -> bool:
         """Write everything so far as the new cache file; False when nothing changed."""
-        if self._has_base and not self._dirty:
-            return False
+        if self._has_base and not self._dirty and not self._rewrite:
+            if not final or self._in_order():
+                return False
         if not self._has_base and not self._pending.paths and not final:
             return False
         started = time.monotonic()
@@ -464,7 +478,9 @@ class CacheWriter:
             self.base_paths = _strings(handle["paths"])
             self.base_sha = [v.decode() for v in handle["sha256"][:]]
             self.base_split = handle["split"][:].astype(np.uint8)
+            self.base_labels = handle["labels"][:].astype(np.int32)
         self.keep = np.ones(len(self.base_paths), dtype=bool)
+        self._base_rows = {path: row for row, path in enumerate(self.base_paths)}
         self._pending = _Pending()
         self._base_classes = list(self.class_names)
         self._has_base = True
@@ -473,7 +489,8 @@ class CacheWriter:
 
     def _labels(self, classes: Iterable[str | None]) -> np.ndarray:
         lookup = {name: i for i, name in enumerate(self.class_names)}
-        return np.asarray([lookup[c] if c is not None else -1 for c in classes], np.int32)
+        # a class that no longer exists (its rows are re-embedded later in the run) -> -1
+        return np.asarray([lookup.get(c, -1) if c is not None else -1 for c in classes], np.int32)
 
     def _root_attrs(self, handle: h5py.File, rows: int) -> None:
         attrs = handle.attrs
@@ -537,7 +554,7 @@ class CacheWriter:
         old: h5py.File | None = h5py.File(self.path, "r") if self._has_base else None
         try:
             if old is not None:
-                old_labels = old["labels"][:]
+                old_labels = self.base_labels
                 old_classes = [self._base_classes[v] if v >= 0 else None for v in old_labels[kept]]
             all_paths = base_paths + pending.paths
             all_sha = [self.base_sha[i] for i in kept] + pending.sha256

@@ -127,22 +127,23 @@ def extract(
         raise InvalidOptionError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if batch_size < 1:
         raise InvalidOptionError(f"--batch-size {batch_size}: must be at least 1")
+    if workers is not None and workers < 1:
+        raise InvalidOptionError(f"--workers {workers}: must be at least 1")
     ratios = parse_split(split)
     config = BackboneConfig(
         backbone, weights, image_size, pooling, layer or "", preprocessing, seed
     )
     resolved = resolve_backbone(config)
-    dataset = scan_dataset(data, labels)
     out_path = Path(output) if output is not None else default_output(backbone)
-    extractor: FeatureExtractor | None = None
-    if resolved.spec is None:  # saved model: its input size is needed up front
-        extractor = FeatureExtractor(resolved, seed)
-        resolved = extractor.resolved
-    settings = _settings(resolved, resize, dtype, ratios, seed, dataset)
-
     out_path.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock(out_path)
     try:
+        dataset = scan_dataset(data, labels)
+        extractor: FeatureExtractor | None = None
+        if resolved.spec is None:  # saved model: its input size is needed up front
+            extractor = FeatureExtractor(resolved, seed)
+            resolved = extractor.resolved
+        settings = _settings(resolved, resize, dtype, ratios, seed, dataset)
         return _run(
             dataset,
             resolved,
@@ -229,7 +230,7 @@ def _run(
             content, sha = dataset.read(item)
         except OSError as exc:
             return _Prepared(item, reason=f"unreadable: {exc.strerror or exc}")
-        if known.get(item.path) == sha:
+        if known.get(item.path) == (sha, item.class_name):
             return _Prepared(item, sha, reused=True)
         try:
             if isinstance(content, np.ndarray):
@@ -239,6 +240,10 @@ def _run(
             return _Prepared(item, sha, resize_image(pixels, size, settings.resize))
         except BadImageError as exc:
             return _Prepared(item, sha, reason=str(exc))
+        except MemoryError:
+            return _Prepared(item, sha, reason="decode failed: out of memory")
+        except Exception as exc:  # noqa: BLE001 - one odd file must never stop the run
+            return _Prepared(item, sha, reason=f"decode failed: {type(exc).__name__}: {exc}")
 
     counts = {"new": 0, "reused": 0, "bad": 0}
     bad_files: list[tuple[str, str]] = []
@@ -283,6 +288,8 @@ def _run(
                     counts["bad"] += 1
                     bad_files.append((path, prepared.reason))
                     background.submit(writer.set_bad, path, prepared.reason)
+                    if path in known:  # a cached file that went bad loses its old row
+                        background.submit(writer.drop, [path])
                 else:
                     background.submit(writer.set_bad, path, None)
                     if prepared.reused:
@@ -351,16 +358,18 @@ class _Background:
             depth
         )
         self._error: BaseException | None = None
+        self._failed = False
         self._thread = threading.Thread(target=self._loop, name="featcache-write", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         while (job := self._queue.get()) is not None:
-            if self._error is None:
+            if not self._failed:
                 try:
                     job[0](*job[1])
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller
                     self._error = exc
+                    self._failed = True
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)``; raises the writer's error if one happened."""

@@ -264,3 +264,90 @@ def test_random_weights_are_seeded(class_folder, tmp_path):
     np.testing.assert_allclose(
         read_cache(tmp_path / "a.h5").features, read_cache(tmp_path / "b.h5").features, atol=1e-6
     )
+
+
+def test_cached_file_that_goes_bad_loses_its_row(class_folder, tmp_path):
+    out = tmp_path / "c.h5"
+    extract(class_folder, output=out, **TINY)
+    good = (class_folder / "class_0" / "img_0.png").read_bytes()
+    (class_folder / "class_0" / "img_0.png").write_bytes(good[: len(good) // 2])
+    summary = extract(class_folder, output=out, **TINY)
+    data = read_cache(out)
+    assert summary.bad == 1 and summary.rows == 11
+    assert "class_0/img_0.png" not in data.paths
+    assert dict(data.bad)["class_0/img_0.png"].startswith("corrupt or truncated")
+
+
+def test_new_empty_class_folder_updates_class_names(class_folder, tmp_path):
+    out = tmp_path / "c.h5"
+    extract(class_folder, output=out, **TINY)
+    (class_folder / "aaa").mkdir()
+    summary = extract(class_folder, output=out, **TINY)
+    data = read_cache(out)
+    assert summary.new == 0
+    assert data.class_names == ["aaa", "class_0", "class_1", "class_2"]
+    assert sorted(set(data.labels.tolist())) == [1, 2, 3]
+
+
+def test_npy_label_changes_are_picked_up(tmp_path):
+    images = np.random.default_rng(0).integers(0, 255, (6, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    np.save(tmp_path / "y.npy", np.array([0, 1, 2, 0, 1, 2]))
+    out = tmp_path / "c.h5"
+    extract(tmp_path / "x.npy", output=out, **TINY)
+    np.save(tmp_path / "y.npy", np.array([0, 1, 1, 0, 1, 0]))  # class 2 disappears
+    summary = extract(tmp_path / "x.npy", output=out, **TINY)
+    data = read_cache(out)
+    assert summary.new == 2 and summary.reused == 4
+    assert data.labels.tolist() == [0, 1, 1, 0, 1, 0] and data.class_names == ["0", "1"]
+
+
+def test_random_weight_fingerprint_depends_on_seed(class_folder, tmp_path):
+    extract(class_folder, output=tmp_path / "a.h5", **TINY)
+    extract(class_folder, output=tmp_path / "b.h5", seed=21, **TINY)
+    a, b = read_cache(tmp_path / "a.h5"), read_cache(tmp_path / "b.h5")
+    assert a.attrs["fingerprint"] != b.attrs["fingerprint"]
+    assert not np.allclose(a.features, b.features)
+
+
+def test_unfinished_append_is_put_in_order_by_the_next_run(tmp_path):
+    from featcache.extractor.cache import CacheSettings, CacheWriter
+
+    settings = CacheSettings(
+        "vgg16",
+        "",
+        "none",
+        "",
+        (32, 32),
+        "stretch",
+        "avg",
+        "",
+        "none",
+        "float32",
+        (1.0, 0.0, 0.0),
+        "hash",
+        0,
+        str(tmp_path),
+    )
+    order = {"a": 0, "b": 1, "c": 2}
+    out = tmp_path / "c.h5"
+    rows = {p: np.full((1, 4), i, np.float32) for i, p in enumerate("abc")}
+    first = CacheWriter(out, settings, [], order)
+    for p in "ac":
+        first.add([p], [p * 64], [None], [0], rows[p])
+    first.commit(final=True)
+    killed = CacheWriter(out, settings, [], order)
+    killed.add(["b"], ["b" * 64], [None], [0], rows["b"])
+    killed.commit()  # a checkpoint of a run that is then killed
+    assert read_cache(out).paths == ["a", "c", "b"]
+    CacheWriter(out, settings, [], order).commit(final=True)
+    data = read_cache(out)
+    assert data.paths == ["a", "b", "c"] and data.features[:, 0].tolist() == [0, 1, 2]
+
+
+def test_changing_split_ratios_is_fine_for_split_folders(tmp_path):
+    write_image(tmp_path / "s" / "train" / "a.png", 1)
+    write_image(tmp_path / "s" / "test" / "b.png", 2)
+    extract(tmp_path / "s", output=tmp_path / "c.h5", **TINY)
+    summary = extract(tmp_path / "s", output=tmp_path / "c.h5", split="0.5,0.5", **TINY)
+    assert summary.reused == 2

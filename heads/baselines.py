@@ -1,0 +1,94 @@
+"""scikit-learn baseline heads, their defaults and the small grids ``compare`` searches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.base import ClassifierMixin
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from ..errors import InvalidOptionError
+
+BASELINES = ("logreg", "linear-svm", "svm", "knn", "random-forest", "ridge")
+HEAD_KINDS = ("dense", *BASELINES)
+"""Every head ``train-head --head`` accepts."""
+
+STANDARDIZE_BY_DEFAULT = {"logreg", "linear-svm", "svm", "knn", "ridge"}
+"""Heads whose features are standardised unless ``--no-standardize``."""
+
+GRIDS: dict[str, list[dict[str, Any]]] = {
+    "dense": [
+        {"hidden": (256,), "dropout": 0.5},
+        {"hidden": (), "dropout": 0.0},
+        {"hidden": (512, 128), "dropout": 0.3},
+    ],
+    "logreg": [{"C": c} for c in (0.1, 1.0, 10.0)],
+    "linear-svm": [{"C": c} for c in (0.01, 0.1, 1.0)],
+    "svm": [{"C": c} for c in (1.0, 10.0)],
+    "knn": [{"k": k} for k in (3, 7, 15)],
+    "random-forest": [{"n_estimators": 200, "max_depth": d} for d in (None, 16)],
+    "ridge": [{"alpha": a} for a in (0.1, 1.0, 10.0)],
+}
+"""The hyper-parameters ``featcache compare`` tries for each head."""
+
+
+def make_baseline(
+    kind: str,
+    *,
+    C: float = 1.0,
+    k: int = 5,
+    n_estimators: int = 200,
+    max_depth: int | None = None,
+    alpha: float = 1.0,
+    standardize: bool | None = None,
+    class_weight: str | None = None,
+    seed: int = 0,
+) -> Pipeline:
+    """A scikit-learn classifier for ``kind``, behind an optional ``StandardScaler``."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression, RidgeClassifier
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import SVC, LinearSVC
+
+    builders: dict[str, Any] = {
+        "logreg": lambda: LogisticRegression(
+            C=C, max_iter=2000, class_weight=class_weight, random_state=seed
+        ),
+        "linear-svm": lambda: LinearSVC(
+            C=C, class_weight=class_weight, random_state=seed, max_iter=5000
+        ),
+        "svm": lambda: SVC(
+            C=C, kernel="rbf", probability=True, class_weight=class_weight, random_state=seed
+        ),
+        "knn": lambda: KNeighborsClassifier(n_neighbors=k),
+        "random-forest": lambda: RandomForestClassifier(
+            n_estimators=n_estimators,
+            max_depth=max_depth,
+            class_weight=class_weight,
+            random_state=seed,
+            n_jobs=-1,
+        ),
+        "ridge": lambda: RidgeClassifier(alpha=alpha, class_weight=class_weight),
+    }
+    if kind not in builders:
+        raise InvalidOptionError(f"--head {kind!r}: expected one of {', '.join(HEAD_KINDS)}")
+    if standardize is None:
+        standardize = kind in STANDARDIZE_BY_DEFAULT
+    steps: list[tuple[str, Any]] = [("scale", StandardScaler())] if standardize else []
+    return Pipeline([*steps, ("head", builders[kind]())])
+
+
+def probabilities(model: ClassifierMixin, X: np.ndarray) -> np.ndarray:
+    """``predict_proba``, or a softmax of ``decision_function`` for margin classifiers."""
+    if hasattr(model, "predict_proba"):
+        try:
+            return np.asarray(model.predict_proba(X))
+        except AttributeError:
+            pass
+    scores = np.asarray(model.decision_function(X), dtype=np.float64)
+    if scores.ndim == 1:
+        scores = np.stack([-scores, scores], axis=1) / 2.0
+    scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return scores / scores.sum(axis=1, keepdims=True)

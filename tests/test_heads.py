@@ -1,0 +1,228 @@
+"""Head trainer on real caches made by ``extract`` from small image folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import TINY
+from featcache.cli import main
+from featcache.errors import DatasetError, SettingsMismatchError
+from featcache.extractor import extract
+from featcache.heads.dense import DenseHead
+from featcache.heads.predict import predict_cache
+from featcache.heads.train import load_head, train_head
+
+KINDS = ["dense", "logreg", "linear-svm", "svm", "knn", "random-forest", "ridge"]
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+
+
+def colour_folder(root, classes=COLOURS, per_class=20, seed=0):
+    """Noisy images whose class is their dominant colour: learnable from any features."""
+    rng = np.random.default_rng(seed)
+    for name, rgb in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.normal(0, 40, (32, 32, 3))
+            pixels = np.clip(np.asarray(rgb) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heads")
+    colour_folder(root / "data")
+    out = root / "colours.h5"
+    extract(root / "data", output=out, split="0.6,0.2,0.2", **TINY)
+    return out
+
+
+def _valid_png(path):
+    with Image.open(path) as image:
+        image.verify()
+    return True
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_head_fits_reports_and_reloads(cache, tmp_path, kind):
+    result = train_head(cache, kind, tmp_path / "run", epochs=15, seed=1)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["head"] == kind and report["class_names"] == ["blue", "green", "red"]
+    for split in ("val", "test"):
+        m = report[split]
+        assert {
+            "accuracy",
+            "balanced_accuracy",
+            "macro_f1",
+            "per_class",
+            "confusion_matrix",
+        } <= set(m)
+        assert len(m["per_class"]) == 3 and np.asarray(m["confusion_matrix"]).shape == (3, 3)
+        assert np.asarray(m["confusion_matrix"]).sum() == report["rows"][split]
+    assert report["test"]["accuracy"] >= 0.6, report["test"]  # chance is 1/3
+    assert report["fit_seconds"] > 0 and report["fingerprint"]
+    assert _valid_png(tmp_path / "run" / "confusion.png")
+    if kind == "dense":
+        assert (tmp_path / "run" / "head.keras").is_file()
+        assert _valid_png(tmp_path / "run" / "history.png")
+        with open(tmp_path / "run" / "history.csv") as handle:
+            header = next(csv.reader(handle))
+        assert {"epoch", "accuracy", "loss", "val_accuracy", "val_loss"} <= set(header)
+    else:
+        assert (tmp_path / "run" / "head.joblib").is_file()
+    loaded = load_head(tmp_path / "run")
+    from featcache.extractor import read_cache
+
+    data = read_cache(cache)
+    np.testing.assert_allclose(
+        loaded.predict_proba(data.features), result.head.predict_proba(data.features), atol=1e-6
+    )
+
+
+def test_binary_head_has_one_sigmoid_unit(tmp_path):
+    colour_folder(tmp_path / "d", {"red": (200, 40, 40), "blue": (40, 60, 200)}, per_class=15)
+    extract(tmp_path / "d", output=tmp_path / "b.h5", split="0.6,0.2,0.2", **TINY)
+    result = train_head(tmp_path / "b.h5", "dense", tmp_path / "run", epochs=30, standardize=True)
+    model = result.head.estimator.model_
+    assert model.output_shape == (None, 1)
+    assert model.layers[-1].activation.__name__ == "sigmoid"
+    assert result.report["test"]["accuracy"] >= 0.6
+
+
+def test_early_stopping_restores_the_best_weights():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    y = rng.integers(0, 3, 300)  # noise: validation accuracy peaks early, then wanders
+    head = DenseHead(hidden=(64,), dropout=0.0, lr=0.02, epochs=60, patience=3, seed=0)
+    head.fit(x[:200], y[:200], validation_data=(x[200:], y[200:]))
+    assert head.n_epochs_ < 60
+    best = max(head.history_["val_accuracy"])
+    assert np.mean(head.predict(x[200:]) == y[200:]) == pytest.approx(best, abs=1e-6)
+    assert head.history_["val_accuracy"][head.best_epoch_ - 1] == best
+
+
+def test_same_seed_same_head():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(120, 8)).astype(np.float32), rng.integers(0, 3, 120)
+    a = DenseHead(hidden=(16,), epochs=5, seed=7).fit(x, y).predict_proba(x)
+    b = DenseHead(hidden=(16,), epochs=5, seed=7).fit(x, y).predict_proba(x)
+    c = DenseHead(hidden=(16,), epochs=5, seed=8).fit(x, y).predict_proba(x)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not np.allclose(a, c, atol=1e-4)
+
+
+def test_missing_val_split_is_carved_from_train(tmp_path):
+    colour_folder(tmp_path / "d", per_class=10)
+    extract(tmp_path / "d", output=tmp_path / "c.h5", split="0.8,0,0.2", **TINY)
+    result = train_head(tmp_path / "c.h5", "logreg", tmp_path / "run")
+    assert any("carved from train" in note for note in result.report["notes"])
+    assert result.report["rows"]["val"] > 0
+
+
+def test_streamed_dense_head_matches_in_memory_quality(cache, tmp_path):
+    streamed = train_head(
+        cache, "dense", tmp_path / "s", epochs=15, seed=1, stream=True, standardize=True
+    )
+    assert streamed.report["streamed"] is True
+    assert streamed.report["test"]["accuracy"] >= 0.6
+
+
+def test_predict_writes_a_row_per_image_and_checks_settings(cache, tmp_path):
+    train_head(cache, "logreg", tmp_path / "run")
+    out = predict_cache(tmp_path / "run", cache, top_k=2)
+    with open(out) as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 60 and set(rows[0]) == {
+        "path",
+        "label",
+        "predicted",
+        "probability",
+        "top_k",
+    }
+    assert len(rows[0]["top_k"].split("|")) == 2
+    assert np.mean([r["label"] == r["predicted"] for r in rows]) > 0.6
+    other = tmp_path / "other.h5"
+    colour_folder(tmp_path / "d2", per_class=3)
+    extract(tmp_path / "d2", output=other, **{**TINY, "image_size": 48})
+    with pytest.raises(SettingsMismatchError, match="image_size"):
+        predict_cache(tmp_path / "run", other)
+
+
+def test_compare_writes_a_leaderboard_and_keeps_the_best_run(cache, tmp_path):
+    result = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            str(cache),
+            "-o",
+            str(tmp_path / "cmp"),
+            "--heads",
+            "dense,logreg,knn",
+            "--epochs",
+            "8",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    board = json.loads(result.output)
+    assert [r["head"] for r in board["rows"]] and len(board["rows"]) == 3
+    assert (tmp_path / "cmp" / "leaderboard.csv").is_file()
+    assert (tmp_path / "cmp" / "leaderboard.json").is_file()
+    assert (tmp_path / "cmp" / f"best-{board['rows'][0]['head']}" / "report.json").is_file()
+
+
+def test_compare_with_cross_validation(cache, tmp_path):
+    from featcache.heads.compare import compare
+
+    board = compare(cache, tmp_path / "cv", heads=("logreg", "ridge"), cv=3)
+    assert all(r["selection"] == "3-fold cv" for r in board.rows)
+
+
+def test_train_head_cli_prints_a_table(cache, tmp_path):
+    result = CliRunner().invoke(
+        main, ["train-head", str(cache), "--head", "knn", "--k", "3", "-o", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "knn head" in result.output and "test" in result.output
+
+
+@pytest.mark.parametrize("problem", ["unlabelled", "one-class", "no-test", "missing", "newer"])
+def test_unusable_caches_exit_2_and_write_nothing(tmp_path, monkeypatch, problem):
+    data = tmp_path / "d"
+    out = tmp_path / "c.h5"
+    if problem == "unlabelled":
+        for i in range(4):
+            Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+        extract(tmp_path, output=out, **TINY)
+    elif problem == "one-class":
+        colour_folder(data, {"red": (200, 40, 40)}, per_class=6)
+        extract(data, output=out, **TINY)
+    elif problem == "no-test":
+        colour_folder(data, per_class=4)
+        extract(data, output=out, split="0.8,0.2", **TINY)
+    elif problem == "newer":
+        import h5py
+
+        colour_folder(data, per_class=4)
+        extract(data, output=out, **TINY)
+        with h5py.File(out, "r+") as f:
+            f.attrs["format_version"] = 9
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    result = CliRunner().invoke(main, ["train-head", str(out)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error:") and len(result.output.splitlines()) == 1
+    assert not (tmp_path / "cwd" / "runs").exists()
+
+
+def test_dataset_errors_are_featcache_errors(tmp_path):
+    colour_folder(tmp_path / "d", {"red": (200, 40, 40)}, per_class=6)
+    extract(tmp_path / "d", output=tmp_path / "c.h5", **TINY)
+    with pytest.raises(DatasetError, match="only one class"):
+        train_head(tmp_path / "c.h5", "logreg")
