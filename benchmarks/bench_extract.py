@@ -139,9 +139,23 @@ def peak_memory(folder: Path, size: int, backbone: str, weights: str) -> dict:
     (``wait4``'s ``ru_maxrss`` would count the benchmark's own memory, inherited at fork.)
     """
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "featcache.cli", "extract", str(folder), "-q",
-               "--backbone", backbone, "--weights", weights, "--image-size", str(size),
-               "-o", str(Path(tmp) / "mem.h5"), "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "featcache.cli",
+            "extract",
+            str(folder),
+            "-q",
+            "--backbone",
+            backbone,
+            "--weights",
+            weights,
+            "--image-size",
+            str(size),
+            "-o",
+            str(Path(tmp) / "mem.h5"),
+            "--json",
+        ]
         began = time.monotonic()
         with tempfile.TemporaryFile() as out:
             process = subprocess.Popen(cmd, stdout=out)
@@ -153,8 +167,11 @@ def peak_memory(folder: Path, size: int, backbone: str, weights: str) -> dict:
                 raise SystemExit(f"extract failed: {cmd}")
             out.seek(0)
             summary = json.loads(out.read())
-    return {"images": summary["rows"], "peak_rss_mib": peak / 1024,
-            "seconds": time.monotonic() - began}
+    return {
+        "images": summary["rows"],
+        "peak_rss_mib": peak / 1024,
+        "seconds": time.monotonic() - began,
+    }
 
 
 def _median(runs: list[dict]) -> dict:

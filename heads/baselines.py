@@ -47,6 +47,7 @@ def make_baseline(
     seed: int = 0,
 ) -> Pipeline:
     """A scikit-learn classifier for ``kind``, behind an optional ``StandardScaler``."""
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression, RidgeClassifier
     from sklearn.neighbors import KNeighborsClassifier
@@ -59,8 +60,10 @@ def make_baseline(
         "linear-svm": lambda: LinearSVC(
             C=C, class_weight=class_weight, random_state=seed, max_iter=5000
         ),
-        "svm": lambda: SVC(
-            C=C, kernel="rbf", probability=True, class_weight=class_weight, random_state=seed
+        "svm": lambda: CalibratedClassifierCV(
+            SVC(C=C, kernel="rbf", class_weight=class_weight, random_state=seed),
+            ensemble=False,
+            cv=3,
         ),
         "knn": lambda: KNeighborsClassifier(n_neighbors=k),
         "random-forest": lambda: RandomForestClassifier(
