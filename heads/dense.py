@@ -115,7 +115,13 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             "sgd": lambda: keras.optimizers.SGD(self.lr, momentum=self.momentum),
             "rmsprop": lambda: keras.optimizers.RMSprop(self.lr, momentum=self.momentum),
         }
-        model.compile(optimizer=optimizers[self.optimizer](), loss=loss, metrics=[metric])
+        # several steps per call: a small head is dominated by per-step Python overhead
+        model.compile(
+            optimizer=optimizers[self.optimizer](),
+            loss=loss,
+            metrics=[metric],
+            steps_per_execution=16,
+        )
         return model
 
     def _callbacks(self, has_validation: bool) -> list[Any]:

@@ -279,13 +279,12 @@ def save_run(
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     if history:
         write_history(history, run_dir)
-    for split, name in (("test", "confusion.png"), ("val", "confusion_val.png")):
-        write_confusion(
-            report[split]["confusion_matrix"],
-            head.class_names,
-            run_dir / name,
-            f"{head.kind} head, {split} split (rows normalised)",
-        )
+    write_confusion(
+        report["test"]["confusion_matrix"],
+        head.class_names,
+        run_dir / "confusion.png",
+        f"{head.kind} head, test split (rows normalised)",
+    )
 
 
 def load_head(run: str | os.PathLike[str]) -> TrainedHead:

@@ -80,3 +80,45 @@ def test_pretrained_features_separate_classes_better_than_random(tmp_path, mobil
         other = data.labels[:, None] != data.labels[None, :]
         scores[weights] = sim[same].mean() - sim[other].mean()
     assert scores[str(mobilenet_weights)] > max(0.05, scores["none"])
+
+
+def test_vgg16_weights_file_loads_through_weights_path(tmp_path, weights_dir, class_folder):
+    """The other shared file (VGG16, edge-tuned) loads with --weights PATH unchanged."""
+    path = weights_dir / "vgg16_hed_bsds500_notop.weights.h5"
+    if not path.is_file():
+        pytest.skip(f"{path} is missing")
+    extract(
+        class_folder,
+        backbone="vgg16",
+        weights=str(path),
+        image_size=32,
+        output=tmp_path / "pre.h5",
+        progress=False,
+    )
+    extract(
+        class_folder,
+        backbone="vgg16",
+        weights="none",
+        image_size=32,
+        output=tmp_path / "rand.h5",
+        progress=False,
+    )
+    pretrained, random = read_cache(tmp_path / "pre.h5"), read_cache(tmp_path / "rand.h5")
+    assert len(pretrained.settings.weights_sha256) == 64
+    assert pretrained.settings.weights.endswith("vgg16_hed_bsds500_notop.weights.h5")
+    assert not np.allclose(pretrained.features, random.features, rtol=0.1)
+
+
+def test_wrong_weights_file_is_a_clear_error(tmp_path, mobilenet_weights, class_folder):
+    from featcache.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="could not load"):
+        extract(
+            class_folder,
+            backbone="vgg16",
+            weights=str(mobilenet_weights),
+            image_size=32,
+            output=tmp_path / "x.h5",
+            progress=False,
+        )
+    assert not (tmp_path / "x.h5").exists()
