@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from .errors import FeatcacheError
+from .errors import FeatcacheError, InvalidOptionError
 
 _RESIZE = ("stretch", "pad", "crop")
 _POOLING = ("avg", "max", "none")
@@ -263,7 +263,9 @@ def _hidden(value: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in value.split(","))
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected widths like 256 or 512,128") from None
+        raise InvalidOptionError(
+            f"--hidden {value!r}: expected widths like 256 or 512,128"
+        ) from None
 
 
 @click.command("train-head")
@@ -413,16 +415,23 @@ def compare_command(
     board = compare(cache, output, tuple(h for h in heads.split(",") if h), cv, epochs, seed)
     if as_json:
         _print_json(
-            {"rows": board.rows, "folder": str(board.folder), "best_run": str(board.best.run_dir)}
+            {
+                "rows": board.rows,
+                "folder": str(board.folder),
+                "best_run": str(board.best.run_dir),
+                "skipped": board.skipped,
+            }
         )
         return
     selected = "cv accuracy" if cv else "val accuracy"
     click.echo(f"{'head':<14} {selected:>12} {'test acc':>9} {'test F1':>8} {'fit s':>7}  params")
     for row in board.rows:
         click.echo(
-            f"{row['head']:<14} {row['val_accuracy']:>12.4f} {row['test_accuracy']:>9.4f} "
+            f"{row['head']:<14} {row['selection_accuracy']:>12.4f} {row['test_accuracy']:>9.4f} "
             f"{row['test_macro_f1']:>8.4f} {row['fit_seconds']:>7.2f}  {row['params']}"
         )
+    for note in board.skipped:
+        click.echo(f"skipped: {note}")
     click.echo(f"leaderboard: {board.folder}/leaderboard.csv; best run: {board.best.run_dir}")
 
 
@@ -436,7 +445,7 @@ def compare_command(
     default=None,
     help="CSV file. [default: RUN/predictions.csv]",
 )
-@click.option("--top-k", type=int, default=3, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
 @_handle_errors
 def predict_command(run: str, cache: str, output: str | None, top_k: int) -> None:
     """Apply the head trained in RUN to the features of CACHE; write predictions.csv."""

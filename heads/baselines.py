@@ -84,6 +84,22 @@ def make_baseline(
     return Pipeline([*steps, ("head", builders[kind]())])
 
 
+def fit_baseline(kind: str, model: Pipeline, X: np.ndarray, y: np.ndarray) -> Pipeline:
+    """Fit, after fitting the model's data-dependent settings to ``y`` or refusing clearly."""
+    from ..errors import DatasetError
+
+    _, counts = np.unique(y, return_counts=True)
+    if kind == "svm":
+        if counts.min() < 2:
+            raise DatasetError("svm needs at least 2 training rows of every class (calibration)")
+        model.set_params(head__cv=int(min(3, counts.min())))
+    if kind == "knn" and model.get_params()["head__n_neighbors"] > len(y):
+        raise InvalidOptionError(
+            f"--k {model.get_params()['head__n_neighbors']}: more than the {len(y)} training rows"
+        )
+    return model.fit(X, y)
+
+
 def probabilities(model: ClassifierMixin, X: np.ndarray) -> np.ndarray:
     """``predict_proba``, or a softmax of ``decision_function`` for margin classifiers."""
     if hasattr(model, "predict_proba"):

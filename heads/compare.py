@@ -15,8 +15,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
-from ..errors import InvalidOptionError
-from .baselines import GRIDS, HEAD_KINDS, make_baseline
+from ..errors import DatasetError, FeatcacheError, InvalidOptionError
+from .baselines import GRIDS, HEAD_KINDS, fit_baseline, make_baseline
 from .data import load_splits
 from .dense import DenseHead
 from .train import DEFAULT_RUNS_DIR, TrainResult, train_head
@@ -29,6 +29,8 @@ class Leaderboard:
     rows: list[dict[str, Any]]
     folder: Path
     best: TrainResult
+    skipped: list[str]
+    """Grid points that could not be fitted on this cache, and why."""
 
 
 def _estimator(kind: str, params: dict[str, Any], seed: int, epochs: int, cv: bool) -> Any:
@@ -47,51 +49,59 @@ def compare(
     seed: int = 0,
 ) -> Leaderboard:
     """Fit every head kind over its grid, choose by val accuracy (or ``cv``-fold CV on
-    train+val), report test accuracy of each kind's best, and keep the overall best run."""
+    train+val), report test accuracy of each kind's best, and keep the overall best run.
+
+    The dense head early-stops on the same val split that scores it, which favours it a
+    little over the baselines; ``cv`` avoids that.
+    """
     unknown = [h for h in heads if h not in HEAD_KINDS]
-    if unknown:
-        raise InvalidOptionError(f"unknown heads {unknown}; expected {', '.join(HEAD_KINDS)}")
+    if unknown or not heads:
+        raise InvalidOptionError(
+            f"--heads {','.join(heads)!r}: expected some of {', '.join(HEAD_KINDS)}"
+        )
     if cv is not None and cv < 2:
         raise InvalidOptionError("--cv must be at least 2")
+    if epochs < 1:
+        raise InvalidOptionError(f"--epochs {epochs}: must be at least 1")
     cache = Path(cache)
     splits = load_splits(cache, seed=seed)
     x_train, y_train = splits.features(splits.train), splits.train.labels
-    x_val, y_val = splits.features(splits.val), splits.val.labels
+    early = splits.seen(splits.val)
+    x_val, y_val = splits.features(early), early.labels
     x_test, y_test = splits.features(splits.test), splits.test.labels
-    rows = []
+    if cv:
+        _, counts = np.unique(np.concatenate([y_train, y_val]), return_counts=True)
+        if cv > counts.min():
+            raise InvalidOptionError(
+                f"--cv {cv}: the smallest class has only {counts.min()} train+val rows"
+            )
+    rows, skipped = [], []
     for kind in heads:
         best: dict[str, Any] | None = None
         for params in GRIDS[kind]:
+            if kind == "knn" and params["k"] > len(y_train):
+                continue
             began = time.monotonic()
-            if cv:
-                score = _cv_score(
-                    kind,
-                    params,
-                    seed,
-                    epochs,
-                    cv,
-                    np.concatenate([x_train, x_val]),
-                    np.concatenate([y_train, y_val]),
-                )
-            else:
-                model = _estimator(kind, params, seed, epochs, False)
-                if kind == "dense":
-                    model.fit(x_train, y_train, validation_data=(x_val, y_val))
+            try:
+                if cv:
+                    x_all = np.concatenate([x_train, x_val])
+                    y_all = np.concatenate([y_train, y_val])
+                    score = _cv_score(kind, params, seed, epochs, cv, x_all, y_all)
                 else:
-                    model.fit(x_train, y_train)
-                score = float(accuracy_score(y_val, model.predict(x_val)))
-            seconds = time.monotonic() - began
+                    model = _fit(kind, params, seed, epochs, x_train, y_train, x_val, y_val)
+                    score = float(accuracy_score(y_val, model.predict(x_val)))
+            except FeatcacheError as exc:
+                skipped.append(f"{kind} {params}: {exc}")
+                continue
             if best is None or score > best["score"]:
-                best = {"params": params, "score": score, "fit_seconds": seconds}
-        assert best is not None
-        model = _estimator(kind, best["params"], seed, epochs, False)
+                best = {"params": params, "score": score}
+        if best is None:
+            continue
         began = time.monotonic()
-        if kind == "dense":
-            model.fit(x_train, y_train, validation_data=(x_val, y_val))
-        else:
-            model.fit(x_train, y_train)
+        model = _fit(kind, best["params"], seed, epochs, x_train, y_train, x_val, y_val)
         fit_seconds = time.monotonic() - began
         predicted = model.predict(x_test)
+        present = np.unique(y_test)
         rows.append(
             {
                 "head": kind,
@@ -99,21 +109,24 @@ def compare(
                     {k: list(v) if isinstance(v, tuple) else v for k, v in best["params"].items()}
                 ),
                 "selection": f"{cv}-fold cv" if cv else "val",
-                "val_accuracy": round(best["score"], 4),
+                "selection_accuracy": round(best["score"], 4),
                 "test_accuracy": round(float(accuracy_score(y_test, predicted)), 4),
-                "test_macro_f1": round(float(f1_score(y_test, predicted, average="macro")), 4),
+                "test_macro_f1": round(
+                    float(
+                        f1_score(
+                            y_test, predicted, labels=present, average="macro", zero_division=0
+                        )
+                    ),
+                    4,
+                ),
                 "fit_seconds": round(fit_seconds, 3),
             }
         )
-    rows.sort(key=lambda r: (-r["val_accuracy"], r["fit_seconds"]))
+    if not rows:
+        raise DatasetError(f"{cache}: no head could be fitted: {'; '.join(skipped)}")
+    rows.sort(key=lambda r: (-r["selection_accuracy"], r["fit_seconds"]))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = Path(output) if output else DEFAULT_RUNS_DIR / f"{cache.stem}-compare-{stamp}"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "leaderboard.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (folder / "leaderboard.json").write_text(json.dumps(rows, indent=2))
     top = rows[0]
     params = {
         k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(top["params"]).items()
@@ -123,7 +136,28 @@ def compare(
     best_run = train_head(
         cache, top["head"], folder / f"best-{top['head']}", seed=seed, stream=False, **params
     )
-    return Leaderboard(rows, folder, best_run)
+    with open(folder / "leaderboard.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (folder / "leaderboard.json").write_text(json.dumps(rows, indent=2))
+    return Leaderboard(rows, folder, best_run, skipped)
+
+
+def _fit(
+    kind: str,
+    params: dict[str, Any],
+    seed: int,
+    epochs: int,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+) -> Any:
+    model = _estimator(kind, params, seed, epochs, False)
+    if kind == "dense":
+        return model.fit(x_train, y_train, validation_data=(x_val, y_val))
+    return fit_baseline(kind, model, x_train, y_train)
 
 
 def _cv_score(
@@ -139,6 +173,9 @@ def _cv_score(
     scores = []
     for train_idx, val_idx in splitter.split(x, y):
         model = _estimator(kind, params, seed, epochs, True)
-        model.fit(x[train_idx], y[train_idx])
+        if kind == "dense":
+            model.fit(x[train_idx], y[train_idx])
+        else:
+            fit_baseline(kind, model, x[train_idx], y[train_idx])
         scores.append(accuracy_score(y[val_idx], model.predict(x[val_idx])))
     return float(np.mean(scores))

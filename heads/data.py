@@ -63,6 +63,11 @@ class CachedSplits:
                 pick = order[start : start + batch_size]
                 yield _read_rows(dataset, split.rows[pick]), split.labels[pick]
 
+    def seen(self, split: Split) -> Split:
+        """The rows of ``split`` whose class occurs in train (usable for early stopping)."""
+        keep = np.isin(split.labels, np.unique(self.train.labels))
+        return Split(split.rows[keep], split.labels[keep])
+
     def nbytes(self) -> int:
         """Bytes of float32 features of all three splits."""
         return (len(self.train) + len(self.val) + len(self.test)) * self.feature_dim * 4
@@ -139,6 +144,8 @@ def load_splits(
             f"no val split in the cache: {len(rows['val'])} rows carved from train "
             f"(stratified, {val_fraction:g}, seed {seed})"
         )
+    if len(rows["val"]) == 0:
+        raise DatasetError(f"{path}: too few train rows per class to carve a val split")
     if len(np.unique(labels[rows["train"]])) < 2:
         raise DatasetError(f"{path}: the train split holds a single class")
     parts = {name: Split(r, labels[r]) for name, r in rows.items()}

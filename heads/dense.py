@@ -242,7 +242,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         epochs = len(next(iter(self.history_.values()), []))
         self.n_epochs_ = epochs
         self.best_epoch_ = epochs
-        if has_validation and self.monitor in self.history_:
+        if has_validation and self.patience > 0 and self.monitor in self.history_:
             scores = self.history_[self.monitor]
             pick = np.argmax if self.monitor == "val_accuracy" else np.argmin
             self.best_epoch_ = int(pick(scores)) + 1

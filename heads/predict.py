@@ -51,7 +51,6 @@ def predict_cache(
         paths = handle["paths"].asstr()
         features = handle["features"]
         k = max(1, min(top_k, len(head.classes)))
-        rows_written = 0
         with open(out, "w", newline="") as file:
             writer = csv.writer(file)
             writer.writerow(["path", "label", "predicted", "probability", "top_k"])
@@ -59,6 +58,7 @@ def predict_cache(
                 stop = min(start + batch_size, features.shape[0])
                 proba = head.predict_proba(features[start:stop])
                 order = np.argsort(-proba, axis=1)[:, :k]
+                batch_paths = paths[start:stop]
                 for i in range(stop - start):
                     best = order[i]
                     label = int(labels[start + i])
@@ -66,15 +66,22 @@ def predict_cache(
                     top = "|".join(f"{names[head.classes[j]]}:{proba[i, j]:.4f}" for j in best)
                     writer.writerow(
                         [
-                            paths[start + i],
+                            batch_paths[i],
                             true,
                             names[head.classes[best[0]]],
                             f"{proba[i, best[0]]:.6f}",
                             top,
                         ]
                     )
-                    rows_written += 1
     return out
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _check_settings(trained: dict[str, object], attrs: dict[str, object], cache: Path) -> None:
@@ -89,6 +96,14 @@ def _check_settings(trained: dict[str, object], attrs: dict[str, object], cache:
             continue  # saved-model backbones are compared by hash
         if mine != theirs:
             differ.append(f"{key} {mine!r} (head) vs {theirs!r} (cache)")
+    if not trained.get("weights_sha256") and trained.get("weights") != attrs.get("weights"):
+        differ.append(
+            f"weights {trained.get('weights')!r} (head) vs {attrs.get('weights')!r} (cache)"
+        )
+    if trained.get("weights") == "none" and trained.get("seed") != _plain(attrs.get("seed")):
+        differ.append(
+            f"random-weight seed {trained.get('seed')} (head) vs {attrs.get('seed')} (cache)"
+        )
     if differ:
         raise SettingsMismatchError(
             f"{cache} was not made with the backbone settings the head was trained on: "

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CacheError, InvalidOptionError
-from .baselines import HEAD_KINDS, make_baseline, probabilities
+from ..errors import CacheError, DatasetError, InvalidOptionError
+from .baselines import HEAD_KINDS, fit_baseline, make_baseline, probabilities
 from .data import CachedSplits, Split, load_splits, should_stream
 from .dense import MONITORS, OPTIMIZERS, DenseHead
 from .report import metrics, write_confusion, write_history
@@ -87,6 +87,7 @@ def head_params(kind: str, **options: Any) -> dict[str, Any]:
         raise InvalidOptionError(f"--head {kind!r}: expected one of {', '.join(HEAD_KINDS)}")
     if options.get("class_weight") not in (None, "balanced"):
         raise InvalidOptionError(f"--class-weight {options['class_weight']!r}: expected balanced")
+    _check_ranges(options)
     if kind == "dense":
         if options.get("optimizer", "adam") not in OPTIMIZERS:
             raise InvalidOptionError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}")
@@ -100,19 +101,66 @@ def head_params(kind: str, **options: Any) -> dict[str, Any]:
     return {k: options[k] for k in keys if k in options}
 
 
+_RANGES: dict[str, tuple[float, float, str]] = {
+    # option: (lowest, highest, how to say it); bounds are inclusive unless said otherwise
+    "epochs": (1, float("inf"), "at least 1"),
+    "batch_size": (1, float("inf"), "at least 1"),
+    "patience": (0, float("inf"), "0 or more"),
+    "lr": (1e-12, float("inf"), "positive"),
+    "momentum": (0, 1, "between 0 and 1"),
+    "dropout": (0, 0.999, "at least 0 and below 1"),
+    "C": (1e-12, float("inf"), "positive"),
+    "k": (1, float("inf"), "at least 1"),
+    "n_estimators": (1, float("inf"), "at least 1"),
+    "max_depth": (1, float("inf"), "at least 1"),
+    "alpha": (0, float("inf"), "0 or more"),
+}
+
+
+def _check_ranges(options: dict[str, Any]) -> None:
+    """Refuse out-of-range option values before anything is loaded or written."""
+    for name, (low, high, wording) in _RANGES.items():
+        value = options.get(name)
+        if value is not None and not low <= value <= high:
+            flag = "--" + name.replace("_", "-")
+            raise InvalidOptionError(f"{flag} {value}: must be {wording}")
+    hidden = options.get("hidden", ())
+    if any(int(width) < 1 for width in hidden):
+        raise InvalidOptionError(f"--hidden {hidden}: widths must be at least 1")
+    activation = options.get("activation")
+    if activation is not None:
+        from ..extractor.backbone import ensure_tensorflow_backend
+
+        ensure_tensorflow_backend()
+        import keras
+
+        try:
+            keras.activations.get(activation)
+        except (ValueError, TypeError):
+            raise InvalidOptionError(
+                f"--activation {activation!r}: not a Keras activation"
+            ) from None
+    fraction = options.get("val_fraction")
+    if fraction is not None and not 0 < fraction < 1:
+        raise InvalidOptionError(f"--val-fraction {fraction}: must be between 0 and 1")
+
+
 def _fit(
     kind: str, params: dict[str, Any], splits: CachedSplits, stream: bool
 ) -> tuple[Any, dict[str, list[float]] | None]:
     if kind != "dense":
         model = make_baseline(kind, **params)
-        model.fit(splits.features(splits.train), splits.train.labels)
+        fit_baseline(kind, model, splits.features(splits.train), splits.train.labels)
         return model, None
     head = DenseHead(**params)
+    early = splits.seen(splits.val)  # classes absent from train cannot steer early stopping
+    if len(early) == 0:
+        raise DatasetError(f"{splits.path}: no val row belongs to a class seen in train")
     if not stream:
         head.fit(
             splits.features(splits.train),
             splits.train.labels,
-            validation_data=(splits.features(splits.val), splits.val.labels),
+            validation_data=(splits.features(early), early.labels),
         )
         return head, head.history_
     batch = int(params.get("batch_size", 32))
@@ -123,10 +171,10 @@ def _fit(
         return splits.batches(splits.train, batch, shuffle=True, seed=seed + epoch)
 
     def val() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        return splits.batches(splits.val, 1024, shuffle=False, seed=0)
+        return splits.batches(early, 1024, shuffle=False, seed=0)
 
     classes = np.unique(splits.train.labels)
-    val_batches = max(1, -(-len(splits.val) // 1024))
+    val_batches = max(1, -(-len(early) // 1024))
     head.fit_batches(
         train, val, splits.feature_dim, classes, splits.train.labels, stats, val_batches
     )
@@ -185,7 +233,7 @@ def train_head(
     >>> result.report["test"]["accuracy"]  # doctest: +SKIP
     """
     cache = Path(cache)
-    params = head_params(head, **options)
+    params = head_params(head, val_fraction=val_fraction, **options)
     splits = load_splits(cache, val_fraction=val_fraction, seed=int(options.get("seed", 0)))
     streaming = head == "dense" and should_stream(splits, stream)
     names = splits.class_names
@@ -208,6 +256,8 @@ def train_head(
         "rows": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
         "class_names": names,
         "streamed": streaming,
+        "stream_option": stream,
+        "val_fraction": val_fraction,
         "notes": splits.notes,
         "fit_seconds": round(fit_seconds, 3),
         "val": evaluated["val"],
@@ -237,6 +287,7 @@ def _meta(kind: str, params: dict[str, Any], splits: CachedSplits) -> dict[str, 
         "feature_dim",
         "fingerprint",
         "dataset_root",
+        "seed",
     )
     return {
         "featcache_head": HEAD_FORMAT,

@@ -226,3 +226,76 @@ def test_dataset_errors_are_featcache_errors(tmp_path):
     extract(tmp_path / "d", output=tmp_path / "c.h5", **TINY)
     with pytest.raises(DatasetError, match="only one class"):
         train_head(tmp_path / "c.h5", "logreg")
+
+
+def test_class_seen_only_in_val_and_test_counts_as_misses(tmp_path):
+    colour_folder(tmp_path / "d", per_class=8)
+    extract(tmp_path / "d", output=tmp_path / "c.h5", split="0.6,0.2,0.2", **TINY)
+    import h5py
+
+    with h5py.File(tmp_path / "c.h5", "r+") as f:  # move every "red" row out of train
+        labels, split = f["labels"][:], f["split"][:]
+        red = labels == 2
+        split[red & (split == 0)] = 1
+        split[red & (np.arange(len(split)) % 2 == 0)] = 2
+        f["split"][:] = split
+    for kind in ("dense", "logreg"):
+        result = train_head(tmp_path / "c.h5", kind, tmp_path / kind, epochs=5)
+        assert result.report["test"]["per_class"][2]["recall"] == 0.0
+        assert 2 not in result.head.classes
+
+
+def test_binary_logits_head_gives_probabilities(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 6)).astype(np.float32)
+    y = np.where(x[:, 0] > 0, "yes", "no")
+    head = DenseHead(hidden=(8,), dropout=0.0, epochs=20, lr=0.05, from_logits=True).fit(x, y)
+    proba = head.predict_proba(x)
+    assert proba.shape == (80, 2) and np.allclose(proba.sum(axis=1), 1.0)
+    assert np.mean(head.predict(x) == y) > 0.85
+
+
+def test_predict_refuses_features_from_other_random_weights(cache, tmp_path):
+    train_head(cache, "logreg", tmp_path / "run")
+    colour_folder(tmp_path / "d2", per_class=3)
+    extract(tmp_path / "d2", output=tmp_path / "seeded.h5", seed=99, **TINY)
+    with pytest.raises(SettingsMismatchError, match="seed"):
+        predict_cache(tmp_path / "run", tmp_path / "seeded.h5")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--hidden", "junk"],
+        ["--hidden", "256,-1"],
+        ["--epochs", "0"],
+        ["--batch-size", "0"],
+        ["--dropout", "1"],
+        ["--activation", "nope"],
+        ["--head", "knn", "--k", "0"],
+        ["--head", "knn", "--k", "500"],
+        ["--head", "logreg", "--C", "0"],
+        ["--val-fraction", "5"],
+    ],
+)
+def test_bad_options_exit_2_and_write_nothing(cache, tmp_path, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["train-head", str(cache), *args])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error:") and len(result.output.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_compare_and_predict_errors_exit_2(cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for args in (
+        ["compare", str(cache), "--heads", ","],
+        ["compare", str(cache), "--cv", "50"],
+        ["compare", str(tmp_path / "missing.h5")],
+        ["predict", str(tmp_path / "no-run"), str(cache)],
+    ):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert len(result.output.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
