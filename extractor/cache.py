@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 DTYPES = ("float32", "float16")
 
 _STR = h5py.string_dtype("utf-8")
-_FEATURE_FIELDS = (
+FEATURE_FIELDS = (  # every setting that changes the stored features
     "backbone",
     "backbone_sha256",
     "weights",
@@ -81,7 +81,7 @@ class CacheSettings:
     @property
     def fingerprint(self) -> str:
         """SHA-256 over every setting that changes the stored features."""
-        payload = {name: self._feature_key(name) for name in _FEATURE_FIELDS}
+        payload = {name: self._feature_key(name) for name in FEATURE_FIELDS}
         if self.weights == "none":  # random weights are drawn from the seed
             payload["seed"] = self.seed
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -90,7 +90,7 @@ class CacheSettings:
         """Human-readable ``name: ours vs theirs`` for every differing setting."""
         out = []
         folders = self.split_source == other.split_source == "folders"
-        for name in (*_FEATURE_FIELDS, "split_ratios", "split_source", "seed", "dataset_root"):
+        for name in (*FEATURE_FIELDS, "split_ratios", "split_source", "seed", "dataset_root"):
             if name.endswith("sha256"):
                 continue
             if folders and name == "split_ratios":

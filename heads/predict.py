@@ -9,18 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SettingsMismatchError
-from ..extractor.cache import open_h5
+from ..extractor.cache import FEATURE_FIELDS, open_h5
 from .train import load_head
 
+# the feature settings, less the storage type (a float16 cache suits a float32 head) and
+# the weights' name (checked below: a file is identified by its hash, not its path)
 _CHECKED = (
-    "backbone",
-    "backbone_sha256",
-    "weights_sha256",
-    "image_size",
-    "resize",
-    "pooling",
-    "layer",
-    "preprocessing",
+    *(f for f in FEATURE_FIELDS if f not in ("dtype", "weights")),
     "feature_dim",
 )
 

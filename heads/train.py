@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CacheError, DatasetError, InvalidOptionError
+from ..extractor.cache import FEATURE_FIELDS
 from .baselines import HEAD_KINDS, fit_baseline, make_baseline, probabilities
 from .data import CachedSplits, Split, load_splits, should_stream
 from .dense import MONITORS, OPTIMIZERS, DenseHead
@@ -273,22 +274,7 @@ def train_head(
 
 
 def _meta(kind: str, params: dict[str, Any], splits: CachedSplits) -> dict[str, Any]:
-    keep = (
-        "backbone",
-        "backbone_sha256",
-        "weights",
-        "weights_sha256",
-        "image_size",
-        "resize",
-        "pooling",
-        "layer",
-        "preprocessing",
-        "dtype",
-        "feature_dim",
-        "fingerprint",
-        "dataset_root",
-        "seed",
-    )
+    keep = (*FEATURE_FIELDS, "feature_dim", "fingerprint", "dataset_root", "seed")
     return {
         "featcache_head": HEAD_FORMAT,
         "kind": kind,
