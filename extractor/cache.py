@@ -573,7 +573,7 @@ class CacheWriter:
                     from_old = picks < n_base
                     if from_old.any() and old is not None:
                         source_rows = kept[picks[from_old]]
-                        block[from_old] = _read_rows(old["features"], source_rows)
+                        block[from_old] = read_rows(old["features"], source_rows)
                     if (~from_old).any():
                         block[~from_old] = new_features[picks[~from_old] - n_base]
                     out["features"][start : start + len(picks)] = block
@@ -602,8 +602,10 @@ class CacheWriter:
             self._root_attrs(out, rows)
 
 
-def _read_rows(dataset: Any, rows: np.ndarray) -> np.ndarray:
+def read_rows(dataset: Any, rows: np.ndarray) -> np.ndarray:
     """``dataset[rows]`` for any row order, reading one slice when rows are contiguous."""
+    if len(rows) == 0:
+        return np.zeros((0, *dataset.shape[1:]), dataset.dtype)
     low, high = int(rows.min()), int(rows.max())
     if high - low + 1 <= 2 * len(rows):
         return np.asarray(dataset[low : high + 1])[rows - low]

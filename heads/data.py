@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from ..errors import CacheError, DatasetError
-from ..extractor.cache import CacheSettings, open_h5
+from ..extractor.cache import CacheSettings, open_h5, read_rows
 from ..extractor.splits import SPLIT_NAMES
 
 DEFAULT_MEMORY_FRACTION = 0.25
@@ -48,7 +47,7 @@ class CachedSplits:
     def features(self, split: Split) -> np.ndarray:
         """The split's features as one float32 array (reads only those rows)."""
         with open_h5(self.path) as handle:
-            return _read_rows(handle["features"], split.rows)
+            return read_rows(handle["features"], split.rows).astype(np.float32)
 
     def batches(
         self, split: Split, batch_size: int, shuffle: bool, seed: int
@@ -61,7 +60,7 @@ class CachedSplits:
             dataset = handle["features"]
             for start in range(0, len(order), batch_size):
                 pick = order[start : start + batch_size]
-                yield _read_rows(dataset, split.rows[pick]), split.labels[pick]
+                yield read_rows(dataset, split.rows[pick]).astype(np.float32), split.labels[pick]
 
     def seen(self, split: Split) -> Split:
         """The rows of ``split`` whose class occurs in train (usable for early stopping)."""
@@ -71,18 +70,6 @@ class CachedSplits:
     def nbytes(self) -> int:
         """Bytes of float32 features of all three splits."""
         return (len(self.train) + len(self.val) + len(self.test)) * self.feature_dim * 4
-
-
-def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    if len(rows) == 0:
-        return np.zeros((0, dataset.shape[1]), np.float32)
-    unique, inverse = np.unique(rows, return_inverse=True)
-    low, high = int(unique[0]), int(unique[-1])
-    if high - low + 1 <= 2 * len(unique):
-        block = dataset[low : high + 1][unique - low]
-    else:
-        block = dataset[unique]
-    return np.asarray(block, dtype=np.float32)[inverse]
 
 
 def should_stream(splits: CachedSplits, stream: bool | None) -> bool:
