@@ -40,3 +40,16 @@ class CacheLockedError(CacheError):
 
 class WeightsError(FeatcacheError):
     """Backbone weights could not be loaded."""
+
+
+class ExtractionCancelled(FeatcacheError):
+    """An extraction was stopped on request; the rows embedded so far are saved."""
+
+
+class RemoteError(FeatcacheError):
+    """A featcache server refused a call or could not be reached."""
+
+    def __init__(self, message: str, code: str = "UNKNOWN") -> None:
+        super().__init__(message)
+        self.code = code
+        """The gRPC status code name, e.g. ``UNAUTHENTICATED``."""

@@ -20,21 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-
-from ..errors import CacheLockedError, InvalidOptionError
+from ..errors import CacheLockedError, ExtractionCancelled, InvalidOptionError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from .backbone import BackboneConfig, FeatureExtractor, ResolvedBackbone, resolve_backbone
+from .backbone import BackboneConfig, ResolvedBackbone
 from .cache import DTYPES, CacheSettings, CacheWriter
-from .decode import (
-    DEFAULT_MAX_PIXELS,
-    RESIZE_MODES,
-    BadImageError,
-    array_to_rgb,
-    decode_image,
-    resize_image,
-)
+from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, BadImageError
+from .embedders import Embedder, LocalEmbedder
 from .sources import Dataset, Item, scan_dataset
 from .splits import assign_split, parse_split
 
@@ -72,11 +64,26 @@ class ExtractSummary:
         return out
 
 
+@dataclass(frozen=True)
+class ExtractProgress:
+    """Where a running ``extract`` stands (passed to ``on_progress``)."""
+
+    done: int
+    """Images looked at so far (embedded, reused or bad)."""
+    total: int
+    embedded: int
+    reused: int
+    bad: int
+    seconds: float
+    images_per_second: float
+    """New images embedded per second so far."""
+
+
 @dataclass
 class _Prepared:
     item: Item
     sha256: str = ""
-    pixels: np.ndarray | None = None
+    payload: Any = None
     reason: str | None = None
     reused: bool = False
 
@@ -108,11 +115,19 @@ def extract(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     checkpoint_seconds: float = 60.0,
     progress: bool | None = None,
+    remote: Any = None,
+    on_progress: Callable[[ExtractProgress], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> ExtractSummary:
     """Embed every image of ``data`` with a frozen backbone into an HDF5 cache.
 
     Re-running with the same settings embeds only new or changed files and drops
     rows of deleted ones. ``progress=None`` shows a bar only on a terminal.
+
+    ``remote`` (``"host:port"`` or a :class:`featcache.Client`) sends the images to a
+    ``featcache serve`` server to embed; the cache is still written here, and the
+    weights file or saved model is a path on the server. ``on_progress`` is called
+    a few times a second; setting ``cancel`` stops the run, keeping finished batches.
 
     Examples
     --------
@@ -133,33 +148,76 @@ def extract(
     config = BackboneConfig(
         backbone, weights, image_size, pooling, layer or "", preprocessing, seed
     )
-    resolved = resolve_backbone(config)
+    embedder: Embedder
+    if remote is not None:
+        from .service.remote import RemoteEmbedder
+
+        embedder = RemoteEmbedder(remote, config, resize)
+    else:
+        embedder = LocalEmbedder(config, resize, max_pixels)
     out_path = Path(output) if output is not None else default_output(backbone)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = _lock(out_path)
+    return run_extraction(
+        data,
+        embedder,
+        out_path,
+        dtype=dtype,
+        ratios=ratios,
+        seed=seed,
+        labels=labels,
+        batch_size=batch_size,
+        overwrite=overwrite,
+        workers=workers,
+        checkpoint_seconds=checkpoint_seconds,
+        progress=progress,
+        on_progress=on_progress,
+        cancel=cancel,
+        started=started,
+    )
+
+
+def run_extraction(
+    data: str | os.PathLike[str],
+    embedder: Embedder,
+    output: Path,
+    *,
+    dtype: str = "float32",
+    ratios: tuple[float, float, float] = (0.7, 0.2, 0.1),
+    seed: int = 20,
+    labels: str | None = None,
+    batch_size: int = 32,
+    overwrite: bool = False,
+    workers: int | None = None,
+    checkpoint_seconds: float = 60.0,
+    progress: bool | None = None,
+    on_progress: Callable[[ExtractProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    confine: Path | None = None,
+    started: float | None = None,
+) -> ExtractSummary:
+    """:func:`extract` with a ready :class:`Embedder` (local, remote or a server's model).
+
+    ``confine`` refuses (as bad files) images whose real path leaves that folder.
+    """
+    started = time.monotonic() if started is None else started
+    output.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock(output)
     try:
         dataset = scan_dataset(data, labels)
-        extractor: FeatureExtractor | None = None
-        if resolved.spec is None:  # saved model: its input size is needed up front
-            extractor = FeatureExtractor(resolved, seed)
-            resolved = extractor.resolved
-        settings = _settings(resolved, resize, dtype, ratios, seed, dataset)
-        return _run(
-            dataset,
-            resolved,
-            settings,
-            extractor,
-            out_path,
-            overwrite,
-            batch_size,
-            workers,
-            max_pixels,
-            checkpoint_seconds,
-            progress,
-            started,
-        )
+        dataset.confine = confine
+        settings = _settings(embedder.resolved, embedder.resize, dtype, ratios, seed, dataset)
+        options = _RunOptions(overwrite, batch_size, workers, checkpoint_seconds, progress)
+        return _run(dataset, embedder, settings, output, options, on_progress, cancel, started)
     finally:
         lock.release()
+
+
+@dataclass(frozen=True)
+class _RunOptions:
+    overwrite: bool
+    batch_size: int
+    workers: int | None
+    checkpoint_seconds: float
+    progress: bool | None
 
 
 def _settings(
@@ -203,27 +261,27 @@ def _lock(path: Path) -> Any:
 
 def _run(
     dataset: Dataset,
-    resolved: ResolvedBackbone,
+    embedder: Embedder,
     settings: CacheSettings,
-    extractor: FeatureExtractor | None,
     out_path: Path,
-    overwrite: bool,
-    batch_size: int,
-    workers: int | None,
-    max_pixels: int,
-    checkpoint_seconds: float,
-    progress: bool | None,
+    options: _RunOptions,
+    on_progress: Callable[[ExtractProgress], None] | None,
+    cancel: threading.Event | None,
     started: float,
 ) -> ExtractSummary:
     order = {item.path: i for i, item in enumerate(dataset.items)}
     writer = CacheWriter(
-        out_path, settings, dataset.class_names, order, overwrite, checkpoint_seconds
+        out_path,
+        settings,
+        dataset.class_names,
+        order,
+        options.overwrite,
+        options.checkpoint_seconds,
     )
     known = writer.index()
     removed = [p for p in known if p not in order]
     writer.drop(removed)
     writer.forget_bad(order)
-    size = resolved.image_size
 
     def prepare(item: Item) -> _Prepared:
         try:
@@ -233,11 +291,7 @@ def _run(
         if known.get(item.path) == (sha, item.class_name):
             return _Prepared(item, sha, reused=True)
         try:
-            if isinstance(content, np.ndarray):
-                pixels = array_to_rgb(content)
-            else:
-                pixels = decode_image(content, max_pixels)
-            return _Prepared(item, sha, resize_image(pixels, size, settings.resize))
+            return _Prepared(item, sha, embedder.prepare(content))
         except BadImageError as exc:
             return _Prepared(item, sha, reason=str(exc))
         except MemoryError:
@@ -245,66 +299,92 @@ def _run(
         except Exception as exc:  # noqa: BLE001 - one odd file must never stop the run
             return _Prepared(item, sha, reason=f"decode failed: {type(exc).__name__}: {exc}")
 
-    counts = {"new": 0, "reused": 0, "bad": 0}
+    counts = {"new": 0, "reused": 0, "bad": 0, "done": 0}
     bad_files: list[tuple[str, str]] = []
     batch: list[_Prepared] = []
     background = _Background()
 
-    load_seconds = 0.0
-
-    def load() -> FeatureExtractor:
-        nonlocal extractor, load_seconds
-        if extractor is None:
-            began = time.monotonic()
-            extractor = FeatureExtractor(resolved, settings.seed)
-            load_seconds = time.monotonic() - began
-        return extractor
+    def record_bad(prepared: _Prepared, reason: str) -> None:
+        path = prepared.item.path
+        counts["bad"] += 1
+        bad_files.append((path, reason))
+        background.submit(writer.set_bad, path, reason)
+        if path in known:  # a cached file that went bad loses its old row
+            background.submit(writer.drop, [path])
 
     def flush() -> None:
         if not batch:
             return
-        model = load()
-        features = model(np.stack([p.pixels for p in batch]))  # type: ignore[misc]
-        rows = list(batch)
+        features, reasons = embedder.embed([p.payload for p in batch])
+        rows = [p for p, reason in zip(batch, reasons) if reason is None]
+        for prepared, reason in zip(batch, reasons):
+            if reason is not None:
+                record_bad(prepared, reason)
+            else:
+                background.submit(writer.set_bad, prepared.item.path, None)
+                if prepared.item.path in known:
+                    background.submit(writer.drop, [prepared.item.path])
         batch.clear()
-        background.submit(
-            writer.add,
-            [p.item.path for p in rows],
-            [p.sha256 for p in rows],
-            [p.item.class_name for p in rows],
-            [_split_of(p, settings) for p in rows],
-            features,
+        counts["new"] += len(rows)
+        if rows:
+            background.submit(
+                writer.add,
+                [p.item.path for p in rows],
+                [p.sha256 for p in rows],
+                [p.item.class_name for p in rows],
+                [_split_of(p, settings) for p in rows],
+                features,
+            )
+
+    total = len(dataset.items)
+    last_report = 0.0
+
+    def report(force: bool = False) -> None:
+        nonlocal last_report
+        now = time.monotonic()
+        if on_progress is None or (not force and now - last_report < 0.25):
+            return
+        last_report = now
+        seconds = now - started
+        on_progress(
+            ExtractProgress(
+                counts["done"],
+                total,
+                counts["new"],
+                counts["reused"],
+                counts["bad"],
+                round(seconds, 3),
+                round(counts["new"] / seconds, 2) if seconds > 0 else 0.0,
+            )
         )
 
-    bar = _progress_bar(len(dataset.items), progress)
-    threads = workers or min(4, (os.cpu_count() or 1) + 1)
+    bar = _progress_bar(total, options.progress)
+    threads = options.workers or min(4, (os.cpu_count() or 1) + 1)
     finished = False
     try:
         with ThreadPoolExecutor(threads, thread_name_prefix="featcache-read") as pool:
-            window = max(2 * batch_size, 16)
+            window = max(2 * options.batch_size, 16)
             for prepared in _ordered_map(pool, prepare, dataset.items, window):
-                path = prepared.item.path
+                if cancel is not None and cancel.is_set():
+                    raise ExtractionCancelled(
+                        f"{out_path}: extraction cancelled; finished batches were saved, "
+                        "rerun to resume"
+                    )
                 if prepared.reason is not None:
-                    counts["bad"] += 1
-                    bad_files.append((path, prepared.reason))
-                    background.submit(writer.set_bad, path, prepared.reason)
-                    if path in known:  # a cached file that went bad loses its old row
-                        background.submit(writer.drop, [path])
+                    record_bad(prepared, prepared.reason)
+                elif prepared.reused:
+                    counts["reused"] += 1
+                    background.submit(writer.set_bad, prepared.item.path, None)
                 else:
-                    background.submit(writer.set_bad, path, None)
-                    if prepared.reused:
-                        counts["reused"] += 1
-                    else:
-                        counts["new"] += 1
-                        if path in known:
-                            background.submit(writer.drop, [path])
-                        batch.append(prepared)
-                        if len(batch) >= batch_size:
-                            flush()
+                    batch.append(prepared)
+                    if len(batch) >= options.batch_size:
+                        flush()
+                counts["done"] += 1
                 bar.update(1)
+                report()
             flush()
         if counts["new"] == 0 and writer.feature_dim == 0:  # new cache of bad files only
-            background.submit(setattr, writer, "feature_dim", load().feature_dim)
+            background.submit(setattr, writer, "feature_dim", embedder.feature_dim)
         background.submit(writer.commit, True)
         finished = True
     finally:
@@ -312,6 +392,7 @@ def _run(
         if not finished:  # interrupted: keep the batches already embedded
             background.submit_last(writer.commit)
         background.close(raise_error=finished)
+    report(force=True)
     seconds = time.monotonic() - started
     return ExtractSummary(
         output=str(out_path),
@@ -325,7 +406,7 @@ def _run(
         ignored=dataset.ignored,
         seconds=round(seconds, 3),
         images_per_second=round(counts["new"] / seconds, 2) if seconds > 0 else 0.0,
-        load_seconds=round(load_seconds, 3),
+        load_seconds=round(getattr(embedder, "load_seconds", 0.0), 3),
         classes=dataset.class_names,
         bad_files=bad_files,
     )

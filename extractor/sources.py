@@ -6,6 +6,7 @@ returns one item's raw content and its SHA-256.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ class Dataset:
     ignored: int = 0
     """Files skipped because their name does not end like an image."""
     _array: np.ndarray | None = field(default=None, repr=False)
+    confine: Path | None = None
+    """When set, files whose real path (symlinks followed) leaves it are refused."""
 
     def read(self, item: Item) -> tuple[bytes | np.ndarray, str]:
         """Raw content (file bytes, or the array row) and its SHA-256 hex digest.
@@ -55,8 +58,18 @@ class Dataset:
             row = np.asarray(self._array[item.index])
             header = f"{row.dtype.str}{row.shape}".encode()
             return row, hashlib.sha256(header + row.tobytes()).hexdigest()
-        data = (self.root / item.path).read_bytes()
+        path = self.root / item.path
+        if self.confine is not None and not is_within(path, self.confine):
+            raise PermissionError(errno.EACCES, "links outside the data root")
+        data = path.read_bytes()
         return data, hashlib.sha256(data).hexdigest()
+
+
+def is_within(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """True when ``path``, with every symlink followed, lies inside ``root``."""
+    real = os.path.realpath(path)
+    base = os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def _is_image(name: str) -> bool:
