@@ -142,18 +142,53 @@ def main() -> None:
     help="Commit finished rows to the cache at least this often.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
+@click.option(
+    "--remote",
+    metavar="HOST:PORT",
+    default=None,
+    help="Embed on a `featcache serve` server; images are read and the cache written here.",
+)
+@click.option("--token-file", type=click.Path(), default=None, help="Bearer token for --remote.")
+@click.option("--tls-ca", type=click.Path(), default=None, help="CA certificate: use TLS.")
+@click.option("--tls-cert", type=click.Path(), default=None, help="Client certificate (mTLS).")
+@click.option("--tls-key", type=click.Path(), default=None, help="Client key (mTLS).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_handle_errors
-def extract_command(data: str, quiet: bool, as_json: bool, **options: Any) -> None:
+def extract_command(
+    data: str,
+    quiet: bool,
+    as_json: bool,
+    remote: str | None,
+    token_file: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    **options: Any,
+) -> None:
     """Embed every image of DATA into an HDF5 cache (resumable, incremental).
 
     DATA is a folder of class sub-folders, a flat folder, a folder with train/,
-    val/ and test/ at its top, or an .npy array of images.
+    val/ and test/ at its top, or an .npy array of images. With --remote, --weights
+    and a saved-model --backbone name files under the server's --weights-root.
     """
     from .extractor.pipeline import extract
 
-    summary = extract(data, progress=False if quiet or as_json else None, **options)
+    client = None
+    if remote is not None:
+        from .extractor.service.client import Client
+
+        client = Client(
+            remote, token_file=token_file, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+        )
+    elif token_file or tls_ca or tls_cert or tls_key:
+        raise InvalidOptionError("--token-file and --tls-* apply to --remote only")
+    progress = False if quiet or as_json else None
+    try:
+        summary = extract(data, progress=progress, remote=client, **options)
+    finally:
+        if client is not None:
+            client.close()
     if as_json:
         _print_json(summary.to_dict())
     elif not quiet:
@@ -453,6 +488,51 @@ def predict_command(run: str, cache: str, output: str | None, top_k: int) -> Non
 
     out = predict_cache(run, cache, output, top_k)
     click.echo(f"wrote {out}")
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=50051, show_default=True, help="0 picks a free port.")
+@click.option("--data-root", type=click.Path(), default=None, help="Folder ExtractDataset reads.")
+@click.option("--cache-root", type=click.Path(), default=None, help="Folder caches go to.")
+@click.option(
+    "--weights-root",
+    type=click.Path(),
+    default=None,
+    help="Folder of weights files and saved models that requests may name.",
+)
+@click.option(
+    "--preload",
+    default="",
+    help="Models to load before SERVING: NAME[=WEIGHTS][@SIZE],... e.g. mobilenet=m.h5@224.",
+)
+@click.option("--max-loaded", type=int, default=4, show_default=True, help="LRU size.")
+@click.option("--max-message-mb", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=32, show_default=True, help="RPC threads.")
+@click.option("--max-batch", type=int, default=32, show_default=True, help="Images per call.")
+@click.option(
+    "--max-delay-ms",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="How long a batch waits for more requests.",
+)
+@click.option("--no-batching", is_flag=True, help="Run each request on its own.")
+@click.option("--max-pixels", type=int, default=100_000_000, show_default=True)
+@click.option("--token-file", type=click.Path(), default=None, help="Require this bearer token.")
+@click.option("--tls-cert", type=click.Path(), default=None, help="Server certificate (PEM).")
+@click.option("--tls-key", type=click.Path(), default=None, help="Server private key (PEM).")
+@click.option(
+    "--tls-client-ca", type=click.Path(), default=None, help="Require client certificates (mTLS)."
+)
+@click.option("--grace", type=float, default=30.0, show_default=True, help="Drain time on stop.")
+@_handle_errors
+def serve_command(preload: str, no_batching: bool, **options: Any) -> None:
+    """Run the gRPC extraction service (featcache.v1.Extractor) until SIGTERM."""
+    from .extractor.service.server import ServeOptions, serve
+
+    entries = [entry.strip() for entry in preload.split(",") if entry.strip()]
+    serve(ServeOptions(preload=entries, batching=not no_batching, **options))
 
 
 main.add_command(extract_command)

@@ -335,6 +335,7 @@ def _run(
                 [_split_of(p, settings) for p in rows],
                 features,
             )
+        report(force=True)
 
     total = len(dataset.items)
     last_report = 0.0

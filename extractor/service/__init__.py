@@ -1,0 +1,1 @@
+"""The gRPC extraction service (``featcache serve``) and its Python client."""

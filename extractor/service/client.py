@@ -1,0 +1,316 @@
+"""Python client of a ``featcache serve`` server. Needs grpcio and numpy, not TensorFlow.
+
+>>> with Client("127.0.0.1:50051") as client:  # doctest: +SKIP
+...     rows = client.embed(["cat.jpg", "dog.png"], backbone="mobilenet")
+...     for step in client.extract_dataset("photos", backbone="mobilenet"):
+...         print(step.done, step.total)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from ...errors import FeatcacheError, RemoteError
+from ...protos import extractor_pb2 as pb
+from ...protos import extractor_pb2_grpc as pb_grpc
+from ..backbone import BackboneConfig
+from .auth import read_token
+from .convert import DEFAULT_SEED, image_message, settings_message
+
+ImageInput = bytes | str | os.PathLike[str] | np.ndarray
+"""File bytes, a path to an image file, or an (H, W[, C]) array of 0-255 values."""
+
+CHUNK_BYTES = 3 << 20
+"""Requests are split to stay under this size (the default gRPC limit is 4 MiB)."""
+CHUNK_IMAGES = 64
+
+
+class BadImagesError(FeatcacheError, ValueError):
+    """Some images could not be decoded; ``errors`` maps their index to the reason."""
+
+    def __init__(self, errors: dict[int, str], total: int) -> None:
+        first = next(iter(errors.items()))
+        super().__init__(f"{len(errors)} of {total} images unusable; image {first[0]}: {first[1]}")
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class DatasetProgress:
+    """One progress message of :meth:`Client.extract_dataset`; the last has ``finished``."""
+
+    done: int
+    total: int
+    embedded: int
+    reused: int
+    bad: int
+    images_per_second: float
+    seconds: float
+    finished: bool = False
+    output: str = ""
+    rows: int = 0
+    feature_dim: int = 0
+    removed: int = 0
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _remote_error(exc: grpc.RpcError) -> RemoteError:
+    code = exc.code() if hasattr(exc, "code") else None
+    name = code.name if code is not None else "UNKNOWN"
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return RemoteError(f"server said {name}: {details}", name)
+
+
+class Client:
+    """A connection to a featcache server (plain, TLS or mutual TLS; optional token)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        if token_file is not None:
+            token = read_token(token_file)
+        self.address = address
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        if tls_ca is not None or tls_cert is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(tls_ca),
+                private_key=_read(tls_key),
+                certificate_chain=_read(tls_cert),
+            )
+            self.channel = grpc.secure_channel(address, credentials, options)
+        else:
+            self.channel = grpc.insecure_channel(address, options)
+        self.stub = pb_grpc.ExtractorStub(self.channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self.channel.close()
+
+    def list_backbones(self) -> dict[str, Any]:
+        """``{"backbones": [{name, default_size, feature_dim, loaded}], "loaded": [...]}``."""
+        from google.protobuf.json_format import MessageToDict
+
+        reply = self._call(self.stub.ListBackbones, pb.ListBackbonesRequest())
+        return MessageToDict(
+            reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+
+    def info(self, backbone: str = "mobilenet", **settings: Any) -> Any:
+        """Load the backbone on the server and return its resolved ``BackboneInfo``."""
+        request = pb.EmbedRequest(backbone=_settings(backbone, **settings))
+        return self._call(self.stub.Embed, request).backbone
+
+    def embed(
+        self,
+        images: Sequence[ImageInput],
+        backbone: str = "mobilenet",
+        *,
+        weights: str = "imagenet",
+        image_size: int | tuple[int, int] | None = None,
+        pooling: str = "avg",
+        layer: str = "",
+        resize: str = "stretch",
+        preprocessing: str = "auto",
+        seed: int = DEFAULT_SEED,
+        errors: str = "raise",
+    ) -> np.ndarray:
+        """Embeddings ``(N, D)`` float32 of ``images``, in order.
+
+        ``errors="raise"`` raises :class:`BadImagesError` when any image cannot be
+        decoded; ``errors="nan"`` gives those rows NaN instead. Paths are read here.
+        """
+        if errors not in ("raise", "nan"):
+            raise ValueError("errors must be 'raise' or 'nan'")
+        settings = _settings(
+            backbone,
+            weights=weights,
+            image_size=image_size,
+            pooling=pooling,
+            layer=layer,
+            resize=resize,
+            preprocessing=preprocessing,
+            seed=seed,
+        )
+        contents = [_load(image) for image in images]
+        rows, dim = self.embed_contents(settings, contents)
+        out = np.full((len(rows), dim), np.nan, np.float32)
+        bad: dict[int, str] = {}
+        for i, row in enumerate(rows):
+            if isinstance(row, str):
+                bad[i] = row
+            else:
+                out[i] = row
+        if bad and errors == "raise":
+            raise BadImagesError(bad, len(rows))
+        return out
+
+    def embed_contents(
+        self, settings: Any, contents: Sequence[bytes | np.ndarray]
+    ) -> tuple[list[np.ndarray | str], int]:
+        """Rows (an array, or the reason the image was refused) and the feature width.
+
+        One ``Embed`` call when the images fit in one request, else one ``EmbedStream``.
+        """
+        requests = list(_chunks(settings, contents))
+        if len(requests) == 1:
+            replies: Iterable[Any] = [self._call(self.stub.Embed, requests[0])]
+        else:
+            replies = self._stream(iter(requests))
+        rows: list[np.ndarray | str] = []
+        dim = 0
+        for reply in replies:
+            dim = reply.backbone.feature_dim or dim
+            for embedding in reply.embeddings:
+                if embedding.error:
+                    rows.append(embedding.error)
+                else:
+                    rows.append(np.asarray(embedding.values, np.float32))
+        if len(rows) != len(contents):
+            raise RemoteError(f"server returned {len(rows)} rows for {len(contents)} images")
+        return rows, dim
+
+    def extract_dataset(
+        self,
+        data: str,
+        backbone: str = "mobilenet",
+        *,
+        output: str = "",
+        weights: str = "imagenet",
+        image_size: int | tuple[int, int] | None = None,
+        pooling: str = "avg",
+        layer: str = "",
+        resize: str = "stretch",
+        preprocessing: str = "auto",
+        seed: int = DEFAULT_SEED,
+        dtype: str = "float32",
+        split: str = "0.7,0.2,0.1",
+        labels: str = "",
+        batch_size: int = 32,
+        overwrite: bool = False,
+        checkpoint_seconds: float = 60.0,
+    ) -> Iterator[DatasetProgress]:
+        """Run ``extract`` on the server over ``data`` (relative to its ``--data-root``).
+
+        Yields progress; the last item has ``finished=True`` and the summary. Closing
+        the iterator early cancels the job, which keeps a resumable cache.
+        """
+        request = pb.ExtractDatasetRequest(
+            data=data,
+            output=output,
+            backbone=_settings(
+                backbone,
+                weights=weights,
+                image_size=image_size,
+                pooling=pooling,
+                layer=layer,
+                resize=resize,
+                preprocessing=preprocessing,
+                seed=seed,
+            ),
+            dtype=dtype,
+            split=split,
+            labels=labels,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            checkpoint_seconds=checkpoint_seconds,
+        )
+        call = self.stub.ExtractDataset(request, timeout=self.timeout, metadata=self._metadata)
+        try:
+            for message in call:
+                yield DatasetProgress(
+                    message.done,
+                    message.total,
+                    message.embedded,
+                    message.reused,
+                    message.bad,
+                    message.images_per_second,
+                    message.seconds,
+                    message.finished,
+                    message.output,
+                    message.rows,
+                    message.feature_dim,
+                    message.removed,
+                    [(b.path, b.reason) for b in message.bad_files],
+                )
+        except grpc.RpcError as exc:
+            raise _remote_error(exc) from None
+        finally:
+            call.cancel()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise _remote_error(exc) from None
+
+    def _stream(self, requests: Iterator[Any]) -> Iterator[Any]:
+        try:
+            yield from self.stub.EmbedStream(
+                requests, timeout=self.timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as exc:
+            raise _remote_error(exc) from None
+
+
+def _settings(backbone: str, **settings: Any) -> Any:
+    config = BackboneConfig(
+        backbone,
+        settings.get("weights", "imagenet"),
+        settings.get("image_size"),
+        settings.get("pooling", "avg"),
+        settings.get("layer", "") or "",
+        settings.get("preprocessing", "auto"),
+        settings.get("seed", DEFAULT_SEED),
+    )
+    return settings_message(config, settings.get("resize", "stretch"))
+
+
+def _chunks(settings: Any, contents: Sequence[bytes | np.ndarray]) -> Iterator[Any]:
+    """Requests of at most CHUNK_IMAGES images and (but for single big ones) CHUNK_BYTES."""
+    images: list[Any] = []
+    size = 0
+    first = True
+    for content in contents:
+        message = image_message(content)
+        nbytes = message.ByteSize()
+        if images and (len(images) >= CHUNK_IMAGES or size + nbytes > CHUNK_BYTES):
+            yield pb.EmbedRequest(backbone=settings if first else None, images=images)
+            images, size, first = [], 0, False
+        images.append(message)
+        size += nbytes
+    if images or first:
+        yield pb.EmbedRequest(backbone=settings if first else None, images=images)
+
+
+def _load(image: ImageInput) -> bytes | np.ndarray:
+    if isinstance(image, np.ndarray):
+        return image
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    return Path(image).read_bytes()
+
+
+def _read(path: str | os.PathLike[str] | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()

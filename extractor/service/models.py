@@ -1,0 +1,221 @@
+"""The server's loaded backbones: built once, shared by every request, least recently used
+unloaded first. Each has its own :class:`~.batcher.Batcher` (one inference thread)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backbone import BackboneConfig, FeatureExtractor, ResolvedBackbone, resolve_backbone
+from ..decode import DEFAULT_MAX_PIXELS
+from ..embedders import decode_and_resize
+from .batcher import Batcher, BatcherClosed
+
+log = logging.getLogger("featcache.serve")
+
+ModelKey = tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How requests are merged into model calls."""
+
+    max_batch: int = 32
+    max_delay: float = 0.005
+    """Seconds the inference thread waits for more requests to fill a batch."""
+    merge: bool = True
+    """False runs every request on its own (for comparison)."""
+
+
+class LoadedModel:
+    """A built feature extractor and the batcher in front of it."""
+
+    def __init__(self, extractor: FeatureExtractor, options: BatchOptions, seed: int) -> None:
+        self.extractor = extractor
+        self.resolved: ResolvedBackbone = extractor.resolved
+        self.feature_dim = extractor.feature_dim
+        self.seed = seed
+        self.users = 0
+        self.batcher = Batcher(
+            extractor,
+            options.max_batch,
+            options.max_delay,
+            options.merge,
+            name=self.resolved.backbone.rsplit("/", 1)[-1],
+        )
+
+
+def model_key(resolved: ResolvedBackbone, seed: int) -> ModelKey:
+    """What makes two configurations share one loaded model."""
+    return (
+        resolved.backbone,
+        resolved.backbone_sha256,
+        resolved.weights,
+        resolved.weights_sha256,
+        resolved.image_size,
+        resolved.pooling,
+        resolved.layer,
+        resolved.preprocessing,
+        seed if resolved.weights == "none" else None,
+    )
+
+
+class ModelPool:
+    """Loaded backbones by settings, at most ``max_loaded`` of them kept."""
+
+    def __init__(self, max_loaded: int = 4, options: BatchOptions | None = None) -> None:
+        self.max_loaded = max(1, max_loaded)
+        self.options = options or BatchOptions()
+        self._models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()
+        self._loading: dict[ModelKey, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def loaded(self) -> list[LoadedModel]:
+        """Loaded models, least recently used first."""
+        with self._lock:
+            return list(self._models.values())
+
+    @contextmanager
+    def use(self, config: BackboneConfig) -> Iterator[LoadedModel]:
+        """The model for ``config``, loading it if needed; not unloaded while in use."""
+        model = self._get(config)
+        try:
+            yield model
+        finally:
+            with self._lock:
+                model.users -= 1
+                self._evict()
+
+    def _get(self, config: BackboneConfig) -> LoadedModel:
+        resolved = resolve_backbone(config)  # validates options before any loading
+        key = model_key(resolved, config.seed)
+        with self._lock:
+            model = self._lookup(key)
+            if model is not None:
+                return model
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # one load per key; other keys load in parallel
+            with self._lock:
+                model = self._lookup(key)
+                if model is not None:
+                    return model
+            began = time.monotonic()
+            extractor = FeatureExtractor(resolved, config.seed)
+            model = LoadedModel(extractor, self.options, config.seed)
+            log.info(
+                "loaded %s (%s, %dx%d) in %.1f s",
+                resolved.backbone,
+                resolved.weights.rsplit("/", 1)[-1],
+                *model.resolved.image_size,
+                time.monotonic() - began,
+            )
+            with self._lock:
+                self._models[key] = model
+                self._loading.pop(key, None)
+                model.users += 1
+                self._evict()
+            return model
+
+    def _lookup(self, key: ModelKey) -> LoadedModel | None:
+        model = self._models.get(key)
+        if model is not None:
+            self._models.move_to_end(key)
+            model.users += 1
+        return model
+
+    def _evict(self) -> None:
+        """Unload idle models, oldest first, while more than ``max_loaded`` are loaded."""
+        excess = len(self._models) - self.max_loaded
+        for key in list(self._models):
+            if excess <= 0:
+                break
+            model = self._models[key]
+            if model.users == 0:
+                del self._models[key]
+                model.batcher.close()
+                log.info("unloaded %s (least recently used)", model.resolved.backbone)
+                excess -= 1
+
+    def close(self) -> None:
+        """Unload everything after the queued requests finish."""
+        with self._lock:
+            models = list(self._models.values())
+            self._models.clear()
+        for model in models:
+            model.batcher.close()
+        for model in models:
+            model.batcher.join(60)
+
+
+def embed_contents(
+    model: LoadedModel,
+    contents: list[bytes | np.ndarray],
+    resize: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    active: Callable[[], bool] = lambda: True,
+    timeout: Callable[[], float | None] = lambda: None,
+) -> tuple[np.ndarray, list[str | None]]:
+    """Decode, resize and embed images through ``model``'s batcher, ``max_batch`` at a time.
+
+    Returns the features of the usable images and one reason (or None) per image.
+    """
+    from ..decode import BadImageError
+
+    reasons: list[str | None] = []
+    parts: list[np.ndarray] = []
+    step = model.batcher.max_batch
+    for start in range(0, len(contents), step):
+        pixels = []
+        for content in contents[start : start + step]:
+            try:
+                pixels.append(
+                    decode_and_resize(content, model.resolved.image_size, resize, max_pixels)
+                )
+                reasons.append(None)
+            except BadImageError as exc:
+                reasons.append(str(exc))
+            except Exception as exc:  # noqa: BLE001 - one odd image never fails the call
+                reasons.append(f"decode failed: {type(exc).__name__}: {exc}")
+        if pixels:
+            parts.append(model.batcher.run(np.stack(pixels), active, timeout()))
+    if not parts:
+        return np.zeros((0, model.feature_dim), np.float32), reasons
+    return (np.concatenate(parts) if len(parts) > 1 else parts[0]), reasons
+
+
+class PoolEmbedder:
+    """The pipeline's :class:`~featcache.extractor.embedders.Embedder` over a loaded model,
+    so that a server's ``ExtractDataset`` jobs share its models and batching."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        resize: str,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        active: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.model = model
+        self.resolved = model.resolved
+        self.resize = resize
+        self.max_pixels = max_pixels
+        self.active = active
+
+    @property
+    def feature_dim(self) -> int:
+        return self.model.feature_dim
+
+    def prepare(self, content: bytes | np.ndarray) -> np.ndarray:
+        return decode_and_resize(content, self.resolved.image_size, self.resize, self.max_pixels)
+
+    def embed(self, prepared: list[np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
+        return self.model.batcher.run(np.stack(prepared), self.active), [None] * len(prepared)
+
+
+__all__ = ["BatchOptions", "BatcherClosed", "LoadedModel", "ModelPool", "PoolEmbedder"]

@@ -1,0 +1,319 @@
+"""The ``featcache.v1.Extractor`` servicer: unpack the request, call the Python API, pack
+the reply. Library errors leave as status codes (see :func:`.convert.status_name`)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import CancelledError
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from ...errors import ExtractionCancelled, FeatcacheError, InvalidOptionError
+from ...protos import extractor_pb2 as pb
+from ...protos import extractor_pb2_grpc as pb_grpc
+from ..decode import DEFAULT_MAX_PIXELS
+from ..registry import list_backbones
+from .convert import (
+    NotFound,
+    config_from_message,
+    confine,
+    image_content,
+    info_message,
+    status_name,
+)
+from .models import ModelPool, PoolEmbedder, embed_contents
+
+log = logging.getLogger("featcache.serve")
+
+
+@dataclass(frozen=True)
+class Roots:
+    """The folders requests may name paths in."""
+
+    data: Path | None = None
+    cache: Path | None = None
+    weights: Path | None = None
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _fail(context: grpc.ServicerContext, exc: BaseException) -> None:
+    """Abort the call with the status code of ``exc`` (logging unexpected errors)."""
+    if isinstance(exc, _Abort):
+        context.abort(exc.code, str(exc))
+    if isinstance(exc, CancelledError):
+        context.abort(grpc.StatusCode.CANCELLED, "cancelled")
+    name = status_name(exc)
+    if name == "INTERNAL":
+        log.exception("internal error", exc_info=exc)
+        context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+    context.abort(getattr(grpc.StatusCode, name), str(exc).splitlines()[0] if str(exc) else name)
+
+
+def _remaining(context: grpc.ServicerContext) -> float | None:
+    """Seconds left before the call's deadline; None without one."""
+    left = context.time_remaining()
+    return None if left is None or left > 1e8 else max(0.0, left)
+
+
+class ExtractorServicer(pb_grpc.ExtractorServicer):
+    """Embeds images with the pool's models and runs dataset extractions."""
+
+    def __init__(
+        self,
+        pool: ModelPool,
+        roots: Roots,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_images: int = 4096,
+    ) -> None:
+        self.pool = pool
+        self.roots = roots
+        self.max_pixels = max_pixels
+        self.max_images = max_images
+        self._jobs: set[_Job] = set()
+        self._jobs_lock = threading.Lock()
+        self.stopping = threading.Event()
+
+    # -- RPCs -------------------------------------------------------------------------
+
+    def ListBackbones(self, request: Any, context: grpc.ServicerContext) -> Any:
+        loaded = self.pool.loaded()
+        names = {m.resolved.backbone for m in loaded}
+        return pb.ListBackbonesResponse(
+            backbones=[
+                pb.Backbone(
+                    name=spec.name,
+                    default_size=spec.default_size,
+                    feature_dim=spec.feature_dim,
+                    loaded=spec.name in names,
+                )
+                for spec in list_backbones()
+            ],
+            loaded=[info_message(m.resolved, "", m.feature_dim, m.seed) for m in loaded],
+        )
+
+    def Embed(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return self._embed(request, request.backbone, context)
+        except Exception as exc:
+            _fail(context, exc)
+            raise  # unreachable: abort raises
+
+    def EmbedStream(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        """Requests are read and embedded by a helper thread, replies sent in order."""
+        replies: queue.Queue[Any] = queue.Queue(maxsize=4)
+        done = object()
+
+        def work() -> None:
+            settings = None
+            try:
+                for request in request_iterator:
+                    if request.HasField("backbone"):
+                        settings = request.backbone
+                    if settings is None:
+                        raise InvalidOptionError("the first request of a stream needs backbone")
+                    replies.put(self._embed(request, settings, context))
+                    if not context.is_active():
+                        return
+                replies.put(done)
+            except Exception as exc:  # noqa: BLE001 - raised in the reply thread
+                replies.put(exc)
+
+        threading.Thread(target=work, name="featcache-stream", daemon=True).start()
+        while True:
+            reply = replies.get()
+            if reply is done:
+                return
+            if isinstance(reply, Exception):
+                _fail(context, reply)
+            yield reply
+
+    def ExtractDataset(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            job = self._start_job(request, context)
+        except Exception as exc:  # noqa: BLE001
+            _fail(context, exc)
+            return
+        try:
+            while True:
+                item = job.get()
+                if isinstance(item, BaseException):
+                    if isinstance(item, (ExtractionCancelled, CancelledError)):
+                        if self.stopping.is_set():
+                            item = _Abort(
+                                grpc.StatusCode.UNAVAILABLE,
+                                "the server is shutting down; finished batches were saved, "
+                                "call again to resume",
+                            )
+                        else:
+                            item = _Abort(grpc.StatusCode.CANCELLED, "cancelled")
+                    _fail(context, item)
+                yield item
+                if item.finished:
+                    return
+        finally:
+            job.cancel.set()
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _embed(self, request: Any, settings: Any, context: grpc.ServicerContext) -> Any:
+        if len(request.images) > self.max_images:
+            raise _Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{len(request.images)} images in one request; the limit is {self.max_images}",
+            )
+        config, resize = config_from_message(settings, self.roots.weights)
+        contents = [
+            image_content(image, i, self.max_pixels) for i, image in enumerate(request.images)
+        ]
+        with self.pool.use(config) as model:
+            features, reasons = embed_contents(
+                model,
+                contents,
+                resize,
+                self.max_pixels,
+                context.is_active,
+                lambda: _remaining(context),
+            )
+            info = info_message(model.resolved, resize, model.feature_dim, config.seed)
+        rows = []
+        good = iter(features)
+        for reason in reasons:
+            if reason is None:
+                rows.append(pb.Embedding(values=np.asarray(next(good), np.float32)))
+            else:
+                rows.append(pb.Embedding(error=reason))
+        return pb.EmbedResponse(backbone=info, embeddings=rows)
+
+    def _start_job(self, request: Any, context: grpc.ServicerContext) -> _Job:
+        if self.stopping.is_set():
+            raise _Abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+        data = confine(self.roots.data, request.data, "data")
+        if not data.exists():
+            raise NotFound(f"data {request.data!r}: no such folder or file under the data root")
+        config, resize = config_from_message(request.backbone, self.roots.weights)
+        stem = Path(config.backbone).stem if config.backbone.endswith((".keras", ".h5")) else None
+        default = f"{(stem or config.backbone).lower().replace('-', '_')}.h5"
+        output = confine(self.roots.cache, request.output or default, "output")
+        if output.is_dir():
+            raise FeatcacheError(f"output {request.output!r} is a folder")
+        labels = confine(self.roots.data, request.labels, "labels") if request.labels else None
+        from ..pipeline import run_extraction
+        from ..splits import parse_split
+
+        ratios = parse_split(request.split or "0.7,0.2,0.1")
+        max_pixels = min(request.max_pixels or self.max_pixels, self.max_pixels)
+        job = _Job()
+        context.add_callback(job.cancel.set)
+        cache_root = self.roots.cache
+
+        def run() -> None:
+            try:
+                with self.pool.use(config) as model:
+                    embedder = PoolEmbedder(model, resize, max_pixels, lambda: True)
+                    summary = run_extraction(
+                        data,
+                        embedder,
+                        output,
+                        dtype=request.dtype or "float32",
+                        ratios=ratios,
+                        seed=config.seed,
+                        labels=str(labels) if labels else None,
+                        batch_size=request.batch_size or 32,
+                        overwrite=request.overwrite,
+                        checkpoint_seconds=request.checkpoint_seconds or 60.0,
+                        progress=False,
+                        on_progress=job.progress,
+                        cancel=job.cancel,
+                        confine=self.roots.data,
+                    )
+                relative = output.relative_to(cache_root) if cache_root else output
+                job.put(
+                    pb.ExtractProgress(
+                        done=summary.new + summary.reused + summary.bad,
+                        total=summary.new + summary.reused + summary.bad,
+                        embedded=summary.new,
+                        reused=summary.reused,
+                        bad=summary.bad,
+                        images_per_second=summary.images_per_second,
+                        seconds=summary.seconds,
+                        finished=True,
+                        output=str(relative),
+                        rows=summary.rows,
+                        feature_dim=summary.feature_dim,
+                        removed=summary.removed,
+                        bad_files=[pb.BadFile(path=p, reason=r) for p, r in summary.bad_files],
+                    )
+                )
+            except BaseException as exc:  # noqa: BLE001 - handed to the RPC thread
+                job.put(exc)
+            finally:
+                with self._jobs_lock:
+                    self._jobs.discard(job)
+                job.ended.set()
+
+        with self._jobs_lock:
+            self._jobs.add(job)
+        threading.Thread(target=run, name="featcache-job", daemon=True).start()
+        return job
+
+    def stop_jobs(self, timeout: float = 60.0) -> bool:
+        """Stop every running extraction and wait until each has saved its cache."""
+        self.stopping.set()
+        with self._jobs_lock:
+            jobs = list(self._jobs)
+        for job in jobs:
+            job.cancel.set()
+        return all(job.ended.wait(timeout) for job in jobs)
+
+
+class _Job:
+    """A running extraction: its cancel flag and the messages for the RPC."""
+
+    def __init__(self) -> None:
+        self.cancel = threading.Event()
+        self.ended = threading.Event()
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._latest: Any = None
+        self._lock = threading.Lock()
+
+    def progress(self, p: Any) -> None:
+        """Keep only the newest progress message, so a slow client never holds the job."""
+        message = pb.ExtractProgress(
+            done=p.done,
+            total=p.total,
+            embedded=p.embedded,
+            reused=p.reused,
+            bad=p.bad,
+            images_per_second=p.images_per_second,
+            seconds=p.seconds,
+        )
+        with self._lock:
+            fresh = self._latest is None
+            self._latest = message
+        if fresh:
+            self._queue.put(None)
+
+    def put(self, item: Any) -> None:
+        """The final message or the error."""
+        self._queue.put(item)
+
+    def get(self) -> Any:
+        """The next message to send: the newest progress, or the final item."""
+        item = self._queue.get()
+        if item is not None:
+            return item
+        with self._lock:
+            latest, self._latest = self._latest, None
+        return latest

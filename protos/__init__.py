@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of ``featcache.v1.Extractor`` (see ``generate.py``)."""
