@@ -32,6 +32,9 @@ _LAZY = {
     "compare": "featcache.heads.compare",
     "predict_cache": "featcache.heads.predict",
     "DenseHead": "featcache.heads.dense",
+    "Client": "featcache.extractor.service.client",
+    "ServeOptions": "featcache.extractor.service.server",
+    "start_server": "featcache.extractor.service.server",
 }
 
 __all__ = ["FeatcacheError", "__version__", *_LAZY]

@@ -469,3 +469,13 @@ def test_sigterm_stops_jobs_cleanly_and_drains(roots, tmp_path):
     with FileLock(str(out) + ".lock", timeout=1):
         saved = read_cache(out)
     assert 4 <= len(saved.paths) < 200
+
+
+def test_client_does_not_import_tensorflow():
+    code = (
+        "import sys, featcache\n"
+        "featcache.Client('127.0.0.1:1').close()\n"
+        "print('HEAVY', [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout
