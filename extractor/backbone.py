@@ -38,13 +38,28 @@ def ensure_tensorflow_backend() -> None:
         )
 
 
+_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
+    """Hex SHA-256 of a file, read in 1 MiB blocks.
+
+    Remembered per (path, inode, size, mtime), so a server resolving the same weights file
+    for every request hashes it once; any change to the file hashes it again.
+    """
     with open(path, "rb") as handle:
+        stat = os.fstat(handle.fileno())
+        key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        known = _HASHES.get(key)
+        if known is not None:
+            return known
+        digest = hashlib.sha256()
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    if len(_HASHES) > 256:
+        _HASHES.clear()
+    _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
 
 
 def is_model_file(backbone: str) -> bool:

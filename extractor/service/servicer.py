@@ -115,6 +115,16 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         replies: queue.Queue[Any] = queue.Queue(maxsize=4)
         done = object()
 
+        def offer(item: Any) -> bool:
+            """Queue a reply; False once the call is over (nobody will take it)."""
+            while context.is_active():
+                try:
+                    replies.put(item, timeout=0.5)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def work() -> None:
             settings = None
             try:
@@ -123,16 +133,20 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                         settings = request.backbone
                     if settings is None:
                         raise InvalidOptionError("the first request of a stream needs backbone")
-                    replies.put(self._embed(request, settings, context))
-                    if not context.is_active():
+                    if not offer(self._embed(request, settings, context)):
                         return
-                replies.put(done)
+                offer(done)
             except Exception as exc:  # noqa: BLE001 - raised in the reply thread
-                replies.put(exc)
+                offer(exc)
 
         threading.Thread(target=work, name="featcache-stream", daemon=True).start()
         while True:
-            reply = replies.get()
+            try:
+                reply = replies.get(timeout=0.5)
+            except queue.Empty:
+                if context.is_active():
+                    continue
+                return
             if reply is done:
                 return
             if isinstance(reply, Exception):
