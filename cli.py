@@ -519,6 +519,13 @@ def predict_command(run: str, cache: str, output: str | None, top_k: int) -> Non
 )
 @click.option("--no-batching", is_flag=True, help="Run each request on its own.")
 @click.option("--max-pixels", type=int, default=100_000_000, show_default=True)
+@click.option(
+    "--max-image-size",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="Largest input side (--image-size) a request may ask for.",
+)
 @click.option("--token-file", type=click.Path(), default=None, help="Require this bearer token.")
 @click.option("--tls-cert", type=click.Path(), default=None, help="Server certificate (PEM).")
 @click.option("--tls-key", type=click.Path(), default=None, help="Server private key (PEM).")

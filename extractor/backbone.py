@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ POOLING_MODES = ("avg", "max", "none")
 """``avg``/``max``: global pooling of the feature map; ``none``: the flattened map."""
 
 _MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+_BUILD_LOCK = threading.Lock()
+"""Model building uses Keras's global random state (seeded for random weights): one at a time."""
 
 
 def ensure_tensorflow_backend() -> None:
@@ -120,6 +123,8 @@ class ResolvedBackbone:
 
 def resolve_backbone(config: BackboneConfig) -> ResolvedBackbone:
     """Validate options and hash files, without building any model."""
+    if not 0 <= config.seed < 2**32:
+        raise InvalidOptionError(f"--seed {config.seed}: expected 0 to 2**32 - 1")
     if config.pooling not in POOLING_MODES:
         raise InvalidOptionError(f"--pooling {config.pooling!r}: expected one of {POOLING_MODES}")
     spec: BackboneSpec | None = None
@@ -197,7 +202,8 @@ class FeatureExtractor:
         import tensorflow as tf
 
         self.resolved = resolved
-        base = self._load_base(resolved, seed, keras)
+        with _BUILD_LOCK:
+            base = self._load_base(resolved, seed, keras)
         base.trainable = False
         if resolved.spec is None:
             shape = tuple(base.inputs[0].shape[1:3])

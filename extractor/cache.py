@@ -8,6 +8,7 @@ the new one, never a torn file.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import itertools
 import json
@@ -338,7 +339,7 @@ class CacheWriter:
         self._last_commit = time.monotonic()
         self._commit_cost = 0.0
         self._dirty = False
-        for stale in self.path.parent.glob(self.path.name + ".tmp-*"):
+        for stale in self.path.parent.glob(glob.escape(self.path.name) + ".tmp-*"):
             stale.unlink(missing_ok=True)
         self.base_paths: list[str] = []
         self.base_sha: list[str] = []

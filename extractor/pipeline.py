@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from ..errors import CacheLockedError, ExtractionCancelled, InvalidOptionError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from .backbone import BackboneConfig, ResolvedBackbone
+from .backbone import BackboneConfig, ResolvedBackbone, is_model_file
 from .cache import DTYPES, CacheSettings, CacheWriter
 from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, BadImageError
 from .embedders import Embedder, LocalEmbedder
@@ -34,6 +34,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 DEFAULT_CACHE_DIR = Path("cache")
+MAX_BATCH_SIZE = 4096
+"""Largest ``--batch-size`` (the read-ahead window is twice the batch)."""
 
 
 @dataclass
@@ -90,7 +92,7 @@ class _Prepared:
 
 def default_output(backbone: str) -> Path:
     """``cache/<backbone>.h5`` (the model file's stem for saved-model backbones)."""
-    name = Path(backbone).stem if backbone.lower().endswith((".keras", ".h5")) else backbone
+    name = Path(backbone).stem if is_model_file(backbone) else backbone
     return DEFAULT_CACHE_DIR / f"{name.lower().replace('-', '_')}.h5"
 
 
@@ -138,12 +140,7 @@ def extract(
     started = time.monotonic()
     if resize not in RESIZE_MODES:
         raise InvalidOptionError(f"--resize {resize!r}: expected one of {', '.join(RESIZE_MODES)}")
-    if dtype not in DTYPES:
-        raise InvalidOptionError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    if batch_size < 1:
-        raise InvalidOptionError(f"--batch-size {batch_size}: must be at least 1")
-    if workers is not None and workers < 1:
-        raise InvalidOptionError(f"--workers {workers}: must be at least 1")
+    _check_options(dtype, batch_size, workers, checkpoint_seconds)
     ratios = parse_split(split)
     config = BackboneConfig(
         backbone, weights, image_size, pooling, layer or "", preprocessing, seed
@@ -152,7 +149,7 @@ def extract(
     if remote is not None:
         from .service.remote import RemoteEmbedder
 
-        embedder = RemoteEmbedder(remote, config, resize)
+        embedder = RemoteEmbedder(remote, config, resize, max_pixels)
     else:
         embedder = LocalEmbedder(config, resize, max_pixels)
     out_path = Path(output) if output is not None else default_output(backbone)
@@ -199,16 +196,29 @@ def run_extraction(
     ``confine`` refuses (as bad files) images whose real path leaves that folder.
     """
     started = time.monotonic() if started is None else started
+    _check_options(dtype, batch_size, workers, checkpoint_seconds)
     output.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock(output)
     try:
-        dataset = scan_dataset(data, labels)
-        dataset.confine = confine
+        dataset = scan_dataset(data, labels, confine)
         settings = _settings(embedder.resolved, embedder.resize, dtype, ratios, seed, dataset)
         options = _RunOptions(overwrite, batch_size, workers, checkpoint_seconds, progress)
         return _run(dataset, embedder, settings, output, options, on_progress, cancel, started)
     finally:
         lock.release()
+
+
+def _check_options(
+    dtype: str, batch_size: int, workers: int | None, checkpoint_seconds: float
+) -> None:
+    if dtype not in DTYPES:
+        raise InvalidOptionError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if not 1 <= batch_size <= MAX_BATCH_SIZE:
+        raise InvalidOptionError(f"--batch-size {batch_size}: expected 1 to {MAX_BATCH_SIZE}")
+    if workers is not None and workers < 1:
+        raise InvalidOptionError(f"--workers {workers}: must be at least 1")
+    if not checkpoint_seconds > 0:
+        raise InvalidOptionError(f"--checkpoint-seconds {checkpoint_seconds}: must be positive")
 
 
 @dataclass(frozen=True)

@@ -119,13 +119,18 @@ def _scan_folder(
     return rows, set(classes), ignored
 
 
-def scan_dataset(data: str | os.PathLike[str], labels: str | None = None) -> Dataset:
+def scan_dataset(
+    data: str | os.PathLike[str], labels: str | None = None, confine: Path | None = None
+) -> Dataset:
     """List the images of a dataset without decoding them.
 
     ``data`` is a folder of class sub-folders (labels are the sorted folder names, as
     ``image_dataset_from_directory``), a flat folder (unlabelled), a folder whose
     top level is ``train/``, ``val/`` or ``validation/``, ``test/``, or an ``.npy``
     array of images with optional ``labels`` (an ``.npy`` of integers).
+
+    With ``confine``, files (and labels) whose real path leaves that folder are left out
+    and counted as ignored, and are refused if they change into links later.
     """
     root = Path(data).expanduser()
     if not root.exists():
@@ -134,7 +139,9 @@ def scan_dataset(data: str | os.PathLike[str], labels: str | None = None) -> Dat
     if root.is_file():
         if root.suffix.lower() != ".npy":
             raise DatasetError(f"{data}: expected a folder of images or an .npy array")
-        return _scan_npy(root, labels)
+        dataset = _scan_npy(root, labels, confine)
+        dataset.confine = confine
+        return dataset
     if labels is not None:
         raise DatasetError("--labels applies to .npy datasets only; folders label by sub-folder")
     top = _subdirs(root)
@@ -153,10 +160,15 @@ def scan_dataset(data: str | os.PathLike[str], labels: str | None = None) -> Dat
     else:
         rows, classes, ignored = _scan_folder(root, root, None)
         layout = "classes" if classes else "flat"
+    if confine is not None:
+        kept = [row for row in rows if is_within(root / row[0], confine)]
+        ignored += len(rows) - len(kept)
+        rows = kept
+        classes = {cls for _, cls, _ in rows if cls is not None}
     if not rows:
         raise DatasetError(f"{data}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
     items = [Item(path, cls, split) for path, cls, split in sorted(rows)]
-    return Dataset(root, layout, items, sorted(classes), ignored)
+    return Dataset(root, layout, items, sorted(classes), ignored, confine=confine)
 
 
 def _sibling_labels(images: Path) -> Path | None:
@@ -172,7 +184,7 @@ def _sibling_labels(images: Path) -> Path | None:
     return None
 
 
-def _scan_npy(path: Path, labels: str | None) -> Dataset:
+def _scan_npy(path: Path, labels: str | None, confine: Path | None = None) -> Dataset:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
@@ -184,6 +196,8 @@ def _scan_npy(path: Path, labels: str | None) -> Dataset:
     if array.dtype.kind not in "uif":
         raise DatasetError(f"{path}: image array has unsupported dtype {array.dtype}")
     label_path = Path(labels) if labels is not None else _sibling_labels(path)
+    if label_path is not None and confine is not None and not is_within(label_path, confine):
+        raise DatasetError(f"{label_path.name}: the labels file leads out of the data root")
     names: list[str] = []
     label_values: np.ndarray | None = None
     if label_path is not None:

@@ -45,12 +45,14 @@ class Image(_message.Message):
     def __init__(self, encoded: _Optional[bytes] = ..., pixels: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("backbone", "images")
+    __slots__ = ("backbone", "images", "max_pixels")
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
     backbone: BackboneSettings
     images: _containers.RepeatedCompositeFieldContainer[Image]
-    def __init__(self, backbone: _Optional[_Union[BackboneSettings, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+    max_pixels: int
+    def __init__(self, backbone: _Optional[_Union[BackboneSettings, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., max_pixels: _Optional[int] = ...) -> None: ...
 
 class BackboneInfo(_message.Message):
     __slots__ = ("name", "backbone_sha256", "weights", "weights_sha256", "image_height", "image_width", "pooling", "layer", "preprocessing", "resize", "feature_dim", "seed")

@@ -351,3 +351,10 @@ def test_changing_split_ratios_is_fine_for_split_folders(tmp_path):
     extract(tmp_path / "s", output=tmp_path / "c.h5", **TINY)
     summary = extract(tmp_path / "s", output=tmp_path / "c.h5", split="0.5,0.5", **TINY)
     assert summary.reused == 2
+
+
+def test_wildcards_in_a_cache_name_touch_no_other_cache(class_folder, tmp_path):
+    other = tmp_path / "other.h5.tmp-123"  # another writer's checkpoint in progress
+    other.write_bytes(b"in progress")
+    extract(class_folder, output=tmp_path / "o*.h5", **TINY)
+    assert other.read_bytes() == b"in progress"

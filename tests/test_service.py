@@ -48,6 +48,7 @@ def roots(tmp_path_factory) -> Path:
     linked = data / "linked" / "a"
     write_image(linked / "own.png", 2)
     (linked / "stolen.png").symlink_to(outside / "secret.png")
+    (data / "linked" / "b").symlink_to(outside, target_is_directory=True)
     (base / "cache").mkdir()
     (base / "weights").mkdir()
     return base
@@ -164,6 +165,38 @@ def test_raw_pixels_equal_encoded_files_and_large_sets_stream(client, roots, mon
     assert calls == [1]
 
 
+def test_requests_stay_under_the_clients_size_limit(server, client):
+    pixels = [np.random.default_rng(i).integers(0, 256, (300, 300, 3), np.uint8) for i in range(8)]
+    with pytest.raises(RemoteError) as info:  # 2.1 MB in one request; the server takes 2 MB
+        client.embed(pixels, "vgg16", **MODEL)
+    assert info.value.code == "RESOURCE_EXHAUSTED"
+    with Client(f"127.0.0.1:{server.port}", max_request_mb=1) as small:
+        assert small.embed(pixels, "vgg16", **MODEL).shape == (8, 512)
+
+
+def test_models_with_different_seeds_load_side_by_side_correctly(server, roots):
+    from featcache.extractor.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
+    from featcache.extractor.embedders import decode_and_resize
+
+    image = set_files(roots)[0]
+    results: dict[int, np.ndarray] = {}
+
+    def call(seed: int) -> None:
+        with Client(f"127.0.0.1:{server.port}") as own:
+            results[seed] = own.embed([str(image)], "vgg16", seed=seed, **MODEL)[0]
+
+    threads = [threading.Thread(target=call, args=(seed,)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    pixels = decode_and_resize(image.read_bytes(), (32, 32), "stretch")[None]
+    for seed in (1, 2):
+        config = BackboneConfig("vgg16", "none", 32, seed=seed)
+        expected = FeatureExtractor(resolve_backbone(config), seed)(pixels)[0]
+        np.testing.assert_allclose(results[seed], expected, atol=1e-5)
+
+
 def test_sixteen_concurrent_clients_get_their_own_rows(server, roots, local):
     files = (set_files(roots) * 2)[:16]
     results: dict[int, np.ndarray] = {}
@@ -209,6 +242,9 @@ def test_bad_requests_get_precise_status_codes_and_the_server_stays_up(server, c
     assert code_of(embed(pooling="bogus")) == invalid
     assert code_of(embed(resize="squash")) == invalid
     assert code_of(embed(image_size=[8])) == invalid
+    assert code_of(embed(image_size=[2048])) == invalid  # over --max-image-size
+    assert code_of(embed(seed=-1)) == invalid
+    assert code_of(embed(seed=2**40)) == invalid
     short = pb.Image(pixels=pb.Tensor(data=b"\0" * 10, shape=[4, 4, 3]))
     assert code_of(embed([short])) == invalid
     assert code_of(embed([pb.Image(pixels=pb.Tensor(data=b"\0" * 4, shape=[2, 2, 1, 1]))])) == (
@@ -268,9 +304,13 @@ def test_extract_dataset_equals_local_and_stays_inside_its_roots(client, roots, 
     assert refused(data="set", output="../stolen.h5") == "PERMISSION_DENIED"
     assert refused(data="missing") == "NOT_FOUND"
     assert refused(data="set", output="set.h5", pooling="max") == "FAILED_PRECONDITION"
+    assert refused(data="set", output="s*.h5") == "INVALID_ARGUMENT"
+    assert refused(data="set", dtype="int8") == "INVALID_ARGUMENT"
+    assert refused(data="set", batch_size=10**9) == "INVALID_ARGUMENT"
+    # Files and class folders that are links leading out of the data root are left out.
     linked = list(client.extract_dataset("linked", "vgg16", output="linked.h5", **MODEL))[-1]
-    assert linked.rows == 1
-    assert linked.bad_files == [("a/stolen.png", "unreadable: links outside the data root")]
+    assert (linked.rows, linked.bad, linked.bad_files) == (1, 0, [])
+    assert read_cache(roots / "cache" / "linked.h5").class_names == ["a"]
 
 
 def test_cancelling_extract_dataset_leaves_a_resumable_cache(client, roots):
@@ -319,6 +359,14 @@ def test_remote_extract_command_equals_local_and_resumes(server, class_folder, t
     assert json.loads(result.output)["reused"] == 12
     result = runner.invoke(main, ["extract", str(class_folder), "-o", str(remote_out), *args])
     assert json.loads(result.output)["new"] == 0
+    # --max-pixels applies on the server as it does here.
+    tiny = {"backbone": "vgg16", "progress": False, "max_pixels": 1000, **MODEL}
+    here = extract(class_folder, output=tmp_path / "l2.h5", **tiny)
+    there = extract(
+        class_folder, output=tmp_path / "r2.h5", remote=f"127.0.0.1:{server.port}", **tiny
+    )
+    assert here.bad == there.bad > 0 and here.rows == there.rows
+    assert sorted(here.bad_files) == sorted(there.bad_files)
 
 
 def test_unreachable_server_is_a_one_line_error(class_folder, tmp_path):

@@ -80,11 +80,14 @@ class Client:
         tls_cert: str | os.PathLike[str] | None = None,
         tls_key: str | os.PathLike[str] | None = None,
         timeout: float | None = None,
+        max_request_mb: float = CHUNK_BYTES / (1 << 20),
     ) -> None:
+        """``max_request_mb`` keeps requests under the server's ``--max-message-mb``."""
         if token_file is not None:
             token = read_token(token_file)
         self.address = address
         self.timeout = timeout
+        self.max_request_bytes = int(max_request_mb * (1 << 20))
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
         if tls_ca is not None or tls_cert is not None:
@@ -167,13 +170,13 @@ class Client:
         return out
 
     def embed_contents(
-        self, settings: Any, contents: Sequence[bytes | np.ndarray]
+        self, settings: Any, contents: Sequence[bytes | np.ndarray], max_pixels: int = 0
     ) -> tuple[list[np.ndarray | str], int]:
         """Rows (an array, or the reason the image was refused) and the feature width.
 
         One ``Embed`` call when the images fit in one request, else one ``EmbedStream``.
         """
-        requests = list(_chunks(settings, contents))
+        requests = list(_chunks(settings, contents, self.max_request_bytes, max_pixels))
         if len(requests) == 1:
             replies: Iterable[Any] = [self._call(self.stub.Embed, requests[0])]
         else:
@@ -287,21 +290,27 @@ def _settings(backbone: str, **settings: Any) -> Any:
     return settings_message(config, settings.get("resize", "stretch"))
 
 
-def _chunks(settings: Any, contents: Sequence[bytes | np.ndarray]) -> Iterator[Any]:
-    """Requests of at most CHUNK_IMAGES images and (but for single big ones) CHUNK_BYTES."""
+def _chunks(
+    settings: Any, contents: Sequence[bytes | np.ndarray], max_bytes: int, max_pixels: int
+) -> Iterator[Any]:
+    """Requests of at most CHUNK_IMAGES images and (but for single big ones) ``max_bytes``."""
     images: list[Any] = []
     size = 0
     first = True
     for content in contents:
         message = image_message(content)
         nbytes = message.ByteSize()
-        if images and (len(images) >= CHUNK_IMAGES or size + nbytes > CHUNK_BYTES):
-            yield pb.EmbedRequest(backbone=settings if first else None, images=images)
+        if images and (len(images) >= CHUNK_IMAGES or size + nbytes > max_bytes):
+            yield _request(settings if first else None, images, max_pixels)
             images, size, first = [], 0, False
         images.append(message)
         size += nbytes
     if images or first:
-        yield pb.EmbedRequest(backbone=settings if first else None, images=images)
+        yield _request(settings if first else None, images, max_pixels)
+
+
+def _request(settings: Any, images: list[Any], max_pixels: int) -> Any:
+    return pb.EmbedRequest(backbone=settings, images=images, max_pixels=max_pixels)
 
 
 def _load(image: ImageInput) -> bytes | np.ndarray:

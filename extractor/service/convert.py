@@ -66,11 +66,12 @@ def settings_message(config: BackboneConfig, resize: str) -> pb.BackboneSettings
 
 
 def config_from_message(
-    settings: pb.BackboneSettings, weights_root: Path | None
+    settings: pb.BackboneSettings, weights_root: Path | None, max_side: int = 1024
 ) -> tuple[BackboneConfig, str]:
     """A request's settings as a :class:`BackboneConfig` and a resize mode.
 
-    Weights files and saved models must lie under ``weights_root``.
+    Weights files and saved models must lie under ``weights_root``; input sides are
+    limited to ``max_side`` pixels (memory grows with their square).
     """
     name = settings.name.strip()
     if not name:
@@ -89,9 +90,13 @@ def config_from_message(
     size: tuple[int, int] | None = None
     if sizes:
         size = (sizes[0], sizes[-1])
-        if min(size) < 1 or max(size) > 4096:
-            raise InvalidOptionError(f"image_size {sizes}: sides must be within 1..4096")
+        if min(size) < 1 or max(size) > max_side:
+            raise InvalidOptionError(
+                f"image_size {sizes}: sides must be within 1..{max_side} on this server"
+            )
     seed = settings.seed if settings.HasField("seed") else DEFAULT_SEED
+    if not 0 <= seed < 2**32:
+        raise InvalidOptionError(f"seed {seed}: expected 0 to 2**32 - 1")
     config = BackboneConfig(
         name,
         weights,
@@ -217,4 +222,6 @@ def status_name(exc: BaseException) -> str:
         return "FAILED_PRECONDITION"
     if isinstance(exc, MemoryError):
         return "RESOURCE_EXHAUSTED"
+    if isinstance(exc, TimeoutError):
+        return "DEADLINE_EXCEEDED"
     return "INTERNAL"

@@ -20,9 +20,12 @@ class RemoteEmbedder:
     local run); array rows travel as raw pixels.
     """
 
-    def __init__(self, remote: str | Client, config: BackboneConfig, resize: str) -> None:
+    def __init__(
+        self, remote: str | Client, config: BackboneConfig, resize: str, max_pixels: int = 0
+    ) -> None:
         self.client = remote if isinstance(remote, Client) else Client(remote)
         self.settings = settings_message(config, resize)
+        self.max_pixels = max_pixels
         info = self.client._call(self.client.stub.Embed, _empty(self.settings)).backbone
         self.resolved = resolved_from_info(info)
         self.resize = info.resize or resize
@@ -36,7 +39,7 @@ class RemoteEmbedder:
         return array_to_rgb(content) if isinstance(content, np.ndarray) else content
 
     def embed(self, prepared: list[Any]) -> tuple[np.ndarray, list[str | None]]:
-        rows, dim = self.client.embed_contents(self.settings, prepared)
+        rows, dim = self.client.embed_contents(self.settings, prepared, self.max_pixels)
         reasons = [row if isinstance(row, str) else None for row in rows]
         good = [row for row in rows if not isinstance(row, str)]
         features = np.stack(good) if good else np.zeros((0, dim or self._feature_dim), np.float32)

@@ -53,6 +53,8 @@ class ServeOptions:
     max_delay_ms: float = 5.0
     batching: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_size: int = 1024
+    """Largest input side a request may ask for (model memory grows with its square)."""
     token_file: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -101,7 +103,7 @@ class Server:
             _root(options.weights_root, "--weights-root"),
         )
         self.preload = [parse_preload(entry, roots.weights) for entry in options.preload]
-        for option in ("max_loaded", "max_message_mb", "workers", "max_batch"):
+        for option in ("max_loaded", "max_message_mb", "workers", "max_batch", "max_image_size"):
             if getattr(options, option) < 1:
                 raise InvalidOptionError(f"--{option.replace('_', '-')} must be at least 1")
         interceptors = []
@@ -112,7 +114,9 @@ class Server:
             options.max_loaded,
             BatchOptions(options.max_batch, options.max_delay_ms / 1000, options.batching),
         )
-        self.servicer = ExtractorServicer(self.pool, roots, options.max_pixels)
+        self.servicer = ExtractorServicer(
+            self.pool, roots, options.max_pixels, max_side=options.max_image_size
+        )
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(options.workers, thread_name_prefix="featcache-rpc"),
             interceptors=interceptors,

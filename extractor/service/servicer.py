@@ -55,6 +55,8 @@ def _fail(context: grpc.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, CancelledError):
         context.abort(grpc.StatusCode.CANCELLED, "cancelled")
     name = status_name(exc)
+    if name == "DEADLINE_EXCEEDED":
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed")
     if name == "INTERNAL":
         log.exception("internal error", exc_info=exc)
         context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
@@ -76,11 +78,13 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         roots: Roots,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_images: int = 4096,
+        max_side: int = 1024,
     ) -> None:
         self.pool = pool
         self.roots = roots
         self.max_pixels = max_pixels
         self.max_images = max_images
+        self.max_side = max_side
         self._jobs: set[_Job] = set()
         self._jobs_lock = threading.Lock()
         self.stopping = threading.Event()
@@ -187,7 +191,8 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{len(request.images)} images in one request; the limit is {self.max_images}",
             )
-        config, resize = config_from_message(settings, self.roots.weights)
+        config, resize = config_from_message(settings, self.roots.weights, self.max_side)
+        max_pixels = min(request.max_pixels or self.max_pixels, self.max_pixels)
         contents = [
             image_content(image, i, self.max_pixels) for i, image in enumerate(request.images)
         ]
@@ -196,7 +201,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 model,
                 contents,
                 resize,
-                self.max_pixels,
+                max_pixels,
                 context.is_active,
                 lambda: _remaining(context),
             )
@@ -216,16 +221,21 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         data = confine(self.roots.data, request.data, "data")
         if not data.exists():
             raise NotFound(f"data {request.data!r}: no such folder or file under the data root")
-        config, resize = config_from_message(request.backbone, self.roots.weights)
-        stem = Path(config.backbone).stem if config.backbone.endswith((".keras", ".h5")) else None
-        default = f"{(stem or config.backbone).lower().replace('-', '_')}.h5"
-        output = confine(self.roots.cache, request.output or default, "output")
+        config, resize = config_from_message(request.backbone, self.roots.weights, self.max_side)
+        from ..pipeline import MAX_BATCH_SIZE, default_output, run_extraction
+        from ..splits import parse_split
+
+        output_name = request.output or default_output(config.backbone).name
+        if any(c in output_name for c in "*?[]"):
+            raise InvalidOptionError(f"output {output_name!r}: no wildcards in file names")
+        output = confine(self.roots.cache, output_name, "output")
         if output.is_dir():
             raise FeatcacheError(f"output {request.output!r} is a folder")
         labels = confine(self.roots.data, request.labels, "labels") if request.labels else None
-        from ..pipeline import run_extraction
-        from ..splits import parse_split
-
+        if not 0 <= request.batch_size <= MAX_BATCH_SIZE:
+            raise InvalidOptionError(
+                f"batch_size {request.batch_size}: expected 1 to {MAX_BATCH_SIZE}"
+            )
         ratios = parse_split(request.split or "0.7,0.2,0.1")
         max_pixels = min(request.max_pixels or self.max_pixels, self.max_pixels)
         job = _Job()
@@ -278,6 +288,8 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 job.ended.set()
 
         with self._jobs_lock:
+            if self.stopping.is_set():
+                raise _Abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
             self._jobs.add(job)
         threading.Thread(target=run, name="featcache-job", daemon=True).start()
         return job
