@@ -3,7 +3,8 @@
 Each loaded model has one :class:`Batcher` and so one inference thread. Requests queue
 their images; the thread takes the oldest, then keeps adding queued requests until the
 batch holds ``max_batch`` images or ``max_delay`` seconds have passed since it started
-waiting, runs the model once and hands every request its rows.
+waiting, runs the model once and hands every request its rows. It waits only while
+requests arrive together (the last batch merged several); a lone caller never waits.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Batcher:
         """Images embedded so far."""
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._closed = False
+        self._last_merged = 1
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=f"featcache-infer-{name}")
         self._thread.daemon = True
@@ -107,7 +109,10 @@ class Batcher:
         jobs, count = [first], len(first.images)
         if not self.merge:
             return jobs, None, False
-        deadline = time.monotonic() + self.max_delay
+        # Wait for company only when requests have been arriving together; a lone client
+        # then pays no delay, and a crowd fills its batches.
+        delay = self.max_delay if self._last_merged > 1 else 0.0
+        deadline = time.monotonic() + delay
         while count < self.max_batch:
             wait = deadline - time.monotonic()
             try:
@@ -130,6 +135,7 @@ class Batcher:
             if first is None:
                 break
             jobs, carried, stop = self._collect(first)
+            self._last_merged = len(jobs)
             live = []
             for job in jobs:
                 if job.active() and job.future.set_running_or_notify_cancel():
