@@ -217,8 +217,8 @@ def _check_options(
         raise InvalidOptionError(f"--batch-size {batch_size}: expected 1 to {MAX_BATCH_SIZE}")
     if workers is not None and workers < 1:
         raise InvalidOptionError(f"--workers {workers}: must be at least 1")
-    if not checkpoint_seconds > 0:
-        raise InvalidOptionError(f"--checkpoint-seconds {checkpoint_seconds}: must be positive")
+    if not checkpoint_seconds >= 0:
+        raise InvalidOptionError(f"--checkpoint-seconds {checkpoint_seconds}: must be 0 or more")
 
 
 @dataclass(frozen=True)

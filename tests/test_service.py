@@ -527,3 +527,18 @@ def test_client_does_not_import_tensorflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout
+
+
+def test_least_recently_used_models_are_unloaded(roots):
+    srv = start_server(options(roots, max_loaded=1))
+    try:
+        with Client(f"127.0.0.1:{srv.port}") as client:
+            image = [str(set_files(roots)[0])]
+            first = client.embed(image, "vgg16", **MODEL)
+            client.embed(image, "vgg16", pooling="max", **MODEL)
+            loaded = client.list_backbones()["loaded"]
+            assert [m["pooling"] for m in loaded] == ["max"]
+            np.testing.assert_allclose(client.embed(image, "vgg16", **MODEL), first, atol=1e-6)
+            assert [m["pooling"] for m in client.list_backbones()["loaded"]] == ["avg"]
+    finally:
+        srv.stop(0)
