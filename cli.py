@@ -471,23 +471,122 @@ def compare_command(
 
 
 @main.command("predict")
-@click.argument("run", type=click.Path())
-@click.argument("cache", type=click.Path())
+@click.argument("model", type=click.Path())
+@click.argument("images", nargs=-1, required=True)
 @click.option(
     "--output",
     "-o",
     type=click.Path(),
     default=None,
-    help="CSV file. [default: RUN/predictions.csv]",
+    help="CSV file. [default: predictions.csv; RUN/predictions.csv for a cache]",
 )
 @click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
 @_handle_errors
-def predict_command(run: str, cache: str, output: str | None, top_k: int) -> None:
-    """Apply the head trained in RUN to the features of CACHE; write predictions.csv."""
-    from .heads.predict import predict_cache
+def predict_command(
+    model: str,
+    images: tuple[str, ...],
+    output: str | None,
+    top_k: int,
+    batch_size: int,
+    quiet: bool,
+) -> None:
+    """Classify IMAGES (files, folders or globs) with MODEL; write predictions.csv.
 
-    out = predict_cache(run, cache, output, top_k)
-    click.echo(f"wrote {out}")
+    MODEL is a model.keras from `export` or `fine-tune`, or a dense head run (its
+    backbone is rebuilt from the head's cache settings). `predict RUN CACHE.h5` applies
+    a head run to the features of another cache instead.
+    """
+    from pathlib import Path
+
+    if len(images) == 1 and images[0].endswith(".h5") and Path(images[0]).is_file():
+        from .heads.predict import predict_cache
+
+        click.echo(f"wrote {predict_cache(model, images[0], output, top_k)}")
+        return
+    from .heads.images import predict_images
+
+    out = Path(output or "predictions.csv")
+    results = predict_images(
+        model, list(images), out, top_k, batch_size, progress=False if quiet else None
+    )
+    bad = [r for r in results if r.error]
+    if not quiet and sys.stdout.isatty():
+        for r in results[:50]:
+            shown = (r.error and f"bad: {r.error}") or f"{r.top[0][0]} {r.top[0][1]:.3f}"
+            click.echo(f"{r.path}  {shown}")
+        if len(results) > 50:
+            click.echo(f"... {len(results) - 50} more in {out}")
+    click.echo(f"wrote {out}: {len(results) - len(bad)} images classified, {len(bad)} bad")
+
+
+@click.command("fine-tune")
+@click.argument("cache", type=click.Path())
+@click.option("--head", "head", type=click.Path(), required=True, help="A dense head run folder.")
+@click.option("--output", "-o", type=click.Path(), default=None, help="Run folder to write.")
+@click.option(
+    "--unfreeze",
+    default="20",
+    show_default=True,
+    help="Number of top backbone layers to train, or all.",
+)
+@click.option("--unfreeze-from", default=None, help="Train from this backbone layer up.")
+@click.option("--lr", type=float, default=1e-5, show_default=True, help="Learning rate.")
+@click.option(
+    "--optimizer", type=click.Choice(("adam", "sgd", "rmsprop")), default="adam", show_default=True
+)
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--patience", type=int, default=3, show_default=True, help="EarlyStopping on val.")
+@click.option(
+    "--augment", default="", help="Some of flip,rotate,zoom,contrast,translate (training only)."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_handle_errors
+def fine_tune_command(cache: str, as_json: bool, **options: Any) -> None:
+    """Unfreeze the top of the backbone under a trained head and train on CACHE's images."""
+    from .heads.finetune import fine_tune
+
+    verbose = 0 if as_json or not sys.stderr.isatty() else 1
+    result = fine_tune(cache, verbose=verbose, **options)
+    if as_json:
+        _print_json(result.report)
+        return
+    report = result.report
+    click.echo(f"{result.run_dir}: model.keras, report.json, history.csv/png, confusion.png")
+    click.echo(
+        f"  test accuracy {report['test']['accuracy']:.3f} fine-tuned vs "
+        f"{report['head_only']['test'] or float('nan'):.3f} head only; "
+        f"{len(report['unfrozen_layers'])} layers trained, {report['epochs_run']} epochs, "
+        f"{report['fit_seconds']:.0f} s"
+    )
+    for path, reason in result.skipped[:10]:
+        click.echo(f"  skipped: {path}: {reason}")
+
+
+main.add_command(fine_tune_command)
+
+
+@main.command("export")
+@click.argument("run", type=click.Path())
+@click.option("--output", "-o", type=click.Path(), required=True, help="model.keras or a folder.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("keras", "savedmodel")),
+    default="keras",
+    show_default=True,
+    help="savedmodel: a TensorFlow SavedModel folder for TF Serving.",
+)
+@_handle_errors
+def export_command(run: str, output: str, fmt: str) -> None:
+    """Turn the dense head of RUN into one model taking images (resize, preprocessing,
+    frozen backbone, head)."""
+    from .heads.endtoend import export
+
+    click.echo(f"wrote {export(run, output, fmt)}")
 
 
 @main.command("serve")

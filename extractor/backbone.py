@@ -180,6 +180,9 @@ def _resolve_preprocessing(preprocessing: str, spec: BackboneSpec | None) -> str
         return spec.preprocessing if spec is not None else "none"
     if key == "none":
         return "none"
+    for known in REGISTRY.values():  # the dotted name a cache records
+        if key == known.preprocessing:
+            return known.preprocessing
     return get_backbone(key).preprocessing
 
 

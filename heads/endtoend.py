@@ -1,0 +1,154 @@
+"""One Keras model from images to class probabilities: resize, preprocessing, the backbone
+exactly as the cache records it, and a trained head. ``export`` saves it; ``fine-tune``
+trains it further."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import CacheError, InvalidOptionError, WeightsError
+from ..extractor.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
+from .train import TrainedHead, load_head
+
+EXPORT_FORMATS = ("keras", "savedmodel")
+
+
+@dataclass
+class EndToEnd:
+    """An end-to-end model and the parts fine-tuning needs."""
+
+    model: Any
+    """uint8 or 0-255 float images ``(N, H, W, 3)`` of any size -> probabilities."""
+    backbone: Any
+    """The feature extractor inside (backbone, tapped layer, pooling)."""
+    head: TrainedHead
+    image_size: tuple[int, int]
+
+
+def rebuild_backbone(settings: dict[str, Any]) -> FeatureExtractor:
+    """The feature extractor a cache (or a head's ``cache_settings``) was made with.
+
+    Refuses a weights file or saved model whose bytes changed since.
+    """
+    size = settings.get("image_size") or None
+    config = BackboneConfig(
+        str(settings["backbone"]),
+        str(settings.get("weights", "imagenet")),
+        tuple(int(v) for v in size) if size else None,  # type: ignore[arg-type]
+        str(settings.get("pooling", "avg")),
+        str(settings.get("layer", "") or ""),
+        str(settings.get("preprocessing", "auto")),
+        int(settings.get("seed", 0) or 0),
+    )
+    resolved = resolve_backbone(config)
+    for what, recorded, now in (
+        ("weights file", settings.get("weights_sha256", ""), resolved.weights_sha256),
+        ("backbone model", settings.get("backbone_sha256", ""), resolved.backbone_sha256),
+    ):
+        if recorded and recorded != now:
+            raise WeightsError(
+                f"the {what} {config.weights if what == 'weights file' else config.backbone} "
+                "changed since the cache was made (SHA-256 differs); its features would not match"
+            )
+    return FeatureExtractor(resolved, config.seed)
+
+
+def build(
+    run: str | os.PathLike[str],
+    trainable_backbone: bool = False,
+    augmentation: list[Any] | None = None,
+) -> EndToEnd:
+    """The end-to-end model of a dense head run (``train-head --head dense``).
+
+    ``augmentation`` layers go between resizing and preprocessing (active in training only).
+    """
+    from . import layers  # registers the custom layers
+    from .layers import ClassProbabilities, Preprocess, ResizeImages
+
+    head = load_head(run)
+    if head.kind != "dense":
+        raise InvalidOptionError(
+            f"{run}: a {head.kind} head is a scikit-learn model and cannot become part of a "
+            "Keras model; train one with --head dense"
+        )
+    settings = head.meta["cache_settings"]
+    extractor = rebuild_backbone(settings)
+    import keras
+
+    del layers
+    height, width = extractor.resolved.image_size
+    inputs = keras.Input((None, None, 3), dtype="float32", name="image")
+    x = ResizeImages(height, width, str(settings.get("resize", "stretch")), name="resize")(inputs)
+    for layer in augmentation or []:
+        x = layer(x)
+    x = Preprocess(extractor.resolved.preprocessing, name="preprocess")(x)
+    backbone = extractor.model
+    backbone.trainable = trainable_backbone
+    features = backbone(x, training=False)  # BatchNormalization stays in inference mode
+    head_model = head.estimator.model_
+    outputs = head_model(features)
+    kind = _output_kind(head)
+    probabilities = ClassProbabilities(
+        kind, head.classes.tolist(), head.class_names, name="class_probabilities"
+    )(outputs)
+    model = keras.Model(inputs, probabilities, name="featcache_classifier")
+    return EndToEnd(model, backbone, head, (height, width))
+
+
+def _output_kind(head: TrainedHead) -> str:
+    binary = len(head.classes) == 2
+    logits = bool(head.estimator.from_logits)
+    if binary:
+        return "sigmoid-logits" if logits else "sigmoid"
+    return "logits" if logits else "softmax"
+
+
+def export(
+    run: str | os.PathLike[str], output: str | os.PathLike[str], format: str = "keras"
+) -> Path:
+    """Save a head run as one model taking images (``.keras`` or a TF SavedModel folder)."""
+    if format not in EXPORT_FORMATS:
+        raise InvalidOptionError(f"--format {format!r}: expected one of {EXPORT_FORMATS}")
+    out = Path(output)
+    if format == "keras" and out.suffix != ".keras":
+        raise InvalidOptionError(f"-o {out}: a Keras model file must end in .keras")
+    built = build(run)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save(built.model, out, format)
+    return out
+
+
+def save(model: Any, out: Path, format: str = "keras") -> None:
+    """Write ``model`` as ``.keras`` or as a SavedModel (for TF Serving)."""
+    if format == "keras":
+        model.save(out)
+    else:
+        model.export(str(out), format="tf_saved_model")
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[Any, list[str], list[int]]:
+    """A model saved by ``export`` or ``fine-tune``: (model, class names, label indices)."""
+    from ..extractor.backbone import ensure_tensorflow_backend
+
+    ensure_tensorflow_backend()
+    import keras
+
+    from . import layers
+
+    del layers
+    path = Path(path)
+    if not path.is_file() or path.suffix != ".keras":
+        raise InvalidOptionError(f"{path}: expected a .keras model from export or fine-tune")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many kinds here
+        raise CacheError(f"could not load {path}: {str(exc).splitlines()[0]}") from None
+    try:
+        last = model.get_layer("class_probabilities")
+    except ValueError:
+        raise InvalidOptionError(f"{path}: not a featcache classifier (no class names)") from None
+    names = [last.class_names[c] for c in last.classes]
+    return model, names, list(last.classes)

@@ -1,0 +1,368 @@
+"""``fine-tune``: the tutorials' second phase. The head trained on frozen features is
+stacked on the backbone the cache records, the top layers are unfrozen, and the whole
+model trains end to end on the cache's images with a low learning rate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import DatasetError, InvalidOptionError
+from ..extractor.cache import open_h5
+from ..extractor.decode import BadImageError, decode_image, resize_image
+from .dense import OPTIMIZERS
+from .report import metrics, write_confusion, write_history
+from .train import new_run_dir
+
+AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
+
+
+@dataclass
+class FineTuneResult:
+    """What ``fine_tune`` produced."""
+
+    run_dir: Path
+    report: dict[str, Any]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Rows:
+    paths: list[str]
+    columns: np.ndarray
+    """Output column of each row's label (-1 when the head never saw that class)."""
+    labels: np.ndarray
+    sha256: list[str]
+
+
+def augmentation_layers(names: str, seed: int = 0) -> list[Any]:
+    """Keras preprocessing layers for ``flip,rotate,zoom,contrast,translate``."""
+    import keras
+
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in AUGMENTATIONS]
+    if unknown:
+        raise InvalidOptionError(
+            f"--augment {','.join(unknown)}: expected some of {','.join(AUGMENTATIONS)}"
+        )
+    make = {
+        "flip": lambda: keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
+        "rotate": lambda: keras.layers.RandomRotation(0.05, seed=seed, name="aug_rotate"),
+        "zoom": lambda: keras.layers.RandomZoom(0.1, seed=seed, name="aug_zoom"),
+        "contrast": lambda: keras.layers.RandomContrast(
+            0.1, value_range=(0, 255), seed=seed, name="aug_contrast"
+        ),
+        "translate": lambda: keras.layers.RandomTranslation(
+            0.1, 0.1, seed=seed, name="aug_translate"
+        ),
+    }
+    return [make[n]() for n in dict.fromkeys(chosen)]
+
+
+def unfreeze_layers(
+    backbone: Any, unfreeze: str | int = 20, unfreeze_from: str | None = None
+) -> list[str]:
+    """Make the top of ``backbone`` trainable; BatchNormalization layers stay frozen.
+
+    ``unfreeze``: a number of top layers or ``all``; ``unfreeze_from``: a layer name from
+    which on every layer is unfrozen. Returns the names of the layers made trainable.
+    """
+    import keras
+
+    layers = [  # the backbone's own layers, not the input or featcache's pooling
+        layer
+        for layer in backbone.layers
+        if not isinstance(layer, keras.layers.InputLayer)
+        and not layer.name.startswith("featcache_")
+    ]
+    if unfreeze_from is not None:
+        names = [layer.name for layer in layers]
+        if unfreeze_from not in names:
+            raise InvalidOptionError(f"--unfreeze-from {unfreeze_from!r}: no such backbone layer")
+        start = names.index(unfreeze_from)
+    elif str(unfreeze).lower() == "all":
+        start = 0
+    else:
+        try:
+            count = int(unfreeze)
+        except ValueError:
+            raise InvalidOptionError(f"--unfreeze {unfreeze!r}: expected a number or all") from None
+        if not 0 <= count <= len(layers):
+            raise InvalidOptionError(f"--unfreeze {count}: the backbone has {len(layers)} layers")
+        start = len(layers) - count
+    backbone.trainable = True
+    touched = []
+    for i, layer in enumerate(layers):
+        train = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = train
+        if train and layer.weights:
+            touched.append(layer.name)
+    return touched
+
+
+def _read_rows(cache: Path, split: int, classes: np.ndarray) -> tuple[_Rows, dict[str, Any]]:
+    column = {int(c): i for i, c in enumerate(classes)}
+    with open_h5(cache) as handle:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in handle.attrs.items()}
+        picks = np.flatnonzero(handle["split"][:] == split)
+        paths = handle["paths"].asstr()[:]
+        labels = handle["labels"][:]
+        sha = (
+            handle["sha256"].asstr()[:]
+            if handle["sha256"].dtype.kind == "O"
+            else [s.decode() for s in handle["sha256"][:]]
+        )
+    rows = _Rows(
+        [str(paths[i]) for i in picks],
+        np.array([column.get(int(labels[i]), -1) for i in picks], np.int64),
+        labels[picks].astype(np.int64),
+        [str(sha[i]) for i in picks],
+    )
+    return rows, attrs
+
+
+def _usable(rows: _Rows, root: Path, skipped: dict[str, str]) -> _Rows:
+    """The rows whose file is still there with the bytes the cache hashed."""
+    keep = []
+    for i, path in enumerate(rows.paths):
+        try:
+            data = (root / path).read_bytes()
+        except OSError as exc:
+            skipped[path] = f"missing or unreadable: {exc.strerror or exc}"
+            continue
+        if hashlib.sha256(data).hexdigest() != rows.sha256[i]:
+            skipped[path] = "changed since the cache was made"
+            continue
+        keep.append(i)
+    return _Rows(
+        [rows.paths[i] for i in keep],
+        rows.columns[keep],
+        rows.labels[keep],
+        [rows.sha256[i] for i in keep],
+    )
+
+
+def _images(
+    rows: _Rows,
+    root: Path,
+    size: tuple[int, int],
+    resize: str,
+    shuffle_seed: int | None = None,
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Decoded, resized images of (usable) ``rows``, shuffled when a seed is given."""
+    order = np.arange(len(rows.paths))
+    if shuffle_seed is not None:
+        np.random.default_rng(shuffle_seed).shuffle(order)
+    for i in order:
+        path = rows.paths[i]
+        try:
+            data = (root / path).read_bytes()
+            if hashlib.sha256(data).hexdigest() != rows.sha256[i]:
+                raise DatasetError(f"{path} changed during fine-tuning")
+            pixels = resize_image(decode_image(data), size, resize)
+        except (OSError, BadImageError) as exc:
+            raise DatasetError(f"{path} became unusable during fine-tuning: {exc}") from None
+        yield np.round(pixels).astype(np.uint8), int(rows.columns[i])
+
+
+def _dataset(make: Any, rows: int, size: tuple[int, int], batch_size: int) -> Any:
+    """Batches streamed from disk by ``make()`` (re-run every epoch); memory stays bounded."""
+    import tensorflow as tf
+
+    spec = (
+        tf.TensorSpec((size[0], size[1], 3), tf.uint8),
+        tf.TensorSpec((), tf.int64),
+    )
+    dataset = tf.data.Dataset.from_generator(make, output_signature=spec).batch(batch_size)
+    batches = -(-rows // batch_size)
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(2)
+
+
+def fine_tune(
+    cache: str | os.PathLike[str],
+    head: str | os.PathLike[str],
+    *,
+    output: str | os.PathLike[str] | None = None,
+    unfreeze: str | int = 20,
+    unfreeze_from: str | None = None,
+    lr: float = 1e-5,
+    optimizer: str = "adam",
+    epochs: int = 10,
+    batch_size: int = 32,
+    patience: int = 3,
+    augment: str = "",
+    seed: int = 0,
+    verbose: int = 0,
+) -> FineTuneResult:
+    """Train the head of run ``head`` and the top of its backbone on the cache's images.
+
+    Writes ``model.keras`` (images in, probabilities out), ``report.json``,
+    ``history.csv``/``.png`` and ``confusion.png`` to the run folder.
+    """
+    from .endtoend import build, save
+    from .predict import _check_settings
+
+    cache = Path(cache)
+    if optimizer not in OPTIMIZERS:
+        raise InvalidOptionError(f"--optimizer {optimizer!r}: expected one of {OPTIMIZERS}")
+    for name, value, low in (
+        ("epochs", epochs, 1),
+        ("batch-size", batch_size, 1),
+        ("patience", patience, 0),
+    ):
+        if value < low:
+            raise InvalidOptionError(f"--{name} {value}: must be at least {low}")
+    if not lr > 0:
+        raise InvalidOptionError(f"--lr {lr}: must be positive")
+    augmentation = augmentation_layers(augment, seed)
+    built = build(head, trainable_backbone=True, augmentation=augmentation)
+    trained = built.head
+    train_rows, attrs = _read_rows(cache, 0, trained.classes)
+    _check_settings(trained.meta["cache_settings"], attrs, cache)
+    val_rows, _ = _read_rows(cache, 1, trained.classes)
+    test_rows, _ = _read_rows(cache, 2, trained.classes)
+    if not train_rows.paths:
+        raise DatasetError(f"{cache}: no train rows to fine-tune on")
+    root = Path(str(attrs.get("dataset_root", "")))
+    if not root.is_dir():
+        raise DatasetError(f"{cache}: its dataset folder {root} is missing")
+    touched = unfreeze_layers(built.backbone, unfreeze, unfreeze_from)
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = built.model
+    optimizers = {
+        "adam": lambda: keras.optimizers.Adam(lr),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
+    }
+    model.compile(
+        optimizer=optimizers[optimizer](),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    size, resize = built.image_size, str(trained.meta["cache_settings"].get("resize", "stretch"))
+    skipped: dict[str, str] = {}
+    train_rows = _usable(train_rows, root, skipped)
+    val_rows = _usable(val_rows, root, skipped)
+    test_rows = _usable(test_rows, root, skipped)
+    if not train_rows.paths:
+        raise DatasetError(f"{cache}: none of the train images is still there unchanged")
+    known_val = _Rows(
+        [p for p, c in zip(val_rows.paths, val_rows.columns) if c >= 0],
+        val_rows.columns[val_rows.columns >= 0],
+        val_rows.labels[val_rows.columns >= 0],
+        [s for s, c in zip(val_rows.sha256, val_rows.columns) if c >= 0],
+    )
+    epoch = iter(range(1_000_000))
+    train_ds = _dataset(
+        lambda: _images(train_rows, root, size, resize, seed + next(epoch)),
+        len(train_rows.paths),
+        size,
+        batch_size,
+    )
+    callbacks = []
+    validation = None
+    if known_val.paths:
+        validation = _dataset(
+            lambda: _images(known_val, root, size, resize), len(known_val.paths), size, batch_size
+        )
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=patience, restore_best_weights=True
+            )
+        )
+    started = time.monotonic()
+    history = model.fit(
+        train_ds, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=verbose
+    )
+    fit_seconds = time.monotonic() - started
+    evaluated = {}
+    for split_name, rows in (("val", val_rows), ("test", test_rows)):
+        evaluated[split_name] = _evaluate(model, rows, root, size, resize, trained, batch_size)
+    head_report = json.loads((Path(head) / "report.json").read_text())
+    report: dict[str, Any] = {
+        "kind": "fine-tune",
+        "cache": str(cache),
+        "head_run": str(head),
+        "class_names": trained.class_names,
+        "params": {
+            "unfreeze": str(unfreeze),
+            "unfreeze_from": unfreeze_from,
+            "lr": lr,
+            "optimizer": optimizer,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "patience": patience,
+            "augment": augment,
+            "seed": seed,
+        },
+        "unfrozen_layers": touched,
+        "rows": {
+            "train": len(train_rows.paths),
+            "val": len(val_rows.paths),
+            "test": len(test_rows.paths),
+        },
+        "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped.items())],
+        "epochs_run": len(history.history.get("loss", [])),
+        "fit_seconds": round(fit_seconds, 3),
+        "head_only": {
+            "val": head_report.get("val", {}).get("accuracy"),
+            "test": head_report.get("test", {}).get("accuracy"),
+        },
+        "val": evaluated["val"],
+        "test": evaluated["test"],
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    run_dir = Path(output) if output is not None else new_run_dir(cache, "finetune")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for layer in augmentation:  # inference-only model: augmentation does nothing there anyway
+        layer.trainable = False
+    save(model, run_dir / "model.keras")
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    write_history({k: [float(v) for v in vs] for k, vs in history.history.items()}, run_dir)
+    write_confusion(
+        report["test"]["confusion_matrix"],
+        trained.class_names,
+        run_dir / "confusion.png",
+        "fine-tuned model, test split (rows normalised)",
+    )
+    return FineTuneResult(run_dir, report, sorted(skipped.items()))
+
+
+def _evaluate(
+    model: Any,
+    rows: _Rows,
+    root: Path,
+    size: tuple[int, int],
+    resize: str,
+    trained: Any,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Metrics over the usable rows of a split (as ``train-head`` reports them)."""
+    if not rows.paths:
+        raise DatasetError("no images of this split are left to evaluate on")
+    predicted: list[int] = []
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        if batch:
+            proba = np.asarray(model(np.stack(batch), training=False))
+            predicted.extend(trained.classes[np.argmax(proba, axis=1)].tolist())
+            batch.clear()
+
+    for pixels, _ in _images(rows, root, size, resize):
+        batch.append(pixels)
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return metrics(rows.labels, np.asarray(predicted, np.int64), trained.class_names)

@@ -1,0 +1,111 @@
+"""Keras layers of featcache's end-to-end models, saved by name in ``.keras`` files.
+
+``ResizeImages`` and ``Preprocess`` repeat exactly what ``extract`` does to an image before
+the backbone, and ``ClassProbabilities`` turns a head's output into one probability per
+class while carrying the class names, so that a saved model needs no side file.
+Importing this module registers them; :func:`featcache.heads.endtoend.load_model` does so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..extractor.backbone import ensure_tensorflow_backend
+
+ensure_tensorflow_backend()
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+@keras.saving.register_keras_serializable(package="featcache")
+class ResizeImages(keras.layers.Layer):
+    """0-255 images of any size to ``(height, width)`` float32, as ``extract --resize``."""
+
+    def __init__(self, height: int, width: int, mode: str = "stretch", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.height, self.width, self.mode = int(height), int(width), mode
+
+    def call(self, images: Any) -> Any:
+        images = tf.cast(images, tf.float32)
+        size = (self.height, self.width)
+        if self.mode == "pad":
+            return tf.image.resize_with_pad(images, self.height, self.width, method="bilinear")
+        if self.mode == "crop":
+            shape = tf.shape(images)
+            height, width = shape[1], shape[2]
+            h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+            crop_h = tf.maximum(
+                tf.minimum(height, tf.cast(w * self.height / self.width, tf.int32)), 1
+            )
+            crop_w = tf.maximum(
+                tf.minimum(width, tf.cast(h * self.width / self.height, tf.int32)), 1
+            )
+            top = tf.cast(tf.cast(height - crop_h, tf.float32) / 2, tf.int32)
+            left = tf.cast(tf.cast(width - crop_w, tf.float32) / 2, tf.int32)
+            images = images[:, top : top + crop_h, left : left + crop_w, :]
+        return tf.image.resize(images, size, method="bilinear")
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (input_shape[0], self.height, self.width, 3)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "height": self.height,
+            "width": self.width,
+            "mode": self.mode,
+        }
+
+
+@keras.saving.register_keras_serializable(package="featcache")
+class Preprocess(keras.layers.Layer):
+    """A backbone's ``preprocess_input``, named as caches record it."""
+
+    def __init__(self, function: str = "none", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        from ..extractor.backbone import _preprocess_function
+
+        self.function = function
+        self._fn = _preprocess_function(function)
+
+    def call(self, images: Any) -> Any:
+        return self._fn(images)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "function": self.function}
+
+
+@keras.saving.register_keras_serializable(package="featcache")
+class ClassProbabilities(keras.layers.Layer):
+    """A head's output as one probability per class in ``classes`` (label indices).
+
+    ``output``: ``softmax`` (already probabilities), ``logits`` (softmax applied here),
+    ``sigmoid`` or ``sigmoid-logits`` (one unit for two classes).
+    """
+
+    def __init__(
+        self, output: str, classes: list[int], class_names: list[str], **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.output_kind = output
+        self.classes = [int(c) for c in classes]
+        self.class_names = list(class_names)
+
+    def call(self, x: Any) -> Any:
+        if self.output_kind in ("sigmoid", "sigmoid-logits"):
+            p = tf.sigmoid(x) if self.output_kind == "sigmoid-logits" else x
+            return tf.concat([1.0 - p, p], axis=-1)
+        if self.output_kind == "logits":
+            return tf.nn.softmax(x, axis=-1)
+        return x
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return (input_shape[0], len(self.classes))
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "output": self.output_kind,
+            "classes": self.classes,
+            "class_names": self.class_names,
+        }
