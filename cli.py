@@ -605,6 +605,13 @@ def export_command(run: str, output: str, fmt: str) -> None:
     default="",
     help="Models to load before SERVING: NAME[=WEIGHTS][@SIZE],... e.g. mobilenet=m.h5@224.",
 )
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    metavar="NAME=PATH",
+    help="Serve a model.keras from export or fine-tune to Classify (repeatable).",
+)
 @click.option("--max-loaded", type=int, default=4, show_default=True, help="LRU size.")
 @click.option("--max-message-mb", type=int, default=64, show_default=True)
 @click.option("--workers", type=int, default=32, show_default=True, help="RPC threads.")
@@ -633,12 +640,12 @@ def export_command(run: str, output: str, fmt: str) -> None:
 )
 @click.option("--grace", type=float, default=30.0, show_default=True, help="Drain time on stop.")
 @_handle_errors
-def serve_command(preload: str, no_batching: bool, **options: Any) -> None:
+def serve_command(preload: str, no_batching: bool, models: tuple[str, ...], **options: Any) -> None:
     """Run the gRPC extraction service (featcache.v1.Extractor) until SIGTERM."""
     from .extractor.service.server import ServeOptions, serve
 
     entries = [entry.strip() for entry in preload.split(",") if entry.strip()]
-    serve(ServeOptions(preload=entries, batching=not no_batching, **options))
+    serve(ServeOptions(preload=entries, models=list(models), batching=not no_batching, **options))
 
 
 main.add_command(extract_command)

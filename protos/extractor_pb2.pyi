@@ -115,12 +115,14 @@ class Backbone(_message.Message):
     def __init__(self, name: _Optional[str] = ..., default_size: _Optional[int] = ..., feature_dim: _Optional[int] = ..., loaded: _Optional[bool] = ...) -> None: ...
 
 class ListBackbonesResponse(_message.Message):
-    __slots__ = ("backbones", "loaded")
+    __slots__ = ("backbones", "loaded", "classifiers")
     BACKBONES_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFIERS_FIELD_NUMBER: _ClassVar[int]
     backbones: _containers.RepeatedCompositeFieldContainer[Backbone]
     loaded: _containers.RepeatedCompositeFieldContainer[BackboneInfo]
-    def __init__(self, backbones: _Optional[_Iterable[_Union[Backbone, _Mapping]]] = ..., loaded: _Optional[_Iterable[_Union[BackboneInfo, _Mapping]]] = ...) -> None: ...
+    classifiers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, backbones: _Optional[_Iterable[_Union[Backbone, _Mapping]]] = ..., loaded: _Optional[_Iterable[_Union[BackboneInfo, _Mapping]]] = ..., classifiers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExtractDatasetRequest(_message.Message):
     __slots__ = ("data", "output", "backbone", "dtype", "split", "labels", "batch_size", "overwrite", "max_pixels", "checkpoint_seconds")
@@ -183,3 +185,41 @@ class ExtractProgress(_message.Message):
     removed: int
     bad_files: _containers.RepeatedCompositeFieldContainer[BadFile]
     def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ..., embedded: _Optional[int] = ..., reused: _Optional[int] = ..., bad: _Optional[int] = ..., images_per_second: _Optional[float] = ..., seconds: _Optional[float] = ..., finished: _Optional[bool] = ..., output: _Optional[str] = ..., rows: _Optional[int] = ..., feature_dim: _Optional[int] = ..., removed: _Optional[int] = ..., bad_files: _Optional[_Iterable[_Union[BadFile, _Mapping]]] = ...) -> None: ...
+
+class ClassifyRequest(_message.Message):
+    __slots__ = ("model", "images", "top_k", "max_pixels")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    top_k: int
+    max_pixels: int
+    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., max_pixels: _Optional[int] = ...) -> None: ...
+
+class ClassScore(_message.Message):
+    __slots__ = ("name", "probability")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    probability: float
+    def __init__(self, name: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
+
+class Classification(_message.Message):
+    __slots__ = ("top", "probabilities", "error")
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    top: _containers.RepeatedCompositeFieldContainer[ClassScore]
+    probabilities: _containers.RepeatedScalarFieldContainer[float]
+    error: str
+    def __init__(self, top: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., probabilities: _Optional[_Iterable[float]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class ClassifyResponse(_message.Message):
+    __slots__ = ("class_names", "results")
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    results: _containers.RepeatedCompositeFieldContainer[Classification]
+    def __init__(self, class_names: _Optional[_Iterable[str]] = ..., results: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class ExtractorStub:
                 request_serializer=featcache_dot_v1_dot_extractor__pb2.ExtractDatasetRequest.SerializeToString,
                 response_deserializer=featcache_dot_v1_dot_extractor__pb2.ExtractProgress.FromString,
                 _registered_method=True)
+        self.Classify = channel.unary_unary(
+                '/featcache.v1.Extractor/Classify',
+                request_serializer=featcache_dot_v1_dot_extractor__pb2.ClassifyRequest.SerializeToString,
+                response_deserializer=featcache_dot_v1_dot_extractor__pb2.ClassifyResponse.FromString,
+                _registered_method=True)
 
 
 class ExtractorServicer:
@@ -90,6 +95,14 @@ class ExtractorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Classify(self, request, context):
+        """Classify images with a model the server loaded with `--model NAME=PATH` (a model.keras
+        from `featcache export` or `fine-tune`). Same batching, auth and error rules as Embed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExtractorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +125,11 @@ def add_ExtractorServicer_to_server(servicer, server):
                     servicer.ExtractDataset,
                     request_deserializer=featcache_dot_v1_dot_extractor__pb2.ExtractDatasetRequest.FromString,
                     response_serializer=featcache_dot_v1_dot_extractor__pb2.ExtractProgress.SerializeToString,
+            ),
+            'Classify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Classify,
+                    request_deserializer=featcache_dot_v1_dot_extractor__pb2.ClassifyRequest.FromString,
+                    response_serializer=featcache_dot_v1_dot_extractor__pb2.ClassifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +240,33 @@ class Extractor:
             '/featcache.v1.Extractor/ExtractDataset',
             featcache_dot_v1_dot_extractor__pb2.ExtractDatasetRequest.SerializeToString,
             featcache_dot_v1_dot_extractor__pb2.ExtractProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Classify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/featcache.v1.Extractor/Classify',
+            featcache_dot_v1_dot_extractor__pb2.ClassifyRequest.SerializeToString,
+            featcache_dot_v1_dot_extractor__pb2.ClassifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -392,6 +392,9 @@ def test_bearer_token_is_required_except_for_health(roots, tmp_path):
                 with pytest.raises(RemoteError) as info:
                     list(anonymous.extract_dataset("set", "vgg16", **MODEL))
                 assert info.value.code == "UNAUTHENTICATED"
+                with pytest.raises(RemoteError) as info:
+                    anonymous.classify([b"x"], "any")
+                assert info.value.code == "UNAUTHENTICATED"
         with Client(address, token_file=token) as allowed:
             assert len(allowed.list_backbones()["backbones"]) == 40
         with grpc.insecure_channel(address) as channel:
@@ -540,5 +543,35 @@ def test_least_recently_used_models_are_unloaded(roots):
             assert [m["pooling"] for m in loaded] == ["max"]
             np.testing.assert_allclose(client.embed(image, "vgg16", **MODEL), first, atol=1e-6)
             assert [m["pooling"] for m in client.list_backbones()["loaded"]] == ["avg"]
+    finally:
+        srv.stop(0)
+
+
+def test_classify_serves_exported_models(roots, tmp_path):
+    from featcache.heads.endtoend import export
+    from featcache.heads.images import predict_images
+    from featcache.heads.train import train_head
+
+    cache = tmp_path / "set.h5"
+    extract(roots / "data" / "set", backbone="vgg16", output=cache, progress=False, **MODEL)
+    train_head(cache, head="dense", hidden=(8,), epochs=2, output=tmp_path / "head")
+    model = export(tmp_path / "head", tmp_path / "tiny.keras")
+    srv = start_server(options(roots, models=[f"tiny={model}"]))
+    try:
+        with Client(f"127.0.0.1:{srv.port}") as client:
+            assert client.list_backbones()["classifiers"] == ["tiny"]
+            files = set_files(roots)[:4]
+            results = client.classify([str(f) for f in files] + [b"junk"], "tiny", top_k=2)
+            local = predict_images(model, [str(f) for f in files], None, top_k=2)
+            for remote, here in zip(results, local):
+                assert [n for n, _ in remote["top"]] == [n for n, _ in here.top]
+                np.testing.assert_allclose(
+                    [p for _, p in remote["top"]], [p for _, p in here.top], atol=1e-5
+                )
+                assert remote["probabilities"].sum() == pytest.approx(1.0, abs=1e-5)
+            assert results[-1]["error"].startswith("not an image")
+            with pytest.raises(RemoteError) as info:
+                client.classify([str(files[0])], "missing")
+            assert info.value.code == "INVALID_ARGUMENT" and "tiny" in str(info.value)
     finally:
         srv.stop(0)

@@ -194,6 +194,34 @@ class Client:
             raise RemoteError(f"server returned {len(rows)} rows for {len(contents)} images")
         return rows, dim
 
+    def classify(
+        self, images: Sequence[ImageInput], model: str, *, top_k: int = 3
+    ) -> list[dict[str, Any]]:
+        """Classify images with a server model (``serve --model NAME=PATH``).
+
+        One dict per image: ``top`` [(class, probability)], ``probabilities`` (one per class,
+        in the order of ``class_names``), ``class_names``, or ``error``.
+        """
+        contents = [_load(image) for image in images]
+        request = pb.ClassifyRequest(
+            model=model, images=[image_message(c) for c in contents], top_k=top_k
+        )
+        reply = self._call(self.stub.Classify, request)
+        names = list(reply.class_names)
+        out: list[dict[str, Any]] = []
+        for result in reply.results:
+            if result.error:
+                out.append({"error": result.error})
+            else:
+                out.append(
+                    {
+                        "top": [(s.name, s.probability) for s in result.top],
+                        "probabilities": np.asarray(result.probabilities, np.float32),
+                        "class_names": names,
+                    }
+                )
+        return out
+
     def extract_dataset(
         self,
         data: str,

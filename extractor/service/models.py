@@ -155,16 +155,16 @@ class ModelPool:
 
 
 def embed_contents(
-    model: LoadedModel,
+    model: LoadedModel | Classifier,
     contents: list[bytes | np.ndarray],
     resize: str,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     active: Callable[[], bool] = lambda: True,
     timeout: Callable[[], float | None] = lambda: None,
 ) -> tuple[np.ndarray, list[str | None]]:
-    """Decode, resize and embed images through ``model``'s batcher, ``max_batch`` at a time.
+    """Decode, resize and run images through ``model``'s batcher, ``max_batch`` at a time.
 
-    Returns the features of the usable images and one reason (or None) per image.
+    Returns the outputs of the usable images and one reason (or None) per image.
     """
     from ..decode import BadImageError
 
@@ -188,6 +188,36 @@ def embed_contents(
     if not parts:
         return np.zeros((0, model.feature_dim), np.float32), reasons
     return (np.concatenate(parts) if len(parts) > 1 else parts[0]), reasons
+
+
+class Classifier:
+    """A model from ``export`` or ``fine-tune`` (images -> probabilities) behind a batcher."""
+
+    def __init__(self, name: str, path: str, options: BatchOptions) -> None:
+        from ...heads.endtoend import load_model
+
+        began = time.monotonic()
+        self.name = name
+        self.model, self.class_names, _ = load_model(path)
+        resize = self.model.get_layer("resize")
+        self.image_size = (int(resize.height), int(resize.width))
+        self.resize = str(resize.mode)
+        self.feature_dim = len(self.class_names)
+        model = self.model
+        self.batcher = Batcher(
+            lambda images: np.asarray(model(images, training=False), np.float32),
+            options.max_batch,
+            options.max_delay,
+            options.merge,
+            name=name,
+        )
+        self.batcher.run(np.zeros((1, *self.image_size, 3), np.float32))  # trace now
+        log.info("loaded classifier %s from %s in %.1f s", name, path, time.monotonic() - began)
+
+    @property
+    def resolved(self) -> ResolvedBackbone:
+        """Only the input size is used by :func:`embed_contents`."""
+        return ResolvedBackbone("", "", "", "", self.image_size, "", "", "", None)
 
 
 class PoolEmbedder:
@@ -218,4 +248,11 @@ class PoolEmbedder:
         return self.model.batcher.run(np.stack(prepared), self.active), [None] * len(prepared)
 
 
-__all__ = ["BatchOptions", "BatcherClosed", "LoadedModel", "ModelPool", "PoolEmbedder"]
+__all__ = [
+    "BatchOptions",
+    "BatcherClosed",
+    "Classifier",
+    "LoadedModel",
+    "ModelPool",
+    "PoolEmbedder",
+]

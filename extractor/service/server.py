@@ -26,7 +26,7 @@ from ..backbone import BackboneConfig
 from ..decode import DEFAULT_MAX_PIXELS
 from .auth import TokenAuthInterceptor, read_token
 from .convert import DEFAULT_SEED, confine
-from .models import BatchOptions, ModelPool
+from .models import BatchOptions, Classifier, ModelPool
 from .servicer import ExtractorServicer, Roots
 
 log = logging.getLogger("featcache.serve")
@@ -46,6 +46,8 @@ class ServeOptions:
     weights_root: str | None = None
     preload: list[str] = field(default_factory=list)
     """``NAME[=WEIGHTS][@SIZE]`` entries, weights relative to ``weights_root``."""
+    models: list[str] = field(default_factory=list)
+    """``NAME=PATH`` entries: classifiers (``export``/``fine-tune`` models) for ``Classify``."""
     max_loaded: int = 4
     max_message_mb: int = 64
     workers: int = 32
@@ -72,6 +74,17 @@ def parse_preload(entry: str, weights_root: Path | None) -> BackboneConfig:
     if weights.lower() not in ("imagenet", "none", "random"):
         weights = str(confine(weights_root, weights, "weights file"))
     return BackboneConfig(name, weights, size, "avg", "", "auto", DEFAULT_SEED)
+
+
+def parse_model(entry: str) -> tuple[str, str]:
+    """``NAME=PATH`` of a ``--model`` option; the file must exist."""
+    name, _, path = entry.partition("=")
+    name, path = name.strip(), path.strip()
+    if not name or not path:
+        raise InvalidOptionError(f"--model {entry!r}: expected NAME=PATH")
+    if not Path(path).is_file():
+        raise InvalidOptionError(f"--model {entry!r}: no such file {path}")
+    return name, path
 
 
 def _read(path: str | None, what: str) -> bytes | None:
@@ -103,6 +116,7 @@ class Server:
             _root(options.weights_root, "--weights-root"),
         )
         self.preload = [parse_preload(entry, roots.weights) for entry in options.preload]
+        self.models = [parse_model(entry) for entry in options.models]
         for option in ("max_loaded", "max_message_mb", "workers", "max_batch", "max_image_size"):
             if getattr(options, option) < 1:
                 raise InvalidOptionError(f"--{option.replace('_', '-')} must be at least 1")
@@ -162,10 +176,12 @@ class Server:
             self.health.set(name, status)
 
     def warm_up(self) -> None:
-        """Load the preloaded models, then report SERVING."""
+        """Load the preloaded backbones and the classifiers, then report SERVING."""
         for config in self.preload:
             with self.pool.use(config):
                 pass
+        for name, path in self.models:
+            self.servicer.classifiers[name] = Classifier(name, path, self.pool.options)
         self._set_health(serving=True)
 
     def stop(self, grace: float | None = None) -> None:
@@ -175,6 +191,8 @@ class Server:
         self.servicer.stop_jobs(grace)
         self.grpc.stop(grace).wait()
         self.pool.close()
+        for classifier in self.servicer.classifiers.values():
+            classifier.batcher.close()
 
 
 def start_server(options: ServeOptions, warm: bool = True) -> Server:

@@ -28,7 +28,7 @@ from .convert import (
     info_message,
     status_name,
 )
-from .models import ModelPool, PoolEmbedder, embed_contents
+from .models import Classifier, ModelPool, PoolEmbedder, embed_contents
 
 log = logging.getLogger("featcache.serve")
 
@@ -79,7 +79,9 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_images: int = 4096,
         max_side: int = 1024,
+        classifiers: dict[str, Classifier] | None = None,
     ) -> None:
+        self.classifiers = classifiers or {}
         self.pool = pool
         self.roots = roots
         self.max_pixels = max_pixels
@@ -105,7 +107,15 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 for spec in list_backbones()
             ],
             loaded=[info_message(m.resolved, "", m.feature_dim, m.seed) for m in loaded],
+            classifiers=sorted(self.classifiers),
         )
+
+    def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return self._classify(request, context)
+        except Exception as exc:
+            _fail(context, exc)
+            raise
 
     def Embed(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
@@ -184,6 +194,48 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
             job.cancel.set()
 
     # -- helpers ----------------------------------------------------------------------
+
+    def _classify(self, request: Any, context: grpc.ServicerContext) -> Any:
+        classifier = self.classifiers.get(request.model)
+        if classifier is None:
+            known = ", ".join(sorted(self.classifiers)) or "none; start with --model NAME=PATH"
+            raise InvalidOptionError(f"model {request.model!r}: not loaded here ({known})")
+        if len(request.images) > self.max_images:
+            raise _Abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{len(request.images)} images in one request; the limit is {self.max_images}",
+            )
+        if request.top_k < 0:
+            raise InvalidOptionError(f"top_k {request.top_k}: must be positive")
+        max_pixels = min(request.max_pixels or self.max_pixels, self.max_pixels)
+        contents = [
+            image_content(image, i, self.max_pixels) for i, image in enumerate(request.images)
+        ]
+        probabilities, reasons = embed_contents(
+            classifier,
+            contents,
+            classifier.resize,
+            max_pixels,
+            context.is_active,
+            lambda: _remaining(context),
+        )
+        names = classifier.class_names
+        k = max(1, min(request.top_k or 3, len(names)))
+        results = []
+        rows = iter(probabilities)
+        for reason in reasons:
+            if reason is not None:
+                results.append(pb.Classification(error=reason))
+                continue
+            row = next(rows)
+            best = np.argsort(-row)[:k]
+            results.append(
+                pb.Classification(
+                    top=[pb.ClassScore(name=names[j], probability=float(row[j])) for j in best],
+                    probabilities=row,
+                )
+            )
+        return pb.ClassifyResponse(class_names=names, results=results)
 
     def _embed(self, request: Any, settings: Any, context: grpc.ServicerContext) -> Any:
         if len(request.images) > self.max_images:
