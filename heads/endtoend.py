@@ -34,9 +34,12 @@ def rebuild_backbone(settings: dict[str, Any]) -> FeatureExtractor:
     Refuses a weights file or saved model whose bytes changed since.
     """
     size = settings.get("image_size") or None
+    weights = str(settings.get("weights", "imagenet"))
+    if weights == "embedded":  # a saved model's own weights
+        weights = "imagenet"
     config = BackboneConfig(
         str(settings["backbone"]),
-        str(settings.get("weights", "imagenet")),
+        weights,
         tuple(int(v) for v in size) if size else None,  # type: ignore[arg-type]
         str(settings.get("pooling", "avg")),
         str(settings.get("layer", "") or ""),
@@ -66,7 +69,7 @@ def build(
     ``augmentation`` layers go between resizing and preprocessing (active in training only).
     """
     from . import layers  # registers the custom layers
-    from .layers import ClassProbabilities, Preprocess, ResizeImages
+    from .layers import ClassProbabilities, Preprocess, ResizeImages, StorageRound
 
     head = load_head(run)
     if head.kind != "dense":
@@ -88,6 +91,8 @@ def build(
     backbone = extractor.model
     backbone.trainable = trainable_backbone
     features = backbone(x, training=False)  # BatchNormalization stays in inference mode
+    if settings.get("dtype") == "float16":  # the head learned on float16-rounded features
+        features = StorageRound("float16", name="float16_storage")(features)
     head_model = head.estimator.model_
     outputs = head_model(features)
     kind = _output_kind(head)

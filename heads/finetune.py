@@ -4,7 +4,6 @@ model trains end to end on the cache's images with a low learning rate."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -18,7 +17,8 @@ import numpy as np
 
 from ..errors import DatasetError, InvalidOptionError
 from ..extractor.cache import open_h5
-from ..extractor.decode import BadImageError, decode_image, resize_image
+from ..extractor.decode import BadImageError
+from ..extractor.sources import Dataset, Item
 from .dense import OPTIMIZERS
 from .report import metrics, write_confusion, write_history
 from .train import new_run_dir
@@ -96,9 +96,9 @@ def unfreeze_layers(
             count = int(unfreeze)
         except ValueError:
             raise InvalidOptionError(f"--unfreeze {unfreeze!r}: expected a number or all") from None
-        if not 0 <= count <= len(layers):
-            raise InvalidOptionError(f"--unfreeze {count}: the backbone has {len(layers)} layers")
-        start = len(layers) - count
+        if count < 0:
+            raise InvalidOptionError(f"--unfreeze {count}: must be 0 or more")
+        start = max(0, len(layers) - count)  # more than there are: all of them
     backbone.trainable = True
     touched = []
     for i, layer in enumerate(layers):
@@ -109,37 +109,57 @@ def unfreeze_layers(
     return touched
 
 
-def _read_rows(cache: Path, split: int, classes: np.ndarray) -> tuple[_Rows, dict[str, Any]]:
+def _read_rows(
+    cache: Path, classes: np.ndarray, val_fraction: float, seed: int
+) -> tuple[dict[str, _Rows], dict[str, Any], list[str]]:
+    """Train, val and test rows as the head saw them (labelled rows only, val carved from
+    train the same way when the cache has none), the cache's attributes and class names."""
+    from .data import load_splits
+
+    splits = load_splits(cache, val_fraction=val_fraction, seed=seed)
     column = {int(c): i for i, c in enumerate(classes)}
     with open_h5(cache) as handle:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in handle.attrs.items()}
-        picks = np.flatnonzero(handle["split"][:] == split)
-        paths = handle["paths"].asstr()[:]
-        labels = handle["labels"][:]
-        sha = (
-            handle["sha256"].asstr()[:]
-            if handle["sha256"].dtype.kind == "O"
-            else [s.decode() for s in handle["sha256"][:]]
+        raw = handle["sha256"][:]
+    sha = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+    rows = {}
+    for name in ("train", "val", "test"):
+        split = getattr(splits, name)
+        rows[name] = _Rows(
+            [splits.paths[i] for i in split.rows],
+            np.array([column.get(int(label), -1) for label in split.labels], np.int64),
+            split.labels.astype(np.int64),
+            [sha[i] for i in split.rows],
         )
-    rows = _Rows(
-        [str(paths[i]) for i in picks],
-        np.array([column.get(int(labels[i]), -1) for i in picks], np.int64),
-        labels[picks].astype(np.int64),
-        [str(sha[i]) for i in picks],
-    )
-    return rows, attrs
+    return rows, attrs, splits.class_names
 
 
-def _usable(rows: _Rows, root: Path, skipped: dict[str, str]) -> _Rows:
-    """The rows whose file is still there with the bytes the cache hashed."""
+def _source(root: Path) -> Dataset:
+    """The cache's dataset, for reading its items by path (``x.npy#3`` for array rows)."""
+    if root.is_file():
+        return Dataset(root, "npy", [], [], 0, np.load(root, mmap_mode="r", allow_pickle=False))
+    if root.is_dir():
+        return Dataset(root, "classes", [], [])
+    raise DatasetError(f"the cache's dataset {root} is missing")
+
+
+def _item(path: str) -> Item:
+    name, _, index = path.rpartition("#")
+    if name and index.isdigit():
+        return Item(path, None, None, int(index))
+    return Item(path, None, None)
+
+
+def _usable(rows: _Rows, source: Dataset, skipped: dict[str, str]) -> _Rows:
+    """The rows whose file (or array row) is still there with the content the cache hashed."""
     keep = []
     for i, path in enumerate(rows.paths):
         try:
-            data = (root / path).read_bytes()
-        except OSError as exc:
-            skipped[path] = f"missing or unreadable: {exc.strerror or exc}"
+            _, sha = source.read(_item(path))
+        except (OSError, IndexError) as exc:
+            skipped[path] = f"missing or unreadable: {getattr(exc, 'strerror', None) or exc}"
             continue
-        if hashlib.sha256(data).hexdigest() != rows.sha256[i]:
+        if sha != rows.sha256[i]:
             skipped[path] = "changed since the cache was made"
             continue
         keep.append(i)
@@ -153,23 +173,25 @@ def _usable(rows: _Rows, root: Path, skipped: dict[str, str]) -> _Rows:
 
 def _images(
     rows: _Rows,
-    root: Path,
+    source: Dataset,
     size: tuple[int, int],
     resize: str,
     shuffle_seed: int | None = None,
 ) -> Iterator[tuple[np.ndarray, int]]:
     """Decoded, resized images of (usable) ``rows``, shuffled when a seed is given."""
+    from ..extractor.embedders import decode_and_resize
+
     order = np.arange(len(rows.paths))
     if shuffle_seed is not None:
         np.random.default_rng(shuffle_seed).shuffle(order)
     for i in order:
         path = rows.paths[i]
         try:
-            data = (root / path).read_bytes()
-            if hashlib.sha256(data).hexdigest() != rows.sha256[i]:
+            content, sha = source.read(_item(path))
+            if sha != rows.sha256[i]:
                 raise DatasetError(f"{path} changed during fine-tuning")
-            pixels = resize_image(decode_image(data), size, resize)
-        except (OSError, BadImageError) as exc:
+            pixels = decode_and_resize(content, size, resize)
+        except (OSError, IndexError, BadImageError) as exc:
             raise DatasetError(f"{path} became unusable during fine-tuning: {exc}") from None
         yield np.round(pixels).astype(np.uint8), int(rows.columns[i])
 
@@ -223,18 +245,24 @@ def fine_tune(
             raise InvalidOptionError(f"--{name} {value}: must be at least {low}")
     if not lr > 0:
         raise InvalidOptionError(f"--lr {lr}: must be positive")
+    head_report_path = Path(head) / "report.json"
+    if not head_report_path.is_file():
+        raise DatasetError(f"{head}: not a head run folder (no report.json)")
+    head_report = json.loads(head_report_path.read_text())
     augmentation = augmentation_layers(augment, seed)
     built = build(head, trainable_backbone=True, augmentation=augmentation)
     trained = built.head
-    train_rows, attrs = _read_rows(cache, 0, trained.classes)
+    val_fraction = float(head_report.get("val_fraction") or 0.2)
+    head_seed = int(trained.meta.get("params", {}).get("seed", 0) or 0)
+    rows, attrs, cache_classes = _read_rows(cache, trained.classes, val_fraction, head_seed)
     _check_settings(trained.meta["cache_settings"], attrs, cache)
-    val_rows, _ = _read_rows(cache, 1, trained.classes)
-    test_rows, _ = _read_rows(cache, 2, trained.classes)
-    if not train_rows.paths:
-        raise DatasetError(f"{cache}: no train rows to fine-tune on")
-    root = Path(str(attrs.get("dataset_root", "")))
-    if not root.is_dir():
-        raise DatasetError(f"{cache}: its dataset folder {root} is missing")
+    if cache_classes != trained.class_names:
+        raise DatasetError(
+            f"{cache} has classes {cache_classes}, the head was trained on "
+            f"{trained.class_names}; fine-tune on a cache with the head's classes"
+        )
+    train_rows, val_rows, test_rows = rows["train"], rows["val"], rows["test"]
+    source = _source(Path(str(attrs.get("dataset_root", ""))))
     touched = unfreeze_layers(built.backbone, unfreeze, unfreeze_from)
     import keras
 
@@ -252,9 +280,11 @@ def fine_tune(
     )
     size, resize = built.image_size, str(trained.meta["cache_settings"].get("resize", "stretch"))
     skipped: dict[str, str] = {}
-    train_rows = _usable(train_rows, root, skipped)
-    val_rows = _usable(val_rows, root, skipped)
-    test_rows = _usable(test_rows, root, skipped)
+    train_rows = _usable(train_rows, source, skipped)
+    val_rows = _usable(val_rows, source, skipped)
+    test_rows = _usable(test_rows, source, skipped)
+    if not test_rows.paths:
+        raise DatasetError(f"{cache}: none of the test images is still there unchanged")
     if not train_rows.paths:
         raise DatasetError(f"{cache}: none of the train images is still there unchanged")
     known_val = _Rows(
@@ -265,7 +295,7 @@ def fine_tune(
     )
     epoch = iter(range(1_000_000))
     train_ds = _dataset(
-        lambda: _images(train_rows, root, size, resize, seed + next(epoch)),
+        lambda: _images(train_rows, source, size, resize, seed + next(epoch)),
         len(train_rows.paths),
         size,
         batch_size,
@@ -274,7 +304,7 @@ def fine_tune(
     validation = None
     if known_val.paths:
         validation = _dataset(
-            lambda: _images(known_val, root, size, resize), len(known_val.paths), size, batch_size
+            lambda: _images(known_val, source, size, resize), len(known_val.paths), size, batch_size
         )
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -287,9 +317,10 @@ def fine_tune(
     )
     fit_seconds = time.monotonic() - started
     evaluated = {}
-    for split_name, rows in (("val", val_rows), ("test", test_rows)):
-        evaluated[split_name] = _evaluate(model, rows, root, size, resize, trained, batch_size)
-    head_report = json.loads((Path(head) / "report.json").read_text())
+    for split_name, split_rows in (("val", val_rows), ("test", test_rows)):
+        evaluated[split_name] = _evaluate(
+            model, split_rows, source, size, resize, trained, batch_size
+        )
     report: dict[str, Any] = {
         "kind": "fine-tune",
         "cache": str(cache),
@@ -342,7 +373,7 @@ def fine_tune(
 def _evaluate(
     model: Any,
     rows: _Rows,
-    root: Path,
+    source: Dataset,
     size: tuple[int, int],
     resize: str,
     trained: Any,
@@ -360,7 +391,7 @@ def _evaluate(
             predicted.extend(trained.classes[np.argmax(proba, axis=1)].tolist())
             batch.clear()
 
-    for pixels, _ in _images(rows, root, size, resize):
+    for pixels, _ in _images(rows, source, size, resize):
         batch.append(pixels)
         if len(batch) >= batch_size:
             flush()

@@ -76,6 +76,21 @@ class Preprocess(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="featcache")
+class StorageRound(keras.layers.Layer):
+    """Features rounded as a float16 cache stores them, so that a head sees what it learned on."""
+
+    def __init__(self, storage: str = "float16", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.storage = storage
+
+    def call(self, x: Any) -> Any:
+        return tf.cast(tf.cast(x, self.storage), tf.float32)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "storage": self.storage}
+
+
+@keras.saving.register_keras_serializable(package="featcache")
 class ClassProbabilities(keras.layers.Layer):
     """A head's output as one probability per class in ``classes`` (label indices).
 

@@ -189,3 +189,45 @@ def test_a_changed_weights_file_is_refused(tmp_path):
         main, ["fine-tune", str(cache), "--head", str(tmp_path / "head"), "--epochs", "1"]
     )
     assert result.exit_code == 2 and "changed since the cache was made" in result.output
+
+
+def test_fine_tune_arrays_without_a_val_split_and_refuses_other_classes(tmp_path, setup):
+    from featcache.errors import DatasetError
+    from featcache.heads.finetune import fine_tune
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 36, 36, 3), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    np.save(tmp_path / "y.npy", np.arange(24) % 3)
+    cache = tmp_path / "arrays.h5"
+    extract(tmp_path / "x.npy", output=cache, split="0.6,0,0.4", resize="crop", **TINY)
+    train_head(cache, head="dense", epochs=2, output=tmp_path / "head")
+    result = fine_tune(cache, tmp_path / "head", output=tmp_path / "ft", epochs=1, batch_size=8)
+    report = result.report
+    assert report["rows"]["val"] > 0  # carved from train as train-head did
+    assert report["rows"]["train"] + report["rows"]["val"] + report["rows"]["test"] == 24
+    assert len(report["unfrozen_layers"]) == 13  # the default 20 is more than VGG16 has
+    _, _, other_cache, _ = setup  # classes class_0..2, the arrays' classes are 0..2
+    with pytest.raises(DatasetError, match="classes"):
+        fine_tune(other_cache, tmp_path / "head", output=tmp_path / "x", epochs=1)
+
+
+def test_export_of_a_saved_model_backbone_and_a_float16_cache(tmp_path):
+    import keras
+
+    from featcache.heads.endtoend import export, load_model
+
+    inputs = keras.Input((24, 24, 3))
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    keras.Model(inputs, keras.layers.Conv2D(16, 3, name="top")(x)).save(tmp_path / "net.keras")
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=5)
+    cache = tmp_path / "f16.h5"
+    extract(data, backbone=str(tmp_path / "net.keras"), output=cache, dtype="float16",
+            split="0.6,0.2,0.2", resize="pad", progress=False)  # fmt: skip
+    train_head(cache, head="dense", epochs=2, standardize=True, output=tmp_path / "head")
+    model, _, _ = load_model(export(tmp_path / "head", tmp_path / "m.keras"))
+    cached = read_cache(cache)
+    expected = load_head(tmp_path / "head").predict_proba(cached.features)
+    for path, row in zip(cached.paths, expected):
+        pixels = decode_image((data / path).read_bytes()).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(model(pixels[None]))[0], row, atol=1e-4)

@@ -34,4 +34,5 @@ def test_package_and_service_names():
         "Embed",
         "EmbedStream",
         "ExtractDataset",
+        "Classify",
     }
