@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError
-from ..extractor.decode import IMAGE_EXTENSIONS, BadImageError, decode_image, resize_image
+from ..extractor.decode import IMAGE_EXTENSIONS, BadImageError
+from ..extractor.embedders import decode_and_resize
 from ..extractor.pipeline import _ordered_map as ordered_map
 
 
@@ -88,7 +89,7 @@ def predict_images(
 
     def prepare(path: Path) -> tuple[np.ndarray | None, str]:
         try:
-            return resize_image(decode_image(path.read_bytes()), size, mode), ""
+            return decode_and_resize(path.read_bytes(), size, mode), ""
         except BadImageError as exc:
             return None, str(exc)
         except OSError as exc:
