@@ -21,6 +21,7 @@ except Exception:  # noqa: BLE001 - running from a source tree
 _LAZY = {
     "extract": "featcache.extractor.pipeline",
     "ExtractSummary": "featcache.extractor.pipeline",
+    "RayOptions": "featcache.extractor.ray_engine",
     "read_cache": "featcache.extractor.cache",
     "cache_info": "featcache.extractor.cache",
     "CacheData": "featcache.extractor.cache",

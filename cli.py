@@ -152,6 +152,27 @@ def main() -> None:
 @click.option("--tls-ca", type=click.Path(), default=None, help="CA certificate: use TLS.")
 @click.option("--tls-cert", type=click.Path(), default=None, help="Client certificate (mTLS).")
 @click.option("--tls-key", type=click.Path(), default=None, help="Client key (mTLS).")
+@click.option(
+    "--engine",
+    type=click.Choice(("local", "ray")),
+    default="local",
+    show_default=True,
+    help="ray: embed on a Ray actor pool (pip install 'featcache[ray]').",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDRESS",
+    default=None,
+    help="Ray cluster to join. [default: $RAY_ADDRESS, else a local Ray instance]",
+)
+@click.option(
+    "--actors",
+    type=int,
+    default=None,
+    help="Ray actors (each loads the backbone once). [default: as many as the cluster holds]",
+)
+@click.option("--cpus-per-actor", type=float, default=None, help="[default: 1]")
+@click.option("--gpus-per-actor", type=float, default=None, help="[default: 0]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @_handle_errors
@@ -164,6 +185,10 @@ def extract_command(
     tls_ca: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    ray_address: str | None,
+    actors: int | None,
+    cpus_per_actor: float | None,
+    gpus_per_actor: float | None,
     **options: Any,
 ) -> None:
     """Embed every image of DATA into an HDF5 cache (resumable, incremental).
@@ -171,8 +196,21 @@ def extract_command(
     DATA is a folder of class sub-folders, a flat folder, a folder with train/,
     val/ and test/ at its top, or an .npy array of images. With --remote, --weights
     and a saved-model --backbone name files under the server's --weights-root.
+    With --engine ray, images are embedded on a Ray actor pool; every node must see
+    DATA and the weights file at the same paths.
     """
     from .extractor.pipeline import extract
+
+    ray_options = None
+    asked = (ray_address, actors, cpus_per_actor, gpus_per_actor)
+    if options["engine"] == "ray":
+        from .extractor.ray_engine import RayOptions
+
+        cpus = 1.0 if cpus_per_actor is None else cpus_per_actor
+        gpus = 0.0 if gpus_per_actor is None else gpus_per_actor
+        ray_options = RayOptions(ray_address, actors, cpus, gpus)
+    elif any(value is not None for value in asked):
+        raise InvalidOptionError("--ray-address, --actors and --*-per-actor need --engine ray")
 
     client = None
     if remote is not None:
@@ -185,7 +223,9 @@ def extract_command(
         raise InvalidOptionError("--token-file and --tls-* apply to --remote only")
     progress = False if quiet or as_json else None
     try:
-        summary = extract(data, progress=progress, remote=client, **options)
+        summary = extract(
+            data, progress=progress, remote=client, ray_options=ray_options, **options
+        )
     finally:
         if client is not None:
             client.close()

@@ -46,6 +46,10 @@ class ExtractionCancelled(FeatcacheError):
     """An extraction was stopped on request; the rows embedded so far are saved."""
 
 
+class EngineError(FeatcacheError):
+    """An extraction engine (Ray) is not installed, cannot start, or failed."""
+
+
 class RemoteError(FeatcacheError):
     """A featcache server refused a call or could not be reached."""
 

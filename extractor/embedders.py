@@ -10,12 +10,13 @@ ships the raw bytes to a server that does both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
 from .backbone import BackboneConfig, FeatureExtractor, ResolvedBackbone, resolve_backbone
-from .decode import DEFAULT_MAX_PIXELS, array_to_rgb, decode_image, resize_image
+from .decode import DEFAULT_MAX_PIXELS, BadImageError, array_to_rgb, decode_image, resize_image
 
 
 class Embedder(Protocol):
@@ -51,6 +52,28 @@ def decode_and_resize(
     else:
         pixels = decode_image(content, max_pixels)
     return resize_image(pixels, size, resize)
+
+
+def unreadable_reason(exc: OSError) -> str:
+    """The bad-file reason recorded for a file that cannot be read."""
+    return f"unreadable: {exc.strerror or exc}"
+
+
+def prepare_safely(
+    prepare: Callable[[bytes | np.ndarray], Any], content: bytes | np.ndarray
+) -> tuple[Any, str | None]:
+    """``(prepare(content), None)``, or ``(None, reason)`` when the image is unusable.
+
+    One odd file must never stop a run, so every exception becomes a reason.
+    """
+    try:
+        return prepare(content), None
+    except BadImageError as exc:
+        return None, str(exc)
+    except MemoryError:
+        return None, "decode failed: out of memory"
+    except Exception as exc:  # noqa: BLE001 - recorded as the file's reason
+        return None, f"decode failed: {type(exc).__name__}: {exc}"
 
 
 class LocalEmbedder:

@@ -4,6 +4,12 @@ Reader threads read, hash, decode and resize images (in dataset order); the call
 thread batches them through the frozen backbone; a writer thread appends the rows
 and checkpoints the cache. Memory is bounded by the read-ahead window and the
 writer's pending rows, not by the dataset size.
+
+An :class:`Engine` decides where images are embedded: the local engine runs an
+:class:`~featcache.extractor.embedders.Embedder` (in this process or on a server)
+inside the loop above; the Ray engine (:mod:`featcache.extractor.ray_engine`) hands
+the new images to an actor pool. Both report each image to one :class:`Recorder`,
+so skipping, bad files, splits and checkpoints behave the same.
 """
 
 from __future__ import annotations
@@ -18,22 +24,28 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
 
 from ..errors import CacheLockedError, ExtractionCancelled, InvalidOptionError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from .backbone import BackboneConfig, ResolvedBackbone, is_model_file
 from .cache import DTYPES, CacheSettings, CacheWriter
-from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES, BadImageError
-from .embedders import Embedder, LocalEmbedder
+from .decode import DEFAULT_MAX_PIXELS, RESIZE_MODES
+from .embedders import Embedder, LocalEmbedder, prepare_safely, unreadable_reason
 from .sources import Dataset, Item, scan_dataset
 from .splits import assign_split, parse_split
+
+if TYPE_CHECKING:
+    from .ray_engine import RayOptions
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 DEFAULT_CACHE_DIR = Path("cache")
+ENGINES = ("local", "ray")
 MAX_BATCH_SIZE = 4096
 """Largest ``--batch-size`` (the read-ahead window is twice the batch)."""
 
@@ -82,12 +94,20 @@ class ExtractProgress:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
+    """One image after reading (and, for the local engine, decoding)."""
+
     item: Item
     sha256: str = ""
     payload: Any = None
     reason: str | None = None
+    """Why the image cannot be used (unreadable, undecodable); None when fine."""
     reused: bool = False
+    """Its row is already in the cache with the same content and class."""
+
+
+Known = dict[str, tuple[str, str | None]]
+"""Path -> (SHA-256, class name) of the rows already cached."""
 
 
 def default_output(backbone: str) -> Path:
@@ -118,6 +138,8 @@ def extract(
     checkpoint_seconds: float = 60.0,
     progress: bool | None = None,
     remote: Any = None,
+    engine: str = "local",
+    ray_options: RayOptions | None = None,
     on_progress: Callable[[ExtractProgress], None] | None = None,
     cancel: threading.Event | None = None,
 ) -> ExtractSummary:
@@ -130,6 +152,10 @@ def extract(
     ``featcache serve`` server to embed; the cache is still written here, and the
     weights file or saved model is a path on the server. ``on_progress`` is called
     a few times a second; setting ``cancel`` stops the run, keeping finished batches.
+
+    ``engine="ray"`` embeds the new images on a Ray actor pool (a local Ray instance,
+    or the cluster in ``ray_options.address``); files are still listed, hashed and
+    written here, so resuming and the cache are the same as with the local engine.
 
     Examples
     --------
@@ -145,8 +171,18 @@ def extract(
     config = BackboneConfig(
         backbone, weights, image_size, pooling, layer or "", preprocessing, seed
     )
-    embedder: Embedder
-    if remote is not None:
+    if engine not in ENGINES:
+        raise InvalidOptionError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine != "ray" and ray_options is not None:
+        raise InvalidOptionError("--ray-address, --actors and --*-per-actor need --engine ray")
+    embedder: Embedder | Engine
+    if engine == "ray":
+        if remote is not None:
+            raise InvalidOptionError("--remote and --engine ray cannot be combined")
+        from .ray_engine import RayEngine
+
+        embedder = RayEngine(config, resize, max_pixels, ray_options)
+    elif remote is not None:
         from .service.remote import RemoteEmbedder
 
         embedder = RemoteEmbedder(remote, config, resize, max_pixels)
@@ -174,7 +210,7 @@ def extract(
 
 def run_extraction(
     data: str | os.PathLike[str],
-    embedder: Embedder,
+    embedder: Embedder | Engine,
     output: Path,
     *,
     dtype: str = "float32",
@@ -191,7 +227,8 @@ def run_extraction(
     confine: Path | None = None,
     started: float | None = None,
 ) -> ExtractSummary:
-    """:func:`extract` with a ready :class:`Embedder` (local, remote or a server's model).
+    """:func:`extract` with a ready :class:`Embedder` (local, remote or a server's model)
+    or :class:`Engine` (Ray).
 
     ``confine`` refuses (as bad files) images whose real path leaves that folder.
     """
@@ -202,8 +239,9 @@ def run_extraction(
     try:
         dataset = scan_dataset(data, labels, confine)
         settings = _settings(embedder.resolved, embedder.resize, dtype, ratios, seed, dataset)
-        options = _RunOptions(overwrite, batch_size, workers, checkpoint_seconds, progress)
-        return _run(dataset, embedder, settings, output, options, on_progress, cancel, started)
+        options = RunOptions(overwrite, batch_size, workers, checkpoint_seconds, progress)
+        engine = embedder if isinstance(embedder, Engine) else LocalEngine(embedder)
+        return _run(dataset, engine, settings, output, options, on_progress, cancel, started)
     finally:
         lock.release()
 
@@ -222,12 +260,24 @@ def _check_options(
 
 
 @dataclass(frozen=True)
-class _RunOptions:
+class RunOptions:
+    """The run options an engine sees."""
+
     overwrite: bool
     batch_size: int
     workers: int | None
     checkpoint_seconds: float
     progress: bool | None
+
+    @property
+    def threads(self) -> int:
+        """Reader threads (``--workers``)."""
+        return self.workers or min(4, (os.cpu_count() or 1) + 1)
+
+    @property
+    def window(self) -> int:
+        """Images read ahead of the batch being embedded."""
+        return max(2 * self.batch_size, 16)
 
 
 def _settings(
@@ -269,12 +319,210 @@ def _lock(path: Path) -> Any:
     return lock
 
 
+@runtime_checkable
+class Engine(Protocol):
+    """Where a run's new images are embedded; it reports every image to the recorder."""
+
+    @property
+    def resolved(self) -> ResolvedBackbone:
+        """The backbone settings the features come from (stored in the cache)."""
+        ...
+
+    @property
+    def resize(self) -> str:
+        """How images are resized to the backbone's input."""
+        ...
+
+    @property
+    def feature_dim(self) -> int:
+        """Embedding width (may load the model)."""
+        ...
+
+    def run(self, dataset: Dataset, known: Known, recorder: Recorder, options: RunOptions) -> None:
+        """Look at every item of ``dataset``: reused, bad or embedded, each reported once."""
+        ...
+
+
+class Recorder:
+    """Turns what an engine reports about each image into cache rows, counts and progress.
+
+    Calls come from one thread; the cache writes run on the writer thread.
+    """
+
+    def __init__(
+        self,
+        writer: CacheWriter,
+        known: Known,
+        total: int,
+        progress: bool | None,
+        on_progress: Callable[[ExtractProgress], None] | None,
+        cancel: threading.Event | None,
+        started: float,
+    ) -> None:
+        self.writer = writer
+        self.known = known
+        self.total = total
+        self.on_progress = on_progress
+        self.cancel = cancel
+        self.started = started
+        self.counts = {"new": 0, "reused": 0, "bad": 0, "done": 0}
+        self.bad_files: list[tuple[str, str]] = []
+        self.background = _Background()
+        self.bar = _progress_bar(total, progress)
+        self._last_report = 0.0
+
+    def check_cancel(self) -> None:
+        """Raise :class:`ExtractionCancelled` once ``cancel`` is set."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise ExtractionCancelled(
+                f"{self.writer.path}: extraction cancelled; finished batches were saved, "
+                "rerun to resume"
+            )
+
+    def reused(self, item: Item) -> None:
+        """The cached row of ``item`` stays."""
+        self.counts["reused"] += 1
+        self.background.submit(self.writer.set_bad, item.path, None)
+        self._done(1)
+
+    def bad(self, item: Item, reason: str) -> None:
+        """``item`` cannot be used; a cached row of it goes."""
+        self.counts["bad"] += 1
+        self.bad_files.append((item.path, reason))
+        self.background.submit(self.writer.set_bad, item.path, reason)
+        if item.path in self.known:  # a cached file that went bad loses its old row
+            self.background.submit(self.writer.drop, [item.path])
+        self._done(1)
+
+    def embedded(self, items: list[Item], sha256: list[str], features: np.ndarray) -> None:
+        """New rows for ``items`` (replacing older rows of the same paths)."""
+        if not items:
+            return
+        for item in items:
+            self.background.submit(self.writer.set_bad, item.path, None)
+            if item.path in self.known:
+                self.background.submit(self.writer.drop, [item.path])
+        self.counts["new"] += len(items)
+        self.background.submit(
+            self.writer.add,
+            [item.path for item in items],
+            sha256,
+            [item.class_name for item in items],
+            [_split_of(item, sha, self.writer.settings) for item, sha in zip(items, sha256)],
+            features,
+        )
+        self._done(len(items), force=True)
+
+    def _done(self, n: int, force: bool = False) -> None:
+        self.counts["done"] += n
+        self.bar.update(n)
+        self.report(force)
+
+    def report(self, force: bool = False) -> None:
+        """Call ``on_progress`` (at most 4 times a second unless ``force``)."""
+        now = time.monotonic()
+        if self.on_progress is None or (not force and now - self._last_report < 0.25):
+            return
+        self._last_report = now
+        seconds = now - self.started
+        new = self.counts["new"]
+        self.on_progress(
+            ExtractProgress(
+                self.counts["done"],
+                self.total,
+                new,
+                self.counts["reused"],
+                self.counts["bad"],
+                round(seconds, 3),
+                round(new / seconds, 2) if seconds > 0 else 0.0,
+            )
+        )
+
+
+def read_items(
+    dataset: Dataset,
+    known: Known,
+    options: RunOptions,
+    prepare: Callable[[bytes | np.ndarray], Any] | None = None,
+) -> Iterator[Prepared]:
+    """Read and hash every item on reader threads, in dataset order.
+
+    Items whose row is cached unchanged come back ``reused``; ``prepare`` (when
+    given) decodes the others there, its failures becoming ``reason``.
+    """
+
+    def read(item: Item) -> Prepared:
+        try:
+            content, sha = dataset.read(item)
+        except OSError as exc:
+            return Prepared(item, reason=unreadable_reason(exc))
+        if known.get(item.path) == (sha, item.class_name):
+            return Prepared(item, sha, reused=True)
+        if prepare is None:
+            return Prepared(item, sha)
+        payload, reason = prepare_safely(prepare, content)
+        return Prepared(item, sha, payload, reason)
+
+    with ThreadPoolExecutor(options.threads, thread_name_prefix="featcache-read") as pool:
+        yield from _ordered_map(pool, read, dataset.items, options.window)
+
+
+class LocalEngine:
+    """The local engine: batches of decoded images through an :class:`Embedder`."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.embedder = embedder
+
+    @property
+    def resolved(self) -> ResolvedBackbone:
+        return self.embedder.resolved
+
+    @property
+    def resize(self) -> str:
+        return self.embedder.resize
+
+    @property
+    def feature_dim(self) -> int:
+        return self.embedder.feature_dim
+
+    @property
+    def load_seconds(self) -> float:
+        return float(getattr(self.embedder, "load_seconds", 0.0))
+
+    def run(self, dataset: Dataset, known: Known, recorder: Recorder, options: RunOptions) -> None:
+        batch: list[Prepared] = []
+
+        def flush() -> None:
+            if not batch:
+                return
+            features, reasons = self.embedder.embed([p.payload for p in batch])
+            good = [p for p, reason in zip(batch, reasons) if reason is None]
+            for prepared, reason in zip(batch, reasons):
+                if reason is not None:
+                    recorder.bad(prepared.item, reason)
+            recorder.embedded([p.item for p in good], [p.sha256 for p in good], features)
+            batch.clear()
+
+        for prepared in read_items(dataset, known, options, self.embedder.prepare):
+            recorder.check_cancel()
+            if prepared.reason is not None:
+                recorder.bad(prepared.item, prepared.reason)
+            elif prepared.reused:
+                recorder.reused(prepared.item)
+            else:
+                batch.append(prepared)
+                if len(batch) >= options.batch_size:
+                    flush()
+            recorder.report()
+        flush()
+
+
 def _run(
     dataset: Dataset,
-    embedder: Embedder,
+    engine: Engine,
     settings: CacheSettings,
     out_path: Path,
-    options: _RunOptions,
+    options: RunOptions,
     on_progress: Callable[[ExtractProgress], None] | None,
     cancel: threading.Event | None,
     started: float,
@@ -293,117 +541,24 @@ def _run(
     writer.drop(removed)
     writer.forget_bad(order)
 
-    def prepare(item: Item) -> _Prepared:
-        try:
-            content, sha = dataset.read(item)
-        except OSError as exc:
-            return _Prepared(item, reason=f"unreadable: {exc.strerror or exc}")
-        if known.get(item.path) == (sha, item.class_name):
-            return _Prepared(item, sha, reused=True)
-        try:
-            return _Prepared(item, sha, embedder.prepare(content))
-        except BadImageError as exc:
-            return _Prepared(item, sha, reason=str(exc))
-        except MemoryError:
-            return _Prepared(item, sha, reason="decode failed: out of memory")
-        except Exception as exc:  # noqa: BLE001 - one odd file must never stop the run
-            return _Prepared(item, sha, reason=f"decode failed: {type(exc).__name__}: {exc}")
-
-    counts = {"new": 0, "reused": 0, "bad": 0, "done": 0}
-    bad_files: list[tuple[str, str]] = []
-    batch: list[_Prepared] = []
-    background = _Background()
-
-    def record_bad(prepared: _Prepared, reason: str) -> None:
-        path = prepared.item.path
-        counts["bad"] += 1
-        bad_files.append((path, reason))
-        background.submit(writer.set_bad, path, reason)
-        if path in known:  # a cached file that went bad loses its old row
-            background.submit(writer.drop, [path])
-
-    def flush() -> None:
-        if not batch:
-            return
-        features, reasons = embedder.embed([p.payload for p in batch])
-        rows = [p for p, reason in zip(batch, reasons) if reason is None]
-        for prepared, reason in zip(batch, reasons):
-            if reason is not None:
-                record_bad(prepared, reason)
-            else:
-                background.submit(writer.set_bad, prepared.item.path, None)
-                if prepared.item.path in known:
-                    background.submit(writer.drop, [prepared.item.path])
-        batch.clear()
-        counts["new"] += len(rows)
-        if rows:
-            background.submit(
-                writer.add,
-                [p.item.path for p in rows],
-                [p.sha256 for p in rows],
-                [p.item.class_name for p in rows],
-                [_split_of(p, settings) for p in rows],
-                features,
-            )
-        report(force=True)
-
-    total = len(dataset.items)
-    last_report = 0.0
-
-    def report(force: bool = False) -> None:
-        nonlocal last_report
-        now = time.monotonic()
-        if on_progress is None or (not force and now - last_report < 0.25):
-            return
-        last_report = now
-        seconds = now - started
-        on_progress(
-            ExtractProgress(
-                counts["done"],
-                total,
-                counts["new"],
-                counts["reused"],
-                counts["bad"],
-                round(seconds, 3),
-                round(counts["new"] / seconds, 2) if seconds > 0 else 0.0,
-            )
-        )
-
-    bar = _progress_bar(total, options.progress)
-    threads = options.workers or min(4, (os.cpu_count() or 1) + 1)
+    recorder = Recorder(
+        writer, known, len(dataset.items), options.progress, on_progress, cancel, started
+    )
+    background = recorder.background
     finished = False
     try:
-        with ThreadPoolExecutor(threads, thread_name_prefix="featcache-read") as pool:
-            window = max(2 * options.batch_size, 16)
-            for prepared in _ordered_map(pool, prepare, dataset.items, window):
-                if cancel is not None and cancel.is_set():
-                    raise ExtractionCancelled(
-                        f"{out_path}: extraction cancelled; finished batches were saved, "
-                        "rerun to resume"
-                    )
-                if prepared.reason is not None:
-                    record_bad(prepared, prepared.reason)
-                elif prepared.reused:
-                    counts["reused"] += 1
-                    background.submit(writer.set_bad, prepared.item.path, None)
-                else:
-                    batch.append(prepared)
-                    if len(batch) >= options.batch_size:
-                        flush()
-                counts["done"] += 1
-                bar.update(1)
-                report()
-            flush()
-        if counts["new"] == 0 and writer.feature_dim == 0:  # new cache of bad files only
-            background.submit(setattr, writer, "feature_dim", embedder.feature_dim)
+        engine.run(dataset, known, recorder, options)
+        if recorder.counts["new"] == 0 and writer.feature_dim == 0:  # bad files only
+            background.submit(setattr, writer, "feature_dim", engine.feature_dim)
         background.submit(writer.commit, True)
         finished = True
     finally:
-        bar.close()
+        recorder.bar.close()
         if not finished:  # interrupted: keep the batches already embedded
             background.submit_last(writer.commit)
         background.close(raise_error=finished)
-    report(force=True)
+    recorder.report(force=True)
+    counts = recorder.counts
     seconds = time.monotonic() - started
     return ExtractSummary(
         output=str(out_path),
@@ -417,16 +572,16 @@ def _run(
         ignored=dataset.ignored,
         seconds=round(seconds, 3),
         images_per_second=round(counts["new"] / seconds, 2) if seconds > 0 else 0.0,
-        load_seconds=round(getattr(embedder, "load_seconds", 0.0), 3),
+        load_seconds=round(getattr(engine, "load_seconds", 0.0), 3),
         classes=dataset.class_names,
-        bad_files=bad_files,
+        bad_files=recorder.bad_files,
     )
 
 
-def _split_of(prepared: _Prepared, settings: CacheSettings) -> int:
-    if prepared.item.split is not None:
-        return prepared.item.split
-    return assign_split(prepared.sha256, settings.split_ratios, settings.seed)
+def _split_of(item: Item, sha256: str, settings: CacheSettings) -> int:
+    if item.split is not None:
+        return item.split
+    return assign_split(sha256, settings.split_ratios, settings.seed)
 
 
 def _ordered_map(
