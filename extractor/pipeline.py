@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -240,10 +240,18 @@ def run_extraction(
         dataset = scan_dataset(data, labels, confine)
         settings = _settings(embedder.resolved, embedder.resize, dtype, ratios, seed, dataset)
         options = RunOptions(overwrite, batch_size, workers, checkpoint_seconds, progress)
-        engine = embedder if isinstance(embedder, Engine) else LocalEngine(embedder)
+        engine = _engine_of(embedder)
         return _run(dataset, engine, settings, output, options, on_progress, cancel, started)
     finally:
         lock.release()
+
+
+def _engine_of(source: Embedder | Engine) -> Engine:
+    # Not isinstance(source, Engine): on a runtime protocol it reads (and so computes)
+    # every property, feature_dim included, which builds the model.
+    if callable(getattr(type(source), "run", None)):
+        return cast(Engine, source)
+    return LocalEngine(cast(Embedder, source))
 
 
 def _check_options(
@@ -319,7 +327,6 @@ def _lock(path: Path) -> Any:
     return lock
 
 
-@runtime_checkable
 class Engine(Protocol):
     """Where a run's new images are embedded; it reports every image to the recorder."""
 
@@ -367,6 +374,8 @@ class Recorder:
         self.started = started
         self.counts = {"new": 0, "reused": 0, "bad": 0, "done": 0}
         self.bad_files: list[tuple[str, str]] = []
+        self.known_bad = frozenset(writer.bad)
+        """Paths the cache recorded as bad before this run."""
         self.background = _Background()
         self.bar = _progress_bar(total, progress)
         self._last_report = 0.0

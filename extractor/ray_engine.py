@@ -116,6 +116,7 @@ class RayEngine:
             else:
                 pending.append(prepared)
             recorder.report()
+        pending = self._still_bad(dataset, pending, recorder)
         if not pending:
             return  # nothing new: Ray is not even started
         ray = import_ray()
@@ -140,6 +141,34 @@ class RayEngine:
             if started_here:
                 ray.shutdown()
 
+    def _still_bad(
+        self, dataset: Dataset, pending: list[Prepared], recorder: Recorder
+    ) -> list[Prepared]:
+        """Decode here the files that were bad last run; keep those that are fixed.
+
+        Starting Ray only to hear that a file is still broken would dominate a re-run.
+        """
+        decode = partial(
+            decode_and_resize,
+            size=self.resolved.image_size,
+            resize=self.resize,
+            max_pixels=self.max_pixels,
+        )
+        keep = []
+        for prepared in pending:
+            reason = None
+            if prepared.item.path in recorder.known_bad:
+                try:
+                    content, _ = dataset.read(prepared.item)
+                    reason = prepare_safely(decode, content)[1]
+                except OSError as exc:
+                    reason = unreadable_reason(exc)
+            if reason is None:
+                keep.append(prepared)
+            else:
+                recorder.bad(prepared.item, reason)
+        return keep
+
     def _shards(
         self, ray: Any, dataset: Dataset, pending: list[Prepared], batch_size: int, local: bool
     ) -> Any:
@@ -148,6 +177,7 @@ class RayEngine:
             {"row": i, "path": p.item.path, "index": p.item.index} for i, p in enumerate(pending)
         ]
         blocks = math.ceil(len(rows) / batch_size)
+        actors = min(actors, blocks)  # an actor with no batch would only load the model
         embedded = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             EmbedBatches,
             fn_constructor_kwargs={

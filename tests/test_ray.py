@@ -1,0 +1,162 @@
+"""The Ray engine on a local Ray instance: same cache as the local engine, resume, bad files."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from filelock import FileLock
+
+from conftest import TINY, make_class_folder, write_image
+from featcache.cli import main
+from featcache.errors import EngineError, InvalidOptionError
+from featcache.extractor import extract, read_cache
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install '.[ray]'")
+
+from featcache.extractor import ray_engine  # noqa: E402 - after the skip
+from featcache.extractor.ray_engine import RayOptions  # noqa: E402
+
+CLI_TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "-q"]
+
+
+@pytest.fixture(autouse=True)
+def one_ray_at_a_time(tmp_path_factory):
+    """Each test starts its own local Ray instance; xdist workers take turns (2 cores)."""
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "featcache-ray.lock")):
+        yield
+    assert not ray.is_initialized()  # an instance featcache started is shut down
+
+
+def _assert_same_cache(path, reference):
+    ours, theirs = read_cache(path), read_cache(reference)
+    assert ours.paths == theirs.paths
+    assert ours.sha256 == theirs.sha256
+    np.testing.assert_array_equal(ours.labels, theirs.labels)
+    np.testing.assert_array_equal(ours.split, theirs.split)
+    np.testing.assert_allclose(ours.features, theirs.features, atol=1e-5)
+    assert ours.bad == theirs.bad
+
+
+def test_two_actors_write_the_local_engines_cache_bad_files_included(tmp_path, monkeypatch):
+    data = make_class_folder(tmp_path / "data", classes=3, per_class=5)
+    (data / "class_0" / "broken.jpg").write_bytes(b"not a jpeg")
+    (data / "class_1" / "cut.png").write_bytes((data / "class_1" / "img_0.png").read_bytes()[:60])
+    local = extract(data, output=tmp_path / "local.h5", **TINY)
+
+    summary = extract(
+        data,
+        output=tmp_path / "ray.h5",
+        engine="ray",
+        ray_options=RayOptions(actors=2),
+        batch_size=4,
+        **TINY,
+    )
+    assert (summary.new, summary.bad, summary.rows) == (15, 2, 15)
+    assert sorted(summary.bad_files) == sorted(local.bad_files)
+    assert summary.load_seconds > 0
+    _assert_same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
+
+    # Incremental: one new image, one deleted; only the new one goes to Ray.
+    write_image(data / "class_2" / "new.png", seed=99)
+    (data / "class_0" / "img_1.jpg").unlink()
+    again = extract(data, output=tmp_path / "ray.h5", engine="ray", **TINY)
+    assert (again.new, again.reused, again.removed, again.bad) == (1, 14, 1, 2)
+    extract(data, output=tmp_path / "local.h5", **TINY)
+    _assert_same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
+
+    # Nothing new, the bad files still bad (checked on the driver): Ray is not started.
+    def no_ray(*args):
+        raise AssertionError("Ray was started with nothing to embed")
+
+    monkeypatch.setattr(ray_engine, "_connect", no_ray)
+    idle = extract(data, output=tmp_path / "ray.h5", engine="ray", **TINY)
+    assert (idle.new, idle.reused, idle.bad) == (0, 15, 2)
+    _assert_same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
+
+
+def _rows(path):
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["paths"].shape[0])
+    except (OSError, KeyError):
+        return -1
+
+
+def test_killed_ray_job_resumes_where_it_stopped(tmp_path):
+    data = make_class_folder(tmp_path / "data", classes=4, per_class=20)
+    extract(data, output=tmp_path / "local.h5", **TINY)
+    out = tmp_path / "ray.h5"
+    args = ["extract", str(data), "-o", str(out), "--engine", "ray", "--actors", "1"]
+    args += ["--batch-size", "1", "--checkpoint-seconds", "0", *CLI_TINY]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "featcache.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # the driver and the Ray instance it started die together
+    )
+    deadline = time.monotonic() + 180
+    while _rows(out) < 1 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+
+    kept = _rows(out)
+    assert 1 <= kept < 80  # killed mid-run, after a checkpoint
+    resumed = extract(data, output=out, engine="ray", ray_options=RayOptions(actors=1), **TINY)
+    assert (resumed.reused, resumed.new) == (kept, 80 - kept)
+    _assert_same_cache(out, tmp_path / "local.h5")
+    assert not list(tmp_path.glob("ray.h5.tmp-*"))
+
+
+def test_an_actor_that_cannot_build_the_model_fails_in_one_line(tmp_path, class_folder):
+    out = tmp_path / "ray.h5"
+    with pytest.raises(EngineError, match=r"^on Ray node .*no_such_layer"):
+        extract(class_folder, output=out, engine="ray", layer="no_such_layer", **TINY)
+    assert not out.exists()
+
+
+def test_a_pool_larger_than_the_local_instance_is_refused(tmp_path, class_folder):
+    options = RayOptions(actors=1, cpus_per_actor=10_000)
+    with pytest.raises(InvalidOptionError, match="do not fit"):
+        extract(class_folder, output=tmp_path / "r.h5", engine="ray", ray_options=options, **TINY)
+
+
+def test_without_ray_the_cli_says_how_to_install_it(tmp_path, class_folder):
+    code = "import sys; sys.modules['ray'] = None; from featcache.cli import main; main()"
+    out = tmp_path / "ray.h5"
+    args = ["extract", str(class_folder), "-o", str(out), "--engine", "ray", *CLI_TINY]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "pip install 'featcache[ray]'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--actors", "2"], "need --engine ray"),
+        (["--engine", "ray", "--actors", "0"], "--actors 0"),
+        (["--engine", "ray", "--cpus-per-actor", "0"], "--cpus-per-actor 0"),
+        (["--engine", "ray", "--remote", "127.0.0.1:1"], "cannot be combined"),
+    ],
+)
+def test_ray_options_are_checked_before_anything_starts(tmp_path, class_folder, args, message):
+    out = tmp_path / "ray.h5"
+    result = CliRunner().invoke(main, ["extract", str(class_folder), "-o", str(out), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not out.exists()
