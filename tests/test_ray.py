@@ -63,14 +63,6 @@ def test_two_actors_write_the_local_engines_cache_bad_files_included(tmp_path, m
     assert summary.load_seconds > 0
     _assert_same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
 
-    # Incremental: one new image, one deleted; only the new one goes to Ray.
-    write_image(data / "class_2" / "new.png", seed=99)
-    (data / "class_0" / "img_1.jpg").unlink()
-    again = extract(data, output=tmp_path / "ray.h5", engine="ray", **TINY)
-    assert (again.new, again.reused, again.removed, again.bad) == (1, 14, 1, 2)
-    extract(data, output=tmp_path / "local.h5", **TINY)
-    _assert_same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
-
     # Nothing new, the bad files still bad (checked on the driver): Ray is not started.
     def no_ray(*args):
         raise AssertionError("Ray was started with nothing to embed")
@@ -91,7 +83,6 @@ def _rows(path):
 
 def test_killed_ray_job_resumes_where_it_stopped(tmp_path):
     data = make_class_folder(tmp_path / "data", classes=4, per_class=20)
-    extract(data, output=tmp_path / "local.h5", **TINY)
     out = tmp_path / "ray.h5"
     args = ["extract", str(data), "-o", str(out), "--engine", "ray", "--actors", "1"]
     args += ["--batch-size", "1", "--checkpoint-seconds", "0", *CLI_TINY]
@@ -108,10 +99,15 @@ def test_killed_ray_job_resumes_where_it_stopped(tmp_path):
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
 
-    kept = _rows(out)
-    assert 1 <= kept < 80  # killed mid-run, after a checkpoint
+    kept = read_cache(out).paths
+    assert 1 <= len(kept) < 80  # killed mid-run, after a checkpoint
+    # Meanwhile one committed file is deleted and one new file appears: resume is incremental.
+    (data / kept[0]).unlink()
+    write_image(data / "class_3" / "new.png", seed=99)
     resumed = extract(data, output=out, engine="ray", ray_options=RayOptions(actors=1), **TINY)
-    assert (resumed.reused, resumed.new) == (kept, 80 - kept)
+    assert (resumed.reused, resumed.removed) == (len(kept) - 1, 1)
+    assert resumed.new == 80 - (len(kept) - 1)
+    extract(data, output=tmp_path / "local.h5", **TINY)
     _assert_same_cache(out, tmp_path / "local.h5")
     assert not list(tmp_path.glob("ray.h5.tmp-*"))
 
