@@ -9,7 +9,8 @@ Every row extracts the same Fashion-MNIST JPEG folder into a fresh cache with th
 MobileNet at 224 px: the local engine, then ``--engine ray`` with one actor of 2 CPUs and
 with two actors of 1 CPU each. Each Ray row starts (and stops) its own local Ray
 instance, as the CLI does. From the progress callbacks we take the time to the first
-embedded shard (start-up: Ray, actors, model load) and the steady rate after it; the Ray
+embedded shard (start-up: hashing, Ray, actors, model load; TensorFlow is imported by the
+benchmark before the local row) and the steady rate after it; the Ray
 overhead per image is the difference of the steady per-image times against the local
 engine.
 """
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="Write the results here too.")
     args = parser.parse_args()
     weights = str(Path(args.weights_dir) / WEIGHTS) if args.weights_dir else "none"
+    import tensorflow  # noqa: F401 - imported once up front, as a Ray actor imports it once
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_jpeg_folder(Path(tmp) / "data", args.images, 224)

@@ -42,8 +42,8 @@ class RayOptions:
     """Where and how wide the Ray engine runs."""
 
     address: str | None = None
-    """Ray cluster to join (``ray://head:10001``, ``auto``); None starts a local instance
-    unless ``RAY_ADDRESS`` is set (as it is inside ``ray job submit``)."""
+    """Ray cluster to join (``auto``, ``HEAD:6379``); None starts a local instance unless
+    ``RAY_ADDRESS`` is set (as it is inside ``ray job submit``)."""
     actors: int | None = None
     """Actor pool size; None sizes it to the cluster's CPUs (or GPUs) at start."""
     cpus_per_actor: float = 1.0
@@ -56,6 +56,16 @@ class RayOptions:
             raise InvalidOptionError(f"--cpus-per-actor {self.cpus_per_actor}: must be above 0")
         if not self.gpus_per_actor >= 0:
             raise InvalidOptionError(f"--gpus-per-actor {self.gpus_per_actor}: must be 0 or more")
+        if self.address is not None:
+            _check_address(self.address)
+
+
+def _check_address(address: str) -> None:
+    if address.startswith("ray://"):
+        raise InvalidOptionError(
+            f"--ray-address {address}: Ray Data does not run over Ray Client (ray://); run the "
+            "command on a cluster node (--ray-address auto) or submit it with `ray job submit`"
+        )
 
 
 def import_ray() -> Any:
@@ -308,6 +318,7 @@ def _connect(ray: Any, options: RayOptions) -> tuple[bool, bool]:
     # Ray's own logs go to its session folder; the driver shows featcache's bar only.
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     address = options.address or os.environ.get("RAY_ADDRESS") or "local"
+    _check_address(address)
     local = address == "local"
     kwargs: dict[str, Any] = {
         "include_dashboard": False,

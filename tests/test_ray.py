@@ -1,7 +1,10 @@
-"""The Ray engine on a local Ray instance: same cache as the local engine, resume, bad files."""
+"""The Ray engine on a local Ray instance and on a `ray start` cluster: same cache as the local
+engine, resume, bad files, errors."""
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,6 +37,22 @@ def one_ray_at_a_time(tmp_path_factory):
     assert not ray.is_initialized()  # an instance featcache started is shut down
 
 
+@pytest.fixture
+def ray_cluster():
+    """A one-node Ray cluster started with `ray start --head`, as on a real head node."""
+    ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2"]
+    start += ["--include-dashboard=false", "--disable-usage-stats"]
+    subprocess.run(start, check=True, capture_output=True, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray_cli, "stop"], capture_output=True, timeout=120)
+
+
 def _assert_same_cache(path, reference):
     ours, theirs = read_cache(path), read_cache(reference)
     assert ours.paths == theirs.paths
@@ -44,23 +63,29 @@ def _assert_same_cache(path, reference):
     assert ours.bad == theirs.bad
 
 
-def test_two_actors_write_the_local_engines_cache_bad_files_included(tmp_path, monkeypatch):
+def test_two_actors_on_a_cluster_write_the_local_engines_cache(tmp_path, monkeypatch, ray_cluster):
     data = make_class_folder(tmp_path / "data", classes=3, per_class=5)
     (data / "class_0" / "broken.jpg").write_bytes(b"not a jpeg")
     (data / "class_1" / "cut.png").write_bytes((data / "class_1" / "img_0.png").read_bytes()[:60])
     local = extract(data, output=tmp_path / "local.h5", **TINY)
 
-    summary = extract(
-        data,
-        output=tmp_path / "ray.h5",
-        engine="ray",
-        ray_options=RayOptions(actors=2),
-        batch_size=4,
-        **TINY,
+    # The CLI as a user runs it on a head node; `ray start` turned on token authentication,
+    # which a driver joining by address must ask for.
+    args = ["extract", str(data), "-o", str(tmp_path / "ray.h5"), "--engine", "ray"]
+    args += ["--ray-address", ray_cluster, "--actors", "2", "--batch-size", "4", "--json"]
+    result = subprocess.run(
+        [sys.executable, "-m", "featcache.cli", *args, *CLI_TINY[:-1]],
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert (summary.new, summary.bad, summary.rows) == (15, 2, 15)
-    assert sorted(summary.bad_files) == sorted(local.bad_files)
-    assert summary.load_seconds > 0
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["new"], summary["bad"], summary["rows"]) == (15, 2, 15)
+    bad = sorted((b["path"], b["reason"]) for b in summary["bad_files"])
+    assert bad == sorted(local.bad_files)
+    assert summary["load_seconds"] > 0
     _assert_same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
 
     # Nothing new, the bad files still bad (checked on the driver): Ray is not started.
@@ -68,7 +93,9 @@ def test_two_actors_write_the_local_engines_cache_bad_files_included(tmp_path, m
         raise AssertionError("Ray was started with nothing to embed")
 
     monkeypatch.setattr(ray_engine, "_connect", no_ray)
-    idle = extract(data, output=tmp_path / "ray.h5", engine="ray", **TINY)
+    idle = extract(
+        data, output=tmp_path / "ray.h5", engine="ray", ray_options=RayOptions(ray_cluster), **TINY
+    )
     assert (idle.new, idle.reused, idle.bad) == (0, 15, 2)
     _assert_same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
 
