@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -388,6 +388,18 @@ class Recorder:
                 "rerun to resume"
             )
 
+    def triage(self, prepared: Iterable[Prepared]) -> Iterator[Prepared]:
+        """Record the reused and bad images; yield the ones to embed."""
+        for each in prepared:
+            self.check_cancel()
+            if each.reason is not None:
+                self.bad(each.item, each.reason)
+            elif each.reused:
+                self.reused(each.item)
+            else:
+                yield each
+            self.report()
+
     def reused(self, item: Item) -> None:
         """The cached row of ``item`` stays."""
         self.counts["reused"] += 1
@@ -512,17 +524,10 @@ class LocalEngine:
             recorder.embedded([p.item for p in good], [p.sha256 for p in good], features)
             batch.clear()
 
-        for prepared in read_items(dataset, known, options, self.embedder.prepare):
-            recorder.check_cancel()
-            if prepared.reason is not None:
-                recorder.bad(prepared.item, prepared.reason)
-            elif prepared.reused:
-                recorder.reused(prepared.item)
-            else:
-                batch.append(prepared)
-                if len(batch) >= options.batch_size:
-                    flush()
-            recorder.report()
+        for prepared in recorder.triage(read_items(dataset, known, options, self.embedder.prepare)):
+            batch.append(prepared)
+            if len(batch) >= options.batch_size:
+                flush()
         flush()
 
 

@@ -116,16 +116,7 @@ class RayEngine:
 
     def run(self, dataset: Dataset, known: Known, recorder: Recorder, options: RunOptions) -> None:
         """Hash here, embed the new images on Ray, hand every shard to the recorder."""
-        pending: list[Prepared] = []
-        for prepared in read_items(dataset, known, options):
-            recorder.check_cancel()
-            if prepared.reason is not None:
-                recorder.bad(prepared.item, prepared.reason)
-            elif prepared.reused:
-                recorder.reused(prepared.item)
-            else:
-                pending.append(prepared)
-            recorder.report()
+        pending = list(recorder.triage(read_items(dataset, known, options)))
         pending = self._still_bad(dataset, pending, recorder)
         if not pending:
             return  # nothing new: Ray is not even started

@@ -39,6 +39,17 @@ def make_class_folder(root: Path, classes: int = 3, per_class: int = 4, seed: in
     return root
 
 
+def cache_rows(path: Path) -> int:
+    """Rows in the cache file at ``path`` as it is on disk now; -1 when absent or unreadable."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["paths"].shape[0])
+    except (OSError, KeyError):
+        return -1
+
+
 @pytest.fixture
 def class_folder(tmp_path: Path) -> Path:
     """Three classes of four images each."""

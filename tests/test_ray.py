@@ -9,13 +9,12 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from filelock import FileLock
 
-from conftest import TINY, make_class_folder, write_image
+from conftest import TINY, cache_rows, make_class_folder, write_image
 from featcache.cli import main
 from featcache.errors import EngineError, InvalidOptionError
 from featcache.extractor import extract, read_cache
@@ -100,14 +99,6 @@ def test_two_actors_on_a_cluster_write_the_local_engines_cache(tmp_path, monkeyp
     _assert_same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
 
 
-def _rows(path):
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f["paths"].shape[0])
-    except (OSError, KeyError):
-        return -1
-
-
 def test_killed_ray_job_resumes_where_it_stopped(tmp_path):
     data = make_class_folder(tmp_path / "data", classes=4, per_class=20)
     out = tmp_path / "ray.h5"
@@ -120,7 +111,7 @@ def test_killed_ray_job_resumes_where_it_stopped(tmp_path):
         start_new_session=True,  # the driver and the Ray instance it started die together
     )
     deadline = time.monotonic() + 180
-    while _rows(out) < 1 and process.poll() is None and time.monotonic() < deadline:
+    while cache_rows(out) < 1 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

@@ -6,22 +6,13 @@ import subprocess
 import sys
 import time
 
-import h5py
 import numpy as np
 import pytest
 
-from conftest import TINY, make_class_folder
+from conftest import TINY, cache_rows, make_class_folder
 from featcache.extractor import extract, read_cache
 
 pytestmark = pytest.mark.slow
-
-
-def _rows(path):
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f["paths"].shape[0])
-    except (OSError, KeyError):
-        return -1
 
 
 def _start(data, out):
@@ -50,7 +41,7 @@ def _start(data, out):
 
 def _kill_when(process, out, rows, extra_delay):
     deadline = time.monotonic() + 120
-    while _rows(out) < rows and process.poll() is None and time.monotonic() < deadline:
+    while cache_rows(out) < rows and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     time.sleep(extra_delay)
     os.kill(process.pid, signal.SIGKILL)
