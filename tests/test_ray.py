@@ -26,6 +26,8 @@ from featcache.extractor import ray_engine  # noqa: E402 - after the skip
 from featcache.extractor.ray_engine import RayOptions  # noqa: E402
 
 CLI_TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "-q"]
+RAY_TOKEN_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
+"""`ray start` turns on token authentication; a driver joining by address must ask for it."""
 
 
 @pytest.fixture(autouse=True)
@@ -37,19 +39,32 @@ def one_ray_at_a_time(tmp_path_factory):
 
 
 @pytest.fixture
-def ray_cluster():
-    """A one-node Ray cluster started with `ray start --head`, as on a real head node."""
+def ray_cluster(tmp_path):
+    """A one-node Ray cluster started with `ray start --head`, as on a real head node.
+
+    `--block` keeps it in this test's hands: stopping it kills only its own processes,
+    never another Ray on the machine (which `ray stop` would).
+    """
     ray_cli = os.path.join(os.path.dirname(sys.executable), "ray")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    start = [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2"]
+    start = [ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2"]
     start += ["--include-dashboard=false", "--disable-usage-stats"]
-    subprocess.run(start, check=True, capture_output=True, timeout=120)
+    with open(tmp_path / "ray-start.log", "wb") as log:
+        head = subprocess.Popen(start, stdout=log, stderr=log, start_new_session=True)
+    address = f"127.0.0.1:{port}"
     try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([ray_cli, "stop"], capture_output=True, timeout=120)
+        status = [ray_cli, "status", "--address", address]
+        deadline = time.monotonic() + 120
+        while subprocess.run(status, env=RAY_TOKEN_ENV, capture_output=True).returncode != 0:
+            assert head.poll() is None, (tmp_path / "ray-start.log").read_text()
+            assert time.monotonic() < deadline, "the Ray head did not come up in 120 s"
+            time.sleep(1)
+        yield address
+    finally:  # the head, its raylet, GCS and workers share the process group
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
 
 
 def _assert_same_cache(path, reference):
@@ -68,13 +83,12 @@ def test_two_actors_on_a_cluster_write_the_local_engines_cache(tmp_path, monkeyp
     (data / "class_1" / "cut.png").write_bytes((data / "class_1" / "img_0.png").read_bytes()[:60])
     local = extract(data, output=tmp_path / "local.h5", **TINY)
 
-    # The CLI as a user runs it on a head node; `ray start` turned on token authentication,
-    # which a driver joining by address must ask for.
+    # The CLI as a user runs it on a head node.
     args = ["extract", str(data), "-o", str(tmp_path / "ray.h5"), "--engine", "ray"]
     args += ["--ray-address", ray_cluster, "--actors", "2", "--batch-size", "4", "--json"]
     result = subprocess.run(
         [sys.executable, "-m", "featcache.cli", *args, *CLI_TINY[:-1]],
-        env={**os.environ, "RAY_AUTH_MODE": "token"},
+        env=RAY_TOKEN_ENV,
         capture_output=True,
         text=True,
         timeout=300,
