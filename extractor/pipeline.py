@@ -417,7 +417,8 @@ class Recorder:
 
     def embedded(self, items: list[Item], sha256: list[str], features: np.ndarray) -> None:
         """New rows for ``items`` (replacing older rows of the same paths)."""
-        if not items:
+        if not items:  # a batch of bad files: still a batch finished
+            self.report(force=True)
             return
         for item in items:
             self.background.submit(self.writer.set_bad, item.path, None)

@@ -17,7 +17,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -35,6 +37,11 @@ from .sources import Dataset, Item
 INSTALL_HINT = "pip install 'featcache[ray]'"
 LOCAL_OBJECT_STORE_BYTES = 512 << 20
 """Object store of a local Ray instance: shards are small (paths in, features out)."""
+ACTOR_START_SECONDS = 600
+"""How long the pool may take to start (an autoscaler adding nodes) before the run fails;
+Ray's ``RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S`` overrides it."""
+ACTOR_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+"""Set per actor (merged into a ``ray job submit`` runtime env rather than clashing with it)."""
 
 
 @dataclass(frozen=True)
@@ -57,13 +64,13 @@ class RayOptions:
         if not self.gpus_per_actor >= 0:
             raise InvalidOptionError(f"--gpus-per-actor {self.gpus_per_actor}: must be 0 or more")
         if self.address is not None:
-            _check_address(self.address)
+            _check_address(self.address, "--ray-address")
 
 
-def _check_address(address: str) -> None:
+def _check_address(address: str, source: str) -> None:
     if address.startswith("ray://"):
         raise InvalidOptionError(
-            f"--ray-address {address}: Ray Data does not run over Ray Client (ray://); run the "
+            f"{source} {address}: Ray Data does not run over Ray Client (ray://); run the "
             "command on a cluster node (--ray-address auto) or submit it with `ray job submit`"
         )
 
@@ -93,11 +100,16 @@ class RayEngine:
     ) -> None:
         import_ray()  # fail before any file is read
         self.options = options or RayOptions()
+        if self.options.address is None and "RAY_ADDRESS" in os.environ:
+            _check_address(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
         self.resize = resize
         self.max_pixels = max_pixels
+        self._feature_dim = 0
         self.resolved: ResolvedBackbone = resolve_backbone(config)
         if self.resolved.spec is None:  # a saved model: its input size is read from the file
-            self.resolved = FeatureExtractor(self.resolved, config.seed).resolved
+            _gpu_memory_growth()  # the driver may share a GPU node with actors
+            model = FeatureExtractor(self.resolved, config.seed)
+            self.resolved, self._feature_dim = model.resolved, model.feature_dim
         resolved = self.resolved
         self.config = replace(  # absolute paths: Ray workers run in other folders
             config,
@@ -106,11 +118,13 @@ class RayEngine:
             image_size=resolved.image_size,
         )
         self.load_seconds = 0.0
-        self._feature_dim = 0
+        self.pool = ""
+        """The last run's actor pool, in words."""
 
     @property
     def feature_dim(self) -> int:
         if not self._feature_dim:  # no image reached the actors: build the model here
+            _gpu_memory_growth()
             self._feature_dim = FeatureExtractor(self.resolved, self.config.seed).feature_dim
         return self._feature_dim
 
@@ -120,26 +134,35 @@ class RayEngine:
         pending = self._still_bad(dataset, pending, recorder)
         if not pending:
             return  # nothing new: Ray is not even started
+        recorder.check_cancel()
         ray = import_ray()
-        started_here, local = _connect(ray, self.options)
+        started_here = not ray.is_initialized()
         try:
-            shards = self._shards(ray, dataset, pending, options.batch_size, local)
-            try:
-                for shard in shards:
-                    recorder.check_cancel()
-                    self._record(shard, pending, recorder)
-            finally:
-                close = getattr(shards, "close", None)
-                if close is not None:
-                    close()
+            local = _connect(ray, self.options)
+            with _data_context(ray):
+                shards = iter(self._shards(ray, dataset, pending, options.batch_size, local))
+                seen: set[int] = set()
+                try:
+                    for shard in shards:
+                        self._record(shard, pending, recorder, seen)
+                        recorder.check_cancel()
+                finally:
+                    close = getattr(shards, "close", None)
+                    if close is not None:
+                        close()
+            if len(seen) < len(pending):
+                raise EngineError(
+                    f"the Ray job returned no result for {len(pending) - len(seen)} of "
+                    f"{len(pending)} images; rerun to embed them"
+                )
         except FeatcacheError:
             raise
         except Exception as exc:
-            if not type(exc).__module__.startswith("ray."):
+            if not _from_ray(exc):
                 raise
-            raise EngineError(f"the Ray job failed: {_first_line(exc)}") from None
+            raise EngineError(_ray_failure(exc, self.pool)) from None
         finally:
-            if started_here:
+            if started_here and ray.is_initialized():
                 ray.shutdown()
 
     def _still_bad(
@@ -179,6 +202,7 @@ class RayEngine:
         ]
         blocks = math.ceil(len(rows) / batch_size)
         actors = min(actors, blocks)  # an actor with no batch would only load the model
+        self.pool = _pool_text(actors, cpus, gpus)
         embedded = ray.data.from_items(rows, override_num_blocks=blocks).map_batches(
             EmbedBatches,
             fn_constructor_kwargs={
@@ -190,18 +214,25 @@ class RayEngine:
                 "layout": dataset.layout,
                 "confine": str(dataset.confine) if dataset.confine is not None else None,
                 "threads": max(1, math.ceil(cpus)),
+                "gpus": gpus,
             },
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cpus,
             num_gpus=gpus or None,
+            runtime_env={"env_vars": ACTOR_ENV},
         )
         return embedded.iter_batches(batch_size=None, batch_format="numpy")
 
     def _record(
-        self, shard: dict[str, np.ndarray], pending: list[Prepared], recorder: Recorder
+        self,
+        shard: dict[str, np.ndarray],
+        pending: list[Prepared],
+        recorder: Recorder,
+        seen: set[int],
     ) -> None:
+        """Hand one shard to the recorder; rows seen before (a retried batch) are skipped."""
         fatal = str(shard["fatal"][0]) if len(shard["fatal"]) else ""
         if fatal:
             raise EngineError(fatal)
@@ -210,6 +241,9 @@ class RayEngine:
         self._feature_dim = features.shape[1]
         good: list[int] = []
         for k, (row, reason) in enumerate(zip(shard["row"].tolist(), shard["reason"].tolist())):
+            if row in seen:
+                continue
+            seen.add(row)
             if reason:
                 recorder.bad(pending[row].item, str(reason))
             else:
@@ -239,6 +273,7 @@ class EmbedBatches:
         layout: str,
         confine: str | None,
         threads: int,
+        gpus: float = 0.0,
     ) -> None:
         self.fatal = ""
         self.load_seconds = 0.0
@@ -246,8 +281,14 @@ class EmbedBatches:
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="featcache-decode")
         began = time.monotonic()
         try:
-            _limit_threads(threads)
-            array = np.load(root, mmap_mode="r", allow_pickle=False) if layout == "npy" else None
+            _configure_tensorflow(threads, gpus)
+            npy = layout == "npy"
+            if not (Path(root).is_file() if npy else Path(root).is_dir()):
+                raise FeatcacheError(
+                    f"the data {'file' if npy else 'folder'} {root} is not there; every node "
+                    "must see the images at the same path (shared storage)"
+                )
+            array = np.load(root, mmap_mode="r", allow_pickle=False) if npy else None
             self.dataset = Dataset(
                 Path(root), layout, [], [], 0, array, Path(confine) if confine else None
             )
@@ -299,23 +340,18 @@ class EmbedBatches:
         return sha, pixels, reason
 
 
-def _connect(ray: Any, options: RayOptions) -> tuple[bool, bool]:
-    """Join the cluster or start a local instance.
-
-    Returns (this call started Ray, Ray is a local instance started by featcache).
-    """
+def _connect(ray: Any, options: RayOptions) -> bool:
+    """Join the cluster or start a local instance; True for a local instance started here."""
     if ray.is_initialized():
-        return False, False
+        return False
     # Ray's own logs go to its session folder; the driver shows featcache's bar only.
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     address = options.address or os.environ.get("RAY_ADDRESS") or "local"
-    _check_address(address)
     local = address == "local"
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,
         "logging_level": logging.ERROR if local else logging.WARNING,
-        "runtime_env": {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}},
     }
     if local:
         kwargs["object_store_memory"] = LOCAL_OBJECT_STORE_BYTES
@@ -323,10 +359,33 @@ def _connect(ray: Any, options: RayOptions) -> tuple[bool, bool]:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise EngineError(f"could not start or join Ray at {address}: {_first_line(exc)}") from None
+    return local
+
+
+@contextmanager
+def _data_context(ray: Any) -> Iterator[None]:
+    """Ray Data settings for one run, restored afterwards (the caller may use Ray Data too).
+
+    Shards come back in dataset order, so the cache never needs a final rewrite to sort
+    it; the pool gets :data:`ACTOR_START_SECONDS` to start; Ray's progress bars are off.
+    """
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    return True, local
+    settings: dict[str, Any] = {
+        "enable_progress_bars": False,
+        "print_on_execution_start": False,
+        "wait_for_min_actors_s": _start_seconds(),
+    }
+    before = {name: getattr(context, name) for name in settings}
+    before["preserve_order"] = context.execution_options.preserve_order
+    for name, value in settings.items():
+        setattr(context, name, value)
+    context.execution_options.preserve_order = True
+    try:
+        yield
+    finally:
+        context.execution_options.preserve_order = before.pop("preserve_order")
+        for name, value in before.items():
+            setattr(context, name, value)
 
 
 def _pool_size(ray: Any, options: RayOptions, local: bool) -> tuple[int, float, float]:
@@ -340,13 +399,14 @@ def _pool_size(ray: Any, options: RayOptions, local: bool) -> tuple[int, float, 
     actors = options.actors or max(1, fits)
     if actors > fits:
         message = (
-            f"{actors} actors x {cpus:g} CPUs"
-            + (f" x {gpus:g} GPUs" if gpus else "")
-            + f" do not fit the Ray cluster's {have_cpus:g} CPUs and {have_gpus:g} GPUs"
+            f"{_pool_text(actors, cpus, gpus)} do not fit the Ray cluster's "
+            f"{have_cpus:g} CPUs and {have_gpus:g} GPUs"
         )
         if local:
             raise InvalidOptionError(message)  # a local instance never grows
-        logging.getLogger(__name__).warning("%s; waiting for the autoscaler", message)
+        logging.getLogger(__name__).warning(
+            "%s; waiting up to %d s for the autoscaler", message, _start_seconds()
+        )
     return actors, cpus, gpus
 
 
@@ -359,17 +419,75 @@ def _node() -> str:
         return "?"
 
 
-def _limit_threads(threads: int) -> None:
-    """Give TensorFlow only this actor's CPUs (before it starts its thread pools)."""
+def _configure_tensorflow(threads: int, gpus: float) -> None:
+    """Give TensorFlow only this actor's CPUs and GPUs (before it initialises).
+
+    An actor without GPUs must not touch the node's GPUs (TensorFlow would reserve
+    their memory); one with GPUs grows its memory as needed, as fractional GPUs share one.
+    """
     import tensorflow as tf
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+        if gpus:
+            _gpu_memory_growth()
+        else:
+            tf.config.set_visible_devices([], "GPU")
     except RuntimeError:  # TensorFlow already initialised in this worker process
         pass
 
 
+def _gpu_memory_growth() -> None:
+    """Let TensorFlow take GPU memory as needed rather than all of it at start."""
+    import tensorflow as tf
+
+    try:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # already initialised: too late to change
+        pass
+
+
+def _start_seconds() -> int:
+    value = os.environ.get("RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S", "")
+    return int(value) if value.lstrip("-").isdigit() else ACTOR_START_SECONDS
+
+
+def _from_ray(exc: BaseException) -> bool:
+    return type(exc).__module__.split(".")[0] == "ray" or any(
+        type(cause).__module__.split(".")[0] == "ray" for cause in _causes(exc)
+    )
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, outermost first (Ray keeps a task's error in ``cause``)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        inner = getattr(current, "cause", None)
+        current = inner if isinstance(inner, BaseException) else current.__cause__
+    return chain
+
+
+def _pool_text(actors: int, cpus: float, gpus: float) -> str:
+    return f"{actors} actors x {cpus:g} CPUs" + (f" x {gpus:g} GPUs" if gpus else "")
+
+
+def _ray_failure(exc: BaseException, pool: str) -> str:
+    if any(type(e).__name__ == "GetTimeoutError" for e in _causes(exc)):
+        return (
+            f"the Ray actor pool ({pool}) did not start in {_start_seconds()} s: the cluster "
+            "lacks the resources (RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S sets the wait)"
+        )
+    return f"the Ray job failed: {_first_line(exc)}"
+
+
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """The first line of the innermost error that says something (Ray wraps task errors)."""
+    for each in reversed(_causes(exc)):
+        text = str(each).strip()
+        if text:
+            return text.splitlines()[0]
+    return type(exc).__name__

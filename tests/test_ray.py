@@ -18,6 +18,7 @@ from conftest import TINY, cache_rows, make_class_folder, write_image
 from featcache.cli import main
 from featcache.errors import EngineError, InvalidOptionError
 from featcache.extractor import extract, read_cache
+from featcache.extractor.backbone import BackboneConfig
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install '.[ray]'")
@@ -155,6 +156,52 @@ def test_a_pool_larger_than_the_local_instance_is_refused(tmp_path, class_folder
     options = RayOptions(actors=1, cpus_per_actor=10_000)
     with pytest.raises(InvalidOptionError, match="do not fit"):
         extract(class_folder, output=tmp_path / "r.h5", engine="ray", ray_options=options, **TINY)
+
+
+def test_a_pool_the_cluster_cannot_start_fails_after_the_wait(tmp_path, class_folder, monkeypatch):
+    # Ray started by the caller counts as a cluster: featcache joins it, waits for the pool
+    # (here 3 s; no GPU exists), and leaves the caller's Ray and Ray Data settings alone.
+    monkeypatch.setenv("RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S", "3")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        context = ray.data.DataContext.get_current()
+        before = (context.execution_options.preserve_order, context.wait_for_min_actors_s)
+        options = RayOptions(actors=1, gpus_per_actor=1)
+        with pytest.raises(
+            EngineError, match=r"^the Ray actor pool \(1 actors x 1 CPUs x 1 GPUs\) "
+        ):
+            extract(
+                class_folder, output=tmp_path / "r.h5", engine="ray", ray_options=options, **TINY
+            )
+        assert ray.is_initialized()
+        assert (context.execution_options.preserve_order, context.wait_for_min_actors_s) == before
+    finally:
+        ray.shutdown()
+
+
+def test_an_actor_that_cannot_see_the_data_says_so(tmp_path, monkeypatch):
+    # The actor class itself, as a node without the shared folder would run it.
+    monkeypatch.setattr(ray_engine, "_configure_tensorflow", lambda threads, gpus: None)
+    config = BackboneConfig("vgg16", "none", 32)
+    gone = tmp_path / "not-mounted"
+    actor = ray_engine.EmbedBatches(
+        config, ("", ""), "stretch", 10**8, str(gone), "classes", None, 1
+    )
+    result = actor(
+        {"row": np.array([0, 1]), "path": np.array(["a", "b"]), "index": np.array([0, 0])}
+    )
+    assert result["fatal"].tolist() == [actor.fatal] * 2
+    assert f"the data folder {gone} is not there" in actor.fatal
+
+
+def test_ray_task_errors_are_reported_by_their_cause():
+    try:
+        raise ValueError("decoder ran out of memory\nmore detail")
+    except ValueError as exc:
+        wrapped = ray.exceptions.RayTaskError("MapWorker.__call__", "Traceback:\n  ...", exc)
+    assert ray_engine._first_line(wrapped) == "decoder ran out of memory"
+    assert ray_engine._from_ray(wrapped)
+    assert not ray_engine._from_ray(ValueError("not Ray"))
 
 
 def test_without_ray_the_cli_says_how_to_install_it(tmp_path, class_folder):
