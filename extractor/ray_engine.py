@@ -160,7 +160,7 @@ class RayEngine:
         except Exception as exc:
             if not _from_ray(exc):
                 raise
-            raise EngineError(_ray_failure(exc, self.pool)) from None
+            raise EngineError(_ray_failure(ray, exc, self.pool)) from None
         finally:
             if started_here and ray.is_initialized():
                 ray.shutdown()
@@ -344,8 +344,6 @@ def _connect(ray: Any, options: RayOptions) -> bool:
     """Join the cluster or start a local instance; True for a local instance started here."""
     if ray.is_initialized():
         return False
-    # Ray's own logs go to its session folder; the driver shows featcache's bar only.
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
     address = options.address or os.environ.get("RAY_ADDRESS") or "local"
     local = address == "local"
     kwargs: dict[str, Any] = {
@@ -367,7 +365,9 @@ def _data_context(ray: Any) -> Iterator[None]:
     """Ray Data settings for one run, restored afterwards (the caller may use Ray Data too).
 
     Shards come back in dataset order, so the cache never needs a final rewrite to sort
-    it; the pool gets :data:`ACTOR_START_SECONDS` to start; Ray's progress bars are off.
+    it; the pool gets :data:`ACTOR_START_SECONDS` to start; Ray's progress bars are off,
+    and Ray Data's log records go to its log file only (featcache shows its own bar and
+    one-line errors, which point to that file).
     """
     context = ray.data.DataContext.get_current()
     settings: dict[str, Any] = {
@@ -380,12 +380,26 @@ def _data_context(ray: Any) -> Iterator[None]:
     for name, value in settings.items():
         setattr(context, name, value)
     context.execution_options.preserve_order = True
+    consoles = [
+        handler
+        for handler in logging.getLogger("ray.data").handlers
+        if isinstance(handler, logging.StreamHandler)
+        and not isinstance(handler, logging.FileHandler)
+    ]
+    for handler in consoles:
+        handler.addFilter(_off)
     try:
         yield
     finally:
+        for handler in consoles:
+            handler.removeFilter(_off)
         context.execution_options.preserve_order = before.pop("preserve_order")
         for name, value in before.items():
             setattr(context, name, value)
+
+
+def _off(record: logging.LogRecord) -> bool:
+    return False
 
 
 def _pool_size(ray: Any, options: RayOptions, local: bool) -> tuple[int, float, float]:
@@ -472,16 +486,23 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 def _pool_text(actors: int, cpus: float, gpus: float) -> str:
-    return f"{actors} actors x {cpus:g} CPUs" + (f" x {gpus:g} GPUs" if gpus else "")
+    each = f"{cpus:g} CPUs" + (f" x {gpus:g} GPUs" if gpus else "")
+    return f"{actors} actor{'s' if actors != 1 else ''} x {each}"
 
 
-def _ray_failure(exc: BaseException, pool: str) -> str:
+def _ray_failure(ray: Any, exc: BaseException, pool: str) -> str:
     if any(type(e).__name__ == "GetTimeoutError" for e in _causes(exc)):
         return (
             f"the Ray actor pool ({pool}) did not start in {_start_seconds()} s: the cluster "
             "lacks the resources (RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S sets the wait)"
         )
-    return f"the Ray job failed: {_first_line(exc)}"
+    try:
+        from ray.data._internal.logging import get_log_directory
+
+        logs = f" (Ray Data's log: {get_log_directory()})" if ray.is_initialized() else ""
+    except ImportError:  # a private helper; the message is complete without it
+        logs = ""
+    return f"the Ray job failed: {_first_line(exc)}{logs}"
 
 
 def _first_line(exc: BaseException) -> str:

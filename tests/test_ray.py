@@ -168,7 +168,7 @@ def test_a_pool_the_cluster_cannot_start_fails_after_the_wait(tmp_path, class_fo
         before = (context.execution_options.preserve_order, context.wait_for_min_actors_s)
         options = RayOptions(actors=1, gpus_per_actor=1)
         with pytest.raises(
-            EngineError, match=r"^the Ray actor pool \(1 actors x 1 CPUs x 1 GPUs\) "
+            EngineError, match=r"^the Ray actor pool \(1 actor x 1 CPUs x 1 GPUs\) "
         ):
             extract(
                 class_folder, output=tmp_path / "r.h5", engine="ray", ray_options=options, **TINY
