@@ -20,7 +20,8 @@ from featcache.errors import EngineError, InvalidOptionError
 from featcache.extractor import extract, read_cache
 from featcache.extractor.backbone import BackboneConfig
 
-pytestmark = pytest.mark.slow
+# One worker runs them all (--dist loadgroup), so the other never waits on the lock below.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install '.[ray]'")
 
 from featcache.extractor import ray_engine  # noqa: E402 - after the skip
