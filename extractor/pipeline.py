@@ -234,10 +234,10 @@ def run_extraction(
     """
     started = time.monotonic() if started is None else started
     _check_options(dtype, batch_size, workers, checkpoint_seconds)
+    dataset = scan_dataset(data, labels, confine)  # bad input fails before any file is made
     output.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock(output)
     try:
-        dataset = scan_dataset(data, labels, confine)
         settings = _settings(embedder.resolved, embedder.resize, dtype, ratios, seed, dataset)
         options = RunOptions(overwrite, batch_size, workers, checkpoint_seconds, progress)
         engine = _engine_of(embedder)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,7 @@ ACTOR_START_SECONDS = 600
 Ray's ``RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S`` overrides it."""
 ACTOR_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
 """Set per actor (merged into a ``ray job submit`` runtime env rather than clashing with it)."""
+_ONE_RUN = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class RayEngine:
         options: RayOptions | None = None,
     ) -> None:
         import_ray()  # fail before any file is read
+        _gpu_memory_growth()  # the driver decodes and may build a model on a GPU node
         self.options = options or RayOptions()
         if self.options.address is None and "RAY_ADDRESS" in os.environ:
             _check_address(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
@@ -107,7 +110,6 @@ class RayEngine:
         self._feature_dim = 0
         self.resolved: ResolvedBackbone = resolve_backbone(config)
         if self.resolved.spec is None:  # a saved model: its input size is read from the file
-            _gpu_memory_growth()  # the driver may share a GPU node with actors
             model = FeatureExtractor(self.resolved, config.seed)
             self.resolved, self._feature_dim = model.resolved, model.feature_dim
         resolved = self.resolved
@@ -124,7 +126,6 @@ class RayEngine:
     @property
     def feature_dim(self) -> int:
         if not self._feature_dim:  # no image reached the actors: build the model here
-            _gpu_memory_growth()
             self._feature_dim = FeatureExtractor(self.resolved, self.config.seed).feature_dim
         return self._feature_dim
 
@@ -136,6 +137,17 @@ class RayEngine:
             return  # nothing new: Ray is not even started
         recorder.check_cancel()
         ray = import_ray()
+        with _ONE_RUN:  # Ray Data's settings are per process: one run at a time changes them
+            self._run_on_ray(ray, dataset, pending, recorder, options)
+
+    def _run_on_ray(
+        self,
+        ray: Any,
+        dataset: Dataset,
+        pending: list[Prepared],
+        recorder: Recorder,
+        options: RunOptions,
+    ) -> None:
         started_here = not ray.is_initialized()
         try:
             local = _connect(ray, self.options)
@@ -215,6 +227,7 @@ class RayEngine:
                 "confine": str(dataset.confine) if dataset.confine is not None else None,
                 "threads": max(1, math.ceil(cpus)),
                 "gpus": gpus,
+                "probe": pending[0].item.path,
             },
             batch_size=batch_size,
             batch_format="numpy",
@@ -274,6 +287,7 @@ class EmbedBatches:
         confine: str | None,
         threads: int,
         gpus: float = 0.0,
+        probe: str = "",
     ) -> None:
         self.fatal = ""
         self.load_seconds = 0.0
@@ -283,10 +297,12 @@ class EmbedBatches:
         try:
             _configure_tensorflow(threads, gpus)
             npy = layout == "npy"
-            if not (Path(root).is_file() if npy else Path(root).is_dir()):
+            # An unmounted share is often an empty folder: look for a file the driver saw.
+            if not (Path(root).is_file() if npy else (Path(root) / probe).is_file()):
+                where = f"the data file {root}" if npy else f"{probe} in the data folder {root}"
                 raise FeatcacheError(
-                    f"the data {'file' if npy else 'folder'} {root} is not there; every node "
-                    "must see the images at the same path (shared storage)"
+                    f"{where} is not there; every node must see the images at the same path "
+                    "(shared storage)"
                 )
             array = np.load(root, mmap_mode="r", allow_pickle=False) if npy else None
             self.dataset = Dataset(
@@ -418,8 +434,9 @@ def _pool_size(ray: Any, options: RayOptions, local: bool) -> tuple[int, float, 
         )
         if local:
             raise InvalidOptionError(message)  # a local instance never grows
+        wait = _start_seconds()
         logging.getLogger(__name__).warning(
-            "%s; waiting up to %d s for the autoscaler", message, _start_seconds()
+            "%s; waiting for the autoscaler%s", message, f" (up to {wait} s)" if wait > 0 else ""
         )
     return actors, cpus, gpus
 
@@ -494,7 +511,8 @@ def _ray_failure(ray: Any, exc: BaseException, pool: str) -> str:
     if any(type(e).__name__ == "GetTimeoutError" for e in _causes(exc)):
         return (
             f"the Ray actor pool ({pool}) did not start in {_start_seconds()} s: the cluster "
-            "lacks the resources (RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S sets the wait)"
+            "lacks the resources, or the actors could not load the model in time "
+            "(RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S sets the wait)"
         )
     try:
         from ray.data._internal.logging import get_log_directory

@@ -56,7 +56,8 @@ def test_shortcut_command_prints_a_summary(class_folder, tmp_path):
     assert "12 rows x 512" in result.output and "new 12, reused 0" in result.output
 
 
-def test_input_errors_exit_2_with_one_line(class_folder, tmp_path):
+def test_input_errors_exit_2_with_one_line(class_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # extract's default output is cache/ under the working folder
     runner = CliRunner()
     cases = [
         (["extract", str(tmp_path / "missing")], "no such file or folder"),
@@ -70,6 +71,7 @@ def test_input_errors_exit_2_with_one_line(class_folder, tmp_path):
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "cache").exists()  # nothing was created for a failed extract
 
 
 def test_settings_mismatch_exits_2_and_keeps_the_cache(class_folder, tmp_path):

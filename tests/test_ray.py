@@ -181,18 +181,20 @@ def test_a_pool_the_cluster_cannot_start_fails_after_the_wait(tmp_path, class_fo
 
 
 def test_an_actor_that_cannot_see_the_data_says_so(tmp_path, monkeypatch):
-    # The actor class itself, as a node without the shared folder would run it.
+    # The actor class itself, as a node whose share is not mounted would run it: the mount
+    # point is an empty folder, or not there at all.
     monkeypatch.setattr(ray_engine, "_configure_tensorflow", lambda threads, gpus: None)
     config = BackboneConfig("vgg16", "none", 32)
-    gone = tmp_path / "not-mounted"
-    actor = ray_engine.EmbedBatches(
-        config, ("", ""), "stretch", 10**8, str(gone), "classes", None, 1
-    )
-    result = actor(
-        {"row": np.array([0, 1]), "path": np.array(["a", "b"]), "index": np.array([0, 0])}
-    )
-    assert result["fatal"].tolist() == [actor.fatal] * 2
-    assert f"the data folder {gone} is not there" in actor.fatal
+    (tmp_path / "empty").mkdir()
+    for root in (tmp_path / "empty", tmp_path / "absent"):
+        actor = ray_engine.EmbedBatches(
+            config, ("", ""), "stretch", 10**8, str(root), "classes", None, 1, probe="a/1.png"
+        )
+        result = actor(
+            {"row": np.array([0, 1]), "path": np.array(["a/1.png", "b"]), "index": np.zeros(2)}
+        )
+        assert result["fatal"].tolist() == [actor.fatal] * 2
+        assert f"a/1.png in the data folder {root} is not there" in actor.fatal
 
 
 def test_ray_task_errors_are_reported_by_their_cause():
