@@ -486,9 +486,8 @@ def _start_seconds() -> int:
 
 
 def _from_ray(exc: BaseException) -> bool:
-    return type(exc).__module__.split(".")[0] == "ray" or any(
-        type(cause).__module__.split(".")[0] == "ray" for cause in _causes(exc)
-    )
+    """``exc`` is, or was caused by, an error of Ray's."""
+    return any(type(each).__module__.split(".")[0] == "ray" for each in _causes(exc))
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
