@@ -19,7 +19,16 @@ class UnknownBackboneError(FeatcacheError, KeyError):
 
 
 class InvalidOptionError(FeatcacheError, ValueError):
-    """An option value is malformed or inconsistent with the others."""
+    """An option value is malformed or inconsistent with the others.
+
+    Messages start with the Python parameter's name (``resize 'x': expected ...``); the
+    CLI shows the matching flag instead (``--resize 'x': ...``).
+    """
+
+    def __init__(self, message: str, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+        """The parameter at fault (``batch_size``), when one is."""
 
 
 class DatasetError(FeatcacheError):
@@ -48,6 +57,14 @@ class ExtractionCancelled(FeatcacheError):
 
 class EngineError(FeatcacheError):
     """An extraction engine (Ray) is not installed, cannot start, or failed."""
+
+
+class AccessDenied(FeatcacheError):
+    """A request names a path outside the folders the server exposes."""
+
+
+class NotFound(FeatcacheError):
+    """A request names a dataset that does not exist under the data root."""
 
 
 class RemoteError(FeatcacheError):

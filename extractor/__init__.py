@@ -1,18 +1,7 @@
-"""Feature extraction: dataset reader, backbone registry, embedder and HDF5 cache."""
+"""Feature extraction: dataset reader, backbone registry, engines and the HDF5 cache.
 
-from .cache import CacheData, CacheSettings, cache_info, read_cache
-from .pipeline import ExtractSummary, extract
-from .registry import REGISTRY, BackboneSpec, get_backbone, list_backbones
-
-__all__ = [
-    "REGISTRY",
-    "BackboneSpec",
-    "CacheData",
-    "CacheSettings",
-    "ExtractSummary",
-    "cache_info",
-    "extract",
-    "get_backbone",
-    "list_backbones",
-    "read_cache",
-]
+Stages, one module each: :mod:`.sources` lists a dataset, :mod:`.reader` reads and decodes
+it, :mod:`.engines` embeds (locally, on a server, or on Ray via :mod:`.ray_engine`),
+:mod:`.recorder` turns results into cache rows written by :mod:`.cache`; :mod:`.runner`
+wires them and :mod:`.extraction` (``extract``) is the only module that knows every engine.
+"""

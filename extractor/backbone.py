@@ -11,17 +11,16 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidOptionError, WeightsError
+from .options import POOLING_MODES, RESIZE_MODES, check_choice, check_seed, parse_image_size
 from .registry import REGISTRY, BackboneSpec, get_backbone
-
-POOLING_MODES = ("avg", "max", "none")
-"""``avg``/``max``: global pooling of the feature map; ``none``: the flattened map."""
+from .settings import BackboneConfig, FeatureSettings
 
 _MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 _BUILD_LOCK = threading.Lock()
@@ -70,69 +69,17 @@ def is_model_file(backbone: str) -> bool:
     return backbone.lower().endswith(_MODEL_SUFFIXES) and backbone.lower() not in REGISTRY
 
 
-def parse_image_size(value: str | int | tuple[int, int] | None) -> tuple[int, int] | None:
-    """``224``, ``"224"`` or ``"240,320"`` (height, width) to a pair; None stays None."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, int):
-        pair: tuple[int, ...] = (value, value)
-    elif isinstance(value, str):
-        try:
-            parts = tuple(int(p) for p in value.replace("x", ",").split(","))
-        except ValueError:
-            raise InvalidOptionError(f"--image-size {value!r}: expected N or H,W") from None
-        pair = parts * 2 if len(parts) == 1 else parts
-    else:
-        pair = tuple(int(v) for v in value)
-    if len(pair) != 2 or min(pair) < 1:
-        raise InvalidOptionError(f"--image-size {value!r}: expected N or H,W of positive ints")
-    return (pair[0], pair[1])
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """Everything that decides which features a backbone produces."""
-
-    backbone: str
-    """Registry name, or the path of a saved Keras model."""
-    weights: str = "imagenet"
-    """``imagenet``, ``none`` (random, seeded) or the path of a weights file."""
-    image_size: str | int | tuple[int, int] | None = None
-    pooling: str = "avg"
-    layer: str = ""
-    preprocessing: str = "auto"
-    """``auto`` (the backbone's own), ``none``, or a registry name whose function to use."""
-    seed: int = 0
-    """Seeds random weights (``weights="none"``) so that reruns give equal features."""
-
-
-@dataclass(frozen=True)
-class ResolvedBackbone:
-    """A :class:`BackboneConfig` with names canonicalised and files hashed."""
-
-    backbone: str
-    backbone_sha256: str
-    weights: str
-    weights_sha256: str
-    image_size: tuple[int, int]
-    pooling: str
-    layer: str
-    preprocessing: str
-    spec: BackboneSpec | None
-
-
-def resolve_backbone(config: BackboneConfig) -> ResolvedBackbone:
+def resolve_backbone(config: BackboneConfig) -> FeatureSettings:
     """Validate options and hash files, without building any model."""
-    if not 0 <= config.seed < 2**32:
-        raise InvalidOptionError(f"--seed {config.seed}: expected 0 to 2**32 - 1")
-    if config.pooling not in POOLING_MODES:
-        raise InvalidOptionError(f"--pooling {config.pooling!r}: expected one of {POOLING_MODES}")
+    check_seed(config.seed)
+    check_choice("pooling", config.pooling, POOLING_MODES)
+    check_choice("resize", config.resize, RESIZE_MODES)
     spec: BackboneSpec | None = None
     backbone_sha = ""
     if is_model_file(config.backbone):
         model_path = Path(config.backbone).expanduser()
         if not model_path.is_file():
-            raise InvalidOptionError(f"--backbone {config.backbone}: no such model file")
+            raise InvalidOptionError(f"backbone {config.backbone}: no such model file", "backbone")
         backbone = str(model_path.resolve())
         backbone_sha = file_sha256(model_path)
     else:
@@ -145,18 +92,21 @@ def resolve_backbone(config: BackboneConfig) -> ResolvedBackbone:
         size = (spec.default_size, spec.default_size)
     if size is not None and spec is not None and min(size) < spec.min_size:
         raise InvalidOptionError(
-            f"--image-size {size[0]},{size[1]}: {spec.name} needs at least {spec.min_size} px"
+            f"image_size {size[0]},{size[1]}: {spec.name} needs at least {spec.min_size} px",
+            "image_size",
         )
-    return ResolvedBackbone(
+    return FeatureSettings(
         backbone,
         backbone_sha,
         weights,
         weights_sha,
         size or (0, 0),
+        config.resize,
         config.pooling,
         config.layer or "",
         preprocessing,
-        spec,
+        config.seed,
+        spec=spec,
     )
 
 
@@ -165,12 +115,16 @@ def _resolve_weights(weights: str, saved_model: bool) -> tuple[str, str]:
     if key.lower() in ("imagenet", "none", "random"):
         if saved_model:
             if key.lower() != "imagenet":
-                raise InvalidOptionError("--weights none: a saved-model backbone keeps its weights")
+                raise InvalidOptionError(
+                    "weights none: a saved-model backbone keeps its weights", "weights"
+                )
             return "embedded", ""
         return ("none" if key.lower() == "random" else key.lower()), ""
     path = Path(key).expanduser()
     if not path.is_file():
-        raise InvalidOptionError(f"--weights {weights}: expected imagenet, none or a weights file")
+        raise InvalidOptionError(
+            f"weights {weights}: expected imagenet, none or a weights file", "weights"
+        )
     return str(path.resolve()), file_sha256(path)
 
 
@@ -186,41 +140,43 @@ def _resolve_preprocessing(preprocessing: str, spec: BackboneSpec | None) -> str
     return get_backbone(key).preprocessing
 
 
-def _preprocess_function(name: str) -> Callable[[Any], Any]:
+def preprocess_function(name: str) -> Callable[[Any], Any]:
+    """The ``preprocess_input`` a cache names (``keras.applications.X.preprocess_input``)."""
     if name == "none":
         return lambda x: x
     module = name.rsplit(".", 1)[0].split(".", 2)[2]
     matches = [spec for spec in REGISTRY.values() if spec.module == module]
     if not matches:
-        raise InvalidOptionError(f"unknown preprocessing {name!r}")
+        raise InvalidOptionError(f"preprocessing {name!r}: unknown", "preprocessing")
     return matches[0].preprocess_input()
 
 
 class FeatureExtractor:
     """Frozen backbone that embeds batches of resized float32 images (0-255 RGB)."""
 
-    def __init__(self, resolved: ResolvedBackbone, seed: int = 0) -> None:
+    def __init__(self, resolved: FeatureSettings) -> None:
         ensure_tensorflow_backend()
         import keras
         import tensorflow as tf
 
         self.resolved = resolved
         with _BUILD_LOCK:
-            base = self._load_base(resolved, seed, keras)
+            base = self._load_base(resolved, keras)
         base.trainable = False
         if resolved.spec is None:
             shape = tuple(base.inputs[0].shape[1:3])
             if resolved.image_size == (0, 0):
                 if None in shape:
                     raise InvalidOptionError(
-                        "the saved model accepts any input size: pass --image-size"
+                        "image_size: the saved model accepts any input size; give one",
+                        "image_size",
                     )
-                resolved = ResolvedBackbone(**{**resolved.__dict__, "image_size": shape})
-                self.resolved = resolved
+                resolved = replace(resolved, image_size=shape)
             elif None not in shape and shape != resolved.image_size:
                 raise InvalidOptionError(
-                    f"--image-size {resolved.image_size[0]},{resolved.image_size[1]}: the saved "
-                    f"model takes {shape[0]}x{shape[1]} images"
+                    f"image_size {resolved.image_size[0]},{resolved.image_size[1]}: the saved "
+                    f"model takes {shape[0]}x{shape[1]} images",
+                    "image_size",
                 )
         tapped = _tap_layer(base, resolved.layer, keras)
         pooled = _pool(tapped.output, resolved.pooling, keras)
@@ -230,7 +186,8 @@ class FeatureExtractor:
                 f"features of shape {tuple(self.model.output.shape)} are not (N, D)"
             )
         self.feature_dim = int(self.model.output.shape[1])
-        preprocess = _preprocess_function(resolved.preprocessing)
+        self.resolved = replace(resolved, feature_dim=self.feature_dim)
+        preprocess = preprocess_function(resolved.preprocessing)
         height, width = resolved.image_size
         model = self.model
 
@@ -245,9 +202,9 @@ class FeatureExtractor:
         self._embed = embed
 
     @staticmethod
-    def _load_base(resolved: ResolvedBackbone, seed: int, keras: Any) -> Any:
+    def _load_base(resolved: FeatureSettings, keras: Any) -> Any:
         if resolved.weights == "none":
-            keras.utils.set_random_seed(seed)
+            keras.utils.set_random_seed(resolved.seed)
         if resolved.spec is None:
             try:
                 model = keras.models.load_model(resolved.backbone, compile=False)
@@ -273,7 +230,7 @@ class FeatureExtractor:
             if weights == "imagenet":
                 raise WeightsError(
                     f"could not build {spec.name} with ImageNet weights ({message}); "
-                    "offline, pass --weights PATH to a weights file, or --weights none"
+                    "offline, give the path of a weights file as weights (--weights PATH), or none"
                 ) from None
             raise WeightsError(
                 f"could not load {resolved.weights} into {spec.name}: {message}"
@@ -298,7 +255,7 @@ def _tap_layer(base: Any, layer: str, keras: Any) -> Any:
     if layer not in names:
         close = difflib.get_close_matches(layer, names, n=5, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else f"{len(names)} layers exist"
-        raise InvalidOptionError(f"--layer {layer!r}: no such layer in {base.name}; {hint}")
+        raise InvalidOptionError(f"layer {layer!r}: no such layer in {base.name}; {hint}", "layer")
     return keras.Model(base.inputs, base.get_layer(layer).output)
 
 

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .options import DEFAULT_MAX_PIXELS, RESIZE_MODES
+
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 """File name endings (case-insensitive) treated as images."""
 
-RESIZE_MODES = ("stretch", "pad", "crop")
-"""``stretch``: plain resize; ``pad``: ``tf.image.resize_with_pad``; ``crop``: centre crop
-to the target aspect ratio, then resize (Keras ``crop_to_aspect_ratio``)."""
 
-DEFAULT_MAX_PIXELS = 100_000_000
-"""Images with more pixels than this are refused as decompression bombs."""
-
+T = TypeVar("T")
 _TF_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
 _EXIF_ORIENTATION = 0x0112
 
@@ -110,6 +108,44 @@ def array_to_rgb(array: np.ndarray) -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise BadImageError("array holds NaN or infinite values")
     return np.ascontiguousarray(array)
+
+
+def decode_and_resize(
+    content: bytes | np.ndarray,
+    size: tuple[int, int],
+    resize: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """File bytes or an in-memory image to resized float32 ``(H, W, 3)`` pixels (0-255)."""
+    if isinstance(content, np.ndarray):
+        pixels = array_to_rgb(content)
+    else:
+        pixels = decode_image(content, max_pixels)
+    return resize_image(pixels, size, resize)
+
+
+def unreadable_reason(exc: OSError) -> str:
+    """The bad-file reason recorded for a file that cannot be read."""
+    return f"unreadable: {getattr(exc, 'strerror', None) or exc}"
+
+
+def decode_or_reason(
+    prepare: Callable[[Any], T], content: Any
+) -> tuple[T, None] | tuple[None, str]:
+    """``(prepare(content), None)``, or ``(None, reason)`` when the image is unusable.
+
+    One odd file must never stop a run, so every exception becomes a reason.
+    """
+    try:
+        return prepare(content), None
+    except BadImageError as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, unreadable_reason(exc)
+    except MemoryError:
+        return None, "decode failed: out of memory"
+    except Exception as exc:  # noqa: BLE001 - recorded as the file's reason
+        return None, f"decode failed: {type(exc).__name__}: {exc}"
 
 
 def resize_image(pixels: Any, size: tuple[int, int], mode: str = "stretch") -> np.ndarray:

@@ -4,29 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
-from ..errors import InvalidOptionError
-
 SPLIT_NAMES = ("train", "val", "test")
 """Split codes 0, 1, 2 as stored in the cache's ``split`` column."""
 
 SPLIT_FOLDERS = {"train": 0, "val": 1, "validation": 1, "test": 2}
 """Top-level folder names that set the split from the dataset's layout."""
-
-
-def parse_split(text: str | tuple[float, ...] | list[float]) -> tuple[float, float, float]:
-    """Parse ``"0.7,0.2,0.1"`` (or two values, test = 0) into three ratios summing to 1."""
-    try:
-        values = [float(part) for part in text.split(",")] if isinstance(text, str) else list(text)
-    except ValueError:
-        raise InvalidOptionError(f"--split {text!r}: expected numbers like 0.7,0.2,0.1") from None
-    if len(values) == 2:
-        values.append(0.0)
-    if len(values) != 3 or any(v < 0 or v != v for v in values):
-        raise InvalidOptionError(f"--split {text!r}: expected 2 or 3 non-negative ratios")
-    total = sum(values)
-    if abs(total - 1.0) > 1e-6:
-        raise InvalidOptionError(f"--split {text!r}: ratios add up to {total:g}, not 1")
-    return (values[0], values[1], values[2])
 
 
 def assign_split(sha256_hex: str, ratios: tuple[float, float, float], seed: int) -> int:

@@ -63,10 +63,10 @@ class Preprocess(keras.layers.Layer):
 
     def __init__(self, function: str = "none", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        from ..extractor.backbone import _preprocess_function
+        from ..extractor.backbone import preprocess_function
 
         self.function = function
-        self._fn = _preprocess_function(function)
+        self._fn = preprocess_function(function)
 
     def call(self, images: Any) -> Any:
         return self._fn(images)

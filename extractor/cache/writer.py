@@ -1,4 +1,4 @@
-"""The HDF5 cache file (format version 1): settings, reading and crash-safe writing.
+"""Crash-safe writing of a cache.
 
 A cache is only ever replaced atomically: every checkpoint writes a complete file
 next to it (``NAME.tmp-PID``), flushes it to disk and renames it over the old one.
@@ -9,7 +9,6 @@ the new one, never a torn file.
 from __future__ import annotations
 
 import glob
-import hashlib
 import itertools
 import json
 import os
@@ -19,285 +18,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 
-from ..errors import CacheError, SettingsMismatchError
-from .splits import SPLIT_NAMES
+from ...errors import CacheError, SettingsMismatchError
+from ..settings import CacheSettings
+from .format import FORMAT, FORMAT_VERSION, STRING, open_h5, read_rows, strings, versions
 
-FORMAT = "featcache"
-FORMAT_VERSION = 1
-DTYPES = ("float32", "float16")
-
-_STR = h5py.string_dtype("utf-8")
-FEATURE_FIELDS = (  # every setting that changes the stored features
-    "backbone",
-    "backbone_sha256",
-    "weights",
-    "weights_sha256",
-    "image_size",
-    "resize",
-    "pooling",
-    "layer",
-    "preprocessing",
-    "dtype",
-)
 _COPY_CHUNK_BYTES = 32 << 20
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    """The settings recorded in a cache's root attributes."""
-
-    backbone: str
-    backbone_sha256: str
-    weights: str
-    weights_sha256: str
-    image_size: tuple[int, int]
-    resize: str
-    pooling: str
-    layer: str
-    preprocessing: str
-    dtype: str
-    split_ratios: tuple[float, float, float]
-    split_source: str
-    """``hash`` (ratios and seed) or ``folders`` (train/val/test folders)."""
-    seed: int
-    dataset_root: str
-
-    def _feature_key(self, name: str) -> Any:
-        value = getattr(self, name)
-        if name == "weights" and self.weights_sha256:
-            return "file"  # a weights file is identified by its hash, not its path
-        if name == "backbone" and self.backbone_sha256:
-            return "file"
-        return list(value) if isinstance(value, tuple) else value
-
-    @property
-    def fingerprint(self) -> str:
-        """SHA-256 over every setting that changes the stored features."""
-        payload = {name: self._feature_key(name) for name in FEATURE_FIELDS}
-        if self.weights == "none":  # random weights are drawn from the seed
-            payload["seed"] = self.seed
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-    def differences(self, other: CacheSettings) -> list[str]:
-        """Human-readable ``name: ours vs theirs`` for every differing setting."""
-        out = []
-        folders = self.split_source == other.split_source == "folders"
-        for name in (*FEATURE_FIELDS, "split_ratios", "split_source", "seed", "dataset_root"):
-            if name.endswith("sha256"):
-                continue
-            if folders and name == "split_ratios":
-                continue  # the layout sets the splits
-            if folders and name == "seed" and self.weights != "none":
-                continue
-            mine, theirs = self._feature_key(name), other._feature_key(name)
-            if name in ("weights", "backbone"):
-                sha = f"{name}_sha256" if name == "weights" else "backbone_sha256"
-                mine = getattr(self, sha) or getattr(self, name)
-                theirs = getattr(other, sha) or getattr(other, name)
-            if name == "split_ratios":
-                mine = [round(v, 6) for v in self.split_ratios]
-                theirs = [round(v, 6) for v in other.split_ratios]
-            if mine != theirs:
-                out.append(
-                    f"{name} {_show(getattr(self, name))} (cache) vs "
-                    f"{_show(getattr(other, name))} (now)"
-                )
-        return out
-
-    def to_attrs(self) -> dict[str, Any]:
-        """Root attributes of the cache file for these settings."""
-        return {
-            "backbone": self.backbone,
-            "backbone_sha256": self.backbone_sha256,
-            "weights": self.weights,
-            "weights_sha256": self.weights_sha256,
-            "image_size": np.asarray(self.image_size, dtype=np.int64),
-            "resize": self.resize,
-            "pooling": self.pooling,
-            "layer": self.layer,
-            "preprocessing": self.preprocessing,
-            "dtype": self.dtype,
-            "split_names": json.dumps(list(SPLIT_NAMES)),
-            "split_ratios": np.asarray(self.split_ratios, dtype=np.float64),
-            "split_source": self.split_source,
-            "seed": int(self.seed),
-            "dataset_root": self.dataset_root,
-            "fingerprint": self.fingerprint,
-        }
-
-    @classmethod
-    def from_attrs(cls, attrs: Any) -> CacheSettings:
-        """Settings read back from a cache file's root attributes."""
-
-        def text(name: str) -> str:
-            value = attrs.get(name, "")
-            return value.decode() if isinstance(value, bytes) else str(value)
-
-        size = [int(v) for v in np.asarray(attrs["image_size"]).reshape(-1)]
-        ratios = [float(v) for v in np.asarray(attrs["split_ratios"]).reshape(-1)]
-        return cls(
-            backbone=text("backbone"),
-            backbone_sha256=text("backbone_sha256"),
-            weights=text("weights"),
-            weights_sha256=text("weights_sha256"),
-            image_size=(size[0], size[1]),
-            resize=text("resize"),
-            pooling=text("pooling"),
-            layer=text("layer"),
-            preprocessing=text("preprocessing"),
-            dtype=text("dtype"),
-            split_ratios=(ratios[0], ratios[1], ratios[2]),
-            split_source=text("split_source") or "hash",
-            seed=int(attrs["seed"]),
-            dataset_root=text("dataset_root"),
-        )
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return f"{value[0]}x{value[1]}"
-    if isinstance(value, tuple):
-        return ",".join(f"{v:g}" for v in value)
-    return repr(value) if value != "" else "''"
-
-
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"h5py_version": h5py.__version__}
-    for attr, dist in (
-        ("featcache_version", "featcache"),
-        ("keras_version", "keras"),
-        ("tensorflow_version", "tensorflow"),
-    ):
-        try:
-            out[attr] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            try:
-                out[attr] = metadata.version(f"{dist}-cpu")
-            except metadata.PackageNotFoundError:
-                out[attr] = "unknown"
-    return out
-
-
-def open_h5(path: str | os.PathLike[str]) -> h5py.File:
-    """Open a cache read-only after checking that it is a featcache file we can read."""
-    path = Path(path)
-    if not path.is_file():
-        raise CacheError(f"{path}: no such cache file")
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise CacheError(f"{path}: not a readable HDF5 file ({exc})") from None
-    fmt = handle.attrs.get("format", b"")
-    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
-    if fmt != FORMAT:
-        handle.close()
-        raise CacheError(f"{path}: not a featcache cache (format attribute {fmt!r})")
-    version = int(handle.attrs.get("format_version", 0))
-    if version > FORMAT_VERSION:
-        handle.close()
-        raise CacheError(
-            f"{path}: cache format version {version} is newer than this featcache reads "
-            f"({FORMAT_VERSION}); upgrade featcache"
-        )
-    return handle
-
-
-def _strings(dataset: Any) -> list[str]:
-    return [str(v) for v in dataset.asstr()[:]] if len(dataset) else []
-
-
-@dataclass
-class CacheData:
-    """A cache loaded into numpy arrays."""
-
-    features: np.ndarray
-    labels: np.ndarray
-    paths: list[str]
-    sha256: list[str]
-    split: np.ndarray
-    class_names: list[str]
-    settings: CacheSettings
-    attrs: dict[str, Any]
-    bad: list[tuple[str, str]] = field(default_factory=list)
-
-    def mask(self, split: str) -> np.ndarray:
-        """Boolean row mask of ``train``, ``val`` or ``test``."""
-        return self.split == SPLIT_NAMES.index(split)
-
-    @property
-    def train_mask(self) -> np.ndarray:
-        return self.mask("train")
-
-    @property
-    def val_mask(self) -> np.ndarray:
-        return self.mask("val")
-
-    @property
-    def test_mask(self) -> np.ndarray:
-        return self.mask("test")
-
-
-def _plain_attrs(attrs: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in attrs.items():
-        if isinstance(value, bytes):
-            value = value.decode()
-        elif isinstance(value, np.ndarray):
-            value = value.tolist()
-        elif isinstance(value, np.generic):
-            value = value.item()
-        out[key] = value
-    return out
-
-
-def read_cache(path: str | os.PathLike[str], features: bool = True) -> CacheData:
-    """Load a cache: features (unless ``features=False``), labels, paths, splits."""
-    with open_h5(path) as handle:
-        attrs = _plain_attrs(handle.attrs)
-        dim = int(attrs.get("feature_dim", 0))
-        data = CacheData(
-            features=handle["features"][:] if features else np.empty((0, dim), np.float32),
-            labels=handle["labels"][:].astype(np.int32),
-            paths=_strings(handle["paths"]),
-            sha256=[v.decode() for v in handle["sha256"][:]],
-            split=handle["split"][:].astype(np.uint8),
-            class_names=json.loads(attrs.get("class_names", "[]")),
-            settings=CacheSettings.from_attrs(handle.attrs),
-            attrs=attrs,
-            bad=list(zip(_strings(handle["bad/paths"]), _strings(handle["bad/reasons"]))),
-        )
-    return data
-
-
-def cache_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What ``featcache inspect`` shows: rows, classes per split, bad files, settings."""
-    data = read_cache(path, features=False)
-    names = data.class_names
-    classes = []
-    for index, name in [(i, n) for i, n in enumerate(names)] + [(-1, "(unlabelled)")]:
-        counts = {s: int(np.sum((data.labels == index) & data.mask(s))) for s in SPLIT_NAMES}
-        if index >= 0 or any(counts.values()):
-            classes.append({"class": name, "index": index, **counts, "total": sum(counts.values())})
-    return {
-        "path": str(path),
-        "rows": len(data.paths),
-        "feature_dim": int(data.attrs.get("feature_dim", 0)),
-        "splits": {s: int(np.sum(data.mask(s))) for s in SPLIT_NAMES},
-        "classes": classes,
-        "bad": [{"path": p, "reason": r} for p, r in data.bad],
-        "settings": {k: v for k, v in data.attrs.items() if k != "class_names"},
-    }
 
 
 @dataclass
@@ -361,16 +94,16 @@ class CacheWriter:
             if differ:
                 raise SettingsMismatchError(
                     f"{self.path} was made with other settings: {'; '.join(differ)}. "
-                    "Pass --overwrite to replace it, or -o to write another file"
+                    "overwrite replaces it (--overwrite), or write another output (-o)"
                 )
             self.created = str(handle.attrs.get("created", self.created))
             self.feature_dim = int(handle.attrs.get("feature_dim", 0))
-            self.base_paths = _strings(handle["paths"])
+            self.base_paths = strings(handle["paths"])
             self.base_sha = [v.decode() for v in handle["sha256"][:]]
             self.base_split = handle["split"][:].astype(np.uint8)
             self.base_labels = handle["labels"][:].astype(np.int32)
             self._base_classes = json.loads(handle.attrs.get("class_names", "[]"))
-            self.bad = dict(zip(_strings(handle["bad/paths"]), _strings(handle["bad/reasons"])))
+            self.bad = dict(zip(strings(handle["bad/paths"]), strings(handle["bad/reasons"])))
 
     # -- bookkeeping -----------------------------------------------------------------
 
@@ -476,7 +209,7 @@ class CacheWriter:
 
     def _after_commit(self) -> None:
         with h5py.File(self.path, "r") as handle:
-            self.base_paths = _strings(handle["paths"])
+            self.base_paths = strings(handle["paths"])
             self.base_sha = [v.decode() for v in handle["sha256"][:]]
             self.base_split = handle["split"][:].astype(np.uint8)
             self.base_labels = handle["labels"][:].astype(np.int32)
@@ -504,7 +237,7 @@ class CacheWriter:
         attrs["rows"] = int(rows)
         attrs["created"] = self.created
         attrs["updated"] = _now()
-        for key, value in _versions().items():
+        for key, value in versions().items():
             attrs[key] = value
 
     def _write_bad(self, handle: h5py.File) -> None:
@@ -512,8 +245,8 @@ class CacheWriter:
             del handle["bad"]
         group = handle.create_group("bad")
         items = sorted(self.bad.items())
-        group.create_dataset("paths", data=[p for p, _ in items], dtype=_STR, shape=(len(items),))
-        group.create_dataset("reasons", data=[r for _, r in items], dtype=_STR, shape=(len(items),))
+        group.create_dataset("paths", data=[p for p, _ in items], dtype=STRING, shape=(len(items),))
+        group.create_dataset("reasons", data=[r for _, r in items], dtype=STRING, shape=(len(items),))
 
     def _create(self, handle: h5py.File, rows: int) -> None:
         dim = max(int(self.feature_dim), 1)
@@ -527,7 +260,7 @@ class CacheWriter:
         )
         for name, dtype in (
             ("labels", np.int32),
-            ("paths", _STR),
+            ("paths", STRING),
             ("sha256", "S64"),
             ("split", np.uint8),
         ):
@@ -601,17 +334,6 @@ class CacheWriter:
                 out["split"][start:rows] = np.asarray(pending.split, np.uint8)
             self._write_bad(out)
             self._root_attrs(out, rows)
-
-
-def read_rows(dataset: Any, rows: np.ndarray) -> np.ndarray:
-    """``dataset[rows]`` for any row order, reading one slice when rows are contiguous."""
-    if len(rows) == 0:
-        return np.zeros((0, *dataset.shape[1:]), dataset.dtype)
-    low, high = int(rows.min()), int(rows.max())
-    if high - low + 1 <= 2 * len(rows):
-        return np.asarray(dataset[low : high + 1])[rows - low]
-    unique, inverse = np.unique(rows, return_inverse=True)
-    return np.asarray(dataset[unique])[inverse]
 
 
 def _fsync_dir(folder: Path) -> None:

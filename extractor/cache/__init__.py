@@ -1,0 +1,20 @@
+"""The HDF5 cache: :class:`CacheReader` to read one, :class:`CacheWriter` to write one.
+
+Nothing outside this package opens HDF5 files.
+"""
+
+from ..settings import CacheSettings
+from .format import FORMAT, FORMAT_VERSION
+from .reader import CacheData, CacheReader, cache_info, read_cache
+from .writer import CacheWriter
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CacheData",
+    "CacheReader",
+    "CacheSettings",
+    "CacheWriter",
+    "cache_info",
+    "read_cache",
+]

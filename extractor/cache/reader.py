@@ -1,0 +1,167 @@
+"""Reading a cache: settings, labels, splits and paths up front; features on demand.
+
+:class:`CacheReader` is the one way featcache reads a cache (train-head, compare, predict,
+fine-tune, inspect); it never holds the file open between calls, so a writer can replace
+the file at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..settings import CacheSettings
+from ..splits import SPLIT_NAMES
+from .format import open_h5, plain_attrs, read_rows, strings
+
+
+class CacheReader:
+    """One cache file: everything but the features is read when it is opened.
+
+    >>> cache = CacheReader("cache/mobilenet.h5")  # doctest: +SKIP
+    >>> x = cache.features(cache.rows_of("train"))  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        with open_h5(self.path) as handle:
+            self.attrs: dict[str, Any] = plain_attrs(handle.attrs)
+            self.settings = CacheSettings.from_attrs(handle.attrs)
+            self.labels: np.ndarray = handle["labels"][:].astype(np.int64)
+            self.split: np.ndarray = handle["split"][:].astype(np.uint8)
+            self.paths: list[str] = strings(handle["paths"])
+            self.sha256: list[str] = [v.decode() for v in handle["sha256"][:]]
+            self.bad: list[tuple[str, str]] = list(
+                zip(strings(handle["bad/paths"]), strings(handle["bad/reasons"]))
+            )
+            features = handle["features"]
+            self.feature_dim = int(features.shape[1])
+            self.dtype = np.dtype(features.dtype)
+        self.class_names: list[str] = json.loads(str(self.attrs.get("class_names", "[]")))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 over the settings that change the features, as the file records it."""
+        return str(self.attrs.get("fingerprint", ""))
+
+    def mask(self, split: str) -> np.ndarray:
+        """Boolean row mask of ``train``, ``val`` or ``test``."""
+        return self.split == SPLIT_NAMES.index(split)
+
+    def rows_of(self, split: str, labelled: bool = False) -> np.ndarray:
+        """Row indices of a split (only labelled rows with ``labelled``)."""
+        mask = self.mask(split) & (self.labels >= 0 if labelled else True)
+        return np.flatnonzero(mask)
+
+    def features(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """float32 features of ``rows`` (all rows when None), reading only those rows."""
+        with open_h5(self.path) as handle:
+            dataset = handle["features"]
+            if rows is None:
+                return np.asarray(dataset[:], dtype=np.float32)
+            return read_rows(dataset, np.asarray(rows, np.int64)).astype(np.float32)
+
+    def batches(
+        self,
+        rows: np.ndarray | None = None,
+        batch_size: int = 4096,
+        shuffle: bool = False,
+        seed: int = 0,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(row indices, float32 features)`` batches streamed from disk, in order or
+        shuffled; memory stays at one batch."""
+        chosen = np.arange(len(self)) if rows is None else np.asarray(rows, np.int64)
+        if shuffle:
+            chosen = chosen[np.random.default_rng(seed).permutation(len(chosen))]
+        with open_h5(self.path) as handle:
+            dataset = handle["features"]
+            for start in range(0, len(chosen), batch_size):
+                pick = chosen[start : start + batch_size]
+                yield pick, read_rows(dataset, pick).astype(np.float32)
+
+    def label_names(self, rows: np.ndarray) -> list[str]:
+        """Class name of each row ("" for unlabelled rows)."""
+        names = self.class_names
+        return [names[v] if 0 <= v < len(names) else "" for v in self.labels[rows].tolist()]
+
+    def info(self) -> dict[str, Any]:
+        """What ``featcache inspect`` shows: rows, classes per split, bad files, settings."""
+        classes = []
+        for index, name in [*enumerate(self.class_names), (-1, "(unlabelled)")]:
+            counts = {s: int(np.sum((self.labels == index) & self.mask(s))) for s in SPLIT_NAMES}
+            if index >= 0 or any(counts.values()):
+                total = sum(counts.values())
+                classes.append({"class": name, "index": index, **counts, "total": total})
+        return {
+            "path": str(self.path),
+            "rows": len(self.paths),
+            "feature_dim": int(self.attrs.get("feature_dim", 0)),
+            "splits": {s: int(np.sum(self.mask(s))) for s in SPLIT_NAMES},
+            "classes": classes,
+            "bad": [{"path": p, "reason": r} for p, r in self.bad],
+            "settings": {k: v for k, v in self.attrs.items() if k != "class_names"},
+        }
+
+
+@dataclass
+class CacheData:
+    """A cache loaded into numpy arrays."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    sha256: list[str]
+    split: np.ndarray
+    class_names: list[str]
+    settings: CacheSettings
+    attrs: dict[str, Any]
+    bad: list[tuple[str, str]] = field(default_factory=list)
+
+    def mask(self, split: str) -> np.ndarray:
+        """Boolean row mask of ``train``, ``val`` or ``test``."""
+        return self.split == SPLIT_NAMES.index(split)
+
+    @property
+    def train_mask(self) -> np.ndarray:
+        return self.mask("train")
+
+    @property
+    def val_mask(self) -> np.ndarray:
+        return self.mask("val")
+
+    @property
+    def test_mask(self) -> np.ndarray:
+        return self.mask("test")
+
+
+def read_cache(path: str | os.PathLike[str], features: bool = True) -> CacheData:
+    """Load a whole cache into memory: features (unless ``features=False``), labels, paths,
+    splits. :class:`CacheReader` reads only what is asked for."""
+    reader = CacheReader(path)
+    with open_h5(reader.path) as handle:
+        stored = handle["features"][:] if features else np.empty((0, reader.feature_dim))
+    return CacheData(
+        features=stored,
+        labels=reader.labels.astype(np.int32),
+        paths=reader.paths,
+        sha256=reader.sha256,
+        split=reader.split,
+        class_names=reader.class_names,
+        settings=reader.settings,
+        attrs=reader.attrs,
+        bad=reader.bad,
+    )
+
+
+def cache_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What ``featcache inspect`` shows: rows, classes per split, bad files, settings."""
+    return CacheReader(path).info()

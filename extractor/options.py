@@ -1,0 +1,204 @@
+"""Every extraction default and option check, in one place (no heavy imports).
+
+Errors name the Python parameter (``batch_size 0: expected 1 to 4096``); the CLI maps
+parameters to its flags and the gRPC service to its message fields.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidOptionError
+
+DEFAULT_BACKBONE = "mobilenet"
+DEFAULT_WEIGHTS = "imagenet"
+DEFAULT_POOLING = "avg"
+DEFAULT_RESIZE = "stretch"
+DEFAULT_PREPROCESSING = "auto"
+DEFAULT_DTYPE = "float32"
+DEFAULT_SPLIT = "0.7,0.2,0.1"
+DEFAULT_SEED = 20
+"""Seed of the split and of random weights (``weights="none"``)."""
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_MAX_PIXELS = 100_000_000
+"""Images with more pixels than this are refused as decompression bombs."""
+DEFAULT_CHECKPOINT_SECONDS = 60.0
+MAX_BATCH_SIZE = 4096
+"""Largest ``batch_size`` (the read-ahead window is twice the batch)."""
+
+RESIZE_MODES = ("stretch", "pad", "crop")
+"""``stretch``: plain resize; ``pad``: ``tf.image.resize_with_pad``; ``crop``: centre crop
+to the target aspect ratio, then resize (Keras ``crop_to_aspect_ratio``)."""
+POOLING_MODES = ("avg", "max", "none")
+"""``avg``/``max``: global pooling of the feature map; ``none``: the flattened map."""
+DTYPES = ("float32", "float16")
+ENGINES = ("local", "ray")
+
+
+def invalid(parameter: str, value: Any, expected: str) -> InvalidOptionError:
+    """``InvalidOptionError("parameter value: expected")`` naming the parameter."""
+    shown = repr(value) if isinstance(value, str) else str(value)
+    return InvalidOptionError(f"{parameter} {shown}: {expected}", parameter)
+
+
+def check_choice(parameter: str, value: str, choices: Sequence[str]) -> str:
+    """``value`` when it is one of ``choices``."""
+    if value not in choices:
+        raise invalid(parameter, value, f"expected one of {', '.join(choices)}")
+    return value
+
+
+def check_range(
+    parameter: str, value: float | None, low: float, high: float = float("inf"), wording: str = ""
+) -> None:
+    """Refuse ``value`` outside ``[low, high]`` (None passes)."""
+    if value is not None and not low <= value <= high:
+        text = wording or (f"expected {low:g} to {high:g}" if high < float("inf") else "")
+        raise invalid(parameter, value, text or f"must be at least {low:g}")
+
+
+def check_seed(seed: int, parameter: str = "seed") -> int:
+    """A seed NumPy and Keras accept."""
+    if not 0 <= seed < 2**32:
+        raise invalid(parameter, seed, "expected 0 to 2**32 - 1")
+    return seed
+
+
+def parse_split(text: str | Sequence[float], parameter: str = "split") -> tuple[float, float, float]:
+    """Parse ``"0.7,0.2,0.1"`` (or two values, test = 0) into three ratios summing to 1."""
+    try:
+        values = [float(part) for part in text.split(",")] if isinstance(text, str) else list(text)
+    except ValueError:
+        raise invalid(parameter, text, "expected numbers like 0.7,0.2,0.1") from None
+    if len(values) == 2:
+        values.append(0.0)
+    if len(values) != 3 or any(v < 0 or v != v for v in values):
+        raise invalid(parameter, text, "expected 2 or 3 non-negative ratios")
+    total = sum(values)
+    if abs(total - 1.0) > 1e-6:
+        raise invalid(parameter, text, f"ratios add up to {total:g}, not 1")
+    return (values[0], values[1], values[2])
+
+
+def parse_image_size(
+    value: str | int | Sequence[int] | None, parameter: str = "image_size"
+) -> tuple[int, int] | None:
+    """``224``, ``"224"``, ``"240,320"`` or ``(240, 320)`` (height, width); None stays None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        pair: tuple[int, ...] = (value, value)
+    elif isinstance(value, str):
+        try:
+            parts = tuple(int(p) for p in value.replace("x", ",").split(","))
+        except ValueError:
+            raise invalid(parameter, value, "expected N or H,W") from None
+        pair = parts * 2 if len(parts) == 1 else parts
+    else:
+        pair = tuple(int(v) for v in value)
+        pair = pair * 2 if len(pair) == 1 else pair
+    if len(pair) != 2 or min(pair) < 1:
+        raise invalid(parameter, value, "expected N or H,W of positive ints")
+    return (pair[0], pair[1])
+
+
+def check_address(address: str, parameter: str = "ray.address") -> None:
+    """Refuse Ray Client addresses: Ray Data does not run over Ray Client."""
+    if address.startswith("ray://"):
+        raise invalid(
+            parameter,
+            address,
+            "Ray Data does not run over Ray Client (ray://); run the command on a cluster "
+            "node (address auto) or submit it with `ray job submit`",
+        )
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide the Ray engine runs."""
+
+    address: str | None = None
+    """Ray cluster to join (``auto``, ``HEAD:6379``); None starts a local instance unless
+    ``RAY_ADDRESS`` is set (as it is inside ``ray job submit``)."""
+    actors: int | None = None
+    """Actor pool size; None sizes it to the cluster's CPUs (or GPUs) at start."""
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.actors is not None:
+            check_range("actors", self.actors, 1, wording="must be at least 1")
+        if not self.cpus_per_actor > 0:
+            raise invalid("cpus_per_actor", self.cpus_per_actor, "must be above 0")
+        check_range("gpus_per_actor", self.gpus_per_actor, 0, wording="must be 0 or more")
+        if self.address is not None:
+            check_address(self.address, "ray_address")
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Everything :func:`featcache.extract` can be asked, checked when made.
+
+    The feature settings (``backbone`` to ``seed``) decide the stored features; the rest
+    decide how the run goes.
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    """Registry name, or the path of a saved Keras model."""
+    weights: str = DEFAULT_WEIGHTS
+    """``imagenet``, ``none`` (random, seeded) or the path of a weights file."""
+    output: str | os.PathLike[str] | None = None
+    """Cache file; None: ``cache/<backbone>.h5``."""
+    pooling: str = DEFAULT_POOLING
+    layer: str | None = None
+    image_size: str | int | tuple[int, int] | None = None
+    resize: str = DEFAULT_RESIZE
+    preprocessing: str = DEFAULT_PREPROCESSING
+    dtype: str = DEFAULT_DTYPE
+    split: str | tuple[float, ...] = DEFAULT_SPLIT
+    seed: int = DEFAULT_SEED
+    labels: str | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    overwrite: bool = False
+    workers: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
+    progress: bool | None = None
+    """None: a progress bar only on a terminal."""
+    engine: str = "local"
+    remote: Any = None
+    """``"host:port"`` or a :class:`featcache.Client`: embed on a ``featcache serve`` server."""
+    ray: RayOptions | None = None
+    ratios: tuple[float, float, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        check_choice("resize", self.resize, RESIZE_MODES)
+        check_choice("pooling", self.pooling, POOLING_MODES)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("engine", self.engine, ENGINES)
+        check_seed(self.seed)
+        parse_image_size(self.image_size)
+        check_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        if self.workers is not None:
+            check_range("workers", self.workers, 1, wording="must be at least 1")
+        check_range("max_pixels", self.max_pixels, 1, wording="must be at least 1")
+        if not self.checkpoint_seconds >= 0:
+            raise invalid("checkpoint_seconds", self.checkpoint_seconds, "must be 0 or more")
+        if self.engine != "ray" and self.ray is not None:
+            raise InvalidOptionError("ray options need engine 'ray'", "ray")
+        if self.engine == "ray" and self.remote is not None:
+            raise InvalidOptionError("remote and engine 'ray' cannot be combined", "remote")
+        object.__setattr__(self, "ratios", parse_split(self.split))
+
+    @property
+    def threads(self) -> int:
+        """Reader threads (``workers``, else cores + 1, at most 4)."""
+        return self.workers or min(4, (os.cpu_count() or 1) + 1)
+
+    @property
+    def window(self) -> int:
+        """Images read ahead of the batch being embedded."""
+        return max(2 * self.batch_size, 16)

@@ -1,0 +1,87 @@
+"""The read stage: read, hash and (optionally) decode a dataset's images on threads.
+
+Every engine reads through here: the local engine decodes on the reader threads, the Ray
+engine hashes here and decodes on its actors with :func:`read_one` too.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .decode import decode_or_reason, unreadable_reason
+from .sources import Dataset, Item
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Known = dict[str, tuple[str, str | None]]
+"""Path -> (SHA-256, class name) of the rows already cached."""
+
+
+@dataclass
+class Prepared:
+    """One image after reading (and, when asked, decoding)."""
+
+    item: Item
+    sha256: str = ""
+    payload: Any = None
+    reason: str | None = None
+    """Why the image cannot be used (unreadable, undecodable); None when fine."""
+    reused: bool = False
+    """Its row is already in the cache with the same content and class."""
+
+
+def read_one(
+    dataset: Dataset,
+    item: Item,
+    known: Known | None = None,
+    prepare: Callable[[bytes | np.ndarray], Any] | None = None,
+) -> Prepared:
+    """Read and hash one item; ``reused`` when cached unchanged, else ``prepare``d.
+
+    Failures (unreadable, undecodable) become ``reason``; nothing here raises for a bad file.
+    """
+    try:
+        content, sha = dataset.read(item)
+    except OSError as exc:
+        return Prepared(item, reason=unreadable_reason(exc))
+    if known is not None and known.get(item.path) == (sha, item.class_name):
+        return Prepared(item, sha, reused=True)
+    if prepare is None:
+        return Prepared(item, sha)
+    payload, reason = decode_or_reason(prepare, content)
+    return Prepared(item, sha, payload, reason)
+
+
+def read_items(
+    dataset: Dataset,
+    known: Known,
+    threads: int,
+    window: int,
+    prepare: Callable[[bytes | np.ndarray], Any] | None = None,
+) -> Iterator[Prepared]:
+    """:func:`read_one` over every item on ``threads`` threads, in dataset order, with at
+    most ``window`` items in flight."""
+    with ThreadPoolExecutor(threads, thread_name_prefix="featcache-read") as pool:
+        yield from ordered_map(
+            pool, lambda item: read_one(dataset, item, known, prepare), dataset.items, window
+        )
+
+
+def ordered_map(
+    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: list[T], window: int
+) -> Iterator[R]:
+    """``map`` over a thread pool, in order, with at most ``window`` items in flight."""
+    pending: deque[Future[R]] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()

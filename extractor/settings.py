@@ -1,0 +1,272 @@
+"""The settings that decide features, and the one check of whether two sets agree.
+
+:class:`BackboneConfig` is what a caller asks for (names, paths); resolving it
+(:func:`featcache.extractor.backbone.resolve_backbone`) gives :class:`FeatureSettings`,
+with files hashed and names made canonical. Caches record them (:class:`CacheSettings`
+adds storage and split settings), heads keep their cache's, and the server's model pool,
+``predict``, ``fine-tune`` and ``export`` compare them with :meth:`FeatureSettings.check`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import SettingsMismatchError
+from .options import (
+    DEFAULT_POOLING,
+    DEFAULT_PREPROCESSING,
+    DEFAULT_RESIZE,
+    DEFAULT_SEED,
+    DEFAULT_WEIGHTS,
+)
+
+if TYPE_CHECKING:
+    from .registry import BackboneSpec
+
+FEATURE_FIELDS = (
+    "backbone",
+    "backbone_sha256",
+    "weights",
+    "weights_sha256",
+    "image_size",
+    "resize",
+    "pooling",
+    "layer",
+    "preprocessing",
+)
+"""The settings that change the features (with ``seed`` for random weights)."""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """What a caller asks for: which backbone, weights and input handling."""
+
+    backbone: str
+    """Registry name, or the path of a saved Keras model."""
+    weights: str = DEFAULT_WEIGHTS
+    """``imagenet``, ``none`` (random, seeded) or the path of a weights file."""
+    image_size: str | int | tuple[int, int] | None = None
+    pooling: str = DEFAULT_POOLING
+    layer: str = ""
+    preprocessing: str = DEFAULT_PREPROCESSING
+    """``auto`` (the backbone's own), ``none``, or a registry name whose function to use."""
+    seed: int = DEFAULT_SEED
+    """Seeds random weights (``weights="none"``) so that reruns give equal features."""
+    resize: str = DEFAULT_RESIZE
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """Resolved feature settings: files identified by their SHA-256, names canonical."""
+
+    backbone: str
+    """Registry name, or a saved model's absolute path."""
+    backbone_sha256: str
+    weights: str
+    """``imagenet``, ``none``, ``embedded`` (a saved model's own) or a file's absolute path."""
+    weights_sha256: str
+    image_size: tuple[int, int]
+    resize: str
+    pooling: str
+    layer: str
+    preprocessing: str
+    seed: int
+    """Seed of random weights; it changes the features only when ``weights == "none"``."""
+    feature_dim: int = field(default=0, kw_only=True)
+    """Embedding width; 0 while unknown (not yet built)."""
+    spec: BackboneSpec | None = field(default=None, compare=False, repr=False, kw_only=True)
+    """The registry entry; None for a saved model."""
+
+    def identity(self, resize: bool = True) -> dict[str, Any]:
+        """What decides the features: files by hash (not path), the seed only for random
+        weights. Without ``resize``: what decides the model alone."""
+        out: dict[str, Any] = {}
+        for name in FEATURE_FIELDS:
+            if name == "resize" and not resize:
+                continue
+            value = getattr(self, name)
+            if name in ("weights", "backbone") and getattr(self, f"{name}_sha256"):
+                value = "file"
+            out[name] = list(value) if isinstance(value, tuple) else value
+        if self.weights == "none":
+            out["seed"] = self.seed
+        return out
+
+    def model_key(self) -> str:
+        """Settings that share one loaded model have the same key (resizing comes before)."""
+        return json.dumps(self.identity(resize=False), sort_keys=True)
+
+    def differences(
+        self, other: FeatureSettings, ours: str = "cache", theirs: str = "now"
+    ) -> list[str]:
+        """``name ours-value (ours) vs theirs-value (theirs)`` for every setting that differs."""
+        out = []
+        for name in (*FEATURE_FIELDS, "seed", "feature_dim"):
+            if name.endswith("sha256"):
+                continue
+            if name == "seed" and "none" not in (self.weights, other.weights):
+                continue
+            if name == "feature_dim" and not (self.feature_dim and other.feature_dim):
+                continue
+            mine, yours = getattr(self, name), getattr(other, name)
+            if name in ("weights", "backbone"):
+                mine = getattr(self, f"{name}_sha256") or mine
+                yours = getattr(other, f"{name}_sha256") or yours
+            if mine != yours:
+                label = "random-weight seed" if name == "seed" else name
+                shown, other_shown = _show(getattr(self, name)), _show(getattr(other, name))
+                if shown == other_shown:  # the same path, other bytes
+                    other_shown += " with other contents (SHA-256 differs)"
+                out.append(f"{label} {shown} ({ours}) vs {other_shown} ({theirs})")
+        return out
+
+    def check(self, other: FeatureSettings, what: str, ours: str, theirs: str) -> None:
+        """Raise :class:`SettingsMismatchError` (``what: differences``) unless equal."""
+        differ = self.differences(other, ours, theirs)
+        if differ:
+            raise SettingsMismatchError(f"{what}: {'; '.join(differ)}")
+
+    def features_only(self) -> FeatureSettings:
+        """These settings as a plain :class:`FeatureSettings` (from a subclass too)."""
+        names = [f.name for f in fields(FeatureSettings) if f.name not in ("spec", "feature_dim")]
+        return FeatureSettings(
+            **{name: getattr(self, name) for name in names},
+            feature_dim=self.feature_dim,
+            spec=self.spec,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (as a head's ``cache_settings`` stores it)."""
+        out: dict[str, Any] = {}
+        for each in fields(self):
+            if each.name == "spec":
+                continue
+            value = getattr(self, each.name)
+            out[each.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> FeatureSettings:
+        """Settings from cache attributes or a head's ``cache_settings``."""
+        return cls(**_common(values), feature_dim=int(_plain(values.get("feature_dim", 0)) or 0))
+
+
+@dataclass(frozen=True)
+class CacheSettings(FeatureSettings):
+    """What a cache's root attributes record: the feature settings, storage and splits."""
+
+    dtype: str = field(kw_only=True)
+    split_ratios: tuple[float, float, float] = field(kw_only=True)
+    split_source: str = field(kw_only=True)
+    """``hash`` (ratios and seed) or ``folders`` (train/val/test folders)."""
+    dataset_root: str = field(kw_only=True)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 over every setting that changes the stored features."""
+        payload = {**self.identity(), "dtype": self.dtype}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def differences(
+        self, other: FeatureSettings, ours: str = "cache", theirs: str = "now"
+    ) -> list[str]:
+        """Feature differences, then storage and split differences."""
+        out = super().differences(other, ours, theirs)
+        if not isinstance(other, CacheSettings):
+            return out
+        folders = self.split_source == other.split_source == "folders"
+        for name in ("dtype", "split_ratios", "split_source", "seed", "dataset_root"):
+            if folders and name in ("split_ratios", "seed"):
+                continue  # the layout sets the splits
+            if name == "seed" and "none" in (self.weights, other.weights):
+                continue  # already named as the random-weight seed
+            mine, yours = getattr(self, name), getattr(other, name)
+            if name == "split_ratios":
+                mine, yours = [round(v, 6) for v in mine], [round(v, 6) for v in yours]
+            if mine != yours:
+                out.append(
+                    f"{name} {_show(getattr(self, name))} ({ours}) vs "
+                    f"{_show(getattr(other, name))} ({theirs})"
+                )
+        return out
+
+    def to_attrs(self) -> dict[str, Any]:
+        """Root attributes of the cache file for these settings."""
+        from .splits import SPLIT_NAMES
+
+        return {
+            "backbone": self.backbone,
+            "backbone_sha256": self.backbone_sha256,
+            "weights": self.weights,
+            "weights_sha256": self.weights_sha256,
+            "image_size": np.asarray(self.image_size, dtype=np.int64),
+            "resize": self.resize,
+            "pooling": self.pooling,
+            "layer": self.layer,
+            "preprocessing": self.preprocessing,
+            "dtype": self.dtype,
+            "split_names": json.dumps(list(SPLIT_NAMES)),
+            "split_ratios": np.asarray(self.split_ratios, dtype=np.float64),
+            "split_source": self.split_source,
+            "seed": int(self.seed),
+            "dataset_root": self.dataset_root,
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> CacheSettings:
+        """Settings read back from a cache file's root attributes."""
+        ratios = [float(v) for v in np.asarray(attrs["split_ratios"]).reshape(-1)]
+        return cls(
+            **_common(attrs),
+            feature_dim=int(_plain(attrs.get("feature_dim", 0)) or 0),
+            dtype=_text(attrs, "dtype"),
+            split_ratios=(ratios[0], ratios[1], ratios[2]),
+            split_source=_text(attrs, "split_source") or "hash",
+            dataset_root=_text(attrs, "dataset_root"),
+        )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _text(values: Mapping[str, Any], name: str) -> str:
+    value = _plain(values.get(name, ""))
+    return "" if value is None else str(value)
+
+
+def _common(values: Mapping[str, Any]) -> dict[str, Any]:
+    size = [int(v) for v in np.asarray(_plain(values.get("image_size") or [0, 0])).reshape(-1)]
+    return {
+        "backbone": _text(values, "backbone"),
+        "backbone_sha256": _text(values, "backbone_sha256"),
+        "weights": _text(values, "weights"),
+        "weights_sha256": _text(values, "weights_sha256"),
+        "image_size": (size[0], size[-1]),
+        "resize": _text(values, "resize") or DEFAULT_RESIZE,
+        "pooling": _text(values, "pooling"),
+        "layer": _text(values, "layer"),
+        "preprocessing": _text(values, "preprocessing"),
+        "seed": int(_plain(values.get("seed", 0)) or 0),
+    }
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}x{value[1]}"
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" for v in value)
+    return repr(value) if value != "" else "''"
