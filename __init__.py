@@ -1,15 +1,55 @@
 """featcache: embed an image dataset once with a frozen backbone, train heads in seconds.
 
-The public API is importable from here without loading TensorFlow; it is imported
-on first use.
+The public API is importable from here without loading TensorFlow: each name is imported
+from its module on first use (type checkers and IDEs see the real signatures).
+
+>>> import featcache  # doctest: +SKIP
+>>> featcache.extract("data/", backbone="mobilenet", weights="mobilenet.weights.h5")
+>>> featcache.train_head("cache/mobilenet.h5", head="logreg")
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import FeatcacheError
+from .errors import (
+    AccessDenied,
+    CacheError,
+    CacheLockedError,
+    DatasetError,
+    EngineError,
+    ExtractionCancelled,
+    FeatcacheError,
+    InvalidOptionError,
+    NotFound,
+    RemoteError,
+    SettingsMismatchError,
+    UnknownBackboneError,
+    WeightsError,
+)
+
+if TYPE_CHECKING:
+    from .extractor.backbone import FeatureExtractor
+    from .extractor.cache import CacheData, CacheReader, cache_info, read_cache
+    from .extractor.extraction import extract
+    from .extractor.options import ExtractOptions, RayOptions
+    from .extractor.recorder import ExtractProgress
+    from .extractor.registry import BackboneSpec, get_backbone, list_backbones
+    from .extractor.runner import ExtractSummary
+    from .extractor.service.client import BadImagesError, Client
+    from .extractor.service.options import ServeOptions
+    from .extractor.service.server import Server
+    from .extractor.settings import BackboneConfig, CacheSettings, FeatureSettings
+    from .heads.compare import Leaderboard, compare
+    from .heads.dense import DenseHead
+    from .heads.endtoend import export, load_model
+    from .heads.finetune import FineTuneResult, fine_tune
+    from .heads.images import Prediction, predict_images
+    from .heads.options import FineTuneOptions, HeadOptions
+    from .heads.predict import predict_cache
+    from .heads.train import TrainedHead, TrainResult, load_head, train_head
+    from .serving import serve, start_server
 
 try:
     from importlib.metadata import version as _version
@@ -19,29 +59,72 @@ except Exception:  # noqa: BLE001 - running from a source tree
     __version__ = "0.0.0"
 
 _LAZY = {
-    "extract": "featcache.extractor.pipeline",
-    "ExtractSummary": "featcache.extractor.pipeline",
-    "RayOptions": "featcache.extractor.ray_engine",
+    "extract": "featcache.extractor.extraction",
+    "ExtractOptions": "featcache.extractor.options",
+    "RayOptions": "featcache.extractor.options",
+    "ExtractSummary": "featcache.extractor.runner",
+    "ExtractProgress": "featcache.extractor.recorder",
+    "BackboneConfig": "featcache.extractor.settings",
+    "FeatureSettings": "featcache.extractor.settings",
+    "CacheSettings": "featcache.extractor.settings",
+    "FeatureExtractor": "featcache.extractor.backbone",
+    "CacheReader": "featcache.extractor.cache",
+    "CacheData": "featcache.extractor.cache",
     "read_cache": "featcache.extractor.cache",
     "cache_info": "featcache.extractor.cache",
-    "CacheData": "featcache.extractor.cache",
-    "list_backbones": "featcache.extractor.registry",
-    "get_backbone": "featcache.extractor.registry",
     "BackboneSpec": "featcache.extractor.registry",
+    "get_backbone": "featcache.extractor.registry",
+    "list_backbones": "featcache.extractor.registry",
+    "Client": "featcache.extractor.service.client",
+    "BadImagesError": "featcache.extractor.service.client",
+    "ServeOptions": "featcache.extractor.service.options",
+    "Server": "featcache.extractor.service.server",
+    "serve": "featcache.serving",
+    "start_server": "featcache.serving",
     "train_head": "featcache.heads.train",
     "load_head": "featcache.heads.train",
+    "TrainResult": "featcache.heads.train",
+    "TrainedHead": "featcache.heads.train",
+    "HeadOptions": "featcache.heads.options",
+    "FineTuneOptions": "featcache.heads.options",
     "compare": "featcache.heads.compare",
-    "predict_cache": "featcache.heads.predict",
+    "Leaderboard": "featcache.heads.compare",
     "DenseHead": "featcache.heads.dense",
-    "Client": "featcache.extractor.service.client",
-    "ServeOptions": "featcache.extractor.service.server",
-    "start_server": "featcache.extractor.service.server",
+    "fine_tune": "featcache.heads.finetune",
+    "FineTuneResult": "featcache.heads.finetune",
+    "export": "featcache.heads.endtoend",
+    "load_model": "featcache.heads.endtoend",
+    "predict_images": "featcache.heads.images",
+    "Prediction": "featcache.heads.images",
+    "predict_cache": "featcache.heads.predict",
 }
 
-__all__ = ["FeatcacheError", "__version__", *_LAZY]
+__all__ = [
+    "AccessDenied",
+    "CacheError",
+    "CacheLockedError",
+    "DatasetError",
+    "EngineError",
+    "ExtractionCancelled",
+    "FeatcacheError",
+    "InvalidOptionError",
+    "NotFound",
+    "RemoteError",
+    "SettingsMismatchError",
+    "UnknownBackboneError",
+    "WeightsError",
+    "__version__",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'featcache' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

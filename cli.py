@@ -17,9 +17,25 @@ from typing import Any
 import click
 
 from .errors import FeatcacheError, InvalidOptionError
+from .extractor import options as extract_defaults
+from .extractor.options import DTYPES, ENGINES, POOLING_MODES, RESIZE_MODES
+from .extractor.service.options import ServeOptions
+from .heads import options as head_defaults
+from .heads.options import AUGMENTATIONS, EXPORT_FORMATS, HEAD_KINDS, MONITORS, OPTIMIZERS
 
-_RESIZE = ("stretch", "pad", "crop")
-_POOLING = ("avg", "max", "none")
+_SERVE = ServeOptions()
+_FLAGS = {"kind": "--head", "models": "--model", "ray_options": "--engine ray"}
+"""Python parameters whose flag is not ``--`` + the name with dashes."""
+
+
+def flag_message(exc: FeatcacheError) -> str:
+    """The error's message, naming the CLI flag where the library names a parameter."""
+    text = str(exc)
+    parameter = getattr(exc, "parameter", None)
+    if parameter and text.startswith(parameter):
+        flag = _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+        text = flag + text[len(parameter) :]
+    return text
 
 
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -30,7 +46,7 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except FeatcacheError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {flag_message(exc)}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: finished batches were saved; rerun to resume", err=True)
@@ -62,14 +78,14 @@ def main() -> None:
 @click.option(
     "--backbone",
     "-b",
-    default="mobilenet",
+    default=extract_defaults.DEFAULT_BACKBONE,
     show_default=True,
     help="Registry name (see `featcache backbones`) or a saved .keras/.h5 model.",
 )
 @click.option(
     "--weights",
     "-w",
-    default="imagenet",
+    default=extract_defaults.DEFAULT_WEIGHTS,
     show_default=True,
     help="imagenet, none (random, seeded) or the path of a weights file.",
 )
@@ -82,8 +98,8 @@ def main() -> None:
 )
 @click.option(
     "--pooling",
-    type=click.Choice(_POOLING),
-    default="avg",
+    type=click.Choice(POOLING_MODES),
+    default=extract_defaults.DEFAULT_POOLING,
     show_default=True,
     help="Global pooling of the feature map; none keeps it whole, flattened.",
 )
@@ -91,53 +107,55 @@ def main() -> None:
 @click.option("--image-size", default=None, help="N or H,W. [default: the backbone's own size]")
 @click.option(
     "--resize",
-    type=click.Choice(_RESIZE),
-    default="stretch",
+    type=click.Choice(RESIZE_MODES),
+    default=extract_defaults.DEFAULT_RESIZE,
     show_default=True,
     help="stretch, pad (resize_with_pad) or crop (centre crop to the aspect ratio).",
 )
 @click.option(
     "--preprocessing",
-    default="auto",
+    default=extract_defaults.DEFAULT_PREPROCESSING,
     show_default=True,
     help="auto (the backbone's preprocess_input), none, or a backbone name.",
 )
 @click.option(
     "--dtype",
-    type=click.Choice(("float32", "float16")),
-    default="float32",
+    type=click.Choice(DTYPES),
+    default=extract_defaults.DEFAULT_DTYPE,
     show_default=True,
     help="Storage type of the features.",
 )
 @click.option(
     "--split",
-    default="0.7,0.2,0.1",
+    default=extract_defaults.DEFAULT_SPLIT,
     show_default=True,
     help="train,val[,test] ratios, from each image's content hash and --seed.",
 )
 @click.option(
     "--seed",
     type=int,
-    default=20,
+    default=extract_defaults.DEFAULT_SEED,
     show_default=True,
     help="Seed of the split (and of random weights).",
 )
 @click.option(
     "--labels", type=click.Path(), default=None, help="Integer labels .npy for an .npy image array."
 )
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option(
+    "--batch-size", type=int, default=extract_defaults.DEFAULT_BATCH_SIZE, show_default=True
+)
 @click.option("--workers", type=int, default=None, help="Image decoding threads.")
 @click.option(
     "--max-pixels",
     type=int,
-    default=100_000_000,
+    default=extract_defaults.DEFAULT_MAX_PIXELS,
     show_default=True,
     help="Larger images are recorded as bad (decompression bombs).",
 )
 @click.option(
     "--checkpoint-seconds",
     type=float,
-    default=60.0,
+    default=extract_defaults.DEFAULT_CHECKPOINT_SECONDS,
     show_default=True,
     help="Commit finished rows to the cache at least this often.",
 )
@@ -154,8 +172,8 @@ def main() -> None:
 @click.option("--tls-key", type=click.Path(), default=None, help="Client key (mTLS).")
 @click.option(
     "--engine",
-    type=click.Choice(("local", "ray")),
-    default="local",
+    type=click.Choice(ENGINES),
+    default=ENGINES[0],
     show_default=True,
     help="ray: embed on a Ray actor pool (pip install 'featcache[ray]').",
 )
@@ -199,15 +217,15 @@ def extract_command(
     With --engine ray, images are embedded on a Ray actor pool; every node must see
     DATA and the weights file at the same paths.
     """
-    from .extractor.pipeline import extract
+    from .extractor.extraction import extract
+    from .extractor.options import ExtractOptions, RayOptions
 
     ray_options = None
     asked = (ray_address, actors, cpus_per_actor, gpus_per_actor)
     if options["engine"] == "ray":
-        from .extractor.ray_engine import RayOptions
-
-        cpus = 1.0 if cpus_per_actor is None else cpus_per_actor
-        gpus = 0.0 if gpus_per_actor is None else gpus_per_actor
+        default = RayOptions()
+        cpus = default.cpus_per_actor if cpus_per_actor is None else cpus_per_actor
+        gpus = default.gpus_per_actor if gpus_per_actor is None else gpus_per_actor
         ray_options = RayOptions(ray_address, actors, cpus, gpus)
     elif any(value is not None for value in asked):
         raise InvalidOptionError("--ray-address, --actors and --*-per-actor need --engine ray")
@@ -223,9 +241,10 @@ def extract_command(
         raise InvalidOptionError("--token-file and --tls-* apply to --remote only")
     progress = False if quiet or as_json else None
     try:
-        summary = extract(
-            data, progress=progress, remote=client, ray_options=ray_options, **options
+        settings = ExtractOptions(
+            progress=progress, remote=client, ray_options=ray_options, **options
         )
+        summary = extract(data, settings)
     finally:
         if client is not None:
             client.close()
@@ -332,25 +351,14 @@ def backbones_command(as_json: bool) -> None:
         )
 
 
-def _hidden(value: str) -> tuple[int, ...]:
-    if value.strip().lower() in ("", "none", "0"):
-        return ()
-    try:
-        return tuple(int(v) for v in value.split(","))
-    except ValueError:
-        raise InvalidOptionError(
-            f"--hidden {value!r}: expected widths like 256 or 512,128"
-        ) from None
-
-
 @click.command("train-head")
 @click.argument("cache", type=click.Path())
 @click.option(
     "--head",
     "kind",
-    default="dense",
+    default=head_defaults.DEFAULT_HEAD,
     show_default=True,
-    type=click.Choice(("dense", "logreg", "linear-svm", "svm", "knn", "random-forest", "ridge")),
+    type=click.Choice(HEAD_KINDS),
     help="Keras dense head or a scikit-learn baseline.",
 )
 @click.option(
@@ -362,31 +370,36 @@ def _hidden(value: str) -> tuple[int, ...]:
 )
 @click.option(
     "--hidden",
-    default="256",
+    default=",".join(str(w) for w in head_defaults.DEFAULT_HIDDEN),
     show_default=True,
     help="Hidden layer widths, e.g. 512,128 (none: a linear softmax).",
 )
-@click.option("--dropout", type=float, default=0.5, show_default=True)
+@click.option("--dropout", type=float, default=head_defaults.DEFAULT_DROPOUT, show_default=True)
 @click.option("--batchnorm", is_flag=True, help="BatchNormalization after each hidden Dense.")
-@click.option("--activation", default="relu", show_default=True)
+@click.option("--activation", default=head_defaults.DEFAULT_ACTIVATION, show_default=True)
 @click.option(
-    "--optimizer", type=click.Choice(("adam", "sgd", "rmsprop")), default="adam", show_default=True
+    "--optimizer",
+    type=click.Choice(OPTIMIZERS),
+    default=head_defaults.DEFAULT_OPTIMIZER,
+    show_default=True,
 )
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Learning rate.")
-@click.option("--momentum", type=float, default=0.0, show_default=True)
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option(
+    "--lr", type=float, default=head_defaults.DEFAULT_LR, show_default=True, help="Learning rate."
+)
+@click.option("--momentum", type=float, default=head_defaults.DEFAULT_MOMENTUM, show_default=True)
+@click.option("--epochs", type=int, default=head_defaults.DEFAULT_EPOCHS, show_default=True)
+@click.option("--batch-size", type=int, default=head_defaults.DEFAULT_BATCH_SIZE, show_default=True)
 @click.option(
     "--patience",
     type=int,
-    default=5,
+    default=head_defaults.DEFAULT_PATIENCE,
     show_default=True,
     help="EarlyStopping patience (best weights restored); 0 disables it.",
 )
 @click.option(
     "--monitor",
-    type=click.Choice(("val_accuracy", "val_loss")),
-    default="val_accuracy",
+    type=click.Choice(MONITORS),
+    default=head_defaults.DEFAULT_MONITOR,
     show_default=True,
 )
 @click.option("--from-logits", is_flag=True, help="Linear output and a from_logits loss.")
@@ -395,16 +408,33 @@ def _hidden(value: str) -> tuple[int, ...]:
     "--C",
     "C",
     type=float,
-    default=1.0,
+    default=head_defaults.DEFAULT_C,
     show_default=True,
     help="Inverse regularisation of logreg, linear-svm and svm.",
 )
-@click.option("--k", type=int, default=5, show_default=True, help="Neighbours of knn.")
 @click.option(
-    "--n-estimators", type=int, default=200, show_default=True, help="Trees of random-forest."
+    "--k", type=int, default=head_defaults.DEFAULT_K, show_default=True, help="Neighbours of knn."
 )
-@click.option("--max-depth", type=int, default=None, help="Tree depth of random-forest.")
-@click.option("--alpha", type=float, default=1.0, show_default=True, help="Ridge penalty.")
+@click.option(
+    "--n-estimators",
+    type=int,
+    default=head_defaults.DEFAULT_N_ESTIMATORS,
+    show_default=True,
+    help="Trees of random-forest.",
+)
+@click.option(
+    "--max-depth",
+    type=int,
+    default=head_defaults.DEFAULT_MAX_DEPTH,
+    help="Tree depth of random-forest.",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=head_defaults.DEFAULT_ALPHA,
+    show_default=True,
+    help="Ridge penalty.",
+)
 @click.option(
     "--standardize/--no-standardize",
     default=None,
@@ -418,18 +448,18 @@ def _hidden(value: str) -> tuple[int, ...]:
 @click.option(
     "--val-fraction",
     type=float,
-    default=0.2,
+    default=head_defaults.DEFAULT_VAL_FRACTION,
     show_default=True,
     help="Share of train carved into val when the cache has no val split.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=head_defaults.DEFAULT_SEED, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_handle_errors
 def train_head_command(cache: str, kind: str, hidden: str, as_json: bool, **options: Any) -> None:
     """Train a classification head on the features of CACHE and report val and test metrics."""
     from .heads.train import train_head
 
-    result = train_head(cache, kind, hidden=_hidden(hidden), **options)
+    result = train_head(cache, kind, hidden=hidden, **options)
     report = result.report
     if as_json:
         _print_json({**report, "run_dir": str(result.run_dir)})
@@ -465,14 +495,10 @@ def train_head_command(cache: str, kind: str, hidden: str, as_json: bool, **opti
     default=None,
     help="Folder. [default: runs/<cache-stem>-compare-<timestamp>/]",
 )
-@click.option(
-    "--heads",
-    default=",".join(("dense", "logreg", "linear-svm", "svm", "knn", "random-forest", "ridge")),
-    show_default=True,
-)
+@click.option("--heads", default=",".join(HEAD_KINDS), show_default=True)
 @click.option("--cv", type=int, default=None, help="Select by K-fold CV on train+val.")
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=int, default=head_defaults.DEFAULT_EPOCHS, show_default=True)
+@click.option("--seed", type=int, default=head_defaults.DEFAULT_SEED, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
 @_handle_errors
 def compare_command(
@@ -487,7 +513,7 @@ def compare_command(
     """Fit every head kind with a small search on CACHE and print a leaderboard."""
     from .heads.compare import compare
 
-    board = compare(cache, output, tuple(h for h in heads.split(",") if h), cv, epochs, seed)
+    board = compare(cache, output, heads, cv, epochs, seed)
     if as_json:
         _print_json(
             {
@@ -520,8 +546,10 @@ def compare_command(
     default=None,
     help="CSV file. [default: predictions.csv; RUN/predictions.csv for a cache]",
 )
-@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--top-k", type=int, default=head_defaults.DEFAULT_TOP_K, show_default=True)
+@click.option(
+    "--batch-size", type=int, default=head_defaults.DEFAULT_PREDICT_BATCH_SIZE, show_default=True
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
 @_handle_errors
 def predict_command(
@@ -567,22 +595,37 @@ def predict_command(
 @click.option("--output", "-o", type=click.Path(), default=None, help="Run folder to write.")
 @click.option(
     "--unfreeze",
-    default="20",
+    default=str(head_defaults.FINE_TUNE_UNFREEZE),
     show_default=True,
     help="Number of top backbone layers to train, or all.",
 )
 @click.option("--unfreeze-from", default=None, help="Train from this backbone layer up.")
-@click.option("--lr", type=float, default=1e-5, show_default=True, help="Learning rate.")
 @click.option(
-    "--optimizer", type=click.Choice(("adam", "sgd", "rmsprop")), default="adam", show_default=True
+    "--lr", type=float, default=head_defaults.FINE_TUNE_LR, show_default=True, help="Learning rate."
 )
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--patience", type=int, default=3, show_default=True, help="EarlyStopping on val.")
 @click.option(
-    "--augment", default="", help="Some of flip,rotate,zoom,contrast,translate (training only)."
+    "--optimizer",
+    type=click.Choice(OPTIMIZERS),
+    default=head_defaults.FINE_TUNE_OPTIMIZER,
+    show_default=True,
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=int, default=head_defaults.FINE_TUNE_EPOCHS, show_default=True)
+@click.option(
+    "--batch-size", type=int, default=head_defaults.FINE_TUNE_BATCH_SIZE, show_default=True
+)
+@click.option(
+    "--patience",
+    type=int,
+    default=head_defaults.FINE_TUNE_PATIENCE,
+    show_default=True,
+    help="EarlyStopping on val.",
+)
+@click.option(
+    "--augment",
+    default=head_defaults.FINE_TUNE_AUGMENT,
+    help=f"Some of {','.join(AUGMENTATIONS)} (training only).",
+)
+@click.option("--seed", type=int, default=head_defaults.DEFAULT_SEED, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_handle_errors
 def fine_tune_command(cache: str, as_json: bool, **options: Any) -> None:
@@ -615,8 +658,8 @@ main.add_command(fine_tune_command)
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(("keras", "savedmodel")),
-    default="keras",
+    type=click.Choice(EXPORT_FORMATS),
+    default=head_defaults.DEFAULT_EXPORT_FORMAT,
     show_default=True,
     help="savedmodel: a TensorFlow SavedModel folder for TF Serving.",
 )
@@ -630,8 +673,10 @@ def export_command(run: str, output: str, fmt: str) -> None:
 
 
 @main.command("serve")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=50051, show_default=True, help="0 picks a free port.")
+@click.option("--host", default=_SERVE.host, show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=int, default=_SERVE.port, show_default=True, help="0 picks a free port."
+)
 @click.option("--data-root", type=click.Path(), default=None, help="Folder ExtractDataset reads.")
 @click.option("--cache-root", type=click.Path(), default=None, help="Folder caches go to.")
 @click.option(
@@ -652,23 +697,27 @@ def export_command(run: str, output: str, fmt: str) -> None:
     metavar="NAME=PATH",
     help="Serve a model.keras from export or fine-tune to Classify (repeatable).",
 )
-@click.option("--max-loaded", type=int, default=4, show_default=True, help="LRU size.")
-@click.option("--max-message-mb", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=32, show_default=True, help="RPC threads.")
-@click.option("--max-batch", type=int, default=32, show_default=True, help="Images per call.")
+@click.option(
+    "--max-loaded", type=int, default=_SERVE.max_loaded, show_default=True, help="LRU size."
+)
+@click.option("--max-message-mb", type=int, default=_SERVE.max_message_mb, show_default=True)
+@click.option("--workers", type=int, default=_SERVE.workers, show_default=True, help="RPC threads.")
+@click.option(
+    "--max-batch", type=int, default=_SERVE.max_batch, show_default=True, help="Images per call."
+)
 @click.option(
     "--max-delay-ms",
     type=float,
-    default=5.0,
+    default=_SERVE.max_delay_ms,
     show_default=True,
     help="How long a batch waits for more requests.",
 )
 @click.option("--no-batching", is_flag=True, help="Run each request on its own.")
-@click.option("--max-pixels", type=int, default=100_000_000, show_default=True)
+@click.option("--max-pixels", type=int, default=_SERVE.max_pixels, show_default=True)
 @click.option(
     "--max-image-size",
     type=int,
-    default=1024,
+    default=_SERVE.max_image_size,
     show_default=True,
     help="Largest input side (--image-size) a request may ask for.",
 )
@@ -678,11 +727,13 @@ def export_command(run: str, output: str, fmt: str) -> None:
 @click.option(
     "--tls-client-ca", type=click.Path(), default=None, help="Require client certificates (mTLS)."
 )
-@click.option("--grace", type=float, default=30.0, show_default=True, help="Drain time on stop.")
+@click.option(
+    "--grace", type=float, default=_SERVE.grace, show_default=True, help="Drain time on stop."
+)
 @_handle_errors
 def serve_command(preload: str, no_batching: bool, models: tuple[str, ...], **options: Any) -> None:
     """Run the gRPC extraction service (featcache.v1.Extractor) until SIGTERM."""
-    from .extractor.service.server import ServeOptions, serve
+    from .serving import serve
 
     entries = [entry.strip() for entry in preload.split(",") if entry.strip()]
     serve(ServeOptions(preload=entries, models=list(models), batching=not no_batching, **options))

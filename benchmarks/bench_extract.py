@@ -78,7 +78,7 @@ def model_only(backbone: str, weights: str, images: np.ndarray, batch: int) -> d
 
 
 def end_to_end(backbone: str, weights: str, folder: Path, size: int, batch: int) -> dict:
-    from featcache.extractor import extract
+    from featcache import extract
 
     with tempfile.TemporaryDirectory() as tmp:
         summary = extract(

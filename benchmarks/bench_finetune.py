@@ -45,7 +45,7 @@ def main() -> None:
         raise SystemExit(f"needs {WEIGHTS} in --weights-dir")
     weights = str(Path(args.weights_dir) / WEIGHTS)
 
-    from featcache.extractor.pipeline import extract
+    from featcache import extract
     from featcache.heads.finetune import fine_tune
     from featcache.heads.train import train_head
 

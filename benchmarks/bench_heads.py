@@ -90,7 +90,7 @@ def recipe(folder: Path, size: int, weights: str, epochs: int, batch: int) -> di
 
 
 def cached(folder: Path, size: int, weights: str, epochs: int, batch: int, tmp: Path) -> dict:
-    from featcache.extractor import extract
+    from featcache import extract
     from featcache.heads.train import train_head
 
     began = time.monotonic()

@@ -37,8 +37,7 @@ WEIGHTS = "mobilenet_1_0_224_imagenet_notop.weights.h5"
 
 def run(data: Path, out: Path, weights: str, engine: str, actors: int, cpus: float) -> dict:
     """One extraction; wall time, start-up and steady images/s from the progress calls."""
-    from featcache.extractor import extract
-    from featcache.extractor.ray_engine import RayOptions
+    from featcache import RayOptions, extract
 
     marks: list[tuple[float, int]] = []
     options = RayOptions(actors=actors, cpus_per_actor=cpus) if engine == "ray" else None

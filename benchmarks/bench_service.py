@@ -124,7 +124,7 @@ def clients_run(port: int, files: list[bytes], clients: int, weights: str, size:
 
 
 def in_process(folder: Path, weights: str, size: int) -> dict:
-    from featcache.extractor.pipeline import extract
+    from featcache import extract
 
     with tempfile.TemporaryDirectory() as tmp:
         extract(folder, backbone="mobilenet", weights=weights, image_size=size,

@@ -5,3 +5,7 @@ it, :mod:`.engines` embeds (locally, on a server, or on Ray via :mod:`.ray_engin
 :mod:`.recorder` turns results into cache rows written by :mod:`.cache`; :mod:`.runner`
 wires them and :mod:`.extraction` (``extract``) is the only module that knows every engine.
 """
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything here imports TensorFlow

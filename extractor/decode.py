@@ -149,28 +149,14 @@ def decode_or_reason(
 
 
 def resize_image(pixels: Any, size: tuple[int, int], mode: str = "stretch") -> np.ndarray:
-    """Resize one ``(H, W, 3)`` image to ``size`` (height, width) as float32, bilinear."""
-    import tensorflow as tf
+    """Resize one ``(H, W, 3)`` image to ``size`` (height, width) as float32, bilinear.
+
+    The same code as the ``ResizeImages`` layer of exported models
+    (:func:`featcache.extractor.resize.resize_batch`).
+    """
+    from .resize import resize_one
 
     height, width = size
-    if tuple(pixels.shape[:2]) == (height, width):  # every mode is the identity here
-        return np.asarray(pixels, dtype=np.float32)
-    if mode == "stretch":
-        out = tf.image.resize(pixels, (height, width), method="bilinear")
-    elif mode == "pad":
-        out = tf.image.resize_with_pad(pixels, height, width, method="bilinear")
-    elif mode == "crop":
-        out = tf.image.resize(_centre_crop(pixels, height, width), (height, width))
-    else:
-        raise ValueError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
-    return np.asarray(out, dtype=np.float32)
-
-
-def _centre_crop(pixels: Any, target_height: int, target_width: int) -> Any:
-    """Largest centred crop with the target aspect ratio (Keras ``smart_resize``)."""
-    height, width = int(pixels.shape[0]), int(pixels.shape[1])
-    crop_height = max(min(height, int(float(width * target_height) / target_width)), 1)
-    crop_width = max(min(width, int(float(height * target_width) / target_height)), 1)
-    top = int(float(height - crop_height) / 2)
-    left = int(float(width - crop_width) / 2)
-    return pixels[top : top + crop_height, left : left + crop_width]
+    if mode in RESIZE_MODES and tuple(pixels.shape[:2]) == (height, width):
+        return np.asarray(pixels, dtype=np.float32)  # every mode is the identity here
+    return resize_one(np.asarray(pixels), height, width, mode)

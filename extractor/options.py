@@ -67,7 +67,9 @@ def check_seed(seed: int, parameter: str = "seed") -> int:
     return seed
 
 
-def parse_split(text: str | Sequence[float], parameter: str = "split") -> tuple[float, float, float]:
+def parse_split(
+    text: str | Sequence[float], parameter: str = "split"
+) -> tuple[float, float, float]:
     """Parse ``"0.7,0.2,0.1"`` (or two values, test = 0) into three ratios summing to 1."""
     try:
         values = [float(part) for part in text.split(",")] if isinstance(text, str) else list(text)
@@ -171,7 +173,7 @@ class ExtractOptions:
     engine: str = "local"
     remote: Any = None
     """``"host:port"`` or a :class:`featcache.Client`: embed on a ``featcache serve`` server."""
-    ray: RayOptions | None = None
+    ray_options: RayOptions | None = None
     ratios: tuple[float, float, float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -187,8 +189,8 @@ class ExtractOptions:
         check_range("max_pixels", self.max_pixels, 1, wording="must be at least 1")
         if not self.checkpoint_seconds >= 0:
             raise invalid("checkpoint_seconds", self.checkpoint_seconds, "must be 0 or more")
-        if self.engine != "ray" and self.ray is not None:
-            raise InvalidOptionError("ray options need engine 'ray'", "ray")
+        if self.engine != "ray" and self.ray_options is not None:
+            raise InvalidOptionError("ray_options need engine 'ray'", "ray_options")
         if self.engine == "ray" and self.remote is not None:
             raise InvalidOptionError("remote and engine 'ray' cannot be combined", "remote")
         object.__setattr__(self, "ratios", parse_split(self.split))

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,11 +29,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import EngineError, FeatcacheError, InvalidOptionError
-from .backbone import BackboneConfig, FeatureExtractor, ResolvedBackbone, resolve_backbone
-from .decode import DEFAULT_MAX_PIXELS
-from .embedders import decode_and_resize, prepare_safely, unreadable_reason
-from .pipeline import Known, Prepared, Recorder, RunOptions, read_items
-from .sources import Dataset, Item
+from .backbone import FeatureExtractor, resolve_backbone
+from .decode import decode_and_resize
+from .options import DEFAULT_MAX_PIXELS, ExtractOptions, RayOptions, check_address
+from .reader import Known, Prepared, read_items, read_one
+from .recorder import Recorder
+from .settings import BackboneConfig, FeatureSettings
+from .sources import Dataset, item_from_path, open_source
 
 INSTALL_HINT = "pip install 'featcache[ray]'"
 LOCAL_OBJECT_STORE_BYTES = 512 << 20
@@ -46,37 +48,6 @@ ACTOR_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
 _ONE_RUN = threading.Lock()
 
 
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how wide the Ray engine runs."""
-
-    address: str | None = None
-    """Ray cluster to join (``auto``, ``HEAD:6379``); None starts a local instance unless
-    ``RAY_ADDRESS`` is set (as it is inside ``ray job submit``)."""
-    actors: int | None = None
-    """Actor pool size; None sizes it to the cluster's CPUs (or GPUs) at start."""
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.actors is not None and self.actors < 1:
-            raise InvalidOptionError(f"--actors {self.actors}: must be at least 1")
-        if not self.cpus_per_actor > 0:
-            raise InvalidOptionError(f"--cpus-per-actor {self.cpus_per_actor}: must be above 0")
-        if not self.gpus_per_actor >= 0:
-            raise InvalidOptionError(f"--gpus-per-actor {self.gpus_per_actor}: must be 0 or more")
-        if self.address is not None:
-            _check_address(self.address, "--ray-address")
-
-
-def _check_address(address: str, source: str) -> None:
-    if address.startswith("ray://"):
-        raise InvalidOptionError(
-            f"{source} {address}: Ray Data does not run over Ray Client (ray://); run the "
-            "command on a cluster node (--ray-address auto) or submit it with `ray job submit`"
-        )
-
-
 def import_ray() -> Any:
     """The ``ray`` module with Ray Data, or a one-line error saying how to install it."""
     try:
@@ -84,19 +55,18 @@ def import_ray() -> Any:
         import ray.data  # Ray Data needs the [data] extra (pyarrow, pandas)
     except ImportError as exc:
         raise EngineError(
-            f"--engine ray needs Ray Data, which is not installed ({exc.name or exc}): "
+            f"engine 'ray' needs Ray Data, which is not installed ({exc.name or exc}): "
             f"{INSTALL_HINT}"
         ) from None
     return ray
 
 
 class RayEngine:
-    """The pipeline's :class:`~featcache.extractor.pipeline.Engine` over a Ray actor pool."""
+    """The :class:`~featcache.extractor.engines.Engine` over a Ray actor pool."""
 
     def __init__(
         self,
         config: BackboneConfig,
-        resize: str,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         options: RayOptions | None = None,
     ) -> None:
@@ -104,15 +74,14 @@ class RayEngine:
         _gpu_memory_growth()  # the driver decodes and may build a model on a GPU node
         self.options = options or RayOptions()
         if self.options.address is None and "RAY_ADDRESS" in os.environ:
-            _check_address(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
-        self.resize = resize
+            check_address(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
         self.max_pixels = max_pixels
         self._feature_dim = 0
-        self.resolved: ResolvedBackbone = resolve_backbone(config)
-        if self.resolved.spec is None:  # a saved model: its input size is read from the file
-            model = FeatureExtractor(self.resolved, config.seed)
-            self.resolved, self._feature_dim = model.resolved, model.feature_dim
-        resolved = self.resolved
+        self.settings: FeatureSettings = resolve_backbone(config)
+        if self.settings.spec is None:  # a saved model: its input size is read from the file
+            model = FeatureExtractor(self.settings)
+            self.settings, self._feature_dim = model.resolved, model.feature_dim
+        resolved = self.settings
         self.config = replace(  # absolute paths: Ray workers run in other folders
             config,
             backbone=resolved.backbone,
@@ -126,12 +95,15 @@ class RayEngine:
     @property
     def feature_dim(self) -> int:
         if not self._feature_dim:  # no image reached the actors: build the model here
-            self._feature_dim = FeatureExtractor(self.resolved, self.config.seed).feature_dim
+            self._feature_dim = FeatureExtractor(self.settings).feature_dim
         return self._feature_dim
 
-    def run(self, dataset: Dataset, known: Known, recorder: Recorder, options: RunOptions) -> None:
+    def run(
+        self, dataset: Dataset, known: Known, recorder: Recorder, options: ExtractOptions
+    ) -> None:
         """Hash here, embed the new images on Ray, hand every shard to the recorder."""
-        pending = list(recorder.triage(read_items(dataset, known, options)))
+        reads = read_items(dataset, known, options.threads, options.window)
+        pending = list(recorder.triage(reads))
         pending = self._still_bad(dataset, pending, recorder)
         if not pending:
             return  # nothing new: Ray is not even started
@@ -146,7 +118,7 @@ class RayEngine:
         dataset: Dataset,
         pending: list[Prepared],
         recorder: Recorder,
-        options: RunOptions,
+        options: ExtractOptions,
     ) -> None:
         started_here = not ray.is_initialized()
         try:
@@ -186,19 +158,15 @@ class RayEngine:
         """
         decode = partial(
             decode_and_resize,
-            size=self.resolved.image_size,
-            resize=self.resize,
+            size=self.settings.image_size,
+            resize=self.settings.resize,
             max_pixels=self.max_pixels,
         )
         keep = []
         for prepared in pending:
             reason = None
             if prepared.item.path in recorder.known_bad:
-                try:
-                    content, _ = dataset.read(prepared.item)
-                    reason = prepare_safely(decode, content)[1]
-                except OSError as exc:
-                    reason = unreadable_reason(exc)
+                reason = read_one(dataset, prepared.item, None, decode).reason
             if reason is None:
                 keep.append(prepared)
             else:
@@ -209,9 +177,7 @@ class RayEngine:
         self, ray: Any, dataset: Dataset, pending: list[Prepared], batch_size: int, local: bool
     ) -> Any:
         actors, cpus, gpus = _pool_size(ray, self.options, local)
-        rows = [
-            {"row": i, "path": p.item.path, "index": p.item.index} for i, p in enumerate(pending)
-        ]
+        rows = [{"row": i, "path": p.item.path} for i, p in enumerate(pending)]
         blocks = math.ceil(len(rows) / batch_size)
         actors = min(actors, blocks)  # an actor with no batch would only load the model
         self.pool = _pool_text(actors, cpus, gpus)
@@ -219,8 +185,7 @@ class RayEngine:
             EmbedBatches,
             fn_constructor_kwargs={
                 "config": self.config,
-                "expect": (self.resolved.backbone_sha256, self.resolved.weights_sha256),
-                "resize": self.resize,
+                "expect": (self.settings.backbone_sha256, self.settings.weights_sha256),
                 "max_pixels": self.max_pixels,
                 "root": str(dataset.root),
                 "layout": dataset.layout,
@@ -280,7 +245,6 @@ class EmbedBatches:
         self,
         config: BackboneConfig,
         expect: tuple[str, str],
-        resize: str,
         max_pixels: int,
         root: str,
         layout: str,
@@ -304,10 +268,8 @@ class EmbedBatches:
                     f"{where} is not there; every node must see the images at the same path "
                     "(shared storage)"
                 )
-            array = np.load(root, mmap_mode="r", allow_pickle=False) if npy else None
-            self.dataset = Dataset(
-                Path(root), layout, [], [], 0, array, Path(confine) if confine else None
-            )
+            self.dataset = open_source(root)
+            self.dataset.confine = Path(confine) if confine else None
             resolved = resolve_backbone(config)
             if (resolved.backbone_sha256, resolved.weights_sha256) != expect:
                 raise FeatcacheError(
@@ -315,9 +277,12 @@ class EmbedBatches:
                     "must see the same file at the same path"
                 )
             self.prepare = partial(
-                decode_and_resize, size=resolved.image_size, resize=resize, max_pixels=max_pixels
+                decode_and_resize,
+                size=resolved.image_size,
+                resize=resolved.resize,
+                max_pixels=max_pixels,
             )
-            self.model = FeatureExtractor(resolved, config.seed)
+            self.model = FeatureExtractor(resolved)
             self.feature_dim = self.model.feature_dim
         except Exception as exc:  # noqa: BLE001 - reported to the driver as one line
             self.fatal = f"on Ray node {_node()}: {_first_line(exc)}"
@@ -328,32 +293,23 @@ class EmbedBatches:
         n = len(rows)
         if self.fatal:
             return {"row": rows, "fatal": np.full(n, self.fatal, dtype=object)}
-        items = [
-            Item(str(path), None, None, int(index))
-            for path, index in zip(batch["path"], batch["index"])
-        ]
-        loaded = list(self.pool.map(self._load, items))
-        good = [k for k, (_, pixels, _) in enumerate(loaded) if pixels is not None]
+        items = [item_from_path(str(path)) for path in batch["path"]]
+        loaded = list(
+            self.pool.map(lambda item: read_one(self.dataset, item, None, self.prepare), items)
+        )
+        good = [k for k, each in enumerate(loaded) if each.reason is None]
         features = np.zeros((n, self.feature_dim), np.float32)
         if good:
-            features[good] = self.model(np.stack([loaded[k][1] for k in good]))
+            features[good] = self.model(np.stack([loaded[k].payload for k in good]))
         load_seconds, self.load_seconds = self.load_seconds, 0.0  # reported once
         return {
             "row": rows,
             "fatal": np.full(n, "", dtype=object),
-            "sha256": np.asarray([sha for sha, _, _ in loaded], dtype=object),
-            "reason": np.asarray([reason or "" for _, _, reason in loaded], dtype=object),
+            "sha256": np.asarray([each.sha256 for each in loaded], dtype=object),
+            "reason": np.asarray([each.reason or "" for each in loaded], dtype=object),
             "features": features,
             "load_seconds": np.full(n, load_seconds),
         }
-
-    def _load(self, item: Item) -> tuple[str, Any, str | None]:
-        try:
-            content, sha = self.dataset.read(item)
-        except OSError as exc:
-            return "", None, unreadable_reason(exc)
-        pixels, reason = prepare_safely(self.prepare, content)
-        return sha, pixels, reason
 
 
 def _connect(ray: Any, options: RayOptions) -> bool:

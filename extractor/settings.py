@@ -24,6 +24,7 @@ from .options import (
     DEFAULT_RESIZE,
     DEFAULT_SEED,
     DEFAULT_WEIGHTS,
+    ExtractOptions,
 )
 
 if TYPE_CHECKING:
@@ -59,6 +60,12 @@ class BackboneConfig:
     seed: int = DEFAULT_SEED
     """Seeds random weights (``weights="none"``) so that reruns give equal features."""
     resize: str = DEFAULT_RESIZE
+
+    @classmethod
+    def of(cls, options: ExtractOptions) -> BackboneConfig:
+        """The backbone settings of :class:`~.options.ExtractOptions`."""
+        values = {each.name: getattr(options, each.name) for each in fields(cls)}
+        return cls(**{**values, "layer": values["layer"] or ""})
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,26 @@ class CacheSettings(FeatureSettings):
     """``hash`` (ratios and seed) or ``folders`` (train/val/test folders)."""
     dataset_root: str = field(kw_only=True)
 
+    @classmethod
+    def of(
+        cls,
+        features: FeatureSettings,
+        *,
+        dtype: str,
+        split_ratios: tuple[float, float, float],
+        split_source: str,
+        dataset_root: str,
+    ) -> CacheSettings:
+        """``features`` with a cache's storage and split settings."""
+        names = [each.name for each in fields(FeatureSettings)]
+        return cls(
+            **{name: getattr(features, name) for name in names},
+            dtype=dtype,
+            split_ratios=split_ratios,
+            split_source=split_source,
+            dataset_root=dataset_root,
+        )
+
     @property
     def fingerprint(self) -> str:
         """SHA-256 over every setting that changes the stored features."""
@@ -249,7 +276,8 @@ def _text(values: Mapping[str, Any], name: str) -> str:
 
 
 def _common(values: Mapping[str, Any]) -> dict[str, Any]:
-    size = [int(v) for v in np.asarray(_plain(values.get("image_size") or [0, 0])).reshape(-1)]
+    raw = _plain(values.get("image_size"))
+    size = [int(v) for v in np.asarray(raw if raw is not None else [0, 0]).reshape(-1)] or [0]
     return {
         "backbone": _text(values, "backbone"),
         "backbone_sha256": _text(values, "backbone_sha256"),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatasetError
+from ..errors import DatasetError, InvalidOptionError
 from .decode import IMAGE_EXTENSIONS
 from .splits import SPLIT_FOLDERS
 
@@ -143,7 +143,9 @@ def scan_dataset(
         dataset.confine = confine
         return dataset
     if labels is not None:
-        raise DatasetError("--labels applies to .npy datasets only; folders label by sub-folder")
+        raise InvalidOptionError(
+            "labels applies to .npy datasets only; folders label by sub-folder", "labels"
+        )
     top = _subdirs(root)
     if top and all(name.lower() in SPLIT_FOLDERS for name in top):
         layout = "splits"
@@ -217,5 +219,39 @@ def _scan_npy(path: Path, labels: str | None, confine: Path | None = None) -> Da
     items = []
     for i in range(len(array)):
         label = -1 if label_values is None else int(label_values[i])
-        items.append(Item(f"{path.name}#{i}", names[label] if label >= 0 else None, None, i))
+        items.append(
+            Item(array_row_path(path.name, i), names[label] if label >= 0 else None, None, i)
+        )
     return Dataset(path, "npy", items, names, 0, array)
+
+
+_ROW_MARK = "#"
+
+
+def array_row_path(name: str, index: int) -> str:
+    """The path a cache records for row ``index`` of the array file ``name``: ``x.npy#3``."""
+    return f"{name}{_ROW_MARK}{index}"
+
+
+def item_from_path(path: str) -> Item:
+    """The :class:`Item` a cache row's path names (an array row for ``x.npy#3``), without
+    class or split; enough for :meth:`Dataset.read`."""
+    name, _, index = path.rpartition(_ROW_MARK)
+    if name and index.isdigit():
+        return Item(path, None, None, int(index))
+    return Item(path, None, None)
+
+
+def open_source(root: str | os.PathLike[str]) -> Dataset:
+    """A cache's dataset (its ``dataset_root``), for reading items by the paths the cache
+    records (:func:`item_from_path`); nothing is listed."""
+    path = Path(root)
+    if path.is_file():
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
+        return Dataset(path, "npy", [], [], 0, array)
+    if path.is_dir():
+        return Dataset(path, "classes", [], [])
+    raise DatasetError(f"the cache's dataset {path} is missing")

@@ -9,14 +9,28 @@ from sklearn.base import ClassifierMixin
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..errors import InvalidOptionError
+from ..extractor.options import check_choice, invalid
+from .options import (
+    BASELINES,
+    DEFAULT_ALPHA,
+    DEFAULT_C,
+    DEFAULT_K,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_N_ESTIMATORS,
+    DEFAULT_SEED,
+    HEAD_KINDS,
+    STANDARDIZE_BY_DEFAULT,
+)
 
-BASELINES = ("logreg", "linear-svm", "svm", "knn", "random-forest", "ridge")
-HEAD_KINDS = ("dense", *BASELINES)
-"""Every head ``train-head --head`` accepts."""
-
-STANDARDIZE_BY_DEFAULT = {"logreg", "linear-svm", "svm", "knn", "ridge"}
-"""Heads whose features are standardised unless ``--no-standardize``."""
+__all__ = [
+    "BASELINES",
+    "GRIDS",
+    "HEAD_KINDS",
+    "STANDARDIZE_BY_DEFAULT",
+    "fit_baseline",
+    "make_baseline",
+    "probabilities",
+]
 
 GRIDS: dict[str, list[dict[str, Any]]] = {
     "dense": [
@@ -37,14 +51,14 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
 def make_baseline(
     kind: str,
     *,
-    C: float = 1.0,
-    k: int = 5,
-    n_estimators: int = 200,
-    max_depth: int | None = None,
-    alpha: float = 1.0,
+    C: float = DEFAULT_C,
+    k: int = DEFAULT_K,
+    n_estimators: int = DEFAULT_N_ESTIMATORS,
+    max_depth: int | None = DEFAULT_MAX_DEPTH,
+    alpha: float = DEFAULT_ALPHA,
     standardize: bool | None = None,
     class_weight: str | None = None,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
 ) -> Pipeline:
     """A scikit-learn classifier for ``kind``, behind an optional ``StandardScaler``."""
     from sklearn.calibration import CalibratedClassifierCV
@@ -76,8 +90,7 @@ def make_baseline(
         ),
         "ridge": lambda: RidgeClassifier(alpha=alpha, class_weight=class_weight),
     }
-    if kind not in builders:
-        raise InvalidOptionError(f"--head {kind!r}: expected one of {', '.join(HEAD_KINDS)}")
+    check_choice("head", kind, BASELINES)
     if standardize is None:
         standardize = kind in STANDARDIZE_BY_DEFAULT
     steps: list[tuple[str, Any]] = [("scale", StandardScaler())] if standardize else []
@@ -94,9 +107,8 @@ def fit_baseline(kind: str, model: Pipeline, X: np.ndarray, y: np.ndarray) -> Pi
             raise DatasetError("svm needs at least 2 training rows of every class (calibration)")
         model.set_params(head__cv=int(min(3, counts.min())))
     if kind == "knn" and model.get_params()["head__n_neighbors"] > len(y):
-        raise InvalidOptionError(
-            f"--k {model.get_params()['head__n_neighbors']}: more than the {len(y)} training rows"
-        )
+        k = model.get_params()["head__n_neighbors"]
+        raise invalid("k", k, f"more than the {len(y)} training rows")
     return model.fit(X, y)
 
 

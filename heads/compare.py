@@ -15,10 +15,19 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
-from ..errors import DatasetError, FeatcacheError, InvalidOptionError
-from .baselines import GRIDS, HEAD_KINDS, fit_baseline, make_baseline
+from ..errors import DatasetError, FeatcacheError
+from ..extractor.options import invalid
+from .baselines import GRIDS, fit_baseline, make_baseline
 from .data import load_splits
 from .dense import DenseHead
+from .options import (
+    COMPARE_CV_VALIDATION_FRACTION,
+    HEAD_KINDS,
+    HeadOptions,
+    check_options,
+    merge_options,
+    parse_heads,
+)
 from .train import DEFAULT_RUNS_DIR, TrainResult, train_head
 
 
@@ -35,7 +44,9 @@ class Leaderboard:
 
 def _estimator(kind: str, params: dict[str, Any], seed: int, epochs: int, cv: bool) -> Any:
     if kind == "dense":
-        extra: dict[str, Any] = {"validation_fraction": 0.15} if cv else {}
+        extra: dict[str, Any] = (
+            {"validation_fraction": COMPARE_CV_VALIDATION_FRACTION} if cv else {}
+        )
         return DenseHead(**params, epochs=epochs, seed=seed, **extra)
     return make_baseline(kind, seed=seed, **params)
 
@@ -43,28 +54,28 @@ def _estimator(kind: str, params: dict[str, Any], seed: int, epochs: int, cv: bo
 def compare(
     cache: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
-    heads: tuple[str, ...] = HEAD_KINDS,
+    heads: tuple[str, ...] | str = HEAD_KINDS,
     cv: int | None = None,
-    epochs: int = 30,
-    seed: int = 0,
+    epochs: int | None = None,
+    seed: int | None = None,
+    *,
+    options: HeadOptions | None = None,
 ) -> Leaderboard:
     """Fit every head kind over its grid, choose by val accuracy (or ``cv``-fold CV on
     train+val), report test accuracy of each kind's best, and keep the overall best run.
 
+    ``heads`` are kinds (a tuple or ``"dense,logreg"``); ``epochs`` (of the dense head),
+    ``seed`` and the val fraction come from ``options`` unless given.
+
     The dense head early-stops on the same val split that scores it, which favours it a
     little over the baselines; ``cv`` avoids that.
     """
-    unknown = [h for h in heads if h not in HEAD_KINDS]
-    if unknown or not heads:
-        raise InvalidOptionError(
-            f"--heads {','.join(heads)!r}: expected some of {', '.join(HEAD_KINDS)}"
-        )
-    if cv is not None and cv < 2:
-        raise InvalidOptionError("--cv must be at least 2")
-    if epochs < 1:
-        raise InvalidOptionError(f"--epochs {epochs}: must be at least 1")
+    chosen = merge_options(HeadOptions, options, epochs=epochs, seed=seed)
+    kinds = parse_heads(heads)
+    check_options({"cv": cv})
+    epochs, seed = chosen.epochs, chosen.seed
     cache = Path(cache)
-    splits = load_splits(cache, seed=seed)
+    splits = load_splits(cache, val_fraction=chosen.val_fraction, seed=seed)
     x_train, y_train = splits.features(splits.train), splits.train.labels
     early = splits.seen(splits.val)
     x_val, y_val = splits.features(early), early.labels
@@ -72,11 +83,9 @@ def compare(
     if cv:
         _, counts = np.unique(np.concatenate([y_train, y_val]), return_counts=True)
         if cv > counts.min():
-            raise InvalidOptionError(
-                f"--cv {cv}: the smallest class has only {counts.min()} train+val rows"
-            )
+            raise invalid("cv", cv, f"the smallest class has only {counts.min()} train+val rows")
     rows, skipped = [], []
-    for kind in heads:
+    for kind in kinds:
         best: dict[str, Any] | None = None
         for params in GRIDS[kind]:
             if kind == "knn" and params["k"] > len(y_train):
@@ -134,7 +143,13 @@ def compare(
     if top["head"] == "dense":
         params["epochs"] = epochs
     best_run = train_head(
-        cache, top["head"], folder / f"best-{top['head']}", seed=seed, stream=False, **params
+        cache,
+        top["head"],
+        folder / f"best-{top['head']}",
+        seed=seed,
+        val_fraction=chosen.val_fraction,
+        stream=False,
+        **params,
     )
     with open(folder / "leaderboard.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -1,4 +1,4 @@
-"""Train/val/test features from a cache, in memory or streamed from the HDF5 file."""
+"""Train/val/test features from a cache, in memory or streamed from the cache file."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..errors import CacheError, DatasetError
-from ..extractor.cache import CacheSettings, open_h5, read_rows
+from ..errors import DatasetError
+from ..extractor.cache import CacheReader, CacheSettings
 from ..extractor.splits import SPLIT_NAMES
-
-DEFAULT_MEMORY_FRACTION = 0.25
-"""Stream from disk when the features would take more than this share of free memory."""
+from .options import DEFAULT_MEMORY_FRACTION, DEFAULT_SEED, DEFAULT_VAL_FRACTION, check_options
 
 
 @dataclass
@@ -32,35 +31,50 @@ class Split:
 class CachedSplits:
     """A labelled cache divided into train, val and test, features not yet loaded."""
 
-    path: Path
-    settings: CacheSettings
-    attrs: dict[str, object]
-    class_names: list[str]
-    feature_dim: int
-    dtype: np.dtype
+    reader: CacheReader
     train: Split
     val: Split
     test: Split
-    paths: list[str]
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return self.reader.path
+
+    @property
+    def settings(self) -> CacheSettings:
+        return self.reader.settings
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.reader.attrs
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.reader.class_names
+
+    @property
+    def feature_dim(self) -> int:
+        return self.reader.feature_dim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.reader.dtype
+
+    @property
+    def paths(self) -> list[str]:
+        return self.reader.paths
 
     def features(self, split: Split) -> np.ndarray:
         """The split's features as one float32 array (reads only those rows)."""
-        with open_h5(self.path) as handle:
-            return read_rows(handle["features"], split.rows).astype(np.float32)
+        return self.reader.features(split.rows)
 
     def batches(
         self, split: Split, batch_size: int, shuffle: bool, seed: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(features, labels) batches read from disk; memory stays at a few batches."""
-        order = np.arange(len(split))
-        if shuffle:
-            order = np.random.default_rng(seed).permutation(len(split))
-        with open_h5(self.path) as handle:
-            dataset = handle["features"]
-            for start in range(0, len(order), batch_size):
-                pick = order[start : start + batch_size]
-                yield read_rows(dataset, split.rows[pick]).astype(np.float32), split.labels[pick]
+        for rows, features in self.reader.batches(split.rows, batch_size, shuffle, seed):
+            yield features, self.reader.labels[rows]
 
     def seen(self, split: Split) -> Split:
         """The rows of ``split`` whose class occurs in train (usable for early stopping)."""
@@ -84,25 +98,18 @@ def should_stream(splits: CachedSplits, stream: bool | None) -> bool:
 
 
 def load_splits(
-    cache: str | os.PathLike[str], val_fraction: float = 0.2, seed: int = 0
+    cache: str | os.PathLike[str],
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    seed: int = DEFAULT_SEED,
 ) -> CachedSplits:
     """Read a cache's labels and splits, carving a val split from train if it has none.
 
     Raises :class:`CacheError` or :class:`DatasetError` for caches that cannot train
     a classifier: no labels, a single class, an empty train or test split.
     """
-    path = Path(cache)
-    with open_h5(path) as handle:
-        labels = handle["labels"][:].astype(np.int64)
-        split = handle["split"][:].astype(np.int64)
-        paths = [str(p) for p in handle["paths"].asstr()[:]] if len(labels) else []
-        settings = CacheSettings.from_attrs(handle.attrs)
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in handle.attrs.items()}
-        import json
-
-        class_names = json.loads(str(attrs.get("class_names", "[]")))
-        feature_dim = int(handle["features"].shape[1])
-        dtype = handle["features"].dtype
+    check_options({"val_fraction": val_fraction, "seed": seed})
+    reader = CacheReader(cache)
+    path, labels, class_names = reader.path, reader.labels, reader.class_names
     labelled = labels >= 0
     if not labelled.any():
         raise DatasetError(
@@ -116,14 +123,12 @@ def load_splits(
     notes: list[str] = []
     if len(labels) > labelled.sum():
         notes.append(f"{int((~labelled).sum())} unlabelled rows ignored")
-    rows = {
-        name: np.flatnonzero(labelled & (split == code)) for code, name in enumerate(SPLIT_NAMES)
-    }
+    rows = {name: reader.rows_of(name, labelled=True) for name in SPLIT_NAMES}
     for name in ("train", "test"):
         if len(rows[name]) == 0:
             raise DatasetError(
-                f"{path}: the {name} split has no labelled rows; re-extract with a --split "
-                f"that gives it a share"
+                f"{path}: the {name} split has no labelled rows; re-extract with a split "
+                "that gives it a share"
             )
     if len(rows["val"]) == 0:
         rows["train"], rows["val"] = _carve(rows["train"], labels, val_fraction, seed)
@@ -136,27 +141,13 @@ def load_splits(
     if len(np.unique(labels[rows["train"]])) < 2:
         raise DatasetError(f"{path}: the train split holds a single class")
     parts = {name: Split(r, labels[r]) for name, r in rows.items()}
-    return CachedSplits(
-        path,
-        settings,
-        attrs,
-        class_names,
-        feature_dim,
-        dtype,
-        parts["train"],
-        parts["val"],
-        parts["test"],
-        paths,
-        notes,
-    )
+    return CachedSplits(reader, parts["train"], parts["val"], parts["test"], notes)
 
 
 def _carve(
     train: np.ndarray, labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, seeded split of train rows into (train, val)."""
-    if not 0 < fraction < 1:
-        raise CacheError(f"val fraction {fraction} must be between 0 and 1")
     rng = np.random.default_rng(seed)
     keep, carved = [], []
     for label in np.unique(labels[train]):

@@ -12,8 +12,23 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop")
-MONITORS = ("val_accuracy", "val_loss")
+from .options import (
+    DEFAULT_ACTIVATION,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DROPOUT,
+    DEFAULT_EPOCHS,
+    DEFAULT_HIDDEN,
+    DEFAULT_LR,
+    DEFAULT_MOMENTUM,
+    DEFAULT_MONITOR,
+    DEFAULT_OPTIMIZER,
+    DEFAULT_PATIENCE,
+    DEFAULT_SEED,
+    MONITORS,
+    OPTIMIZERS,
+)
+
+__all__ = ["MONITORS", "OPTIMIZERS", "DenseHead"]
 
 
 class DenseHead(ClassifierMixin, BaseEstimator):
@@ -33,22 +48,22 @@ class DenseHead(ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        hidden: tuple[int, ...] = (256,),
-        dropout: float = 0.5,
+        hidden: tuple[int, ...] = DEFAULT_HIDDEN,
+        dropout: float = DEFAULT_DROPOUT,
         batchnorm: bool = False,
-        activation: str = "relu",
-        optimizer: str = "adam",
-        lr: float = 1e-3,
-        momentum: float = 0.0,
-        epochs: int = 30,
-        batch_size: int = 32,
-        patience: int = 5,
-        monitor: str = "val_accuracy",
+        activation: str = DEFAULT_ACTIVATION,
+        optimizer: str = DEFAULT_OPTIMIZER,
+        lr: float = DEFAULT_LR,
+        momentum: float = DEFAULT_MOMENTUM,
+        epochs: int = DEFAULT_EPOCHS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        patience: int = DEFAULT_PATIENCE,
+        monitor: str = DEFAULT_MONITOR,
         class_weight: str | dict[Any, float] | None = None,
         from_logits: bool = False,
         validation_fraction: float = 0.0,
         standardize: bool = False,
-        seed: int = 0,
+        seed: int = DEFAULT_SEED,
         verbose: int = 0,
     ) -> None:
         self.hidden = hidden

@@ -5,15 +5,19 @@ trains it further."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CacheError, InvalidOptionError, WeightsError
-from ..extractor.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
+from ..errors import CacheError, InvalidOptionError
+from ..extractor.backbone import FeatureExtractor, resolve_backbone
+from ..extractor.options import check_choice, invalid
+from ..extractor.settings import BackboneConfig, FeatureSettings
+from .options import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS
 from .train import TrainedHead, load_head
 
-EXPORT_FORMATS = ("keras", "savedmodel")
+__all__ = ["EXPORT_FORMATS", "EndToEnd", "build", "export", "load_model", "rebuild_backbone"]
 
 
 @dataclass
@@ -28,35 +32,33 @@ class EndToEnd:
     image_size: tuple[int, int]
 
 
-def rebuild_backbone(settings: dict[str, Any]) -> FeatureExtractor:
+def rebuild_backbone(settings: FeatureSettings | Mapping[str, Any]) -> FeatureExtractor:
     """The feature extractor a cache (or a head's ``cache_settings``) was made with.
 
-    Refuses a weights file or saved model whose bytes changed since.
+    Refuses (:class:`SettingsMismatchError`) a weights file or saved model whose bytes
+    changed since, or anything else that would give other features now.
     """
-    size = settings.get("image_size") or None
-    weights = str(settings.get("weights", "imagenet"))
-    if weights == "embedded":  # a saved model's own weights
-        weights = "imagenet"
-    config = BackboneConfig(
-        str(settings["backbone"]),
-        weights,
-        tuple(int(v) for v in size) if size else None,  # type: ignore[arg-type]
-        str(settings.get("pooling", "avg")),
-        str(settings.get("layer", "") or ""),
-        str(settings.get("preprocessing", "auto")),
-        int(settings.get("seed", 0) or 0),
+    recorded = (
+        settings
+        if isinstance(settings, FeatureSettings)
+        else FeatureSettings.from_mapping(settings)
     )
-    resolved = resolve_backbone(config)
-    for what, recorded, now in (
-        ("weights file", settings.get("weights_sha256", ""), resolved.weights_sha256),
-        ("backbone model", settings.get("backbone_sha256", ""), resolved.backbone_sha256),
-    ):
-        if recorded and recorded != now:
-            raise WeightsError(
-                f"the {what} {config.weights if what == 'weights file' else config.backbone} "
-                "changed since the cache was made (SHA-256 differs); its features would not match"
-            )
-    return FeatureExtractor(resolved, config.seed)
+    config = BackboneConfig(
+        recorded.backbone,
+        "imagenet" if recorded.weights == "embedded" else recorded.weights,  # a saved model's
+        recorded.image_size if min(recorded.image_size) > 0 else None,
+        recorded.pooling,
+        recorded.layer,
+        recorded.preprocessing,
+        recorded.seed,
+        recorded.resize,
+    )
+    what = f"{recorded.backbone} changed since the cache was made; its features would not match"
+    now = resolve_backbone(config)
+    recorded.check(now, what, ours="cache", theirs="now")
+    extractor = FeatureExtractor(now)
+    recorded.check(extractor.resolved, what, ours="cache", theirs="now")  # and its width
+    return extractor
 
 
 def build(
@@ -75,16 +77,16 @@ def build(
     if head.kind != "dense":
         raise InvalidOptionError(
             f"{run}: a {head.kind} head is a scikit-learn model and cannot become part of a "
-            "Keras model; train one with --head dense"
+            "Keras model; train one with head 'dense'"
         )
     settings = head.meta["cache_settings"]
-    extractor = rebuild_backbone(settings)
+    extractor = rebuild_backbone(head.settings)
     import keras
 
     del layers
     height, width = extractor.resolved.image_size
     inputs = keras.Input((None, None, 3), dtype="float32", name="image")
-    x = ResizeImages(height, width, str(settings.get("resize", "stretch")), name="resize")(inputs)
+    x = ResizeImages(height, width, extractor.resolved.resize, name="resize")(inputs)
     for layer in augmentation or []:
         x = layer(x)
     x = Preprocess(extractor.resolved.preprocessing, name="preprocess")(x)
@@ -112,21 +114,22 @@ def _output_kind(head: TrainedHead) -> str:
 
 
 def export(
-    run: str | os.PathLike[str], output: str | os.PathLike[str], format: str = "keras"
+    run: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    format: str = DEFAULT_EXPORT_FORMAT,
 ) -> Path:
     """Save a head run as one model taking images (``.keras`` or a TF SavedModel folder)."""
-    if format not in EXPORT_FORMATS:
-        raise InvalidOptionError(f"--format {format!r}: expected one of {EXPORT_FORMATS}")
+    check_choice("format", format, EXPORT_FORMATS)
     out = Path(output)
     if format == "keras" and out.suffix != ".keras":
-        raise InvalidOptionError(f"-o {out}: a Keras model file must end in .keras")
+        raise invalid("output", str(out), "a Keras model file must end in .keras")
     built = build(run)
     out.parent.mkdir(parents=True, exist_ok=True)
     save(built.model, out, format)
     return out
 
 
-def save(model: Any, out: Path, format: str = "keras") -> None:
+def save(model: Any, out: Path, format: str = DEFAULT_EXPORT_FORMAT) -> None:
     """Write ``model`` as ``.keras`` or as a SavedModel (for TF Serving)."""
     if format == "keras":
         model.save(out)

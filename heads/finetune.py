@@ -8,22 +8,38 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import DatasetError, InvalidOptionError
-from ..extractor.cache import open_h5
-from ..extractor.decode import BadImageError
-from ..extractor.sources import Dataset, Item
-from .dense import OPTIMIZERS
+from ..errors import DatasetError
+from ..extractor.decode import decode_and_resize, decode_or_reason
+from ..extractor.options import invalid
+from ..extractor.sources import Dataset, item_from_path, open_source
+from .data import CachedSplits, load_splits
+from .options import (
+    AUGMENTATIONS,
+    DEFAULT_SEED,
+    DEFAULT_VAL_FRACTION,
+    FINE_TUNE_UNFREEZE,
+    FineTuneOptions,
+    merge_options,
+    parse_augment,
+    parse_unfreeze,
+)
 from .report import metrics, write_confusion, write_history
-from .train import new_run_dir
+from .train import TrainedHead, new_run_dir
 
-AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
+__all__ = [
+    "AUGMENTATIONS",
+    "FineTuneResult",
+    "augmentation_layers",
+    "fine_tune",
+    "unfreeze_layers",
+]
 
 
 @dataclass
@@ -44,16 +60,11 @@ class _Rows:
     sha256: list[str]
 
 
-def augmentation_layers(names: str, seed: int = 0) -> list[Any]:
+def augmentation_layers(names: str, seed: int = DEFAULT_SEED) -> list[Any]:
     """Keras preprocessing layers for ``flip,rotate,zoom,contrast,translate``."""
+    chosen = parse_augment(names)
     import keras
 
-    chosen = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in AUGMENTATIONS]
-    if unknown:
-        raise InvalidOptionError(
-            f"--augment {','.join(unknown)}: expected some of {','.join(AUGMENTATIONS)}"
-        )
     make = {
         "flip": lambda: keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
         "rotate": lambda: keras.layers.RandomRotation(0.05, seed=seed, name="aug_rotate"),
@@ -65,11 +76,11 @@ def augmentation_layers(names: str, seed: int = 0) -> list[Any]:
             0.1, 0.1, seed=seed, name="aug_translate"
         ),
     }
-    return [make[n]() for n in dict.fromkeys(chosen)]
+    return [make[n]() for n in chosen]
 
 
 def unfreeze_layers(
-    backbone: Any, unfreeze: str | int = 20, unfreeze_from: str | None = None
+    backbone: Any, unfreeze: str | int = FINE_TUNE_UNFREEZE, unfreeze_from: str | None = None
 ) -> list[str]:
     """Make the top of ``backbone`` trainable; BatchNormalization layers stay frozen.
 
@@ -84,20 +95,15 @@ def unfreeze_layers(
         if not isinstance(layer, keras.layers.InputLayer)
         and not layer.name.startswith("featcache_")
     ]
+    count = parse_unfreeze(unfreeze)
     if unfreeze_from is not None:
         names = [layer.name for layer in layers]
         if unfreeze_from not in names:
-            raise InvalidOptionError(f"--unfreeze-from {unfreeze_from!r}: no such backbone layer")
+            raise invalid("unfreeze_from", unfreeze_from, "no such backbone layer")
         start = names.index(unfreeze_from)
-    elif str(unfreeze).lower() == "all":
+    elif count is None:  # all
         start = 0
     else:
-        try:
-            count = int(unfreeze)
-        except ValueError:
-            raise InvalidOptionError(f"--unfreeze {unfreeze!r}: expected a number or all") from None
-        if count < 0:
-            raise InvalidOptionError(f"--unfreeze {count}: must be 0 or more")
         start = max(0, len(layers) - count)  # more than there are: all of them
     backbone.trainable = True
     touched = []
@@ -109,19 +115,11 @@ def unfreeze_layers(
     return touched
 
 
-def _read_rows(
-    cache: Path, classes: np.ndarray, val_fraction: float, seed: int
-) -> tuple[dict[str, _Rows], dict[str, Any], list[str]]:
+def _split_rows(splits: CachedSplits, classes: np.ndarray) -> dict[str, _Rows]:
     """Train, val and test rows as the head saw them (labelled rows only, val carved from
-    train the same way when the cache has none), the cache's attributes and class names."""
-    from .data import load_splits
-
-    splits = load_splits(cache, val_fraction=val_fraction, seed=seed)
+    train the same way when the cache has none)."""
     column = {int(c): i for i, c in enumerate(classes)}
-    with open_h5(cache) as handle:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in handle.attrs.items()}
-        raw = handle["sha256"][:]
-    sha = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+    sha = splits.reader.sha256
     rows = {}
     for name in ("train", "val", "test"):
         split = getattr(splits, name)
@@ -131,23 +129,7 @@ def _read_rows(
             split.labels.astype(np.int64),
             [sha[i] for i in split.rows],
         )
-    return rows, attrs, splits.class_names
-
-
-def _source(root: Path) -> Dataset:
-    """The cache's dataset, for reading its items by path (``x.npy#3`` for array rows)."""
-    if root.is_file():
-        return Dataset(root, "npy", [], [], 0, np.load(root, mmap_mode="r", allow_pickle=False))
-    if root.is_dir():
-        return Dataset(root, "classes", [], [])
-    raise DatasetError(f"the cache's dataset {root} is missing")
-
-
-def _item(path: str) -> Item:
-    name, _, index = path.rpartition("#")
-    if name and index.isdigit():
-        return Item(path, None, None, int(index))
-    return Item(path, None, None)
+    return rows
 
 
 def _usable(rows: _Rows, source: Dataset, skipped: dict[str, str]) -> _Rows:
@@ -155,7 +137,7 @@ def _usable(rows: _Rows, source: Dataset, skipped: dict[str, str]) -> _Rows:
     keep = []
     for i, path in enumerate(rows.paths):
         try:
-            _, sha = source.read(_item(path))
+            _, sha = source.read(item_from_path(path))
         except (OSError, IndexError) as exc:
             skipped[path] = f"missing or unreadable: {getattr(exc, 'strerror', None) or exc}"
             continue
@@ -179,20 +161,20 @@ def _images(
     shuffle_seed: int | None = None,
 ) -> Iterator[tuple[np.ndarray, int]]:
     """Decoded, resized images of (usable) ``rows``, shuffled when a seed is given."""
-    from ..extractor.embedders import decode_and_resize
-
     order = np.arange(len(rows.paths))
     if shuffle_seed is not None:
         np.random.default_rng(shuffle_seed).shuffle(order)
     for i in order:
         path = rows.paths[i]
         try:
-            content, sha = source.read(_item(path))
-            if sha != rows.sha256[i]:
-                raise DatasetError(f"{path} changed during fine-tuning")
-            pixels = decode_and_resize(content, size, resize)
-        except (OSError, IndexError, BadImageError) as exc:
+            content, sha = source.read(item_from_path(path))
+        except (OSError, IndexError) as exc:
             raise DatasetError(f"{path} became unusable during fine-tuning: {exc}") from None
+        if sha != rows.sha256[i]:
+            raise DatasetError(f"{path} changed during fine-tuning")
+        pixels, reason = decode_or_reason(lambda c: decode_and_resize(c, size, resize), content)
+        if pixels is None:
+            raise DatasetError(f"{path} became unusable during fine-tuning: {reason}")
         yield np.round(pixels).astype(np.uint8), int(rows.columns[i])
 
 
@@ -214,71 +196,79 @@ def fine_tune(
     head: str | os.PathLike[str],
     *,
     output: str | os.PathLike[str] | None = None,
-    unfreeze: str | int = 20,
+    options: FineTuneOptions | None = None,
+    unfreeze: str | int | None = None,
     unfreeze_from: str | None = None,
-    lr: float = 1e-5,
-    optimizer: str = "adam",
-    epochs: int = 10,
-    batch_size: int = 32,
-    patience: int = 3,
-    augment: str = "",
-    seed: int = 0,
+    lr: float | None = None,
+    optimizer: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    patience: int | None = None,
+    augment: str | None = None,
+    seed: int | None = None,
     verbose: int = 0,
 ) -> FineTuneResult:
     """Train the head of run ``head`` and the top of its backbone on the cache's images.
 
+    The settings are ``options`` (:class:`~featcache.heads.options.FineTuneOptions`, its
+    defaults when None) with the keyword arguments given (not None) put in.
     Writes ``model.keras`` (images in, probabilities out), ``report.json``,
     ``history.csv``/``.png`` and ``confusion.png`` to the run folder.
     """
     from .endtoend import build, save
-    from .predict import _check_settings
+    from .predict import check_cache_suits
 
+    chosen = merge_options(
+        FineTuneOptions,
+        options,
+        unfreeze=unfreeze,
+        unfreeze_from=unfreeze_from,
+        lr=lr,
+        optimizer=optimizer,
+        epochs=epochs,
+        batch_size=batch_size,
+        patience=patience,
+        augment=augment,
+        seed=seed,
+    )
     cache = Path(cache)
-    if optimizer not in OPTIMIZERS:
-        raise InvalidOptionError(f"--optimizer {optimizer!r}: expected one of {OPTIMIZERS}")
-    for name, value, low in (
-        ("epochs", epochs, 1),
-        ("batch-size", batch_size, 1),
-        ("patience", patience, 0),
-    ):
-        if value < low:
-            raise InvalidOptionError(f"--{name} {value}: must be at least {low}")
-    if not lr > 0:
-        raise InvalidOptionError(f"--lr {lr}: must be positive")
     head_report_path = Path(head) / "report.json"
     if not head_report_path.is_file():
         raise DatasetError(f"{head}: not a head run folder (no report.json)")
     head_report = json.loads(head_report_path.read_text())
-    augmentation = augmentation_layers(augment, seed)
+    augmentation = augmentation_layers(chosen.augment, chosen.seed)
     built = build(head, trainable_backbone=True, augmentation=augmentation)
     trained = built.head
-    val_fraction = float(head_report.get("val_fraction") or 0.2)
-    head_seed = int(trained.meta.get("params", {}).get("seed", 0) or 0)
-    rows, attrs, cache_classes = _read_rows(cache, trained.classes, val_fraction, head_seed)
-    _check_settings(trained.meta["cache_settings"], attrs, cache)
-    if cache_classes != trained.class_names:
+    val_fraction = float(head_report.get("val_fraction") or DEFAULT_VAL_FRACTION)
+    head_seed = int(trained.meta.get("params", {}).get("seed", DEFAULT_SEED) or DEFAULT_SEED)
+    splits = load_splits(cache, val_fraction=val_fraction, seed=head_seed)
+    check_cache_suits(trained, splits.reader)
+    if splits.class_names != trained.class_names:
         raise DatasetError(
-            f"{cache} has classes {cache_classes}, the head was trained on "
+            f"{cache} has classes {splits.class_names}, the head was trained on "
             f"{trained.class_names}; fine-tune on a cache with the head's classes"
         )
+    rows = _split_rows(splits, trained.classes)
     train_rows, val_rows, test_rows = rows["train"], rows["val"], rows["test"]
-    source = _source(Path(str(attrs.get("dataset_root", ""))))
-    touched = unfreeze_layers(built.backbone, unfreeze, unfreeze_from)
+    source = open_source(splits.settings.dataset_root)
+    touched = unfreeze_layers(built.backbone, chosen.unfreeze, chosen.unfreeze_from)
     import keras
 
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(chosen.seed)
     model = built.model
+    lr = chosen.lr
     optimizers = {
         "adam": lambda: keras.optimizers.Adam(lr),
         "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9),
         "rmsprop": lambda: keras.optimizers.RMSprop(lr),
     }
     model.compile(
-        optimizer=optimizers[optimizer](),
+        optimizer=optimizers[chosen.optimizer](),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
-    size, resize = built.image_size, str(trained.meta["cache_settings"].get("resize", "stretch"))
+    size, resize = built.image_size, trained.settings.resize
+    batch_size = chosen.batch_size
     skipped: dict[str, str] = {}
     train_rows = _usable(train_rows, source, skipped)
     val_rows = _usable(val_rows, source, skipped)
@@ -295,7 +285,7 @@ def fine_tune(
     )
     epoch = iter(range(1_000_000))
     train_ds = _dataset(
-        lambda: _images(train_rows, source, size, resize, seed + next(epoch)),
+        lambda: _images(train_rows, source, size, resize, chosen.seed + next(epoch)),
         len(train_rows.paths),
         size,
         batch_size,
@@ -308,12 +298,16 @@ def fine_tune(
         )
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=patience, restore_best_weights=True
+                monitor="val_loss", patience=chosen.patience, restore_best_weights=True
             )
         )
     started = time.monotonic()
     history = model.fit(
-        train_ds, validation_data=validation, epochs=epochs, callbacks=callbacks, verbose=verbose
+        train_ds,
+        validation_data=validation,
+        epochs=chosen.epochs,
+        callbacks=callbacks,
+        verbose=verbose,
     )
     fit_seconds = time.monotonic() - started
     evaluated = {}
@@ -326,17 +320,7 @@ def fine_tune(
         "cache": str(cache),
         "head_run": str(head),
         "class_names": trained.class_names,
-        "params": {
-            "unfreeze": str(unfreeze),
-            "unfreeze_from": unfreeze_from,
-            "lr": lr,
-            "optimizer": optimizer,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "patience": patience,
-            "augment": augment,
-            "seed": seed,
-        },
+        "params": {**asdict(chosen), "unfreeze": str(chosen.unfreeze)},
         "unfrozen_layers": touched,
         "rows": {
             "train": len(train_rows.paths),
@@ -376,7 +360,7 @@ def _evaluate(
     source: Dataset,
     size: tuple[int, int],
     resize: str,
-    trained: Any,
+    trained: TrainedHead,
     batch_size: int,
 ) -> dict[str, Any]:
     """Metrics over the usable rows of a split (as ``train-head`` reports them)."""

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError
-from ..extractor.decode import IMAGE_EXTENSIONS, BadImageError
-from ..extractor.embedders import decode_and_resize
-from ..extractor.pipeline import _ordered_map as ordered_map
+from ..extractor.decode import IMAGE_EXTENSIONS, decode_and_resize, decode_or_reason
+from ..extractor.ranking import top_k as rank
+from ..extractor.reader import ordered_map
+from .options import DEFAULT_PREDICT_BATCH_SIZE, DEFAULT_TOP_K, check_options
 
 
 @dataclass
@@ -76,26 +77,19 @@ def predict_images(
     model: str | os.PathLike[str],
     images: str | os.PathLike[str] | list[str],
     output: str | os.PathLike[str] | None = "predictions.csv",
-    top_k: int = 3,
-    batch_size: int = 32,
+    top_k: int = DEFAULT_TOP_K,
+    batch_size: int = DEFAULT_PREDICT_BATCH_SIZE,
     progress: bool | None = None,
 ) -> list[Prediction]:
     """Classify images; writes ``predictions.csv`` (path, class, probability, top_k, error)."""
+    check_options({"top_k": top_k, "batch_size": batch_size})
     files = list_images(images)
     classifier, names = load_classifier(model)
     resize = classifier.get_layer("resize")
     size, mode = (resize.height, resize.width), resize.mode
-    k = max(1, min(top_k, len(names)))
 
-    def prepare(path: Path) -> tuple[np.ndarray | None, str]:
-        try:
-            return decode_and_resize(path.read_bytes(), size, mode), ""
-        except BadImageError as exc:
-            return None, str(exc)
-        except OSError as exc:
-            return None, f"unreadable: {exc.strerror or exc}"
-        except Exception as exc:  # noqa: BLE001 - one odd file must never stop the run
-            return None, f"decode failed: {type(exc).__name__}: {exc}"
+    def prepare(path: Path) -> tuple[np.ndarray | None, str | None]:
+        return decode_or_reason(lambda p: decode_and_resize(p.read_bytes(), size, mode), path)
 
     from tqdm import tqdm
 
@@ -112,7 +106,7 @@ def predict_images(
         if not pending:
             return
         proba = np.asarray(classifier(np.stack([p for _, p in pending]), training=False))
-        order = np.argsort(-proba, axis=1)[:, :k]
+        order = rank(proba, top_k)
         for (path, _), row, best in zip(pending, proba, order):
             results.append(Prediction(str(path), [(names[j], float(row[j])) for j in best]))
         bar.update(len(pending))
@@ -122,7 +116,7 @@ def predict_images(
         for path, (pixels, error) in zip(files, ordered_map(pool, prepare, files, 64)):
             if pixels is None:
                 flush()
-                results.append(Prediction(str(path), error=error))
+                results.append(Prediction(str(path), error=error or ""))
                 bar.update(1)
                 continue
             pending.append((path, pixels))

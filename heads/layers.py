@@ -22,28 +22,16 @@ class ResizeImages(keras.layers.Layer):
     """0-255 images of any size to ``(height, width)`` float32, as ``extract --resize``."""
 
     def __init__(self, height: int, width: int, mode: str = "stretch", **kwargs: Any) -> None:
+        from ..extractor.options import RESIZE_MODES, check_choice
+
         super().__init__(**kwargs)
-        self.height, self.width, self.mode = int(height), int(width), mode
+        self.height, self.width = int(height), int(width)
+        self.mode = check_choice("resize", mode, RESIZE_MODES)
 
     def call(self, images: Any) -> Any:
-        images = tf.cast(images, tf.float32)
-        size = (self.height, self.width)
-        if self.mode == "pad":
-            return tf.image.resize_with_pad(images, self.height, self.width, method="bilinear")
-        if self.mode == "crop":
-            shape = tf.shape(images)
-            height, width = shape[1], shape[2]
-            h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-            crop_h = tf.maximum(
-                tf.minimum(height, tf.cast(w * self.height / self.width, tf.int32)), 1
-            )
-            crop_w = tf.maximum(
-                tf.minimum(width, tf.cast(h * self.width / self.height, tf.int32)), 1
-            )
-            top = tf.cast(tf.cast(height - crop_h, tf.float32) / 2, tf.int32)
-            left = tf.cast(tf.cast(width - crop_w, tf.float32) / 2, tf.int32)
-            images = images[:, top : top + crop_h, left : left + crop_w, :]
-        return tf.image.resize(images, size, method="bilinear")
+        from ..extractor.resize import resize_batch  # the code extraction runs too
+
+        return resize_batch(images, self.height, self.width, self.mode)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return (input_shape[0], self.height, self.width, 3)

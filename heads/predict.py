@@ -4,103 +4,57 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
+from ..extractor.cache import CacheReader
+from ..extractor.ranking import top_k as rank
+from .options import DEFAULT_FEATURE_BATCH_SIZE, DEFAULT_TOP_K, check_options
+from .train import TrainedHead, load_head
 
-from ..errors import SettingsMismatchError
-from ..extractor.cache import FEATURE_FIELDS, open_h5
-from .train import load_head
 
-# the feature settings, less the storage type (a float16 cache suits a float32 head) and
-# the weights' name (checked below: a file is identified by its hash, not its path)
-_CHECKED = (
-    *(f for f in FEATURE_FIELDS if f not in ("dtype", "weights")),
-    "feature_dim",
-)
+def check_cache_suits(head: TrainedHead, reader: CacheReader) -> None:
+    """Refuse a cache whose features were not made with the settings the head learned on.
+
+    The storage type does not matter (a float16 cache suits a float32 head); the feature
+    width does. Raises :class:`SettingsMismatchError` naming every setting that differs.
+    """
+    cache = replace(reader.settings, feature_dim=reader.feature_dim)
+    head.settings.check(
+        cache,
+        what=f"{reader.path} was not made with the backbone settings the head was trained on",
+        ours="head",
+        theirs="cache",
+    )
 
 
 def predict_cache(
     run: str | os.PathLike[str],
     cache: str | os.PathLike[str],
     output: str | os.PathLike[str] | None = None,
-    top_k: int = 3,
-    batch_size: int = 4096,
+    top_k: int = DEFAULT_TOP_K,
+    batch_size: int = DEFAULT_FEATURE_BATCH_SIZE,
 ) -> Path:
     """Write ``predictions.csv`` (path, label, predicted, probability, top-k) for every row.
 
     The cache must come from the same backbone settings as the head's training cache.
     """
+    check_options({"top_k": top_k, "batch_size": batch_size})
     head = load_head(run)
-    cache = Path(cache)
+    reader = CacheReader(cache)
+    check_cache_suits(head, reader)
     names = head.class_names
+    columns = [names[c] for c in head.classes]
     out = Path(output) if output is not None else Path(run) / "predictions.csv"
-    with open_h5(cache) as handle:
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in handle.attrs.items()}
-        _check_settings(head.meta["cache_settings"], attrs, cache)
-        labels = handle["labels"][:]
-        cache_names = attrs.get("class_names", "[]")
-        import json
-
-        cache_classes = json.loads(str(cache_names))
-        paths = handle["paths"].asstr()
-        features = handle["features"]
-        k = max(1, min(top_k, len(head.classes)))
-        with open(out, "w", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerow(["path", "label", "predicted", "probability", "top_k"])
-            for start in range(0, features.shape[0], batch_size):
-                stop = min(start + batch_size, features.shape[0])
-                proba = head.predict_proba(features[start:stop])
-                order = np.argsort(-proba, axis=1)[:, :k]
-                batch_paths = paths[start:stop]
-                for i in range(stop - start):
-                    best = order[i]
-                    label = int(labels[start + i])
-                    true = cache_classes[label] if 0 <= label < len(cache_classes) else ""
-                    top = "|".join(f"{names[head.classes[j]]}:{proba[i, j]:.4f}" for j in best)
-                    writer.writerow(
-                        [
-                            batch_paths[i],
-                            true,
-                            names[head.classes[best[0]]],
-                            f"{proba[i, best[0]]:.6f}",
-                            top,
-                        ]
-                    )
+    with open(out, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["path", "label", "predicted", "probability", "top_k"])
+        for rows, features in reader.batches(batch_size=batch_size):
+            proba = head.predict_proba(features)
+            order = rank(proba, top_k)
+            for row, true, p, best in zip(rows, reader.label_names(rows), proba, order):
+                top = "|".join(f"{columns[j]}:{p[j]:.4f}" for j in best)
+                writer.writerow(
+                    [reader.paths[row], true, columns[best[0]], f"{p[best[0]]:.6f}", top]
+                )
     return out
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _check_settings(trained: dict[str, object], attrs: dict[str, object], cache: Path) -> None:
-    differ = []
-    for key in _CHECKED:
-        mine, theirs = trained.get(key), attrs.get(key)
-        if isinstance(theirs, np.ndarray):
-            theirs = theirs.tolist()
-        if isinstance(theirs, np.generic):
-            theirs = theirs.item()
-        if key == "backbone" and (trained.get("backbone_sha256") or attrs.get("backbone_sha256")):
-            continue  # saved-model backbones are compared by hash
-        if mine != theirs:
-            differ.append(f"{key} {mine!r} (head) vs {theirs!r} (cache)")
-    if not trained.get("weights_sha256") and trained.get("weights") != attrs.get("weights"):
-        differ.append(
-            f"weights {trained.get('weights')!r} (head) vs {attrs.get('weights')!r} (cache)"
-        )
-    if trained.get("weights") == "none" and trained.get("seed") != _plain(attrs.get("seed")):
-        differ.append(
-            f"random-weight seed {trained.get('seed')} (head) vs {attrs.get('seed')} (cache)"
-        )
-    if differ:
-        raise SettingsMismatchError(
-            f"{cache} was not made with the backbone settings the head was trained on: "
-            + "; ".join(differ)
-        )

@@ -13,40 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CacheError, DatasetError, InvalidOptionError
-from ..extractor.cache import FEATURE_FIELDS
-from .baselines import HEAD_KINDS, fit_baseline, make_baseline, probabilities
+from ..errors import CacheError, DatasetError
+from ..extractor.settings import FeatureSettings
+from .baselines import fit_baseline, make_baseline, probabilities
 from .data import CachedSplits, Split, load_splits, should_stream
-from .dense import MONITORS, OPTIMIZERS, DenseHead
+from .dense import DenseHead
+from .options import DEFAULT_FEATURE_BATCH_SIZE, HeadOptions, merge_options
 from .report import metrics, write_confusion, write_history
 
 HEAD_FORMAT = 1
 DEFAULT_RUNS_DIR = Path("runs")
-_DENSE_PARAMS = (
-    "hidden",
-    "dropout",
-    "batchnorm",
-    "activation",
-    "optimizer",
-    "lr",
-    "momentum",
-    "epochs",
-    "batch_size",
-    "patience",
-    "monitor",
-    "class_weight",
-    "from_logits",
-    "standardize",
-    "seed",
-)
-_BASELINE_PARAMS = {
-    "logreg": ("C",),
-    "linear-svm": ("C",),
-    "svm": ("C",),
-    "knn": ("k",),
-    "random-forest": ("n_estimators", "max_depth"),
-    "ridge": ("alpha",),
-}
+_VAL_BATCH = 1024
+"""Rows per validation batch when the dense head streams its features."""
 
 
 @dataclass
@@ -57,6 +35,14 @@ class TrainedHead:
     estimator: Any
     class_names: list[str]
     meta: dict[str, Any]
+
+    @property
+    def settings(self) -> FeatureSettings:
+        """The feature settings of the cache the head was trained on."""
+        recorded = self.meta["cache_settings"]
+        if not recorded.get("feature_dim"):  # the width is known from the head itself
+            recorded = {**recorded, "feature_dim": self.meta.get("feature_dim", 0)}
+        return FeatureSettings.from_mapping(recorded)
 
     @property
     def classes(self) -> np.ndarray:
@@ -82,70 +68,6 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
-def head_params(kind: str, **options: Any) -> dict[str, Any]:
-    """The subset of ``options`` that configures a head of this kind (validated)."""
-    if kind not in HEAD_KINDS:
-        raise InvalidOptionError(f"--head {kind!r}: expected one of {', '.join(HEAD_KINDS)}")
-    if options.get("class_weight") not in (None, "balanced"):
-        raise InvalidOptionError(f"--class-weight {options['class_weight']!r}: expected balanced")
-    _check_ranges(options)
-    if kind == "dense":
-        if options.get("optimizer", "adam") not in OPTIMIZERS:
-            raise InvalidOptionError(f"--optimizer: expected one of {', '.join(OPTIMIZERS)}")
-        if options.get("monitor", "val_accuracy") not in MONITORS:
-            raise InvalidOptionError(f"--monitor: expected one of {', '.join(MONITORS)}")
-        params = {k: options[k] for k in _DENSE_PARAMS if k in options}
-        params["hidden"] = tuple(int(h) for h in params.get("hidden", (256,)))
-        params["standardize"] = bool(params.get("standardize") or False)
-        return params
-    keys = (*_BASELINE_PARAMS[kind], "standardize", "class_weight", "seed")
-    return {k: options[k] for k in keys if k in options}
-
-
-_RANGES: dict[str, tuple[float, float, str]] = {
-    # option: (lowest, highest, how to say it); bounds are inclusive unless said otherwise
-    "epochs": (1, float("inf"), "at least 1"),
-    "batch_size": (1, float("inf"), "at least 1"),
-    "patience": (0, float("inf"), "0 or more"),
-    "lr": (1e-12, float("inf"), "positive"),
-    "momentum": (0, 1, "between 0 and 1"),
-    "dropout": (0, 0.999, "at least 0 and below 1"),
-    "C": (1e-12, float("inf"), "positive"),
-    "k": (1, float("inf"), "at least 1"),
-    "n_estimators": (1, float("inf"), "at least 1"),
-    "max_depth": (1, float("inf"), "at least 1"),
-    "alpha": (0, float("inf"), "0 or more"),
-}
-
-
-def _check_ranges(options: dict[str, Any]) -> None:
-    """Refuse out-of-range option values before anything is loaded or written."""
-    for name, (low, high, wording) in _RANGES.items():
-        value = options.get(name)
-        if value is not None and not low <= value <= high:
-            flag = "--" + name.replace("_", "-")
-            raise InvalidOptionError(f"{flag} {value}: must be {wording}")
-    hidden = options.get("hidden", ())
-    if any(int(width) < 1 for width in hidden):
-        raise InvalidOptionError(f"--hidden {hidden}: widths must be at least 1")
-    activation = options.get("activation")
-    if activation is not None:
-        from ..extractor.backbone import ensure_tensorflow_backend
-
-        ensure_tensorflow_backend()
-        import keras
-
-        try:
-            keras.activations.get(activation)
-        except (ValueError, TypeError):
-            raise InvalidOptionError(
-                f"--activation {activation!r}: not a Keras activation"
-            ) from None
-    fraction = options.get("val_fraction")
-    if fraction is not None and not 0 < fraction < 1:
-        raise InvalidOptionError(f"--val-fraction {fraction}: must be between 0 and 1")
-
-
 def _fit(
     kind: str, params: dict[str, Any], splits: CachedSplits, stream: bool
 ) -> tuple[Any, dict[str, list[float]] | None]:
@@ -164,18 +86,17 @@ def _fit(
             validation_data=(splits.features(early), early.labels),
         )
         return head, head.history_
-    batch = int(params.get("batch_size", 32))
-    seed = int(params.get("seed", 0))
+    batch, seed = int(params["batch_size"]), int(params["seed"])
     stats = _streamed_stats(splits, splits.train) if params.get("standardize") else None
 
     def train(epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return splits.batches(splits.train, batch, shuffle=True, seed=seed + epoch)
 
     def val() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        return splits.batches(early, 1024, shuffle=False, seed=0)
+        return splits.batches(early, _VAL_BATCH, shuffle=False, seed=0)
 
     classes = np.unique(splits.train.labels)
-    val_batches = max(1, -(-len(early) // 1024))
+    val_batches = max(1, -(-len(early) // _VAL_BATCH))
     head.fit_batches(
         train, val, splits.feature_dim, classes, splits.train.labels, stats, val_batches
     )
@@ -185,7 +106,7 @@ def _fit(
 def _streamed_stats(splits: CachedSplits, split: Split) -> tuple[np.ndarray, np.ndarray]:
     total = np.zeros(splits.feature_dim)
     squares = np.zeros(splits.feature_dim)
-    for x, _ in splits.batches(split, 4096, shuffle=False, seed=0):
+    for x, _ in splits.batches(split, DEFAULT_FEATURE_BATCH_SIZE, shuffle=False, seed=0):
         total += x.sum(axis=0)
         squares += (x.astype(np.float64) ** 2).sum(axis=0)
     mean = total / max(1, len(split))
@@ -198,7 +119,10 @@ def predict_split(
     """Probabilities for every row of a split (read in batches when streaming)."""
     if not stream:
         return head.predict_proba(splits.features(split))
-    parts = [head.predict_proba(x) for x, _ in splits.batches(split, 4096, False, 0)]
+    parts = [
+        head.predict_proba(x)
+        for x, _ in splits.batches(split, DEFAULT_FEATURE_BATCH_SIZE, False, 0)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, len(head.classes)))
 
 
@@ -215,33 +139,36 @@ def new_run_dir(cache: Path, kind: str, root: Path = DEFAULT_RUNS_DIR) -> Path:
 
 def train_head(
     cache: str | os.PathLike[str],
-    head: str = "dense",
+    head: str | None = None,
     output: str | os.PathLike[str] | None = None,
     *,
-    stream: bool | None = None,
-    val_fraction: float = 0.2,
-    **options: Any,
+    options: HeadOptions | None = None,
+    **values: Any,
 ) -> TrainResult:
     """Fit a head on the cache's train split, select on val, report val and test.
 
-    ``options`` are the head's parameters (``hidden``, ``dropout``, ``lr``, ``epochs``,
-    ``C``, ``k``, ...; see ``featcache train-head --help``). ``stream=None`` streams the
-    dense head's features from disk only when they would not fit comfortably in memory.
+    ``options`` (:class:`~featcache.heads.options.HeadOptions`), or keyword arguments of
+    the same names, which override it: the head's parameters (``hidden``, ``dropout``,
+    ``lr``, ``epochs``, ``C``, ``k``, ...), ``val_fraction``, ``seed`` and ``stream``
+    (None streams the dense head's features from disk only when they would not fit
+    comfortably in memory). ``head`` (default ``dense``) overrides ``options.head``.
 
     Examples
     --------
     >>> result = train_head("cache/mobilenet.h5", head="logreg", C=1.0)  # doctest: +SKIP
     >>> result.report["test"]["accuracy"]  # doctest: +SKIP
     """
+    chosen = merge_options(HeadOptions, options, head=head, **values)
     cache = Path(cache)
-    params = head_params(head, val_fraction=val_fraction, **options)
-    splits = load_splits(cache, val_fraction=val_fraction, seed=int(options.get("seed", 0)))
-    streaming = head == "dense" and should_stream(splits, stream)
+    kind = chosen.head
+    params = chosen.head_params()
+    splits = load_splits(cache, val_fraction=chosen.val_fraction, seed=chosen.seed)
+    streaming = kind == "dense" and should_stream(splits, chosen.stream)
     names = splits.class_names
     started = time.monotonic()
-    estimator, history = _fit(head, params, splits, streaming)
+    estimator, history = _fit(kind, params, splits, streaming)
     fit_seconds = time.monotonic() - started
-    trained = TrainedHead(head, estimator, names, _meta(head, params, splits))
+    trained = TrainedHead(kind, estimator, names, _meta(kind, params, splits))
     evaluated = {}
     for split_name in ("val", "test"):
         split = getattr(splits, split_name)
@@ -249,16 +176,16 @@ def train_head(
         predicted = trained.classes[np.argmax(proba, axis=1)]
         evaluated[split_name] = metrics(split.labels, predicted, names)
     report = {
-        "head": head,
+        "head": kind,
         "params": _jsonable(params),
         "cache": str(cache),
-        "fingerprint": splits.attrs.get("fingerprint", ""),
+        "fingerprint": splits.reader.fingerprint,
         "backbone": splits.settings.backbone,
         "rows": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
         "class_names": names,
         "streamed": streaming,
-        "stream_option": stream,
-        "val_fraction": val_fraction,
+        "stream_option": chosen.stream,
+        "val_fraction": chosen.val_fraction,
         "notes": splits.notes,
         "fit_seconds": round(fit_seconds, 3),
         "val": evaluated["val"],
@@ -268,13 +195,19 @@ def train_head(
     if history is not None:
         report["epochs_run"] = getattr(estimator, "n_epochs_", len(history.get("loss", [])))
         report["best_epoch"] = getattr(estimator, "best_epoch_", None)
-    run_dir = Path(output) if output is not None else new_run_dir(cache, head)
+    run_dir = Path(output) if output is not None else new_run_dir(cache, kind)
     save_run(run_dir, trained, report, history)
     return TrainResult(run_dir, trained, report, splits.notes)
 
 
 def _meta(kind: str, params: dict[str, Any], splits: CachedSplits) -> dict[str, Any]:
-    keep = (*FEATURE_FIELDS, "feature_dim", "fingerprint", "dataset_root", "seed")
+    """``head.json``: its ``cache_settings`` are the cache's settings
+    (:meth:`FeatureSettings.from_mapping` reads them back) with the fingerprint."""
+    settings = {
+        **splits.settings.to_dict(),
+        "feature_dim": splits.feature_dim,
+        "fingerprint": splits.reader.fingerprint,
+    }
     return {
         "featcache_head": HEAD_FORMAT,
         "kind": kind,
@@ -282,7 +215,7 @@ def _meta(kind: str, params: dict[str, Any], splits: CachedSplits) -> dict[str, 
         "class_names": splits.class_names,
         "feature_dim": splits.feature_dim,
         "cache": str(splits.path),
-        "cache_settings": _jsonable({k: splits.attrs.get(k) for k in keep}),
+        "cache_settings": _jsonable(settings),
     }
 
 

@@ -1,53 +1,40 @@
-"""Shared fixtures: tiny real image folders and the pretrained-weights directory."""
+"""Shared fixtures (tiny real image folders, the pretrained-weights directory) and one
+collection hook; the plain helpers are in ``helpers.py``."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from helpers import make_class_folder
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-TINY = {"backbone": "vgg16", "weights": "none", "image_size": 32, "progress": False}
-"""Extraction settings for fast tests: random (seeded) VGG16 at 32x32 (its random features
-are well scaled, unlike the BatchNorm nets whose random features vanish)."""
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_image(path: Path, seed: int, size: tuple[int, int] = (40, 48), fmt: str = "PNG") -> Path:
-    """Write a smooth random RGB image (width, height) so resizing matters."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
-    image = Image.fromarray(small).resize(size, Image.BILINEAR)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format=fmt)
-    return path
+class _CheckoutIsNotATestPackage:
+    """Collect the repository root as a plain folder, not as a test package.
+
+    The root is the ``featcache`` package (it has an ``__init__.py``), so pytest would
+    otherwise import ``ROOT/__init__.py`` before the first test, under the name of the
+    checkout folder (``main``, with ``main.errors`` etc.: a second copy of the package next
+    to ``featcache``), after putting the folder above the checkout on ``sys.path``.
+    """
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path: Path, parent: pytest.Collector) -> pytest.Dir | None:
+        if path == ROOT:
+            return pytest.Dir.from_parent(parent, path=path)
+        return None
 
 
-def make_class_folder(root: Path, classes: int = 3, per_class: int = 4, seed: int = 0) -> Path:
-    """``root/class_k/img_i.{png,jpg}`` with distinct images of varying sizes."""
-    for k in range(classes):
-        for i in range(per_class):
-            fmt, ext = ("JPEG", "jpg") if i % 2 else ("PNG", "png")
-            size = (30 + 7 * i, 36 + 5 * k)
-            write_image(
-                root / f"class_{k}" / f"img_{i}.{ext}", seed * 1000 + k * 100 + i, size, fmt
-            )
-    return root
-
-
-def cache_rows(path: Path) -> int:
-    """Rows in the cache file at ``path`` as it is on disk now; -1 when absent or unreadable."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f["paths"].shape[0])
-    except (OSError, KeyError):
-        return -1
+def pytest_configure(config: pytest.Config) -> None:
+    # A plugin, not a hook of this conftest: conftest hooks only see paths under tests/.
+    config.pluginmanager.register(_CheckoutIsNotATestPackage(), "featcache-checkout-root")
 
 
 @pytest.fixture

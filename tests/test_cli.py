@@ -6,8 +6,8 @@ import sys
 
 from click.testing import CliRunner
 
-from conftest import TINY
 from featcache.cli import extract_command, main
+from helpers import TINY
 
 ARGS = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "-q"]
 
@@ -75,7 +75,7 @@ def test_input_errors_exit_2_with_one_line(class_folder, tmp_path, monkeypatch):
 
 
 def test_settings_mismatch_exits_2_and_keeps_the_cache(class_folder, tmp_path):
-    from featcache.extractor import extract, read_cache
+    from featcache import extract, read_cache
 
     out = tmp_path / "c.h5"
     extract(class_folder, output=out, **TINY)
@@ -101,7 +101,7 @@ def test_not_a_cache_file_exits_2(tmp_path):
 def test_newer_format_version_is_refused(class_folder, tmp_path):
     import h5py
 
-    from featcache.extractor import extract
+    from featcache import extract
 
     out = tmp_path / "c.h5"
     extract(class_folder, output=out, **TINY)

@@ -1,12 +1,11 @@
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from featcache.extractor.decode import BadImageError, array_to_rgb, decode_image, resize_image
+from helpers import png_claiming
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -74,18 +73,6 @@ def test_gif_takes_the_first_frame():
     assert pixels[0, 0, 0] > 200 and pixels[0, 0, 2] < 50
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A valid-looking PNG header that claims a huge image (a decompression bomb)."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + header
-    ihdr = struct.pack(">I", len(header)) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    idat = zlib.compress(b"\x00" * 64)
-    idat_chunk = b"IDAT" + idat
-    body = struct.pack(">I", len(idat)) + idat_chunk + struct.pack(">I", zlib.crc32(idat_chunk))
-    end = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
-    return b"\x89PNG\r\n\x1a\n" + ihdr + body + end
-
-
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
@@ -93,7 +80,7 @@ def _png_claiming(width: int, height: int) -> bytes:
         (b"hello, I am text pretending to be a JPEG", "not an image"),
         (_encode(RGB, "JPEG")[:300], "corrupt or truncated"),
         (_encode(RGB, "PNG")[:200], "corrupt or truncated"),
-        (_png_claiming(50_000, 50_000), "decompression bomb"),
+        (png_claiming(50_000, 50_000), "decompression bomb"),
     ],
     ids=["empty", "text", "truncated-jpeg", "truncated-png", "bomb"],
 )

@@ -19,3 +19,11 @@ EXPECTED_FAILURES = {
 )
 def test_sklearn_estimator_contract(estimator, check):
     check(estimator)
+
+
+def test_dense_head_defaults_are_the_heads_options_defaults():
+    from featcache.heads.options import HeadOptions
+
+    defaults = HeadOptions(head="dense").head_params()
+    params = DenseHead().get_params()
+    assert {name: params[name] for name in defaults} == defaults

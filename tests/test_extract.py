@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
-from conftest import TINY, make_class_folder, write_image
+from featcache import cache_info, extract, read_cache
 from featcache.errors import CacheLockedError, InvalidOptionError, SettingsMismatchError
-from featcache.extractor import cache_info, extract, read_cache
+from helpers import TINY, make_class_folder, write_image
 
 
 def test_first_run_writes_a_self_describing_cache(class_folder, tmp_path):
@@ -148,7 +148,7 @@ def test_bad_files_are_recorded_and_never_stop_the_run(class_folder, tmp_path):
     good = (class_folder / "class_1" / "img_1.jpg").read_bytes()
     (bad_dir / "truncated.jpg").write_bytes(good[: len(good) // 3])
     (bad_dir / "dangling.png").symlink_to(tmp_path / "does-not-exist.png")
-    from test_decode import _png_claiming
+    from helpers import png_claiming as _png_claiming
 
     (bad_dir / "bomb.png").write_bytes(_png_claiming(40_000, 40_000))
     out = tmp_path / "c.h5"
@@ -323,11 +323,11 @@ def test_unfinished_append_is_put_in_order_by_the_next_run(tmp_path):
         "avg",
         "",
         "none",
-        "float32",
-        (1.0, 0.0, 0.0),
-        "hash",
         0,
-        str(tmp_path),
+        dtype="float32",
+        split_ratios=(1.0, 0.0, 0.0),
+        split_source="hash",
+        dataset_root=str(tmp_path),
     )
     order = {"a": 0, "b": 1, "c": 2}
     out = tmp_path / "c.h5"

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import TINY, make_class_folder, write_image
+from featcache import extract, read_cache
 from featcache.cli import main
-from featcache.errors import InvalidOptionError, WeightsError
-from featcache.extractor import extract, read_cache
+from featcache.errors import InvalidOptionError, SettingsMismatchError
 from featcache.extractor.decode import decode_image
 from featcache.heads.train import load_head, train_head
+from helpers import TINY, make_class_folder, write_image
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_scikit_learn_heads_cannot_be_exported(setup):
 
     root, _, cache, _ = setup
     train_head(cache, head="logreg", output=root / "logreg")
-    with pytest.raises(InvalidOptionError, match="--head dense"):
+    with pytest.raises(InvalidOptionError, match="head 'dense'"):
         export(root / "logreg", root / "logreg.keras")
 
 
@@ -183,8 +183,9 @@ def test_a_changed_weights_file_is_refused(tmp_path):
     keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(
         weights
     )
-    with pytest.raises(WeightsError, match="changed since the cache was made"):
+    with pytest.raises(SettingsMismatchError, match="changed since the cache was made") as refused:
         export(tmp_path / "head", tmp_path / "m.keras")
+    assert "with other contents (SHA-256 differs) (now)" in str(refused.value)
     result = CliRunner().invoke(
         main, ["fine-tune", str(cache), "--head", str(tmp_path / "head"), "--epochs", "1"]
     )
@@ -231,3 +232,42 @@ def test_export_of_a_saved_model_backbone_and_a_float16_cache(tmp_path):
     for path, row in zip(cached.paths, expected):
         pixels = decode_image((data / path).read_bytes()).astype(np.float32)
         np.testing.assert_allclose(np.asarray(model(pixels[None]))[0], row, atol=1e-4)
+
+
+def test_fine_tune_options_are_checked_first_and_name_the_parameter(setup, tmp_path):
+    from featcache.heads.finetune import fine_tune
+    from featcache.heads.options import FineTuneOptions
+
+    _, _, cache, run = setup
+    for values, parameter in (
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr": 0.0}, "lr"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"unfreeze": "some"}, "unfreeze"),
+        ({"augment": "flip,blur"}, "augment"),
+    ):
+        with pytest.raises(InvalidOptionError, match=f"^{parameter} ") as refused:
+            fine_tune(cache, run, output=tmp_path / "ft", **values)
+        assert refused.value.parameter == parameter
+        with pytest.raises(InvalidOptionError, match=f"^{parameter} "):
+            FineTuneOptions(**values)
+    assert not (tmp_path / "ft").exists()
+    options = FineTuneOptions(epochs=1, batch_size=8, unfreeze=0)
+    result = fine_tune(cache, run, output=tmp_path / "ft", options=options, unfreeze="all")
+    assert result.report["params"]["epochs"] == 1 and result.report["params"]["unfreeze"] == "all"
+
+
+def test_cache_row_paths_read_back_from_the_dataset(tmp_path):
+    from featcache.extractor.sources import array_row_path, item_from_path, open_source
+
+    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    np.save(tmp_path / "x.npy", images)
+    path = array_row_path("x.npy", 1)
+    assert path == "x.npy#1" and item_from_path(path).index == 1
+    content, _ = open_source(tmp_path / "x.npy").read(item_from_path(path))
+    np.testing.assert_array_equal(content, images[1])
+    write_image(tmp_path / "d" / "a#2.png", 0)  # a file name with a mark is still a file
+    assert item_from_path("a#2.png").index == -1
+    data, _ = open_source(tmp_path / "d").read(item_from_path("a#2.png"))
+    assert data == (tmp_path / "d" / "a#2.png").read_bytes()

@@ -10,13 +10,15 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import TINY
+from featcache import extract
 from featcache.cli import main
-from featcache.errors import DatasetError, SettingsMismatchError
-from featcache.extractor import extract
+from featcache.errors import DatasetError, InvalidOptionError, SettingsMismatchError
+from featcache.extractor.ranking import top_k
 from featcache.heads.dense import DenseHead
+from featcache.heads.options import HeadOptions
 from featcache.heads.predict import predict_cache
 from featcache.heads.train import load_head, train_head
+from helpers import TINY
 
 KINDS = ["dense", "logreg", "linear-svm", "svm", "knn", "random-forest", "ridge"]
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
@@ -77,7 +79,7 @@ def test_every_head_fits_reports_and_reloads(cache, tmp_path, kind):
     else:
         assert (tmp_path / "run" / "head.joblib").is_file()
     loaded = load_head(tmp_path / "run")
-    from featcache.extractor import read_cache
+    from featcache import read_cache
 
     data = read_cache(cache)
     np.testing.assert_allclose(
@@ -150,8 +152,96 @@ def test_predict_writes_a_row_per_image_and_checks_settings(cache, tmp_path):
     other = tmp_path / "other.h5"
     colour_folder(tmp_path / "d2", per_class=3)
     extract(tmp_path / "d2", output=other, **{**TINY, "image_size": 48})
-    with pytest.raises(SettingsMismatchError, match="image_size"):
+    with pytest.raises(SettingsMismatchError, match="image_size") as refused:
         predict_cache(tmp_path / "run", other)
+    message = str(refused.value)
+    assert message.startswith(f"{other} was not made with the backbone settings")
+    assert "image_size 32x32 (head) vs 48x48 (cache)" in message
+    assert "pooling" not in message and "backbone" not in message.split(":", 1)[1]
+
+
+def test_predict_names_every_setting_that_differs_and_ignores_the_dtype(cache, tmp_path):
+    train_head(cache, "logreg", tmp_path / "run")
+    colour_folder(tmp_path / "d2", per_class=3)
+    half = tmp_path / "half.h5"  # float16 storage: same features, rounded
+    extract(tmp_path / "d2", output=half, dtype="float16", **TINY)
+    with open(predict_cache(tmp_path / "run", half)) as handle:
+        assert len(list(csv.DictReader(handle))) == 9
+    other = tmp_path / "other.h5"
+    extract(tmp_path / "d2", output=other, pooling="max", resize="pad", **TINY)
+    with pytest.raises(SettingsMismatchError) as refused:
+        predict_cache(tmp_path / "run", other)
+    message = str(refused.value)
+    assert "resize 'stretch' (head) vs 'pad' (cache)" in message
+    assert "pooling 'avg' (head) vs 'max' (cache)" in message
+
+
+def test_an_old_head_json_still_loads_and_checks(cache, tmp_path):
+    """head.json files written before FeatureSettings kept a fixed list of cache attributes."""
+    train_head(cache, "logreg", tmp_path / "run")
+    meta_path = tmp_path / "run" / "head.json"
+    meta = json.loads(meta_path.read_text())
+    new = meta["cache_settings"]
+    old_keys = (
+        "backbone", "backbone_sha256", "weights", "weights_sha256", "image_size", "resize",
+        "pooling", "layer", "preprocessing", "dtype", "feature_dim", "fingerprint",
+        "dataset_root", "seed",
+    )  # fmt: skip
+    meta["cache_settings"] = {key: new[key] for key in old_keys}
+    meta_path.write_text(json.dumps(meta))
+    head = load_head(tmp_path / "run")
+    assert head.settings.image_size == (32, 32) and head.settings.feature_dim == 512
+    with open(predict_cache(tmp_path / "run", cache)) as handle:
+        assert len(list(csv.DictReader(handle))) == 60
+    meta["cache_settings"]["image_size"] = [48, 48]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(SettingsMismatchError, match=r"48x48 \(head\) vs 32x32 \(cache\)"):
+        predict_cache(tmp_path / "run", cache)
+
+
+def test_top_k_is_descending_with_ties_in_column_order():
+    scores = np.array([[0.1, 0.5, 0.2, 0.2], [0.3, 0.3, 0.3, 0.1], [0.0, 0.0, 1.0, 0.0]])
+    assert top_k(scores, 3).tolist() == [[1, 2, 3], [0, 1, 2], [2, 0, 1]]
+    assert top_k(scores, 10).shape == (3, 4)  # at most every column
+    assert top_k(scores[:0], 2).shape == (0, 2)
+    with pytest.raises(InvalidOptionError, match=r"^k 0: must be at least 1") as refused:
+        top_k(scores, 0)
+    assert refused.value.parameter == "k"
+
+
+@pytest.mark.parametrize(
+    ("values", "parameter", "message"),
+    [
+        ({"epochs": 0}, "epochs", "epochs 0: must be at least 1"),
+        ({"batch_size": 0}, "batch_size", "batch_size 0: must be at least 1"),
+        ({"dropout": 1.0}, "dropout", "dropout 1.0: must be at least 0 and below 1"),
+        ({"head": "tree"}, "head", "head 'tree': expected one of dense, logreg"),
+        ({"C": 0.0}, "C", "C 0.0: must be positive"),
+        ({"k": 0}, "k", "k 0: must be at least 1"),
+        ({"val_fraction": 1.0}, "val_fraction", "val_fraction 1.0: must be between 0 and 1"),
+        ({"hidden": (256, -1)}, "hidden", "hidden (256, -1): widths must be at least 1"),
+        ({"optimizer": "lbfgs"}, "optimizer", "optimizer 'lbfgs': expected one of adam"),
+        ({"seed": -1}, "seed", "seed -1: expected 0 to 2**32 - 1"),
+    ],
+)
+def test_head_option_errors_name_the_parameter(tmp_path, values, parameter, message):
+    with pytest.raises(InvalidOptionError) as refused:
+        HeadOptions(**values)
+    assert str(refused.value).startswith(message) and refused.value.parameter == parameter
+    with pytest.raises(InvalidOptionError, match=f"^{parameter} "):  # before the cache is read
+        train_head(tmp_path / "missing.h5", output=tmp_path / "run", **values)
+    assert not (tmp_path / "run").exists()
+
+
+def test_options_and_keywords_combine(cache, tmp_path):
+    options = HeadOptions(head="knn", k=3, seed=4)
+    result = train_head(cache, output=tmp_path / "a", options=options, k=7)
+    assert result.report["head"] == "knn" and result.report["params"]["k"] == 7
+    assert result.report["params"]["seed"] == 4
+    result = train_head(cache, "logreg", tmp_path / "b", options=options)
+    assert result.report["head"] == "logreg" and "k" not in result.report["params"]
+    assert HeadOptions(hidden="512,128").hidden == (512, 128)
+    assert HeadOptions(hidden="none").hidden == ()
 
 
 def test_compare_writes_a_leaderboard_and_keeps_the_best_run(cache, tmp_path):

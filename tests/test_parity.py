@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from conftest import make_class_folder
-from featcache.extractor import extract, read_cache
+from featcache import extract, read_cache
+from helpers import make_class_folder
 
 pytestmark = pytest.mark.pretrained
 

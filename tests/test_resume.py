@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import TINY, cache_rows, make_class_folder
-from featcache.extractor import extract, read_cache
+from featcache import extract, read_cache
+from helpers import TINY, cache_rows, make_class_folder
 
 pytestmark = pytest.mark.slow
 

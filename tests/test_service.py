@@ -20,14 +20,13 @@ from filelock import FileLock
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from conftest import make_class_folder, write_image
+from featcache import ServeOptions, extract, start_server
 from featcache.cli import main
 from featcache.errors import RemoteError
 from featcache.extractor.cache import read_cache
-from featcache.extractor.pipeline import extract
 from featcache.extractor.service.client import BadImagesError, Client
-from featcache.extractor.service.server import ServeOptions, start_server
 from featcache.protos import extractor_pb2 as pb
+from helpers import make_class_folder, write_image
 
 MODEL = {"weights": "none", "image_size": 32}
 """Client settings for the tiny random VGG16 (seed 20, as ``extract``'s default)."""
@@ -176,7 +175,7 @@ def test_requests_stay_under_the_clients_size_limit(server, client):
 
 def test_models_with_different_seeds_load_side_by_side_correctly(server, roots):
     from featcache.extractor.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
-    from featcache.extractor.embedders import decode_and_resize
+    from featcache.extractor.decode import decode_and_resize
 
     image = set_files(roots)[0]
     results: dict[int, np.ndarray] = {}
@@ -193,7 +192,7 @@ def test_models_with_different_seeds_load_side_by_side_correctly(server, roots):
     pixels = decode_and_resize(image.read_bytes(), (32, 32), "stretch")[None]
     for seed in (1, 2):
         config = BackboneConfig("vgg16", "none", 32, seed=seed)
-        expected = FeatureExtractor(resolve_backbone(config), seed)(pixels)[0]
+        expected = FeatureExtractor(resolve_backbone(config))(pixels)[0]
         np.testing.assert_allclose(results[seed], expected, atol=1e-5)
 
 

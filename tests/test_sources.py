@@ -3,9 +3,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import write_image
 from featcache.errors import DatasetError
 from featcache.extractor.sources import scan_dataset
+from helpers import write_image
 
 
 def test_class_folders_label_by_sorted_folder(class_folder):

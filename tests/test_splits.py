@@ -3,7 +3,8 @@ import hashlib
 import pytest
 
 from featcache.errors import InvalidOptionError
-from featcache.extractor.splits import assign_split, parse_split
+from featcache.extractor.options import parse_split
+from featcache.extractor.splits import assign_split
 
 
 def test_parse_split_accepts_two_or_three_ratios():

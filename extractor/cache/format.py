@@ -89,5 +89,3 @@ def read_rows(dataset: Any, rows: np.ndarray) -> np.ndarray:
         return np.asarray(dataset[low : high + 1])[rows - low]
     unique, inverse = np.unique(rows, return_inverse=True)
     return np.asarray(dataset[unique])[inverse]
-
-

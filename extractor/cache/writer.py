@@ -246,7 +246,9 @@ class CacheWriter:
         group = handle.create_group("bad")
         items = sorted(self.bad.items())
         group.create_dataset("paths", data=[p for p, _ in items], dtype=STRING, shape=(len(items),))
-        group.create_dataset("reasons", data=[r for _, r in items], dtype=STRING, shape=(len(items),))
+        group.create_dataset(
+            "reasons", data=[r for _, r in items], dtype=STRING, shape=(len(items),)
+        )
 
     def _create(self, handle: h5py.File, rows: int) -> None:
         dim = max(int(self.feature_dim), 1)

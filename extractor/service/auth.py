@@ -24,9 +24,13 @@ def read_token(path: str | os.PathLike[str]) -> str:
     try:
         token = Path(path).read_text().strip()
     except OSError as exc:
-        raise InvalidOptionError(f"--token-file {path}: {exc.strerror or exc}") from None
+        raise InvalidOptionError(
+            f"token_file {path}: {exc.strerror or exc}", "token_file"
+        ) from None
     if not token or any(c.isspace() for c in token):
-        raise InvalidOptionError(f"--token-file {path}: expected one token without spaces")
+        raise InvalidOptionError(
+            f"token_file {path}: expected one token without spaces", "token_file"
+        )
     return token
 
 

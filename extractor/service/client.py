@@ -20,9 +20,21 @@ import numpy as np
 from ...errors import FeatcacheError, RemoteError
 from ...protos import extractor_pb2 as pb
 from ...protos import extractor_pb2_grpc as pb_grpc
-from ..backbone import BackboneConfig
+from ..options import (
+    DEFAULT_BACKBONE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHECKPOINT_SECONDS,
+    DEFAULT_DTYPE,
+    DEFAULT_POOLING,
+    DEFAULT_PREPROCESSING,
+    DEFAULT_RESIZE,
+    DEFAULT_SEED,
+    DEFAULT_SPLIT,
+    DEFAULT_WEIGHTS,
+)
+from ..settings import BackboneConfig, FeatureSettings
 from .auth import read_token
-from .convert import DEFAULT_SEED, image_message, settings_message
+from .convert import image_message, settings_from_info, settings_message
 
 ImageInput = bytes | str | os.PathLike[str] | np.ndarray
 """File bytes, a path to an image file, or an (H, W[, C]) array of 0-255 values."""
@@ -120,22 +132,27 @@ class Client:
             reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
         )
 
-    def info(self, backbone: str = "mobilenet", **settings: Any) -> Any:
+    def info(self, backbone: str = DEFAULT_BACKBONE, **settings: Any) -> Any:
         """Load the backbone on the server and return its resolved ``BackboneInfo``."""
         request = pb.EmbedRequest(backbone=_settings(backbone, **settings))
         return self._call(self.stub.Embed, request).backbone
 
+    def resolve(self, config: BackboneConfig) -> FeatureSettings:
+        """Load ``config``'s backbone on the server; the settings its features will have."""
+        request = pb.EmbedRequest(backbone=settings_message(config))
+        return settings_from_info(self._call(self.stub.Embed, request).backbone)
+
     def embed(
         self,
         images: Sequence[ImageInput],
-        backbone: str = "mobilenet",
+        backbone: str = DEFAULT_BACKBONE,
         *,
-        weights: str = "imagenet",
+        weights: str = DEFAULT_WEIGHTS,
         image_size: int | tuple[int, int] | None = None,
-        pooling: str = "avg",
+        pooling: str = DEFAULT_POOLING,
         layer: str = "",
-        resize: str = "stretch",
-        preprocessing: str = "auto",
+        resize: str = DEFAULT_RESIZE,
+        preprocessing: str = DEFAULT_PREPROCESSING,
         seed: int = DEFAULT_SEED,
         errors: str = "raise",
     ) -> np.ndarray:
@@ -225,22 +242,22 @@ class Client:
     def extract_dataset(
         self,
         data: str,
-        backbone: str = "mobilenet",
+        backbone: str = DEFAULT_BACKBONE,
         *,
         output: str = "",
-        weights: str = "imagenet",
+        weights: str = DEFAULT_WEIGHTS,
         image_size: int | tuple[int, int] | None = None,
-        pooling: str = "avg",
+        pooling: str = DEFAULT_POOLING,
         layer: str = "",
-        resize: str = "stretch",
-        preprocessing: str = "auto",
+        resize: str = DEFAULT_RESIZE,
+        preprocessing: str = DEFAULT_PREPROCESSING,
         seed: int = DEFAULT_SEED,
-        dtype: str = "float32",
-        split: str = "0.7,0.2,0.1",
+        dtype: str = DEFAULT_DTYPE,
+        split: str = DEFAULT_SPLIT,
         labels: str = "",
-        batch_size: int = 32,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         overwrite: bool = False,
-        checkpoint_seconds: float = 60.0,
+        checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
     ) -> Iterator[DatasetProgress]:
         """Run ``extract`` on the server over ``data`` (relative to its ``--data-root``).
 
@@ -306,16 +323,8 @@ class Client:
 
 
 def _settings(backbone: str, **settings: Any) -> Any:
-    config = BackboneConfig(
-        backbone,
-        settings.get("weights", "imagenet"),
-        settings.get("image_size"),
-        settings.get("pooling", "avg"),
-        settings.get("layer", "") or "",
-        settings.get("preprocessing", "auto"),
-        settings.get("seed", DEFAULT_SEED),
-    )
-    return settings_message(config, settings.get("resize", "stretch"))
+    settings["layer"] = settings.get("layer") or ""
+    return settings_message(BackboneConfig(backbone, **settings))
 
 
 def _chunks(

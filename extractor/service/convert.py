@@ -6,28 +6,55 @@ Nothing here imports TensorFlow, so that the client side stays light.
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ...errors import (
+    AccessDenied,
     CacheLockedError,
     DatasetError,
     ExtractionCancelled,
     FeatcacheError,
     InvalidOptionError,
+    NotFound,
     SettingsMismatchError,
     UnknownBackboneError,
     WeightsError,
 )
 from ...protos import extractor_pb2 as pb
-from ..backbone import BackboneConfig, ResolvedBackbone, is_model_file
-from ..decode import RESIZE_MODES
+from ..backbone import is_model_file
+from ..options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHECKPOINT_SECONDS,
+    DEFAULT_DTYPE,
+    DEFAULT_POOLING,
+    DEFAULT_PREPROCESSING,
+    DEFAULT_RESIZE,
+    DEFAULT_SEED,
+    DEFAULT_SPLIT,
+    DEFAULT_WEIGHTS,
+    RESIZE_MODES,
+    ExtractOptions,
+    check_choice,
+    check_seed,
+    parse_image_size,
+)
+from ..runner import default_output
+from ..settings import BackboneConfig, FeatureSettings
 from ..sources import is_within
 
-DEFAULT_SEED = 20
-"""Seed of random weights (and of the split) when a request leaves it unset, as ``extract``."""
+
+@dataclass(frozen=True)
+class Roots:
+    """The folders requests may name paths in."""
+
+    data: Path | None = None
+    cache: Path | None = None
+    weights: Path | None = None
+
 
 _NAMED_WEIGHTS = ("imagenet", "none", "random")
 _TENSOR_DTYPES: dict[str, np.dtype[Any]] = {
@@ -37,29 +64,16 @@ _TENSOR_DTYPES: dict[str, np.dtype[Any]] = {
 }
 
 
-class AccessDenied(FeatcacheError):
-    """A request names a path outside the folders the server exposes."""
-
-
-class NotFound(FeatcacheError):
-    """A request names a dataset that does not exist under the data root."""
-
-
-def settings_message(config: BackboneConfig, resize: str) -> pb.BackboneSettings:
+def settings_message(config: BackboneConfig) -> pb.BackboneSettings:
     """The request form of a backbone configuration."""
-    size = config.image_size
-    if isinstance(size, str):
-        from ..backbone import parse_image_size
-
-        size = parse_image_size(size)
-    sizes = [] if size is None else ([size, size] if isinstance(size, int) else list(size))
+    size = parse_image_size(config.image_size)
     return pb.BackboneSettings(
         name=config.backbone,
         weights=config.weights,
-        image_size=sizes,
+        image_size=[] if size is None else list(size),
         pooling=config.pooling,
         layer=config.layer,
-        resize=resize,
+        resize=config.resize,
         preprocessing=config.preprocessing,
         seed=config.seed,
     )
@@ -67,46 +81,79 @@ def settings_message(config: BackboneConfig, resize: str) -> pb.BackboneSettings
 
 def config_from_message(
     settings: pb.BackboneSettings, weights_root: Path | None, max_side: int = 1024
-) -> tuple[BackboneConfig, str]:
-    """A request's settings as a :class:`BackboneConfig` and a resize mode.
+) -> BackboneConfig:
+    """A request's settings as a :class:`BackboneConfig`.
 
     Weights files and saved models must lie under ``weights_root``; input sides are
     limited to ``max_side`` pixels (memory grows with their square).
     """
     name = settings.name.strip()
     if not name:
-        raise InvalidOptionError("backbone.name is required")
+        raise InvalidOptionError("backbone.name is required", "backbone.name")
     if is_model_file(name):
         name = str(confine(weights_root, name, "saved model"))
-    weights = settings.weights.strip() or "imagenet"
+    weights = settings.weights.strip() or DEFAULT_WEIGHTS
     if weights.lower() not in _NAMED_WEIGHTS:
         weights = str(confine(weights_root, weights, "weights file"))
-    resize = settings.resize or "stretch"
-    if resize not in RESIZE_MODES:
-        raise InvalidOptionError(f"resize {resize!r}: expected one of {', '.join(RESIZE_MODES)}")
+    resize = check_choice("resize", settings.resize or DEFAULT_RESIZE, RESIZE_MODES)
     sizes = list(settings.image_size)
     if len(sizes) > 2:
-        raise InvalidOptionError(f"image_size {sizes}: expected [], [N] or [height, width]")
+        raise InvalidOptionError(
+            f"image_size {sizes}: expected [], [N] or [height, width]", "image_size"
+        )
     size: tuple[int, int] | None = None
     if sizes:
         size = (sizes[0], sizes[-1])
         if min(size) < 1 or max(size) > max_side:
             raise InvalidOptionError(
-                f"image_size {sizes}: sides must be within 1..{max_side} on this server"
+                f"image_size {sizes}: sides must be within 1..{max_side} on this server",
+                "image_size",
             )
-    seed = settings.seed if settings.HasField("seed") else DEFAULT_SEED
-    if not 0 <= seed < 2**32:
-        raise InvalidOptionError(f"seed {seed}: expected 0 to 2**32 - 1")
-    config = BackboneConfig(
+    seed = check_seed(settings.seed if settings.HasField("seed") else DEFAULT_SEED)
+    return BackboneConfig(
         name,
         weights,
         size,
-        settings.pooling or "avg",
+        settings.pooling or DEFAULT_POOLING,
         settings.layer,
-        settings.preprocessing or "auto",
+        settings.preprocessing or DEFAULT_PREPROCESSING,
         seed,
+        resize,
     )
-    return config, resize
+
+
+def dataset_paths(
+    request: pb.ExtractDatasetRequest, config: BackboneConfig, roots: Roots
+) -> tuple[Path, Path, Path | None, str]:
+    """An ``ExtractDataset`` request's data, output and labels paths, confined to the
+    server's roots, and the output as the client names it."""
+    data = confine(roots.data, request.data, "data")
+    if not data.exists():
+        raise NotFound(f"data {request.data!r}: no such folder or file under the data root")
+    name = request.output or default_output(config.backbone).name
+    if any(c in name for c in "*?[]"):
+        raise InvalidOptionError(f"output {name!r}: no wildcards in file names", "output")
+    output = confine(roots.cache, name, "output")
+    labels = confine(roots.data, request.labels, "labels") if request.labels else None
+    shown = output.relative_to(roots.cache) if roots.cache else output
+    return data, output, labels, str(shown)
+
+
+def extract_options(
+    request: pb.ExtractDatasetRequest, config: BackboneConfig, labels: Path | None, max_pixels: int
+) -> ExtractOptions:
+    """An ``ExtractDataset`` request's options (unset fields take ``extract``'s defaults)."""
+    return ExtractOptions(
+        **asdict(config),
+        dtype=request.dtype or DEFAULT_DTYPE,
+        split=request.split or DEFAULT_SPLIT,
+        labels=str(labels) if labels else None,
+        batch_size=request.batch_size or DEFAULT_BATCH_SIZE,
+        overwrite=request.overwrite,
+        checkpoint_seconds=request.checkpoint_seconds or DEFAULT_CHECKPOINT_SECONDS,
+        max_pixels=max_pixels,
+        progress=False,
+    )
 
 
 def confine(root: Path | None, relative: str, what: str) -> Path:
@@ -123,36 +170,38 @@ def confine(root: Path | None, relative: str, what: str) -> Path:
     return path
 
 
-def info_message(resolved: ResolvedBackbone, resize: str, feature_dim: int, seed: int) -> Any:
+def info_message(settings: FeatureSettings) -> Any:
     """The settings a backbone resolved to, as a ``BackboneInfo``."""
     return pb.BackboneInfo(
-        name=resolved.backbone,
-        backbone_sha256=resolved.backbone_sha256,
-        weights=resolved.weights,
-        weights_sha256=resolved.weights_sha256,
-        image_height=resolved.image_size[0],
-        image_width=resolved.image_size[1],
-        pooling=resolved.pooling,
-        layer=resolved.layer,
-        preprocessing=resolved.preprocessing,
-        resize=resize,
-        feature_dim=feature_dim,
-        seed=seed,
+        name=settings.backbone,
+        backbone_sha256=settings.backbone_sha256,
+        weights=settings.weights,
+        weights_sha256=settings.weights_sha256,
+        image_height=settings.image_size[0],
+        image_width=settings.image_size[1],
+        pooling=settings.pooling,
+        layer=settings.layer,
+        preprocessing=settings.preprocessing,
+        resize=settings.resize,
+        feature_dim=settings.feature_dim,
+        seed=settings.seed,
     )
 
 
-def resolved_from_info(info: Any) -> ResolvedBackbone:
-    """A ``BackboneInfo`` back as the :class:`ResolvedBackbone` a cache records."""
-    return ResolvedBackbone(
+def settings_from_info(info: Any) -> FeatureSettings:
+    """A ``BackboneInfo`` back as the :class:`FeatureSettings` a cache records."""
+    return FeatureSettings(
         info.name,
         info.backbone_sha256,
         info.weights,
         info.weights_sha256,
         (info.image_height, info.image_width),
+        info.resize or DEFAULT_RESIZE,
         info.pooling,
         info.layer,
         info.preprocessing,
-        None,
+        info.seed,
+        feature_dim=info.feature_dim,
     )
 
 

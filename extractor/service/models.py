@@ -9,18 +9,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..backbone import BackboneConfig, FeatureExtractor, ResolvedBackbone, resolve_backbone
-from ..decode import DEFAULT_MAX_PIXELS
-from ..embedders import decode_and_resize
+from ..backbone import FeatureExtractor, resolve_backbone
+from ..decode import decode_and_resize, decode_or_reason
+from ..options import DEFAULT_MAX_PIXELS
+from ..settings import BackboneConfig, FeatureSettings
 from .batcher import Batcher, BatcherClosed
+from .options import ClassifierLoader
 
 log = logging.getLogger("featcache.serve")
-
-ModelKey = tuple[object, ...]
 
 
 @dataclass(frozen=True)
@@ -37,34 +37,24 @@ class BatchOptions:
 class LoadedModel:
     """A built feature extractor and the batcher in front of it."""
 
-    def __init__(self, extractor: FeatureExtractor, options: BatchOptions, seed: int) -> None:
+    def __init__(self, extractor: FeatureExtractor, options: BatchOptions) -> None:
         self.extractor = extractor
-        self.resolved: ResolvedBackbone = extractor.resolved
+        self.settings: FeatureSettings = extractor.resolved
+        """Resolved settings (with the resize mode of the request that loaded it)."""
         self.feature_dim = extractor.feature_dim
-        self.seed = seed
+        self.image_size = self.settings.image_size
         self.users = 0
         self.batcher = Batcher(
             extractor,
             options.max_batch,
             options.max_delay,
             options.merge,
-            name=self.resolved.backbone.rsplit("/", 1)[-1],
+            name=self.settings.backbone.rsplit("/", 1)[-1],
         )
 
-
-def model_key(resolved: ResolvedBackbone, seed: int) -> ModelKey:
-    """What makes two configurations share one loaded model."""
-    return (
-        resolved.backbone,
-        resolved.backbone_sha256,
-        resolved.weights,
-        resolved.weights_sha256,
-        resolved.image_size,
-        resolved.pooling,
-        resolved.layer,
-        resolved.preprocessing,
-        seed if resolved.weights == "none" else None,
-    )
+    def settings_for(self, resize: str) -> FeatureSettings:
+        """The settings of features made with this model after ``resize``."""
+        return replace(self.settings, resize=resize)
 
 
 class ModelPool:
@@ -73,8 +63,8 @@ class ModelPool:
     def __init__(self, max_loaded: int = 4, options: BatchOptions | None = None) -> None:
         self.max_loaded = max(1, max_loaded)
         self.options = options or BatchOptions()
-        self._models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()
-        self._loading: dict[ModelKey, threading.Lock] = {}
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def loaded(self) -> list[LoadedModel]:
@@ -95,7 +85,7 @@ class ModelPool:
 
     def _get(self, config: BackboneConfig) -> LoadedModel:
         resolved = resolve_backbone(config)  # validates options before any loading
-        key = model_key(resolved, config.seed)
+        key = resolved.model_key()
         with self._lock:
             model = self._lookup(key)
             if model is not None:
@@ -107,13 +97,13 @@ class ModelPool:
                 if model is not None:
                     return model
             began = time.monotonic()
-            extractor = FeatureExtractor(resolved, config.seed)
-            model = LoadedModel(extractor, self.options, config.seed)
+            extractor = FeatureExtractor(resolved)
+            model = LoadedModel(extractor, self.options)
             log.info(
                 "loaded %s (%s, %dx%d) in %.1f s",
                 resolved.backbone,
                 resolved.weights.rsplit("/", 1)[-1],
-                *model.resolved.image_size,
+                *model.image_size,
                 time.monotonic() - began,
             )
             with self._lock:
@@ -123,7 +113,7 @@ class ModelPool:
                 self._evict()
             return model
 
-    def _lookup(self, key: ModelKey) -> LoadedModel | None:
+    def _lookup(self, key: str) -> LoadedModel | None:
         model = self._models.get(key)
         if model is not None:
             self._models.move_to_end(key)
@@ -140,7 +130,7 @@ class ModelPool:
             if model.users == 0:
                 del self._models[key]
                 model.batcher.close()
-                log.info("unloaded %s (least recently used)", model.resolved.backbone)
+                log.info("unloaded %s (least recently used)", model.settings.backbone)
                 excess -= 1
 
     def close(self) -> None:
@@ -166,7 +156,9 @@ def embed_contents(
 
     Returns the outputs of the usable images and one reason (or None) per image.
     """
-    from ..decode import BadImageError
+
+    def prepare(content: bytes | np.ndarray) -> np.ndarray:
+        return decode_and_resize(content, model.image_size, resize, max_pixels)
 
     reasons: list[str | None] = []
     parts: list[np.ndarray] = []
@@ -174,15 +166,10 @@ def embed_contents(
     for start in range(0, len(contents), step):
         pixels = []
         for content in contents[start : start + step]:
-            try:
-                pixels.append(
-                    decode_and_resize(content, model.resolved.image_size, resize, max_pixels)
-                )
-                reasons.append(None)
-            except BadImageError as exc:
-                reasons.append(str(exc))
-            except Exception as exc:  # noqa: BLE001 - one odd image never fails the call
-                reasons.append(f"decode failed: {type(exc).__name__}: {exc}")
+            decoded, reason = decode_or_reason(prepare, content)
+            reasons.append(reason)
+            if decoded is not None:
+                pixels.append(decoded)
         if pixels:
             parts.append(model.batcher.run(np.stack(pixels), active, timeout()))
     if not parts:
@@ -193,12 +180,10 @@ def embed_contents(
 class Classifier:
     """A model from ``export`` or ``fine-tune`` (images -> probabilities) behind a batcher."""
 
-    def __init__(self, name: str, path: str, options: BatchOptions) -> None:
-        from ...heads.endtoend import load_model
-
+    def __init__(self, name: str, path: str, options: BatchOptions, load: ClassifierLoader) -> None:
         began = time.monotonic()
         self.name = name
-        self.model, self.class_names, _ = load_model(path)
+        self.model, self.class_names, _ = load(path)
         resize = self.model.get_layer("resize")
         self.image_size = (int(resize.height), int(resize.width))
         self.resize = str(resize.mode)
@@ -214,15 +199,10 @@ class Classifier:
         self.batcher.run(np.zeros((1, *self.image_size, 3), np.float32))  # trace now
         log.info("loaded classifier %s from %s in %.1f s", name, path, time.monotonic() - began)
 
-    @property
-    def resolved(self) -> ResolvedBackbone:
-        """Only the input size is used by :func:`embed_contents`."""
-        return ResolvedBackbone("", "", "", "", self.image_size, "", "", "", None)
-
 
 class PoolEmbedder:
-    """The pipeline's :class:`~featcache.extractor.embedders.Embedder` over a loaded model,
-    so that a server's ``ExtractDataset`` jobs share its models and batching."""
+    """An :class:`~featcache.extractor.engines.Embedder` over a loaded model, so that a
+    server's ``ExtractDataset`` jobs share its models and batching."""
 
     def __init__(
         self,
@@ -232,8 +212,7 @@ class PoolEmbedder:
         active: Callable[[], bool] = lambda: True,
     ) -> None:
         self.model = model
-        self.resolved = model.resolved
-        self.resize = resize
+        self.settings = model.settings_for(resize)
         self.max_pixels = max_pixels
         self.active = active
 
@@ -242,7 +221,8 @@ class PoolEmbedder:
         return self.model.feature_dim
 
     def prepare(self, content: bytes | np.ndarray) -> np.ndarray:
-        return decode_and_resize(content, self.resolved.image_size, self.resize, self.max_pixels)
+        settings = self.settings
+        return decode_and_resize(content, settings.image_size, settings.resize, self.max_pixels)
 
     def embed(self, prepared: list[np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
         return self.model.batcher.run(np.stack(prepared), self.active), [None] * len(prepared)
@@ -252,6 +232,7 @@ __all__ = [
     "BatchOptions",
     "BatcherClosed",
     "Classifier",
+    "ClassifierLoader",
     "LoadedModel",
     "ModelPool",
     "PoolEmbedder",

@@ -12,7 +12,6 @@ import signal
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -22,12 +21,13 @@ from grpc_reflection.v1alpha import reflection
 from ...errors import InvalidOptionError
 from ...protos import extractor_pb2 as pb
 from ...protos import extractor_pb2_grpc as pb_grpc
-from ..backbone import BackboneConfig
-from ..decode import DEFAULT_MAX_PIXELS
+from ..options import check_range
+from ..settings import BackboneConfig
 from .auth import TokenAuthInterceptor, read_token
-from .convert import DEFAULT_SEED, confine
+from .convert import Roots, confine
 from .models import BatchOptions, Classifier, ModelPool
-from .servicer import ExtractorServicer, Roots
+from .options import ServeOptions
+from .servicer import ExtractorServicer
 
 log = logging.getLogger("featcache.serve")
 
@@ -35,45 +35,15 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Extractor"].full_name
 """``featcache.v1.Extractor``."""
 
 
-@dataclass
-class ServeOptions:
-    """Everything ``featcache serve`` takes."""
-
-    host: str = "127.0.0.1"
-    port: int = 50051
-    data_root: str | None = None
-    cache_root: str | None = None
-    weights_root: str | None = None
-    preload: list[str] = field(default_factory=list)
-    """``NAME[=WEIGHTS][@SIZE]`` entries, weights relative to ``weights_root``."""
-    models: list[str] = field(default_factory=list)
-    """``NAME=PATH`` entries: classifiers (``export``/``fine-tune`` models) for ``Classify``."""
-    max_loaded: int = 4
-    max_message_mb: int = 64
-    workers: int = 32
-    max_batch: int = 32
-    max_delay_ms: float = 5.0
-    batching: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_image_size: int = 1024
-    """Largest input side a request may ask for (model memory grows with its square)."""
-    token_file: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None
-    grace: float = 30.0
-    """Seconds SIGTERM waits for in-flight calls."""
-
-
 def parse_preload(entry: str, weights_root: Path | None) -> BackboneConfig:
     """``mobilenet``, ``mobilenet=weights.h5``, ``mobilenet=none@96``: a model to load."""
     match = re.fullmatch(r"\s*([^=@\s]+)(?:=([^@]+))?(?:@(\d+(?:x\d+)?))?\s*", entry)
     if match is None:
-        raise InvalidOptionError(f"--preload {entry!r}: expected NAME[=WEIGHTS][@SIZE]")
+        raise InvalidOptionError(f"preload {entry!r}: expected NAME[=WEIGHTS][@SIZE]", "preload")
     name, weights, size = match.group(1), (match.group(2) or "imagenet").strip(), match.group(3)
     if weights.lower() not in ("imagenet", "none", "random"):
         weights = str(confine(weights_root, weights, "weights file"))
-    return BackboneConfig(name, weights, size, "avg", "", "auto", DEFAULT_SEED)
+    return BackboneConfig(name, weights, size)
 
 
 def parse_model(entry: str) -> tuple[str, str]:
@@ -81,9 +51,9 @@ def parse_model(entry: str) -> tuple[str, str]:
     name, _, path = entry.partition("=")
     name, path = name.strip(), path.strip()
     if not name or not path:
-        raise InvalidOptionError(f"--model {entry!r}: expected NAME=PATH")
+        raise InvalidOptionError(f"models {entry!r}: expected NAME=PATH", "models")
     if not Path(path).is_file():
-        raise InvalidOptionError(f"--model {entry!r}: no such file {path}")
+        raise InvalidOptionError(f"models {entry!r}: no such file {path}", "models")
     return name, path
 
 
@@ -93,7 +63,7 @@ def _read(path: str | None, what: str) -> bytes | None:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise InvalidOptionError(f"{what} {path}: {exc.strerror or exc}") from None
+        raise InvalidOptionError(f"{what} {path}: {exc.strerror or exc}", what) from None
 
 
 def _root(path: str | None, what: str) -> Path | None:
@@ -101,7 +71,7 @@ def _root(path: str | None, what: str) -> Path | None:
         return None
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
-        raise InvalidOptionError(f"{what} {path}: no such folder")
+        raise InvalidOptionError(f"{what} {path}: no such folder", what)
     return root
 
 
@@ -111,15 +81,19 @@ class Server:
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
         roots = Roots(
-            _root(options.data_root, "--data-root"),
-            _root(options.cache_root, "--cache-root"),
-            _root(options.weights_root, "--weights-root"),
+            _root(options.data_root, "data_root"),
+            _root(options.cache_root, "cache_root"),
+            _root(options.weights_root, "weights_root"),
         )
         self.preload = [parse_preload(entry, roots.weights) for entry in options.preload]
         self.models = [parse_model(entry) for entry in options.models]
         for option in ("max_loaded", "max_message_mb", "workers", "max_batch", "max_image_size"):
-            if getattr(options, option) < 1:
-                raise InvalidOptionError(f"--{option.replace('_', '-')} must be at least 1")
+            check_range(option, getattr(options, option), 1, wording="must be at least 1")
+        if self.models and options.load_classifier is None:
+            raise InvalidOptionError(
+                "models need load_classifier (featcache.serve and featcache.start_server set it)",
+                "models",
+            )
         interceptors = []
         if options.token_file:
             interceptors.append(TokenAuthInterceptor(read_token(options.token_file)))
@@ -150,16 +124,16 @@ class Server:
         address = f"{options.host}:{options.port}"
         if options.tls_cert or options.tls_key:
             if not (options.tls_cert and options.tls_key):
-                raise InvalidOptionError("--tls-cert and --tls-key go together")
-            client_ca = _read(options.tls_client_ca, "--tls-client-ca")
+                raise InvalidOptionError("tls_cert and tls_key go together", "tls_cert")
+            client_ca = _read(options.tls_client_ca, "tls_client_ca")
             credentials = grpc.ssl_server_credentials(
-                [(_read(options.tls_key, "--tls-key"), _read(options.tls_cert, "--tls-cert"))],
+                [(_read(options.tls_key, "tls_key"), _read(options.tls_cert, "tls_cert"))],
                 root_certificates=client_ca,
                 require_client_auth=client_ca is not None,
             )
             self.port = self.grpc.add_secure_port(address, credentials)
         elif options.tls_client_ca:
-            raise InvalidOptionError("--tls-client-ca needs --tls-cert and --tls-key")
+            raise InvalidOptionError("tls_client_ca needs tls_cert and tls_key", "tls_client_ca")
         else:
             self.port = self.grpc.add_insecure_port(address)
         if self.port == 0:
@@ -180,8 +154,10 @@ class Server:
         for config in self.preload:
             with self.pool.use(config):
                 pass
+        load = self.options.load_classifier
         for name, path in self.models:
-            self.servicer.classifiers[name] = Classifier(name, path, self.pool.options)
+            if load is not None:
+                self.servicer.classifiers[name] = Classifier(name, path, self.pool.options, load)
         self._set_health(serving=True)
 
     def stop(self, grace: float | None = None) -> None:

@@ -8,38 +8,30 @@ import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from ...errors import ExtractionCancelled, FeatcacheError, InvalidOptionError
+from ...errors import ExtractionCancelled, InvalidOptionError
 from ...protos import extractor_pb2 as pb
 from ...protos import extractor_pb2_grpc as pb_grpc
-from ..decode import DEFAULT_MAX_PIXELS
+from ..options import DEFAULT_MAX_PIXELS
+from ..ranking import top_k
 from ..registry import list_backbones
 from .convert import (
-    NotFound,
+    Roots,
     config_from_message,
-    confine,
+    dataset_paths,
+    extract_options,
     image_content,
     info_message,
     status_name,
 )
-from .models import Classifier, ModelPool, PoolEmbedder, embed_contents
+from .jobs import DatasetJob
+from .models import Classifier, ModelPool, embed_contents
 
 log = logging.getLogger("featcache.serve")
-
-
-@dataclass(frozen=True)
-class Roots:
-    """The folders requests may name paths in."""
-
-    data: Path | None = None
-    cache: Path | None = None
-    weights: Path | None = None
 
 
 class _Abort(Exception):
@@ -87,7 +79,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         self.max_pixels = max_pixels
         self.max_images = max_images
         self.max_side = max_side
-        self._jobs: set[_Job] = set()
+        self._jobs: set[DatasetJob] = set()
         self._jobs_lock = threading.Lock()
         self.stopping = threading.Event()
 
@@ -95,7 +87,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
 
     def ListBackbones(self, request: Any, context: grpc.ServicerContext) -> Any:
         loaded = self.pool.loaded()
-        names = {m.resolved.backbone for m in loaded}
+        names = {m.settings.backbone for m in loaded}
         return pb.ListBackbonesResponse(
             backbones=[
                 pb.Backbone(
@@ -106,7 +98,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 )
                 for spec in list_backbones()
             ],
-            loaded=[info_message(m.resolved, "", m.feature_dim, m.seed) for m in loaded],
+            loaded=[info_message(m.settings_for("")) for m in loaded],
             classifiers=sorted(self.classifiers),
         )
 
@@ -198,15 +190,18 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
     def _classify(self, request: Any, context: grpc.ServicerContext) -> Any:
         classifier = self.classifiers.get(request.model)
         if classifier is None:
-            known = ", ".join(sorted(self.classifiers)) or "none; start with --model NAME=PATH"
-            raise InvalidOptionError(f"model {request.model!r}: not loaded here ({known})")
+            known = (
+                ", ".join(sorted(self.classifiers))
+                or "none; start the server with models NAME=PATH"
+            )
+            raise InvalidOptionError(f"model {request.model!r}: not loaded here ({known})", "model")
         if len(request.images) > self.max_images:
             raise _Abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{len(request.images)} images in one request; the limit is {self.max_images}",
             )
         if request.top_k < 0:
-            raise InvalidOptionError(f"top_k {request.top_k}: must be positive")
+            raise InvalidOptionError(f"top_k {request.top_k}: must be positive", "top_k")
         max_pixels = min(request.max_pixels or self.max_pixels, self.max_pixels)
         contents = [
             image_content(image, i, self.max_pixels) for i, image in enumerate(request.images)
@@ -220,15 +215,14 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
             lambda: _remaining(context),
         )
         names = classifier.class_names
-        k = max(1, min(request.top_k or 3, len(names)))
+        best_of = iter(top_k(probabilities, request.top_k or 3))
         results = []
         rows = iter(probabilities)
         for reason in reasons:
             if reason is not None:
                 results.append(pb.Classification(error=reason))
                 continue
-            row = next(rows)
-            best = np.argsort(-row)[:k]
+            row, best = next(rows), next(best_of)
             results.append(
                 pb.Classification(
                     top=[pb.ClassScore(name=names[j], probability=float(row[j])) for j in best],
@@ -243,7 +237,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{len(request.images)} images in one request; the limit is {self.max_images}",
             )
-        config, resize = config_from_message(settings, self.roots.weights, self.max_side)
+        config = config_from_message(settings, self.roots.weights, self.max_side)
         max_pixels = min(request.max_pixels or self.max_pixels, self.max_pixels)
         contents = [
             image_content(image, i, self.max_pixels) for i, image in enumerate(request.images)
@@ -252,12 +246,12 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
             features, reasons = embed_contents(
                 model,
                 contents,
-                resize,
+                config.resize,
                 max_pixels,
                 context.is_active,
                 lambda: _remaining(context),
             )
-            info = info_message(model.resolved, resize, model.feature_dim, config.seed)
+            info = info_message(model.settings_for(config.resize))
         rows = []
         good = iter(features)
         for reason in reasons:
@@ -267,83 +261,25 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 rows.append(pb.Embedding(error=reason))
         return pb.EmbedResponse(backbone=info, embeddings=rows)
 
-    def _start_job(self, request: Any, context: grpc.ServicerContext) -> _Job:
+    def _start_job(self, request: Any, context: grpc.ServicerContext) -> DatasetJob:
         if self.stopping.is_set():
             raise _Abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
-        data = confine(self.roots.data, request.data, "data")
-        if not data.exists():
-            raise NotFound(f"data {request.data!r}: no such folder or file under the data root")
-        config, resize = config_from_message(request.backbone, self.roots.weights, self.max_side)
-        from ..pipeline import MAX_BATCH_SIZE, default_output, run_extraction
-        from ..splits import parse_split
-
-        output_name = request.output or default_output(config.backbone).name
-        if any(c in output_name for c in "*?[]"):
-            raise InvalidOptionError(f"output {output_name!r}: no wildcards in file names")
-        output = confine(self.roots.cache, output_name, "output")
-        if output.is_dir():
-            raise FeatcacheError(f"output {request.output!r} is a folder")
-        labels = confine(self.roots.data, request.labels, "labels") if request.labels else None
-        if not 0 <= request.batch_size <= MAX_BATCH_SIZE:
-            raise InvalidOptionError(
-                f"batch_size {request.batch_size}: expected 1 to {MAX_BATCH_SIZE}"
-            )
-        ratios = parse_split(request.split or "0.7,0.2,0.1")
+        config = config_from_message(request.backbone, self.roots.weights, self.max_side)
+        data, output, labels, shown = dataset_paths(request, config, self.roots)
         max_pixels = min(request.max_pixels or self.max_pixels, self.max_pixels)
-        job = _Job()
+        options = extract_options(request, config, labels, max_pixels)
+        job = DatasetJob()
         context.add_callback(job.cancel.set)
-        cache_root = self.roots.cache
 
-        def run() -> None:
-            try:
-                with self.pool.use(config) as model:
-                    embedder = PoolEmbedder(model, resize, max_pixels, lambda: True)
-                    summary = run_extraction(
-                        data,
-                        embedder,
-                        output,
-                        dtype=request.dtype or "float32",
-                        ratios=ratios,
-                        seed=config.seed,
-                        labels=str(labels) if labels else None,
-                        batch_size=request.batch_size or 32,
-                        overwrite=request.overwrite,
-                        checkpoint_seconds=request.checkpoint_seconds or 60.0,
-                        progress=False,
-                        on_progress=job.progress,
-                        cancel=job.cancel,
-                        confine=self.roots.data,
-                    )
-                relative = output.relative_to(cache_root) if cache_root else output
-                job.put(
-                    pb.ExtractProgress(
-                        done=summary.new + summary.reused + summary.bad,
-                        total=summary.new + summary.reused + summary.bad,
-                        embedded=summary.new,
-                        reused=summary.reused,
-                        bad=summary.bad,
-                        images_per_second=summary.images_per_second,
-                        seconds=summary.seconds,
-                        finished=True,
-                        output=str(relative),
-                        rows=summary.rows,
-                        feature_dim=summary.feature_dim,
-                        removed=summary.removed,
-                        bad_files=[pb.BadFile(path=p, reason=r) for p, r in summary.bad_files],
-                    )
-                )
-            except BaseException as exc:  # noqa: BLE001 - handed to the RPC thread
-                job.put(exc)
-            finally:
-                with self._jobs_lock:
-                    self._jobs.discard(job)
-                job.ended.set()
+        def ended(finished: DatasetJob) -> None:
+            with self._jobs_lock:
+                self._jobs.discard(finished)
 
         with self._jobs_lock:
             if self.stopping.is_set():
                 raise _Abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
             self._jobs.add(job)
-        threading.Thread(target=run, name="featcache-job", daemon=True).start()
+        job.start(self.pool, config, data, output, options, self.roots.data, shown, ended)
         return job
 
     def stop_jobs(self, timeout: float = 60.0) -> bool:
@@ -354,44 +290,3 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         for job in jobs:
             job.cancel.set()
         return all(job.ended.wait(timeout) for job in jobs)
-
-
-class _Job:
-    """A running extraction: its cancel flag and the messages for the RPC."""
-
-    def __init__(self) -> None:
-        self.cancel = threading.Event()
-        self.ended = threading.Event()
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._latest: Any = None
-        self._lock = threading.Lock()
-
-    def progress(self, p: Any) -> None:
-        """Keep only the newest progress message, so a slow client never holds the job."""
-        message = pb.ExtractProgress(
-            done=p.done,
-            total=p.total,
-            embedded=p.embedded,
-            reused=p.reused,
-            bad=p.bad,
-            images_per_second=p.images_per_second,
-            seconds=p.seconds,
-        )
-        with self._lock:
-            fresh = self._latest is None
-            self._latest = message
-        if fresh:
-            self._queue.put(None)
-
-    def put(self, item: Any) -> None:
-        """The final message or the error."""
-        self._queue.put(item)
-
-    def get(self) -> Any:
-        """The next message to send: the newest progress, or the final item."""
-        item = self._queue.get()
-        if item is not None:
-            return item
-        with self._lock:
-            latest, self._latest = self._latest, None
-        return latest

@@ -1,0 +1,205 @@
+"""The write stage: what engines report about each image becomes cache rows, counts and
+progress. Cache writes run in order on one writer thread, off the embedding thread."""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExtractionCancelled
+from .cache import CacheWriter
+from .reader import Known, Prepared
+from .settings import CacheSettings
+from .sources import Item
+from .splits import assign_split
+
+
+@dataclass(frozen=True)
+class ExtractProgress:
+    """Where a running ``extract`` stands (passed to ``on_progress``)."""
+
+    done: int
+    """Images looked at so far (embedded, reused or bad)."""
+    total: int
+    embedded: int
+    reused: int
+    bad: int
+    seconds: float
+    images_per_second: float
+    """New images embedded per second so far."""
+
+
+class Recorder:
+    """Turns what an engine reports about each image into cache rows, counts and progress.
+
+    Calls come from one thread; the cache writes run on the writer thread.
+    """
+
+    def __init__(
+        self,
+        writer: CacheWriter,
+        known: Known,
+        total: int,
+        progress: bool | None,
+        on_progress: Callable[[ExtractProgress], None] | None,
+        cancel: threading.Event | None,
+        started: float,
+    ) -> None:
+        self.writer = writer
+        self.known = known
+        self.total = total
+        self.on_progress = on_progress
+        self.cancel = cancel
+        self.started = started
+        self.counts = {"new": 0, "reused": 0, "bad": 0, "done": 0}
+        self.bad_files: list[tuple[str, str]] = []
+        self.known_bad = frozenset(writer.bad)
+        """Paths the cache recorded as bad before this run."""
+        self.background = Background()
+        self.bar = progress_bar(total, progress, "extract")
+        self._last_report = 0.0
+
+    def check_cancel(self) -> None:
+        """Raise :class:`ExtractionCancelled` once ``cancel`` is set."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise ExtractionCancelled(
+                f"{self.writer.path}: extraction cancelled; finished batches were saved, "
+                "rerun to resume"
+            )
+
+    def triage(self, prepared: Iterable[Prepared]) -> Iterator[Prepared]:
+        """Record the reused and bad images; yield the ones to embed."""
+        for each in prepared:
+            self.check_cancel()
+            if each.reason is not None:
+                self.bad(each.item, each.reason)
+            elif each.reused:
+                self.reused(each.item)
+            else:
+                yield each
+            self.report()
+
+    def reused(self, item: Item) -> None:
+        """The cached row of ``item`` stays."""
+        self.counts["reused"] += 1
+        self.background.submit(self.writer.set_bad, item.path, None)
+        self._done(1)
+
+    def bad(self, item: Item, reason: str) -> None:
+        """``item`` cannot be used; a cached row of it goes."""
+        self.counts["bad"] += 1
+        self.bad_files.append((item.path, reason))
+        self.background.submit(self.writer.set_bad, item.path, reason)
+        if item.path in self.known:  # a cached file that went bad loses its old row
+            self.background.submit(self.writer.drop, [item.path])
+        self._done(1)
+
+    def embedded(self, items: list[Item], sha256: list[str], features: np.ndarray) -> None:
+        """New rows for ``items`` (replacing older rows of the same paths)."""
+        if not items:  # a batch of bad files: still a batch finished
+            self.report(force=True)
+            return
+        for item in items:
+            self.background.submit(self.writer.set_bad, item.path, None)
+            if item.path in self.known:
+                self.background.submit(self.writer.drop, [item.path])
+        self.counts["new"] += len(items)
+        self.background.submit(
+            self.writer.add,
+            [item.path for item in items],
+            sha256,
+            [item.class_name for item in items],
+            [_split_of(item, sha, self.writer.settings) for item, sha in zip(items, sha256)],
+            features,
+        )
+        self._done(len(items), force=True)
+
+    def _done(self, n: int, force: bool = False) -> None:
+        self.counts["done"] += n
+        self.bar.update(n)
+        self.report(force)
+
+    def report(self, force: bool = False) -> None:
+        """Call ``on_progress`` (at most 4 times a second unless ``force``)."""
+        now = time.monotonic()
+        if self.on_progress is None or (not force and now - self._last_report < 0.25):
+            return
+        self._last_report = now
+        seconds = now - self.started
+        new = self.counts["new"]
+        self.on_progress(
+            ExtractProgress(
+                self.counts["done"],
+                self.total,
+                new,
+                self.counts["reused"],
+                self.counts["bad"],
+                round(seconds, 3),
+                round(new / seconds, 2) if seconds > 0 else 0.0,
+            )
+        )
+
+
+def _split_of(item: Item, sha256: str, settings: CacheSettings) -> int:
+    if item.split is not None:
+        return item.split
+    return assign_split(sha256, settings.split_ratios, settings.seed)
+
+
+class Background:
+    """One writer thread running submitted calls in order; re-raises its errors."""
+
+    def __init__(self, depth: int = 8) -> None:
+        self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue(
+            depth
+        )
+        self._error: BaseException | None = None
+        self._failed = False
+        self._thread = threading.Thread(target=self._loop, name="featcache-write", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if not self._failed:
+                try:
+                    job[0](*job[1])
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    self._error = exc
+                    self._failed = True
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)``; raises the writer's error if one happened."""
+        self._raise()
+        self._queue.put((fn, args))
+
+    def submit_last(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue a final call even after an error (it runs only if none happened)."""
+        self._queue.put((fn, args))
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait for every queued call, then raise the first error, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        if raise_error:
+            self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def progress_bar(total: int, enabled: bool | None, desc: str) -> Any:
+    """A tqdm bar (rate and ETA) on a terminal; silent in pipes unless ``enabled``."""
+    from tqdm import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, smoothing=0.1)

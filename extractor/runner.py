@@ -1,0 +1,168 @@
+"""Wiring one run: list the dataset, lock and open the cache, let an engine look at every
+image, commit. Memory is bounded by the read-ahead window and the writer's pending rows,
+not by the dataset size."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import CacheLockedError, InvalidOptionError
+from .backbone import is_model_file
+from .cache import CacheWriter
+from .engines import Engine
+from .options import ExtractOptions
+from .recorder import ExtractProgress, Recorder
+from .settings import CacheSettings
+from .sources import Dataset, scan_dataset
+
+DEFAULT_CACHE_DIR = Path("cache")
+
+
+def default_output(backbone: str) -> Path:
+    """``cache/<backbone>.h5`` (the model file's stem for saved-model backbones)."""
+    name = Path(backbone).stem if is_model_file(backbone) else backbone
+    return DEFAULT_CACHE_DIR / f"{name.lower().replace('-', '_')}.h5"
+
+
+@dataclass
+class ExtractSummary:
+    """What one ``extract`` run did."""
+
+    output: str
+    backbone: str
+    rows: int
+    feature_dim: int
+    new: int
+    reused: int
+    removed: int
+    bad: int
+    ignored: int
+    seconds: float
+    images_per_second: float
+    """New images embedded per second of the whole run."""
+    load_seconds: float = 0.0
+    """Time spent building the backbone and loading its weights (0 when not needed)."""
+    classes: list[str] = field(default_factory=list)
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form of the summary."""
+        out = asdict(self)
+        out["bad_files"] = [{"path": p, "reason": r} for p, r in self.bad_files]
+        return out
+
+
+def run_extraction(
+    data: str | os.PathLike[str],
+    engine: Engine,
+    output: Path,
+    options: ExtractOptions,
+    *,
+    on_progress: Callable[[ExtractProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    confine: Path | None = None,
+    started: float | None = None,
+) -> ExtractSummary:
+    """Embed the images of ``data`` that the cache at ``output`` lacks, with ``engine``.
+
+    ``options`` gives the storage, split and run settings (its backbone settings are the
+    engine's business); ``confine`` refuses (as bad files) images whose real path leaves
+    that folder.
+    """
+    started = time.monotonic() if started is None else started
+    dataset = scan_dataset(data, options.labels, confine)  # bad input fails before any file
+    if output.is_dir():
+        raise InvalidOptionError(f"output {str(output)!r}: is a folder, not a cache file", "output")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock(output)
+    try:
+        settings = CacheSettings.of(
+            engine.settings,
+            dtype=options.dtype,
+            split_ratios=options.ratios,
+            split_source="folders" if dataset.layout == "splits" else "hash",
+            dataset_root=str(dataset.root),
+        )
+        return _run(dataset, engine, settings, output, options, on_progress, cancel, started)
+    finally:
+        lock.release()
+
+
+def _lock(path: Path) -> Any:
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path) + ".lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise CacheLockedError(
+            f"{path} is being written by another extract process; wait for it to finish"
+        ) from None
+    return lock
+
+
+def _run(
+    dataset: Dataset,
+    engine: Engine,
+    settings: CacheSettings,
+    out_path: Path,
+    options: ExtractOptions,
+    on_progress: Callable[[ExtractProgress], None] | None,
+    cancel: threading.Event | None,
+    started: float,
+) -> ExtractSummary:
+    order = {item.path: i for i, item in enumerate(dataset.items)}
+    writer = CacheWriter(
+        out_path,
+        settings,
+        dataset.class_names,
+        order,
+        options.overwrite,
+        options.checkpoint_seconds,
+    )
+    known = writer.index()
+    removed = [p for p in known if p not in order]
+    writer.drop(removed)
+    writer.forget_bad(order)
+
+    recorder = Recorder(
+        writer, known, len(dataset.items), options.progress, on_progress, cancel, started
+    )
+    background = recorder.background
+    finished = False
+    try:
+        engine.run(dataset, known, recorder, options)
+        if recorder.counts["new"] == 0 and writer.feature_dim == 0:  # bad files only
+            background.submit(setattr, writer, "feature_dim", engine.feature_dim)
+        background.submit(writer.commit, True)
+        finished = True
+    finally:
+        recorder.bar.close()
+        if not finished:  # interrupted: keep the batches already embedded
+            background.submit_last(writer.commit)
+        background.close(raise_error=finished)
+    recorder.report(force=True)
+    counts = recorder.counts
+    seconds = time.monotonic() - started
+    return ExtractSummary(
+        output=str(out_path),
+        backbone=settings.backbone,
+        rows=len(writer.base_paths),
+        feature_dim=writer.feature_dim,
+        new=counts["new"],
+        reused=counts["reused"],
+        removed=len(removed),
+        bad=counts["bad"],
+        ignored=dataset.ignored,
+        seconds=round(seconds, 3),
+        images_per_second=round(counts["new"] / seconds, 2) if seconds > 0 else 0.0,
+        load_seconds=round(engine.load_seconds, 3),
+        classes=dataset.class_names,
+        bad_files=recorder.bad_files,
+    )

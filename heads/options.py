@@ -1,0 +1,339 @@
+"""Every heads default and option check, in one place (no heavy imports).
+
+``train-head``, ``compare``, ``predict``, ``fine-tune`` and ``export`` take their defaults
+from here, and :func:`check_options` is the one check of their values. Errors name the
+Python parameter (``epochs 0: must be at least 1``); the CLI shows its flag instead.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any, NamedTuple, TypeVar
+
+from ..extractor.options import check_choice, check_seed, invalid
+
+BASELINES = ("logreg", "linear-svm", "svm", "knn", "random-forest", "ridge")
+"""The scikit-learn heads."""
+HEAD_KINDS = ("dense", *BASELINES)
+"""Every head ``train_head`` accepts."""
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
+MONITORS = ("val_accuracy", "val_loss")
+CLASS_WEIGHTS = ("balanced",)
+AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
+EXPORT_FORMATS = ("keras", "savedmodel")
+STANDARDIZE_BY_DEFAULT = frozenset({"logreg", "linear-svm", "svm", "knn", "ridge"})
+"""Heads whose features are standardised unless ``standardize=False``."""
+
+# -- train_head / compare / predict ----------------------------------------------------
+DEFAULT_HEAD = "dense"
+DEFAULT_VAL_FRACTION = 0.2
+"""Share of train carved into val when the cache has no val split."""
+DEFAULT_SEED = 0
+DEFAULT_TOP_K = 3
+DEFAULT_PREDICT_BATCH_SIZE = 32
+"""Images per batch of ``predict_images``."""
+DEFAULT_FEATURE_BATCH_SIZE = 4096
+"""Feature rows per batch of ``predict_cache`` and of streamed evaluation."""
+DEFAULT_MEMORY_FRACTION = 0.25
+"""Stream from disk when the features would take more than this share of free memory."""
+DEFAULT_EXPORT_FORMAT = "keras"
+COMPARE_CV_VALIDATION_FRACTION = 0.15
+"""Share of each CV fold's train part the dense head early-stops on in ``compare``."""
+
+# the dense head (DenseHead's own defaults)
+DEFAULT_HIDDEN: tuple[int, ...] = (256,)
+DEFAULT_DROPOUT = 0.5
+DEFAULT_ACTIVATION = "relu"
+DEFAULT_OPTIMIZER = "adam"
+DEFAULT_LR = 1e-3
+DEFAULT_MOMENTUM = 0.0
+DEFAULT_EPOCHS = 30
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_PATIENCE = 5
+DEFAULT_MONITOR = "val_accuracy"
+
+# the scikit-learn baselines
+DEFAULT_C = 1.0
+DEFAULT_K = 5
+DEFAULT_N_ESTIMATORS = 200
+DEFAULT_MAX_DEPTH: int | None = None
+DEFAULT_ALPHA = 1.0
+
+# -- fine_tune -------------------------------------------------------------------------
+FINE_TUNE_UNFREEZE = 20
+"""Top backbone layers made trainable."""
+FINE_TUNE_LR = 1e-5
+FINE_TUNE_OPTIMIZER = "adam"
+FINE_TUNE_EPOCHS = 10
+FINE_TUNE_BATCH_SIZE = 32
+FINE_TUNE_PATIENCE = 3
+FINE_TUNE_AUGMENT = ""
+
+
+class Range(NamedTuple):
+    """Accepted values of a numeric option."""
+
+    low: float
+    high: float
+    wording: str
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return bool(above and below)  # NaN fails both
+
+
+_INF = math.inf
+RANGES: dict[str, Range] = {
+    "epochs": Range(1, _INF, "must be at least 1"),
+    "batch_size": Range(1, _INF, "must be at least 1"),
+    "patience": Range(0, _INF, "must be 0 or more"),
+    "lr": Range(0, _INF, "must be positive", low_open=True),
+    "momentum": Range(0, 1, "must be between 0 and 1"),
+    "dropout": Range(0, 1, "must be at least 0 and below 1", high_open=True),
+    "C": Range(0, _INF, "must be positive", low_open=True),
+    "k": Range(1, _INF, "must be at least 1"),
+    "n_estimators": Range(1, _INF, "must be at least 1"),
+    "max_depth": Range(1, _INF, "must be at least 1"),
+    "alpha": Range(0, _INF, "must be 0 or more"),
+    "val_fraction": Range(0, 1, "must be between 0 and 1", low_open=True, high_open=True),
+    "top_k": Range(1, _INF, "must be at least 1"),
+    "cv": Range(2, _INF, "must be at least 2"),
+}
+"""Numeric options and the values they accept (None always passes: not set)."""
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "head": HEAD_KINDS,
+    "optimizer": OPTIMIZERS,
+    "monitor": MONITORS,
+    "class_weight": CLASS_WEIGHTS,
+    "format": EXPORT_FORMATS,
+}
+
+
+def check_options(values: Mapping[str, Any]) -> None:
+    """Refuse any bad value among ``values`` (option name -> value; None is not set).
+
+    Knows every heads option: the ranges of :data:`RANGES`, the choices (``head``,
+    ``optimizer``, ``monitor``, ``class_weight``, ``format``), ``heads``, ``hidden``,
+    ``activation``, ``augment``, ``unfreeze`` and ``seed``; other names pass.
+    """
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name in RANGES:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise invalid(name, value, "expected a number")
+            if not RANGES[name].holds(float(value)):
+                raise invalid(name, value, RANGES[name].wording)
+        elif name in _CHOICES:
+            check_choice(name, value, _CHOICES[name])
+        elif name == "heads":
+            parse_heads(value)
+        elif name == "hidden":
+            parse_hidden(value)
+        elif name == "augment":
+            parse_augment(value)
+        elif name == "unfreeze":
+            parse_unfreeze(value)
+        elif name == "seed":
+            check_seed(value)
+        elif name == "activation":
+            check_activation(value)
+
+
+def parse_hidden(value: str | int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """Hidden layer widths from ``"512,128"`` (``""``/``none``/``0``: none) or a sequence."""
+    if isinstance(value, str):
+        if value.strip().lower() in ("", "none", "0"):
+            return ()
+        try:
+            widths = tuple(int(v) for v in value.split(","))
+        except ValueError:
+            raise invalid("hidden", value, "expected widths like 256 or 512,128") from None
+    elif isinstance(value, int):
+        widths = (value,)
+    else:
+        try:
+            widths = tuple(int(v) for v in value)
+        except (TypeError, ValueError):
+            raise invalid("hidden", value, "expected widths like 256 or 512,128") from None
+    if any(width < 1 for width in widths):
+        raise invalid("hidden", value, "widths must be at least 1")
+    return widths
+
+
+def parse_heads(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Head kinds from ``"dense,logreg"`` or a sequence; at least one, each known."""
+    chosen = tuple(h.strip() for h in (value.split(",") if isinstance(value, str) else value))
+    chosen = tuple(h for h in chosen if h)
+    if not chosen or any(h not in HEAD_KINDS for h in chosen):
+        shown = value if isinstance(value, str) else ",".join(value)
+        raise invalid("heads", shown, f"expected some of {', '.join(HEAD_KINDS)}")
+    return chosen
+
+
+def parse_augment(value: str) -> tuple[str, ...]:
+    """Augmentations from ``"flip,zoom"`` (each once, in the order given)."""
+    chosen = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in AUGMENTATIONS]
+    if unknown:
+        raise invalid("augment", ",".join(unknown), f"expected some of {','.join(AUGMENTATIONS)}")
+    return tuple(dict.fromkeys(chosen))
+
+
+def parse_unfreeze(value: str | int) -> int | None:
+    """A number of top layers to unfreeze, or None for ``all``."""
+    if str(value).strip().lower() == "all":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        raise invalid("unfreeze", value, "expected a number or all") from None
+    if count < 0:
+        raise invalid("unfreeze", count, "must be 0 or more")
+    return count
+
+
+def check_activation(name: str) -> None:
+    """Refuse what Keras does not know as an activation (loads Keras unless ``relu``)."""
+    if name == DEFAULT_ACTIVATION:
+        return
+    from ..extractor.backbone import ensure_tensorflow_backend
+
+    ensure_tensorflow_backend()
+    import keras
+
+    try:
+        keras.activations.get(name)
+    except (ValueError, TypeError):
+        raise invalid("activation", name, "not a Keras activation") from None
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """Everything ``train_head`` can be asked (``compare`` uses ``epochs``, ``seed`` and
+    ``val_fraction``), checked when made. Each head kind uses its own subset
+    (:meth:`head_params`)."""
+
+    head: str = DEFAULT_HEAD
+    """One of :data:`HEAD_KINDS`."""
+    # the dense head
+    hidden: tuple[int, ...] = DEFAULT_HIDDEN
+    """Hidden layer widths (empty: a linear softmax); ``"512,128"`` is accepted too."""
+    dropout: float = DEFAULT_DROPOUT
+    batchnorm: bool = False
+    activation: str = DEFAULT_ACTIVATION
+    optimizer: str = DEFAULT_OPTIMIZER
+    lr: float = DEFAULT_LR
+    momentum: float = DEFAULT_MOMENTUM
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    patience: int = DEFAULT_PATIENCE
+    """EarlyStopping patience (best weights restored); 0 disables it."""
+    monitor: str = DEFAULT_MONITOR
+    from_logits: bool = False
+    # the baselines
+    C: float = DEFAULT_C
+    """Inverse regularisation of logreg, linear-svm and svm."""
+    k: int = DEFAULT_K
+    """Neighbours of knn."""
+    n_estimators: int = DEFAULT_N_ESTIMATORS
+    max_depth: int | None = DEFAULT_MAX_DEPTH
+    alpha: float = DEFAULT_ALPHA
+    """Ridge penalty."""
+    # every head
+    class_weight: str | None = None
+    """None or ``balanced``."""
+    standardize: bool | None = None
+    """Standardise features; None: on for :data:`STANDARDIZE_BY_DEFAULT`, off for dense."""
+    seed: int = DEFAULT_SEED
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    """Share of train carved into val when the cache has no val split."""
+    stream: bool | None = None
+    """Stream the dense head's features from disk; None: only when they are large."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", parse_hidden(self.hidden))
+        check_options({f.name: getattr(self, f.name) for f in fields(self)})
+
+    def head_params(self) -> dict[str, Any]:
+        """The parameters of this kind of head (as ``head.json`` and the report record)."""
+        names: tuple[str, ...]
+        if self.head == "dense":
+            names = _DENSE_PARAMS
+        else:
+            names = (*_BASELINE_PARAMS[self.head], "standardize", "class_weight", "seed")
+        params = {name: getattr(self, name) for name in names}
+        if self.head == "dense":
+            params["standardize"] = bool(self.standardize)
+        return params
+
+
+_DENSE_PARAMS = (
+    "hidden",
+    "dropout",
+    "batchnorm",
+    "activation",
+    "optimizer",
+    "lr",
+    "momentum",
+    "epochs",
+    "batch_size",
+    "patience",
+    "monitor",
+    "class_weight",
+    "from_logits",
+    "standardize",
+    "seed",
+)
+_BASELINE_PARAMS: dict[str, tuple[str, ...]] = {
+    "logreg": ("C",),
+    "linear-svm": ("C",),
+    "svm": ("C",),
+    "knn": ("k",),
+    "random-forest": ("n_estimators", "max_depth"),
+    "ridge": ("alpha",),
+}
+
+
+@dataclass(frozen=True)
+class FineTuneOptions:
+    """Everything ``fine_tune`` can be asked, checked when made."""
+
+    unfreeze: str | int = FINE_TUNE_UNFREEZE
+    """Number of top backbone layers to train, or ``all``."""
+    unfreeze_from: str | None = None
+    """Train from this backbone layer up (instead of ``unfreeze``)."""
+    lr: float = FINE_TUNE_LR
+    optimizer: str = FINE_TUNE_OPTIMIZER
+    epochs: int = FINE_TUNE_EPOCHS
+    batch_size: int = FINE_TUNE_BATCH_SIZE
+    patience: int = FINE_TUNE_PATIENCE
+    """EarlyStopping patience on val loss."""
+    augment: str = FINE_TUNE_AUGMENT
+    """Some of :data:`AUGMENTATIONS`, comma-separated (training only)."""
+    seed: int = DEFAULT_SEED
+
+    def __post_init__(self) -> None:
+        check_options({f.name: getattr(self, f.name) for f in fields(self)})
+
+
+Options = TypeVar("Options", HeadOptions, FineTuneOptions)
+
+
+def merge_options(kind: type[Options], options: Options | None, **values: Any) -> Options:
+    """``options`` (or the defaults) with ``values`` put in; values of None are not set."""
+    given = {name: value for name, value in values.items() if value is not None}
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+    if options is None:
+        return kind(**given)
+    return replace(options, **given) if given else options

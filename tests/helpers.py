@@ -1,0 +1,67 @@
+"""Plain test helpers (no fixtures): tiny real image folders, crafted files, cache rows.
+
+Test modules import these with ``from helpers import ...`` (pytest puts ``tests/`` on
+``sys.path`` because it has no ``__init__.py``); the fixtures live in ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+TINY = {"backbone": "vgg16", "weights": "none", "image_size": 32, "progress": False}
+"""Extraction settings for fast tests: random (seeded) VGG16 at 32x32 (its random features
+are well scaled, unlike the BatchNorm nets whose random features vanish)."""
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (40, 48), fmt: str = "PNG") -> Path:
+    """Write a smooth random RGB image (width, height) so resizing matters."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    image = Image.fromarray(small).resize(size, Image.BILINEAR)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt)
+    return path
+
+
+def make_class_folder(root: Path, classes: int = 3, per_class: int = 4, seed: int = 0) -> Path:
+    """``root/class_k/img_i.{png,jpg}`` with distinct images of varying sizes."""
+    for k in range(classes):
+        for i in range(per_class):
+            fmt, ext = ("JPEG", "jpg") if i % 2 else ("PNG", "png")
+            size = (30 + 7 * i, 36 + 5 * k)
+            write_image(
+                root / f"class_{k}" / f"img_{i}.{ext}", seed * 1000 + k * 100 + i, size, fmt
+            )
+    return root
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid-looking PNG header that claims a huge image (a decompression bomb)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + header
+    ihdr = struct.pack(">I", len(header)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    idat = zlib.compress(b"\x00" * 64)
+    idat_chunk = b"IDAT" + idat
+    body = struct.pack(">I", len(idat)) + idat_chunk + struct.pack(">I", zlib.crc32(idat_chunk))
+    end = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + body + end
+
+
+def cache_rows(path: Path) -> int:
+    """Rows in the cache file at ``path`` as it is on disk now; -1 when absent or unreadable.
+
+    Reads through :class:`featcache.extractor.cache.CacheReader` (nothing outside that
+    package opens HDF5 files), imported here so that importing the helpers stays light.
+    """
+    from featcache.errors import CacheError
+    from featcache.extractor.cache import CacheReader
+
+    try:
+        return len(CacheReader(path))
+    except (CacheError, OSError, KeyError):
+        return -1
