@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q .
+.venv/bin/python -m pip install -q -e .  # editable, as .ci/run: one .venv serves both
 
 .venv/bin/featcache extract examples/fashion-mnist \
   --backbone mobilenet \
