@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidOptionError, WeightsError
-from .options import POOLING_MODES, RESIZE_MODES, check_choice, check_seed, parse_image_size
+from .options import (
+    NAMED_WEIGHTS,
+    POOLING_MODES,
+    RESIZE_MODES,
+    check_choice,
+    check_seed,
+    parse_image_size,
+)
 from .registry import REGISTRY, BackboneSpec, get_backbone
 from .settings import BackboneConfig, FeatureSettings
 
@@ -112,7 +119,7 @@ def resolve_backbone(config: BackboneConfig) -> FeatureSettings:
 
 def _resolve_weights(weights: str, saved_model: bool) -> tuple[str, str]:
     key = weights.strip()
-    if key.lower() in ("imagenet", "none", "random"):
+    if key.lower() in NAMED_WEIGHTS:
         if saved_model:
             if key.lower() != "imagenet":
                 raise InvalidOptionError(

@@ -29,9 +29,12 @@ DEFAULT_CHECKPOINT_SECONDS = 60.0
 MAX_BATCH_SIZE = 4096
 """Largest ``batch_size`` (the read-ahead window is twice the batch)."""
 
+NAMED_WEIGHTS = ("imagenet", "none", "random")
+"""``weights`` values that are not a file (``random`` is another name for ``none``)."""
 RESIZE_MODES = ("stretch", "pad", "crop")
-"""``stretch``: plain resize; ``pad``: ``tf.image.resize_with_pad``; ``crop``: centre crop
-to the target aspect ratio, then resize (Keras ``crop_to_aspect_ratio``)."""
+"""``stretch``: plain bilinear resize; ``pad``: fit inside and centre on black, as
+``tf.image.resize_with_pad`` but with exact box arithmetic; ``crop``: centre crop to the
+target aspect ratio, then resize (Keras ``crop_to_aspect_ratio``). See :mod:`.resize`."""
 POOLING_MODES = ("avg", "max", "none")
 """``avg``/``max``: global pooling of the feature map; ``none``: the flattened map."""
 DTYPES = ("float32", "float16")

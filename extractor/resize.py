@@ -4,11 +4,16 @@
 (dynamic) size: the ``ResizeImages`` layer of an exported model calls it, and
 extraction calls it through :func:`resize_one`, one image at a time. TensorFlow is
 imported only when used.
+
+Crop and pad boxes are computed in exact integer arithmetic, written once and run on
+Python ints (eager images, whose size is known: no extra TensorFlow ops) or on int64
+tensors (a graph over images of unknown size). Float32 arithmetic, as in
+``tf.image.resize_with_pad``, gives boxes that change when a graph optimizer rewrites
+``x / constant``: an exported model then disagreed with extraction for many sizes.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import numpy as np
@@ -19,75 +24,102 @@ from .options import RESIZE_MODES, check_choice
 def resize_batch(images: Any, height: Any, width: Any, mode: str = "stretch") -> Any:
     """Resize 0-255 images ``(N, H, W, C)`` to float32 ``(N, height, width, C)``, bilinear.
 
-    ``stretch`` is ``tf.image.resize``; ``pad`` is ``tf.image.resize_with_pad``; ``crop``
-    takes the largest centred crop with the target aspect ratio, then resizes (Keras
-    ``smart_resize``, ``crop_to_aspect_ratio``). No antialiasing, as in Keras. ``height``
-    and ``width`` are ints or integer scalar tensors. Raises ``InvalidOptionError`` for
-    an unknown mode.
+    ``stretch``: ``tf.image.resize`` (no antialiasing, as Keras). ``crop``: the largest
+    centred crop with the target aspect ratio, then resize (Keras ``smart_resize``,
+    ``crop_to_aspect_ratio``). ``pad``: resize to fit inside, then centre with zeros, as
+    ``tf.image.resize_with_pad`` but with exact box arithmetic (so never a stray black
+    row or column from float rounding, and never an empty image). ``height`` and
+    ``width`` are ints or integer scalar tensors. Raises ``InvalidOptionError`` for an
+    unknown mode.
     """
     import tensorflow as tf
 
     check_choice("resize", mode, RESIZE_MODES)
     # no cast up front: the bilinear kernel reads any real dtype as float32 itself (the
     # same values), and a uint8 image is 4 times less memory to crop and read
-    if mode == "pad":
-        images = tf.image.resize_with_pad(images, height, width, method="bilinear")
-    else:
-        if mode == "crop":
-            images = _crop_to_aspect_ratio(images, height, width)
-        images = tf.image.resize(images, (height, width), method="bilinear")
-    return tf.cast(images, tf.float32)
+    if mode == "stretch":
+        return tf.cast(tf.image.resize(images, (height, width), method="bilinear"), tf.float32)
+    h, w, th, tw, ops = _sizes(images, height, width)
+    if mode == "crop":
+        crop_h = ops.maximum(ops.minimum(h, w * th // tw), 1)
+        crop_w = ops.maximum(ops.minimum(w, h * tw // th), 1)
+        top, left = (h - crop_h) // 2, (w - crop_w) // 2
+        images = images[:, top : top + crop_h, left : left + crop_w, :]
+        return tf.cast(tf.image.resize(images, (height, width), method="bilinear"), tf.float32)
+    # pad: tf.image.resize_with_pad's box, floor((target - exact resized size) / 2)
+    wide = w * th >= h * tw  # the width limits the scale
+    new_h = ops.where(wide, ops.maximum(h * tw // w, 1), th)
+    new_w = ops.where(wide, tw, ops.maximum(w * th // h, 1))
+    top = ops.where(wide, (th * w - h * tw) // (2 * w), 0)
+    left = ops.where(wide, 0, (tw * h - w * th) // (2 * h))
+    resized = tf.image.resize(images, ops.ints(new_h, new_w), method="bilinear")
+    paddings = [[0, 0], [top, th - new_h - top], [left, tw - new_w - left], [0, 0]]
+    padded = tf.pad(tf.cast(resized, tf.float32), ops.ints(*paddings))
+    static = [v if isinstance(v, int) else None for v in (height, width)]
+    padded.set_shape([images.shape[0], *static, images.shape[-1]])
+    return padded
 
 
-def _crop_to_aspect_ratio(images: Any, target_height: Any, target_width: Any) -> Any:
-    """The largest centred crop of ``images`` with the aspect ratio of the target size.
+class _PythonInts:
+    """The integer operations of the box arithmetic, on Python ints."""
 
-    Exact integer arithmetic, on Python ints when every size is known (eager images: no
-    extra TensorFlow ops) or on int64 tensors in a graph of unknown image size; both give
-    the box Keras ``smart_resize`` computes in floating point, without its rounding on
-    huge images.
-    """
+    minimum, maximum = staticmethod(min), staticmethod(max)
+
+    @staticmethod
+    def where(condition: bool, a: int, b: int) -> int:
+        return a if condition else b
+
+    @staticmethod
+    def ints(*values: Any) -> Any:
+        return values
+
+
+class _TensorInts:
+    """The integer operations of the box arithmetic, on int64 scalar tensors."""
+
+    @staticmethod
+    def minimum(a: Any, b: Any) -> Any:
+        import tensorflow as tf
+
+        return tf.minimum(a, b)
+
+    @staticmethod
+    def maximum(a: Any, b: Any) -> Any:
+        import tensorflow as tf
+
+        return tf.maximum(a, tf.cast(b, tf.int64))
+
+    @staticmethod
+    def where(condition: Any, a: Any, b: Any) -> Any:
+        import tensorflow as tf
+
+        return tf.where(condition, tf.cast(a, tf.int64), tf.cast(b, tf.int64))
+
+    @staticmethod
+    def ints(*values: Any) -> Any:
+        import tensorflow as tf
+
+        return tf.cast(tf.stack([tf.cast(v, tf.int64) for v in values]), tf.int32)
+
+
+def _sizes(images: Any, height: Any, width: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """Image and target height and width as Python ints when all are known, else tensors."""
+    sizes = (images.shape[1], images.shape[2], height, width)
+    if all(isinstance(v, (int, np.integer)) for v in sizes):
+        h, w, th, tw = (int(v) for v in sizes)
+        return h, w, th, tw, _PythonInts
     import tensorflow as tf
 
-    height, width = images.shape[1], images.shape[2]
-    sizes = (height, width, target_height, target_width)
-    if all(isinstance(v, (int, np.integer)) for v in sizes):
-        height, width, target_height, target_width = (int(v) for v in sizes)
-        crop_h = max(min(height, width * target_height // target_width), 1)
-        crop_w = max(min(width, height * target_width // target_height), 1)
-    else:
-        shape = tf.shape(images, out_type=tf.int64)
-        height, width = shape[1], shape[2]
-        target_height = tf.cast(target_height, tf.int64)
-        target_width = tf.cast(target_width, tf.int64)
-        crop_h = tf.maximum(tf.minimum(height, width * target_height // target_width), 1)
-        crop_w = tf.maximum(tf.minimum(width, height * target_width // target_height), 1)
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    return images[:, top : top + crop_h, left : left + crop_w, :]
+    shape = tf.shape(images, out_type=tf.int64)
+    th, tw = tf.cast(height, tf.int64), tf.cast(width, tf.int64)
+    return shape[1], shape[2], th, tw, _TensorInts
 
 
 def resize_one(pixels: np.ndarray, height: int, width: int, mode: str = "stretch") -> np.ndarray:
     """One ``(H, W, C)`` image through :func:`resize_batch`, as float32 ``(height, width, C)``.
 
-    Stretch and crop run eagerly (one or two TensorFlow ops); pad runs as a graph traced
-    once per target size and dtype, since ``tf.image.resize_with_pad`` is some twenty
-    small ops that would cost about half a millisecond per image eagerly.
+    Runs eagerly: with the image size known, every mode is one to three TensorFlow ops.
     """
-    check_choice("resize", mode, RESIZE_MODES)
-    height, width = int(height), int(width)
-    if pixels.dtype != np.uint8:  # one traced graph per dtype: uint8 or float32
+    if pixels.dtype != np.uint8:  # the kernel's own float32 reading, for any dtype
         pixels = np.asarray(pixels, dtype=np.float32)
-    if mode == "pad":
-        out = _traced_pad(pixels.dtype.name, height, width)(pixels[None])
-    else:
-        out = resize_batch(pixels[None], height, width, mode)
-    return out.numpy()[0]
-
-
-@functools.lru_cache(maxsize=16)
-def _traced_pad(dtype: str, height: int, width: int) -> Any:
-    """``resize_batch(..., mode="pad")`` as a graph for images of any size."""
-    import tensorflow as tf
-
-    function = tf.function(lambda images: resize_batch(images, height, width, "pad"))
-    return function.get_concrete_function(tf.TensorSpec([None, None, None, None], dtype))
+    return resize_batch(pixels[None], int(height), int(width), mode).numpy()[0]

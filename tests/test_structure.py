@@ -375,3 +375,32 @@ def test_no_package_module_imported_under_another_name():
     assert not strays, f"package modules imported under other names: {sorted(strays)}"
     if ROOT.name != PACKAGE:
         assert ROOT.name not in sys.modules
+
+
+def test_public_api_resolves_and_type_checkers_see_the_same_names():
+    import featcache
+    import featcache.errors
+
+    lazy = set(featcache._LAZY)
+    tree = ast.parse((ROOT / "__init__.py").read_text())
+    typed = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for each in node.body
+        if isinstance(each, ast.ImportFrom)
+        for alias in each.names
+    }
+    assert typed == lazy, f"TYPE_CHECKING block and _LAZY differ: {typed ^ lazy}"
+    for name in featcache.__all__:
+        assert getattr(featcache, name) is not None, name
+    errors = {
+        name
+        for name, value in vars(featcache.errors).items()
+        if isinstance(value, type) and issubclass(value, Exception)
+    }
+    assert errors <= set(featcache.__all__), errors - set(featcache.__all__)
+    for name in ("extract", "train_head", "compare", "fine_tune", "export", "load_model"):
+        assert name in featcache.__all__
+    for name in ("predict_images", "predict_cache", "serve", "Client", "read_cache"):
+        assert name in featcache.__all__

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from ...errors import CacheError, SettingsMismatchError
+from ..options import DEFAULT_CHECKPOINT_SECONDS
 from ..settings import CacheSettings
 from .format import FORMAT, FORMAT_VERSION, STRING, open_h5, read_rows, strings, versions
 
@@ -57,7 +58,7 @@ class CacheWriter:
         class_names: list[str],
         order: dict[str, int],
         overwrite: bool = False,
-        checkpoint_seconds: float = 60.0,
+        checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
         max_pending_bytes: int = 256 << 20,
     ) -> None:
         self.path = Path(path)

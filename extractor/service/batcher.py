@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .options import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
+
 
 class BatcherClosed(RuntimeError):
     """The model was unloaded; ask the pool for it again."""
@@ -36,8 +38,8 @@ class Batcher:
     def __init__(
         self,
         fn: Callable[[np.ndarray], np.ndarray],
-        max_batch: int = 32,
-        max_delay: float = 0.005,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_delay: float = DEFAULT_MAX_DELAY_MS / 1000,
         merge: bool = True,
         name: str = "model",
     ) -> None:

@@ -36,6 +36,7 @@ from ..options import (
     DEFAULT_SEED,
     DEFAULT_SPLIT,
     DEFAULT_WEIGHTS,
+    NAMED_WEIGHTS,
     RESIZE_MODES,
     ExtractOptions,
     check_choice,
@@ -56,7 +57,6 @@ class Roots:
     weights: Path | None = None
 
 
-_NAMED_WEIGHTS = ("imagenet", "none", "random")
 _TENSOR_DTYPES: dict[str, np.dtype[Any]] = {
     "": np.dtype(np.uint8),
     "uint8": np.dtype(np.uint8),
@@ -93,7 +93,7 @@ def config_from_message(
     if is_model_file(name):
         name = str(confine(weights_root, name, "saved model"))
     weights = settings.weights.strip() or DEFAULT_WEIGHTS
-    if weights.lower() not in _NAMED_WEIGHTS:
+    if weights.lower() not in NAMED_WEIGHTS:
         weights = str(confine(weights_root, weights, "weights file"))
     resize = check_choice("resize", settings.resize or DEFAULT_RESIZE, RESIZE_MODES)
     sizes = list(settings.image_size)

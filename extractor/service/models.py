@@ -18,7 +18,7 @@ from ..decode import decode_and_resize, decode_or_reason
 from ..options import DEFAULT_MAX_PIXELS
 from ..settings import BackboneConfig, FeatureSettings
 from .batcher import Batcher, BatcherClosed
-from .options import ClassifierLoader
+from .options import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS, ClassifierLoader
 
 log = logging.getLogger("featcache.serve")
 
@@ -27,8 +27,8 @@ log = logging.getLogger("featcache.serve")
 class BatchOptions:
     """How requests are merged into model calls."""
 
-    max_batch: int = 32
-    max_delay: float = 0.005
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_delay: float = DEFAULT_MAX_DELAY_MS / 1000
     """Seconds the inference thread waits for more requests to fill a batch."""
     merge: bool = True
     """False runs every request on its own (for comparison)."""

@@ -8,6 +8,11 @@ from typing import Any
 
 from ..options import DEFAULT_MAX_PIXELS
 
+DEFAULT_MAX_BATCH = 32
+"""Images per model call of the server's dynamic batching."""
+DEFAULT_MAX_DELAY_MS = 5.0
+"""How long a batch waits for more requests."""
+
 ClassifierLoader = Callable[[str], tuple[Any, list[str], list[int]]]
 """Loads an ``export``/``fine-tune`` model file: (Keras model, class names, label indices)."""
 
@@ -28,8 +33,8 @@ class ServeOptions:
     max_loaded: int = 4
     max_message_mb: int = 64
     workers: int = 32
-    max_batch: int = 32
-    max_delay_ms: float = 5.0
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_delay_ms: float = DEFAULT_MAX_DELAY_MS
     batching: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_image_size: int = 1024

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from ...errors import InvalidOptionError
 from ...protos import extractor_pb2 as pb
 from ...protos import extractor_pb2_grpc as pb_grpc
-from ..options import check_range
+from ..options import NAMED_WEIGHTS, check_range
 from ..settings import BackboneConfig
 from .auth import TokenAuthInterceptor, read_token
 from .convert import Roots, confine
@@ -41,7 +41,7 @@ def parse_preload(entry: str, weights_root: Path | None) -> BackboneConfig:
     if match is None:
         raise InvalidOptionError(f"preload {entry!r}: expected NAME[=WEIGHTS][@SIZE]", "preload")
     name, weights, size = match.group(1), (match.group(2) or "imagenet").strip(), match.group(3)
-    if weights.lower() not in ("imagenet", "none", "random"):
+    if weights.lower() not in NAMED_WEIGHTS:
         weights = str(confine(weights_root, weights, "weights file"))
     return BackboneConfig(name, weights, size)
 
