@@ -24,7 +24,7 @@ from .heads import options as head_defaults
 from .heads.options import AUGMENTATIONS, EXPORT_FORMATS, HEAD_KINDS, MONITORS, OPTIMIZERS
 
 _SERVE = ServeOptions()
-_FLAGS = {"kind": "--head", "models": "--model", "ray_options": "--engine ray"}
+_FLAGS = {"models": "--model"}
 """Python parameters whose flag is not ``--`` + the name with dashes."""
 
 
@@ -568,6 +568,7 @@ def predict_command(
     """
     from pathlib import Path
 
+    head_defaults.check_options({"top_k": top_k, "batch_size": batch_size})
     if len(images) == 1 and images[0].endswith(".h5") and Path(images[0]).is_file():
         from .heads.predict import predict_cache
 

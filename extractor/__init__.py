@@ -4,8 +4,32 @@ Stages, one module each: :mod:`.sources` lists a dataset, :mod:`.reader` reads a
 it, :mod:`.engines` embeds (locally, on a server, or on Ray via :mod:`.ray_engine`),
 :mod:`.recorder` turns results into cache rows written by :mod:`.cache`; :mod:`.runner`
 wires them and :mod:`.extraction` (``extract``) is the only module that knows every engine.
+The names this package exported before are still importable from it, loaded on first use.
 """
 
 import os
+from importlib import import_module
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything here imports TensorFlow
+
+_MOVED = {
+    "extract": "extraction",
+    "ExtractSummary": "runner",
+    "CacheData": "cache",
+    "CacheSettings": "settings",
+    "cache_info": "cache",
+    "read_cache": "cache",
+    "REGISTRY": "registry",
+    "BackboneSpec": "registry",
+    "get_backbone": "registry",
+    "list_backbones": "registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        value = getattr(import_module(f"{__name__}.{_MOVED[name]}"), name)
+        globals()[name] = value  # over a submodule of the same name, as before
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,6 +31,10 @@ MAX_BATCH_SIZE = 4096
 
 NAMED_WEIGHTS = ("imagenet", "none", "random")
 """``weights`` values that are not a file (``random`` is another name for ``none``)."""
+PAD_VERSION = 2
+"""Version of the ``pad`` resize: 1 was ``tf.image.resize_with_pad``'s float32 box (off by a
+pixel for some sizes, and different again inside exported models), 2 the exact integer box.
+Caches and heads record it; features of the two versions are never mixed."""
 RESIZE_MODES = ("stretch", "pad", "crop")
 """``stretch``: plain bilinear resize; ``pad``: fit inside and centre on black, as
 ``tf.image.resize_with_pad`` but with exact box arithmetic; ``crop``: centre crop to the
@@ -110,14 +114,15 @@ def parse_image_size(
     return (pair[0], pair[1])
 
 
-def check_address(address: str, parameter: str = "ray.address") -> None:
-    """Refuse Ray Client addresses: Ray Data does not run over Ray Client."""
+def check_address(address: str, parameter: str | None) -> None:
+    """Refuse Ray Client addresses: Ray Data does not run over Ray Client (``parameter``
+    None: the address came from ``RAY_ADDRESS``)."""
     if address.startswith("ray://"):
-        raise invalid(
+        raise InvalidOptionError(
+            f"{parameter or 'RAY_ADDRESS'} {address!r}: Ray Data does not run over Ray Client "
+            "(ray://); run the command on a cluster node (address auto) or submit it with "
+            "`ray job submit`",
             parameter,
-            address,
-            "Ray Data does not run over Ray Client (ray://); run the command on a cluster "
-            "node (address auto) or submit it with `ray job submit`",
         )
 
 
@@ -193,9 +198,9 @@ class ExtractOptions:
         if not self.checkpoint_seconds >= 0:
             raise invalid("checkpoint_seconds", self.checkpoint_seconds, "must be 0 or more")
         if self.engine != "ray" and self.ray_options is not None:
-            raise InvalidOptionError("ray_options need engine 'ray'", "ray_options")
+            raise InvalidOptionError("ray_options need engine='ray'")
         if self.engine == "ray" and self.remote is not None:
-            raise InvalidOptionError("remote and engine 'ray' cannot be combined", "remote")
+            raise InvalidOptionError("remote and engine='ray' cannot be combined")
         object.__setattr__(self, "ratios", parse_split(self.split))
 
     @property

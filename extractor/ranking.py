@@ -7,6 +7,9 @@ import numpy as np
 
 from .options import invalid
 
+DEFAULT_TOP_K = 3
+"""Classes reported per image by ``predict``, ``predict_cache`` and ``Classify``."""
+
 
 def top_k(probabilities: np.ndarray, k: int) -> np.ndarray:
     """Column indices of the ``k`` highest values of each row, highest first.
@@ -18,7 +21,7 @@ def top_k(probabilities: np.ndarray, k: int) -> np.ndarray:
     [[1, 2], [0, 2]]
     """
     if k < 1:
-        raise invalid("k", k, "must be at least 1")
+        raise invalid("top_k", k, "must be at least 1")
     scores = np.asarray(probabilities)
     if scores.ndim == 1 and scores.size == 0:
         scores = scores.reshape(0, 0)

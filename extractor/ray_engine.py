@@ -74,7 +74,7 @@ class RayEngine:
         _gpu_memory_growth()  # the driver decodes and may build a model on a GPU node
         self.options = options or RayOptions()
         if self.options.address is None and "RAY_ADDRESS" in os.environ:
-            check_address(os.environ["RAY_ADDRESS"], "RAY_ADDRESS")
+            check_address(os.environ["RAY_ADDRESS"], None)
         self.max_pixels = max_pixels
         self._feature_dim = 0
         self.settings: FeatureSettings = resolve_backbone(config)
@@ -185,7 +185,7 @@ class RayEngine:
             EmbedBatches,
             fn_constructor_kwargs={
                 "config": self.config,
-                "expect": (self.settings.backbone_sha256, self.settings.weights_sha256),
+                "expect": replace(self.settings, spec=None),
                 "max_pixels": self.max_pixels,
                 "root": str(dataset.root),
                 "layout": dataset.layout,
@@ -244,7 +244,7 @@ class EmbedBatches:
     def __init__(
         self,
         config: BackboneConfig,
-        expect: tuple[str, str],
+        expect: FeatureSettings,
         max_pixels: int,
         root: str,
         layout: str,
@@ -271,11 +271,13 @@ class EmbedBatches:
             self.dataset = open_source(root)
             self.dataset.confine = Path(confine) if confine else None
             resolved = resolve_backbone(config)
-            if (resolved.backbone_sha256, resolved.weights_sha256) != expect:
-                raise FeatcacheError(
-                    "the weights (or saved model) file differs from the driver's; every node "
-                    "must see the same file at the same path"
-                )
+            expect.check(
+                replace(resolved, feature_dim=expect.feature_dim),
+                what="the backbone differs from the driver's (every node must see the same "
+                "weights or saved model file at the same path)",
+                ours="driver",
+                theirs="this node",
+            )
             self.prepare = partial(
                 decode_and_resize,
                 size=resolved.image_size,

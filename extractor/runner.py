@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from .cache import CacheWriter
 from .engines import Engine
 from .options import ExtractOptions
 from .recorder import ExtractProgress, Recorder
-from .settings import CacheSettings
+from .settings import CacheSettings, FeatureSettings
 from .sources import Dataset, scan_dataset
 
 DEFAULT_CACHE_DIR = Path("cache")
@@ -83,7 +83,7 @@ def run_extraction(
     lock = _lock(output)
     try:
         settings = CacheSettings.of(
-            engine.settings,
+            _with_split_seed(engine.settings, options.seed),
             dtype=options.dtype,
             split_ratios=options.ratios,
             split_source="folders" if dataset.layout == "splits" else "hash",
@@ -92,6 +92,17 @@ def run_extraction(
         return _run(dataset, engine, settings, output, options, on_progress, cancel, started)
     finally:
         lock.release()
+
+
+def _with_split_seed(features: FeatureSettings, seed: int) -> FeatureSettings:
+    """The engine's settings with the run's seed, which assigns the splits (and must be the
+    seed of random weights: a cache records one seed for both)."""
+    if features.weights == "none" and features.seed != seed:
+        raise InvalidOptionError(
+            f"seed {seed}: the engine's random weights were drawn with seed {features.seed}",
+            "seed",
+        )
+    return replace(features, seed=seed)
 
 
 def _lock(path: Path) -> Any:

@@ -24,6 +24,7 @@ from .options import (
     DEFAULT_RESIZE,
     DEFAULT_SEED,
     DEFAULT_WEIGHTS,
+    PAD_VERSION,
     ExtractOptions,
 )
 
@@ -87,6 +88,9 @@ class FeatureSettings:
     """Seed of random weights; it changes the features only when ``weights == "none"``."""
     feature_dim: int = field(default=0, kw_only=True)
     """Embedding width; 0 while unknown (not yet built)."""
+    pad_version: int = field(default=PAD_VERSION, kw_only=True)
+    """How ``pad`` resizing was computed (see :data:`~.options.PAD_VERSION`); caches and
+    heads from before it was recorded read as 1."""
     spec: BackboneSpec | None = field(default=None, compare=False, repr=False, kw_only=True)
     """The registry entry; None for a saved model."""
 
@@ -103,6 +107,8 @@ class FeatureSettings:
             out[name] = list(value) if isinstance(value, tuple) else value
         if self.weights == "none":
             out["seed"] = self.seed
+        if resize and self.resize == "pad" and self.pad_version != 1:
+            out["pad_version"] = self.pad_version  # version 1 caches keep their fingerprint
         return out
 
     def model_key(self) -> str:
@@ -131,6 +137,13 @@ class FeatureSettings:
                 if shown == other_shown:  # the same path, other bytes
                     other_shown += " with other contents (SHA-256 differs)"
                 out.append(f"{label} {shown} ({ours}) vs {other_shown} ({theirs})")
+        pads = (self.pad_version, other.pad_version)
+        if self.resize == other.resize == "pad" and pads[0] != pads[1]:
+            out.append(
+                f"pad resize version {pads[0]} ({ours}) vs {pads[1]} ({theirs}): version 1 "
+                "(featcache before the exact pad box) is off by a pixel for some sizes; "
+                "extract again"
+            )
         return out
 
     def check(self, other: FeatureSettings, what: str, ours: str, theirs: str) -> None:
@@ -138,15 +151,6 @@ class FeatureSettings:
         differ = self.differences(other, ours, theirs)
         if differ:
             raise SettingsMismatchError(f"{what}: {'; '.join(differ)}")
-
-    def features_only(self) -> FeatureSettings:
-        """These settings as a plain :class:`FeatureSettings` (from a subclass too)."""
-        names = [f.name for f in fields(FeatureSettings) if f.name not in ("spec", "feature_dim")]
-        return FeatureSettings(
-            **{name: getattr(self, name) for name in names},
-            feature_dim=self.feature_dim,
-            spec=self.spec,
-        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (as a head's ``cache_settings`` stores it)."""
@@ -243,6 +247,7 @@ class CacheSettings(FeatureSettings):
             "split_source": self.split_source,
             "seed": int(self.seed),
             "dataset_root": self.dataset_root,
+            "pad_version": int(self.pad_version),
             "fingerprint": self.fingerprint,
         }
 
@@ -289,6 +294,7 @@ def _common(values: Mapping[str, Any]) -> dict[str, Any]:
         "layer": _text(values, "layer"),
         "preprocessing": _text(values, "preprocessing"),
         "seed": int(_plain(values.get("seed", 0)) or 0),
+        "pad_version": int(_plain(values.get("pad_version", 1)) or 1),
     }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatasetError, InvalidOptionError
+from ..errors import DatasetError
 from .decode import IMAGE_EXTENSIONS
 from .splits import SPLIT_FOLDERS
 
@@ -143,9 +143,7 @@ def scan_dataset(
         dataset.confine = confine
         return dataset
     if labels is not None:
-        raise InvalidOptionError(
-            "labels applies to .npy datasets only; folders label by sub-folder", "labels"
-        )
+        raise DatasetError("labels apply to .npy datasets only; folders label by sub-folder")
     top = _subdirs(root)
     if top and all(name.lower() in SPLIT_FOLDERS for name in top):
         layout = "splits"

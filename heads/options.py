@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple, TypeVar
 
 from ..extractor.options import check_choice, check_seed, invalid
+from ..extractor.ranking import DEFAULT_TOP_K as RANKING_TOP_K
 
 BASELINES = ("logreg", "linear-svm", "svm", "knn", "random-forest", "ridge")
 """The scikit-learn heads."""
@@ -32,7 +33,7 @@ DEFAULT_HEAD = "dense"
 DEFAULT_VAL_FRACTION = 0.2
 """Share of train carved into val when the cache has no val split."""
 DEFAULT_SEED = 0
-DEFAULT_TOP_K = 3
+DEFAULT_TOP_K = RANKING_TOP_K
 DEFAULT_PREDICT_BATCH_SIZE = 32
 """Images per batch of ``predict_images``."""
 DEFAULT_FEATURE_BATCH_SIZE = 4096

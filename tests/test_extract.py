@@ -358,3 +358,30 @@ def test_wildcards_in_a_cache_name_touch_no_other_cache(class_folder, tmp_path):
     other.write_bytes(b"in progress")
     extract(class_folder, output=tmp_path / "o*.h5", **TINY)
     assert other.read_bytes() == b"in progress"
+
+
+def test_pad_caches_record_their_pad_version_and_old_ones_are_not_resumed(class_folder, tmp_path):
+    out = tmp_path / "pad.h5"
+    extract(class_folder, output=out, resize="pad", **TINY)
+    assert read_cache(out).attrs["pad_version"] == 2
+    with h5py.File(out, "r+") as f:  # a pad cache written before the exact pad box
+        del f.attrs["pad_version"]
+    with pytest.raises(SettingsMismatchError, match=r"pad resize version 1 \(cache\) vs 2"):
+        extract(class_folder, output=out, resize="pad", **TINY)
+    summary = extract(class_folder, output=out, resize="pad", overwrite=True, **TINY)
+    assert summary.new == 12
+
+
+def test_fingerprints_of_caches_without_pad_are_unchanged(class_folder, tmp_path):
+    """The fingerprint formula of format version 1, written out: old caches keep theirs."""
+    import hashlib
+
+    out = tmp_path / "c.h5"
+    extract(class_folder, output=out, resize="crop", **TINY)
+    attrs = read_cache(out).attrs
+    names = ("backbone", "backbone_sha256", "weights", "weights_sha256", "image_size")
+    names += ("resize", "pooling", "layer", "preprocessing", "dtype")
+    payload = {name: attrs[name] for name in names}
+    payload["seed"] = attrs["seed"]  # random weights
+    expected = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    assert attrs["fingerprint"] == expected

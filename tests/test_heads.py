@@ -204,9 +204,9 @@ def test_top_k_is_descending_with_ties_in_column_order():
     assert top_k(scores, 3).tolist() == [[1, 2, 3], [0, 1, 2], [2, 0, 1]]
     assert top_k(scores, 10).shape == (3, 4)  # at most every column
     assert top_k(scores[:0], 2).shape == (0, 2)
-    with pytest.raises(InvalidOptionError, match=r"^k 0: must be at least 1") as refused:
+    with pytest.raises(InvalidOptionError, match=r"^top_k 0: must be at least 1") as refused:
         top_k(scores, 0)
-    assert refused.value.parameter == "k"
+    assert refused.value.parameter == "top_k"
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,8 @@ from filelock import FileLock
 from featcache import extract, read_cache
 from featcache.cli import main
 from featcache.errors import EngineError, InvalidOptionError
-from featcache.extractor.backbone import BackboneConfig
+from featcache.extractor.backbone import resolve_backbone
+from featcache.extractor.settings import BackboneConfig
 from helpers import TINY, cache_rows, make_class_folder, write_image
 
 # One worker runs them all (--dist loadgroup), so the other never waits on the lock below.
@@ -188,7 +189,7 @@ def test_an_actor_that_cannot_see_the_data_says_so(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     for root in (tmp_path / "empty", tmp_path / "absent"):
         actor = ray_engine.EmbedBatches(
-            config, ("", ""), 10**8, str(root), "classes", None, 1, probe="a/1.png"
+            config, resolve_backbone(config), 10**8, str(root), "classes", None, 1, probe="a/1.png"
         )
         result = actor({"row": np.array([0, 1]), "path": np.array(["a/1.png", "b"])})
         assert result["fatal"].tolist() == [actor.fatal] * 2

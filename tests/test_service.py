@@ -25,6 +25,7 @@ from featcache.cli import main
 from featcache.errors import RemoteError
 from featcache.extractor.cache import read_cache
 from featcache.extractor.service.client import BadImagesError, Client
+from featcache.extractor.splits import assign_split
 from featcache.protos import extractor_pb2 as pb
 from helpers import make_class_folder, write_image
 
@@ -310,6 +311,45 @@ def test_extract_dataset_equals_local_and_stays_inside_its_roots(client, roots, 
     linked = list(client.extract_dataset("linked", "vgg16", output="linked.h5", **MODEL))[-1]
     assert (linked.rows, linked.bad, linked.bad_files) == (1, 0, [])
     assert read_cache(roots / "cache" / "linked.h5").class_names == ["a"]
+
+
+def test_requests_sharing_a_model_keep_their_own_seed_and_weights_path(roots, tmp_path):
+    """Models are shared by contents, not by seed or path: each request's cache records its
+    own seed (which assigns its splits) and its own weights path."""
+    import keras
+
+    weights = roots / "weights"
+    keras.utils.set_random_seed(3)
+    net = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    net.save_weights(weights / "a.weights.h5")
+    shutil.copyfile(weights / "a.weights.h5", weights / "b.weights.h5")
+    srv = start_server(options(roots, preload=["vgg16=a.weights.h5@32"]))
+    try:
+        with Client(f"127.0.0.1:{srv.port}") as own:
+            settings = {"weights": "b.weights.h5", "image_size": 32}
+            info = own.info("vgg16", seed=7, **settings)
+            assert info.seed == 7 and info.weights == str(weights / "b.weights.h5")
+            for seed in (7, 8):
+                output = f"seed{seed}.h5"
+                steps = list(
+                    own.extract_dataset("set", "vgg16", output=output, seed=seed, **settings)
+                )
+                assert steps[-1].rows == 12
+        assert len(srv.pool.loaded()) == 1  # one model served both files and seeds
+    finally:
+        srv.stop(0)
+    seven, eight = (read_cache(roots / "cache" / f"seed{s}.h5") for s in (7, 8))
+    assert (seven.settings.seed, eight.settings.seed) == (7, 8)
+    assert seven.settings.weights == str(weights / "b.weights.h5")
+    expected = [assign_split(sha, (0.7, 0.2, 0.1), 7) for sha in seven.sha256]
+    assert seven.split.tolist() == expected
+    np.testing.assert_allclose(seven.features, eight.features, atol=1e-6)
+    local = tmp_path / "local.h5"
+    extract(roots / "data" / "set", backbone="vgg16", weights=str(weights / "b.weights.h5"),
+            image_size=32, seed=7, output=local, progress=False)  # fmt: skip
+    mine = read_cache(local)
+    assert mine.split.tolist() == seven.split.tolist()
+    np.testing.assert_allclose(mine.features, seven.features, atol=1e-5)
 
 
 def test_cancelling_extract_dataset_leaves_a_resumable_cache(client, roots):

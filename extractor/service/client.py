@@ -32,6 +32,7 @@ from ..options import (
     DEFAULT_SPLIT,
     DEFAULT_WEIGHTS,
 )
+from ..ranking import DEFAULT_TOP_K
 from ..settings import BackboneConfig, FeatureSettings
 from .auth import read_token
 from .convert import image_message, settings_from_info, settings_message
@@ -212,7 +213,7 @@ class Client:
         return rows, dim
 
     def classify(
-        self, images: Sequence[ImageInput], model: str, *, top_k: int = 3
+        self, images: Sequence[ImageInput], model: str, *, top_k: int = DEFAULT_TOP_K
     ) -> list[dict[str, Any]]:
         """Classify images with a server model (``serve --model NAME=PATH``).
 

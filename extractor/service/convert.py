@@ -46,6 +46,7 @@ from ..options import (
 from ..runner import default_output
 from ..settings import BackboneConfig, FeatureSettings
 from ..sources import is_within
+from .options import DEFAULT_MAX_IMAGE_SIZE
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,9 @@ def settings_message(config: BackboneConfig) -> pb.BackboneSettings:
 
 
 def config_from_message(
-    settings: pb.BackboneSettings, weights_root: Path | None, max_side: int = 1024
+    settings: pb.BackboneSettings,
+    weights_root: Path | None,
+    max_side: int = DEFAULT_MAX_IMAGE_SIZE,
 ) -> BackboneConfig:
     """A request's settings as a :class:`BackboneConfig`.
 
@@ -134,6 +137,8 @@ def dataset_paths(
     if any(c in name for c in "*?[]"):
         raise InvalidOptionError(f"output {name!r}: no wildcards in file names", "output")
     output = confine(roots.cache, name, "output")
+    if output.is_dir():
+        raise FeatcacheError(f"output {request.output!r} is a folder")
     labels = confine(roots.data, request.labels, "labels") if request.labels else None
     shown = output.relative_to(roots.cache) if roots.cache else output
     return data, output, labels, str(shown)

@@ -44,7 +44,7 @@ class DatasetJob:
         def run() -> None:
             try:
                 with pool.use(config) as model:
-                    embedder = PoolEmbedder(model, config.resize, options.max_pixels)
+                    embedder = PoolEmbedder(model, config, options.max_pixels)
                     summary = run_extraction(
                         data,
                         LocalEngine(embedder),

@@ -18,7 +18,12 @@ from ..decode import decode_and_resize, decode_or_reason
 from ..options import DEFAULT_MAX_PIXELS
 from ..settings import BackboneConfig, FeatureSettings
 from .batcher import Batcher, BatcherClosed
-from .options import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS, ClassifierLoader
+from .options import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_DELAY_MS,
+    DEFAULT_MAX_LOADED,
+    ClassifierLoader,
+)
 
 log = logging.getLogger("featcache.serve")
 
@@ -40,7 +45,7 @@ class LoadedModel:
     def __init__(self, extractor: FeatureExtractor, options: BatchOptions) -> None:
         self.extractor = extractor
         self.settings: FeatureSettings = extractor.resolved
-        """Resolved settings (with the resize mode of the request that loaded it)."""
+        """Resolved settings of the request that loaded it (see :meth:`settings_for`)."""
         self.feature_dim = extractor.feature_dim
         self.image_size = self.settings.image_size
         self.users = 0
@@ -52,15 +57,23 @@ class LoadedModel:
             name=self.settings.backbone.rsplit("/", 1)[-1],
         )
 
-    def settings_for(self, resize: str) -> FeatureSettings:
-        """The settings of features made with this model after ``resize``."""
-        return replace(self.settings, resize=resize)
+    def settings_for(self, config: BackboneConfig) -> FeatureSettings:
+        """The settings of features this model makes for ``config``: the request's own
+        (its files' paths, seed and resize; requests share a model when only those differ)
+        with the model's input size and width."""
+        return replace(
+            resolve_backbone(config),
+            image_size=self.image_size,
+            feature_dim=self.feature_dim,
+        )
 
 
 class ModelPool:
     """Loaded backbones by settings, at most ``max_loaded`` of them kept."""
 
-    def __init__(self, max_loaded: int = 4, options: BatchOptions | None = None) -> None:
+    def __init__(
+        self, max_loaded: int = DEFAULT_MAX_LOADED, options: BatchOptions | None = None
+    ) -> None:
         self.max_loaded = max(1, max_loaded)
         self.options = options or BatchOptions()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -207,12 +220,12 @@ class PoolEmbedder:
     def __init__(
         self,
         model: LoadedModel,
-        resize: str,
+        config: BackboneConfig,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         active: Callable[[], bool] = lambda: True,
     ) -> None:
         self.model = model
-        self.settings = model.settings_for(resize)
+        self.settings = model.settings_for(config)
         self.max_pixels = max_pixels
         self.active = active
 

@@ -8,6 +8,12 @@ from typing import Any
 
 from ..options import DEFAULT_MAX_PIXELS
 
+DEFAULT_MAX_LOADED = 4
+"""Loaded models kept; the least recently used idle one is unloaded."""
+DEFAULT_MAX_IMAGE_SIZE = 1024
+"""Largest input side a request may ask for (model memory grows with its square)."""
+DEFAULT_MAX_IMAGES = 4096
+"""Images in one request."""
 DEFAULT_MAX_BATCH = 32
 """Images per model call of the server's dynamic batching."""
 DEFAULT_MAX_DELAY_MS = 5.0
@@ -30,14 +36,14 @@ class ServeOptions:
     """``NAME[=WEIGHTS][@SIZE]`` entries, weights relative to ``weights_root``."""
     models: list[str] = field(default_factory=list)
     """``NAME=PATH`` entries: classifiers (``export``/``fine-tune`` models) for ``Classify``."""
-    max_loaded: int = 4
+    max_loaded: int = DEFAULT_MAX_LOADED
     max_message_mb: int = 64
     workers: int = 32
     max_batch: int = DEFAULT_MAX_BATCH
     max_delay_ms: float = DEFAULT_MAX_DELAY_MS
     batching: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_image_size: int = 1024
+    max_image_size: int = DEFAULT_MAX_IMAGE_SIZE
     """Largest input side a request may ask for (model memory grows with its square)."""
     token_file: str | None = None
     tls_cert: str | None = None

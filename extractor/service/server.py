@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from ...errors import InvalidOptionError
 from ...protos import extractor_pb2 as pb
 from ...protos import extractor_pb2_grpc as pb_grpc
-from ..options import NAMED_WEIGHTS, check_range
+from ..options import DEFAULT_WEIGHTS, NAMED_WEIGHTS, check_range
 from ..settings import BackboneConfig
 from .auth import TokenAuthInterceptor, read_token
 from .convert import Roots, confine
@@ -40,7 +40,11 @@ def parse_preload(entry: str, weights_root: Path | None) -> BackboneConfig:
     match = re.fullmatch(r"\s*([^=@\s]+)(?:=([^@]+))?(?:@(\d+(?:x\d+)?))?\s*", entry)
     if match is None:
         raise InvalidOptionError(f"preload {entry!r}: expected NAME[=WEIGHTS][@SIZE]", "preload")
-    name, weights, size = match.group(1), (match.group(2) or "imagenet").strip(), match.group(3)
+    name, weights, size = (
+        match.group(1),
+        (match.group(2) or DEFAULT_WEIGHTS).strip(),
+        match.group(3),
+    )
     if weights.lower() not in NAMED_WEIGHTS:
         weights = str(confine(weights_root, weights, "weights file"))
     return BackboneConfig(name, weights, size)

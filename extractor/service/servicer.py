@@ -8,6 +8,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -17,7 +18,7 @@ from ...errors import ExtractionCancelled, InvalidOptionError
 from ...protos import extractor_pb2 as pb
 from ...protos import extractor_pb2_grpc as pb_grpc
 from ..options import DEFAULT_MAX_PIXELS
-from ..ranking import top_k
+from ..ranking import DEFAULT_TOP_K, top_k
 from ..registry import list_backbones
 from .convert import (
     Roots,
@@ -30,6 +31,7 @@ from .convert import (
 )
 from .jobs import DatasetJob
 from .models import Classifier, ModelPool, embed_contents
+from .options import DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_IMAGES
 
 log = logging.getLogger("featcache.serve")
 
@@ -69,8 +71,8 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         pool: ModelPool,
         roots: Roots,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        max_images: int = 4096,
-        max_side: int = 1024,
+        max_images: int = DEFAULT_MAX_IMAGES,
+        max_side: int = DEFAULT_MAX_IMAGE_SIZE,
         classifiers: dict[str, Classifier] | None = None,
     ) -> None:
         self.classifiers = classifiers or {}
@@ -98,7 +100,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 )
                 for spec in list_backbones()
             ],
-            loaded=[info_message(m.settings_for("")) for m in loaded],
+            loaded=[info_message(replace(m.settings, resize="")) for m in loaded],
             classifiers=sorted(self.classifiers),
         )
 
@@ -215,7 +217,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
             lambda: _remaining(context),
         )
         names = classifier.class_names
-        best_of = iter(top_k(probabilities, request.top_k or 3))
+        best_of = iter(top_k(probabilities, request.top_k or DEFAULT_TOP_K))
         results = []
         rows = iter(probabilities)
         for reason in reasons:
@@ -251,7 +253,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 context.is_active,
                 lambda: _remaining(context),
             )
-            info = info_message(model.settings_for(config.resize))
+            info = info_message(model.settings_for(config))
         rows = []
         good = iter(features)
         for reason in reasons:
