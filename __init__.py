@@ -118,12 +118,21 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'featcache' has no attribute {name!r}")
+def lazy_attributes(package: str, moved: dict[str, str], namespace: dict[str, Any]) -> Any:
+    """A module ``__getattr__`` loading ``name`` from the module ``moved[name]`` on first use
+    (and keeping it, over a submodule of the same name)."""
+
+    def __getattr__(name: str) -> Any:
+        if name in moved:
+            value = getattr(import_module(moved[name], package), name)
+            namespace[name] = value
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+__getattr__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -8,28 +8,23 @@ The names this package exported before are still importable from it, loaded on f
 """
 
 import os
-from importlib import import_module
-from typing import Any
+
+from .. import lazy_attributes
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything here imports TensorFlow
 
 _MOVED = {
-    "extract": "extraction",
-    "ExtractSummary": "runner",
-    "CacheData": "cache",
-    "CacheSettings": "settings",
-    "cache_info": "cache",
-    "read_cache": "cache",
-    "REGISTRY": "registry",
-    "BackboneSpec": "registry",
-    "get_backbone": "registry",
-    "list_backbones": "registry",
+    "extract": ".extraction",
+    "ExtractSummary": ".runner",
+    "CacheData": ".cache",
+    "CacheSettings": ".settings",
+    "cache_info": ".cache",
+    "read_cache": ".cache",
+    "REGISTRY": ".registry",
+    "BackboneSpec": ".registry",
+    "get_backbone": ".registry",
+    "list_backbones": ".registry",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        value = getattr(import_module(f"{__name__}.{_MOVED[name]}"), name)
-        globals()[name] = value  # over a submodule of the same name, as before
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _MOVED, globals())
