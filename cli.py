@@ -551,6 +551,11 @@ def compare_command(
     "--batch-size", type=int, default=head_defaults.DEFAULT_PREDICT_BATCH_SIZE, show_default=True
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no table.")
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Load a head.joblib (a pickle: it can run code) from a run folder you trust.",
+)
 @_handle_errors
 def predict_command(
     model: str,
@@ -559,6 +564,7 @@ def predict_command(
     top_k: int,
     batch_size: int,
     quiet: bool,
+    trust_pickle: bool,
 ) -> None:
     """Classify IMAGES (files, folders or globs) with MODEL; write predictions.csv.
 
@@ -568,18 +574,23 @@ def predict_command(
     """
     from pathlib import Path
 
+    from .heads.train import trusted_pickles
+
     head_defaults.check_options({"top_k": top_k, "batch_size": batch_size})
     if len(images) == 1 and images[0].endswith(".h5") and Path(images[0]).is_file():
         from .heads.predict import predict_cache
 
-        click.echo(f"wrote {predict_cache(model, images[0], output, top_k)}")
+        with trusted_pickles(trust_pickle):
+            written = predict_cache(model, images[0], output, top_k)
+        click.echo(f"wrote {written}")
         return
     from .heads.images import predict_images
 
     out = Path(output or "predictions.csv")
-    results = predict_images(
-        model, list(images), out, top_k, batch_size, progress=False if quiet else None
-    )
+    with trusted_pickles(trust_pickle):
+        results = predict_images(
+            model, list(images), out, top_k, batch_size, progress=False if quiet else None
+        )
     bad = [r for r in results if r.error]
     if not quiet and sys.stdout.isatty():
         for r in results[:50]:
@@ -699,10 +710,61 @@ def export_command(run: str, output: str, fmt: str) -> None:
     help="Serve a model.keras from export or fine-tune to Classify (repeatable).",
 )
 @click.option(
-    "--max-loaded", type=int, default=_SERVE.max_loaded, show_default=True, help="LRU size."
+    "--max-loaded",
+    type=int,
+    default=_SERVE.max_loaded,
+    show_default=True,
+    help="Models loaded at once (LRU; models in use are kept).",
 )
-@click.option("--max-message-mb", type=int, default=_SERVE.max_message_mb, show_default=True)
-@click.option("--workers", type=int, default=_SERVE.workers, show_default=True, help="RPC threads.")
+@click.option(
+    "--max-message-mb",
+    type=int,
+    default=_SERVE.max_message_mb,
+    show_default=True,
+    help="Largest request.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=_SERVE.workers,
+    show_default=True,
+    help="Concurrent calls; more get RESOURCE_EXHAUSTED.",
+)
+@click.option(
+    "--max-batch-images",
+    type=int,
+    default=_SERVE.max_batch_images,
+    show_default=True,
+    help="Images in one Embed or Classify request.",
+)
+@click.option(
+    "--max-inflight-mb",
+    type=int,
+    default=_SERVE.max_inflight_mb,
+    show_default=True,
+    help="Memory budget of decoded images and features in flight; also the largest reply.",
+)
+@click.option(
+    "--max-jobs",
+    type=int,
+    default=_SERVE.max_jobs,
+    show_default=True,
+    help="ExtractDataset jobs at once.",
+)
+@click.option(
+    "--max-wait",
+    type=float,
+    default=_SERVE.max_wait,
+    show_default=True,
+    help="Seconds a call waits for a model slot or memory.",
+)
+@click.option(
+    "--allow-backbone",
+    default="",
+    metavar="NAME[,NAME]",
+    help="Only these backbones (registry names, saved models under --weights-root).",
+)
+@click.option("--fixed-weights", is_flag=True, help="Only the --preload backbones and weights.")
 @click.option(
     "--max-batch", type=int, default=_SERVE.max_batch, show_default=True, help="Images per call."
 )
@@ -729,15 +791,31 @@ def export_command(run: str, output: str, fmt: str) -> None:
     "--tls-client-ca", type=click.Path(), default=None, help="Require client certificates (mTLS)."
 )
 @click.option(
+    "--insecure",
+    is_flag=True,
+    help="Serve a non-loopback --host without --token-file or TLS (refused otherwise).",
+)
+@click.option(
     "--grace", type=float, default=_SERVE.grace, show_default=True, help="Drain time on stop."
 )
 @_handle_errors
-def serve_command(preload: str, no_batching: bool, models: tuple[str, ...], **options: Any) -> None:
+def serve_command(
+    preload: str, allow_backbone: str, no_batching: bool, models: tuple[str, ...], **options: Any
+) -> None:
     """Run the gRPC extraction service (featcache.v1.Extractor) until SIGTERM."""
     from .serving import serve
 
     entries = [entry.strip() for entry in preload.split(",") if entry.strip()]
-    serve(ServeOptions(preload=entries, models=list(models), batching=not no_batching, **options))
+    allowed = [name.strip() for name in allow_backbone.split(",") if name.strip()]
+    serve(
+        ServeOptions(
+            preload=entries,
+            models=list(models),
+            allow_backbone=allowed,
+            batching=not no_batching,
+            **options,
+        )
+    )
 
 
 main.add_command(extract_command)

@@ -31,6 +31,11 @@ class BadImageError(Exception):
     """A file or array that cannot be used as an image; the message is the reason."""
 
 
+class UnusableFileError(OSError):
+    """A dataset entry that is never opened or read (not a regular file, a name that is
+    not valid UTF-8); the message is the bad-file reason."""
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode encoded image bytes to an ``(H, W, 3)`` uint8 RGB array.
 
@@ -118,6 +123,11 @@ def decode_and_resize(
 ) -> np.ndarray:
     """File bytes or an in-memory image to resized float32 ``(H, W, 3)`` pixels (0-255)."""
     if isinstance(content, np.ndarray):
+        if content.ndim >= 2 and content.shape[0] * content.shape[1] > max_pixels:
+            raise BadImageError(
+                f"array of {content.shape[0]}x{content.shape[1]} pixels is over the limit "
+                f"of {max_pixels}"
+            )
         pixels = array_to_rgb(content)
     else:
         pixels = decode_image(content, max_pixels)
@@ -126,6 +136,8 @@ def decode_and_resize(
 
 def unreadable_reason(exc: OSError) -> str:
     """The bad-file reason recorded for a file that cannot be read."""
+    if isinstance(exc, UnusableFileError):
+        return str(exc)
     return f"unreadable: {getattr(exc, 'strerror', None) or exc}"
 
 

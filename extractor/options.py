@@ -24,7 +24,11 @@ DEFAULT_SEED = 20
 """Seed of the split and of random weights (``weights="none"``)."""
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_PIXELS = 100_000_000
-"""Images with more pixels than this are refused as decompression bombs."""
+"""Images with more pixels than this are refused as decompression bombs (and ``.npy``
+arrays whose images are larger, when the dataset is listed)."""
+MAX_CLASSES = 100_000
+"""Most classes an ``.npy`` labels file may name: labels are 0 to ``MAX_CLASSES - 1``, or -1
+for an unlabelled row (a stray huge label would otherwise build a huge class list)."""
 DEFAULT_CHECKPOINT_SECONDS = 60.0
 MAX_BATCH_SIZE = 4096
 """Largest ``batch_size`` (the read-ahead window is twice the batch)."""

@@ -45,12 +45,15 @@ def read_one(
 ) -> Prepared:
     """Read and hash one item; ``reused`` when cached unchanged, else ``prepare``d.
 
-    Failures (unreadable, undecodable) become ``reason``; nothing here raises for a bad file.
+    Failures (unreadable, undecodable, out of memory) become ``reason``; nothing here
+    raises for a bad file.
     """
     try:
         content, sha = dataset.read(item)
     except OSError as exc:
         return Prepared(item, reason=unreadable_reason(exc))
+    except MemoryError:  # a huge file or array row: this file is bad, the run goes on
+        return Prepared(item, reason="unreadable: out of memory")
     if known is not None and known.get(item.path) == (sha, item.class_name):
         return Prepared(item, sha, reused=True)
     if prepare is None:

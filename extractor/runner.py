@@ -76,7 +76,8 @@ def run_extraction(
     that folder.
     """
     started = time.monotonic() if started is None else started
-    dataset = scan_dataset(data, options.labels, confine)  # bad input fails before any file
+    # bad input fails before any file
+    dataset = scan_dataset(data, options.labels, confine, options.max_pixels)
     if output.is_dir():
         raise InvalidOptionError(f"output {str(output)!r}: is a folder, not a cache file", "output")
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,11 @@
 
 :func:`scan_dataset` lists the images (cheap: no decoding); :meth:`Dataset.read`
 returns one item's raw content and its SHA-256.
+
+Hostile entries never stop a run: a name that is not valid UTF-8 (the cache stores UTF-8
+paths) is listed under a printable escaped path and reported bad; only regular files are
+read (a FIFO, socket or device named like an image is reported bad, never opened
+blocking); ``.npy`` images over ``max_pixels`` and labels out of range are refused up front.
 """
 
 from __future__ import annotations
@@ -9,13 +14,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DatasetError
-from .decode import IMAGE_EXTENSIONS
+from .decode import IMAGE_EXTENSIONS, UnusableFileError
+from .options import DEFAULT_MAX_PIXELS, MAX_CLASSES
 from .splits import SPLIT_FOLDERS
 
 
@@ -48,21 +55,120 @@ class Dataset:
     _array: np.ndarray | None = field(default=None, repr=False)
     confine: Path | None = None
     """When set, files whose real path (symlinks followed) leaves it are refused."""
+    unusable: dict[str, str] = field(default_factory=dict)
+    """Listed paths that are never read, with their bad-file reason (names that are not
+    valid UTF-8, listed under :func:`printable_path`)."""
 
     def read(self, item: Item) -> tuple[bytes | np.ndarray, str]:
         """Raw content (file bytes, or the array row) and its SHA-256 hex digest.
 
-        Raises OSError when a file cannot be read.
+        Raises OSError when a file cannot be read (:class:`UnusableFileError`, whose message
+        is the reason, for entries that are never read: see :func:`read_regular_file`).
         """
         if self._array is not None:
             row = np.asarray(self._array[item.index])
             header = f"{row.dtype.str}{row.shape}".encode()
             return row, hashlib.sha256(header + row.tobytes()).hexdigest()
+        reason = self.unusable.get(item.path)
+        if reason is not None:
+            raise UnusableFileError(reason)
         path = self.root / item.path
         if self.confine is not None and not is_within(path, self.confine):
             raise PermissionError(errno.EACCES, "links outside the data root")
-        data = path.read_bytes()
+        data = read_regular_file(path)
         return data, hashlib.sha256(data).hexdigest()
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+"""Non-blocking, so that a FIFO swapped in after the check cannot block the open."""
+
+
+def read_regular_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of ``path`` (symlinks followed) when it is a regular file.
+
+    Anything else (FIFO, socket, device, folder) raises :class:`UnusableFileError` with
+    ``not a regular file (FIFO)`` as the reason, without being opened; the file is opened
+    non-blocking and checked again once open, so a swap after the check cannot block.
+    """
+    _check_regular(os.stat(path).st_mode)
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        _check_regular(os.fstat(fd).st_mode)
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        return handle.read()
+
+
+def _check_regular(mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISFIFO(mode):
+        kind = "FIFO"
+    elif stat.S_ISSOCK(mode):
+        kind = "socket"
+    elif stat.S_ISCHR(mode):
+        kind = "character device"
+    elif stat.S_ISBLK(mode):
+        kind = "block device"
+    elif stat.S_ISDIR(mode):
+        kind = "folder"
+    else:
+        kind = "special file"
+    raise UnusableFileError(f"not a regular file ({kind})")
+
+
+def printable_path(path: str) -> str:
+    """``path`` as valid UTF-8: bytes of its name that are not UTF-8 (which Python keeps as
+    surrogate escapes) become ``\\xff``; valid names are returned unchanged."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _name_problem(path: str) -> str | None:
+    """The bad-file reason of a root-relative path with a name that is not UTF-8."""
+    if _is_utf8(path):
+        return None
+    for folder in path.split("/")[:-1]:
+        if not _is_utf8(folder):
+            return f"folder name '{printable_path(folder)}' is not valid UTF-8; rename it"
+    return "file name is not valid UTF-8; rename it"
+
+
+def _printable_rows(
+    rows: list[tuple[str, str | None, int | None]],
+) -> tuple[list[tuple[str, str | None, int | None]], dict[str, str], int]:
+    """``rows`` with every path valid UTF-8, the unusable ones, and how many were dropped.
+
+    A path that is not UTF-8 is kept under its printable form, without a class, and
+    recorded as unusable; one whose printable form is already taken (by a real file of
+    that name, or another such path) is left out and counted as ignored.
+    """
+    taken = {path for path, _, _ in rows if _is_utf8(path)}
+    kept: list[tuple[str, str | None, int | None]] = []
+    unusable: dict[str, str] = {}
+    dropped = 0
+    for path, cls, split in rows:
+        reason = _name_problem(path)
+        if reason is None:
+            kept.append((path, cls, split))
+            continue
+        shown = printable_path(path)
+        if shown in taken or shown in unusable:
+            dropped += 1
+            continue
+        unusable[shown] = reason
+        kept.append((shown, None, split))
+    return kept, unusable, dropped
 
 
 def is_within(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
@@ -120,7 +226,10 @@ def _scan_folder(
 
 
 def scan_dataset(
-    data: str | os.PathLike[str], labels: str | None = None, confine: Path | None = None
+    data: str | os.PathLike[str],
+    labels: str | None = None,
+    confine: Path | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Dataset:
     """List the images of a dataset without decoding them.
 
@@ -130,16 +239,22 @@ def scan_dataset(
     array of images with optional ``labels`` (an ``.npy`` of integers).
 
     With ``confine``, files (and labels) whose real path leaves that folder are left out
-    and counted as ignored, and are refused if they change into links later.
+    and counted as ignored, and are refused if they change into links later. An ``.npy``
+    array whose images have more than ``max_pixels`` pixels is refused.
     """
     root = Path(data).expanduser()
+    shown = printable_path(os.fspath(data))
     if not root.exists():
-        raise DatasetError(f"{data}: no such file or folder")
+        raise DatasetError(f"{shown}: no such file or folder")
     root = root.resolve()
+    if not _is_utf8(str(root)):  # the cache records the dataset root as UTF-8
+        raise DatasetError(
+            f"{printable_path(str(root))}: the data path is not valid UTF-8; rename it"
+        )
     if root.is_file():
         if root.suffix.lower() != ".npy":
-            raise DatasetError(f"{data}: expected a folder of images or an .npy array")
-        dataset = _scan_npy(root, labels, confine)
+            raise DatasetError(f"{shown}: expected a folder of images or an .npy array")
+        dataset = _scan_npy(root, labels, confine, max_pixels)
         dataset.confine = confine
         return dataset
     if labels is not None:
@@ -166,9 +281,13 @@ def scan_dataset(
         rows = kept
         classes = {cls for _, cls, _ in rows if cls is not None}
     if not rows:
-        raise DatasetError(f"{data}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+        raise DatasetError(f"{shown}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+    rows, unusable, dropped = _printable_rows(rows)
+    classes = {cls for cls in classes if _is_utf8(cls)}  # its files are unusable
     items = [Item(path, cls, split) for path, cls, split in sorted(rows)]
-    return Dataset(root, layout, items, sorted(classes), ignored, confine=confine)
+    return Dataset(
+        root, layout, items, sorted(classes), ignored + dropped, confine=confine, unusable=unusable
+    )
 
 
 def _sibling_labels(images: Path) -> Path | None:
@@ -184,7 +303,7 @@ def _sibling_labels(images: Path) -> Path | None:
     return None
 
 
-def _scan_npy(path: Path, labels: str | None, confine: Path | None = None) -> Dataset:
+def _scan_npy(path: Path, labels: str | None, confine: Path | None, max_pixels: int) -> Dataset:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
@@ -195,6 +314,12 @@ def _scan_npy(path: Path, labels: str | None, confine: Path | None = None) -> Da
         )
     if array.dtype.kind not in "uif":
         raise DatasetError(f"{path}: image array has unsupported dtype {array.dtype}")
+    height, width = array.shape[1:3]
+    if height * width > max_pixels:  # every row would be bad: one line, before reading any
+        raise DatasetError(
+            f"{path}: images of {height}x{width} pixels are over the max_pixels limit of "
+            f"{max_pixels}"
+        )
     label_path = Path(labels) if labels is not None else _sibling_labels(path)
     if label_path is not None and confine is not None and not is_within(label_path, confine):
         raise DatasetError(f"{label_path.name}: the labels file leads out of the data root")
@@ -210,6 +335,7 @@ def _scan_npy(path: Path, labels: str | None, confine: Path | None = None) -> Da
                 f"{label_path}: expected {len(array)} integer labels, got "
                 f"{len(label_values)} of dtype {label_values.dtype}"
             )
+        _check_labels(label_path, label_values)
         top = int(label_values.max()) if len(label_values) else -1
         names = [str(i) for i in range(top + 1)]
     if len(array) == 0:
@@ -221,6 +347,20 @@ def _scan_npy(path: Path, labels: str | None, confine: Path | None = None) -> Da
             Item(array_row_path(path.name, i), names[label] if label >= 0 else None, None, i)
         )
     return Dataset(path, "npy", items, names, 0, array)
+
+
+def _check_labels(path: Path, values: np.ndarray) -> None:
+    """Refuse labels outside ``-1`` (unlabelled) to ``MAX_CLASSES - 1``: a stray huge value
+    would otherwise build a class list that long."""
+    if not len(values):
+        return
+    low, high = values.min(), values.max()  # compared as NumPy integers: uint64 is exact
+    bad = low if low < -1 else high if high >= MAX_CLASSES else None
+    if bad is not None:
+        raise DatasetError(
+            f"{path}: label {int(bad)} is out of range; labels must be 0 to "
+            f"{MAX_CLASSES - 1} (at most {MAX_CLASSES} classes), or -1 for an unlabelled row"
+        )
 
 
 _ROW_MARK = "#"

@@ -138,7 +138,10 @@ def save(model: Any, out: Path, format: str = DEFAULT_EXPORT_FORMAT) -> None:
 
 
 def load_model(path: str | os.PathLike[str]) -> tuple[Any, list[str], list[int]]:
-    """A model saved by ``export`` or ``fine-tune``: (model, class names, label indices)."""
+    """A model saved by ``export`` or ``fine-tune``: (model, class names, label indices).
+
+    Loaded with Keras' ``safe_mode`` (no ``Lambda`` layers or other code from the file).
+    """
     from ..extractor.backbone import ensure_tensorflow_backend
 
     ensure_tensorflow_backend()
@@ -151,9 +154,12 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Any, list[str], list[int]]
     if not path.is_file() or path.suffix != ".keras":
         raise InvalidOptionError(f"{path}: expected a .keras model from export or fine-tune")
     try:
-        model = keras.models.load_model(path, compile=False)
+        # safe_mode: no Lambda or other arbitrary code; featcache's own layers are registered
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - Keras raises many kinds here
-        raise CacheError(f"could not load {path}: {str(exc).splitlines()[0]}") from None
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise CacheError(f"could not load {path}: {first}") from None
     try:
         last = model.get_layer("class_probabilities")
     except ValueError:

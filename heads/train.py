@@ -6,6 +6,8 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -240,11 +242,11 @@ def save_run(
     if head.kind == "dense":
         head.estimator.model_.save(run_dir / "head.keras")
         meta["file"] = "head.keras"
-    else:
-        import joblib
+    else:  # skops: loading it back instantiates only the types load_head allows
+        import skops.io
 
-        joblib.dump(head.estimator, run_dir / "head.joblib")
-        meta["file"] = "head.joblib"
+        skops.io.dump(head.estimator, run_dir / "head.skops")
+        meta["file"] = "head.skops"
     (run_dir / "head.json").write_text(json.dumps(meta, indent=2))
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     if history:
@@ -257,19 +259,113 @@ def save_run(
     )
 
 
-def load_head(run: str | os.PathLike[str]) -> TrainedHead:
-    """Load a head saved by ``train_head`` (a run folder)."""
+_TRUST_PICKLE: ContextVar[bool] = ContextVar("featcache_trust_pickle", default=False)
+_HEAD_FILES = {"dense": (".keras",), "baseline": (".skops", ".joblib")}
+"""The file types a head run may name, by kind of head."""
+
+
+@contextmanager
+def trusted_pickles(trust: bool = True) -> Iterator[None]:
+    """Within the block, :func:`load_head` (called by ``predict_cache`` and the rest) loads
+    ``head.joblib`` pickles as with ``trust_pickle=True``; ``featcache predict
+    --trust-pickle`` uses this."""
+    token = _TRUST_PICKLE.set(trust)
+    try:
+        yield
+    finally:
+        _TRUST_PICKLE.reset(token)
+
+
+def skops_trusted_types() -> list[str]:
+    """The types, beyond those skops trusts by itself, that featcache's scikit-learn heads
+    are made of (``svm``'s calibration, ``knn``'s trees and metrics, the forest's trees).
+
+    Computed from the classes themselves, so that it follows scikit-learn's module names.
+    """
+    from sklearn.calibration import _CalibratedClassifier, _SigmoidCalibration
+    from sklearn.metrics import DistanceMetric
+    from sklearn.neighbors import BallTree, KDTree
+    from sklearn.tree._tree import Tree
+
+    kinds: list[type] = [_CalibratedClassifier, _SigmoidCalibration, BallTree, KDTree, Tree]
+    for dtype in (np.float64, np.float32):
+        kinds.append(type(DistanceMetric.get_metric("euclidean", dtype=dtype)))
+    return sorted({f"{kind.__module__}.{kind.__qualname__}" for kind in kinds})
+
+
+def _head_file(run_dir: Path, meta: dict[str, Any]) -> Path:
+    """``meta["file"]``, refused unless it names a file inside the run folder (no
+    absolute path, no ``..``, no symbolic link out of it) of a type the head's kind uses."""
+    name = meta.get("file")
+    kind = "dense" if meta.get("kind") == "dense" else "baseline"
+    if not isinstance(name, str) or not name:
+        raise CacheError(f"{run_dir}/head.json names no head file")
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or relative.suffix not in _HEAD_FILES[kind]:
+        raise CacheError(
+            f"{run_dir}/head.json: head file {name!r} refused: expected a "
+            f"{' or '.join(_HEAD_FILES[kind])} file inside the run folder"
+        )
+    path = run_dir / relative
+    real, folder = path.resolve(), run_dir.resolve()
+    if not real.is_relative_to(folder):
+        raise CacheError(f"{path}: refused: it leads outside the run folder (to {real})")
+    if not real.is_file():
+        raise CacheError(f"{path}: no such head file")
+    return real
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _load_skops(path: Path) -> Any:
+    import skops.io
+
+    try:
+        found = skops.io.get_untrusted_types(file=path)
+    except Exception as exc:  # noqa: BLE001 - a damaged archive raises many kinds
+        raise CacheError(f"could not read {path}: {_first_line(exc)}") from None
+    allowed = set(skops_trusted_types())
+    unknown = sorted(set(found) - allowed)
+    if unknown:
+        raise CacheError(
+            f"{path}: refused: it holds types featcache's heads are not made of "
+            f"({', '.join(unknown)}); loading them could run code"
+        )
+    try:
+        return skops.io.load(path, trusted=sorted(set(found)))
+    except Exception as exc:  # noqa: BLE001 - skops raises many kinds here
+        raise CacheError(f"could not load {path}: {_first_line(exc)}") from None
+
+
+def load_head(run: str | os.PathLike[str], trust_pickle: bool | None = None) -> TrainedHead:
+    """Load a head saved by ``train_head`` (a run folder).
+
+    The head file must lie inside the run folder. A dense head's ``head.keras`` loads with
+    Keras' ``safe_mode``; a scikit-learn head's ``head.skops`` loads only the types
+    featcache's heads are made of (:func:`skops_trusted_types`). A ``head.joblib`` (runs
+    saved before ``head.skops``) is a pickle, which can run any code when loaded: it is
+    refused unless ``trust_pickle`` (None: inside :func:`trusted_pickles`).
+    """
     run_dir = Path(run)
     meta_path = run_dir / "head.json"
     if not meta_path.is_file():
         raise CacheError(f"{run_dir}: not a head run folder (no head.json)")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CacheError(f"{meta_path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or "kind" not in meta:
+        raise CacheError(f"{meta_path}: not a featcache head description")
     if int(meta.get("featcache_head", 0)) > HEAD_FORMAT:
         raise CacheError(
             f"{run_dir}: head format {meta['featcache_head']} is newer than "
             "this featcache reads; upgrade featcache"
         )
     kind = meta["kind"]
+    path = _head_file(run_dir, meta)
     if kind == "dense":
         from ..extractor.backbone import ensure_tensorflow_backend
 
@@ -279,11 +375,23 @@ def load_head(run: str | os.PathLike[str]) -> TrainedHead:
         params = dict(meta["params"])
         params["hidden"] = tuple(params.get("hidden", ()))
         estimator = DenseHead(**params)
-        estimator.model_ = keras.models.load_model(run_dir / meta["file"], compile=False)
+        try:
+            estimator.model_ = keras.models.load_model(path, compile=False, safe_mode=True)
+        except Exception as exc:  # noqa: BLE001 - Keras raises many kinds here
+            raise CacheError(f"could not load {path}: {_first_line(exc)}") from None
         estimator.classes_ = np.asarray(meta["classes"])
         estimator.n_features_in_ = int(meta["feature_dim"])
+    elif path.suffix == ".skops":
+        estimator = _load_skops(path)
     else:
+        trusted = _TRUST_PICKLE.get() if trust_pickle is None else trust_pickle
+        if not trusted:
+            raise CacheError(
+                f"{path} is a pickle, and loading a pickle runs whatever code it holds; "
+                "load it only from a run folder you trust, with trust_pickle=True "
+                "(--trust-pickle), or train the head again (heads are now saved as head.skops)"
+            )
         import joblib
 
-        estimator = joblib.load(run_dir / meta["file"])
+        estimator = joblib.load(path)
     return TrainedHead(kind, estimator, list(meta["class_names"]), meta)

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featcache.extractor.decode import BadImageError, array_to_rgb, decode_image, resize_image
+from featcache.extractor.decode import (
+    BadImageError,
+    array_to_rgb,
+    decode_and_resize,
+    decode_image,
+    decode_or_reason,
+    resize_image,
+)
 from helpers import png_claiming
 
 
@@ -92,6 +99,15 @@ def test_bad_data_raises_with_reason(data, reason):
 def test_max_pixels_is_configurable():
     with pytest.raises(BadImageError, match="decompression bomb"):
         decode_image(_encode(RGB, "PNG"), max_pixels=100)
+
+
+def test_max_pixels_applies_to_arrays_too():
+    array = np.zeros((20, 30, 3), np.uint8)
+    with pytest.raises(BadImageError, match="array of 20x30 pixels is over the limit of 599"):
+        decode_and_resize(array, (8, 8), "stretch", max_pixels=599)
+    assert decode_and_resize(array, (8, 8), "stretch", max_pixels=600).shape == (8, 8, 3)
+    _, reason = decode_or_reason(lambda a: decode_and_resize(a, (8, 8), "pad", 10), array)
+    assert reason == "array of 20x30 pixels is over the limit of 10"
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,7 @@ def test_every_head_fits_reports_and_reloads(cache, tmp_path, kind):
             header = next(csv.reader(handle))
         assert {"epoch", "accuracy", "loss", "val_accuracy", "val_loss"} <= set(header)
     else:
-        assert (tmp_path / "run" / "head.joblib").is_file()
+        assert (tmp_path / "run" / "head.skops").is_file()
     loaded = load_head(tmp_path / "run")
     from featcache import read_cache
 

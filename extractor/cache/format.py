@@ -5,18 +5,26 @@ Only the cache package (this module, :mod:`.reader` and :mod:`.writer`) opens HD
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from ...errors import CacheError
+from ...errors import CacheError, FeatcacheError
 
 FORMAT = "featcache"
 FORMAT_VERSION = 1
 STRING = h5py.string_dtype("utf-8")
+ROW_DATASETS = ("features", "labels", "paths", "sha256", "split")
+"""The datasets with one entry per row."""
+OVERWRITE_HINT = "overwrite replaces it (--overwrite)"
+_READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError)
+"""What h5py raises on a file whose bytes are not what it expects."""
 
 
 def versions() -> dict[str, str]:
@@ -38,27 +46,109 @@ def versions() -> dict[str, str]:
     return out
 
 
+def damaged(path: str | os.PathLike[str], detail: str) -> CacheError:
+    """The error for a cache file whose contents are not a whole featcache cache."""
+    return CacheError(f"{path}: the cache file is damaged ({detail}); {OVERWRITE_HINT}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def guarded(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn what h5py raises on damaged bytes (``KeyError``, ``OSError``, ...) into
+    :class:`CacheError` naming the file and ``--overwrite``; featcache errors pass."""
+    try:
+        yield
+    except FeatcacheError:
+        raise
+    except _READ_ERRORS as exc:
+        raise damaged(path, first_line(exc)) from None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for "no space left" (or a quota), as the OS (``errno``) or HDF5 (its message,
+    often of a ``RuntimeError`` when buffered writes fail on flush) says it."""
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return any(
+        marker in text
+        for marker in (
+            os.strerror(errno.ENOSPC),
+            os.strerror(errno.EDQUOT),
+            f"errno = {errno.ENOSPC},",
+            f"errno = {errno.EDQUOT},",
+        )
+    )
+
+
+def layout_problem(handle: h5py.File, rows: int | None = None) -> str | None:
+    """What is wrong with the datasets of an open cache (None when nothing is).
+
+    Checks that every dataset is there with its rank, that the row datasets, the ``rows``
+    and ``feature_dim`` attributes agree, and, with ``rows``, that there are that many.
+    """
+    for name in (*ROW_DATASETS, "bad/paths", "bad/reasons"):
+        if not isinstance(handle.get(name), h5py.Dataset):
+            return f"no {name} dataset"
+        want = 2 if name == "features" else 1
+        if handle[name].ndim != want:
+            return f"{name} is {handle[name].ndim}-D, not {want}-D"
+    counts = {name: int(handle[name].shape[0]) for name in ROW_DATASETS}
+    if len(set(counts.values())) > 1:
+        return "datasets of different lengths: " + ", ".join(
+            f"{name} {n}" for name, n in counts.items()
+        )
+    found = counts["paths"]
+    recorded = handle.attrs.get("rows")
+    if recorded is not None and int(recorded) != found:
+        return f"{found} rows, the rows attribute says {int(recorded)}"
+    if rows is not None and found != rows:
+        return f"{found} rows, expected {rows} rows"
+    width = int(handle["features"].shape[1])
+    dim = handle.attrs.get("feature_dim")
+    if dim is not None and int(dim) != width:
+        return f"features of width {width}, the feature_dim attribute says {int(dim)}"
+    if handle["bad/paths"].shape != handle["bad/reasons"].shape:
+        return "bad/paths and bad/reasons of different lengths"
+    return None
+
+
 def open_h5(path: str | os.PathLike[str]) -> h5py.File:
-    """Open a cache read-only after checking that it is a featcache file we can read."""
+    """Open a cache read-only after checking that it is a featcache file we can read and
+    that its datasets fit together (:class:`CacheError` otherwise)."""
     path = Path(path)
     if not path.is_file():
         raise CacheError(f"{path}: no such cache file")
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
-        raise CacheError(f"{path}: not a readable HDF5 file ({exc})") from None
-    fmt = handle.attrs.get("format", b"")
-    fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
-    if fmt != FORMAT:
-        handle.close()
-        raise CacheError(f"{path}: not a featcache cache (format attribute {fmt!r})")
-    version = int(handle.attrs.get("format_version", 0))
-    if version > FORMAT_VERSION:
-        handle.close()
         raise CacheError(
-            f"{path}: cache format version {version} is newer than this featcache reads "
-            f"({FORMAT_VERSION}); upgrade featcache"
-        )
+            f"{path}: not a readable HDF5 file ({first_line(exc)}); "
+            f"if it is a damaged cache, {OVERWRITE_HINT}"
+        ) from None
+    try:
+        with guarded(path):
+            fmt = handle.attrs.get("format", b"")
+            fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)
+            if fmt != FORMAT:
+                raise CacheError(f"{path}: not a featcache cache (format attribute {fmt!r})")
+            version = int(handle.attrs.get("format_version", 0))
+            if version > FORMAT_VERSION:
+                raise CacheError(
+                    f"{path}: cache format version {version} is newer than this featcache "
+                    f"reads ({FORMAT_VERSION}); upgrade featcache"
+                )
+            problem = layout_problem(handle)
+            if problem is not None:
+                raise damaged(path, problem)
+    except BaseException:
+        handle.close()
+        raise
     return handle
 
 

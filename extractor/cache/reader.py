@@ -18,7 +18,7 @@ import numpy as np
 
 from ..settings import CacheSettings
 from ..splits import SPLIT_NAMES
-from .format import open_h5, plain_attrs, read_rows, strings
+from .format import guarded, open_h5, plain_attrs, read_rows, strings
 
 
 class CacheReader:
@@ -30,7 +30,7 @@ class CacheReader:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        with open_h5(self.path) as handle:
+        with open_h5(self.path) as handle, guarded(self.path):
             self.attrs: dict[str, Any] = plain_attrs(handle.attrs)
             self.settings = CacheSettings.from_attrs(handle.attrs)
             self.labels: np.ndarray = handle["labels"][:].astype(np.int64)
@@ -43,7 +43,7 @@ class CacheReader:
             features = handle["features"]
             self.feature_dim = int(features.shape[1])
             self.dtype = np.dtype(features.dtype)
-        self.class_names: list[str] = json.loads(str(self.attrs.get("class_names", "[]")))
+            self.class_names: list[str] = json.loads(str(self.attrs.get("class_names", "[]")))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -64,7 +64,7 @@ class CacheReader:
 
     def features(self, rows: np.ndarray | None = None) -> np.ndarray:
         """float32 features of ``rows`` (all rows when None), reading only those rows."""
-        with open_h5(self.path) as handle:
+        with open_h5(self.path) as handle, guarded(self.path):
             dataset = handle["features"]
             if rows is None:
                 return np.asarray(dataset[:], dtype=np.float32)
@@ -82,7 +82,7 @@ class CacheReader:
         chosen = np.arange(len(self)) if rows is None else np.asarray(rows, np.int64)
         if shuffle:
             chosen = chosen[np.random.default_rng(seed).permutation(len(chosen))]
-        with open_h5(self.path) as handle:
+        with open_h5(self.path) as handle, guarded(self.path):
             dataset = handle["features"]
             for start in range(0, len(chosen), batch_size):
                 pick = chosen[start : start + batch_size]
@@ -147,7 +147,7 @@ def read_cache(path: str | os.PathLike[str], features: bool = True) -> CacheData
     """Load a whole cache into memory: features (unless ``features=False``), labels, paths,
     splits. :class:`CacheReader` reads only what is asked for."""
     reader = CacheReader(path)
-    with open_h5(reader.path) as handle:
+    with open_h5(reader.path) as handle, guarded(reader.path):
         stored = handle["features"][:] if features else np.empty((0, reader.feature_dim))
     return CacheData(
         features=stored,

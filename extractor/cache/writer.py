@@ -1,20 +1,24 @@
 """Crash-safe writing of a cache.
 
 A cache is only ever replaced atomically: every checkpoint writes a complete file
-next to it (``NAME.tmp-PID``), flushes it to disk and renames it over the old one.
-A process killed at any moment therefore leaves either the previous checkpoint or
-the new one, never a torn file.
+next to it (``NAME.tmp-PID``), reopens it to check that it holds the rows meant, flushes
+it to disk and renames it over the old one. A process killed at any moment therefore
+leaves either the previous checkpoint or the new one, never a torn file; a checkpoint
+that fails (a full disk, a copy that did not come out whole) leaves the previous file
+as it was and raises :class:`CacheError`.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import itertools
 import json
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +29,20 @@ import numpy as np
 from ...errors import CacheError, SettingsMismatchError
 from ..options import DEFAULT_CHECKPOINT_SECONDS
 from ..settings import CacheSettings
-from .format import FORMAT, FORMAT_VERSION, STRING, open_h5, read_rows, strings, versions
+from .format import (
+    FORMAT,
+    FORMAT_VERSION,
+    STRING,
+    damaged,
+    first_line,
+    guarded,
+    is_disk_full,
+    layout_problem,
+    open_h5,
+    read_rows,
+    strings,
+    versions,
+)
 
 _COPY_CHUNK_BYTES = 32 << 20
 
@@ -89,7 +106,7 @@ class CacheWriter:
         self._rewrite = not self._has_base or self._base_classes != self.class_names
 
     def _load_base(self) -> None:
-        with open_h5(self.path) as handle:
+        with open_h5(self.path) as handle, guarded(self.path):
             theirs = CacheSettings.from_attrs(handle.attrs)
             differ = theirs.differences(self.settings)
             if differ:
@@ -186,14 +203,20 @@ class CacheWriter:
             return False
         started = time.monotonic()
         tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            if self._rewrite or (final and not self._in_order()):
-                self._write_fresh(tmp)
-            else:
-                self._write_appended(tmp)
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if self._rewrite or (final and not self._in_order()):
+                    rows = self._write_fresh(tmp)
+                else:
+                    rows = self._write_appended(tmp)
+                self._verify(tmp, rows)
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+            except (OSError, RuntimeError) as exc:  # HDF5 reports failed flushes as either
+                if isinstance(exc, RuntimeError) and not is_disk_full(exc):
+                    raise
+                raise self._write_failed(exc) from None
             os.replace(tmp, self.path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -202,6 +225,38 @@ class CacheWriter:
         self._commit_cost = time.monotonic() - started
         self._last_commit = time.monotonic()
         return True
+
+    def _verify(self, tmp: Path, rows: int) -> None:
+        """Reopen the new file: its datasets must fit together and hold ``rows`` rows, and
+        its last row must read back (past its chunk's checksum)."""
+        with h5py.File(tmp, "r") as handle:
+            problem = layout_problem(handle, rows)
+            if problem is None and rows:
+                handle["features"][rows - 1]
+                handle["paths"][rows - 1]
+        if problem is not None:
+            raise CacheError(
+                f"{self.path}: the new checkpoint did not come out whole ({problem}); "
+                "the previous cache file is unchanged"
+            )
+
+    def _write_failed(self, exc: BaseException) -> CacheError:
+        """The error for a checkpoint that could not be written (the old file stays)."""
+        text = first_line(exc)
+        pending = len(self._pending.paths)
+        kept = (
+            "the previous cache file is unchanged"
+            if self.path.exists()
+            else "no cache file was written"
+        )
+        if is_disk_full(exc):
+            quota = getattr(exc, "errno", None) == errno.EDQUOT or "quota" in str(exc).lower()
+            reason = os.strerror(errno.EDQUOT if quota else errno.ENOSPC)
+            return CacheError(
+                f"disk full: could not write {self.path} ({reason}); {kept}, the {pending} "
+                "rows embedded since are not saved; free space and rerun to resume"
+            )
+        return CacheError(f"could not write {self.path} ({text}); {kept}")
 
     def _in_order(self) -> bool:
         keys = [self.order.get(p, -1) for p, k in zip(self.base_paths, self.keep) if k]
@@ -260,6 +315,7 @@ class CacheWriter:
             dtype=self.settings.dtype,
             maxshape=(None, self.feature_dim),
             chunks=(chunk_rows, dim) if self.feature_dim else None,
+            fletcher32=bool(self.feature_dim),
         )
         for name, dtype in (
             ("labels", np.int32),
@@ -268,11 +324,17 @@ class CacheWriter:
             ("split", np.uint8),
         ):
             handle.create_dataset(
-                name, shape=(rows,), dtype=dtype, maxshape=(None,), chunks=(4096,)
+                name,
+                shape=(rows,),
+                dtype=dtype,
+                maxshape=(None,),
+                chunks=(4096,),
+                fletcher32=name != "paths",  # HDF5 filters no variable-length strings
             )
 
-    def _write_fresh(self, tmp: Path) -> None:
-        """Rewrite the whole file in dataset order: kept old rows merged with new rows."""
+    def _write_fresh(self, tmp: Path) -> int:
+        """Rewrite the whole file in dataset order: kept old rows merged with new rows.
+        Returns the number of rows written."""
         pending = self._pending
         kept = np.flatnonzero(self.keep) if self._has_base else np.zeros(0, np.int64)
         base_paths = [self.base_paths[i] for i in kept]
@@ -288,7 +350,10 @@ class CacheWriter:
         )
         old_classes: list[str | None] = []
         old_labels = np.zeros(0, np.int32)
-        old: h5py.File | None = h5py.File(self.path, "r") if self._has_base else None
+        old: h5py.File | None = None
+        if self._has_base:
+            with guarded(self.path):
+                old = h5py.File(self.path, "r")
         try:
             if old is not None:
                 old_labels = self.base_labels
@@ -297,7 +362,7 @@ class CacheWriter:
             all_sha = [self.base_sha[i] for i in kept] + pending.sha256
             all_classes = old_classes + pending.classes
             all_split = np.concatenate([self.base_split[kept], np.asarray(pending.split, np.uint8)])
-            with h5py.File(tmp, "w") as out:
+            with _writing(tmp, "w") as out:
                 self._create(out, rows)
                 out["labels"][:] = self._labels(all_classes[i] for i in order)
                 out["paths"][:] = [all_paths[i] for i in order]
@@ -310,7 +375,8 @@ class CacheWriter:
                     from_old = picks < n_base
                     if from_old.any() and old is not None:
                         source_rows = kept[picks[from_old]]
-                        block[from_old] = read_rows(old["features"], source_rows)
+                        with guarded(self.path):  # a checksum that fails: the old file
+                            block[from_old] = read_rows(old["features"], source_rows)
                     if (~from_old).any():
                         block[~from_old] = new_features[picks[~from_old] - n_base]
                     out["features"][start : start + len(picks)] = block
@@ -319,24 +385,59 @@ class CacheWriter:
         finally:
             if old is not None:
                 old.close()
+        return rows
 
-    def _write_appended(self, tmp: Path) -> None:
-        """Copy the current file and append the pending rows to the copy."""
+    def _write_appended(self, tmp: Path) -> int:
+        """Copy the current file and append the pending rows to the copy. Returns the
+        number of rows the copy should now hold."""
         pending = self._pending
+        rows = len(self.base_paths) + len(pending.paths)
         shutil.copyfile(self.path, tmp)
-        with h5py.File(tmp, "r+") as out:
-            start = out["paths"].shape[0]
-            rows = start + len(pending.paths)
-            if pending.paths:
-                for name in ("features", "labels", "paths", "sha256", "split"):
-                    out[name].resize(rows, axis=0)
-                out["features"][start:rows] = np.concatenate(pending.features)
-                out["labels"][start:rows] = self._labels(pending.classes)
-                out["paths"][start:rows] = pending.paths
-                out["sha256"][start:rows] = np.asarray(pending.sha256, dtype="S64")
-                out["split"][start:rows] = np.asarray(pending.split, np.uint8)
-            self._write_bad(out)
-            self._root_attrs(out, rows)
+        try:
+            with _writing(tmp, "r+") as out:
+                start = out["paths"].shape[0]
+                if pending.paths:
+                    for name in ("features", "labels", "paths", "sha256", "split"):
+                        out[name].resize(start + len(pending.paths), axis=0)
+                    end = start + len(pending.paths)
+                    out["features"][start:end] = np.concatenate(pending.features)
+                    out["labels"][start:end] = self._labels(pending.classes)
+                    out["paths"][start:end] = pending.paths
+                    out["sha256"][start:end] = np.asarray(pending.sha256, dtype="S64")
+                    out["split"][start:end] = np.asarray(pending.split, np.uint8)
+                self._write_bad(out)
+                self._root_attrs(out, start + len(pending.paths))
+        except (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+            if is_disk_full(exc):
+                raise
+            raise damaged(self.path, first_line(exc)) from None
+        return rows
+
+
+@contextmanager
+def _writing(tmp: Path, mode: str) -> Iterator[h5py.File]:
+    """``h5py.File(tmp, mode)`` for writing a checkpoint, so that a full disk is an
+    ``OSError`` of the write that hit it, and the file still closes.
+
+    Without a chunk cache each write reaches the file at once: HDF5 would otherwise
+    write cached chunks when the file is closed, and a close that fails leaves HDF5 with
+    a file it can neither flush nor close (the process crashes when it ends).
+    """
+    handle = h5py.File(tmp, mode, rdcc_nbytes=0)
+    try:
+        yield handle
+        handle.flush()
+    except BaseException:
+        try:  # give the space back, so that closing can write what HDF5 still holds
+            os.truncate(tmp, 0)
+        except OSError:
+            pass
+        try:
+            handle.close()
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            pass  # (closing again would crash HDF5)
+        raise
+    handle.close()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from ..options import (
 from ..ranking import DEFAULT_TOP_K
 from ..settings import BackboneConfig, FeatureSettings
 from .auth import read_token
-from .convert import image_message, settings_from_info, settings_message
+from .convert import image_message, is_loopback, settings_from_info, settings_message
 
 ImageInput = bytes | str | os.PathLike[str] | np.ndarray
 """File bytes, a path to an image file, or an (H, W[, C]) array of 0-255 values."""
@@ -103,6 +104,12 @@ class Client:
         self.max_request_bytes = int(max_request_mb * (1 << 20))
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        if token and tls_ca is None and tls_cert is None and not is_loopback(address):
+            warnings.warn(
+                f"sending a bearer token to {address} without TLS: anyone on the network "
+                "path can read it; pass tls_ca (--tls-ca) to encrypt the connection",
+                stacklevel=2,
+            )
         if tls_ca is not None or tls_cert is not None:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read(tls_ca),

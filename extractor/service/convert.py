@@ -5,8 +5,9 @@ Nothing here imports TensorFlow, so that the client side stays light.
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,16 @@ from ..runner import default_output
 from ..settings import BackboneConfig, FeatureSettings
 from ..sources import is_within
 from .options import DEFAULT_MAX_IMAGE_SIZE
+
+
+class ResourceExhausted(FeatcacheError):
+    """A request over one of the server's limits (images, memory, models, jobs, calls)."""
+
+
+def mib(nbytes: int) -> str:
+    """``nbytes`` in MiB for messages (``0.4 MiB``, ``12 MiB``)."""
+    value = nbytes / (1 << 20)
+    return f"{value:.1f} MiB" if value < 10 else f"{value:,.0f} MiB"
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,40 @@ def extract_options(
     )
 
 
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine reaches: ``localhost``, 127.0.0.0/8, ``::1``
+    (``host`` may be ``HOST:PORT`` or ``[IPV6]:PORT``)."""
+    name = host.lower()
+    if name.startswith("["):
+        name = name[1:].split("]")[0]
+    elif name.count(":") == 1:
+        name = name.split(":")[0]
+    if name in ("localhost", "") or name.startswith("unix:"):
+        return name != ""
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def relative_to_roots(text: str, roots: Roots) -> str:
+    """``text`` with the server's root folders cut from the paths in it (clients name
+    files relative to the roots, and need not learn where they are)."""
+    for root in (roots.data, roots.cache, roots.weights):
+        if root is not None:
+            text = text.replace(f"{root}{os.sep}", "").replace(str(root), ".")
+    return text
+
+
+def shown_settings(settings: FeatureSettings, roots: Roots) -> FeatureSettings:
+    """``settings`` with weights and saved-model paths relative to the weights root."""
+    return replace(
+        settings,
+        weights=relative_to_roots(settings.weights, Roots(weights=roots.weights)),
+        backbone=relative_to_roots(settings.backbone, Roots(weights=roots.weights)),
+    )
+
+
 def confine(root: Path | None, relative: str, what: str) -> Path:
     """``root / relative``, refusing absolute paths, ``..`` and symlinks leaving ``root``."""
     if root is None:
@@ -262,6 +307,8 @@ def image_content(image: Any, index: int, max_pixels: int) -> bytes | np.ndarray
 
 def status_name(exc: BaseException) -> str:
     """The gRPC status code (name) for a library error; never UNKNOWN."""
+    if isinstance(exc, (ResourceExhausted, MemoryError)):
+        return "RESOURCE_EXHAUSTED"
     if isinstance(exc, AccessDenied):
         return "PERMISSION_DENIED"
     if isinstance(exc, NotFound):
@@ -274,8 +321,6 @@ def status_name(exc: BaseException) -> str:
         return "CANCELLED"
     if isinstance(exc, (SettingsMismatchError, WeightsError, FeatcacheError)):
         return "FAILED_PRECONDITION"
-    if isinstance(exc, MemoryError):
-        return "RESOURCE_EXHAUSTED"
     if isinstance(exc, TimeoutError):
         return "DEADLINE_EXCEEDED"
     return "INTERNAL"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,22 @@ from ..options import ExtractOptions
 from ..recorder import ExtractProgress
 from ..runner import ExtractSummary, run_extraction
 from ..settings import BackboneConfig
-from .models import ModelPool, PoolEmbedder
+from .models import MemoryBudget, ModelPool, PoolEmbedder, input_bytes
+
+GONE = object()
+"""What :meth:`DatasetJob.get` returns once the client went away."""
+
+
+def job_bytes(options: ExtractOptions, image_size: tuple[int, int], feature_dim: int) -> int:
+    """Memory a job reserves: its read-ahead window and a batch (kept, and stacked) of
+    decoded images, and a batch of features."""
+    batch = options.batch_size
+    return (options.window + 2 * batch) * input_bytes(image_size) + batch * feature_dim * 4
+
+
+def job_name(options: ExtractOptions, image_size: tuple[int, int]) -> str:
+    """How budget messages name a job."""
+    return f"ExtractDataset batch_size {options.batch_size} at {image_size[0]}x{image_size[1]}"
 
 
 class DatasetJob:
@@ -38,22 +54,33 @@ class DatasetJob:
         confine: Path | None,
         shown_output: str,
         on_end: Callable[[DatasetJob], None],
+        budget: MemoryBudget | None = None,
     ) -> None:
-        """Run the extraction on a thread; its summary (or error) is the last message."""
+        """Run the extraction on a thread; its summary (or error) is the last message.
+
+        The job waits for its model and its share of ``budget`` (at most the pool's ``wait``
+        seconds each) and holds both until it ends.
+        """
+
+        def active() -> bool:
+            return not self.cancel.is_set()
 
         def run() -> None:
             try:
-                with pool.use(config) as model:
-                    embedder = PoolEmbedder(model, config, options.max_pixels)
-                    summary = run_extraction(
-                        data,
-                        LocalEngine(embedder),
-                        output,
-                        options,
-                        on_progress=self.progress,
-                        cancel=self.cancel,
-                        confine=confine,
-                    )
+                with pool.use(config, active) as model:
+                    need = job_bytes(options, model.image_size, model.feature_dim)
+                    what = job_name(options, model.image_size)
+                    with _hold(budget, need, what, pool.wait, active):
+                        embedder = PoolEmbedder(model, config, options.max_pixels)
+                        summary = run_extraction(
+                            data,
+                            LocalEngine(embedder),
+                            output,
+                            options,
+                            on_progress=self.progress,
+                            cancel=self.cancel,
+                            confine=confine,
+                        )
                 self._queue.put(_final(summary, shown_output))
             except BaseException as exc:  # noqa: BLE001 - handed to the RPC thread
                 self._queue.put(exc)
@@ -80,14 +107,30 @@ class DatasetJob:
         if fresh:
             self._queue.put(None)
 
+    def abandon(self) -> None:
+        """The client went away: stop the job, and let :meth:`get` return :data:`GONE`."""
+        self.cancel.set()
+        self._queue.put(GONE)
+
     def get(self) -> Any:
-        """The next message to send: the newest progress, the final message or the error."""
+        """The next message to send: the newest progress, the final message, the error, or
+        :data:`GONE` once :meth:`abandon` was called."""
         item = self._queue.get()
         if item is not None:
             return item
         with self._lock:
             latest, self._latest = self._latest, None
         return latest
+
+
+def _hold(
+    budget: MemoryBudget | None,
+    nbytes: int,
+    what: str,
+    wait: float,
+    active: Callable[[], bool],
+) -> AbstractContextManager[None]:
+    return nullcontext() if budget is None else budget.hold(nbytes, what, wait, active)
 
 
 def _final(summary: ExtractSummary, output: str) -> Any:

@@ -8,20 +8,24 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ...errors import AccessDenied
 from ..backbone import FeatureExtractor, resolve_backbone
 from ..decode import decode_and_resize, decode_or_reason
 from ..options import DEFAULT_MAX_PIXELS
 from ..settings import BackboneConfig, FeatureSettings
 from .batcher import Batcher, BatcherClosed
+from .convert import ResourceExhausted, mib
 from .options import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_DELAY_MS,
     DEFAULT_MAX_LOADED,
+    DEFAULT_MAX_WAIT,
     ClassifierLoader,
 )
 
@@ -68,63 +72,207 @@ class LoadedModel:
         )
 
 
+class MemoryBudget:
+    """Estimated bytes of decoded images and features in flight, shared by every call.
+
+    Requests reserve their estimate before decoding anything: more than the whole budget is
+    refused at once, more than what is free waits (bounded) for other requests to finish.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def check(self, nbytes: int, what: str) -> None:
+        """Refuse ``what`` when it alone needs more than the budget."""
+        if nbytes > self.limit:
+            raise ResourceExhausted(
+                f"{what} needs about {mib(nbytes)} of memory; this server allows "
+                f"{mib(self.limit)} (max_inflight_mb)"
+            )
+
+    @contextmanager
+    def hold(
+        self,
+        nbytes: int,
+        what: str,
+        wait: float = DEFAULT_MAX_WAIT,
+        active: Callable[[], bool] = lambda: True,
+    ) -> Iterator[None]:
+        """Reserve ``nbytes`` while the block runs, waiting at most ``wait`` seconds."""
+        self.check(nbytes, what)
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while self.used + nbytes > self.limit:
+                left = deadline - time.monotonic()
+                if not active():
+                    raise CancelledError()
+                if left <= 0:
+                    raise ResourceExhausted(
+                        f"{what}: the server's memory (max_inflight_mb) is in use by other "
+                        "calls; try again later"
+                    )
+                self._cond.wait(min(left, 1.0))
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
+
+
+def input_bytes(image_size: tuple[int, int]) -> int:
+    """Bytes of one decoded image: float32 RGB at the model's input size."""
+    return image_size[0] * image_size[1] * 3 * 4
+
+
+def request_bytes(images: int, image_size: tuple[int, int], feature_dim: int) -> int:
+    """Memory an ``Embed``/``Classify`` request reserves: its images decoded, its rows."""
+    return images * (input_bytes(image_size) + feature_dim * 4)
+
+
+def reply_bytes(images: int, feature_dim: int) -> int:
+    """An upper bound on the size of a reply of ``images`` rows (float32, framing)."""
+    return images * (feature_dim * 4 + 16) + 4096
+
+
+class _Loading:
+    """A model being built: waiters for the same settings wait on it."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+
+def _same_weights(a: FeatureSettings, b: FeatureSettings) -> bool:
+    """Same backbone and weights (files by content; random weights by seed)."""
+    if (a.backbone, a.backbone_sha256, a.weights_sha256) != (
+        b.backbone,
+        b.backbone_sha256,
+        b.weights_sha256,
+    ):
+        return False
+    if a.weights_sha256:
+        return True
+    return a.weights == b.weights and (a.weights != "none" or a.seed == b.seed)
+
+
 class ModelPool:
-    """Loaded backbones by settings, at most ``max_loaded`` of them kept."""
+    """Loaded backbones by settings: at most ``max_loaded`` loaded or loading at once.
+
+    A request that needs another model unloads the least recently used idle one; while all
+    are in use it waits up to ``wait`` seconds, then gets :class:`ResourceExhausted`. A build
+    that fails is forgotten (the next request tries again).
+    """
 
     def __init__(
-        self, max_loaded: int = DEFAULT_MAX_LOADED, options: BatchOptions | None = None
+        self,
+        max_loaded: int = DEFAULT_MAX_LOADED,
+        options: BatchOptions | None = None,
+        wait: float = DEFAULT_MAX_WAIT,
+        allowed: set[str] | None = None,
+        fixed: list[FeatureSettings] | None = None,
     ) -> None:
         self.max_loaded = max(1, max_loaded)
         self.options = options or BatchOptions()
+        self.wait = wait
+        self.allowed = allowed
+        """Backbones requests may use (registry names, saved models' absolute paths)."""
+        self.fixed = fixed
+        """With a list, requests may use only these backbones and weights."""
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._loading: dict[str, threading.Lock] = {}
+        self._loading: dict[str, _Loading] = {}
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
 
     def loaded(self) -> list[LoadedModel]:
         """Loaded models, least recently used first."""
         with self._lock:
             return list(self._models.values())
 
+    def permit(self, resolved: FeatureSettings) -> None:
+        """Refuse backbones outside ``allowed`` and weights outside ``fixed``."""
+        shown = resolved.backbone.rsplit("/", 1)[-1]
+        if self.allowed is not None and resolved.backbone not in self.allowed:
+            raise AccessDenied(f"backbone {shown!r}: not served here (allow_backbone)")
+        if self.fixed is not None and not any(_same_weights(resolved, f) for f in self.fixed):
+            weights = resolved.weights.rsplit("/", 1)[-1]
+            raise AccessDenied(
+                f"weights {weights!r} of backbone {shown!r}: this server serves only its "
+                "preloaded weights (fixed_weights)"
+            )
+
     @contextmanager
-    def use(self, config: BackboneConfig) -> Iterator[LoadedModel]:
-        """The model for ``config``, loading it if needed; not unloaded while in use."""
-        model = self._get(config)
+    def use(
+        self,
+        config: BackboneConfig,
+        active: Callable[[], bool] = lambda: True,
+        timeout: float | None = None,
+    ) -> Iterator[LoadedModel]:
+        """The model for ``config``, loading it if needed; not unloaded while in use.
+
+        Waits for a free slot at most ``min(wait, timeout)`` seconds, and only while
+        ``active()``.
+        """
+        model = self._get(config, active, self.wait if timeout is None else timeout)
         try:
             yield model
         finally:
-            with self._lock:
+            with self._cond:
                 model.users -= 1
                 self._evict()
+                self._cond.notify_all()
 
-    def _get(self, config: BackboneConfig) -> LoadedModel:
+    def _get(self, config: BackboneConfig, active: Callable[[], bool], wait: float) -> LoadedModel:
         resolved = resolve_backbone(config)  # validates options before any loading
+        self.permit(resolved)
         key = resolved.model_key()
-        with self._lock:
-            model = self._lookup(key)
-            if model is not None:
-                return model
-            loading = self._loading.setdefault(key, threading.Lock())
-        with loading:  # one load per key; other keys load in parallel
-            with self._lock:
+        deadline = time.monotonic() + min(wait, self.wait)
+        with self._cond:
+            while True:
                 model = self._lookup(key)
                 if model is not None:
                     return model
+                pending = self._loading.get(key)
+                if pending is None and (
+                    len(self._models) + len(self._loading) < self.max_loaded or self._evict_one()
+                ):
+                    pending = self._loading[key] = _Loading()
+                    break
+                if not active():
+                    raise CancelledError()
+                left = deadline - time.monotonic()
+                if pending is None and left <= 0:
+                    raise ResourceExhausted(
+                        f"all {self.max_loaded} model slots (max_loaded) are in use by other "
+                        "settings; try again later"
+                    )
+                self._cond.wait(min(left, 1.0) if pending is None else 1.0)
+                if pending is not None and pending.error is not None:
+                    raise pending.error
+        try:
             began = time.monotonic()
-            extractor = FeatureExtractor(resolved)
-            model = LoadedModel(extractor, self.options)
-            log.info(
-                "loaded %s (%s, %dx%d) in %.1f s",
-                resolved.backbone,
-                resolved.weights.rsplit("/", 1)[-1],
-                *model.image_size,
-                time.monotonic() - began,
-            )
-            with self._lock:
-                self._models[key] = model
-                self._loading.pop(key, None)
-                model.users += 1
-                self._evict()
-            return model
+            model = LoadedModel(FeatureExtractor(resolved), self.options)
+        except BaseException as exc:
+            with self._cond:
+                pending.error = exc
+                del self._loading[key]
+                self._cond.notify_all()
+            raise
+        log.info(
+            "loaded %s (%s, %dx%d) in %.1f s",
+            resolved.backbone,
+            resolved.weights.rsplit("/", 1)[-1],
+            *model.image_size,
+            time.monotonic() - began,
+        )
+        with self._cond:
+            del self._loading[key]
+            self._models[key] = model
+            model.users += 1
+            self._cond.notify_all()
+        return model
 
     def _lookup(self, key: str) -> LoadedModel | None:
         model = self._models.get(key)
@@ -133,24 +281,27 @@ class ModelPool:
             model.users += 1
         return model
 
-    def _evict(self) -> None:
-        """Unload idle models, oldest first, while more than ``max_loaded`` are loaded."""
-        excess = len(self._models) - self.max_loaded
-        for key in list(self._models):
-            if excess <= 0:
-                break
-            model = self._models[key]
+    def _evict_one(self) -> bool:
+        """Unload the least recently used idle model; False when every one is in use."""
+        for key, model in self._models.items():
             if model.users == 0:
                 del self._models[key]
                 model.batcher.close()
                 log.info("unloaded %s (least recently used)", model.settings.backbone)
-                excess -= 1
+                return True
+        return False
+
+    def _evict(self) -> None:
+        """Unload idle models, oldest first, while more than ``max_loaded`` are loaded."""
+        while len(self._models) + len(self._loading) > self.max_loaded and self._evict_one():
+            pass
 
     def close(self) -> None:
         """Unload everything after the queued requests finish."""
-        with self._lock:
+        with self._cond:
             models = list(self._models.values())
             self._models.clear()
+            self._cond.notify_all()
         for model in models:
             model.batcher.close()
         for model in models:
@@ -247,6 +398,7 @@ __all__ = [
     "Classifier",
     "ClassifierLoader",
     "LoadedModel",
+    "MemoryBudget",
     "ModelPool",
     "PoolEmbedder",
 ]

@@ -7,26 +7,30 @@ models, reports health, and drains on SIGTERM or Ctrl-C.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import threading
 import time
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ...errors import InvalidOptionError
+from ...errors import InvalidOptionError, UnknownBackboneError
 from ...protos import extractor_pb2 as pb
-from ...protos import extractor_pb2_grpc as pb_grpc
+from ..backbone import is_model_file, resolve_backbone
 from ..options import DEFAULT_WEIGHTS, NAMED_WEIGHTS, check_range
+from ..registry import get_backbone
 from ..settings import BackboneConfig
 from .auth import TokenAuthInterceptor, read_token
-from .convert import Roots, confine
-from .models import BatchOptions, Classifier, ModelPool
-from .options import ServeOptions
+from .convert import Roots, confine, is_loopback
+from .handlers import add_extractor
+from .models import BatchOptions, Classifier, MemoryBudget, ModelPool
+from .options import HEALTH_THREADS, ServeOptions
 from .servicer import ExtractorServicer
 
 log = logging.getLogger("featcache.serve")
@@ -61,6 +65,26 @@ def parse_model(entry: str) -> tuple[str, str]:
     return name, path
 
 
+def parse_allowed(entries: list[str], weights_root: Path | None) -> set[str] | None:
+    """``allow_backbone`` entries as the names a resolved backbone has: registry names, and
+    saved models (relative to ``weights_root``) by absolute path; None allows every one."""
+    names = [name.strip() for entry in entries for name in entry.split(",") if name.strip()]
+    if not names:
+        return None
+    allowed = set()
+    for name in names:
+        if is_model_file(name):
+            allowed.add(str(confine(weights_root, name, "allow_backbone").resolve()))
+        else:
+            try:
+                allowed.add(get_backbone(name).name)
+            except UnknownBackboneError as exc:
+                raise InvalidOptionError(
+                    f"allow_backbone: {exc.args[0]}", "allow_backbone"
+                ) from None
+    return allowed
+
+
 def _read(path: str | None, what: str) -> bytes | None:
     if path is None:
         return None
@@ -84,6 +108,14 @@ class Server:
 
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
+        secured = options.token_file or options.tls_cert or options.insecure
+        if not (secured or is_loopback(options.host)):
+            raise InvalidOptionError(
+                f"host {options.host!r}: serving beyond this machine needs token_file or "
+                "tls_cert (anyone who reaches the port could use it); insecure=True "
+                "(--insecure) serves without them",
+                "host",
+            )
         roots = Roots(
             _root(options.data_root, "data_root"),
             _root(options.cache_root, "cache_root"),
@@ -91,13 +123,29 @@ class Server:
         )
         self.preload = [parse_preload(entry, roots.weights) for entry in options.preload]
         self.models = [parse_model(entry) for entry in options.models]
-        for option in ("max_loaded", "max_message_mb", "workers", "max_batch", "max_image_size"):
+        for option in (
+            "max_loaded",
+            "max_message_mb",
+            "workers",
+            "max_batch",
+            "max_image_size",
+            "max_batch_images",
+            "max_inflight_mb",
+            "max_jobs",
+        ):
             check_range(option, getattr(options, option), 1, wording="must be at least 1")
+        check_range("max_wait", options.max_wait, 0.0, wording="must not be negative")
         if self.models and options.load_classifier is None:
             raise InvalidOptionError(
                 "models need load_classifier (featcache.serve and featcache.start_server set it)",
                 "models",
             )
+        allowed = parse_allowed(options.allow_backbone, roots.weights)
+        fixed = None
+        if options.fixed_weights:
+            if not self.preload:
+                raise InvalidOptionError("fixed_weights needs preload", "fixed_weights")
+            fixed = [resolve_backbone(config) for config in self.preload]
         interceptors = []
         if options.token_file:
             interceptors.append(TokenAuthInterceptor(read_token(options.token_file)))
@@ -105,20 +153,37 @@ class Server:
         self.pool = ModelPool(
             options.max_loaded,
             BatchOptions(options.max_batch, options.max_delay_ms / 1000, options.batching),
+            options.max_wait,
+            allowed,
+            fixed,
         )
+        for config in self.preload:
+            self.pool.permit(resolve_backbone(config))
         self.servicer = ExtractorServicer(
-            self.pool, roots, options.max_pixels, max_side=options.max_image_size
+            self.pool,
+            roots,
+            options.max_pixels,
+            max_images=options.max_batch_images,
+            max_side=options.max_image_size,
+            budget=MemoryBudget(options.max_inflight_mb << 20),
+            max_jobs=options.max_jobs,
+            max_calls=options.workers,
         )
+        # Extractor calls take one of `workers` slots; the threads beyond them answer health
+        # checks (and refuse extra calls at once), and gRPC refuses calls beyond the threads
+        # rather than queueing them.
+        threads = options.workers + HEALTH_THREADS
         self.grpc = grpc.server(
-            futures.ThreadPoolExecutor(options.workers, thread_name_prefix="featcache-rpc"),
+            futures.ThreadPoolExecutor(threads, thread_name_prefix="featcache-rpc"),
             interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", -1),
+                ("grpc.max_send_message_length", self.servicer.max_reply_bytes),
                 ("grpc.so_reuseport", 0),
             ],
+            maximum_concurrent_rpcs=threads,
         )
-        pb_grpc.add_ExtractorServicer_to_server(self.servicer, self.grpc)
+        add_extractor(self.servicer, self.grpc)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
@@ -187,6 +252,17 @@ def start_server(options: ServeOptions, warm: bool = True) -> Server:
     return server
 
 
+STOP_MARGIN_SECONDS = 15.0
+"""After ``grace``, how long stopping may still take (saving caches) before the process exits."""
+
+
+def _exit_now(why: str) -> None:
+    """Exit at once with status 1: caches are crash-safe, so nothing written is lost."""
+    log.warning("%s: exiting now; unfinished extractions resume on their next call", why)
+    logging.shutdown()
+    os._exit(1)
+
+
 def serve(options: ServeOptions) -> None:
     """Run until SIGTERM or Ctrl-C, then drain. Health says SERVING once models are warm."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s featcache %(message)s")
@@ -203,8 +279,14 @@ def serve(options: ServeOptions) -> None:
         ", ".join(security) or "insecure: no TLS, no token",
     )
     stop = threading.Event()
+
+    def on_signal(number: int, frame: Any) -> None:
+        if stop.is_set():  # a second signal: leave now (every cache is crash-safe)
+            _exit_now(f"second {signal.Signals(number).name}")
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     began = time.monotonic()
     warm_error: list[BaseException] = []
 
@@ -220,7 +302,13 @@ def serve(options: ServeOptions) -> None:
     while not stop.wait(0.5):
         pass
     log.info("stopping: draining in-flight calls (up to %.0f s)", options.grace)
+    watchdog = threading.Timer(
+        options.grace + STOP_MARGIN_SECONDS, _exit_now, ("the grace period ended",)
+    )
+    watchdog.daemon = True
+    watchdog.start()  # a call stuck in a read or a model call cannot hold the process
     server.stop()
+    watchdog.cancel()
     log.info("stopped")
     if warm_error:
         raise warm_error[0]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -17,44 +19,51 @@ import numpy as np
 from ...errors import ExtractionCancelled, InvalidOptionError
 from ...protos import extractor_pb2 as pb
 from ...protos import extractor_pb2_grpc as pb_grpc
+from ..backbone import resolve_backbone
 from ..options import DEFAULT_MAX_PIXELS
 from ..ranking import DEFAULT_TOP_K, top_k
 from ..registry import list_backbones
 from .convert import (
+    ResourceExhausted,
     Roots,
     config_from_message,
     dataset_paths,
     extract_options,
     image_content,
     info_message,
+    mib,
+    relative_to_roots,
+    shown_settings,
     status_name,
 )
-from .jobs import DatasetJob
-from .models import Classifier, ModelPool, embed_contents
-from .options import DEFAULT_MAX_IMAGE_SIZE, DEFAULT_MAX_IMAGES
+from .jobs import GONE, DatasetJob, job_bytes, job_name
+from .models import (
+    Classifier,
+    MemoryBudget,
+    ModelPool,
+    embed_contents,
+    input_bytes,
+    reply_bytes,
+    request_bytes,
+)
+from .options import (
+    DEFAULT_MAX_IMAGE_SIZE,
+    DEFAULT_MAX_IMAGES,
+    DEFAULT_MAX_INFLIGHT_MB,
+    DEFAULT_MAX_JOBS,
+    DEFAULT_WORKERS,
+)
 
 log = logging.getLogger("featcache.serve")
+
+MAX_REPLY_BYTES = (2 << 30) - 1
+"""gRPC's (and protobuf's) largest message."""
 
 
 class _Abort(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def _fail(context: grpc.ServicerContext, exc: BaseException) -> None:
-    """Abort the call with the status code of ``exc`` (logging unexpected errors)."""
-    if isinstance(exc, _Abort):
-        context.abort(exc.code, str(exc))
-    if isinstance(exc, CancelledError):
-        context.abort(grpc.StatusCode.CANCELLED, "cancelled")
-    name = status_name(exc)
-    if name == "DEADLINE_EXCEEDED":
-        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed")
-    if name == "INTERNAL":
-        log.exception("internal error", exc_info=exc)
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
-    context.abort(getattr(grpc.StatusCode, name), str(exc).splitlines()[0] if str(exc) else name)
 
 
 def _remaining(context: grpc.ServicerContext) -> float | None:
@@ -74,6 +83,9 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         max_images: int = DEFAULT_MAX_IMAGES,
         max_side: int = DEFAULT_MAX_IMAGE_SIZE,
         classifiers: dict[str, Classifier] | None = None,
+        budget: MemoryBudget | None = None,
+        max_jobs: int = DEFAULT_MAX_JOBS,
+        max_calls: int = DEFAULT_WORKERS,
     ) -> None:
         self.classifiers = classifiers or {}
         self.pool = pool
@@ -81,14 +93,39 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         self.max_pixels = max_pixels
         self.max_images = max_images
         self.max_side = max_side
+        self.budget = budget or MemoryBudget(DEFAULT_MAX_INFLIGHT_MB << 20)
+        self.max_reply_bytes = min(self.budget.limit, MAX_REPLY_BYTES)
+        """Largest reply; the server's ``grpc.max_send_message_length``."""
+        self.max_jobs = max_jobs
+        self.max_calls = max_calls
+        self._calls = threading.BoundedSemaphore(max_calls)
         self._jobs: set[DatasetJob] = set()
         self._jobs_lock = threading.Lock()
         self.stopping = threading.Event()
 
     # -- RPCs -------------------------------------------------------------------------
 
+    @contextmanager
+    def _slot(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """One of the ``max_calls`` call slots for the call's life; none free: refused at
+        once (the RPC threads beyond them stay free for health checks)."""
+        if not self._calls.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"all {self.max_calls} workers of the server are busy (workers); try again later",
+            )
+        try:
+            yield
+        finally:
+            self._calls.release()
+
     def ListBackbones(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._slot(context):
+            return self._list_backbones()
+
+    def _list_backbones(self) -> Any:
         loaded = self.pool.loaded()
+        allowed = self.pool.allowed
         names = {m.settings.backbone for m in loaded}
         return pb.ListBackbonesResponse(
             backbones=[
@@ -99,26 +136,66 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                     loaded=spec.name in names,
                 )
                 for spec in list_backbones()
+                if allowed is None or spec.name in allowed
             ],
-            loaded=[info_message(replace(m.settings, resize="")) for m in loaded],
+            loaded=[
+                info_message(shown_settings(replace(m.settings, resize=""), self.roots))
+                for m in loaded
+            ],
             classifiers=sorted(self.classifiers),
         )
 
     def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return self._classify(request, context)
-        except Exception as exc:
-            _fail(context, exc)
-            raise
+        with self._slot(context):
+            try:
+                return self._classify(request, context)
+            except Exception as exc:
+                self._fail(context, exc)
+                raise
 
     def Embed(self, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return self._embed(request, request.backbone, context)
-        except Exception as exc:
-            _fail(context, exc)
-            raise  # unreachable: abort raises
+        with self._slot(context):
+            try:
+                return self._embed(request, request.backbone, context)
+            except Exception as exc:
+                self._fail(context, exc)
+                raise  # unreachable: abort raises
 
     def EmbedStream(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        with self._slot(context):
+            yield from self._embed_stream(request_iterator, context)
+
+    def ExtractDataset(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._slot(context):
+            yield from self._extract_dataset(request, context)
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _fail(self, context: grpc.ServicerContext, exc: BaseException) -> None:
+        """Abort the call with the status code of ``exc``. Server paths in the message are
+        shown relative to the roots; unexpected errors are logged with an id, and the
+        client gets only the id."""
+        if isinstance(exc, _Abort):
+            context.abort(exc.code, self._shown(str(exc)))
+        if isinstance(exc, CancelledError):
+            context.abort(grpc.StatusCode.CANCELLED, "cancelled")
+        name = status_name(exc)
+        if name == "DEADLINE_EXCEEDED":
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed")
+        if name == "INTERNAL":
+            incident = uuid.uuid4().hex[:12]
+            log.error("internal error %s", incident, exc_info=exc)
+            context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"internal error {incident}; the server's log has the details",
+            )
+        text = str(exc).splitlines()[0] if str(exc) else name
+        context.abort(getattr(grpc.StatusCode, name), self._shown(text))
+
+    def _shown(self, text: str) -> str:
+        return relative_to_roots(text, self.roots)
+
+    def _embed_stream(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
         """Requests are read and embedded by a helper thread, replies sent in order."""
         replies: queue.Queue[Any] = queue.Queue(maxsize=4)
         done = object()
@@ -158,18 +235,22 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
             if reply is done:
                 return
             if isinstance(reply, Exception):
-                _fail(context, reply)
+                self._fail(context, reply)
             yield reply
 
-    def ExtractDataset(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def _extract_dataset(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """Stream the job's messages; stop waiting as soon as the client goes away (the
+        job then stops at its next image, saving its cache)."""
         try:
             job = self._start_job(request, context)
         except Exception as exc:  # noqa: BLE001
-            _fail(context, exc)
+            self._fail(context, exc)
             return
         try:
             while True:
                 item = job.get()
+                if item is GONE:
+                    return
                 if isinstance(item, BaseException):
                     if isinstance(item, (ExtractionCancelled, CancelledError)):
                         if self.stopping.is_set():
@@ -180,14 +261,45 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                             )
                         else:
                             item = _Abort(grpc.StatusCode.CANCELLED, "cancelled")
-                    _fail(context, item)
+                    self._fail(context, item)
                 yield item
                 if item.finished:
                     return
         finally:
             job.cancel.set()
 
-    # -- helpers ----------------------------------------------------------------------
+    def _check_count(self, images: int) -> None:
+        if images > self.max_images:
+            raise ResourceExhausted(
+                f"{images} images in one request; this server takes at most "
+                f"{self.max_images} (max_batch_images)"
+            )
+
+    def _check_reply(self, images: int, feature_dim: int) -> None:
+        size = reply_bytes(images, feature_dim)
+        if size > self.max_reply_bytes:
+            raise ResourceExhausted(
+                f"the reply to {images} images of {feature_dim} values would be about "
+                f"{mib(size)}; this server sends at most {mib(self.max_reply_bytes)}"
+            )
+
+    def _hold(
+        self,
+        images: int,
+        image_size: tuple[int, int],
+        feature_dim: int,
+        context: grpc.ServicerContext,
+    ) -> AbstractContextManager[None]:
+        """Check the reply size, then reserve the request's memory (before decoding)."""
+        self._check_reply(images, feature_dim)
+        need = request_bytes(images, image_size, feature_dim)
+        what = f"{images} images at {image_size[0]}x{image_size[1]}"
+        return self.budget.hold(need, what, self._wait(context), context.is_active)
+
+    def _wait(self, context: grpc.ServicerContext) -> float:
+        """How long the call may wait for a model slot or memory."""
+        left = _remaining(context)
+        return self.pool.wait if left is None else min(left, self.pool.wait)
 
     def _classify(self, request: Any, context: grpc.ServicerContext) -> Any:
         classifier = self.classifiers.get(request.model)
@@ -197,54 +309,56 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 or "none; start the server with models NAME=PATH"
             )
             raise InvalidOptionError(f"model {request.model!r}: not loaded here ({known})", "model")
-        if len(request.images) > self.max_images:
-            raise _Abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{len(request.images)} images in one request; the limit is {self.max_images}",
-            )
+        self._check_count(len(request.images))
         if request.top_k < 0:
             raise InvalidOptionError(f"top_k {request.top_k}: must be positive", "top_k")
         max_pixels = min(request.max_pixels or self.max_pixels, self.max_pixels)
         contents = [
             image_content(image, i, self.max_pixels) for i, image in enumerate(request.images)
         ]
-        probabilities, reasons = embed_contents(
-            classifier,
-            contents,
-            classifier.resize,
-            max_pixels,
-            context.is_active,
-            lambda: _remaining(context),
-        )
-        names = classifier.class_names
-        best_of = iter(top_k(probabilities, request.top_k or DEFAULT_TOP_K))
-        results = []
-        rows = iter(probabilities)
-        for reason in reasons:
-            if reason is not None:
-                results.append(pb.Classification(error=reason))
-                continue
-            row, best = next(rows), next(best_of)
-            results.append(
-                pb.Classification(
-                    top=[pb.ClassScore(name=names[j], probability=float(row[j])) for j in best],
-                    probabilities=row,
-                )
+        size, width = classifier.image_size, classifier.feature_dim
+        with self._hold(len(contents), size, width, context):
+            probabilities, reasons = embed_contents(
+                classifier,
+                contents,
+                classifier.resize,
+                max_pixels,
+                context.is_active,
+                lambda: _remaining(context),
             )
-        return pb.ClassifyResponse(class_names=names, results=results)
+            names = classifier.class_names
+            best_of = iter(top_k(probabilities, request.top_k or DEFAULT_TOP_K))
+            results = []
+            rows = iter(probabilities)
+            for reason in reasons:
+                if reason is not None:
+                    results.append(pb.Classification(error=reason))
+                    continue
+                row, best = next(rows), next(best_of)
+                results.append(
+                    pb.Classification(
+                        top=[pb.ClassScore(name=names[j], probability=float(row[j])) for j in best],
+                        probabilities=row,
+                    )
+                )
+            return pb.ClassifyResponse(class_names=names, results=results)
 
     def _embed(self, request: Any, settings: Any, context: grpc.ServicerContext) -> Any:
-        if len(request.images) > self.max_images:
-            raise _Abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{len(request.images)} images in one request; the limit is {self.max_images}",
-            )
+        images = len(request.images)
+        self._check_count(images)
         config = config_from_message(settings, self.roots.weights, self.max_side)
+        resolved = resolve_backbone(config)
+        self.pool.permit(resolved)
+        size = resolved.image_size  # (0, 0) for a saved model of any size: checked below
+        self.budget.check(images * input_bytes(size), f"{images} images at {size[0]}x{size[1]}")
         max_pixels = min(request.max_pixels or self.max_pixels, self.max_pixels)
         contents = [
             image_content(image, i, self.max_pixels) for i, image in enumerate(request.images)
         ]
-        with self.pool.use(config) as model:
+        with (
+            self.pool.use(config, context.is_active, self._wait(context)) as model,
+            self._hold(images, model.image_size, model.feature_dim, context),
+        ):
             features, reasons = embed_contents(
                 model,
                 contents,
@@ -253,15 +367,15 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 context.is_active,
                 lambda: _remaining(context),
             )
-            info = info_message(model.settings_for(config))
-        rows = []
-        good = iter(features)
-        for reason in reasons:
-            if reason is None:
-                rows.append(pb.Embedding(values=np.asarray(next(good), np.float32)))
-            else:
-                rows.append(pb.Embedding(error=reason))
-        return pb.EmbedResponse(backbone=info, embeddings=rows)
+            info = info_message(shown_settings(model.settings_for(config), self.roots))
+            rows = []
+            good = iter(features)
+            for reason in reasons:
+                if reason is None:
+                    rows.append(pb.Embedding(values=np.asarray(next(good), np.float32)))
+                else:
+                    rows.append(pb.Embedding(error=reason))
+            return pb.EmbedResponse(backbone=info, embeddings=rows)
 
     def _start_job(self, request: Any, context: grpc.ServicerContext) -> DatasetJob:
         if self.stopping.is_set():
@@ -270,8 +384,11 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         data, output, labels, shown = dataset_paths(request, config, self.roots)
         max_pixels = min(request.max_pixels or self.max_pixels, self.max_pixels)
         options = extract_options(request, config, labels, max_pixels)
+        resolved = resolve_backbone(config)
+        self.pool.permit(resolved)
+        size = resolved.image_size  # (0, 0) for a saved model of any size: checked later
+        self.budget.check(job_bytes(options, size, 0), job_name(options, size))
         job = DatasetJob()
-        context.add_callback(job.cancel.set)
 
         def ended(finished: DatasetJob) -> None:
             with self._jobs_lock:
@@ -280,8 +397,17 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         with self._jobs_lock:
             if self.stopping.is_set():
                 raise _Abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
+            if len(self._jobs) >= self.max_jobs:
+                raise ResourceExhausted(
+                    f"{len(self._jobs)} ExtractDataset jobs are running; this server runs at "
+                    f"most {self.max_jobs} (max_jobs); try again later"
+                )
             self._jobs.add(job)
-        job.start(self.pool, config, data, output, options, self.roots.data, shown, ended)
+        if not context.add_callback(job.abandon):  # the call already ended
+            job.abandon()
+        job.start(
+            self.pool, config, data, output, options, self.roots.data, shown, ended, self.budget
+        )
         return job
 
     def stop_jobs(self, timeout: float = 60.0) -> bool:
