@@ -84,8 +84,10 @@ def _decode_pil(image: Image.Image) -> np.ndarray:
     image.load()
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        wide = np.asarray(image, dtype=np.int64)
-        gray = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
+        wide = np.asarray(image)  # uint16 (I;16) or int32 (I): no wider copy
+        if wide.dtype.kind == "i":
+            wide = np.clip(wide, 0, 65535)
+        gray = (wide >> 8).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if image.mode == "F":
         gray = np.clip(np.asarray(image), 0, 255).astype(np.uint8)

@@ -350,16 +350,15 @@ def _scan_npy(path: Path, labels: str | None, confine: Path | None, max_pixels: 
 
 
 def _check_labels(path: Path, values: np.ndarray) -> None:
-    """Refuse labels outside ``-1`` (unlabelled) to ``MAX_CLASSES - 1``: a stray huge value
-    would otherwise build a class list that long."""
+    """Refuse labels of ``MAX_CLASSES`` or more: a stray huge value would otherwise build a
+    class list that long. Negative labels mean unlabelled rows, as they always did."""
     if not len(values):
         return
-    low, high = values.min(), values.max()  # compared as NumPy integers: uint64 is exact
-    bad = low if low < -1 else high if high >= MAX_CLASSES else None
-    if bad is not None:
+    high = values.max()  # compared as a NumPy integer: uint64 is exact
+    if high >= MAX_CLASSES:
         raise DatasetError(
-            f"{path}: label {int(bad)} is out of range; labels must be 0 to "
-            f"{MAX_CLASSES - 1} (at most {MAX_CLASSES} classes), or -1 for an unlabelled row"
+            f"{path}: label {int(high)} is out of range; labels must be below {MAX_CLASSES} "
+            f"(at most {MAX_CLASSES} classes; a negative label marks an unlabelled row)"
         )
 
 

@@ -385,3 +385,17 @@ def test_fingerprints_of_caches_without_pad_are_unchanged(class_folder, tmp_path
     payload["seed"] = attrs["seed"]  # random weights
     expected = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
     assert attrs["fingerprint"] == expected
+
+
+def test_reading_rows_outside_the_cache_is_an_index_error_not_damage(class_folder, tmp_path):
+    from featcache import CacheReader
+
+    out = tmp_path / "c.h5"
+    extract(class_folder, output=out, **TINY)
+    reader = CacheReader(out)
+    for rows in (np.array([12]), np.array([-1]), np.array([0, 99])):
+        with pytest.raises(IndexError, match=r"outside 0\.\.11"):
+            reader.features(rows)
+        with pytest.raises(IndexError):
+            next(reader.batches(rows))
+    assert reader.features(np.array([11, 0])).shape == (2, 512)

@@ -234,19 +234,20 @@ def test_memory_error_while_reading_is_a_bad_file(tmp_path, monkeypatch):
     assert reasons == [None, "unreadable: out of memory", None]
 
 
-@pytest.mark.parametrize("label", [10**10, MAX_CLASSES, -2, -(10**10)])
+@pytest.mark.parametrize("label", [10**10, MAX_CLASSES])
 def test_labels_outside_the_class_range_are_refused(tmp_path, label):
     np.save(tmp_path / "images.npy", np.zeros((3, 8, 8), np.uint8))
     np.save(tmp_path / "labels.npy", np.array([0, label, 1], np.int64))
     with pytest.raises(DatasetError, match=f"{label}") as info:
         scan_dataset(tmp_path / "images.npy")
     message = str(info.value)
-    assert "\n" not in message and str(MAX_CLASSES) in message and "-1" in message
+    assert "\n" not in message and str(MAX_CLASSES) in message and "negative" in message
 
 
-def test_label_minus_one_still_means_unlabelled(tmp_path):
+@pytest.mark.parametrize("negative", [-1, -2, -(10**10)])
+def test_negative_labels_still_mean_unlabelled(tmp_path, negative):
     np.save(tmp_path / "images.npy", np.zeros((3, 8, 8), np.uint8))
-    np.save(tmp_path / "labels.npy", np.array([0, -1, MAX_CLASSES - 1], np.int64))
+    np.save(tmp_path / "labels.npy", np.array([0, negative, MAX_CLASSES - 1], np.int64))
     dataset = scan_dataset(tmp_path / "images.npy")
     assert [i.class_name for i in dataset.items] == ["0", None, str(MAX_CLASSES - 1)]
     assert len(dataset.class_names) == MAX_CLASSES

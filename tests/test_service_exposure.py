@@ -18,6 +18,8 @@ from helpers import make_class_folder
 def test_a_non_loopback_bind_needs_a_token_tls_or_insecure(tmp_path):
     with pytest.raises(InvalidOptionError, match=r"^host '0.0.0.0': .*token_file"):
         start_server(ServeOptions(host="0.0.0.0", port=0), warm=False)
+    with pytest.raises(InvalidOptionError, match="TLS alone"):  # encrypts, lets anyone in
+        start_server(ServeOptions(host="0.0.0.0", port=0, tls_cert="c.pem", tls_key="k.pem"))
     token = tmp_path / "token"
     token.write_text("s3cret-token")
     for extra in ({"token_file": str(token)}, {"insecure": True}):
@@ -119,7 +121,14 @@ def test_a_second_sigterm_exits_at_once_leaving_a_readable_cache(tmp_path):
                 port = int(line.split("listening on ")[1].split(" ")[0].rsplit(":", 1)[1])
                 break
         assert port is not None
-        threading.Thread(target=process.stderr.read, daemon=True).start()
+        stopping = threading.Event()
+
+        def watch(stream) -> None:  # read the log (a full pipe would block the server)
+            for line in stream:
+                if "stopping" in line:
+                    stopping.set()
+
+        threading.Thread(target=watch, args=(process.stderr,), daemon=True).start()
         with Client(f"127.0.0.1:{port}", timeout=300) as client:
             steps = client.extract_dataset(
                 "big", "vgg16", weights="none", image_size=64, batch_size=1, checkpoint_seconds=0.01
@@ -128,7 +137,8 @@ def test_a_second_sigterm_exits_at_once_leaving_a_readable_cache(tmp_path):
                 for _ in steps:
                     if cache_rows(cache / "vgg16.h5") >= 2 and process.poll() is None:
                         process.send_signal(signal.SIGTERM)
-                        process.send_signal(signal.SIGTERM)
+                        assert stopping.wait(120), "the first SIGTERM was not handled"
+                        process.send_signal(signal.SIGTERM)  # now a second, separate signal
                         began = time.monotonic()
         # the first signal alone would wait up to --grace (600 s) for the job to save
         assert process.wait(120) == 1

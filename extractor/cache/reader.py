@@ -64,11 +64,20 @@ class CacheReader:
 
     def features(self, rows: np.ndarray | None = None) -> np.ndarray:
         """float32 features of ``rows`` (all rows when None), reading only those rows."""
+        picked = None if rows is None else self._checked(rows)
         with open_h5(self.path) as handle, guarded(self.path):
             dataset = handle["features"]
-            if rows is None:
+            if picked is None:
                 return np.asarray(dataset[:], dtype=np.float32)
-            return read_rows(dataset, np.asarray(rows, np.int64)).astype(np.float32)
+            return read_rows(dataset, picked).astype(np.float32)
+
+    def _checked(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` as int64 indices; IndexError (the caller's mistake, not a damaged file)
+        for any outside ``[0, len(self))``."""
+        picked = np.asarray(rows, np.int64).reshape(-1)
+        if len(picked) and (picked.min() < 0 or picked.max() >= len(self)):
+            raise IndexError(f"rows outside 0..{len(self) - 1} of {self.path}")
+        return picked
 
     def batches(
         self,
@@ -79,7 +88,7 @@ class CacheReader:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(row indices, float32 features)`` batches streamed from disk, in order or
         shuffled; memory stays at one batch."""
-        chosen = np.arange(len(self)) if rows is None else np.asarray(rows, np.int64)
+        chosen = np.arange(len(self)) if rows is None else self._checked(rows)
         if shuffle:
             chosen = chosen[np.random.default_rng(seed).permutation(len(chosen))]
         with open_h5(self.path) as handle, guarded(self.path):

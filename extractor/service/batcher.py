@@ -57,7 +57,9 @@ class Batcher:
         self._closed = False
         self._last_merged = 1
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name=f"featcache-infer-{name}")
+        self._thread = threading.Thread(
+            target=self._loop, name=f"featcache-infer-{name}", daemon=True
+        )  # a model still loading at shutdown must not hold the process
         self._thread.daemon = True
         self._thread.start()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -173,15 +174,20 @@ def extract_options(
 
 
 def is_loopback(host: str) -> bool:
-    """True for addresses only this machine reaches: ``localhost``, 127.0.0.0/8, ``::1``
-    (``host`` may be ``HOST:PORT`` or ``[IPV6]:PORT``)."""
+    """True for addresses only this machine reaches: ``localhost``, 127.0.0.0/8, ``::1``,
+    Unix sockets (``host`` may be ``HOST:PORT``, ``[IPV6]:PORT`` or a gRPC target such as
+    ``unix:/path`` or ``dns:///localhost:50051``)."""
     name = host.lower()
+    if name.startswith(("unix:", "unix-abstract:")):
+        return True
+    if name.startswith("dns:"):
+        name = name[4:].lstrip("/")
     if name.startswith("["):
         name = name[1:].split("]")[0]
     elif name.count(":") == 1:
         name = name.split(":")[0]
-    if name in ("localhost", "") or name.startswith("unix:"):
-        return name != ""
+    if name == "localhost":
+        return True
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
@@ -191,10 +197,14 @@ def is_loopback(host: str) -> bool:
 def relative_to_roots(text: str, roots: Roots) -> str:
     """``text`` with the server's root folders cut from the paths in it (clients name
     files relative to the roots, and need not learn where they are)."""
-    for root in (roots.data, roots.cache, roots.weights):
-        if root is not None:
-            text = text.replace(f"{root}{os.sep}", "").replace(str(root), ".")
+    # longest first, so a root inside another is cut whole; a root ends at a path boundary
+    for root in sorted((r for r in (roots.data, roots.cache, roots.weights) if r), key=str)[::-1]:
+        text = re.sub(re.escape(str(root)) + r"(?:/|(?![\w.\-]))", _cut, text)
     return text
+
+
+def _cut(match: re.Match[str]) -> str:
+    return "" if match.group(0).endswith("/") else "."
 
 
 def shown_settings(settings: FeatureSettings, roots: Roots) -> FeatureSettings:

@@ -71,7 +71,8 @@ class DatasetJob:
                     need = job_bytes(options, model.image_size, model.feature_dim)
                     what = job_name(options, model.image_size)
                     with _hold(budget, need, what, pool.wait, active):
-                        embedder = PoolEmbedder(model, config, options.max_pixels)
+                        gate = budget.decoding if budget is not None else None
+                        embedder = PoolEmbedder(model, config, options.max_pixels, gate=gate)
                         summary = run_extraction(
                             data,
                             LocalEngine(embedder),

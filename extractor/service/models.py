@@ -72,6 +72,11 @@ class LoadedModel:
         )
 
 
+DECODE_BYTES_PER_PIXEL = 8
+"""Peak bytes per pixel of decoding one image at full size (8-bit RGB and the decoder's and
+resizer's working copies)."""
+
+
 class MemoryBudget:
     """Estimated bytes of decoded images and features in flight, shared by every call.
 
@@ -79,10 +84,14 @@ class MemoryBudget:
     refused at once, more than what is free waits (bounded) for other requests to finish.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.limit = limit
         self.used = 0
         self._cond = threading.Condition()
+        slots = max(1, limit // (max(1, max_pixels) * DECODE_BYTES_PER_PIXEL))
+        self.decoding = threading.BoundedSemaphore(slots)
+        """Full-size decodes at once: each may take ``max_pixels`` images before resizing,
+        which the per-request estimates (of resized images) do not count."""
 
     def check(self, nbytes: int, what: str) -> None:
         """Refuse ``what`` when it alone needs more than the budget."""
@@ -315,14 +324,19 @@ def embed_contents(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     active: Callable[[], bool] = lambda: True,
     timeout: Callable[[], float | None] = lambda: None,
+    gate: threading.BoundedSemaphore | None = None,
 ) -> tuple[np.ndarray, list[str | None]]:
-    """Decode, resize and run images through ``model``'s batcher, ``max_batch`` at a time.
+    """Decode, resize and run images through ``model``'s batcher, ``max_batch`` at a time;
+    ``gate`` bounds the full-size decodes running at once (:attr:`MemoryBudget.decoding`).
 
     Returns the outputs of the usable images and one reason (or None) per image.
     """
 
     def prepare(content: bytes | np.ndarray) -> np.ndarray:
-        return decode_and_resize(content, model.image_size, resize, max_pixels)
+        if gate is None:
+            return decode_and_resize(content, model.image_size, resize, max_pixels)
+        with gate:
+            return decode_and_resize(content, model.image_size, resize, max_pixels)
 
     reasons: list[str | None] = []
     parts: list[np.ndarray] = []
@@ -374,11 +388,13 @@ class PoolEmbedder:
         config: BackboneConfig,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         active: Callable[[], bool] = lambda: True,
+        gate: threading.BoundedSemaphore | None = None,
     ) -> None:
         self.model = model
         self.settings = model.settings_for(config)
         self.max_pixels = max_pixels
         self.active = active
+        self.gate = gate
 
     @property
     def feature_dim(self) -> int:
@@ -386,7 +402,10 @@ class PoolEmbedder:
 
     def prepare(self, content: bytes | np.ndarray) -> np.ndarray:
         settings = self.settings
-        return decode_and_resize(content, settings.image_size, settings.resize, self.max_pixels)
+        if self.gate is None:
+            return decode_and_resize(content, settings.image_size, settings.resize, self.max_pixels)
+        with self.gate:
+            return decode_and_resize(content, settings.image_size, settings.resize, self.max_pixels)
 
     def embed(self, prepared: list[np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
         return self.model.batcher.run(np.stack(prepared), self.active), [None] * len(prepared)

@@ -16,7 +16,9 @@ DEFAULT_MAX_IMAGES = 4096
 """Images in one ``Embed``/``Classify`` request (``max_batch_images``)."""
 DEFAULT_MAX_INFLIGHT_MB = 4096
 """Memory budget (MiB) of decoded images and features in flight, estimated before decoding."""
-DEFAULT_MAX_JOBS = 4
+DEFAULT_MAX_JOBS = 2
+"""Concurrent ExtractDataset jobs; below ``max_loaded``, so that jobs (which hold their model
+for their whole run) never take every model slot from Embed calls."""
 """``ExtractDataset`` jobs running at once."""
 DEFAULT_WORKERS = 32
 """Concurrent ``featcache.v1.Extractor`` calls (RPC threads); more get RESOURCE_EXHAUSTED."""

@@ -108,12 +108,12 @@ class Server:
 
     def __init__(self, options: ServeOptions) -> None:
         self.options = options
-        secured = options.token_file or options.tls_cert or options.insecure
+        secured = options.token_file or options.tls_client_ca or options.insecure
         if not (secured or is_loopback(options.host)):
             raise InvalidOptionError(
                 f"host {options.host!r}: serving beyond this machine needs token_file or "
-                "tls_cert (anyone who reaches the port could use it); insecure=True "
-                "(--insecure) serves without them",
+                "tls_client_ca (TLS alone does not say who the client is: anyone who reaches "
+                "the port could use it); insecure=True (--insecure) serves without them",
                 "host",
             )
         roots = Roots(
@@ -165,13 +165,14 @@ class Server:
             options.max_pixels,
             max_images=options.max_batch_images,
             max_side=options.max_image_size,
-            budget=MemoryBudget(options.max_inflight_mb << 20),
+            budget=MemoryBudget(options.max_inflight_mb << 20, options.max_pixels),
             max_jobs=options.max_jobs,
             max_calls=options.workers,
         )
         # Extractor calls take one of `workers` slots; the threads beyond them answer health
-        # checks (and refuse extra calls at once), and gRPC refuses calls beyond the threads
-        # rather than queueing them.
+        # checks and refuse extra calls at once. gRPC itself refuses calls only far beyond
+        # the threads (so a burst of refused calls queues for a moment rather than turning a
+        # health check away), which bounds its queue.
         threads = options.workers + HEALTH_THREADS
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(threads, thread_name_prefix="featcache-rpc"),
@@ -181,7 +182,7 @@ class Server:
                 ("grpc.max_send_message_length", self.servicer.max_reply_bytes),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=threads,
+            maximum_concurrent_rpcs=threads + QUEUED_CALLS,
         )
         add_extractor(self.servicer, self.grpc)
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -252,6 +253,8 @@ def start_server(options: ServeOptions, warm: bool = True) -> Server:
     return server
 
 
+QUEUED_CALLS = 256
+"""Calls gRPC accepts beyond its threads (they wait a moment for one) before refusing."""
 STOP_MARGIN_SECONDS = 15.0
 """After ``grace``, how long stopping may still take (saving caches) before the process exits."""
 

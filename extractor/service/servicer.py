@@ -325,6 +325,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 max_pixels,
                 context.is_active,
                 lambda: _remaining(context),
+                self.budget.decoding,
             )
             names = classifier.class_names
             best_of = iter(top_k(probabilities, request.top_k or DEFAULT_TOP_K))
@@ -366,6 +367,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 max_pixels,
                 context.is_active,
                 lambda: _remaining(context),
+                self.budget.decoding,
             )
             info = info_message(shown_settings(model.settings_for(config), self.roots))
             rows = []
