@@ -10,7 +10,8 @@ Usage (from the repository root, after ``pip install .``)::
 (b) ``extract`` end to end: JPEG files to a new HDF5 cache;
 (c) the Keras reference: ``image_dataset_from_directory`` + ``preprocess_input`` +
     ``model.predict`` (features discarded).
-Backbone construction and weight loading are excluded from (a), (b) and (c) alike and
+Every run is a fresh process (as a user running one command has it). Importing TensorFlow,
+backbone construction and weight loading are excluded from (a), (b) and (c) alike and
 reported on their own. Peak memory: ``extract`` in a subprocess, peak RSS from ``wait4``.
 """
 
@@ -78,6 +79,10 @@ def model_only(backbone: str, weights: str, images: np.ndarray, batch: int) -> d
 
 
 def end_to_end(backbone: str, weights: str, folder: Path, size: int, batch: int) -> dict:
+    began = time.monotonic()
+    import tensorflow  # noqa: F401 - imported first, as the model-only row has it
+
+    tf_import = time.monotonic() - began
     from featcache import extract
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,6 +101,7 @@ def end_to_end(backbone: str, weights: str, folder: Path, size: int, batch: int)
         "images_per_second": summary.new / seconds,
         "wall_seconds": summary.seconds,
         "load_seconds": summary.load_seconds,
+        "tf_import_seconds": tf_import,
     }
 
 
@@ -174,6 +180,26 @@ def peak_memory(folder: Path, size: int, backbone: str, weights: str) -> dict:
     }
 
 
+def _one(mode: str, backbone: str, weights: str, folder: Path, size: int, batch: int) -> dict:
+    """One run of one mode, in this (fresh) process."""
+    if mode == "a":
+        return model_only(backbone, weights, _decoded(folder, size), batch)
+    if mode == "b":
+        return end_to_end(backbone, weights, folder, size, batch)
+    return keras_reference(backbone, weights, folder, size, batch)
+
+
+def _fresh(mode: str, backbone: str, weights: str, folder: Path, size: int, batch: int) -> dict:
+    """:func:`_one` in a fresh process: no thread pools, models or traces of an earlier
+    mode, as a user running one command has it."""
+    command = [sys.executable, __file__, "--one", mode, "--backbones", backbone]
+    command += ["--weights-one", weights, "--data", str(folder), "--size", str(size)]
+    command += ["--batch-size", str(batch)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _median(runs: list[dict]) -> dict:
     """The run with the median rate, plus every run's rate."""
     ordered = sorted(runs, key=lambda r: r["images_per_second"])
@@ -201,7 +227,15 @@ def main() -> None:
     )
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "featcache-bench"))
     parser.add_argument("--json", dest="json_out", default=None, help="also write results here")
+    parser.add_argument("--one", choices=("a", "b", "c"), help=argparse.SUPPRESS)
+    parser.add_argument("--weights-one", default="none", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:  # a child process of _fresh: --data is the image folder itself
+        row = _one(
+            args.one, args.backbones, args.weights_one, Path(args.data), args.size, args.batch_size
+        )
+        print(json.dumps(row))
+        return
 
     data = Path(args.data)
     folder = write_jpeg_folder(data / f"jpeg{args.size}-{args.images}", args.images, args.size)
@@ -214,14 +248,14 @@ def main() -> None:
         "speed": [],
         "memory": [],
     }
-    images = _decoded(folder, args.size)
     for backbone in [b for b in args.backbones.split(",") if b]:
         weights = _weights(backbone, args.weights_dir)
         runs: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
-        for _ in range(args.repeats):
-            runs["a"].append(model_only(backbone, weights, images, args.batch_size))
-            runs["b"].append(end_to_end(backbone, weights, folder, args.size, args.batch_size))
-            runs["c"].append(keras_reference(backbone, weights, folder, args.size, args.batch_size))
+        for _ in range(args.repeats):  # each run in a fresh process, interleaved a, b, c
+            for mode in "abc":
+                runs[mode].append(
+                    _fresh(mode, backbone, weights, folder, args.size, args.batch_size)
+                )
         a, b, c = (_median(runs[k]) for k in "abc")
         row = {
             "backbone": backbone,
@@ -241,7 +275,6 @@ def main() -> None:
             f"(load {b['load_seconds']:.1f} s)",
             flush=True,
         )
-    del images
     for count in [int(n) for n in args.memory.split(",") if n]:
         mem_folder = write_jpeg_folder(
             data / f"jpeg{args.memory_size}-{count}", count, args.memory_size
