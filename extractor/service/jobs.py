@@ -93,15 +93,7 @@ class DatasetJob:
 
     def progress(self, p: ExtractProgress) -> None:
         """Keep only the newest progress message, so a slow client never holds the job."""
-        message = pb.ExtractProgress(
-            done=p.done,
-            total=p.total,
-            embedded=p.embedded,
-            reused=p.reused,
-            bad=p.bad,
-            images_per_second=p.images_per_second,
-            seconds=p.seconds,
-        )
+        message = _message(p)
         with self._lock:
             fresh = self._latest is None
             self._latest = message
@@ -134,16 +126,33 @@ def _hold(
     return nullcontext() if budget is None else budget.hold(nbytes, what, wait, active)
 
 
+def _message(p: ExtractProgress, **summary: Any) -> Any:
+    """A progress message; the last one also carries ``summary`` fields."""
+    return pb.ExtractProgress(
+        done=p.done,
+        total=p.total,
+        embedded=p.embedded,
+        reused=p.reused,
+        bad=p.bad,
+        images_per_second=p.images_per_second,
+        seconds=p.seconds,
+        **summary,
+    )
+
+
 def _final(summary: ExtractSummary, output: str) -> Any:
     looked_at = summary.new + summary.reused + summary.bad
-    return pb.ExtractProgress(
-        done=looked_at,
-        total=looked_at,
-        embedded=summary.new,
-        reused=summary.reused,
-        bad=summary.bad,
-        images_per_second=summary.images_per_second,
-        seconds=summary.seconds,
+    done = ExtractProgress(
+        looked_at,
+        looked_at,
+        summary.new,
+        summary.reused,
+        summary.bad,
+        summary.seconds,
+        summary.images_per_second,
+    )
+    return _message(
+        done,
         finished=True,
         output=output,
         rows=summary.rows,

@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -333,9 +333,7 @@ def embed_contents(
     """
 
     def prepare(content: bytes | np.ndarray) -> np.ndarray:
-        if gate is None:
-            return decode_and_resize(content, model.image_size, resize, max_pixels)
-        with gate:
+        with gate or nullcontext():
             return decode_and_resize(content, model.image_size, resize, max_pixels)
 
     reasons: list[str | None] = []
@@ -402,9 +400,7 @@ class PoolEmbedder:
 
     def prepare(self, content: bytes | np.ndarray) -> np.ndarray:
         settings = self.settings
-        if self.gate is None:
-            return decode_and_resize(content, settings.image_size, settings.resize, self.max_pixels)
-        with self.gate:
+        with self.gate or nullcontext():
             return decode_and_resize(content, settings.image_size, settings.resize, self.max_pixels)
 
     def embed(self, prepared: list[np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
