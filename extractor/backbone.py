@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -207,6 +208,9 @@ class FeatureExtractor:
 
         embed.get_concrete_function()  # trace now, so that loading time includes it
         self._embed = embed
+        self._pixel_functions: dict[bool, Any] = {}
+        self.trace_seconds = 0.0
+        """Time spent tracing the uint8 graphs of :meth:`embed_pixels` (on first use)."""
 
     @staticmethod
     def _load_base(resolved: FeatureSettings, keras: Any) -> Any:
@@ -246,6 +250,49 @@ class FeatureExtractor:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Embed ``(N, H, W, 3)`` float32 images; returns ``(N, D)`` float32."""
         return np.asarray(self._embed(images), dtype=np.float32)
+
+    def embed_pixels(self, images: np.ndarray) -> np.ndarray:
+        """Embed a batch of decoded images: uint8 ``(N, h, w, 3)`` of any one size are
+        resized (with the settings' resize mode), cast and preprocessed inside the graph;
+        float32 images must already have the model's size. Returns ``(N, D)`` float32.
+
+        The same features as resizing each image with
+        :func:`~featcache.extractor.decode.resize_image` first, at a quarter of the memory
+        traffic and without one eager TensorFlow call per image.
+        """
+        if images.dtype != np.uint8:
+            return self(images)
+        same_size = tuple(images.shape[1:3]) == self.resolved.image_size
+        function = self._pixel_functions.get(same_size)
+        if function is None:
+            began = time.monotonic()
+            function = self._pixel_function(same_size)
+            self._pixel_functions[same_size] = function
+            self.trace_seconds += time.monotonic() - began
+        return np.asarray(function(images), dtype=np.float32)
+
+    def _pixel_function(self, same_size: bool) -> Any:
+        """The traced uint8 graph: cast (or resize) -> preprocess -> model."""
+        import tensorflow as tf
+
+        from .resize import resize_batch
+
+        height, width = self.resolved.image_size
+        mode = self.resolved.resize
+        preprocess = preprocess_function(self.resolved.preprocessing)
+        model = self.model
+        shape = [None, height, width, 3] if same_size else [None, None, None, 3]
+
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.uint8)])
+        def embed(images: Any) -> Any:
+            if same_size:
+                pixels = tf.cast(images, tf.float32)
+            else:
+                pixels = resize_batch(images, height, width, mode)
+            return model(preprocess(pixels), training=False)
+
+        embed.get_concrete_function()
+        return embed
 
 
 def _load_weights(model: Any, path: str) -> None:

@@ -124,16 +124,20 @@ def decode_and_resize(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """File bytes or an in-memory image to resized float32 ``(H, W, 3)`` pixels (0-255)."""
+    return resize_image(decode_pixels(content, max_pixels), size, resize)
+
+
+def decode_pixels(content: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """File bytes or an in-memory image to ``(H, W, 3)`` pixels, not resized: uint8 for
+    files, the array's own dtype for arrays."""
     if isinstance(content, np.ndarray):
         if content.ndim >= 2 and content.shape[0] * content.shape[1] > max_pixels:
             raise BadImageError(
                 f"array of {content.shape[0]}x{content.shape[1]} pixels is over the limit "
                 f"of {max_pixels}"
             )
-        pixels = array_to_rgb(content)
-    else:
-        pixels = decode_image(content, max_pixels)
-    return resize_image(pixels, size, resize)
+        return array_to_rgb(content)
+    return decode_image(content, max_pixels)
 
 
 def unreadable_reason(exc: OSError) -> str:

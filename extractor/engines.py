@@ -11,13 +11,14 @@ images to an actor pool instead.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Protocol
 
 import numpy as np
 
-from .backbone import FeatureExtractor, resolve_backbone
-from .decode import decode_and_resize
+from .backbone import FeatureExtractor, ensure_tensorflow_backend, resolve_backbone
+from .decode import decode_pixels, resize_image
 from .options import DEFAULT_MAX_PIXELS, ExtractOptions
 from .reader import Known, Prepared, read_items
 from .recorder import Recorder
@@ -116,32 +117,91 @@ class LocalEngine:
 
 
 class LocalEmbedder:
-    """The frozen backbone in this process, built on the first batch that needs it."""
+    """The frozen backbone in this process, built on the first batch that needs it.
+
+    Reader threads decode; images no larger than twice the model's input stay uint8 and
+    unresized when they share one size (the model's, or the first image's), and are
+    resized, cast and preprocessed in the model's graph a batch at a time. Others are
+    resized on the reader threads. Either way the features are those of
+    :func:`~.decode.decode_and_resize`.
+    """
 
     def __init__(self, config: BackboneConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.settings = resolve_backbone(config)
         self.max_pixels = max_pixels
-        self.load_seconds = 0.0
+        self.import_seconds = 0.0
+        """Time spent importing TensorFlow for this run (0 when it was already imported)."""
+        self.build_seconds = 0.0
         self._model: FeatureExtractor | None = None
+        self._import_lock = threading.Lock()
+        self._imported = False
+        self._common_size: tuple[int, int] | None = None
         if self.settings.spec is None:  # saved model: its input size is needed up front
             self.model()
+
+    @property
+    def load_seconds(self) -> float:
+        """Importing TensorFlow, building the backbone, loading weights and tracing."""
+        traced = self._model.trace_seconds if self._model is not None else 0.0
+        return self.import_seconds + self.build_seconds + traced
 
     def model(self) -> FeatureExtractor:
         """The feature extractor, built (and timed) on first use."""
         if self._model is None:
+            self._import_tensorflow()
             began = time.monotonic()
             self._model = FeatureExtractor(self.settings)
             self.settings = self._model.resolved
-            self.load_seconds = time.monotonic() - began
+            self.build_seconds = time.monotonic() - began
         return self._model
+
+    def _import_tensorflow(self) -> None:
+        """Import TensorFlow once, timed: a run that embeds nothing never pays for it."""
+        if self._imported:
+            return
+        with self._import_lock:
+            if not self._imported:
+                began = time.monotonic()
+                ensure_tensorflow_backend()
+                import tensorflow  # noqa: F401
+
+                self.import_seconds = time.monotonic() - began
+                self._imported = True
 
     @property
     def feature_dim(self) -> int:
         return self.model().feature_dim
 
     def prepare(self, content: bytes | np.ndarray) -> np.ndarray:
+        self._import_tensorflow()
         settings = self.settings
-        return decode_and_resize(content, settings.image_size, settings.resize, self.max_pixels)
+        pixels = decode_pixels(content, self.max_pixels)
+        if pixels.dtype == np.uint8 and self._batchable(pixels.shape):
+            return pixels
+        return resize_image(pixels, settings.image_size, settings.resize)
+
+    def _batchable(self, shape: tuple[int, ...]) -> bool:
+        """Whether an image of ``shape`` waits, uint8 and unresized, for the graph."""
+        size = (int(shape[0]), int(shape[1]))
+        target = self.settings.image_size
+        if size == target:
+            return True
+        if size[0] * size[1] > 2 * target[0] * target[1]:
+            return False  # resized on the reader thread: less memory in the window
+        if self._common_size is None:
+            self._common_size = size  # a race only makes a batch mixed, which is handled
+        return size == self._common_size
 
     def embed(self, prepared: list[np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
-        return self.model()(np.stack(prepared)), [None] * len(prepared)
+        model = self.model()
+        first = prepared[0]
+        if first.dtype == np.uint8 and all(
+            p.dtype == np.uint8 and p.shape == first.shape for p in prepared
+        ):
+            return model.embed_pixels(np.stack(prepared)), [None] * len(prepared)
+        size, mode = self.settings.image_size, self.settings.resize
+        images = [
+            p if p.dtype == np.float32 and p.shape[:2] == size else resize_image(p, size, mode)
+            for p in prepared
+        ]
+        return model(np.stack(images)), [None] * len(prepared)
