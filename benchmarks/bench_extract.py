@@ -200,6 +200,17 @@ def _fresh(mode: str, backbone: str, weights: str, folder: Path, size: int, batc
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _folder(data: Path, kind: str, images: int, size: int) -> Path:
+    """The image folder of one file kind (see ``--formats``)."""
+    if kind == "jpeg":
+        return write_jpeg_folder(data / f"jpeg{size}-{images}", images, size)
+    if kind == "png":
+        return write_jpeg_folder(data / f"png{size}-{images}", images, size, fmt="PNG")
+    if kind == "native":
+        return write_jpeg_folder(data / f"native28-{images}", images, 28, fmt="PNG")
+    raise SystemExit(f"--formats {kind!r}: expected jpeg, png or native")
+
+
 def _median(runs: list[dict]) -> dict:
     """The run with the median rate, plus every run's rate."""
     ordered = sorted(runs, key=lambda r: r["images_per_second"])
@@ -218,6 +229,12 @@ def main() -> None:
         help="runs of (a), (b), (c), interleaved; the median is reported",
     )
     parser.add_argument("--backbones", default="mobilenet,resnet50")
+    parser.add_argument(
+        "--formats",
+        default="jpeg",
+        help="image files to read: jpeg, png (Fashion-MNIST upscaled to --size px), and "
+        "native (28 px PNGs, resized to --size by extract)",
+    )
     parser.add_argument("--weights-dir", default=os.environ.get("FEATCACHE_WEIGHTS_DIR"))
     parser.add_argument(
         "--memory", default="2000,20000", help="image counts for the peak-memory runs ('' to skip)"
@@ -238,7 +255,6 @@ def main() -> None:
         return
 
     data = Path(args.data)
-    folder = write_jpeg_folder(data / f"jpeg{args.size}-{args.images}", args.images, args.size)
     results: dict = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
@@ -248,7 +264,15 @@ def main() -> None:
         "speed": [],
         "memory": [],
     }
-    for backbone in [b for b in args.backbones.split(",") if b]:
+    cases = [
+        (backbone, kind)
+        for backbone in args.backbones.split(",")
+        if backbone
+        for kind in args.formats.split(",")
+        if kind
+    ]
+    for backbone, kind in cases:
+        folder = _folder(data, kind, args.images, args.size)
         weights = _weights(backbone, args.weights_dir)
         runs: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
         for _ in range(args.repeats):  # each run in a fresh process, interleaved a, b, c
@@ -259,6 +283,7 @@ def main() -> None:
         a, b, c = (_median(runs[k]) for k in "abc")
         row = {
             "backbone": backbone,
+            "files": kind,
             "weights": Path(weights).name,
             "model_only": a,
             "extract": b,
@@ -269,7 +294,7 @@ def main() -> None:
         }
         results["speed"].append(row)
         print(
-            f"{backbone:>12}: model {a['images_per_second']:.1f}/s, extract "
+            f"{backbone:>12} {kind:>6}: model {a['images_per_second']:.1f}/s, extract "
             f"{b['images_per_second']:.1f}/s, keras {c['images_per_second']:.1f}/s, "
             f"b/a {row['b_over_a']:.2f}, b/c {row['b_over_c']:.2f} "
             f"(load {b['load_seconds']:.1f} s)",

@@ -35,13 +35,21 @@ def load_fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray, li
 
 
 def write_jpeg_folder(
-    out: Path, count: int, size: int, split: str = "train", offset: int = 0, quality: int = 90
+    out: Path,
+    count: int,
+    size: int,
+    split: str = "train",
+    offset: int = 0,
+    quality: int = 90,
+    fmt: str = "JPEG",
 ) -> Path:
-    """``count`` Fashion-MNIST images upscaled (bicubic) to ``size`` px RGB JPEGs in class folders.
+    """``count`` Fashion-MNIST images upscaled (bicubic) to ``size`` px RGB JPEGs (or ``fmt``:
+    PNG) in class folders.
 
     Reuses the folder when it already holds exactly these files.
     """
-    marker = out / f".complete-{count}-{size}-{split}-{offset}-{quality}"
+    suffix = "" if fmt == "JPEG" else f"-{fmt.lower()}"
+    marker = out / f".complete-{count}-{size}-{split}-{offset}-{quality}{suffix}"
     if marker.exists():
         return out
     images, labels, names = load_fashion_mnist(split)
@@ -51,6 +59,7 @@ def write_jpeg_folder(
         folder = out / names[int(labels[i])]
         folder.mkdir(parents=True, exist_ok=True)
         image = Image.fromarray(images[i]).resize((size, size), Image.BICUBIC).convert("RGB")
-        image.save(folder / f"{split}_{i:05d}.jpg", quality=quality)
+        ext = "jpg" if fmt == "JPEG" else fmt.lower()
+        image.save(folder / f"{split}_{i:05d}.{ext}", format=fmt, quality=quality)
     marker.touch()
     return out
