@@ -161,6 +161,12 @@ def main() -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
 @click.option(
+    "--rehash",
+    is_flag=True,
+    help="Read and hash every file; by default a cached file whose size, mtime, ctime and "
+    "inode are unchanged is not read again.",
+)
+@click.option(
     "--remote",
     metavar="HOST:PORT",
     default=None,

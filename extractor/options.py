@@ -177,6 +177,9 @@ class ExtractOptions:
     labels: str | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     overwrite: bool = False
+    rehash: bool = False
+    """Read and hash every file; by default a file whose size, mtime, ctime and inode are
+    those recorded with its cached row reuses the row unread."""
     workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS

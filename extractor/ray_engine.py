@@ -101,7 +101,8 @@ class RayEngine:
     def run(
         self, dataset: Dataset, known: Known, recorder: Recorder, options: ExtractOptions
     ) -> None:
-        """Hash here, embed the new images on Ray, hand every shard to the recorder."""
+        """Hash here (the files whose stat changed), embed the new images on Ray, hand
+        every shard to the recorder."""
         reads = read_items(dataset, known, options.threads, options.window)
         pending = list(recorder.triage(reads))
         pending = self._still_bad(dataset, pending, recorder)

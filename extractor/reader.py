@@ -1,7 +1,8 @@
 """The read stage: read, hash and (optionally) decode a dataset's images on threads.
 
 Every engine reads through here: the local engine decodes on the reader threads, the Ray
-engine hashes here and decodes on its actors with :func:`read_one` too.
+engine hashes here and decodes on its actors with :func:`read_one` too. A file whose cached
+row was recorded with the stat it still has is not read at all (:class:`Known`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .decode import decode_or_reason, unreadable_reason
+from .known import Known
 from .sources import Dataset, Item
+
+__all__ = ["Known", "Prepared", "ordered_map", "read_items", "read_one"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-Known = dict[str, tuple[str, str | None]]
-"""Path -> (SHA-256, class name) of the rows already cached."""
 
 
 @dataclass
@@ -45,16 +46,24 @@ def read_one(
 ) -> Prepared:
     """Read and hash one item; ``reused`` when cached unchanged, else ``prepare``d.
 
-    Failures (unreadable, undecodable, out of memory) become ``reason``; nothing here
-    raises for a bad file.
+    With ``known``, an item whose file has the stat recorded with its row is reused
+    without being read (unless ``known.rehash``); every file read is noted in ``known``
+    with the stat it had before reading. Failures (unreadable, undecodable, out of memory)
+    become ``reason``; nothing here raises for a bad file.
     """
+    stat = None
+    if known is not None:
+        stat = dataset.stat(item)
+        cached = known.unchanged(item, stat)
+        if cached is not None:
+            return Prepared(item, cached, reused=True)
     try:
         content, sha = dataset.read(item)
     except OSError as exc:
         return Prepared(item, reason=unreadable_reason(exc))
     except MemoryError:  # a huge file or array row: this file is bad, the run goes on
         return Prepared(item, reason="unreadable: out of memory")
-    if known is not None and known.get(item.path) == (sha, item.class_name):
+    if known is not None and known.saw(item, sha, stat):
         return Prepared(item, sha, reused=True)
     if prepare is None:
         return Prepared(item, sha)

@@ -138,7 +138,7 @@ def _run(
         options.overwrite,
         options.checkpoint_seconds,
     )
-    known = writer.index()
+    known = writer.index(options.rehash)
     removed = [p for p in known if p not in order]
     writer.drop(removed)
     writer.forget_bad(order)

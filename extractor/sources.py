@@ -7,6 +7,8 @@ Hostile entries never stop a run: a name that is not valid UTF-8 (the cache stor
 paths) is listed under a printable escaped path and reported bad; only regular files are
 read (a FIFO, socket or device named like an image is reported bad, never opened
 blocking); ``.npy`` images over ``max_pixels`` and labels out of range are refused up front.
+
+:meth:`Dataset.stat` is what a rerun looks at instead of reading a cached file again.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from .decode import IMAGE_EXTENSIONS, UnusableFileError
+from .known import FileStat
 from .options import DEFAULT_MAX_PIXELS, MAX_CLASSES
 from .splits import SPLIT_FOLDERS
 
@@ -58,6 +61,25 @@ class Dataset:
     unusable: dict[str, str] = field(default_factory=dict)
     """Listed paths that are never read, with their bad-file reason (names that are not
     valid UTF-8, listed under :func:`printable_path`)."""
+    array_stat: FileStat | None = None
+    """The ``.npy`` file's stat, taken before it was opened (the stat of every row)."""
+
+    def stat(self, item: Item) -> FileStat | None:
+        """The stat of the file :meth:`read` would read (the ``.npy`` file for array rows),
+        without reading it; None when :meth:`read` would refuse it or it cannot be
+        stat'ed (reading it then says why)."""
+        if self._array is not None:
+            return self.array_stat
+        if item.path in self.unusable:
+            return None
+        path = self.root / item.path
+        if self.confine is not None and not is_within(path, self.confine):
+            return None
+        try:
+            result = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        return FileStat.of(result) if stat.S_ISREG(result.st_mode) else None
 
     def read(self, item: Item) -> tuple[bytes | np.ndarray, str]:
         """Raw content (file bytes, or the array row) and its SHA-256 hex digest.
@@ -305,6 +327,8 @@ def _sibling_labels(images: Path) -> Path | None:
 
 def _scan_npy(path: Path, labels: str | None, confine: Path | None, max_pixels: int) -> Dataset:
     try:
+        # before opening: a change after this stat shows in the next run's stat
+        array_stat = FileStat.of(os.stat(path))
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise DatasetError(f"{path}: not a readable .npy array ({exc})") from None
@@ -346,7 +370,7 @@ def _scan_npy(path: Path, labels: str | None, confine: Path | None, max_pixels: 
         items.append(
             Item(array_row_path(path.name, i), names[label] if label >= 0 else None, None, i)
         )
-    return Dataset(path, "npy", items, names, 0, array)
+    return Dataset(path, "npy", items, names, 0, array, array_stat=array_stat)
 
 
 def _check_labels(path: Path, values: np.ndarray) -> None:

@@ -106,6 +106,6 @@ def test_newer_format_version_is_refused(class_folder, tmp_path):
     out = tmp_path / "c.h5"
     extract(class_folder, output=out, **TINY)
     with h5py.File(out, "r+") as f:
-        f.attrs["format_version"] = 2
+        f.attrs["format_version"] = 3
     result = CliRunner().invoke(main, ["inspect", str(out)])
     assert result.exit_code == 2 and "newer than this featcache reads" in result.output

@@ -25,6 +25,7 @@ from featcache import CacheReader, extract, read_cache
 from featcache.cli import main
 from featcache.errors import CacheError
 from featcache.extractor.cache import writer as cache_writer
+from featcache.extractor.cache.format import FILE_STAT_DATASETS, ROW_DATASETS
 from helpers import TINY, cache_rows, make_class_folder, write_image
 
 CLI_TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "-q"]
@@ -184,7 +185,7 @@ def test_a_checkpoint_with_rows_missing_everywhere_is_refused(class_folder, tmp_
     def short(self, tmp):
         rows = real(self, tmp)
         with h5py.File(tmp, "r+") as f:
-            for name in ("features", "labels", "paths", "sha256", "split"):
+            for name in (*ROW_DATASETS, *FILE_STAT_DATASETS):
                 f[name].resize(f[name].shape[0] - 1, axis=0)
             f.attrs["rows"] = f["paths"].shape[0]
         return rows

@@ -1,4 +1,7 @@
-"""The HDF5 cache file, format version 1: constants and opening a file safely.
+"""The HDF5 cache file, format version 2: constants and opening a file safely.
+
+Version 2 added the ``file_*`` row datasets (:data:`FILE_STAT_DATASETS`); version 1 files
+are read as they are and gain them when next written.
 
 Only the cache package (this module, :mod:`.reader` and :mod:`.writer`) opens HDF5 files.
 """
@@ -18,10 +21,24 @@ import numpy as np
 from ...errors import CacheError, FeatcacheError
 
 FORMAT = "featcache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STRING = h5py.string_dtype("utf-8")
 ROW_DATASETS = ("features", "labels", "paths", "sha256", "split")
-"""The datasets with one entry per row."""
+"""The datasets with one entry per row (in every version)."""
+FILE_STAT_DATASETS = {
+    "file_size": "size",
+    "file_mtime_ns": "mtime_ns",
+    "file_ctime_ns": "ctime_ns",
+    "file_inode": "inode",
+}
+"""Row datasets of format version 2 -> field of :data:`FILE_STAT_DTYPE`: the stat of each
+row's file (of the ``.npy`` file for array rows) taken before it was hashed; a rerun
+reuses rows whose file still has it without reading the file."""
+FILE_STAT_DTYPE = np.dtype(
+    [("size", "<i8"), ("mtime_ns", "<i8"), ("ctime_ns", "<i8"), ("inode", "<u8")]
+)
+UNKNOWN_STAT = (-1, -1, -1, 0)
+"""The stat of a row whose file was not stat'ed (rows of version 1 files): never matches."""
 OVERWRITE_HINT = "overwrite replaces it (--overwrite)"
 _READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError)
 """What h5py raises on a file whose bytes are not what it expects."""
@@ -98,7 +115,14 @@ def layout_problem(handle: h5py.File, rows: int | None = None) -> str | None:
         want = 2 if name == "features" else 1
         if handle[name].ndim != want:
             return f"{name} is {handle[name].ndim}-D, not {want}-D"
-    counts = {name: int(handle[name].shape[0]) for name in ROW_DATASETS}
+    stat_names = [name for name in FILE_STAT_DATASETS if name in handle]
+    if stat_names or int(handle.attrs.get("format_version", 0)) >= 2:
+        for name in FILE_STAT_DATASETS:
+            if not isinstance(handle.get(name), h5py.Dataset):
+                return f"no {name} dataset"
+            if handle[name].ndim != 1:
+                return f"{name} is {handle[name].ndim}-D, not 1-D"
+    counts = {name: int(handle[name].shape[0]) for name in (*ROW_DATASETS, *stat_names)}
     if len(set(counts.values())) > 1:
         return "datasets of different lengths: " + ", ".join(
             f"{name} {n}" for name, n in counts.items()
@@ -150,6 +174,18 @@ def open_h5(path: str | os.PathLike[str]) -> h5py.File:
         handle.close()
         raise
     return handle
+
+
+def file_stats(handle: h5py.File) -> np.ndarray:
+    """The ``file_*`` datasets as one :data:`FILE_STAT_DTYPE` array (every row unknown in a
+    version 1 file, which has none)."""
+    rows = int(handle["paths"].shape[0])
+    out = np.empty(rows, FILE_STAT_DTYPE)
+    out[:] = UNKNOWN_STAT
+    if all(name in handle for name in FILE_STAT_DATASETS):
+        for name, column in FILE_STAT_DATASETS.items():
+            out[column] = handle[name][:]
+    return out
 
 
 def strings(dataset: Any) -> list[str]:

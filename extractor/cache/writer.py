@@ -6,6 +6,10 @@ it to disk and renames it over the old one. A process killed at any moment there
 leaves either the previous checkpoint or the new one, never a torn file; a checkpoint
 that fails (a full disk, a copy that did not come out whole) leaves the previous file
 as it was and raises :class:`CacheError`.
+
+Each row records the stat its file had when it was hashed (``file_*`` datasets): for new
+rows the one the read stage noted with the hash (:class:`~..known.Known`), for reused rows
+whose content was hashed again under another stat, that one.
 """
 
 from __future__ import annotations
@@ -27,13 +31,18 @@ import h5py
 import numpy as np
 
 from ...errors import CacheError, SettingsMismatchError
+from ..known import FileStat, Known
 from ..options import DEFAULT_CHECKPOINT_SECONDS
 from ..settings import CacheSettings
 from .format import (
+    FILE_STAT_DATASETS,
+    FILE_STAT_DTYPE,
     FORMAT,
     FORMAT_VERSION,
     STRING,
+    UNKNOWN_STAT,
     damaged,
+    file_stats,
     first_line,
     guarded,
     is_disk_full,
@@ -57,6 +66,7 @@ class _Pending:
     sha256: list[str] = field(default_factory=list)
     classes: list[str | None] = field(default_factory=list)
     split: list[int] = field(default_factory=list)
+    stats: list[tuple[int, int, int, int]] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)
     nbytes: int = 0
 
@@ -96,7 +106,9 @@ class CacheWriter:
         self.base_sha: list[str] = []
         self.base_split = np.zeros(0, np.uint8)
         self.base_labels = np.zeros(0, np.int32)
+        self.base_stats = np.zeros(0, FILE_STAT_DTYPE)
         self.bad: dict[str, str] = {}
+        self._known: Known | None = None
         self._base_classes: list[str] = list(class_names)
         self._has_base = self.path.exists() and not overwrite
         if self._has_base:
@@ -120,17 +132,51 @@ class CacheWriter:
             self.base_sha = [v.decode() for v in handle["sha256"][:]]
             self.base_split = handle["split"][:].astype(np.uint8)
             self.base_labels = handle["labels"][:].astype(np.int32)
+            self.base_stats = file_stats(handle)
             self._base_classes = json.loads(handle.attrs.get("class_names", "[]"))
             self.bad = dict(zip(strings(handle["bad/paths"]), strings(handle["bad/reasons"])))
 
     # -- bookkeeping -----------------------------------------------------------------
 
-    def index(self) -> dict[str, tuple[str, str | None]]:
-        """Path -> (SHA-256, class name) of the rows already in the file."""
-        return {
+    def index(self, rehash: bool = False) -> Known:
+        """Path -> (SHA-256, class name) of the rows already in the file, with the stats
+        recorded for them; the stats the read stage notes in it are written with the rows.
+        ``rehash``: files are read and hashed whatever their stat."""
+        rows = {
             path: (sha, self._base_classes[label] if label >= 0 else None)
             for path, sha, label in zip(self.base_paths, self.base_sha, self.base_labels.tolist())
         }
+        stats = {
+            path: FileStat(*stat)
+            for path, stat in zip(self.base_paths, self.base_stats.tolist())
+            if stat[0] >= 0
+        }
+        self._known = Known(rows, stats, rehash)
+        return self._known
+
+    def _stat_of(self, path: str, sha256: str) -> tuple[int, int, int, int]:
+        """The stat noted when this content of ``path`` was hashed (unknown if none was)."""
+        noted = self._known.hashed.pop(path, None) if self._known is not None else None
+        if noted is None or noted[0] != sha256:  # (Ray's actors hash their own read)
+            return UNKNOWN_STAT
+        stat = noted[1]
+        return (stat.size, stat.mtime_ns, stat.ctime_ns, stat.inode)
+
+    def _take_confirmed(self) -> None:
+        """Record the stats under which cached rows were hashed again to the same content."""
+        if self._known is None:
+            return
+        confirmed = self._known.confirmed
+        while confirmed:
+            try:  # popitem is atomic: reader threads may add entries meanwhile
+                path, (sha, stat) = confirmed.popitem()
+            except KeyError:
+                break
+            row = self._base_rows.get(path)
+            if row is None or not self.keep[row] or self.base_sha[row] != sha:
+                continue
+            self.base_stats[row] = (stat.size, stat.mtime_ns, stat.ctime_ns, stat.inode)
+            self._dirty = True
 
     def drop(self, paths: Iterable[str]) -> None:
         """Drop existing rows (deleted or changed files)."""
@@ -149,6 +195,8 @@ class CacheWriter:
 
     def set_bad(self, path: str, reason: str | None) -> None:
         """Record (or, with None, clear) why a file could not be used."""
+        if reason is not None and self._known is not None:
+            self._known.hashed.pop(path, None)
         if self.bad.get(path) != reason:
             self._dirty = True
             if reason is None:
@@ -178,6 +226,7 @@ class CacheWriter:
         pending.sha256 += sha256
         pending.classes += classes
         pending.split += split
+        pending.stats += [self._stat_of(path, sha) for path, sha in zip(paths, sha256)]
         pending.features.append(stored)
         pending.nbytes += stored.nbytes
         self._dirty = True
@@ -196,6 +245,7 @@ class CacheWriter:
 
     def commit(self, final: bool = False) -> bool:
         """Write everything so far as the new cache file; False when nothing changed."""
+        self._take_confirmed()
         if self._has_base and not self._dirty and not self._rewrite:
             if not final or self._in_order():
                 return False
@@ -269,6 +319,7 @@ class CacheWriter:
             self.base_sha = [v.decode() for v in handle["sha256"][:]]
             self.base_split = handle["split"][:].astype(np.uint8)
             self.base_labels = handle["labels"][:].astype(np.int32)
+            self.base_stats = file_stats(handle)
         self.keep = np.ones(len(self.base_paths), dtype=bool)
         self._base_rows = {path: row for row, path in enumerate(self.base_paths)}
         self._pending = _Pending()
@@ -332,6 +383,23 @@ class CacheWriter:
                 fletcher32=name != "paths",  # HDF5 filters no variable-length strings
             )
 
+    def _write_stats(self, handle: h5py.File, stats: np.ndarray) -> None:
+        """The ``file_*`` datasets, made or resized to hold ``stats`` (a version 1 file
+        being appended to has none yet)."""
+        for name, column in FILE_STAT_DATASETS.items():
+            if name in handle:
+                handle[name].resize(len(stats), axis=0)
+            else:
+                handle.create_dataset(
+                    name,
+                    shape=(len(stats),),
+                    dtype=FILE_STAT_DTYPE[column],
+                    maxshape=(None,),
+                    chunks=(4096,),
+                    fletcher32=True,
+                )
+            handle[name][:] = stats[column]
+
     def _write_fresh(self, tmp: Path) -> int:
         """Rewrite the whole file in dataset order: kept old rows merged with new rows.
         Returns the number of rows written."""
@@ -362,12 +430,14 @@ class CacheWriter:
             all_sha = [self.base_sha[i] for i in kept] + pending.sha256
             all_classes = old_classes + pending.classes
             all_split = np.concatenate([self.base_split[kept], np.asarray(pending.split, np.uint8)])
+            all_stats = np.concatenate([self.base_stats[kept], self._pending_stats()])
             with _writing(tmp, "w") as out:
                 self._create(out, rows)
                 out["labels"][:] = self._labels(all_classes[i] for i in order)
                 out["paths"][:] = [all_paths[i] for i in order]
                 out["sha256"][:] = np.asarray([all_sha[i] for i in order], dtype="S64")
                 out["split"][:] = all_split[order]
+                self._write_stats(out, all_stats[order])
                 step = max(1, _COPY_CHUNK_BYTES // max(1, self.feature_dim * 4))
                 for start in range(0, rows, step):
                     picks = order[start : start + step]
@@ -405,6 +475,7 @@ class CacheWriter:
                     out["paths"][start:end] = pending.paths
                     out["sha256"][start:end] = np.asarray(pending.sha256, dtype="S64")
                     out["split"][start:end] = np.asarray(pending.split, np.uint8)
+                self._write_stats(out, np.concatenate([self.base_stats, self._pending_stats()]))
                 self._write_bad(out)
                 self._root_attrs(out, start + len(pending.paths))
         except (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
@@ -412,6 +483,9 @@ class CacheWriter:
                 raise
             raise damaged(self.path, first_line(exc)) from None
         return rows
+
+    def _pending_stats(self) -> np.ndarray:
+        return np.asarray(self._pending.stats, FILE_STAT_DTYPE).reshape(-1)
 
 
 @contextmanager
