@@ -18,7 +18,7 @@ import click
 
 from .errors import FeatcacheError, InvalidOptionError
 from .extractor import options as extract_defaults
-from .extractor.options import DTYPES, ENGINES, POOLING_MODES, RESIZE_MODES
+from .extractor.options import DTYPES, ENGINES, POOLING_MODES, PRECISIONS, RESIZE_MODES
 from .extractor.service.options import ServeOptions
 from .heads import options as head_defaults
 from .heads.options import AUGMENTATIONS, EXPORT_FORMATS, HEAD_KINDS, MONITORS, OPTIMIZERS
@@ -124,6 +124,14 @@ def main() -> None:
     default=extract_defaults.DEFAULT_DTYPE,
     show_default=True,
     help="Storage type of the features.",
+)
+@click.option(
+    "--precision",
+    metavar="|".join(PRECISIONS),
+    default=extract_defaults.DEFAULT_PRECISION,
+    show_default=True,
+    help="Compute precision of the backbone (Keras mixed precision); features stay float32 "
+    "(stored as --dtype).",
 )
 @click.option(
     "--split",
@@ -302,6 +310,7 @@ def inspect_command(cache: str, as_json: bool) -> None:
         "pooling",
         "layer",
         "preprocessing",
+        "precision",
         "split_source",
         "split_ratios",
         "seed",
@@ -310,7 +319,8 @@ def inspect_command(cache: str, as_json: bool) -> None:
         "created",
         "updated",
     ):
-        click.echo(f"  {key:<14} {settings.get(key, '')}")
+        shown = settings.get(key, "float32" if key == "precision" else "")  # older caches
+        click.echo(f"  {key:<14} {shown}")
     splits = info["splits"]
     click.echo(f"  {'class':<24} {'train':>7} {'val':>7} {'test':>7} {'total':>7}")
     for row in info["classes"]:
@@ -663,6 +673,8 @@ def fine_tune_command(cache: str, as_json: bool, **options: Any) -> None:
         f"{len(report['unfrozen_layers'])} layers trained, {report['epochs_run']} epochs, "
         f"{report['fit_seconds']:.0f} s"
     )
+    if report.get("cache_precision", "float32") != "float32":
+        click.echo(f"  trained in float32 (the cache's features are {report['cache_precision']})")
     for path, reason in result.skipped[:10]:
         click.echo(f"  skipped: {path}: {reason}")
 

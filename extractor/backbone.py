@@ -22,6 +22,7 @@ from ..errors import InvalidOptionError, WeightsError
 from .options import (
     NAMED_WEIGHTS,
     POOLING_MODES,
+    PRECISIONS,
     RESIZE_MODES,
     check_choice,
     check_seed,
@@ -33,6 +34,8 @@ from .settings import BackboneConfig, FeatureSettings
 _MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 _BUILD_LOCK = threading.Lock()
 """Model building uses Keras's global random state (seeded for random weights): one at a time."""
+_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+"""Keras dtype policy of each reduced ``precision`` (float32 variables, 16-bit compute)."""
 
 
 def ensure_tensorflow_backend() -> None:
@@ -82,6 +85,7 @@ def resolve_backbone(config: BackboneConfig) -> FeatureSettings:
     check_seed(config.seed)
     check_choice("pooling", config.pooling, POOLING_MODES)
     check_choice("resize", config.resize, RESIZE_MODES)
+    check_choice("precision", config.precision, PRECISIONS)
     spec: BackboneSpec | None = None
     backbone_sha = ""
     if is_model_file(config.backbone):
@@ -114,6 +118,7 @@ def resolve_backbone(config: BackboneConfig) -> FeatureSettings:
         config.layer or "",
         preprocessing,
         config.seed,
+        precision=config.precision,
         spec=spec,
     )
 
@@ -214,6 +219,23 @@ class FeatureExtractor:
 
     @staticmethod
     def _load_base(resolved: FeatureSettings, keras: Any) -> Any:
+        """The backbone, built under ``resolved.precision``'s dtype policy (the caller holds
+        ``_BUILD_LOCK``; Keras keeps the policy per thread, and it is restored here)."""
+        policy = _POLICIES.get(resolved.precision)
+        if policy is None:
+            return FeatureExtractor._build_base(resolved, keras)
+        before = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(policy)
+        try:
+            base = FeatureExtractor._build_base(resolved, keras)
+            if resolved.spec is None:  # a saved model's layers keep the dtype they were saved with
+                base = _with_policy(base, policy, resolved.precision, keras)
+            return base
+        finally:
+            keras.config.set_dtype_policy(before)
+
+    @staticmethod
+    def _build_base(resolved: FeatureSettings, keras: Any) -> Any:
         if resolved.weights == "none":
             keras.utils.set_random_seed(resolved.seed)
         if resolved.spec is None:
@@ -302,6 +324,28 @@ def _load_weights(model: Any, path: str) -> None:
         raise WeightsError(f"could not load weights {path}: {exc}") from None
 
 
+def _with_policy(model: Any, policy: str, precision: str, keras: Any) -> Any:
+    """A copy of a saved model whose float32 layers compute under ``policy``, with its weights."""
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        if getattr(layer.dtype_policy, "name", "") == "float32":
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    try:
+        copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+        copy.set_weights(model.get_weights())
+    except Exception as exc:  # noqa: BLE001 - subclassed models and custom layers vary
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidOptionError(
+            f"precision {precision!r}: could not rebuild saved model {model.name} under "
+            f"{policy} ({text}); use precision float32",
+            "precision",
+        ) from None
+    return copy
+
+
 def _tap_layer(base: Any, layer: str, keras: Any) -> Any:
     if not layer:
         return base
@@ -314,23 +358,27 @@ def _tap_layer(base: Any, layer: str, keras: Any) -> Any:
 
 
 def _pool(output: Any, pooling: str, keras: Any) -> Any:
+    """Pooled features, as float32 whatever the backbone's precision (these layers are made
+    with the float32 dtype policy and cast their input)."""
     rank = len(output.shape)
     if rank == 2:
-        return output
+        if output.dtype == "float32":
+            return output
+        return keras.layers.Activation("linear", dtype="float32", name="featcache_float32")(output)
     if pooling == "none":
-        return keras.layers.Flatten(name="featcache_flatten")(output)
+        return keras.layers.Flatten(dtype="float32", name="featcache_flatten")(output)
     if rank == 4:
         layer = (
             keras.layers.GlobalAveragePooling2D
             if pooling == "avg"
             else keras.layers.GlobalMaxPooling2D
         )
-        return layer(name=f"featcache_{pooling}_pool")(output)
+        return layer(dtype="float32", name=f"featcache_{pooling}_pool")(output)
     if rank == 3:
         layer = (
             keras.layers.GlobalAveragePooling1D
             if pooling == "avg"
             else keras.layers.GlobalMaxPooling1D
         )
-        return layer(name=f"featcache_{pooling}_pool")(output)
-    return keras.layers.Flatten(name="featcache_flatten")(output)
+        return layer(dtype="float32", name=f"featcache_{pooling}_pool")(output)
+    return keras.layers.Flatten(dtype="float32", name="featcache_flatten")(output)

@@ -46,6 +46,11 @@ target aspect ratio, then resize (Keras ``crop_to_aspect_ratio``). See :mod:`.re
 POOLING_MODES = ("avg", "max", "none")
 """``avg``/``max``: global pooling of the feature map; ``none``: the flattened map."""
 DTYPES = ("float32", "float16")
+PRECISIONS = ("float32", "bfloat16", "float16")
+"""Compute precision of the backbone: ``bfloat16``/``float16`` build it under Keras's
+``mixed_bfloat16``/``mixed_float16`` policy (weights stay float32); features come out float32
+either way and are stored as ``dtype``."""
+DEFAULT_PRECISION = "float32"
 ENGINES = ("local", "ray")
 
 
@@ -172,6 +177,8 @@ class ExtractOptions:
     resize: str = DEFAULT_RESIZE
     preprocessing: str = DEFAULT_PREPROCESSING
     dtype: str = DEFAULT_DTYPE
+    precision: str = DEFAULT_PRECISION
+    """Compute precision of the backbone (see :data:`PRECISIONS`); not the storage type."""
     split: str | tuple[float, ...] = DEFAULT_SPLIT
     seed: int = DEFAULT_SEED
     labels: str | None = None
@@ -195,6 +202,7 @@ class ExtractOptions:
         check_choice("resize", self.resize, RESIZE_MODES)
         check_choice("pooling", self.pooling, POOLING_MODES)
         check_choice("dtype", self.dtype, DTYPES)
+        check_choice("precision", self.precision, PRECISIONS)
         check_choice("engine", self.engine, ENGINES)
         check_seed(self.seed)
         parse_image_size(self.image_size)

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import SettingsMismatchError
 from .options import (
     DEFAULT_POOLING,
+    DEFAULT_PRECISION,
     DEFAULT_PREPROCESSING,
     DEFAULT_RESIZE,
     DEFAULT_SEED,
@@ -61,6 +62,8 @@ class BackboneConfig:
     seed: int = DEFAULT_SEED
     """Seeds random weights (``weights="none"``) so that reruns give equal features."""
     resize: str = DEFAULT_RESIZE
+    precision: str = DEFAULT_PRECISION
+    """Compute precision: ``float32``, ``bfloat16`` or ``float16`` (features stay float32)."""
 
     @classmethod
     def of(cls, options: ExtractOptions) -> BackboneConfig:
@@ -91,6 +94,9 @@ class FeatureSettings:
     pad_version: int = field(default=PAD_VERSION, kw_only=True)
     """How ``pad`` resizing was computed (see :data:`~.options.PAD_VERSION`); caches and
     heads from before it was recorded read as 1."""
+    precision: str = field(default=DEFAULT_PRECISION, kw_only=True)
+    """Compute precision of the backbone (``float32``, ``bfloat16``, ``float16``); caches and
+    heads from before it was recorded read as ``float32``."""
     spec: BackboneSpec | None = field(default=None, compare=False, repr=False, kw_only=True)
     """The registry entry; None for a saved model."""
 
@@ -109,6 +115,8 @@ class FeatureSettings:
             out["seed"] = self.seed
         if resize and self.resize == "pad" and self.pad_version != 1:
             out["pad_version"] = self.pad_version  # version 1 caches keep their fingerprint
+        if self.precision != DEFAULT_PRECISION:
+            out["precision"] = self.precision  # float32 caches keep their fingerprint
         return out
 
     def model_key(self) -> str:
@@ -143,6 +151,10 @@ class FeatureSettings:
                 f"pad resize version {pads[0]} ({ours}) vs {pads[1]} ({theirs}): version 1 "
                 "(featcache before the exact pad box) is off by a pixel for some sizes; "
                 "extract again"
+            )
+        if self.precision != other.precision:
+            out.append(
+                f"precision {_show(self.precision)} ({ours}) vs {_show(other.precision)} ({theirs})"
             )
         return out
 
@@ -248,6 +260,7 @@ class CacheSettings(FeatureSettings):
             "seed": int(self.seed),
             "dataset_root": self.dataset_root,
             "pad_version": int(self.pad_version),
+            "precision": self.precision,
             "fingerprint": self.fingerprint,
         }
 
@@ -295,6 +308,7 @@ def _common(values: Mapping[str, Any]) -> dict[str, Any]:
         "preprocessing": _text(values, "preprocessing"),
         "seed": int(_plain(values.get("seed", 0)) or 0),
         "pad_version": int(_plain(values.get("pad_version", 1)) or 1),
+        "precision": _text(values, "precision") or DEFAULT_PRECISION,
     }
 
 

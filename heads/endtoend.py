@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,11 @@ class EndToEnd:
     image_size: tuple[int, int]
 
 
-def rebuild_backbone(settings: FeatureSettings | Mapping[str, Any]) -> FeatureExtractor:
-    """The feature extractor a cache (or a head's ``cache_settings``) was made with.
+def rebuild_backbone(
+    settings: FeatureSettings | Mapping[str, Any], precision: str | None = None
+) -> FeatureExtractor:
+    """The feature extractor a cache (or a head's ``cache_settings``) was made with, in
+    the cache's compute precision unless ``precision`` says otherwise.
 
     Refuses (:class:`SettingsMismatchError`) a weights file or saved model whose bytes
     changed since, or anything else that would give other features now.
@@ -43,6 +46,8 @@ def rebuild_backbone(settings: FeatureSettings | Mapping[str, Any]) -> FeatureEx
         if isinstance(settings, FeatureSettings)
         else FeatureSettings.from_mapping(settings)
     )
+    if precision is not None:
+        recorded = replace(recorded, precision=precision)
     config = BackboneConfig(
         recorded.backbone,
         "imagenet" if recorded.weights == "embedded" else recorded.weights,  # a saved model's
@@ -52,6 +57,7 @@ def rebuild_backbone(settings: FeatureSettings | Mapping[str, Any]) -> FeatureEx
         recorded.preprocessing,
         recorded.seed,
         recorded.resize,
+        recorded.precision,
     )
     what = f"{recorded.backbone} changed since the cache was made; its features would not match"
     now = resolve_backbone(config)
@@ -65,10 +71,12 @@ def build(
     run: str | os.PathLike[str],
     trainable_backbone: bool = False,
     augmentation: list[Any] | None = None,
+    precision: str | None = None,
 ) -> EndToEnd:
     """The end-to-end model of a dense head run (``train-head --head dense``).
 
     ``augmentation`` layers go between resizing and preprocessing (active in training only).
+    The backbone computes in the cache's precision unless ``precision`` says otherwise.
     """
     from . import layers  # registers the custom layers
     from .layers import ClassProbabilities, Preprocess, ResizeImages, StorageRound
@@ -80,7 +88,7 @@ def build(
             "Keras model; train one with head 'dense'"
         )
     settings = head.meta["cache_settings"]
-    extractor = rebuild_backbone(head.settings)
+    extractor = rebuild_backbone(head.settings, precision)
     import keras
 
     del layers

@@ -212,6 +212,7 @@ def fine_tune(
 
     The settings are ``options`` (:class:`~featcache.heads.options.FineTuneOptions`, its
     defaults when None) with the keyword arguments given (not None) put in.
+    The backbone trains (and is saved) in float32 whatever the cache's ``precision``.
     Writes ``model.keras`` (images in, probabilities out), ``report.json``,
     ``history.csv``/``.png`` and ``confusion.png`` to the run folder.
     """
@@ -237,7 +238,9 @@ def fine_tune(
         raise DatasetError(f"{head}: not a head run folder (no report.json)")
     head_report = json.loads(head_report_path.read_text())
     augmentation = augmentation_layers(chosen.augment, chosen.seed)
-    built = build(head, trainable_backbone=True, augmentation=augmentation)
+    # trained in float32 whatever the cache's precision: float16 gradients would need loss
+    # scaling, and the unfrozen layers change the features anyway
+    built = build(head, trainable_backbone=True, augmentation=augmentation, precision="float32")
     trained = built.head
     val_fraction = float(head_report.get("val_fraction") or DEFAULT_VAL_FRACTION)
     head_seed = int(trained.meta.get("params", {}).get("seed", DEFAULT_SEED) or DEFAULT_SEED)
@@ -322,6 +325,8 @@ def fine_tune(
         "class_names": trained.class_names,
         "params": {**asdict(chosen), "unfreeze": str(chosen.unfreeze)},
         "unfrozen_layers": touched,
+        "precision": "float32",
+        "cache_precision": trained.settings.precision,
         "rows": {
             "train": len(train_rows.paths),
             "val": len(val_rows.paths),

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BackboneSettings(_message.Message):
-    __slots__ = ("name", "weights", "image_size", "pooling", "layer", "resize", "preprocessing", "seed")
+    __slots__ = ("name", "weights", "image_size", "pooling", "layer", "resize", "preprocessing", "seed", "precision")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class BackboneSettings(_message.Message):
     RESIZE_FIELD_NUMBER: _ClassVar[int]
     PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     weights: str
     image_size: _containers.RepeatedScalarFieldContainer[int]
@@ -24,7 +25,8 @@ class BackboneSettings(_message.Message):
     resize: str
     preprocessing: str
     seed: int
-    def __init__(self, name: _Optional[str] = ..., weights: _Optional[str] = ..., image_size: _Optional[_Iterable[int]] = ..., pooling: _Optional[str] = ..., layer: _Optional[str] = ..., resize: _Optional[str] = ..., preprocessing: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    precision: str
+    def __init__(self, name: _Optional[str] = ..., weights: _Optional[str] = ..., image_size: _Optional[_Iterable[int]] = ..., pooling: _Optional[str] = ..., layer: _Optional[str] = ..., resize: _Optional[str] = ..., preprocessing: _Optional[str] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("data", "shape", "dtype")
@@ -55,7 +57,7 @@ class EmbedRequest(_message.Message):
     def __init__(self, backbone: _Optional[_Union[BackboneSettings, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., max_pixels: _Optional[int] = ...) -> None: ...
 
 class BackboneInfo(_message.Message):
-    __slots__ = ("name", "backbone_sha256", "weights", "weights_sha256", "image_height", "image_width", "pooling", "layer", "preprocessing", "resize", "feature_dim", "seed")
+    __slots__ = ("name", "backbone_sha256", "weights", "weights_sha256", "image_height", "image_width", "pooling", "layer", "preprocessing", "resize", "feature_dim", "seed", "precision")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_SHA256_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +70,7 @@ class BackboneInfo(_message.Message):
     RESIZE_FIELD_NUMBER: _ClassVar[int]
     FEATURE_DIM_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     name: str
     backbone_sha256: str
     weights: str
@@ -80,7 +83,8 @@ class BackboneInfo(_message.Message):
     resize: str
     feature_dim: int
     seed: int
-    def __init__(self, name: _Optional[str] = ..., backbone_sha256: _Optional[str] = ..., weights: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., pooling: _Optional[str] = ..., layer: _Optional[str] = ..., preprocessing: _Optional[str] = ..., resize: _Optional[str] = ..., feature_dim: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    precision: str
+    def __init__(self, name: _Optional[str] = ..., backbone_sha256: _Optional[str] = ..., weights: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., pooling: _Optional[str] = ..., layer: _Optional[str] = ..., preprocessing: _Optional[str] = ..., resize: _Optional[str] = ..., feature_dim: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values", "error")

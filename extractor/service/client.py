@@ -27,6 +27,7 @@ from ..options import (
     DEFAULT_CHECKPOINT_SECONDS,
     DEFAULT_DTYPE,
     DEFAULT_POOLING,
+    DEFAULT_PRECISION,
     DEFAULT_PREPROCESSING,
     DEFAULT_RESIZE,
     DEFAULT_SEED,
@@ -162,6 +163,7 @@ class Client:
         resize: str = DEFAULT_RESIZE,
         preprocessing: str = DEFAULT_PREPROCESSING,
         seed: int = DEFAULT_SEED,
+        precision: str = DEFAULT_PRECISION,
         errors: str = "raise",
     ) -> np.ndarray:
         """Embeddings ``(N, D)`` float32 of ``images``, in order.
@@ -180,6 +182,7 @@ class Client:
             resize=resize,
             preprocessing=preprocessing,
             seed=seed,
+            precision=precision,
         )
         contents = [_load(image) for image in images]
         rows, dim = self.embed_contents(settings, contents)
@@ -260,6 +263,7 @@ class Client:
         resize: str = DEFAULT_RESIZE,
         preprocessing: str = DEFAULT_PREPROCESSING,
         seed: int = DEFAULT_SEED,
+        precision: str = DEFAULT_PRECISION,
         dtype: str = DEFAULT_DTYPE,
         split: str = DEFAULT_SPLIT,
         labels: str = "",
@@ -284,6 +288,7 @@ class Client:
                 resize=resize,
                 preprocessing=preprocessing,
                 seed=seed,
+                precision=precision,
             ),
             dtype=dtype,
             split=split,

@@ -33,12 +33,14 @@ from ..options import (
     DEFAULT_CHECKPOINT_SECONDS,
     DEFAULT_DTYPE,
     DEFAULT_POOLING,
+    DEFAULT_PRECISION,
     DEFAULT_PREPROCESSING,
     DEFAULT_RESIZE,
     DEFAULT_SEED,
     DEFAULT_SPLIT,
     DEFAULT_WEIGHTS,
     NAMED_WEIGHTS,
+    PRECISIONS,
     RESIZE_MODES,
     ExtractOptions,
     check_choice,
@@ -89,6 +91,7 @@ def settings_message(config: BackboneConfig) -> pb.BackboneSettings:
         resize=config.resize,
         preprocessing=config.preprocessing,
         seed=config.seed,
+        precision=config.precision,
     )
 
 
@@ -111,6 +114,7 @@ def config_from_message(
     if weights.lower() not in NAMED_WEIGHTS:
         weights = str(confine(weights_root, weights, "weights file"))
     resize = check_choice("resize", settings.resize or DEFAULT_RESIZE, RESIZE_MODES)
+    precision = check_choice("precision", settings.precision or DEFAULT_PRECISION, PRECISIONS)
     sizes = list(settings.image_size)
     if len(sizes) > 2:
         raise InvalidOptionError(
@@ -134,6 +138,7 @@ def config_from_message(
         settings.preprocessing or DEFAULT_PREPROCESSING,
         seed,
         resize,
+        precision,
     )
 
 
@@ -245,6 +250,7 @@ def info_message(settings: FeatureSettings) -> Any:
         resize=settings.resize,
         feature_dim=settings.feature_dim,
         seed=settings.seed,
+        precision=settings.precision,
     )
 
 
@@ -262,6 +268,7 @@ def settings_from_info(info: Any) -> FeatureSettings:
         info.preprocessing,
         info.seed,
         feature_dim=info.feature_dim,
+        precision=info.precision or DEFAULT_PRECISION,
     )
 
 

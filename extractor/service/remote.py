@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import InvalidOptionError
 from ..decode import array_to_rgb
 from ..settings import BackboneConfig, FeatureSettings
 from .client import Client
@@ -25,6 +26,12 @@ class RemoteEmbedder:
         self.request = settings_message(config)
         self.max_pixels = max_pixels
         self.settings: FeatureSettings = self.client.resolve(config)
+        if self.settings.precision != config.precision:  # a server from before precision
+            raise InvalidOptionError(
+                f"precision {config.precision!r}: the server at {self.client.address} computes "
+                f"in {self.settings.precision}; upgrade it or use precision float32",
+                "precision",
+            )
 
     @property
     def feature_dim(self) -> int:
