@@ -276,7 +276,14 @@ def _print_summary(summary: Any) -> None:
         f"  new {summary.new}, reused {summary.reused}, removed {summary.removed}, "
         f"bad {summary.bad}, ignored {summary.ignored} non-image files"
     )
-    click.echo(f"  {summary.seconds:.1f} s, {summary.images_per_second:.1f} new images/s")
+    line = f"  {summary.seconds:.1f} s, {summary.images_per_second:.1f} new images/s"
+    embedding = summary.seconds - summary.load_seconds
+    if summary.load_seconds > 0 and summary.new and embedding > 0:
+        line += (
+            f" ({summary.load_seconds:.1f} s loading TensorFlow and the model, then "
+            f"{summary.new / embedding:.1f} images/s)"
+        )
+    click.echo(line)
     if summary.classes:
         names = ", ".join(summary.classes[:12]) + (" ..." if len(summary.classes) > 12 else "")
         click.echo(f"  {len(summary.classes)} classes: {names}")

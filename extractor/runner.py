@@ -47,7 +47,9 @@ class ExtractSummary:
     images_per_second: float
     """New images embedded per second of the whole run."""
     load_seconds: float = 0.0
-    """Time spent building the backbone and loading its weights (0 when not needed)."""
+    """Time spent importing TensorFlow, building the backbone, loading its weights and
+    tracing its graphs (0 when no image needed the model); ``seconds - load_seconds`` is
+    the embedding time."""
     classes: list[str] = field(default_factory=list)
     bad_files: list[tuple[str, str]] = field(default_factory=list)
 
