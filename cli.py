@@ -80,14 +80,15 @@ def main() -> None:
     "-b",
     default=extract_defaults.DEFAULT_BACKBONE,
     show_default=True,
-    help="Registry name (see `featcache backbones`) or a saved .keras/.h5 model.",
+    help="Registry name (see `featcache backbones`), a saved .keras/.h5 model, or a keras-hub "
+    "preset: hub:NAME, a preset folder, hf://... or kaggle://... (pip install 'featcache[hub]').",
 )
 @click.option(
     "--weights",
     "-w",
     default=extract_defaults.DEFAULT_WEIGHTS,
     show_default=True,
-    help="imagenet, none (random, seeded) or the path of a weights file.",
+    help="imagenet (keras-hub: the preset's own), none (random, seeded) or a weights file.",
 )
 @click.option(
     "--output",
@@ -101,7 +102,22 @@ def main() -> None:
     type=click.Choice(POOLING_MODES),
     default=extract_defaults.DEFAULT_POOLING,
     show_default=True,
-    help="Global pooling of the feature map; none keeps it whole, flattened.",
+    help="Global pooling of the feature map (avg, max; none keeps it whole, flattened); "
+    "keras-hub transformers: cls, mean (avg: the same; class and register tokens skipped), "
+    "cls+mean or none.",
+)
+@click.option(
+    "--blocks",
+    type=int,
+    default=extract_defaults.DEFAULT_BLOCKS,
+    show_default=True,
+    help="Transformers: concatenate the pooled output of the last N blocks (DINOv2 linear eval).",
+)
+@click.option(
+    "--projection/--no-projection",
+    default=False,
+    show_default=True,
+    help="CLIP: features after the image projection; SigLIP: its attention-pooling head.",
 )
 @click.option("--layer", default=None, help="Take features from this inner layer.")
 @click.option("--image-size", default=None, help="N or H,W. [default: the backbone's own size]")
@@ -318,6 +334,8 @@ def inspect_command(cache: str, as_json: bool) -> None:
         "layer",
         "preprocessing",
         "precision",
+        "blocks",
+        "projection",
         "split_source",
         "split_ratios",
         "seed",
@@ -326,6 +344,8 @@ def inspect_command(cache: str, as_json: bool) -> None:
         "created",
         "updated",
     ):
+        if key in ("blocks", "projection") and key not in settings:
+            continue  # written only when set (keras-hub transformers)
         shown = settings.get(key, "float32" if key == "precision" else "")  # older caches
         click.echo(f"  {key:<14} {shown}")
     splits = info["splits"]
@@ -347,31 +367,45 @@ def inspect_command(cache: str, as_json: bool) -> None:
 @main.command("backbones")
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
 def backbones_command(as_json: bool) -> None:
-    """List the registered keras.applications backbones."""
+    """List the registered backbones: keras.applications, then keras-hub presets."""
+    from .extractor.hub import list_hub_backbones
     from .extractor.registry import list_backbones
 
-    specs = list_backbones()
+    rows = [
+        {
+            "name": s.name,
+            "class": s.class_name,
+            "family": s.module,
+            "default_size": s.default_size,
+            "feature_dim": s.feature_dim,
+            "min_size": s.min_size,
+            "preprocessing": s.preprocessing,
+            "source": "keras.applications",
+        }
+        for s in list_backbones()
+    ]
+    rows += [
+        {
+            "name": h.name,
+            "family": h.family,
+            "default_size": h.default_size,
+            "feature_dim": h.feature_dim,
+            "min_size": h.min_size,
+            "preprocessing": "the preset's ImageConverter",
+            "source": h.source,
+        }
+        for h in list_hub_backbones()
+    ]
     if as_json:
-        _print_json(
-            [
-                {
-                    "name": s.name,
-                    "class": s.class_name,
-                    "default_size": s.default_size,
-                    "feature_dim": s.feature_dim,
-                    "min_size": s.min_size,
-                    "preprocessing": s.preprocessing,
-                }
-                for s in specs
-            ]
-        )
+        _print_json(rows)
         return
-    click.echo(f"{'name':<22} {'keras.applications':<20} {'size':>5} {'dim':>5}  preprocessing")
-    for s in specs:
+    click.echo(f"{'name':<34} {'family':<16} {'size':>5} {'dim':>5}  source")
+    for row in rows:
         click.echo(
-            f"{s.name:<22} {s.class_name:<20} {s.default_size:>5} {s.feature_dim:>5}  "
-            f"{s.module}.preprocess_input"
+            f"{row['name']:<34} {row['family']:<16} {row['default_size']:>5} "
+            f"{row['feature_dim']:>5}  {row['source']}"
         )
+    click.echo("keras-hub: any other preset as hub:NAME, a preset folder, hf:// or kaggle://")
 
 
 @click.command("train-head")

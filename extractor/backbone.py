@@ -19,13 +19,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidOptionError, WeightsError
+from .hub import HUB_PREFIX, HubSpec, is_hub_backbone, parse_preprocessing
 from .options import (
     NAMED_WEIGHTS,
     POOLING_MODES,
     PRECISIONS,
     RESIZE_MODES,
+    TOKEN_POOLING,
+    check_blocks,
     check_choice,
     check_seed,
+    invalid,
     parse_image_size,
 )
 from .registry import REGISTRY, BackboneSpec, get_backbone
@@ -86,6 +90,23 @@ def resolve_backbone(config: BackboneConfig) -> FeatureSettings:
     check_choice("pooling", config.pooling, POOLING_MODES)
     check_choice("resize", config.resize, RESIZE_MODES)
     check_choice("precision", config.precision, PRECISIONS)
+    check_blocks(config.blocks)
+    if is_hub_backbone(config.backbone):
+        from .hub_resolve import resolve_hub
+
+        return resolve_hub(config, file_sha256)
+    for parameter, value, asked in (
+        ("pooling", config.pooling, config.pooling in TOKEN_POOLING),
+        ("blocks", config.blocks, config.blocks != 1),
+        ("projection", config.projection, config.projection),
+    ):
+        if asked:
+            raise invalid(
+                parameter,
+                value,
+                f"only for keras-hub transformers ({config.backbone} gives a feature map: "
+                "pooling avg, max or none)",
+            )
     spec: BackboneSpec | None = None
     backbone_sha = ""
     if is_model_file(config.backbone):
@@ -154,9 +175,13 @@ def _resolve_preprocessing(preprocessing: str, spec: BackboneSpec | None) -> str
 
 
 def preprocess_function(name: str) -> Callable[[Any], Any]:
-    """The ``preprocess_input`` a cache names (``keras.applications.X.preprocess_input``)."""
+    """The ``preprocess_input`` a cache names (``keras.applications.X.preprocess_input``),
+    or a keras-hub image converter's ``hub:scale=...;offset=...``."""
     if name == "none":
         return lambda x: x
+    if name.startswith(HUB_PREFIX):
+        scale, offset = parse_preprocessing(name)
+        return lambda x: x * scale + offset
     module = name.rsplit(".", 1)[0].split(".", 2)[2]
     matches = [spec for spec in REGISTRY.values() if spec.module == module]
     if not matches:
@@ -191,9 +216,14 @@ class FeatureExtractor:
                     f"model takes {shape[0]}x{shape[1]} images",
                     "image_size",
                 )
-        tapped = _tap_layer(base, resolved.layer, keras)
-        pooled = _pool(tapped.output, resolved.pooling, keras)
-        self.model = keras.Model(tapped.inputs, pooled, name=f"featcache_{base.name}")
+        if isinstance(resolved.spec, HubSpec):
+            from .hub_model import hub_feature_model
+
+            self.model = hub_feature_model(base, resolved, resolved.spec)
+        else:
+            tapped = _tap_layer(base, resolved.layer, keras)
+            pooled = _pool(tapped.output, resolved.pooling, keras)
+            self.model = keras.Model(tapped.inputs, pooled, name=f"featcache_{base.name}")
         if len(self.model.output.shape) != 2 or self.model.output.shape[1] is None:
             raise InvalidOptionError(
                 f"features of shape {tuple(self.model.output.shape)} are not (N, D)"
@@ -238,6 +268,10 @@ class FeatureExtractor:
     def _build_base(resolved: FeatureSettings, keras: Any) -> Any:
         if resolved.weights == "none":
             keras.utils.set_random_seed(resolved.seed)
+        if isinstance(resolved.spec, HubSpec):
+            from .hub_model import build_hub_backbone
+
+            return build_hub_backbone(resolved, resolved.spec)
         if resolved.spec is None:
             try:
                 model = keras.models.load_model(resolved.backbone, compile=False)

@@ -43,8 +43,16 @@ RESIZE_MODES = ("stretch", "pad", "crop")
 """``stretch``: plain bilinear resize; ``pad``: fit inside and centre on black, as
 ``tf.image.resize_with_pad`` but with exact box arithmetic; ``crop``: centre crop to the
 target aspect ratio, then resize (Keras ``crop_to_aspect_ratio``). See :mod:`.resize`."""
-POOLING_MODES = ("avg", "max", "none")
-"""``avg``/``max``: global pooling of the feature map; ``none``: the flattened map."""
+POOLING_MODES = ("avg", "max", "none", "cls", "mean", "cls+mean")
+"""``avg``/``max``: global pooling of the feature map; ``none``: the flattened map (or token
+sequence). Transformers (keras-hub presets): ``cls`` the class token, ``mean`` the mean of the
+patch tokens (class and register tokens skipped; ``avg`` means the same), ``cls+mean`` both,
+concatenated."""
+TOKEN_POOLING = ("cls", "mean", "cls+mean")
+"""Pooling modes that only token sequences (transformers) have."""
+DEFAULT_BLOCKS = 1
+"""Transformer blocks whose pooled outputs are concatenated (the last ``blocks``)."""
+MAX_BLOCKS = 64
 DTYPES = ("float32", "float16")
 PRECISIONS = ("float32", "bfloat16", "float16")
 """Compute precision of the backbone: ``bfloat16``/``float16`` build it under Keras's
@@ -81,6 +89,14 @@ def check_seed(seed: int, parameter: str = "seed") -> int:
     if not 0 <= seed < 2**32:
         raise invalid(parameter, seed, "expected 0 to 2**32 - 1")
     return seed
+
+
+def check_blocks(blocks: int, parameter: str = "blocks") -> int:
+    """A block count from 1 to :data:`MAX_BLOCKS`."""
+    if isinstance(blocks, bool) or not isinstance(blocks, int):
+        raise invalid(parameter, blocks, f"expected an integer 1 to {MAX_BLOCKS}")
+    check_range(parameter, blocks, 1, MAX_BLOCKS)
+    return blocks
 
 
 def parse_split(
@@ -196,6 +212,12 @@ class ExtractOptions:
     remote: Any = None
     """``"host:port"`` or a :class:`featcache.Client`: embed on a ``featcache serve`` server."""
     ray_options: RayOptions | None = None
+    blocks: int = DEFAULT_BLOCKS
+    """Transformers: concatenate the pooled output of the last ``blocks`` blocks (each with
+    the final norm applied, as in DINOv2's linear evaluation)."""
+    projection: bool = False
+    """CLIP: the features after the image projection (the shared image-text space); SigLIP:
+    the attention-pooling head's output. False: pooled tokens before them."""
     ratios: tuple[float, float, float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -205,6 +227,7 @@ class ExtractOptions:
         check_choice("precision", self.precision, PRECISIONS)
         check_choice("engine", self.engine, ENGINES)
         check_seed(self.seed)
+        check_blocks(self.blocks)
         parse_image_size(self.image_size)
         check_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         if self.workers is not None:

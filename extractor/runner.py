@@ -25,8 +25,10 @@ DEFAULT_CACHE_DIR = Path("cache")
 
 
 def default_output(backbone: str) -> Path:
-    """``cache/<backbone>.h5`` (the model file's stem for saved-model backbones)."""
+    """``cache/<backbone>.h5`` (the model file's stem for saved-model backbones, the last
+    part of a keras-hub preset folder or handle)."""
     name = Path(backbone).stem if is_model_file(backbone) else backbone
+    name = name.rstrip("/").rsplit("/", 1)[-1].removeprefix("hub:")
     return DEFAULT_CACHE_DIR / f"{name.lower().replace('-', '_')}.h5"
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import SettingsMismatchError
 from .options import (
+    DEFAULT_BLOCKS,
     DEFAULT_POOLING,
     DEFAULT_PRECISION,
     DEFAULT_PREPROCESSING,
@@ -30,6 +31,7 @@ from .options import (
 )
 
 if TYPE_CHECKING:
+    from .hub import HubSpec
     from .registry import BackboneSpec
 
 FEATURE_FIELDS = (
@@ -64,6 +66,10 @@ class BackboneConfig:
     resize: str = DEFAULT_RESIZE
     precision: str = DEFAULT_PRECISION
     """Compute precision: ``float32``, ``bfloat16`` or ``float16`` (features stay float32)."""
+    blocks: int = DEFAULT_BLOCKS
+    """Transformers: pooled outputs of the last ``blocks`` blocks, concatenated."""
+    projection: bool = False
+    """CLIP / SigLIP: features after the image projection (or attention-pooling head)."""
 
     @classmethod
     def of(cls, options: ExtractOptions) -> BackboneConfig:
@@ -97,8 +103,14 @@ class FeatureSettings:
     precision: str = field(default=DEFAULT_PRECISION, kw_only=True)
     """Compute precision of the backbone (``float32``, ``bfloat16``, ``float16``); caches and
     heads from before it was recorded read as ``float32``."""
-    spec: BackboneSpec | None = field(default=None, compare=False, repr=False, kw_only=True)
-    """The registry entry; None for a saved model."""
+    blocks: int = field(default=DEFAULT_BLOCKS, kw_only=True)
+    """Transformer blocks whose pooled outputs are concatenated (1: the last only)."""
+    projection: bool = field(default=False, kw_only=True)
+    """CLIP / SigLIP features after the image projection (or attention-pooling head)."""
+    spec: BackboneSpec | HubSpec | None = field(
+        default=None, compare=False, repr=False, kw_only=True
+    )
+    """The registry entry (``keras.applications`` or keras-hub); None for a saved model."""
 
     def identity(self, resize: bool = True) -> dict[str, Any]:
         """What decides the features: files by hash (not path), the seed only for random
@@ -117,6 +129,10 @@ class FeatureSettings:
             out["pad_version"] = self.pad_version  # version 1 caches keep their fingerprint
         if self.precision != DEFAULT_PRECISION:
             out["precision"] = self.precision  # float32 caches keep their fingerprint
+        if self.blocks != DEFAULT_BLOCKS:
+            out["blocks"] = self.blocks  # settings from before blocks keep their fingerprint
+        if self.projection:
+            out["projection"] = True
         return out
 
     def model_key(self) -> str:
@@ -156,6 +172,10 @@ class FeatureSettings:
             out.append(
                 f"precision {_show(self.precision)} ({ours}) vs {_show(other.precision)} ({theirs})"
             )
+        for name in ("blocks", "projection"):
+            mine, yours = getattr(self, name), getattr(other, name)
+            if mine != yours:
+                out.append(f"{name} {mine} ({ours}) vs {yours} ({theirs})")
         return out
 
     def check(self, other: FeatureSettings, what: str, ours: str, theirs: str) -> None:
@@ -243,7 +263,13 @@ class CacheSettings(FeatureSettings):
         """Root attributes of the cache file for these settings."""
         from .splits import SPLIT_NAMES
 
+        extra: dict[str, Any] = {}  # only when set: older readers see the same attributes
+        if self.blocks != DEFAULT_BLOCKS:
+            extra["blocks"] = int(self.blocks)
+        if self.projection:
+            extra["projection"] = 1
         return {
+            **extra,
             "backbone": self.backbone,
             "backbone_sha256": self.backbone_sha256,
             "weights": self.weights,
@@ -309,6 +335,8 @@ def _common(values: Mapping[str, Any]) -> dict[str, Any]:
         "seed": int(_plain(values.get("seed", 0)) or 0),
         "pad_version": int(_plain(values.get("pad_version", 1)) or 1),
         "precision": _text(values, "precision") or DEFAULT_PRECISION,
+        "blocks": int(_plain(values.get("blocks", DEFAULT_BLOCKS)) or DEFAULT_BLOCKS),
+        "projection": bool(_plain(values.get("projection", False))),
     }
 
 

@@ -58,6 +58,8 @@ def rebuild_backbone(
         recorded.seed,
         recorded.resize,
         recorded.precision,
+        recorded.blocks,
+        recorded.projection,
     )
     what = f"{recorded.backbone} changed since the cache was made; its features would not match"
     now = resolve_backbone(config)
@@ -161,6 +163,10 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Any, list[str], list[int]]
     path = Path(path)
     if not path.is_file() or path.suffix != ".keras":
         raise InvalidOptionError(f"{path}: expected a .keras model from export or fine-tune")
+    if _uses_keras_hub(path):
+        from ..extractor.hub import require_keras_hub
+
+        require_keras_hub()  # registers keras-hub's layers for deserialization
     try:
         # safe_mode: no Lambda or other arbitrary code; featcache's own layers are registered
         model = keras.models.load_model(path, compile=False, safe_mode=True)
@@ -174,3 +180,14 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Any, list[str], list[int]]
         raise InvalidOptionError(f"{path}: not a featcache classifier (no class names)") from None
     names = [last.class_names[c] for c in last.classes]
     return model, names, list(last.classes)
+
+
+def _uses_keras_hub(path: Path) -> bool:
+    """True when a ``.keras`` archive's config names keras-hub layers."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return b'"keras_hub' in archive.read("config.json")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False

@@ -82,16 +82,18 @@ def augmentation_layers(names: str, seed: int = DEFAULT_SEED) -> list[Any]:
 def unfreeze_layers(
     backbone: Any, unfreeze: str | int = FINE_TUNE_UNFREEZE, unfreeze_from: str | None = None
 ) -> list[str]:
-    """Make the top of ``backbone`` trainable; BatchNormalization layers stay frozen.
+    """Make the top of ``backbone`` trainable; BatchNormalization and LayerNormalization
+    layers stay frozen (they count in ``unfreeze`` all the same).
 
     ``unfreeze``: a number of top layers or ``all``; ``unfreeze_from``: a layer name from
     which on every layer is unfrozen. Returns the names of the layers made trainable.
     """
     import keras
 
+    frozen = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)
     layers = [  # the backbone's own layers, not the input or featcache's pooling
         layer
-        for layer in backbone.layers
+        for layer in _units(backbone, keras)
         if not isinstance(layer, keras.layers.InputLayer)
         and not layer.name.startswith("featcache_")
     ]
@@ -106,13 +108,41 @@ def unfreeze_layers(
     else:
         start = max(0, len(layers) - count)  # more than there are: all of them
     backbone.trainable = True
+    for layer in _units(backbone, keras):
+        if isinstance(layer, frozen):
+            layer.trainable = False
     touched = []
     for i, layer in enumerate(layers):
-        train = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        train = i >= start and not isinstance(layer, frozen)
         layer.trainable = train
-        if train and layer.weights:
+        for inner in layer._flatten_layers(include_self=False):  # norms inside a block
+            if isinstance(inner, frozen):
+                inner.trainable = False
+        if train and layer.trainable_weights:
             touched.append(layer.name)
     return touched
+
+
+def _units(model: Any, keras: Any) -> list[Any]:
+    """The layers fine-tuning counts, in order: keras-hub models inside the extractor are
+    opened, and a transformer encoder counts as its blocks, so that ``unfreeze N`` counts
+    transformer blocks (and the final norm) rather than whole backbones."""
+    out: list[Any] = []
+    for layer in model.layers:
+        hub = type(layer).__module__.startswith("keras_hub")
+        if isinstance(layer, keras.Model) and (hub or _holds_hub(layer)):
+            out.extend(_units(layer, keras))
+            continue
+        blocks = getattr(layer, "encoder_layers", None) or (
+            layer.layers if type(layer).__name__.endswith("Encoder") else None
+        )
+        out.extend(blocks if blocks else [layer])
+    return out
+
+
+def _holds_hub(model: Any) -> bool:
+    """True for a plain functional model made of keras-hub layers (featcache's taps)."""
+    return any(type(layer).__module__.startswith("keras_hub") for layer in model.layers)
 
 
 def _split_rows(splits: CachedSplits, classes: np.ndarray) -> dict[str, _Rows]:

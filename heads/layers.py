@@ -16,6 +16,10 @@ ensure_tensorflow_backend()
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from ..extractor import hub_model  # noqa: E402 - registers TokenPool for saved models
+
+del hub_model
+
 
 @keras.saving.register_keras_serializable(package="featcache")
 class ResizeImages(keras.layers.Layer):

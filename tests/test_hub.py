@@ -1,0 +1,272 @@
+"""keras-hub backbones: tiny random presets saved with ``save_to_preset`` and the whole chain.
+
+No preset weights can be downloaded here: each family (DINOv2 with registers, ViT, CLIP,
+SigLIP, ResNet) is built at a tiny size with random weights, saved as a local preset folder
+with its image converter, and used by name like a downloaded one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from featcache.errors import InvalidOptionError
+from featcache.extractor.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
+from helpers import make_class_folder
+
+keras_hub = pytest.importorskip("keras_hub", reason="keras-hub not installed (featcache[hub])")
+
+SIZE = 32
+SCALE, OFFSET = [0.02, 0.021, 0.019], [-2.0, -1.9, -1.7]
+
+
+def _tiny(family: str):
+    kh = keras_hub.models
+    if family == "dinov2":
+        return kh.DINOV2Backbone(
+            patch_size=8,
+            num_layers=2,
+            hidden_dim=32,
+            num_heads=2,
+            intermediate_dim=64,
+            num_register_tokens=2,
+            image_shape=(SIZE, SIZE, 3),
+            position_embedding_shape=(SIZE, SIZE, 3),
+        )
+    if family == "vit":
+        return kh.ViTBackbone(
+            image_shape=(SIZE, SIZE, 3),
+            patch_size=8,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=32,
+            mlp_dim=64,
+        )
+    if family == "clip":
+        vision = kh.CLIPVisionEncoder(8, 32, 2, 2, 64, image_shape=(SIZE, SIZE, 3))
+        text = kh.CLIPTextEncoder(50, 16, 16, 1, 2, 32, max_sequence_length=8)
+        return kh.CLIPBackbone(vision, text, projection_dim=24)
+    if family == "siglip":
+        vision = kh.SigLIPVisionEncoder(8, 32, 2, 2, 64, image_shape=(SIZE, SIZE, 3))
+        text = kh.SigLIPTextEncoder(50, 32, 32, 1, 2, 64, max_sequence_length=8)
+        return kh.SigLIPBackbone(vision, text)
+    return kh.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 16],  # keras-hub requires 64 first
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2],
+        block_type="basic_block",
+    )
+
+
+FAMILIES = ("dinov2", "vit", "clip", "siglip", "resnet")
+
+
+@pytest.fixture(scope="module")
+def presets(tmp_path_factory):
+    """A local preset folder per family (random weights, a converter with scale and offset)."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    out = {}
+    for family in FAMILIES:
+        folder = tmp_path_factory.mktemp(family)
+        _tiny(family).save_to_preset(str(folder))
+        converter = keras_hub.layers.ImageConverter(
+            image_size=(SIZE, SIZE), scale=SCALE, offset=OFFSET
+        )
+        converter.save_to_preset(str(folder))
+        out[family] = folder
+    return out
+
+
+def _images(n: int = 3) -> np.ndarray:
+    return np.random.default_rng(0).uniform(0, 255, (n, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def _extractor(preset, **settings) -> FeatureExtractor:
+    settings.setdefault("weights", "preset")
+    return FeatureExtractor(resolve_backbone(BackboneConfig(str(preset), **settings)))
+
+
+def _forward(model, x):
+    return model({"images": x}) if isinstance(model.input, dict) else model(x)
+
+
+def _reference(family: str, preset, images: np.ndarray, pooling: str) -> np.ndarray:
+    """A direct keras-hub forward pass, then the pooling written out in NumPy."""
+    backbone = keras_hub.models.Backbone.from_preset(str(preset))
+    converter = keras_hub.layers.ImageConverter.from_preset(str(preset))
+    x = np.asarray(converter(images))
+    if family == "resnet":
+        return np.asarray(_forward(backbone, x)).mean(axis=(1, 2))
+    if family in ("clip", "siglip"):
+        tokens = np.asarray(backbone.vision_encoder({"images": x}))
+        if family == "siglip":
+            return tokens
+    else:
+        tokens = np.asarray(_forward(backbone, x))
+    skip = 1 + (2 if family == "dinov2" else 0)
+    cls, mean = tokens[:, 0], tokens[:, skip:].mean(axis=1)
+    return {"cls": cls, "mean": mean, "cls+mean": np.concatenate([cls, mean], -1)}[pooling]
+
+
+@pytest.mark.parametrize(
+    ("family", "pooling", "projection"),
+    [
+        ("dinov2", "cls+mean", False),
+        ("vit", "cls", False),
+        ("clip", "mean", False),
+        ("siglip", "avg", True),
+        ("resnet", "avg", False),
+    ],
+)
+def test_features_equal_a_direct_keras_hub_forward_pass(presets, family, pooling, projection):
+    extractor = _extractor(presets[family], pooling=pooling, projection=projection)
+    images = _images()
+    expected = _reference(family, presets[family], images, pooling)
+    got = extractor(images)
+    assert got.shape == expected.shape and extractor.feature_dim == expected.shape[1]
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    assert np.abs(expected).mean() > 1e-3
+    converter = json.loads((presets[family] / "image_converter.json").read_text())["config"]
+    assert extractor.resolved.preprocessing.startswith("hub:scale=0.02,")
+    assert converter["scale"] == SCALE
+
+
+def test_blocks_concatenate_the_last_blocks_with_the_final_norm(presets):
+    import keras
+
+    extractor = _extractor(presets["dinov2"], pooling="cls", blocks=2)
+    images = _images()
+    backbone = keras_hub.models.Backbone.from_preset(str(presets["dinov2"]))
+    stages = keras.Model(backbone.inputs, [backbone.pyramid_outputs[f"stage{i}"] for i in (1, 2)])
+    x = images * np.asarray(SCALE, np.float32) + np.asarray(OFFSET, np.float32)
+    expected = np.concatenate([np.asarray(backbone.layernorm(t))[:, 0] for t in stages(x)], axis=-1)
+    np.testing.assert_allclose(extractor(images), expected, atol=1e-5, rtol=0)
+    assert extractor.resolved.identity()["blocks"] == 2
+    with pytest.raises(InvalidOptionError, match="blocks 2") as refused:
+        _extractor(presets["vit"], pooling="cls", blocks=2)
+    assert refused.value.parameter == "blocks"
+
+
+def test_clip_projection_gives_the_image_embedding(presets):
+    extractor = _extractor(presets["clip"], projection=True)
+    backbone = keras_hub.models.Backbone.from_preset(str(presets["clip"]))
+    images = _images()
+    x = images * np.asarray(SCALE, np.float32) + np.asarray(OFFSET, np.float32)
+    expected = np.asarray(backbone.get_vision_embeddings(x))
+    np.testing.assert_allclose(extractor(images), expected, atol=1e-5, rtol=0)
+    assert extractor.feature_dim == 24 and extractor.resolved.pooling == "cls"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_random_weights_are_seeded_and_fingerprinted(presets, family):
+    a = _extractor(presets[family], weights="none", seed=1)
+    b = _extractor(presets[family], weights="none", seed=1)
+    c = _extractor(presets[family], weights="none", seed=2)
+    images = _images(2)
+    np.testing.assert_array_equal(a(images), b(images))
+    assert not np.allclose(a(images), c(images))
+    assert a.resolved.identity()["seed"] == 1 and "blocks" not in a.resolved.identity()
+
+
+def test_a_weights_file_and_the_preset_hash(presets, tmp_path):
+    preset = presets["vit"]
+    first = resolve_backbone(BackboneConfig(str(preset)))
+    assert first.weights == "preset" and len(first.weights_sha256) == 64
+    assert first.backbone_sha256 and first.identity()["backbone"] == "file"
+    path = tmp_path / "w.weights.h5"
+    keras_hub.models.Backbone.from_preset(str(preset)).save_weights(str(path))
+    from_file = _extractor(preset, weights=str(path))
+    np.testing.assert_allclose(from_file(_images()), _extractor(preset)(_images()), atol=1e-6)
+
+
+def test_options_are_checked_naming_the_parameter(presets):
+    cases = [
+        (BackboneConfig("vgg16", "none", 32, pooling="cls"), "pooling"),
+        (BackboneConfig("vgg16", "none", 32, blocks=2), "blocks"),
+        (BackboneConfig(str(presets["dinov2"]), projection=True), "projection"),
+        (BackboneConfig(str(presets["siglip"]), pooling="cls"), "pooling"),
+        (BackboneConfig(str(presets["resnet"]), pooling="mean"), "pooling"),
+        (BackboneConfig(str(presets["vit"]), image_size=64), "image_size"),
+        (BackboneConfig(str(presets["vit"]), pooling="max"), "pooling"),
+    ]
+    for config, parameter in cases:
+        with pytest.raises(InvalidOptionError) as refused:
+            FeatureExtractor(resolve_backbone(config))
+        assert refused.value.parameter == parameter, config
+
+
+def test_backbones_lists_keras_hub_presets_without_keras_hub_imports():
+    from click.testing import CliRunner
+
+    from featcache.cli import main
+
+    rows = json.loads(CliRunner().invoke(main, ["backbones", "--json"]).output)
+    by_name = {row["name"]: row for row in rows}
+    assert by_name["dinov2_small"]["feature_dim"] == 384
+    assert by_name["dinov2_small"]["source"] == "keras-hub"
+    assert {"clip_vit_base_patch16", "siglip2_base_patch16_224"} <= set(by_name)
+    code = (
+        "import sys\n"
+        "from featcache.cli import main\n"
+        "try:\n    main(['backbones'])\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY', [m for m in sys.modules if m.split('.')[0] in ('keras_hub', 'keras')])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout and "dinov2_with_registers_base" in out.stdout
+
+
+def test_without_keras_hub_the_error_names_the_extra(presets):
+    code = (
+        "import sys; sys.modules['keras_hub'] = None\n"
+        "from featcache.cli import main\n"
+        f"main(['extract', '{presets['vit']}', '-b', 'hub:vit_base_patch16_224_imagenet'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'featcache[hub]'" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_extract_train_predict_export_and_fine_tune(presets, tmp_path):
+    from featcache import extract, read_cache
+    from featcache.extractor.decode import decode_image
+    from featcache.heads.endtoend import export, load_model
+    from featcache.heads.finetune import fine_tune
+    from featcache.heads.predict import predict_cache
+    from featcache.heads.train import load_head, train_head
+
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=6)
+    cache = tmp_path / "c.h5"
+    extract(
+        data,
+        backbone=str(presets["dinov2"]),
+        weights="preset",
+        output=cache,
+        pooling="cls+mean",
+        blocks=2,
+        resize="crop",
+        split="0.5,0.25,0.25",
+        progress=False,
+    )
+    cached = read_cache(cache)
+    assert cached.features.shape == (12, 128) and cached.settings.blocks == 2
+    run = tmp_path / "head"
+    train_head(cache, head="dense", hidden=(8,), epochs=3, output=run)
+    assert predict_cache(run, cache).is_file()
+    model, names, _ = load_model(export(run, tmp_path / "m.keras"))
+    expected = load_head(run).predict_proba(cached.features)
+    for path, row in zip(cached.paths, expected):
+        pixels = decode_image((data / path).read_bytes()).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(model(pixels[None]))[0], row, atol=1e-4)
+    assert names == ["class_0", "class_1"]
+    tuned = fine_tune(cache, run, output=tmp_path / "ft", unfreeze=2, epochs=1, batch_size=4)
+    unfrozen = tuned.report["unfrozen_layers"]
+    assert unfrozen and all("norm" not in name for name in unfrozen)
