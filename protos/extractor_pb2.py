@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x61tcache/v1/extractor.proto\x12\x0c\x66\x65\x61tcache.v1\"\xbb\x01\n\x10\x42\x61\x63kboneSettings\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12\x12\n\nimage_size\x18\x03 \x03(\x05\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\r\n\x05layer\x18\x05 \x01(\t\x12\x0e\n\x06resize\x18\x06 \x01(\t\x12\x15\n\rpreprocessing\x18\x07 \x01(\t\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tprecision\x18\t \x01(\tB\x07\n\x05_seed\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x05\x12\r\n\x05\x64type\x18\x03 \x01(\t\"M\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12&\n\x06pixels\x18\x02 \x01(\x0b\x32\x14.featcache.v1.TensorH\x00\x42\t\n\x07\x63ontent\"y\n\x0c\x45mbedRequest\x12\x30\n\x08\x62\x61\x63kbone\x18\x01 \x01(\x0b\x32\x1e.featcache.v1.BackboneSettings\x12#\n\x06images\x18\x02 \x03(\x0b\x32\x13.featcache.v1.Image\x12\x12\n\nmax_pixels\x18\x03 \x01(\x03\"\x86\x02\n\x0c\x42\x61\x63kboneInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x62\x61\x63kbone_sha256\x18\x02 \x01(\t\x12\x0f\n\x07weights\x18\x03 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x04 \x01(\t\x12\x14\n\x0cimage_height\x18\x05 \x01(\x05\x12\x13\n\x0bimage_width\x18\x06 \x01(\x05\x12\x0f\n\x07pooling\x18\x07 \x01(\t\x12\r\n\x05layer\x18\x08 \x01(\t\x12\x15\n\rpreprocessing\x18\t \x01(\t\x12\x0e\n\x06resize\x18\n \x01(\t\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x0b \x01(\x05\x12\x0c\n\x04seed\x18\x0c \x01(\x03\x12\x11\n\tprecision\x18\r \x01(\t\"*\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"j\n\rEmbedResponse\x12,\n\x08\x62\x61\x63kbone\x18\x01 \x01(\x0b\x32\x1a.featcache.v1.BackboneInfo\x12+\n\nembeddings\x18\x02 \x03(\x0b\x32\x17.featcache.v1.Embedding\"\x16\n\x14ListBackbonesRequest\"S\n\x08\x42\x61\x63kbone\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_size\x18\x02 \x01(\x05\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x03 \x01(\x05\x12\x0e\n\x06loaded\x18\x04 \x01(\x08\"\x83\x01\n\x15ListBackbonesResponse\x12)\n\tbackbones\x18\x01 \x03(\x0b\x32\x16.featcache.v1.Backbone\x12*\n\x06loaded\x18\x02 \x03(\x0b\x32\x1a.featcache.v1.BackboneInfo\x12\x13\n\x0b\x63lassifiers\x18\x03 \x03(\t\"\xec\x01\n\x15\x45xtractDatasetRequest\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x30\n\x08\x62\x61\x63kbone\x18\x03 \x01(\x0b\x32\x1e.featcache.v1.BackboneSettings\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\r\n\x05split\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x01(\t\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x11\n\toverwrite\x18\x08 \x01(\x08\x12\x12\n\nmax_pixels\x18\t \x01(\x03\x12\x1a\n\x12\x63heckpoint_seconds\x18\n \x01(\x01\"\'\n\x07\x42\x61\x64\x46ile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x89\x02\n\x0f\x45xtractProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x10\n\x08\x65mbedded\x18\x03 \x01(\x03\x12\x0e\n\x06reused\x18\x04 \x01(\x03\x12\x0b\n\x03\x62\x61\x64\x18\x05 \x01(\x03\x12\x19\n\x11images_per_second\x18\x06 \x01(\x01\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\x12\x10\n\x08\x66inished\x18\x08 \x01(\x08\x12\x0e\n\x06output\x18\t \x01(\t\x12\x0c\n\x04rows\x18\n \x01(\x03\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x0b \x01(\x05\x12\x0f\n\x07removed\x18\x0c \x01(\x03\x12(\n\tbad_files\x18\r \x03(\x0b\x32\x15.featcache.v1.BadFile\"h\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x06images\x18\x02 \x03(\x0b\x32\x13.featcache.v1.Image\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nmax_pixels\x18\x04 \x01(\x03\"/\n\nClassScore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"]\n\x0e\x43lassification\x12%\n\x03top\x18\x01 \x03(\x0b\x32\x18.featcache.v1.ClassScore\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"V\n\x10\x43lassifyResponse\x12\x13\n\x0b\x63lass_names\x18\x01 \x03(\t\x12-\n\x07results\x18\x02 \x03(\x0b\x32\x1c.featcache.v1.Classification2\x96\x03\n\tExtractor\x12X\n\rListBackbones\x12\".featcache.v1.ListBackbonesRequest\x1a#.featcache.v1.ListBackbonesResponse\x12@\n\x05\x45mbed\x12\x1a.featcache.v1.EmbedRequest\x1a\x1b.featcache.v1.EmbedResponse\x12J\n\x0b\x45mbedStream\x12\x1a.featcache.v1.EmbedRequest\x1a\x1b.featcache.v1.EmbedResponse(\x01\x30\x01\x12V\n\x0e\x45xtractDataset\x12#.featcache.v1.ExtractDatasetRequest\x1a\x1d.featcache.v1.ExtractProgress0\x01\x12I\n\x08\x43lassify\x12\x1d.featcache.v1.ClassifyRequest\x1a\x1e.featcache.v1.ClassifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x61tcache/v1/extractor.proto\x12\x0c\x66\x65\x61tcache.v1\"\xdf\x01\n\x10\x42\x61\x63kboneSettings\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07weights\x18\x02 \x01(\t\x12\x12\n\nimage_size\x18\x03 \x03(\x05\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\r\n\x05layer\x18\x05 \x01(\t\x12\x0e\n\x06resize\x18\x06 \x01(\t\x12\x15\n\rpreprocessing\x18\x07 \x01(\t\x12\x11\n\x04seed\x18\x08 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tprecision\x18\t \x01(\t\x12\x0e\n\x06\x62locks\x18\n \x01(\x05\x12\x12\n\nprojection\x18\x0b \x01(\x08\x42\x07\n\x05_seed\"4\n\x06Tensor\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05shape\x18\x02 \x03(\x05\x12\r\n\x05\x64type\x18\x03 \x01(\t\"M\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12&\n\x06pixels\x18\x02 \x01(\x0b\x32\x14.featcache.v1.TensorH\x00\x42\t\n\x07\x63ontent\"y\n\x0c\x45mbedRequest\x12\x30\n\x08\x62\x61\x63kbone\x18\x01 \x01(\x0b\x32\x1e.featcache.v1.BackboneSettings\x12#\n\x06images\x18\x02 \x03(\x0b\x32\x13.featcache.v1.Image\x12\x12\n\nmax_pixels\x18\x03 \x01(\x03\"\xaa\x02\n\x0c\x42\x61\x63kboneInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x62\x61\x63kbone_sha256\x18\x02 \x01(\t\x12\x0f\n\x07weights\x18\x03 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x04 \x01(\t\x12\x14\n\x0cimage_height\x18\x05 \x01(\x05\x12\x13\n\x0bimage_width\x18\x06 \x01(\x05\x12\x0f\n\x07pooling\x18\x07 \x01(\t\x12\r\n\x05layer\x18\x08 \x01(\t\x12\x15\n\rpreprocessing\x18\t \x01(\t\x12\x0e\n\x06resize\x18\n \x01(\t\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x0b \x01(\x05\x12\x0c\n\x04seed\x18\x0c \x01(\x03\x12\x11\n\tprecision\x18\r \x01(\t\x12\x0e\n\x06\x62locks\x18\x0e \x01(\x05\x12\x12\n\nprojection\x18\x0f \x01(\x08\"*\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"j\n\rEmbedResponse\x12,\n\x08\x62\x61\x63kbone\x18\x01 \x01(\x0b\x32\x1a.featcache.v1.BackboneInfo\x12+\n\nembeddings\x18\x02 \x03(\x0b\x32\x17.featcache.v1.Embedding\"\x16\n\x14ListBackbonesRequest\"s\n\x08\x42\x61\x63kbone\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_size\x18\x02 \x01(\x05\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x03 \x01(\x05\x12\x0e\n\x06loaded\x18\x04 \x01(\x08\x12\x0e\n\x06\x66\x61mily\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\"\x83\x01\n\x15ListBackbonesResponse\x12)\n\tbackbones\x18\x01 \x03(\x0b\x32\x16.featcache.v1.Backbone\x12*\n\x06loaded\x18\x02 \x03(\x0b\x32\x1a.featcache.v1.BackboneInfo\x12\x13\n\x0b\x63lassifiers\x18\x03 \x03(\t\"\xec\x01\n\x15\x45xtractDatasetRequest\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\t\x12\x30\n\x08\x62\x61\x63kbone\x18\x03 \x01(\x0b\x32\x1e.featcache.v1.BackboneSettings\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\r\n\x05split\x18\x05 \x01(\t\x12\x0e\n\x06labels\x18\x06 \x01(\t\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x11\n\toverwrite\x18\x08 \x01(\x08\x12\x12\n\nmax_pixels\x18\t \x01(\x03\x12\x1a\n\x12\x63heckpoint_seconds\x18\n \x01(\x01\"\'\n\x07\x42\x61\x64\x46ile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x89\x02\n\x0f\x45xtractProgress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x10\n\x08\x65mbedded\x18\x03 \x01(\x03\x12\x0e\n\x06reused\x18\x04 \x01(\x03\x12\x0b\n\x03\x62\x61\x64\x18\x05 \x01(\x03\x12\x19\n\x11images_per_second\x18\x06 \x01(\x01\x12\x0f\n\x07seconds\x18\x07 \x01(\x01\x12\x10\n\x08\x66inished\x18\x08 \x01(\x08\x12\x0e\n\x06output\x18\t \x01(\t\x12\x0c\n\x04rows\x18\n \x01(\x03\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\x0b \x01(\x05\x12\x0f\n\x07removed\x18\x0c \x01(\x03\x12(\n\tbad_files\x18\r \x03(\x0b\x32\x15.featcache.v1.BadFile\"h\n\x0f\x43lassifyRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x06images\x18\x02 \x03(\x0b\x32\x13.featcache.v1.Image\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nmax_pixels\x18\x04 \x01(\x03\"/\n\nClassScore\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"]\n\x0e\x43lassification\x12%\n\x03top\x18\x01 \x03(\x0b\x32\x18.featcache.v1.ClassScore\x12\x15\n\rprobabilities\x18\x02 \x03(\x02\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"V\n\x10\x43lassifyResponse\x12\x13\n\x0b\x63lass_names\x18\x01 \x03(\t\x12-\n\x07results\x18\x02 \x03(\x0b\x32\x1c.featcache.v1.Classification2\x96\x03\n\tExtractor\x12X\n\rListBackbones\x12\".featcache.v1.ListBackbonesRequest\x1a#.featcache.v1.ListBackbonesResponse\x12@\n\x05\x45mbed\x12\x1a.featcache.v1.EmbedRequest\x1a\x1b.featcache.v1.EmbedResponse\x12J\n\x0b\x45mbedStream\x12\x1a.featcache.v1.EmbedRequest\x1a\x1b.featcache.v1.EmbedResponse(\x01\x30\x01\x12V\n\x0e\x45xtractDataset\x12#.featcache.v1.ExtractDatasetRequest\x1a\x1d.featcache.v1.ExtractProgress0\x01\x12I\n\x08\x43lassify\x12\x1d.featcache.v1.ClassifyRequest\x1a\x1e.featcache.v1.ClassifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,39 +32,39 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'featcache.v1.extractor_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BACKBONESETTINGS']._serialized_start=47
-  _globals['_BACKBONESETTINGS']._serialized_end=234
-  _globals['_TENSOR']._serialized_start=236
-  _globals['_TENSOR']._serialized_end=288
-  _globals['_IMAGE']._serialized_start=290
-  _globals['_IMAGE']._serialized_end=367
-  _globals['_EMBEDREQUEST']._serialized_start=369
-  _globals['_EMBEDREQUEST']._serialized_end=490
-  _globals['_BACKBONEINFO']._serialized_start=493
-  _globals['_BACKBONEINFO']._serialized_end=755
-  _globals['_EMBEDDING']._serialized_start=757
-  _globals['_EMBEDDING']._serialized_end=799
-  _globals['_EMBEDRESPONSE']._serialized_start=801
-  _globals['_EMBEDRESPONSE']._serialized_end=907
-  _globals['_LISTBACKBONESREQUEST']._serialized_start=909
-  _globals['_LISTBACKBONESREQUEST']._serialized_end=931
-  _globals['_BACKBONE']._serialized_start=933
-  _globals['_BACKBONE']._serialized_end=1016
-  _globals['_LISTBACKBONESRESPONSE']._serialized_start=1019
-  _globals['_LISTBACKBONESRESPONSE']._serialized_end=1150
-  _globals['_EXTRACTDATASETREQUEST']._serialized_start=1153
-  _globals['_EXTRACTDATASETREQUEST']._serialized_end=1389
-  _globals['_BADFILE']._serialized_start=1391
-  _globals['_BADFILE']._serialized_end=1430
-  _globals['_EXTRACTPROGRESS']._serialized_start=1433
-  _globals['_EXTRACTPROGRESS']._serialized_end=1698
-  _globals['_CLASSIFYREQUEST']._serialized_start=1700
-  _globals['_CLASSIFYREQUEST']._serialized_end=1804
-  _globals['_CLASSSCORE']._serialized_start=1806
-  _globals['_CLASSSCORE']._serialized_end=1853
-  _globals['_CLASSIFICATION']._serialized_start=1855
-  _globals['_CLASSIFICATION']._serialized_end=1948
-  _globals['_CLASSIFYRESPONSE']._serialized_start=1950
-  _globals['_CLASSIFYRESPONSE']._serialized_end=2036
-  _globals['_EXTRACTOR']._serialized_start=2039
-  _globals['_EXTRACTOR']._serialized_end=2445
+  _globals['_BACKBONESETTINGS']._serialized_end=270
+  _globals['_TENSOR']._serialized_start=272
+  _globals['_TENSOR']._serialized_end=324
+  _globals['_IMAGE']._serialized_start=326
+  _globals['_IMAGE']._serialized_end=403
+  _globals['_EMBEDREQUEST']._serialized_start=405
+  _globals['_EMBEDREQUEST']._serialized_end=526
+  _globals['_BACKBONEINFO']._serialized_start=529
+  _globals['_BACKBONEINFO']._serialized_end=827
+  _globals['_EMBEDDING']._serialized_start=829
+  _globals['_EMBEDDING']._serialized_end=871
+  _globals['_EMBEDRESPONSE']._serialized_start=873
+  _globals['_EMBEDRESPONSE']._serialized_end=979
+  _globals['_LISTBACKBONESREQUEST']._serialized_start=981
+  _globals['_LISTBACKBONESREQUEST']._serialized_end=1003
+  _globals['_BACKBONE']._serialized_start=1005
+  _globals['_BACKBONE']._serialized_end=1120
+  _globals['_LISTBACKBONESRESPONSE']._serialized_start=1123
+  _globals['_LISTBACKBONESRESPONSE']._serialized_end=1254
+  _globals['_EXTRACTDATASETREQUEST']._serialized_start=1257
+  _globals['_EXTRACTDATASETREQUEST']._serialized_end=1493
+  _globals['_BADFILE']._serialized_start=1495
+  _globals['_BADFILE']._serialized_end=1534
+  _globals['_EXTRACTPROGRESS']._serialized_start=1537
+  _globals['_EXTRACTPROGRESS']._serialized_end=1802
+  _globals['_CLASSIFYREQUEST']._serialized_start=1804
+  _globals['_CLASSIFYREQUEST']._serialized_end=1908
+  _globals['_CLASSSCORE']._serialized_start=1910
+  _globals['_CLASSSCORE']._serialized_end=1957
+  _globals['_CLASSIFICATION']._serialized_start=1959
+  _globals['_CLASSIFICATION']._serialized_end=2052
+  _globals['_CLASSIFYRESPONSE']._serialized_start=2054
+  _globals['_CLASSIFYRESPONSE']._serialized_end=2140
+  _globals['_EXTRACTOR']._serialized_start=2143
+  _globals['_EXTRACTOR']._serialized_end=2549
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BackboneSettings(_message.Message):
-    __slots__ = ("name", "weights", "image_size", "pooling", "layer", "resize", "preprocessing", "seed", "precision")
+    __slots__ = ("name", "weights", "image_size", "pooling", "layer", "resize", "preprocessing", "seed", "precision", "blocks", "projection")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,8 @@ class BackboneSettings(_message.Message):
     PREPROCESSING_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PROJECTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     weights: str
     image_size: _containers.RepeatedScalarFieldContainer[int]
@@ -26,7 +28,9 @@ class BackboneSettings(_message.Message):
     preprocessing: str
     seed: int
     precision: str
-    def __init__(self, name: _Optional[str] = ..., weights: _Optional[str] = ..., image_size: _Optional[_Iterable[int]] = ..., pooling: _Optional[str] = ..., layer: _Optional[str] = ..., resize: _Optional[str] = ..., preprocessing: _Optional[str] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
+    blocks: int
+    projection: bool
+    def __init__(self, name: _Optional[str] = ..., weights: _Optional[str] = ..., image_size: _Optional[_Iterable[int]] = ..., pooling: _Optional[str] = ..., layer: _Optional[str] = ..., resize: _Optional[str] = ..., preprocessing: _Optional[str] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ..., blocks: _Optional[int] = ..., projection: _Optional[bool] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("data", "shape", "dtype")
@@ -57,7 +61,7 @@ class EmbedRequest(_message.Message):
     def __init__(self, backbone: _Optional[_Union[BackboneSettings, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., max_pixels: _Optional[int] = ...) -> None: ...
 
 class BackboneInfo(_message.Message):
-    __slots__ = ("name", "backbone_sha256", "weights", "weights_sha256", "image_height", "image_width", "pooling", "layer", "preprocessing", "resize", "feature_dim", "seed", "precision")
+    __slots__ = ("name", "backbone_sha256", "weights", "weights_sha256", "image_height", "image_width", "pooling", "layer", "preprocessing", "resize", "feature_dim", "seed", "precision", "blocks", "projection")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_SHA256_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +75,8 @@ class BackboneInfo(_message.Message):
     FEATURE_DIM_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    PROJECTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     backbone_sha256: str
     weights: str
@@ -84,7 +90,9 @@ class BackboneInfo(_message.Message):
     feature_dim: int
     seed: int
     precision: str
-    def __init__(self, name: _Optional[str] = ..., backbone_sha256: _Optional[str] = ..., weights: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., pooling: _Optional[str] = ..., layer: _Optional[str] = ..., preprocessing: _Optional[str] = ..., resize: _Optional[str] = ..., feature_dim: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ...) -> None: ...
+    blocks: int
+    projection: bool
+    def __init__(self, name: _Optional[str] = ..., backbone_sha256: _Optional[str] = ..., weights: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., pooling: _Optional[str] = ..., layer: _Optional[str] = ..., preprocessing: _Optional[str] = ..., resize: _Optional[str] = ..., feature_dim: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ..., blocks: _Optional[int] = ..., projection: _Optional[bool] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values", "error")
@@ -107,16 +115,20 @@ class ListBackbonesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Backbone(_message.Message):
-    __slots__ = ("name", "default_size", "feature_dim", "loaded")
+    __slots__ = ("name", "default_size", "feature_dim", "loaded", "family", "source")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_SIZE_FIELD_NUMBER: _ClassVar[int]
     FEATURE_DIM_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     default_size: int
     feature_dim: int
     loaded: bool
-    def __init__(self, name: _Optional[str] = ..., default_size: _Optional[int] = ..., feature_dim: _Optional[int] = ..., loaded: _Optional[bool] = ...) -> None: ...
+    family: str
+    source: str
+    def __init__(self, name: _Optional[str] = ..., default_size: _Optional[int] = ..., feature_dim: _Optional[int] = ..., loaded: _Optional[bool] = ..., family: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class ListBackbonesResponse(_message.Message):
     __slots__ = ("backbones", "loaded", "classifiers")

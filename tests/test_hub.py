@@ -270,3 +270,33 @@ def test_extract_train_predict_export_and_fine_tune(presets, tmp_path):
     tuned = fine_tune(cache, run, output=tmp_path / "ft", unfreeze=2, epochs=1, batch_size=4)
     unfrozen = tuned.report["unfrozen_layers"]
     assert unfrozen and all("norm" not in name for name in unfrozen)
+
+
+def test_grpc_embeds_with_a_preset_folder_and_refuses_remote_handles(presets, tmp_path):
+    import shutil
+
+    from featcache import ServeOptions, start_server
+    from featcache.extractor.service.client import Client, RemoteError
+
+    weights = tmp_path / "weights"
+    shutil.copytree(presets["dinov2"], weights / "dinov2")
+    (tmp_path / "data").mkdir()
+    srv = start_server(
+        ServeOptions(port=0, data_root=str(tmp_path / "data"), weights_root=str(weights))
+    )
+    try:
+        with Client(f"127.0.0.1:{srv.port}") as client:
+            listed = {b["name"]: b for b in client.list_backbones()["backbones"]}
+            assert listed["siglip2_base_patch16_224"]["family"] == "siglip"
+            images = _images(2).astype(np.uint8)
+            got = client.embed(list(images), "dinov2", weights="preset", pooling="cls", blocks=2)
+            local = _extractor(presets["dinov2"], pooling="cls", blocks=2)
+            np.testing.assert_allclose(got, local(images.astype(np.float32)), atol=1e-5)
+            loaded = client.list_backbones()["loaded"][0]
+            assert loaded["blocks"] == 2 and loaded["pooling"] == "cls"
+            for name in ("hub:dinov2_small", "hf://org/model", "kaggle://a/b/keras/c"):
+                with pytest.raises(RemoteError) as refused:
+                    client.embed(list(images), name, weights="none")
+                assert refused.value.code == "PERMISSION_DENIED", name
+    finally:
+        srv.stop(0)

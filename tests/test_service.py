@@ -24,10 +24,15 @@ from featcache import ServeOptions, extract, start_server
 from featcache.cli import main
 from featcache.errors import RemoteError
 from featcache.extractor.cache import read_cache
+from featcache.extractor.hub import HUB_REGISTRY
+from featcache.extractor.registry import REGISTRY
 from featcache.extractor.service.client import BadImagesError, Client
 from featcache.extractor.splits import assign_split
 from featcache.protos import extractor_pb2 as pb
 from helpers import make_class_folder, write_image
+
+REGISTERED = len(REGISTRY) + len(HUB_REGISTRY)
+"""Backbones ListBackbones names: keras.applications and keras-hub entries."""
 
 MODEL = {"weights": "none", "image_size": 32}
 """Client settings for the tiny random VGG16 (seed 20, as ``extract``'s default)."""
@@ -124,9 +129,18 @@ def test_health_goes_serving_once_preloaded_and_reflection_lists_the_service(roo
 
 def test_list_backbones(client):
     listing = client.list_backbones()
-    assert len(listing["backbones"]) == 40
+    assert len(listing["backbones"]) == REGISTERED
     vgg = next(b for b in listing["backbones"] if b["name"] == "vgg16")
-    assert vgg == {"name": "vgg16", "default_size": 224, "feature_dim": 512, "loaded": True}
+    assert vgg == {
+        "name": "vgg16",
+        "default_size": 224,
+        "feature_dim": 512,
+        "loaded": True,
+        "family": "vgg16",
+        "source": "keras.applications",
+    }
+    dinov2 = next(b for b in listing["backbones"] if b["name"] == "dinov2_small")
+    assert dinov2["family"] == "dinov2" and dinov2["source"] == "keras-hub"
     assert listing["loaded"][0]["image_height"] == 32
 
 
@@ -279,7 +293,7 @@ def test_bad_requests_get_precise_status_codes_and_the_server_stays_up(server, c
     with pytest.raises(grpc.RpcError) as info:
         stub.Embed(request, timeout=0.001)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert len(client.list_backbones()["backbones"]) == 40
+    assert len(client.list_backbones()["backbones"]) == REGISTERED
     assert len(stub.Embed(request, timeout=60).embeddings) == 64
 
 
@@ -435,7 +449,7 @@ def test_bearer_token_is_required_except_for_health(roots, tmp_path):
                     anonymous.classify([b"x"], "any")
                 assert info.value.code == "UNAUTHENTICATED"
         with Client(address, token_file=token) as allowed:
-            assert len(allowed.list_backbones()["backbones"]) == 40
+            assert len(allowed.list_backbones()["backbones"]) == REGISTERED
         with grpc.insecure_channel(address) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -492,7 +506,7 @@ def test_tls_and_mutual_tls(roots, tmp_path):
     address = f"127.0.0.1:{srv.port}"
     try:
         with Client(address, tls_ca=cert, timeout=10) as secure:
-            assert len(secure.list_backbones()["backbones"]) == 40
+            assert len(secure.list_backbones()["backbones"]) == REGISTERED
         with Client(address, timeout=3) as plain, pytest.raises(RemoteError):
             plain.list_backbones()
     finally:
@@ -508,7 +522,7 @@ def test_tls_and_mutual_tls(roots, tmp_path):
         with Client(
             address, tls_ca=cert, tls_cert=client_cert, tls_key=client_key, timeout=10
         ) as known:
-            assert len(known.list_backbones()["backbones"]) == 40
+            assert len(known.list_backbones()["backbones"]) == REGISTERED
     finally:
         srv.stop(0)
 

@@ -19,10 +19,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from featcache import ServeOptions, start_server
 from featcache.errors import InvalidOptionError, WeightsError
+from featcache.extractor.hub import HUB_REGISTRY
+from featcache.extractor.registry import REGISTRY
 from featcache.extractor.service.client import Client
 from featcache.protos import extractor_pb2 as pb
 from featcache.protos import extractor_pb2_grpc as pb_grpc
 from helpers import make_class_folder
+
+REGISTERED = len(REGISTRY) + len(HUB_REGISTRY)
+"""Backbones ListBackbones names: keras.applications and keras-hub entries."""
 
 PRELOAD = "vgg16=none@32"
 BOUND = 60.0
@@ -152,7 +157,7 @@ def test_requests_over_the_memory_budget_are_refused_before_decoding(roots, monk
             small.batch_size = 2
             assert list(stub.ExtractDataset(small, timeout=BOUND))[-1].rows == 12
             assert srv.servicer.budget.used == 0  # everything given back
-            assert len(client.list_backbones()["backbones"]) == 40
+            assert len(client.list_backbones()["backbones"]) == REGISTERED
 
 
 # -- item 4: call slots and jobs -----------------------------------------------------

@@ -133,7 +133,8 @@ class Client:
         self.channel.close()
 
     def list_backbones(self) -> dict[str, Any]:
-        """``{"backbones": [{name, default_size, feature_dim, loaded}], "loaded": [...]}``."""
+        """``{"backbones": [{name, default_size, feature_dim, loaded, family, source}],
+        "loaded": [...]}``."""
         from google.protobuf.json_format import MessageToDict
 
         reply = self._call(self.stub.ListBackbones, pb.ListBackbonesRequest())
@@ -164,6 +165,8 @@ class Client:
         preprocessing: str = DEFAULT_PREPROCESSING,
         seed: int = DEFAULT_SEED,
         precision: str = DEFAULT_PRECISION,
+        blocks: int = 1,
+        projection: bool = False,
         errors: str = "raise",
     ) -> np.ndarray:
         """Embeddings ``(N, D)`` float32 of ``images``, in order.
@@ -183,6 +186,8 @@ class Client:
             preprocessing=preprocessing,
             seed=seed,
             precision=precision,
+            blocks=blocks,
+            projection=projection,
         )
         contents = [_load(image) for image in images]
         rows, dim = self.embed_contents(settings, contents)
@@ -264,6 +269,8 @@ class Client:
         preprocessing: str = DEFAULT_PREPROCESSING,
         seed: int = DEFAULT_SEED,
         precision: str = DEFAULT_PRECISION,
+        blocks: int = 1,
+        projection: bool = False,
         dtype: str = DEFAULT_DTYPE,
         split: str = DEFAULT_SPLIT,
         labels: str = "",
@@ -289,6 +296,8 @@ class Client:
                 preprocessing=preprocessing,
                 seed=seed,
                 precision=precision,
+                blocks=blocks,
+                projection=projection,
             ),
             dtype=dtype,
             split=split,

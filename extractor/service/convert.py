@@ -28,8 +28,10 @@ from ...errors import (
 )
 from ...protos import extractor_pb2 as pb
 from ..backbone import is_model_file
+from ..hub import HUB_REGISTRY, is_remote_preset
 from ..options import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_BLOCKS,
     DEFAULT_CHECKPOINT_SECONDS,
     DEFAULT_DTYPE,
     DEFAULT_POOLING,
@@ -43,6 +45,7 @@ from ..options import (
     PRECISIONS,
     RESIZE_MODES,
     ExtractOptions,
+    check_blocks,
     check_choice,
     check_seed,
     parse_image_size,
@@ -92,6 +95,8 @@ def settings_message(config: BackboneConfig) -> pb.BackboneSettings:
         preprocessing=config.preprocessing,
         seed=config.seed,
         precision=config.precision,
+        blocks=config.blocks,
+        projection=config.projection,
     )
 
 
@@ -108,10 +113,17 @@ def config_from_message(
     name = settings.name.strip()
     if not name:
         raise InvalidOptionError("backbone.name is required", "backbone.name")
+    if is_remote_preset(name):
+        raise AccessDenied(
+            f"backbone.name {name!r}: this server loads registered names and preset folders "
+            "under its --weights-root only"
+        )
     if is_model_file(name):
         name = str(confine(weights_root, name, "saved model"))
+    elif _is_preset_folder(name, weights_root):
+        name = str(confine(weights_root, name, "preset folder"))
     weights = settings.weights.strip() or DEFAULT_WEIGHTS
-    if weights.lower() not in NAMED_WEIGHTS:
+    if weights.lower() not in (*NAMED_WEIGHTS, "preset"):
         weights = str(confine(weights_root, weights, "weights file"))
     resize = check_choice("resize", settings.resize or DEFAULT_RESIZE, RESIZE_MODES)
     precision = check_choice("precision", settings.precision or DEFAULT_PRECISION, PRECISIONS)
@@ -139,7 +151,26 @@ def config_from_message(
         seed,
         resize,
         precision,
+        check_blocks(settings.blocks or DEFAULT_BLOCKS, "blocks"),
+        settings.projection,
     )
+
+
+def _is_preset_folder(name: str, weights_root: Path | None) -> bool:
+    """True for a keras-hub preset folder name (a path, or a folder under ``weights_root``),
+    not a registry name."""
+    from ..registry import get_backbone
+
+    if name.strip().lower() in HUB_REGISTRY:
+        return False
+    try:
+        get_backbone(name)
+        return False
+    except UnknownBackboneError:
+        pass
+    if "/" in name or name.startswith("."):
+        return True
+    return weights_root is not None and (weights_root / name / "config.json").is_file()
 
 
 def dataset_paths(
@@ -251,6 +282,8 @@ def info_message(settings: FeatureSettings) -> Any:
         feature_dim=settings.feature_dim,
         seed=settings.seed,
         precision=settings.precision,
+        blocks=settings.blocks,
+        projection=settings.projection,
     )
 
 
@@ -269,6 +302,8 @@ def settings_from_info(info: Any) -> FeatureSettings:
         info.seed,
         feature_dim=info.feature_dim,
         precision=info.precision or DEFAULT_PRECISION,
+        blocks=info.blocks or DEFAULT_BLOCKS,
+        projection=info.projection,
     )
 
 

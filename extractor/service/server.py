@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from ...errors import InvalidOptionError, UnknownBackboneError
 from ...protos import extractor_pb2 as pb
 from ..backbone import is_model_file, resolve_backbone
+from ..hub import HUB_REGISTRY
 from ..options import DEFAULT_WEIGHTS, NAMED_WEIGHTS, check_range
 from ..registry import get_backbone
 from ..settings import BackboneConfig
@@ -49,8 +50,10 @@ def parse_preload(entry: str, weights_root: Path | None) -> BackboneConfig:
         (match.group(2) or DEFAULT_WEIGHTS).strip(),
         match.group(3),
     )
-    if weights.lower() not in NAMED_WEIGHTS:
+    if weights.lower() not in (*NAMED_WEIGHTS, "preset"):
         weights = str(confine(weights_root, weights, "weights file"))
+    if "/" in name and not is_model_file(name):  # a keras-hub preset folder
+        name = str(confine(weights_root, name, "preset folder"))
     return BackboneConfig(name, weights, size)
 
 
@@ -73,8 +76,10 @@ def parse_allowed(entries: list[str], weights_root: Path | None) -> set[str] | N
         return None
     allowed = set()
     for name in names:
-        if is_model_file(name):
+        if is_model_file(name) or "/" in name:  # a saved model or a keras-hub preset folder
             allowed.add(str(confine(weights_root, name, "allow_backbone").resolve()))
+        elif name.lower() in HUB_REGISTRY:
+            allowed.add(name.lower())
         else:
             try:
                 allowed.add(get_backbone(name).name)

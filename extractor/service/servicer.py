@@ -20,6 +20,7 @@ from ...errors import ExtractionCancelled, InvalidOptionError
 from ...protos import extractor_pb2 as pb
 from ...protos import extractor_pb2_grpc as pb_grpc
 from ..backbone import resolve_backbone
+from ..hub import list_hub_backbones
 from ..options import DEFAULT_MAX_PIXELS
 from ..ranking import DEFAULT_TOP_K, top_k
 from ..registry import list_backbones
@@ -130,13 +131,15 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         return pb.ListBackbonesResponse(
             backbones=[
                 pb.Backbone(
-                    name=spec.name,
-                    default_size=spec.default_size,
-                    feature_dim=spec.feature_dim,
-                    loaded=spec.name in names,
+                    name=name,
+                    default_size=size,
+                    feature_dim=dim,
+                    loaded=name in names,
+                    family=family,
+                    source=source,
                 )
-                for spec in list_backbones()
-                if allowed is None or spec.name in allowed
+                for name, size, dim, family, source in _registry_rows()
+                if allowed is None or name in allowed
             ],
             loaded=[
                 info_message(shown_settings(replace(m.settings, resize=""), self.roots))
@@ -420,3 +423,15 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         for job in jobs:
             job.cancel.set()
         return all(job.ended.wait(timeout) for job in jobs)
+
+
+def _registry_rows() -> list[tuple[str, int, int, str, str]]:
+    """(name, default size, feature width, family, source) of every registered backbone."""
+    rows = [
+        (s.name, s.default_size, s.feature_dim, s.module, "keras.applications")
+        for s in list_backbones()
+    ]
+    rows += [
+        (h.name, h.default_size, h.feature_dim, h.family, h.source) for h in list_hub_backbones()
+    ]
+    return rows
