@@ -261,15 +261,36 @@ def test_extract_train_predict_export_and_fine_tune(presets, tmp_path):
     run = tmp_path / "head"
     train_head(cache, head="dense", hidden=(8,), epochs=3, output=run)
     assert predict_cache(run, cache).is_file()
-    model, names, _ = load_model(export(run, tmp_path / "m.keras"))
+    exported = export(run, tmp_path / "m.keras")
+    model, names, _ = load_model(exported)
     expected = load_head(run).predict_proba(cached.features)
     for path, row in zip(cached.paths, expected):
         pixels = decode_image((data / path).read_bytes()).astype(np.float32)
         np.testing.assert_allclose(np.asarray(model(pixels[None]))[0], row, atol=1e-4)
     assert names == ["class_0", "class_1"]
+    _classify_matches_predict(exported, data)
     tuned = fine_tune(cache, run, output=tmp_path / "ft", unfreeze=2, epochs=1, batch_size=4)
     unfrozen = tuned.report["unfrozen_layers"]
     assert unfrozen and all("norm" not in name for name in unfrozen)
+
+
+def _classify_matches_predict(exported, data) -> None:
+    """The served classifier (Classify) gives ``predict_images``' probabilities."""
+    from featcache import ServeOptions, start_server
+    from featcache.extractor.service.client import Client
+    from featcache.heads.images import predict_images
+
+    files = sorted(str(f) for f in data.rglob("*.png"))[:3]
+    local = predict_images(exported, files, None, top_k=2)
+    srv = start_server(ServeOptions(port=0, models=[f"hub={exported}"]))
+    try:
+        with Client(f"127.0.0.1:{srv.port}") as client:
+            for remote, here in zip(client.classify(files, "hub", top_k=2), local):
+                np.testing.assert_allclose(
+                    [p for _, p in remote["top"]], [p for _, p in here.top], atol=1e-5
+                )
+    finally:
+        srv.stop(0)
 
 
 def test_grpc_embeds_with_a_preset_folder_and_refuses_remote_handles(presets, tmp_path):

@@ -147,6 +147,22 @@ def test_killed_ray_job_resumes_where_it_stopped(tmp_path):
     assert not list(tmp_path.glob("ray.h5.tmp-*"))
 
 
+def test_a_keras_hub_preset_folder_on_ray_gives_the_local_cache(tmp_path, class_folder):
+    keras_hub = pytest.importorskip("keras_hub", reason="keras-hub not installed (featcache[hub])")
+    preset = tmp_path / "preset"
+    keras_hub.models.ViTBackbone(
+        image_shape=(32, 32, 3), patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32
+    ).save_to_preset(str(preset))
+    converter = keras_hub.layers.ImageConverter(image_size=(32, 32), scale=1 / 127.5, offset=-1)
+    converter.save_to_preset(str(preset))
+    hub = {"backbone": str(preset), "weights": "preset", "pooling": "cls+mean", "progress": False}
+    extract(class_folder, output=tmp_path / "local.h5", **hub)
+    options = RayOptions(actors=1)
+    extract(class_folder, output=tmp_path / "ray.h5", engine="ray", ray_options=options, **hub)
+    _assert_same_cache(tmp_path / "ray.h5", tmp_path / "local.h5")
+    assert read_cache(tmp_path / "ray.h5").settings.pooling == "cls+mean"
+
+
 def test_an_actor_that_cannot_build_the_model_fails_in_one_line(tmp_path, class_folder):
     out = tmp_path / "ray.h5"
     with pytest.raises(EngineError, match=r"^on Ray node .*no_such_layer"):
