@@ -25,15 +25,14 @@ HUB_PREFIX = "hub:"
 """``hub:<preset>``: any built-in keras-hub preset, registered here or not."""
 _SCHEMES = ("hf://", "kaggle://", "gs://", "modelscope://")
 _WEIGHT_NAMES = ("model.weights.h5", "model.weights.json", "model.safetensors")
-TRANSFORMERS = ("dinov2", "dinov3", "vit", "deit", "clip", "siglip")
+TRANSFORMERS = ("dinov2", "dinov3", "vit", "clip", "siglip")
 """Families whose output is a token sequence (``cls``/``mean`` pooling, ``blocks``)."""
-FIXED_SIZE = ("vit", "deit", "clip", "siglip")
+FIXED_SIZE = ("vit", "clip", "siglip")
 """Families whose position embeddings fix the input size (DINOv2 interpolates them)."""
 _CLASS_FAMILIES = {
     "DINOV2Backbone": "dinov2",
     "DINOV3Backbone": "dinov3",
     "ViTBackbone": "vit",
-    "DeiTBackbone": "deit",
     "CLIPBackbone": "clip",
     "SigLIPBackbone": "siglip",
 }
@@ -80,6 +79,9 @@ _ENTRIES: list[HubSpec] = [
     _entry("dinov2_with_registers_base", "dinov2", 224, 768),
     _entry("dinov2_with_registers_large", "dinov2", 224, 1024),
     _entry("dinov2_with_registers_giant", "dinov2", 224, 1536),
+    _entry("dinov3_vit_small_lvd1689m", "dinov3", 224, 384),
+    _entry("dinov3_vit_base_lvd1689m", "dinov3", 224, 768),
+    _entry("dinov3_vit_large_lvd1689m", "dinov3", 224, 1024),
     _entry("vit_base_patch16_224_imagenet", "vit", 224, 768),
     _entry("vit_base_patch16_384_imagenet", "vit", 384, 768),
     _entry("vit_large_patch16_224_imagenet", "vit", 224, 1024),

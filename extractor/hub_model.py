@@ -101,10 +101,10 @@ def hub_feature_model(backbone: Any, resolved: FeatureSettings, spec: HubSpec) -
 
 
 def _tokens(backbone: Any, resolved: FeatureSettings, images: Any, family: str) -> Any:
-    """DINOv2 / DINOv3 / ViT / DeiT: the sequence output (final norm applied)."""
+    """DINOv2 / DINOv3 / ViT: the sequence output (final norm applied)."""
     registers = int(getattr(backbone, "num_register_tokens", 0) or 0)
     has_cls = bool(getattr(backbone, "use_class_token", True))
-    skip = (1 if has_cls else 0) + registers + (1 if family == "deit" else 0)
+    skip = (1 if has_cls else 0) + registers
     if resolved.blocks == 1:
         return _pool(_apply(backbone, images), resolved, skip, has_cls)
     pyramid = getattr(backbone, "pyramid_outputs", None) or {}
@@ -173,6 +173,13 @@ def _feature_map(backbone: Any, resolved: FeatureSettings, images: Any) -> Any:
     """CNN presets: global average or max pooling of the last feature map, as today."""
     _no_blocks(resolved, spec_name=backbone.name)
     out = _apply(backbone, images)
+    if isinstance(out, dict) or len(out.shape) != 4:
+        shape = "several outputs" if isinstance(out, dict) else f"output {tuple(out.shape)}"
+        raise InvalidOptionError(
+            f"backbone {resolved.backbone}: {type(backbone).__name__} gives {shape}, not a "
+            "feature map; featcache pools DINOv2/v3, ViT, CLIP, SigLIP and CNN backbones only",
+            "backbone",
+        )
     if resolved.pooling == "none":
         return keras.layers.Flatten(dtype="float32", name="featcache_flatten")(out)
     layer = (
@@ -185,7 +192,9 @@ def _feature_map(backbone: Any, resolved: FeatureSettings, images: Any) -> Any:
 
 def _apply(model: Any, images: Any) -> Any:
     """``model`` (a keras-hub backbone or encoder, saved whole in exports) on ``images``."""
-    return model({"images": images}) if isinstance(model.input, dict) else model(images)
+    if isinstance(model.input, dict):  # "images", or DINOv3's "pixel_values"
+        return model({next(iter(model.input)): images})
+    return model(images)
 
 
 def _call(model: Any, outputs: Any, images: Any) -> Any:

@@ -37,6 +37,16 @@ def _tiny(family: str):
             image_shape=(SIZE, SIZE, 3),
             position_embedding_shape=(SIZE, SIZE, 3),
         )
+    if family == "dinov3":
+        return kh.DINOV3Backbone(
+            patch_size=8,
+            num_layers=2,
+            hidden_dim=32,
+            num_heads=2,
+            intermediate_dim=64,
+            num_register_tokens=4,
+            image_shape=(SIZE, SIZE, 3),
+        )
     if family == "vit":
         return kh.ViTBackbone(
             image_shape=(SIZE, SIZE, 3),
@@ -64,7 +74,7 @@ def _tiny(family: str):
     )
 
 
-FAMILIES = ("dinov2", "vit", "clip", "siglip", "resnet")
+FAMILIES = ("dinov2", "dinov3", "vit", "clip", "siglip", "resnet")
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +105,7 @@ def _extractor(preset, **settings) -> FeatureExtractor:
 
 
 def _forward(model, x):
-    return model({"images": x}) if isinstance(model.input, dict) else model(x)
+    return model({next(iter(model.input)): x}) if isinstance(model.input, dict) else model(x)
 
 
 def _reference(family: str, preset, images: np.ndarray, pooling: str) -> np.ndarray:
@@ -111,7 +121,7 @@ def _reference(family: str, preset, images: np.ndarray, pooling: str) -> np.ndar
             return tokens
     else:
         tokens = np.asarray(_forward(backbone, x))
-    skip = 1 + (2 if family == "dinov2" else 0)
+    skip = 1 + {"dinov2": 2, "dinov3": 4}.get(family, 0)  # class and register tokens
     cls, mean = tokens[:, 0], tokens[:, skip:].mean(axis=1)
     return {"cls": cls, "mean": mean, "cls+mean": np.concatenate([cls, mean], -1)}[pooling]
 
@@ -120,6 +130,7 @@ def _reference(family: str, preset, images: np.ndarray, pooling: str) -> np.ndar
     ("family", "pooling", "projection"),
     [
         ("dinov2", "cls+mean", False),
+        ("dinov3", "mean", False),
         ("vit", "cls", False),
         ("clip", "mean", False),
         ("siglip", "avg", True),
@@ -150,6 +161,7 @@ def test_blocks_concatenate_the_last_blocks_with_the_final_norm(presets):
     expected = np.concatenate([np.asarray(backbone.layernorm(t))[:, 0] for t in stages(x)], axis=-1)
     np.testing.assert_allclose(extractor(images), expected, atol=1e-5, rtol=0)
     assert extractor.resolved.identity()["blocks"] == 2
+    assert _extractor(presets["dinov3"], pooling="cls+mean", blocks=2).feature_dim == 4 * 32
     with pytest.raises(InvalidOptionError, match="blocks 2") as refused:
         _extractor(presets["vit"], pooling="cls", blocks=2)
     assert refused.value.parameter == "blocks"
@@ -296,15 +308,15 @@ def _classify_matches_predict(exported, data) -> None:
 def test_grpc_embeds_with_a_preset_folder_and_refuses_remote_handles(presets, tmp_path):
     import shutil
 
-    from featcache import ServeOptions, start_server
+    from featcache import ServeOptions, read_cache, start_server
     from featcache.extractor.service.client import Client, RemoteError
 
     weights = tmp_path / "weights"
     shutil.copytree(presets["dinov2"], weights / "dinov2")
-    (tmp_path / "data").mkdir()
-    srv = start_server(
-        ServeOptions(port=0, data_root=str(tmp_path / "data"), weights_root=str(weights))
-    )
+    make_class_folder(tmp_path / "data" / "set", classes=2, per_class=2)
+    (tmp_path / "cache").mkdir()
+    roots = {"data_root": str(tmp_path / "data"), "cache_root": str(tmp_path / "cache")}
+    srv = start_server(ServeOptions(port=0, weights_root=str(weights), **roots))
     try:
         with Client(f"127.0.0.1:{srv.port}") as client:
             listed = {b["name"]: b for b in client.list_backbones()["backbones"]}
@@ -315,9 +327,36 @@ def test_grpc_embeds_with_a_preset_folder_and_refuses_remote_handles(presets, tm
             np.testing.assert_allclose(got, local(images.astype(np.float32)), atol=1e-5)
             loaded = client.list_backbones()["loaded"][0]
             assert loaded["blocks"] == 2 and loaded["pooling"] == "cls"
+            job = client.extract_dataset(
+                "set", "dinov2", output="s.h5", weights="preset", pooling="cls", blocks=2
+            )
+            assert list(job)[-1].feature_dim == 64
+            cached = read_cache(tmp_path / "cache" / "s.h5")
+            assert cached.settings.blocks == 2 and cached.features.shape == (4, 64)
             for name in ("hub:dinov2_small", "hf://org/model", "kaggle://a/b/keras/c"):
                 with pytest.raises(RemoteError) as refused:
                     client.embed(list(images), name, weights="none")
                 assert refused.value.code == "PERMISSION_DENIED", name
     finally:
         srv.stop(0)
+
+
+def test_cli_flags_reach_the_cache_and_errors_name_the_flag(presets, tmp_path):
+    from click.testing import CliRunner
+
+    from featcache.cli import main
+
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=2)
+    out = tmp_path / "c.h5"
+    args = ["extract", str(data), "-b", str(presets["dinov2"]), "-o", str(out), "-q"]
+    result = CliRunner().invoke(main, [*args, "--pooling", "cls", "--blocks", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["feature_dim"] == 64
+    shown = CliRunner().invoke(main, ["inspect", str(out)]).output
+    assert "blocks         2" in shown and "hub:scale=0.02," in shown
+    for extra, message in (
+        (["--blocks", "0"], "--blocks 0: expected 1 to 64"),
+        (["-b", "vgg16", "--projection"], "--projection True: only for keras-hub transformers"),
+    ):
+        refused = CliRunner().invoke(main, [*args, *extra])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
