@@ -248,7 +248,7 @@ def test_without_keras_hub_the_error_names_the_extra(presets):
 
 
 def test_extract_train_predict_export_and_fine_tune(presets, tmp_path):
-    from featcache import extract, read_cache
+    from featcache import compare, extract, read_cache
     from featcache.extractor.decode import decode_image
     from featcache.heads.endtoend import export, load_model
     from featcache.heads.finetune import fine_tune
@@ -273,6 +273,7 @@ def test_extract_train_predict_export_and_fine_tune(presets, tmp_path):
     run = tmp_path / "head"
     train_head(cache, head="dense", hidden=(8,), epochs=3, output=run)
     assert predict_cache(run, cache).is_file()
+    assert compare(cache, tmp_path / "compare", heads="logreg,knn").best
     exported = export(run, tmp_path / "m.keras")
     model, names, _ = load_model(exported)
     expected = load_head(run).predict_proba(cached.features)
@@ -360,3 +361,21 @@ def test_cli_flags_reach_the_cache_and_errors_name_the_flag(presets, tmp_path):
     ):
         refused = CliRunner().invoke(main, [*args, *extra])
         assert refused.exit_code == 2 and message in refused.output, refused.output
+
+
+def test_older_fingerprints_are_unchanged_and_bfloat16_builds(presets):
+    from featcache.extractor.settings import CacheSettings
+
+    old = resolve_backbone(BackboneConfig("vgg16", "none", 32))
+    assert set(old.identity()) == {
+        "backbone", "backbone_sha256", "weights", "weights_sha256", "image_size", "resize",
+        "pooling", "layer", "preprocessing", "seed",
+    }  # fmt: skip
+    storage = {"dtype": "float32", "split_source": "hash", "dataset_root": "/d"}
+    cache = CacheSettings.of(old, split_ratios=(0.7, 0.2, 0.1), **storage)
+    assert "blocks" not in cache.to_attrs() and "projection" not in cache.to_attrs()
+    full = _extractor(presets["dinov2"], pooling="cls")
+    half = _extractor(presets["dinov2"], pooling="cls", precision="bfloat16")
+    images = _images(2)
+    assert half(images).dtype == np.float32 and half.resolved.identity()["precision"] == "bfloat16"
+    np.testing.assert_allclose(half(images), full(images), atol=0.1)
