@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .extractor.backbone import FeatureExtractor
     from .extractor.cache import CacheData, CacheReader, cache_info, read_cache
     from .extractor.extraction import extract
+    from .extractor.hub import HubSpec, list_hub_backbones
     from .extractor.options import ExtractOptions, RayOptions
     from .extractor.recorder import ExtractProgress
     from .extractor.registry import BackboneSpec, get_backbone, list_backbones
@@ -75,6 +76,8 @@ _LAZY = {
     "BackboneSpec": "featcache.extractor.registry",
     "get_backbone": "featcache.extractor.registry",
     "list_backbones": "featcache.extractor.registry",
+    "HubSpec": "featcache.extractor.hub",
+    "list_hub_backbones": "featcache.extractor.hub",
     "Client": "featcache.extractor.service.client",
     "BadImagesError": "featcache.extractor.service.client",
     "ServeOptions": "featcache.extractor.service.options",
