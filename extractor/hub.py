@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,8 @@ def list_hub_backbones() -> list[HubSpec]:
 
 def require_keras_hub() -> Any:
     """The ``keras_hub`` module, or a one-line error naming the install command."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as ensure_tensorflow_backend
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
         import keras_hub
     except ImportError:
