@@ -108,19 +108,12 @@ def unfreeze_layers(
     else:
         start = max(0, len(layers) - count)  # more than there are: all of them
     backbone.trainable = True
-    for layer in _units(backbone, keras):
-        if isinstance(layer, frozen):
-            layer.trainable = False
-    touched = []
     for i, layer in enumerate(layers):
-        train = i >= start and not isinstance(layer, frozen)
-        layer.trainable = train
-        for inner in layer._flatten_layers(include_self=False):  # norms inside a block
-            if isinstance(inner, frozen):
-                inner.trainable = False
-        if train and layer.trainable_weights:
-            touched.append(layer.name)
-    return touched
+        layer.trainable = i >= start
+    for inner in backbone._flatten_layers(include_self=False):  # every norm, blocks' too
+        if isinstance(inner, frozen):
+            inner.trainable = False
+    return [layer.name for i, layer in enumerate(layers) if i >= start and layer.trainable_weights]
 
 
 def _units(model: Any, keras: Any) -> list[Any]:

@@ -379,3 +379,28 @@ def test_older_fingerprints_are_unchanged_and_bfloat16_builds(presets):
     images = _images(2)
     assert half(images).dtype == np.float32 and half.resolved.identity()["precision"] == "bfloat16"
     np.testing.assert_allclose(half(images), full(images), atol=0.1)
+
+
+@pytest.mark.parametrize(
+    ("family", "settings"),
+    [("clip", {"projection": True}), ("siglip", {"pooling": "mean"}), ("resnet", {})],
+)
+def test_export_parity_for_other_families(presets, tmp_path, family, settings):
+    from featcache import extract, read_cache
+    from featcache.extractor.decode import decode_image
+    from featcache.heads.endtoend import export, load_model
+    from featcache.heads.train import load_head, train_head
+
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=6)
+    cache = tmp_path / "c.h5"
+    backbone = str(presets[family])
+    extract(
+        data, backbone=backbone, output=cache, split="0.5,0.25,0.25", progress=False, **settings
+    )
+    train_head(cache, head="dense", hidden=(4,), epochs=1, output=tmp_path / "head")
+    model, _, _ = load_model(export(tmp_path / "head", tmp_path / "m.keras"))
+    cached = read_cache(cache)
+    expected = load_head(tmp_path / "head").predict_proba(cached.features)
+    for path, row in zip(cached.paths, expected):
+        pixels = decode_image((data / path).read_bytes()).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(model(pixels[None]))[0], row, atol=1e-4)
