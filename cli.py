@@ -399,10 +399,10 @@ def backbones_command(as_json: bool) -> None:
     if as_json:
         _print_json(rows)
         return
-    click.echo(f"{'name':<34} {'family':<16} {'size':>5} {'dim':>5}  source")
+    click.echo(f"{'name':<34} {'family':<19} {'size':>5} {'dim':>5}  source")
     for row in rows:
         click.echo(
-            f"{row['name']:<34} {row['family']:<16} {row['default_size']:>5} "
+            f"{row['name']:<34} {row['family']:<19} {row['default_size']:>5} "
             f"{row['feature_dim']:>5}  {row['source']}"
         )
     click.echo("keras-hub: any other preset as hub:NAME, a preset folder, hf:// or kaggle://")
