@@ -21,7 +21,15 @@ from .extractor import options as extract_defaults
 from .extractor.options import DTYPES, ENGINES, POOLING_MODES, PRECISIONS, RESIZE_MODES
 from .extractor.service.options import ServeOptions
 from .heads import options as head_defaults
-from .heads.options import AUGMENTATIONS, EXPORT_FORMATS, HEAD_KINDS, MONITORS, OPTIMIZERS
+from .heads.options import (
+    AUGMENTATIONS,
+    EXPORT_FORMATS,
+    HEAD_KINDS,
+    MONITORS,
+    NORMALIZATIONS,
+    OPTIMIZERS,
+    PROTOCOLS,
+)
 
 _SERVE = ServeOptions()
 _FLAGS = {"models": "--model"}
@@ -409,7 +417,7 @@ def backbones_command(as_json: bool) -> None:
 
 
 @click.command("train-head")
-@click.argument("cache", type=click.Path())
+@click.argument("caches", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--head",
     "kind",
@@ -512,11 +520,19 @@ def backbones_command(as_json: bool) -> None:
 @click.option("--seed", type=int, default=head_defaults.DEFAULT_SEED, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_handle_errors
-def train_head_command(cache: str, kind: str, hidden: str, as_json: bool, **options: Any) -> None:
-    """Train a classification head on the features of CACHE and report val and test metrics."""
+def train_head_command(
+    caches: tuple[str, ...], kind: str, hidden: str, as_json: bool, **options: Any
+) -> None:
+    """Train a classification head on the features of CACHES and report val and test metrics.
+
+    Several caches train on their features concatenated, over the images in every cache
+    (matched by content hash)."""
     from .heads.train import train_head
 
-    result = train_head(cache, kind, hidden=hidden, **options)
+    cache = caches[0] if len(caches) == 1 else ", ".join(caches)
+    result = train_head(
+        caches[0] if len(caches) == 1 else list(caches), kind, hidden=hidden, **options
+    )
     report = result.report
     if as_json:
         _print_json({**report, "run_dir": str(result.run_dir)})
@@ -544,7 +560,7 @@ def train_head_command(cache: str, kind: str, hidden: str, as_json: bool, **opti
 
 
 @main.command("compare")
-@click.argument("cache", type=click.Path())
+@click.argument("caches", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--output",
     "-o",
@@ -552,45 +568,135 @@ def train_head_command(cache: str, kind: str, hidden: str, as_json: bool, **opti
     default=None,
     help="Folder. [default: runs/<cache-stem>-compare-<timestamp>/]",
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(PROTOCOLS),
+    default=head_defaults.DEFAULT_PROTOCOL,
+    show_default=True,
+    help="quick: every head kind's small grid; linear-probe: L-BFGS logistic regression "
+    "over a C sweep; knn: cosine-weighted kNN; full: both and the dense head grid.",
+)
 @click.option("--heads", default=",".join(HEAD_KINDS), show_default=True)
 @click.option("--cv", type=int, default=None, help="Select by K-fold CV on train+val.")
 @click.option("--epochs", type=int, default=head_defaults.DEFAULT_EPOCHS, show_default=True)
 @click.option("--seed", type=int, default=head_defaults.DEFAULT_SEED, show_default=True)
+@click.option(
+    "--c-grid",
+    default=None,
+    help="linear-probe: C values, LOW:HIGH:N log-spaced or a comma list. "
+    f"[default: {head_defaults.DEFAULT_C_GRID}]",
+)
+@click.option(
+    "--knn-ks",
+    default=None,
+    help="knn: neighbour counts chosen from on val. "
+    f"[default: {','.join(str(k) for k in head_defaults.KNN_KS)}]",
+)
+@click.option(
+    "--temperature",
+    type=float,
+    default=None,
+    help=f"knn: votes weigh exp(cosine/T). [default: {head_defaults.KNN_TEMPERATURE}]",
+)
+@click.option(
+    "--normalize",
+    type=click.Choice(NORMALIZATIONS),
+    default=None,
+    help="Feature transform fitted on train. [default: standardize for linear-probe, "
+    "l2 for knn, none for dense]",
+)
+@click.option("--shots", type=int, default=None, help="Few-shot: K training images per class.")
+@click.option(
+    "--seeds",
+    type=int,
+    default=None,
+    help=f"Few-shot draws. [default: {head_defaults.DEFAULT_FEW_SHOT_SEEDS}]",
+)
+@click.option(
+    "--bootstrap",
+    type=int,
+    default=None,
+    help="Test resamples of the 95% intervals (0: none). "
+    f"[default: {head_defaults.DEFAULT_BOOTSTRAP}]",
+)
+@click.option("--csv", "csv_path", type=click.Path(), default=None, help="Also write the CSV here.")
+@click.option("--plot", type=click.Path(), default=None, help="Bar chart PNG with the intervals.")
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
 @_handle_errors
 def compare_command(
-    cache: str,
+    caches: tuple[str, ...],
     output: str | None,
+    protocol: str,
     heads: str,
     cv: int | None,
     epochs: int,
     seed: int,
+    csv_path: str | None,
+    plot: str | None,
     as_json: bool,
+    **probe_options: Any,
 ) -> None:
-    """Fit every head kind with a small search on CACHE and print a leaderboard."""
+    """Fit every head kind with a small search (or a probe protocol) on CACHES and print a
+    leaderboard. Several caches: each one and their concatenation, on the images in every
+    cache (matched by content hash)."""
     from .heads.compare import compare
+    from .heads.leaderboard import table
+    from .heads.probe import ProbeSettings
 
-    board = compare(cache, output, heads, cv, epochs, seed)
+    given = {name: value for name, value in probe_options.items() if value is not None}
+    probe = None
+    if given or protocol != head_defaults.DEFAULT_PROTOCOL:
+        probe = ProbeSettings(**given, seed=seed, epochs=epochs)
+    board = compare(
+        caches[0] if len(caches) == 1 else list(caches),
+        output,
+        heads,
+        cv,
+        epochs,
+        seed,
+        protocol=protocol,
+        probe=probe,
+        csv_path=csv_path,
+        plot=plot,
+    )
     if as_json:
         _print_json(
             {
                 "rows": board.rows,
                 "folder": str(board.folder),
-                "best_run": str(board.best.run_dir),
+                "best_run": str(board.best.run_dir) if board.best else None,
                 "skipped": board.skipped,
+                **({"protocol": protocol, "notes": board.notes} if probe else {}),
             }
         )
         return
+    for note in board.notes:
+        click.echo(f"note: {note}")
+    if probe is not None:
+        for line in table(board.rows):
+            click.echo(line)
+        click.echo("acc@1 etc. on test: value[±spread over seeds] [95% bootstrap interval]")
+        click.echo(f"leaderboard: {', '.join(str(f) for f in board.files)}")
+        return
     selected = "cv accuracy" if cv else "val accuracy"
-    click.echo(f"{'head':<14} {selected:>12} {'test acc':>9} {'test F1':>8} {'fit s':>7}  params")
+    source = max([len("source")] + [len(r.get("source", "")) for r in board.rows])
+    prefix = f"{'source':<{source}} " if "source" in board.rows[0] else ""
+    click.echo(
+        f"{prefix}{'head':<14} {selected:>12} {'test acc':>9} {'test F1':>8} {'fit s':>7}  params"
+    )
     for row in board.rows:
+        first = f"{row['source']:<{source}} " if prefix else ""
         click.echo(
-            f"{row['head']:<14} {row['selection_accuracy']:>12.4f} {row['test_accuracy']:>9.4f} "
+            f"{first}{row['head']:<14} {row['selection_accuracy']:>12.4f} "
+            f"{row['test_accuracy']:>9.4f} "
             f"{row['test_macro_f1']:>8.4f} {row['fit_seconds']:>7.2f}  {row['params']}"
         )
     for note in board.skipped:
         click.echo(f"skipped: {note}")
-    click.echo(f"leaderboard: {board.folder}/leaderboard.csv; best run: {board.best.run_dir}")
+    best = board.best.run_dir if board.best else None
+    click.echo(f"leaderboard: {board.folder}/leaderboard.csv; best run: {best}")
+    if plot:
+        click.echo(f"plot: {plot}")
 
 
 @main.command("predict")

@@ -1,12 +1,12 @@
-"""``compare``: every head kind with a small search, as a leaderboard."""
+"""``compare``: every head kind with a small search, or the papers' probe protocols, as a
+leaderboard over one cache, or over several caches and their concatenation."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,16 +18,20 @@ from sklearn.model_selection import StratifiedKFold
 from ..errors import DatasetError, FeatcacheError
 from ..extractor.options import invalid
 from .baselines import GRIDS, fit_baseline, make_baseline
-from .data import load_splits
+from .data import CachedSplits, Caches, JointCache, Split, cache_paths, load_splits
 from .dense import DenseHead
+from .leaderboard import probe_record, write_csv, write_json, write_plot
 from .options import (
     COMPARE_CV_VALIDATION_FRACTION,
+    DEFAULT_PROTOCOL,
     HEAD_KINDS,
+    PROBE_VAL_FRACTION,
     HeadOptions,
     check_options,
     merge_options,
     parse_heads,
 )
+from .probe import PROTOCOL_KINDS, ProbeData, ProbeSettings, run_protocols
 from .train import DEFAULT_RUNS_DIR, TrainResult, train_head
 
 
@@ -37,9 +41,38 @@ class Leaderboard:
 
     rows: list[dict[str, Any]]
     folder: Path
-    best: TrainResult
+    best: TrainResult | None
+    """The best quick row's head trained into ``best-<head>/`` (None for the probe
+    protocols, whose rows are evaluations, not saved heads)."""
     skipped: list[str]
     """Grid points that could not be fitted on this cache, and why."""
+    protocol: str = DEFAULT_PROTOCOL
+    notes: list[str] = field(default_factory=list)
+    """What was carved or dropped (rows not in every cache, classes that differ)."""
+    files: list[Path] = field(default_factory=list)
+    """Every file written: ``leaderboard.csv``/``.json`` and any ``csv``/``json``/``plot``."""
+
+
+@dataclass
+class _Source:
+    """One feature source: a cache, or (``part`` None) every cache concatenated."""
+
+    name: str
+    caches: list[Path]
+    part: int | None
+
+
+def _sources(paths: list[Path]) -> list[_Source]:
+    if len(paths) == 1:
+        return [_Source(paths[0].stem, paths, None)]
+    alone = [_Source(p.stem, [p], i) for i, p in enumerate(paths)]
+    return [*alone, _Source("+".join(p.stem for p in paths), paths, None)]
+
+
+def _features(splits: CachedSplits, split: Split, source: _Source) -> np.ndarray:
+    if isinstance(splits.reader, JointCache):
+        return splits.reader.features(split.rows, source.part)
+    return splits.features(split)
 
 
 def _estimator(kind: str, params: dict[str, Any], seed: int, epochs: int, cv: bool) -> Any:
@@ -52,13 +85,19 @@ def _estimator(kind: str, params: dict[str, Any], seed: int, epochs: int, cv: bo
 
 
 def compare(
-    cache: str | os.PathLike[str],
+    cache: Caches,
     output: str | os.PathLike[str] | None = None,
     heads: tuple[str, ...] | str = HEAD_KINDS,
     cv: int | None = None,
     epochs: int | None = None,
     seed: int | None = None,
     *,
+    protocol: str = DEFAULT_PROTOCOL,
+    probe: ProbeSettings | None = None,
+    val_fraction: float | None = None,
+    csv_path: str | os.PathLike[str] | None = None,
+    json_path: str | os.PathLike[str] | None = None,
+    plot: str | os.PathLike[str] | None = None,
     options: HeadOptions | None = None,
 ) -> Leaderboard:
     """Fit every head kind over its grid, choose by val accuracy (or ``cv``-fold CV on
@@ -69,17 +108,118 @@ def compare(
 
     The dense head early-stops on the same val split that scores it, which favours it a
     little over the baselines; ``cv`` avoids that.
+
+    ``protocol`` ``linear-probe``, ``knn`` or ``full`` runs the papers' protocols instead
+    (:mod:`featcache.heads.probe`; ``probe`` holds their settings: C grid, ks, temperature,
+    normalisation, few-shot ``shots`` and ``seeds``, bootstrap resamples; its ``seed`` and
+    ``epochs`` are replaced by this call's): every row has
+    acc@1, acc@5, balanced accuracy and macro F1 on test with bootstrap 95% intervals, and
+    rows are ranked by test acc@1. A cache without val rows gets ``val_fraction`` of train
+    carved (default: 0.1 for the probe protocols, ``options.val_fraction`` for quick).
+
+    Several caches (``cache`` a sequence) are matched by content hash: each cache and their
+    concatenation are evaluated on the images present in every cache (with one class), and
+    :attr:`Leaderboard.notes` says how many rows were dropped.
+
+    Besides ``leaderboard.csv`` and ``leaderboard.json`` in ``output``, ``csv_path``,
+    ``json_path`` and ``plot`` (a PNG bar chart of test acc@1 with the intervals) are
+    written when given.
     """
     chosen = merge_options(HeadOptions, options, epochs=epochs, seed=seed)
     kinds = parse_heads(heads)
-    check_options({"cv": cv})
+    check_options({"cv": cv, "protocol": protocol, "val_fraction": val_fraction})
+    if protocol != DEFAULT_PROTOCOL:
+        if cv:
+            raise invalid("cv", cv, "only with protocol quick (the probes select on val)")
+        if kinds != HEAD_KINDS:
+            raise invalid("heads", ",".join(kinds), "only with protocol quick")
+    elif probe is not None:
+        raise invalid(
+            "protocol", protocol, "the probe settings need protocol linear-probe, knn or full"
+        )
     epochs, seed = chosen.epochs, chosen.seed
-    cache = Path(cache)
-    splits = load_splits(cache, val_fraction=chosen.val_fraction, seed=seed)
-    x_train, y_train = splits.features(splits.train), splits.train.labels
+    paths = cache_paths(cache)
+    if val_fraction is None:
+        quick = protocol == DEFAULT_PROTOCOL or options is not None
+        val_fraction = chosen.val_fraction if quick else PROBE_VAL_FRACTION
+    splits = load_splits(paths if len(paths) > 1 else paths[0], val_fraction, seed)
+    sources = _sources(paths)
+    label = "+".join(p.stem for p in paths)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = Path(output) if output else DEFAULT_RUNS_DIR / f"{label}-compare-{stamp}"
+    best_run = None
+    skipped: list[str] = []
+    if protocol == DEFAULT_PROTOCOL:
+        rows = []
+        for source in sources:
+            found, missed = _quick_rows(splits, source, kinds, cv, seed, epochs)
+            prefix = {"source": source.name} if len(sources) > 1 else {}
+            rows += [{**prefix, **row} for row in found]
+            skipped += [f"{source.name}: {m}" if prefix else m for m in missed]
+        if not rows:
+            raise DatasetError(f"{splits.path}: no head could be fitted: {'; '.join(skipped)}")
+        rows.sort(key=lambda r: (-r["selection_accuracy"], r["fit_seconds"]))
+        top = rows[0]
+        params: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(top["params"]).items()
+        }
+        if top["head"] == "dense":
+            params["epochs"] = epochs
+        winner = next(s for s in sources if s.name == top.get("source", s.name))
+        best_run = train_head(
+            winner.caches if len(winner.caches) > 1 else winner.caches[0],
+            top["head"],
+            folder / f"best-{top['head']}",
+            seed=seed,
+            val_fraction=chosen.val_fraction,
+            stream=False,
+            **params,
+        )
+    else:
+        settings = replace(probe or ProbeSettings(), seed=seed, epochs=epochs)
+        carved = len(splits.reader.rows_of("val", labelled=True)) == 0
+        rows = []
+        for source in sources:
+            data = ProbeData(
+                _features(splits, splits.train, source),
+                splits.train.labels,
+                _features(splits, splits.val, source),
+                splits.val.labels,
+                _features(splits, splits.test, source),
+                splits.test.labels,
+                splits.class_names,
+                "carved val" if carved else "val",
+            )
+            for row in run_protocols(data, PROTOCOL_KINDS[protocol], settings):
+                rows.append(probe_record(source.name, row))
+        rows.sort(key=lambda r: -r["test_acc1"])
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [
+        write_csv(rows, folder / "leaderboard.csv"),
+        write_json(rows, folder / "leaderboard.json"),
+    ]
+    if csv_path is not None:
+        files.append(write_csv(rows, csv_path))
+    if json_path is not None:
+        files.append(write_json(rows, json_path))
+    if plot is not None:
+        files.append(write_plot(rows, plot, f"{label}: compare --protocol {protocol}"))
+    return Leaderboard(rows, folder, best_run, skipped, protocol, splits.notes, files)
+
+
+def _quick_rows(
+    splits: CachedSplits,
+    source: _Source,
+    kinds: tuple[str, ...],
+    cv: int | None,
+    seed: int,
+    epochs: int,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each kind's best over its grid (``compare``'s quick protocol) on one source."""
+    x_train, y_train = _features(splits, splits.train, source), splits.train.labels
     early = splits.seen(splits.val)
-    x_val, y_val = splits.features(early), early.labels
-    x_test, y_test = splits.features(splits.test), splits.test.labels
+    x_val, y_val = _features(splits, early, source), early.labels
+    x_test, y_test = _features(splits, splits.test, source), splits.test.labels
     if cv:
         _, counts = np.unique(np.concatenate([y_train, y_val]), return_counts=True)
         if cv > counts.min():
@@ -90,7 +230,6 @@ def compare(
         for params in GRIDS[kind]:
             if kind == "knn" and params["k"] > len(y_train):
                 continue
-            began = time.monotonic()
             try:
                 if cv:
                     x_all = np.concatenate([x_train, x_val])
@@ -131,32 +270,7 @@ def compare(
                 "fit_seconds": round(fit_seconds, 3),
             }
         )
-    if not rows:
-        raise DatasetError(f"{cache}: no head could be fitted: {'; '.join(skipped)}")
-    rows.sort(key=lambda r: (-r["selection_accuracy"], r["fit_seconds"]))
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    folder = Path(output) if output else DEFAULT_RUNS_DIR / f"{cache.stem}-compare-{stamp}"
-    top = rows[0]
-    params = {
-        k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(top["params"]).items()
-    }
-    if top["head"] == "dense":
-        params["epochs"] = epochs
-    best_run = train_head(
-        cache,
-        top["head"],
-        folder / f"best-{top['head']}",
-        seed=seed,
-        val_fraction=chosen.val_fraction,
-        stream=False,
-        **params,
-    )
-    with open(folder / "leaderboard.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (folder / "leaderboard.json").write_text(json.dumps(rows, indent=2))
-    return Leaderboard(rows, folder, best_run, skipped)
+    return rows, skipped
 
 
 def _fit(

@@ -25,6 +25,12 @@ MONITORS = ("val_accuracy", "val_loss")
 CLASS_WEIGHTS = ("balanced",)
 AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
 EXPORT_FORMATS = ("keras", "savedmodel")
+PROTOCOLS = ("quick", "linear-probe", "knn", "full")
+"""``compare`` protocols: ``quick`` (the small grids of every head kind), ``linear-probe``
+(L-BFGS logistic regression over a C sweep), ``knn`` (cosine-weighted kNN), ``full``
+(both, plus the dense head grid)."""
+NORMALIZATIONS = ("l2", "standardize", "none")
+"""Feature transforms of the probe protocols (fitted on the training rows)."""
 STANDARDIZE_BY_DEFAULT = frozenset({"logreg", "linear-svm", "svm", "knn", "ridge"})
 """Heads whose features are standardised unless ``standardize=False``."""
 
@@ -43,6 +49,27 @@ DEFAULT_MEMORY_FRACTION = 0.25
 DEFAULT_EXPORT_FORMAT = "keras"
 COMPARE_CV_VALIDATION_FRACTION = 0.15
 """Share of each CV fold's train part the dense head early-stops on in ``compare``."""
+
+# -- compare's probe protocols (heads/probe.py) ----------------------------------------
+DEFAULT_PROTOCOL = "quick"
+DEFAULT_C_GRID = "1e-6:1e5:45"
+"""Kornblith et al. 2019 / DINOv2 ``eval/log_regression.py``: 45 log-spaced C in
+[1e-6, 1e5], warm-started from the smallest (13 s for 1,800 x 1,024 features, 10 classes,
+on 2 cores)."""
+PROBE_VAL_FRACTION = 0.1
+"""Share of train held out for selection when the cache has no val split (DINOv2: 10%)."""
+PROBE_MAX_ITER = 1000
+PROBE_TOL = 1e-4
+"""L-BFGS stopping tolerance of each C (scikit-learn's default)."""
+KNN_KS: tuple[int, ...] = (10, 20, 100, 200)
+"""Neighbour counts of the knn protocol (DINOv2 ``eval/knn.py``), chosen on val."""
+KNN_TEMPERATURE = 0.07
+"""Votes weigh ``exp(cosine / T)`` (DINOv2 ``eval/knn.py``)."""
+DEFAULT_BOOTSTRAP = 1000
+"""Resamples of the test rows for the 95% intervals."""
+DEFAULT_FEW_SHOT_SEEDS = 5
+MAX_C_GRID = 1000
+"""Most C values a sweep accepts."""
 
 # the dense head (DenseHead's own defaults)
 DEFAULT_HIDDEN: tuple[int, ...] = (256,)
@@ -105,6 +132,10 @@ RANGES: dict[str, Range] = {
     "val_fraction": Range(0, 1, "must be between 0 and 1", low_open=True, high_open=True),
     "top_k": Range(1, _INF, "must be at least 1"),
     "cv": Range(2, _INF, "must be at least 2"),
+    "shots": Range(1, _INF, "must be at least 1"),
+    "seeds": Range(1, 1000, "expected 1 to 1000"),
+    "bootstrap": Range(0, 1_000_000, "expected 0 (no intervals) to 1000000"),
+    "temperature": Range(0, _INF, "must be positive", low_open=True),
 }
 """Numeric options and the values they accept (None always passes: not set)."""
 
@@ -114,6 +145,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "monitor": MONITORS,
     "class_weight": CLASS_WEIGHTS,
     "format": EXPORT_FORMATS,
+    "protocol": PROTOCOLS,
+    "normalize": NORMALIZATIONS,
 }
 
 
@@ -122,7 +155,8 @@ def check_options(values: Mapping[str, Any]) -> None:
 
     Knows every heads option: the ranges of :data:`RANGES`, the choices (``head``,
     ``optimizer``, ``monitor``, ``class_weight``, ``format``), ``heads``, ``hidden``,
-    ``activation``, ``augment``, ``unfreeze`` and ``seed``; other names pass.
+    ``activation``, ``augment``, ``unfreeze``, ``c_grid``, ``knn_ks`` and ``seed``; other
+    names pass.
     """
     for name, value in values.items():
         if value is None:
@@ -146,6 +180,10 @@ def check_options(values: Mapping[str, Any]) -> None:
             check_seed(value)
         elif name == "activation":
             check_activation(value)
+        elif name == "c_grid":
+            parse_c_grid(value)
+        elif name == "knn_ks":
+            parse_ks(value)
 
 
 def parse_hidden(value: str | int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -177,6 +215,70 @@ def parse_heads(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
         shown = value if isinstance(value, str) else ",".join(value)
         raise invalid("heads", shown, f"expected some of {', '.join(HEAD_KINDS)}")
     return chosen
+
+
+def parse_c_grid(value: str | float | tuple[float, ...] | list[float]) -> tuple[float, ...]:
+    """C values from ``"1e-6:1e5:45"`` (``LOW:HIGH:N``, N log-spaced values), a comma list
+    ``"0.1,1,10"`` or a sequence; sorted ascending (the sweep warm-starts upwards), each
+    positive and finite."""
+    wording = "expected LOW:HIGH:N (log-spaced) or a comma list of positive numbers"
+    try:
+        if isinstance(value, str) and ":" in value:
+            parts = value.split(":")
+            if len(parts) != 3:
+                raise ValueError
+            low, high, count = float(parts[0]), float(parts[1]), int(parts[2])
+            if not (0 < low <= high < _INF) or not 1 <= count <= MAX_C_GRID:
+                raise ValueError
+            if count > 1 and low == high:
+                raise ValueError
+            grid = tuple(float(c) for c in _logspace(low, high, count))
+        elif isinstance(value, str):
+            grid = tuple(float(v) for v in value.split(",") if v.strip())
+        elif isinstance(value, list | tuple):
+            grid = tuple(float(v) for v in value)
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            grid = (float(value),)
+        else:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise invalid("c_grid", _shown(value), wording) from None
+    if not grid or len(grid) > MAX_C_GRID or any(not 0 < c < _INF for c in grid):
+        raise invalid("c_grid", _shown(value), wording)
+    return tuple(sorted(set(grid)))
+
+
+def _logspace(low: float, high: float, count: int) -> list[float]:
+    if count == 1:
+        return [low]
+    a, b = math.log10(low), math.log10(high)
+    return [10 ** (a + (b - a) * i / (count - 1)) for i in range(count)]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def parse_ks(value: str | int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """Neighbour counts from ``"10,20,100,200"`` or a sequence, each at least 1, sorted."""
+    try:
+        if isinstance(value, str):
+            ks = tuple(int(v) for v in value.split(",") if v.strip())
+        elif isinstance(value, list | tuple):
+            ks = tuple(int(v) for v in value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            ks = (value,)
+        else:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise invalid("knn_ks", _shown(value), "expected counts like 10,20,100,200") from None
+    if not ks or any(k < 1 for k in ks):
+        raise invalid("knn_ks", _shown(value), "expected counts of at least 1, like 10,20")
+    return tuple(sorted(set(ks)))
 
 
 def parse_augment(value: str) -> tuple[str, ...]:

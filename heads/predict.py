@@ -9,11 +9,12 @@ from pathlib import Path
 
 from ..extractor.cache import CacheReader
 from ..extractor.ranking import top_k as rank
+from .data import JointCache
 from .options import DEFAULT_FEATURE_BATCH_SIZE, DEFAULT_TOP_K, check_options
 from .train import TrainedHead, load_head
 
 
-def check_cache_suits(head: TrainedHead, reader: CacheReader) -> None:
+def check_cache_suits(head: TrainedHead, reader: CacheReader | JointCache) -> None:
     """Refuse a cache whose features were not made with the settings the head learned on.
 
     The storage type does not matter (a float16 cache suits a float32 head); the feature

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import CacheError, DatasetError
 from ..extractor.settings import FeatureSettings
 from .baselines import fit_baseline, make_baseline, probabilities
-from .data import CachedSplits, Split, load_splits, should_stream
+from .data import CachedSplits, Caches, JointCache, Split, cache_paths, load_splits, should_stream
 from .dense import DenseHead
 from .options import DEFAULT_FEATURE_BATCH_SIZE, HeadOptions, merge_options
 from .report import metrics, write_confusion, write_history
@@ -40,7 +40,15 @@ class TrainedHead:
 
     @property
     def settings(self) -> FeatureSettings:
-        """The feature settings of the cache the head was trained on."""
+        """The feature settings of the cache the head was trained on (a head trained on
+        several caches' features has none: CacheError)."""
+        caches = self.meta.get("caches") or []
+        if len(caches) > 1:
+            raise CacheError(
+                f"the head was trained on the features of {len(caches)} caches joined "
+                f"({', '.join(caches)}): predicting, exporting and fine-tuning need a "
+                "head trained on one cache"
+            )
         recorded = self.meta["cache_settings"]
         if not recorded.get("feature_dim"):  # the width is known from the head itself
             recorded = {**recorded, "feature_dim": self.meta.get("feature_dim", 0)}
@@ -140,7 +148,7 @@ def new_run_dir(cache: Path, kind: str, root: Path = DEFAULT_RUNS_DIR) -> Path:
 
 
 def train_head(
-    cache: str | os.PathLike[str],
+    cache: Caches,
     head: str | None = None,
     output: str | os.PathLike[str] | None = None,
     *,
@@ -155,16 +163,24 @@ def train_head(
     (None streams the dense head's features from disk only when they would not fit
     comfortably in memory). ``head`` (default ``dense``) overrides ``options.head``.
 
+    Several caches (``cache`` a sequence) train on their features concatenated, over the
+    images present in every cache with the same class (matched by content hash; the notes
+    say how many rows were dropped). Such a head records every cache (``head.json``
+    ``caches``); predicting, exporting and fine-tuning need a head of one cache.
+
     Examples
     --------
     >>> result = train_head("cache/mobilenet.h5", head="logreg", C=1.0)  # doctest: +SKIP
     >>> result.report["test"]["accuracy"]  # doctest: +SKIP
     """
     chosen = merge_options(HeadOptions, options, head=head, **values)
-    cache = Path(cache)
+    paths = cache_paths(cache)
     kind = chosen.head
     params = chosen.head_params()
-    splits = load_splits(cache, val_fraction=chosen.val_fraction, seed=chosen.seed)
+    splits = load_splits(
+        paths if len(paths) > 1 else paths[0], val_fraction=chosen.val_fraction, seed=chosen.seed
+    )
+    cache = splits.path
     streaming = kind == "dense" and should_stream(splits, chosen.stream)
     names = splits.class_names
     started = time.monotonic()
@@ -181,6 +197,7 @@ def train_head(
         "head": kind,
         "params": _jsonable(params),
         "cache": str(cache),
+        **({"caches": [str(p) for p in paths]} if len(paths) > 1 else {}),
         "fingerprint": splits.reader.fingerprint,
         "backbone": splits.settings.backbone,
         "rows": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
@@ -210,7 +227,7 @@ def _meta(kind: str, params: dict[str, Any], splits: CachedSplits) -> dict[str, 
         "feature_dim": splits.feature_dim,
         "fingerprint": splits.reader.fingerprint,
     }
-    return {
+    meta = {
         "featcache_head": HEAD_FORMAT,
         "kind": kind,
         "params": _jsonable(params),
@@ -219,6 +236,10 @@ def _meta(kind: str, params: dict[str, Any], splits: CachedSplits) -> dict[str, 
         "cache": str(splits.path),
         "cache_settings": _jsonable(settings),
     }
+    if isinstance(splits.reader, JointCache):
+        meta["caches"] = [str(r.path) for r in splits.reader.readers]
+        meta["cache_fingerprints"] = [r.fingerprint for r in splits.reader.readers]
+    return meta
 
 
 def _jsonable(value: Any) -> Any:
