@@ -381,6 +381,12 @@ def test_train_head_on_two_caches(two_caches, tmp_path):
         predict_cache(tmp_path / "run", a)
     single = train_head(a, "logreg", tmp_path / "one")
     assert "caches" not in single.report
+    dense = train_head([a, b], "dense", tmp_path / "dense", epochs=1)
+    result = CliRunner().invoke(
+        main, ["export", str(dense.run_dir), "-o", str(tmp_path / "m.keras")]
+    )
+    assert result.exit_code == 2 and "2 caches joined" in result.output
+    assert len(result.output.splitlines()) == 1
 
 
 @pytest.mark.parametrize(
