@@ -18,6 +18,7 @@ _MOVED = {
     "train_head": ".train",
     "make_baseline": ".baselines",
     "predict_cache": ".predict",
+    "ProbeSettings": ".probe",
 }
 
 

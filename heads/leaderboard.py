@@ -124,15 +124,20 @@ def table(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The probe rows as text lines: source, protocol, selection accuracy, each metric
     with its interval (and seed spread), fit time and the chosen parameters."""
     width = max([len("source")] + [len(str(r["source"])) for r in rows])
-    head = (
-        f"{'source':<{width}} {'protocol':<12} {'select':>6}  {'acc@1':<25} {'acc@5':<25} "
-        f"{'balanced':<25} {'macro-F1':<25} {'fit s':>7}  params"
-    )
-    lines = [head]
-    for r in rows:
-        cells = " ".join(f"{_cell(r, m):<25}" for m in METRICS)
+    titles = {
+        "acc1": "acc@1",
+        "acc5": "acc@5",
+        "balanced_accuracy": "balanced",
+        "macro_f1": "macro-F1",
+    }
+    cells = [[_cell(r, m) for m in METRICS] for r in rows]
+    widths = [max([len(titles[m])] + [len(c[i]) for c in cells]) for i, m in enumerate(METRICS)]
+    heads = " ".join(f"{titles[m]:<{w}}" for m, w in zip(METRICS, widths))
+    lines = [f"{'source':<{width}} {'protocol':<12} {'select':>6}  {heads} {'fit s':>7}  params"]
+    for r, row_cells in zip(rows, cells):
+        shown = " ".join(f"{c:<{w}}" for c, w in zip(row_cells, widths))
         lines.append(
             f"{r['source']:<{width}} {r['protocol']:<12} {r['selection_accuracy']:>6.3f}  "
-            f"{cells} {r['fit_seconds']:>7.2f}  {r['params']}"
+            f"{shown} {r['fit_seconds']:>7.2f}  {r['params']}"
         )
     return lines

@@ -46,14 +46,6 @@ class Scored:
         return cls(y_true, y_pred, top5)
 
 
-def top_k_accuracy(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray, k: int) -> float:
-    """Share of rows whose true label is among the ``k`` highest scores."""
-    classes = np.asarray(classes)
-    k = min(k, len(classes))
-    best = np.argpartition(-np.asarray(scores), k - 1, axis=1)[:, :k]
-    return float((classes[best] == np.asarray(y_true)[:, None]).any(axis=1).mean())
-
-
 def _confusions(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
     """Confusion counts of each row of ``y_true``/``y_pred`` (R, rows) -> (R, n, n)."""
     resamples = y_true.shape[0]

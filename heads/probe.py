@@ -10,6 +10,9 @@
 - **dense**: the dense head grid of ``compare`` (fit on train, early-stopped and chosen on
   val; no refit, since early stopping needs val).
 
+The feature transform (``l2``, ``standardize`` or ``none``; :data:`PROTOCOL_NORMALIZE` by
+default) is fitted on the training rows and applied to val, test and the refit's rows.
+
 Everything here works on arrays; :func:`run_protocols` takes :class:`ProbeData` and returns
 one :class:`ProbeRow` per protocol, with the metrics and bootstrap intervals of
 :mod:`featcache.heads.metrics`.

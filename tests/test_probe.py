@@ -351,8 +351,10 @@ def test_compare_knn_prints_a_table(two_caches, tmp_path):
 
 def test_quick_compare_of_two_caches_keeps_the_best_source(two_caches, tmp_path):
     a, b = two_caches
-    board = compare([a, b], tmp_path / "q", heads=("logreg", "ridge"))
-    assert {r["source"] for r in board.rows} == {"a", "b", "a+b"}
+    board = compare([a, b], tmp_path / "q", heads=("logreg", "ridge"), plot=tmp_path / "q.png")
+    assert {r["source"] for r in board.rows} == {"a", "b", "a+b"} and len(board.rows) == 6
+    with Image.open(tmp_path / "q.png") as image:  # plain bars: quick rows have no interval
+        image.verify()
     assert board.best is not None
     report = json.loads((board.best.run_dir / "report.json").read_text())
     top = board.rows[0]["source"]
@@ -447,3 +449,26 @@ def test_full_protocol_on_two_real_extracts(tmp_path):
         assert row["test_acc5"] is None  # 3 classes
         assert row["test_acc1_low"] <= row["test_acc1"] <= row["test_acc1_high"]
     assert (tmp_path / "full.png").stat().st_size > 0
+
+
+def test_a_cache_without_val_rows_gets_ten_percent_of_train_carved(tmp_path):
+    rows, a, _ = separable(per_class=(20, 0, 5))
+    write_cache(tmp_path / "noval.h5", rows, a)
+    board = compare(
+        tmp_path / "noval.h5",
+        tmp_path / "c",
+        protocol="knn",
+        probe=ProbeSettings(knn_ks="1,3", bootstrap=50),
+    )
+    row = board.rows[0]
+    assert row["selection"] == "carved val"
+    assert row["val_rows"] == 2 * 8 and row["train_rows"] == 18 * 8  # 10% of 20 per class
+    assert any("carved from train" in note for note in board.notes)
+
+
+def test_the_same_cache_twice_is_refused(two_caches, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = str(two_caches[0])
+    result = CliRunner().invoke(main, ["compare", a, a, "--protocol", "knn"])
+    assert result.exit_code == 2 and "given twice" in result.output
+    assert len(result.output.splitlines()) == 1
