@@ -115,7 +115,8 @@ def compare(
     ``epochs`` are replaced by this call's): every row has
     acc@1, acc@5, balanced accuracy and macro F1 on test with bootstrap 95% intervals, and
     rows are ranked by test acc@1. A cache without val rows gets ``val_fraction`` of train
-    carved (default: 0.1 for the probe protocols, ``options.val_fraction`` for quick).
+    carved (default: ``options.val_fraction`` when ``options`` is given or the protocol is
+    quick, else 0.1).
 
     Several caches (``cache`` a sequence) are matched by content hash: each cache and their
     concatenation are evaluated on the images present in every cache (with one class), and
@@ -171,7 +172,7 @@ def compare(
             top["head"],
             folder / f"best-{top['head']}",
             seed=seed,
-            val_fraction=chosen.val_fraction,
+            val_fraction=val_fraction,
             stream=False,
             **params,
         )
