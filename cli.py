@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from .audit import options as audit_defaults
 from .errors import FeatcacheError, InvalidOptionError
 from .extractor import options as extract_defaults
 from .extractor.options import DTYPES, ENGINES, POOLING_MODES, PRECISIONS, RESIZE_MODES
@@ -980,6 +981,95 @@ def serve_command(
             batching=not no_batching,
             **options,
         )
+    )
+
+
+@main.command("audit")
+@click.argument("cache", type=click.Path())
+@click.option(
+    "--output", "-o", type=click.Path(), default=None, help="Report folder. [default: CACHE.audit/]"
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=audit_defaults.DEFAULT_THRESHOLD,
+    show_default=True,
+    help="Cosine similarity from which two rows are near-duplicates.",
+)
+@click.option(
+    "--neighbors",
+    type=int,
+    default=audit_defaults.DEFAULT_NEIGHBORS,
+    show_default=True,
+    help="Neighbours kept per row.",
+)
+@click.option(
+    "--outlier-fraction",
+    type=float,
+    default=audit_defaults.DEFAULT_OUTLIER_FRACTION,
+    show_default=True,
+    help="Fraction of rows reported as outliers.",
+)
+@click.option("--no-label-issues", is_flag=True, help="Skip the out-of-fold label check.")
+@click.option(
+    "--folds",
+    type=int,
+    default=audit_defaults.DEFAULT_FOLDS,
+    show_default=True,
+    help="Folds of the label check.",
+)
+@click.option(
+    "--fix-splits",
+    is_flag=True,
+    help="Move each leaking duplicate group into the split of its first row, in the cache.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_handle_errors
+def audit_command(
+    cache: str,
+    output: str | None,
+    threshold: float,
+    neighbors: int,
+    outlier_fraction: float,
+    no_label_issues: bool,
+    folds: int,
+    fix_splits: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Duplicates, near-duplicates, split leakage, outliers and likely label errors of a
+    CACHE: report.json, CSV lists and report.html (thumbnails) in the report folder."""
+    from pathlib import Path
+
+    from .audit.audit import AuditOptions, audit
+    from .audit.audit import fix_splits as fix
+    from .audit.output import write_report
+
+    options = AuditOptions(
+        threshold=threshold,
+        neighbors=neighbors,
+        outlier_fraction=outlier_fraction,
+        label_issues=not no_label_issues,
+        folds=folds,
+        progress=False if quiet else None,
+    )
+    report = audit(cache, options)
+    out = Path(output) if output else Path(cache).with_suffix(".audit")
+    write_report(report, out)
+    summary = report.summary()
+    summary["report"] = str(out)
+    if fix_splits:
+        summary["moved_rows"] = len(fix(report))
+    if as_json:
+        _print_json(summary)
+        return
+    for key, value in summary.items():
+        if key != "near_pairs_by_threshold":
+            click.echo(f"{key:<24} {value}")
+    click.echo(
+        "near-duplicate pairs by threshold: "
+        + ", ".join(f">={t}: {n}" for t, n in summary["near_pairs_by_threshold"].items())
     )
 
 

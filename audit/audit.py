@@ -1,0 +1,245 @@
+"""``audit()``: exact and near duplicates, split leakage, outliers and likely label errors
+of one cache, and ``fix_splits()``, which removes the leakage from the cache's splits.
+
+Everything is read through :class:`~featcache.extractor.cache.CacheReader`; neighbours come
+from :mod:`.neighbors` (blocked, exact, no N x N matrix).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..extractor.cache import CacheReader
+from ..extractor.recorder import progress_bar
+from ..extractor.splits import SPLIT_NAMES
+from .labels import find_label_issues, out_of_fold_probabilities
+from .neighbors import normalize, top_k_neighbors
+from .options import THRESHOLD_TABLE, AuditOptions
+
+
+@dataclass
+class Pair:
+    a: int
+    b: int
+    similarity: float
+    kind: str
+    """``exact`` (same SHA-256) or ``near``."""
+
+
+@dataclass
+class AuditReport:
+    """What :func:`audit` found; row numbers index the cache."""
+
+    cache: str
+    rows: int
+    options: AuditOptions
+    duplicate_groups: list[list[int]]
+    near_pairs: list[Pair]
+    leakage: list[Pair]
+    outliers: list[tuple[int, float]]
+    """(row, score): score is the mean cosine distance to the row's k nearest neighbours."""
+    label_issues: list[dict[str, Any]]
+    threshold_table: dict[str, int]
+    groups: list[list[int]] = field(default_factory=list)
+    """Connected groups of exact and near duplicates (two rows or more)."""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "cache": self.cache,
+            "rows": self.rows,
+            "threshold": self.options.threshold,
+            "neighbors": self.options.neighbors,
+            "exact_duplicate_groups": len(self.duplicate_groups),
+            "exact_duplicate_rows": sum(len(g) for g in self.duplicate_groups),
+            "near_duplicate_pairs": len(self.near_pairs),
+            "leakage_pairs": len(self.leakage),
+            "leaking_groups": sum(1 for g in self.groups if len(self._splits(g)) > 1),
+            "outliers": len(self.outliers),
+            "label_issues": len(self.label_issues),
+            "near_pairs_by_threshold": self.threshold_table,
+        }
+
+    split: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+
+    def _splits(self, group: list[int]) -> set[int]:
+        return {int(self.split[r]) for r in group}
+
+
+class _Groups:
+    """Union-find over rows."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, a: int) -> int:
+        self.parent.setdefault(a, a)
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def groups(self) -> list[list[int]]:
+        out: dict[int, list[int]] = defaultdict(list)
+        for row in self.parent:
+            out[self.find(row)].append(row)
+        return sorted((sorted(g) for g in out.values() if len(g) > 1), key=lambda g: g[0])
+
+
+def audit(cache: str | os.PathLike[str], options: AuditOptions | None = None) -> AuditReport:
+    """Audit one cache: duplicates, near-duplicates, leakage, outliers, label issues.
+
+    >>> report = audit("cache/mobilenet.h5")  # doctest: +SKIP
+    >>> report.summary()["leakage_pairs"]  # doctest: +SKIP
+    """
+    options = options or AuditOptions()
+    reader = CacheReader(cache)
+    n = len(reader)
+    bar = progress_bar(n, options.progress, "audit")
+    try:
+        parts = []
+        for _, block in reader.batches(batch_size=8192):
+            parts.append(normalize(block))
+        x = np.concatenate(parts) if parts else np.zeros((0, reader.feature_dim), np.float32)
+        sims, index = top_k_neighbors(x, options.neighbors, options.block_bytes, bar.update)
+    finally:
+        bar.close()
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for row, sha in enumerate(reader.sha256):
+        by_sha[sha].append(row)
+    duplicate_groups = sorted((g for g in by_sha.values() if len(g) > 1), key=lambda g: g[0])
+    exact_pairs = [Pair(g[0], other, 1.0, "exact") for g in duplicate_groups for other in g[1:]]
+    near_pairs = _near_pairs(sims, index, reader.sha256, options.threshold)
+    table = {f"{t:g}": len(_near_pairs(sims, index, reader.sha256, t)) for t in THRESHOLD_TABLE}
+    union = _Groups()
+    for pair in (*exact_pairs, *near_pairs):
+        union.union(pair.a, pair.b)
+    split = reader.split
+    leakage = [p for p in (*exact_pairs, *near_pairs) if split[p.a] != split[p.b]]
+    outliers = _outliers(sims, options.outlier_fraction)
+    issues = _label_issues(reader, x, options) if options.label_issues else []
+    return AuditReport(
+        cache=str(reader.path),
+        rows=n,
+        options=options,
+        duplicate_groups=duplicate_groups,
+        near_pairs=near_pairs,
+        leakage=leakage,
+        outliers=outliers,
+        label_issues=issues,
+        threshold_table=table,
+        groups=union.groups(),
+        split=split,
+    )
+
+
+def _near_pairs(
+    sims: np.ndarray, index: np.ndarray, sha256: list[str], threshold: float
+) -> list[Pair]:
+    """Distinct pairs (a < b) among each row's neighbours at ``threshold`` or above, other
+    content than each other, most similar first."""
+    rows, cols = np.nonzero(sims >= threshold)
+    seen: dict[tuple[int, int], float] = {}
+    for r, c in zip(rows.tolist(), cols.tolist()):
+        other = int(index[r, c])
+        key = (min(r, other), max(r, other))
+        if sha256[key[0]] != sha256[key[1]]:
+            seen[key] = max(seen.get(key, -1.0), float(sims[r, c]))
+    ordered = sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [Pair(a, b, s, "near") for (a, b), s in ordered]
+
+
+def _outliers(sims: np.ndarray, fraction: float) -> list[tuple[int, float]]:
+    """The ``fraction`` of rows (at least one when fraction > 0) whose mean cosine distance
+    to their neighbours is largest, largest first."""
+    n = len(sims)
+    if n == 0 or sims.shape[1] == 0 or fraction <= 0:
+        return []
+    score = 1.0 - sims.mean(axis=1)
+    count = min(n, max(1, math.ceil(fraction * n)))
+    order = np.lexsort((np.arange(n), -score))[:count]
+    return [(int(r), float(score[r])) for r in order]
+
+
+def _label_issues(
+    reader: CacheReader, x: np.ndarray, options: AuditOptions
+) -> list[dict[str, Any]]:
+    rows = np.flatnonzero(reader.labels >= 0)
+    classes = len(reader.class_names)
+    if len(rows) < 4 or classes < 2:
+        return []
+    labels = reader.labels[rows]
+    probabilities = out_of_fold_probabilities(x[rows], labels, classes, options.folds, options.seed)
+    found = find_label_issues(labels, probabilities)
+    names = reader.class_names
+    return [
+        {
+            "row": int(rows[i]),
+            "given": names[int(labels[i])],
+            "suggested": names[int(s)],
+            "self_confidence": float(conf),
+        }
+        for i, s, conf in zip(found.rows, found.suggested, found.self_confidence)
+    ]
+
+
+def fixed_splits(report: AuditReport) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """The splits with every leaking group moved into one split: each group of exact and
+    near duplicates that spans several splits takes the split of its first row (lowest
+    row index). Returns the new splits and the moves ``(row, old, new)``."""
+    split = report.split.copy()
+    moves = []
+    for group in report.groups:
+        target = int(split[group[0]])
+        for row in group[1:]:
+            if int(split[row]) != target:
+                moves.append((row, int(split[row]), target))
+                split[row] = target
+    return split, moves
+
+
+def fix_splits(report: AuditReport) -> list[tuple[int, int, int]]:
+    """Write :func:`fixed_splits` into the audited cache (atomically, under its lock) and
+    record it in the ``splits_fixed`` attribute. Returns the moves (none: nothing written).
+    """
+    from filelock import FileLock, Timeout
+
+    from ..errors import CacheError, CacheLockedError
+    from ..extractor.cache.splits_edit import rewrite_splits
+
+    split, moves = fixed_splits(report)
+    if not moves:
+        return []
+    path = Path(report.cache)
+    lock = FileLock(str(path) + ".lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise CacheLockedError(f"{path} is being written by another process; retry") from None
+    try:
+        now = CacheReader(path)
+        if len(now) != report.rows or not np.array_equal(now.split, report.split):
+            raise CacheError(f"{path} changed since it was audited; audit it again")
+        moved: dict[str, int] = defaultdict(int)
+        for _, old, new in moves:
+            moved[f"{SPLIT_NAMES[old]}->{SPLIT_NAMES[new]}"] += 1
+        note = {
+            "rule": "each leaking duplicate group takes the split of its first row",
+            "threshold": report.options.threshold,
+            "moved": dict(moved),
+        }
+        rewrite_splits(path, split, note)
+    finally:
+        lock.release()
+    return moves

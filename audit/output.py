@@ -1,0 +1,239 @@
+"""Writing an :class:`~.audit.AuditReport`: ``report.json``, one CSV per list, and a
+self-contained ``report.html`` with base64 thumbnails read from the cached paths."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..extractor.cache import CacheReader
+from ..extractor.splits import SPLIT_NAMES
+from .audit import AuditReport
+
+THUMBNAIL = 64
+"""Longest side of a thumbnail, in pixels."""
+SHOWN = 50
+"""Groups (or rows) shown per section of the HTML page; the CSVs list all."""
+
+
+def report_json(report: AuditReport) -> dict[str, Any]:
+    return {
+        "summary": report.summary(),
+        "options": {k: v for k, v in asdict(report.options).items() if k != "progress"},
+        "duplicate_groups": report.duplicate_groups,
+        "near_duplicates": [asdict(p) for p in report.near_pairs],
+        "leakage": [asdict(p) for p in report.leakage],
+        "outliers": [{"row": r, "score": s} for r, s in report.outliers],
+        "label_issues": report.label_issues,
+    }
+
+
+def write_report(report: AuditReport, out: str | os.PathLike[str]) -> list[Path]:
+    """Write the report's files into folder ``out``; returns their paths."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    reader = CacheReader(report.cache)
+    paths, split = reader.paths, reader.split
+    labels = reader.label_names(np.arange(len(reader)))
+
+    def row_fields(row: int, prefix: str = "") -> dict[str, Any]:
+        return {
+            f"{prefix}row": row,
+            f"{prefix}path": paths[row],
+            f"{prefix}class": labels[row],
+            f"{prefix}split": SPLIT_NAMES[int(split[row])],
+        }
+
+    tables: dict[str, list[dict[str, Any]]] = {
+        "duplicates.csv": [
+            {"group": g, **row_fields(r), "sha256": reader.sha256[r]}
+            for g, group in enumerate(report.duplicate_groups)
+            for r in group
+        ],
+        "near_duplicates.csv": [
+            {**row_fields(p.a, "a_"), **row_fields(p.b, "b_"), "similarity": p.similarity}
+            for p in report.near_pairs
+        ],
+        "leakage.csv": [
+            {
+                "kind": p.kind,
+                **row_fields(p.a, "a_"),
+                **row_fields(p.b, "b_"),
+                "similarity": p.similarity,
+            }
+            for p in report.leakage
+        ],
+        "outliers.csv": [{**row_fields(r), "score": s} for r, s in report.outliers],
+        "label_issues.csv": [
+            {**row_fields(i["row"]), **{k: v for k, v in i.items() if k != "row"}}
+            for i in report.label_issues
+        ],
+    }
+    written = []
+    for name, rows in tables.items():
+        path = folder / name
+        header = list(rows[0]) if rows else _HEADERS[name]
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        written.append(path)
+    path = folder / "report.json"
+    path.write_text(json.dumps(report_json(report), indent=2) + "\n")
+    written.append(path)
+    path = folder / "report.html"
+    path.write_text(render_html(report, reader))
+    written.append(path)
+    return written
+
+
+_ROW = ["row", "path", "class", "split"]
+_PAIR = [f"{s}_{c}" for s in "ab" for c in _ROW]
+_HEADERS = {
+    "duplicates.csv": ["group", *_ROW, "sha256"],
+    "near_duplicates.csv": [*_PAIR, "similarity"],
+    "leakage.csv": ["kind", *_PAIR, "similarity"],
+    "outliers.csv": [*_ROW, "score"],
+    "label_issues.csv": [*_ROW, "given", "suggested", "self_confidence"],
+}
+
+
+def thumbnail_loader(reader: CacheReader) -> Callable[[str], str | None]:
+    """path -> ``data:image/png;base64,...`` of the cached image (None when it cannot be
+    read: a missing file, a missing dataset)."""
+    from PIL import Image
+
+    from ..errors import FeatcacheError
+    from ..extractor.decode import decode_pixels
+    from ..extractor.sources import item_from_path, open_source
+
+    try:
+        source = open_source(reader.settings.dataset_root)
+    except FeatcacheError:
+        source = None
+
+    def load(path: str) -> str | None:
+        if source is None:
+            return None
+        try:
+            content, _ = source.read(item_from_path(path))
+            if isinstance(content, np.ndarray):
+                pixels = np.asarray(decode_pixels(content))
+                image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+            else:  # PIL, not the TensorFlow decoder: a thumbnail needs no exact pixels
+                image = _open_small(content)
+        except (OSError, ValueError, IndexError, SyntaxError, EOFError, FeatcacheError):
+            return None
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+    return load
+
+
+def _open_small(data: bytes) -> Any:
+    """Encoded bytes -> an RGB PIL thumbnail, refusing images over the pixel limit."""
+    from PIL import Image, ImageOps
+
+    from ..extractor.options import DEFAULT_MAX_PIXELS
+
+    with Image.open(io.BytesIO(data)) as opened:
+        if opened.size[0] * opened.size[1] > DEFAULT_MAX_PIXELS:
+            raise ValueError("over the pixel limit")
+        opened.draft("RGB", (THUMBNAIL, THUMBNAIL))
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    return image
+
+
+def render_html(report: AuditReport, reader: CacheReader) -> str:
+    """One page, no external files: a section per finding with thumbnails."""
+    load = thumbnail_loader(reader)
+    labels = reader.label_names(np.arange(len(reader)))
+
+    def tile(row: int, note: str = "") -> str:
+        src = load(reader.paths[row])
+        image = (
+            f'<img src="{src}" alt="row {row}">' if src else '<div class="missing">missing</div>'
+        )
+        caption = html.escape(
+            f"#{row} {reader.paths[row]} [{labels[row] or '-'}, "
+            f"{SPLIT_NAMES[int(reader.split[row])]}] {note}".strip()
+        )
+        return f"<figure>{image}<figcaption>{caption}</figcaption></figure>"
+
+    def section(title: str, groups: list[str], total: int) -> str:
+        more = f" (first {SHOWN} of {total}; the CSV lists all)" if total > SHOWN else ""
+        body = "".join(f'<div class="group">{g}</div>' for g in groups[:SHOWN]) or "<p>none</p>"
+        return f"<h2>{html.escape(title)}: {total}{more}</h2>{body}"
+
+    summary = report.summary()
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in summary.items()
+        if k != "near_pairs_by_threshold"
+    )
+    thresholds = "".join(
+        f"<tr><td>{t}</td><td>{n}</td></tr>" for t, n in report.threshold_table.items()
+    )
+    parts = [
+        section(
+            "Exact duplicates (groups)",
+            ["".join(tile(r) for r in g[:8]) for g in report.duplicate_groups[:SHOWN]],
+            len(report.duplicate_groups),
+        ),
+        section(
+            "Near duplicates (pairs)",
+            [tile(p.a) + tile(p.b, f"cos {p.similarity:.4f}") for p in report.near_pairs[:SHOWN]],
+            len(report.near_pairs),
+        ),
+        section(
+            "Leakage across splits (pairs)",
+            [tile(p.a) + tile(p.b, f"{p.kind} {p.similarity:.4f}") for p in report.leakage[:SHOWN]],
+            len(report.leakage),
+        ),
+        section(
+            "Outliers (mean cosine distance to neighbours)",
+            [tile(r, f"score {s:.4f}") for r, s in report.outliers[:SHOWN]],
+            len(report.outliers),
+        ),
+        section(
+            "Likely label errors",
+            [
+                tile(
+                    i["row"],
+                    f"given {i['given']}, likely {i['suggested']} (p={i['self_confidence']:.3f})",
+                )
+                for i in report.label_issues[:SHOWN]
+            ],
+            len(report.label_issues),
+        ),
+    ]
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>featcache audit</title>
+<style>
+body{{font-family:sans-serif;margin:1em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 6px;text-align:left}}
+.group{{display:flex;flex-wrap:wrap;gap:6px;border-bottom:1px solid #ddd;padding:6px 0}}
+figure{{margin:0;width:140px;font-size:11px;word-break:break-all}}
+.missing{{width:64px;height:64px;background:#eee;color:#900;display:flex;
+align-items:center;justify-content:center}}
+</style></head><body>
+<h1>featcache audit of {html.escape(report.cache)}</h1>
+<table>{rows}</table>
+<h2>Near-duplicate pairs by threshold</h2>
+<table><tr><th>cosine &ge;</th><th>pairs</th></tr>{thresholds}</table>
+{"".join(parts)}
+</body></html>
+"""
