@@ -194,6 +194,16 @@ def test_metrics_match_the_reports_and_top5_is_sklearns():
     assert ours["macro_f1"] == pytest.approx(theirs["macro_f1"])
     assert ours["acc5"] == pytest.approx(top_k_accuracy_score(y, scores, k=5))
     assert "acc5" not in point_metrics(Scored.of(y % 4, scores[:, :4], np.arange(4)))
+    # the vectorised resample path gives the same values as the report on every resample
+    from featcache.heads.metrics import _values
+
+    picks = rng.integers(0, 300, (20, 300))
+    fast = _values(scored, picks, 8)
+    for i in range(20):
+        again = metrics(y[picks[i]], scored.y_pred[picks[i]], CLASSES)
+        assert fast["acc1"][i] == pytest.approx(again["accuracy"])
+        assert fast["balanced_accuracy"][i] == pytest.approx(again["balanced_accuracy"])
+        assert fast["macro_f1"][i] == pytest.approx(again["macro_f1"])
 
 
 def _noisy(rows, accuracy=0.8, seed=0):
