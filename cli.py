@@ -1073,6 +1073,45 @@ def audit_command(
     )
 
 
+@main.command("search")
+@click.argument("cache", type=click.Path())
+@click.argument("image", required=False, type=click.Path())
+@click.option("--row", type=int, default=None, help="Search with the features of this row.")
+@click.option(
+    "-k", "--k", "k", type=int, default=audit_defaults.DEFAULT_SEARCH_K, show_default=True
+)
+@click.option("--rebuild", is_flag=True, help="Rebuild the index (CACHE.search.npy) first.")
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_handle_errors
+def search_command(
+    cache: str,
+    image: str | None,
+    row: int | None,
+    k: int,
+    rebuild: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """The k rows of CACHE most similar (exact cosine) to IMAGE or to --row N.
+
+    IMAGE is embedded with the cache's own backbone settings. The index (normalised
+    features, CACHE.search.npy) is built on first use and rebuilt when the cache changes.
+    """
+    from .audit.search import search
+
+    result = search(cache, image, row, k, rebuild, progress=False if quiet else None)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    click.echo(f"query: {result.query}")
+    for hit in result.hits:
+        click.echo(
+            f"{hit['rank']:>4} {hit['similarity']:.4f} #{hit['row']:<7} {hit['split']:<5} "
+            f"{hit['class'] or '-':<16} {hit['path']}"
+        )
+
+
 main.add_command(extract_command)
 main.add_command(train_head_command)
 

@@ -1,0 +1,122 @@
+"""search: exact cosine top-k over a cache, the index file and when it is rebuilt, image
+queries embedded with the cache's own backbone, the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_audit import clustered, write_cache
+
+from featcache import extract
+from featcache.audit.neighbors import normalize, query_top_k
+from featcache.audit.search import index_paths, load_index, search
+from featcache.cli import main
+from featcache.extractor.cache import CacheReader
+from helpers import TINY, make_class_folder, write_image
+
+
+def brute(x, row, k):
+    x = normalize(x)
+    s = x @ x[row]
+    s[row] = -np.inf
+    order = np.lexsort((np.arange(len(x)), -s))[:k]
+    return order.tolist(), s[order]
+
+
+def test_top_k_equals_brute_force(tmp_path):
+    rows, x = clustered(per_class=25)
+    cache = write_cache(tmp_path / "c.h5", rows, x)
+    for row in (0, 37, 99):
+        result = search(cache, row=row, k=7, progress=False)
+        want_rows, want_s = brute(x, row, 7)
+        assert [h["row"] for h in result.hits] == want_rows
+        np.testing.assert_allclose([h["similarity"] for h in result.hits], want_s, atol=1e-5)
+        assert result.hits[0]["path"] == rows[want_rows[0]][0]
+
+
+def test_blocked_query_equals_one_product():
+    index = normalize(np.random.default_rng(0).normal(size=(300, 5)))
+    queries = normalize(np.random.default_rng(1).normal(size=(4, 5)))
+    for q, (s, r) in zip(queries, query_top_k(index, queries, 9)):
+        full = index @ q
+        assert r.tolist() == np.lexsort((np.arange(300), -full))[:9].tolist()
+        np.testing.assert_allclose(s, full[r], atol=1e-6)
+
+
+def test_index_built_once_and_rebuilt_when_the_cache_changes(tmp_path):
+    rows, x = clustered(per_class=10)
+    cache = write_cache(tmp_path / "c.h5", rows, x)
+    assert search(cache, row=1, progress=False).index_built
+    assert not search(cache, row=1, progress=False).index_built
+    array_path, meta_path = index_paths(cache)
+    assert array_path.is_file() and json.loads(meta_path.read_text())["rows"] == 40
+    # other features at the same path (one row fewer): rebuilt, and the answers follow
+    x2 = np.random.default_rng(5).normal(size=(39, x.shape[1]))
+    cache.unlink()
+    write_cache(cache, rows[:-1], x2)
+    again = search(cache, row=1, progress=False)
+    assert again.index_built
+    assert [h["row"] for h in again.hits] == brute(x2, 1, 10)[0]
+    # same rows, only the file touched: rebuilt too (the mtime is part of the identity)
+    stat = cache.stat()
+    os.utime(cache, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert search(cache, row=1, progress=False).index_built
+    # a damaged index meta is not trusted
+    meta_path.write_text("{")
+    index, built = load_index(CacheReader(cache), progress=False)
+    assert built and index.shape == (39, x.shape[1])
+
+
+def test_image_query_uses_the_caches_backbone(tmp_path):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=4)
+    cache = tmp_path / "c.h5"
+    extract(data, output=cache, **TINY)
+    reader = CacheReader(cache)
+    # an image the cache holds: its own row, similarity 1
+    held = search(cache, data / reader.paths[2], k=3, progress=False)
+    assert held.hits[0]["row"] == 2 and held.hits[0]["similarity"] == pytest.approx(1.0)
+    assert "row 2" in held.query
+    # a new image: embedded now, the same as extracting it into a cache
+    new = write_image(tmp_path / "new" / "one" / "q.png", 999)
+    extract(tmp_path / "new", output=tmp_path / "q.h5", **TINY)
+    want = normalize(CacheReader(tmp_path / "q.h5").features())[0]
+    x = normalize(reader.features())
+    result = search(cache, new, k=len(reader), progress=False)
+    got = {h["row"]: h["similarity"] for h in result.hits}
+    np.testing.assert_allclose([got[r] for r in range(len(reader))], x @ want, atol=1e-4)
+
+
+def test_cli_prints_json(tmp_path):
+    rows, x = clustered(per_class=5)
+    cache = write_cache(tmp_path / "c.h5", rows, x)
+    result = CliRunner().invoke(main, ["search", str(cache), "--row", "0", "-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["missing.h5", "--row", "0"], "no such cache file"),
+        (["CACHE", "--row", "20"], "--row 20: expected 0 to 19"),
+        (["CACHE", "--row", "-1"], "--row -1"),
+        (["CACHE"], "an image or a row"),
+        (["CACHE", "nothing.png"], "no such file"),
+        (["CACHE", "--row", "0", "-k", "0"], "--k 0"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    rows, x = clustered(per_class=5)
+    cache = write_cache(tmp_path / "c.h5", rows, x)
+    args = [
+        str(cache) if a == "CACHE" else str(tmp_path / a) if a.endswith((".h5", ".png")) else a
+        for a in args
+    ]
+    result = CliRunner().invoke(main, ["search", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
