@@ -30,6 +30,10 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .audit.audit import AuditReport, audit_cache, fix_splits
+    from .audit.options import AuditOptions
+    from .audit.output import write_audit_report
+    from .audit.search import SearchResult, search
     from .extractor.backbone import FeatureExtractor
     from .extractor.cache import CacheData, CacheReader, cache_info, read_cache
     from .extractor.extraction import extract
@@ -60,6 +64,13 @@ except Exception:  # noqa: BLE001 - running from a source tree
     __version__ = "0.0.0"
 
 _LAZY = {
+    "audit_cache": "featcache.audit.audit",
+    "AuditReport": "featcache.audit.audit",
+    "fix_splits": "featcache.audit.audit",
+    "AuditOptions": "featcache.audit.options",
+    "write_audit_report": "featcache.audit.output",
+    "search": "featcache.audit.search",
+    "SearchResult": "featcache.audit.search",
     "extract": "featcache.extractor.extraction",
     "ExtractOptions": "featcache.extractor.options",
     "RayOptions": "featcache.extractor.options",

@@ -1,4 +1,4 @@
-"""``audit()``: exact and near duplicates, split leakage, outliers and likely label errors
+"""``audit_cache()``: exact and near duplicates, split leakage, outliers and likely label errors
 of one cache, and ``fix_splits()``, which removes the leakage from the cache's splits.
 
 Everything is read through :class:`~featcache.extractor.cache.CacheReader`; neighbours come
@@ -97,10 +97,10 @@ class _Groups:
         return sorted((sorted(g) for g in out.values() if len(g) > 1), key=lambda g: g[0])
 
 
-def audit(cache: str | os.PathLike[str], options: AuditOptions | None = None) -> AuditReport:
+def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = None) -> AuditReport:
     """Audit one cache: duplicates, near-duplicates, leakage, outliers, label issues.
 
-    >>> report = audit("cache/mobilenet.h5")  # doctest: +SKIP
+    >>> report = audit_cache("cache/mobilenet.h5")  # doctest: +SKIP
     >>> report.summary()["leakage_pairs"]  # doctest: +SKIP
     """
     options = options or AuditOptions()

@@ -38,7 +38,7 @@ def report_json(report: AuditReport) -> dict[str, Any]:
     }
 
 
-def write_report(report: AuditReport, out: str | os.PathLike[str]) -> list[Path]:
+def write_audit_report(report: AuditReport, out: str | os.PathLike[str]) -> list[Path]:
     """Write the report's files into folder ``out``; returns their paths."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)

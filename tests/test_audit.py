@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from featcache.audit.audit import audit, fix_splits, fixed_splits
+from featcache.audit.audit import audit_cache, fix_splits, fixed_splits
 from featcache.audit.labels import find_label_issues, out_of_fold_probabilities
 from featcache.audit.neighbors import brute_force, normalize, top_k_neighbors
 from featcache.audit.options import AuditOptions
-from featcache.audit.output import write_report
+from featcache.audit.output import write_audit_report
 from featcache.cli import main
 from featcache.errors import InvalidOptionError
 from featcache.extractor.cache import CacheReader, CacheSettings, CacheWriter
@@ -77,7 +77,7 @@ def test_exact_and_near_duplicates_and_leakage(tmp_path):
     x[5] = x[0]
     x[8] = x[1] + 1e-3
     cache = write_cache(tmp_path / "c.h5", rows, x)
-    report = audit(cache, AuditOptions(threshold=0.9999, label_issues=False, progress=False))
+    report = audit_cache(cache, AuditOptions(threshold=0.9999, label_issues=False, progress=False))
     assert report.duplicate_groups == [[0, 5]]
     near = {(p.a, p.b) for p in report.near_pairs}
     assert (1, 8) in near and (0, 5) not in near  # an exact pair is not also a near one
@@ -85,7 +85,7 @@ def test_exact_and_near_duplicates_and_leakage(tmp_path):
     table = report.threshold_table
     counts = [table[t] for t in sorted(table, key=float)]
     assert counts == sorted(counts, reverse=True)  # lower thresholds give more pairs
-    loose = audit(cache, AuditOptions(threshold=0.5, label_issues=False, progress=False))
+    loose = audit_cache(cache, AuditOptions(threshold=0.5, label_issues=False, progress=False))
     assert len(loose.near_pairs) > len(report.near_pairs)
 
 
@@ -95,7 +95,7 @@ def test_outliers_are_the_far_rows(tmp_path):
     x[70] = np.random.default_rng(1).normal(0, 50, x.shape[1])
     cache = write_cache(tmp_path / "c.h5", rows, x)
     options = AuditOptions(outlier_fraction=0.02, label_issues=False, progress=False)
-    report = audit(cache, options)
+    report = audit_cache(cache, options)
     assert {r for r, _ in report.outliers[:2]} == {17, 70}
     assert len(report.outliers) == 3  # ceil(0.02 * 120)
 
@@ -122,8 +122,8 @@ def test_report_files_thumbnails_and_missing(tmp_path):
     x[3] = x[2]
     cache = write_cache(tmp_path / "c.h5", rows, x, root=data)
     (data / rows[3][0]).unlink()
-    report = audit(cache, AuditOptions(progress=False))
-    written = write_report(report, tmp_path / "out")
+    report = audit_cache(cache, AuditOptions(progress=False))
+    written = write_audit_report(report, tmp_path / "out")
     assert {p.name for p in written} == {
         "report.json", "report.html", "duplicates.csv", "near_duplicates.csv",
         "leakage.csv", "outliers.csv", "label_issues.csv",
@@ -142,8 +142,8 @@ def test_array_rows_render_from_the_array(tmp_path):
     rows = [(f"x.npy#{i}", None, "train", f"k{i}") for i in range(6)]
     x = np.random.default_rng(1).normal(size=(6, 4))
     cache = write_cache(tmp_path / "c.h5", rows, x, root=tmp_path / "x.npy")
-    report = audit(cache, AuditOptions(outlier_fraction=0.5, progress=False))
-    write_report(report, tmp_path / "out")
+    report = audit_cache(cache, AuditOptions(outlier_fraction=0.5, progress=False))
+    write_audit_report(report, tmp_path / "out")
     page = (tmp_path / "out" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and ">missing<" not in page
 
@@ -157,7 +157,7 @@ def test_fix_splits_removes_leakage_and_keeps_every_row(tmp_path):
     before = CacheReader(cache)
     features = before.features()
     options = AuditOptions(threshold=0.9999, label_issues=False, progress=False)
-    report = audit(cache, options)
+    report = audit_cache(cache, options)
     moves = fix_splits(report)
     assert sorted(moves) == [(5, 2, 0), (8, 1, 0)]  # test -> train, val -> train
     after = CacheReader(cache)
@@ -169,8 +169,8 @@ def test_fix_splits_removes_leakage_and_keeps_every_row(tmp_path):
     assert changed.tolist() == [5, 8]
     history = json.loads(after.attrs["splits_fixed"])
     assert history[0]["moved"] == {"test->train": 1, "val->train": 1}
-    assert audit(cache, options).leakage == []
-    assert fix_splits(audit(cache, options)) == []  # nothing left to move: nothing written
+    assert audit_cache(cache, options).leakage == []
+    assert fix_splits(audit_cache(cache, options)) == []  # nothing left to move: nothing written
     assert fixed_splits(report)[0].tolist() == after.split.tolist()
 
 
@@ -219,7 +219,7 @@ def test_real_extract_finds_a_copied_test_image_leaking_from_train(tmp_path):
     shutil.copy(data / "train" / "class_0" / "img_0.png", data / "test" / "class_0" / "copy.png")
     cache = tmp_path / "c.h5"
     extract(data, output=cache, **TINY)
-    report = audit(cache, AuditOptions(progress=False))
+    report = audit_cache(cache, AuditOptions(progress=False))
     reader = CacheReader(cache)
     leaked = {(reader.paths[p.a], reader.paths[p.b]) for p in report.leakage if p.kind == "exact"}
     assert leaked == {("test/class_0/copy.png", "train/class_0/img_0.png")}
