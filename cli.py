@@ -671,8 +671,9 @@ def compare_command(
             }
         )
         return
-    for note in board.notes:
-        click.echo(f"note: {note}")
+    if probe is not None or len(caches) > 1:  # quick on one cache prints as it always did
+        for note in board.notes:
+            click.echo(f"note: {note}")
     if probe is not None:
         for line in table(board.rows):
             click.echo(line)
@@ -1042,10 +1043,9 @@ def audit_command(
     CACHE: report.json, CSV lists and report.html (thumbnails) in the report folder."""
     from pathlib import Path
 
-    from .audit.audit import audit_cache
+    from .audit.audit import AuditOptions, audit
     from .audit.audit import fix_splits as fix
-    from .audit.options import AuditOptions
-    from .audit.output import write_audit_report
+    from .audit.output import write_report
 
     options = AuditOptions(
         threshold=threshold,
@@ -1055,9 +1055,9 @@ def audit_command(
         folds=folds,
         progress=False if quiet else None,
     )
-    report = audit_cache(cache, options)
+    report = audit(cache, options)
     out = Path(output) if output else Path(cache).with_suffix(".audit")
-    write_audit_report(report, out)
+    write_report(report, out)
     summary = report.summary()
     summary["report"] = str(out)
     if fix_splits:

@@ -482,3 +482,17 @@ def test_the_same_cache_twice_is_refused(two_caches, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["compare", a, a, "--protocol", "knn"])
     assert result.exit_code == 2 and "given twice" in result.output
     assert len(result.output.splitlines()) == 1
+
+
+def test_quick_on_one_cache_prints_as_before(tmp_path):
+    rows, a, _ = separable(per_class=(10, 0, 4))
+    write_cache(tmp_path / "noval.h5", rows, a)
+    result = CliRunner().invoke(
+        main,
+        ["compare", str(tmp_path / "noval.h5"), "-o", str(tmp_path / "q"), "--heads", "logreg"],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].split() == [
+        "head", "val", "accuracy", "test", "acc", "test", "F1", "fit", "s", "params"
+    ]  # fmt: skip
+    assert "note:" not in result.output and "source" not in result.output
