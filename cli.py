@@ -1043,9 +1043,10 @@ def audit_command(
     CACHE: report.json, CSV lists and report.html (thumbnails) in the report folder."""
     from pathlib import Path
 
-    from .audit.audit import AuditOptions, audit
+    from .audit.audit import audit_cache
     from .audit.audit import fix_splits as fix
-    from .audit.output import write_report
+    from .audit.options import AuditOptions
+    from .audit.output import write_audit_report
 
     options = AuditOptions(
         threshold=threshold,
@@ -1055,9 +1056,9 @@ def audit_command(
         folds=folds,
         progress=False if quiet else None,
     )
-    report = audit(cache, options)
+    report = audit_cache(cache, options)
     out = Path(output) if output else Path(cache).with_suffix(".audit")
-    write_report(report, out)
+    write_audit_report(report, out)
     summary = report.summary()
     summary["report"] = str(out)
     if fix_splits:
