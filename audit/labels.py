@@ -32,22 +32,27 @@ def out_of_fold_probabilities(
     x: np.ndarray, labels: np.ndarray, classes: int, folds: int = DEFAULT_FOLDS, seed: int = 0
 ) -> np.ndarray:
     """``(N, classes)`` probabilities, each row from a logistic regression fitted on the
-    other folds (stratified; fewer folds when a class has fewer rows)."""
+    other folds (stratified; fewer folds when a class has fewer rows). Rows of a class with
+    a single row are not checked: their given label has probability 1."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(labels, minlength=classes)
-    present = counts[counts > 0]
-    n_folds = int(min(folds, present.min())) if len(present) else 0
+    checked = np.flatnonzero(counts[labels] >= 2)  # a class of one row cannot be held out
     out = np.zeros((len(labels), classes), np.float64)
+    out[np.arange(len(labels)), labels] = 1.0  # rows not checked keep their label
+    present = counts[counts >= 2]
+    n_folds = int(min(folds, present.min())) if len(present) else 0
     if n_folds < 2 or len(present) < 2:
-        out[np.arange(len(labels)), labels] = 1.0
         return out
+    y = labels[checked]
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for fit_rows, held in splitter.split(x, labels):
+    for fit_rows, held in splitter.split(x[checked], y):
         model = LogisticRegression(max_iter=1000, C=1.0)
-        model.fit(x[fit_rows], labels[fit_rows])
-        out[np.ix_(held, model.classes_)] = model.predict_proba(x[held])
+        model.fit(x[checked[fit_rows]], y[fit_rows])
+        rows = checked[held]
+        out[rows] = 0.0
+        out[np.ix_(rows, model.classes_)] = model.predict_proba(x[rows])
     return out
 
 

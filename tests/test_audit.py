@@ -111,6 +111,11 @@ def test_confident_learning_finds_flipped_labels():
     found = find_label_issues(given, p)
     assert set(found.rows.tolist()) == set(flipped.tolist())
     assert (found.suggested == labels[found.rows]).all()
+    # a fifth class of one row is left unchecked and does not stop the others' check
+    lone = np.vstack([normalize(x), normalize(x[:1]) * -1])
+    p5 = out_of_fold_probabilities(lone, np.append(given, 4), 5)
+    assert p5[-1].tolist() == [0, 0, 0, 0, 1]
+    assert set(find_label_issues(np.append(given, 4), p5).rows.tolist()) == set(flipped.tolist())
 
 
 def test_report_files_thumbnails_and_missing(tmp_path):
