@@ -7,6 +7,7 @@ from :mod:`.neighbors` (blocked, exact, no N x N matrix).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections import defaultdict
@@ -67,6 +68,9 @@ class AuditReport:
         }
 
     split: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
+    """The split of every row when audited."""
+    rows_digest: str = ""
+    """SHA-256 over the audited rows' paths and hashes: ``fix_splits`` refuses another state."""
 
     def _splits(self, group: list[int]) -> set[int]:
         return {int(self.split[r]) for r in group}
@@ -141,7 +145,15 @@ def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = No
         threshold_table=table,
         groups=union.groups(),
         split=split,
+        rows_digest=_rows_digest(reader),
     )
+
+
+def _rows_digest(reader: CacheReader) -> str:
+    digest = hashlib.sha256()
+    for path, sha in zip(reader.paths, reader.sha256):
+        digest.update(f"{path}\0{sha}\n".encode())
+    return digest.hexdigest()
 
 
 def _near_pairs(
@@ -229,7 +241,8 @@ def fix_splits(report: AuditReport) -> list[tuple[int, int, int]]:
         raise CacheLockedError(f"{path} is being written by another process; retry") from None
     try:
         now = CacheReader(path)
-        if len(now) != report.rows or not np.array_equal(now.split, report.split):
+        same = len(now) == report.rows and _rows_digest(now) == report.rows_digest
+        if not same or not np.array_equal(now.split, report.split):
             raise CacheError(f"{path} changed since it was audited; audit it again")
         moved: dict[str, int] = defaultdict(int)
         for _, old, new in moves:

@@ -17,7 +17,7 @@ from featcache.audit.neighbors import brute_force, normalize, top_k_neighbors
 from featcache.audit.options import AuditOptions
 from featcache.audit.output import write_audit_report
 from featcache.cli import main
-from featcache.errors import InvalidOptionError
+from featcache.errors import CacheError, InvalidOptionError
 from featcache.extractor.cache import CacheReader, CacheSettings, CacheWriter
 from helpers import write_image
 
@@ -228,3 +228,30 @@ def test_real_extract_finds_a_copied_test_image_leaking_from_train(tmp_path):
     reader = CacheReader(cache)
     leaked = {(reader.paths[p.a], reader.paths[p.b]) for p in report.leakage if p.kind == "exact"}
     assert leaked == {("test/class_0/copy.png", "train/class_0/img_0.png")}
+
+
+def test_fix_splits_refuses_a_cache_changed_since_the_audit(tmp_path):
+    rows, x = clustered(per_class=10)
+    rows[5] = (rows[5][0], rows[5][1], "test", rows[0][3])
+    x[5] = x[0]
+    cache = write_cache(tmp_path / "c.h5", rows, x)
+    report = audit_cache(cache, AuditOptions(label_issues=False, progress=False))
+    cache.unlink()
+    rows[7] = ("a/other.png", "a", rows[7][2], "other")
+    write_cache(cache, rows, x)
+    with pytest.raises(CacheError, match="changed since it was audited"):
+        fix_splits(report)
+    assert CacheReader(cache).split[5] == 2  # unchanged
+
+
+def test_cli_fix_splits(tmp_path):
+    rows, x = clustered(per_class=10)
+    rows[5] = (rows[5][0], rows[5][1], "test", rows[0][3])
+    x[5] = x[0]
+    cache = write_cache(tmp_path / "c.h5", rows, x)
+    args = ["audit", str(cache), "-o", str(tmp_path / "r"), "--json", "--fix-splits"]
+    args += ["--threshold", "0.9999"]
+    first = json.loads(CliRunner().invoke(main, [*args, "--no-label-issues"]).output)
+    assert first["leakage_pairs"] == 1 and first["moved_rows"] == 1
+    again = json.loads(CliRunner().invoke(main, [*args, "--no-label-issues"]).output)
+    assert again["leakage_pairs"] == 0 and again["moved_rows"] == 0
