@@ -8,19 +8,14 @@ force ``X @ X.T`` is what this equals (tests check it on small matrices).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
+from ..extractor.search_index import merge_top_k, normalize, query_top_k
 from .options import DEFAULT_BLOCK_BYTES
 
-
-def normalize(features: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm as C-contiguous float32 (zero rows stay zero)."""
-    x = np.ascontiguousarray(features, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    norms[norms == 0] = 1.0
-    return x / norms
+__all__ = ["block_shape", "brute_force", "normalize", "query_top_k", "top_k_neighbors"]
 
 
 def block_shape(rows: int, k: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> tuple[int, int]:
@@ -28,19 +23,6 @@ def block_shape(rows: int, k: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> tu
     cells = max(1, block_bytes // 4)
     columns = int(min(max(rows, 1), max(4 * k, 1 << 16)))
     return max(1, min(max(rows, 1), cells // columns)), columns
-
-
-def _merge(
-    best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, i: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the ``k`` largest of two candidate sets per row."""
-    all_s = np.concatenate([best_s, s], axis=1)
-    all_i = np.concatenate([best_i, i], axis=1)
-    if all_s.shape[1] > k:
-        pick = np.argpartition(-all_s, k - 1, axis=1)[:, :k]
-        all_s = np.take_along_axis(all_s, pick, axis=1)
-        all_i = np.take_along_axis(all_i, pick, axis=1)
-    return all_s, all_i
 
 
 def top_k_neighbors(
@@ -79,7 +61,7 @@ def top_k_neighbors(
             else:
                 pick = np.broadcast_to(np.arange(c1 - c0), s.shape)
             cand_s = np.take_along_axis(s, pick, axis=1)
-            best_s, best_i = _merge(best_s, best_i, cand_s, pick + c0, k)
+            best_s, best_i = merge_top_k(best_s, best_i, cand_s, pick + c0, k)
         order = np.lexsort((best_i, -best_s), axis=1)
         sims[r0:r1] = np.take_along_axis(best_s, order, axis=1)
         index[r0:r1] = np.take_along_axis(best_i, order, axis=1)
@@ -95,29 +77,3 @@ def brute_force(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, max(len(x) - 1, 0))
     order = np.lexsort((np.broadcast_to(np.arange(len(x)), s.shape), -s), axis=1)[:, :k]
     return np.take_along_axis(s, order, axis=1), order.astype(np.int64)
-
-
-def query_top_k(
-    index: np.ndarray, queries: np.ndarray, k: int, exclude: int | None = None
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """For each normalised query: (similarities, rows) of its ``k`` best rows of ``index``,
-    best first (ties by lower row), scanning ``index`` in blocks (it may be memory-mapped).
-    ``exclude``: a row never returned (the query's own row)."""
-    n = len(index)
-    q = np.atleast_2d(np.asarray(queries, np.float32))
-    step = max(1, (DEFAULT_BLOCK_BYTES // 4) // max(1, index.shape[1]))
-    best_s = np.full((len(q), 0), -np.inf, np.float32)
-    best_i = np.zeros((len(q), 0), np.int64)
-    for c0 in range(0, n, step):
-        c1 = min(n, c0 + step)
-        s = q @ np.asarray(index[c0:c1]).T
-        if exclude is not None and c0 <= exclude < c1:
-            s[:, exclude - c0] = -np.inf
-        kk = min(k, c1 - c0)
-        pick = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-        best_s, best_i = _merge(best_s, best_i, np.take_along_axis(s, pick, axis=1), pick + c0, k)
-    for s_row, i_row in zip(best_s, best_i):
-        keep = np.isfinite(s_row)
-        s_row, i_row = s_row[keep], i_row[keep]
-        order = np.lexsort((i_row, -s_row))
-        yield s_row[order], i_row[order]

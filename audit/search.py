@@ -1,16 +1,13 @@
 """Exact cosine search over a cache: ``search(cache, image=... | row=..., k=10)``.
 
-The index is the cache's features, L2-normalised float32, in ``CACHE.search.npy`` (read
-memory-mapped) with ``CACHE.search.json`` saying which cache it was built from: the
-cache's fingerprint, row count, size and modification time. Any difference rebuilds it,
-so an index never answers for another cache state. A query scans the index in blocks
-(:func:`~.neighbors.query_top_k`): exact, no approximate index (see README: search).
+The index and the scan are :mod:`featcache.extractor.search_index` (the ``Search`` RPC uses
+them too); this adds the image query, embedded by the backbone the cache records (rebuilt by
+:func:`featcache.heads.endtoend.rebuild_backbone`). Exact, no approximate index.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,68 +18,10 @@ import numpy as np
 from ..errors import InvalidOptionError
 from ..extractor.cache import CacheReader
 from ..extractor.options import invalid
-from ..extractor.recorder import progress_bar
-from ..extractor.splits import SPLIT_NAMES
-from .neighbors import normalize, query_top_k
+from ..extractor.search_index import index_paths, load_index, normalize, rank_rows
 from .options import DEFAULT_SEARCH_K
 
-INDEX_VERSION = 1
-
-
-def index_paths(cache: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """``(CACHE.search.npy, CACHE.search.json)``."""
-    path = Path(cache)
-    return path.with_name(path.name + ".search.npy"), path.with_name(path.name + ".search.json")
-
-
-def _identity(reader: CacheReader) -> dict[str, Any]:
-    stat = reader.path.stat()
-    return {
-        "version": INDEX_VERSION,
-        "fingerprint": reader.fingerprint,
-        "rows": len(reader),
-        "feature_dim": reader.feature_dim,
-        "cache_size": stat.st_size,
-        "cache_mtime_ns": stat.st_mtime_ns,
-    }
-
-
-def load_index(
-    reader: CacheReader, rebuild: bool = False, progress: bool | None = None
-) -> tuple[np.ndarray, bool]:
-    """The normalised features of ``reader``'s cache, memory-mapped, and whether they were
-    (re)built now: built when missing, when ``rebuild``, or when the cache changed."""
-    array_path, meta_path = index_paths(reader.path)
-    want = _identity(reader)
-    if not rebuild and array_path.is_file() and meta_path.is_file():
-        try:
-            found = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            found = None
-        if found == want:
-            index = np.load(array_path, mmap_mode="r")
-            if index.shape == (want["rows"], want["feature_dim"]):
-                return index, False
-    meta_path.unlink(missing_ok=True)  # no meta: never trusted, even if the rest fails
-    tmp = array_path.with_name(f"{array_path.name}.tmp-{os.getpid()}")
-    bar = progress_bar(len(reader), progress, "index")
-    try:
-        out = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.float32, shape=(len(reader), reader.feature_dim)
-        )
-        for rows, block in reader.batches(batch_size=8192):
-            out[rows[0] : rows[-1] + 1] = normalize(block)
-            bar.update(len(rows))
-        out.flush()
-        del out
-        os.replace(tmp, array_path)
-    finally:
-        bar.close()
-        tmp.unlink(missing_ok=True)
-    meta_tmp = meta_path.with_name(f"{meta_path.name}.tmp-{os.getpid()}")
-    meta_tmp.write_text(json.dumps(want))
-    os.replace(meta_tmp, meta_path)
-    return np.load(array_path, mmap_mode="r"), True
+__all__ = ["SearchResult", "index_paths", "load_index", "search"]
 
 
 @dataclass
@@ -133,22 +72,7 @@ def search(
         exclude = row
     else:
         query, label = _image_query(reader, index, Path(str(image)))
-    if len(index) == 0:
-        return SearchResult(label, [], built)
-    sims, rows = next(query_top_k(index, query[None, :], k, exclude))
-    names = reader.label_names(rows)
-    hits = [
-        {
-            "rank": rank,
-            "row": int(r),
-            "path": reader.paths[int(r)],
-            "class": names[rank - 1],
-            "split": SPLIT_NAMES[int(reader.split[int(r)])],
-            "similarity": float(s),
-        }
-        for rank, (r, s) in enumerate(zip(rows.tolist(), sims.tolist()), start=1)
-    ]
-    return SearchResult(label, hits, built)
+    return SearchResult(label, rank_rows(reader, index, query, k, exclude), built)
 
 
 def _image_query(reader: CacheReader, index: np.ndarray, path: Path) -> tuple[np.ndarray, str]:

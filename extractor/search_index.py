@@ -1,0 +1,154 @@
+"""The search index of a cache and exact cosine top-k over it (``featcache search``, the
+``Search`` RPC and ``audit``'s neighbour merge share it; numpy only).
+
+The index is the cache's features, L2-normalised float32, in ``CACHE.search.npy`` (read
+memory-mapped) with ``CACHE.search.json`` saying which cache it was built from: the cache's
+fingerprint, row count, size and modification time. Any difference rebuilds it, so an
+index never answers for another state of the cache. A query scans the index in blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cache import CacheReader
+from .recorder import progress_bar
+from .splits import SPLIT_NAMES
+
+SCAN_BLOCK_BYTES = 256 << 20
+"""Bytes of one block of float32 similarities."""
+
+INDEX_VERSION = 1
+
+
+def normalize(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm as C-contiguous float32 (zero rows stay zero)."""
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return x / norms
+
+
+def merge_top_k(
+    best_s: np.ndarray, best_i: np.ndarray, s: np.ndarray, i: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the ``k`` largest of two candidate sets per row."""
+    all_s = np.concatenate([best_s, s], axis=1)
+    all_i = np.concatenate([best_i, i], axis=1)
+    if all_s.shape[1] > k:
+        pick = np.argpartition(-all_s, k - 1, axis=1)[:, :k]
+        all_s = np.take_along_axis(all_s, pick, axis=1)
+        all_i = np.take_along_axis(all_i, pick, axis=1)
+    return all_s, all_i
+
+
+def query_top_k(
+    index: np.ndarray, queries: np.ndarray, k: int, exclude: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each normalised query: (similarities, rows) of its ``k`` best rows of ``index``,
+    best first (ties by lower row), scanning ``index`` in blocks (it may be memory-mapped).
+    ``exclude``: a row never returned (the query's own row)."""
+    n = len(index)
+    q = np.atleast_2d(np.asarray(queries, np.float32))
+    step = max(1, (SCAN_BLOCK_BYTES // 4) // max(1, index.shape[1]))
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(q), 0), np.int64)
+    for c0 in range(0, n, step):
+        c1 = min(n, c0 + step)
+        s = q @ np.asarray(index[c0:c1]).T
+        if exclude is not None and c0 <= exclude < c1:
+            s[:, exclude - c0] = -np.inf
+        kk = min(k, c1 - c0)
+        pick = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
+        best_s, best_i = merge_top_k(
+            best_s, best_i, np.take_along_axis(s, pick, axis=1), pick + c0, k
+        )
+    for s_row, i_row in zip(best_s, best_i):
+        keep = np.isfinite(s_row)
+        s_row, i_row = s_row[keep], i_row[keep]
+        order = np.lexsort((i_row, -s_row))
+        yield s_row[order], i_row[order]
+
+
+def index_paths(cache: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(CACHE.search.npy, CACHE.search.json)``."""
+    path = Path(cache)
+    return path.with_name(path.name + ".search.npy"), path.with_name(path.name + ".search.json")
+
+
+def _identity(reader: CacheReader) -> dict[str, Any]:
+    stat = reader.path.stat()
+    return {
+        "version": INDEX_VERSION,
+        "fingerprint": reader.fingerprint,
+        "rows": len(reader),
+        "feature_dim": reader.feature_dim,
+        "cache_size": stat.st_size,
+        "cache_mtime_ns": stat.st_mtime_ns,
+    }
+
+
+def load_index(
+    reader: CacheReader, rebuild: bool = False, progress: bool | None = None
+) -> tuple[np.ndarray, bool]:
+    """The normalised features of ``reader``'s cache, memory-mapped, and whether they were
+    (re)built now: built when missing, when ``rebuild``, or when the cache changed."""
+    array_path, meta_path = index_paths(reader.path)
+    want = _identity(reader)
+    if not rebuild and array_path.is_file() and meta_path.is_file():
+        try:
+            found = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            found = None
+        if found == want:
+            index = np.load(array_path, mmap_mode="r")
+            if index.shape == (want["rows"], want["feature_dim"]):
+                return index, False
+    meta_path.unlink(missing_ok=True)  # no meta: never trusted, even if the rest fails
+    tmp = array_path.with_name(f"{array_path.name}.tmp-{os.getpid()}")
+    bar = progress_bar(len(reader), progress, "index")
+    try:
+        out = np.lib.format.open_memmap(
+            tmp, mode="w+", dtype=np.float32, shape=(len(reader), reader.feature_dim)
+        )
+        for rows, block in reader.batches(batch_size=8192):
+            out[rows[0] : rows[-1] + 1] = normalize(block)
+            bar.update(len(rows))
+        out.flush()
+        del out
+        os.replace(tmp, array_path)
+    finally:
+        bar.close()
+        tmp.unlink(missing_ok=True)
+    meta_tmp = meta_path.with_name(f"{meta_path.name}.tmp-{os.getpid()}")
+    meta_tmp.write_text(json.dumps(want))
+    os.replace(meta_tmp, meta_path)
+    return np.load(array_path, mmap_mode="r"), True
+
+
+def rank_rows(
+    reader: CacheReader, index: np.ndarray, query: np.ndarray, k: int, exclude: int | None = None
+) -> list[dict[str, Any]]:
+    """The ``k`` rows of ``index`` most similar to one normalised ``query``, best first:
+    rank, row, path, class, split, similarity."""
+    if len(index) == 0:
+        return []
+    sims, rows = next(query_top_k(index, np.asarray(query)[None, :], k, exclude))
+    names = reader.label_names(rows)
+    return [
+        {
+            "rank": rank,
+            "row": int(r),
+            "path": reader.paths[int(r)],
+            "class": names[rank - 1],
+            "split": SPLIT_NAMES[int(reader.split[int(r)])],
+            "similarity": float(s),
+        }
+        for rank, (r, s) in enumerate(zip(rows.tolist(), sims.tolist()), start=1)
+    ]
