@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..extractor.options import invalid
+from ..extractor.search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K
+
+__all__ = ["DEFAULT_SEARCH_K", "MAX_SEARCH_K", "AuditOptions"]
 
 DEFAULT_FOLDS = 5
 """Folds of the out-of-fold label check."""
 DEFAULT_BLOCK_BYTES = 256 << 20
 """Bytes of one block of float32 similarities: 256 MiB."""
-DEFAULT_SEARCH_K = 10
 DEFAULT_THRESHOLD = 0.95
 """Cosine similarity from which two rows are near-duplicates (see README: audit)."""
 THRESHOLD_TABLE = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)

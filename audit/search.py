@@ -19,7 +19,7 @@ from ..errors import InvalidOptionError
 from ..extractor.cache import CacheReader
 from ..extractor.options import invalid
 from ..extractor.search_index import index_paths, load_index, normalize, rank_rows
-from .options import DEFAULT_SEARCH_K
+from .options import DEFAULT_SEARCH_K, MAX_SEARCH_K
 
 __all__ = ["SearchResult", "index_paths", "load_index", "search"]
 
@@ -53,8 +53,8 @@ def search(
 
     >>> search("cache/mobilenet.h5", row=3, k=5).hits[0]["path"]  # doctest: +SKIP
     """
-    if k < 1 or k > 10_000:
-        raise invalid("k", k, "expected 1 to 10000")
+    if not 1 <= k <= MAX_SEARCH_K:
+        raise invalid("k", k, f"expected 1 to {MAX_SEARCH_K}")
     if (image is None) == (row is None):
         raise InvalidOptionError("search needs an image or a row (one of them)", "row")
     reader = CacheReader(cache)

@@ -13,14 +13,18 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .cache import CacheReader
-from .recorder import progress_bar
 from .splits import SPLIT_NAMES
 
+if TYPE_CHECKING:
+    from .cache import CacheReader
+
+DEFAULT_SEARCH_K = 10
+"""Rows a search returns unless told."""
+MAX_SEARCH_K = 10_000
 SCAN_BLOCK_BYTES = 256 << 20
 """Bytes of one block of float32 similarities."""
 
@@ -112,6 +116,8 @@ def load_index(
                 return index, False
     meta_path.unlink(missing_ok=True)  # no meta: never trusted, even if the rest fails
     tmp = array_path.with_name(f"{array_path.name}.tmp-{os.getpid()}")
+    from .recorder import progress_bar
+
     bar = progress_bar(len(reader), progress, "index")
     try:
         out = np.lib.format.open_memmap(

@@ -239,3 +239,39 @@ class ClassifyResponse(_message.Message):
     class_names: _containers.RepeatedScalarFieldContainer[str]
     results: _containers.RepeatedCompositeFieldContainer[Classification]
     def __init__(self, class_names: _Optional[_Iterable[str]] = ..., results: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("cache", "row", "image", "k")
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    cache: str
+    row: int
+    image: Image
+    k: int
+    def __init__(self, cache: _Optional[str] = ..., row: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., k: _Optional[int] = ...) -> None: ...
+
+class SearchHit(_message.Message):
+    __slots__ = ("rank", "row", "path", "class_name", "split", "similarity")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    row: int
+    path: str
+    class_name: str
+    split: str
+    similarity: float
+    def __init__(self, rank: _Optional[int] = ..., row: _Optional[int] = ..., path: _Optional[str] = ..., class_name: _Optional[str] = ..., split: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("query", "hits")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
+    def __init__(self, query: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...

@@ -59,6 +59,11 @@ class ExtractorStub:
                 request_serializer=featcache_dot_v1_dot_extractor__pb2.ClassifyRequest.SerializeToString,
                 response_deserializer=featcache_dot_v1_dot_extractor__pb2.ClassifyResponse.FromString,
                 _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/featcache.v1.Extractor/Search',
+                request_serializer=featcache_dot_v1_dot_extractor__pb2.SearchRequest.SerializeToString,
+                response_deserializer=featcache_dot_v1_dot_extractor__pb2.SearchResponse.FromString,
+                _registered_method=True)
 
 
 class ExtractorServicer:
@@ -103,6 +108,14 @@ class ExtractorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Search(self, request, context):
+        """Exact cosine top-k over a cache under --cache-root: the rows most similar to one of its
+        rows, or to an image embedded with the backbone the cache records (`featcache search`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExtractorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +143,11 @@ def add_ExtractorServicer_to_server(servicer, server):
                     servicer.Classify,
                     request_deserializer=featcache_dot_v1_dot_extractor__pb2.ClassifyRequest.FromString,
                     response_serializer=featcache_dot_v1_dot_extractor__pb2.ClassifyResponse.SerializeToString,
+            ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=featcache_dot_v1_dot_extractor__pb2.SearchRequest.FromString,
+                    response_serializer=featcache_dot_v1_dot_extractor__pb2.SearchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +285,33 @@ class Extractor:
             '/featcache.v1.Extractor/Classify',
             featcache_dot_v1_dot_extractor__pb2.ClassifyRequest.SerializeToString,
             featcache_dot_v1_dot_extractor__pb2.ClassifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/featcache.v1.Extractor/Search',
+            featcache_dot_v1_dot_extractor__pb2.SearchRequest.SerializeToString,
+            featcache_dot_v1_dot_extractor__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

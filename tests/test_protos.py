@@ -35,4 +35,5 @@ def test_package_and_service_names():
         "EmbedStream",
         "ExtractDataset",
         "Classify",
+        "Search",
     }

@@ -120,3 +120,46 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, message):
     result = CliRunner().invoke(main, ["search", *args])
     assert result.exit_code == 2, result.output
     assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_search_rpc_answers_as_the_api_does(tmp_path):
+    import grpc
+
+    from featcache import ServeOptions, start_server
+    from featcache.protos import extractor_pb2 as pb
+    from featcache.protos import extractor_pb2_grpc as pb_grpc
+
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=4)
+    caches = tmp_path / "cache"
+    caches.mkdir()
+    extract(data, output=caches / "tiny.h5", **TINY)
+    query = write_image(tmp_path / "q.png", 999)
+    local = search(caches / "tiny.h5", query, k=3, progress=False)
+    by_row = search(caches / "tiny.h5", row=2, k=3, progress=False)
+    options = ServeOptions(port=0, data_root=str(data), cache_root=str(caches))
+    server = start_server(options, warm=False)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ExtractorStub(channel)
+            image = pb.Image(encoded=query.read_bytes())
+            reply = stub.Search(pb.SearchRequest(cache="tiny.h5", image=image, k=3), timeout=120)
+            assert [h.row for h in reply.hits] == [h["row"] for h in local.hits]
+            np.testing.assert_allclose(
+                [h.similarity for h in reply.hits], [h["similarity"] for h in local.hits], atol=1e-4
+            )
+            reply = stub.Search(pb.SearchRequest(cache="tiny.h5", row=2, k=3), timeout=60)
+            assert [(h.row, h.path) for h in reply.hits] == [
+                (h["row"], h["path"]) for h in by_row.hits
+            ]
+            bad = {
+                "out of range": (pb.SearchRequest(cache="tiny.h5", row=99), "INVALID_ARGUMENT"),
+                "no query": (pb.SearchRequest(cache="tiny.h5"), "INVALID_ARGUMENT"),
+                "missing": (pb.SearchRequest(cache="nope.h5", row=0), "NOT_FOUND"),
+                "escape": (pb.SearchRequest(cache="../x.h5", row=0), "PERMISSION_DENIED"),
+            }
+            for request, code in bad.values():
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.Search(request, timeout=60)
+                assert info.value.code().name == code, info.value.details()
+    finally:
+        server.stop(0)

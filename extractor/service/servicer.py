@@ -4,6 +4,7 @@ the reply. Library errors leave as status codes (see :func:`.convert.status_name
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import uuid
@@ -11,12 +12,13 @@ from collections.abc import Iterator
 from concurrent.futures import CancelledError
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from ...errors import ExtractionCancelled, InvalidOptionError
+from ...errors import AccessDenied, ExtractionCancelled, InvalidOptionError, NotFound
 from ...protos import extractor_pb2 as pb
 from ...protos import extractor_pb2_grpc as pb_grpc
 from ..backbone import resolve_backbone
@@ -24,10 +26,13 @@ from ..hub import list_hub_backbones
 from ..options import DEFAULT_MAX_PIXELS
 from ..ranking import DEFAULT_TOP_K, top_k
 from ..registry import list_backbones
+from ..settings import BackboneConfig
+from ..sources import is_within
 from .convert import (
     ResourceExhausted,
     Roots,
     config_from_message,
+    confine,
     dataset_paths,
     extract_options,
     image_content,
@@ -163,6 +168,14 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
             except Exception as exc:
                 self._fail(context, exc)
                 raise  # unreachable: abort raises
+
+    def Search(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._slot(context):
+            try:
+                return self._search(request, context)
+            except Exception as exc:
+                self._fail(context, exc)
+                raise
 
     def EmbedStream(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
         with self._slot(context):
@@ -346,6 +359,93 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                     )
                 )
             return pb.ClassifyResponse(class_names=names, results=results)
+
+    def _search(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """``featcache search`` over a cache under the cache root (the same index file)."""
+        from ..cache import CacheReader
+        from ..search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K, load_index, rank_rows
+
+        path = confine(self.roots.cache, request.cache, "cache")
+        if not path.is_file():
+            raise NotFound(f"cache {request.cache!r}: no such file under the cache root")
+        k = request.k or DEFAULT_SEARCH_K
+        if not 1 <= k <= MAX_SEARCH_K:
+            raise InvalidOptionError(f"k {k}: expected 1 to {MAX_SEARCH_K}", "k")
+        kind = request.WhichOneof("query")
+        if kind is None:
+            raise InvalidOptionError("search needs a row or an image", "row")
+        reader = CacheReader(path)
+        if kind == "row" and not 0 <= request.row < len(reader):
+            raise InvalidOptionError(f"row {request.row}: expected 0 to {len(reader) - 1}", "row")
+        index, _ = load_index(reader, progress=False)
+        if kind == "row":
+            query, label, exclude = (
+                np.asarray(index[request.row]),
+                f"row {request.row}",
+                request.row,
+            )
+        else:
+            content = image_content(request.image, 0, self.max_pixels)
+            query, label, exclude = self._cache_query(reader, content, context), "image", None
+        hits = [
+            pb.SearchHit(
+                rank=h["rank"],
+                row=h["row"],
+                path=h["path"],
+                class_name=h["class"],
+                split=h["split"],
+                similarity=h["similarity"],
+            )
+            for h in rank_rows(reader, index, query, k, exclude)
+        ]
+        return pb.SearchResponse(query=label, hits=hits)
+
+    def _cache_query(self, reader: Any, content: Any, context: grpc.ServicerContext) -> Any:
+        """One image's normalised features from the pool's model for the cache's settings;
+        the cache's backbone and weights files must lie under the weights root."""
+        from ..search_index import normalize
+
+        recorded = reader.settings
+        for name in (recorded.backbone, recorded.weights):
+            if os.path.isabs(name) and not (
+                self.roots.weights and is_within(Path(name), self.roots.weights)
+            ):
+                raise AccessDenied("the cache's backbone files are not under the weights root")
+        config = BackboneConfig(
+            recorded.backbone,
+            "imagenet" if recorded.weights == "embedded" else recorded.weights,
+            recorded.image_size if min(recorded.image_size) > 0 else None,
+            recorded.pooling,
+            recorded.layer,
+            recorded.preprocessing,
+            recorded.seed,
+            recorded.resize,
+            recorded.precision,
+            recorded.blocks,
+            recorded.projection,
+        )
+        what = "the cache's backbone differs on this server; its features would not match"
+        resolved = resolve_backbone(config)
+        self.pool.permit(resolved)
+        recorded.check(resolved, what, ours="cache", theirs="server")
+        with (
+            self.pool.use(config, context.is_active, self._wait(context)) as model,
+            self._hold(1, model.image_size, model.feature_dim, context),
+        ):
+            recorded.check(model.settings_for(config), what, ours="cache", theirs="server")
+            features, reasons = embed_contents(
+                model,
+                [content],
+                config.resize,
+                self.max_pixels,
+                context.is_active,
+                lambda: _remaining(context),
+                self.budget.decoding,
+            )
+        if reasons[0] is not None:
+            raise InvalidOptionError(f"image: {reasons[0]}", "image")
+        stored = np.asarray(features, np.float32).astype(reader.dtype).astype(np.float32)
+        return normalize(stored)[0]
 
     def _embed(self, request: Any, settings: Any, context: grpc.ServicerContext) -> Any:
         images = len(request.images)
