@@ -125,7 +125,7 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, args, message):
 def test_search_rpc_answers_as_the_api_does(tmp_path):
     import grpc
 
-    from featcache import ServeOptions, start_server
+    from featcache import Client, ServeOptions, start_server
     from featcache.protos import extractor_pb2 as pb
     from featcache.protos import extractor_pb2_grpc as pb_grpc
 
@@ -151,6 +151,12 @@ def test_search_rpc_answers_as_the_api_does(tmp_path):
             assert [(h.row, h.path) for h in reply.hits] == [
                 (h["row"], h["path"]) for h in by_row.hits
             ]
+        with Client(f"127.0.0.1:{server.port}") as client:
+            hits = client.search("tiny.h5", query, k=3)
+            assert [h["row"] for h in hits] == [h["row"] for h in local.hits]
+            assert client.search("tiny.h5", row=2, k=3)[0]["path"] == by_row.hits[0]["path"]
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ExtractorStub(channel)
             bad = {
                 "out of range": (pb.SearchRequest(cache="tiny.h5", row=99), "INVALID_ARGUMENT"),
                 "no query": (pb.SearchRequest(cache="tiny.h5"), "INVALID_ARGUMENT"),

@@ -255,6 +255,36 @@ class Client:
                 )
         return out
 
+    def search(
+        self,
+        cache: str,
+        image: ImageInput | None = None,
+        *,
+        row: int | None = None,
+        k: int = 10,
+    ) -> list[dict[str, Any]]:
+        """The ``k`` rows of a cache under the server's cache root most similar (cosine) to
+        ``image`` or to row ``row``, best first: rank, row, path, class, split, similarity
+        (``featcache search`` on the server)."""
+        if (image is None) == (row is None):
+            raise FeatcacheError("search needs an image or a row (one of them)")
+        if image is not None:
+            request = pb.SearchRequest(cache=cache, image=image_message(_load(image)), k=k)
+        else:
+            request = pb.SearchRequest(cache=cache, row=row, k=k)
+        reply = self._call(self.stub.Search, request)
+        return [
+            {
+                "rank": h.rank,
+                "row": h.row,
+                "path": h.path,
+                "class": h.class_name,
+                "split": h.split,
+                "similarity": h.similarity,
+            }
+            for h in reply.hits
+        ]
+
     def extract_dataset(
         self,
         data: str,
