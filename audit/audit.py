@@ -112,10 +112,9 @@ def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = No
     n = len(reader)
     bar = progress_bar(n, options.progress, "audit")
     try:
-        parts = []
-        for _, block in reader.batches(batch_size=8192):
-            parts.append(normalize(block))
-        x = np.concatenate(parts) if parts else np.zeros((0, reader.feature_dim), np.float32)
+        x = np.empty((n, reader.feature_dim), np.float32)  # the one copy of the features
+        for rows, block in reader.batches(batch_size=8192):
+            x[rows[0] : rows[-1] + 1] = normalize(block)
         sims, index = top_k_neighbors(x, options.neighbors, options.block_bytes, bar.update)
     finally:
         bar.close()
@@ -124,8 +123,13 @@ def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = No
         by_sha[sha].append(row)
     duplicate_groups = sorted((g for g in by_sha.values() if len(g) > 1), key=lambda g: g[0])
     exact_pairs = [Pair(g[0], other, 1.0, "exact") for g in duplicate_groups for other in g[1:]]
-    near_pairs = _near_pairs(sims, index, reader.sha256, options.threshold)
-    table = {f"{t:g}": len(_near_pairs(sims, index, reader.sha256, t)) for t in THRESHOLD_TABLE}
+    content = np.unique(np.asarray(reader.sha256), return_inverse=True)[1].reshape(-1)
+    a, b, best = _candidate_pairs(sims, index, content, min((*THRESHOLD_TABLE, options.threshold)))
+    keep = best >= options.threshold
+    near_pairs = [
+        Pair(int(i), int(j), float(v), "near") for i, j, v in zip(a[keep], b[keep], best[keep])
+    ]
+    table = {f"{t:g}": int(np.sum(best >= t)) for t in THRESHOLD_TABLE}
     union = _Groups()
     for pair in (*exact_pairs, *near_pairs):
         union.union(pair.a, pair.b)
@@ -156,20 +160,24 @@ def _rows_digest(reader: CacheReader) -> str:
     return digest.hexdigest()
 
 
-def _near_pairs(
-    sims: np.ndarray, index: np.ndarray, sha256: list[str], threshold: float
-) -> list[Pair]:
-    """Distinct pairs (a < b) among each row's neighbours at ``threshold`` or above, other
-    content than each other, most similar first."""
+def _candidate_pairs(
+    sims: np.ndarray, index: np.ndarray, content: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct pairs ``a < b`` among each row's neighbours at ``threshold`` or above whose
+    content differs (``content``: one id per SHA-256), most similar first (ties by ``a``,
+    ``b``): arrays ``a``, ``b``, similarity."""
     rows, cols = np.nonzero(sims >= threshold)
-    seen: dict[tuple[int, int], float] = {}
-    for r, c in zip(rows.tolist(), cols.tolist()):
-        other = int(index[r, c])
-        key = (min(r, other), max(r, other))
-        if sha256[key[0]] != sha256[key[1]]:
-            seen[key] = max(seen.get(key, -1.0), float(sims[r, c]))
-    ordered = sorted(seen.items(), key=lambda kv: (-kv[1], kv[0]))
-    return [Pair(a, b, s, "near") for (a, b), s in ordered]
+    other = index[rows, cols]
+    a, b = np.minimum(rows, other), np.maximum(rows, other)
+    value = sims[rows, cols].astype(np.float64)
+    differ = content[a] != content[b]
+    a, b, value = a[differ], b[differ], value[differ]
+    order = np.lexsort((b, a, -value))  # the highest similarity of each pair first
+    a, b, value = a[order], b[order], value[order]
+    key = a.astype(np.int64) * max(len(sims), 1) + b
+    _, first = np.unique(key, return_index=True)
+    first = np.sort(first)  # back to similarity order
+    return a[first], b[first], value[first]
 
 
 def _outliers(sims: np.ndarray, fraction: float) -> list[tuple[int, float]]:
@@ -192,7 +200,10 @@ def _label_issues(
     if len(rows) < 4 or classes < 2:
         return []
     labels = reader.labels[rows]
-    probabilities = out_of_fold_probabilities(x[rows], labels, classes, options.folds, options.seed)
+    features = x if len(rows) == len(x) else x[rows]  # no copy when every row is labelled
+    probabilities = out_of_fold_probabilities(
+        features, labels, classes, options.folds, options.seed
+    )
     found = find_label_issues(labels, probabilities)
     names = reader.class_names
     return [
