@@ -3,14 +3,22 @@
 Version 2 added the ``file_*`` row datasets (:data:`FILE_STAT_DATASETS`); version 1 files
 are read as they are and gain them when next written.
 
+The bad-file records (files that could not be used, and why) live in the root attribute
+:data:`BAD_FILES_ATTR` (JSON), not in datasets: every dataset of the file then has one
+entry per row, which is what Hugging Face ``datasets``' ``hdf5`` builder needs (it reads
+every dataset, groups included, and ignores attributes). Files written before keep them in
+the ``bad/paths`` and ``bad/reasons`` datasets; they are read from there and moved to the
+attribute when the file is next written.
+
 Only the cache package (this module, :mod:`.reader` and :mod:`.writer`) opens HDF5 files.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,6 +47,9 @@ FILE_STAT_DTYPE = np.dtype(
 )
 UNKNOWN_STAT = (-1, -1, -1, 0)
 """The stat of a row whose file was not stat'ed (rows of version 1 files): never matches."""
+BAD_FILES_ATTR = "bad_files"
+"""Root attribute: JSON list of ``[path, reason]`` pairs, sorted by path (a variable-length
+string, so any number of records fits)."""
 OVERWRITE_HINT = "overwrite replaces it (--overwrite)"
 _READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError)
 """What h5py raises on a file whose bytes are not what it expects."""
@@ -109,7 +120,8 @@ def layout_problem(handle: h5py.File, rows: int | None = None) -> str | None:
     Checks that every dataset is there with its rank, that the row datasets, the ``rows``
     and ``feature_dim`` attributes agree, and, with ``rows``, that there are that many.
     """
-    for name in (*ROW_DATASETS, "bad/paths", "bad/reasons"):
+    legacy_bad = BAD_FILES_ATTR not in handle.attrs
+    for name in (*ROW_DATASETS, *(("bad/paths", "bad/reasons") if legacy_bad else ())):
         if not isinstance(handle.get(name), h5py.Dataset):
             return f"no {name} dataset"
         want = 2 if name == "features" else 1
@@ -137,9 +149,36 @@ def layout_problem(handle: h5py.File, rows: int | None = None) -> str | None:
     dim = handle.attrs.get("feature_dim")
     if dim is not None and int(dim) != width:
         return f"features of width {width}, the feature_dim attribute says {int(dim)}"
-    if handle["bad/paths"].shape != handle["bad/reasons"].shape:
+    if legacy_bad and handle["bad/paths"].shape != handle["bad/reasons"].shape:
         return "bad/paths and bad/reasons of different lengths"
+    if not legacy_bad:
+        try:
+            bad_records(handle)
+        except ValueError as exc:
+            return str(exc)
     return None
+
+
+def bad_records(handle: h5py.File) -> list[tuple[str, str]]:
+    """The ``(path, reason)`` of every bad file: from the :data:`BAD_FILES_ATTR` attribute,
+    or from the ``bad/`` datasets of a file written before it (ValueError if malformed)."""
+    if BAD_FILES_ATTR not in handle.attrs:
+        return list(zip(strings(handle["bad/paths"]), strings(handle["bad/reasons"])))
+    raw = handle.attrs[BAD_FILES_ATTR]
+    try:
+        items = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except json.JSONDecodeError:
+        items = None
+    if not isinstance(items, list) or not all(
+        isinstance(i, list) and len(i) == 2 and all(isinstance(v, str) for v in i) for i in items
+    ):
+        raise ValueError(f"the {BAD_FILES_ATTR} attribute is not a JSON list of [path, reason]")
+    return [(path, reason) for path, reason in items]
+
+
+def bad_records_json(records: Iterable[tuple[str, str]]) -> str:
+    """The :data:`BAD_FILES_ATTR` value of ``records`` (sorted by path)."""
+    return json.dumps(sorted([path, reason] for path, reason in records))
 
 
 def open_h5(path: str | os.PathLike[str]) -> h5py.File:

@@ -18,7 +18,15 @@ import numpy as np
 
 from ..settings import CacheSettings
 from ..splits import SPLIT_NAMES
-from .format import guarded, open_h5, plain_attrs, read_rows, strings
+from .format import (
+    BAD_FILES_ATTR,
+    bad_records,
+    guarded,
+    open_h5,
+    plain_attrs,
+    read_rows,
+    strings,
+)
 
 
 class CacheReader:
@@ -31,15 +39,15 @@ class CacheReader:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         with open_h5(self.path) as handle, guarded(self.path):
-            self.attrs: dict[str, Any] = plain_attrs(handle.attrs)
+            self.attrs: dict[str, Any] = {
+                k: v for k, v in plain_attrs(handle.attrs).items() if k != BAD_FILES_ATTR
+            }
             self.settings = CacheSettings.from_attrs(handle.attrs)
             self.labels: np.ndarray = handle["labels"][:].astype(np.int64)
             self.split: np.ndarray = handle["split"][:].astype(np.uint8)
             self.paths: list[str] = strings(handle["paths"])
             self.sha256: list[str] = [v.decode() for v in handle["sha256"][:]]
-            self.bad: list[tuple[str, str]] = list(
-                zip(strings(handle["bad/paths"]), strings(handle["bad/reasons"]))
-            )
+            self.bad: list[tuple[str, str]] = bad_records(handle)
             features = handle["features"]
             self.feature_dim = int(features.shape[1])
             self.dtype = np.dtype(features.dtype)

@@ -35,12 +35,15 @@ from ..known import FileStat, Known
 from ..options import DEFAULT_CHECKPOINT_SECONDS
 from ..settings import CacheSettings
 from .format import (
+    BAD_FILES_ATTR,
     FILE_STAT_DATASETS,
     FILE_STAT_DTYPE,
     FORMAT,
     FORMAT_VERSION,
     STRING,
     UNKNOWN_STAT,
+    bad_records,
+    bad_records_json,
     damaged,
     file_stats,
     first_line,
@@ -134,7 +137,7 @@ class CacheWriter:
             self.base_labels = handle["labels"][:].astype(np.int32)
             self.base_stats = file_stats(handle)
             self._base_classes = json.loads(handle.attrs.get("class_names", "[]"))
-            self.bad = dict(zip(strings(handle["bad/paths"]), strings(handle["bad/reasons"])))
+            self.bad = dict(bad_records(handle))
 
     # -- bookkeeping -----------------------------------------------------------------
 
@@ -348,14 +351,11 @@ class CacheWriter:
             attrs[key] = value
 
     def _write_bad(self, handle: h5py.File) -> None:
+        """The bad-file records as the root attribute; the ``bad/`` group of a file written
+        before goes (its datasets are not rows: Hugging Face ``datasets`` could not load it)."""
         if "bad" in handle:
             del handle["bad"]
-        group = handle.create_group("bad")
-        items = sorted(self.bad.items())
-        group.create_dataset("paths", data=[p for p, _ in items], dtype=STRING, shape=(len(items),))
-        group.create_dataset(
-            "reasons", data=[r for _, r in items], dtype=STRING, shape=(len(items),)
-        )
+        handle.attrs[BAD_FILES_ATTR] = bad_records_json(self.bad.items())
 
     def _create(self, handle: h5py.File, rows: int) -> None:
         dim = max(int(self.feature_dim), 1)
