@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import InvalidOptionError
 from .backbone import FeatureExtractor, ensure_tensorflow_backend, resolve_backbone
 from .decode import decode_pixels, resize_image
 from .options import DEFAULT_MAX_PIXELS, ExtractOptions
@@ -24,6 +25,7 @@ from .reader import Known, Prepared, read_items
 from .recorder import Recorder
 from .settings import BackboneConfig, FeatureSettings
 from .sources import Dataset
+from .views import embed_views
 
 
 class Engine(Protocol):
@@ -105,7 +107,8 @@ class LocalEngine:
             for prepared, reason in zip(batch, reasons):
                 if reason is not None:
                     recorder.bad(prepared.item, reason)
-            recorder.embedded([p.item for p in good], [p.sha256 for p in good], features)
+            views = self._views(good, options) if options.views > 1 and good else None
+            recorder.embedded([p.item for p in good], [p.sha256 for p in good], features, views)
             batch.clear()
 
         reads = read_items(dataset, known, options.threads, options.window, self.embedder.prepare)
@@ -114,6 +117,34 @@ class LocalEngine:
             if len(batch) >= options.batch_size:
                 flush()
         flush()
+
+    def _views(self, good: list[Prepared], options: ExtractOptions) -> np.ndarray:
+        """Embeddings of views 1+ of ``good`` (:mod:`.views`), with the embedder's
+        ``embed_images`` (float32 images at the input size -> features)."""
+        embed_images = getattr(self.embedder, "embed_images", None)
+        if embed_images is None:
+            raise InvalidOptionError(
+                f"views {options.views}: {type(self.embedder).__name__} embeds plain images only",
+                "views",
+            )
+        size, mode = self.settings.image_size, self.settings.resize
+        images = np.stack([as_input(p.payload, size, mode) for p in good])
+        return embed_views(
+            embed_images,
+            images,
+            [p.sha256 for p in good],
+            options.views,
+            options.view_augment,
+            options.augment_seed,
+            options.batch_size,
+        )
+
+
+def as_input(image: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """A decoded image as the backbone's float32 input (resized unless it already is)."""
+    if image.dtype == np.float32 and tuple(image.shape[:2]) == tuple(size):
+        return image
+    return resize_image(image, size, mode)
 
 
 class LocalEmbedder:
@@ -205,3 +236,7 @@ class LocalEmbedder:
             for p in prepared
         ]
         return model(np.stack(images)), [None] * len(prepared)
+
+    def embed_images(self, images: np.ndarray) -> np.ndarray:
+        """Embed float32 ``(N, H, W, 3)`` images at the input size (augmented views)."""
+        return self.model()(images)

@@ -60,6 +60,21 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 either way and are stored as ``dtype``."""
 DEFAULT_PRECISION = "float32"
 ENGINES = ("local", "ray")
+VIEW_AUGMENTATIONS = ("flip", "crop", "color")
+"""Augmentations of cached views (:mod:`.views`): ``flip`` (horizontal, half the views),
+``crop`` (random resized crop back to the input size), ``color`` (brightness, contrast and
+saturation jitter)."""
+MAX_VIEWS = 64
+"""Most views per image (view 0, the plain image, included)."""
+
+
+def parse_view_augment(text: str | Sequence[str], parameter: str = "augment") -> tuple[str, ...]:
+    """``"flip,crop,color"`` (any order, any subset) as a tuple in canonical order."""
+    names = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
+    names = [n for n in names if n]
+    for name in names:
+        check_choice(parameter, name, VIEW_AUGMENTATIONS)
+    return tuple(n for n in VIEW_AUGMENTATIONS if n in names)
 
 
 def invalid(parameter: str, value: Any, expected: str) -> InvalidOptionError:
@@ -218,9 +233,20 @@ class ExtractOptions:
     projection: bool = False
     """CLIP: the features after the image projection (the shared image-text space); SigLIP:
     the attention-pooling head's output. False: pooled tokens before them."""
+    views: int = 1
+    """Embeddings stored per image: view 0 is the plain image (``features``), views 1 to
+    ``views - 1`` augmented copies (the cache's ``views`` dataset)."""
+    augment: str | tuple[str, ...] = ""
+    """Augmentations of views 1+ (see :data:`VIEW_AUGMENTATIONS`); empty with ``views > 1``:
+    all of them."""
+    augment_seed: int = DEFAULT_SEED
+    """Seeds the augmentations (with each image's SHA-256 and the view index)."""
     ratios: tuple[float, float, float] = field(init=False)
+    view_augment: tuple[str, ...] = field(init=False)
+    """``augment`` parsed (all augmentations when views > 1 and none were named)."""
 
     def __post_init__(self) -> None:
+        self._check_views()
         check_choice("resize", self.resize, RESIZE_MODES)
         check_choice("pooling", self.pooling, POOLING_MODES)
         check_choice("dtype", self.dtype, DTYPES)
@@ -240,6 +266,24 @@ class ExtractOptions:
         if self.engine == "ray" and self.remote is not None:
             raise InvalidOptionError("remote and engine='ray' cannot be combined")
         object.__setattr__(self, "ratios", parse_split(self.split))
+
+    def _check_views(self) -> None:
+        if isinstance(self.views, bool) or not isinstance(self.views, int):
+            raise invalid("views", self.views, f"expected an integer 1 to {MAX_VIEWS}")
+        check_range("views", self.views, 1, MAX_VIEWS)
+        check_seed(self.augment_seed, "augment_seed")
+        chosen = parse_view_augment(self.augment)
+        if self.views == 1 and chosen:
+            raise invalid("augment", self.augment, "augmentations need views 2 or more")
+        if self.views > 1 and not chosen:
+            chosen = VIEW_AUGMENTATIONS
+        if self.views > 1 and self.remote is not None:
+            raise InvalidOptionError(
+                "views: a remote server embeds plain images only; extract views locally, "
+                "with engine='ray', or with the server's ExtractDataset",
+                "views",
+            )
+        object.__setattr__(self, "view_augment", chosen)
 
     @property
     def threads(self) -> int:

@@ -101,8 +101,15 @@ class Recorder:
             self.background.submit(self.writer.drop, [item.path])
         self._done(1)
 
-    def embedded(self, items: list[Item], sha256: list[str], features: np.ndarray) -> None:
-        """New rows for ``items`` (replacing older rows of the same paths)."""
+    def embedded(
+        self,
+        items: list[Item],
+        sha256: list[str],
+        features: np.ndarray,
+        views: np.ndarray | None = None,
+    ) -> None:
+        """New rows for ``items`` (replacing older rows of the same paths); ``views``:
+        their augmented views' embeddings, for a cache with views."""
         if not items:  # a batch of bad files: still a batch finished
             self.report(force=True)
             return
@@ -118,6 +125,7 @@ class Recorder:
             [item.class_name for item in items],
             [_split_of(item, sha, self.writer.settings) for item, sha in zip(items, sha256)],
             features,
+            views,
         )
         self._done(len(items), force=True)
 

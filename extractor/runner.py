@@ -93,6 +93,9 @@ def run_extraction(
             split_ratios=options.ratios,
             split_source="folders" if dataset.layout == "splits" else "hash",
             dataset_root=str(dataset.root),
+            views=options.views,
+            augment=options.view_augment,
+            augment_seed=options.augment_seed,
         )
         return _run(dataset, engine, settings, output, options, on_progress, cancel, started)
     finally:

@@ -209,6 +209,13 @@ class CacheSettings(FeatureSettings):
     split_source: str = field(kw_only=True)
     """``hash`` (ratios and seed) or ``folders`` (train/val/test folders)."""
     dataset_root: str = field(kw_only=True)
+    views: int = field(default=1, kw_only=True)
+    """Embeddings per image: ``features`` holds view 0 (the plain image), the ``views``
+    dataset views 1 to ``views - 1`` (augmented; see :mod:`.views`)."""
+    augment: tuple[str, ...] = field(default=(), kw_only=True)
+    """Augmentations of views 1+ (empty when ``views == 1``)."""
+    augment_seed: int = field(default=0, kw_only=True)
+    """Seed of the augmentations (0 when ``views == 1``)."""
 
     @classmethod
     def of(
@@ -219,8 +226,11 @@ class CacheSettings(FeatureSettings):
         split_ratios: tuple[float, float, float],
         split_source: str,
         dataset_root: str,
+        views: int = 1,
+        augment: tuple[str, ...] = (),
+        augment_seed: int = 0,
     ) -> CacheSettings:
-        """``features`` with a cache's storage and split settings."""
+        """``features`` with a cache's storage, split and view settings."""
         names = [each.name for each in fields(FeatureSettings)]
         return cls(
             **{name: getattr(features, name) for name in names},
@@ -228,6 +238,9 @@ class CacheSettings(FeatureSettings):
             split_ratios=split_ratios,
             split_source=split_source,
             dataset_root=dataset_root,
+            views=views,
+            augment=tuple(augment) if views > 1 else (),
+            augment_seed=augment_seed if views > 1 else 0,
         )
 
     @property
@@ -257,6 +270,22 @@ class CacheSettings(FeatureSettings):
                     f"{name} {_show(getattr(self, name))} ({ours}) vs "
                     f"{_show(getattr(other, name))} ({theirs})"
                 )
+        out += self._view_differences(other, ours, theirs)
+        return out
+
+    def _view_differences(self, other: CacheSettings, ours: str, theirs: str) -> list[str]:
+        """Cached views are kept only for the same count, augmentations and seed."""
+        if self.views != other.views:
+            return [f"views {self.views} ({ours}) vs {other.views} ({theirs})"]
+        if self.views == 1:
+            return []
+        out = []
+        if self.augment != other.augment:
+            mine, yours = ",".join(self.augment), ",".join(other.augment)
+            out.append(f"augment {mine!r} ({ours}) vs {yours!r} ({theirs})")
+        if self.augment_seed != other.augment_seed:
+            seeds = f"{self.augment_seed} ({ours}) vs {other.augment_seed} ({theirs})"
+            out.append(f"augment_seed {seeds}")
         return out
 
     def to_attrs(self) -> dict[str, Any]:
@@ -268,6 +297,10 @@ class CacheSettings(FeatureSettings):
             extra["blocks"] = int(self.blocks)
         if self.projection:
             extra["projection"] = 1
+        if self.views > 1:  # caches without views keep their attributes
+            extra["views"] = int(self.views)
+            extra["augment"] = ",".join(self.augment)
+            extra["augment_seed"] = int(self.augment_seed)
         return {
             **extra,
             "backbone": self.backbone,
@@ -301,6 +334,9 @@ class CacheSettings(FeatureSettings):
             split_ratios=(ratios[0], ratios[1], ratios[2]),
             split_source=_text(attrs, "split_source") or "hash",
             dataset_root=_text(attrs, "dataset_root"),
+            views=int(_plain(attrs.get("views", 1)) or 1),
+            augment=tuple(a for a in _text(attrs, "augment").split(",") if a),
+            augment_seed=int(_plain(attrs.get("augment_seed", 0)) or 0),
         )
 
 

@@ -45,6 +45,9 @@ reuses rows whose file still has it without reading the file."""
 FILE_STAT_DTYPE = np.dtype(
     [("size", "<i8"), ("mtime_ns", "<i8"), ("ctime_ns", "<i8"), ("inode", "<u8")]
 )
+VIEWS_DATASET = "views"
+"""Row dataset ``(rows, views - 1, feature_dim)`` of a cache with augmented views (the
+``views`` attribute above 1): views 1+ of each row; view 0 is ``features``."""
 UNKNOWN_STAT = (-1, -1, -1, 0)
 """The stat of a row whose file was not stat'ed (rows of version 1 files): never matches."""
 BAD_FILES_ATTR = "bad_files"
@@ -134,7 +137,13 @@ def layout_problem(handle: h5py.File, rows: int | None = None) -> str | None:
                 return f"no {name} dataset"
             if handle[name].ndim != 1:
                 return f"{name} is {handle[name].ndim}-D, not 1-D"
-    counts = {name: int(handle[name].shape[0]) for name in (*ROW_DATASETS, *stat_names)}
+    problem = _views_problem(handle)
+    if problem is not None:
+        return problem
+    view_names = [VIEWS_DATASET] if VIEWS_DATASET in handle else []
+    counts = {
+        name: int(handle[name].shape[0]) for name in (*ROW_DATASETS, *stat_names, *view_names)
+    }
     if len(set(counts.values())) > 1:
         return "datasets of different lengths: " + ", ".join(
             f"{name} {n}" for name, n in counts.items()
@@ -179,6 +188,25 @@ def bad_records(handle: h5py.File) -> list[tuple[str, str]]:
 def bad_records_json(records: Iterable[tuple[str, str]]) -> str:
     """The :data:`BAD_FILES_ATTR` value of ``records`` (sorted by path)."""
     return json.dumps(sorted([path, reason] for path, reason in records))
+
+
+def _views_problem(handle: h5py.File) -> str | None:
+    """What is wrong with the views of a cache (None when nothing is): the ``views``
+    dataset is there exactly when the ``views`` attribute is above 1, with its shape."""
+    views = int(handle.attrs.get("views", 1))
+    dataset = handle.get(VIEWS_DATASET)
+    if views <= 1:
+        return None if dataset is None else f"a {VIEWS_DATASET} dataset but no views attribute"
+    if not isinstance(dataset, h5py.Dataset):
+        return f"no {VIEWS_DATASET} dataset"
+    if dataset.ndim != 3:
+        return f"{VIEWS_DATASET} is {dataset.ndim}-D, not 3-D"
+    if int(dataset.shape[1]) != views - 1:
+        return f"{VIEWS_DATASET} holds {dataset.shape[1]} views a row, not {views - 1}"
+    if int(dataset.shape[2]) != int(handle["features"].shape[1]):
+        width = int(handle["features"].shape[1])
+        return f"{VIEWS_DATASET} of width {dataset.shape[2]}, features of width {width}"
+    return None
 
 
 def open_h5(path: str | os.PathLike[str]) -> h5py.File:

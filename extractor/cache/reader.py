@@ -20,6 +20,7 @@ from ..settings import CacheSettings
 from ..splits import SPLIT_NAMES
 from .format import (
     BAD_FILES_ATTR,
+    VIEWS_DATASET,
     bad_records,
     guarded,
     open_h5,
@@ -78,6 +79,23 @@ class CacheReader:
             if picked is None:
                 return np.asarray(dataset[:], dtype=np.float32)
             return read_rows(dataset, picked).astype(np.float32)
+
+    @property
+    def views(self) -> int:
+        """Embeddings per row: 1 (``features`` only) or ``K``, view 0 in ``features``."""
+        return self.settings.views
+
+    def view_features(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """float32 ``(rows, views, D)``: view 0 (``features``) then the augmented views of
+        ``rows`` (all rows when None); ``(rows, 1, D)`` for a cache without views."""
+        plain = self.features(rows)
+        if self.views == 1:
+            return plain[:, None, :]
+        picked = None if rows is None else self._checked(rows)
+        with open_h5(self.path) as handle, guarded(self.path):
+            dataset = handle[VIEWS_DATASET]
+            extra = dataset[:] if picked is None else read_rows(dataset, picked)
+        return np.concatenate([plain[:, None, :], np.asarray(extra, np.float32)], axis=1)
 
     def _checked(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` as int64 indices; IndexError (the caller's mistake, not a damaged file)

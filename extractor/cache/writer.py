@@ -42,6 +42,7 @@ from .format import (
     FORMAT_VERSION,
     STRING,
     UNKNOWN_STAT,
+    VIEWS_DATASET,
     bad_records,
     bad_records_json,
     damaged,
@@ -71,6 +72,7 @@ class _Pending:
     split: list[int] = field(default_factory=list)
     stats: list[tuple[int, int, int, int]] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)
+    views: list[np.ndarray] = field(default_factory=list)
     nbytes: int = 0
 
 
@@ -214,10 +216,15 @@ class CacheWriter:
         classes: list[str | None],
         split: list[int],
         features: np.ndarray,
+        views: np.ndarray | None = None,
     ) -> None:
-        """Queue new rows; commits by itself when a checkpoint is due."""
+        """Queue new rows; commits by itself when a checkpoint is due.
+
+        ``views``: ``(len(paths), views - 1, D)`` embeddings of the augmented views, for a
+        cache whose settings have ``views > 1`` (and only then)."""
         if features.ndim != 2 or len(features) != len(paths):
             raise ValueError("features must be (len(paths), D)")
+        self._check_views(features, views)
         if self.feature_dim and features.shape[1] != self.feature_dim:
             raise CacheError(
                 f"{self.path}: features of width {features.shape[1]}, cache has {self.feature_dim}"
@@ -232,9 +239,24 @@ class CacheWriter:
         pending.stats += [self._stat_of(path, sha) for path, sha in zip(paths, sha256)]
         pending.features.append(stored)
         pending.nbytes += stored.nbytes
+        if views is not None:
+            stored_views = views.astype(self.settings.dtype, copy=False)
+            pending.views.append(stored_views)
+            pending.nbytes += stored_views.nbytes
         self._dirty = True
         if self.due():
             self.commit()
+
+    def _check_views(self, features: np.ndarray, views: np.ndarray | None) -> None:
+        extra = self.settings.views - 1
+        if extra == 0:
+            if views is not None:
+                raise ValueError("views given for a cache without views")
+            return
+        shape = (len(features), extra, features.shape[1])
+        if views is None or views.shape != shape:
+            got = "none" if views is None else str(views.shape)
+            raise ValueError(f"views must be {shape}, got {got}")
 
     def due(self) -> bool:
         """True when the pending rows should be checkpointed now."""
@@ -287,6 +309,8 @@ class CacheWriter:
             if problem is None and rows:
                 handle["features"][rows - 1]
                 handle["paths"][rows - 1]
+                if VIEWS_DATASET in handle:
+                    handle[VIEWS_DATASET][rows - 1]
         if problem is not None:
             raise CacheError(
                 f"{self.path}: the new checkpoint did not come out whole ({problem}); "
@@ -368,6 +392,7 @@ class CacheWriter:
             chunks=(chunk_rows, dim) if self.feature_dim else None,
             fletcher32=bool(self.feature_dim),
         )
+        self._create_views(handle, rows)
         for name, dtype in (
             ("labels", np.int32),
             ("paths", STRING),
@@ -382,6 +407,30 @@ class CacheWriter:
                 chunks=(4096,),
                 fletcher32=name != "paths",  # HDF5 filters no variable-length strings
             )
+
+    def _create_views(self, handle: h5py.File, rows: int) -> None:
+        """The ``views`` dataset, for settings with more than one view."""
+        extra = self.settings.views - 1
+        if extra == 0:
+            return
+        dim = max(int(self.feature_dim), 1)
+        row_bytes = extra * dim * np.dtype(self.settings.dtype).itemsize
+        handle.create_dataset(
+            VIEWS_DATASET,
+            shape=(rows, extra, self.feature_dim),
+            dtype=self.settings.dtype,
+            maxshape=(None, extra, self.feature_dim),
+            chunks=(max(1, min(4096, (1 << 20) // row_bytes)), extra, dim)
+            if self.feature_dim
+            else None,
+            fletcher32=bool(self.feature_dim),
+        )
+
+    def _new_views(self) -> np.ndarray:
+        extra = self.settings.views - 1
+        if self._pending.views:
+            return np.concatenate(self._pending.views)
+        return np.zeros((0, extra, self.feature_dim), self.settings.dtype)
 
     def _write_stats(self, handle: h5py.File, stats: np.ndarray) -> None:
         """The ``file_*`` datasets, made or resized to hold ``stats`` (a version 1 file
@@ -416,6 +465,7 @@ class CacheWriter:
             if pending.features
             else np.zeros((0, self.feature_dim), self.settings.dtype)
         )
+        new_views = self._new_views() if self.settings.views > 1 else None
         old_classes: list[str | None] = []
         old_labels = np.zeros(0, np.int32)
         old: h5py.File | None = None
@@ -450,12 +500,35 @@ class CacheWriter:
                     if (~from_old).any():
                         block[~from_old] = new_features[picks[~from_old] - n_base]
                     out["features"][start : start + len(picks)] = block
+                    if new_views is not None:
+                        self._copy_views(out, old, kept, picks, n_base, start, new_views)
                 self._write_bad(out)
                 self._root_attrs(out, rows)
         finally:
             if old is not None:
                 old.close()
         return rows
+
+    def _copy_views(
+        self,
+        out: h5py.File,
+        old: h5py.File | None,
+        kept: np.ndarray,
+        picks: np.ndarray,
+        n_base: int,
+        start: int,
+        new_views: np.ndarray,
+    ) -> None:
+        """Views of the rows ``picks`` (old rows from the old file, new ones pending)."""
+        extra = self.settings.views - 1
+        block = np.empty((len(picks), extra, self.feature_dim), self.settings.dtype)
+        from_old = picks < n_base
+        if from_old.any() and old is not None:
+            with guarded(self.path):
+                block[from_old] = read_rows(old[VIEWS_DATASET], kept[picks[from_old]])
+        if (~from_old).any():
+            block[~from_old] = new_views[picks[~from_old] - n_base]
+        out[VIEWS_DATASET][start : start + len(picks)] = block
 
     def _write_appended(self, tmp: Path) -> int:
         """Copy the current file and append the pending rows to the copy. Returns the
@@ -475,6 +548,9 @@ class CacheWriter:
                     out["paths"][start:end] = pending.paths
                     out["sha256"][start:end] = np.asarray(pending.sha256, dtype="S64")
                     out["split"][start:end] = np.asarray(pending.split, np.uint8)
+                    if VIEWS_DATASET in out:
+                        out[VIEWS_DATASET].resize(end, axis=0)
+                        out[VIEWS_DATASET][start:end] = self._new_views()
                 self._write_stats(out, np.concatenate([self.base_stats, self._pending_stats()]))
                 self._write_bad(out)
                 self._root_attrs(out, start + len(pending.paths))

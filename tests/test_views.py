@@ -1,0 +1,169 @@
+"""Cached augmented views: K embeddings per image, view 0 the plain image (issue 16, item 3)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+
+import numpy as np
+import pytest
+
+from featcache import extract, read_cache
+from featcache.errors import ExtractionCancelled, InvalidOptionError, SettingsMismatchError
+from featcache.extractor.cache import CacheReader
+from featcache.extractor.views import augment_image, view_rng
+from helpers import TINY, make_class_folder, write_image
+
+SHA = "ab" * 32
+
+
+def _views(path):
+    """path -> (views, D) of every row of a cache."""
+    reader = CacheReader(path)
+    return dict(zip(reader.paths, reader.view_features()))
+
+
+# -- the augmentations -------------------------------------------------------------------
+
+
+def test_augmentations_depend_only_on_seed_sha_and_view():
+    image = np.random.default_rng(0).uniform(0, 255, (32, 40, 3)).astype(np.float32)
+    every = ("flip", "crop", "color")
+    first = augment_image(image, every, view_rng(7, SHA, 1))
+    again = augment_image(image.copy(), every, view_rng(7, SHA, 1))
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == image.shape and first.dtype == np.float32
+    assert 0 <= first.min() and first.max() <= 255
+    others = [
+        augment_image(image, every, view_rng(8, SHA, 1)),
+        augment_image(image, every, view_rng(7, "cd" * 32, 1)),
+        augment_image(image, every, view_rng(7, SHA, 2)),
+    ]
+    for other in others:
+        assert not np.allclose(other, first)
+
+
+def test_flip_only_mirrors_and_crop_keeps_the_size():
+    image = np.random.default_rng(1).uniform(0, 255, (24, 30, 3)).astype(np.float32)
+    flips = [augment_image(image, ("flip",), view_rng(0, SHA, v)) for v in range(1, 17)]
+    mirrored = [np.array_equal(f, image[:, ::-1]) for f in flips]
+    assert all(m or np.array_equal(f, image) for m, f in zip(mirrored, flips))
+    assert 0 < sum(mirrored) < len(flips)  # about half the views are flipped
+    crop = augment_image(image, ("crop",), view_rng(0, SHA, 1))
+    assert crop.shape == image.shape and not np.allclose(crop, image)
+    color = augment_image(image, ("color",), view_rng(0, SHA, 1))
+    assert not np.allclose(color, image)
+
+
+# -- extraction --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_class_folder(tmp_path / "data", classes=2, per_class=3)
+
+
+def test_views_are_stored_next_to_unchanged_features(tmp_path, data):
+    plain = extract(data, output=tmp_path / "plain.h5", **TINY)
+    summary = extract(data, output=tmp_path / "views.h5", views=3, augment_seed=5, **TINY)
+    assert summary.rows == plain.rows == 6
+    reader = CacheReader(tmp_path / "views.h5")
+    assert reader.views == 3
+    assert reader.settings.augment == ("flip", "crop", "color")
+    assert reader.settings.augment_seed == 5
+    assert reader.attrs["views"] == 3 and reader.attrs["augment"] == "flip,crop,color"
+    assert reader.fingerprint == CacheReader(tmp_path / "plain.h5").fingerprint
+    stacked = reader.view_features()
+    assert stacked.shape == (6, 3, summary.feature_dim)
+    # view 0 is the plain image: the features every existing reader sees
+    before = read_cache(tmp_path / "plain.h5")
+    np.testing.assert_allclose(read_cache(tmp_path / "views.h5").features, before.features)
+    np.testing.assert_allclose(stacked[:, 0], before.features)
+    assert not np.allclose(stacked[:, 1], stacked[:, 0], atol=1e-4)
+    assert not np.allclose(stacked[:, 2], stacked[:, 1], atol=1e-4)
+    rows = np.asarray([4, 1])
+    np.testing.assert_allclose(reader.view_features(rows), stacked[rows])
+    no_views = CacheReader(tmp_path / "plain.h5")
+    assert no_views.views == 1 and "views" not in no_views.attrs
+    assert no_views.view_features().shape == (6, 1, summary.feature_dim)
+
+
+def test_a_rerun_with_other_view_settings_is_refused(tmp_path, data):
+    out = tmp_path / "views.h5"
+    extract(data, output=out, views=2, augment="flip,crop", **TINY)
+    again = extract(data, output=out, views=2, augment="crop,flip", **TINY)
+    assert (again.new, again.reused) == (0, 6)
+    for changes, named in (
+        ({}, "views 2 (cache) vs 1 (now)"),
+        ({"views": 3, "augment": "flip,crop"}, "views 2 (cache) vs 3 (now)"),
+        ({"views": 2, "augment": "flip"}, "augment 'flip,crop' (cache) vs 'flip' (now)"),
+        ({"views": 2, "augment": "flip,crop", "augment_seed": 1}, "augment_seed 20 (cache)"),
+    ):
+        with pytest.raises(SettingsMismatchError, match=re.escape(named)):
+            extract(data, output=out, **changes, **TINY)
+    # --overwrite recomputes with the new settings
+    summary = extract(data, output=out, views=4, overwrite=True, **TINY)
+    assert summary.new == 6 and CacheReader(out).view_features().shape[1] == 4
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"views": 0}, "views 0: expected 1 to 64"),
+        ({"views": 65}, "views 65"),
+        ({"views": 2, "augment": "flip,blur"}, "augment 'blur': expected one of flip, crop"),
+        ({"augment": "flip"}, "augmentations need views 2 or more"),
+        ({"views": 2, "augment_seed": -1}, "augment_seed -1"),
+        ({"views": 2, "remote": "127.0.0.1:1"}, "remote server embeds plain images only"),
+    ],
+)
+def test_bad_view_options_fail_before_any_file(tmp_path, data, changes, message):
+    with pytest.raises(InvalidOptionError, match=message):
+        extract(data, output=tmp_path / "x.h5", **changes, **TINY)
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_incremental_runs_keep_and_add_views_as_one_run_makes_them(tmp_path, data):
+    """New, changed and deleted files: every row's views equal those of a fresh run."""
+    out = tmp_path / "views.h5"
+    options = {"views": 3, "augment_seed": 3, **TINY}
+    extract(data, output=out, **options)
+    first = _views(out)
+    write_image(data / "class_0" / "new.png", 99)
+    write_image(data / "class_1" / "img_0.png", 98)  # changed content: new views
+    (data / "class_1" / "img_1.jpg").unlink()
+    summary = extract(data, output=out, **options)
+    assert (summary.new, summary.removed) == (2, 1)
+    fresh_dir = tmp_path / "fresh"
+    shutil.copytree(data, fresh_dir)
+    extract(fresh_dir, output=tmp_path / "fresh.h5", **options)
+    now, fresh = _views(out), _views(tmp_path / "fresh.h5")
+    assert set(now) == set(fresh) == (set(first) - {"class_1/img_1.jpg"}) | {"class_0/new.png"}
+    for path, views in now.items():
+        np.testing.assert_allclose(views, fresh[path], atol=1e-5, err_msg=path)
+    np.testing.assert_allclose(now["class_0/img_0.png"], first["class_0/img_0.png"], atol=1e-6)
+    assert not np.allclose(now["class_1/img_0.png"], first["class_1/img_0.png"], atol=1e-4)
+
+
+def test_a_cancelled_run_resumes_to_the_views_of_one_run(tmp_path, data):
+    out = tmp_path / "views.h5"
+    options = {"views": 2, "batch_size": 2, "checkpoint_seconds": 0, **TINY}
+    extract(data, output=tmp_path / "whole.h5", **options)
+    cancel = threading.Event()
+
+    def stop_after_a_batch(progress):
+        if progress.embedded >= 2:
+            cancel.set()
+
+    with pytest.raises(ExtractionCancelled):
+        extract(data, output=out, on_progress=stop_after_a_batch, cancel=cancel, **options)
+    partial = CacheReader(out)
+    assert 2 <= len(partial) < 6
+    assert partial.view_features().shape[1] == 2
+    summary = extract(data, output=out, **options)
+    assert summary.reused == len(partial) and summary.new == 6 - len(partial)
+    whole, resumed = _views(tmp_path / "whole.h5"), _views(out)
+    assert set(whole) == set(resumed)
+    for path, views in whole.items():
+        np.testing.assert_allclose(resumed[path], views, atol=1e-5, err_msg=path)
