@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from .audit import options as audit_defaults
+from .audit import plot_options as plot_defaults
 from .errors import FeatcacheError, InvalidOptionError
 from .extractor import options as extract_defaults
 from .extractor.options import DTYPES, ENGINES, POOLING_MODES, PRECISIONS, RESIZE_MODES
@@ -540,6 +541,12 @@ def backbones_command(as_json: bool) -> None:
     help="Share of train carved into val when the cache has no val split.",
 )
 @click.option("--seed", type=int, default=head_defaults.DEFAULT_SEED, show_default=True)
+@click.option(
+    "--plot",
+    type=click.Choice(plot_defaults.PLOT_METHODS),
+    default=None,
+    help="Also write map.png, a 2-D map of the features by this method (see plot).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_handle_errors
 def train_head_command(
@@ -579,6 +586,9 @@ def train_head_command(
         else ""
     )
     click.echo(f"  fit {report['fit_seconds']:.2f} s{epochs}; run folder {result.run_dir}")
+    if "map" in report:
+        shown = report["map"]
+        click.echo(f"  map: {result.run_dir / shown['png']} ({shown['method']})")
 
 
 @main.command("compare")
@@ -1133,6 +1143,72 @@ def search_command(
             f"{hit['rank']:>4} {hit['similarity']:.4f} #{hit['row']:<7} {hit['split']:<5} "
             f"{hit['class'] or '-':<16} {hit['path']}"
         )
+
+
+@main.command("plot")
+@click.argument("cache", type=click.Path())
+@click.option(
+    "--output", "-o", type=click.Path(), default=None, help="Folder. [default: CACHE.plot/]"
+)
+@click.option(
+    "--method",
+    type=click.Choice(plot_defaults.PLOT_METHODS),
+    default="auto",
+    show_default=True,
+    help="auto: umap when umap-learn is installed, else tsne up to "
+    f"{plot_defaults.AUTO_TSNE_MAX_POINTS} points, pca above.",
+)
+@click.option(
+    "--color",
+    type=click.Choice(plot_defaults.PLOT_COLORS),
+    default="label",
+    show_default=True,
+    help="Colour the points by class or by split (the marker always shows the split).",
+)
+@click.option(
+    "--max-points",
+    type=int,
+    default=plot_defaults.DEFAULT_MAX_POINTS,
+    show_default=True,
+    help="Plot a seeded random sample of this many rows when the cache has more.",
+)
+@click.option(
+    "--thumbnails",
+    type=int,
+    default=plot_defaults.DEFAULT_THUMBNAILS,
+    show_default=True,
+    help="Points of map.html that show their image on hover.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-html", is_flag=True, help="Write map.png and points.csv only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_handle_errors
+def plot_command(
+    cache: str, output: str | None, no_html: bool, as_json: bool, quiet: bool, **options: Any
+) -> None:
+    """A 2-D map of the features of CACHE (PCA, t-SNE or UMAP), coloured by label or split:
+    map.png, an interactive map.html (image on hover) and points.csv in the output folder."""
+    from .audit.plot import plot_cache
+
+    result = plot_cache(
+        cache, output, html=not no_html, progress=False if quiet else None, **options
+    )
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    click.echo(
+        f"{result.method} map of {result.points} of {result.rows} rows "
+        f"({result.seconds:.1f} s), coloured by {result.color}"
+    )
+    for note in result.notes:
+        click.echo(f"  note: {note}")
+    if "html" in result.files:
+        click.echo(
+            f"  thumbnails: {result.thumbnails} embedded, {result.missing_thumbnails} missing"
+        )
+    for kind, path in result.files.items():
+        click.echo(f"  {kind:<5} {path}")
 
 
 main.add_command(extract_command)

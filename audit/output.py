@@ -108,9 +108,12 @@ _HEADERS = {
 }
 
 
-def thumbnail_loader(reader: CacheReader) -> Callable[[str], str | None]:
+def thumbnail_loader(
+    reader: CacheReader, size: int = THUMBNAIL, fmt: str = "PNG"
+) -> Callable[[str], str | None]:
     """path -> ``data:image/png;base64,...`` of the cached image (None when it cannot be
-    read: a missing file, a missing dataset)."""
+    read: a missing file, a missing dataset); ``size`` (longest side) and ``fmt`` (PNG or
+    JPEG) as asked."""
     from PIL import Image
 
     from ..errors import FeatcacheError
@@ -134,10 +137,14 @@ def thumbnail_loader(reader: CacheReader) -> Callable[[str], str | None]:
                 image = _open_small(content)
         except (OSError, ValueError, IndexError, SyntaxError, EOFError, FeatcacheError):
             return None
-        image.thumbnail((THUMBNAIL, THUMBNAIL))
+        image.thumbnail((size, size))
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        if fmt == "JPEG":
+            image.convert("RGB").save(buffer, format="JPEG", quality=80)
+        else:
+            image.save(buffer, format="PNG")
+        mime = "image/jpeg" if fmt == "JPEG" else "image/png"
+        return f"data:{mime};base64," + base64.b64encode(buffer.getvalue()).decode()
 
     return load
 

@@ -153,6 +153,7 @@ def train_head(
     output: str | os.PathLike[str] | None = None,
     *,
     options: HeadOptions | None = None,
+    plot: str | None = None,
     **values: Any,
 ) -> TrainResult:
     """Fit a head on the cache's train split, select on val, report val and test.
@@ -168,12 +169,20 @@ def train_head(
     say how many rows were dropped). Such a head records every cache (``head.json``
     ``caches``); predicting, exporting and fine-tuning need a head of one cache.
 
+    ``plot`` (auto, pca, tsne or umap) also writes ``map.png``, a 2-D map of the cache's
+    features coloured by label (:func:`featcache.audit.plot.plot_cache`), into the run
+    folder and records it in ``report.json`` under ``map``.
+
     Examples
     --------
     >>> result = train_head("cache/mobilenet.h5", head="logreg", C=1.0)  # doctest: +SKIP
     >>> result.report["test"]["accuracy"]  # doctest: +SKIP
     """
     chosen = merge_options(HeadOptions, options, head=head, **values)
+    if plot is not None:  # refused before training, not after
+        from ..audit.plot import check_method
+
+        check_method(plot, "plot")
     paths = cache_paths(cache)
     kind = chosen.head
     params = chosen.head_params()
@@ -215,6 +224,10 @@ def train_head(
         report["epochs_run"] = getattr(estimator, "n_epochs_", len(history.get("loss", [])))
         report["best_epoch"] = getattr(estimator, "best_epoch_", None)
     run_dir = Path(output) if output is not None else new_run_dir(cache, kind)
+    if plot is not None:
+        from ..audit.plot import write_run_map
+
+        report["map"] = write_run_map(splits.reader, run_dir, plot, chosen.seed)
     save_run(run_dir, trained, report, history)
     return TrainResult(run_dir, trained, report, splits.notes)
 

@@ -1,0 +1,373 @@
+"""``plot_cache()``: a 2-D map of a cache's features (PCA, t-SNE or UMAP), coloured by label
+or split: ``map.png`` (matplotlib), ``map.html`` (one self-contained page, thumbnails on
+hover: :mod:`.plot_html`) and ``points.csv`` (every plotted row and its coordinates).
+
+Features are read through :class:`~featcache.extractor.cache.CacheReader` and L2-normalised
+first (audit and search compare them by cosine too). A cache larger than ``max_points`` is
+plotted from a seeded random sample; the result's notes say so.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import DatasetError
+from ..extractor.cache import CacheReader
+from ..extractor.options import check_choice, invalid
+from ..extractor.recorder import progress_bar
+from ..extractor.search_index import normalize
+from ..extractor.splits import SPLIT_NAMES
+from .plot_options import AUTO_TSNE_MAX_POINTS, PCA_DIMS, PLOT_METHODS, UMAP_HINT, PlotOptions
+
+if TYPE_CHECKING:
+    from ..heads.data import JointCache
+
+__all__ = ["PlotOptions", "PlotResult", "check_method", "plot_cache", "write_run_map"]
+
+UNLABELLED = "(unlabelled)"
+MARKERS = ("o", "s", "^")
+"""Marker of each split (train, val, test) in the PNG; the HTML draws the same shapes."""
+_TITLES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
+
+
+@dataclass
+class MapPoints:
+    """The projected points: ``rows`` of the cache and their ``coords`` (n x 2)."""
+
+    rows: np.ndarray
+    coords: np.ndarray
+    method: str
+    groups: list[str]
+    """Legend entries: class names (and :data:`UNLABELLED`), or the split names."""
+    group: np.ndarray
+    """Index into :attr:`groups` of each point."""
+    split: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PlotResult:
+    """What :func:`plot_cache` wrote: ``files`` maps ``png``, ``html``, ``csv`` to paths."""
+
+    cache: str
+    rows: int
+    points: int
+    method: str
+    color: str
+    seed: int
+    files: dict[str, str]
+    thumbnails: int
+    missing_thumbnails: int
+    seconds: float
+    notes: list[str]
+    plotted_rows: np.ndarray = field(repr=False)
+    coords: np.ndarray = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, without the arrays (``points.csv`` has them)."""
+        out = asdict(self)
+        del out["plotted_rows"], out["coords"]
+        return out
+
+
+def load_umap() -> ModuleType | None:
+    """The ``umap`` module of umap-learn, or None when it is not installed."""
+    try:
+        import umap
+    except ImportError:
+        return None
+    return umap
+
+
+def check_method(method: str, parameter: str = "method") -> str:
+    """``method`` when it is known and can run here (``umap`` needs umap-learn)."""
+    check_choice(parameter, method, PLOT_METHODS)
+    if method == "umap" and load_umap() is None:
+        raise invalid(parameter, method, f"umap-learn is not installed; {UMAP_HINT}")
+    return method
+
+
+def resolve_method(method: str, points: int) -> str:
+    """The method ``auto`` stands for: UMAP when umap-learn is installed, else t-SNE up to
+    :data:`AUTO_TSNE_MAX_POINTS` points and PCA above."""
+    check_method(method)
+    if method != "auto":
+        return method
+    if load_umap() is not None:
+        return "umap"
+    return "tsne" if points <= AUTO_TSNE_MAX_POINTS else "pca"
+
+
+def plot_cache(
+    cache: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    options: PlotOptions | None = None,
+    **values: Any,
+) -> PlotResult:
+    """Map the cache's features to 2-D and write ``map.png``, ``map.html`` and
+    ``points.csv`` into the folder ``output`` (default: ``CACHE.plot/``).
+
+    ``options`` (:class:`PlotOptions`), or keyword arguments of the same names, which
+    override it: ``method`` (auto, pca, tsne, umap), ``color`` (label, split),
+    ``max_points``, ``thumbnails`` (HTML points with a thumbnail), ``seed``, ``png``,
+    ``html``, ``progress``.
+
+    >>> result = plot_cache("cache/mobilenet.h5", method="tsne")  # doctest: +SKIP
+    >>> result.files["html"]  # doctest: +SKIP
+    'cache/mobilenet.plot/map.html'
+    """
+    chosen = replace(options or PlotOptions(), **values)
+    check_method(chosen.method)
+    folder = Path(output) if output is not None else Path(cache).with_suffix(".plot")
+    started = time.monotonic()
+    reader = CacheReader(cache)
+    points = project(
+        reader, chosen.method, chosen.color, chosen.max_points, chosen.seed, chosen.progress
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    title = f"{reader.path.name}: {_TITLES[points.method]} of {len(points.rows)} rows"
+    if chosen.png:
+        files["png"] = str(write_png(points, folder / "map.png", title, chosen.color))
+    shown = missing = 0
+    if chosen.html:
+        from .plot_html import write_html
+
+        path, shown, missing = write_html(points, reader, folder / "map.html", title, chosen)
+        files["html"] = str(path)
+    files["csv"] = str(write_points(points, reader, folder / "points.csv"))
+    return PlotResult(
+        cache=str(cache),
+        rows=len(reader),
+        points=len(points.rows),
+        method=points.method,
+        color=chosen.color,
+        seed=chosen.seed,
+        files=files,
+        thumbnails=shown,
+        missing_thumbnails=missing,
+        seconds=round(time.monotonic() - started, 3),
+        notes=points.notes,
+        plotted_rows=points.rows,
+        coords=points.coords,
+    )
+
+
+def project(
+    reader: CacheReader | JointCache,
+    method: str,
+    color: str,
+    max_points: int,
+    seed: int,
+    progress: bool | None = False,
+) -> MapPoints:
+    """Read (a sample of) the rows, normalise, and project them to 2-D."""
+    n = len(reader)
+    if n < 3:
+        raise DatasetError(f"{reader.path}: {n} rows; a map needs at least 3")
+    notes = []
+    rng = np.random.default_rng(seed)
+    if n > max_points:
+        rows = np.sort(rng.choice(n, max_points, replace=False))
+        notes.append(
+            f"{max_points} of {n} rows plotted (a random sample, seed {seed}; "
+            "max_points / --max-points plots more)"
+        )
+    else:
+        rows = np.arange(n)
+    x = np.empty((len(rows), reader.feature_dim), np.float32)
+    bar = progress_bar(len(rows), progress, "plot: read")
+    try:
+        done = 0
+        for _, block in reader.batches(rows, batch_size=4096):
+            x[done : done + len(block)] = block
+            done += len(block)
+            bar.update(len(block))
+    finally:
+        bar.close()
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        notes.append(f"{int((~finite).sum())} rows with non-finite features left out")
+        rows, x = rows[finite], x[finite]
+        if len(rows) < 3:
+            raise DatasetError(f"{reader.path}: fewer than 3 rows with finite features")
+    used = resolve_method(method, len(rows))
+    coords, more = _embed(normalize(x), used, seed)
+    labels, split = reader.labels[rows], reader.split[rows].astype(np.int64)
+    if color == "split":
+        groups, group = list(SPLIT_NAMES), split
+    else:
+        groups = list(reader.class_names)
+        group = np.where(labels >= 0, labels, len(groups)).astype(np.int64)
+        if (labels < 0).any():
+            groups.append(UNLABELLED)
+    return MapPoints(rows, coords, used, groups, group, split, notes + more)
+
+
+def _embed(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, list[str]]:
+    """(n x 2 float64 coordinates, notes) of unit-norm features ``x``."""
+    from sklearn.decomposition import PCA
+
+    n, dim = x.shape
+    if method == "pca":
+        k = min(2, dim, n)
+        # exact (eigenvectors of the d x d covariance), not randomized: the map is the same
+        # whatever the shape, and cheap for the rows a map holds
+        pca = PCA(n_components=k, svd_solver="covariance_eigh")
+        coords = pca.fit_transform(x)
+        share = float(np.sum(pca.explained_variance_ratio_))
+        note = f"PCA: the 2 components explain {share:.1%} of the variance"
+        return _two_columns(coords), [note]
+    notes = []
+    if dim > PCA_DIMS and n > PCA_DIMS:
+        x = PCA(n_components=PCA_DIMS, random_state=seed).fit_transform(x)
+        notes.append(f"{_TITLES[method]} ran on the first {PCA_DIMS} principal components")
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
+        tsne = TSNE(
+            n_components=2,
+            perplexity=perplexity,
+            init="pca",
+            learning_rate="auto",
+            random_state=seed,
+        )
+        return _two_columns(tsne.fit_transform(x)), notes
+    umap = load_umap()
+    if umap is None:  # resolve_method checked; installed and removed since is unlikely
+        raise invalid("method", method, f"umap-learn is not installed; {UMAP_HINT}")
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed)
+    return _two_columns(reducer.fit_transform(x)), notes
+
+
+def _two_columns(coords: np.ndarray) -> np.ndarray:
+    coords = np.asarray(coords, np.float64)
+    if coords.shape[1] < 2:  # one-dimensional features
+        coords = np.column_stack([coords, np.zeros(len(coords))])
+    return coords
+
+
+def palette(groups: list[str]) -> list[str]:
+    """A hex colour per group: tab10 / tab20 when they suffice, else spread over turbo;
+    :data:`UNLABELLED` is grey."""
+    import matplotlib
+    from matplotlib.colors import to_hex
+
+    named = [g for g in groups if g != UNLABELLED]
+    if len(named) <= 20:  # qualitative maps: integer i is the i-th colour
+        table = matplotlib.colormaps["tab10" if len(named) <= 10 else "tab20"]
+        colours = [to_hex(table(i)) for i in range(len(named))]
+    else:
+        turbo = matplotlib.colormaps["turbo"]
+        colours = [to_hex(turbo(v)) for v in np.linspace(0.05, 0.95, len(named))]
+    picked = iter(colours)
+    return ["#999999" if g == UNLABELLED else next(picked) for g in groups]
+
+
+LEGEND_MAX = 30
+"""Legend entries the PNG shows at most (the HTML lists every group)."""
+
+
+def write_png(points: MapPoints, path: Path, title: str, color: str = "label") -> Path:
+    """The map as a PNG: a colour per group, a marker per split, the legend on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    colours = palette(points.groups)
+    n = len(points.rows)
+    size = float(np.clip(4000 / max(n, 1), 3, 40))
+    figure, axis = plt.subplots(figsize=(9, 7))
+    splits_present = sorted(set(points.split.tolist()))
+    for g in range(len(points.groups)):
+        for s in splits_present:
+            mask = (points.group == g) & (points.split == s)
+            if mask.any():
+                axis.scatter(
+                    points.coords[mask, 0],
+                    points.coords[mask, 1],
+                    s=size,
+                    c=colours[g],
+                    marker=MARKERS[s % len(MARKERS)],
+                    alpha=0.8,
+                    linewidths=0,
+                )
+    counts = np.bincount(points.group, minlength=len(points.groups))
+    handles: list[Any] = [
+        Line2D([], [], ls="", marker="o", color=colours[g], label=f"{name} ({counts[g]})")
+        for g, name in enumerate(points.groups)
+        if counts[g]
+    ][:LEGEND_MAX]
+    if color == "label" and len(splits_present) > 1:
+        handles += [
+            Line2D([], [], ls="", marker=MARKERS[s], color="#555555", label=SPLIT_NAMES[s])
+            for s in splits_present
+        ]
+    axis.legend(
+        handles=handles,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        fontsize=8,
+        frameon=False,
+        title=color,
+    )
+    name = _TITLES[points.method]
+    axis.set_xlabel(f"{name} 1")
+    axis.set_ylabel(f"{name} 2")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write_points(points: MapPoints, reader: CacheReader | JointCache, path: Path) -> Path:
+    """``points.csv``: row, path, class, split, x, y of every plotted row."""
+    names = reader.label_names(points.rows)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row", "path", "class", "split", "x", "y"])
+        for i, row in enumerate(points.rows.tolist()):
+            writer.writerow(
+                [
+                    row,
+                    reader.paths[row],
+                    names[i],
+                    SPLIT_NAMES[int(points.split[i])],
+                    f"{points.coords[i, 0]:.6g}",
+                    f"{points.coords[i, 1]:.6g}",
+                ]
+            )
+    return path
+
+
+def write_run_map(
+    reader: CacheReader | JointCache, run_dir: Path, method: str, seed: int
+) -> dict[str, Any]:
+    """``map.png`` of a head's run folder (coloured by label, markers by split); returns
+    what ``report.json`` records under ``map``."""
+    from .plot_options import DEFAULT_MAX_POINTS
+
+    points = project(reader, method, "label", DEFAULT_MAX_POINTS, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    title = f"{Path(reader.path).name}: {_TITLES[points.method]} of {len(points.rows)} rows"
+    write_png(points, run_dir / "map.png", title)
+    return {
+        "png": "map.png",
+        "method": points.method,
+        "points": len(points.rows),
+        "notes": points.notes,
+    }

@@ -1,0 +1,194 @@
+"""plot: 2-D maps (PCA, t-SNE; UMAP refused without umap-learn) of small real caches made
+with the extract API, the PNG, the self-contained HTML with thumbnails, points.csv, the CLI,
+and train-head's map."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from test_audit import clustered, write_cache
+
+from featcache import extract
+from featcache.audit.plot import load_umap, plot_cache, resolve_method
+from featcache.audit.plot_options import AUTO_TSNE_MAX_POINTS, PlotOptions
+from featcache.cli import main
+from featcache.errors import DatasetError, InvalidOptionError
+from featcache.extractor.cache import CacheReader
+from featcache.extractor.search_index import normalize
+from helpers import TINY, make_class_folder
+
+NO_UMAP = pytest.mark.skipif(load_umap() is not None, reason="umap-learn is installed here")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """18 real images of 3 classes, embedded by a random VGG16 at 32 px."""
+    root = tmp_path_factory.mktemp("plot")
+    data = make_class_folder(root / "data", classes=3, per_class=6)
+    out = root / "c.h5"
+    extract(data, output=out, split="0.6,0.2,0.2", **TINY)
+    return out
+
+
+def page_data(html_path):
+    text = html_path.read_text()
+    found = re.search(r'<script type="application/json" id="data">(.*?)</script>', text, re.S)
+    assert found, "no data block in the page"
+    return text, json.loads(found.group(1))
+
+
+def test_pca_map_files(cache, tmp_path):
+    result = plot_cache(cache, tmp_path / "out", method="pca", progress=False)
+    reader = CacheReader(cache)
+    assert (result.method, result.rows, result.points) == ("pca", 18, 18)
+    # the coordinates are the features' first two principal components (up to sign)
+    x = normalize(reader.features())
+    centred = x - x.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    want = centred @ vt[:2].T
+    for k in range(2):
+        got = result.coords[:, k]
+        sign = np.sign(got @ want[:, k])
+        np.testing.assert_allclose(sign * got, want[:, k], atol=1e-4)
+    with Image.open(result.files["png"]) as png:
+        assert png.format == "PNG" and png.size == (900, 700)
+    with open(result.files["csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["row"]) for r in rows] == list(range(18))
+    assert [r["path"] for r in rows] == reader.paths
+    assert [r["class"] for r in rows] == reader.label_names(np.arange(18))
+    np.testing.assert_allclose([float(r["x"]) for r in rows], result.coords[:, 0], rtol=1e-5)
+    assert any("explain" in n for n in result.notes)
+
+
+def test_html_is_self_contained_with_thumbnails(cache, tmp_path):
+    result = plot_cache(cache, tmp_path / "out", method="pca", color="split", progress=False)
+    text, data = page_data(tmp_path / "out" / "map.html")
+    assert "http://" not in text and "https://" not in text and "<script src" not in text
+    assert [g["name"] for g in data["groups"]] == ["train", "val", "test"]
+    reader = CacheReader(cache)
+    assert data["p"] == reader.paths and data["g"] == reader.split.tolist()
+    assert min(data["x"]) == 0.0 and max(data["x"]) == 1.0
+    assert result.thumbnails == 18 and result.missing_thumbnails == 0 and data["m"] == []
+    for url in data["t"].values():
+        assert url.startswith("data:image/jpeg;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as thumb:
+            assert thumb.format == "JPEG" and max(thumb.size) <= 64
+
+
+def test_tsne_is_seeded_and_samples_above_max_points(cache, tmp_path):
+    options = PlotOptions(method="tsne", max_points=12, thumbnails=5, progress=False)
+    first = plot_cache(cache, tmp_path / "a", options)
+    again = plot_cache(cache, tmp_path / "b", options)
+    other = plot_cache(cache, tmp_path / "c", options, seed=1)
+    assert first.method == "tsne" and first.points == 12
+    assert any("12 of 18 rows plotted" in n for n in first.notes)
+    assert list(first.plotted_rows) == sorted(set(first.plotted_rows.tolist()))
+    np.testing.assert_array_equal(first.plotted_rows, again.plotted_rows)
+    np.testing.assert_allclose(first.coords, again.coords)
+    assert not np.array_equal(first.plotted_rows, other.plotted_rows)
+    _, data = page_data(tmp_path / "a" / "map.html")
+    assert len(data["x"]) == 12 and len(data["t"]) == 5 == first.thumbnails
+
+
+def test_missing_image_files_are_marked(tmp_path):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=3)
+    extract(data, output=tmp_path / "c.h5", split="0.6,0.2,0.2", **TINY)
+    gone = sorted(data.rglob("*.png"))[0]
+    gone.unlink()
+    result = plot_cache(tmp_path / "c.h5", tmp_path / "out", method="pca", progress=False)
+    _, page = page_data(tmp_path / "out" / "map.html")
+    assert result.missing_thumbnails == 1 and result.thumbnails == 5
+    (missing,) = page["m"]
+    assert page["p"][missing].endswith(gone.name) and str(missing) not in page["t"]
+
+
+def test_auto_method_and_umap_refused_without_umap_learn(cache, tmp_path):
+    if load_umap() is None:
+        assert resolve_method("auto", AUTO_TSNE_MAX_POINTS) == "tsne"
+        assert resolve_method("auto", AUTO_TSNE_MAX_POINTS + 1) == "pca"
+    else:
+        assert resolve_method("auto", 10) == "umap"
+
+
+@NO_UMAP
+def test_umap_without_umap_learn_is_one_clear_error(cache, tmp_path):
+    with pytest.raises(InvalidOptionError, match="pip install umap-learn"):
+        plot_cache(cache, tmp_path / "out", method="umap")
+    assert not (tmp_path / "out").exists()
+    args = ["plot", str(cache), "-o", str(tmp_path / "o"), "--method", "umap"]
+    run = CliRunner().invoke(main, args)
+    assert run.exit_code == 2
+    (line,) = run.output.strip().splitlines()
+    assert line.startswith("error: --method 'umap': umap-learn is not installed")
+
+
+def test_bad_input(tmp_path):
+    rows, x = clustered(per_class=1)
+    few = write_cache(tmp_path / "few.h5", rows[:2], x[:2])
+    with pytest.raises(DatasetError, match="at least 3"):
+        plot_cache(few, tmp_path / "out", method="pca")
+    with pytest.raises(InvalidOptionError, match="max_points"):
+        PlotOptions(max_points=2)
+    with pytest.raises(InvalidOptionError, match="thumbnails"):
+        PlotOptions(thumbnails=-1)
+    # a row whose features are not finite is left out, with a note
+    rows, x = clustered(per_class=3)
+    x[4] = np.nan
+    cache = write_cache(tmp_path / "nan.h5", rows, x)
+    result = plot_cache(cache, tmp_path / "n", method="pca", html=False, progress=False)
+    assert result.points == 11 and 4 not in result.plotted_rows.tolist()
+    assert any("non-finite" in n for n in result.notes) and "html" not in result.files
+
+
+def test_cli_plot(cache, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "out"
+    args = ["plot", str(cache), "-o", str(out), "--method", "pca", "--json", "--no-html"]
+    run = runner.invoke(main, args)
+    assert run.exit_code == 0, run.output
+    shown = json.loads(run.output)
+    assert shown["method"] == "pca" and shown["points"] == 18
+    assert sorted(shown["files"]) == ["csv", "png"] and (out / "map.png").is_file()
+    for bad, word in (
+        (["--max-points", "1"], "--max-points 1"),
+        (["--thumbnails", "-3"], "--thumbnails -3"),
+    ):
+        run = runner.invoke(main, ["plot", str(cache), "-o", str(tmp_path / "x"), *bad])
+        assert run.exit_code == 2 and run.output.strip().startswith(f"error: {word}")
+    run = runner.invoke(main, ["plot", str(tmp_path / "nope.h5")])
+    assert run.exit_code == 2 and len(run.output.strip().splitlines()) == 1
+
+
+def test_train_head_writes_the_map(cache, tmp_path):
+    from featcache.heads.train import train_head
+
+    result = train_head(cache, head="logreg", output=tmp_path / "run", plot="pca")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["map"]["png"] == "map.png" and report["map"]["method"] == "pca"
+    assert report["map"]["points"] == 18 and result.report["map"] == report["map"]
+    with Image.open(tmp_path / "run" / "map.png") as png:
+        assert png.format == "PNG"
+    run = CliRunner().invoke(
+        main,
+        ["train-head", str(cache), "--head", "logreg", "-o", str(tmp_path / "r2"), "--plot", "pca"],
+    )
+    assert run.exit_code == 0, run.output
+    assert (tmp_path / "r2" / "map.png").is_file()
+
+
+@NO_UMAP
+def test_train_head_refuses_umap_before_training(cache, tmp_path):
+    from featcache.heads.train import train_head
+
+    with pytest.raises(InvalidOptionError, match="umap-learn"):
+        train_head(cache, head="logreg", output=tmp_path / "run", plot="umap")
+    assert not (tmp_path / "run").exists()
