@@ -1,2 +1,3 @@
-"""Know a dataset from its cache: duplicates, leakage, outliers, label issues (:mod:`.audit`)
-and exact cosine search (:mod:`.search`), over the features through ``CacheReader``."""
+"""Know a dataset from its cache: duplicates, leakage, outliers, label issues (:mod:`.audit`),
+exact cosine search (:mod:`.search`) and 2-D maps (:mod:`.plot`), over the features through
+``CacheReader``."""
