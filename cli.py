@@ -1211,6 +1211,60 @@ def plot_command(
         click.echo(f"  {kind:<5} {path}")
 
 
+@main.command("export-features")
+@click.argument("cache", type=click.Path())
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(("parquet", "npy", "lance")),
+    default="parquet",
+    show_default=True,
+    help="parquet: one file, features a fixed-size list column; npy: clip-retrieval's "
+    "img_emb/ + metadata/ folders (embedding-reader); lance: a Lance dataset (the lance extra).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(),
+    default=None,
+    help="[default: CACHE.parquet, CACHE-npy/ or CACHE.lance next to the cache]",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(("float32", "float16")),
+    default="float32",
+    show_default=True,
+    help="Type of the exported features.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_handle_errors
+def export_features_command(
+    cache: str,
+    format_: str,
+    output: str | None,
+    dtype: str,
+    overwrite: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Write the rows of CACHE (path, label, class, split, sha256, features) as Parquet,
+    as clip-retrieval's npy + parquet layout, or as Lance, in row order."""
+    from .extractor.export_features import export_features
+
+    summary = export_features(
+        cache, output, format_, dtype, overwrite, progress=False if quiet else None
+    )
+    if as_json:
+        _print_json(summary.to_dict())
+        return
+    click.echo(
+        f"{summary.rows} rows x {summary.feature_dim} {summary.dtype} -> {summary.output} "
+        f"({summary.format}, {summary.bytes} bytes, {summary.seconds:.1f} s)"
+    )
+
+
 main.add_command(extract_command)
 main.add_command(train_head_command)
 

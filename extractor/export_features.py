@@ -1,0 +1,301 @@
+"""Export a cache's features for other tools: ``export_features(cache, out, format=...)``.
+
+- ``parquet``: one file, a row per cache row: ``path``, ``label`` (-1: unlabelled),
+  ``class`` (null: unlabelled), ``split``, ``sha256`` and ``features``, a fixed-size list
+  column (``fixed_size_list<float32, D>``); written in row groups, a chunk at a time.
+- ``npy``: the layout clip-retrieval's ``clip_inference`` writes and embedding-reader
+  (``file_format="parquet_npy"``) and autofaiss read: ``OUT/img_emb/img_emb_0.npy`` (N x D)
+  and ``OUT/metadata/metadata_0.parquet`` with the same row order (``image_path``, then the
+  columns above); the array is filled in chunks through a memory map.
+- ``lance``: a Lance dataset (folder) with the parquet file's columns (``pylance``, the
+  ``lance`` extra).
+
+Rows are in cache order; only ``features`` (view 0) is exported. Every format is written
+under a temporary name next to the output and renamed over it at the end, so a failure
+never leaves a half-written output (nor touches an existing one). pyarrow is imported only
+here (the ``export`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidOptionError
+from .cache import CacheReader
+from .options import check_choice, invalid
+from .recorder import progress_bar
+from .splits import SPLIT_NAMES
+
+EXPORT_FEATURE_FORMATS = ("parquet", "npy", "lance")
+EXPORT_DTYPES = ("float32", "float16")
+CHUNK_BYTES = 64 << 20
+"""Features read, converted and written at a time (also the Parquet row group size)."""
+SCHEMA_KEY = b"featcache"
+"""Key of the Parquet/Lance schema metadata: JSON of the cache's settings and class names."""
+NPY_EMBEDDINGS = Path("img_emb") / "img_emb_0.npy"
+NPY_METADATA = Path("metadata") / "metadata_0.parquet"
+
+
+@dataclass
+class ExportSummary:
+    """What :func:`export_features` wrote."""
+
+    format: str
+    output: str
+    rows: int
+    feature_dim: int
+    dtype: str
+    files: list[str] = field(default_factory=list)
+    """The files written, relative to ``output`` (``["."]`` for a single file)."""
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_output(cache: str | os.PathLike[str], format: str) -> Path:
+    """``CACHE.parquet``, ``CACHE-npy/`` or ``CACHE.lance`` next to the cache."""
+    path = Path(cache)
+    suffix = {"parquet": ".parquet", "npy": "-npy", "lance": ".lance"}[format]
+    return path.with_name(path.stem + suffix)
+
+
+def export_features(
+    cache: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    format: str = "parquet",
+    dtype: str = "float32",
+    overwrite: bool = False,
+    progress: bool | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> ExportSummary:
+    """Write the rows of ``cache`` as ``format`` (``parquet``, ``npy`` or ``lance``) to
+    ``output`` (default: :func:`default_output`), features as ``dtype``.
+
+    An existing ``output`` is refused unless ``overwrite``; it is replaced only once the new
+    one is whole. Memory stays at one chunk of ``chunk_bytes`` of features.
+
+    >>> export_features("cache/mobilenet.h5", "emb.parquet").rows  # doctest: +SKIP
+    """
+    check_choice("format", format, EXPORT_FEATURE_FORMATS)
+    check_choice("dtype", dtype, EXPORT_DTYPES)
+    pa = _require("pyarrow", "export", format)
+    if format == "lance":
+        _require("lance", "lance", format, package="pylance")
+    reader = CacheReader(cache)
+    out = Path(output) if output is not None else default_output(cache, format)
+    _check_output(reader.path, out, format, overwrite)
+    if reader.feature_dim == 0:
+        raise InvalidOptionError(f"{reader.path}: the cache has no features to export")
+    started = time.monotonic()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    writer = {"parquet": _write_parquet, "npy": _write_npy, "lance": _write_lance}[format]
+    bar = progress_bar(len(reader), progress, "export")
+    try:
+        chunks = _chunks(reader, np.dtype(dtype), chunk_bytes, bar.update)
+        writer(pa, reader, tmp, chunks, np.dtype(dtype))
+        _replace(tmp, out)
+    finally:
+        bar.close()
+        _remove(tmp)
+    files = [str(p.relative_to(out)) for p in sorted(out.rglob("*")) if p.is_file()]
+    size = sum((out / f).stat().st_size for f in files) if out.is_dir() else out.stat().st_size
+    return ExportSummary(
+        format=format,
+        output=str(out),
+        rows=len(reader),
+        feature_dim=reader.feature_dim,
+        dtype=dtype,
+        files=files if out.is_dir() else ["."],
+        bytes=size,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+# -- checks ------------------------------------------------------------------------------
+
+
+def _require(module: str, extra: str, format: str, package: str | None = None) -> Any:
+    """Import ``module`` or fail in one line naming the extra that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise InvalidOptionError(
+            f"format {format!r} needs {package or module}: pip install 'featcache[{extra}]'",
+            "format",
+        ) from None
+
+
+def _check_output(cache: Path, out: Path, format: str, overwrite: bool) -> None:
+    """Refuse an output that exists (unless ``overwrite``), that is the cache or holds it,
+    or that is a folder where a file goes."""
+    target, source = out.resolve(), cache.resolve()
+    if target == source or target in source.parents:
+        raise invalid("output", str(out), "is the cache or a folder holding it")
+    if format == "parquet" and out.is_dir():
+        raise invalid("output", str(out), "is a folder; parquet writes one file")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise invalid("output", str(out), "exists; overwrite replaces it (--overwrite)")
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Chunk:
+    rows: np.ndarray
+    features: np.ndarray
+    """``(len(rows), D)`` of the export dtype, C-contiguous."""
+
+
+def _chunks(
+    reader: CacheReader, dtype: np.dtype, chunk_bytes: int, advance: Callable[[int], Any]
+) -> Iterator[_Chunk]:
+    """The cache's rows in order, a chunk of about ``chunk_bytes`` of float32 at a time."""
+    rows = max(1, chunk_bytes // (4 * max(reader.feature_dim, 1)))
+    for picked, features in reader.batches(batch_size=rows):
+        yield _Chunk(picked, np.ascontiguousarray(features, dtype=dtype))
+        advance(len(picked))
+
+
+def _metadata(pa: Any, reader: CacheReader, rows: np.ndarray, path_column: str) -> dict[str, Any]:
+    """The metadata columns of ``rows`` as pyarrow arrays."""
+    labels = reader.labels[rows].astype(np.int32)
+    names = reader.class_names
+    classes = [names[v] if 0 <= v < len(names) else None for v in labels.tolist()]
+    return {
+        path_column: pa.array([reader.paths[i] for i in rows.tolist()], pa.string()),
+        "label": pa.array(labels, pa.int32()),
+        "class": pa.array(classes, pa.string()),
+        "split": pa.array([SPLIT_NAMES[s] for s in reader.split[rows].tolist()], pa.string()),
+        "sha256": pa.array([reader.sha256[i] for i in rows.tolist()], pa.string()),
+    }
+
+
+def _schema(pa: Any, reader: CacheReader, dtype: np.dtype, path_column: str, features: bool) -> Any:
+    value = pa.from_numpy_dtype(dtype)
+    fields = [
+        pa.field(path_column, pa.string(), nullable=False),
+        pa.field("label", pa.int32(), nullable=False),
+        pa.field("class", pa.string()),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+    ]
+    if features:
+        fields.append(pa.field("features", pa.list_(value, reader.feature_dim), nullable=False))
+    about = {
+        "cache": str(reader.path),
+        "class_names": reader.class_names,
+        "feature_dim": reader.feature_dim,
+        "dtype": str(dtype),
+        "settings": {k: v for k, v in reader.attrs.items() if k != "class_names"},
+    }
+    return pa.schema(fields, metadata={SCHEMA_KEY: json.dumps(about, default=str).encode()})
+
+
+def _batch(pa: Any, reader: CacheReader, chunk: _Chunk, schema: Any) -> Any:
+    columns = _metadata(pa, reader, chunk.rows, "path")
+    flat = pa.array(chunk.features.reshape(-1), pa.from_numpy_dtype(chunk.features.dtype))
+    columns["features"] = pa.FixedSizeListArray.from_arrays(flat, reader.feature_dim)
+    return pa.record_batch(list(columns.values()), schema=schema)
+
+
+# -- writing -----------------------------------------------------------------------------
+
+
+def _write_parquet(
+    pa: Any, reader: CacheReader, tmp: Path, chunks: Iterator[_Chunk], dtype: np.dtype
+) -> None:
+    import pyarrow.parquet as pq
+
+    schema = _schema(pa, reader, dtype, "path", features=True)
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for chunk in chunks:
+            writer.write_batch(_batch(pa, reader, chunk, schema))
+    _fsync(tmp)
+
+
+def _write_npy(
+    pa: Any, reader: CacheReader, tmp: Path, chunks: Iterator[_Chunk], dtype: np.dtype
+) -> None:
+    import pyarrow.parquet as pq
+
+    tmp.mkdir()
+    array_path, meta_path = tmp / NPY_EMBEDDINGS, tmp / NPY_METADATA
+    array_path.parent.mkdir()
+    meta_path.parent.mkdir()
+    schema = _schema(pa, reader, dtype, "image_path", features=False)
+    if len(reader) == 0:  # nothing to map: an empty array and an empty table
+        np.save(array_path, np.zeros((0, reader.feature_dim), dtype))
+        pq.write_table(schema.empty_table(), meta_path)
+        return
+    array = np.lib.format.open_memmap(
+        array_path, mode="w+", dtype=dtype, shape=(len(reader), reader.feature_dim)
+    )
+    try:
+        with pq.ParquetWriter(meta_path, schema) as meta:
+            for chunk in chunks:
+                array[chunk.rows[0] : chunk.rows[-1] + 1] = chunk.features
+                columns = _metadata(pa, reader, chunk.rows, "image_path")
+                meta.write_batch(pa.record_batch(list(columns.values()), schema=schema))
+        array.flush()
+    finally:
+        del array
+    _fsync(array_path)
+    _fsync(meta_path)
+
+
+def _write_lance(
+    pa: Any, reader: CacheReader, tmp: Path, chunks: Iterator[_Chunk], dtype: np.dtype
+) -> None:
+    import lance
+
+    schema = _schema(pa, reader, dtype, "path", features=True)
+    batches = (_batch(pa, reader, chunk, schema) for chunk in chunks)
+    lance.write_dataset(pa.RecordBatchReader.from_batches(schema, batches), tmp, schema=schema)
+
+
+# -- replacing ---------------------------------------------------------------------------
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Put the finished ``tmp`` at ``out``; an old ``out`` goes only after that."""
+    if not (out.exists() or out.is_symlink()):
+        os.replace(tmp, out)
+        return
+    if tmp.is_file() and not out.is_dir():
+        os.replace(tmp, out)  # atomic
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())

@@ -1,0 +1,219 @@
+"""export-features: a cache as Parquet (fixed-size list features), as clip-retrieval's npy +
+parquet layout, as Lance; equal rows in cache order, chunked writes, the CLI's errors, and an
+output that is replaced only when the new one is whole."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_audit import CLASSES, SPLITS, _settings
+
+from featcache import extract
+from featcache.cli import export_features_command, main
+from featcache.errors import CacheError, InvalidOptionError
+from featcache.extractor.cache import CacheReader, CacheWriter
+from featcache.extractor.export_features import (
+    EXPORT_DTYPES,
+    EXPORT_FEATURE_FORMATS,
+    NPY_EMBEDDINGS,
+    NPY_METADATA,
+    SCHEMA_KEY,
+    _require,
+    default_output,
+    export_features,
+)
+from featcache.extractor.splits import SPLIT_NAMES
+from helpers import TINY, make_class_folder
+
+pa = pytest.importorskip("pyarrow", reason="pyarrow (the export extra)")
+pq = pytest.importorskip("pyarrow.parquet")
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory):
+    """A real extracted cache: 2 classes x 3 images, random VGG16 at 32 px (512 features)."""
+    root = tmp_path_factory.mktemp("export")
+    data = make_class_folder(root / "data", classes=2, per_class=3)
+    out = root / "c.h5"
+    extract(data, output=out, **TINY)
+    return out
+
+
+def _mixed_cache(path):
+    """Rows with and without a class, every split, written through CacheWriter."""
+    rows = [
+        (f"x/{i}.png", CLASSES[i % 3] if i % 4 else None, list(SPLITS)[i % 3]) for i in range(9)
+    ]
+    writer = CacheWriter(
+        path, _settings(str(path.parent)), CLASSES, {r[0]: i for i, r in enumerate(rows)}
+    )
+    features = np.random.default_rng(0).normal(size=(9, 5)).astype(np.float32)
+    writer.add(
+        [r[0] for r in rows],
+        [f"{i:064x}" for i in range(9)],
+        [r[1] for r in rows],
+        [SPLITS[r[2]] for r in rows],
+        features,
+    )
+    writer.commit(final=True)
+    return path
+
+
+def _expected(cache: CacheReader) -> dict[str, list]:
+    names = cache.class_names
+    return {
+        "label": cache.labels.tolist(),
+        "class": [names[v] if v >= 0 else None for v in cache.labels.tolist()],
+        "split": [SPLIT_NAMES[s] for s in cache.split.tolist()],
+        "sha256": cache.sha256,
+    }
+
+
+def test_parquet_has_every_row_in_order_in_row_groups(extracted, tmp_path):
+    out = tmp_path / "e.parquet"
+    summary = export_features(extracted, out, progress=False, chunk_bytes=4 * 512 * 4)
+    cache = CacheReader(extracted)
+    assert (summary.rows, summary.feature_dim, summary.files) == (6, 512, ["."])
+    assert summary.bytes == out.stat().st_size
+    table = pq.read_table(out)
+    assert table.schema.field("features").type == pa.list_(pa.float32(), 512)
+    np.testing.assert_array_equal(
+        np.stack(table.column("features").to_numpy(zero_copy_only=False)), cache.features()
+    )
+    assert table.column("path").to_pylist() == cache.paths
+    for name, values in _expected(cache).items():
+        assert table.column(name).to_pylist() == values, name
+    assert pq.ParquetFile(out).num_row_groups == 2  # 4 rows a chunk
+    about = json.loads(table.schema.metadata[SCHEMA_KEY])
+    assert about["class_names"] == cache.class_names
+    assert about["settings"]["fingerprint"] == cache.fingerprint
+    assert not list(tmp_path.glob(".*tmp-*"))
+
+
+def test_unlabelled_rows_and_float16(tmp_path):
+    cache_path = _mixed_cache(tmp_path / "m.h5")
+    cache = CacheReader(cache_path)
+    out = export_features(cache_path, format="parquet", dtype="float16", progress=False)
+    assert out.output == str(default_output(cache_path, "parquet")) == str(tmp_path / "m.parquet")
+    table = pq.read_table(out.output)
+    assert table.schema.field("features").type == pa.list_(pa.float16(), 5)
+    assert table.column("class").to_pylist() == _expected(cache)["class"]
+    assert table.column("label").to_pylist()[0] == -1 and table.column("class")[0].as_py() is None
+    features = np.stack(table.column("features").to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(features, cache.features().astype(np.float16))
+
+
+def test_npy_layout_is_what_clip_retrieval_writes(extracted, tmp_path):
+    out = tmp_path / "emb"
+    summary = export_features(extracted, out, format="npy", progress=False, chunk_bytes=5000)
+    assert sorted(summary.files) == sorted([str(NPY_EMBEDDINGS), str(NPY_METADATA)])
+    cache = CacheReader(extracted)
+    array = np.load(out / NPY_EMBEDDINGS, mmap_mode="r")  # how embedding-reader maps it
+    assert array.dtype == np.float32 and array.shape == (6, 512)
+    np.testing.assert_array_equal(array, cache.features())
+    meta = pq.read_table(out / NPY_METADATA)
+    assert meta.column_names == ["image_path", "label", "class", "split", "sha256"]
+    assert meta.column("image_path").to_pylist() == cache.paths  # same row order
+    for name, values in _expected(cache).items():
+        assert meta.column(name).to_pylist() == values, name
+    half = export_features(extracted, tmp_path / "half", format="npy", dtype="float16")
+    assert np.load(tmp_path / "half" / NPY_EMBEDDINGS).dtype == np.float16
+    assert half.dtype == "float16"
+
+
+def test_lance(extracted, tmp_path):
+    lance = pytest.importorskip("lance", reason="pylance (the lance extra)")
+    out = tmp_path / "e.lance"
+    summary = export_features(extracted, out, format="lance", progress=False, chunk_bytes=8192)
+    cache = CacheReader(extracted)
+    table = lance.dataset(str(out)).to_table()
+    assert summary.rows == table.num_rows == 6
+    np.testing.assert_array_equal(
+        np.stack(table.column("features").to_numpy(zero_copy_only=False)), cache.features()
+    )
+    assert table.column("path").to_pylist() == cache.paths
+    assert table.column("split").to_pylist() == _expected(cache)["split"]
+
+
+def test_an_existing_output_is_refused_or_replaced_whole(extracted, tmp_path):
+    out = tmp_path / "e.parquet"
+    out.write_text("keep me")
+    result = CliRunner().invoke(main, ["export-features", str(extracted), "-o", str(out)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: --output {str(out)!r}: exists; overwrite replaces it (--overwrite)"
+    ]
+    assert out.read_text() == "keep me"
+    args = ["export-features", str(extracted), "-o", str(out), "--overwrite", "--json", "-q"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["rows"] == pq.read_metadata(out).num_rows == 6
+    # a folder output (npy) replaced by another export of the same name
+    folder = tmp_path / "npy"
+    export_features(extracted, folder, format="npy")
+    (folder / "stale.txt").write_text("x")
+    export_features(extracted, folder, format="npy", overwrite=True, dtype="float16")
+    assert not (folder / "stale.txt").exists()
+    assert np.load(folder / NPY_EMBEDDINGS).dtype == np.float16
+
+
+def test_the_cache_itself_is_never_the_output(extracted, tmp_path):
+    for output in (extracted, extracted.parent):
+        for fmt in ("parquet", "npy"):
+            with pytest.raises(InvalidOptionError, match="is the cache or a folder holding it"):
+                export_features(extracted, output, format=fmt, overwrite=True)
+    assert len(CacheReader(extracted)) == 6
+    (tmp_path / "dir.parquet").mkdir()
+    with pytest.raises(InvalidOptionError, match="is a folder; parquet writes one file"):
+        export_features(extracted, tmp_path / "dir.parquet", overwrite=True)
+
+
+def test_bad_input_is_one_line_with_exit_2(tmp_path, extracted):
+    runner = CliRunner()
+    missing = runner.invoke(main, ["export-features", str(tmp_path / "none.h5")])
+    assert missing.exit_code == 2 and missing.output.count("\n") == 1
+    assert "no such cache file" in missing.output
+    assert not (tmp_path / "none.parquet").exists()
+    unknown = runner.invoke(main, ["export-features", str(extracted), "--format", "csv"])
+    assert unknown.exit_code == 2
+    with pytest.raises(InvalidOptionError, match="format 'csv': expected one of parquet"):
+        export_features(extracted, format="csv")
+    with pytest.raises(InvalidOptionError, match="dtype 'int8'"):
+        export_features(extracted, tmp_path / "x.parquet", dtype="int8")
+    # the CLI offers what the API takes
+    options = {p.name: p for p in export_features_command.params}
+    assert tuple(options["format_"].type.choices) == EXPORT_FEATURE_FORMATS
+    assert tuple(options["dtype"].type.choices) == EXPORT_DTYPES
+
+
+def test_a_missing_optional_package_names_its_extra():
+    with pytest.raises(InvalidOptionError) as caught:
+        _require("featcache_no_such_module", "lance", "lance", package="pylance")
+    assert str(caught.value) == "format 'lance' needs pylance: pip install 'featcache[lance]'"
+
+
+def test_a_failed_export_leaves_no_file_and_the_old_output(extracted, tmp_path):
+    damaged = tmp_path / "d.h5"
+    damaged.write_bytes(extracted.read_bytes())
+    with h5py.File(damaged, "r") as f:  # flip a byte of the features' only chunk
+        offset = f["features"].id.get_chunk_info(0).byte_offset
+    with open(damaged, "r+b") as handle:
+        handle.seek(offset + 100)
+        byte = handle.read(1)
+        handle.seek(offset + 100)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    for fmt, out in (("parquet", tmp_path / "e.parquet"), ("npy", tmp_path / "e-npy")):
+        export_features(extracted, out, format=fmt)
+        before = sorted(p.stat().st_mtime_ns for p in [out, *out.rglob("*")])
+        with pytest.raises(CacheError, match="damaged"):
+            export_features(damaged, out, format=fmt, overwrite=True, chunk_bytes=4096)
+        assert sorted(p.stat().st_mtime_ns for p in [out, *out.rglob("*")]) == before
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+        with pytest.raises(CacheError, match="damaged"):
+            export_features(damaged, tmp_path / f"new-{fmt}", format=fmt)
+        assert not (tmp_path / f"new-{fmt}").exists()
