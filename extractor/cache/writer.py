@@ -140,6 +140,7 @@ class CacheWriter:
             self.base_stats = file_stats(handle)
             self._base_classes = json.loads(handle.attrs.get("class_names", "[]"))
             self.bad = dict(bad_records(handle))
+            self._dirty = BAD_FILES_ATTR not in handle.attrs  # the bad/ group: move it
 
     # -- bookkeeping -----------------------------------------------------------------
 
