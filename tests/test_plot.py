@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -192,3 +194,70 @@ def test_train_head_refuses_umap_before_training(cache, tmp_path):
     with pytest.raises(InvalidOptionError, match="umap-learn"):
         train_head(cache, head="logreg", output=tmp_path / "run", plot="umap")
     assert not (tmp_path / "run").exists()
+
+
+HARNESS = r"""
+const fs = require("fs");
+const html = fs.readFileSync(process.argv[2], "utf8");
+const data = html.match(/<script type="application\/json" id="data">([\s\S]*?)<\/script>/)[1];
+const script = html.match(/<script>([\s\S]*?)<\/script>/)[1];
+const D = JSON.parse(data);
+let fills = 0;
+const ctx = {scale() {}, clearRect() { fills = 0; }, beginPath() {}, rect() {}, moveTo() {},
+  lineTo() {}, closePath() {}, arc() {}, fill() { fills++; }, stroke() {}};
+function el(tag) {
+  return {tag, children: [], style: {}, listeners: {}, className: "", textContent: "",
+    appendChild(c) { this.children.push(c); }, append(...c) { this.children.push(...c); },
+    replaceChildren() { this.children = []; },
+    addEventListener(type, f) { this.listeners[type] = f; },
+    getBoundingClientRect() { return {left: 0, top: 0, width: 800, height: 640}; },
+    getContext() { return ctx; }};
+}
+const els = {data: {textContent: data}, map: el("canvas"), tip: el("div"), groups: el("div"),
+  splitbox: el("div"), all: el("button"), none: el("button")};
+global.document = {getElementById: id => els[id], createElement: el,
+  createTextNode: t => ({text: t})};
+global.window = {devicePixelRatio: 1};
+(0, eval)(script);
+const out = {drawn: fills};
+const i = Number(Object.keys(D.t)[0]);
+els.map.listeners.mousemove({clientX: 14 + D.x[i] * 772, clientY: 14 + (1 - D.y[i]) * 612});
+const tip = els.tip.children;
+out.display = els.tip.style.display;
+out.first = tip[0].tag === "img" ? {img: tip[0].src} : {text: tip[0].textContent};
+out.lines = tip.slice(1).map(c => c.textContent);
+const first = els.groups.children[0].children[0];
+first.checked = false;
+first.listeners.change();
+out.without_first = fills;
+els.none.onclick();
+out.none = fills;
+els.all.onclick();
+out.all = fills;
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_page_script_runs(cache, tmp_path):
+    """The page's script in node with a minimal DOM: it draws every point, hovering a point
+    shows its thumbnail and lines, and the legend hides and shows groups."""
+    plot_cache(cache, tmp_path / "out", method="pca", progress=False)
+    (tmp_path / "harness.js").write_text(HARNESS)
+    run = subprocess.run(
+        ["node", str(tmp_path / "harness.js"), str(tmp_path / "out" / "map.html")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    _, data = page_data(tmp_path / "out" / "map.html")
+    assert out["drawn"] == 18 and out["display"] == "block"
+    row_line, class_line = out["lines"]
+    j = data["p"].index(row_line.split(" ", 1)[1])  # the point the tooltip describes
+    assert row_line == f"#{data['r'][j]} {data['p'][j]}"
+    assert class_line == f"class: {data['l'][j]}, split: {data['splits'][data['s'][j]]}"
+    assert out["first"] == {"img": data["t"][str(j)]}
+    assert out["without_first"] == 18 - data["groups"][0]["count"]
+    assert (out["none"], out["all"]) == (0, 18)
