@@ -214,6 +214,27 @@ def main() -> None:
     show_default=True,
     help="Seed of the view augmentations (with each image's SHA-256 and view index).",
 )
+@click.option(
+    "--views",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Embeddings per image: view 0 the plain image, the rest augmented (cached views).",
+)
+@click.option(
+    "--augment",
+    default="",
+    metavar="LIST",
+    help="Augmentations of views 1+: flip,crop,color (any subset). [default with --views "
+    "above 1: all]",
+)
+@click.option(
+    "--augment-seed",
+    type=int,
+    default=extract_defaults.DEFAULT_SEED,
+    show_default=True,
+    help="Seed of the view augmentations (with each image's SHA-256 and view index).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
 @click.option(
     "--rehash",
@@ -532,6 +553,25 @@ def backbones_command(as_json: bool) -> None:
     "--stream/--no-stream",
     default=None,
     help="Stream the dense head's features from disk. [default: when large]",
+)
+@click.option(
+    "--views",
+    type=click.Choice(head_defaults.VIEW_MODES),
+    default=head_defaults.DEFAULT_VIEWS,
+    show_default=True,
+    help="Cached views (extract --views) to train on: plain (view 0), one (a random view "
+    "per row and epoch, dense), all (every view a row), mean (their mean). Val and test "
+    "use view 0.",
+)
+@click.option(
+    "--feature-augment",
+    type=float,
+    default=0.0,
+    is_flag=False,
+    flag_value=head_defaults.DEFAULT_FEATURE_AUGMENT,
+    metavar="[STRENGTH]",
+    help="Dense head: FroFA-style feature augmentation, per-channel scale and shift "
+    f"redrawn every epoch. [alone: {head_defaults.DEFAULT_FEATURE_AUGMENT}]",
 )
 @click.option(
     "--val-fraction",

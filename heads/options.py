@@ -43,6 +43,14 @@ DEFAULT_TOP_K = RANKING_TOP_K
 DEFAULT_PREDICT_BATCH_SIZE = 32
 """Images per batch of ``predict_images``."""
 DEFAULT_FEATURE_BATCH_SIZE = 4096
+VIEW_MODES = ("plain", "one", "all", "mean")
+"""What a head trains on from a cache with augmented views (``extract --views``):
+``plain`` view 0 only; ``one`` one random view per row and epoch (the dense head);
+``all`` every view as a row of its own; ``mean`` the mean embedding of the views. Val and
+test are always scored on view 0 (the plain image)."""
+DEFAULT_VIEWS = "plain"
+DEFAULT_FEATURE_AUGMENT = 0.1
+"""Strength of ``--feature-augment`` given without a value."""
 """Feature rows per batch of ``predict_cache`` and of streamed evaluation."""
 DEFAULT_MEMORY_FRACTION = 0.25
 """Stream from disk when the features would take more than this share of free memory."""
@@ -136,6 +144,7 @@ RANGES: dict[str, Range] = {
     "seeds": Range(1, 1000, "expected 1 to 1000"),
     "bootstrap": Range(0, 1_000_000, "expected 0 (no intervals) to 1000000"),
     "temperature": Range(0, _INF, "must be positive", low_open=True),
+    "feature_augment": Range(0, 1, "expected 0 (off) to 1"),
 }
 """Numeric options and the values they accept (None always passes: not set)."""
 
@@ -147,6 +156,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "format": EXPORT_FORMATS,
     "protocol": PROTOCOLS,
     "normalize": NORMALIZATIONS,
+    "views": VIEW_MODES,
 }
 
 
@@ -360,6 +370,12 @@ class HeadOptions:
     """Share of train carved into val when the cache has no val split."""
     stream: bool | None = None
     """Stream the dense head's features from disk; None: only when they are large."""
+    views: str = DEFAULT_VIEWS
+    """Which cached views train the head (one of :data:`VIEW_MODES`)."""
+    feature_augment: float = 0.0
+    """The dense head: FroFA-style feature augmentation of the training rows, redrawn every
+    epoch (:mod:`.view_training`): each channel scaled by ``1 +- feature_augment`` and
+    shifted by ``+- feature_augment`` of its standard deviation; 0: off."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", parse_hidden(self.hidden))

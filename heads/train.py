@@ -22,6 +22,7 @@ from .data import CachedSplits, Caches, JointCache, Split, cache_paths, load_spl
 from .dense import DenseHead
 from .options import DEFAULT_FEATURE_BATCH_SIZE, HeadOptions, merge_options
 from .report import metrics, write_confusion, write_history
+from .view_training import check_view_training, fit_views, uses_views
 
 HEAD_FORMAT = 1
 DEFAULT_RUNS_DIR = Path("runs")
@@ -192,8 +193,14 @@ def train_head(
     cache = splits.path
     streaming = kind == "dense" and should_stream(splits, chosen.stream)
     names = splits.class_names
+    views = uses_views(chosen)
+    if views:  # cached views or feature augmentation (heads/view_training.py)
+        check_view_training(splits, chosen)
     started = time.monotonic()
-    estimator, history = _fit(kind, params, splits, streaming)
+    if views:
+        estimator, history = fit_views(kind, params, splits, streaming, chosen)
+    else:
+        estimator, history = _fit(kind, params, splits, streaming)
     fit_seconds = time.monotonic() - started
     trained = TrainedHead(kind, estimator, names, _meta(kind, params, splits))
     evaluated = {}
@@ -214,6 +221,7 @@ def train_head(
         "streamed": streaming,
         "stream_option": chosen.stream,
         "val_fraction": chosen.val_fraction,
+        **({"views": chosen.views, "feature_augment": chosen.feature_augment} if views else {}),
         "notes": splits.notes,
         "fit_seconds": round(fit_seconds, 3),
         "val": evaluated["val"],

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
-from featcache import extract, read_cache
-from featcache.errors import ExtractionCancelled, InvalidOptionError, SettingsMismatchError
+from featcache import extract, read_cache, train_head
+from featcache.cli import main
+from featcache.errors import (
+    DatasetError,
+    ExtractionCancelled,
+    InvalidOptionError,
+    SettingsMismatchError,
+)
 from featcache.extractor.cache import CacheReader
 from featcache.extractor.views import augment_image, view_rng
+from featcache.heads.data import load_splits
+from featcache.heads.train import load_head
+from featcache.heads.view_training import TrainViews, feature_augment
 from helpers import TINY, make_class_folder, write_image
 
 SHA = "ab" * 32
@@ -167,3 +178,152 @@ def test_a_cancelled_run_resumes_to_the_views_of_one_run(tmp_path, data):
     assert set(whole) == set(resumed)
     for path, views in whole.items():
         np.testing.assert_allclose(resumed[path], views, atol=1e-5, err_msg=path)
+
+
+# -- heads on views ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def views_cache(tmp_path_factory):
+    """A 3-class cache with 3 views per image (and the same images without views)."""
+    root = tmp_path_factory.mktemp("views_heads")
+    data = make_class_folder(root / "data", classes=3, per_class=6)
+    extract(data, output=root / "views.h5", views=3, split="0.6,0.2,0.2", **TINY)
+    extract(data, output=root / "plain.h5", split="0.6,0.2,0.2", **TINY)
+    return root
+
+
+def _epoch(source, seed=0, epoch=1, strength=0.0, std=None):
+    batches = list(source.batches(4, seed, epoch, strength, std))
+    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_view_modes_draw_the_rows_they_promise(views_cache, stream):
+    splits = load_splits(views_cache / "views.h5")
+    stacked = splits.reader.view_features(splits.train.rows)  # (N, 3, D)
+    n, k, dim = stacked.shape
+    labels = splits.train.labels
+    every = TrainViews(splits, "all", stream)
+    x, y = _epoch(every)
+    assert x.shape == (n * k, dim)
+    want = {(tuple(row.round(5)), label) for views, label in zip(stacked, labels) for row in views}
+    assert {(tuple(row.round(5)), label) for row, label in zip(x, y)} == want
+    x, y = _epoch(TrainViews(splits, "mean", stream))
+    assert x.shape == (n, dim)
+    means = {tuple(row.round(5)): label for row, label in zip(stacked.mean(axis=1), labels)}
+    assert {tuple(row.round(5)): label for row, label in zip(x, y)} == means
+    one = TrainViews(splits, "one", stream)
+    drawn = []
+    for epoch in (1, 2, 3):
+        x, y = _epoch(one, epoch=epoch)
+        assert x.shape == (n, dim)
+        # each train row once, as one of its own views
+        match = np.isclose(x[:, None, None, :], stacked[None], atol=1e-6).all(axis=-1)
+        assert match.any(axis=(1, 2)).all()
+        source = match.any(axis=2).argmax(axis=1)
+        assert sorted(source.tolist()) == list(range(n))
+        np.testing.assert_array_equal(y, labels[source])
+        drawn.append(match[np.arange(n), source].argmax(axis=1)[np.argsort(source)])
+        np.testing.assert_array_equal(x, _epoch(one, epoch=epoch)[0])  # seeded
+    assert len({v for d in drawn for v in d.tolist()}) == k  # every view gets drawn
+    assert not np.array_equal(drawn[0], drawn[1])
+
+
+def test_stream_and_memory_give_the_same_epochs(views_cache):
+    splits = load_splits(views_cache / "views.h5")
+    for mode in ("plain", "one", "all", "mean"):
+        memory, streamed = TrainViews(splits, mode, False), TrainViews(splits, mode, True)
+        np.testing.assert_allclose(_epoch(memory, epoch=2)[0], _epoch(streamed, epoch=2)[0])
+        for a, b in zip(memory.stats(), streamed.stats()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_feature_augment_is_seeded_per_epoch_and_bounded(views_cache):
+    splits = load_splits(views_cache / "views.h5")
+    source = TrainViews(splits, "plain", False)
+    std = np.sqrt(source.stats()[1])
+    plain, _ = _epoch(source)
+    augmented, _ = _epoch(source, strength=0.2, std=std)
+    np.testing.assert_array_equal(augmented, _epoch(source, strength=0.2, std=std)[0])
+    assert not np.allclose(augmented, _epoch(source, epoch=2, strength=0.2, std=std)[0])
+    rng = np.random.default_rng(0)
+    x = plain[:4]
+    out = feature_augment(x, 0.2, std, rng)
+    assert np.all(np.abs(out - x) <= 0.2 * np.abs(x) + 0.2 * std + 1e-6)
+    assert not np.allclose(out, x)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"views": "one"},
+        {"views": "all", "feature_augment": 0.1, "standardize": True},
+        {"views": "mean", "stream": True},
+        {"views": "all", "head": "logreg"},
+        {"views": "mean", "head": "knn", "k": 3},
+    ],
+)
+def test_heads_train_on_views_and_score_on_view_0(views_cache, tmp_path, options):
+    result = train_head(views_cache / "views.h5", output=tmp_path / "run", epochs=3, **options)
+    assert result.report["views"] == options["views"]
+    splits = load_splits(views_cache / "views.h5")
+    head = load_head(tmp_path / "run")
+    for name in ("val", "test"):
+        split = getattr(splits, name)
+        predicted = head.predict(splits.reader.features(split.rows))  # view 0
+        accuracy = float(np.mean(predicted == split.labels))
+        assert result.report[name]["accuracy"] == pytest.approx(accuracy)
+
+
+def test_view_options_that_cannot_work_are_refused(views_cache, tmp_path):
+    with pytest.raises(DatasetError, match="holds one view per image; extract it with --views"):
+        train_head(views_cache / "plain.h5", output=tmp_path / "a", views="all")
+    with pytest.raises(InvalidOptionError, match="views 'one': draws a view per epoch"):
+        train_head(views_cache / "views.h5", output=tmp_path / "b", head="logreg", views="one")
+    with pytest.raises(InvalidOptionError, match=r"feature_augment 0\.1: augments the rows"):
+        train_head(views_cache / "views.h5", output=tmp_path / "c", head="knn", feature_augment=0.1)
+    with pytest.raises(InvalidOptionError, match="feature_augment 2"):
+        train_head(views_cache / "views.h5", output=tmp_path / "d", feature_augment=2)
+    with pytest.raises(InvalidOptionError, match="views 'some'"):
+        train_head(views_cache / "views.h5", output=tmp_path / "e", views="some")
+    both = [views_cache / "views.h5", views_cache / "plain.h5"]
+    with pytest.raises(DatasetError, match="several caches train on view 0 only"):
+        train_head(both, output=tmp_path / "f", views="mean")
+    assert not any((tmp_path / name).exists() for name in "abcdef")
+
+
+def test_cli_extract_views_then_train_head(tmp_path, views_cache):
+    out, data = tmp_path / "views.h5", views_cache / "data"
+    args = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32"]
+    args += ["--split", "0.6,0.2,0.2"]
+    result = CliRunner().invoke(
+        main, ["extract", str(data), "-o", str(out), *args, "--views", "2", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert CacheReader(out).settings.augment == ("flip", "crop", "color")
+    bad = CliRunner().invoke(main, ["extract", str(data), "-o", str(out), *args, "--views", "0"])
+    assert bad.exit_code == 2 and "--views 0: expected 1 to 64" in bad.output
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        main,
+        [
+            "train-head",
+            str(out),
+            "-o",
+            str(run),
+            "--views",
+            "one",
+            "--feature-augment",
+            "--epochs",
+            "2",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["views"] == "one" and report["feature_augment"] == 0.1
+    refused = CliRunner().invoke(
+        main, ["train-head", str(out), "--head", "logreg", "--views", "one"]
+    )
+    assert refused.exit_code == 2 and "--views 'one': draws a view per epoch" in refused.output

@@ -1,0 +1,206 @@
+"""Training heads on cached augmented views, and FroFA-style feature augmentation.
+
+A cache made with ``extract --views K`` holds K embeddings per image (view 0 the plain
+image). ``views`` (:data:`~.options.VIEW_MODES`) says what the training rows are: view 0
+(``plain``), one random view per row and epoch (``one``, the dense head), every view as
+a row (``all``) or the mean of the views (``mean``). Val and test are always scored on
+view 0, as predictions on new images are.
+
+``feature_augment`` (the dense head) is feature-space augmentation after Baer et al.,
+"Feature-space augmentation for frozen features" (FroFA, CVPR 2024): every training row,
+every epoch, has each channel scaled by a factor in ``1 +- s`` (contrast-like) and shifted
+by up to ``+- s`` of the channel's standard deviation (brightness-like), seeded by the
+head's seed and the epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..errors import DatasetError
+from ..extractor.options import invalid
+from .baselines import fit_baseline, make_baseline
+from .data import CachedSplits, JointCache
+from .dense import DenseHead
+from .options import DEFAULT_FEATURE_BATCH_SIZE, HeadOptions
+
+__all__ = ["TrainViews", "check_view_training", "feature_augment", "fit_views", "uses_views"]
+
+
+def uses_views(options: HeadOptions) -> bool:
+    """Whether training goes through this module (views other than ``plain``, or
+    feature augmentation)."""
+    return options.views != "plain" or options.feature_augment > 0
+
+
+def check_view_training(splits: CachedSplits, options: HeadOptions) -> None:
+    """Refuse, before any training, what views and feature augmentation cannot do."""
+    mode = options.views
+    if options.head != "dense":
+        if mode == "one":
+            raise invalid(
+                "views",
+                mode,
+                "draws a view per epoch: the dense head only (other heads take all or mean)",
+            )
+        if options.feature_augment > 0:
+            raise invalid(
+                "feature_augment",
+                options.feature_augment,
+                "augments the rows every epoch: the dense head only",
+            )
+    if mode == "plain":
+        return
+    if isinstance(splits.reader, JointCache):
+        raise DatasetError(f"views {mode!r}: heads on several caches train on view 0 only")
+    if splits.reader.views == 1:
+        raise DatasetError(
+            f"{splits.path}: views {mode!r}: the cache holds one view per image; extract it "
+            "with --views K (2 or more)"
+        )
+
+
+def feature_augment(
+    x: np.ndarray, strength: float, std: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """FroFA-style augmentation of a batch: per row and channel, a scale in
+    ``1 +- strength`` and a shift in ``+- strength * std``."""
+    scale = rng.uniform(1.0 - strength, 1.0 + strength, x.shape).astype(np.float32)
+    shift = rng.uniform(-strength, strength, x.shape).astype(np.float32) * std
+    return np.asarray(x * scale + shift, np.float32)
+
+
+class TrainViews:
+    """The training rows of a split under a view mode: in memory, or read from the cache
+    a batch at a time (``stream``)."""
+
+    def __init__(self, splits: CachedSplits, mode: str, stream: bool) -> None:
+        self.splits = splits
+        self.mode = mode
+        self.rows = splits.train.rows
+        self.count = 1 if mode == "plain" else int(getattr(splits.reader, "views", 1))
+        self._memory: np.ndarray | None = None
+        if not stream:
+            self._memory = self._read(np.arange(len(self.rows)))
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels of one epoch's rows (each row ``count`` times with ``all``)."""
+        labels = self.splits.train.labels
+        return np.repeat(labels, self.count) if self.mode == "all" else labels
+
+    def _read(self, picks: np.ndarray) -> np.ndarray:
+        """``(len(picks), count, D)`` views of the train rows ``picks``."""
+        if self._memory is not None:
+            return self._memory[picks]
+        rows = self.rows[picks]
+        reader = self.splits.reader
+        if self.count == 1:
+            return reader.features(rows)[:, None, :]
+        assert not isinstance(reader, JointCache)
+        return reader.view_features(rows)
+
+    def take(self, entries: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """The feature rows of one batch of epoch entries (``rng`` draws ``one`` views)."""
+        if self.mode == "all":
+            picks, views = entries // self.count, entries % self.count
+        else:
+            picks, views = entries, np.zeros(len(entries), np.int64)
+        unique, inverse = np.unique(picks, return_inverse=True)
+        stacked = self._read(unique)[inverse]
+        if self.mode == "mean":
+            return stacked.mean(axis=1)
+        if self.mode == "one":
+            views = (
+                rng.integers(0, self.count, len(entries))
+                if rng is not None
+                else np.zeros(len(entries), np.int64)
+            )
+        return stacked[np.arange(len(entries)), views]
+
+    def __len__(self) -> int:
+        """Rows of one epoch."""
+        return len(self.rows) * (self.count if self.mode == "all" else 1)
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, variance) per channel of every row an epoch can draw (every view for
+        ``one`` and ``all``)."""
+        total = np.zeros(self.splits.feature_dim)
+        squares = np.zeros(self.splits.feature_dim)
+        seen = 0
+        step = DEFAULT_FEATURE_BATCH_SIZE
+        for start in range(0, len(self.rows), step):
+            stacked = self._read(np.arange(start, min(start + step, len(self.rows))))
+            if self.mode == "mean":
+                stacked = stacked.mean(axis=1, keepdims=True)
+            elif self.mode == "plain":
+                stacked = stacked[:, :1]
+            flat = stacked.reshape(-1, stacked.shape[-1]).astype(np.float64)
+            total += flat.sum(axis=0)
+            squares += (flat**2).sum(axis=0)
+            seen += len(flat)
+        mean = total / max(seen, 1)
+        return mean.astype(np.float32), np.maximum(squares / max(seen, 1) - mean**2, 0).astype(
+            np.float32
+        )
+
+    def batches(
+        self,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        strength: float = 0.0,
+        std: np.ndarray | None = None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One epoch of shuffled ``(features, labels)`` batches, seeded by (seed, epoch)."""
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(self))
+        labels = self.labels
+        for start in range(0, len(order), batch_size):
+            entries = order[start : start + batch_size]
+            x = self.take(entries, rng)
+            if strength > 0 and std is not None:
+                x = feature_augment(x, strength, std, rng)
+            yield x, labels[entries]
+
+
+def fit_views(
+    kind: str, params: dict[str, Any], splits: CachedSplits, stream: bool, options: HeadOptions
+) -> tuple[Any, dict[str, list[float]] | None]:
+    """Fit a head of ``kind`` on the train views (``options.views``), with
+    ``options.feature_augment`` for the dense head; early stopping on view 0 of val."""
+    source = TrainViews(splits, options.views, stream)
+    if kind != "dense":
+        model = make_baseline(kind, **params)
+        fit_baseline(kind, model, source.take(np.arange(len(source)), None), source.labels)
+        return model, None
+    head = DenseHead(**params)
+    early = splits.seen(splits.val)
+    if len(early) == 0:
+        raise DatasetError(f"{splits.path}: no val row belongs to a class seen in train")
+    batch, seed = int(params["batch_size"]), int(params["seed"])
+    strength = float(options.feature_augment)
+    stats = source.stats() if params.get("standardize") or strength > 0 else None
+    std = np.sqrt(stats[1]) if stats is not None else None
+
+    def train(epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return source.batches(batch, seed, epoch, strength, std)
+
+    def val() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return splits.batches(early, DEFAULT_FEATURE_BATCH_SIZE, shuffle=False, seed=0)
+
+    val_batches = max(1, -(-len(early) // DEFAULT_FEATURE_BATCH_SIZE))
+    classes = np.unique(splits.train.labels)
+    head.fit_batches(
+        train,
+        val,
+        splits.feature_dim,
+        classes,
+        source.labels,
+        stats if params.get("standardize") else None,
+        val_batches,
+    )
+    return head, head.history_
