@@ -214,27 +214,6 @@ def main() -> None:
     show_default=True,
     help="Seed of the view augmentations (with each image's SHA-256 and view index).",
 )
-@click.option(
-    "--views",
-    type=int,
-    default=1,
-    show_default=True,
-    help="Embeddings per image: view 0 the plain image, the rest augmented (cached views).",
-)
-@click.option(
-    "--augment",
-    default="",
-    metavar="LIST",
-    help="Augmentations of views 1+: flip,crop,color (any subset). [default with --views "
-    "above 1: all]",
-)
-@click.option(
-    "--augment-seed",
-    type=int,
-    default=extract_defaults.DEFAULT_SEED,
-    show_default=True,
-    help="Seed of the view augmentations (with each image's SHA-256 and view index).",
-)
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
 @click.option(
     "--rehash",
