@@ -127,6 +127,8 @@ def plot_cache(
     chosen = replace(options or PlotOptions(), **values)
     check_method(chosen.method)
     folder = Path(output) if output is not None else Path(cache).with_suffix(".plot")
+    if folder.exists() and not folder.is_dir():
+        raise invalid("output", str(folder), "not a folder")
     started = time.monotonic()
     reader = CacheReader(cache)
     points = project(

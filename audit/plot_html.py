@@ -100,8 +100,8 @@ def write_html(
 
 def render(title: str, data: dict[str, Any], notes: str, color: str) -> str:
     """The page: a canvas, a legend and a tooltip; ``data`` as inline JSON."""
-    # "</" escaped: a path holding "</script>" cannot end the script element
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    # every "<" escaped: no path or class name can end the script element or open a comment
+    payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_STYLE}</style></head><body>

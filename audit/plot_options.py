@@ -18,6 +18,8 @@ cost: see README, plot)."""
 DEFAULT_THUMBNAILS = 500
 """Points of the HTML map that carry a thumbnail (a seeded random choice)."""
 MAX_THUMBNAILS = 5000
+MAX_POINTS = 200_000
+"""Most points a map holds: the page's script scans them all on each pointer move."""
 PCA_DIMS = 50
 """t-SNE and UMAP run on the features reduced to this many principal components."""
 UMAP_HINT = "pip install umap-learn (or featcache[umap])"
@@ -39,8 +41,8 @@ class PlotOptions:
     def __post_init__(self) -> None:
         check_choice("method", self.method, PLOT_METHODS)
         check_choice("color", self.color, PLOT_COLORS)
-        if isinstance(self.max_points, bool) or not 3 <= self.max_points <= 1_000_000:
-            raise invalid("max_points", self.max_points, "expected 3 to 1000000")
+        if isinstance(self.max_points, bool) or not 3 <= self.max_points <= MAX_POINTS:
+            raise invalid("max_points", self.max_points, f"expected 3 to {MAX_POINTS}")
         if isinstance(self.thumbnails, bool) or not 0 <= self.thumbnails <= MAX_THUMBNAILS:
             raise invalid("thumbnails", self.thumbnails, f"expected 0 to {MAX_THUMBNAILS}")
         check_seed(self.seed)

@@ -151,6 +151,24 @@ def test_bad_input(tmp_path):
     assert any("non-finite" in n for n in result.notes) and "html" not in result.files
 
 
+def test_hostile_paths_stay_data(tmp_path):
+    rows, x = clustered(per_class=2)
+    evil = "a/</script><script>alert(1)</script><!--.png"
+    rows[0] = (evil, *rows[0][1:])
+    cache = write_cache(tmp_path / "c.h5", rows, x)
+    plot_cache(cache, tmp_path / "out", method="pca", progress=False)
+    text, data = page_data(tmp_path / "out" / "map.html")
+    assert text.count("</script>") == 2 and "<!--" not in text
+    assert data["p"][0] == evil and data["m"] == list(range(8))  # no file: all "missing"
+
+
+def test_output_that_is_a_file_is_refused(cache, tmp_path):
+    (tmp_path / "f").write_text("keep")
+    with pytest.raises(InvalidOptionError, match="not a folder"):
+        plot_cache(cache, tmp_path / "f", method="pca")
+    assert (tmp_path / "f").read_text() == "keep"
+
+
 def test_cli_plot(cache, tmp_path):
     runner = CliRunner()
     out = tmp_path / "out"
@@ -185,6 +203,18 @@ def test_train_head_writes_the_map(cache, tmp_path):
     )
     assert run.exit_code == 0, run.output
     assert (tmp_path / "r2" / "map.png").is_file()
+
+
+def test_train_head_map_of_two_caches(tmp_path):
+    from featcache.heads.train import train_head
+
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=5)
+    for name, size in (("a.h5", 32), ("b.h5", 48)):
+        extract(data, output=tmp_path / name, split="0.6,0.2,0.2", **{**TINY, "image_size": size})
+    caches = [tmp_path / "a.h5", tmp_path / "b.h5"]
+    result = train_head(caches, head="logreg", output=tmp_path / "run", plot="pca")
+    assert result.report["map"]["points"] == 10
+    assert (result.run_dir / "map.png").is_file()
 
 
 @NO_UMAP
