@@ -3,6 +3,7 @@ engine, resume, bad files, errors."""
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,8 +30,10 @@ from featcache import RayOptions  # noqa: E402
 from featcache.extractor import ray_engine  # noqa: E402 - after the skip
 
 CLI_TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "-q"]
-RAY_TOKEN_ENV = {**os.environ, "RAY_AUTH_MODE": "token"}
-"""`ray start` turns on token authentication; a driver joining by address must ask for it."""
+RAY_TOKEN_ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+"""`ray start` turns on token authentication; a driver joining by address must ask for it.
+The token is this run's own: Ray's default token file (~/.ray/auth_token) is shared by every
+Ray on the machine, and another one started meanwhile may replace it."""
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +58,9 @@ def ray_cluster(tmp_path):
     start = [ray_cli, "start", "--head", "--block", f"--port={port}", "--num-cpus=2"]
     start += ["--include-dashboard=false", "--disable-usage-stats"]
     with open(tmp_path / "ray-start.log", "wb") as log:
-        head = subprocess.Popen(start, stdout=log, stderr=log, start_new_session=True)
+        head = subprocess.Popen(
+            start, env=RAY_TOKEN_ENV, stdout=log, stderr=log, start_new_session=True
+        )
     address = f"127.0.0.1:{port}"
     try:
         status = [ray_cli, "status", "--address", address]
