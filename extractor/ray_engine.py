@@ -36,6 +36,7 @@ from .reader import Known, Prepared, read_items, read_one
 from .recorder import Recorder
 from .settings import BackboneConfig, FeatureSettings
 from .sources import Dataset, item_from_path, open_source
+from .views import embed_views
 
 INSTALL_HINT = "pip install 'featcache[ray]'"
 LOCAL_OBJECT_STORE_BYTES = 512 << 20
@@ -125,7 +126,7 @@ class RayEngine:
         try:
             local = _connect(ray, self.options)
             with _data_context(ray):
-                shards = iter(self._shards(ray, dataset, pending, options.batch_size, local))
+                shards = iter(self._shards(ray, dataset, pending, options, local))
                 seen: set[int] = set()
                 try:
                     for shard in shards:
@@ -175,8 +176,14 @@ class RayEngine:
         return keep
 
     def _shards(
-        self, ray: Any, dataset: Dataset, pending: list[Prepared], batch_size: int, local: bool
+        self,
+        ray: Any,
+        dataset: Dataset,
+        pending: list[Prepared],
+        options: ExtractOptions,
+        local: bool,
     ) -> Any:
+        batch_size = options.batch_size
         actors, cpus, gpus = _pool_size(ray, self.options, local)
         rows = [{"row": i, "path": p.item.path} for i, p in enumerate(pending)]
         blocks = math.ceil(len(rows) / batch_size)
@@ -194,6 +201,7 @@ class RayEngine:
                 "threads": max(1, math.ceil(cpus)),
                 "gpus": gpus,
                 "probe": pending[0].item.path,
+                "views": (options.views, options.view_augment, options.augment_seed),
             },
             batch_size=batch_size,
             batch_format="numpy",
@@ -231,6 +239,7 @@ class RayEngine:
             [pending[row].item for row in shard["row"][good].tolist()],
             [str(sha) for sha in shard["sha256"][good]],
             features[good],
+            shard["views"][good] if "views" in shard else None,
         )
 
 
@@ -253,8 +262,11 @@ class EmbedBatches:
         threads: int,
         gpus: float = 0.0,
         probe: str = "",
+        views: tuple[int, tuple[str, ...], int] = (1, (), 0),
     ) -> None:
         self.fatal = ""
+        self.views = views
+        """(views, augmentations, seed) of :mod:`.views`: views 1+ are embedded here too."""
         self.load_seconds = 0.0
         self.feature_dim = 0
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="featcache-decode")
@@ -305,7 +317,9 @@ class EmbedBatches:
         if good:
             features[good] = self.model(np.stack([loaded[k].payload for k in good]))
         load_seconds, self.load_seconds = self.load_seconds, 0.0  # reported once
+        extra = self._views(loaded, good, n)
         return {
+            **({"views": extra} if extra is not None else {}),
             "row": rows,
             "fatal": np.full(n, "", dtype=object),
             "sha256": np.asarray([each.sha256 for each in loaded], dtype=object),
@@ -313,6 +327,19 @@ class EmbedBatches:
             "features": features,
             "load_seconds": np.full(n, load_seconds),
         }
+
+    def _views(self, loaded: list[Prepared], good: list[int], n: int) -> np.ndarray | None:
+        """``(n, views - 1, D)`` embeddings of the augmented views (zeros for bad rows);
+        None without views."""
+        count, augment, seed = self.views
+        if count <= 1:
+            return None
+        out = np.zeros((n, count - 1, self.feature_dim), np.float32)
+        if good:
+            images = np.stack([loaded[k].payload for k in good])
+            shas = [loaded[k].sha256 for k in good]
+            out[good] = embed_views(self.model, images, shas, count, augment, seed, len(good))
+        return out
 
 
 def _connect(ray: Any, options: RayOptions) -> bool:

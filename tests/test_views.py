@@ -327,3 +327,26 @@ def test_cli_extract_views_then_train_head(tmp_path, views_cache):
         main, ["train-head", str(out), "--head", "logreg", "--views", "one"]
     )
     assert refused.exit_code == 2 and "--views 'one': draws a view per epoch" in refused.output
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # with tests/test_ray.py: one local Ray instance at a time
+def test_ray_actors_make_the_views_of_a_local_run(tmp_path, data):
+    pytest.importorskip("ray", reason="the ray extra is not installed: pip install '.[ray]'")
+    from featcache import RayOptions
+
+    (data / "class_0" / "broken.jpg").write_bytes(b"not a jpeg")
+    options = {"views": 3, "augment": "crop,color", "batch_size": 4, **TINY}
+    local = extract(data, output=tmp_path / "local.h5", **options)
+    ray_run = extract(
+        data,
+        output=tmp_path / "ray.h5",
+        engine="ray",
+        ray_options=RayOptions(actors=1),
+        **options,
+    )
+    assert (ray_run.new, ray_run.bad) == (local.new, local.bad) == (6, 1)
+    ours, theirs = _views(tmp_path / "ray.h5"), _views(tmp_path / "local.h5")
+    assert set(ours) == set(theirs)
+    for path, views in theirs.items():
+        np.testing.assert_allclose(ours[path], views, atol=1e-5, err_msg=path)
