@@ -350,3 +350,37 @@ def test_ray_actors_make_the_views_of_a_local_run(tmp_path, data):
     assert set(ours) == set(theirs)
     for path, views in theirs.items():
         np.testing.assert_allclose(ours[path], views, atol=1e-5, err_msg=path)
+
+
+def test_a_servers_extract_dataset_makes_the_views_of_a_local_run(tmp_path):
+    from featcache import ServeOptions, start_server
+    from featcache.errors import RemoteError
+    from featcache.extractor.service.client import Client
+
+    for name in ("data", "cache", "weights"):
+        (tmp_path / name).mkdir()
+    make_class_folder(tmp_path / "data" / "set", classes=2, per_class=3)
+    settings = {"views": 3, "augment": "flip,crop", "augment_seed": 4}
+    local = extract(tmp_path / "data" / "set", output=tmp_path / "local.h5", **settings, **TINY)
+    roots = {f"{name}_root": str(tmp_path / name) for name in ("data", "cache", "weights")}
+    server = start_server(ServeOptions(port=0, **roots))
+    try:
+        with Client(f"127.0.0.1:{server.port}") as client:
+            model = {"weights": "none", "image_size": 32}
+            steps = list(client.extract_dataset("set", "vgg16", output="v.h5", **model, **settings))
+            assert steps[-1].finished and steps[-1].rows == local.rows == 6
+            with pytest.raises(RemoteError) as refused:
+                list(client.extract_dataset("set", "vgg16", output="w.h5", **model, views=65))
+            assert refused.value.code == "INVALID_ARGUMENT" and "views 65" in str(refused.value)
+    finally:
+        server.stop(0)
+    reader = CacheReader(tmp_path / "cache" / "v.h5")
+    assert (reader.views, reader.settings.augment, reader.settings.augment_seed) == (
+        3,
+        ("flip", "crop"),
+        4,
+    )
+    served, ours = _views(tmp_path / "cache" / "v.h5"), _views(tmp_path / "local.h5")
+    assert set(served) == set(ours)
+    for path, views in ours.items():
+        np.testing.assert_allclose(served[path], views, atol=1e-5, err_msg=path)

@@ -307,11 +307,15 @@ class Client:
         batch_size: int = DEFAULT_BATCH_SIZE,
         overwrite: bool = False,
         checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
+        views: int = 1,
+        augment: str = "",
+        augment_seed: int = DEFAULT_SEED,
     ) -> Iterator[DatasetProgress]:
         """Run ``extract`` on the server over ``data`` (relative to its ``--data-root``).
 
         Yields progress; the last item has ``finished=True`` and the summary. Closing
-        the iterator early cancels the job, which keeps a resumable cache.
+        the iterator early cancels the job, which keeps a resumable cache. ``views``,
+        ``augment`` and ``augment_seed``: cached augmented views, as ``extract``'s.
         """
         request = pb.ExtractDatasetRequest(
             data=data,
@@ -335,6 +339,9 @@ class Client:
             batch_size=batch_size,
             overwrite=overwrite,
             checkpoint_seconds=checkpoint_seconds,
+            views=views,
+            augment=augment,
+            augment_seed=augment_seed,
         )
         call = self.stub.ExtractDataset(request, timeout=self.timeout, metadata=self._metadata)
         try:

@@ -206,6 +206,9 @@ def extract_options(
         checkpoint_seconds=request.checkpoint_seconds or DEFAULT_CHECKPOINT_SECONDS,
         max_pixels=max_pixels,
         progress=False,
+        views=request.views or 1,
+        augment=request.augment,
+        augment_seed=request.augment_seed if request.HasField("augment_seed") else DEFAULT_SEED,
     )
 
 

@@ -24,9 +24,11 @@ GONE = object()
 
 def job_bytes(options: ExtractOptions, image_size: tuple[int, int], feature_dim: int) -> int:
     """Memory a job reserves: its read-ahead window and a batch (kept, and stacked) of
-    decoded images, and a batch of features."""
+    decoded images, and a batch of features (with views: a batch of augmented images and
+    the views' features too)."""
     batch = options.batch_size
-    return (options.window + 2 * batch) * input_bytes(image_size) + batch * feature_dim * 4
+    images = options.window + 2 * batch + (batch if options.views > 1 else 0)
+    return images * input_bytes(image_size) + batch * options.views * feature_dim * 4
 
 
 def job_name(options: ExtractOptions, image_size: tuple[int, int]) -> str:

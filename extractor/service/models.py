@@ -406,6 +406,10 @@ class PoolEmbedder:
     def embed(self, prepared: list[np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
         return self.model.batcher.run(np.stack(prepared), self.active), [None] * len(prepared)
 
+    def embed_images(self, images: np.ndarray) -> np.ndarray:
+        """Embed float32 images at the input size (a job's augmented views)."""
+        return self.model.batcher.run(images, self.active)
+
 
 __all__ = [
     "BatchOptions",
