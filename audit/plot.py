@@ -202,7 +202,12 @@ def project(
         if len(rows) < 3:
             raise DatasetError(f"{reader.path}: fewer than 3 rows with finite features")
     used = resolve_method(method, len(rows))
-    coords, more = _embed(normalize(x), used, seed)
+    bar = progress_bar(len(rows), progress, f"plot: {_TITLES[used]}")  # which step, how long
+    try:
+        coords, more = _embed(normalize(x), used, seed)
+        bar.update(len(rows))
+    finally:
+        bar.close()
     labels, split = reader.labels[rows], reader.split[rows].astype(np.int64)
     if color == "split":
         groups, group = list(SPLIT_NAMES), split
