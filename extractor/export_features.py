@@ -6,7 +6,7 @@
 - ``npy``: the layout clip-retrieval's ``clip_inference`` writes and embedding-reader
   (``file_format="parquet_npy"``) and autofaiss read: ``OUT/img_emb/img_emb_0.npy`` (N x D)
   and ``OUT/metadata/metadata_0.parquet`` with the same row order (``image_path``, then the
-  columns above); the array is filled in chunks through a memory map.
+  columns above); the array is appended a chunk at a time after its header.
 - ``lance``: a Lance dataset (folder) with the parquet file's columns (``pylance``, the
   ``lance`` extra).
 
@@ -222,7 +222,8 @@ def _write_parquet(
     import pyarrow.parquet as pq
 
     schema = _schema(pa, reader, dtype, "path", features=True)
-    with pq.ParquetWriter(tmp, schema) as writer:
+    # no dictionary pages for columns of unique values (features, path, sha256)
+    with pq.ParquetWriter(tmp, schema, use_dictionary=["label", "class", "split"]) as writer:
         for chunk in chunks:
             writer.write_batch(_batch(pa, reader, chunk, schema))
     _fsync(tmp)
@@ -238,22 +239,18 @@ def _write_npy(
     array_path.parent.mkdir()
     meta_path.parent.mkdir()
     schema = _schema(pa, reader, dtype, "image_path", features=False)
-    if len(reader) == 0:  # nothing to map: an empty array and an empty table
-        np.save(array_path, np.zeros((0, reader.feature_dim), dtype))
-        pq.write_table(schema.empty_table(), meta_path)
-        return
-    array = np.lib.format.open_memmap(
-        array_path, mode="w+", dtype=dtype, shape=(len(reader), reader.feature_dim)
-    )
-    try:
-        with pq.ParquetWriter(meta_path, schema) as meta:
-            for chunk in chunks:
-                array[chunk.rows[0] : chunk.rows[-1] + 1] = chunk.features
-                columns = _metadata(pa, reader, chunk.rows, "image_path")
-                meta.write_batch(pa.record_batch(list(columns.values()), schema=schema))
-        array.flush()
-    finally:
-        del array
+    header = {
+        "descr": np.lib.format.dtype_to_descr(dtype),
+        "fortran_order": False,
+        "shape": (len(reader), reader.feature_dim),
+    }
+    # the header, then the rows in order, appended a chunk at a time (np.load reads it)
+    with open(array_path, "wb") as array, pq.ParquetWriter(meta_path, schema) as meta:
+        np.lib.format.write_array_header_1_0(array, header)
+        for chunk in chunks:
+            array.write(memoryview(chunk.features).cast("B"))
+            columns = _metadata(pa, reader, chunk.rows, "image_path")
+            meta.write_batch(pa.record_batch(list(columns.values()), schema=schema))
     _fsync(array_path)
     _fsync(meta_path)
 

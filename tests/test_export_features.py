@@ -217,3 +217,15 @@ def test_a_failed_export_leaves_no_file_and_the_old_output(extracted, tmp_path):
         with pytest.raises(CacheError, match="damaged"):
             export_features(damaged, tmp_path / f"new-{fmt}", format=fmt)
         assert not (tmp_path / f"new-{fmt}").exists()
+
+
+def test_a_cache_of_bad_files_only_exports_no_rows(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.png").write_bytes(b"")
+    cache = tmp_path / "c.h5"
+    extract(tmp_path / "d", output=cache, **TINY)
+    parquet = export_features(cache, format="parquet")
+    assert parquet.rows == pq.read_metadata(parquet.output).num_rows == 0
+    assert pq.read_schema(parquet.output).field("features").type == pa.list_(pa.float32(), 512)
+    export_features(cache, format="npy")
+    assert np.load(tmp_path / "c-npy" / NPY_EMBEDDINGS).shape == (0, 512)
