@@ -821,14 +821,28 @@ def predict_command(
 @click.option("--head", "head", type=click.Path(), required=True, help="A dense head run folder.")
 @click.option("--output", "-o", type=click.Path(), default=None, help="Run folder to write.")
 @click.option(
-    "--unfreeze",
-    default=str(head_defaults.FINE_TUNE_UNFREEZE),
+    "--schedule",
+    type=click.Choice(head_defaults.SCHEDULES),
+    default=head_defaults.FINE_TUNE_SCHEDULE,
     show_default=True,
-    help="Number of top backbone layers to train, or all.",
+    help="auto: head, then the top layers, then more, warm-up + cosine and layer-wise "
+    "learning rates, the best epoch by val (never below the head); fixed: one run with the "
+    "options given (as before).",
+)
+@click.option(
+    "--unfreeze",
+    default=None,
+    help="Number of top backbone layers to train, or all (auto: the deepest phase's). "
+    f"[default: auto {head_defaults.FINE_TUNE_AUTO_UNFREEZE}, "
+    f"fixed {head_defaults.FINE_TUNE_UNFREEZE}]",
 )
 @click.option("--unfreeze-from", default=None, help="Train from this backbone layer up.")
 @click.option(
-    "--lr", type=float, default=head_defaults.FINE_TUNE_LR, show_default=True, help="Learning rate."
+    "--lr",
+    type=float,
+    default=None,
+    help="Learning rate (auto: the peak of the head and the top layers). "
+    f"[default: auto {head_defaults.FINE_TUNE_AUTO_LR:g}, fixed {head_defaults.FINE_TUNE_LR:g}]",
 )
 @click.option(
     "--optimizer",
@@ -836,21 +850,58 @@ def predict_command(
     default=head_defaults.FINE_TUNE_OPTIMIZER,
     show_default=True,
 )
-@click.option("--epochs", type=int, default=head_defaults.FINE_TUNE_EPOCHS, show_default=True)
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help="Epochs (auto: of all phases). [default: auto "
+    f"{head_defaults.FINE_TUNE_AUTO_EPOCHS}, fixed {head_defaults.FINE_TUNE_EPOCHS}]",
+)
 @click.option(
     "--batch-size", type=int, default=head_defaults.FINE_TUNE_BATCH_SIZE, show_default=True
 )
 @click.option(
     "--patience",
     type=int,
-    default=head_defaults.FINE_TUNE_PATIENCE,
-    show_default=True,
-    help="EarlyStopping on val.",
+    default=None,
+    help="auto: epochs of a phase without a better val accuracy; fixed: EarlyStopping on "
+    f"val loss. [default: auto {head_defaults.FINE_TUNE_AUTO_PATIENCE}, "
+    f"fixed {head_defaults.FINE_TUNE_PATIENCE}]",
 )
 @click.option(
     "--augment",
-    default=head_defaults.FINE_TUNE_AUGMENT,
-    help=f"Some of {','.join(AUGMENTATIONS)} (training only).",
+    default=None,
+    help=f"Some of {','.join(AUGMENTATIONS)} (training only; fixed: the first five). "
+    f"[default: auto {head_defaults.FINE_TUNE_AUTO_AUGMENT}, fixed none]",
+)
+@click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    help="auto: train at this side instead of the cache's (BatchNorm stays frozen; needs a "
+    "global pooling). [default: the cache's]",
+)
+@click.option(
+    "--balance",
+    type=click.Choice(head_defaults.BALANCES),
+    default=head_defaults.FINE_TUNE_BALANCE,
+    show_default=True,
+    help="auto: class weights in the loss (weights: always; auto: when the largest train "
+    f"class has {head_defaults.BALANCE_RATIO:g}x the rows of the smallest).",
+)
+@click.option(
+    "--warmup",
+    type=float,
+    default=head_defaults.FINE_TUNE_WARMUP,
+    show_default=True,
+    help="auto: share of each phase's steps warming the learning rate up.",
+)
+@click.option(
+    "--lr-decay",
+    type=float,
+    default=head_defaults.FINE_TUNE_LR_DECAY,
+    show_default="1/2.6",
+    help="auto: learning-rate factor between successive backbone layer groups (1: none).",
 )
 @click.option("--seed", type=int, default=head_defaults.DEFAULT_SEED, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -866,12 +917,29 @@ def fine_tune_command(cache: str, as_json: bool, **options: Any) -> None:
         return
     report = result.report
     click.echo(f"{result.run_dir}: model.keras, report.json, history.csv/png, confusion.png")
+    for phase in report.get("phases", []):
+        shown = " ".join(f"{v:.3f}" for v in phase["val_accuracy"]) or "-"
+        click.echo(f"  phase {phase['name']:<9} {phase['layers']:>3} layers  val {shown}")
+    if "best" in report:
+        best = report["best"]
+        click.echo(
+            f"  kept: {best['phase']} epoch {best['epoch']}, val {best['val_accuracy']:.3f}; "
+            f"model.keras is the {report['exported']} model"
+        )
+    if report.get("note"):
+        click.echo(f"  {report['note']}")
     click.echo(
         f"  test accuracy {report['test']['accuracy']:.3f} fine-tuned vs "
         f"{report['head_only']['test'] or float('nan'):.3f} head only; "
         f"{len(report['unfrozen_layers'])} layers trained, {report['epochs_run']} epochs, "
         f"{report['fit_seconds']:.0f} s"
     )
+    click.echo(f"  test balanced accuracy {report['test']['balanced_accuracy']:.3f}")
+    for minority in report.get("minority_classes", []):
+        click.echo(
+            f"  minority class {minority['class']} ({minority['train_rows']} train rows): "
+            f"test recall {minority['test_recall']:.3f}"
+        )
     if report.get("cache_precision", "float32") != "float32":
         click.echo(f"  trained in float32 (the cache's features are {report['cache_precision']})")
     for path, reason in result.skipped[:10]:

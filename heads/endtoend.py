@@ -74,11 +74,15 @@ def build(
     trainable_backbone: bool = False,
     augmentation: list[Any] | None = None,
     precision: str | None = None,
+    image_size: int | None = None,
 ) -> EndToEnd:
     """The end-to-end model of a dense head run (``train-head --head dense``).
 
     ``augmentation`` layers go between resizing and preprocessing (active in training only).
-    The backbone computes in the cache's precision unless ``precision`` says otherwise.
+    The backbone computes in the cache's precision unless ``precision`` says otherwise, and
+    takes images of the cache's size unless ``image_size`` (a square side) says otherwise:
+    the same weights at another size, which needs features whose width does not depend on
+    the size (a global pooling).
     """
     from . import layers  # registers the custom layers
     from .layers import ClassProbabilities, Preprocess, ResizeImages, StorageRound
@@ -91,6 +95,8 @@ def build(
         )
     settings = head.meta["cache_settings"]
     extractor = rebuild_backbone(head.settings, precision)
+    if image_size is not None and (image_size, image_size) != extractor.resolved.image_size:
+        extractor = _resized(extractor, image_size)
     import keras
 
     del layers
@@ -113,6 +119,24 @@ def build(
     )(outputs)
     model = keras.Model(inputs, probabilities, name="featcache_classifier")
     return EndToEnd(model, backbone, head, (height, width))
+
+
+def _resized(extractor: FeatureExtractor, side: int) -> FeatureExtractor:
+    """The same backbone (weights, layer, pooling) built for ``side`` x ``side`` images."""
+    try:
+        other = FeatureExtractor(replace(extractor.resolved, image_size=(side, side)))
+    except InvalidOptionError as exc:
+        raise invalid("image_size", side, str(exc).split(": ", 1)[-1]) from None
+    except Exception as exc:  # noqa: BLE001 - Keras raises many kinds here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise invalid("image_size", side, f"the backbone cannot take this size ({first})") from None
+    if other.feature_dim != extractor.feature_dim:
+        raise invalid(
+            "image_size", side, f"the features would have {other.feature_dim} values instead "
+            f"of {extractor.feature_dim} (pooling {extractor.resolved.pooling}); use a global "
+            "pooling"
+        )  # fmt: skip
+    return other
 
 
 def _output_kind(head: TrainedHead) -> str:

@@ -37,7 +37,9 @@ __all__ = [
     "AUGMENTATIONS",
     "FineTuneResult",
     "augmentation_layers",
+    "backbone_units",
     "fine_tune",
+    "minority_recall",
     "unfreeze_layers",
 ]
 
@@ -91,12 +93,7 @@ def unfreeze_layers(
     import keras
 
     frozen = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)
-    layers = [  # the backbone's own layers, not the input or featcache's pooling
-        layer
-        for layer in _units(backbone, keras)
-        if not isinstance(layer, keras.layers.InputLayer)
-        and not layer.name.startswith("featcache_")
-    ]
+    layers = backbone_units(backbone)
     count = parse_unfreeze(unfreeze)
     if unfreeze_from is not None:
         names = [layer.name for layer in layers]
@@ -114,6 +111,19 @@ def unfreeze_layers(
         if isinstance(inner, frozen):
             inner.trainable = False
     return [layer.name for i, layer in enumerate(layers) if i >= start and layer.trainable_weights]
+
+
+def backbone_units(backbone: Any) -> list[Any]:
+    """The backbone's layers as ``unfreeze`` counts them, bottom to top (not the input or
+    featcache's pooling)."""
+    import keras
+
+    return [
+        layer
+        for layer in _units(backbone, keras)
+        if not isinstance(layer, keras.layers.InputLayer)
+        and not layer.name.startswith("featcache_")
+    ]
 
 
 def _units(model: Any, keras: Any) -> list[Any]:
@@ -230,11 +240,26 @@ def fine_tune(
     augment: str | None = None,
     seed: int | None = None,
     verbose: int = 0,
+    schedule: str | None = None,
+    image_size: int | None = None,
+    balance: str | None = None,
+    warmup: float | None = None,
+    lr_decay: float | None = None,
 ) -> FineTuneResult:
     """Train the head of run ``head`` and the top of its backbone on the cache's images.
 
     The settings are ``options`` (:class:`~featcache.heads.options.FineTuneOptions`, its
-    defaults when None) with the keyword arguments given (not None) put in.
+    defaults when None) with the keyword arguments given (not None) put in; options left
+    None take the schedule's defaults.
+
+    ``schedule="auto"`` (the default): a head-only phase, then the top layer group, then
+    every layer allowed (``unfreeze``), each phase with a warm-up + cosine learning rate and
+    rates decaying by ``lr_decay`` per layer group down the backbone; class weights when the
+    classes are imbalanced (``balance``); augmentation in the input pipeline. The best
+    weights by val accuracy across every epoch are kept; when no epoch beats the head's own
+    val accuracy, ``model.keras`` is the head-only model (as ``export`` makes it) and the
+    report says so. ``schedule="fixed"``: one run with the options given, as before.
+
     The backbone trains (and is saved) in float32 whatever the cache's ``precision``.
     Writes ``model.keras`` (images in, probabilities out), ``report.json``,
     ``history.csv``/``.png`` and ``confusion.png`` to the run folder.
@@ -254,16 +279,28 @@ def fine_tune(
         patience=patience,
         augment=augment,
         seed=seed,
-    )
+        schedule=schedule,
+        image_size=image_size,
+        balance=balance,
+        warmup=warmup,
+        lr_decay=lr_decay,
+    ).resolved()
+    auto = chosen.schedule == "auto"
     cache = Path(cache)
     head_report_path = Path(head) / "report.json"
     if not head_report_path.is_file():
         raise DatasetError(f"{head}: not a head run folder (no report.json)")
     head_report = json.loads(head_report_path.read_text())
-    augmentation = augmentation_layers(chosen.augment, chosen.seed)
+    augmentation = [] if auto else augmentation_layers(str(chosen.augment), chosen.seed)
     # trained in float32 whatever the cache's precision: float16 gradients would need loss
     # scaling, and the unfrozen layers change the features anyway
-    built = build(head, trainable_backbone=True, augmentation=augmentation, precision="float32")
+    built = build(
+        head,
+        trainable_backbone=True,
+        augmentation=augmentation,
+        precision="float32",
+        image_size=chosen.image_size,
+    )
     trained = built.head
     val_fraction = float(head_report.get("val_fraction") or DEFAULT_VAL_FRACTION)
     head_seed = int(trained.meta.get("params", {}).get("seed", DEFAULT_SEED) or DEFAULT_SEED)
@@ -277,22 +314,11 @@ def fine_tune(
     rows = _split_rows(splits, trained.classes)
     train_rows, val_rows, test_rows = rows["train"], rows["val"], rows["test"]
     source = open_source(splits.settings.dataset_root)
-    touched = unfreeze_layers(built.backbone, chosen.unfreeze, chosen.unfreeze_from)
+    touched = unfreeze_layers(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
     import keras
 
     keras.utils.set_random_seed(chosen.seed)
     model = built.model
-    lr = chosen.lr
-    optimizers = {
-        "adam": lambda: keras.optimizers.Adam(lr),
-        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9),
-        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
-    }
-    model.compile(
-        optimizer=optimizers[chosen.optimizer](),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-    )
     size, resize = built.image_size, trained.settings.resize
     batch_size = chosen.batch_size
     skipped: dict[str, str] = {}
@@ -303,11 +329,151 @@ def fine_tune(
         raise DatasetError(f"{cache}: none of the test images is still there unchanged")
     if not train_rows.paths:
         raise DatasetError(f"{cache}: none of the train images is still there unchanged")
-    known_val = _Rows(
-        [p for p, c in zip(val_rows.paths, val_rows.columns) if c >= 0],
-        val_rows.columns[val_rows.columns >= 0],
-        val_rows.labels[val_rows.columns >= 0],
-        [s for s, c in zip(val_rows.sha256, val_rows.columns) if c >= 0],
+    known_val = _known(val_rows)
+    if auto and not known_val.paths:
+        raise DatasetError(
+            f"{cache}: no val images of the head's classes to choose the best checkpoint by; "
+            "use schedule fixed"
+        )
+    extra: dict[str, Any] = {}
+    started = time.monotonic()
+    if auto:
+        from .finetune_phases import train_auto
+
+        every = len(unfreeze_layers(built.backbone, "all"))
+        touched = unfreeze_layers(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
+        units = backbone_units(built.backbone)
+        allowed = [unit for unit in units if unit.name in set(touched)]
+        outcome = train_auto(
+            built, chosen, units, allowed, every, train_rows.columns, len(trained.classes),
+            train=_train_dataset(train_rows, source, size, resize, chosen),
+            val=_dataset(
+                lambda: _images(known_val, source, size, resize),
+                len(known_val.paths), size, batch_size,
+            ),
+            head_val=lambda m, s: _evaluate(m, known_val, source, s, resize, trained,
+                                            batch_size)["accuracy"],
+            head_model=lambda: build(head).model,
+            verbose=verbose,
+        )  # fmt: skip
+        history, extra = outcome.history, outcome.report
+        touched = [unit.name for unit in allowed[len(allowed) - outcome.deepest :]]
+        model, size = outcome.model, outcome.image_size
+    else:
+        history = _fit_fixed(model, chosen, train_rows, known_val, source, size, resize, verbose)
+    fit_seconds = time.monotonic() - started
+    evaluated = {}
+    for split_name, split_rows in (("val", val_rows), ("test", test_rows)):
+        evaluated[split_name] = _evaluate(
+            model, split_rows, source, size, resize, trained, batch_size
+        )
+    report: dict[str, Any] = {
+        "kind": "fine-tune",
+        "cache": str(cache),
+        "head_run": str(head),
+        "class_names": trained.class_names,
+        "params": {**asdict(chosen), "unfreeze": str(chosen.unfreeze)},
+        "schedule": chosen.schedule,
+        "unfrozen_layers": touched,
+        "precision": "float32",
+        "cache_precision": trained.settings.precision,
+        "image_size": list(size),
+        "rows": {
+            "train": len(train_rows.paths),
+            "val": len(val_rows.paths),
+            "test": len(test_rows.paths),
+        },
+        "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped.items())],
+        "epochs_run": len(history.get("loss", [])),
+        "fit_seconds": round(fit_seconds, 3),
+        "head_only": {
+            "val": head_report.get("val", {}).get("accuracy"),
+            "test": head_report.get("test", {}).get("accuracy"),
+            "test_balanced_accuracy": head_report.get("test", {}).get("balanced_accuracy"),
+        },
+        **extra,
+        "val": evaluated["val"],
+        "test": evaluated["test"],
+        "test_accuracy": evaluated["test"]["accuracy"],
+        "test_balanced_accuracy": evaluated["test"]["balanced_accuracy"],
+        "minority_classes": minority_recall(
+            train_rows.columns, evaluated["test"], trained.class_names
+        ),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    run_dir = Path(output) if output is not None else new_run_dir(cache, "finetune")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for layer in augmentation:  # inference-only model: augmentation does nothing there anyway
+        layer.trainable = False
+    save(model, run_dir / "model.keras")
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    write_history(history, run_dir)
+    write_confusion(
+        report["test"]["confusion_matrix"],
+        trained.class_names,
+        run_dir / "confusion.png",
+        "fine-tuned model, test split (rows normalised)",
+    )
+    return FineTuneResult(run_dir, report, sorted(skipped.items()))
+
+
+def minority_recall(
+    train_columns: np.ndarray, test: dict[str, Any], class_names: list[str]
+) -> list[dict[str, Any]]:
+    """The classes with at most half the train rows of the largest one (none when the
+    classes are balanced), with their share of train and their test recall."""
+    counts = np.bincount(train_columns[train_columns >= 0], minlength=len(class_names))
+    if not counts.size or counts.max() == 0:
+        return []
+    by_name = {c["class"]: c for c in test["per_class"]}
+    return [
+        {
+            "class": class_names[i],
+            "train_rows": int(counts[i]),
+            "train_share": round(float(counts[i] / counts.sum()), 4),
+            "test_recall": by_name[class_names[i]]["recall"],
+            "test_support": by_name[class_names[i]]["support"],
+        }
+        for i in np.argsort(counts, kind="stable")
+        if counts[i] * 2 <= counts.max()
+    ]
+
+
+def _known(rows: _Rows) -> _Rows:
+    """The rows of classes the head knows."""
+    keep = rows.columns >= 0
+    return _Rows(
+        [p for p, k in zip(rows.paths, keep) if k],
+        rows.columns[keep],
+        rows.labels[keep],
+        [s for s, k in zip(rows.sha256, keep) if k],
+    )
+
+
+def _fit_fixed(
+    model: Any,
+    chosen: FineTuneOptions,
+    train_rows: _Rows,
+    known_val: _Rows,
+    source: Dataset,
+    size: tuple[int, int],
+    resize: str,
+    verbose: int,
+) -> dict[str, list[float]]:
+    """``schedule="fixed"``: one ``fit`` with the options given (the behaviour from before
+    the auto schedule)."""
+    import keras
+
+    lr, batch_size = chosen.lr, chosen.batch_size
+    optimizers = {
+        "adam": lambda: keras.optimizers.Adam(lr),
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
+    }
+    model.compile(
+        optimizer=optimizers[chosen.optimizer](),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     epoch = iter(range(1_000_000))
     train_ds = _dataset(
@@ -324,10 +490,9 @@ def fine_tune(
         )
         callbacks.append(
             keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=chosen.patience, restore_best_weights=True
+                monitor="val_loss", patience=int(chosen.patience or 0), restore_best_weights=True
             )
         )
-    started = time.monotonic()
     history = model.fit(
         train_ds,
         validation_data=validation,
@@ -335,51 +500,45 @@ def fine_tune(
         callbacks=callbacks,
         verbose=verbose,
     )
-    fit_seconds = time.monotonic() - started
-    evaluated = {}
-    for split_name, split_rows in (("val", val_rows), ("test", test_rows)):
-        evaluated[split_name] = _evaluate(
-            model, split_rows, source, size, resize, trained, batch_size
-        )
-    report: dict[str, Any] = {
-        "kind": "fine-tune",
-        "cache": str(cache),
-        "head_run": str(head),
-        "class_names": trained.class_names,
-        "params": {**asdict(chosen), "unfreeze": str(chosen.unfreeze)},
-        "unfrozen_layers": touched,
-        "precision": "float32",
-        "cache_precision": trained.settings.precision,
-        "rows": {
-            "train": len(train_rows.paths),
-            "val": len(val_rows.paths),
-            "test": len(test_rows.paths),
-        },
-        "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped.items())],
-        "epochs_run": len(history.history.get("loss", [])),
-        "fit_seconds": round(fit_seconds, 3),
-        "head_only": {
-            "val": head_report.get("val", {}).get("accuracy"),
-            "test": head_report.get("test", {}).get("accuracy"),
-        },
-        "val": evaluated["val"],
-        "test": evaluated["test"],
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    run_dir = Path(output) if output is not None else new_run_dir(cache, "finetune")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for layer in augmentation:  # inference-only model: augmentation does nothing there anyway
-        layer.trainable = False
-    save(model, run_dir / "model.keras")
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
-    write_history({k: [float(v) for v in vs] for k, vs in history.history.items()}, run_dir)
-    write_confusion(
-        report["test"]["confusion_matrix"],
-        trained.class_names,
-        run_dir / "confusion.png",
-        "fine-tuned model, test split (rows normalised)",
+    return {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+def _train_dataset(
+    rows: _Rows, source: Dataset, size: tuple[int, int], resize: str, chosen: FineTuneOptions
+) -> Any:
+    """Shuffled (a new order each epoch), augmented (heads/augment.py) training batches."""
+    import tensorflow as tf
+
+    from .augment import augment_function
+
+    counter = iter(range(1_000_000))
+
+    def keyed() -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
+        epoch = next(counter)
+        for row, (pixels, column) in enumerate(
+            _images(rows, source, size, resize, chosen.seed + epoch)
+        ):
+            yield pixels, column, np.array([epoch, row], np.int64)
+
+    spec = (
+        tf.TensorSpec((size[0], size[1], 3), tf.uint8),
+        tf.TensorSpec((), tf.int64),
+        tf.TensorSpec((2,), tf.int64),
     )
-    return FineTuneResult(run_dir, report, sorted(skipped.items()))
+    augment = augment_function(str(chosen.augment), chosen.seed, size)
+
+    def prepare(pixels: Any, column: Any, key: Any) -> tuple[Any, Any]:
+        image = tf.cast(pixels, tf.float32)
+        return (augment(image, key) if chosen.augment else image), column
+
+    batches = -(-len(rows.paths) // chosen.batch_size)
+    return (
+        tf.data.Dataset.from_generator(keyed, output_signature=spec)
+        .map(prepare)
+        .batch(chosen.batch_size)
+        .apply(tf.data.experimental.assert_cardinality(batches))
+        .prefetch(2)
+    )
 
 
 def _evaluate(

@@ -23,7 +23,17 @@ HEAD_KINDS = ("dense", *BASELINES)
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 MONITORS = ("val_accuracy", "val_loss")
 CLASS_WEIGHTS = ("balanced",)
-AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
+LAYER_AUGMENTATIONS = ("flip", "rotate", "zoom", "contrast", "translate")
+"""Augmentations of ``fine_tune(schedule="fixed")`` (Keras layers inside the model)."""
+AUGMENTATIONS = (*LAYER_AUGMENTATIONS, "vflip", "rotate90", "crop", "brightness")
+"""Augmentations of ``fine_tune(schedule="auto")`` (in the input pipeline, heads/augment.py)."""
+SCHEDULES = ("auto", "fixed")
+"""``fine_tune`` schedules: ``auto`` (phases of gradual unfreezing, warm-up + cosine and
+discriminative learning rates, the best checkpoint by val, never below the head) and
+``fixed`` (one run with the options given, as before)."""
+BALANCES = ("auto", "weights", "none")
+"""``fine_tune`` class balancing: ``weights`` (balanced class weights in the loss), ``none``,
+``auto`` (weights when the train classes are imbalanced, see :data:`BALANCE_RATIO`)."""
 EXPORT_FORMATS = ("keras", "savedmodel")
 PROTOCOLS = ("quick", "linear-probe", "knn", "full")
 """``compare`` protocols: ``quick`` (the small grids of every head kind), ``linear-probe``
@@ -99,6 +109,8 @@ DEFAULT_MAX_DEPTH: int | None = None
 DEFAULT_ALPHA = 1.0
 
 # -- fine_tune -------------------------------------------------------------------------
+FINE_TUNE_SCHEDULE = "auto"
+# schedule "fixed" (the defaults from before the auto schedule)
 FINE_TUNE_UNFREEZE = 20
 """Top backbone layers made trainable."""
 FINE_TUNE_LR = 1e-5
@@ -107,6 +119,27 @@ FINE_TUNE_EPOCHS = 10
 FINE_TUNE_BATCH_SIZE = 32
 FINE_TUNE_PATIENCE = 3
 FINE_TUNE_AUGMENT = ""
+# schedule "auto"
+FINE_TUNE_AUTO_UNFREEZE = "all"
+"""The deepest phase may train every backbone layer (BatchNormalization stays frozen)."""
+FINE_TUNE_AUTO_LR = 1e-4
+"""Peak learning rate of the head and the top layer group (the head-only phase: 10x)."""
+FINE_TUNE_AUTO_EPOCHS = 6
+"""Epochs of all phases together."""
+FINE_TUNE_AUTO_PATIENCE = 0
+"""Epochs without a better val accuracy before a phase stops; 0: every phase runs all its
+epochs (measured: a phase's val accuracy often dips before the cosine decay brings it back
+up, so stopping early throws away the phase's best epochs)."""
+FINE_TUNE_AUTO_AUGMENT = "crop,contrast"
+"""Safe for every kind of data (no flips or turns: digits and text have an orientation)."""
+FINE_TUNE_WARMUP = 0.1
+"""Share of each phase's steps warming the learning rate up from 0."""
+FINE_TUNE_LR_DECAY = 1 / 2.6
+"""Learning-rate factor between successive backbone layer groups (1: the same rate)."""
+FINE_TUNE_BALANCE = "auto"
+BALANCE_RATIO = 1.5
+"""``balance="auto"`` weighs classes when the largest train class has at least this many
+times the rows of the smallest."""
 
 
 class Range(NamedTuple):
@@ -145,6 +178,9 @@ RANGES: dict[str, Range] = {
     "bootstrap": Range(0, 1_000_000, "expected 0 (no intervals) to 1000000"),
     "temperature": Range(0, _INF, "must be positive", low_open=True),
     "feature_augment": Range(0, 1, "expected 0 (off) to 1"),
+    "image_size": Range(1, _INF, "must be at least 1"),
+    "warmup": Range(0, 1, "must be at least 0 and below 1", high_open=True),
+    "lr_decay": Range(0, 1, "must be above 0 and at most 1", low_open=True),
 }
 """Numeric options and the values they accept (None always passes: not set)."""
 
@@ -157,6 +193,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "protocol": PROTOCOLS,
     "normalize": NORMALIZATIONS,
     "views": VIEW_MODES,
+    "schedule": SCHEDULES,
+    "balance": BALANCES,
 }
 
 
@@ -423,24 +461,71 @@ _BASELINE_PARAMS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class FineTuneOptions:
-    """Everything ``fine_tune`` can be asked, checked when made."""
+    """Everything ``fine_tune`` can be asked, checked when made. Options left None take
+    the schedule's default (:meth:`resolved`)."""
 
-    unfreeze: str | int = FINE_TUNE_UNFREEZE
-    """Number of top backbone layers to train, or ``all``."""
+    unfreeze: str | int | None = None
+    """Number of top backbone layers to train, or ``all`` (auto: the deepest phase's;
+    fixed: 20, auto: all)."""
     unfreeze_from: str | None = None
     """Train from this backbone layer up (instead of ``unfreeze``)."""
-    lr: float = FINE_TUNE_LR
+    lr: float | None = None
+    """fixed: the learning rate (1e-5); auto: the peak rate of the head and the top layer
+    group (1e-4)."""
     optimizer: str = FINE_TUNE_OPTIMIZER
-    epochs: int = FINE_TUNE_EPOCHS
+    epochs: int | None = None
+    """fixed: 10; auto: 6, of all phases together."""
     batch_size: int = FINE_TUNE_BATCH_SIZE
-    patience: int = FINE_TUNE_PATIENCE
-    """EarlyStopping patience on val loss."""
-    augment: str = FINE_TUNE_AUGMENT
-    """Some of :data:`AUGMENTATIONS`, comma-separated (training only)."""
+    patience: int | None = None
+    """fixed: EarlyStopping patience on val loss (3); auto: epochs of a phase without a
+    better val accuracy before it stops (0: never)."""
+    augment: str | None = None
+    """Some of :data:`AUGMENTATIONS`, comma-separated (training only; fixed: those of
+    :data:`LAYER_AUGMENTATIONS`, none by default; auto: ``crop,contrast``)."""
     seed: int = DEFAULT_SEED
+    schedule: str = FINE_TUNE_SCHEDULE
+    """One of :data:`SCHEDULES`."""
+    image_size: int | None = None
+    """Train at this side (square) instead of the cache's size (auto only; needs a backbone
+    whose feature width does not depend on the size)."""
+    balance: str = FINE_TUNE_BALANCE
+    """One of :data:`BALANCES` (auto only)."""
+    warmup: float = FINE_TUNE_WARMUP
+    """Share of each phase's steps warming up (auto only; 0: none)."""
+    lr_decay: float = FINE_TUNE_LR_DECAY
+    """Rate factor between successive backbone layer groups (auto only; 1: none)."""
 
     def __post_init__(self) -> None:
         check_options({f.name: getattr(self, f.name) for f in fields(self)})
+        if self.schedule == "fixed" and self.augment:
+            unknown = [a for a in parse_augment(self.augment) if a not in LAYER_AUGMENTATIONS]
+            if unknown:
+                raise invalid(
+                    "augment", ",".join(unknown), "only with schedule auto (fixed: "
+                    f"some of {','.join(LAYER_AUGMENTATIONS)})"
+                )  # fmt: skip
+        if self.schedule == "fixed":
+            for name, default in (
+                ("image_size", None),
+                ("balance", FINE_TUNE_BALANCE),
+                ("warmup", FINE_TUNE_WARMUP),
+                ("lr_decay", FINE_TUNE_LR_DECAY),
+            ):
+                if getattr(self, name) != default:
+                    raise invalid(name, getattr(self, name), "only with schedule auto")
+
+    def resolved(self) -> FineTuneOptions:
+        """These options with the schedule's default for every option left None."""
+        auto = self.schedule == "auto"
+        defaults: dict[str, Any] = {
+            "unfreeze": FINE_TUNE_AUTO_UNFREEZE if auto else FINE_TUNE_UNFREEZE,
+            "lr": FINE_TUNE_AUTO_LR if auto else FINE_TUNE_LR,
+            "epochs": FINE_TUNE_AUTO_EPOCHS if auto else FINE_TUNE_EPOCHS,
+            "patience": FINE_TUNE_AUTO_PATIENCE if auto else FINE_TUNE_PATIENCE,
+            "augment": FINE_TUNE_AUTO_AUGMENT if auto else FINE_TUNE_AUGMENT,
+        }
+        missing = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return replace(self, **missing) if missing else self
 
 
 Options = TypeVar("Options", HeadOptions, FineTuneOptions)

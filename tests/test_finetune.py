@@ -102,8 +102,9 @@ def test_fine_tune_trains_exactly_the_unfrozen_layers(setup, tmp_path):
         layer.name: [w.copy() for w in layer.get_weights()] for layer in build(run).backbone.layers
     }
     result = fine_tune(
-        cache, run, output=tmp_path / "ft", unfreeze=2, lr=1e-3, epochs=4, batch_size=4, patience=4
-    )
+        cache, run, output=tmp_path / "ft", unfreeze=2, lr=1e-3, epochs=4, batch_size=4,
+        patience=4, schedule="fixed",
+    )  # fmt: skip
     report = result.report
     assert report["unfrozen_layers"] == ["block5_conv3"]  # block5_pool has no weights
     for name in ("model.keras", "report.json", "history.csv", "history.png", "confusion.png"):
@@ -152,7 +153,7 @@ def test_fine_tune_keeps_batchnorm_statistics_and_skips_changed_files(tmp_path):
     write_image(data / "class_0" / "img_1.jpg", 1234, fmt="JPEG")  # changed since the cache
     result = fine_tune(
         cache, tmp_path / "head", output=tmp_path / "ft", unfreeze="all", lr=1e-2, epochs=2,
-        batch_size=4, augment="flip,zoom",
+        batch_size=4, augment="flip,zoom", schedule="fixed",
     )  # fmt: skip
     assert ("class_0/img_1.jpg", "changed since the cache was made") in result.skipped
     model, _, _ = load_model(tmp_path / "ft" / "model.keras")
@@ -203,11 +204,13 @@ def test_fine_tune_arrays_without_a_val_split_and_refuses_other_classes(tmp_path
     cache = tmp_path / "arrays.h5"
     extract(tmp_path / "x.npy", output=cache, split="0.6,0,0.4", resize="crop", **TINY)
     train_head(cache, head="dense", epochs=2, output=tmp_path / "head")
-    result = fine_tune(cache, tmp_path / "head", output=tmp_path / "ft", epochs=1, batch_size=8)
+    result = fine_tune(
+        cache, tmp_path / "head", output=tmp_path / "ft", epochs=1, batch_size=8, schedule="fixed"
+    )
     report = result.report
     assert report["rows"]["val"] > 0  # carved from train as train-head did
     assert report["rows"]["train"] + report["rows"]["val"] + report["rows"]["test"] == 24
-    assert len(report["unfrozen_layers"]) == 13  # the default 20 is more than VGG16 has
+    assert len(report["unfrozen_layers"]) == 13  # fixed's 20 is more than VGG16 has
     _, _, other_cache, _ = setup  # classes class_0..2, the arrays' classes are 0..2
     with pytest.raises(DatasetError, match="classes"):
         fine_tune(other_cache, tmp_path / "head", output=tmp_path / "x", epochs=1)
@@ -246,6 +249,13 @@ def test_fine_tune_options_are_checked_first_and_name_the_parameter(setup, tmp_p
         ({"optimizer": "lbfgs"}, "optimizer"),
         ({"unfreeze": "some"}, "unfreeze"),
         ({"augment": "flip,blur"}, "augment"),
+        ({"schedule": "slow"}, "schedule"),
+        ({"image_size": 0}, "image_size"),
+        ({"balance": "oversample"}, "balance"),
+        ({"warmup": 1.0}, "warmup"),
+        ({"lr_decay": 0.0}, "lr_decay"),
+        ({"schedule": "fixed", "augment": "rotate90"}, "augment"),
+        ({"schedule": "fixed", "image_size": 64}, "image_size"),
     ):
         with pytest.raises(InvalidOptionError, match=f"^{parameter} ") as refused:
             fine_tune(cache, run, output=tmp_path / "ft", **values)
@@ -253,9 +263,11 @@ def test_fine_tune_options_are_checked_first_and_name_the_parameter(setup, tmp_p
         with pytest.raises(InvalidOptionError, match=f"^{parameter} "):
             FineTuneOptions(**values)
     assert not (tmp_path / "ft").exists()
-    options = FineTuneOptions(epochs=1, batch_size=8, unfreeze=0)
+    options = FineTuneOptions(epochs=1, batch_size=8, unfreeze=0, schedule="fixed")
     result = fine_tune(cache, run, output=tmp_path / "ft", options=options, unfreeze="all")
     assert result.report["params"]["epochs"] == 1 and result.report["params"]["unfreeze"] == "all"
+    assert result.report["params"]["lr"] == 1e-5  # fixed's default, as before
+    assert FineTuneOptions().resolved().lr == 1e-4 and FineTuneOptions().schedule == "auto"
 
 
 def test_cache_row_paths_read_back_from_the_dataset(tmp_path):
@@ -271,3 +283,232 @@ def test_cache_row_paths_read_back_from_the_dataset(tmp_path):
     assert item_from_path("a#2.png").index == -1
     data, _ = open_source(tmp_path / "d").read(item_from_path("a#2.png"))
     assert data == (tmp_path / "d" / "a#2.png").read_bytes()
+
+
+def test_auto_schedule_plans_phases_and_rates():
+    from featcache.heads.schedule import group_scales, plan_phases, warmup_cosine
+
+    phases = plan_phases(6, 1e-4, 27)
+    assert [(p.name, p.units, p.epochs) for p in phases] == [
+        ("head", 0, 1),
+        ("top", 7, 1),
+        ("deeper", 27, 4),
+    ]
+    assert phases[0].lr == pytest.approx(1e-3) and phases[2].lr == 1e-4
+    assert [(p.name, p.epochs) for p in plan_phases(2, 1e-4, 27)] == [("top", 1), ("deeper", 1)]
+    assert [(p.name, p.epochs) for p in plan_phases(5, 1e-4, 0)] == [("head", 5)]
+    assert [(p.name, p.units) for p in plan_phases(3, 1e-4, 1)] == [("head", 0), ("deeper", 1)]
+    scales = group_scales(8, 0.5)
+    assert scales == [1, 1, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125]
+    rate = warmup_cosine(1e-3, 100, 0.1)
+    values = [float(rate(step)) for step in (0, 5, 10, 55, 100)]
+    assert values[0] == 0 and values[1] == pytest.approx(5e-4) and values[2] == pytest.approx(1e-3)
+    assert values[3] == pytest.approx(5e-4, rel=1e-3) and values[4] == pytest.approx(0, abs=1e-9)
+    assert float(warmup_cosine(1e-3, 100, 0.0)(0)) == pytest.approx(1e-3)
+
+
+def test_layerwise_optimizer_scales_each_variables_step():
+    import keras
+
+    from featcache.heads.schedule import layerwise_optimizer
+
+    top, bottom = keras.Variable(np.zeros(3, "float32")), keras.Variable(np.zeros(3, "float32"))
+    optimizer = layerwise_optimizer("adam", 1e-2, {id(bottom): 0.25})
+    gradient = np.array([1.0, -2.0, 0.5], "float32")
+    optimizer.apply_gradients([(gradient, top), (gradient, bottom)])
+    step_top, step_bottom = np.asarray(top), np.asarray(bottom)
+    np.testing.assert_allclose(step_top, -1e-2 * np.sign(gradient), rtol=1e-3)  # Adam's first
+    np.testing.assert_allclose(step_bottom, 0.25 * step_top, rtol=1e-5)
+
+
+def test_augmentations_are_seeded_per_key_and_keep_the_image():
+    import tensorflow as tf
+
+    from featcache.heads.augment import augment_function
+
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.integers(0, 256, (24, 24, 3)).astype("float32"))
+    every = "flip,vflip,rotate90,crop,zoom,contrast,brightness,rotate,translate"
+    augment = augment_function(every, 3, (24, 24))
+    key = tf.constant([1, 5], tf.int64)
+    first, again = augment(image, key), augment(image, key)
+    np.testing.assert_array_equal(first.numpy(), again.numpy())
+    other = augment(image, tf.constant([2, 5], tf.int64))  # the next epoch draws anew
+    assert first.shape == (24, 24, 3) and not np.array_equal(first.numpy(), other.numpy())
+    assert 0 <= float(tf.reduce_min(first)) and float(tf.reduce_max(first)) <= 255
+    turns = augment_function("rotate90", 3, (24, 24))
+    seen = set()
+    for row in range(12):
+        out = turns(image, tf.constant([0, row], tf.int64)).numpy()
+        match = [k for k in range(4) if np.array_equal(out, np.rot90(image.numpy(), k))]
+        assert len(match) == 1
+        seen.add(match[0])
+    assert len(seen) > 1
+    tall = tf.constant(rng.integers(0, 256, (24, 16, 3)).astype("float32"))
+    for row in range(6):  # not square: half turns only, the shape stays
+        out = augment_function("rotate90", 3, (24, 16))(tall, tf.constant([0, row], tf.int64))
+        assert out.shape == (24, 16, 3)
+    # one augmentation's draws do not depend on the others chosen with it
+    alone = augment_function("crop", 3, (24, 24))(image, key)
+    with_flip_after = augment_function("crop,flip", 3, (24, 24))(image, key).numpy()
+    assert np.array_equal(alone.numpy(), with_flip_after) or np.array_equal(
+        alone.numpy()[:, ::-1], with_flip_after
+    )
+
+
+def _coloured_folder(root, per_class=10):
+    """Three classes told apart by their colour (red, green, blue), with noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for k in range(3):
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (36, 36, 3))
+            pixels[..., k] += 150
+            folder = root / f"c{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def coloured(tmp_path_factory):
+    """A colour-coded cache (random VGG16 at 32 px) and a head that learned nothing yet."""
+    root = tmp_path_factory.mktemp("coloured")
+    data = _coloured_folder(root / "data")
+    cache = root / "c.h5"
+    extract(data, output=cache, split="0.5,0.25,0.25", **TINY)
+    run = root / "head"
+    train_head(cache, head="dense", hidden=(8,), epochs=1, lr=1e-7, output=run)
+    return root, data, cache, run
+
+
+def test_auto_keeps_the_best_phase_and_reports_every_phase(coloured, tmp_path):
+    from featcache.heads.endtoend import build, load_model
+    from featcache.heads.finetune import fine_tune
+
+    _, _, cache, run = coloured
+    before = {layer.name: layer.get_weights() for layer in build(run).backbone.layers}
+    result = fine_tune(cache, run, output=tmp_path / "ft", epochs=4, batch_size=4, lr=1e-3)
+    report = result.report
+    assert report["schedule"] == "auto" and report["params"]["unfreeze"] == "all"
+    phases = report["phases"]
+    assert [p["name"] for p in phases] == ["head-only", "head", "top", "deeper"]
+    assert [p["epochs_run"] for p in phases[1:]] == [len(p["val_accuracy"]) for p in phases[1:]]
+    head_val = phases[0]["val_accuracy"][0]
+    assert head_val == report["val"]["accuracy"] or report["exported"] == "fine-tuned"
+    assert report["exported"] == "fine-tuned" and report["beat_head_on_val"]
+    best = report["best"]
+    assert best["val_accuracy"] > head_val
+    assert best["val_accuracy"] == pytest.approx(
+        max(v for p in phases[1:] for v in p["val_accuracy"]), abs=1e-6
+    )
+    assert report["val"]["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-6)
+    assert {"test_accuracy", "test_balanced_accuracy", "minority_classes"} <= set(report)
+    assert {c["class"] for c in report["test"]["per_class"]} == {"c0", "c1", "c2"}
+    assert report["class_weight"] is None  # balanced classes
+    model, _, _ = load_model(tmp_path / "ft" / "model.keras")
+    nested = next(layer for layer in model.layers if layer.name.startswith("featcache_"))
+    changed = {
+        layer.name
+        for layer in nested.layers
+        if layer.get_weights()
+        and any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), before[layer.name]))
+    }
+    assert changed == set(report["unfrozen_layers"])  # the kept phase's layers, nothing else
+    if best["phase"] == "head":
+        assert changed == set()
+
+
+def test_auto_exports_the_head_when_fine_tuning_cannot_beat_it(coloured, tmp_path):
+    from featcache.heads.endtoend import export, load_model
+    from featcache.heads.finetune import fine_tune
+
+    _, data, cache, run = coloured
+    result = fine_tune(cache, run, output=tmp_path / "ft", epochs=3, batch_size=4, lr=1e-12)
+    report = result.report
+    assert report["exported"] == "head-only" and not report["beat_head_on_val"]
+    assert report["best"]["phase"] == "head-only" and "did not beat the head" in report["note"]
+    assert report["unfrozen_layers"] == []
+    assert report["val"]["accuracy"] == report["phases"][0]["val_accuracy"][0]
+    tuned, _, _ = load_model(tmp_path / "ft" / "model.keras")
+    plain, _, _ = load_model(export(run, tmp_path / "head.keras"))
+    pixels = np.stack([decode_image(p.read_bytes()) for p in sorted(data.glob("c*/*.png"))[:6]])
+    np.testing.assert_allclose(
+        np.asarray(tuned(pixels.astype("float32"))), np.asarray(plain(pixels.astype("float32")))
+    )
+
+
+def test_auto_weighs_imbalanced_classes_and_reports_the_minority(tmp_path):
+    from featcache.heads.finetune import fine_tune
+    from featcache.heads.finetune_phases import class_weights
+
+    columns = np.array([0] * 8 + [1] * 4 + [2] * 2)
+    weights = class_weights(columns, 3, "auto")
+    assert weights == pytest.approx({0: 14 / 24, 1: 14 / 12, 2: 14 / 6})
+    assert class_weights(np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2]), 3, "auto") is None  # 4/3
+    assert class_weights(np.array([0, 0, 0, 1, 1, 2, 2]), 3, "auto") is not None  # 1.5x
+    assert class_weights(np.array([0, 1, 2]), 3, "weights") == {0: 1.0, 1: 1.0, 2: 1.0}
+    assert class_weights(columns, 3, "none") is None
+    data = _coloured_folder(tmp_path / "data")
+    for i in range(2, 10):  # c2 keeps 2 images: the minority
+        (data / "c2" / f"{i}.png").unlink()
+    cache = tmp_path / "c.h5"
+    extract(data, output=cache, split="0.6,0.2,0.2", **TINY)
+    train_head(cache, head="dense", hidden=(8,), epochs=1, output=tmp_path / "head")
+    report = fine_tune(
+        cache, tmp_path / "head", output=tmp_path / "ft", epochs=1, batch_size=8, unfreeze=0
+    ).report
+    assert report["class_weight"] is not None
+    assert report["class_weight"]["2"] > report["class_weight"]["0"]
+    minority = report["minority_classes"]
+    assert [m["class"] for m in minority] == ["c2"]
+    recall = {c["class"]: c["recall"] for c in report["test"]["per_class"]}
+    assert minority[0]["test_recall"] == recall["c2"] and minority[0]["train_rows"] >= 1
+    assert [p["name"] for p in report["phases"]] == ["head-only", "head"]  # unfreeze 0
+
+
+def test_auto_trains_at_a_larger_image_size(coloured, tmp_path):
+    from featcache.heads.endtoend import build
+    from featcache.heads.finetune import fine_tune
+
+    _, _, cache, run = coloured
+    assert build(run, image_size=48).image_size == (48, 48)
+    report = fine_tune(
+        cache, run, output=tmp_path / "ft", epochs=2, batch_size=4, lr=1e-3, image_size=48,
+        unfreeze=2,
+    ).report  # fmt: skip
+    expected = [48, 48] if report["exported"] == "fine-tuned" else [32, 32]
+    assert report["image_size"] == expected and report["params"]["image_size"] == 48
+
+
+def test_image_size_needs_size_free_features(tmp_path):
+    from featcache.heads.endtoend import build
+
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=4)
+    cache = tmp_path / "n.h5"
+    extract(data, backbone="vgg16", weights="none", image_size=32, pooling="none",
+            output=cache, progress=False, split="0.5,0.25,0.25")  # fmt: skip
+    train_head(cache, head="dense", epochs=1, output=tmp_path / "head")
+    with pytest.raises(InvalidOptionError, match=r"^image_size 64: the features would have"):
+        build(tmp_path / "head", image_size=64)
+
+
+def test_cli_fine_tune_auto_json_and_one_line_errors(coloured, tmp_path):
+    _, _, cache, run = coloured
+    args = ["fine-tune", str(cache), "--head", str(run), "-o", str(tmp_path / "ft")]
+    result = CliRunner().invoke(main, [*args, "--epochs", "2", "--batch-size", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["schedule"] == "auto" and report["phases"][0]["name"] == "head-only"
+    result = CliRunner().invoke(main, [*args, "--epochs", "1", "--lr", "1e-12"])
+    assert result.exit_code == 0, result.output
+    assert "phase head-only" in result.output and "test balanced accuracy" in result.output
+    for bad, flag in (
+        (["--image-size", "0"], "--image-size"),
+        (["--schedule", "fixed", "--augment", "rotate90"], "--augment"),
+        (["--warmup", "2"], "--warmup"),
+    ):
+        result = CliRunner().invoke(main, [*args, *bad])
+        assert result.exit_code == 2 and result.output.startswith("error:"), result.output
+        assert flag in result.output and len(result.output.strip().splitlines()) == 1

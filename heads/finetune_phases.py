@@ -1,0 +1,237 @@
+"""The ``auto`` fine-tuning schedule's training: phases of gradual unfreezing, each with a
+warm-up + cosine learning rate and discriminative rates down the backbone, the best weights
+by val accuracy kept across every epoch of every phase (the untrained head included)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .options import BALANCE_RATIO, FineTuneOptions
+from .schedule import Phase, group_scales, layerwise_optimizer, plan_phases, warmup_cosine
+
+TIE = 1e-6
+"""Val accuracies closer than this are equal (Keras' float32 metric vs a float64 count)."""
+
+
+@dataclass
+class PhaseRun:
+    """What one phase did."""
+
+    phase: Phase
+    val_accuracy: list[float] = field(default_factory=list)
+    """Val accuracy after each epoch run."""
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "name": self.phase.name,
+            "layers": self.phase.units,
+            "epochs": self.phase.epochs,
+            "epochs_run": len(self.val_accuracy),
+            "peak_lr": self.phase.lr,
+            "val_accuracy": [round(v, 6) for v in self.val_accuracy],
+            "best_val_accuracy": max(self.val_accuracy, default=None),
+        }
+
+
+@dataclass
+class Best:
+    """The best weights so far and where they came from."""
+
+    val_accuracy: float
+    weights: list[Any]
+    phase: str = "head-only"
+    """``head-only``: the head as it came (phase 0), else the phase's name."""
+    epoch: int = 0
+
+
+def _keep_best(model: Any, best: Best, run: PhaseRun, patience: int) -> Any:
+    import keras
+
+    class KeepBest(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.waited = 0
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            value = float((logs or {}).get("val_accuracy", float("nan")))
+            run.val_accuracy.append(value)
+            if value > best.val_accuracy + TIE:  # ties keep the earlier model
+                best.val_accuracy, best.weights = value, model.get_weights()
+                best.phase, best.epoch = run.phase.name, epoch + 1
+                self.waited = 0
+                return
+            self.waited += 1
+            if patience and self.waited >= patience:
+                model.stop_training = True
+
+    return KeepBest()
+
+
+def set_trainable(backbone: Any, units: list[Any], allowed: list[Any], count: int) -> None:
+    """Train the top ``count`` of ``allowed`` (backbone layers with weights, bottom to top)
+    and freeze every other unit of ``units`` (the backbone's layers as fine-tuning counts
+    them); normalization layers stay frozen."""
+    import keras
+
+    chosen = {id(layer) for layer in allowed[len(allowed) - count :]} if count else set()
+    backbone.trainable = True  # containers stay trainable: units nested in them can train
+    for layer in units:
+        layer.trainable = id(layer) in chosen
+    frozen = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)
+    for inner in backbone._flatten_layers(include_self=False):
+        if isinstance(inner, frozen):
+            inner.trainable = False
+
+
+def run_phases(
+    model: Any,
+    backbone: Any,
+    units: list[Any],
+    allowed: list[Any],
+    every_unit: int,
+    phases: list[Phase],
+    train: Any,
+    val: Any,
+    steps: int,
+    best: Best,
+    *,
+    optimizer: str,
+    warmup: float,
+    lr_decay: float,
+    class_weight: dict[int, float] | None,
+    patience: int,
+    verbose: int = 0,
+) -> tuple[list[PhaseRun], dict[str, list[float]]]:
+    """Train ``phases`` in turn from the weights of ``best`` (each phase starts from the
+    best so far); ``best`` ends holding the best weights of all. ``units``: the backbone's
+    layers as fine-tuning counts them, ``allowed``: those with weights that may train (bottom
+    to top), ``every_unit``: how many layers with weights the whole backbone has (the
+    learning-rate groups are fixed over all of them). Returns each phase's run and the
+    concatenated Keras history."""
+    import keras
+
+    scales_top_first = group_scales(every_unit, lr_decay)
+    runs: list[PhaseRun] = []
+    history: dict[str, list[float]] = {}
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    for phase in phases:
+        model.set_weights(best.weights)
+        set_trainable(backbone, units, allowed, phase.units)
+        scales: dict[int, float] = {}
+        for depth, layer in enumerate(reversed(allowed)):
+            for variable in layer.trainable_weights:
+                scales[id(variable)] = scales_top_first[depth]
+        rate = warmup_cosine(phase.lr, steps * phase.epochs, warmup)
+        model.compile(
+            optimizer=layerwise_optimizer(optimizer, rate, scales),
+            loss=loss,
+            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        )
+        run = PhaseRun(phase)
+        fitted = model.fit(
+            train,
+            validation_data=val,
+            epochs=phase.epochs,
+            class_weight=class_weight,
+            callbacks=[_keep_best(model, best, run, patience)],
+            verbose=verbose,
+            shuffle=False,  # the dataset shuffles itself, a new order each epoch
+        )
+        for key, values in fitted.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        runs.append(run)
+    model.set_weights(best.weights)
+    return runs, history
+
+
+@dataclass
+class AutoOutcome:
+    """What :func:`train_auto` leaves: the model to save and what the report adds."""
+
+    model: Any
+    image_size: tuple[int, int]
+    history: dict[str, list[float]]
+    report: dict[str, Any]
+    deepest: int
+    """Backbone layers with weights the kept model trained (0: the head only or none)."""
+
+
+def class_weights(columns: np.ndarray, classes: int, balance: str) -> dict[int, float] | None:
+    """Balanced class weights (``n / (classes * count)``, scikit-learn's) for ``weights``, and
+    for ``auto`` when the largest train class has :data:`BALANCE_RATIO` times the rows of
+    the smallest; None otherwise."""
+    counts = np.bincount(columns[columns >= 0], minlength=classes).astype(np.float64)
+    present = counts > 0
+    if balance == "none" or not present.any():
+        return None
+    if balance == "auto" and counts[present].max() < BALANCE_RATIO * counts[present].min():
+        return None
+    total, seen = counts.sum(), int(present.sum())
+    return {i: float(total / (seen * counts[i])) if counts[i] else 1.0 for i in range(classes)}
+
+
+def train_auto(
+    built: Any,
+    chosen: FineTuneOptions,
+    units: list[Any],
+    allowed: list[Any],
+    every: int,
+    train_columns: np.ndarray,
+    classes: int,
+    *,
+    train: Any,
+    val: Any,
+    head_val: Callable[[Any, tuple[int, int]], float],
+    head_model: Callable[[], Any],
+    verbose: int = 0,
+) -> AutoOutcome:
+    """The auto schedule on ``built`` (an :class:`~featcache.heads.endtoend.EndToEnd`):
+    phase 0 scores the head as ``export`` makes it on val (``head_val(model, size)``), then
+    the phases of :func:`plan_phases` train; the best val accuracy wins, and the head-only
+    model (``head_model()``) unless some epoch beat it."""
+    model, size = built.model, built.image_size
+    base_size = tuple(built.head.settings.image_size)
+    baseline = model if size == base_size else head_model()
+    head_accuracy = float(head_val(baseline, base_size))
+    best = Best(head_accuracy, model.get_weights())
+    weights = class_weights(train_columns, classes, chosen.balance)
+    phases = plan_phases(int(chosen.epochs or 1), float(chosen.lr or 0), len(allowed))
+    steps = int(train.cardinality())
+    runs, history = run_phases(
+        model, built.backbone, units, allowed, every, phases, train, val, steps, best,
+        optimizer=chosen.optimizer, warmup=chosen.warmup, lr_decay=chosen.lr_decay,
+        class_weight=weights, patience=int(chosen.patience or 0), verbose=verbose,
+    )  # fmt: skip
+    beat = best.phase != "head-only"
+    won = next((r.phase for r in runs if r.phase.name == best.phase), None)
+    report: dict[str, Any] = {
+        "phases": [
+            {
+                "name": "head-only",
+                "layers": 0,
+                "epochs_run": 0,
+                "val_accuracy": [head_accuracy],
+                "best_val_accuracy": head_accuracy,
+            },
+            *(r.record() for r in runs),
+        ],
+        "best": {"phase": best.phase, "epoch": best.epoch, "val_accuracy": best.val_accuracy},
+        "exported": "fine-tuned" if beat else "head-only",
+        "beat_head_on_val": beat,
+        "class_weight": None if weights is None else {str(k): v for k, v in weights.items()},
+    }
+    if not beat:
+        report["note"] = (
+            f"fine-tuning did not beat the head on val ({max(_all(runs), default=0):.4f} at "
+            f"best vs {head_accuracy:.4f}); model.keras is the head-only model"
+        )
+        return AutoOutcome(head_model(), base_size, history, report, 0)
+    return AutoOutcome(model, size, history, report, won.units if won else 0)
+
+
+def _all(runs: list[PhaseRun]) -> list[float]:
+    return [v for r in runs for v in r.val_accuracy]
