@@ -91,3 +91,19 @@ def test_a_malformed_bad_files_attribute_is_a_damaged_cache(tmp_path):
         f.attrs[BAD_FILES_ATTR] = json.dumps({"class_1/broken.png": "x"})
     with pytest.raises(CacheError, match=r"damaged.*bad_files attribute"):
         CacheReader(out)
+
+
+@pytest.mark.parametrize("options", [{"views": 3}, {"dtype": "float16"}])
+def test_caches_with_views_or_float16_load(tmp_path, options):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=2)
+    out = tmp_path / "c.h5"
+    extract(data, output=out, **TINY, **options)
+    cache = CacheReader(out)
+    loaded = _load(out, tmp_path)
+    _assert_rows_equal(loaded, cache)
+    stored = "float16" if options.get("dtype") == "float16" else "float32"
+    assert loaded.features["features"].feature.dtype == stored
+    if "views" in options:  # (N, 2, D): views 1 and 2 of each row
+        np.testing.assert_array_equal(
+            np.asarray(loaded["views"], np.float32), cache.view_features()[:, 1:]
+        )
