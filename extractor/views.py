@@ -102,6 +102,7 @@ def _random_resized_crop(image: np.ndarray, rng: np.random.Generator) -> np.ndar
 
 
 def _bilinear(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """``image`` sampled at rows ``ys`` and columns ``xs`` (separable: rows, then columns)."""
     height, width = image.shape[:2]
     ys = np.clip(ys, 0, height - 1)
     xs = np.clip(xs, 0, width - 1)
@@ -111,17 +112,20 @@ def _bilinear(image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     x1 = np.minimum(x0 + 1, width - 1)
     wy = (ys - y0).astype(np.float32)[:, None, None]
     wx = (xs - x0).astype(np.float32)[None, :, None]
-    top = image[y0][:, x0] * (1 - wx) + image[y0][:, x1] * wx
-    bottom = image[y1][:, x0] * (1 - wx) + image[y1][:, x1] * wx
-    return np.asarray(top * (1 - wy) + bottom * wy, np.float32)
+    top, bottom = image[y0], image[y1]
+    rows = top + (bottom - top) * wy
+    left, right = rows[:, x0], rows[:, x1]
+    return np.asarray(left + (right - left) * wx, np.float32)
 
 
 def _color_jitter(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Brightness, contrast (about the mean gray), saturation (about each pixel's gray)."""
-    brightness, contrast, saturation = rng.uniform(*COLOR_RANGE, size=3).astype(np.float32)
-    out = image * brightness
-    mean = float((out @ _GRAY).mean())
-    out = (out - mean) * contrast + mean
-    gray = (out @ _GRAY)[..., None]
-    out = (out - gray) * saturation + gray
+    """Brightness ``b``, contrast ``c`` (about the mean gray), saturation ``s`` (about each
+    pixel's gray), in that order, as one affine map per pixel (the gray weights sum to 1)."""
+    brightness, contrast, saturation = (float(v) for v in rng.uniform(*COLOR_RANGE, size=3))
+    gray = image @ _GRAY
+    mean = brightness * float(gray.mean())
+    scale = brightness * contrast
+    # after brightness and contrast: image * scale + mean * (1 - c); its gray likewise
+    offset = (gray * scale + mean * (1 - contrast)) * (1 - saturation)
+    out = image * (scale * saturation) + (offset + mean * (1 - contrast) * saturation)[..., None]
     return np.clip(out, 0.0, 255.0)
