@@ -931,7 +931,8 @@ def fine_tune_command(cache: str, as_json: bool, **options: Any) -> None:
     click.echo(
         f"  test accuracy {report['test']['accuracy']:.3f} fine-tuned vs "
         f"{report['head_only']['test'] or float('nan'):.3f} head only; "
-        f"{len(report['unfrozen_layers'])} layers trained, {report['epochs_run']} epochs, "
+        f"{len(report.get('kept_layers', report['unfrozen_layers']))} layers trained, "
+        f"{report['epochs_run']} epochs, "
         f"{report['fit_seconds']:.0f} s"
     )
     click.echo(f"  test balanced accuracy {report['test']['balanced_accuracy']:.3f}")

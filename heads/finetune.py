@@ -357,7 +357,7 @@ def fine_tune(
             verbose=verbose,
         )  # fmt: skip
         history, extra = outcome.history, outcome.report
-        touched = [unit.name for unit in allowed[len(allowed) - outcome.deepest :]]
+        extra["kept_layers"] = [unit.name for unit in allowed[len(allowed) - outcome.deepest :]]
         model, size = outcome.model, outcome.image_size
     else:
         history = _fit_fixed(model, chosen, train_rows, known_val, source, size, resize, verbose)

@@ -56,7 +56,7 @@ def plan_phases(epochs: int, lr: float, units: int) -> list[Phase]:
         phases.append(Phase("top", top_units, top_epochs, lr))
         phases.append(Phase("deeper", units, rest - top_epochs, lr))
     else:
-        phases.append(Phase("top" if top_units < units else "deeper", units, rest, lr))
+        phases.append(Phase("deeper", units, rest, lr))
     return phases
 
 

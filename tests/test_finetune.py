@@ -296,6 +296,7 @@ def test_auto_schedule_plans_phases_and_rates():
     ]
     assert phases[0].lr == pytest.approx(1e-3) and phases[2].lr == 1e-4
     assert [(p.name, p.epochs) for p in plan_phases(2, 1e-4, 27)] == [("top", 1), ("deeper", 1)]
+    assert [(p.name, p.units) for p in plan_phases(1, 1e-4, 2)] == [("deeper", 2)]
     assert [(p.name, p.epochs) for p in plan_phases(5, 1e-4, 0)] == [("head", 5)]
     assert [(p.name, p.units) for p in plan_phases(3, 1e-4, 1)] == [("head", 0), ("deeper", 1)]
     scales = group_scales(8, 0.5)
@@ -415,7 +416,8 @@ def test_auto_keeps_the_best_phase_and_reports_every_phase(coloured, tmp_path):
         if layer.get_weights()
         and any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), before[layer.name]))
     }
-    assert changed == set(report["unfrozen_layers"])  # the kept phase's layers, nothing else
+    assert changed == set(report["kept_layers"])  # the kept phase's layers, nothing else
+    assert len(report["unfrozen_layers"]) == 13  # every VGG16 layer with weights, at most
     if best["phase"] == "head":
         assert changed == set()
 
@@ -429,7 +431,7 @@ def test_auto_exports_the_head_when_fine_tuning_cannot_beat_it(coloured, tmp_pat
     report = result.report
     assert report["exported"] == "head-only" and not report["beat_head_on_val"]
     assert report["best"]["phase"] == "head-only" and "did not beat the head" in report["note"]
-    assert report["unfrozen_layers"] == []
+    assert report["kept_layers"] == []
     assert report["val"]["accuracy"] == report["phases"][0]["val_accuracy"][0]
     tuned, _, _ = load_model(tmp_path / "ft" / "model.keras")
     plain, _, _ = load_model(export(run, tmp_path / "head.keras"))
