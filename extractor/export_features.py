@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidOptionError
+from ..errors import FeatcacheError, InvalidOptionError
 from .cache import CacheReader
 from .options import check_choice, invalid
 from .recorder import progress_bar
@@ -99,13 +99,17 @@ def export_features(
         raise InvalidOptionError(f"{reader.path}: the cache has no features to export")
     started = time.monotonic()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     writer = {"parquet": _write_parquet, "npy": _write_npy, "lance": _write_lance}[format]
     bar = progress_bar(len(reader), progress, "export")
+    existed = out.exists()
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         chunks = _chunks(reader, np.dtype(dtype), chunk_bytes, bar.update)
         writer(pa, reader, tmp, chunks, np.dtype(dtype))
         _replace(tmp, out)
+    except OSError as exc:  # a full disk, a folder that cannot be made or written
+        kept = "the existing output is unchanged" if existed else "nothing was written"
+        raise FeatcacheError(f"could not write {out} ({_first_line(exc)}); {kept}") from None
     finally:
         bar.close()
         _remove(tmp)
@@ -287,10 +291,19 @@ def _replace(tmp: Path, out: Path) -> None:
 
 
 def _remove(path: Path) -> None:
+    """Remove a file or folder if there is one (a cleanup: never raises)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
-    else:
+        return
+    try:
         path.unlink(missing_ok=True)
+    except OSError:  # e.g. its folder is a file: there is nothing to remove
+        pass
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _fsync(path: Path) -> None:

@@ -229,3 +229,17 @@ def test_a_cache_of_bad_files_only_exports_no_rows(tmp_path):
     assert pq.read_schema(parquet.output).field("features").type == pa.list_(pa.float32(), 512)
     export_features(cache, format="npy")
     assert np.load(tmp_path / "c-npy" / NPY_EMBEDDINGS).shape == (0, 512)
+
+
+def test_an_output_that_cannot_be_written_is_one_line(extracted, tmp_path):
+    (tmp_path / "file").write_text("x")
+    for fmt in ("parquet", "npy"):
+        out = tmp_path / "file" / f"e.{fmt}"  # its folder is a file
+        result = CliRunner().invoke(
+            main, ["export-features", str(extracted), "-o", str(out), "--format", fmt]
+        )
+        assert result.exit_code == 2
+        line = result.output.strip()
+        assert line.startswith(f"error: could not write {out} (") and "\n" not in line
+        assert line.endswith("; nothing was written")
+    assert (tmp_path / "file").read_text() == "x"
