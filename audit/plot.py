@@ -252,7 +252,9 @@ def _embed(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, list[str]
     umap = load_umap()
     if umap is None:  # resolve_method checked; installed and removed since is unlikely
         raise invalid("method", method, f"umap-learn is not installed; {UMAP_HINT}")
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed)
+    reducer = umap.UMAP(  # seeded, UMAP runs on one thread: n_jobs=1 says so (no warning)
+        n_components=2, n_neighbors=min(15, n - 1), random_state=seed, n_jobs=1
+    )
     return _two_columns(reducer.fit_transform(x)), notes
 
 

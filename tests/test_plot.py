@@ -28,6 +28,7 @@ from featcache.extractor.search_index import normalize
 from helpers import TINY, make_class_folder
 
 NO_UMAP = pytest.mark.skipif(load_umap() is not None, reason="umap-learn is installed here")
+WITH_UMAP = pytest.mark.skipif(load_umap() is None, reason="umap-learn is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,15 @@ def test_umap_without_umap_learn_is_one_clear_error(cache, tmp_path):
     assert run.exit_code == 2
     (line,) = run.output.strip().splitlines()
     assert line.startswith("error: --method 'umap': umap-learn is not installed")
+
+
+@WITH_UMAP
+def test_umap_map_is_seeded(cache, tmp_path):
+    first = plot_cache(cache, tmp_path / "a", method="umap", html=False, progress=False)
+    again = plot_cache(cache, tmp_path / "b", method="umap", html=False, progress=False)
+    assert first.method == "umap" and first.coords.shape == (18, 2)
+    assert np.isfinite(first.coords).all()
+    np.testing.assert_allclose(first.coords, again.coords)
 
 
 def test_bad_input(tmp_path):
