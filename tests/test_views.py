@@ -384,3 +384,16 @@ def test_a_servers_extract_dataset_makes_the_views_of_a_local_run(tmp_path):
     assert set(served) == set(ours)
     for path, views in ours.items():
         np.testing.assert_allclose(served[path], views, atol=1e-5, err_msg=path)
+
+
+def test_hugging_face_datasets_loads_a_cache_with_views(tmp_path, data):
+    datasets = pytest.importorskip("datasets", reason="datasets is in the dev extra")
+    extract(data, output=tmp_path / "views.h5", views=3, **TINY)
+    loaded = datasets.load_dataset(
+        "hdf5", data_files=str(tmp_path / "views.h5"), split="train", cache_dir=str(tmp_path)
+    )
+    reader = CacheReader(tmp_path / "views.h5")
+    assert loaded.num_rows == len(reader)
+    stacked = reader.view_features()
+    for row in range(len(reader)):
+        np.testing.assert_allclose(np.asarray(loaded[row]["views"]), stacked[row, 1:])
