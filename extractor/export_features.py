@@ -252,7 +252,7 @@ def _write_npy(
     with open(array_path, "wb") as array, pq.ParquetWriter(meta_path, schema) as meta:
         np.lib.format.write_array_header_1_0(array, header)
         for chunk in chunks:
-            array.write(memoryview(chunk.features).cast("B"))
+            array.write(chunk.features.data)  # C-contiguous: its bytes in row order
             columns = _metadata(pa, reader, chunk.rows, "image_path")
             meta.write_batch(pa.record_batch(list(columns.values()), schema=schema))
     _fsync(array_path)
