@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import FeatcacheError, InvalidOptionError
+from ..errors import CacheError, FeatcacheError, InvalidOptionError
 from .cache import CacheReader
 from .options import check_choice, invalid
 from .recorder import progress_bar
@@ -78,12 +78,14 @@ def export_features(
     overwrite: bool = False,
     progress: bool | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    on_progress: Callable[[int, int], Any] | None = None,
 ) -> ExportSummary:
     """Write the rows of ``cache`` as ``format`` (``parquet``, ``npy`` or ``lance``) to
     ``output`` (default: :func:`default_output`), features as ``dtype``.
 
     An existing ``output`` is refused unless ``overwrite``; it is replaced only once the new
-    one is whole. Memory stays at one chunk of ``chunk_bytes`` of features.
+    one is whole. Memory stays at one chunk of ``chunk_bytes`` of features. ``on_progress``
+    is called with (rows written, rows) after each chunk.
 
     >>> export_features("cache/mobilenet.h5", "emb.parquet").rows  # doctest: +SKIP
     """
@@ -92,6 +94,7 @@ def export_features(
     pa = _require("pyarrow", "export", format)
     if format == "lance":
         _require("lance", "lance", format, package="pylance")
+    before = _identity(Path(cache))
     reader = CacheReader(cache)
     out = Path(output) if output is not None else default_output(cache, format)
     _check_output(reader.path, out, format, overwrite)
@@ -104,8 +107,22 @@ def export_features(
     existed = out.exists()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        chunks = _chunks(reader, np.dtype(dtype), chunk_bytes, bar.update)
+        done = 0
+
+        def advance(rows: int) -> None:
+            nonlocal done
+            done += rows
+            bar.update(rows)
+            if on_progress is not None:
+                on_progress(done, len(reader))
+
+        chunks = _chunks(reader, np.dtype(dtype), chunk_bytes, advance)
         writer(pa, reader, tmp, chunks, np.dtype(dtype))
+        if _identity(reader.path) != before:  # rows and features could come from two files
+            raise CacheError(
+                f"{reader.path} was rewritten while it was exported (an extract running?); "
+                "nothing was written, export again"
+            )
         _replace(tmp, out)
     except OSError as exc:  # a full disk, a folder that cannot be made or written
         kept = "the existing output is unchanged" if existed else "nothing was written"
@@ -299,6 +316,15 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:  # e.g. its folder is a file: there is nothing to remove
         pass
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a writer replaces the cache (a checkpoint is a new file)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -243,3 +243,24 @@ def test_an_output_that_cannot_be_written_is_one_line(extracted, tmp_path):
         assert line.startswith(f"error: could not write {out} (") and "\n" not in line
         assert line.endswith("; nothing was written")
     assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_cache_rewritten_during_the_export_is_refused(tmp_path):
+    cache_path = _mixed_cache(tmp_path / "m.h5")
+    out = tmp_path / "e.parquet"
+    seen = []
+
+    def rewrite_once(done, total):  # a checkpoint of another writer lands mid-export
+        seen.append((done, total))
+        if len(seen) == 1:
+            reader = CacheReader(cache_path)
+            order = {p: i for i, p in enumerate(reader.paths)}
+            writer = CacheWriter(cache_path, reader.settings, reader.class_names, order)
+            writer.set_bad("x/new-bad.png", "not an image")
+            assert writer.commit(final=True)
+
+    with pytest.raises(CacheError, match="rewritten while it was exported"):
+        export_features(cache_path, out, chunk_bytes=2 * 5 * 4, on_progress=rewrite_once)
+    assert seen[0] == (2, 9) and seen[-1] == (9, 9)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert export_features(cache_path, out).rows == 9  # once it is quiet again
