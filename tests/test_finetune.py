@@ -514,3 +514,26 @@ def test_cli_fine_tune_auto_json_and_one_line_errors(coloured, tmp_path):
         result = CliRunner().invoke(main, [*args, *bad])
         assert result.exit_code == 2 and result.output.startswith("error:"), result.output
         assert flag in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_phases_train_only_the_top_layers_and_never_batchnorm():
+    import keras
+
+    from featcache.heads.finetune_phases import set_trainable
+
+    backbone = keras.applications.MobileNet(
+        include_top=False, weights=None, input_shape=(32, 32, 3)
+    )
+    units = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+    norms = (keras.layers.BatchNormalization,)
+    allowed = [u for u in units if u.weights and not isinstance(u, norms)]
+    set_trainable(backbone, units, allowed, 3)
+    trained = {v.path.split("/")[0] for v in backbone.trainable_weights}
+    assert trained == {layer.name for layer in allowed[-3:]} == {
+        "conv_dw_13", "conv_pw_13", "conv_pw_12"
+    }  # fmt: skip
+    set_trainable(backbone, units, allowed, len(allowed))
+    assert not any(isinstance(layer, norms) and layer.trainable for layer in units)
+    assert len(backbone.trainable_weights) == len(allowed)  # one kernel each, no BN weights
+    set_trainable(backbone, units, allowed, 0)
+    assert backbone.trainable_weights == []
