@@ -15,6 +15,7 @@ are embedded with the same call that embeds plain float images.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -63,25 +64,34 @@ def embed_views(
     """Embeddings of views 1 to ``views - 1``: ``(N, views - 1, D)`` float32.
 
     ``images`` are float32 ``(N, H, W, 3)`` at the backbone's input size; ``embed`` takes
-    such a batch and returns ``(n, D)``. The augmented images are made and embedded
-    ``batch_size`` images at a time, so memory stays at one batch of views.
+    such a batch and returns ``(n, D)``. The augmented images are made ``batch_size`` at a
+    time on a helper thread while the previous batch is embedded, so memory stays at two
+    batches of views.
     """
     n = len(images)
     extra = views - 1
     if n == 0 or extra <= 0:
         return np.zeros((n, max(extra, 0), 0), np.float32)
     jobs = [(i, view) for i in range(n) for view in range(1, views)]
-    out: np.ndarray | None = None
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
-        batch = np.stack(
+    chunks = [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
+
+    def make(chunk: list[tuple[int, int]]) -> np.ndarray:
+        return np.stack(
             [augment_image(images[i], augment, view_rng(seed, sha256[i], v)) for i, v in chunk]
         )
-        features = np.asarray(embed(batch), np.float32)
-        if out is None:
-            out = np.empty((n, extra, features.shape[1]), np.float32)
-        for (i, view), row in zip(chunk, features):
-            out[i, view - 1] = row
+
+    out: np.ndarray | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="featcache-views") as pool:
+        upcoming = pool.submit(make, chunks[0])
+        for k, chunk in enumerate(chunks):
+            batch = upcoming.result()
+            if k + 1 < len(chunks):
+                upcoming = pool.submit(make, chunks[k + 1])
+            features = np.asarray(embed(batch), np.float32)
+            if out is None:
+                out = np.empty((n, extra, features.shape[1]), np.float32)
+            for (i, view), row in zip(chunk, features):
+                out[i, view - 1] = row
     assert out is not None
     return out
 
