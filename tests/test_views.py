@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -24,7 +29,7 @@ from featcache.extractor.views import augment_image, view_rng
 from featcache.heads.data import load_splits
 from featcache.heads.train import load_head
 from featcache.heads.view_training import TrainViews, feature_augment
-from helpers import TINY, make_class_folder, write_image
+from helpers import TINY, cache_rows, make_class_folder, write_image
 
 SHA = "ab" * 32
 
@@ -397,3 +402,34 @@ def test_hugging_face_datasets_loads_a_cache_with_views(tmp_path, data):
     stacked = reader.view_features()
     for row in range(len(reader)):
         np.testing.assert_allclose(np.asarray(loaded[row]["views"]), stacked[row, 1:])
+
+
+@pytest.mark.slow
+def test_a_killed_run_keeps_views_only_with_their_rows_and_resumes(tmp_path, data):
+    """SIGKILL mid-run (a subprocess, checkpoints after every image): the cache left has a
+    view for every row and none without one, and the next run completes it."""
+    out = tmp_path / "views.h5"
+    for i in range(6):
+        write_image(data / "class_0" / f"more_{i}.png", 50 + i)
+    options = {"views": 3, "augment_seed": 9, "batch_size": 1, **TINY}
+    extract(data, output=tmp_path / "whole.h5", **options)
+    args = [sys.executable, "-m", "featcache.cli", "extract", str(data), "-o", str(out)]
+    args += ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--views", "3"]
+    args += ["--augment-seed", "9", "--batch-size", "1", "--checkpoint-seconds", "0", "-q"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while cache_rows(out) < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    left = CacheReader(out)
+    assert 3 <= len(left) < 12 and left.view_features().shape == (len(left), 3, 512)
+    whole = _views(tmp_path / "whole.h5")
+    for path, views in _views(out).items():
+        np.testing.assert_allclose(views, whole[path], atol=1e-5, err_msg=path)
+    summary = extract(data, output=out, **options)
+    assert summary.reused == len(left) and summary.rows == 12
+    resumed = _views(out)
+    assert set(resumed) == set(whole)
+    for path, views in whole.items():
+        np.testing.assert_allclose(resumed[path], views, atol=1e-5, err_msg=path)
