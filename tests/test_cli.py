@@ -104,10 +104,11 @@ def test_newer_format_version_is_refused(class_folder, tmp_path):
     import h5py
 
     from featcache import extract
+    from featcache.extractor.cache import FORMAT_VERSION
 
     out = tmp_path / "c.h5"
     extract(class_folder, output=out, **TINY)
     with h5py.File(out, "r+") as f:
-        f.attrs["format_version"] = 3
+        f.attrs["format_version"] = FORMAT_VERSION + 1
     result = CliRunner().invoke(main, ["inspect", str(out)])
     assert result.exit_code == 2 and "newer than this featcache reads" in result.output

@@ -10,6 +10,7 @@ from filelock import FileLock
 
 from featcache import cache_info, extract, read_cache
 from featcache.errors import CacheLockedError, InvalidOptionError, SettingsMismatchError
+from featcache.extractor.cache import FORMAT_VERSION
 from helpers import TINY, make_class_folder, write_image
 
 
@@ -19,7 +20,7 @@ def test_first_run_writes_a_self_describing_cache(class_folder, tmp_path):
     assert (summary.new, summary.reused, summary.removed, summary.bad) == (12, 0, 0, 0)
     assert summary.rows == 12 and summary.feature_dim == 512
     with h5py.File(out, "r") as f:
-        assert f.attrs["format"] == "featcache" and f.attrs["format_version"] == 2
+        assert f.attrs["format"] == "featcache" and f.attrs["format_version"] == FORMAT_VERSION
         assert f["features"].shape == (12, 512) and f["features"].dtype == np.float32
         assert f["features"].chunks is not None
         assert f["labels"].dtype == np.int32 and f["split"].dtype == np.uint8

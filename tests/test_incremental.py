@@ -55,7 +55,7 @@ def test_unchanged_files_are_not_read_and_rehash_reads_them_all(class_folder, tm
     stats = _stats(out)
     assert stats == {p: _stat(class_folder / p) for p in stats}  # every row has its stat
     with h5py.File(out, "r") as f:
-        assert f.attrs["format_version"] == FORMAT_VERSION == 2
+        assert f.attrs["format_version"] == FORMAT_VERSION == 3
         assert f["file_size"].dtype == np.int64 and f["file_inode"].dtype == np.uint64
 
     write_image(class_folder / "class_1" / "new.png", 99)
@@ -167,7 +167,7 @@ def test_a_cache_without_stats_is_hashed_once_and_upgraded(class_folder, tmp_pat
     upgrade = extract(class_folder, output=out, **TINY)
     assert (upgrade.new, upgrade.reused, len(reads)) == (0, 12, 12)
     with h5py.File(out, "r") as f:
-        assert f.attrs["format_version"] == 2
+        assert f.attrs["format_version"] == FORMAT_VERSION
     stats = _stats(out)
     assert stats == {p: _stat(class_folder / p) for p in stats}
     upgraded = read_cache(out)

@@ -1,7 +1,10 @@
-"""The HDF5 cache file, format version 2: constants and opening a file safely.
+"""The HDF5 cache file, format version 3: constants and opening a file safely.
 
 Version 2 added the ``file_*`` row datasets (:data:`FILE_STAT_DATASETS`); version 1 files
-are read as they are and gain them when next written.
+are read as they are and gain them when next written. Version 3 moved the bad-file records
+into an attribute (below) and may hold a ``views`` row dataset (``extract --views``): an
+older featcache then says the file is newer than it reads instead of calling it damaged.
+Version 1 and 2 files are read as they are and written as version 3.
 
 The bad-file records (files that could not be used, and why) live in the root attribute
 :data:`BAD_FILES_ATTR` (JSON), not in datasets: every dataset of the file then has one
@@ -29,7 +32,7 @@ import numpy as np
 from ...errors import CacheError, FeatcacheError
 
 FORMAT = "featcache"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 STRING = h5py.string_dtype("utf-8")
 ROW_DATASETS = ("features", "labels", "paths", "sha256", "split")
 """The datasets with one entry per row (in every version)."""
