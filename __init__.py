@@ -33,9 +33,12 @@ if TYPE_CHECKING:
     from .audit.audit import AuditReport, audit_cache, fix_splits
     from .audit.options import AuditOptions
     from .audit.output import write_audit_report
+    from .audit.plot import PlotResult, plot_cache
+    from .audit.plot_options import PlotOptions
     from .audit.search import SearchResult, search
     from .extractor.backbone import FeatureExtractor
     from .extractor.cache import CacheData, CacheReader, cache_info, read_cache
+    from .extractor.export_features import ExportSummary, export_features
     from .extractor.extraction import extract
     from .extractor.hub import HubSpec, list_hub_backbones
     from .extractor.options import ExtractOptions, RayOptions
@@ -71,6 +74,11 @@ _LAZY = {
     "write_audit_report": "featcache.audit.output",
     "search": "featcache.audit.search",
     "SearchResult": "featcache.audit.search",
+    "plot_cache": "featcache.audit.plot",
+    "PlotResult": "featcache.audit.plot",
+    "PlotOptions": "featcache.audit.plot_options",
+    "export_features": "featcache.extractor.export_features",
+    "ExportSummary": "featcache.extractor.export_features",
     "extract": "featcache.extractor.extraction",
     "ExtractOptions": "featcache.extractor.options",
     "RayOptions": "featcache.extractor.options",
