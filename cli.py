@@ -316,8 +316,9 @@ def extract_command(
 
 
 def _print_summary(summary: Any) -> None:
+    views = f" x {summary.views} views" if summary.views > 1 else ""
     click.echo(
-        f"{summary.output}: {summary.rows} rows x {summary.feature_dim} ({summary.backbone})"
+        f"{summary.output}: {summary.rows} rows x {summary.feature_dim}{views} ({summary.backbone})"
     )
     click.echo(
         f"  new {summary.new}, reused {summary.reused}, removed {summary.removed}, "

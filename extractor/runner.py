@@ -54,6 +54,8 @@ class ExtractSummary:
     the embedding time."""
     classes: list[str] = field(default_factory=list)
     bad_files: list[tuple[str, str]] = field(default_factory=list)
+    views: int = 1
+    """Embeddings per image (``views``; 1: ``features`` only)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form of the summary."""
@@ -184,4 +186,5 @@ def _run(
         load_seconds=round(engine.load_seconds, 3),
         classes=dataset.class_names,
         bad_files=recorder.bad_files,
+        views=settings.views,
     )

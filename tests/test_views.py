@@ -84,6 +84,7 @@ def test_views_are_stored_next_to_unchanged_features(tmp_path, data):
     plain = extract(data, output=tmp_path / "plain.h5", **TINY)
     summary = extract(data, output=tmp_path / "views.h5", views=3, augment_seed=5, **TINY)
     assert summary.rows == plain.rows == 6
+    assert (summary.views, plain.views) == (3, 1)
     reader = CacheReader(tmp_path / "views.h5")
     assert reader.views == 3
     assert reader.settings.augment == ("flip", "crop", "color")
@@ -306,6 +307,7 @@ def test_cli_extract_views_then_train_head(tmp_path, views_cache):
         main, ["extract", str(data), "-o", str(out), *args, "--views", "2", "--json"]
     )
     assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["views"] == 2
     assert CacheReader(out).settings.augment == ("flip", "crop", "color")
     bad = CliRunner().invoke(main, ["extract", str(data), "-o", str(out), *args, "--views", "0"])
     assert bad.exit_code == 2 and "--views 0: expected 1 to 64" in bad.output
