@@ -435,3 +435,19 @@ def test_a_killed_run_keeps_views_only_with_their_rows_and_resumes(tmp_path, dat
     assert set(resumed) == set(whole)
     for path, views in whole.items():
         np.testing.assert_allclose(resumed[path], views, atol=1e-5, err_msg=path)
+
+
+@pytest.mark.parametrize("mode", ["stretch", "crop", "pad"])
+def test_views_resize_a_batch_as_each_image_alone(mode):
+    from featcache.extractor.engines import as_input, as_inputs
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(5)]
+    batched = as_inputs(images, (32, 36), mode)
+    alone = np.stack([as_input(image, (32, 36), mode) for image in images])
+    assert batched.shape == (5, 32, 36, 3) and batched.dtype == np.float32
+    np.testing.assert_array_equal(batched, alone)
+    mixed = [*images[:2], images[2][:30]]  # other sizes: one at a time
+    np.testing.assert_array_equal(
+        as_inputs(mixed, (32, 36), mode), np.stack([as_input(i, (32, 36), mode) for i in mixed])
+    )
