@@ -15,6 +15,7 @@ head's seed and the epoch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +26,7 @@ from ..extractor.options import invalid
 from .baselines import fit_baseline, make_baseline
 from .data import CachedSplits, JointCache
 from .dense import DenseHead
-from .options import DEFAULT_FEATURE_BATCH_SIZE, HeadOptions
+from .options import DEFAULT_FEATURE_BATCH_SIZE, DEFAULT_MEMORY_FRACTION, HeadOptions
 
 __all__ = ["TrainViews", "check_view_training", "feature_augment", "fit_views", "uses_views"]
 
@@ -167,11 +168,25 @@ class TrainViews:
             yield x, labels[entries]
 
 
+def _fits_in_memory(splits: CachedSplits, mode: str) -> bool:
+    """Whether the train rows' views take at most the share of free memory that
+    :func:`~.data.should_stream` allows view 0."""
+    count = 1 if mode == "plain" else int(getattr(splits.reader, "views", 1))
+    need = len(splits.train) * count * splits.feature_dim * 4
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return True
+    return need <= DEFAULT_MEMORY_FRACTION * available
+
+
 def fit_views(
     kind: str, params: dict[str, Any], splits: CachedSplits, stream: bool, options: HeadOptions
 ) -> tuple[Any, dict[str, list[float]] | None]:
     """Fit a head of ``kind`` on the train views (``options.views``), with
     ``options.feature_augment`` for the dense head; early stopping on view 0 of val."""
+    if kind == "dense" and options.stream is None and not stream:
+        stream = not _fits_in_memory(splits, options.views)
     source = TrainViews(splits, options.views, stream)
     if kind != "dense":
         model = make_baseline(kind, **params)
