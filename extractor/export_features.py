@@ -12,14 +12,16 @@
 
 Rows are in cache order; only ``features`` (view 0) is exported. Every format is written
 under a temporary name next to the output and renamed over it at the end, so a failure
-never leaves a half-written output (nor touches an existing one). pyarrow is imported only
-here (the ``export`` extra).
+never leaves a half-written output (nor touches an existing one); ``overwrite`` replaces
+only what looks like an earlier export of the same format, never another file or folder.
+pyarrow is imported only here (the ``export`` extra).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -83,9 +85,12 @@ def export_features(
     """Write the rows of ``cache`` as ``format`` (``parquet``, ``npy`` or ``lance``) to
     ``output`` (default: :func:`default_output`), features as ``dtype``.
 
-    An existing ``output`` is refused unless ``overwrite``; it is replaced only once the new
-    one is whole. Memory stays at one chunk of ``chunk_bytes`` of features. ``on_progress``
-    is called with (rows written, rows) after each chunk.
+    An existing ``output`` is refused unless ``overwrite``, and even then unless it looks
+    like an earlier export of ``format`` (a Parquet file; a folder of only ``img_emb/*.npy``
+    and ``metadata/*.parquet``; a Lance dataset): nothing else is ever removed. The cache,
+    its dataset folder and the folders above them are never an output. An output is replaced
+    only once the new one is whole. Memory stays at one chunk of ``chunk_bytes`` of features.
+    ``on_progress`` is called with (rows written, rows) after each chunk.
 
     >>> export_features("cache/mobilenet.h5", "emb.parquet").rows  # doctest: +SKIP
     """
@@ -97,7 +102,7 @@ def export_features(
     before = _identity(Path(cache))
     reader = CacheReader(cache)
     out = Path(output) if output is not None else default_output(cache, format)
-    _check_output(reader.path, out, format, overwrite)
+    _check_output(reader, out, format, overwrite)
     if reader.feature_dim == 0:
         raise InvalidOptionError(f"{reader.path}: the cache has no features to export")
     started = time.monotonic()
@@ -123,6 +128,7 @@ def export_features(
                 f"{reader.path} was rewritten while it was exported (an extract running?); "
                 "nothing was written, export again"
             )
+        _check_output(reader, out, format, overwrite)  # again: it could have changed since
         _replace(tmp, out)
     except OSError as exc:  # a full disk, a folder that cannot be made or written
         kept = "the existing output is unchanged" if existed else "nothing was written"
@@ -160,16 +166,78 @@ def _require(module: str, extra: str, format: str, package: str | None = None) -
         ) from None
 
 
-def _check_output(cache: Path, out: Path, format: str, overwrite: bool) -> None:
-    """Refuse an output that exists (unless ``overwrite``), that is the cache or holds it,
-    or that is a folder where a file goes."""
-    target, source = out.resolve(), cache.resolve()
-    if target == source or target in source.parents:
+def _check_output(reader: CacheReader, out: Path, format: str, overwrite: bool) -> None:
+    """Refuse an output that is the cache or holds it, that is the cache's dataset folder or
+    holds it, that is a folder where a file goes, or that exists (unless ``overwrite``, and
+    then only when it looks like an earlier export of ``format``: nothing else is ever
+    replaced)."""
+    target = out.resolve()
+    if target == reader.path.resolve() or target in reader.path.resolve().parents:
         raise invalid("output", str(out), "is the cache or a folder holding it")
+    root = _local_root(reader.settings.dataset_root)
+    if root is not None and (target == root or target in root.parents):
+        raise invalid("output", str(out), "is the cache's dataset folder or a folder holding it")
     if format == "parquet" and out.is_dir():
         raise invalid("output", str(out), "is a folder; parquet writes one file")
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise invalid("output", str(out), "exists; overwrite replaces it (--overwrite)")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise invalid("output", str(out), "exists; --overwrite replaces an earlier export")
+    if out.is_symlink():
+        return  # the link is replaced, never what it points to
+    foreign = _foreign_entry(out, format)
+    if foreign is not None:
+        raise invalid(
+            "output",
+            str(out),
+            f"is not an earlier {format} export ({foreign}); --overwrite replaces only "
+            "those: remove it yourself or choose another output",
+        )
+
+
+_NPY_FILES = {
+    "img_emb": re.compile(r"img_emb_\d+\.npy"),
+    "metadata": re.compile(r"metadata_\d+\.parquet"),
+}
+"""The npy layout's folders and the names of the files they hold."""
+_LANCE_ENTRIES = frozenset(
+    {"_versions", "data", "_transactions", "_indices", "_deletions", "_refs", "_latest.manifest"}
+)
+"""What a Lance dataset folder holds."""
+PARQUET_MAGIC = b"PAR1"
+
+
+def _foreign_entry(out: Path, format: str) -> str | None:
+    """Why ``out`` (which exists) is not an export of ``format``, or None when it is one."""
+    if format == "parquet":
+        with open(out, "rb") as handle:
+            head = handle.read(4)
+        return None if head in (b"", PARQUET_MAGIC) else "not a Parquet file"
+    if not out.is_dir():
+        return "a file, not a folder"
+    entries = sorted(out.iterdir())
+    if format == "lance":
+        for entry in entries:
+            if entry.name not in _LANCE_ENTRIES:
+                return f"it holds {entry.name!r}"
+        if entries and not (out / "_versions").is_dir():
+            return "no _versions folder"
+        return None
+    for entry in entries:
+        pattern = _NPY_FILES.get(entry.name)
+        if pattern is None or entry.is_symlink() or not entry.is_dir():
+            return f"it holds {entry.name!r}"
+        for item in entry.iterdir():
+            if item.is_symlink() or not item.is_file() or not pattern.fullmatch(item.name):
+                return f"it holds {entry.name + '/' + item.name!r}"
+    return None
+
+
+def _local_root(dataset_root: str) -> Path | None:
+    """The cache's dataset folder when it is a local path (not a URL), resolved."""
+    if not dataset_root or "://" in dataset_root:
+        return None
+    return Path(dataset_root).expanduser().resolve()
 
 
 # -- reading -----------------------------------------------------------------------------

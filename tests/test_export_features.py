@@ -141,25 +141,73 @@ def test_lance(extracted, tmp_path):
 
 def test_an_existing_output_is_refused_or_replaced_whole(extracted, tmp_path):
     out = tmp_path / "e.parquet"
-    out.write_text("keep me")
+    export_features(extracted, out, dtype="float16")
+    before = out.read_bytes()
     result = CliRunner().invoke(main, ["export-features", str(extracted), "-o", str(out)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        f"error: --output {str(out)!r}: exists; overwrite replaces it (--overwrite)"
+        f"error: --output {str(out)!r}: exists; --overwrite replaces an earlier export"
     ]
-    assert out.read_text() == "keep me"
+    assert out.read_bytes() == before
     args = ["export-features", str(extracted), "-o", str(out), "--overwrite", "--json", "-q"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["rows"] == pq.read_metadata(out).num_rows == 6
+    assert pq.read_schema(out).field("features").type == pa.list_(pa.float32(), 512)
     # a folder output (npy) replaced by another export of the same name
     folder = tmp_path / "npy"
     export_features(extracted, folder, format="npy")
-    (folder / "stale.txt").write_text("x")
+    (folder / "img_emb" / "img_emb_1.npy").write_bytes(b"")  # clip-retrieval's next part
     export_features(extracted, folder, format="npy", overwrite=True, dtype="float16")
-    assert not (folder / "stale.txt").exists()
+    assert sorted(p.name for p in folder.rglob("*.*")) == ["img_emb_0.npy", "metadata_0.parquet"]
     assert np.load(folder / NPY_EMBEDDINGS).dtype == np.float16
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", ["npy", "lance"])
+def test_overwrite_never_removes_a_folder_that_is_not_an_earlier_export(extracted, tmp_path, fmt):
+    if fmt == "lance":
+        pytest.importorskip("lance", reason="pylance (the lance extra)")
+    precious = tmp_path / "precious"
+    (precious / "sub").mkdir(parents=True)
+    (precious / "sub" / "important.txt").write_text("only copy")
+    embeddings = tmp_path / "embeddings"  # clip-retrieval's output: image and text embeddings
+    for part in ("img_emb/img_emb_0.npy", "text_emb/text_emb_0.npy", "metadata/metadata_0.parquet"):
+        (embeddings / part).parent.mkdir(parents=True, exist_ok=True)
+        (embeddings / part).write_bytes(b"x")
+    mixed = tmp_path / "mixed"  # an earlier npy export with a file of the user's put in it
+    export_features(extracted, mixed, format="npy")
+    (mixed / "img_emb" / "notes.txt").write_text("mine")
+    for folder in (precious, embeddings, mixed):
+        before = _tree(folder)
+        args = ["export-features", str(extracted), "-o", str(folder), "--format", fmt]
+        result = CliRunner().invoke(main, [*args, "--overwrite"])
+        assert result.exit_code == 2, result.output
+        line = result.output.strip()
+        assert "\n" not in line and f"is not an earlier {fmt} export (it holds " in line, line
+        assert _tree(folder) == before
+    assert (precious / "sub" / "important.txt").read_text() == "only copy"
+    with pytest.raises(InvalidOptionError, match="not a Parquet file"):
+        export_features(extracted, precious / "sub" / "important.txt", overwrite=True)
+    assert (precious / "sub" / "important.txt").read_text() == "only copy"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_the_dataset_folder_and_its_parents_are_never_the_output(tmp_path):
+    data = make_class_folder(tmp_path / "nested" / "data", classes=2, per_class=2)
+    cache = tmp_path / "c.h5"
+    extract(data, output=cache, **TINY)
+    before = _tree(tmp_path / "nested")
+    for output in (data, data.parent):
+        with pytest.raises(InvalidOptionError, match="the cache's dataset folder or a folder"):
+            export_features(cache, output, format="npy", overwrite=True)
+    assert _tree(tmp_path / "nested") == before
+    inside = export_features(cache, data / "emb-npy", format="npy")  # inside it is allowed
+    assert inside.rows == 4
 
 
 def test_the_cache_itself_is_never_the_output(extracted, tmp_path):
