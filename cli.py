@@ -606,8 +606,10 @@ def train_head_command(
         else ""
     )
     click.echo(f"  fit {report['fit_seconds']:.2f} s{epochs}; run folder {result.run_dir}")
-    if "map" in report:
-        shown = report["map"]
+    shown = report.get("map")
+    if shown and "error" in shown:
+        click.echo(f"  map: not written ({shown['error']})")
+    elif shown:
         click.echo(f"  map: {result.run_dir / shown['png']} ({shown['method']})")
 
 

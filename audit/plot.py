@@ -170,8 +170,10 @@ def project(
     max_points: int,
     seed: int,
     progress: bool | None = False,
+    split_of: np.ndarray | None = None,
 ) -> MapPoints:
-    """Read (a sample of) the rows, normalise, and project them to 2-D."""
+    """Read (a sample of) the rows, normalise, and project them to 2-D; ``split_of`` (a
+    split index per row) replaces the cache's splits."""
     n = len(reader)
     if n < 3:
         raise DatasetError(f"{reader.path}: {n} rows; a map needs at least 3")
@@ -208,7 +210,8 @@ def project(
         bar.update(len(rows))
     finally:
         bar.close()
-    labels, split = reader.labels[rows], reader.split[rows].astype(np.int64)
+    splits = reader.split if split_of is None else np.asarray(split_of)
+    labels, split = reader.labels[rows], splits[rows].astype(np.int64)
     if color == "split":
         groups, group = list(SPLIT_NAMES), split
     else:
@@ -364,13 +367,21 @@ def write_points(points: MapPoints, reader: CacheReader | JointCache, path: Path
 
 
 def write_run_map(
-    reader: CacheReader | JointCache, run_dir: Path, method: str, seed: int
+    reader: CacheReader | JointCache,
+    run_dir: Path,
+    method: str,
+    seed: int,
+    split: np.ndarray | None = None,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
     """``map.png`` of a head's run folder (coloured by label, markers by split); returns
-    what ``report.json`` records under ``map``."""
+    what ``report.json`` records under ``map``.
+
+    ``split`` (a split index per row of ``reader``) overrides the cache's own, so that rows
+    train-head carved into val are marked val."""
     from .plot_options import DEFAULT_MAX_POINTS
 
-    points = project(reader, method, "label", DEFAULT_MAX_POINTS, seed)
+    points = project(reader, method, "label", DEFAULT_MAX_POINTS, seed, progress, split)
     run_dir.mkdir(parents=True, exist_ok=True)
     title = f"{Path(reader.path).name}: {_TITLES[points.method]} of {len(points.rows)} rows"
     write_png(points, run_dir / "map.png", title)
@@ -378,5 +389,6 @@ def write_run_map(
         "png": "map.png",
         "method": points.method,
         "points": len(points.rows),
+        "splits": {name: int((points.split == i).sum()) for i, name in enumerate(SPLIT_NAMES)},
         "notes": points.notes,
     }

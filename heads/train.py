@@ -232,12 +232,42 @@ def train_head(
         report["epochs_run"] = getattr(estimator, "n_epochs_", len(history.get("loss", [])))
         report["best_epoch"] = getattr(estimator, "best_epoch_", None)
     run_dir = Path(output) if output is not None else new_run_dir(cache, kind)
-    if plot is not None:
-        from ..audit.plot import write_run_map
-
-        report["map"] = write_run_map(splits.reader, run_dir, plot, chosen.seed)
     save_run(run_dir, trained, report, history)
-    return TrainResult(run_dir, trained, report, splits.notes)
+    if plot is not None:  # after the head is saved: a failed map never loses it
+        add_run_map(run_dir, splits, report, plot, chosen.seed)
+    return TrainResult(run_dir, trained, report, report["notes"])
+
+
+def add_run_map(
+    run_dir: Path, splits: CachedSplits, report: dict[str, Any], method: str, seed: int
+) -> None:
+    """Write ``map.png`` into a saved run and record it in ``report.json`` under ``map``.
+
+    The rows marked val are those the head was selected on (carved from train by
+    ``val_fraction`` when the cache has none). An error or Ctrl-C while mapping is
+    recorded as ``{"error": ...}`` with a note; the head and its report stay saved.
+    """
+    from ..audit.plot import write_run_map
+
+    split = np.asarray(splits.reader.split, dtype=np.int64).copy()
+    for index, name in enumerate(("train", "val", "test")):
+        split[getattr(splits, name).rows] = index
+    try:
+        report["map"] = write_run_map(splits.reader, run_dir, method, seed, split)
+    except KeyboardInterrupt:
+        report["map"] = {"error": "interrupted"}
+    except Exception as exc:  # noqa: BLE001 - the map is optional; the head is saved
+        report["map"] = {"error": _first_line(exc)}
+    if "error" in report["map"]:
+        note = (
+            f"map not written ({report['map']['error']}); the head is saved; "
+            f"featcache plot {report['cache']} maps the cache"
+        )
+        report["notes"] = [*report["notes"], note]
+    text = json.dumps(report, indent=2)
+    temporary = run_dir / "report.json.tmp"
+    temporary.write_text(text)
+    os.replace(temporary, run_dir / "report.json")
 
 
 def _meta(kind: str, params: dict[str, Any], splits: CachedSplits) -> dict[str, Any]:

@@ -227,6 +227,43 @@ def test_train_head_map_of_two_caches(tmp_path):
     assert (result.run_dir / "map.png").is_file()
 
 
+def test_train_head_keeps_the_head_when_the_map_fails(cache, tmp_path):
+    """map.png cannot be written (a folder stands in its place): the head and its report
+    are saved all the same, and the report says why the map is missing."""
+    from featcache.heads.train import load_head, train_head
+
+    run_dir = tmp_path / "run"
+    (run_dir / "map.png").mkdir(parents=True)
+    result = train_head(cache, head="logreg", output=run_dir, plot="pca")
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["map"]) == {"error"} and "map.png" in report["map"]["error"]
+    assert report == json.loads(json.dumps(result.report))
+    assert any(n.startswith("map not written (") for n in report["notes"])
+    assert result.notes == report["notes"]
+    head = load_head(run_dir)
+    features = CacheReader(cache).features()
+    np.testing.assert_array_equal(head.predict(features), result.head.predict(features))
+    run = CliRunner().invoke(
+        main,
+        ["train-head", str(cache), "--head", "logreg", "-o", str(run_dir), "--plot", "pca"],
+    )
+    assert run.exit_code == 0, run.output
+    assert "  map: not written (" in run.output and (run_dir / "head.skops").is_file()
+
+
+def test_train_head_map_marks_carved_val_rows(tmp_path):
+    """A cache without val: the rows train-head carves into val are marked val in the map."""
+    from featcache.heads.train import train_head
+
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=6)
+    extract(data, output=tmp_path / "c.h5", split="0.8,0,0.2", **TINY)
+    assert not (CacheReader(tmp_path / "c.h5").split == 1).any()
+    result = train_head(tmp_path / "c.h5", head="logreg", output=tmp_path / "run", plot="pca")
+    rows = result.report["rows"]
+    assert rows["val"] > 0 and result.report["map"]["points"] == 12
+    assert result.report["map"]["splits"] == rows
+
+
 @NO_UMAP
 def test_train_head_refuses_umap_before_training(cache, tmp_path):
     from featcache.heads.train import train_head
