@@ -252,10 +252,10 @@ def fine_tune(
     defaults when None) with the keyword arguments given (not None) put in; options left
     None take the schedule's defaults.
 
-    ``schedule="auto"`` (the default): a head-only phase, then the top layer group, then
-    every layer allowed (``unfreeze``), each phase with a warm-up + cosine learning rate and
-    rates decaying by ``lr_decay`` per layer group down the backbone; class weights when the
-    classes are imbalanced (``balance``); augmentation in the input pipeline. The best
+    ``schedule="auto"`` (the default): from the head (trained on the cache), the top layer
+    group, then every layer allowed (``unfreeze``), each phase with a warm-up + cosine
+    learning rate and rates decaying by ``lr_decay`` per layer group down the backbone;
+    class weights with ``balance``; augmentation in the input pipeline. The best
     weights by val accuracy across every epoch are kept; when no epoch beats the head's own
     val accuracy, ``model.keras`` is the head-only model (as ``export`` makes it) and the
     report says so. ``schedule="fixed"``: one run with the options given, as before.

@@ -124,8 +124,11 @@ FINE_TUNE_AUTO_UNFREEZE = "all"
 """The deepest phase may train every backbone layer (BatchNormalization stays frozen)."""
 FINE_TUNE_AUTO_LR = 1e-4
 """Peak learning rate of the head and the top layer group (the head-only phase: 10x)."""
-FINE_TUNE_AUTO_EPOCHS = 6
-"""Epochs of all phases together."""
+FINE_TUNE_AUTO_EPOCHS = 10
+"""Epochs of all phases together (fixed's default too). Measured on long-tailed MNIST at
+96 px (1,500 train images, pretrained MobileNet): with 6 the deeper phase's val accuracy was
+still rising when it ended, below the head's; with 10 it passed the head (val 0.956 vs
+0.943, test 0.940 vs 0.912)."""
 FINE_TUNE_AUTO_PATIENCE = 0
 """Epochs without a better val accuracy before a phase stops; 0: every phase runs all its
 epochs (measured: a phase's val accuracy often dips before the cosine decay brings it back
@@ -136,7 +139,11 @@ FINE_TUNE_WARMUP = 0.1
 """Share of each phase's steps warming the learning rate up from 0."""
 FINE_TUNE_LR_DECAY = 1 / 2.6
 """Learning-rate factor between successive backbone layer groups (1: the same rate)."""
-FINE_TUNE_BALANCE = "auto"
+FINE_TUNE_BALANCE = "none"
+"""Measured on long-tailed MNIST (val as imbalanced as train, 10 epochs): class weights kept
+the best val accuracy at 0.930, below the head's 0.943 (the head-only model was exported),
+without them 0.956; ``weights``/``auto`` stay for a balanced val or a minority that matters
+more than accuracy."""
 BALANCE_RATIO = 1.5
 """``balance="auto"`` weighs classes when the largest train class has at least this many
 times the rows of the smallest."""
@@ -474,7 +481,7 @@ class FineTuneOptions:
     group (1e-4)."""
     optimizer: str = FINE_TUNE_OPTIMIZER
     epochs: int | None = None
-    """fixed: 10; auto: 6, of all phases together."""
+    """10 (auto: of all phases together)."""
     batch_size: int = FINE_TUNE_BATCH_SIZE
     patience: int | None = None
     """fixed: EarlyStopping patience on val loss (3); auto: epochs of a phase without a

@@ -288,7 +288,12 @@ def test_cache_row_paths_read_back_from_the_dataset(tmp_path):
 def test_auto_schedule_plans_phases_and_rates():
     from featcache.heads.schedule import group_scales, plan_phases, warmup_cosine
 
-    phases = plan_phases(6, 1e-4, 27)
+    phases = plan_phases(10, 1e-4, 27)
+    assert [(p.name, p.units, p.epochs, p.lr) for p in phases] == [
+        ("top", 7, 3, 1e-4),
+        ("deeper", 27, 7, 1e-4),
+    ]
+    phases = plan_phases(6, 1e-4, 27, head_epochs=1)
     assert [(p.name, p.units, p.epochs) for p in phases] == [
         ("head", 0, 1),
         ("top", 7, 1),
@@ -298,7 +303,7 @@ def test_auto_schedule_plans_phases_and_rates():
     assert [(p.name, p.epochs) for p in plan_phases(2, 1e-4, 27)] == [("top", 1), ("deeper", 1)]
     assert [(p.name, p.units) for p in plan_phases(1, 1e-4, 2)] == [("deeper", 2)]
     assert [(p.name, p.epochs) for p in plan_phases(5, 1e-4, 0)] == [("head", 5)]
-    assert [(p.name, p.units) for p in plan_phases(3, 1e-4, 1)] == [("head", 0), ("deeper", 1)]
+    assert [(p.name, p.units) for p in plan_phases(3, 1e-4, 1)] == [("deeper", 1)]
     scales = group_scales(8, 0.5)
     assert scales == [1, 1, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125]
     rate = warmup_cosine(1e-3, 100, 0.1)
@@ -393,8 +398,9 @@ def test_auto_keeps_the_best_phase_and_reports_every_phase(coloured, tmp_path):
     result = fine_tune(cache, run, output=tmp_path / "ft", epochs=4, batch_size=4, lr=1e-3)
     report = result.report
     assert report["schedule"] == "auto" and report["params"]["unfreeze"] == "all"
+    assert report["params"]["balance"] == "none" and report["class_weight"] is None
     phases = report["phases"]
-    assert [p["name"] for p in phases] == ["head-only", "head", "top", "deeper"]
+    assert [p["name"] for p in phases] == ["head-only", "top", "deeper"]
     assert [p["epochs_run"] for p in phases[1:]] == [len(p["val_accuracy"]) for p in phases[1:]]
     head_val = phases[0]["val_accuracy"][0]
     assert head_val == report["val"]["accuracy"] or report["exported"] == "fine-tuned"
@@ -407,7 +413,6 @@ def test_auto_keeps_the_best_phase_and_reports_every_phase(coloured, tmp_path):
     assert report["val"]["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-6)
     assert {"test_accuracy", "test_balanced_accuracy", "minority_classes"} <= set(report)
     assert {c["class"] for c in report["test"]["per_class"]} == {"c0", "c1", "c2"}
-    assert report["class_weight"] is None  # balanced classes
     model, _, _ = load_model(tmp_path / "ft" / "model.keras")
     nested = next(layer for layer in model.layers if layer.name.startswith("featcache_"))
     changed = {
@@ -418,8 +423,9 @@ def test_auto_keeps_the_best_phase_and_reports_every_phase(coloured, tmp_path):
     }
     assert changed == set(report["kept_layers"])  # the kept phase's layers, nothing else
     assert len(report["unfrozen_layers"]) == 13  # every VGG16 layer with weights, at most
-    if best["phase"] == "head":
-        assert changed == set()
+    assert phases[1]["layers"] == 3  # the top quarter of VGG16's 13 layers with weights
+    if best["phase"] == "top":
+        assert len(changed) == 3
 
 
 def test_auto_exports_the_head_when_fine_tuning_cannot_beat_it(coloured, tmp_path):
@@ -459,8 +465,9 @@ def test_auto_weighs_imbalanced_classes_and_reports_the_minority(tmp_path):
     extract(data, output=cache, split="0.6,0.2,0.2", **TINY)
     train_head(cache, head="dense", hidden=(8,), epochs=1, output=tmp_path / "head")
     report = fine_tune(
-        cache, tmp_path / "head", output=tmp_path / "ft", epochs=1, batch_size=8, unfreeze=0
-    ).report
+        cache, tmp_path / "head", output=tmp_path / "ft", epochs=1, batch_size=8, unfreeze=0,
+        balance="auto",
+    ).report  # fmt: skip
     assert report["class_weight"] is not None
     assert report["class_weight"]["2"] > report["class_weight"]["0"]
     minority = report["minority_classes"]
