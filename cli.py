@@ -1327,7 +1327,23 @@ def plot_command(
     show_default=True,
     help="Type of the exported features.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option(
+    "--normalize/--no-normalize",
+    default=None,
+    help="Scale each feature vector to unit L2 norm.  [default: on for npy, as clip-retrieval "
+    "writes it; off for parquet and lance]",
+)
+@click.option(
+    "--absolute-paths/--relative-paths",
+    default=None,
+    help="The path column as dataset_root/path, or as stored in the cache.  [default: "
+    "absolute for npy, so clip-back can open the images; relative for parquet and lance]",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing output, only if it is an earlier export of this format.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_handle_errors
@@ -1336,6 +1352,8 @@ def export_features_command(
     format_: str,
     output: str | None,
     dtype: str,
+    normalize: bool | None,
+    absolute_paths: bool | None,
     overwrite: bool,
     as_json: bool,
     quiet: bool,
@@ -1344,9 +1362,20 @@ def export_features_command(
     as clip-retrieval's npy + parquet layout, or as Lance, in row order."""
     from .extractor.export_features import export_features
 
-    summary = export_features(
-        cache, output, format_, dtype, overwrite, progress=False if quiet else None
-    )
+    try:
+        summary = export_features(
+            cache,
+            output,
+            format_,
+            dtype,
+            overwrite,
+            progress=False if quiet else None,
+            normalize=normalize,
+            absolute_paths=absolute_paths,
+        )
+    except KeyboardInterrupt:
+        click.echo("interrupted: nothing was exported; an existing output is unchanged", err=True)
+        sys.exit(130)
     if as_json:
         _print_json(summary.to_dict())
         return

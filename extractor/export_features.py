@@ -6,7 +6,9 @@
 - ``npy``: the layout clip-retrieval's ``clip_inference`` writes and embedding-reader
   (``file_format="parquet_npy"``) and autofaiss read: ``OUT/img_emb/img_emb_0.npy`` (N x D)
   and ``OUT/metadata/metadata_0.parquet`` with the same row order (``image_path``, then the
-  columns above); the array is appended a chunk at a time after its header.
+  columns above); the array is appended a chunk at a time after its header. As clip-retrieval
+  does, the features are L2-normalised and ``image_path`` is absolute (``dataset_root/path``)
+  unless asked otherwise (``normalize``, ``absolute_paths``).
 - ``lance``: a Lance dataset (folder) with the parquet file's columns (``pylance``, the
   ``lance`` extra).
 
@@ -33,6 +35,7 @@ import numpy as np
 
 from ..errors import CacheError, FeatcacheError, InvalidOptionError
 from .cache import CacheReader
+from .cache.format import OVERWRITE_HINT
 from .options import check_choice, invalid
 from .recorder import progress_bar
 from .splits import SPLIT_NAMES
@@ -60,6 +63,10 @@ class ExportSummary:
     """The files written, relative to ``output`` (``["."]`` for a single file)."""
     bytes: int = 0
     seconds: float = 0.0
+    normalized: bool = False
+    """Features scaled to unit L2 norm (``normalize``)."""
+    absolute_paths: bool = False
+    """The path column holds ``dataset_root/path`` rather than ``path``."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +88,8 @@ def export_features(
     progress: bool | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     on_progress: Callable[[int, int], Any] | None = None,
+    normalize: bool | None = None,
+    absolute_paths: bool | None = None,
 ) -> ExportSummary:
     """Write the rows of ``cache`` as ``format`` (``parquet``, ``npy`` or ``lance``) to
     ``output`` (default: :func:`default_output`), features as ``dtype``.
@@ -92,6 +101,11 @@ def export_features(
     only once the new one is whole. Memory stays at one chunk of ``chunk_bytes`` of features.
     ``on_progress`` is called with (rows written, rows) after each chunk.
 
+    ``normalize`` scales each feature vector to unit L2 norm (a zero vector stays zero) and
+    ``absolute_paths`` writes ``dataset_root/path`` in the path column; both default to on
+    for ``npy`` (what clip-retrieval writes there: normalised embeddings, indexed by inner
+    product, and paths clip-back can open) and off for ``parquet`` and ``lance``.
+
     >>> export_features("cache/mobilenet.h5", "emb.parquet").rows  # doctest: +SKIP
     """
     check_choice("format", format, EXPORT_FEATURE_FORMATS)
@@ -99,12 +113,18 @@ def export_features(
     pa = _require("pyarrow", "export", format)
     if format == "lance":
         _require("lance", "lance", format, package="pylance")
+    normalize = format == "npy" if normalize is None else normalize
+    absolute_paths = format == "npy" if absolute_paths is None else absolute_paths
     before = _identity(Path(cache))
-    reader = CacheReader(cache)
+    try:
+        reader = CacheReader(cache)
+    except CacheError as exc:
+        raise _for_export(exc) from None
     out = Path(output) if output is not None else default_output(cache, format)
     _check_output(reader, out, format, overwrite)
     if reader.feature_dim == 0:
         raise InvalidOptionError(f"{reader.path}: the cache has no features to export")
+    src = _Source(reader, _paths(reader, absolute_paths), normalize, absolute_paths)
     started = time.monotonic()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     writer = {"parquet": _write_parquet, "npy": _write_npy, "lance": _write_lance}[format]
@@ -121,8 +141,8 @@ def export_features(
             if on_progress is not None:
                 on_progress(done, len(reader))
 
-        chunks = _chunks(reader, np.dtype(dtype), chunk_bytes, advance)
-        writer(pa, reader, tmp, chunks, np.dtype(dtype))
+        chunks = _chunks(src, np.dtype(dtype), chunk_bytes, advance)
+        writer(pa, src, tmp, chunks, np.dtype(dtype))
         if _identity(reader.path) != before:  # rows and features could come from two files
             raise CacheError(
                 f"{reader.path} was rewritten while it was exported (an extract running?); "
@@ -133,6 +153,8 @@ def export_features(
     except OSError as exc:  # a full disk, a folder that cannot be made or written
         kept = "the existing output is unchanged" if existed else "nothing was written"
         raise FeatcacheError(f"could not write {out} ({_first_line(exc)}); {kept}") from None
+    except CacheError as exc:
+        raise _for_export(exc) from None
     finally:
         bar.close()
         _remove(tmp)
@@ -147,7 +169,16 @@ def export_features(
         files=files if out.is_dir() else ["."],
         bytes=size,
         seconds=round(time.monotonic() - started, 3),
+        normalized=normalize,
+        absolute_paths=absolute_paths,
     )
+
+
+def _for_export(exc: CacheError) -> CacheError:
+    """``exc`` with its advice fitting export-features (which has no ``--overwrite`` for
+    the cache: ``extract`` rebuilds it)."""
+    text = str(exc).replace(OVERWRITE_HINT, "featcache extract --overwrite rebuilds it")
+    return exc if text == str(exc) else CacheError(text)
 
 
 # -- checks ------------------------------------------------------------------------------
@@ -244,6 +275,35 @@ def _local_root(dataset_root: str) -> Path | None:
 
 
 @dataclass
+class _Source:
+    """The cache and what the export makes of it."""
+
+    reader: CacheReader
+    paths: list[str]
+    """The path column: cache paths, or ``dataset_root/path`` (``absolute_paths``)."""
+    normalized: bool
+    absolute: bool
+
+
+def _paths(reader: CacheReader, absolute: bool) -> list[str]:
+    """The cache's paths, joined to its dataset folder when ``absolute``."""
+    if not absolute:
+        return list(reader.paths)
+    root = reader.settings.dataset_root
+    if not root:
+        raise InvalidOptionError(
+            f"{reader.path}: the cache records no dataset folder; export relative paths",
+            "absolute_paths",
+        )
+    local = _local_root(root)
+    prefix = str(local) + os.sep if local is not None else root.rstrip("/") + "/"
+    return [prefix + path for path in reader.paths]
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+@dataclass
 class _Chunk:
     rows: np.ndarray
     features: np.ndarray
@@ -251,22 +311,35 @@ class _Chunk:
 
 
 def _chunks(
-    reader: CacheReader, dtype: np.dtype, chunk_bytes: int, advance: Callable[[int], Any]
+    src: _Source, dtype: np.dtype, chunk_bytes: int, advance: Callable[[int], Any]
 ) -> Iterator[_Chunk]:
-    """The cache's rows in order, a chunk of about ``chunk_bytes`` of float32 at a time."""
-    rows = max(1, chunk_bytes // (4 * max(reader.feature_dim, 1)))
-    for picked, features in reader.batches(batch_size=rows):
+    """The cache's rows in order, a chunk of about ``chunk_bytes`` of float32 at a time,
+    normalised when asked; a value float16 cannot hold is refused (it would become inf)."""
+    rows = max(1, chunk_bytes // (4 * max(src.reader.feature_dim, 1)))
+    for picked, features in src.reader.batches(batch_size=rows):
+        if src.normalized:
+            norms = np.linalg.norm(features, axis=1, keepdims=True)
+            features = features / np.where(norms > 0, norms, 1.0).astype(np.float32)
+        if dtype == np.float16 and len(features):
+            largest = float(np.nanmax(np.abs(features), initial=0.0))
+            if np.isfinite(largest) and largest > FLOAT16_MAX:
+                raise InvalidOptionError(
+                    f"dtype 'float16': a feature of {largest:.6g} is above float16's largest "
+                    f"{FLOAT16_MAX:g} (it would become inf); export float32 or normalize",
+                    "dtype",
+                )
         yield _Chunk(picked, np.ascontiguousarray(features, dtype=dtype))
         advance(len(picked))
 
 
-def _metadata(pa: Any, reader: CacheReader, rows: np.ndarray, path_column: str) -> dict[str, Any]:
+def _metadata(pa: Any, src: _Source, rows: np.ndarray, path_column: str) -> dict[str, Any]:
     """The metadata columns of ``rows`` as pyarrow arrays."""
+    reader = src.reader
     labels = reader.labels[rows].astype(np.int32)
     names = reader.class_names
     classes = [names[v] if 0 <= v < len(names) else None for v in labels.tolist()]
     return {
-        path_column: pa.array([reader.paths[i] for i in rows.tolist()], pa.string()),
+        path_column: pa.array([src.paths[i] for i in rows.tolist()], pa.string()),
         "label": pa.array(labels, pa.int32()),
         "class": pa.array(classes, pa.string()),
         "split": pa.array([SPLIT_NAMES[s] for s in reader.split[rows].tolist()], pa.string()),
@@ -274,7 +347,8 @@ def _metadata(pa: Any, reader: CacheReader, rows: np.ndarray, path_column: str) 
     }
 
 
-def _schema(pa: Any, reader: CacheReader, dtype: np.dtype, path_column: str, features: bool) -> Any:
+def _schema(pa: Any, src: _Source, dtype: np.dtype, path_column: str, features: bool) -> Any:
+    reader = src.reader
     value = pa.from_numpy_dtype(dtype)
     fields = [
         pa.field(path_column, pa.string(), nullable=False),
@@ -290,15 +364,17 @@ def _schema(pa: Any, reader: CacheReader, dtype: np.dtype, path_column: str, fea
         "class_names": reader.class_names,
         "feature_dim": reader.feature_dim,
         "dtype": str(dtype),
+        "normalized": src.normalized,
+        "paths": "absolute" if src.absolute else "relative to settings.dataset_root",
         "settings": {k: v for k, v in reader.attrs.items() if k != "class_names"},
     }
     return pa.schema(fields, metadata={SCHEMA_KEY: json.dumps(about, default=str).encode()})
 
 
-def _batch(pa: Any, reader: CacheReader, chunk: _Chunk, schema: Any) -> Any:
-    columns = _metadata(pa, reader, chunk.rows, "path")
+def _batch(pa: Any, src: _Source, chunk: _Chunk, schema: Any) -> Any:
+    columns = _metadata(pa, src, chunk.rows, "path")
     flat = pa.array(chunk.features.reshape(-1), pa.from_numpy_dtype(chunk.features.dtype))
-    columns["features"] = pa.FixedSizeListArray.from_arrays(flat, reader.feature_dim)
+    columns["features"] = pa.FixedSizeListArray.from_arrays(flat, src.reader.feature_dim)
     return pa.record_batch(list(columns.values()), schema=schema)
 
 
@@ -306,52 +382,55 @@ def _batch(pa: Any, reader: CacheReader, chunk: _Chunk, schema: Any) -> Any:
 
 
 def _write_parquet(
-    pa: Any, reader: CacheReader, tmp: Path, chunks: Iterator[_Chunk], dtype: np.dtype
+    pa: Any, src: _Source, tmp: Path, chunks: Iterator[_Chunk], dtype: np.dtype
 ) -> None:
     import pyarrow.parquet as pq
 
-    schema = _schema(pa, reader, dtype, "path", features=True)
+    schema = _schema(pa, src, dtype, "path", features=True)
     # no dictionary pages for columns of unique values (features, path, sha256)
     with pq.ParquetWriter(tmp, schema, use_dictionary=["label", "class", "split"]) as writer:
         for chunk in chunks:
-            writer.write_batch(_batch(pa, reader, chunk, schema))
+            writer.write_batch(_batch(pa, src, chunk, schema))
     _fsync(tmp)
 
 
-def _write_npy(
-    pa: Any, reader: CacheReader, tmp: Path, chunks: Iterator[_Chunk], dtype: np.dtype
-) -> None:
+def _write_npy(pa: Any, src: _Source, tmp: Path, chunks: Iterator[_Chunk], dtype: np.dtype) -> None:
     import pyarrow.parquet as pq
 
     tmp.mkdir()
     array_path, meta_path = tmp / NPY_EMBEDDINGS, tmp / NPY_METADATA
     array_path.parent.mkdir()
     meta_path.parent.mkdir()
-    schema = _schema(pa, reader, dtype, "image_path", features=False)
+    schema = _schema(pa, src, dtype, "image_path", features=False)
     header = {
         "descr": np.lib.format.dtype_to_descr(dtype),
         "fortran_order": False,
-        "shape": (len(reader), reader.feature_dim),
+        "shape": (len(src.reader), src.reader.feature_dim),
     }
     # the header, then the rows in order, appended a chunk at a time (np.load reads it)
     with open(array_path, "wb") as array, pq.ParquetWriter(meta_path, schema) as meta:
         np.lib.format.write_array_header_1_0(array, header)
         for chunk in chunks:
             array.write(chunk.features.data)  # C-contiguous: its bytes in row order
-            columns = _metadata(pa, reader, chunk.rows, "image_path")
+            columns = _metadata(pa, src, chunk.rows, "image_path")
             meta.write_batch(pa.record_batch(list(columns.values()), schema=schema))
     _fsync(array_path)
     _fsync(meta_path)
 
 
 def _write_lance(
-    pa: Any, reader: CacheReader, tmp: Path, chunks: Iterator[_Chunk], dtype: np.dtype
+    pa: Any, src: _Source, tmp: Path, chunks: Iterator[_Chunk], dtype: np.dtype
 ) -> None:
     import lance
 
-    schema = _schema(pa, reader, dtype, "path", features=True)
-    batches = (_batch(pa, reader, chunk, schema) for chunk in chunks)
+    schema = _schema(pa, src, dtype, "path", features=True)
+    batches = (_batch(pa, src, chunk, schema) for chunk in chunks)
     lance.write_dataset(pa.RecordBatchReader.from_batches(schema, batches), tmp, schema=schema)
+    for path in sorted(tmp.rglob("*")):  # on disk before it is renamed into place
+        if path.is_file():
+            _fsync(path)
+    for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+        _fsync_dir(folder)
 
 
 # -- replacing ---------------------------------------------------------------------------
@@ -403,3 +482,17 @@ def _first_line(exc: BaseException) -> str:
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a folder's entries durable (where the system allows opening a folder)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

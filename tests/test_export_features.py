@@ -5,6 +5,8 @@ output that is replaced only when the new one is whole."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -107,22 +109,89 @@ def test_unlabelled_rows_and_float16(tmp_path):
     np.testing.assert_array_equal(features, cache.features().astype(np.float16))
 
 
+def _embedding_reader_header(path):
+    """What embedding-reader's ``read_numpy_header`` takes from an .npy file: the first line
+    of its first 300 bytes, two regular expressions, and the data offset after that line."""
+    with open(path, "rb") as f:
+        first_line = f.read(min(path.stat().st_size, 300)).split(b"\n")[0]
+    shape = re.search(r"'shape': \(([0-9]+), ([0-9]+)\)", str(first_line))
+    descr = re.search(r"'descr': '([<f0-9]+)'", str(first_line))
+    assert shape is not None and descr is not None, first_line
+    return int(shape.group(1)), int(shape.group(2)), descr.group(1), len(first_line) + 1
+
+
 def test_npy_layout_is_what_clip_retrieval_writes(extracted, tmp_path):
     out = tmp_path / "emb"
     summary = export_features(extracted, out, format="npy", progress=False, chunk_bytes=5000)
     assert sorted(summary.files) == sorted([str(NPY_EMBEDDINGS), str(NPY_METADATA)])
+    assert summary.normalized and summary.absolute_paths  # clip-retrieval's values by default
     cache = CacheReader(extracted)
-    array = np.load(out / NPY_EMBEDDINGS, mmap_mode="r")  # how embedding-reader maps it
+    raw = cache.features()
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    array = np.load(out / NPY_EMBEDDINGS, mmap_mode="r")
     assert array.dtype == np.float32 and array.shape == (6, 512)
-    np.testing.assert_array_equal(array, cache.features())
+    np.testing.assert_allclose(array, unit, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(array, axis=1), 1.0, rtol=1e-5)
+    # embedding-reader does not call np.load: it parses the header and reads raw rows
+    rows, dim, descr, offset = _embedding_reader_header(out / NPY_EMBEDDINGS)
+    assert (rows, dim, descr) == (6, 512, "<f4")
+    with open(out / NPY_EMBEDDINGS, "rb") as f:
+        f.seek(offset + 2 * dim * 4)  # rows 2..4, as one of its pieces
+        piece = np.frombuffer(f.read(3 * dim * 4), dtype=descr).reshape(3, dim)
+    np.testing.assert_array_equal(piece, array[2:5])
     meta = pq.read_table(out / NPY_METADATA)
     assert meta.column_names == ["image_path", "label", "class", "split", "sha256"]
-    assert meta.column("image_path").to_pylist() == cache.paths  # same row order
+    root = cache.settings.dataset_root
+    paths = meta.column("image_path").to_pylist()
+    assert paths == [str(Path(root) / p) for p in cache.paths]  # same row order
+    assert all(Path(p).is_file() for p in paths)  # clip-back can open them
     for name, values in _expected(cache).items():
         assert meta.column(name).to_pylist() == values, name
-    half = export_features(extracted, tmp_path / "half", format="npy", dtype="float16")
-    assert np.load(tmp_path / "half" / NPY_EMBEDDINGS).dtype == np.float16
-    assert half.dtype == "float16"
+    about = json.loads(meta.schema.metadata[SCHEMA_KEY])
+    assert about["normalized"] is True and about["paths"] == "absolute"
+    raw_out = tmp_path / "raw"
+    args = ["--format", "npy", "--no-normalize", "--relative-paths", "--dtype", "float16"]
+    result = CliRunner().invoke(
+        main, ["export-features", str(extracted), "-o", str(raw_out), *args, "--json", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    half = json.loads(result.output)
+    assert (half["dtype"], half["normalized"], half["absolute_paths"]) == ("float16", False, False)
+    assert _embedding_reader_header(raw_out / NPY_EMBEDDINGS)[:3] == (6, 512, "<f2")
+    np.testing.assert_array_equal(np.load(raw_out / NPY_EMBEDDINGS), raw.astype(np.float16))
+    assert pq.read_table(raw_out / NPY_METADATA).column("image_path").to_pylist() == cache.paths
+
+
+def test_normalize_and_absolute_paths_for_parquet(extracted, tmp_path):
+    cache = CacheReader(extracted)
+    plain = export_features(extracted, tmp_path / "p.parquet")
+    assert not plain.normalized and not plain.absolute_paths
+    assert pq.read_table(plain.output).column("path").to_pylist() == cache.paths
+    out = export_features(
+        extracted, tmp_path / "n.parquet", normalize=True, absolute_paths=True, dtype="float16"
+    )
+    table = pq.read_table(out.output)
+    features = np.stack(table.column("features").to_numpy(zero_copy_only=False))
+    raw = cache.features()
+    expected = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float16)
+    np.testing.assert_array_equal(features, expected)
+    root = Path(cache.settings.dataset_root)
+    assert table.column("path").to_pylist() == [str(root / p) for p in cache.paths]
+
+
+def test_float16_refuses_values_it_cannot_hold(tmp_path):
+    cache_path = _mixed_cache(tmp_path / "m.h5")
+    with h5py.File(cache_path, "r+") as f:
+        f["features"][3, 1] = 70000.0  # above float16's largest, 65504
+    out = tmp_path / "e.parquet"
+    with pytest.raises(InvalidOptionError, match=r"dtype 'float16': a feature of 70000 is above"):
+        export_features(cache_path, out, dtype="float16")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    table = pq.read_table(export_features(cache_path, out, dtype="float32").output)
+    assert table.column("features")[3].as_py()[1] == 70000.0
+    normalized = export_features(cache_path, tmp_path / "n-npy", format="npy", dtype="float16")
+    assert np.isfinite(np.load(tmp_path / "n-npy" / NPY_EMBEDDINGS)).all()
+    assert normalized.rows == 9
 
 
 def test_lance(extracted, tmp_path):
@@ -227,6 +296,11 @@ def test_bad_input_is_one_line_with_exit_2(tmp_path, extracted):
     assert missing.exit_code == 2 and missing.output.count("\n") == 1
     assert "no such cache file" in missing.output
     assert not (tmp_path / "none.parquet").exists()
+    (tmp_path / "notes.h5").write_text("not a cache")
+    other = runner.invoke(main, ["export-features", str(tmp_path / "notes.h5")])
+    assert other.exit_code == 2 and other.output.count("\n") == 1
+    assert "not a readable HDF5 file" in other.output  # no --overwrite of its own to offer
+    assert other.output.rstrip().endswith("featcache extract --overwrite rebuilds it")
     unknown = runner.invoke(main, ["export-features", str(extracted), "--format", "csv"])
     assert unknown.exit_code == 2
     with pytest.raises(InvalidOptionError, match="format 'csv': expected one of parquet"):
