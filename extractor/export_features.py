@@ -319,7 +319,11 @@ def _chunks(
     for picked, features in src.reader.batches(batch_size=rows):
         if src.normalized:
             norms = np.linalg.norm(features, axis=1, keepdims=True)
-            features = features / np.where(norms > 0, norms, 1.0).astype(np.float32)
+            scale = np.where(norms > 0, norms, 1.0).astype(np.float32)
+            if features.flags.writeable:  # in place: no second chunk in memory
+                np.divide(features, scale, out=features)
+            else:
+                features = features / scale
         if dtype == np.float16 and len(features):
             largest = float(np.nanmax(np.abs(features), initial=0.0))
             if np.isfinite(largest) and largest > FLOAT16_MAX:
