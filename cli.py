@@ -1239,7 +1239,12 @@ def search_command(
 @main.command("plot")
 @click.argument("cache", type=click.Path())
 @click.option(
-    "--output", "-o", type=click.Path(), default=None, help="Folder. [default: CACHE.plot/]"
+    "--output",
+    "-o",
+    type=click.Path(),
+    default=None,
+    help="Folder: new, empty or an earlier plot's (whose outputs are replaced). "
+    "[default: CACHE.plot/]",
 )
 @click.option(
     "--method",
@@ -1282,9 +1287,13 @@ def plot_command(
     map.png, an interactive map.html (image on hover) and points.csv in the output folder."""
     from .audit.plot import plot_cache
 
-    result = plot_cache(
-        cache, output, html=not no_html, progress=False if quiet else None, **options
-    )
+    try:
+        result = plot_cache(
+            cache, output, html=not no_html, progress=False if quiet else None, **options
+        )
+    except KeyboardInterrupt:
+        click.echo("interrupted: no map written; the output folder keeps what it held", err=True)
+        sys.exit(130)
     if as_json:
         _print_json(result.to_dict())
         return

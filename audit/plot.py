@@ -9,8 +9,10 @@ plotted from a seeded random sample; the result's notes say so.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import DatasetError
+from ..errors import CacheError, DatasetError, FeatcacheError
 from ..extractor.cache import CacheReader
+from ..extractor.cache.format import OVERWRITE_HINT, first_line
 from ..extractor.options import check_choice, invalid
 from ..extractor.recorder import progress_bar
 from ..extractor.search_index import normalize
@@ -127,25 +130,20 @@ def plot_cache(
     chosen = replace(options or PlotOptions(), **values)
     check_method(chosen.method)
     folder = Path(output) if output is not None else Path(cache).with_suffix(".plot")
-    if folder.exists() and not folder.is_dir():
-        raise invalid("output", str(folder), "not a folder")
+    check_folder(folder)
     started = time.monotonic()
-    reader = CacheReader(cache)
-    points = project(
-        reader, chosen.method, chosen.color, chosen.max_points, chosen.seed, chosen.progress
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str] = {}
-    title = f"{reader.path.name}: {_TITLES[points.method]} of {len(points.rows)} rows"
-    if chosen.png:
-        files["png"] = str(write_png(points, folder / "map.png", title, chosen.color))
-    shown = missing = 0
-    if chosen.html:
-        from .plot_html import write_html
-
-        path, shown, missing = write_html(points, reader, folder / "map.html", title, chosen)
-        files["html"] = str(path)
-    files["csv"] = str(write_points(points, reader, folder / "points.csv"))
+    reader = open_cache(cache)
+    created = make_folder(folder)
+    try:
+        points = project(
+            reader, chosen.method, chosen.color, chosen.max_points, chosen.seed, chosen.progress
+        )
+        files, shown, missing = write_outputs(points, reader, folder, chosen)
+    except BaseException:
+        if created:  # nothing of this run is left in it: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return PlotResult(
         cache=str(cache),
         rows=len(reader),
@@ -161,6 +159,116 @@ def plot_cache(
         plotted_rows=points.rows,
         coords=points.coords,
     )
+
+
+OUTPUTS = {"png": "map.png", "html": "map.html", "csv": "points.csv"}
+"""The files ``plot`` writes into its folder; a rerun replaces them and removes those it
+no longer writes (``--no-html`` removes an earlier ``map.html``)."""
+_PART = ".part-"
+"""Prefix of an output while it is written (renamed when every output is done)."""
+
+
+def _owned(name: str) -> bool:
+    plain = name.removeprefix(_PART)
+    return plain in OUTPUTS.values()
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse ``folder`` unless it is new, empty or an earlier plot's (only files
+    :data:`OUTPUTS` names): plot never replaces or removes files of another kind."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise invalid("output", str(folder), "not a folder")
+    try:
+        others = sorted(p.name for p in folder.iterdir() if not _owned(p.name) or p.is_dir())
+    except OSError as exc:
+        raise invalid(
+            "output", str(folder), f"cannot read the folder ({first_line(exc)})"
+        ) from None
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise invalid(
+            "output",
+            str(folder),
+            f"holds other files ({shown}); plot writes into a new or empty folder "
+            "or an earlier plot's",
+        )
+
+
+def make_folder(folder: Path) -> bool:
+    """Create ``folder`` (True when it did not exist) and check that files can be
+    written there, before any feature is read."""
+    created = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=_PART, dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise invalid("output", str(folder), f"cannot write there ({first_line(exc)})") from None
+    return created
+
+
+def open_cache(cache: str | os.PathLike[str]) -> CacheReader:
+    """The cache's reader; its errors' hint names the command that rebuilds a cache
+    (plot has no ``--overwrite``)."""
+    try:
+        return CacheReader(cache)
+    except CacheError as exc:
+        text = str(exc).replace(OVERWRITE_HINT, "featcache extract --overwrite rebuilds it")
+        raise type(exc)(text) from None
+
+
+def write_outputs(
+    points: MapPoints, reader: CacheReader, folder: Path, chosen: PlotOptions
+) -> tuple[dict[str, str], int, int]:
+    """Write the chosen outputs under temporary names, then rename them all and remove
+    earlier outputs not written this time; (files, thumbnails shown, missing). On an
+    error or Ctrl-C the folder keeps what it held."""
+    title = f"{reader.path.name}: {_TITLES[points.method]} of {len(points.rows)} rows"
+    parts: dict[str, Path] = {}
+    shown = missing = 0
+
+    def part(kind: str) -> Path:
+        return folder / (_PART + OUTPUTS[kind])
+
+    try:
+        try:
+            if chosen.png:
+                parts["png"] = write_png(points, part("png"), title, chosen.color)
+            if chosen.html:
+                from .plot_html import write_html
+
+                parts["html"], shown, missing = write_html(
+                    points, reader, part("html"), title, chosen
+                )
+            parts["csv"] = write_points(points, reader, part("csv"))
+        except OSError as exc:
+            raise FeatcacheError(
+                f"could not write into {folder} ({first_line(exc)}); its earlier files are kept"
+            ) from None
+    except BaseException:
+        for kind in OUTPUTS:  # those written and the one being written
+            with contextlib.suppress(OSError):
+                part(kind).unlink()
+        raise
+    files = {}
+    try:
+        for kind, name in OUTPUTS.items():
+            target = folder / name
+            if kind in parts:
+                os.replace(parts.pop(kind), target)
+                files[kind] = str(target)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+    except OSError as exc:
+        raise FeatcacheError(f"could not write into {folder} ({first_line(exc)})") from None
+    return files, shown, missing
 
 
 def project(
@@ -289,6 +397,26 @@ LEGEND_MAX = 30
 """Legend entries the PNG shows at most (the HTML lists every group)."""
 
 
+def legend_entries(
+    points: MapPoints, color: str, colours: list[str] | None = None
+) -> list[tuple[str, str, str]]:
+    """(label, colour, marker) of each entry of the PNG's legend: the groups with points
+    (at most :data:`LEGEND_MAX`, then one "+N more" entry), and when coloured by label
+    and several splits are plotted, the marker of each split."""
+    colours = colours or palette(points.groups)
+    counts = np.bincount(points.group, minlength=len(points.groups))
+    present = [g for g in range(len(points.groups)) if counts[g]]
+    entries = [(f"{points.groups[g]} ({counts[g]})", colours[g], "o") for g in present[:LEGEND_MAX]]
+    if len(present) > LEGEND_MAX:
+        rest = present[LEGEND_MAX:]
+        hidden = int(counts[rest].sum())
+        entries.append((f"+{len(rest)} more ({hidden} points)", "#ffffff", ""))
+    splits_present = sorted(set(points.split.tolist()))
+    if color == "label" and len(splits_present) > 1:
+        entries += [(SPLIT_NAMES[s], "#555555", MARKERS[s]) for s in splits_present]
+    return entries
+
+
 def write_png(points: MapPoints, path: Path, title: str, color: str = "label") -> Path:
     """The map as a PNG: a colour per group, a marker per split, the legend on the right."""
     import matplotlib
@@ -315,17 +443,10 @@ def write_png(points: MapPoints, path: Path, title: str, color: str = "label") -
                     alpha=0.8,
                     linewidths=0,
                 )
-    counts = np.bincount(points.group, minlength=len(points.groups))
-    handles: list[Any] = [
-        Line2D([], [], ls="", marker="o", color=colours[g], label=f"{name} ({counts[g]})")
-        for g, name in enumerate(points.groups)
-        if counts[g]
-    ][:LEGEND_MAX]
-    if color == "label" and len(splits_present) > 1:
-        handles += [
-            Line2D([], [], ls="", marker=MARKERS[s], color="#555555", label=SPLIT_NAMES[s])
-            for s in splits_present
-        ]
+    handles = [
+        Line2D([], [], ls="", marker=marker, color=colour, label=label)
+        for label, colour, marker in legend_entries(points, color, colours)
+    ]
     axis.legend(
         handles=handles,
         loc="center left",

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 THUMBNAIL_SIDE = 64
 """Longest side of an embedded thumbnail, in pixels."""
+DRAWING_AREA = (800 - 2 * 14, 640 - 2 * 14)
+"""Width and height of the canvas' drawing area: the script's W - 2P and H - 2P."""
 
 
 def thumbnails(
@@ -60,10 +62,15 @@ def thumbnails(
 def page_data(
     points: MapPoints, reader: CacheReader | JointCache, thumbs: dict[int, str | None]
 ) -> dict[str, Any]:
-    """What the page's script reads: coordinates scaled to [0, 1], groups, rows, paths."""
+    """What the page's script reads: coordinates in [0, 1] of the canvas' drawing area
+    (one scale for both axes, centred: distances on the page are those of the map),
+    groups, rows, paths."""
     coords = points.coords
     low, high = coords.min(axis=0), coords.max(axis=0)
-    scaled = (coords - low) / np.where(high > low, high - low, 1.0)
+    area = np.asarray(DRAWING_AREA, np.float64)
+    per_pixel = float(np.max((high - low) / area))  # map units per pixel, both axes
+    per_pixel = per_pixel if per_pixel > 0 else 1.0
+    scaled = 0.5 + (coords - (low + high) / 2) / (per_pixel * area)
     counts = np.bincount(points.group, minlength=len(points.groups))
     return {
         "x": np.round(scaled[:, 0], 4).tolist(),

@@ -19,7 +19,17 @@ from PIL import Image
 from test_audit import clustered, write_cache
 
 from featcache import extract
-from featcache.audit.plot import load_umap, plot_cache, resolve_method
+from featcache.audit.plot import (
+    LEGEND_MAX,
+    UNLABELLED,
+    MapPoints,
+    legend_entries,
+    load_umap,
+    plot_cache,
+    resolve_method,
+    write_png,
+)
+from featcache.audit.plot_html import DRAWING_AREA
 from featcache.audit.plot_options import AUTO_TSNE_MAX_POINTS, PlotOptions
 from featcache.cli import main
 from featcache.errors import DatasetError, InvalidOptionError
@@ -79,7 +89,14 @@ def test_html_is_self_contained_with_thumbnails(cache, tmp_path):
     assert [g["name"] for g in data["groups"]] == ["train", "val", "test"]
     reader = CacheReader(cache)
     assert data["p"] == reader.paths and data["g"] == reader.split.tolist()
-    assert min(data["x"]) == 0.0 and max(data["x"]) == 1.0
+    # one scale for both axes: the map's distances, in pixels, centred in the drawing area
+    width, height = DRAWING_AREA
+    spans = np.ptp(result.coords, axis=0)
+    pixels = np.array([np.ptp(data["x"]) * width, np.ptp(data["y"]) * height])
+    np.testing.assert_allclose(pixels / spans, (pixels / spans)[0], rtol=2e-3)
+    assert max(np.ptp(data["x"]), np.ptp(data["y"])) == 1.0
+    for axis in ("x", "y"):
+        assert min(data[axis]) + max(data[axis]) == pytest.approx(1.0, abs=2e-4)
     assert result.thumbnails == 18 and result.missing_thumbnails == 0 and data["m"] == []
     for url in data["t"].values():
         assert url.startswith("data:image/jpeg;base64,")
@@ -114,12 +131,18 @@ def test_missing_image_files_are_marked(tmp_path):
     assert page["p"][missing].endswith(gone.name) and str(missing) not in page["t"]
 
 
-def test_auto_method_and_umap_refused_without_umap_learn(cache, tmp_path):
+def test_auto_method_resolves(cache, tmp_path):
+    """auto: UMAP when umap-learn is installed, else t-SNE up to the limit and PCA above;
+    the map of the tiny cache is made by that method."""
     if load_umap() is None:
         assert resolve_method("auto", AUTO_TSNE_MAX_POINTS) == "tsne"
         assert resolve_method("auto", AUTO_TSNE_MAX_POINTS + 1) == "pca"
+        want = "tsne"
     else:
-        assert resolve_method("auto", 10) == "umap"
+        assert resolve_method("auto", AUTO_TSNE_MAX_POINTS + 1) == "umap"
+        want = "umap"
+    result = plot_cache(cache, tmp_path / "out", html=False, progress=False)
+    assert result.method == want and result.coords.shape == (18, 2)
 
 
 @NO_UMAP
@@ -177,6 +200,102 @@ def test_output_that_is_a_file_is_refused(cache, tmp_path):
     with pytest.raises(InvalidOptionError, match="not a folder"):
         plot_cache(cache, tmp_path / "f", method="pca")
     assert (tmp_path / "f").read_text() == "keep"
+
+
+def test_unwritable_output_is_refused_before_reading(tmp_path):
+    """-o under a file: one line, exit 2, before any feature is read (the 2-row cache
+    would otherwise fail on its rows)."""
+    rows, x = clustered(per_class=1)
+    few = write_cache(tmp_path / "few.h5", rows[:2], x[:2])
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(InvalidOptionError, match="cannot write there"):
+        plot_cache(few, tmp_path / "file" / "sub", method="pca")
+    run = CliRunner().invoke(main, ["plot", str(few), "-o", str(tmp_path / "file" / "sub")])
+    assert run.exit_code == 2
+    (line,) = run.output.strip().splitlines()
+    assert line.startswith(f"error: --output {str(tmp_path / 'file' / 'sub')!r}: cannot write")
+    assert (tmp_path / "file").read_text() == "keep"
+
+
+def test_folder_of_other_files_is_refused(cache, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    (out / "map.html").write_text("someone's page")
+    with pytest.raises(InvalidOptionError, match=r"holds other files \(notes.txt\)"):
+        plot_cache(cache, out, method="pca")
+    assert sorted(p.name for p in out.iterdir()) == ["map.html", "notes.txt"]
+    assert (out / "map.html").read_text() == "someone's page"
+
+
+def test_rerun_replaces_its_outputs_and_removes_stale_ones(cache, tmp_path):
+    out = tmp_path / "out"
+    plot_cache(cache, out, method="pca", progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["map.html", "map.png", "points.csv"]
+    result = plot_cache(cache, out, method="pca", html=False, color="split", progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["map.png", "points.csv"]
+    assert sorted(result.files) == ["csv", "png"]
+
+
+def test_non_cache_errors_fit_the_plot_command(tmp_path):
+    (tmp_path / "notes.h5").write_text("not a cache")
+    run = CliRunner().invoke(main, ["plot", str(tmp_path / "notes.h5")])
+    assert run.exit_code == 2
+    (line,) = run.output.strip().splitlines()
+    assert "featcache extract --overwrite rebuilds it" in line and "(--overwrite)" not in line
+    assert not (tmp_path / "notes.plot").exists()
+
+
+def test_unlabelled_rows_are_a_grey_group(tmp_path):
+    rows, x = clustered(per_class=3)
+    for i in (0, 5):
+        rows[i] = (rows[i][0], None, *rows[i][2:])
+    cache = write_cache(tmp_path / "c.h5", rows, x)
+    result = plot_cache(cache, tmp_path / "out", method="pca", progress=False)
+    _, data = page_data(tmp_path / "out" / "map.html")
+    unlabelled = data["groups"][-1]
+    assert unlabelled == {"name": UNLABELLED, "color": "#999999", "count": 2}
+    assert [data["g"][i] for i in (0, 5)] == [len(data["groups"]) - 1] * 2
+    with open(result.files["csv"], newline="") as handle:
+        classes = [r["class"] for r in csv.DictReader(handle)]
+    assert classes[0] == classes[5] == "" and all(classes[i] for i in (1, 2, 3, 4))
+    with Image.open(result.files["png"]) as png:  # its legend marker is drawn in grey
+        pixels = np.asarray(png.convert("RGB")).reshape(-1, 3)
+    assert (pixels == [153, 153, 153]).all(axis=1).any()
+
+
+def test_png_coloured_by_split(cache, tmp_path):
+    result = plot_cache(cache, tmp_path / "out", method="pca", color="split", html=False)
+    split = CacheReader(cache).split
+    counts = [int((split == s).sum()) for s in range(3)]
+    points = MapPoints(
+        result.plotted_rows,
+        result.coords,
+        "pca",
+        ["train", "val", "test"],
+        split.astype(np.int64),
+        split.astype(np.int64),
+    )
+    labels = [label for label, _, _ in legend_entries(points, "split")]
+    assert labels == [f"{n} ({c})" for n, c in zip(["train", "val", "test"], counts)]
+    with Image.open(result.files["png"]) as png:
+        colours = {tuple(p) for p in np.asarray(png.convert("RGB")).reshape(-1, 3).tolist()}
+    assert {(31, 119, 180), (255, 127, 14), (44, 160, 44)} <= colours  # tab10's first 3
+
+
+def test_png_legend_is_cut_with_a_count_of_the_rest(tmp_path):
+    n_groups = LEGEND_MAX + 5
+    group = np.arange(2 * n_groups) % n_groups
+    coords = np.random.default_rng(0).normal(size=(len(group), 2))
+    names = [f"class {i}" for i in range(n_groups)]
+    points = MapPoints(np.arange(len(group)), coords, "pca", names, group, group % 3)
+    entries = legend_entries(points, "label")
+    labels = [label for label, _, _ in entries]
+    assert labels[:LEGEND_MAX] == [f"class {i} (2)" for i in range(LEGEND_MAX)]
+    assert labels[LEGEND_MAX:] == ["+5 more (10 points)", "train", "val", "test"]
+    path = write_png(points, tmp_path / "map.png", "many classes")
+    with Image.open(path) as png:
+        assert png.format == "PNG" and png.size == (900, 700)
 
 
 def test_cli_plot(cache, tmp_path):
