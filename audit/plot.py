@@ -263,9 +263,10 @@ def write_outputs(
             if kind in parts:
                 os.replace(parts.pop(kind), target)
                 files[kind] = str(target)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    target.unlink()
+            else:  # an earlier run's output, or a killed run's part
+                for stale in (target, part(kind)):
+                    with contextlib.suppress(FileNotFoundError):
+                        stale.unlink()
     except OSError as exc:
         raise FeatcacheError(f"could not write into {folder} ({first_line(exc)})") from None
     return files, shown, missing

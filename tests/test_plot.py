@@ -232,6 +232,7 @@ def test_rerun_replaces_its_outputs_and_removes_stale_ones(cache, tmp_path):
     out = tmp_path / "out"
     plot_cache(cache, out, method="pca", progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["map.html", "map.png", "points.csv"]
+    (out / ".part-map.html").write_text("left by a killed run")
     result = plot_cache(cache, out, method="pca", html=False, color="split", progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["map.png", "points.csv"]
     assert sorted(result.files) == ["csv", "png"]
