@@ -6,7 +6,11 @@ when next written."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import subprocess
 
 import h5py
 import numpy as np
@@ -63,15 +67,21 @@ def test_an_extracted_cache_loads_with_hf_datasets(tmp_path):
     assert {SPLIT_NAMES[s] for s in loaded["split"]} <= set(SPLIT_NAMES)
 
 
-def test_a_cache_with_the_old_bad_group_is_read_and_upgraded_when_written(tmp_path):
-    data, out = _cache_with_a_bad_file(tmp_path)
+def _old_layout(out):
+    """Rewrite a cache's bad-file records as featcache wrote them before: a bad/ group."""
     want = CacheReader(out).bad
-    with h5py.File(out, "r+") as f:  # the layout featcache wrote before: a bad/ group
+    with h5py.File(out, "r+") as f:
         del f.attrs[BAD_FILES_ATTR]
         group = f.create_group("bad")
         string = h5py.string_dtype("utf-8")
         group.create_dataset("paths", data=[p for p, _ in want], dtype=string)
         group.create_dataset("reasons", data=[r for _, r in want], dtype=string)
+    return want
+
+
+def test_a_cache_with_the_old_bad_group_is_read_and_upgraded_when_written(tmp_path):
+    data, out = _cache_with_a_bad_file(tmp_path)
+    want = _old_layout(out)
     assert CacheReader(out).bad == want
     with pytest.raises(datasets.exceptions.DatasetGenerationError):
         _load(out, tmp_path / "old")  # why the records moved: the builder cannot load it
@@ -83,6 +93,44 @@ def test_a_cache_with_the_old_bad_group_is_read_and_upgraded_when_written(tmp_pa
     cache = CacheReader(out)
     assert cache.bad == want
     _assert_rows_equal(_load(out, tmp_path / "new"), cache)
+
+
+@contextlib.contextmanager
+def _read_only(folder):
+    """``folder`` where no file can be made: mode 555, or for root (whom modes do not stop)
+    the immutable attribute; skips where neither holds."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    elif (
+        shutil.which("chattr")
+        and not subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode
+    ):
+        undo = ["chattr", "-i", str(folder)]
+    else:
+        pytest.skip("cannot make a read-only folder here (root without chattr +i)")
+    try:
+        yield
+    finally:
+        subprocess.run(undo, check=True)
+
+
+def test_a_no_change_rerun_leaves_a_read_only_old_layout_cache_alone(tmp_path):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=3)
+    (data / "class_1" / "broken.png").write_bytes(b"not an image")
+    folder = tmp_path / "caches"
+    out = folder / "c.h5"
+    extract(data, output=out, **TINY)
+    want = _old_layout(out)
+    before = out.read_bytes()
+    with _read_only(folder):
+        again = extract(data, output=out, **TINY)  # the upgrade cannot be written: skipped
+        assert (again.new, again.removed, again.reused, again.bad) == (0, 0, 6, 1)
+        assert out.read_bytes() == before and CacheReader(out).bad == want
+    extract(data, output=out, **TINY)  # writable again: the next rerun upgrades it
+    with h5py.File(out, "r") as f:
+        assert "bad" not in f and BAD_FILES_ATTR in f.attrs
+    assert CacheReader(out).bad == want
 
 
 def test_a_malformed_bad_files_attribute_is_a_damaged_cache(tmp_path):

@@ -105,6 +105,9 @@ class CacheWriter:
         self._last_commit = time.monotonic()
         self._commit_cost = 0.0
         self._dirty = False
+        self._legacy = False
+        """The file keeps its bad-file records in the old ``bad/`` group: any write moves them,
+        and a final commit that changes nothing else moves them when it can (see commit)."""
         for stale in self.path.parent.glob(glob.escape(self.path.name) + ".tmp-*"):
             stale.unlink(missing_ok=True)
         self.base_paths: list[str] = []
@@ -140,7 +143,7 @@ class CacheWriter:
             self.base_stats = file_stats(handle)
             self._base_classes = json.loads(handle.attrs.get("class_names", "[]"))
             self.bad = dict(bad_records(handle))
-            self._dirty = BAD_FILES_ATTR not in handle.attrs  # the bad/ group: move it
+            self._legacy = BAD_FILES_ATTR not in handle.attrs  # the bad/ group: move it
 
     # -- bookkeeping -----------------------------------------------------------------
 
@@ -272,9 +275,11 @@ class CacheWriter:
     def commit(self, final: bool = False) -> bool:
         """Write everything so far as the new cache file; False when nothing changed."""
         self._take_confirmed()
-        if self._has_base and not self._dirty and not self._rewrite:
-            if not final or self._in_order():
-                return False
+        upgrade_only = (
+            self._has_base and not self._dirty and not self._rewrite
+        ) and (not final or self._in_order())
+        if upgrade_only and not (final and self._legacy and _writable(self.path)):
+            return False
         if not self._has_base and not self._pending.paths and not final:
             return False
         started = time.monotonic()
@@ -290,6 +295,8 @@ class CacheWriter:
                 with open(tmp, "rb+") as handle:
                     os.fsync(handle.fileno())
             except (OSError, RuntimeError) as exc:  # HDF5 reports failed flushes as either
+                if upgrade_only and isinstance(exc, OSError):  # only the layout upgrade
+                    return False  # failed: the file reads as it is
                 if isinstance(exc, RuntimeError) and not is_disk_full(exc):
                     raise
                 raise self._write_failed(exc) from None
@@ -355,6 +362,7 @@ class CacheWriter:
         self._has_base = True
         self._rewrite = False
         self._dirty = False
+        self._legacy = False
 
     def _labels(self, classes: Iterable[str | None]) -> np.ndarray:
         lookup = {name: i for i, name in enumerate(self.class_names)}
@@ -602,3 +610,9 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path`` and its folder may be written (a rerun that changes nothing leaves a
+    read-only cache alone rather than fail on upgrading its layout)."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
