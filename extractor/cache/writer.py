@@ -275,9 +275,8 @@ class CacheWriter:
     def commit(self, final: bool = False) -> bool:
         """Write everything so far as the new cache file; False when nothing changed."""
         self._take_confirmed()
-        upgrade_only = (
-            self._has_base and not self._dirty and not self._rewrite
-        ) and (not final or self._in_order())
+        nothing_new = self._has_base and not self._dirty and not self._rewrite
+        upgrade_only = nothing_new and (not final or self._in_order())
         if upgrade_only and not (final and self._legacy and _writable(self.path)):
             return False
         if not self._has_base and not self._pending.paths and not final:
