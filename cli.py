@@ -828,7 +828,7 @@ def predict_command(
     type=click.Choice(head_defaults.SCHEDULES),
     default=head_defaults.FINE_TUNE_SCHEDULE,
     show_default=True,
-    help="auto: head, then the top layers, then more, warm-up + cosine and layer-wise "
+    help="auto: from the head, the top layers, then more, warm-up + cosine and layer-wise "
     "learning rates, the best epoch by val (never below the head); fixed: one run with the "
     "options given (as before).",
 )
@@ -858,7 +858,9 @@ def predict_command(
     type=int,
     default=None,
     help="Epochs (auto: of all phases). [default: auto "
-    f"{head_defaults.FINE_TUNE_AUTO_EPOCHS}, fixed {head_defaults.FINE_TUNE_EPOCHS}]",
+    f"{head_defaults.FINE_TUNE_AUTO_EPOCHS}, fixed {head_defaults.FINE_TUNE_EPOCHS}]"
+    if head_defaults.FINE_TUNE_AUTO_EPOCHS != head_defaults.FINE_TUNE_EPOCHS
+    else f"Epochs (auto: of all phases). [default: {head_defaults.FINE_TUNE_EPOCHS}]",
 )
 @click.option(
     "--batch-size", type=int, default=head_defaults.FINE_TUNE_BATCH_SIZE, show_default=True
@@ -889,8 +891,8 @@ def predict_command(
     type=click.Choice(head_defaults.BALANCES),
     default=head_defaults.FINE_TUNE_BALANCE,
     show_default=True,
-    help="auto: class weights in the loss (weights: always; auto: when the largest train "
-    f"class has {head_defaults.BALANCE_RATIO:g}x the rows of the smallest).",
+    help="auto schedule: weights: balanced class weights in the loss; auto: weights when "
+    f"the largest train class has {head_defaults.BALANCE_RATIO:g}x the rows of the smallest.",
 )
 @click.option(
     "--warmup",
