@@ -241,9 +241,7 @@ PARQUET_MAGIC = b"PAR1"
 def _foreign_entry(out: Path, format: str) -> str | None:
     """Why ``out`` (which exists) is not an export of ``format``, or None when it is one."""
     if format == "parquet":
-        with open(out, "rb") as handle:
-            head = handle.read(4)
-        return None if head in (b"", PARQUET_MAGIC) else "not a Parquet file"
+        return _foreign_parquet(out)
     if not out.is_dir():
         return "a file, not a folder"
     entries = sorted(out.iterdir())
@@ -262,6 +260,26 @@ def _foreign_entry(out: Path, format: str) -> str | None:
             if item.is_symlink() or not item.is_file() or not pattern.fullmatch(item.name):
                 return f"it holds {entry.name + '/' + item.name!r}"
     return None
+
+
+def _foreign_parquet(out: Path) -> str | None:
+    """Why the file ``out`` is not an earlier Parquet export (one whose schema metadata has
+    the ``featcache`` key), or None when it is one or is empty."""
+    import pyarrow.parquet as pq
+
+    try:
+        with open(out, "rb") as handle:
+            head = handle.read(4)
+        if head == b"":
+            return None
+        if head != PARQUET_MAGIC:
+            return "not a Parquet file"
+        metadata = pq.read_schema(out).metadata or {}
+    except OSError as exc:  # pyarrow's ArrowInvalid is a ValueError
+        return f"cannot be read: {_first_line(exc)}"
+    except ValueError:
+        return "not a whole Parquet file"
+    return None if SCHEMA_KEY in metadata else "a Parquet file featcache did not write"
 
 
 def _local_root(dataset_root: str) -> Path | None:

@@ -263,6 +263,12 @@ def test_overwrite_never_removes_a_folder_that_is_not_an_earlier_export(extracte
     with pytest.raises(InvalidOptionError, match="not a Parquet file"):
         export_features(extracted, precious / "sub" / "important.txt", overwrite=True)
     assert (precious / "sub" / "important.txt").read_text() == "only copy"
+    theirs = tmp_path / "theirs.parquet"  # a Parquet file export-features did not write
+    pq.write_table(pa.table({"x": [1, 2]}), theirs)
+    before = theirs.read_bytes()
+    with pytest.raises(InvalidOptionError, match="a Parquet file featcache did not write"):
+        export_features(extracted, theirs, overwrite=True)
+    assert theirs.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
