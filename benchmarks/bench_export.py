@@ -9,6 +9,7 @@ Writes a real cache of random float32 features through ``CacheWriter`` (as
 and reports seconds, output bytes and the child's peak RSS next to the size of the features
 (rows x dim x 4 bytes): a chunked export stays far below it. ``--hf`` also times
 ``datasets.load_dataset("hdf5", ...)`` on the cache (its Arrow copy goes to the folder).
+``--normalize on|off`` overrides the default (L2-normalised features for npy only).
 """
 
 from __future__ import annotations
@@ -34,8 +35,13 @@ CHILD = """
 import json, sys, time
 from featcache.extractor.export_features import export_features
 started = time.monotonic()
-summary = export_features(sys.argv[1], sys.argv[2], format=sys.argv[3], progress=False)
-print(json.dumps({"seconds": time.monotonic() - started, "bytes": summary.bytes}))
+normalize = {"default": None, "on": True, "off": False}[sys.argv[4]]
+summary = export_features(
+    sys.argv[1], sys.argv[2], format=sys.argv[3], progress=False, normalize=normalize
+)
+print(json.dumps({
+    "seconds": time.monotonic() - started, "bytes": summary.bytes, "normalized": summary.normalized
+}))
 """
 
 HF_CHILD = """
@@ -69,6 +75,12 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--formats", default="parquet,npy")
     parser.add_argument("--hf", action="store_true")
+    parser.add_argument(
+        "--normalize",
+        choices=("default", "on", "off"),
+        default="default",
+        help="export_features' normalize (default: on for npy, off for the others)",
+    )
     parser.add_argument("--dir", default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -87,7 +99,7 @@ def main() -> None:
         }
         for fmt in args.formats.split(","):
             out = Path(tmp) / f"out-{fmt}"
-            result = child(CHILD, str(cache), str(out), fmt)
+            result = child(CHILD, str(cache), str(out), fmt, args.normalize)
             result["mib"] = round(result.pop("bytes") / 2**20, 1)
             result["seconds"] = round(result["seconds"], 2)
             report["formats"][fmt] = result
