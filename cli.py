@@ -1392,7 +1392,8 @@ def export_features_command(
         return
     click.echo(
         f"{summary.rows} rows x {summary.feature_dim} {summary.dtype} -> {summary.output} "
-        f"({summary.format}, {summary.bytes} bytes, {summary.seconds:.1f} s)"
+        f"({summary.format}{', L2-normalised' if summary.normalized else ''}, "
+        f"{summary.bytes} bytes, {summary.seconds:.1f} s)"
     )
 
 

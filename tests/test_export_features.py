@@ -177,6 +177,9 @@ def test_normalize_and_absolute_paths_for_parquet(extracted, tmp_path):
     np.testing.assert_array_equal(features, expected)
     root = Path(cache.settings.dataset_root)
     assert table.column("path").to_pylist() == [str(root / p) for p in cache.paths]
+    args = ["export-features", str(extracted), "-o", str(tmp_path / "c.parquet"), "-q"]
+    text = CliRunner().invoke(main, [*args, "--normalize"]).output
+    assert text.startswith("6 rows x 512 float32 -> ") and "(parquet, L2-normalised, " in text
 
 
 def test_float16_refuses_values_it_cannot_hold(tmp_path):
@@ -206,6 +209,27 @@ def test_lance(extracted, tmp_path):
     )
     assert table.column("path").to_pylist() == cache.paths
     assert table.column("split").to_pylist() == _expected(cache)["split"]
+    # an earlier Lance export is replaced whole; its files are on disk before the rename
+    again = export_features(extracted, out, format="lance", overwrite=True, normalize=True)
+    assert again.normalized and lance.dataset(str(out)).count_rows() == 6
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_an_interrupted_export_leaves_nothing_and_the_old_output(extracted, tmp_path):
+    out = tmp_path / "e-npy"
+    export_features(extracted, out, format="npy")
+    before = _tree(out)
+
+    def interrupt(done, total):  # Ctrl-C after the first chunk
+        raise KeyboardInterrupt
+
+    for output in (out, tmp_path / "new-npy"):
+        with pytest.raises(KeyboardInterrupt):
+            export_features(
+                extracted, output, "npy", overwrite=True, chunk_bytes=4096, on_progress=interrupt
+            )
+    assert _tree(out) == before and not (tmp_path / "new-npy").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_an_existing_output_is_refused_or_replaced_whole(extracted, tmp_path):
