@@ -197,8 +197,9 @@ def train_head(
     if views:  # cached views or feature augmentation (heads/view_training.py)
         check_view_training(splits, chosen)
     started = time.monotonic()
+    streamed = streaming  # fit_views may stream the train views on its own
     if views:
-        estimator, history = fit_views(kind, params, splits, streaming, chosen)
+        estimator, history, streamed = fit_views(kind, params, splits, streaming, chosen)
     else:
         estimator, history = _fit(kind, params, splits, streaming)
     fit_seconds = time.monotonic() - started
@@ -218,7 +219,7 @@ def train_head(
         "backbone": splits.settings.backbone,
         "rows": {s: len(getattr(splits, s)) for s in ("train", "val", "test")},
         "class_names": names,
-        "streamed": streaming,
+        "streamed": streamed,
         "stream_option": chosen.stream,
         "val_fraction": chosen.val_fraction,
         **({"views": chosen.views, "feature_augment": chosen.feature_augment} if views else {}),

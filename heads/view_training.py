@@ -84,8 +84,22 @@ class TrainViews:
         self.rows = splits.train.rows
         self.count = 1 if mode == "plain" else int(getattr(splits.reader, "views", 1))
         self._memory: np.ndarray | None = None
+        self._block: tuple[np.ndarray, np.ndarray] | None = None
         if not stream:
-            self._memory = self._read(np.arange(len(self.rows)))
+            self._memory = self._load()
+
+    def _load(self) -> np.ndarray:
+        """Every train row's views in memory, read a block at a time: ``(N, 1, D)`` means
+        for ``mean`` (the only rows it trains on), ``(N, count, D)`` otherwise."""
+        kept = 1 if self.mode == "mean" else self.count
+        out = np.empty((len(self.rows), kept, self.splits.feature_dim), np.float32)
+        step = DEFAULT_FEATURE_BATCH_SIZE
+        for start in range(0, len(self.rows), step):
+            block = self._read(np.arange(start, min(start + step, len(self.rows))))
+            out[start : start + len(block)] = (
+                block.mean(axis=1, keepdims=True) if self.mode == "mean" else block
+            )
+        return out
 
     @property
     def labels(self) -> np.ndarray:
@@ -105,22 +119,31 @@ class TrainViews:
         return reader.view_features(rows)
 
     def take(self, entries: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        """The feature rows of one batch of epoch entries (``rng`` draws ``one`` views)."""
+        """The ``(len(entries), D)`` feature rows of one batch of epoch entries (``rng``
+        draws ``one`` views). Reads only the picked rows: in memory it indexes the
+        (row, view) pairs, never a copy of every view of every entry."""
+        entries = np.asarray(entries, np.int64)
         if self.mode == "all":
             picks, views = entries // self.count, entries % self.count
         else:
             picks, views = entries, np.zeros(len(entries), np.int64)
+            if self.mode == "one" and rng is not None:
+                views = rng.integers(0, self.count, len(entries))
+        if self._memory is not None:
+            if self.mode == "all" and len(entries) == len(self):
+                if np.array_equal(entries, np.arange(len(self))):
+                    return self._memory.reshape(-1, self._memory.shape[-1])  # a view
+            return self._memory[picks, 0 if self.mode == "mean" else views]
+        if self._block is not None:  # streamed ``all``: the block being walked
+            rows, block = self._block
+            at = np.minimum(np.searchsorted(rows, picks), len(rows) - 1)
+            if np.array_equal(rows[at], picks):
+                return block[at, views]
         unique, inverse = np.unique(picks, return_inverse=True)
-        stacked = self._read(unique)[inverse]
+        stacked = self._read(unique)  # (unique rows, count, D): one batch
         if self.mode == "mean":
-            return stacked.mean(axis=1)
-        if self.mode == "one":
-            views = (
-                rng.integers(0, self.count, len(entries))
-                if rng is not None
-                else np.zeros(len(entries), np.int64)
-            )
-        return stacked[np.arange(len(entries)), views]
+            return stacked.mean(axis=1)[inverse]
+        return stacked[inverse, views]
 
     def __len__(self) -> int:
         """Rows of one epoch."""
@@ -156,16 +179,53 @@ class TrainViews:
         strength: float = 0.0,
         std: np.ndarray | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """One epoch of shuffled ``(features, labels)`` batches, seeded by (seed, epoch)."""
+        """One epoch of shuffled ``(features, labels)`` batches, seeded by (seed, epoch).
+
+        ``all`` shuffles the rows, then walks them a block at a time (about
+        ``DEFAULT_FEATURE_BATCH_SIZE`` entries), shuffling each block's entries (every view
+        of its rows): each view is read once per epoch, and memory and streaming give the
+        same batches."""
         rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(len(self))
+        if self.mode == "all" and self.count > 1:
+            orders: Iterator[np.ndarray] = self._blocked_order(rng)
+        else:
+            orders = iter([rng.permutation(len(self))])
         labels = self.labels
-        for start in range(0, len(order), batch_size):
-            entries = order[start : start + batch_size]
-            x = self.take(entries, rng)
-            if strength > 0 and std is not None:
-                x = feature_augment(x, strength, std, rng)
-            yield x, labels[entries]
+        carry = np.zeros(0, np.int64)
+        for order in orders:
+            order = np.concatenate([carry, order])
+            whole = len(order) - len(order) % batch_size
+            for start in range(0, whole, batch_size):
+                yield self._batch(order[start : start + batch_size], labels, rng, strength, std)
+            carry = order[whole:]
+        if len(carry):
+            yield self._batch(carry, labels, rng, strength, std)
+
+    def _blocked_order(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """``all``: the epoch's entries a block of shuffled rows at a time, each block's
+        entries shuffled."""
+        rows = rng.permutation(len(self.rows))
+        step = max(1, DEFAULT_FEATURE_BATCH_SIZE // self.count)
+        for start in range(0, len(rows), step):
+            block = np.sort(rows[start : start + step])
+            if self._memory is None:  # read its views once; take() indexes them
+                self._block = (block, self._read(block))
+            entries = (block[:, None] * self.count + np.arange(self.count)).reshape(-1)
+            yield entries[rng.permutation(len(entries))]
+        self._block = None
+
+    def _batch(
+        self,
+        entries: np.ndarray,
+        labels: np.ndarray,
+        rng: np.random.Generator,
+        strength: float,
+        std: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        x = self.take(entries, rng)
+        if strength > 0 and std is not None:
+            x = feature_augment(x, strength, std, rng)
+        return x, labels[entries]
 
 
 def _fits_in_memory(splits: CachedSplits, mode: str) -> bool:
@@ -182,16 +242,17 @@ def _fits_in_memory(splits: CachedSplits, mode: str) -> bool:
 
 def fit_views(
     kind: str, params: dict[str, Any], splits: CachedSplits, stream: bool, options: HeadOptions
-) -> tuple[Any, dict[str, list[float]] | None]:
+) -> tuple[Any, dict[str, list[float]] | None, bool]:
     """Fit a head of ``kind`` on the train views (``options.views``), with
-    ``options.feature_augment`` for the dense head; early stopping on view 0 of val."""
+    ``options.feature_augment`` for the dense head; early stopping on view 0 of val.
+    Returns (model, history, whether the train views were streamed from disk)."""
     if kind == "dense" and options.stream is None and not stream:
         stream = not _fits_in_memory(splits, options.views)
     source = TrainViews(splits, options.views, stream)
     if kind != "dense":
         model = make_baseline(kind, **params)
         fit_baseline(kind, model, source.take(np.arange(len(source)), None), source.labels)
-        return model, None
+        return model, None, stream
     head = DenseHead(**params)
     early = splits.seen(splits.val)
     if len(early) == 0:
@@ -218,4 +279,4 @@ def fit_views(
         stats if params.get("standardize") else None,
         val_batches,
     )
-    return head, head.history_
+    return head, head.history_, stream

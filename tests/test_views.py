@@ -260,6 +260,63 @@ def test_feature_augment_is_seeded_per_epoch_and_bounded(views_cache):
     assert not np.allclose(out, x)
 
 
+def test_all_and_mean_take_only_the_rows_they_return(views_cache):
+    """The whole train set of ``all`` (what an sklearn head fits on) is the views in row
+    order, the labels repeated to match, without building a K times larger array."""
+    import tracemalloc
+
+    splits = load_splits(views_cache / "views.h5")
+    stacked = splits.reader.view_features(splits.train.rows)  # (N, 3, D)
+    n, k, dim = stacked.shape
+    every = TrainViews(splits, "all", False)
+    tracemalloc.start()
+    x = every.take(np.arange(len(every)), None)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_allclose(x, stacked.reshape(n * k, dim), atol=1e-6)
+    np.testing.assert_array_equal(every.labels, np.repeat(splits.train.labels, k))
+    assert peak < x.nbytes  # no copy at all: the old take() made (N*K, K, D) first
+    entries = np.array([5, 0, 4, 4, 2])  # (row, view) pairs (1, 2), (0, 0), (1, 1), (0, 2)
+    want = stacked[entries // k, entries % k]
+    for stream in (False, True):
+        np.testing.assert_allclose(TrainViews(splits, "all", stream).take(entries, None), want)
+    mean = TrainViews(splits, "mean", False)
+    assert mean._memory is not None and mean._memory.shape == (n, 1, dim)  # means only
+    np.testing.assert_allclose(mean.take(np.arange(n), None), stacked.mean(axis=1), atol=1e-6)
+
+
+def test_a_streamed_all_epoch_reads_each_view_once(views_cache, monkeypatch):
+    splits = load_splits(views_cache / "views.h5")
+    n = len(splits.train.rows)
+    reads = []
+    real = splits.reader.view_features
+
+    def counted(rows=None):
+        reads.append(len(rows))
+        return real(rows)
+
+    monkeypatch.setattr(splits.reader, "view_features", counted)
+    source = TrainViews(splits, "all", True)
+    x, _ = _epoch(source)
+    assert x.shape == (n * 3, splits.feature_dim)
+    assert sum(reads) == n  # one block here: every row's views read once, not per batch
+
+
+def test_the_report_says_when_fit_views_streamed_on_its_own(views_cache, tmp_path, monkeypatch):
+    """The dense head streams the train views when their K copies would not fit, even where
+    view 0 alone would: the report records what training did."""
+    from featcache.heads import view_training
+
+    cache = views_cache / "views.h5"
+    kept = train_head(cache, output=tmp_path / "a", views="all", epochs=1)
+    assert kept.report["streamed"] is False and kept.report["stream_option"] is None
+    monkeypatch.setattr(view_training, "DEFAULT_MEMORY_FRACTION", 0.0)  # no views fit
+    streamed = train_head(cache, output=tmp_path / "b", views="all", epochs=1)
+    assert streamed.report["streamed"] is True and streamed.report["stream_option"] is None
+    forced = train_head(cache, output=tmp_path / "c", views="all", epochs=1, stream=False)
+    assert forced.report["streamed"] is False
+
+
 @pytest.mark.parametrize(
     "options",
     [
