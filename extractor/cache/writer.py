@@ -496,7 +496,8 @@ class CacheWriter:
                 out["sha256"][:] = np.asarray([all_sha[i] for i in order], dtype="S64")
                 out["split"][:] = all_split[order]
                 self._write_stats(out, all_stats[order])
-                step = max(1, _COPY_CHUNK_BYTES // max(1, self.feature_dim * 4))
+                row_bytes = self.feature_dim * 4 * self.settings.views  # views copied alongside
+                step = max(1, _COPY_CHUNK_BYTES // max(1, row_bytes))
                 for start in range(0, rows, step):
                     picks = order[start : start + step]
                     block = np.empty((len(picks), self.feature_dim), self.settings.dtype)

@@ -24,10 +24,10 @@ GONE = object()
 
 def job_bytes(options: ExtractOptions, image_size: tuple[int, int], feature_dim: int) -> int:
     """Memory a job reserves: its read-ahead window and a batch (kept, and stacked) of
-    decoded images, and a batch of features (with views: a batch of augmented images and
-    the views' features too)."""
+    decoded images, and a batch of features (with views: the batch resized to the input
+    size, two batches of augmented images in flight, and the views' features too)."""
     batch = options.batch_size
-    images = options.window + 2 * batch + (batch if options.views > 1 else 0)
+    images = options.window + 2 * batch + (3 * batch if options.views > 1 else 0)
     return images * input_bytes(image_size) + batch * options.views * feature_dim * 4
 
 
