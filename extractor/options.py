@@ -61,9 +61,14 @@ either way and are stored as ``dtype``."""
 DEFAULT_PRECISION = "float32"
 ENGINES = ("local", "ray")
 VIEW_AUGMENTATIONS = ("flip", "crop", "color")
-"""Augmentations of cached views (:mod:`.views`): ``flip`` (horizontal, half the views),
-``crop`` (random resized crop back to the input size), ``color`` (brightness, contrast and
-saturation jitter)."""
+"""Augmentations of cached views (:mod:`.views`): ``flip`` (horizontal: half the views,
+view 1 when it is the only augmentation), ``crop`` (random resized crop back to the input
+size), ``color`` (brightness, contrast and saturation jitter)."""
+AUGMENT_VERSION = 2
+"""Version of the view augmentations (:mod:`.views`): 1 flipped each view on a coin toss
+even with ``flip`` alone (many views copies of view 0), 2 flips view 1 when ``flip`` is the
+only augmentation. Caches record it (views caches from before read as 1); views of two
+versions are never mixed."""
 MAX_VIEWS = 64
 """Most views per image (view 0, the plain image, included)."""
 
@@ -277,6 +282,12 @@ class ExtractOptions:
             raise invalid("augment", self.augment, "augmentations need views 2 or more")
         if self.views > 1 and not chosen:
             chosen = VIEW_AUGMENTATIONS
+        if self.views > 2 and set(chosen) == {"flip"}:
+            raise invalid(
+                "views",
+                self.views,
+                "augment 'flip' alone makes one other image (the mirror): views 2 at most",
+            )
         if self.views > 1 and self.remote is not None:
             raise InvalidOptionError(
                 "views: a remote server embeds plain images only; extract views locally, "

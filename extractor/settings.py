@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import SettingsMismatchError
 from .options import (
+    AUGMENT_VERSION,
     DEFAULT_BLOCKS,
     DEFAULT_POOLING,
     DEFAULT_PRECISION,
@@ -216,6 +217,9 @@ class CacheSettings(FeatureSettings):
     """Augmentations of views 1+ (empty when ``views == 1``)."""
     augment_seed: int = field(default=0, kw_only=True)
     """Seed of the augmentations (0 when ``views == 1``)."""
+    augment_version: int = field(default=AUGMENT_VERSION, kw_only=True)
+    """Version of the augmentation procedure (:data:`~.options.AUGMENT_VERSION`); caches
+    with views from before it was recorded read as 1."""
 
     @classmethod
     def of(
@@ -274,12 +278,19 @@ class CacheSettings(FeatureSettings):
         return out
 
     def _view_differences(self, other: CacheSettings, ours: str, theirs: str) -> list[str]:
-        """Cached views are kept only for the same count, augmentations and seed."""
+        """Cached views are kept only for the same count, augmentations, seed and
+        augmentation version."""
         if self.views != other.views:
             return [f"views {self.views} ({ours}) vs {other.views} ({theirs})"]
         if self.views == 1:
             return []
         out = []
+        versions = (self.augment_version, other.augment_version)
+        if versions[0] != versions[1]:
+            out.append(
+                f"augment_version {versions[0]} ({ours}) vs {versions[1]} ({theirs}): the "
+                "views were made by another augmentation procedure; extract again"
+            )
         if self.augment != other.augment:
             mine, yours = ",".join(self.augment), ",".join(other.augment)
             out.append(f"augment {mine!r} ({ours}) vs {yours!r} ({theirs})")
@@ -301,6 +312,7 @@ class CacheSettings(FeatureSettings):
             extra["views"] = int(self.views)
             extra["augment"] = ",".join(self.augment)
             extra["augment_seed"] = int(self.augment_seed)
+            extra["augment_version"] = int(self.augment_version)
         return {
             **extra,
             "backbone": self.backbone,
@@ -327,6 +339,7 @@ class CacheSettings(FeatureSettings):
     def from_attrs(cls, attrs: Mapping[str, Any]) -> CacheSettings:
         """Settings read back from a cache file's root attributes."""
         ratios = [float(v) for v in np.asarray(attrs["split_ratios"]).reshape(-1)]
+        views = int(_plain(attrs.get("views", 1)) or 1)
         return cls(
             **_common(attrs),
             feature_dim=int(_plain(attrs.get("feature_dim", 0)) or 0),
@@ -334,9 +347,12 @@ class CacheSettings(FeatureSettings):
             split_ratios=(ratios[0], ratios[1], ratios[2]),
             split_source=_text(attrs, "split_source") or "hash",
             dataset_root=_text(attrs, "dataset_root"),
-            views=int(_plain(attrs.get("views", 1)) or 1),
+            views=views,
             augment=tuple(a for a in _text(attrs, "augment").split(",") if a),
             augment_seed=int(_plain(attrs.get("augment_seed", 0)) or 0),
+            augment_version=(
+                int(_plain(attrs.get("augment_version", 1)) or 1) if views > 1 else AUGMENT_VERSION
+            ),
         )
 
 

@@ -2,11 +2,13 @@
 
 Views 1 to K-1 are augmented copies of the image as the backbone sees it (decoded and
 resized to its input size, float32 0-255, before its preprocessing): ``flip``
-(horizontal, with probability 1/2), ``crop`` (a random resized crop, 35-100 % of the area,
+(horizontal, with probability 1/2; always when it is the only augmentation, as the mirror is
+the one other image it makes), ``crop`` (a random resized crop, 35-100 % of the area,
 aspect 3/4 to 4/3, bilinear back to the input size) and ``color`` (brightness, contrast
 and saturation factors in 0.6-1.4, in that order). Each view's random draws come from
 ``(seed, the image's SHA-256, view index)`` alone, so a resumed run, the Ray actors and a
-server's ``ExtractDataset`` make the same views as one local run.
+server's ``ExtractDataset`` make the same views as one local run. A change to what these
+functions make bumps :data:`~.options.AUGMENT_VERSION`, which caches record.
 
 NumPy only: the augmentations run on the engine's thread (or a Ray actor), and the views
 are embedded with the same call that embeds plain float images.
@@ -45,7 +47,7 @@ def augment_image(
     out = np.asarray(image, np.float32)
     if "crop" in augment:
         out = _random_resized_crop(out, rng)
-    if "flip" in augment and rng.random() < 0.5:
+    if "flip" in augment and (set(augment) == {"flip"} or rng.random() < 0.5):
         out = out[:, ::-1]
     if "color" in augment:
         out = _color_jitter(out, rng)

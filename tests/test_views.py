@@ -62,10 +62,15 @@ def test_augmentations_depend_only_on_seed_sha_and_view():
 
 def test_flip_only_mirrors_and_crop_keeps_the_size():
     image = np.random.default_rng(1).uniform(0, 255, (24, 30, 3)).astype(np.float32)
-    flips = [augment_image(image, ("flip",), view_rng(0, SHA, v)) for v in range(1, 17)]
-    mirrored = [np.array_equal(f, image[:, ::-1]) for f in flips]
-    assert all(m or np.array_equal(f, image) for m, f in zip(mirrored, flips))
-    assert 0 < sum(mirrored) < len(flips)  # about half the views are flipped
+    # flip alone: view 1 is always the mirror (never a copy of view 0)
+    for seed in range(8):
+        flip = augment_image(image, ("flip",), view_rng(seed, SHA, 1))
+        np.testing.assert_array_equal(flip, image[:, ::-1])
+    # with another augmentation, a coin toss per view
+    flips = [augment_image(image, ("flip", "color"), view_rng(0, SHA, v)) for v in range(1, 17)]
+    left = [float(np.corrcoef(f[:, 0].ravel(), image[:, 0].ravel())[0, 1]) for f in flips]
+    mirrored = sum(c < 0.9 for c in left)
+    assert 0 < mirrored < len(flips)  # about half the views are flipped
     crop = augment_image(image, ("crop",), view_rng(0, SHA, 1))
     assert crop.shape == image.shape and not np.allclose(crop, image)
     color = augment_image(image, ("color",), view_rng(0, SHA, 1))
@@ -124,6 +129,30 @@ def test_a_rerun_with_other_view_settings_is_refused(tmp_path, data):
     assert summary.new == 6 and CacheReader(out).view_features().shape[1] == 4
 
 
+def test_views_made_by_an_older_augmentation_procedure_are_not_extended(tmp_path, data):
+    """Views caches record the augmentation version; one from before it was recorded reads
+    as version 1 and is never resumed or extended with views of the current procedure."""
+    import h5py
+
+    from featcache.extractor.options import AUGMENT_VERSION
+
+    out = tmp_path / "views.h5"
+    extract(data, output=out, views=2, augment="flip", **TINY)
+    assert CacheReader(out).attrs["augment_version"] == AUGMENT_VERSION == 2
+    with h5py.File(out, "a") as handle:  # as featcache wrote it before the attribute
+        del handle.attrs["augment_version"]
+    assert CacheReader(out).settings.augment_version == 1
+    named = "augment_version 1 (cache) vs 2 (now): the views were made by another"
+    with pytest.raises(SettingsMismatchError, match=re.escape(named)):
+        extract(data, output=out, views=2, augment="flip", **TINY)
+    assert CacheReader(out).view_features().shape == (6, 2, CacheReader(out).feature_dim)
+    plain = extract(data, output=tmp_path / "plain.h5", **TINY)  # no views: no version
+    assert "augment_version" not in CacheReader(tmp_path / "plain.h5").attrs
+    assert plain.views == 1
+    summary = extract(data, output=out, views=2, augment="flip", overwrite=True, **TINY)
+    assert summary.new == 6 and CacheReader(out).settings.augment_version == 2
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -133,6 +162,7 @@ def test_a_rerun_with_other_view_settings_is_refused(tmp_path, data):
         ({"augment": "flip"}, "augmentations need views 2 or more"),
         ({"views": 2, "augment_seed": -1}, "augment_seed -1"),
         ({"views": 2, "remote": "127.0.0.1:1"}, "remote server embeds plain images only"),
+        ({"views": 3, "augment": "flip"}, "views 3: augment 'flip' alone makes one other"),
     ],
 )
 def test_bad_view_options_fail_before_any_file(tmp_path, data, changes, message):
