@@ -368,6 +368,10 @@ def inspect_command(cache: str, as_json: bool) -> None:
         "precision",
         "blocks",
         "projection",
+        "views",
+        "augment",
+        "augment_seed",
+        "augment_version",
         "split_source",
         "split_ratios",
         "seed",
@@ -378,6 +382,11 @@ def inspect_command(cache: str, as_json: bool) -> None:
     ):
         if key in ("blocks", "projection") and key not in settings:
             continue  # written only when set (keras-hub transformers)
+        if key.startswith("augment") and "views" not in settings:
+            continue  # views caches only (extract --views)
+        if key == "views" and key not in settings:
+            click.echo(f"  {key:<14} 1")  # one embedding per image
+            continue
         shown = settings.get(key, "float32" if key == "precision" else "")  # older caches
         click.echo(f"  {key:<14} {shown}")
     splits = info["splits"]

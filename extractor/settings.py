@@ -279,7 +279,20 @@ class CacheSettings(FeatureSettings):
 
     def _view_differences(self, other: CacheSettings, ours: str, theirs: str) -> list[str]:
         """Cached views are kept only for the same count, augmentations, seed and
-        augmentation version."""
+        augmentation version. A cache's views that the same procedure could extend are named
+        as the options to rerun with."""
+        out = self._view_setting_differences(other, ours, theirs)
+        if out and ours == "cache" and self.views > 1:
+            if self.augment_version == other.augment_version:
+                out[-1] += (
+                    f" (to keep the cached views rerun with --views {self.views} --augment "
+                    f"{','.join(self.augment)} --augment-seed {self.augment_seed}, in Python "
+                    f"views={self.views}, augment={','.join(self.augment)!r}, "
+                    f"augment_seed={self.augment_seed})"
+                )
+        return out
+
+    def _view_setting_differences(self, other: CacheSettings, ours: str, theirs: str) -> list[str]:
         if self.views != other.views:
             return [f"views {self.views} ({ours}) vs {other.views} ({theirs})"]
         if self.views == 1:

@@ -396,6 +396,20 @@ def test_cli_extract_views_then_train_head(tmp_path, views_cache):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["views"] == 2
     assert CacheReader(out).settings.augment == ("flip", "crop", "color")
+    shown = CliRunner().invoke(main, ["inspect", str(out)])
+    assert shown.exit_code == 0, shown.output
+    for line in ("views          2", "augment        flip,crop,color", "augment_seed   20"):
+        assert line in shown.output
+    plain = CliRunner().invoke(main, ["inspect", str(views_cache / "plain.h5")])
+    assert "  views          1\n" in plain.output and "augment" not in plain.output
+    # a rerun without the view flags names the ones that keep the cached views
+    rerun = CliRunner().invoke(main, ["extract", str(data), "-o", str(out), *args])
+    assert rerun.exit_code == 2
+    keep = "rerun with --views 2 --augment flip,crop,color --augment-seed 20"
+    assert "views 2 (cache) vs 1 (now)" in rerun.output and keep in rerun.output
+    flags = ["--views", "2", "--augment", "flip,crop,color", "--augment-seed", "20"]
+    again = CliRunner().invoke(main, ["extract", str(data), "-o", str(out), *args, *flags])
+    assert again.exit_code == 0, again.output
     bad = CliRunner().invoke(main, ["extract", str(data), "-o", str(out), *args, "--views", "0"])
     assert bad.exit_code == 2 and "--views 0: expected 1 to 64" in bad.output
     run = tmp_path / "run"
