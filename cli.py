@@ -449,6 +449,26 @@ def backbones_command(as_json: bool) -> None:
     click.echo("keras-hub: any other preset as hub:NAME, a preset folder, hf:// or kaggle://")
 
 
+class _Strength(click.ParamType):
+    """``--feature-augment``'s optional number: a word after it is named as such."""
+
+    name = "strength"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            self.fail(
+                f"{value!r} is not a strength: the option takes an optional number; give it "
+                f"one (--feature-augment {head_defaults.DEFAULT_FEATURE_AUGMENT}) or put the "
+                "option after the caches",
+                param,
+                ctx,
+            )
+
+
 @click.command("train-head")
 @click.argument("caches", nargs=-1, required=True, type=click.Path())
 @click.option(
@@ -554,7 +574,7 @@ def backbones_command(as_json: bool) -> None:
 )
 @click.option(
     "--feature-augment",
-    type=float,
+    type=_Strength(),
     default=0.0,
     is_flag=False,
     flag_value=head_defaults.DEFAULT_FEATURE_AUGMENT,

@@ -53,6 +53,7 @@ DEFAULT_TOP_K = RANKING_TOP_K
 DEFAULT_PREDICT_BATCH_SIZE = 32
 """Images per batch of ``predict_images``."""
 DEFAULT_FEATURE_BATCH_SIZE = 4096
+"""Feature rows per batch of ``predict_cache`` and of streamed evaluation."""
 VIEW_MODES = ("plain", "one", "all", "mean")
 """What a head trains on from a cache with augmented views (``extract --views``):
 ``plain`` view 0 only; ``one`` one random view per row and epoch (the dense head);
@@ -61,7 +62,6 @@ test are always scored on view 0 (the plain image)."""
 DEFAULT_VIEWS = "plain"
 DEFAULT_FEATURE_AUGMENT = 0.1
 """Strength of ``--feature-augment`` given without a value."""
-"""Feature rows per batch of ``predict_cache`` and of streamed evaluation."""
 DEFAULT_MEMORY_FRACTION = 0.25
 """Stream from disk when the features would take more than this share of free memory."""
 DEFAULT_EXPORT_FORMAT = "keras"

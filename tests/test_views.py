@@ -435,6 +435,11 @@ def test_cli_extract_views_then_train_head(tmp_path, views_cache):
         main, ["train-head", str(out), "--head", "logreg", "--views", "one"]
     )
     assert refused.exit_code == 2 and "--views 'one': draws a view per epoch" in refused.output
+    # the optional strength before the cache: a one-line usage error that says so
+    early = CliRunner().invoke(main, ["train-head", "--feature-augment", str(out)])
+    assert early.exit_code == 2 and "is not a strength: the option takes an optional" in (
+        early.output
+    )
 
 
 @pytest.mark.slow
