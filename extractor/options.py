@@ -280,6 +280,10 @@ class ExtractOptions:
         chosen = parse_view_augment(self.augment)
         if self.views == 1 and chosen:
             raise invalid("augment", self.augment, "augmentations need views 2 or more")
+        if self.views == 1 and self.augment_seed != DEFAULT_SEED:
+            raise invalid(
+                "augment_seed", self.augment_seed, "seeds the views: needs views 2 or more"
+            )
         if self.views > 1 and not chosen:
             chosen = VIEW_AUGMENTATIONS
         if self.views > 2 and set(chosen) == {"flip"}:

@@ -204,6 +204,8 @@ def train_head(
         estimator, history = _fit(kind, params, splits, streaming)
     fit_seconds = time.monotonic() - started
     trained = TrainedHead(kind, estimator, names, _meta(kind, params, splits))
+    if views:  # what the head trained on: head.json records it, as report.json does
+        trained.meta.update(views=chosen.views, feature_augment=chosen.feature_augment)
     evaluated = {}
     for split_name in ("val", "test"):
         split = getattr(splits, split_name)

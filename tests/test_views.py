@@ -160,6 +160,7 @@ def test_views_made_by_an_older_augmentation_procedure_are_not_extended(tmp_path
         ({"views": 65}, "views 65"),
         ({"views": 2, "augment": "flip,blur"}, "augment 'blur': expected one of flip, crop"),
         ({"augment": "flip"}, "augmentations need views 2 or more"),
+        ({"augment_seed": 3}, "augment_seed 3: seeds the views: needs views 2 or more"),
         ({"views": 2, "augment_seed": -1}, "augment_seed -1"),
         ({"views": 2, "remote": "127.0.0.1:1"}, "remote server embeds plain images only"),
         ({"views": 3, "augment": "flip"}, "views 3: augment 'flip' alone makes one other"),
@@ -360,6 +361,11 @@ def test_the_report_says_when_fit_views_streamed_on_its_own(views_cache, tmp_pat
 def test_heads_train_on_views_and_score_on_view_0(views_cache, tmp_path, options):
     result = train_head(views_cache / "views.h5", output=tmp_path / "run", epochs=3, **options)
     assert result.report["views"] == options["views"]
+    meta = json.loads((tmp_path / "run" / "head.json").read_text())
+    assert (meta["views"], meta["feature_augment"]) == (
+        options["views"],
+        options.get("feature_augment", 0.0),
+    )
     splits = load_splits(views_cache / "views.h5")
     head = load_head(tmp_path / "run")
     for name in ("val", "test"):
