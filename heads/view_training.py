@@ -3,14 +3,19 @@
 A cache made with ``extract --views K`` holds K embeddings per image (view 0 the plain
 image). ``views`` (:data:`~.options.VIEW_MODES`) says what the training rows are: view 0
 (``plain``), one random view per row and epoch (``one``, the dense head), every view as
-a row (``all``) or the mean of the views (``mean``). Val and test are always scored on
-view 0, as predictions on new images are.
+a row (``all``: an epoch is K times the rows and steps) or the mean of the views (``mean``).
+Val, test and early stopping always use view 0, as predictions on new images do; with
+``mean`` the head trains on averages (a narrower spread than one view, and ``standardize``
+statistics from the means) but is scored on single plain views.
 
-``feature_augment`` (the dense head) is feature-space augmentation after Baer et al.,
-"Feature-space augmentation for frozen features" (FroFA, CVPR 2024): every training row,
-every epoch, has each channel scaled by a factor in ``1 +- s`` (contrast-like) and shifted
-by up to ``+- s`` of the channel's standard deviation (brightness-like), seeded by the
-head's seed and the epoch.
+``feature_augment`` (the dense head) is feature-space augmentation in the spirit of FroFA
+(Baer et al., "Frozen Feature Augmentation for Few-Shot Image Classification", CVPR 2024):
+every training row, every epoch, has every element (row and channel) multiplied by its own
+factor in ``1 +- s`` (contrast-like) and shifted by its own amount in ``+- s`` times the
+channel's standard deviation (brightness-like), seeded by the head's seed and the epoch.
+FroFA's most consistent winner was brightness alone (an additive shift, strongest with a
+value per channel, c2FroFA); this multiplies as well, and draws per element, not per
+channel. It is kept as measured (RESULTS section 18).
 """
 
 from __future__ import annotations
@@ -67,8 +72,10 @@ def check_view_training(splits: CachedSplits, options: HeadOptions) -> None:
 def feature_augment(
     x: np.ndarray, strength: float, std: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
-    """FroFA-style augmentation of a batch: per row and channel, a scale in
-    ``1 +- strength`` and a shift in ``+- strength * std``."""
+    """Feature augmentation of a batch: every element (row and channel) multiplied by its
+    own factor in ``1 +- strength`` and shifted by its own ``+- strength * std`` (std: the
+    channel's over the training rows). Unlike FroFA's brightness, not additive alone and
+    not one value per channel (see the module's docstring)."""
     scale = rng.uniform(1.0 - strength, 1.0 + strength, x.shape).astype(np.float32)
     shift = rng.uniform(-strength, strength, x.shape).astype(np.float32) * std
     return np.asarray(x * scale + shift, np.float32)
