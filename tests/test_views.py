@@ -523,7 +523,7 @@ def test_a_killed_run_keeps_views_only_with_their_rows_and_resumes(tmp_path, dat
     """SIGKILL mid-run (a subprocess, checkpoints after every image): the cache left has a
     view for every row and none without one, and the next run completes it."""
     out = tmp_path / "views.h5"
-    for i in range(6):
+    for i in range(24):  # 30 images: room to kill the run before it ends, on a busy machine
         write_image(data / "class_0" / f"more_{i}.png", 50 + i)
     options = {"views": 3, "augment_seed": 9, "batch_size": 1, **TINY}
     extract(data, output=tmp_path / "whole.h5", **options)
@@ -537,12 +537,12 @@ def test_a_killed_run_keeps_views_only_with_their_rows_and_resumes(tmp_path, dat
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     left = CacheReader(out)
-    assert 3 <= len(left) < 12 and left.view_features().shape == (len(left), 3, 512)
+    assert 3 <= len(left) < 30 and left.view_features().shape == (len(left), 3, 512)
     whole = _views(tmp_path / "whole.h5")
     for path, views in _views(out).items():
         np.testing.assert_allclose(views, whole[path], atol=1e-5, err_msg=path)
     summary = extract(data, output=out, **options)
-    assert summary.reused == len(left) and summary.rows == 12
+    assert summary.reused == len(left) and summary.rows == 30
     resumed = _views(out)
     assert set(resumed) == set(whole)
     for path, views in whole.items():
