@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import CacheError, FeatcacheError, InvalidOptionError
 from .cache import CacheReader
-from .cache.format import OVERWRITE_HINT
+from .cache.format import OVERWRITE_HINT, first_line, fsync_dir
 from .options import check_choice, invalid
 from .recorder import progress_bar
 from .splits import SPLIT_NAMES
@@ -152,7 +152,7 @@ def export_features(
         _replace(tmp, out)
     except OSError as exc:  # a full disk, a folder that cannot be made or written
         kept = "the existing output is unchanged" if existed else "nothing was written"
-        raise FeatcacheError(f"could not write {out} ({_first_line(exc)}); {kept}") from None
+        raise FeatcacheError(f"could not write {out} ({first_line(exc)}); {kept}") from None
     except CacheError as exc:
         raise _for_export(exc) from None
     finally:
@@ -276,7 +276,7 @@ def _foreign_parquet(out: Path) -> str | None:
             return "not a Parquet file"
         metadata = pq.read_schema(out).metadata or {}
     except OSError as exc:  # pyarrow's ArrowInvalid is a ValueError
-        return f"cannot be read: {_first_line(exc)}"
+        return f"cannot be read: {first_line(exc)}"
     except ValueError:
         return "not a whole Parquet file"
     return None if SCHEMA_KEY in metadata else "a Parquet file featcache did not write"
@@ -452,7 +452,7 @@ def _write_lance(
         if path.is_file():
             _fsync(path)
     for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
 # -- replacing ---------------------------------------------------------------------------
@@ -496,25 +496,6 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
     return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a folder's entries durable (where the system allows opening a folder)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -91,6 +91,21 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make a folder's entries (a rename into it) durable, where the system allows opening
+    a folder; never raises."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def guarded(path: str | os.PathLike[str]) -> Iterator[None]:
     """Turn what h5py raises on damaged bytes (``KeyError``, ``OSError``, ...) into

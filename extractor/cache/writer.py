@@ -48,6 +48,7 @@ from .format import (
     damaged,
     file_stats,
     first_line,
+    fsync_dir,
     guarded,
     is_disk_full,
     layout_problem,
@@ -302,7 +303,7 @@ class CacheWriter:
             os.replace(tmp, self.path)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self._after_commit()
         self._commit_cost = time.monotonic() - started
         self._last_commit = time.monotonic()
@@ -597,19 +598,6 @@ def _writing(tmp: Path, mode: str) -> Iterator[h5py.File]:
             pass  # (closing again would crash HDF5)
         raise
     handle.close()
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _writable(path: Path) -> bool:
