@@ -172,8 +172,16 @@ def test_bad_view_options_fail_before_any_file(tmp_path, data, changes, message)
     assert not (tmp_path / "x.h5").exists()
 
 
-def test_incremental_runs_keep_and_add_views_as_one_run_makes_them(tmp_path, data):
-    """New, changed and deleted files: every row's views equal those of a fresh run."""
+@pytest.mark.parametrize("rows_per_step", [None, 2])
+def test_incremental_runs_keep_and_add_views_as_one_run_makes_them(
+    tmp_path, data, monkeypatch, rows_per_step
+):
+    """New, changed and deleted files: every row's views equal those of a fresh run (also
+    when the rewrite copies rows and their views a few at a time)."""
+    if rows_per_step:  # the copy step is sized from a row's K views: 2 rows a step here
+        from featcache.extractor.cache import writer
+
+        monkeypatch.setattr(writer, "_COPY_CHUNK_BYTES", rows_per_step * 3 * 512 * 4)
     out = tmp_path / "views.h5"
     options = {"views": 3, "augment_seed": 3, **TINY}
     extract(data, output=out, **options)
