@@ -196,23 +196,23 @@ def main() -> None:
 @click.option(
     "--views",
     type=int,
-    default=1,
-    show_default=True,
-    help="Embeddings per image: view 0 the plain image, the rest augmented (cached views).",
+    default=None,
+    help="Embeddings per image: view 0 the plain image, the rest augmented (cached views). "
+    "[default: the cache's, else 1]",
 )
 @click.option(
     "--augment",
-    default="",
+    default=None,
     metavar="LIST",
-    help="Augmentations of views 1+: flip,crop,color (any subset). [default with --views "
-    "above 1: all]",
+    help="Augmentations of views 1+: flip,crop,color (any subset). [default: the cache's, "
+    "else with --views above 1 all]",
 )
 @click.option(
     "--augment-seed",
     type=int,
-    default=extract_defaults.DEFAULT_SEED,
-    show_default=True,
-    help="Seed of the view augmentations (with each image's SHA-256 and view index).",
+    default=None,
+    help="Seed of the view augmentations (with each image's SHA-256 and view index). "
+    f"[default: the cache's, else {extract_defaults.DEFAULT_SEED}]",
 )
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
 @click.option(

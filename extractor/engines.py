@@ -108,7 +108,7 @@ class LocalEngine:
             for prepared, reason in zip(batch, reasons):
                 if reason is not None:
                     recorder.bad(prepared.item, reason)
-            views = self._views(good, options) if options.views > 1 and good else None
+            views = self._views(good, options) if options.view_count > 1 and good else None
             recorder.embedded([p.item for p in good], [p.sha256 for p in good], features, views)
             batch.clear()
 
@@ -125,7 +125,8 @@ class LocalEngine:
         embed_images = getattr(self.embedder, "embed_images", None)
         if embed_images is None:
             raise InvalidOptionError(
-                f"views {options.views}: {type(self.embedder).__name__} embeds plain images only",
+                f"views {options.view_count}: {type(self.embedder).__name__} embeds plain "
+                "images only",
                 "views",
             )
         size, mode = self.settings.image_size, self.settings.resize
@@ -134,9 +135,9 @@ class LocalEngine:
             embed_images,
             images,
             [p.sha256 for p in good],
-            options.views,
+            options.view_count,
             options.view_augment,
-            options.augment_seed,
+            options.view_seed,
             options.batch_size,
         )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import InvalidOptionError
@@ -238,17 +238,23 @@ class ExtractOptions:
     projection: bool = False
     """CLIP: the features after the image projection (the shared image-text space); SigLIP:
     the attention-pooling head's output. False: pooled tokens before them."""
-    views: int = 1
+    views: int | None = None
     """Embeddings stored per image: view 0 is the plain image (``features``), views 1 to
-    ``views - 1`` augmented copies (the cache's ``views`` dataset)."""
-    augment: str | tuple[str, ...] = ""
+    ``views - 1`` augmented copies (the cache's ``views`` dataset). None: as the existing
+    cache (a rerun keeps its views), else 1."""
+    augment: str | tuple[str, ...] | None = None
     """Augmentations of views 1+ (see :data:`VIEW_AUGMENTATIONS`); empty with ``views > 1``:
-    all of them."""
-    augment_seed: int = DEFAULT_SEED
-    """Seeds the augmentations (with each image's SHA-256 and the view index)."""
+    all of them. None: as the existing cache when it has these views, else empty."""
+    augment_seed: int | None = None
+    """Seeds the augmentations (with each image's SHA-256 and the view index). None: as the
+    existing cache when it has these views, else :data:`DEFAULT_SEED`."""
     ratios: tuple[float, float, float] = field(init=False)
+    view_count: int = field(init=False)
+    """``views`` for this run (1 while not given; see :meth:`with_cache_views`)."""
     view_augment: tuple[str, ...] = field(init=False)
     """``augment`` parsed (all augmentations when views > 1 and none were named)."""
+    view_seed: int = field(init=False)
+    """``augment_seed`` for this run (:data:`DEFAULT_SEED` while not given)."""
 
     def __post_init__(self) -> None:
         self._check_views()
@@ -273,32 +279,59 @@ class ExtractOptions:
         object.__setattr__(self, "ratios", parse_split(self.split))
 
     def _check_views(self) -> None:
-        if isinstance(self.views, bool) or not isinstance(self.views, int):
-            raise invalid("views", self.views, f"expected an integer 1 to {MAX_VIEWS}")
-        check_range("views", self.views, 1, MAX_VIEWS)
-        check_seed(self.augment_seed, "augment_seed")
-        chosen = parse_view_augment(self.augment)
-        if self.views == 1 and chosen:
+        """Check the view settings given; those not given (None) are checked once
+        :meth:`with_cache_views` has filled them in."""
+        views, seed = self.views, self.augment_seed
+        if views is not None and (isinstance(views, bool) or not isinstance(views, int)):
+            raise invalid("views", views, f"expected an integer 1 to {MAX_VIEWS}")
+        check_range("views", views, 1, MAX_VIEWS)
+        if seed is not None:
+            check_seed(seed, "augment_seed")
+        chosen = parse_view_augment(self.augment or "")
+        if views == 1 and chosen:
             raise invalid("augment", self.augment, "augmentations need views 2 or more")
-        if self.views == 1 and self.augment_seed != DEFAULT_SEED:
-            raise invalid(
-                "augment_seed", self.augment_seed, "seeds the views: needs views 2 or more"
-            )
-        if self.views > 1 and not chosen:
+        if views == 1 and seed not in (None, DEFAULT_SEED):
+            raise invalid("augment_seed", seed, "seeds the views: needs views 2 or more")
+        count = views or 1
+        if count > 1 and not chosen:
             chosen = VIEW_AUGMENTATIONS
-        if self.views > 2 and set(chosen) == {"flip"}:
+        if count > 2 and set(chosen) == {"flip"}:
             raise invalid(
                 "views",
-                self.views,
+                count,
                 "augment 'flip' alone makes one other image (the mirror): views 2 at most",
             )
-        if self.views > 1 and self.remote is not None:
+        if count > 1 and self.remote is not None:
             raise InvalidOptionError(
                 "views: a remote server embeds plain images only; extract views locally, "
                 "with engine='ray', or with the server's ExtractDataset",
                 "views",
             )
+        object.__setattr__(self, "view_count", count)
         object.__setattr__(self, "view_augment", chosen)
+        object.__setattr__(self, "view_seed", DEFAULT_SEED if seed is None else seed)
+
+    def with_cache_views(
+        self, views: int, augment: Sequence[str], augment_seed: int
+    ) -> ExtractOptions:
+        """These options with the view settings not given (None) taken from an existing
+        cache's (``views``, ``augment``, ``augment_seed``): a rerun without them keeps the
+        cache's views. The augmentations and seed are the cache's only when the views are
+        its views (a cache without views gives 1, no augmentation, the default seed)."""
+        count = self.views if self.views is not None else views
+        same = count == views > 1
+        return replace(
+            self,
+            views=count,
+            augment=(
+                self.augment if self.augment is not None else (",".join(augment) if same else "")
+            ),
+            augment_seed=(
+                self.augment_seed
+                if self.augment_seed is not None
+                else (augment_seed if same else DEFAULT_SEED)
+            ),
+        )
 
     @property
     def threads(self) -> int:

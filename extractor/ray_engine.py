@@ -201,7 +201,7 @@ class RayEngine:
                 "threads": max(1, math.ceil(cpus)),
                 "gpus": gpus,
                 "probe": pending[0].item.path,
-                "views": (options.views, options.view_augment, options.augment_seed),
+                "views": (options.view_count, options.view_augment, options.view_seed),
             },
             batch_size=batch_size,
             batch_format="numpy",

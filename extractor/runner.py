@@ -15,8 +15,9 @@ from typing import Any
 from ..errors import CacheLockedError, InvalidOptionError
 from .backbone import is_model_file
 from .cache import CacheWriter
+from .cache.writer import cached_settings
 from .engines import Engine
-from .options import ExtractOptions
+from .options import DEFAULT_SEED, ExtractOptions
 from .recorder import ExtractProgress, Recorder
 from .settings import CacheSettings, FeatureSettings
 from .sources import Dataset, scan_dataset
@@ -89,19 +90,29 @@ def run_extraction(
     output.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock(output)
     try:
+        options = with_cache_views(options, output)
         settings = CacheSettings.of(
             _with_split_seed(engine.settings, options.seed),
             dtype=options.dtype,
             split_ratios=options.ratios,
             split_source="folders" if dataset.layout == "splits" else "hash",
             dataset_root=str(dataset.root),
-            views=options.views,
+            views=options.view_count,
             augment=options.view_augment,
-            augment_seed=options.augment_seed,
+            augment_seed=options.view_seed,
         )
         return _run(dataset, engine, settings, output, options, on_progress, cancel, started)
     finally:
         lock.release()
+
+
+def with_cache_views(options: ExtractOptions, output: Path) -> ExtractOptions:
+    """``options`` with the view settings not given taken from the cache at ``output``
+    (none, or ``overwrite``: 1 view, no augmentation, the default seed)."""
+    cached = None if options.overwrite else cached_settings(output)
+    if cached is None:
+        return options.with_cache_views(1, (), DEFAULT_SEED)
+    return options.with_cache_views(cached.views, cached.augment, cached.augment_seed)
 
 
 def _with_split_seed(features: FeatureSettings, seed: int) -> FeatureSettings:

@@ -279,16 +279,17 @@ class CacheSettings(FeatureSettings):
 
     def _view_differences(self, other: CacheSettings, ours: str, theirs: str) -> list[str]:
         """Cached views are kept only for the same count, augmentations, seed and
-        augmentation version. A cache's views that the same procedure could extend are named
-        as the options to rerun with."""
+        augmentation version (view settings not given are the cache's, see
+        :meth:`~.options.ExtractOptions.with_cache_views`). A cache's views that the same
+        procedure could extend say how to keep them."""
         out = self._view_setting_differences(other, ours, theirs)
         if out and ours == "cache" and self.views > 1:
             if self.augment_version == other.augment_version:
                 out[-1] += (
-                    f" (to keep the cached views rerun with --views {self.views} --augment "
-                    f"{','.join(self.augment)} --augment-seed {self.augment_seed}, in Python "
-                    f"views={self.views}, augment={','.join(self.augment)!r}, "
-                    f"augment_seed={self.augment_seed})"
+                    " (to keep the cached views rerun without --views, --augment and "
+                    "--augment-seed, in Python views, augment and augment_seed None: "
+                    f"views {self.views}, augment {','.join(self.augment)}, augment_seed "
+                    f"{self.augment_seed} as the cache)"
                 )
         return out
 

@@ -117,8 +117,10 @@ def test_a_rerun_with_other_view_settings_is_refused(tmp_path, data):
     again = extract(data, output=out, views=2, augment="crop,flip", **TINY)
     assert (again.new, again.reused) == (0, 6)
     for changes, named in (
-        ({}, "views 2 (cache) vs 1 (now)"),
+        ({"views": 1}, "views 2 (cache) vs 1 (now)"),
         ({"views": 3, "augment": "flip,crop"}, "views 2 (cache) vs 3 (now)"),
+        ({"augment": "flip"}, "augment 'flip,crop' (cache) vs 'flip' (now)"),
+        ({"augment_seed": 1}, "augment_seed 20 (cache) vs 1 (now)"),
         ({"views": 2, "augment": "flip"}, "augment 'flip,crop' (cache) vs 'flip' (now)"),
         ({"views": 2, "augment": "flip,crop", "augment_seed": 1}, "augment_seed 20 (cache)"),
     ):
@@ -127,6 +129,37 @@ def test_a_rerun_with_other_view_settings_is_refused(tmp_path, data):
     # --overwrite recomputes with the new settings
     summary = extract(data, output=out, views=4, overwrite=True, **TINY)
     assert summary.new == 6 and CacheReader(out).view_features().shape[1] == 4
+
+
+def test_a_rerun_without_view_settings_keeps_the_cached_views(tmp_path, data):
+    """views, augment and augment_seed not given: the cache's (a fresh cache: 1 view)."""
+    out = tmp_path / "views.h5"
+    extract(data, output=out, views=3, augment="flip,crop", augment_seed=7, **TINY)
+    before = _views(out)
+    write_image(data / "class_0" / "new.png", 99)
+    summary = extract(data, output=out, **TINY)
+    assert (summary.new, summary.reused, summary.views) == (1, 6, 3)
+    settings = CacheReader(out).settings
+    assert (settings.views, settings.augment, settings.augment_seed) == (3, ("flip", "crop"), 7)
+    now = _views(out)
+    for path, views in before.items():
+        np.testing.assert_array_equal(now[path], views, err_msg=path)
+    fresh = extract(
+        data, output=tmp_path / "fresh.h5", views=3, augment="flip,crop", augment_seed=7, **TINY
+    )  # the new row's views as one run makes them
+    np.testing.assert_allclose(
+        now["class_0/new.png"], _views(tmp_path / "fresh.h5")["class_0/new.png"], atol=1e-5
+    )
+    assert fresh.views == 3
+    # only the views given: the cache's augmentations and seed
+    again = extract(data, output=out, views=3, **TINY)
+    assert (again.new, again.reused) == (0, 7)
+    # a cache without views, a fresh cache and --overwrite: 1 view
+    plain = extract(data, output=tmp_path / "plain.h5", **TINY)
+    assert plain.views == 1 and CacheReader(tmp_path / "plain.h5").views == 1
+    assert extract(data, output=tmp_path / "plain.h5", **TINY).reused == 7
+    replaced = extract(data, output=out, overwrite=True, **TINY)
+    assert (replaced.new, replaced.views, CacheReader(out).views) == (7, 1, 1)
 
 
 def test_views_made_by_an_older_augmentation_procedure_are_not_extended(tmp_path, data):
@@ -416,11 +449,14 @@ def test_cli_extract_views_then_train_head(tmp_path, views_cache):
         assert line in shown.output
     plain = CliRunner().invoke(main, ["inspect", str(views_cache / "plain.h5")])
     assert "  views          1\n" in plain.output and "augment" not in plain.output
-    # a rerun without the view flags names the ones that keep the cached views
-    rerun = CliRunner().invoke(main, ["extract", str(data), "-o", str(out), *args])
-    assert rerun.exit_code == 2
-    keep = "rerun with --views 2 --augment flip,crop,color --augment-seed 20"
-    assert "views 2 (cache) vs 1 (now)" in rerun.output and keep in rerun.output
+    # a rerun without the view flags keeps the cached views; other views are refused
+    rerun = CliRunner().invoke(main, ["extract", str(data), "-o", str(out), *args, "--json"])
+    assert rerun.exit_code == 0, rerun.output
+    assert json.loads(rerun.output)["views"] == 2 and json.loads(rerun.output)["new"] == 0
+    other = CliRunner().invoke(main, ["extract", str(data), "-o", str(out), *args, "--views", "3"])
+    assert other.exit_code == 2
+    keep = "rerun without --views, --augment and --augment-seed"
+    assert "views 2 (cache) vs 3 (now)" in other.output and keep in other.output
     flags = ["--views", "2", "--augment", "flip,crop,color", "--augment-seed", "20"]
     again = CliRunner().invoke(main, ["extract", str(data), "-o", str(out), *args, *flags])
     assert again.exit_code == 0, again.output
@@ -496,6 +532,11 @@ def test_a_servers_extract_dataset_makes_the_views_of_a_local_run(tmp_path):
             model = {"weights": "none", "image_size": 32}
             steps = list(client.extract_dataset("set", "vgg16", output="v.h5", **model, **settings))
             assert steps[-1].finished and steps[-1].rows == local.rows == 6
+            # a rerun without the view settings (proto3 views 0, no augment_seed) keeps them
+            rerun = list(client.extract_dataset("set", "vgg16", output="v.h5", **model))
+            assert (rerun[-1].embedded, rerun[-1].reused) == (0, 6)
+            with pytest.raises(RemoteError, match=re.escape("views 3 (cache) vs 2 (now)")):
+                list(client.extract_dataset("set", "vgg16", output="v.h5", **model, views=2))
             with pytest.raises(RemoteError) as refused:
                 list(client.extract_dataset("set", "vgg16", output="w.h5", **model, views=65))
             assert refused.value.code == "INVALID_ARGUMENT" and "views 65" in str(refused.value)

@@ -77,6 +77,15 @@ class _Pending:
     nbytes: int = 0
 
 
+def cached_settings(path: str | os.PathLike[str]) -> CacheSettings | None:
+    """The settings an existing cache records (None when there is no file at ``path``);
+    a file that is no readable cache raises :class:`CacheError`, as the writer would."""
+    if not Path(path).exists():
+        return None
+    with open_h5(path) as handle, guarded(path):
+        return CacheSettings.from_attrs(handle.attrs)
+
+
 class CacheWriter:
     """Appends rows to a cache and commits them with atomic checkpoints.
 

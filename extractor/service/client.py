@@ -307,15 +307,16 @@ class Client:
         batch_size: int = DEFAULT_BATCH_SIZE,
         overwrite: bool = False,
         checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
-        views: int = 1,
-        augment: str = "",
-        augment_seed: int = DEFAULT_SEED,
+        views: int | None = None,
+        augment: str | None = None,
+        augment_seed: int | None = None,
     ) -> Iterator[DatasetProgress]:
         """Run ``extract`` on the server over ``data`` (relative to its ``--data-root``).
 
         Yields progress; the last item has ``finished=True`` and the summary. Closing
         the iterator early cancels the job, which keeps a resumable cache. ``views``,
-        ``augment`` and ``augment_seed``: cached augmented views, as ``extract``'s.
+        ``augment`` and ``augment_seed``: cached augmented views, as ``extract``'s (None: as
+        the cache, else 1 view).
         """
         request = pb.ExtractDatasetRequest(
             data=data,
@@ -339,7 +340,7 @@ class Client:
             batch_size=batch_size,
             overwrite=overwrite,
             checkpoint_seconds=checkpoint_seconds,
-            views=views,
+            views=views,  # None: unset (0, "", no augment_seed), the server's "as the cache"
             augment=augment,
             augment_seed=augment_seed,
         )

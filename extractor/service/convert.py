@@ -206,9 +206,9 @@ def extract_options(
         checkpoint_seconds=request.checkpoint_seconds or DEFAULT_CHECKPOINT_SECONDS,
         max_pixels=max_pixels,
         progress=False,
-        views=request.views or 1,
-        augment=request.augment,
-        augment_seed=request.augment_seed if request.HasField("augment_seed") else DEFAULT_SEED,
+        views=request.views or None,  # 0 (unset): as the cache, else 1
+        augment=request.augment or None,
+        augment_seed=request.augment_seed if request.HasField("augment_seed") else None,
     )
 
 

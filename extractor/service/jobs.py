@@ -14,7 +14,7 @@ from ...protos import extractor_pb2 as pb
 from ..engines import LocalEngine
 from ..options import ExtractOptions
 from ..recorder import ExtractProgress
-from ..runner import ExtractSummary, run_extraction
+from ..runner import ExtractSummary, run_extraction, with_cache_views
 from ..settings import BackboneConfig
 from .models import MemoryBudget, ModelPool, PoolEmbedder, input_bytes
 
@@ -27,8 +27,8 @@ def job_bytes(options: ExtractOptions, image_size: tuple[int, int], feature_dim:
     decoded images, and a batch of features (with views: the batch resized to the input
     size, two batches of augmented images in flight, and the views' features too)."""
     batch = options.batch_size
-    images = options.window + 2 * batch + (3 * batch if options.views > 1 else 0)
-    return images * input_bytes(image_size) + batch * options.views * feature_dim * 4
+    images = options.window + 2 * batch + (3 * batch if options.view_count > 1 else 0)
+    return images * input_bytes(image_size) + batch * options.view_count * feature_dim * 4
 
 
 def job_name(options: ExtractOptions, image_size: tuple[int, int]) -> str:
@@ -70,7 +70,8 @@ class DatasetJob:
         def run() -> None:
             try:
                 with pool.use(config, active) as model:
-                    need = job_bytes(options, model.image_size, model.feature_dim)
+                    options_now = with_cache_views(options, output)  # the views it makes
+                    need = job_bytes(options_now, model.image_size, model.feature_dim)
                     what = job_name(options, model.image_size)
                     with _hold(budget, need, what, pool.wait, active):
                         gate = budget.decoding if budget is not None else None
