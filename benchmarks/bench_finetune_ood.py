@@ -40,6 +40,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 WEIGHTS = "mobilenet_1_0_224_imagenet_notop.weights.h5"
 OLD_DEFAULTS = {"unfreeze": "20", "epochs": 6, "lr": 1e-4, "augment": "flip"}
 """The issue's run: what a new user tried with the options as they were."""
+ROTATION_AUGMENT = "flip,vflip,rotate90,contrast"
+"""The ``new-rot`` arm: the default recipe with the augmentation the README suggests for
+textures and micrographs (no up, and no crop that changes their scale)."""
 
 
 def scored(report: dict[str, Any]) -> dict[str, Any]:
@@ -92,7 +95,7 @@ def run_set(name: str, args: argparse.Namespace, weights: str, work: Path) -> di
     began = time.monotonic()
     head = train_head(cache, head="dense", hidden=(256,), epochs=30, output=work / f"{name}-h")
     out["head"] = {"seconds": time.monotonic() - began, **scored(head.report)}
-    arms = {"old": old_options(), "new": {}}
+    arms = {"old": old_options(), "new": {}, "new-rot": {"augment": ROTATION_AUGMENT}}
     for arm in [a for a in args.arms.split(",") if a]:
         began = time.monotonic()
         tuned = fine_tune(cache, work / f"{name}-h", output=work / f"{name}-{arm}",
@@ -112,7 +115,7 @@ def run_set(name: str, args: argparse.Namespace, weights: str, work: Path) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", default="fashion,mnist-lt,textures")
-    parser.add_argument("--arms", default="old,new", help="fine-tune runs: old,new")
+    parser.add_argument("--arms", default="old,new", help="fine-tune runs: old,new,new-rot")
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--train", type=int, default=1500)
     parser.add_argument("--val", type=int, default=300)
