@@ -128,7 +128,9 @@ class TrainViews:
     def take(self, entries: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """The ``(len(entries), D)`` feature rows of one batch of epoch entries (``rng``
         draws ``one`` views). Reads only the picked rows: in memory it indexes the
-        (row, view) pairs, never a copy of every view of every entry."""
+        (row, view) pairs, never a copy of every view of every entry; streamed it reads
+        only those pairs (:meth:`~..extractor.cache.CacheReader.view_pairs`), every view
+        of the rows for ``mean`` alone."""
         entries = np.asarray(entries, np.int64)
         if self.mode == "all":
             picks, views = entries // self.count, entries % self.count
@@ -146,6 +148,9 @@ class TrainViews:
             at = np.minimum(np.searchsorted(rows, picks), len(rows) - 1)
             if np.array_equal(rows[at], picks):
                 return block[at, views]
+        reader = self.splits.reader
+        if self.mode != "mean" and self.count > 1 and not isinstance(reader, JointCache):
+            return reader.view_pairs(self.rows[picks], views)  # one view per entry, not K
         unique, inverse = np.unique(picks, return_inverse=True)
         stacked = self._read(unique)  # (unique rows, count, D): one batch
         if self.mode == "mean":

@@ -357,6 +357,46 @@ def test_all_and_mean_take_only_the_rows_they_return(views_cache):
     np.testing.assert_allclose(mean.take(np.arange(n), None), stacked.mean(axis=1), atol=1e-6)
 
 
+def test_view_pairs_read_the_views_asked(views_cache):
+    reader = CacheReader(views_cache / "views.h5")
+    every = reader.view_features()  # (N, 3, D)
+    rows = np.array([7, 2, 7, 0, 11, 2, 5, 16])  # unsorted, repeated, each view
+    views = np.array([2, 0, 1, 1, 0, 2, 2, 0])
+    np.testing.assert_array_equal(reader.view_pairs(rows, views), every[rows, views])
+    assert reader.view_pairs(rows[:0], views[:0]).shape == (0, reader.feature_dim)
+    with pytest.raises(IndexError, match=re.escape("views outside 0..2")):
+        reader.view_pairs(rows, views + 1)
+    with pytest.raises(IndexError, match="rows outside"):
+        reader.view_pairs(rows + 100, views)
+    with pytest.raises(ValueError, match="8 rows but 2 views"):
+        reader.view_pairs(rows, views[:2])
+    plain = CacheReader(views_cache / "plain.h5")
+    np.testing.assert_array_equal(plain.view_pairs(rows, 0 * views), plain.features(rows))
+
+
+def test_a_streamed_one_epoch_reads_one_view_per_entry(views_cache, monkeypatch):
+    """Streamed ``one`` reads each batch's (row, view) pairs, not every view of its rows,
+    and gives the epochs of the in-memory views."""
+    splits = load_splits(views_cache / "views.h5")
+    want = _epoch(TrainViews(splits, "one", False), epoch=4)
+    pairs = []
+    real = splits.reader.view_pairs
+
+    def counted(rows, views):
+        pairs.append(len(rows))
+        return real(rows, views)
+
+    def refused(rows=None):
+        raise AssertionError("every view of the rows read")
+
+    monkeypatch.setattr(splits.reader, "view_pairs", counted)
+    monkeypatch.setattr(splits.reader, "view_features", refused)
+    got = _epoch(TrainViews(splits, "one", True), epoch=4)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert sum(pairs) == len(splits.train.rows)
+
+
 def test_a_streamed_all_epoch_reads_each_view_once(views_cache, monkeypatch):
     splits = load_splits(views_cache / "views.h5")
     n = len(splits.train.rows)

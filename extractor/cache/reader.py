@@ -97,6 +97,32 @@ class CacheReader:
             extra = dataset[:] if picked is None else read_rows(dataset, picked)
         return np.concatenate([plain[:, None, :], np.asarray(extra, np.float32)], axis=1)
 
+    def view_pairs(self, rows: np.ndarray, views: np.ndarray) -> np.ndarray:
+        """float32 ``(len(rows), D)``: view ``views[i]`` of row ``rows[i]`` (view 0 from
+        ``features``), reading only those views, not every view of the rows.
+
+        Pairs are read a view at a time, its rows sorted and unique (what h5py's fancy
+        indexing needs), in one open of the file. A chunk of the ``views`` dataset holds
+        every view of its rows, so the disk still reads whole chunks; what this saves is
+        copying the K - 1 views of each row out of them (measured in the README)."""
+        picked = self._checked(rows)
+        chosen = np.asarray(views, np.int64).reshape(-1)
+        if chosen.shape != picked.shape:
+            raise ValueError(f"{len(picked)} rows but {len(chosen)} views")
+        if len(chosen) and (chosen.min() < 0 or chosen.max() >= self.views):
+            raise IndexError(f"views outside 0..{self.views - 1} of {self.path}")
+        out = np.empty((len(picked), self.feature_dim), np.float32)
+        with open_h5(self.path) as handle, guarded(self.path):
+            for view in np.unique(chosen).tolist():
+                at = np.flatnonzero(chosen == view)
+                unique, inverse = np.unique(picked[at], return_inverse=True)
+                if view == 0:
+                    block = read_rows(handle["features"], unique)
+                else:
+                    block = handle[VIEWS_DATASET][unique, view - 1]
+                out[at] = block[inverse]
+        return out
+
     def _checked(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` as int64 indices; IndexError (the caller's mistake, not a damaged file)
         for any outside ``[0, len(self))``."""
