@@ -976,7 +976,10 @@ def fine_tune_command(cache: str, as_json: bool, **options: Any) -> None:
             f"test recall {minority['test_recall']:.3f}"
         )
     if report.get("cache_precision", "float32") != "float32":
-        click.echo(f"  trained in float32 (the cache's features are {report['cache_precision']})")
+        click.echo(
+            f"  model.keras computes in {report.get('precision', 'float32')} "
+            f"(the cache's features are {report['cache_precision']})"
+        )
     for path, reason in result.skipped[:10]:
         click.echo(f"  skipped: {path}: {reason}")
 

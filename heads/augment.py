@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .options import parse_augment
+from .options import AUGMENTATIONS, parse_augment
 
 CROP_AREA = (0.7, 1.0)
 """Share of the image a ``crop`` keeps (then resized back), aspect ratio 3/4 to 4/3."""
@@ -92,8 +92,8 @@ def augment_function(names: str, seed: int, size: tuple[int, int]) -> Any:
         return transform(image, tf.stack([*matrix, 0.0, 0.0]))
 
     def apply(image: Any, key: Any) -> Any:
-        for index, name in enumerate(chosen):
-            image = one(name, index, image, key)
+        for name in chosen:  # seeded by name, not by place in the list
+            image = one(name, AUGMENTATIONS.index(name), image, key)
         return tf.ensure_shape(image, (height, width, 3))
 
     return apply

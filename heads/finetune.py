@@ -260,7 +260,9 @@ def fine_tune(
     val accuracy, ``model.keras`` is the head-only model (as ``export`` makes it) and the
     report says so. ``schedule="fixed"``: one run with the options given, as before.
 
-    The backbone trains (and is saved) in float32 whatever the cache's ``precision``.
+    The backbone trains (and is saved) in float32 whatever the cache's ``precision``; a
+    head-only fallback computes in the cache's precision, as ``export`` makes it (the report's
+    ``precision`` says which). ``model.keras`` holds no optimizer state.
     Writes ``model.keras`` (images in, probabilities out), ``report.json``,
     ``history.csv``/``.png`` and ``confusion.png`` to the run folder.
     """
@@ -336,6 +338,7 @@ def fine_tune(
             "use schedule fixed"
         )
     extra: dict[str, Any] = {}
+    precision = "float32"
     started = time.monotonic()
     if auto:
         from .finetune_phases import train_auto
@@ -358,7 +361,7 @@ def fine_tune(
         )  # fmt: skip
         history, extra = outcome.history, outcome.report
         extra["kept_layers"] = [unit.name for unit in allowed[len(allowed) - outcome.deepest :]]
-        model, size = outcome.model, outcome.image_size
+        model, size, precision = outcome.model, outcome.image_size, outcome.precision
     else:
         history = _fit_fixed(model, chosen, train_rows, known_val, source, size, resize, verbose)
     fit_seconds = time.monotonic() - started
@@ -375,7 +378,7 @@ def fine_tune(
         "params": {**asdict(chosen), "unfreeze": str(chosen.unfreeze)},
         "schedule": chosen.schedule,
         "unfrozen_layers": touched,
-        "precision": "float32",
+        "precision": precision,
         "cache_precision": trained.settings.precision,
         "image_size": list(size),
         "rows": {
@@ -405,7 +408,7 @@ def fine_tune(
     run_dir.mkdir(parents=True, exist_ok=True)
     for layer in augmentation:  # inference-only model: augmentation does nothing there anyway
         layer.trainable = False
-    save(model, run_dir / "model.keras")
+    save(_uncompiled(model), run_dir / "model.keras")
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     write_history(history, run_dir)
     write_confusion(
@@ -415,6 +418,14 @@ def fine_tune(
         "fine-tuned model, test split (rows normalised)",
     )
     return FineTuneResult(run_dir, report, sorted(skipped.items()))
+
+
+def _uncompiled(model: Any) -> Any:
+    """``model`` without its compile state (the training optimizer, a class of this package,
+    and its moments): what plain ``keras.models.load_model`` reads back."""
+    import keras
+
+    return keras.Model(model.inputs, model.outputs, name=model.name)
 
 
 def minority_recall(

@@ -158,6 +158,8 @@ class AutoOutcome:
     report: dict[str, Any]
     deepest: int
     """Backbone layers with weights the kept model trained (0: the head only or none)."""
+    precision: str = "float32"
+    """Compute precision of ``model``: float32 when fine-tuned, the cache's for the head."""
 
 
 def class_weights(columns: np.ndarray, classes: int, balance: str) -> dict[int, float] | None:
@@ -195,8 +197,13 @@ def train_auto(
     model (``head_model()``) unless some epoch beat it."""
     model, size = built.model, built.image_size
     base_size = tuple(built.head.settings.image_size)
-    baseline = model if size == base_size else head_model()
+    head_precision = str(built.head.settings.precision or "float32")
+    # phase 0 scores the model the fallback exports: the training model only when it computes
+    # the same (same size, float32 cache); else the export model, dropped once scored
+    same = size == base_size and head_precision == "float32"
+    baseline = model if same else head_model()
     head_accuracy = float(head_val(baseline, base_size))
+    del baseline
     best = Best(head_accuracy, model.get_weights())
     weights = class_weights(train_columns, classes, chosen.balance)
     phases = plan_phases(int(chosen.epochs or 1), float(chosen.lr or 0), len(allowed))
@@ -229,7 +236,7 @@ def train_auto(
             f"fine-tuning did not beat the head on val ({max(_all(runs), default=0):.4f} at "
             f"best vs {head_accuracy:.4f}); model.keras is the head-only model"
         )
-        return AutoOutcome(head_model(), base_size, history, report, 0)
+        return AutoOutcome(head_model(), base_size, history, report, 0, head_precision)
     return AutoOutcome(model, size, history, report, won.units if won else 0)
 
 

@@ -354,6 +354,16 @@ def test_augmentations_are_seeded_per_key_and_keep_the_image():
     for row in range(6):  # not square: half turns only, the shape stays
         out = augment_function("rotate90", 3, (24, 16))(tall, tf.constant([0, row], tf.int64))
         assert out.shape == (24, 16, 3)
+    # an augmentation is seeded by its name, not its place: one put before crop (a flip,
+    # which changes nothing on a mirror-symmetric image) leaves crop's draws as they were
+    half = rng.integers(0, 256, (24, 12, 3)).astype("float32")
+    mirrored = tf.constant(np.concatenate([half, half[:, ::-1]], axis=1))
+    for row in range(4):
+        key = tf.constant([1, row], tf.int64)
+        alone = augment_function("crop", 3, (24, 24))(mirrored, key).numpy()
+        after_flip = augment_function("flip,crop", 3, (24, 24))(mirrored, key).numpy()
+        np.testing.assert_array_equal(alone, after_flip)
+    key = tf.constant([1, 5], tf.int64)
     # one augmentation's draws do not depend on the others chosen with it
     alone = augment_function("crop", 3, (24, 24))(image, key)
     with_flip_after = augment_function("crop,flip", 3, (24, 24))(image, key).numpy()
@@ -422,6 +432,14 @@ def test_auto_keeps_the_best_phase_and_reports_every_phase(coloured, tmp_path):
         and any(not np.array_equal(a, b) for a, b in zip(layer.get_weights(), before[layer.name]))
     }
     assert changed == set(report["kept_layers"])  # the kept phase's layers, nothing else
+    import keras
+
+    import featcache.heads.layers  # noqa: F401  (registers the custom layers, as README says)
+
+    plain = keras.models.load_model(tmp_path / "ft" / "model.keras")  # no training optimizer
+    assert getattr(plain, "optimizer", None) is None
+    weights_bytes = 4 * plain.count_params()
+    assert (tmp_path / "ft" / "model.keras").stat().st_size < 1.2 * weights_bytes  # no moments
     assert len(report["unfrozen_layers"]) == 13  # every VGG16 layer with weights, at most
     assert phases[1]["layers"] == 3  # the top quarter of VGG16's 13 layers with weights
     if best["phase"] == "top":
@@ -445,6 +463,22 @@ def test_auto_exports_the_head_when_fine_tuning_cannot_beat_it(coloured, tmp_pat
     np.testing.assert_allclose(
         np.asarray(tuned(pixels.astype("float32"))), np.asarray(plain(pixels.astype("float32")))
     )
+
+
+def test_auto_fallback_on_a_bfloat16_cache_is_the_model_phase_0_scored(tmp_path):
+    from featcache.heads.finetune import fine_tune
+
+    data = _coloured_folder(tmp_path / "data")
+    cache = tmp_path / "bf16.h5"
+    extract(data, output=cache, split="0.5,0.25,0.25", precision="bfloat16", **TINY)
+    train_head(cache, head="dense", hidden=(8,), epochs=1, lr=1e-7, output=tmp_path / "head")
+    report = fine_tune(
+        cache, tmp_path / "head", output=tmp_path / "ft", epochs=1, batch_size=8, lr=1e-12
+    ).report
+    assert report["exported"] == "head-only"
+    assert report["precision"] == "bfloat16" and report["cache_precision"] == "bfloat16"
+    # val of the saved (bfloat16) head-only model is exactly what phase 0 scored
+    assert report["val"]["accuracy"] == report["phases"][0]["val_accuracy"][0]
 
 
 def test_auto_weighs_imbalanced_classes_and_reports_the_minority(tmp_path):
