@@ -512,7 +512,7 @@ def test_auto_weighs_imbalanced_classes_and_reports_the_minority(tmp_path):
 
 
 def test_auto_trains_at_a_larger_image_size(coloured, tmp_path):
-    from featcache.heads.endtoend import build
+    from featcache.heads.endtoend import build, load_model
     from featcache.heads.finetune import fine_tune
 
     _, _, cache, run = coloured
@@ -521,8 +521,13 @@ def test_auto_trains_at_a_larger_image_size(coloured, tmp_path):
         cache, run, output=tmp_path / "ft", epochs=2, batch_size=4, lr=1e-3, image_size=48,
         unfreeze=2,
     ).report  # fmt: skip
-    expected = [48, 48] if report["exported"] == "fine-tuned" else [32, 32]
-    assert report["image_size"] == expected and report["params"]["image_size"] == 48
+    assert report["exported"] == "fine-tuned" and report["kept_layers"]
+    assert report["image_size"] == [48, 48] and report["params"]["image_size"] == 48
+    model, _, _ = load_model(tmp_path / "ft" / "model.keras")
+    resize = model.get_layer("resize")
+    assert (resize.height, resize.width) == (48, 48)  # what it trained and is saved at
+    nested = next(layer for layer in model.layers if layer.name.startswith("featcache_"))
+    assert nested.input_shape[1:3] == (48, 48)
 
 
 def test_image_size_needs_size_free_features(tmp_path):
@@ -578,3 +583,74 @@ def test_phases_train_only_the_top_layers_and_never_batchnorm():
     assert len(backbone.trainable_weights) == len(allowed)  # one kernel each, no BN weights
     set_trainable(backbone, units, allowed, 0)
     assert backbone.trainable_weights == []
+
+
+def _loss(model, labels, data, paths, split):
+    """Mean cross-entropy of ``model`` on the images of a cache split (as decoded files)."""
+    pixels = np.stack([decode_image((data / paths[i]).read_bytes()) for i in split.rows])
+    probabilities = np.asarray(model(pixels.astype("float32")), np.float64)
+    column = {int(label): k for k, label in enumerate(labels)}
+    picked = [probabilities[j, column[int(label)]] for j, label in enumerate(split.labels)]
+    return float(-np.mean(np.log(picked)))
+
+
+def test_auto_augments_train_batches_only_never_val(coloured, tmp_path):
+    from featcache.heads.data import load_splits
+    from featcache.heads.endtoend import load_model
+    from featcache.heads.finetune import fine_tune
+
+    _, data, cache, run = coloured
+    fine_tune(
+        cache, run, output=tmp_path / "ft", epochs=1, batch_size=4, lr=1e-12, unfreeze=0,
+        augment="vflip,rotate90,crop,contrast,brightness",
+    )  # fmt: skip
+    with open(tmp_path / "ft" / "history.csv") as f:
+        epoch = next(csv.DictReader(f))
+    model, _, labels = load_model(tmp_path / "ft" / "model.keras")  # the head, as it started
+    splits = load_splits(cache)
+    val = _loss(model, labels, data, splits.paths, splits.val)
+    train = _loss(model, labels, data, splits.paths, splits.train)
+    # lr 1e-12: the weights stay; history.csv keeps 4+ decimals, augmentation moves the train
+    # loss well beyond that, and would move val's as much
+    assert abs(float(epoch["val_loss"]) - val) < 2e-4  # val: the plain images
+    assert abs(float(epoch["loss"]) - train) > 2e-3  # train: augmented ones
+
+
+def test_auto_phases_keep_batchnorm_statistics_and_follow_the_schedule():
+    import keras
+    import tensorflow as tf
+
+    from featcache.heads.finetune_phases import Best, run_phases
+    from featcache.heads.schedule import plan_phases
+
+    keras.utils.set_random_seed(0)
+    x = image = keras.Input((32, 32, 3))
+    for k in range(4):  # conv, batch norm, relu blocks: a small real backbone
+        x = keras.layers.Conv2D(8, 3, name=f"conv{k}")(x)
+        x = keras.layers.ReLU()(keras.layers.BatchNormalization(name=f"bn{k}")(x))
+    backbone = keras.Model(image, keras.layers.GlobalAveragePooling2D()(x), name="backbone")
+    inputs = keras.Input((32, 32, 3))
+    features = backbone(inputs, training=False)  # as endtoend.build calls it
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(features))
+    units = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+    norms = [u for u in units if isinstance(u, keras.layers.BatchNormalization)]
+    allowed = [u for u in units if u.weights and u not in norms]
+    stats = [(n.moving_mean.numpy().copy(), n.moving_variance.numpy().copy()) for n in norms]
+    kernels = [layer.get_weights()[0].copy() for layer in allowed]
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 5, (16, 32, 32, 3)).astype("float32")  # batch stats far from 0/1
+    data = tf.data.Dataset.from_tensor_slices((images, rng.integers(0, 2, 16))).batch(8)
+    phases = plan_phases(3, 1e-2, len(allowed))
+    best = Best(-1.0, model.get_weights())  # any epoch beats it: trained weights are kept
+    run_phases(
+        model, backbone, units, allowed, len(allowed), phases, data, data, 2, best,
+        optimizer="adam", warmup=0.1, lr_decay=1 / 2.6, class_weight=None, patience=0,
+    )  # fmt: skip
+    assert best.phase in {"top", "deeper"}
+    assert any(not np.array_equal(k, u.get_weights()[0]) for k, u in zip(kernels, allowed))
+    for norm, (mean, variance) in zip(norms, stats):
+        np.testing.assert_array_equal(norm.moving_mean.numpy(), mean)
+        np.testing.assert_array_equal(norm.moving_variance.numpy(), variance)
+    # the last phase's warm-up + cosine drove fit: every step taken, the rate decayed to 0
+    assert int(model.optimizer.iterations) == 2 * phases[-1].epochs
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-12)
