@@ -72,19 +72,20 @@ def group_scales(total: int, decay: float = LR_DECAY) -> list[float]:
 
 
 def warmup_cosine(peak: float, steps: int, warmup_share: float = WARMUP_SHARE) -> Any:
-    """Keras schedule: linear warm-up over ``warmup_share`` of ``steps`` (at least one step
-    unless the share is 0) from 0 to ``peak``, then cosine decay to 0 at ``steps``."""
+    """Keras schedule: linear warm-up over ``warmup_share`` of ``steps`` (``w`` steps, at least
+    one unless the share is 0; step ``s`` of it at ``peak * (s + 1) / w``, so no step runs at
+    rate 0), then cosine decay from ``peak`` to 0 at ``steps``."""
     import keras
 
     warmup = max(1, round(steps * warmup_share)) if warmup_share > 0 else 0
-    if warmup == 0:
+    if warmup <= 1:  # one warm-up step is already at the peak
         return keras.optimizers.schedules.CosineDecay(peak, max(1, steps), alpha=0.0)
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0,
-        decay_steps=max(1, steps - warmup),
+        initial_learning_rate=peak / warmup,
+        decay_steps=max(1, steps - warmup + 1),
         alpha=0.0,
         warmup_target=peak,
-        warmup_steps=warmup,
+        warmup_steps=warmup - 1,
     )
 
 

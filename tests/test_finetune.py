@@ -306,10 +306,14 @@ def test_auto_schedule_plans_phases_and_rates():
     assert [(p.name, p.units) for p in plan_phases(3, 1e-4, 1)] == [("deeper", 1)]
     scales = group_scales(8, 0.5)
     assert scales == [1, 1, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125]
-    rate = warmup_cosine(1e-3, 100, 0.1)
-    values = [float(rate(step)) for step in (0, 5, 10, 55, 100)]
-    assert values[0] == 0 and values[1] == pytest.approx(5e-4) and values[2] == pytest.approx(1e-3)
-    assert values[3] == pytest.approx(5e-4, rel=1e-3) and values[4] == pytest.approx(0, abs=1e-9)
+    rate = warmup_cosine(1e-3, 100, 0.1)  # 10 warm-up steps, the first already at 1/10
+    values = [float(rate(step)) for step in (0, 4, 9, 55, 100)]
+    assert values[0] == pytest.approx(1e-4) and values[1] == pytest.approx(5e-4)
+    assert values[2] == pytest.approx(1e-3)
+    assert values[3] == pytest.approx(1e-3 * (1 + np.cos(np.pi * 46 / 91)) / 2, rel=1e-4)
+    assert values[4] == pytest.approx(0, abs=1e-9)
+    tiny = warmup_cosine(1e-3, 2, 0.1)  # one warm-up step: no step of a tiny phase at rate 0
+    assert float(tiny(0)) == pytest.approx(1e-3) and float(tiny(1)) == pytest.approx(5e-4)
     assert float(warmup_cosine(1e-3, 100, 0.0)(0)) == pytest.approx(1e-3)
 
 
