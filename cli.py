@@ -962,9 +962,11 @@ def fine_tune_command(cache: str, as_json: bool, **options: Any) -> None:
         )
     if report.get("note"):
         click.echo(f"  {report['note']}")
+    head_test = report["head_only"]["test"]
+    kept = "head-only (fallback)" if report.get("exported") == "head-only" else "fine-tuned"
     click.echo(
-        f"  test accuracy {report['test']['accuracy']:.3f} fine-tuned vs "
-        f"{report['head_only']['test'] or float('nan'):.3f} head only; "
+        f"  test accuracy {report['test']['accuracy']:.3f} {kept} vs "
+        f"{'-' if head_test is None else format(head_test, '.3f')} head only; "
         f"{len(report.get('kept_layers', report['unfrozen_layers']))} layers trained, "
         f"{report['epochs_run']} epochs, "
         f"{report['fit_seconds']:.0f} s"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -553,9 +554,17 @@ def test_cli_fine_tune_auto_json_and_one_line_errors(coloured, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["schedule"] == "auto" and report["phases"][0]["name"] == "head-only"
+    head = tmp_path / "head"  # a copy of the head whose test accuracy is exactly 0
+    shutil.copytree(run, head)
+    head_report = json.loads((head / "report.json").read_text())
+    head_report["test"]["accuracy"] = 0.0
+    (head / "report.json").write_text(json.dumps(head_report))
+    args[3] = str(head)
     result = CliRunner().invoke(main, [*args, "--epochs", "1", "--lr", "1e-12"])
     assert result.exit_code == 0, result.output
     assert "phase head-only" in result.output and "test balanced accuracy" in result.output
+    assert "head-only (fallback) vs 0.000 head only" in result.output  # no "fine-tuned", no nan
+    assert "fine-tuned vs" not in result.output and "nan" not in result.output
     for bad, flag in (
         (["--image-size", "0"], "--image-size"),
         (["--schedule", "fixed", "--augment", "rotate90"], "--augment"),
