@@ -90,6 +90,14 @@ def unfreeze_layers(
     ``unfreeze``: a number of top layers or ``all``; ``unfreeze_from``: a layer name from
     which on every layer is unfrozen. Returns the names of the layers made trainable.
     """
+    return [layer.name for layer in unfreeze_units(backbone, unfreeze, unfreeze_from)]
+
+
+def unfreeze_units(
+    backbone: Any, unfreeze: str | int = FINE_TUNE_UNFREEZE, unfreeze_from: str | None = None
+) -> list[Any]:
+    """:func:`unfreeze_layers`, returning the layers made trainable (with weights, bottom to
+    top) themselves: names can repeat across the blocks of nested (keras-hub) models."""
     import keras
 
     frozen = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)
@@ -110,7 +118,7 @@ def unfreeze_layers(
     for inner in backbone._flatten_layers(include_self=False):  # every norm, blocks' too
         if isinstance(inner, frozen):
             inner.trainable = False
-    return [layer.name for i, layer in enumerate(layers) if i >= start and layer.trainable_weights]
+    return [layer for i, layer in enumerate(layers) if i >= start and layer.trainable_weights]
 
 
 def backbone_units(backbone: Any) -> list[Any]:
@@ -344,9 +352,9 @@ def fine_tune(
         from .finetune_phases import train_auto
 
         every = len(unfreeze_layers(built.backbone, "all"))
-        touched = unfreeze_layers(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
+        allowed = unfreeze_units(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
+        touched = [unit.name for unit in allowed]
         units = backbone_units(built.backbone)
-        allowed = [unit for unit in units if unit.name in set(touched)]
         outcome = train_auto(
             built, chosen, units, allowed, every, train_rows.columns, len(trained.classes),
             train=_train_dataset(train_rows, source, size, resize, chosen),

@@ -667,3 +667,25 @@ def test_auto_phases_keep_batchnorm_statistics_and_follow_the_schedule():
     # the last phase's warm-up + cosine drove fit: every step taken, the rate decayed to 0
     assert int(model.optimizer.iterations) == 2 * phases[-1].epochs
     assert float(model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_unfreeze_units_are_layers_not_names():
+    import keras
+
+    from featcache.heads.finetune import unfreeze_layers, unfreeze_units
+
+    class TwinEncoder(keras.Model):  # opened into its layers, as keras-hub encoders are
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.proj = keras.layers.Dense(4, name="proj")  # the same name in both
+
+        def call(self, x):
+            return self.proj(x)
+
+    inputs = keras.Input((4,))
+    lower, upper = TwinEncoder(name="lower"), TwinEncoder(name="upper")
+    backbone = keras.Model(inputs, upper(lower(inputs)))
+    assert [id(u) for u in unfreeze_units(backbone, 1)] == [id(upper.proj)]
+    assert upper.proj.trainable and not lower.proj.trainable
+    assert unfreeze_layers(backbone, 1) == ["proj"]
+    assert [id(u) for u in unfreeze_units(backbone, "all")] == [id(lower.proj), id(upper.proj)]
