@@ -401,6 +401,9 @@ def fine_tune(
             "val": head_report.get("val", {}).get("accuracy"),
             "test": head_report.get("test", {}).get("accuracy"),
             "test_balanced_accuracy": head_report.get("test", {}).get("balanced_accuracy"),
+            "measured_on": "cached features (the head run's report)",
+            # auto: phase 0, the head-only model on val's images as fine-tuning reads them
+            **({"val_on_images": extra["phases"][0]["best_val_accuracy"]} if auto else {}),
         },
         **extra,
         "val": evaluated["val"],

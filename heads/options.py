@@ -468,8 +468,10 @@ _BASELINE_PARAMS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class FineTuneOptions:
-    """Everything ``fine_tune`` can be asked, checked when made. Options left None take
-    the schedule's default (:meth:`resolved`)."""
+    """Everything ``fine_tune`` can be asked, checked when made. Options left None
+    (``unfreeze``, ``lr``, ``epochs``, ``patience``, ``augment``) take the schedule's
+    default: they read None here until :meth:`resolved` puts the defaults in (what a run
+    uses, and its report's ``params``)."""
 
     unfreeze: str | int | None = None
     """Number of top backbone layers to train, or ``all`` (auto: the deepest phase's;

@@ -418,6 +418,8 @@ def test_auto_keeps_the_best_phase_and_reports_every_phase(coloured, tmp_path):
     assert [p["name"] for p in phases] == ["head-only", "top", "deeper"]
     assert [p["epochs_run"] for p in phases[1:]] == [len(p["val_accuracy"]) for p in phases[1:]]
     head_val = phases[0]["val_accuracy"][0]
+    assert report["head_only"]["val_on_images"] == head_val  # and "val": the cached features'
+    assert report["head_only"]["measured_on"].startswith("cached features")
     assert head_val == report["val"]["accuracy"] or report["exported"] == "fine-tuned"
     assert report["exported"] == "fine-tuned" and report["beat_head_on_val"]
     best = report["best"]
