@@ -600,35 +600,56 @@ def test_phases_train_only_the_top_layers_and_never_batchnorm():
     assert backbone.trainable_weights == []
 
 
-def _loss(model, labels, data, paths, split):
-    """Mean cross-entropy of ``model`` on the images of a cache split (as decoded files)."""
-    pixels = np.stack([decode_image((data / paths[i]).read_bytes()) for i in split.rows])
-    probabilities = np.asarray(model(pixels.astype("float32")), np.float64)
+def _loss(model, labels, data, paths, split, resize, augment=None):
+    """Mean cross-entropy of ``model`` on the images of a cache split, decoded and resized to
+    32 px as fine-tuning reads them, each passed through ``augment`` first when given."""
+    import tensorflow as tf
+
+    from featcache.extractor.decode import decode_and_resize
+
+    pixels = [
+        np.round(decode_and_resize((data / paths[i]).read_bytes(), (32, 32), resize))
+        for i in split.rows
+    ]
+    images = tf.constant(np.stack(pixels).astype("float32"))
+    if augment is not None:
+        images = tf.stack(
+            [augment(im, tf.constant([0, j], tf.int64)) for j, im in enumerate(images)]
+        )
+    probabilities = np.asarray(model(images), np.float64)
     column = {int(label): k for k, label in enumerate(labels)}
     picked = [probabilities[j, column[int(label)]] for j, label in enumerate(split.labels)]
     return float(-np.mean(np.log(picked)))
 
 
 def test_auto_augments_train_batches_only_never_val(coloured, tmp_path):
+    from featcache.heads.augment import augment_function
     from featcache.heads.data import load_splits
     from featcache.heads.endtoend import load_model
     from featcache.heads.finetune import fine_tune
 
-    _, data, cache, run = coloured
+    _, data, cache, _ = coloured
+    run = tmp_path / "head"  # a head that learned something: its loss follows the images
+    train_head(cache, head="dense", hidden=(8,), epochs=60, standardize=True, output=run)
+    chosen = "vflip,rotate90,crop,contrast,brightness"
     fine_tune(
         cache, run, output=tmp_path / "ft", epochs=1, batch_size=4, lr=1e-12, unfreeze=0,
-        augment="vflip,rotate90,crop,contrast,brightness",
+        augment=chosen,
     )  # fmt: skip
     with open(tmp_path / "ft" / "history.csv") as f:
         epoch = next(csv.DictReader(f))
     model, _, labels = load_model(tmp_path / "ft" / "model.keras")  # the head, as it started
     splits = load_splits(cache)
-    val = _loss(model, labels, data, splits.paths, splits.val)
-    train = _loss(model, labels, data, splits.paths, splits.train)
-    # lr 1e-12: the weights stay; history.csv keeps 4+ decimals, augmentation moves the train
-    # loss well beyond that, and would move val's as much
-    assert abs(float(epoch["val_loss"]) - val) < 2e-4  # val: the plain images
-    assert abs(float(epoch["loss"]) - train) > 2e-3  # train: augmented ones
+    resize = load_head(run).settings.resize
+    val = _loss(model, labels, data, splits.paths, splits.val, resize)
+    # lr 1e-12: the weights stay, so Keras' val loss is the head's on the plain val images
+    assert abs(float(epoch["val_loss"]) - val) < 1e-4
+    # which tells augmented val images apart: they move it far beyond that (train's, augmented,
+    # is far from val's too)
+    augmented = _loss(
+        model, labels, data, splits.paths, splits.val, resize, augment_function(chosen, 0, (32, 32))
+    )
+    assert abs(augmented - val) > 1e-2
 
 
 def test_auto_phases_keep_batchnorm_statistics_and_follow_the_schedule():
