@@ -206,7 +206,11 @@ def train_auto(
     del baseline
     best = Best(head_accuracy, model.get_weights())
     weights = class_weights(train_columns, classes, chosen.balance)
-    phases = plan_phases(int(chosen.epochs or 1), float(chosen.lr or 0), len(allowed))
+    # at another size the head meets features it never saw: one epoch for it alone first
+    phases = plan_phases(
+        int(chosen.epochs or 1), float(chosen.lr or 0), len(allowed),
+        head_epochs=int(size != base_size),
+    )  # fmt: skip
     steps = int(train.cardinality())
     runs, history = run_phases(
         model, built.backbone, units, allowed, every, phases, train, val, steps, best,

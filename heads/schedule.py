@@ -45,8 +45,10 @@ def plan_phases(epochs: int, lr: float, units: int, head_epochs: int = 0) -> lis
     is 0. A phase that would repeat the previous one's layers is merged into it.
 
     The head's own first phase is ``train-head`` on the cache, so ``fine_tune`` asks for no
-    head epochs: measured, a head-only epoch on the images never raised val accuracy above
-    the head's (7 runs, 3 data sets) and only took an epoch from the deeper phase."""
+    head epochs at the cache's size: measured, a head-only epoch on the images never raised
+    val accuracy above the head's (7 runs, 3 data sets) and only took an epoch from the
+    deeper phase. At another ``image_size`` it asks for one (the head never saw those
+    features)."""
     head = min(head_epochs, epochs - 1) if units else epochs
     rest = epochs - head
     phases = []

@@ -530,6 +530,8 @@ def test_auto_trains_at_a_larger_image_size(coloured, tmp_path):
     ).report  # fmt: skip
     assert report["exported"] == "fine-tuned" and report["kept_layers"]
     assert report["image_size"] == [48, 48] and report["params"]["image_size"] == 48
+    # the head learned on 32 px features: one epoch for it alone at 48 px first
+    assert [p["name"] for p in report["phases"]] == ["head-only", "head", "deeper"]
     model, _, _ = load_model(tmp_path / "ft" / "model.keras")
     resize = model.get_layer("resize")
     assert (resize.height, resize.width) == (48, 48)  # what it trained and is saved at
