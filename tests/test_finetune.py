@@ -714,3 +714,35 @@ def test_unfreeze_units_are_layers_not_names():
     assert upper.proj.trainable and not lower.proj.trainable
     assert unfreeze_layers(backbone, 1) == ["proj"]
     assert [id(u) for u in unfreeze_units(backbone, "all")] == [id(lower.proj), id(upper.proj)]
+
+
+def test_auto_phases_pass_the_class_weights_to_fit():
+    import keras
+    import tensorflow as tf
+
+    from featcache.heads.finetune_phases import Best, run_phases
+    from featcache.heads.schedule import plan_phases
+
+    def trained_loss(class_weight):
+        keras.utils.set_random_seed(0)
+        x = image = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(4, 3, name="conv")(x)
+        backbone = keras.Model(image, keras.layers.GlobalAveragePooling2D()(x))
+        inputs = keras.Input((8, 8, 3))
+        head = keras.layers.Dense(2, activation="softmax")(backbone(inputs, training=False))
+        model = keras.Model(inputs, head)
+        units = [layer for layer in backbone.layers if layer.weights]
+        rng = np.random.default_rng(0)
+        images = rng.uniform(0, 1, (8, 8, 8, 3)).astype("float32")
+        data = tf.data.Dataset.from_tensor_slices((images, np.array([0] * 6 + [1] * 2))).batch(4)
+        _, history = run_phases(
+            model, backbone, units, units, 1, plan_phases(1, 1e-3, 1), data, data, 2,
+            Best(-1.0, model.get_weights()), optimizer="adam", warmup=0.1, lr_decay=1.0,
+            class_weight=class_weight, patience=0,
+        )  # fmt: skip
+        return history["loss"][0]
+
+    plain = trained_loss(None)
+    assert plain > 0.1
+    assert trained_loss({0: 0.0, 1: 0.0}) == 0.0  # fit weighed every row by its class
+    assert trained_loss({0: 1.0, 1: 3.0}) > plain  # the minority's rows count 3 times
