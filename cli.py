@@ -979,7 +979,8 @@ def fine_tune_command(cache: str, as_json: bool, **options: Any) -> None:
         )
     if report.get("cache_precision", "float32") != "float32":
         click.echo(
-            f"  model.keras computes in {report.get('precision', 'float32')} "
+            f"  trained in float32, model.keras computes in "
+            f"{report.get('model_precision', 'float32')} "
             f"(the cache's features are {report['cache_precision']})"
         )
     for path, reason in result.skipped[:10]:

@@ -270,7 +270,7 @@ def fine_tune(
 
     The backbone trains (and is saved) in float32 whatever the cache's ``precision``; a
     head-only fallback computes in the cache's precision, as ``export`` makes it (the report's
-    ``precision`` says which). ``model.keras`` holds no optimizer state.
+    ``model_precision`` says which). ``model.keras`` holds no optimizer state.
     Writes ``model.keras`` (images in, probabilities out), ``report.json``,
     ``history.csv``/``.png`` and ``confusion.png`` to the run folder.
     """
@@ -386,7 +386,8 @@ def fine_tune(
         "params": {**asdict(chosen), "unfreeze": str(chosen.unfreeze)},
         "schedule": chosen.schedule,
         "unfrozen_layers": touched,
-        "precision": precision,
+        "precision": "float32",  # what the backbone trained in
+        "model_precision": precision,  # what model.keras computes in (a fallback: the cache's)
         "cache_precision": trained.settings.precision,
         "image_size": list(size),
         "rows": {

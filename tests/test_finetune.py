@@ -483,7 +483,8 @@ def test_auto_fallback_on_a_bfloat16_cache_is_the_model_phase_0_scored(tmp_path)
         cache, tmp_path / "head", output=tmp_path / "ft", epochs=1, batch_size=8, lr=1e-12
     ).report
     assert report["exported"] == "head-only"
-    assert report["precision"] == "bfloat16" and report["cache_precision"] == "bfloat16"
+    assert report["model_precision"] == "bfloat16" and report["cache_precision"] == "bfloat16"
+    assert report["precision"] == "float32"  # what training ran in, as before
     # val of the saved (bfloat16) head-only model is exactly what phase 0 scored
     assert report["val"]["accuracy"] == report["phases"][0]["val_accuracy"][0]
 
