@@ -363,7 +363,7 @@ def fine_tune(
                 len(known_val.paths), size, batch_size,
             ),
             head_val=lambda m, s: _evaluate(m, known_val, source, s, resize, trained,
-                                            batch_size)["accuracy"],
+                                            batch_size),
             head_model=lambda: build(head).model,
             verbose=verbose,
         )  # fmt: skip

@@ -24,6 +24,8 @@ class PhaseRun:
     phase: Phase
     val_accuracy: list[float] = field(default_factory=list)
     """Val accuracy after each epoch run."""
+    val_balanced_accuracy: list[float] = field(default_factory=list)
+    """Val balanced accuracy (mean recall over the classes present) after each epoch run."""
 
     def record(self) -> dict[str, Any]:
         return {
@@ -34,6 +36,7 @@ class PhaseRun:
             "peak_lr": self.phase.lr,
             "val_accuracy": [round(v, 6) for v in self.val_accuracy],
             "best_val_accuracy": max(self.val_accuracy, default=None),
+            "val_balanced_accuracy": [round(v, 6) for v in self.val_balanced_accuracy],
         }
 
 
@@ -42,13 +45,21 @@ class Best:
     """The best weights so far and where they came from."""
 
     val_accuracy: float
+    """Val accuracy of the kept weights."""
     weights: list[Any]
     phase: str = "head-only"
     """``head-only``: the head as it came (phase 0), else the phase's name."""
     epoch: int = 0
+    score: float | None = None
+    """What the choice is made on: val accuracy, or val balanced accuracy with class weights
+    (None: ``val_accuracy``)."""
+
+    def __post_init__(self) -> None:
+        if self.score is None:
+            self.score = self.val_accuracy
 
 
-def _keep_best(model: Any, best: Best, run: PhaseRun, patience: int) -> Any:
+def _keep_best(model: Any, best: Best, run: PhaseRun, patience: int, select: str) -> Any:
     import keras
 
     class KeepBest(keras.callbacks.Callback):
@@ -57,10 +68,14 @@ def _keep_best(model: Any, best: Best, run: PhaseRun, patience: int) -> Any:
             self.waited = 0
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            value = float((logs or {}).get("val_accuracy", float("nan")))
-            run.val_accuracy.append(value)
-            if value > best.val_accuracy + TIE:  # ties keep the earlier model
-                best.val_accuracy, best.weights = value, model.get_weights()
+            logs = logs or {}
+            accuracy = float(logs.get("val_accuracy", float("nan")))
+            run.val_accuracy.append(accuracy)
+            run.val_balanced_accuracy.append(float(logs.get("val_balanced_accuracy", float("nan"))))
+            value = float(logs.get(f"val_{select}", float("nan")))
+            if value > float(best.score or 0) + TIE:  # ties keep the earlier model
+                best.score, best.weights = value, model.get_weights()
+                best.val_accuracy = accuracy
                 best.phase, best.epoch = run.phase.name, epoch + 1
                 self.waited = 0
                 return
@@ -105,13 +120,17 @@ def run_phases(
     class_weight: dict[int, float] | None,
     patience: int,
     verbose: int = 0,
+    classes: int = 0,
+    select: str = "accuracy",
 ) -> tuple[list[PhaseRun], dict[str, list[float]]]:
     """Train ``phases`` in turn from the weights of ``best`` (each phase starts from the
     best so far); ``best`` ends holding the best weights of all. ``units``: the backbone's
     layers as fine-tuning counts them, ``allowed``: those with weights that may train (bottom
     to top), ``every_unit``: how many layers with weights the whole backbone has (the
     learning-rate groups are fixed over all of them). Returns each phase's run and the
-    concatenated Keras history."""
+    concatenated Keras history. ``select``: ``accuracy`` or ``balanced_accuracy`` (of
+    ``classes`` classes, also reported per epoch when ``classes`` is given), the val score the
+    best weights are chosen on."""
     import keras
 
     scales_top_first = group_scales(every_unit, lr_decay)
@@ -129,7 +148,10 @@ def run_phases(
         model.compile(
             optimizer=layerwise_optimizer(optimizer, rate, scales),
             loss=loss,
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            metrics=[
+                keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                *([balanced_accuracy(classes)] if classes else []),
+            ],
         )
         run = PhaseRun(phase)
         fitted = model.fit(
@@ -137,7 +159,7 @@ def run_phases(
             validation_data=val,
             epochs=phase.epochs,
             class_weight=class_weight,
-            callbacks=[_keep_best(model, best, run, patience)],
+            callbacks=[_keep_best(model, best, run, patience, select)],
             verbose=verbose,
             shuffle=False,  # the dataset shuffles itself, a new order each epoch
         )
@@ -146,6 +168,37 @@ def run_phases(
         runs.append(run)
     model.set_weights(best.weights)
     return runs, history
+
+
+def balanced_accuracy(classes: int) -> Any:
+    """A Keras metric: the mean recall over the classes present (scikit-learn's balanced
+    accuracy) of sparse labels; sample weights (class weights) do not count."""
+    import keras
+    from keras import ops
+
+    class BalancedAccuracy(keras.metrics.Metric):
+        def __init__(self) -> None:
+            super().__init__(name="balanced_accuracy")
+            self.hits = self.add_variable((classes,), "zeros", name="hits")
+            self.seen = self.add_variable((classes,), "zeros", name="seen")
+
+        def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+            truth = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+            right = ops.cast(ops.equal(ops.argmax(y_pred, axis=-1), truth), "float32")
+            one_hot = ops.one_hot(truth, classes)
+            self.seen.assign_add(ops.sum(one_hot, axis=0))
+            self.hits.assign_add(ops.sum(one_hot * right[:, None], axis=0))
+
+        def result(self) -> Any:
+            present = ops.cast(self.seen > 0, "float32")
+            recall = self.hits / ops.maximum(self.seen, 1.0)
+            return ops.sum(recall * present) / ops.maximum(ops.sum(present), 1.0)
+
+        def reset_state(self) -> None:
+            self.hits.assign(ops.zeros((classes,)))
+            self.seen.assign(ops.zeros((classes,)))
+
+    return BalancedAccuracy()
 
 
 @dataclass
@@ -187,14 +240,15 @@ def train_auto(
     *,
     train: Any,
     val: Any,
-    head_val: Callable[[Any, tuple[int, int]], float],
+    head_val: Callable[[Any, tuple[int, int]], dict[str, Any]],
     head_model: Callable[[], Any],
     verbose: int = 0,
 ) -> AutoOutcome:
     """The auto schedule on ``built`` (an :class:`~featcache.heads.endtoend.EndToEnd`):
-    phase 0 scores the head as ``export`` makes it on val (``head_val(model, size)``), then
-    the phases of :func:`plan_phases` train; the best val accuracy wins, and the head-only
-    model (``head_model()``) unless some epoch beat it."""
+    phase 0 scores the head as ``export`` makes it on val (``head_val(model, size)``: its
+    metrics), then the phases of :func:`plan_phases` train; the best val accuracy (val
+    balanced accuracy when classes are weighted) wins, and the head-only model
+    (``head_model()``) unless some epoch beat it."""
     model, size = built.model, built.image_size
     base_size = tuple(built.head.settings.image_size)
     head_precision = str(built.head.settings.precision or "float32")
@@ -202,10 +256,14 @@ def train_auto(
     # the same (same size, float32 cache); else the export model, dropped once scored
     same = size == base_size and head_precision == "float32"
     baseline = model if same else head_model()
-    head_accuracy = float(head_val(baseline, base_size))
+    head_metrics = head_val(baseline, base_size)
     del baseline
-    best = Best(head_accuracy, model.get_weights())
+    head_accuracy = float(head_metrics["accuracy"])
+    head_balanced = float(head_metrics["balanced_accuracy"])
     weights = class_weights(train_columns, classes, chosen.balance)
+    select = "accuracy" if weights is None else "balanced_accuracy"
+    head_score = head_accuracy if weights is None else head_balanced
+    best = Best(head_accuracy, model.get_weights(), score=head_score)
     # at another size the head meets features it never saw: one epoch for it alone first
     phases = plan_phases(
         int(chosen.epochs or 1), float(chosen.lr or 0), len(allowed),
@@ -216,6 +274,7 @@ def train_auto(
         model, built.backbone, units, allowed, every, phases, train, val, steps, best,
         optimizer=chosen.optimizer, warmup=chosen.warmup, lr_decay=chosen.lr_decay,
         class_weight=weights, patience=int(chosen.patience or 0), verbose=verbose,
+        classes=classes, select=select,
     )  # fmt: skip
     beat = best.phase != "head-only"
     won = next((r.phase for r in runs if r.phase.name == best.phase), None)
@@ -228,22 +287,30 @@ def train_auto(
                 "measured_on": "val images, the head-only model as exported",
                 "val_accuracy": [head_accuracy],
                 "best_val_accuracy": head_accuracy,
+                "val_balanced_accuracy": [head_balanced],
             },
             *(r.record() for r in runs),
         ],
-        "best": {"phase": best.phase, "epoch": best.epoch, "val_accuracy": best.val_accuracy},
+        "best": {
+            "phase": best.phase,
+            "epoch": best.epoch,
+            "val_accuracy": best.val_accuracy,
+            "selected_by": f"val_{select}",
+            "score": best.score,
+        },
         "exported": "fine-tuned" if beat else "head-only",
         "beat_head_on_val": beat,
         "class_weight": None if weights is None else {str(k): v for k, v in weights.items()},
     }
     if not beat:
         report["note"] = (
-            f"fine-tuning did not beat the head on val ({max(_all(runs), default=0):.4f} at "
-            f"best vs {head_accuracy:.4f}); model.keras is the head-only model"
+            f"fine-tuning did not beat the head on val {select.replace('_', ' ')} "
+            f"({max(_all(runs, select), default=0):.4f} at best vs {head_score:.4f}); "
+            "model.keras is the head-only model"
         )
         return AutoOutcome(head_model(), base_size, history, report, 0, head_precision)
     return AutoOutcome(model, size, history, report, won.units if won else 0)
 
 
-def _all(runs: list[PhaseRun]) -> list[float]:
-    return [v for r in runs for v in r.val_accuracy]
+def _all(runs: list[PhaseRun], select: str = "accuracy") -> list[float]:
+    return [v for r in runs for v in getattr(r, f"val_{select}")]

@@ -423,6 +423,8 @@ def test_auto_keeps_the_best_phase_and_reports_every_phase(coloured, tmp_path):
     assert head_val == report["val"]["accuracy"] or report["exported"] == "fine-tuned"
     assert report["exported"] == "fine-tuned" and report["beat_head_on_val"]
     best = report["best"]
+    assert best["selected_by"] == "val_accuracy" and best["score"] == best["val_accuracy"]
+    assert all(len(p["val_balanced_accuracy"]) == len(p["val_accuracy"]) for p in phases)
     assert best["val_accuracy"] > head_val
     assert best["val_accuracy"] == pytest.approx(
         max(v for p in phases[1:] for v in p["val_accuracy"]), abs=1e-6
@@ -517,6 +519,12 @@ def test_auto_weighs_imbalanced_classes_and_reports_the_minority(tmp_path):
     recall = {c["class"]: c["recall"] for c in report["test"]["per_class"]}
     assert minority[0]["test_recall"] == recall["c2"] and minority[0]["train_rows"] >= 1
     assert [p["name"] for p in report["phases"]] == ["head-only", "head"]  # unfreeze 0
+    # classes weighted: the best epoch is chosen on val balanced accuracy, reported per epoch
+    best = report["best"]
+    assert best["selected_by"] == "val_balanced_accuracy"
+    scores = [v for p in report["phases"] for v in p["val_balanced_accuracy"]]
+    assert len(scores) == 2 and best["score"] == pytest.approx(max(scores), abs=1e-6)
+    assert report["val"]["balanced_accuracy"] == pytest.approx(best["score"], abs=1e-6)
 
 
 def test_auto_trains_at_a_larger_image_size(coloured, tmp_path):
@@ -747,3 +755,21 @@ def test_auto_phases_pass_the_class_weights_to_fit():
     assert plain > 0.1
     assert trained_loss({0: 0.0, 1: 0.0}) == 0.0  # fit weighed every row by its class
     assert trained_loss({0: 1.0, 1: 3.0}) > plain  # the minority's rows count 3 times
+
+
+def test_balanced_accuracy_metric_equals_scikit_learns():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from featcache.heads.finetune_phases import balanced_accuracy
+
+    rng = np.random.default_rng(0)
+    truth = np.array([0] * 12 + [1] * 5 + [3] * 3)  # class 2 absent
+    scores = rng.uniform(0, 1, (20, 4)).astype("float32")
+    metric = balanced_accuracy(4)
+    metric.update_state(truth[:7], scores[:7])  # over two batches, as an epoch's val
+    metric.update_state(truth[7:], scores[7:])
+    expected = balanced_accuracy_score(truth, scores.argmax(axis=1))
+    assert float(metric.result()) == pytest.approx(expected, abs=1e-6)
+    metric.reset_state()
+    metric.update_state(truth, np.eye(4, dtype="float32")[truth])
+    assert float(metric.result()) == pytest.approx(1.0)
