@@ -607,22 +607,40 @@ def test_hugging_face_datasets_loads_a_cache_with_views(tmp_path, data):
         np.testing.assert_allclose(np.asarray(loaded[row]["views"]), stacked[row, 1:])
 
 
+_PACED_DRIVER = """
+import sys, time
+from featcache import extract
+from featcache.extractor import recorder
+
+embedded = recorder.Recorder.embedded
+
+def paced(self, *args, **kwargs):
+    embedded(self, *args, **kwargs)
+    time.sleep(0.3)
+
+recorder.Recorder.embedded = paced
+extract(sys.argv[1], output=sys.argv[2], backbone="vgg16", weights="none", image_size=32,
+        views=3, augment_seed=9, batch_size=1, checkpoint_seconds=0, progress=False)
+"""
+"""The killed run: as the CLI's, pausing 0.3 s after each embedded image (its writer thread
+goes on), so that the kill lands seconds before the run's end however busy the machine."""
+
+
 @pytest.mark.slow
 def test_a_killed_run_keeps_views_only_with_their_rows_and_resumes(tmp_path, data):
     """SIGKILL mid-run (a subprocess, checkpoints after every image): the cache left has a
     view for every row and none without one, and the next run completes it."""
     out = tmp_path / "views.h5"
-    for i in range(24):  # 30 images: room to kill the run before it ends, on a busy machine
+    for i in range(24):  # 30 images
         write_image(data / "class_0" / f"more_{i}.png", 50 + i)
     options = {"views": 3, "augment_seed": 9, "batch_size": 1, **TINY}
     extract(data, output=tmp_path / "whole.h5", **options)
-    args = [sys.executable, "-m", "featcache.cli", "extract", str(data), "-o", str(out)]
-    args += ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--views", "3"]
-    args += ["--augment-seed", "9", "--batch-size", "1", "--checkpoint-seconds", "0", "-q"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    args = [sys.executable, "-c", _PACED_DRIVER, str(data), str(out)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300  # waits on rows, not on time: a bound for a hung run
     while cache_rows(out) < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
+    assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     left = CacheReader(out)
