@@ -22,22 +22,17 @@ import argparse
 import inspect
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ood_datasets import BUILDERS
+from ood_datasets import BUILDERS, add_run_arguments, confusion_pairs, run_record, weights_file
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-WEIGHTS = "mobilenet_1_0_224_imagenet_notop.weights.h5"
 OLD_DEFAULTS = {"unfreeze": "20", "epochs": 6, "lr": 1e-4, "augment": "flip"}
 """The issue's run: what a new user tried with the options as they were."""
 ROTATION_AUGMENT = "flip,vflip,rotate90,contrast"
@@ -50,13 +45,9 @@ def scored(report: dict[str, Any]) -> dict[str, Any]:
     class's recall, from a report's test confusion matrix."""
     from featcache.heads.metrics import Scored, bootstrap_metrics
 
-    test = report["test"]
-    counts = np.asarray(test["confusion_matrix"])
-    true, pred = np.nonzero(counts)
-    repeats = counts[true, pred]
-    run = Scored(np.repeat(true, repeats), np.repeat(pred, repeats), None)
+    run = Scored(*confusion_pairs(report), None)
     boot = bootstrap_metrics([run], resamples=1000, seed=0)
-    per_class = {c["class"]: c["recall"] for c in test["per_class"]}
+    per_class = {c["class"]: c["recall"] for c in report["test"]["per_class"]}
     return {
         "accuracy": boot["acc1"],
         "balanced_accuracy": boot["balanced_accuracy"],
@@ -121,22 +112,13 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=300)
     parser.add_argument("--test", type=int, default=900)
     parser.add_argument("--seed", type=int, default=20)
-    parser.add_argument("--weights-dir", default=os.environ.get("FEATCACHE_WEIGHTS_DIR"))
-    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "featcache-ood"))
-    parser.add_argument("--json", dest="json_out", default=None)
+    add_run_arguments(parser)
     args = parser.parse_args()
-    if not args.weights_dir or not (Path(args.weights_dir) / WEIGHTS).is_file():
-        raise SystemExit(f"needs {WEIGHTS} in --weights-dir")
+    weights = weights_file(args.weights_dir)
     unknown = set(args.sets.split(",")) - set(BUILDERS)
     if unknown:
         raise SystemExit(f"unknown sets {sorted(unknown)}; known: {sorted(BUILDERS)}")
-    weights = str(Path(args.weights_dir) / WEIGHTS)
-    results: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "sets": {},
-    }
+    results: dict[str, Any] = {**run_record(), "sets": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sets.split(","):
             results["sets"][name] = run_set(name, args, weights, Path(tmp))

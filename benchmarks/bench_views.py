@@ -21,22 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ood_datasets import BUILDERS
+from ood_datasets import BUILDERS, add_run_arguments, confusion_pairs, run_record, weights_file
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-WEIGHTS = "mobilenet_1_0_224_imagenet_notop.weights.h5"
 ARMS: dict[str, dict[str, Any]] = {
     "plain": {"views": "plain"},
     "one": {"views": "one"},
@@ -93,9 +90,7 @@ def run_case(name: str, shots: int, args: argparse.Namespace, weights: str, work
         began = time.monotonic()
         tuned = fine_tune(cache, first_plain, output=work / f"{name}-{shots}-ft")
         report = tuned.report
-        counts = np.asarray(report["test"]["confusion_matrix"])
-        true, pred = np.nonzero(counts)
-        run = Scored(np.repeat(true, counts[true, pred]), np.repeat(pred, counts[true, pred]), None)
+        run = Scored(*confusion_pairs(report), None)
         out["fine-tune"] = {"acc": interval([run]), "seconds": time.monotonic() - began}
         print(f"{name} {shots}-shot fine-tune: {out['fine-tune']['acc']['value']:.3f}", flush=True)
     return out
@@ -114,22 +109,13 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=300)
     parser.add_argument("--test", type=int, default=900)
     parser.add_argument("--no-finetune", dest="finetune", action="store_false")
-    parser.add_argument("--weights-dir", default=os.environ.get("FEATCACHE_WEIGHTS_DIR"))
-    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "featcache-ood"))
-    parser.add_argument("--json", dest="json_out", default=None)
+    add_run_arguments(parser)
     args = parser.parse_args()
-    if not args.weights_dir or not (Path(args.weights_dir) / WEIGHTS).is_file():
-        raise SystemExit(f"needs {WEIGHTS} in --weights-dir")
+    weights = weights_file(args.weights_dir)
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         raise SystemExit(f"unknown arms {sorted(unknown)}; known: {sorted(ARMS)}")
-    weights = str(Path(args.weights_dir) / WEIGHTS)
-    results: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "cases": {},
-    }
+    results: dict[str, Any] = {**run_record(), "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sets.split(","):
             for shots in (int(s) for s in args.shots.split(",")):

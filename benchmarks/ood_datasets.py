@@ -20,13 +20,18 @@ requested size, the layout ``extract`` reads splits from) and returns a summary.
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
+import os
+import platform
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from datasets import load_fashion_mnist
 
+WEIGHTS = "mobilenet_1_0_224_imagenet_notop.weights.h5"
+"""The pretrained backbone the benchmarks on these sets use (ImageNet MobileNet)."""
 SPLITS = ("train", "val", "test")
 TEXTURES = ("brick", "grass", "gravel", "cell", "ihc", "moon")
 DIGITS = [str(d) for d in range(10)]
@@ -227,3 +234,34 @@ BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {
     "textures": textures,
     "digits": digits,
 }
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--weights-dir``, ``--data`` and ``--json``, as every benchmark on these sets has."""
+    parser.add_argument("--weights-dir", default=os.environ.get("FEATCACHE_WEIGHTS_DIR"))
+    parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "featcache-ood"))
+    parser.add_argument("--json", dest="json_out", default=None)
+
+
+def weights_file(weights_dir: str | None) -> str:
+    """The path of :data:`WEIGHTS` in ``weights_dir``; exits with a message without it."""
+    if not weights_dir or not (Path(weights_dir) / WEIGHTS).is_file():
+        raise SystemExit(f"needs {WEIGHTS} in --weights-dir")
+    return str(Path(weights_dir) / WEIGHTS)
+
+
+def run_record() -> dict[str, Any]:
+    """The date, the machine and the command line of this run."""
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+    }
+
+
+def confusion_pairs(report: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) labels of a run report's test rows, from its confusion counts (which
+    determine every metric the benchmarks report), ordered by true then predicted label."""
+    counts = np.asarray(report["test"]["confusion_matrix"])
+    true, pred = np.nonzero(counts)
+    return np.repeat(true, counts[true, pred]), np.repeat(pred, counts[true, pred])
