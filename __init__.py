@@ -10,9 +10,10 @@ from its module on first use (type checkers and IDEs see the real signatures).
 
 from __future__ import annotations
 
-from importlib import import_module
+import os
 from typing import TYPE_CHECKING, Any
 
+from .core.lazy import lazy_attributes
 from .errors import (
     AccessDenied,
     CacheError,
@@ -29,6 +30,8 @@ from .errors import (
     WeightsError,
 )
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before any submodule imports TensorFlow
+
 if TYPE_CHECKING:
     from .audit.audit import AuditReport, audit_cache, fix_splits
     from .audit.options import AuditOptions
@@ -36,19 +39,14 @@ if TYPE_CHECKING:
     from .audit.plot import PlotResult, plot_cache
     from .audit.plot_options import PlotOptions
     from .audit.search import SearchResult, search
-    from .extractor.backbone import FeatureExtractor
-    from .extractor.cache import CacheData, CacheReader, cache_info, read_cache
-    from .extractor.export_features import ExportSummary, export_features
-    from .extractor.extraction import extract
-    from .extractor.hub import HubSpec, list_hub_backbones
-    from .extractor.options import ExtractOptions, RayOptions
+    from .backbones.backbone import FeatureExtractor
+    from .backbones.hub import HubSpec, list_hub_backbones
+    from .backbones.registry import BackboneSpec, get_backbone, list_backbones
+    from .core.options import ExtractOptions, RayOptions
+    from .core.settings import BackboneConfig, CacheSettings, FeatureSettings
+    from .extraction import extract
     from .extractor.recorder import ExtractProgress
-    from .extractor.registry import BackboneSpec, get_backbone, list_backbones
     from .extractor.runner import ExtractSummary
-    from .extractor.service.client import BadImagesError, Client
-    from .extractor.service.options import ServeOptions
-    from .extractor.service.server import Server
-    from .extractor.settings import BackboneConfig, CacheSettings, FeatureSettings
     from .heads.compare import Leaderboard, compare
     from .heads.dense import DenseHead
     from .heads.endtoend import export, load_model
@@ -57,7 +55,12 @@ if TYPE_CHECKING:
     from .heads.options import FineTuneOptions, HeadOptions
     from .heads.predict import predict_cache
     from .heads.train import TrainedHead, TrainResult, load_head, train_head
+    from .service.client import BadImagesError, Client
+    from .service.options import ServeOptions
+    from .service.server import Server
     from .serving import serve, start_server
+    from .store import CacheData, CacheReader, cache_info, read_cache
+    from .store.export import ExportSummary, export_features
 
 try:
     from importlib.metadata import version as _version
@@ -77,30 +80,30 @@ _LAZY = {
     "plot_cache": "featcache.audit.plot",
     "PlotResult": "featcache.audit.plot",
     "PlotOptions": "featcache.audit.plot_options",
-    "export_features": "featcache.extractor.export_features",
-    "ExportSummary": "featcache.extractor.export_features",
-    "extract": "featcache.extractor.extraction",
-    "ExtractOptions": "featcache.extractor.options",
-    "RayOptions": "featcache.extractor.options",
+    "export_features": "featcache.store.export",
+    "ExportSummary": "featcache.store.export",
+    "extract": "featcache.extraction",
+    "ExtractOptions": "featcache.core.options",
+    "RayOptions": "featcache.core.options",
     "ExtractSummary": "featcache.extractor.runner",
     "ExtractProgress": "featcache.extractor.recorder",
-    "BackboneConfig": "featcache.extractor.settings",
-    "FeatureSettings": "featcache.extractor.settings",
-    "CacheSettings": "featcache.extractor.settings",
-    "FeatureExtractor": "featcache.extractor.backbone",
-    "CacheReader": "featcache.extractor.cache",
-    "CacheData": "featcache.extractor.cache",
-    "read_cache": "featcache.extractor.cache",
-    "cache_info": "featcache.extractor.cache",
-    "BackboneSpec": "featcache.extractor.registry",
-    "get_backbone": "featcache.extractor.registry",
-    "list_backbones": "featcache.extractor.registry",
-    "HubSpec": "featcache.extractor.hub",
-    "list_hub_backbones": "featcache.extractor.hub",
-    "Client": "featcache.extractor.service.client",
-    "BadImagesError": "featcache.extractor.service.client",
-    "ServeOptions": "featcache.extractor.service.options",
-    "Server": "featcache.extractor.service.server",
+    "BackboneConfig": "featcache.core.settings",
+    "FeatureSettings": "featcache.core.settings",
+    "CacheSettings": "featcache.core.settings",
+    "FeatureExtractor": "featcache.backbones.backbone",
+    "CacheReader": "featcache.store",
+    "CacheData": "featcache.store",
+    "read_cache": "featcache.store",
+    "cache_info": "featcache.store",
+    "BackboneSpec": "featcache.backbones.registry",
+    "get_backbone": "featcache.backbones.registry",
+    "list_backbones": "featcache.backbones.registry",
+    "HubSpec": "featcache.backbones.hub",
+    "list_hub_backbones": "featcache.backbones.hub",
+    "Client": "featcache.service.client",
+    "BadImagesError": "featcache.service.client",
+    "ServeOptions": "featcache.service.options",
+    "Server": "featcache.service.server",
     "serve": "featcache.serving",
     "start_server": "featcache.serving",
     "train_head": "featcache.heads.train",
@@ -138,20 +141,6 @@ __all__ = [
     "__version__",
     *_LAZY,
 ]
-
-
-def lazy_attributes(package: str, moved: dict[str, str], namespace: dict[str, Any]) -> Any:
-    """A module ``__getattr__`` loading ``name`` from the module ``moved[name]`` on first use
-    (and keeping it, over a submodule of the same name)."""
-
-    def __getattr__(name: str) -> Any:
-        if name in moved:
-            value = getattr(import_module(moved[name], package), name)
-            namespace[name] = value
-            return value
-        raise AttributeError(f"module {package!r} has no attribute {name!r}")
-
-    return __getattr__
 
 
 __getattr__ = lazy_attributes(__name__, _LAZY, globals())

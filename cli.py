@@ -18,10 +18,9 @@ import click
 
 from .audit import options as audit_defaults
 from .audit import plot_options as plot_defaults
+from .core import options as extract_defaults
+from .core.options import DTYPES, ENGINES, POOLING_MODES, PRECISIONS, RESIZE_MODES
 from .errors import FeatcacheError, InvalidOptionError
-from .extractor import options as extract_defaults
-from .extractor.options import DTYPES, ENGINES, POOLING_MODES, PRECISIONS, RESIZE_MODES
-from .extractor.service.options import ServeOptions
 from .heads import options as head_defaults
 from .heads.options import (
     AUGMENTATIONS,
@@ -32,6 +31,7 @@ from .heads.options import (
     OPTIMIZERS,
     PROTOCOLS,
 )
+from .service.options import ServeOptions
 
 _SERVE = ServeOptions()
 _FLAGS = {"models": "--model"}
@@ -278,8 +278,8 @@ def extract_command(
     With --engine ray, images are embedded on a Ray actor pool; every node must see
     DATA and the weights file at the same paths.
     """
-    from .extractor.extraction import extract
-    from .extractor.options import ExtractOptions, RayOptions
+    from .core.options import ExtractOptions, RayOptions
+    from .extraction import extract
 
     ray_options = None
     asked = (ray_address, actors, cpus_per_actor, gpus_per_actor)
@@ -293,7 +293,7 @@ def extract_command(
 
     client = None
     if remote is not None:
-        from .extractor.service.client import Client
+        from .service.client import Client
 
         client = Client(
             remote, token_file=token_file, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
@@ -347,7 +347,7 @@ def _print_summary(summary: Any) -> None:
 @_handle_errors
 def inspect_command(cache: str, as_json: bool) -> None:
     """Rows, dimension, classes per split, bad files and settings of a CACHE file."""
-    from .extractor.cache import cache_info
+    from .store import cache_info
 
     info = cache_info(cache)
     if as_json:
@@ -409,8 +409,8 @@ def inspect_command(cache: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
 def backbones_command(as_json: bool) -> None:
     """List the registered backbones: keras.applications, then keras-hub presets."""
-    from .extractor.hub import list_hub_backbones
-    from .extractor.registry import list_backbones
+    from .backbones.hub import list_hub_backbones
+    from .backbones.registry import list_backbones
 
     rows = [
         {
@@ -1406,7 +1406,7 @@ def export_features_command(
 ) -> None:
     """Write the rows of CACHE (path, label, class, split, sha256, features) as Parquet,
     as clip-retrieval's npy + parquet layout, or as Lance, in row order."""
-    from .extractor.export_features import export_features
+    from .store.export import export_features
 
     try:
         summary = export_features(

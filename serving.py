@@ -1,5 +1,5 @@
 """``featcache.serve`` and ``featcache.start_server``: the gRPC service
-(:mod:`featcache.extractor.service`) with ``Classify`` models loaded by
+(:mod:`featcache.service`) with ``Classify`` models loaded by
 :func:`featcache.heads.endtoend.load_model`. The service itself knows nothing of heads;
 this is where the two meet."""
 
@@ -9,8 +9,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .extractor.service.options import ServeOptions
-    from .extractor.service.server import Server
+    from .service.options import ServeOptions
+    from .service.server import Server
 
 
 def _load_classifier(path: str) -> tuple[Any, list[str], list[int]]:
@@ -22,14 +22,14 @@ def _load_classifier(path: str) -> tuple[Any, list[str], list[int]]:
 def start_server(options: ServeOptions, warm: bool = True) -> Server:
     """Build and start a server (``options.port=0`` picks a free port); with ``warm``, load
     the preloaded backbones and the ``models`` classifiers first."""
-    from .extractor.service.server import start_server as start
+    from .service.server import start_server as start
 
     return start(_with_loader(options), warm=warm)
 
 
 def serve(options: ServeOptions) -> None:
     """Run a server until SIGTERM or Ctrl-C, then drain (``featcache serve``)."""
-    from .extractor.service.server import serve as run
+    from .service.server import serve as run
 
     run(_with_loader(options))
 

@@ -1,7 +1,7 @@
 """``audit_cache()``: exact and near duplicates, split leakage, outliers and likely label errors
 of one cache, and ``fix_splits()``, which removes the leakage from the cache's splits.
 
-Everything is read through :class:`~featcache.extractor.cache.CacheReader`; neighbours come
+Everything is read through :class:`~featcache.store.CacheReader`; neighbours come
 from :mod:`.neighbors` (blocked, exact, no N x N matrix).
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ..extractor.cache import CacheReader
-from ..extractor.recorder import progress_bar
-from ..extractor.splits import SPLIT_NAMES
+from ..core.progress import progress_bar
+from ..core.splits import SPLIT_NAMES
+from ..store import CacheReader
 from .labels import find_label_issues, out_of_fold_probabilities
 from .neighbors import normalize, top_k_neighbors
 from .options import THRESHOLD_TABLE, AuditOptions
@@ -239,7 +239,7 @@ def fix_splits(report: AuditReport) -> list[tuple[int, int, int]]:
     from filelock import FileLock, Timeout
 
     from ..errors import CacheError, CacheLockedError
-    from ..extractor.cache.splits_edit import rewrite_splits
+    from ..store.splits_edit import rewrite_splits
 
     split, moves = fixed_splits(report)
     if not moves:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..extractor.search_index import merge_top_k, normalize, query_top_k
+from ..store.search_index import merge_top_k, normalize, query_top_k
 from .options import DEFAULT_BLOCK_BYTES
 
 __all__ = ["block_shape", "brute_force", "normalize", "query_top_k", "top_k_neighbors"]

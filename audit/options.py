@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..extractor.options import invalid
-from ..extractor.search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K
+from ..core.options import invalid
+from ..store.search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K
 
 __all__ = ["DEFAULT_SEARCH_K", "MAX_SEARCH_K", "AuditOptions"]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..extractor.cache import CacheReader
-from ..extractor.splits import SPLIT_NAMES
+from ..core.splits import SPLIT_NAMES
+from ..store import CacheReader
 from .audit import AuditReport
 
 THUMBNAIL = 64
@@ -153,7 +153,7 @@ def _open_small(data: bytes) -> Any:
     """Encoded bytes -> an RGB PIL thumbnail, refusing images over the pixel limit."""
     from PIL import Image, ImageOps
 
-    from ..extractor.options import DEFAULT_MAX_PIXELS
+    from ..core.options import DEFAULT_MAX_PIXELS
 
     with Image.open(io.BytesIO(data)) as opened:
         if opened.size[0] * opened.size[1] > DEFAULT_MAX_PIXELS:

@@ -2,7 +2,7 @@
 or split: ``map.png`` (matplotlib), ``map.html`` (one self-contained page, thumbnails on
 hover: :mod:`.plot_html`) and ``points.csv`` (every plotted row and its coordinates).
 
-Features are read through :class:`~featcache.extractor.cache.CacheReader` and L2-normalised
+Features are read through :class:`~featcache.store.CacheReader` and L2-normalised
 first (audit and search compare them by cosine too). A cache larger than ``max_points`` is
 plotted from a seeded random sample; the result's notes say so.
 """
@@ -17,43 +17,25 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from ..core.options import check_choice, invalid
+from ..core.progress import progress_bar
+from ..core.splits import SPLIT_NAMES
 from ..errors import CacheError, DatasetError, FeatcacheError
-from ..extractor.cache import CacheReader
-from ..extractor.cache.format import OVERWRITE_HINT, first_line
-from ..extractor.options import check_choice, invalid
-from ..extractor.recorder import progress_bar
-from ..extractor.search_index import normalize
-from ..extractor.splits import SPLIT_NAMES
+from ..store import CacheReader
+from ..store.format import OVERWRITE_HINT, first_line
+from ..store.search_index import normalize
+from .map_points import UNLABELLED, MapPoints, palette
 from .plot_options import AUTO_TSNE_MAX_POINTS, PCA_DIMS, PLOT_METHODS, UMAP_HINT, PlotOptions
-
-if TYPE_CHECKING:
-    from ..heads.data import JointCache
 
 __all__ = ["PlotOptions", "PlotResult", "check_method", "plot_cache", "write_run_map"]
 
-UNLABELLED = "(unlabelled)"
 MARKERS = ("o", "s", "^")
 """Marker of each split (train, val, test) in the PNG; the HTML draws the same shapes."""
 _TITLES = {"pca": "PCA", "tsne": "t-SNE", "umap": "UMAP"}
-
-
-@dataclass
-class MapPoints:
-    """The projected points: ``rows`` of the cache and their ``coords`` (n x 2)."""
-
-    rows: np.ndarray
-    coords: np.ndarray
-    method: str
-    groups: list[str]
-    """Legend entries: class names (and :data:`UNLABELLED`), or the split names."""
-    group: np.ndarray
-    """Index into :attr:`groups` of each point."""
-    split: np.ndarray
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -273,7 +255,7 @@ def write_outputs(
 
 
 def project(
-    reader: CacheReader | JointCache,
+    reader: CacheReader,
     method: str,
     color: str,
     max_points: int,
@@ -377,23 +359,6 @@ def _two_columns(coords: np.ndarray) -> np.ndarray:
     return coords
 
 
-def palette(groups: list[str]) -> list[str]:
-    """A hex colour per group: tab10 / tab20 when they suffice, else spread over turbo;
-    :data:`UNLABELLED` is grey."""
-    import matplotlib
-    from matplotlib.colors import to_hex
-
-    named = [g for g in groups if g != UNLABELLED]
-    if len(named) <= 20:  # qualitative maps: integer i is the i-th colour
-        table = matplotlib.colormaps["tab10" if len(named) <= 10 else "tab20"]
-        colours = [to_hex(table(i)) for i in range(len(named))]
-    else:
-        turbo = matplotlib.colormaps["turbo"]
-        colours = [to_hex(turbo(v)) for v in np.linspace(0.05, 0.95, len(named))]
-    picked = iter(colours)
-    return ["#999999" if g == UNLABELLED else next(picked) for g in groups]
-
-
 LEGEND_MAX = 30
 """Legend entries the PNG shows at most (the HTML lists every group)."""
 
@@ -468,7 +433,7 @@ def write_png(points: MapPoints, path: Path, title: str, color: str = "label") -
     return path
 
 
-def write_points(points: MapPoints, reader: CacheReader | JointCache, path: Path) -> Path:
+def write_points(points: MapPoints, reader: CacheReader, path: Path) -> Path:
     """``points.csv``: row, path, class, split, x, y of every plotted row."""
     names = reader.label_names(points.rows)
     with open(path, "w", newline="") as handle:
@@ -489,7 +454,7 @@ def write_points(points: MapPoints, reader: CacheReader | JointCache, path: Path
 
 
 def write_run_map(
-    reader: CacheReader | JointCache,
+    reader: CacheReader,
     run_dir: Path,
     method: str,
     seed: int,

@@ -11,18 +11,15 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from ..extractor.cache import CacheReader
-from ..extractor.recorder import progress_bar
-from ..extractor.splits import SPLIT_NAMES
-from .plot import MapPoints, palette
+from ..core.progress import progress_bar
+from ..core.splits import SPLIT_NAMES
+from ..store import CacheReader
+from .map_points import MapPoints, palette
 from .plot_options import PlotOptions
-
-if TYPE_CHECKING:
-    from ..heads.data import JointCache
 
 THUMBNAIL_SIDE = 64
 """Longest side of an embedded thumbnail, in pixels."""
@@ -32,7 +29,7 @@ DRAWING_AREA = (800 - 2 * 14, 640 - 2 * 14)
 
 def thumbnails(
     points: MapPoints,
-    reader: CacheReader | JointCache,
+    reader: CacheReader,
     count: int,
     seed: int,
     progress: bool | None = False,
@@ -60,7 +57,7 @@ def thumbnails(
 
 
 def page_data(
-    points: MapPoints, reader: CacheReader | JointCache, thumbs: dict[int, str | None]
+    points: MapPoints, reader: CacheReader, thumbs: dict[int, str | None]
 ) -> dict[str, Any]:
     """What the page's script reads: coordinates in [0, 1] of the canvas' drawing area
     (one scale for both axes, centred: distances on the page are those of the map),
@@ -92,7 +89,7 @@ def page_data(
 
 def write_html(
     points: MapPoints,
-    reader: CacheReader | JointCache,
+    reader: CacheReader,
     path: Path,
     title: str,
     options: PlotOptions,

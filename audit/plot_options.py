@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..extractor.options import check_choice, check_seed, invalid
+from ..core.options import check_choice, check_seed, invalid
 
 PLOT_METHODS = ("auto", "pca", "tsne", "umap")
 """``auto``: UMAP when umap-learn is installed, else t-SNE up to

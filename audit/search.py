@@ -1,8 +1,8 @@
 """Exact cosine search over a cache: ``search(cache, image=... | row=..., k=10)``.
 
-The index and the scan are :mod:`featcache.extractor.search_index` (the ``Search`` RPC uses
+The index and the scan are :mod:`featcache.store.search_index` (the ``Search`` RPC uses
 them too); this adds the image query, embedded by the backbone the cache records (rebuilt by
-:func:`featcache.heads.endtoend.rebuild_backbone`). Exact, no approximate index.
+:func:`featcache.backbones.rebuild.rebuild_backbone`). Exact, no approximate index.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from ..core.options import invalid
 from ..errors import InvalidOptionError
-from ..extractor.cache import CacheReader
-from ..extractor.options import invalid
-from ..extractor.search_index import index_paths, load_index, normalize, rank_rows
+from ..store import CacheReader
+from ..store.search_index import index_paths, load_index, normalize, rank_rows
 from .options import DEFAULT_SEARCH_K, MAX_SEARCH_K
 
 __all__ = ["SearchResult", "index_paths", "load_index", "search"]
@@ -82,8 +82,8 @@ def _image_query(reader: CacheReader, index: np.ndarray, path: Path) -> tuple[np
     if sha in reader.sha256:
         same = reader.sha256.index(sha)
         return np.asarray(index[same]), f"{path} (row {same}: same content)"
+    from ..backbones.rebuild import rebuild_backbone
     from ..extractor.decode import BadImageError, decode_and_resize
-    from ..heads.endtoend import rebuild_backbone
 
     extractor = rebuild_backbone(reader.settings)
     size = extractor.resolved.image_size

@@ -18,7 +18,7 @@ from PIL import Image
 
 from featcache import extract
 from featcache.audit.neighbors import normalize
-from featcache.extractor.cache import CacheReader
+from featcache.store import CacheReader
 
 HERE = Path(__file__).resolve().parents[1]
 

@@ -33,7 +33,7 @@ print(json.dumps({"seconds": time.monotonic() - started}))
 """
 CHILD = """
 import json, sys, time
-from featcache.extractor.export_features import export_features
+from featcache.store.export import export_features
 started = time.monotonic()
 normalize = {"default": None, "on": True, "off": False}[sys.argv[4]]
 summary = export_features(

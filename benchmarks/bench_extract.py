@@ -63,7 +63,7 @@ def _decoded(folder: Path, size: int) -> np.ndarray:
 
 
 def model_only(backbone: str, weights: str, images: np.ndarray, batch: int) -> dict:
-    from featcache.extractor.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
+    from featcache.backbones.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
 
     began = time.monotonic()
     extractor = FeatureExtractor(
@@ -108,7 +108,7 @@ def end_to_end(backbone: str, weights: str, folder: Path, size: int, batch: int)
 def keras_reference(backbone: str, weights: str, folder: Path, size: int, batch: int) -> dict:
     import keras
 
-    from featcache.extractor.registry import get_backbone
+    from featcache.backbones.registry import get_backbone
 
     spec = get_backbone(backbone)
     model = spec.constructor()(

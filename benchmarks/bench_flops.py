@@ -83,8 +83,8 @@ def backbone_rate(backbone: str, precision: str, size: int, batch: int, seconds:
     """Images/s of featcache's extractor on in-memory arrays, and GFLOPs per image."""
     import numpy as np
 
-    from featcache.extractor.backbone import FeatureExtractor, resolve_backbone
-    from featcache.extractor.settings import BackboneConfig
+    from featcache.backbones.backbone import FeatureExtractor, resolve_backbone
+    from featcache.core.settings import BackboneConfig
 
     config = BackboneConfig(backbone, "none", size)
     if precision != "float32":

@@ -124,7 +124,7 @@ def run_one(name: str, images: int, batch: int, folder: Path) -> dict[str, Any]:
     began = time.monotonic()
     import keras_hub
 
-    from featcache.extractor.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
+    from featcache.backbones.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
 
     if name in APPLICATIONS:  # the keras.applications reference rows
         size, config = 224, BackboneConfig(name, "none", 224)

@@ -83,10 +83,10 @@ def one_extract(args: argparse.Namespace) -> dict:
 def one_read_stage(args: argparse.Namespace) -> dict:
     """The rerun's read stage alone (no TensorFlow): list, then stat (or hash) every file
     against the full run's cache, as ``extract`` does before embedding anything."""
-    from featcache.extractor.cache import CacheReader, CacheWriter
-    from featcache.extractor.options import ExtractOptions
+    from featcache.core.options import ExtractOptions
     from featcache.extractor.reader import read_items
     from featcache.extractor.sources import scan_dataset
+    from featcache.store import CacheReader, CacheWriter
 
     began = time.monotonic()
     dataset = scan_dataset(args.data)

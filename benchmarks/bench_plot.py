@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from featcache.audit.plot import plot_cache
-from featcache.extractor.cache import CacheSettings, CacheWriter
+from featcache.store import CacheSettings, CacheWriter
 
 CLASSES = [f"class_{k}" for k in range(10)]
 

@@ -97,8 +97,8 @@ def one_run(
     import tensorflow  # noqa: F401 - imported before any clock that is reported
 
     tf_import = time.monotonic() - began
-    from featcache.extractor.backbone import FeatureExtractor, resolve_backbone
-    from featcache.extractor.settings import BackboneConfig
+    from featcache.backbones.backbone import FeatureExtractor, resolve_backbone
+    from featcache.core.settings import BackboneConfig
 
     images = np.load(array, mmap_mode="r")
     size = images.shape[1]

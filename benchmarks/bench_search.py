@@ -29,7 +29,7 @@ import numpy as np
 
 from featcache.audit.neighbors import query_top_k
 from featcache.audit.search import index_paths, load_index, search
-from featcache.extractor.cache import CacheReader, CacheSettings, CacheWriter
+from featcache.store import CacheReader, CacheSettings, CacheWriter
 
 
 def write_synthetic(path: Path, rows: int, dim: int, dtype: str, seed: int = 0) -> None:

@@ -79,7 +79,7 @@ def start_server(
 
 def clients_run(port: int, files: list[bytes], clients: int, weights: str, size: int) -> dict:
     """``clients`` threads, one image per call, ``len(files)`` calls in all."""
-    from featcache.extractor.service.client import Client
+    from featcache.service.client import Client
 
     connections = [Client(f"127.0.0.1:{port}") for _ in range(clients)]
     settings = {"weights": weights, "image_size": size}

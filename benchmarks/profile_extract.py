@@ -70,7 +70,7 @@ def profile(folder: Path, backbone: str, weights: str, size: int, batch: int) ->
     began = time.perf_counter()
     from featcache.extractor import backbone as backbone_module
     from featcache.extractor import decode, engines, recorder, runner, sources
-    from featcache.extractor.cache import writer
+    from featcache.store import writer
 
     _timed(sources.Dataset, "read", "read+hash")
     _timed(decode, "_decode_tf", "decode")

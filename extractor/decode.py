@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .options import DEFAULT_MAX_PIXELS, RESIZE_MODES
+from ..core.options import DEFAULT_MAX_PIXELS, RESIZE_MODES
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 """File name endings (case-insensitive) treated as images."""
@@ -170,9 +170,9 @@ def resize_image(pixels: Any, size: tuple[int, int], mode: str = "stretch") -> n
     """Resize one ``(H, W, 3)`` image to ``size`` (height, width) as float32, bilinear.
 
     The same code as the ``ResizeImages`` layer of exported models
-    (:func:`featcache.extractor.resize.resize_batch`).
+    (:func:`featcache.backbones.resize.resize_batch`).
     """
-    from .resize import resize_one
+    from ..backbones.resize import resize_one
 
     height, width = size
     if mode in RESIZE_MODES and tuple(pixels.shape[:2]) == (height, width):

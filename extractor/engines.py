@@ -17,14 +17,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..backbones.backbone import FeatureExtractor, ensure_tensorflow_backend, resolve_backbone
+from ..backbones.resize import resize_batch
+from ..core.options import DEFAULT_MAX_PIXELS, ExtractOptions
+from ..core.settings import BackboneConfig, FeatureSettings
 from ..errors import InvalidOptionError
-from .backbone import FeatureExtractor, ensure_tensorflow_backend, resolve_backbone
 from .decode import decode_pixels, resize_image
-from .options import DEFAULT_MAX_PIXELS, ExtractOptions
 from .reader import Known, Prepared, read_items
 from .recorder import Recorder
-from .resize import resize_batch
-from .settings import BackboneConfig, FeatureSettings
 from .sources import Dataset
 from .views import embed_views
 

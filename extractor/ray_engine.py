@@ -28,13 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from ..backbones.backbone import FeatureExtractor, resolve_backbone
+from ..core.options import DEFAULT_MAX_PIXELS, ExtractOptions, RayOptions, check_address
+from ..core.settings import BackboneConfig, FeatureSettings
 from ..errors import EngineError, FeatcacheError, InvalidOptionError
-from .backbone import FeatureExtractor, resolve_backbone
 from .decode import decode_and_resize
-from .options import DEFAULT_MAX_PIXELS, ExtractOptions, RayOptions, check_address
 from .reader import Known, Prepared, read_items, read_one
 from .recorder import Recorder
-from .settings import BackboneConfig, FeatureSettings
 from .sources import Dataset, item_from_path, open_source
 from .views import embed_views
 

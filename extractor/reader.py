@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..store.known import Known
 from .decode import decode_or_reason, unreadable_reason
-from .known import Known
 from .sources import Dataset, Item
 
 __all__ = ["Known", "Prepared", "ordered_map", "read_items", "read_one"]

@@ -4,7 +4,6 @@ progress. Cache writes run in order on one writer thread, off the embedding thre
 from __future__ import annotations
 
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -13,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from ..core.progress import progress_bar
+from ..core.settings import CacheSettings
+from ..core.splits import assign_split
 from ..errors import ExtractionCancelled
-from .cache import CacheWriter
+from ..store import CacheWriter
 from .reader import Known, Prepared
-from .settings import CacheSettings
 from .sources import Item
-from .splits import assign_split
 
 
 @dataclass(frozen=True)
@@ -202,12 +202,3 @@ class Background:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-
-
-def progress_bar(total: int, enabled: bool | None, desc: str) -> Any:
-    """A tqdm bar (rate and ETA) on a terminal; silent in pipes unless ``enabled``."""
-    from tqdm import tqdm
-
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, smoothing=0.1)

@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..backbones.backbone import is_model_file
+from ..core.options import DEFAULT_SEED, ExtractOptions
+from ..core.settings import CacheSettings, FeatureSettings
 from ..errors import CacheLockedError, InvalidOptionError
-from .backbone import is_model_file
-from .cache import CacheWriter
-from .cache.writer import cached_settings
+from ..store import CacheWriter
+from ..store.writer import cached_settings
 from .engines import Engine
-from .options import DEFAULT_SEED, ExtractOptions
 from .recorder import ExtractProgress, Recorder
-from .settings import CacheSettings, FeatureSettings
 from .sources import Dataset, scan_dataset
 
 DEFAULT_CACHE_DIR = Path("cache")

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.options import DEFAULT_MAX_PIXELS, MAX_CLASSES
+from ..core.splits import SPLIT_FOLDERS
 from ..errors import DatasetError
+from ..store.known import FileStat
 from .decode import IMAGE_EXTENSIONS, UnusableFileError
-from .known import FileStat
-from .options import DEFAULT_MAX_PIXELS, MAX_CLASSES
-from .splits import SPLIT_FOLDERS
 
 
 @dataclass(frozen=True)

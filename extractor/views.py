@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .options import VIEW_AUGMENTATIONS
+from ..core.options import VIEW_AUGMENTATIONS
 
 __all__ = ["VIEW_AUGMENTATIONS", "augment_image", "embed_views", "view_rng"]
 

@@ -4,7 +4,7 @@ Import from the modules (``featcache.heads.train``, ...) or from ``featcache``; 
 imports nothing heavy itself (the names it exported before load on first use).
 """
 
-from .. import lazy_attributes
+from ..core.lazy import lazy_attributes
 
 _MOVED = {
     "BASELINES": ".options",

@@ -9,7 +9,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..extractor.options import check_choice, invalid
+from ..core.options import check_choice, invalid
 from .options import (
     BASELINES,
     DEFAULT_ALPHA,

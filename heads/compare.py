@@ -15,8 +15,8 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
+from ..core.options import invalid
 from ..errors import DatasetError, FeatcacheError
-from ..extractor.options import invalid
 from .baselines import GRIDS, fit_baseline, make_baseline
 from .data import CachedSplits, Caches, JointCache, Split, cache_paths, load_splits
 from .dense import DenseHead

@@ -89,7 +89,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
     def _build(
         self, n_features: int, n_classes: int, stats: tuple[np.ndarray, np.ndarray] | None = None
     ) -> Any:
-        from ..extractor.backbone import ensure_tensorflow_backend
+        from ..backbones.backbone import ensure_tensorflow_backend
 
         ensure_tensorflow_backend()
         import keras

@@ -5,19 +5,18 @@ trains it further."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..backbones.backbone import FeatureExtractor
+from ..backbones.rebuild import rebuild_backbone
+from ..core.options import check_choice, invalid
 from ..errors import CacheError, InvalidOptionError
-from ..extractor.backbone import FeatureExtractor, resolve_backbone
-from ..extractor.options import check_choice, invalid
-from ..extractor.settings import BackboneConfig, FeatureSettings
 from .options import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS
 from .train import TrainedHead, load_head
 
-__all__ = ["EXPORT_FORMATS", "EndToEnd", "build", "export", "load_model", "rebuild_backbone"]
+__all__ = ["EXPORT_FORMATS", "EndToEnd", "build", "export", "load_model"]
 
 
 @dataclass
@@ -30,43 +29,6 @@ class EndToEnd:
     """The feature extractor inside (backbone, tapped layer, pooling)."""
     head: TrainedHead
     image_size: tuple[int, int]
-
-
-def rebuild_backbone(
-    settings: FeatureSettings | Mapping[str, Any], precision: str | None = None
-) -> FeatureExtractor:
-    """The feature extractor a cache (or a head's ``cache_settings``) was made with, in
-    the cache's compute precision unless ``precision`` says otherwise.
-
-    Refuses (:class:`SettingsMismatchError`) a weights file or saved model whose bytes
-    changed since, or anything else that would give other features now.
-    """
-    recorded = (
-        settings
-        if isinstance(settings, FeatureSettings)
-        else FeatureSettings.from_mapping(settings)
-    )
-    if precision is not None:
-        recorded = replace(recorded, precision=precision)
-    config = BackboneConfig(
-        recorded.backbone,
-        "imagenet" if recorded.weights == "embedded" else recorded.weights,  # a saved model's
-        recorded.image_size if min(recorded.image_size) > 0 else None,
-        recorded.pooling,
-        recorded.layer,
-        recorded.preprocessing,
-        recorded.seed,
-        recorded.resize,
-        recorded.precision,
-        recorded.blocks,
-        recorded.projection,
-    )
-    what = f"{recorded.backbone} changed since the cache was made; its features would not match"
-    now = resolve_backbone(config)
-    recorded.check(now, what, ours="cache", theirs="now")
-    extractor = FeatureExtractor(now)
-    recorded.check(extractor.resolved, what, ours="cache", theirs="now")  # and its width
-    return extractor
 
 
 def build(
@@ -176,7 +138,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Any, list[str], list[int]]
 
     Loaded with Keras' ``safe_mode`` (no ``Lambda`` layers or other code from the file).
     """
-    from ..extractor.backbone import ensure_tensorflow_backend
+    from ..backbones.backbone import ensure_tensorflow_backend
 
     ensure_tensorflow_backend()
     import keras
@@ -188,7 +150,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Any, list[str], list[int]]
     if not path.is_file() or path.suffix != ".keras":
         raise InvalidOptionError(f"{path}: expected a .keras model from export or fine-tune")
     if _uses_keras_hub(path):
-        from ..extractor.hub import require_keras_hub
+        from ..backbones.hub import require_keras_hub
 
         require_keras_hub()  # registers keras-hub's layers for deserialization
     try:

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from ..core.options import invalid
 from ..errors import DatasetError
 from ..extractor.decode import decode_and_resize, decode_or_reason
-from ..extractor.options import invalid
 from ..extractor.sources import Dataset, item_from_path, open_source
 from .data import CachedSplits, load_splits
 from .options import (

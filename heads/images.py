@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..core.ranking import top_k as rank
 from ..errors import DatasetError
 from ..extractor.decode import IMAGE_EXTENSIONS, decode_and_resize, decode_or_reason
-from ..extractor.ranking import top_k as rank
 from ..extractor.reader import ordered_map
 from .options import DEFAULT_PREDICT_BATCH_SIZE, DEFAULT_TOP_K, check_options
 

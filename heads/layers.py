@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..extractor.backbone import ensure_tensorflow_backend
+from ..backbones.backbone import ensure_tensorflow_backend
 
 ensure_tensorflow_backend()
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ..extractor import hub_model  # noqa: E402 - registers TokenPool for saved models
+from ..backbones import hub_model  # noqa: E402 - registers TokenPool for saved models
 
 del hub_model
 
@@ -26,14 +26,14 @@ class ResizeImages(keras.layers.Layer):
     """0-255 images of any size to ``(height, width)`` float32, as ``extract --resize``."""
 
     def __init__(self, height: int, width: int, mode: str = "stretch", **kwargs: Any) -> None:
-        from ..extractor.options import RESIZE_MODES, check_choice
+        from ..core.options import RESIZE_MODES, check_choice
 
         super().__init__(**kwargs)
         self.height, self.width = int(height), int(width)
         self.mode = check_choice("resize", mode, RESIZE_MODES)
 
     def call(self, images: Any) -> Any:
-        from ..extractor.resize import resize_batch  # the code extraction runs too
+        from ..backbones.resize import resize_batch  # the code extraction runs too
 
         return resize_batch(images, self.height, self.width, self.mode)
 
@@ -55,7 +55,7 @@ class Preprocess(keras.layers.Layer):
 
     def __init__(self, function: str = "none", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        from ..extractor.backbone import preprocess_function
+        from ..backbones.backbone import preprocess_function
 
         self.function = function
         self._fn = preprocess_function(function)

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple, TypeVar
 
-from ..extractor.options import check_choice, check_seed, invalid
-from ..extractor.ranking import DEFAULT_TOP_K as RANKING_TOP_K
+from ..core.options import check_choice, check_seed, invalid
+from ..core.ranking import DEFAULT_TOP_K as RANKING_TOP_K
 
 BASELINES = ("logreg", "linear-svm", "svm", "knn", "random-forest", "ridge")
 """The scikit-learn heads."""
@@ -362,7 +362,7 @@ def check_activation(name: str) -> None:
     """Refuse what Keras does not know as an activation (loads Keras unless ``relu``)."""
     if name == DEFAULT_ACTIVATION:
         return
-    from ..extractor.backbone import ensure_tensorflow_backend
+    from ..backbones.backbone import ensure_tensorflow_backend
 
     ensure_tensorflow_backend()
     import keras

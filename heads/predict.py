@@ -7,14 +7,13 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from ..extractor.cache import CacheReader
-from ..extractor.ranking import top_k as rank
-from .data import JointCache
+from ..core.ranking import top_k as rank
+from ..store import CacheReader
 from .options import DEFAULT_FEATURE_BATCH_SIZE, DEFAULT_TOP_K, check_options
 from .train import TrainedHead, load_head
 
 
-def check_cache_suits(head: TrainedHead, reader: CacheReader | JointCache) -> None:
+def check_cache_suits(head: TrainedHead, reader: CacheReader) -> None:
     """Refuse a cache whose features were not made with the settings the head learned on.
 
     The storage type does not matter (a float16 cache suits a float32 head); the feature

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..extractor.options import invalid
+from ..core.options import invalid
 from .metrics import Scored, bootstrap_metrics
 from .options import (
     DEFAULT_BOOTSTRAP,

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.settings import FeatureSettings
 from ..errors import CacheError, DatasetError
-from ..extractor.settings import FeatureSettings
 from .baselines import fit_baseline, make_baseline, probabilities
 from .data import CachedSplits, Caches, JointCache, Split, cache_paths, load_splits, should_stream
 from .dense import DenseHead
@@ -442,7 +442,7 @@ def load_head(run: str | os.PathLike[str], trust_pickle: bool | None = None) -> 
     kind = meta["kind"]
     path = _head_file(run_dir, meta)
     if kind == "dense":
-        from ..extractor.backbone import ensure_tensorflow_backend
+        from ..backbones.backbone import ensure_tensorflow_backend
 
         ensure_tensorflow_backend()
         import keras

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.options import invalid
 from ..errors import DatasetError
-from ..extractor.options import invalid
 from .baselines import fit_baseline, make_baseline
 from .data import CachedSplits, JointCache
 from .dense import DenseHead

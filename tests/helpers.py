@@ -55,11 +55,11 @@ def png_claiming(width: int, height: int) -> bytes:
 def cache_rows(path: Path) -> int:
     """Rows in the cache file at ``path`` as it is on disk now; -1 when absent or unreadable.
 
-    Reads through :class:`featcache.extractor.cache.CacheReader` (nothing outside that
+    Reads through :class:`featcache.store.CacheReader` (nothing outside that
     package opens HDF5 files), imported here so that importing the helpers stays light.
     """
     from featcache.errors import CacheError
-    from featcache.extractor.cache import CacheReader
+    from featcache.store import CacheReader
 
     try:
         return len(CacheReader(path))

@@ -18,7 +18,7 @@ from featcache.audit.options import AuditOptions
 from featcache.audit.output import write_audit_report
 from featcache.cli import main
 from featcache.errors import CacheError, InvalidOptionError
-from featcache.extractor.cache import CacheReader, CacheSettings, CacheWriter
+from featcache.store import CacheReader, CacheSettings, CacheWriter
 from helpers import write_image
 
 CLASSES = ["a", "b", "c", "d"]

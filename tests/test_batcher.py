@@ -7,7 +7,7 @@ from concurrent.futures import CancelledError
 import numpy as np
 import pytest
 
-from featcache.extractor.service.batcher import Batcher, BatcherClosed
+from featcache.service.batcher import Batcher, BatcherClosed
 
 
 class Recorder:

@@ -104,7 +104,7 @@ def test_newer_format_version_is_refused(class_folder, tmp_path):
     import h5py
 
     from featcache import extract
-    from featcache.extractor.cache import FORMAT_VERSION
+    from featcache.store import FORMAT_VERSION
 
     out = tmp_path / "c.h5"
     extract(class_folder, output=out, **TINY)

@@ -16,9 +16,10 @@ from test_audit import CLASSES, SPLITS, _settings
 
 from featcache import extract
 from featcache.cli import export_features_command, main
+from featcache.core.splits import SPLIT_NAMES
 from featcache.errors import CacheError, InvalidOptionError
-from featcache.extractor.cache import CacheReader, CacheWriter
-from featcache.extractor.export_features import (
+from featcache.store import CacheReader, CacheWriter
+from featcache.store.export import (
     EXPORT_DTYPES,
     EXPORT_FEATURE_FORMATS,
     NPY_EMBEDDINGS,
@@ -28,7 +29,6 @@ from featcache.extractor.export_features import (
     default_output,
     export_features,
 )
-from featcache.extractor.splits import SPLIT_NAMES
 from helpers import TINY, make_class_folder
 
 pa = pytest.importorskip("pyarrow", reason="pyarrow (the export extra)")

@@ -10,7 +10,7 @@ from filelock import FileLock
 
 from featcache import cache_info, extract, read_cache
 from featcache.errors import CacheLockedError, InvalidOptionError, SettingsMismatchError
-from featcache.extractor.cache import FORMAT_VERSION
+from featcache.store import FORMAT_VERSION
 from helpers import TINY, make_class_folder, write_image
 
 
@@ -312,7 +312,7 @@ def test_random_weight_fingerprint_depends_on_seed(class_folder, tmp_path):
 
 
 def test_unfinished_append_is_put_in_order_by_the_next_run(tmp_path):
-    from featcache.extractor.cache import CacheSettings, CacheWriter
+    from featcache.store import CacheSettings, CacheWriter
 
     settings = CacheSettings(
         "vgg16",

@@ -24,8 +24,8 @@ from click.testing import CliRunner
 from featcache import CacheReader, extract, read_cache
 from featcache.cli import main
 from featcache.errors import CacheError
-from featcache.extractor.cache import writer as cache_writer
-from featcache.extractor.cache.format import FILE_STAT_DATASETS, ROW_DATASETS
+from featcache.store import writer as cache_writer
+from featcache.store.format import FILE_STAT_DATASETS, ROW_DATASETS
 from helpers import TINY, cache_rows, make_class_folder, write_image
 
 CLI_TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "-q"]

@@ -12,8 +12,8 @@ from PIL import Image
 
 from featcache import extract
 from featcache.cli import main
+from featcache.core.ranking import top_k
 from featcache.errors import DatasetError, InvalidOptionError, SettingsMismatchError
-from featcache.extractor.ranking import top_k
 from featcache.heads.dense import DenseHead
 from featcache.heads.options import HeadOptions
 from featcache.heads.predict import predict_cache

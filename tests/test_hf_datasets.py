@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from featcache import extract
+from featcache.core.splits import SPLIT_NAMES
 from featcache.errors import CacheError
-from featcache.extractor.cache import CacheReader
-from featcache.extractor.cache.format import BAD_FILES_ATTR
-from featcache.extractor.splits import SPLIT_NAMES
+from featcache.store import CacheReader
+from featcache.store.format import BAD_FILES_ATTR
 from helpers import TINY, make_class_folder
 
 datasets = pytest.importorskip("datasets", reason="Hugging Face datasets (the dev extra)")

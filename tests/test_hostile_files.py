@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from featcache import cache_info, extract, read_cache
+from featcache.core.options import DEFAULT_MAX_PIXELS, MAX_CLASSES
 from featcache.errors import DatasetError
 from featcache.extractor import sources
-from featcache.extractor.options import DEFAULT_MAX_PIXELS, MAX_CLASSES
 from featcache.extractor.reader import read_one
 from featcache.extractor.sources import scan_dataset
 from helpers import TINY, make_class_folder, write_image

@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
+from featcache.backbones.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
 from featcache.errors import InvalidOptionError
-from featcache.extractor.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
 from helpers import make_class_folder
 
 keras_hub = pytest.importorskip("keras_hub", reason="keras-hub not installed (featcache[hub])")
@@ -290,8 +290,8 @@ def test_extract_train_predict_export_and_fine_tune(presets, tmp_path):
 def _classify_matches_predict(exported, data) -> None:
     """The served classifier (Classify) gives ``predict_images``' probabilities."""
     from featcache import ServeOptions, start_server
-    from featcache.extractor.service.client import Client
     from featcache.heads.images import predict_images
+    from featcache.service.client import Client
 
     files = sorted(str(f) for f in data.rglob("*.png"))[:3]
     local = predict_images(exported, files, None, top_k=2)
@@ -310,7 +310,7 @@ def test_grpc_embeds_with_a_preset_folder_and_refuses_remote_handles(presets, tm
     import shutil
 
     from featcache import ServeOptions, read_cache, start_server
-    from featcache.extractor.service.client import Client, RemoteError
+    from featcache.service.client import Client, RemoteError
 
     weights = tmp_path / "weights"
     shutil.copytree(presets["dinov2"], weights / "dinov2")
@@ -364,7 +364,7 @@ def test_cli_flags_reach_the_cache_and_errors_name_the_flag(presets, tmp_path):
 
 
 def test_older_fingerprints_are_unchanged_and_bfloat16_builds(presets):
-    from featcache.extractor.settings import CacheSettings
+    from featcache.core.settings import CacheSettings
 
     old = resolve_backbone(BackboneConfig("vgg16", "none", 32))
     assert set(old.identity()) == {

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from featcache import cache_info, extract, read_cache
 from featcache.cli import main
-from featcache.extractor.cache import FORMAT_VERSION, CacheWriter
-from featcache.extractor.cache.format import FILE_STAT_DATASETS
-from featcache.extractor.known import FileStat
 from featcache.extractor.sources import Dataset
+from featcache.store import FORMAT_VERSION, CacheWriter
+from featcache.store.format import FILE_STAT_DATASETS
+from featcache.store.known import FileStat
 from helpers import TINY, make_class_folder, write_image
 
 CLI_TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "-q"]
@@ -225,7 +225,7 @@ def test_rehash_flag_of_the_cli(class_folder, tmp_path, reads):
 def test_a_stat_is_recorded_only_with_the_hash_of_what_was_read(class_folder, tmp_path):
     """A file that changed between the driver's hash and the embedding (Ray's actors read
     it again) gets no stat, so that the next run hashes it rather than trusting it."""
-    from featcache.extractor.cache import CacheReader
+    from featcache.store import CacheReader
 
     extract(class_folder, output=tmp_path / "c.h5", **TINY)
     settings = CacheReader(tmp_path / "c.h5").settings

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from featcache.core.settings import BackboneConfig
 from featcache.extractor.decode import decode_and_resize
 from featcache.extractor.engines import LocalEmbedder
-from featcache.extractor.settings import BackboneConfig
 
 
 def _png(seed: int, size: tuple[int, int]) -> bytes:

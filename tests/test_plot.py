@@ -33,8 +33,8 @@ from featcache.audit.plot_html import DRAWING_AREA
 from featcache.audit.plot_options import AUTO_TSNE_MAX_POINTS, PlotOptions
 from featcache.cli import main
 from featcache.errors import DatasetError, InvalidOptionError
-from featcache.extractor.cache import CacheReader
-from featcache.extractor.search_index import normalize
+from featcache.store import CacheReader
+from featcache.store.search_index import normalize
 from helpers import TINY, make_class_folder
 
 NO_UMAP = pytest.mark.skipif(load_umap() is not None, reason="umap-learn is installed here")

@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 from featcache import ExtractOptions, ServeOptions, extract, read_cache, start_server
+from featcache.backbones.backbone import FeatureExtractor, resolve_backbone
 from featcache.cli import main
+from featcache.core.settings import BackboneConfig, CacheSettings, FeatureSettings
 from featcache.errors import InvalidOptionError, RemoteError, SettingsMismatchError
-from featcache.extractor.backbone import FeatureExtractor, resolve_backbone
-from featcache.extractor.cache import CacheReader
-from featcache.extractor.service.client import Client
-from featcache.extractor.settings import BackboneConfig, CacheSettings, FeatureSettings
+from featcache.service.client import Client
+from featcache.store import CacheReader
 from helpers import TINY, make_class_folder
 
 

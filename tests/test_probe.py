@@ -15,7 +15,6 @@ from PIL import Image
 from featcache import extract
 from featcache.cli import main
 from featcache.errors import CacheError, InvalidOptionError
-from featcache.extractor.cache import CacheReader, CacheSettings, CacheWriter
 from featcache.heads.compare import compare
 from featcache.heads.data import JointCache, load_splits
 from featcache.heads.metrics import Scored, bootstrap_metrics, point_metrics
@@ -30,6 +29,7 @@ from featcache.heads.probe import (
     sample_shots,
 )
 from featcache.heads.report import metrics
+from featcache.store import CacheReader, CacheSettings, CacheWriter
 from helpers import TINY
 
 CLASSES = [f"c{i}" for i in range(8)]

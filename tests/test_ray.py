@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from filelock import FileLock
 
 from featcache import extract, read_cache
+from featcache.backbones.backbone import resolve_backbone
 from featcache.cli import main
+from featcache.core.settings import BackboneConfig
 from featcache.errors import EngineError, InvalidOptionError
-from featcache.extractor.backbone import resolve_backbone
-from featcache.extractor.settings import BackboneConfig
 from helpers import TINY, cache_rows, make_class_folder, write_image
 
 # One worker runs them all (--dist loadgroup), so the other never waits on the lock below.

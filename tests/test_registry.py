@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from featcache.backbones.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
+from featcache.backbones.registry import REGISTRY, get_backbone, list_backbones
 from featcache.errors import InvalidOptionError, UnknownBackboneError
-from featcache.extractor.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
-from featcache.extractor.registry import REGISTRY, get_backbone, list_backbones
 
 
 def test_registry_covers_every_keras_application():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from featcache.core.options import RESIZE_MODES
 from featcache.errors import InvalidOptionError
 from featcache.extractor.decode import resize_image
-from featcache.extractor.options import RESIZE_MODES
 
 # (image height, width), (target height, width): odd sizes, both aspect directions,
 # upscaling and a same-size case; then two that tf.image.resize_with_pad refuses (its

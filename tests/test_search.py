@@ -15,7 +15,7 @@ from featcache import extract
 from featcache.audit.neighbors import normalize, query_top_k
 from featcache.audit.search import index_paths, load_index, search
 from featcache.cli import main
-from featcache.extractor.cache import CacheReader
+from featcache.store import CacheReader
 from helpers import TINY, make_class_folder, write_image
 
 

@@ -21,14 +21,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from featcache import ServeOptions, extract, start_server
+from featcache.backbones.hub import HUB_REGISTRY
+from featcache.backbones.registry import REGISTRY
 from featcache.cli import main
+from featcache.core.splits import assign_split
 from featcache.errors import RemoteError
-from featcache.extractor.cache import read_cache
-from featcache.extractor.hub import HUB_REGISTRY
-from featcache.extractor.registry import REGISTRY
-from featcache.extractor.service.client import BadImagesError, Client
-from featcache.extractor.splits import assign_split
 from featcache.protos import extractor_pb2 as pb
+from featcache.service.client import BadImagesError, Client
+from featcache.store import read_cache
 from helpers import make_class_folder, write_image
 
 REGISTERED = len(REGISTRY) + len(HUB_REGISTRY)
@@ -169,7 +169,7 @@ def test_raw_pixels_equal_encoded_files_and_large_sets_stream(client, roots, mon
     gray = np.asarray(Image.open(pngs[0]).convert("L"))
     assert client.embed([gray], "vgg16", **MODEL).shape == (1, 512)
 
-    import featcache.extractor.service.client as client_module
+    import featcache.service.client as client_module
 
     monkeypatch.setattr(client_module, "CHUNK_IMAGES", 2)  # 6 images: a 3-request stream
     calls = []
@@ -189,7 +189,7 @@ def test_requests_stay_under_the_clients_size_limit(server, client):
 
 
 def test_models_with_different_seeds_load_side_by_side_correctly(server, roots):
-    from featcache.extractor.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
+    from featcache.backbones.backbone import BackboneConfig, FeatureExtractor, resolve_backbone
     from featcache.extractor.decode import decode_and_resize
 
     image = set_files(roots)[0]

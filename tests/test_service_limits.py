@@ -18,12 +18,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from featcache import ServeOptions, start_server
+from featcache.backbones.hub import HUB_REGISTRY
+from featcache.backbones.registry import REGISTRY
 from featcache.errors import InvalidOptionError, WeightsError
-from featcache.extractor.hub import HUB_REGISTRY
-from featcache.extractor.registry import REGISTRY
-from featcache.extractor.service.client import Client
 from featcache.protos import extractor_pb2 as pb
 from featcache.protos import extractor_pb2_grpc as pb_grpc
+from featcache.service.client import Client
 from helpers import make_class_folder
 
 REGISTERED = len(REGISTRY) + len(HUB_REGISTRY)
@@ -108,7 +108,7 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 
 
 def test_requests_over_the_memory_budget_are_refused_before_decoding(roots, monkeypatch):
-    import featcache.extractor.service.models as models
+    import featcache.service.models as models
 
     decoded: list[int] = []
     real_decode = models.decode_and_resize
@@ -189,7 +189,7 @@ def test_health_answers_and_extra_calls_are_refused_while_every_worker_is_busy(r
 def stuck_jobs(monkeypatch) -> Iterator[tuple[threading.Event, threading.Event]]:
     """The first ``ExtractDataset`` job hangs (ignoring cancellation) until ``release``;
     later ones run normally."""
-    import featcache.extractor.service.jobs as jobs
+    import featcache.service.jobs as jobs
 
     entered, release = threading.Event(), threading.Event()
     real = jobs.run_extraction
@@ -285,7 +285,7 @@ def test_max_loaded_holds_while_every_model_is_in_use(roots):
 
 
 def test_a_failed_model_build_is_forgotten_and_retried(roots, monkeypatch):
-    import featcache.extractor.service.models as models
+    import featcache.service.models as models
 
     real = models.FeatureExtractor
     failures = [WeightsError("weights: could not be read (test)")]

@@ -2,9 +2,9 @@ import hashlib
 
 import pytest
 
+from featcache.core.options import parse_split
+from featcache.core.splits import assign_split
 from featcache.errors import InvalidOptionError
-from featcache.extractor.options import parse_split
-from featcache.extractor.splits import assign_split
 
 
 def test_parse_split_accepts_two_or_three_ratios():

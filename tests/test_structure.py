@@ -1,8 +1,13 @@
 """The package's shape, checked statically (no TensorFlow): import rules between the
 subpackages, no import cycles, every subpackage packaged, and the tests run the checkout.
 
-Imports are read with :mod:`ast` from every module of the package: module-level and
-function-level ones alike, relative ones resolved, those under ``if TYPE_CHECKING:`` left out.
+Imports are read with :mod:`ast` from every module of the package: module-level,
+function-level and ``if TYPE_CHECKING:`` ones alike (the last flagged ``typing_only``),
+relative ones resolved.
+
+The layer order (:data:`LAYERS`) is the package's architecture: a module imports only from
+its own package and from packages of lower layers, whether the import runs at import time,
+inside a function or only for type checkers. ARCHITECTURE.md draws the same table.
 """
 
 from __future__ import annotations
@@ -26,6 +31,22 @@ NOT_PACKAGED = {"tests", "benchmarks", "examples", "build", "dist", "cache", "ru
 
 GRPC = ("grpc", "grpc_health", "grpc_reflection", "featcache.protos")
 
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "protos"),
+    ("core",),  # option schema and checks, settings, splits, ranking, progress bars
+    ("store", "backbones"),  # the HDF5 cache (h5py only here); building backbones
+    ("extractor",),  # the extraction pipeline: sources, read, embed, record
+    ("service", "audit"),  # the gRPC service (gRPC only here); dataset tools
+    ("heads",),  # heads on cached features, fine-tuning, export, predict
+    ("extraction", "serving"),  # extract() over every engine; serve() with Classify models
+    ("commands",),  # the CLI's command modules
+    ("cli",),  # the click group and the installed entry points
+    ("featcache",),  # the package root: the public API, loaded lazily
+)
+"""Packages (and top-level modules) of ``featcache`` from the bottom up: each may import
+its own modules and those of lower layers only; packages of one layer never import each
+other."""
+
 
 @dataclass(frozen=True)
 class Import:
@@ -37,6 +58,8 @@ class Import:
     line: int
     eager: bool
     """Runs when the importer is imported (not inside a function)."""
+    typing_only: bool = False
+    """Under ``if TYPE_CHECKING:``: never runs, but still a dependency."""
 
     def imports(self, module: str) -> bool:
         return self.target == module or self.target.startswith(module + ".")
@@ -91,16 +114,17 @@ def _is_type_checking(test: ast.expr) -> bool:
 
 
 def _import_nodes(
-    nodes: Iterable[ast.AST], eager: bool = True
-) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+    nodes: Iterable[ast.AST], eager: bool = True, typing_only: bool = False
+) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool, bool]]:
     for node in nodes:
         if isinstance(node, ast.If) and _is_type_checking(node.test):
-            yield from _import_nodes(node.orelse, eager)
+            yield from _import_nodes(node.body, False, True)
+            yield from _import_nodes(node.orelse, eager, typing_only)
             continue
         if isinstance(node, ast.Import | ast.ImportFrom):
-            yield node, eager
+            yield node, eager, typing_only
         lazy = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
-        yield from _import_nodes(ast.iter_child_nodes(node), eager and not lazy)
+        yield from _import_nodes(ast.iter_child_nodes(node), eager and not lazy, typing_only)
 
 
 def imports_in(
@@ -109,7 +133,7 @@ def imports_in(
     """The imports of one module's source; ``known``: the package's module names."""
     known = set(known)
     out = []
-    for node, eager in _import_nodes(ast.parse(source, str(path)).body):
+    for node, eager, typing_only in _import_nodes(ast.parse(source, str(path)).body):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         else:
@@ -126,7 +150,7 @@ def imports_in(
                 for alias in node.names
             ]
         for target in dict.fromkeys(targets):
-            out.append(Import(module, target, path, node.lineno, eager))
+            out.append(Import(module, target, path, node.lineno, eager, typing_only))
     return out
 
 
@@ -207,7 +231,7 @@ def _cycles(nodes: set[str], edges: Mapping[str, Iterable[str]]) -> list[list[st
 # -- the import scanner itself --------------------------------------------------------------
 
 
-def test_scanner_resolves_relative_and_skips_type_checking():
+def test_scanner_resolves_relative_and_flags_type_checking():
     source = """
 from typing import TYPE_CHECKING
 from . import sibling, value
@@ -224,14 +248,15 @@ def f():
     found = imports_in(
         source, "featcache.extractor.cache.reader", ROOT / "x.py", is_package=False, known=known
     )
-    assert [(i.target, i.eager) for i in found] == [
-        ("typing", True),
-        ("featcache.extractor.cache.sibling", True),
-        ("featcache.extractor.cache", True),
-        ("featcache.errors", True),
-        ("click", True),
-        ("numpy", True),
-        ("featcache.heads.train", False),
+    assert [(i.target, i.eager, i.typing_only) for i in found] == [
+        ("typing", True, False),
+        ("featcache.extractor.cache.sibling", True, False),
+        ("featcache.extractor.cache", True, False),
+        ("featcache.errors", True, False),
+        ("click", True, False),
+        ("h5py", False, True),
+        ("numpy", True, False),
+        ("featcache.heads.train", False, False),
     ]
     in_init = imports_in("from .cache import x", "featcache.extractor", ROOT / "x.py", True)
     assert [i.target for i in in_init] == ["featcache.extractor.cache"]
@@ -253,26 +278,92 @@ def test_scanner_sees_the_package():
 # -- import rules ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("subpackage", ["extractor", "heads"])
-def test_no_import_cycles(subpackage):
-    prefix = f"{PACKAGE}.{subpackage}"
-    nodes = {m for m in _modules() if m == prefix or m.startswith(prefix + ".")}
+def _group(module: str) -> str:
+    """The package (or top-level module) of ``module``: ``featcache.store.reader`` ->
+    ``store``; the root is ``featcache``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _layer(group: str) -> int:
+    for index, layer in enumerate(LAYERS):
+        if group in layer:
+            return index
+    raise AssertionError(f"{group} is in no layer of LAYERS: add it to the table")
+
+
+def _package_edges() -> dict[str, dict[str, Import]]:
+    """Module -> package modules it depends on, each with one import saying why. Importing
+    ``a.b.c`` runs ``a/b/__init__`` too (the root's lazy facade aside)."""
+    modules = _modules()
     edges: dict[str, dict[str, Import]] = {}
-    for i in _imports_from(subpackage):
-        if i.target in nodes and i.target != i.importer:
-            edges.setdefault(i.importer, {}).setdefault(i.target, i)
+    for i in _all_imports():
+        target = i.target
+        while target.count(".") >= 1:
+            if (
+                target in modules
+                and target != i.importer
+                and not i.importer.startswith(target + ".")
+            ):
+                edges.setdefault(i.importer, {}).setdefault(target, i)
+            target = target.rpartition(".")[0]
+        if i.target == PACKAGE and i.importer != PACKAGE:
+            edges.setdefault(i.importer, {}).setdefault(PACKAGE, i)
+    return edges
+
+
+def test_every_package_has_a_layer():
+    groups = {_group(m) for m in _modules()}
+    missing = [g for g in sorted(groups) if not any(g in layer for layer in LAYERS)]
+    assert not missing, f"packages in no layer of LAYERS: {missing}"
+    named = [g for layer in LAYERS for g in layer]
+    assert len(named) == len(set(named)), "a package is in two layers"
+    assert set(named) - {"cli", "extraction", "serving", "errors"} <= groups | {PACKAGE}
+
+
+def test_imports_follow_the_layers():
+    """No import (eager, lazy or for type checkers) reaches a package of the same or a higher
+    layer than the importer's, other than its own."""
+    bad = []
+    for i in _all_imports():
+        if not i.target.startswith(PACKAGE):
+            continue
+        mine, theirs = _group(i.importer), _group(i.target)
+        if mine != theirs and _layer(theirs) >= _layer(mine):
+            bad.append(f"  {i} ({mine}: layer {_layer(mine)}, {theirs}: layer {_layer(theirs)})")
+    assert not bad, (
+        "imports against the layer order (tests/test_structure.py LAYERS):\n" + "\n".join(bad)
+    )
+
+
+def test_layer_rules_catch_an_upward_import():
+    source = "from ..heads.train import train_head\n"
+    found = imports_in(
+        source, "featcache.store.reader", ROOT / "x.py", False, ["featcache.heads.train"]
+    )
+    (i,) = found
+    assert _layer(_group(i.target)) > _layer(_group(i.importer))
+
+
+def test_no_import_cycles():
+    """No cycle between any two modules of the package, counting every import."""
+    nodes = set(_modules())
+    edges = _package_edges()
     cycles = _cycles(nodes, edges)
     report = [
         " -> ".join(cycle) + "\n" + "\n".join(f"    {edges[a][b]}" for a, b in pairwise(cycle))
         for cycle in cycles
     ]
-    assert not cycles, f"import cycles in {subpackage}/:\n  " + "\n  ".join(report)
+    assert not cycles, "import cycles:\n  " + "\n  ".join(report)
 
 
-@pytest.mark.parametrize("subpackage", ["extractor", "heads"])
+@pytest.mark.parametrize(
+    "subpackage",
+    ["core", "store", "backbones", "extractor", "service", "audit", "heads", "protos"],
+)
 def test_no_click_outside_the_cli(subpackage):
     bad = [i for i in _imports_from(subpackage) if i.imports("click")]
-    assert not bad, f"{subpackage}/ imports click (only cli.py may):\n{_listing(bad)}"
+    assert not bad, f"{subpackage}/ imports click (only cli.py and commands/ may):\n{_listing(bad)}"
 
 
 def test_extractor_does_not_import_heads():
@@ -285,15 +376,13 @@ def _under(module: str, *packages: str) -> bool:
 
 
 def test_grpc_only_in_the_service():
-    allowed = (f"{PACKAGE}.extractor.service", f"{PACKAGE}.protos")
+    allowed = (f"{PACKAGE}.service", f"{PACKAGE}.protos")
     bad = [
         i
         for i in _all_imports()
         if any(i.imports(name) for name in GRPC) and not _under(i.importer, *allowed)
     ]
-    assert not bad, (
-        f"gRPC (or featcache.protos) imported outside extractor/service/:\n{_listing(bad)}"
-    )
+    assert not bad, f"gRPC (or featcache.protos) imported outside service/:\n{_listing(bad)}"
 
 
 def _eager_closure(module: str) -> dict[str, list[Import]]:
@@ -334,9 +423,9 @@ def test_h5py_only_in_the_cache_package():
     bad = [
         i
         for i in _all_imports()
-        if i.imports("h5py") and not _under(i.importer, f"{PACKAGE}.extractor.cache")
+        if i.imports("h5py") and not _under(i.importer, f"{PACKAGE}.store")
     ]
-    assert not bad, f"h5py imported outside extractor/cache/:\n{_listing(bad)}"
+    assert not bad, f"h5py imported outside store/:\n{_listing(bad)}"
 
 
 # -- packaging and the tested code ------------------------------------------------------------

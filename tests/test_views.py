@@ -24,11 +24,11 @@ from featcache.errors import (
     InvalidOptionError,
     SettingsMismatchError,
 )
-from featcache.extractor.cache import CacheReader
 from featcache.extractor.views import augment_image, view_rng
 from featcache.heads.data import load_splits
 from featcache.heads.train import load_head
 from featcache.heads.view_training import TrainViews, feature_augment
+from featcache.store import CacheReader
 from helpers import TINY, cache_rows, make_class_folder, write_image
 
 SHA = "ab" * 32
@@ -167,7 +167,7 @@ def test_views_made_by_an_older_augmentation_procedure_are_not_extended(tmp_path
     as version 1 and is never resumed or extended with views of the current procedure."""
     import h5py
 
-    from featcache.extractor.options import AUGMENT_VERSION
+    from featcache.core.options import AUGMENT_VERSION
 
     out = tmp_path / "views.h5"
     extract(data, output=out, views=2, augment="flip", **TINY)
@@ -212,7 +212,7 @@ def test_incremental_runs_keep_and_add_views_as_one_run_makes_them(
     """New, changed and deleted files: every row's views equal those of a fresh run (also
     when the rewrite copies rows and their views a few at a time)."""
     if rows_per_step:  # the copy step is sized from a row's K views: 2 rows a step here
-        from featcache.extractor.cache import writer
+        from featcache.store import writer
 
         monkeypatch.setattr(writer, "_COPY_CHUNK_BYTES", rows_per_step * 3 * 512 * 4)
     out = tmp_path / "views.h5"
@@ -558,7 +558,7 @@ def test_ray_actors_make_the_views_of_a_local_run(tmp_path, data):
 def test_a_servers_extract_dataset_makes_the_views_of_a_local_run(tmp_path):
     from featcache import ServeOptions, start_server
     from featcache.errors import RemoteError
-    from featcache.extractor.service.client import Client
+    from featcache.service.client import Client
 
     for name in ("data", "cache", "weights"):
         (tmp_path / name).mkdir()

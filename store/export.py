@@ -33,12 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from ..core.options import check_choice, invalid
+from ..core.progress import progress_bar
+from ..core.splits import SPLIT_NAMES
 from ..errors import CacheError, FeatcacheError, InvalidOptionError
-from .cache import CacheReader
-from .cache.format import OVERWRITE_HINT, first_line, fsync_dir
-from .options import check_choice, invalid
-from .recorder import progress_bar
-from .splits import SPLIT_NAMES
+from . import CacheReader
+from .format import OVERWRITE_HINT, first_line, fsync_dir
 
 EXPORT_FEATURE_FORMATS = ("parquet", "npy", "lance")
 EXPORT_DTYPES = ("float32", "float16")

@@ -10,18 +10,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .engines import Engine, LocalEmbedder, LocalEngine
-from .options import ExtractOptions
-from .recorder import ExtractProgress
-from .runner import ExtractSummary, default_output, run_extraction
-from .settings import BackboneConfig
+from .core.options import ExtractOptions
+from .core.settings import BackboneConfig
+from .extractor.engines import Engine, LocalEmbedder, LocalEngine
+from .extractor.recorder import ExtractProgress
+from .extractor.runner import ExtractSummary, default_output, run_extraction
 
 
 def make_engine(options: ExtractOptions) -> Engine:
     """The engine ``options`` ask for: local, ``remote`` server, or Ray."""
     config = BackboneConfig.of(options)
     if options.engine == "ray":
-        from .ray_engine import RayEngine
+        from .extractor.ray_engine import RayEngine
 
         return RayEngine(config, options.max_pixels, options.ray_options)
     if options.remote is not None:

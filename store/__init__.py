@@ -3,7 +3,7 @@
 Nothing outside this package opens HDF5 files.
 """
 
-from ..settings import CacheSettings
+from ..core.settings import CacheSettings
 from .format import FORMAT, FORMAT_VERSION
 from .reader import CacheData, CacheReader, cache_info, read_cache
 from .writer import CacheWriter

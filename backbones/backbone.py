@@ -18,9 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InvalidOptionError, WeightsError
-from .hub import HUB_PREFIX, HubSpec, is_hub_backbone, parse_preprocessing
-from .options import (
+from ..core.options import (
     NAMED_WEIGHTS,
     POOLING_MODES,
     PRECISIONS,
@@ -32,8 +30,10 @@ from .options import (
     invalid,
     parse_image_size,
 )
+from ..core.settings import BackboneConfig, FeatureSettings
+from ..errors import InvalidOptionError, WeightsError
+from .hub import HUB_PREFIX, HubSpec, is_hub_backbone, parse_preprocessing
 from .registry import REGISTRY, BackboneSpec, get_backbone
-from .settings import BackboneConfig, FeatureSettings
 
 _MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 _BUILD_LOCK = threading.Lock()

@@ -1,7 +1,7 @@
 """The settings that decide features, and the one check of whether two sets agree.
 
 :class:`BackboneConfig` is what a caller asks for (names, paths); resolving it
-(:func:`featcache.extractor.backbone.resolve_backbone`) gives :class:`FeatureSettings`,
+(:func:`featcache.backbones.backbone.resolve_backbone`) gives :class:`FeatureSettings`,
 with files hashed and names made canonical. Caches record them (:class:`CacheSettings`
 adds storage and split settings), heads keep their cache's, and the server's model pool,
 ``predict``, ``fine-tune`` and ``export`` compare them with :meth:`FeatureSettings.check`.
@@ -13,7 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -30,10 +30,6 @@ from .options import (
     PAD_VERSION,
     ExtractOptions,
 )
-
-if TYPE_CHECKING:
-    from .hub import HubSpec
-    from .registry import BackboneSpec
 
 FEATURE_FIELDS = (
     "backbone",
@@ -78,6 +74,25 @@ class BackboneConfig:
         values = {each.name: getattr(options, each.name) for each in fields(cls)}
         return cls(**{**values, "layer": values["layer"] or ""})
 
+    @classmethod
+    def recorded(cls, settings: FeatureSettings) -> BackboneConfig:
+        """The configuration that gives the features ``settings`` record (a cache's or a
+        head's): a saved model's own weights load as ``imagenet`` does, a size of 0 (a
+        saved model of any size) is the model's own."""
+        return cls(
+            settings.backbone,
+            "imagenet" if settings.weights == "embedded" else settings.weights,
+            settings.image_size if min(settings.image_size) > 0 else None,
+            settings.pooling,
+            settings.layer,
+            settings.preprocessing,
+            settings.seed,
+            settings.resize,
+            settings.precision,
+            settings.blocks,
+            settings.projection,
+        )
+
 
 @dataclass(frozen=True)
 class FeatureSettings:
@@ -108,10 +123,9 @@ class FeatureSettings:
     """Transformer blocks whose pooled outputs are concatenated (1: the last only)."""
     projection: bool = field(default=False, kw_only=True)
     """CLIP / SigLIP features after the image projection (or attention-pooling head)."""
-    spec: BackboneSpec | HubSpec | None = field(
-        default=None, compare=False, repr=False, kw_only=True
-    )
-    """The registry entry (``keras.applications`` or keras-hub); None for a saved model."""
+    spec: Any = field(default=None, compare=False, repr=False, kw_only=True)
+    """The registry entry (a ``backbones.registry.BackboneSpec`` or ``backbones.hub.HubSpec``);
+    None for a saved model."""
 
     def identity(self, resize: bool = True) -> dict[str, Any]:
         """What decides the features: files by hash (not path), the seed only for random

@@ -14,11 +14,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ...errors import AccessDenied
-from ..backbone import FeatureExtractor, resolve_backbone
-from ..decode import decode_and_resize, decode_or_reason
-from ..options import DEFAULT_MAX_PIXELS
-from ..settings import BackboneConfig, FeatureSettings
+from ..backbones.backbone import FeatureExtractor, resolve_backbone
+from ..core.options import DEFAULT_MAX_PIXELS
+from ..core.settings import BackboneConfig, FeatureSettings
+from ..errors import AccessDenied
+from ..extractor.decode import decode_and_resize, decode_or_reason
 from .batcher import Batcher, BatcherClosed
 from .convert import ResourceExhausted, mib
 from .options import (

@@ -30,10 +30,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ...errors import CacheError, SettingsMismatchError
-from ..known import FileStat, Known
-from ..options import DEFAULT_CHECKPOINT_SECONDS
-from ..settings import CacheSettings
+from ..core.options import DEFAULT_CHECKPOINT_SECONDS
+from ..core.settings import CacheSettings
+from ..errors import CacheError, SettingsMismatchError
 from .format import (
     BAD_FILES_ATTR,
     FILE_STAT_DATASETS,
@@ -57,6 +56,7 @@ from .format import (
     strings,
     versions,
 )
+from .known import FileStat, Known
 
 _COPY_CHUNK_BYTES = 32 << 20
 

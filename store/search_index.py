@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .splits import SPLIT_NAMES
+from ..core.splits import SPLIT_NAMES
 
 if TYPE_CHECKING:
-    from .cache import CacheReader
+    from . import CacheReader
 
 DEFAULT_SEARCH_K = 10
 """Rows a search returns unless told."""
@@ -116,7 +116,7 @@ def load_index(
                 return index, False
     meta_path.unlink(missing_ok=True)  # no meta: never trusted, even if the rest fails
     tmp = array_path.with_name(f"{array_path.name}.tmp-{os.getpid()}")
-    from .recorder import progress_bar
+    from ..core.progress import progress_bar
 
     bar = progress_bar(len(reader), progress, "index")
     try:

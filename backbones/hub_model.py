@@ -13,9 +13,9 @@ from typing import Any
 
 import keras
 
+from ..core.settings import FeatureSettings
 from ..errors import InvalidOptionError, WeightsError
 from .hub import FIXED_SIZE, HubSpec, require_keras_hub
-from .settings import FeatureSettings
 
 
 @keras.saving.register_keras_serializable(package="featcache")

@@ -29,7 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ...errors import CacheError, FeatcacheError
+from ..errors import CacheError, FeatcacheError
 
 FORMAT = "featcache"
 FORMAT_VERSION = 3

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from ...errors import InvalidOptionError
+from ..errors import InvalidOptionError
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .options import RESIZE_MODES, check_choice
+from ..core.options import RESIZE_MODES, check_choice
 
 
 def resize_batch(images: Any, height: Any, width: Any, mode: str = "stretch") -> Any:

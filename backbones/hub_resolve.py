@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..core.options import invalid, parse_image_size
+from ..core.settings import BackboneConfig, FeatureSettings
 from ..errors import InvalidOptionError
 from .hub import (
     FIXED_SIZE,
@@ -22,8 +24,6 @@ from .hub import (
     preset_preprocessing,
     weights_sha256,
 )
-from .options import invalid, parse_image_size
-from .settings import BackboneConfig, FeatureSettings
 
 PRESET_WEIGHTS = ("imagenet", "preset")
 """``weights`` values meaning the preset's own weights (recorded as ``preset``)."""

@@ -18,10 +18,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from ...errors import FeatcacheError, RemoteError
-from ...protos import extractor_pb2 as pb
-from ...protos import extractor_pb2_grpc as pb_grpc
-from ..options import (
+from ..core.options import (
     DEFAULT_BACKBONE,
     DEFAULT_BATCH_SIZE,
     DEFAULT_CHECKPOINT_SECONDS,
@@ -34,8 +31,11 @@ from ..options import (
     DEFAULT_SPLIT,
     DEFAULT_WEIGHTS,
 )
-from ..ranking import DEFAULT_TOP_K
-from ..settings import BackboneConfig, FeatureSettings
+from ..core.ranking import DEFAULT_TOP_K
+from ..core.settings import BackboneConfig, FeatureSettings
+from ..errors import FeatcacheError, RemoteError
+from ..protos import extractor_pb2 as pb
+from ..protos import extractor_pb2_grpc as pb_grpc
 from .auth import read_token
 from .convert import image_message, is_loopback, settings_from_info, settings_message
 

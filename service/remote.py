@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import InvalidOptionError
-from ..decode import array_to_rgb
-from ..settings import BackboneConfig, FeatureSettings
+from ..core.settings import BackboneConfig, FeatureSettings
+from ..errors import InvalidOptionError
+from ..extractor.decode import array_to_rgb
 from .client import Client
 from .convert import settings_message
 

@@ -14,22 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import (
-    AccessDenied,
-    CacheLockedError,
-    DatasetError,
-    ExtractionCancelled,
-    FeatcacheError,
-    InvalidOptionError,
-    NotFound,
-    SettingsMismatchError,
-    UnknownBackboneError,
-    WeightsError,
-)
-from ...protos import extractor_pb2 as pb
-from ..backbone import is_model_file
-from ..hub import HUB_REGISTRY, is_remote_preset
-from ..options import (
+from ..backbones.backbone import is_model_file
+from ..backbones.hub import HUB_REGISTRY, is_remote_preset
+from ..core.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_BLOCKS,
     DEFAULT_CHECKPOINT_SECONDS,
@@ -50,9 +37,22 @@ from ..options import (
     check_seed,
     parse_image_size,
 )
-from ..runner import default_output
-from ..settings import BackboneConfig, FeatureSettings
-from ..sources import is_within
+from ..core.settings import BackboneConfig, FeatureSettings
+from ..errors import (
+    AccessDenied,
+    CacheLockedError,
+    DatasetError,
+    ExtractionCancelled,
+    FeatcacheError,
+    InvalidOptionError,
+    NotFound,
+    SettingsMismatchError,
+    UnknownBackboneError,
+    WeightsError,
+)
+from ..extractor.runner import default_output
+from ..extractor.sources import is_within
+from ..protos import extractor_pb2 as pb
 from .options import DEFAULT_MAX_IMAGE_SIZE
 
 
@@ -159,7 +159,7 @@ def config_from_message(
 def _is_preset_folder(name: str, weights_root: Path | None) -> bool:
     """True for a keras-hub preset folder name (a path, or a folder under ``weights_root``),
     not a registry name."""
-    from ..registry import get_backbone
+    from ..backbones.registry import get_backbone
 
     if name.strip().lower() in HUB_REGISTRY:
         return False

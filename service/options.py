@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..options import DEFAULT_MAX_PIXELS
+from ..core.options import DEFAULT_MAX_PIXELS
 
 DEFAULT_MAX_LOADED = 4
 """Loaded models kept; the least recently used idle one is unloaded."""

@@ -11,10 +11,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:  # sources gives the stats: no import at run time
-    from .sources import Item
+
+class Item(Protocol):
+    """A listed file, as the extractor's ``sources.Item`` gives it."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def class_name(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..settings import CacheSettings
-from ..splits import SPLIT_NAMES
+from ..core.settings import CacheSettings
+from ..core.splits import SPLIT_NAMES
 from .format import (
     BAD_FILES_ATTR,
     VIEWS_DATASET,

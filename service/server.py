@@ -20,13 +20,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ...errors import InvalidOptionError, UnknownBackboneError
-from ...protos import extractor_pb2 as pb
-from ..backbone import is_model_file, resolve_backbone
-from ..hub import HUB_REGISTRY
-from ..options import DEFAULT_WEIGHTS, NAMED_WEIGHTS, check_range
-from ..registry import get_backbone
-from ..settings import BackboneConfig
+from ..backbones.backbone import is_model_file, resolve_backbone
+from ..backbones.hub import HUB_REGISTRY
+from ..backbones.registry import get_backbone
+from ..core.options import DEFAULT_WEIGHTS, NAMED_WEIGHTS, check_range
+from ..core.settings import BackboneConfig
+from ..errors import InvalidOptionError, UnknownBackboneError
+from ..protos import extractor_pb2 as pb
 from .auth import TokenAuthInterceptor, read_token
 from .convert import Roots, confine, is_loopback
 from .handlers import add_extractor

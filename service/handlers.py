@@ -13,8 +13,8 @@ from typing import Any
 
 import grpc
 
-from ...errors import InvalidOptionError
-from ...protos import extractor_pb2 as pb
+from ..errors import InvalidOptionError
+from ..protos import extractor_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Extractor"]
 

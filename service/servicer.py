@@ -18,16 +18,16 @@ from typing import Any
 import grpc
 import numpy as np
 
-from ...errors import AccessDenied, ExtractionCancelled, InvalidOptionError, NotFound
-from ...protos import extractor_pb2 as pb
-from ...protos import extractor_pb2_grpc as pb_grpc
-from ..backbone import resolve_backbone
-from ..hub import list_hub_backbones
-from ..options import DEFAULT_MAX_PIXELS
-from ..ranking import DEFAULT_TOP_K, top_k
-from ..registry import list_backbones
-from ..settings import BackboneConfig
-from ..sources import is_within
+from ..backbones.backbone import resolve_backbone
+from ..backbones.hub import list_hub_backbones
+from ..backbones.registry import list_backbones
+from ..core.options import DEFAULT_MAX_PIXELS
+from ..core.ranking import DEFAULT_TOP_K, top_k
+from ..core.settings import BackboneConfig
+from ..errors import AccessDenied, ExtractionCancelled, InvalidOptionError, NotFound
+from ..extractor.sources import is_within
+from ..protos import extractor_pb2 as pb
+from ..protos import extractor_pb2_grpc as pb_grpc
 from .convert import (
     ResourceExhausted,
     Roots,
@@ -362,8 +362,8 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
 
     def _search(self, request: Any, context: grpc.ServicerContext) -> Any:
         """``featcache search`` over a cache under the cache root (the same index file)."""
-        from ..cache import CacheReader
-        from ..search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K, load_index, rank_rows
+        from ..store import CacheReader
+        from ..store.search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K, load_index, rank_rows
 
         path = confine(self.roots.cache, request.cache, "cache")
         if not path.is_file():
@@ -403,7 +403,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
     def _cache_query(self, reader: Any, content: Any, context: grpc.ServicerContext) -> Any:
         """One image's normalised features from the pool's model for the cache's settings;
         the cache's backbone and weights files must lie under the weights root."""
-        from ..search_index import normalize
+        from ..store.search_index import normalize
 
         recorded = reader.settings
         for name in (recorded.backbone, recorded.weights):
@@ -411,19 +411,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 self.roots.weights and is_within(Path(name), self.roots.weights)
             ):
                 raise AccessDenied("the cache's backbone files are not under the weights root")
-        config = BackboneConfig(
-            recorded.backbone,
-            "imagenet" if recorded.weights == "embedded" else recorded.weights,
-            recorded.image_size if min(recorded.image_size) > 0 else None,
-            recorded.pooling,
-            recorded.layer,
-            recorded.preprocessing,
-            recorded.seed,
-            recorded.resize,
-            recorded.precision,
-            recorded.blocks,
-            recorded.projection,
-        )
+        config = BackboneConfig.recorded(recorded)
         what = "the cache's backbone differs on this server; its features would not match"
         resolved = resolve_backbone(config)
         self.pool.permit(resolved)

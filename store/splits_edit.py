@@ -19,7 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ...errors import CacheError
+from ..errors import CacheError
 from .format import first_line, guarded, is_disk_full, layout_problem, open_h5
 
 SPLITS_FIXED_ATTR = "splits_fixed"

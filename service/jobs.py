@@ -10,12 +10,12 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from ...protos import extractor_pb2 as pb
-from ..engines import LocalEngine
-from ..options import ExtractOptions
-from ..recorder import ExtractProgress
-from ..runner import ExtractSummary, run_extraction, with_cache_views
-from ..settings import BackboneConfig
+from ..core.options import ExtractOptions
+from ..core.settings import BackboneConfig
+from ..extractor.engines import LocalEngine
+from ..extractor.recorder import ExtractProgress
+from ..extractor.runner import ExtractSummary, run_extraction, with_cache_views
+from ..protos import extractor_pb2 as pb
 from .models import MemoryBudget, ModelPool, PoolEmbedder, input_bytes
 
 GONE = object()
