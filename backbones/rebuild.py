@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from ..core.settings import BackboneConfig, FeatureSettings
+from ..core.settings import FeatureSettings
 from .backbone import FeatureExtractor, resolve_backbone
 
 
@@ -27,7 +27,7 @@ def rebuild_backbone(
     )
     if precision is not None:
         recorded = replace(recorded, precision=precision)
-    config = BackboneConfig.recorded(recorded)
+    config = recorded.config()
     what = f"{recorded.backbone} changed since the cache was made; its features would not match"
     now = resolve_backbone(config)
     recorded.check(now, what, ours="cache", theirs="now")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import InvalidOptionError
+from .schema import Range, check_choice, check_fields, invalid, option
 
 DEFAULT_BACKBONE = "mobilenet"
 DEFAULT_WEIGHTS = "imagenet"
@@ -80,19 +81,6 @@ def parse_view_augment(text: str | Sequence[str], parameter: str = "augment") ->
     for name in names:
         check_choice(parameter, name, VIEW_AUGMENTATIONS)
     return tuple(n for n in VIEW_AUGMENTATIONS if n in names)
-
-
-def invalid(parameter: str, value: Any, expected: str) -> InvalidOptionError:
-    """``InvalidOptionError("parameter value: expected")`` naming the parameter."""
-    shown = repr(value) if isinstance(value, str) else str(value)
-    return InvalidOptionError(f"{parameter} {shown}: {expected}", parameter)
-
-
-def check_choice(parameter: str, value: str, choices: Sequence[str]) -> str:
-    """``value`` when it is one of ``choices``."""
-    if value not in choices:
-        raise invalid(parameter, value, f"expected one of {', '.join(choices)}")
-    return value
 
 
 def check_range(
@@ -171,81 +159,239 @@ def check_address(address: str, parameter: str | None) -> None:
         )
 
 
+def _check_seed(value: int, name: str) -> int:
+    return check_seed(value, name)
+
+
+def _check_image_size(value: Any, name: str) -> tuple[int, int] | None:
+    return parse_image_size(value, name)
+
+
+def _check_split(value: Any, name: str) -> tuple[float, float, float]:
+    return parse_split(value, name)
+
+
+def _check_address(value: str, name: str) -> None:
+    check_address(value, name.replace("address", "ray_address"))
+
+
 @dataclass(frozen=True)
 class RayOptions:
     """Where and how wide the Ray engine runs."""
 
-    address: str | None = None
+    address: str | None = option(
+        None,
+        flag="--ray-address",
+        metavar="ADDRESS",
+        parse=_check_address,
+        help="Ray cluster to join. [default: $RAY_ADDRESS, else a local Ray instance]",
+    )
     """Ray cluster to join (``auto``, ``HEAD:6379``); None starts a local instance unless
     ``RAY_ADDRESS`` is set (as it is inside ``ray job submit``)."""
-    actors: int | None = None
+    actors: int | None = option(
+        None,
+        kind=int,
+        range=Range(1, wording="must be at least 1"),
+        help="Ray actors (each loads the backbone once). [default: as many as the cluster holds]",
+    )
     """Actor pool size; None sizes it to the cluster's CPUs (or GPUs) at start."""
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = option(
+        1.0, range=Range(0, wording="must be above 0", low_open=True), default_text="1"
+    )
+    gpus_per_actor: float = option(
+        0.0, range=Range(0, wording="must be 0 or more"), default_text="0"
+    )
 
     def __post_init__(self) -> None:
-        if self.actors is not None:
-            check_range("actors", self.actors, 1, wording="must be at least 1")
-        if not self.cpus_per_actor > 0:
-            raise invalid("cpus_per_actor", self.cpus_per_actor, "must be above 0")
-        check_range("gpus_per_actor", self.gpus_per_actor, 0, wording="must be 0 or more")
-        if self.address is not None:
-            check_address(self.address, "ray_address")
+        check_fields(self)
 
 
 @dataclass(frozen=True)
-class ExtractOptions:
-    """Everything :func:`featcache.extract` can be asked, checked when made.
+class BackboneConfig:
+    """What a caller asks for: which backbone, weights and input handling (the options
+    that decide the features; :class:`ExtractOptions` adds how a run goes)."""
 
-    The feature settings (``backbone`` to ``seed``) decide the stored features; the rest
-    decide how the run goes.
-    """
-
-    backbone: str = DEFAULT_BACKBONE
+    backbone: str = option(
+        DEFAULT_BACKBONE,
+        short="-b",
+        wire="name",
+        help="Registry name (see `featcache backbones`), a saved .keras/.h5 model, or a "
+        "keras-hub preset: hub:NAME, a preset folder, hf://... or kaggle://... "
+        "(pip install 'featcache[hub]').",
+    )
     """Registry name, or the path of a saved Keras model."""
-    weights: str = DEFAULT_WEIGHTS
+    weights: str = option(
+        DEFAULT_WEIGHTS,
+        short="-w",
+        help="imagenet (keras-hub: the preset's own), none (random, seeded) or a weights file.",
+    )
     """``imagenet``, ``none`` (random, seeded) or the path of a weights file."""
-    output: str | os.PathLike[str] | None = None
-    """Cache file; None: ``cache/<backbone>.h5``."""
-    pooling: str = DEFAULT_POOLING
-    layer: str | None = None
-    image_size: str | int | tuple[int, int] | None = None
-    resize: str = DEFAULT_RESIZE
-    preprocessing: str = DEFAULT_PREPROCESSING
-    dtype: str = DEFAULT_DTYPE
-    precision: str = DEFAULT_PRECISION
-    """Compute precision of the backbone (see :data:`PRECISIONS`); not the storage type."""
-    split: str | tuple[float, ...] = DEFAULT_SPLIT
-    seed: int = DEFAULT_SEED
-    labels: str | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    overwrite: bool = False
-    rehash: bool = False
-    """Read and hash every file; by default a file whose size, mtime, ctime and inode are
-    those recorded with its cached row reuses the row unread."""
-    workers: int | None = None
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS
-    progress: bool | None = None
-    """None: a progress bar only on a terminal."""
-    engine: str = "local"
-    remote: Any = None
-    """``"host:port"`` or a :class:`featcache.Client`: embed on a ``featcache serve`` server."""
-    ray_options: RayOptions | None = None
-    blocks: int = DEFAULT_BLOCKS
+    image_size: str | int | tuple[int, int] | None = option(
+        None,
+        parse=_check_image_size,
+        normalise=True,
+        kind=str,
+        help="N or H,W. [default: the backbone's own size]",
+    )
+    pooling: str = option(
+        DEFAULT_POOLING,
+        choices=POOLING_MODES,
+        help="Global pooling of the feature map (avg, max; none keeps it whole, flattened); "
+        "keras-hub transformers: cls, mean (avg: the same; class and register tokens "
+        "skipped), cls+mean or none.",
+    )
+    layer: str | None = option("", help="Take features from this inner layer.", kind=str)
+    """An inner layer to tap ("" or None: the last)."""
+    preprocessing: str = option(
+        DEFAULT_PREPROCESSING,
+        help="auto (the backbone's preprocess_input), none, or a backbone name.",
+    )
+    """``auto`` (the backbone's own), ``none``, or a registry name whose function to use."""
+    seed: int = option(
+        DEFAULT_SEED, parse=_check_seed, help="Seed of the split (and of random weights)."
+    )
+    """Seeds random weights (``weights="none"``) so that reruns give equal features (and,
+    in :class:`ExtractOptions`, the split)."""
+    resize: str = option(
+        DEFAULT_RESIZE,
+        choices=RESIZE_MODES,
+        help="stretch, pad (resize_with_pad) or crop (centre crop to the aspect ratio).",
+    )
+    precision: str = option(
+        DEFAULT_PRECISION,
+        choices=PRECISIONS,
+        metavar="|".join(PRECISIONS),
+        help="Compute precision of the backbone (Keras mixed precision); features stay "
+        "float32 (stored as --dtype).",
+    )
+    """Compute precision: ``float32``, ``bfloat16`` or ``float16`` (features stay float32)."""
+    blocks: int = option(
+        DEFAULT_BLOCKS,
+        range=Range(1, MAX_BLOCKS, integer=True),
+        help="Transformers: concatenate the pooled output of the last N blocks "
+        "(DINOv2 linear eval).",
+    )
     """Transformers: concatenate the pooled output of the last ``blocks`` blocks (each with
     the final norm applied, as in DINOv2's linear evaluation)."""
-    projection: bool = False
+    projection: bool = option(
+        False,
+        negatable=True,
+        help="CLIP: features after the image projection; SigLIP: its attention-pooling head.",
+    )
     """CLIP: the features after the image projection (the shared image-text space); SigLIP:
     the attention-pooling head's output. False: pooled tokens before them."""
-    views: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.layer is None:
+            object.__setattr__(self, "layer", "")
+        check_fields(self, _BACKBONE_CHECKED)
+
+    @classmethod
+    def of(cls, options: BackboneConfig) -> BackboneConfig:
+        """The backbone settings of :class:`ExtractOptions` (or another config)."""
+        values = {each.name: getattr(options, each.name) for each in fields(cls)}
+        return cls(**values)
+
+
+_BACKBONE_CHECKED = ("pooling", "resize", "precision", "seed", "blocks", "image_size")
+"""The backbone options checked when a :class:`BackboneConfig` is made (names and files are
+checked when the backbone is resolved)."""
+
+
+@dataclass(frozen=True)
+class ExtractOptions(BackboneConfig):
+    """Everything :func:`featcache.extract` can be asked, checked when made.
+
+    The feature settings (:class:`BackboneConfig`'s, ``backbone`` to ``projection``) decide
+    the stored features; the rest decide how the run goes.
+    """
+
+    output: str | os.PathLike[str] | None = option(
+        None,
+        short="-o",
+        path=True,
+        default_text="cache/<backbone>.h5",
+        help="Cache file to write.",
+    )
+    """Cache file; None: ``cache/<backbone>.h5``."""
+    dtype: str = option(DEFAULT_DTYPE, choices=DTYPES, help="Storage type of the features.")
+    split: str | tuple[float, ...] = option(
+        DEFAULT_SPLIT,
+        parse=_check_split,
+        kind=str,
+        help="train,val[,test] ratios, from each image's content hash and --seed.",
+    )
+    labels: str | None = option(
+        None, path=True, help="Integer labels .npy for an .npy image array."
+    )
+    batch_size: int = option(
+        DEFAULT_BATCH_SIZE, range=Range(1, MAX_BATCH_SIZE), help="Images per model call."
+    )
+    overwrite: bool = option(False, help="Replace a cache made with other settings.")
+    rehash: bool = option(
+        False,
+        help="Read and hash every file; by default a cached file whose size, mtime, ctime "
+        "and inode are unchanged is not read again.",
+    )
+    """Read and hash every file; by default a file whose size, mtime, ctime and inode are
+    those recorded with its cached row reuses the row unread."""
+    workers: int | None = option(
+        None,
+        kind=int,
+        range=Range(1, wording="must be at least 1"),
+        help="Image decoding threads.",
+    )
+    max_pixels: int = option(
+        DEFAULT_MAX_PIXELS,
+        range=Range(1, wording="must be at least 1"),
+        help="Larger images are recorded as bad (decompression bombs).",
+    )
+    checkpoint_seconds: float = option(
+        DEFAULT_CHECKPOINT_SECONDS,
+        range=Range(0, wording="must be 0 or more"),
+        help="Commit finished rows to the cache at least this often.",
+    )
+    progress: bool | None = option(None, cli=False)
+    """None: a progress bar only on a terminal."""
+    engine: str = option(
+        "local",
+        choices=ENGINES,
+        help="ray: embed on a Ray actor pool (pip install 'featcache[ray]').",
+    )
+    remote: Any = option(
+        None,
+        metavar="HOST:PORT",
+        kind=str,
+        help="Embed on a `featcache serve` server; images are read and the cache written here.",
+    )
+    """``"host:port"`` or a :class:`featcache.Client`: embed on a ``featcache serve`` server."""
+    ray_options: RayOptions | None = option(None, cli=False)
+    views: int | None = option(
+        None,
+        kind=int,
+        range=Range(1, MAX_VIEWS, integer=True),
+        help="Embeddings per image: view 0 the plain image, the rest augmented (cached "
+        "views). [default: the cache's, else 1]",
+    )
     """Embeddings stored per image: view 0 is the plain image (``features``), views 1 to
     ``views - 1`` augmented copies (the cache's ``views`` dataset). None: as the existing
     cache (a rerun keeps its views), else 1."""
-    augment: str | tuple[str, ...] | None = None
+    augment: str | tuple[str, ...] | None = option(
+        None,
+        kind=str,
+        metavar="LIST",
+        help="Augmentations of views 1+: flip,crop,color (any subset). [default: the "
+        "cache's, else with --views above 1 all]",
+    )
     """Augmentations of views 1+ (see :data:`VIEW_AUGMENTATIONS`); empty with ``views > 1``:
     all of them. None: as the existing cache when it has these views, else empty."""
-    augment_seed: int | None = None
+    augment_seed: int | None = option(
+        None,
+        kind=int,
+        parse=_check_seed,
+        help="Seed of the view augmentations (with each image's SHA-256 and view index). "
+        f"[default: the cache's, else {DEFAULT_SEED}]",
+    )
     """Seeds the augmentations (with each image's SHA-256 and the view index). None: as the
     existing cache when it has these views, else :data:`DEFAULT_SEED`."""
     ratios: tuple[float, float, float] = field(init=False)
@@ -258,20 +404,8 @@ class ExtractOptions:
 
     def __post_init__(self) -> None:
         self._check_views()
-        check_choice("resize", self.resize, RESIZE_MODES)
-        check_choice("pooling", self.pooling, POOLING_MODES)
-        check_choice("dtype", self.dtype, DTYPES)
-        check_choice("precision", self.precision, PRECISIONS)
-        check_choice("engine", self.engine, ENGINES)
-        check_seed(self.seed)
-        check_blocks(self.blocks)
-        parse_image_size(self.image_size)
-        check_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
-        if self.workers is not None:
-            check_range("workers", self.workers, 1, wording="must be at least 1")
-        check_range("max_pixels", self.max_pixels, 1, wording="must be at least 1")
-        if not self.checkpoint_seconds >= 0:
-            raise invalid("checkpoint_seconds", self.checkpoint_seconds, "must be 0 or more")
+        super().__post_init__()
+        check_fields(self, _RUN_CHECKED)
         if self.engine != "ray" and self.ray_options is not None:
             raise InvalidOptionError("ray_options need engine='ray'")
         if self.engine == "ray" and self.remote is not None:
@@ -281,12 +415,8 @@ class ExtractOptions:
     def _check_views(self) -> None:
         """Check the view settings given; those not given (None) are checked once
         :meth:`with_cache_views` has filled them in."""
+        check_fields(self, ("views", "augment_seed"))
         views, seed = self.views, self.augment_seed
-        if views is not None and (isinstance(views, bool) or not isinstance(views, int)):
-            raise invalid("views", views, f"expected an integer 1 to {MAX_VIEWS}")
-        check_range("views", views, 1, MAX_VIEWS)
-        if seed is not None:
-            check_seed(seed, "augment_seed")
         chosen = parse_view_augment(self.augment or "")
         if views == 1 and chosen:
             raise invalid("augment", self.augment, "augmentations need views 2 or more")
@@ -342,3 +472,7 @@ class ExtractOptions:
     def window(self) -> int:
         """Images read ahead of the batch being embedded."""
         return max(2 * self.batch_size, 16)
+
+
+_RUN_CHECKED = ("dtype", "engine", "batch_size", "workers", "max_pixels", "checkpoint_seconds")
+"""The run options :class:`ExtractOptions` checks besides the backbone's and the views'."""

@@ -21,15 +21,13 @@ from ..errors import SettingsMismatchError
 from .options import (
     AUGMENT_VERSION,
     DEFAULT_BLOCKS,
-    DEFAULT_POOLING,
     DEFAULT_PRECISION,
-    DEFAULT_PREPROCESSING,
     DEFAULT_RESIZE,
-    DEFAULT_SEED,
-    DEFAULT_WEIGHTS,
     PAD_VERSION,
-    ExtractOptions,
+    BackboneConfig,
 )
+
+__all__ = ["BackboneConfig", "CacheSettings", "FeatureSettings"]
 
 FEATURE_FIELDS = (
     "backbone",
@@ -43,55 +41,6 @@ FEATURE_FIELDS = (
     "preprocessing",
 )
 """The settings that change the features (with ``seed`` for random weights)."""
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """What a caller asks for: which backbone, weights and input handling."""
-
-    backbone: str
-    """Registry name, or the path of a saved Keras model."""
-    weights: str = DEFAULT_WEIGHTS
-    """``imagenet``, ``none`` (random, seeded) or the path of a weights file."""
-    image_size: str | int | tuple[int, int] | None = None
-    pooling: str = DEFAULT_POOLING
-    layer: str = ""
-    preprocessing: str = DEFAULT_PREPROCESSING
-    """``auto`` (the backbone's own), ``none``, or a registry name whose function to use."""
-    seed: int = DEFAULT_SEED
-    """Seeds random weights (``weights="none"``) so that reruns give equal features."""
-    resize: str = DEFAULT_RESIZE
-    precision: str = DEFAULT_PRECISION
-    """Compute precision: ``float32``, ``bfloat16`` or ``float16`` (features stay float32)."""
-    blocks: int = DEFAULT_BLOCKS
-    """Transformers: pooled outputs of the last ``blocks`` blocks, concatenated."""
-    projection: bool = False
-    """CLIP / SigLIP: features after the image projection (or attention-pooling head)."""
-
-    @classmethod
-    def of(cls, options: ExtractOptions) -> BackboneConfig:
-        """The backbone settings of :class:`~.options.ExtractOptions`."""
-        values = {each.name: getattr(options, each.name) for each in fields(cls)}
-        return cls(**{**values, "layer": values["layer"] or ""})
-
-    @classmethod
-    def recorded(cls, settings: FeatureSettings) -> BackboneConfig:
-        """The configuration that gives the features ``settings`` record (a cache's or a
-        head's): a saved model's own weights load as ``imagenet`` does, a size of 0 (a
-        saved model of any size) is the model's own."""
-        return cls(
-            settings.backbone,
-            "imagenet" if settings.weights == "embedded" else settings.weights,
-            settings.image_size if min(settings.image_size) > 0 else None,
-            settings.pooling,
-            settings.layer,
-            settings.preprocessing,
-            settings.seed,
-            settings.resize,
-            settings.precision,
-            settings.blocks,
-            settings.projection,
-        )
 
 
 @dataclass(frozen=True)
@@ -126,6 +75,24 @@ class FeatureSettings:
     spec: Any = field(default=None, compare=False, repr=False, kw_only=True)
     """The registry entry (a ``backbones.registry.BackboneSpec`` or ``backbones.hub.HubSpec``);
     None for a saved model."""
+
+    def config(self) -> BackboneConfig:
+        """The configuration that gives these features again (a cache's or a head's): a
+        saved model's own weights load as ``imagenet`` does, a size of 0 (a saved model of
+        any size) is the model's own."""
+        return BackboneConfig(
+            self.backbone,
+            "imagenet" if self.weights == "embedded" else self.weights,
+            self.image_size if min(self.image_size) > 0 else None,
+            self.pooling,
+            self.layer,
+            self.preprocessing,
+            self.seed,
+            self.resize,
+            self.precision,
+            self.blocks,
+            self.projection,
+        )
 
     def identity(self, resize: bool = True) -> dict[str, Any]:
         """What decides the features: files by hash (not path), the seed only for random

@@ -1,7 +1,9 @@
 """Every heads default and option check, in one place (no heavy imports).
 
 ``train-head``, ``compare``, ``predict``, ``fine-tune`` and ``export`` take their defaults
-from here, and :func:`check_options` is the one check of their values. Errors name the
+from here. Each option set is a dataclass whose fields declare the options
+(:func:`featcache.core.schema.option`): checks, CLI flags and help come from there, and
+:func:`check_options` checks loose values by the same declarations. Errors name the
 Python parameter (``epochs 0: must be at least 1``); the CLI shows its flag instead.
 """
 
@@ -11,10 +13,19 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
-from ..core.options import check_choice, check_seed, invalid
+from ..core.options import check_seed
 from ..core.ranking import DEFAULT_TOP_K as RANKING_TOP_K
+from ..core.schema import (
+    Option,
+    Range,
+    check_fields,
+    check_value,
+    invalid,
+    option,
+    options_of,
+)
 
 BASELINES = ("logreg", "linear-svm", "svm", "knn", "random-forest", "ridge")
 """The scikit-learn heads."""
@@ -87,6 +98,7 @@ DEFAULT_BOOTSTRAP = 1000
 """Resamples of the test rows for the 95% intervals."""
 DEFAULT_FEW_SHOT_SEEDS = 5
 MAX_C_GRID = 1000
+_INF = math.inf
 """Most C values a sweep accepts."""
 
 # the dense head (DenseHead's own defaults)
@@ -147,98 +159,6 @@ more than accuracy."""
 BALANCE_RATIO = 1.5
 """``balance="auto"`` weighs classes when the largest train class has at least this many
 times the rows of the smallest."""
-
-
-class Range(NamedTuple):
-    """Accepted values of a numeric option."""
-
-    low: float
-    high: float
-    wording: str
-    low_open: bool = False
-    high_open: bool = False
-
-    def holds(self, value: float) -> bool:
-        above = value > self.low if self.low_open else value >= self.low
-        below = value < self.high if self.high_open else value <= self.high
-        return bool(above and below)  # NaN fails both
-
-
-_INF = math.inf
-RANGES: dict[str, Range] = {
-    "epochs": Range(1, _INF, "must be at least 1"),
-    "batch_size": Range(1, _INF, "must be at least 1"),
-    "patience": Range(0, _INF, "must be 0 or more"),
-    "lr": Range(0, _INF, "must be positive", low_open=True),
-    "momentum": Range(0, 1, "must be between 0 and 1"),
-    "dropout": Range(0, 1, "must be at least 0 and below 1", high_open=True),
-    "C": Range(0, _INF, "must be positive", low_open=True),
-    "k": Range(1, _INF, "must be at least 1"),
-    "n_estimators": Range(1, _INF, "must be at least 1"),
-    "max_depth": Range(1, _INF, "must be at least 1"),
-    "alpha": Range(0, _INF, "must be 0 or more"),
-    "val_fraction": Range(0, 1, "must be between 0 and 1", low_open=True, high_open=True),
-    "top_k": Range(1, _INF, "must be at least 1"),
-    "cv": Range(2, _INF, "must be at least 2"),
-    "shots": Range(1, _INF, "must be at least 1"),
-    "seeds": Range(1, 1000, "expected 1 to 1000"),
-    "bootstrap": Range(0, 1_000_000, "expected 0 (no intervals) to 1000000"),
-    "temperature": Range(0, _INF, "must be positive", low_open=True),
-    "feature_augment": Range(0, 1, "expected 0 (off) to 1"),
-    "image_size": Range(1, _INF, "must be at least 1"),
-    "warmup": Range(0, 1, "must be at least 0 and below 1", high_open=True),
-    "lr_decay": Range(0, 1, "must be above 0 and at most 1", low_open=True),
-}
-"""Numeric options and the values they accept (None always passes: not set)."""
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "head": HEAD_KINDS,
-    "optimizer": OPTIMIZERS,
-    "monitor": MONITORS,
-    "class_weight": CLASS_WEIGHTS,
-    "format": EXPORT_FORMATS,
-    "protocol": PROTOCOLS,
-    "normalize": NORMALIZATIONS,
-    "views": VIEW_MODES,
-    "schedule": SCHEDULES,
-    "balance": BALANCES,
-}
-
-
-def check_options(values: Mapping[str, Any]) -> None:
-    """Refuse any bad value among ``values`` (option name -> value; None is not set).
-
-    Knows every heads option: the ranges of :data:`RANGES`, the choices (``head``,
-    ``optimizer``, ``monitor``, ``class_weight``, ``format``), ``heads``, ``hidden``,
-    ``activation``, ``augment``, ``unfreeze``, ``c_grid``, ``knn_ks`` and ``seed``; other
-    names pass.
-    """
-    for name, value in values.items():
-        if value is None:
-            continue
-        if name in RANGES:
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise invalid(name, value, "expected a number")
-            if not RANGES[name].holds(float(value)):
-                raise invalid(name, value, RANGES[name].wording)
-        elif name in _CHOICES:
-            check_choice(name, value, _CHOICES[name])
-        elif name == "heads":
-            parse_heads(value)
-        elif name == "hidden":
-            parse_hidden(value)
-        elif name == "augment":
-            parse_augment(value)
-        elif name == "unfreeze":
-            parse_unfreeze(value)
-        elif name == "seed":
-            check_seed(value)
-        elif name == "activation":
-            check_activation(value)
-        elif name == "c_grid":
-            parse_c_grid(value)
-        elif name == "knn_ks":
-            parse_ks(value)
 
 
 def parse_hidden(value: str | int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
@@ -373,58 +293,123 @@ def check_activation(name: str) -> None:
         raise invalid("activation", name, "not a Keras activation") from None
 
 
+def _parse(function: Any) -> Any:
+    """A ``parse(value)`` as an option parser ``parse(value, name)``."""
+    return lambda value, name: function(value)
+
+
+AT_LEAST_1 = Range(1, wording="must be at least 1")
+AT_LEAST_0 = Range(0, wording="must be 0 or more")
+POSITIVE = Range(0, wording="must be positive", low_open=True)
+SHARE = Range(0, 1, "must be between 0 and 1", low_open=True, high_open=True)
+
+
 @dataclass(frozen=True)
 class HeadOptions:
     """Everything ``train_head`` can be asked (``compare`` uses ``epochs``, ``seed`` and
     ``val_fraction``), checked when made. Each head kind uses its own subset
     (:meth:`head_params`)."""
 
-    head: str = DEFAULT_HEAD
+    head: str = option(
+        DEFAULT_HEAD, choices=HEAD_KINDS, help="Keras dense head or a scikit-learn baseline."
+    )
     """One of :data:`HEAD_KINDS`."""
     # the dense head
-    hidden: tuple[int, ...] = DEFAULT_HIDDEN
+    hidden: tuple[int, ...] = option(
+        DEFAULT_HIDDEN,
+        parse=_parse(parse_hidden),
+        normalise=True,
+        kind=str,
+        help="Hidden layer widths, e.g. 512,128 (none: a linear softmax).",
+    )
     """Hidden layer widths (empty: a linear softmax); ``"512,128"`` is accepted too."""
-    dropout: float = DEFAULT_DROPOUT
-    batchnorm: bool = False
-    activation: str = DEFAULT_ACTIVATION
-    optimizer: str = DEFAULT_OPTIMIZER
-    lr: float = DEFAULT_LR
-    momentum: float = DEFAULT_MOMENTUM
-    epochs: int = DEFAULT_EPOCHS
-    batch_size: int = DEFAULT_BATCH_SIZE
-    patience: int = DEFAULT_PATIENCE
+    dropout: float = option(
+        DEFAULT_DROPOUT,
+        range=Range(0, 1, "must be at least 0 and below 1", high_open=True),
+        help="Dropout after each hidden Dense.",
+    )
+    batchnorm: bool = option(False, help="BatchNormalization after each hidden Dense.")
+    activation: str = option(
+        DEFAULT_ACTIVATION, parse=_parse(check_activation), help="A Keras activation."
+    )
+    optimizer: str = option(DEFAULT_OPTIMIZER, choices=OPTIMIZERS)
+    lr: float = option(DEFAULT_LR, range=POSITIVE, help="Learning rate.")
+    momentum: float = option(
+        DEFAULT_MOMENTUM, range=Range(0, 1, "must be between 0 and 1"), help="sgd: momentum."
+    )
+    epochs: int = option(DEFAULT_EPOCHS, range=AT_LEAST_1)
+    batch_size: int = option(DEFAULT_BATCH_SIZE, range=AT_LEAST_1)
+    patience: int = option(
+        DEFAULT_PATIENCE,
+        range=AT_LEAST_0,
+        help="EarlyStopping patience (best weights restored); 0 disables it.",
+    )
     """EarlyStopping patience (best weights restored); 0 disables it."""
-    monitor: str = DEFAULT_MONITOR
-    from_logits: bool = False
+    monitor: str = option(DEFAULT_MONITOR, choices=MONITORS)
+    from_logits: bool = option(False, help="Linear output and a from_logits loss.")
     # the baselines
-    C: float = DEFAULT_C
+    C: float = option(
+        DEFAULT_C,
+        range=POSITIVE,
+        flag="--C",
+        help="Inverse regularisation of logreg, linear-svm and svm.",
+    )
     """Inverse regularisation of logreg, linear-svm and svm."""
-    k: int = DEFAULT_K
+    k: int = option(DEFAULT_K, range=AT_LEAST_1, help="Neighbours of knn.")
     """Neighbours of knn."""
-    n_estimators: int = DEFAULT_N_ESTIMATORS
-    max_depth: int | None = DEFAULT_MAX_DEPTH
-    alpha: float = DEFAULT_ALPHA
+    n_estimators: int = option(
+        DEFAULT_N_ESTIMATORS, range=AT_LEAST_1, help="Trees of random-forest."
+    )
+    max_depth: int | None = option(
+        DEFAULT_MAX_DEPTH, range=AT_LEAST_1, kind=int, help="Tree depth of random-forest."
+    )
+    alpha: float = option(DEFAULT_ALPHA, range=AT_LEAST_0, help="Ridge penalty.")
     """Ridge penalty."""
     # every head
-    class_weight: str | None = None
+    class_weight: str | None = option(None, choices=CLASS_WEIGHTS, kind=str)
     """None or ``balanced``."""
-    standardize: bool | None = None
+    standardize: bool | None = option(
+        None,
+        negatable=True,
+        kind=bool,
+        help="Standardise features. [default: on for logreg, svm, knn, ridge]",
+    )
     """Standardise features; None: on for :data:`STANDARDIZE_BY_DEFAULT`, off for dense."""
-    seed: int = DEFAULT_SEED
-    val_fraction: float = DEFAULT_VAL_FRACTION
+    seed: int = option(DEFAULT_SEED, parse=check_seed)
+    val_fraction: float = option(
+        DEFAULT_VAL_FRACTION,
+        range=SHARE,
+        help="Share of train carved into val when the cache has no val split.",
+    )
     """Share of train carved into val when the cache has no val split."""
-    stream: bool | None = None
+    stream: bool | None = option(
+        None,
+        negatable=True,
+        kind=bool,
+        help="Stream the dense head's features from disk. [default: when large]",
+    )
     """Stream the dense head's features from disk; None: only when they are large."""
-    views: str = DEFAULT_VIEWS
+    views: str = option(
+        DEFAULT_VIEWS,
+        choices=VIEW_MODES,
+        help="Cached views (extract --views) to train on: plain (view 0), one (a random view "
+        "per row and epoch, dense), all (every view a row), mean (their mean). Val and test "
+        "use view 0.",
+    )
     """Which cached views train the head (one of :data:`VIEW_MODES`)."""
-    feature_augment: float = 0.0
+    feature_augment: float = option(
+        0.0,
+        range=Range(0, 1, "expected 0 (off) to 1"),
+        metavar="[STRENGTH]",
+        help="Dense head: FroFA-style feature augmentation, per-channel scale and shift "
+        f"redrawn every epoch. [alone: {DEFAULT_FEATURE_AUGMENT}]",
+    )
     """The dense head: FroFA-style feature augmentation of the training rows, redrawn every
     epoch (:mod:`.view_training`): each channel scaled by ``1 +- feature_augment`` and
     shifted by ``+- feature_augment`` of its standard deviation; 0: off."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hidden", parse_hidden(self.hidden))
-        check_options({f.name: getattr(self, f.name) for f in fields(self)})
+        check_fields(self)
 
     def head_params(self) -> dict[str, Any]:
         """The parameters of this kind of head (as ``head.json`` and the report record)."""
@@ -473,39 +458,97 @@ class FineTuneOptions:
     default: they read None here until :meth:`resolved` puts the defaults in (what a run
     uses, and its report's ``params``)."""
 
-    unfreeze: str | int | None = None
+    schedule: str = option(
+        FINE_TUNE_SCHEDULE,
+        choices=SCHEDULES,
+        help="auto: from the head, the top layers, then more, warm-up + cosine and "
+        "layer-wise learning rates, the best epoch by val (never below the head); fixed: "
+        "one run with the options given (as before).",
+    )
+    """One of :data:`SCHEDULES`."""
+    unfreeze: str | int | None = option(
+        None,
+        parse=_parse(parse_unfreeze),
+        kind=str,
+        help="Number of top backbone layers to train, or all (auto: the deepest phase's). "
+        f"[default: auto {FINE_TUNE_AUTO_UNFREEZE}, fixed {FINE_TUNE_UNFREEZE}]",
+    )
     """Number of top backbone layers to train, or ``all`` (auto: the deepest phase's;
     fixed: 20, auto: all)."""
-    unfreeze_from: str | None = None
+    unfreeze_from: str | None = option(None, kind=str, help="Train from this backbone layer up.")
     """Train from this backbone layer up (instead of ``unfreeze``)."""
-    lr: float | None = None
+    lr: float | None = option(
+        None,
+        range=POSITIVE,
+        kind=float,
+        help="Learning rate (auto: the peak of the head and the top layers). "
+        f"[default: auto {FINE_TUNE_AUTO_LR:g}, fixed {FINE_TUNE_LR:g}]",
+    )
     """fixed: the learning rate (1e-5); auto: the peak rate of the head and the top layer
     group (1e-4)."""
-    optimizer: str = FINE_TUNE_OPTIMIZER
-    epochs: int | None = None
+    optimizer: str = option(FINE_TUNE_OPTIMIZER, choices=OPTIMIZERS)
+    epochs: int | None = option(
+        None,
+        range=AT_LEAST_1,
+        kind=int,
+        help=f"Epochs (auto: of all phases). [default: {FINE_TUNE_EPOCHS}]"
+        if FINE_TUNE_AUTO_EPOCHS == FINE_TUNE_EPOCHS
+        else f"Epochs (auto: of all phases). [default: auto {FINE_TUNE_AUTO_EPOCHS}, "
+        f"fixed {FINE_TUNE_EPOCHS}]",
+    )
     """10 (auto: of all phases together)."""
-    batch_size: int = FINE_TUNE_BATCH_SIZE
-    patience: int | None = None
+    batch_size: int = option(FINE_TUNE_BATCH_SIZE, range=AT_LEAST_1)
+    patience: int | None = option(
+        None,
+        range=AT_LEAST_0,
+        kind=int,
+        help="auto: epochs of a phase without a better val accuracy; fixed: EarlyStopping "
+        f"on val loss. [default: auto {FINE_TUNE_AUTO_PATIENCE}, fixed {FINE_TUNE_PATIENCE}]",
+    )
     """fixed: EarlyStopping patience on val loss (3); auto: epochs of a phase without a
     better val accuracy before it stops (0: never)."""
-    augment: str | None = None
+    augment: str | None = option(
+        None,
+        parse=_parse(parse_augment),
+        kind=str,
+        help=f"Some of {','.join(AUGMENTATIONS)} (training only; fixed: the first five). "
+        f"[default: auto {FINE_TUNE_AUTO_AUGMENT}, fixed none]",
+    )
     """Some of :data:`AUGMENTATIONS`, comma-separated (training only; fixed: those of
     :data:`LAYER_AUGMENTATIONS`, none by default; auto: ``crop,contrast``)."""
-    seed: int = DEFAULT_SEED
-    schedule: str = FINE_TUNE_SCHEDULE
-    """One of :data:`SCHEDULES`."""
-    image_size: int | None = None
+    image_size: int | None = option(
+        None,
+        range=AT_LEAST_1,
+        kind=int,
+        help="auto: train at this side instead of the cache's (BatchNorm stays frozen; needs "
+        "a global pooling). [default: the cache's]",
+    )
     """Train at this side (square) instead of the cache's size (auto only; needs a backbone
     whose feature width does not depend on the size)."""
-    balance: str = FINE_TUNE_BALANCE
+    balance: str = option(
+        FINE_TUNE_BALANCE,
+        choices=BALANCES,
+        help="auto schedule: weights: balanced class weights in the loss; auto: weights when "
+        f"the largest train class has {BALANCE_RATIO:g}x the rows of the smallest.",
+    )
     """One of :data:`BALANCES` (auto only)."""
-    warmup: float = FINE_TUNE_WARMUP
+    warmup: float = option(
+        FINE_TUNE_WARMUP,
+        range=Range(0, 1, "must be at least 0 and below 1", high_open=True),
+        help="auto: share of each phase's steps warming the learning rate up.",
+    )
     """Share of each phase's steps warming up (auto only; 0: none)."""
-    lr_decay: float = FINE_TUNE_LR_DECAY
+    lr_decay: float = option(
+        FINE_TUNE_LR_DECAY,
+        range=Range(0, 1, "must be above 0 and at most 1", low_open=True),
+        default_text="1/2.6",
+        help="auto: learning-rate factor between successive backbone layer groups (1: none).",
+    )
     """Rate factor between successive backbone layer groups (auto only; 1: none)."""
+    seed: int = option(DEFAULT_SEED, parse=check_seed)
 
     def __post_init__(self) -> None:
-        check_options({f.name: getattr(self, f.name) for f in fields(self)})
+        check_fields(self)
         if self.schedule == "fixed" and self.augment:
             unknown = [a for a in parse_augment(self.augment) if a not in LAYER_AUGMENTATIONS]
             if unknown:
@@ -535,6 +578,100 @@ class FineTuneOptions:
         }
         missing = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         return replace(self, **missing) if missing else self
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """What ``compare`` is asked besides :class:`HeadOptions`' ``epochs``, ``seed`` and
+    ``val_fraction`` (the probe protocols' settings: :class:`~.probe.ProbeSettings`)."""
+
+    protocol: str = option(
+        DEFAULT_PROTOCOL,
+        choices=PROTOCOLS,
+        help="quick: every head kind's small grid; linear-probe: L-BFGS logistic regression "
+        "over a C sweep; knn: cosine-weighted kNN; full: both and the dense head grid.",
+    )
+    heads: str | tuple[str, ...] = option(",".join(HEAD_KINDS), parse=_parse(parse_heads))
+    cv: int | None = option(
+        None,
+        range=Range(2, wording="must be at least 2"),
+        kind=int,
+        help="Select by K-fold CV on train+val.",
+    )
+    c_grid: str | tuple[float, ...] | None = option(
+        None,
+        parse=_parse(parse_c_grid),
+        kind=str,
+        help="linear-probe: C values, LOW:HIGH:N log-spaced or a comma list. "
+        f"[default: {DEFAULT_C_GRID}]",
+    )
+    knn_ks: str | tuple[int, ...] | None = option(
+        None,
+        parse=_parse(parse_ks),
+        kind=str,
+        help="knn: neighbour counts chosen from on val. "
+        f"[default: {','.join(str(k) for k in KNN_KS)}]",
+    )
+    temperature: float | None = option(
+        None,
+        range=POSITIVE,
+        kind=float,
+        help=f"knn: votes weigh exp(cosine/T). [default: {KNN_TEMPERATURE}]",
+    )
+    normalize: str | None = option(
+        None,
+        choices=NORMALIZATIONS,
+        kind=str,
+        help="Feature transform fitted on train. [default: standardize for linear-probe, "
+        "l2 for knn, none for dense]",
+    )
+    shots: int | None = option(
+        None, range=AT_LEAST_1, kind=int, help="Few-shot: K training images per class."
+    )
+    seeds: int | None = option(
+        None,
+        range=Range(1, 1000, "expected 1 to 1000"),
+        kind=int,
+        help=f"Few-shot draws. [default: {DEFAULT_FEW_SHOT_SEEDS}]",
+    )
+    bootstrap: int | None = option(
+        None,
+        range=Range(0, 1_000_000, "expected 0 (no intervals) to 1000000"),
+        kind=int,
+        help=f"Test resamples of the 95% intervals (0: none). [default: {DEFAULT_BOOTSTRAP}]",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """What ``predict`` and ``export`` are asked."""
+
+    top_k: int = option(DEFAULT_TOP_K, range=AT_LEAST_1)
+    batch_size: int = option(DEFAULT_PREDICT_BATCH_SIZE, range=AT_LEAST_1)
+    format: str = option(DEFAULT_EXPORT_FORMAT, choices=EXPORT_FORMATS, cli=False)
+    """``export``'s file format."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+OPTION_SETS = (HeadOptions, FineTuneOptions, CompareOptions, PredictOptions)
+"""Every heads option set; :func:`check_options` knows each of their options."""
+_SPECS: dict[str, Option] = {}
+for _set in OPTION_SETS:
+    for _field, _spec in options_of(_set):
+        _SPECS.setdefault(_field.name, _spec)
+
+
+def check_options(values: Mapping[str, Any]) -> None:
+    """Refuse any bad value among ``values`` (option name -> value; None is not set), as
+    the option of that name is declared in :data:`OPTION_SETS`; other names pass."""
+    for name, value in values.items():
+        if name in _SPECS:
+            check_value(name, _SPECS[name], value)
 
 
 Options = TypeVar("Options", HeadOptions, FineTuneOptions)

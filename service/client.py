@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,7 @@ import numpy as np
 
 from ..core.options import (
     DEFAULT_BACKBONE,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_CHECKPOINT_SECONDS,
-    DEFAULT_DTYPE,
-    DEFAULT_POOLING,
-    DEFAULT_PRECISION,
-    DEFAULT_PREPROCESSING,
-    DEFAULT_RESIZE,
-    DEFAULT_SEED,
-    DEFAULT_SPLIT,
-    DEFAULT_WEIGHTS,
+    ExtractOptions,
 )
 from ..core.ranking import DEFAULT_TOP_K
 from ..core.settings import BackboneConfig, FeatureSettings
@@ -37,7 +28,15 @@ from ..errors import FeatcacheError, RemoteError
 from ..protos import extractor_pb2 as pb
 from ..protos import extractor_pb2_grpc as pb_grpc
 from .auth import read_token
-from .convert import image_message, is_loopback, settings_from_info, settings_message
+from .convert import (
+    config_values,
+    image_message,
+    is_loopback,
+    settings_from_info,
+    settings_message,
+    to_wire,
+    wire_name,
+)
 
 ImageInput = bytes | str | os.PathLike[str] | np.ndarray
 """File bytes, a path to an image file, or an (H, W[, C]) array of 0-255 values."""
@@ -157,40 +156,22 @@ class Client:
         images: Sequence[ImageInput],
         backbone: str = DEFAULT_BACKBONE,
         *,
-        weights: str = DEFAULT_WEIGHTS,
-        image_size: int | tuple[int, int] | None = None,
-        pooling: str = DEFAULT_POOLING,
-        layer: str = "",
-        resize: str = DEFAULT_RESIZE,
-        preprocessing: str = DEFAULT_PREPROCESSING,
-        seed: int = DEFAULT_SEED,
-        precision: str = DEFAULT_PRECISION,
-        blocks: int = 1,
-        projection: bool = False,
         errors: str = "raise",
+        **settings: Any,
     ) -> np.ndarray:
         """Embeddings ``(N, D)`` float32 of ``images``, in order.
 
+        ``settings``: the :class:`~featcache.core.options.BackboneConfig` options
+        (``weights``, ``image_size``, ``pooling``, ``layer``, ``resize``, ``preprocessing``,
+        ``seed``, ``precision``, ``blocks``, ``projection``), checked by the server.
         ``errors="raise"`` raises :class:`BadImagesError` when any image cannot be
         decoded; ``errors="nan"`` gives those rows NaN instead. Paths are read here.
         """
         if errors not in ("raise", "nan"):
             raise ValueError("errors must be 'raise' or 'nan'")
-        settings = _settings(
-            backbone,
-            weights=weights,
-            image_size=image_size,
-            pooling=pooling,
-            layer=layer,
-            resize=resize,
-            preprocessing=preprocessing,
-            seed=seed,
-            precision=precision,
-            blocks=blocks,
-            projection=projection,
-        )
+        request_settings = _settings(backbone, **settings)
         contents = [_load(image) for image in images]
-        rows, dim = self.embed_contents(settings, contents)
+        rows, dim = self.embed_contents(request_settings, contents)
         out = np.full((len(rows), dim), np.nan, np.float32)
         bad: dict[int, str] = {}
         for i, row in enumerate(rows):
@@ -291,58 +272,29 @@ class Client:
         backbone: str = DEFAULT_BACKBONE,
         *,
         output: str = "",
-        weights: str = DEFAULT_WEIGHTS,
-        image_size: int | tuple[int, int] | None = None,
-        pooling: str = DEFAULT_POOLING,
-        layer: str = "",
-        resize: str = DEFAULT_RESIZE,
-        preprocessing: str = DEFAULT_PREPROCESSING,
-        seed: int = DEFAULT_SEED,
-        precision: str = DEFAULT_PRECISION,
-        blocks: int = 1,
-        projection: bool = False,
-        dtype: str = DEFAULT_DTYPE,
-        split: str = DEFAULT_SPLIT,
-        labels: str = "",
-        batch_size: int = DEFAULT_BATCH_SIZE,
-        overwrite: bool = False,
-        checkpoint_seconds: float = DEFAULT_CHECKPOINT_SECONDS,
-        views: int | None = None,
-        augment: str | None = None,
-        augment_seed: int | None = None,
+        **options: Any,
     ) -> Iterator[DatasetProgress]:
         """Run ``extract`` on the server over ``data`` (relative to its ``--data-root``).
 
+        ``options``: the :class:`~featcache.core.options.ExtractOptions` an
+        ``ExtractDatasetRequest`` carries: the backbone's (``weights``, ``image_size``,
+        ``pooling``, ...) and ``dtype``, ``split``, ``labels`` (relative to the data root),
+        ``batch_size``, ``overwrite``, ``checkpoint_seconds``, ``views``, ``augment`` and
+        ``augment_seed`` (None or not given: the server's ``extract`` defaults; views: as
+        the cache, else 1). The server checks the values.
+
         Yields progress; the last item has ``finished=True`` and the summary. Closing
-        the iterator early cancels the job, which keeps a resumable cache. ``views``,
-        ``augment`` and ``augment_seed``: cached augmented views, as ``extract``'s (None: as
-        the cache, else 1 view).
+        the iterator early cancels the job, which keeps a resumable cache.
         """
+        backbone_names = {each.name for each in fields(BackboneConfig)}
+        run = {k: v for k, v in options.items() if k not in backbone_names}
+        unknown = sorted(set(run) - set(_DATASET_OPTIONS))
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+        carried = to_wire(ExtractOptions, run, pb.ExtractDatasetRequest)
+        settings = {k: v for k, v in options.items() if k in backbone_names}
         request = pb.ExtractDatasetRequest(
-            data=data,
-            output=output,
-            backbone=_settings(
-                backbone,
-                weights=weights,
-                image_size=image_size,
-                pooling=pooling,
-                layer=layer,
-                resize=resize,
-                preprocessing=preprocessing,
-                seed=seed,
-                precision=precision,
-                blocks=blocks,
-                projection=projection,
-            ),
-            dtype=dtype,
-            split=split,
-            labels=labels,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            checkpoint_seconds=checkpoint_seconds,
-            views=views,  # None: unset (0, "", no augment_seed), the server's "as the cache"
-            augment=augment,
-            augment_seed=augment_seed,
+            data=data, output=output, backbone=_settings(backbone, **settings), **carried
         )
         call = self.stub.ExtractDataset(request, timeout=self.timeout, metadata=self._metadata)
         try:
@@ -382,9 +334,21 @@ class Client:
             raise _remote_error(exc) from None
 
 
+_DATASET_OPTIONS = tuple(
+    each.name
+    for each in fields(ExtractOptions)
+    if wire_name(each) in pb.ExtractDatasetRequest.DESCRIPTOR.fields_by_name
+    and each.name not in {"output", "max_pixels"}
+    and each.name not in {b.name for b in fields(BackboneConfig)}
+)
+"""The run options an ``ExtractDatasetRequest`` carries (the server sets ``max_pixels``)."""
+
+
 def _settings(backbone: str, **settings: Any) -> Any:
-    settings["layer"] = settings.get("layer") or ""
-    return settings_message(BackboneConfig(backbone, **settings))
+    """The request's ``BackboneSettings`` from the client's keywords (the server checks
+    them)."""
+    values = config_values(backbone, settings)
+    return pb.BackboneSettings(**to_wire(BackboneConfig, values, pb.BackboneSettings))
 
 
 def _chunks(

@@ -8,7 +8,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, Field, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +18,12 @@ import numpy as np
 from ..backbones.backbone import is_model_file
 from ..backbones.hub import HUB_REGISTRY, is_remote_preset
 from ..core.options import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_BLOCKS,
-    DEFAULT_CHECKPOINT_SECONDS,
-    DEFAULT_DTYPE,
-    DEFAULT_POOLING,
-    DEFAULT_PRECISION,
-    DEFAULT_PREPROCESSING,
     DEFAULT_RESIZE,
-    DEFAULT_SEED,
-    DEFAULT_SPLIT,
     DEFAULT_WEIGHTS,
     NAMED_WEIGHTS,
-    PRECISIONS,
-    RESIZE_MODES,
     ExtractOptions,
-    check_blocks,
-    check_choice,
-    check_seed,
-    parse_image_size,
 )
+from ..core.schema import options_of, spec_of
 from ..core.settings import BackboneConfig, FeatureSettings
 from ..errors import (
     AccessDenied,
@@ -82,22 +69,67 @@ _TENSOR_DTYPES: dict[str, np.dtype[Any]] = {
 }
 
 
+def wire_name(each: Field[Any]) -> str:
+    """The message field carrying an option: its declared ``wire`` name, else its own."""
+    spec = spec_of(each)
+    return spec.wire if spec is not None and spec.wire else each.name
+
+
+def to_wire(
+    cls: Any, values: Mapping[str, Any], message_type: Any, exclude: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``values`` (fields of the dataclass ``cls``) that ``message_type`` carries, keyed by
+    their wire names, as message field values: normalising parsers applied
+    (``image_size=96`` -> ``[96, 96]``), tuples as lists, None left unset."""
+    carried = message_type.DESCRIPTOR.fields_by_name
+    out: dict[str, Any] = {}
+    for each in fields(cls):
+        name = wire_name(each)
+        value = values.get(each.name)
+        if each.name in exclude or name not in carried or value is None:
+            continue
+        spec = spec_of(each)
+        if spec is not None and spec.normalise and spec.parse is not None:
+            value = spec.parse(value, each.name)
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def config_values(backbone: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A backbone and :class:`BackboneConfig` options given as keywords (the client's), not
+    yet checked; an unknown keyword is a TypeError, as for any function."""
+    known = {each.name for each in fields(BackboneConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+    return {**settings, "backbone": backbone}
+
+
+def from_wire(message: Any, cls: Any, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """The options of ``cls`` a message sets (by their wire names); unset fields (absent,
+    or proto3's zero value for fields without presence) are left out, so that the
+    dataclass's declared defaults apply."""
+    carried = message.DESCRIPTOR.fields_by_name
+    out: dict[str, Any] = {}
+    for each, _ in options_of(cls):
+        name = wire_name(each)
+        if each.name in exclude or name not in carried:
+            continue
+        if carried[name].has_presence and not carried[name].message_type:
+            if message.HasField(name):
+                out[each.name] = getattr(message, name)
+            continue
+        value = getattr(message, name)
+        if value:
+            out[each.name] = (
+                tuple(value) if not isinstance(value, str | bytes | int | float) else value
+            )
+    return out
+
+
 def settings_message(config: BackboneConfig) -> pb.BackboneSettings:
     """The request form of a backbone configuration."""
-    size = parse_image_size(config.image_size)
-    return pb.BackboneSettings(
-        name=config.backbone,
-        weights=config.weights,
-        image_size=[] if size is None else list(size),
-        pooling=config.pooling,
-        layer=config.layer,
-        resize=config.resize,
-        preprocessing=config.preprocessing,
-        seed=config.seed,
-        precision=config.precision,
-        blocks=config.blocks,
-        projection=config.projection,
-    )
+    return pb.BackboneSettings(**to_wire(BackboneConfig, asdict(config), pb.BackboneSettings))
 
 
 def config_from_message(
@@ -105,7 +137,7 @@ def config_from_message(
     weights_root: Path | None,
     max_side: int = DEFAULT_MAX_IMAGE_SIZE,
 ) -> BackboneConfig:
-    """A request's settings as a :class:`BackboneConfig`.
+    """A request's settings as a :class:`BackboneConfig` (checked as the library checks it).
 
     Weights files and saved models must lie under ``weights_root``; input sides are
     limited to ``max_side`` pixels (memory grows with their square).
@@ -125,8 +157,6 @@ def config_from_message(
     weights = settings.weights.strip() or DEFAULT_WEIGHTS
     if weights.lower() not in (*NAMED_WEIGHTS, "preset"):
         weights = str(confine(weights_root, weights, "weights file"))
-    resize = check_choice("resize", settings.resize or DEFAULT_RESIZE, RESIZE_MODES)
-    precision = check_choice("precision", settings.precision or DEFAULT_PRECISION, PRECISIONS)
     sizes = list(settings.image_size)
     if len(sizes) > 2:
         raise InvalidOptionError(
@@ -140,20 +170,8 @@ def config_from_message(
                 f"image_size {sizes}: sides must be within 1..{max_side} on this server",
                 "image_size",
             )
-    seed = check_seed(settings.seed if settings.HasField("seed") else DEFAULT_SEED)
-    return BackboneConfig(
-        name,
-        weights,
-        size,
-        settings.pooling or DEFAULT_POOLING,
-        settings.layer,
-        settings.preprocessing or DEFAULT_PREPROCESSING,
-        seed,
-        resize,
-        precision,
-        check_blocks(settings.blocks or DEFAULT_BLOCKS, "blocks"),
-        settings.projection,
-    )
+    given = from_wire(settings, BackboneConfig, exclude=("backbone", "weights", "image_size"))
+    return BackboneConfig(backbone=name, weights=weights, image_size=size, **given)
 
 
 def _is_preset_folder(name: str, weights_root: Path | None) -> bool:
@@ -195,21 +213,26 @@ def dataset_paths(
 def extract_options(
     request: pb.ExtractDatasetRequest, config: BackboneConfig, labels: Path | None, max_pixels: int
 ) -> ExtractOptions:
-    """An ``ExtractDataset`` request's options (unset fields take ``extract``'s defaults)."""
+    """An ``ExtractDataset`` request's options (unset fields take ``extract``'s defaults;
+    the server's ``max_pixels`` applies)."""
+    given = from_wire(request, ExtractOptions, exclude=_NOT_FROM_REQUEST)
     return ExtractOptions(
         **asdict(config),
-        dtype=request.dtype or DEFAULT_DTYPE,
-        split=request.split or DEFAULT_SPLIT,
+        **given,
         labels=str(labels) if labels else None,
-        batch_size=request.batch_size or DEFAULT_BATCH_SIZE,
-        overwrite=request.overwrite,
-        checkpoint_seconds=request.checkpoint_seconds or DEFAULT_CHECKPOINT_SECONDS,
         max_pixels=max_pixels,
         progress=False,
-        views=request.views or None,  # 0 (unset): as the cache, else 1
-        augment=request.augment or None,
-        augment_seed=request.augment_seed if request.HasField("augment_seed") else None,
     )
+
+
+_NOT_FROM_REQUEST = (
+    *(each.name for each in fields(BackboneConfig)),
+    "output",
+    "labels",
+    "max_pixels",
+)
+"""Options of an ``ExtractDataset`` request read apart: the backbone's (its own message),
+the paths (confined to the server's roots) and ``max_pixels`` (the server's limit)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -269,44 +292,35 @@ def confine(root: Path | None, relative: str, what: str) -> Path:
     return path
 
 
+_INFO_APART = ("backbone", "image_size")
+""":class:`FeatureSettings` fields a ``BackboneInfo`` carries under other names."""
+
+
 def info_message(settings: FeatureSettings) -> Any:
     """The settings a backbone resolved to, as a ``BackboneInfo``."""
     return pb.BackboneInfo(
         name=settings.backbone,
-        backbone_sha256=settings.backbone_sha256,
-        weights=settings.weights,
-        weights_sha256=settings.weights_sha256,
         image_height=settings.image_size[0],
         image_width=settings.image_size[1],
-        pooling=settings.pooling,
-        layer=settings.layer,
-        preprocessing=settings.preprocessing,
-        resize=settings.resize,
-        feature_dim=settings.feature_dim,
-        seed=settings.seed,
-        precision=settings.precision,
-        blocks=settings.blocks,
-        projection=settings.projection,
+        **to_wire(FeatureSettings, vars(settings), pb.BackboneInfo, exclude=_INFO_APART),
     )
 
 
 def settings_from_info(info: Any) -> FeatureSettings:
-    """A ``BackboneInfo`` back as the :class:`FeatureSettings` a cache records."""
+    """A ``BackboneInfo`` back as the :class:`FeatureSettings` a cache records (fields a
+    server left unset take their defaults)."""
+    carried = info.DESCRIPTOR.fields_by_name
+    values = {
+        each.name: getattr(info, each.name)
+        for each in fields(FeatureSettings)
+        if each.name in carried and each.name not in _INFO_APART
+    }
+    for each in fields(FeatureSettings):  # unset (zero) values: the recorded defaults
+        if each.name in values and not values[each.name] and each.default not in (MISSING, None):
+            values[each.name] = each.default
+    values["resize"] = values["resize"] or DEFAULT_RESIZE
     return FeatureSettings(
-        info.name,
-        info.backbone_sha256,
-        info.weights,
-        info.weights_sha256,
-        (info.image_height, info.image_width),
-        info.resize or DEFAULT_RESIZE,
-        info.pooling,
-        info.layer,
-        info.preprocessing,
-        info.seed,
-        feature_dim=info.feature_dim,
-        precision=info.precision or DEFAULT_PRECISION,
-        blocks=info.blocks or DEFAULT_BLOCKS,
-        projection=info.projection,
+        backbone=info.name, image_size=(info.image_height, info.image_width), **values
     )
 
 

@@ -23,7 +23,6 @@ from ..backbones.hub import list_hub_backbones
 from ..backbones.registry import list_backbones
 from ..core.options import DEFAULT_MAX_PIXELS
 from ..core.ranking import DEFAULT_TOP_K, top_k
-from ..core.settings import BackboneConfig
 from ..errors import AccessDenied, ExtractionCancelled, InvalidOptionError, NotFound
 from ..extractor.sources import is_within
 from ..protos import extractor_pb2 as pb
@@ -411,7 +410,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 self.roots.weights and is_within(Path(name), self.roots.weights)
             ):
                 raise AccessDenied("the cache's backbone files are not under the weights root")
-        config = BackboneConfig.recorded(recorded)
+        config = recorded.config()
         what = "the cache's backbone differs on this server; its features would not match"
         resolved = resolve_backbone(config)
         self.pool.permit(resolved)

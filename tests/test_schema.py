@@ -1,0 +1,107 @@
+"""One declaration per option: the checks, the gRPC conversion and the client's keywords
+come from the option dataclasses' fields (featcache.core.schema)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from featcache.core.options import BackboneConfig, ExtractOptions, RayOptions
+from featcache.core.schema import Range, check_value, defaults, option, options_of
+from featcache.errors import InvalidOptionError
+from featcache.heads.options import OPTION_SETS, HeadOptions, check_options
+
+SETS = (BackboneConfig, ExtractOptions, RayOptions, *OPTION_SETS)
+
+
+@pytest.mark.parametrize("cls", SETS, ids=lambda c: c.__name__)
+def test_every_option_is_declared_and_its_default_passes_its_own_check(cls):
+    declared = {each.name for each, _ in options_of(cls)}
+    plain = {each.name for each in fields(cls) if each.init} - declared
+    assert not plain, f"{cls.__name__} fields without a declaration: {sorted(plain)}"
+    for each, spec in options_of(cls):
+        check_value(each.name, spec, defaults(cls)[each.name])
+        if spec.choices:
+            with pytest.raises(InvalidOptionError) as refused:
+                check_value(each.name, spec, "no-such-choice")
+            assert refused.value.parameter == each.name
+    cls()  # the defaults make a valid option set
+
+
+def test_a_declared_range_checks_type_bounds_and_words():
+    spec = option(3, range=Range(1, 64, integer=True)).metadata["featcache"]
+    assert check_value("blocks", spec, 64) == 64
+    for bad, words in [(0, "expected 1 to 64"), (1.5, "an integer 1 to 64"), (True, "integer")]:
+        with pytest.raises(InvalidOptionError, match=words):
+            check_value("blocks", spec, bad)
+
+
+def test_options_shared_by_heads_sets_are_checked_alike():
+    specs: dict[str, list] = {}
+    for cls in OPTION_SETS:
+        for each, spec in options_of(cls):
+            specs.setdefault(each.name, []).append(spec)
+    for name, found in specs.items():
+        assert len({(s.range, s.choices, s.parse) for s in found}) == 1 or name in {
+            "lr",  # fine_tune's may be None (the schedule's default) but is checked the same
+            "epochs",
+            "patience",
+            "image_size",
+            "augment",
+            "optimizer",
+            "batch_size",
+        }, name
+    with pytest.raises(InvalidOptionError, match=r"^dropout 1\.5: must be at least 0 and below 1"):
+        HeadOptions(dropout=1.5)
+    with pytest.raises(InvalidOptionError, match=r"^top_k 0"):
+        check_options({"top_k": 0})
+    check_options({"not_an_option": object()})  # other names pass
+
+
+def test_backbone_options_round_trip_through_the_wire_by_their_declarations():
+    from featcache.service.convert import config_from_message, settings_message
+
+    config = BackboneConfig(
+        "mobilenet",
+        "none",
+        (48, 64),
+        pooling="max",
+        layer="conv_pw_5",
+        preprocessing="none",
+        seed=7,
+        resize="pad",
+        precision="bfloat16",
+        blocks=2,
+        projection=True,
+    )
+    message = settings_message(config)
+    assert message.name == "mobilenet" and list(message.image_size) == [48, 64]
+    back = config_from_message(message, weights_root=None)
+    assert back == config
+    assert config_from_message(settings_message(BackboneConfig()), None) == BackboneConfig(layer="")
+
+
+def test_a_request_leaves_unset_options_at_their_declared_defaults():
+    from featcache.protos import extractor_pb2 as pb
+    from featcache.service.convert import extract_options
+
+    request = pb.ExtractDatasetRequest(data="d", batch_size=8, views=0)
+    options = extract_options(request, BackboneConfig(), None, max_pixels=1000)
+    expected = ExtractOptions(batch_size=8, max_pixels=1000, progress=False)
+    assert options == expected
+    assert options.views is None and options.augment_seed is None  # "as the cache"
+    seeded = pb.ExtractDatasetRequest(data="d", views=3, augment_seed=0)
+    chosen = extract_options(seeded, BackboneConfig(), None, max_pixels=1000)
+    assert (chosen.views, chosen.augment_seed) == (3, 0)  # 0 is a seed, not "unset"
+
+
+def test_client_keywords_are_the_declared_options():
+    from featcache.service.client import _DATASET_OPTIONS, _settings
+
+    message = _settings("vgg16", image_size=32, projection=True, blocks=2)
+    assert (message.name, list(message.image_size), message.projection) == ("vgg16", [32, 32], True)
+    with pytest.raises(TypeError, match="'poolin'"):
+        _settings("vgg16", poolin="avg")
+    assert {"batch_size", "dtype", "split", "views", "augment_seed"} <= set(_DATASET_OPTIONS)
+    assert "max_pixels" not in _DATASET_OPTIONS and "backbone" not in _DATASET_OPTIONS
