@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.options import invalid
+from ..core.options import check_seed
+from ..core.schema import Range, check_fields, option
 from ..store.search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K
 
 __all__ = ["DEFAULT_SEARCH_K", "MAX_SEARCH_K", "AuditOptions"]
@@ -24,23 +25,30 @@ DEFAULT_OUTLIER_FRACTION = 0.01
 
 @dataclass(frozen=True)
 class AuditOptions:
-    threshold: float = DEFAULT_THRESHOLD
-    neighbors: int = DEFAULT_NEIGHBORS
-    outlier_fraction: float = DEFAULT_OUTLIER_FRACTION
-    label_issues: bool = True
-    folds: int = DEFAULT_FOLDS
-    seed: int = 0
-    block_bytes: int = DEFAULT_BLOCK_BYTES
-    progress: bool | None = None
+    """What :func:`~featcache.audit.audit.audit_cache` is asked, checked when made."""
+
+    threshold: float = option(
+        DEFAULT_THRESHOLD,
+        range=Range(0, 1, "expected a cosine in (0, 1]", low_open=True),
+        help="Cosine similarity from which two rows are near-duplicates.",
+    )
+    neighbors: int = option(
+        DEFAULT_NEIGHBORS, range=Range(1, 1000), help="Neighbours kept per row."
+    )
+    outlier_fraction: float = option(
+        DEFAULT_OUTLIER_FRACTION,
+        range=Range(0, 0.5),
+        help="Fraction of rows reported as outliers.",
+    )
+    label_issues: bool = option(
+        True, negatable=True, help="The out-of-fold label check (--no-label-issues skips it)."
+    )
+    folds: int = option(DEFAULT_FOLDS, range=Range(2, 20), help="Folds of the label check.")
+    seed: int = option(0, parse=check_seed, cli=False)
+    block_bytes: int = option(
+        DEFAULT_BLOCK_BYTES, range=Range(1 << 16, wording="expected at least 65536"), cli=False
+    )
+    progress: bool | None = option(None, cli=False)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise invalid("threshold", self.threshold, "expected a cosine in (0, 1]")
-        if not 1 <= self.neighbors <= 1000:
-            raise invalid("neighbors", self.neighbors, "expected 1 to 1000")
-        if not 0.0 <= self.outlier_fraction <= 0.5:
-            raise invalid("outlier_fraction", self.outlier_fraction, "expected 0 to 0.5")
-        if not 2 <= self.folds <= 20:
-            raise invalid("folds", self.folds, "expected 2 to 20")
-        if self.block_bytes < 1 << 16:
-            raise invalid("block_bytes", self.block_bytes, "expected at least 65536")
+        check_fields(self)

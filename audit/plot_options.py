@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.options import check_choice, check_seed, invalid
+from ..core.options import check_seed
+from ..core.schema import Range, check_fields, invalid, option
 
 PLOT_METHODS = ("auto", "pca", "tsne", "umap")
 """``auto``: UMAP when umap-learn is installed, else t-SNE up to
@@ -29,22 +30,35 @@ UMAP_HINT = "pip install umap-learn (or featcache[umap])"
 class PlotOptions:
     """How :func:`~featcache.audit.plot.plot_cache` maps a cache."""
 
-    method: str = "auto"
-    color: str = "label"
-    max_points: int = DEFAULT_MAX_POINTS
-    thumbnails: int = DEFAULT_THUMBNAILS
-    seed: int = 0
-    png: bool = True
-    html: bool = True
-    progress: bool | None = None
+    method: str = option(
+        "auto",
+        choices=PLOT_METHODS,
+        help="auto: umap when umap-learn is installed, else tsne up to "
+        f"{AUTO_TSNE_MAX_POINTS} points, pca above.",
+    )
+    color: str = option(
+        "label",
+        choices=PLOT_COLORS,
+        help="Colour the points by class or by split (the marker always shows the split).",
+    )
+    max_points: int = option(
+        DEFAULT_MAX_POINTS,
+        range=Range(3, MAX_POINTS),
+        help="Plot a seeded random sample of this many rows when the cache has more.",
+    )
+    thumbnails: int = option(
+        DEFAULT_THUMBNAILS,
+        range=Range(0, MAX_THUMBNAILS),
+        help="Points of map.html that show their image on hover.",
+    )
+    seed: int = option(0, parse=check_seed)
+    png: bool = option(True, cli=False)
+    html: bool = option(
+        True, negatable=True, help="Write map.html too (--no-html: map.png and points.csv only)."
+    )
+    progress: bool | None = option(None, cli=False)
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, PLOT_METHODS)
-        check_choice("color", self.color, PLOT_COLORS)
-        if isinstance(self.max_points, bool) or not 3 <= self.max_points <= MAX_POINTS:
-            raise invalid("max_points", self.max_points, f"expected 3 to {MAX_POINTS}")
-        if isinstance(self.thumbnails, bool) or not 0 <= self.thumbnails <= MAX_THUMBNAILS:
-            raise invalid("thumbnails", self.thumbnails, f"expected 0 to {MAX_THUMBNAILS}")
-        check_seed(self.seed)
+        check_fields(self)
         if not (self.png or self.html):
             raise invalid("png", self.png, "nothing to write: both png and html are off")

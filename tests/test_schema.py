@@ -7,12 +7,23 @@ from dataclasses import fields
 
 import pytest
 
+from featcache.audit.options import AuditOptions
+from featcache.audit.plot_options import PlotOptions
 from featcache.core.options import BackboneConfig, ExtractOptions, RayOptions
 from featcache.core.schema import Range, check_value, defaults, option, options_of
 from featcache.errors import InvalidOptionError
 from featcache.heads.options import OPTION_SETS, HeadOptions, check_options
+from featcache.service.options import ServeOptions
 
-SETS = (BackboneConfig, ExtractOptions, RayOptions, *OPTION_SETS)
+SETS = (
+    BackboneConfig,
+    ExtractOptions,
+    RayOptions,
+    *OPTION_SETS,
+    AuditOptions,
+    PlotOptions,
+    ServeOptions,
+)
 
 
 @pytest.mark.parametrize("cls", SETS, ids=lambda c: c.__name__)
