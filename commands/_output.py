@@ -1,0 +1,306 @@
+"""Everything the commands print: JSON, summaries and tables.
+
+Each function takes the plain data the library returns (dicts, dataclasses, result objects)
+and returns the text, without its final newline; the command prints it with
+``click.echo``. Nothing here reads files, runs a model or imports click.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+_INSPECT_SETTINGS = (
+    "backbone",
+    "weights",
+    "image_size",
+    "resize",
+    "pooling",
+    "layer",
+    "preprocessing",
+    "precision",
+    "blocks",
+    "projection",
+    "views",
+    "augment",
+    "augment_seed",
+    "augment_version",
+    "split_source",
+    "split_ratios",
+    "seed",
+    "dataset_root",
+    "fingerprint",
+    "created",
+    "updated",
+)
+"""The settings ``inspect`` lists, in order."""
+
+
+def render_json(payload: Any) -> str:
+    """``--json`` output: indented, anything JSON does not know as ``str``."""
+    return json.dumps(payload, indent=2, default=str)
+
+
+def render_wrote(path: Any) -> str:
+    return f"wrote {path}"
+
+
+# -- extract, inspect, backbones ---------------------------------------------------------------
+
+
+def render_extract_summary(summary: Any) -> str:
+    """``extract``'s summary of an :class:`~featcache.extractor.ExtractSummary`."""
+    views = f" x {summary.views} views" if summary.views > 1 else ""
+    lines = [
+        f"{summary.output}: {summary.rows} rows x {summary.feature_dim}{views} "
+        f"({summary.backbone})",
+        f"  new {summary.new}, reused {summary.reused}, removed {summary.removed}, "
+        f"bad {summary.bad}, ignored {summary.ignored} non-image files",
+    ]
+    line = f"  {summary.seconds:.1f} s, {summary.images_per_second:.1f} new images/s"
+    embedding = summary.seconds - summary.load_seconds
+    if summary.load_seconds > 0 and summary.new and embedding > 0:
+        line += (
+            f" ({summary.load_seconds:.1f} s loading TensorFlow and the model, then "
+            f"{summary.new / embedding:.1f} images/s)"
+        )
+    lines.append(line)
+    if summary.classes:
+        names = ", ".join(summary.classes[:12]) + (" ..." if len(summary.classes) > 12 else "")
+        lines.append(f"  {len(summary.classes)} classes: {names}")
+    for path, reason in summary.bad_files[:10]:
+        lines.append(f"  bad: {path}: {reason}")
+    if summary.bad > 10:
+        lines.append(f"  ... {summary.bad - 10} more bad files (featcache inspect lists them)")
+    return "\n".join(lines)
+
+
+def render_cache_info(info: Mapping[str, Any]) -> str:
+    """``inspect``: the settings, the class x split table and the bad files of ``cache_info``."""
+    settings = info["settings"]
+    lines = [
+        f"{info['path']}: {info['rows']} rows x {info['feature_dim']} {settings.get('dtype', '')}"
+    ]
+    for key in _INSPECT_SETTINGS:
+        if key in ("blocks", "projection") and key not in settings:
+            continue  # written only when set (keras-hub transformers)
+        if key.startswith("augment") and "views" not in settings:
+            continue  # views caches only (extract --views)
+        if key == "views" and key not in settings:
+            lines.append(f"  {key:<14} 1")  # one embedding per image
+            continue
+        shown = settings.get(key, "float32" if key == "precision" else "")  # older caches
+        lines.append(f"  {key:<14} {shown}")
+    splits = info["splits"]
+    lines.append(f"  {'class':<24} {'train':>7} {'val':>7} {'test':>7} {'total':>7}")
+    for row in info["classes"]:
+        lines.append(
+            f"  {row['class'][:24]:<24} {row['train']:>7} {row['val']:>7} "
+            f"{row['test']:>7} {row['total']:>7}"
+        )
+    lines.append(
+        f"  {'all':<24} {splits['train']:>7} {splits['val']:>7} {splits['test']:>7} "
+        f"{info['rows']:>7}"
+    )
+    lines.append(f"  bad files: {len(info['bad'])}")
+    lines += [f"    {bad['path']}: {bad['reason']}" for bad in info["bad"]]
+    return "\n".join(lines)
+
+
+def render_backbones(rows: Sequence[Mapping[str, Any]]) -> str:
+    """``backbones``: one line per registry row."""
+    lines = [f"{'name':<34} {'family':<19} {'size':>5} {'dim':>5}  source"]
+    for row in rows:
+        lines.append(
+            f"{row['name']:<34} {row['family']:<19} {row['default_size']:>5} "
+            f"{row['feature_dim']:>5}  {row['source']}"
+        )
+    lines.append("keras-hub: any other preset as hub:NAME, a preset folder, hf:// or kaggle://")
+    return "\n".join(lines)
+
+
+# -- heads -----------------------------------------------------------------------------------
+
+
+def render_train_report(kind: str, cache: str, report: Mapping[str, Any], run_dir: Path) -> str:
+    """``train-head``: rows, notes, val and test metrics, fit time and the run folder."""
+    rows = report["rows"]
+    lines = [
+        f"{kind} head on {cache}: {rows['train']} train, {rows['val']} val, "
+        f"{rows['test']} test rows, {len(report['class_names'])} classes"
+    ]
+    lines += [f"  note: {note}" for note in report["notes"]]
+    lines.append(f"  {'split':<6} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9}")
+    for split in ("val", "test"):
+        m = report[split]
+        lines.append(
+            f"  {split:<6} {m['accuracy']:>9.4f} {m['balanced_accuracy']:>9.4f} "
+            f"{m['macro_f1']:>9.4f}"
+        )
+    epochs = (
+        f", best epoch {report['best_epoch']} of {report['epochs_run']}"
+        if "best_epoch" in report
+        else ""
+    )
+    lines.append(f"  fit {report['fit_seconds']:.2f} s{epochs}; run folder {run_dir}")
+    shown = report.get("map")
+    if shown and "error" in shown:
+        lines.append(f"  map: not written ({shown['error']})")
+    elif shown:
+        lines.append(f"  map: {run_dir / shown['png']} ({shown['method']})")
+    return "\n".join(lines)
+
+
+def render_compare_json(board: Any, protocol: str, probed: bool) -> str:
+    """``compare --json``: the leaderboard rows, its folder, the best run and what was skipped
+    (with a probe protocol also the protocol and the notes)."""
+    return render_json(
+        {
+            "rows": board.rows,
+            "folder": str(board.folder),
+            "best_run": str(board.best.run_dir) if board.best else None,
+            "skipped": board.skipped,
+            **({"protocol": protocol, "notes": board.notes} if probed else {}),
+        }
+    )
+
+
+def render_compare(
+    board: Any, probed: bool, several: bool, cv: int | None, plot: str | None
+) -> str:
+    """``compare``'s leaderboard: the probe table (``probed``) or the quick search's; notes
+    are shown for a probe or several caches (quick on one cache prints as it always did)."""
+    lines = [f"note: {note}" for note in board.notes] if probed or several else []
+    if probed:
+        from ..heads.leaderboard import table
+
+        lines += table(board.rows)
+        lines.append("acc@1 etc. on test: value[±spread over seeds] [95% bootstrap interval]")
+        lines.append(f"leaderboard: {', '.join(str(f) for f in board.files)}")
+        return "\n".join(lines)
+    selected = "cv accuracy" if cv else "val accuracy"
+    source = max([len("source")] + [len(r.get("source", "")) for r in board.rows])
+    prefix = f"{'source':<{source}} " if "source" in board.rows[0] else ""
+    lines.append(
+        f"{prefix}{'head':<14} {selected:>12} {'test acc':>9} {'test F1':>8} {'fit s':>7}  params"
+    )
+    for row in board.rows:
+        first = f"{row['source']:<{source}} " if prefix else ""
+        lines.append(
+            f"{first}{row['head']:<14} {row['selection_accuracy']:>12.4f} "
+            f"{row['test_accuracy']:>9.4f} "
+            f"{row['test_macro_f1']:>8.4f} {row['fit_seconds']:>7.2f}  {row['params']}"
+        )
+    lines += [f"skipped: {note}" for note in board.skipped]
+    best = board.best.run_dir if board.best else None
+    lines.append(f"leaderboard: {board.folder}/leaderboard.csv; best run: {best}")
+    if plot:
+        lines.append(f"plot: {plot}")
+    return "\n".join(lines)
+
+
+def render_predictions(results: Sequence[Any], out: Path, listed: bool) -> str:
+    """``predict``: with ``listed`` the first 50 images' top class (or why they are bad),
+    then the count of classified and bad images written to ``out``."""
+    lines = []
+    if listed:
+        for r in results[:50]:
+            shown = (r.error and f"bad: {r.error}") or f"{r.top[0][0]} {r.top[0][1]:.3f}"
+            lines.append(f"{r.path}  {shown}")
+        if len(results) > 50:
+            lines.append(f"... {len(results) - 50} more in {out}")
+    bad = sum(1 for r in results if r.error)
+    lines.append(f"wrote {out}: {len(results) - bad} images classified, {bad} bad")
+    return "\n".join(lines)
+
+
+def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: Any) -> str:
+    """``fine-tune``: the phases, the kept epoch, test accuracy against the head alone, the
+    minority classes' recall and the images skipped."""
+    lines = [f"{run_dir}: model.keras, report.json, history.csv/png, confusion.png"]
+    for phase in report.get("phases", []):
+        shown = " ".join(f"{v:.3f}" for v in phase["val_accuracy"]) or "-"
+        lines.append(f"  phase {phase['name']:<9} {phase['layers']:>3} layers  val {shown}")
+    if "best" in report:
+        best = report["best"]
+        lines.append(
+            f"  kept: {best['phase']} epoch {best['epoch']}, val {best['val_accuracy']:.3f}; "
+            f"model.keras is the {report['exported']} model"
+        )
+    if report.get("note"):
+        lines.append(f"  {report['note']}")
+    head_test = report["head_only"]["test"]
+    kept = "head-only (fallback)" if report.get("exported") == "head-only" else "fine-tuned"
+    lines.append(
+        f"  test accuracy {report['test']['accuracy']:.3f} {kept} vs "
+        f"{'-' if head_test is None else format(head_test, '.3f')} head only; "
+        f"{len(report.get('kept_layers', report['unfrozen_layers']))} layers trained, "
+        f"{report['epochs_run']} epochs, "
+        f"{report['fit_seconds']:.0f} s"
+    )
+    lines.append(f"  test balanced accuracy {report['test']['balanced_accuracy']:.3f}")
+    for minority in report.get("minority_classes", []):
+        lines.append(
+            f"  minority class {minority['class']} ({minority['train_rows']} train rows): "
+            f"test recall {minority['test_recall']:.3f}"
+        )
+    if report.get("cache_precision", "float32") != "float32":
+        lines.append(
+            f"  trained in float32, model.keras computes in "
+            f"{report.get('model_precision', 'float32')} "
+            f"(the cache's features are {report['cache_precision']})"
+        )
+    lines += [f"  skipped: {path}: {reason}" for path, reason in skipped[:10]]
+    return "\n".join(lines)
+
+
+# -- dataset tools ---------------------------------------------------------------------------
+
+
+def render_audit_summary(summary: Mapping[str, Any]) -> str:
+    """``audit``: one ``key value`` line per summary entry, then near pairs by threshold."""
+    lines = [
+        f"{key:<24} {value}" for key, value in summary.items() if key != "near_pairs_by_threshold"
+    ]
+    lines.append(
+        "near-duplicate pairs by threshold: "
+        + ", ".join(f">={t}: {n}" for t, n in summary["near_pairs_by_threshold"].items())
+    )
+    return "\n".join(lines)
+
+
+def render_search(result: Any) -> str:
+    """``search``: the query, then one line per hit."""
+    lines = [f"query: {result.query}"]
+    for hit in result.hits:
+        lines.append(
+            f"{hit['rank']:>4} {hit['similarity']:.4f} #{hit['row']:<7} {hit['split']:<5} "
+            f"{hit['class'] or '-':<16} {hit['path']}"
+        )
+    return "\n".join(lines)
+
+
+def render_plot(result: Any) -> str:
+    """``plot``: the method, points and colouring, notes, thumbnails and the files written."""
+    lines = [
+        f"{result.method} map of {result.points} of {result.rows} rows "
+        f"({result.seconds:.1f} s), coloured by {result.color}"
+    ]
+    lines += [f"  note: {note}" for note in result.notes]
+    if "html" in result.files:
+        lines.append(
+            f"  thumbnails: {result.thumbnails} embedded, {result.missing_thumbnails} missing"
+        )
+    lines += [f"  {kind:<5} {path}" for kind, path in result.files.items()]
+    return "\n".join(lines)
+
+
+def render_export_features(summary: Any) -> str:
+    """``export-features``: rows, dimension and type, the output, its format and size."""
+    return (
+        f"{summary.rows} rows x {summary.feature_dim} {summary.dtype} -> {summary.output} "
+        f"({summary.format}{', L2-normalised' if summary.normalized else ''}, "
+        f"{summary.bytes} bytes, {summary.seconds:.1f} s)"
+    )

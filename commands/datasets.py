@@ -1,0 +1,260 @@
+"""Dataset tools on a cache: ``audit``, ``search``, ``plot`` and ``export-features``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..audit import options as audit_defaults
+from ..audit import plot_options as plot_defaults
+from ._output import (
+    render_audit_summary,
+    render_export_features,
+    render_json,
+    render_plot,
+    render_search,
+)
+from ._shared import (
+    handle_errors,
+    interrupted,
+    json_option,
+    output_option,
+    quiet_option,
+    seed_option,
+)
+
+
+@click.command("audit")
+@click.argument("cache", type=click.Path())
+@output_option("Report folder. [default: CACHE.audit/]")
+@click.option(
+    "--threshold",
+    type=float,
+    default=audit_defaults.DEFAULT_THRESHOLD,
+    show_default=True,
+    help="Cosine similarity from which two rows are near-duplicates.",
+)
+@click.option(
+    "--neighbors",
+    type=int,
+    default=audit_defaults.DEFAULT_NEIGHBORS,
+    show_default=True,
+    help="Neighbours kept per row.",
+)
+@click.option(
+    "--outlier-fraction",
+    type=float,
+    default=audit_defaults.DEFAULT_OUTLIER_FRACTION,
+    show_default=True,
+    help="Fraction of rows reported as outliers.",
+)
+@click.option("--no-label-issues", is_flag=True, help="Skip the out-of-fold label check.")
+@click.option(
+    "--folds",
+    type=int,
+    default=audit_defaults.DEFAULT_FOLDS,
+    show_default=True,
+    help="Folds of the label check.",
+)
+@click.option(
+    "--fix-splits",
+    is_flag=True,
+    help="Move each leaking duplicate group into the split of its first row, in the cache.",
+)
+@json_option("Print the summary as JSON.")
+@quiet_option("No progress bar.")
+@handle_errors
+def audit_command(
+    cache: str,
+    output: str | None,
+    threshold: float,
+    neighbors: int,
+    outlier_fraction: float,
+    no_label_issues: bool,
+    folds: int,
+    fix_splits: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Duplicates, near-duplicates, split leakage, outliers and likely label errors of a
+    CACHE: report.json, CSV lists and report.html (thumbnails) in the report folder."""
+    from pathlib import Path
+
+    from ..audit.audit import audit_cache
+    from ..audit.audit import fix_splits as fix
+    from ..audit.options import AuditOptions
+    from ..audit.output import write_audit_report
+
+    options = AuditOptions(
+        threshold=threshold,
+        neighbors=neighbors,
+        outlier_fraction=outlier_fraction,
+        label_issues=not no_label_issues,
+        folds=folds,
+        progress=False if quiet else None,
+    )
+    report = audit_cache(cache, options)
+    out = Path(output) if output else Path(cache).with_suffix(".audit")
+    write_audit_report(report, out)
+    summary = report.summary()
+    summary["report"] = str(out)
+    if fix_splits:
+        summary["moved_rows"] = len(fix(report))
+    click.echo(render_json(summary) if as_json else render_audit_summary(summary))
+
+
+@click.command("search")
+@click.argument("cache", type=click.Path())
+@click.argument("image", required=False, type=click.Path())
+@click.option("--row", type=int, default=None, help="Search with the features of this row.")
+@click.option(
+    "-k", "--k", "k", type=int, default=audit_defaults.DEFAULT_SEARCH_K, show_default=True
+)
+@click.option("--rebuild", is_flag=True, help="Rebuild the index (CACHE.search.npy) first.")
+@json_option("Print the hits as JSON.")
+@quiet_option("No progress bar.")
+@handle_errors
+def search_command(
+    cache: str,
+    image: str | None,
+    row: int | None,
+    k: int,
+    rebuild: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """The k rows of CACHE most similar (exact cosine) to IMAGE or to --row N.
+
+    IMAGE is embedded with the cache's own backbone settings. The index (normalised
+    features, CACHE.search.npy) is built on first use and rebuilt when the cache changes.
+    """
+    from ..audit.search import search
+
+    result = search(cache, image, row, k, rebuild, progress=False if quiet else None)
+    click.echo(render_json(result.to_dict()) if as_json else render_search(result))
+
+
+@click.command("plot")
+@click.argument("cache", type=click.Path())
+@output_option(
+    "Folder: new, empty or an earlier plot's (whose outputs are replaced). [default: CACHE.plot/]"
+)
+@click.option(
+    "--method",
+    type=click.Choice(plot_defaults.PLOT_METHODS),
+    default="auto",
+    show_default=True,
+    help="auto: umap when umap-learn is installed, else tsne up to "
+    f"{plot_defaults.AUTO_TSNE_MAX_POINTS} points, pca above.",
+)
+@click.option(
+    "--color",
+    type=click.Choice(plot_defaults.PLOT_COLORS),
+    default="label",
+    show_default=True,
+    help="Colour the points by class or by split (the marker always shows the split).",
+)
+@click.option(
+    "--max-points",
+    type=int,
+    default=plot_defaults.DEFAULT_MAX_POINTS,
+    show_default=True,
+    help="Plot a seeded random sample of this many rows when the cache has more.",
+)
+@click.option(
+    "--thumbnails",
+    type=int,
+    default=plot_defaults.DEFAULT_THUMBNAILS,
+    show_default=True,
+    help="Points of map.html that show their image on hover.",
+)
+@seed_option(0)
+@click.option("--no-html", is_flag=True, help="Write map.png and points.csv only.")
+@json_option("Print the result as JSON.")
+@quiet_option("No progress bar.")
+@handle_errors
+def plot_command(
+    cache: str, output: str | None, no_html: bool, as_json: bool, quiet: bool, **options: Any
+) -> None:
+    """A 2-D map of the features of CACHE (PCA, t-SNE or UMAP), coloured by label or split:
+    map.png, an interactive map.html (image on hover) and points.csv in the output folder."""
+    from ..audit.plot import plot_cache
+
+    try:
+        result = plot_cache(
+            cache, output, html=not no_html, progress=False if quiet else None, **options
+        )
+    except KeyboardInterrupt:
+        interrupted("no map written; the output folder keeps what it held")
+    click.echo(render_json(result.to_dict()) if as_json else render_plot(result))
+
+
+@click.command("export-features")
+@click.argument("cache", type=click.Path())
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(("parquet", "npy", "lance")),
+    default="parquet",
+    show_default=True,
+    help="parquet: one file, features a fixed-size list column; npy: clip-retrieval's "
+    "img_emb/ + metadata/ folders (embedding-reader); lance: a Lance dataset (the lance extra).",
+)
+@output_option("[default: CACHE.parquet, CACHE-npy/ or CACHE.lance next to the cache]")
+@click.option(
+    "--dtype",
+    type=click.Choice(("float32", "float16")),
+    default="float32",
+    show_default=True,
+    help="Type of the exported features.",
+)
+@click.option(
+    "--normalize/--no-normalize",
+    default=None,
+    help="Scale each feature vector to unit L2 norm.  [default: on for npy, as clip-retrieval "
+    "writes it; off for parquet and lance]",
+)
+@click.option(
+    "--absolute-paths/--relative-paths",
+    default=None,
+    help="The path column as dataset_root/path, or as stored in the cache.  [default: "
+    "absolute for npy, so clip-back can open the images; relative for parquet and lance]",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing output, only if it is an earlier export of this format.",
+)
+@json_option("Print the summary as JSON.")
+@quiet_option("No progress bar.")
+@handle_errors
+def export_features_command(
+    cache: str,
+    format_: str,
+    output: str | None,
+    dtype: str,
+    normalize: bool | None,
+    absolute_paths: bool | None,
+    overwrite: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Write the rows of CACHE (path, label, class, split, sha256, features) as Parquet,
+    as clip-retrieval's npy + parquet layout, or as Lance, in row order."""
+    from ..store.export import export_features
+
+    try:
+        summary = export_features(
+            cache,
+            output,
+            format_,
+            dtype,
+            overwrite,
+            progress=False if quiet else None,
+            normalize=normalize,
+            absolute_paths=absolute_paths,
+        )
+    except KeyboardInterrupt:
+        interrupted("nothing was exported; an existing output is unchanged")
+    click.echo(render_json(summary.to_dict()) if as_json else render_export_features(summary))
