@@ -7,16 +7,15 @@ from typing import Any
 
 import click
 
-from ..audit import plot_options as plot_defaults
-from ..heads import options as head_defaults
+from ..audit.plot_options import PLOT_METHODS
 from ..heads.options import (
-    EXPORT_FORMATS,
-    HEAD_KINDS,
-    MONITORS,
-    NORMALIZATIONS,
-    OPTIMIZERS,
-    PROTOCOLS,
+    DEFAULT_FEATURE_AUGMENT,
+    DEFAULT_PROTOCOL,
+    CompareOptions,
+    HeadOptions,
+    PredictOptions,
 )
+from ._options import flags
 from ._output import (
     render_compare,
     render_compare_json,
@@ -25,7 +24,7 @@ from ._output import (
     render_train_report,
     render_wrote,
 )
-from ._shared import handle_errors, json_option, output_option, quiet_option, seed_option
+from ._shared import handle_errors, json_option, output_option, quiet_option
 
 
 class _Strength(click.ParamType):
@@ -41,7 +40,7 @@ class _Strength(click.ParamType):
         except (TypeError, ValueError):
             self.fail(
                 f"{value!r} is not a strength: the option takes an optional number; give it "
-                f"one (--feature-augment {head_defaults.DEFAULT_FEATURE_AUGMENT}) or put the "
+                f"one (--feature-augment {DEFAULT_FEATURE_AUGMENT}) or put the "
                 "option after the caches",
                 param,
                 ctx,
@@ -50,129 +49,26 @@ class _Strength(click.ParamType):
 
 @click.command("train-head")
 @click.argument("caches", nargs=-1, required=True, type=click.Path())
-@click.option(
-    "--head",
-    "kind",
-    default=head_defaults.DEFAULT_HEAD,
-    show_default=True,
-    type=click.Choice(HEAD_KINDS),
-    help="Keras dense head or a scikit-learn baseline.",
-)
 @output_option("Run folder. [default: runs/<cache-stem>-<head>-<timestamp>/]")
-@click.option(
-    "--hidden",
-    default=",".join(str(w) for w in head_defaults.DEFAULT_HIDDEN),
-    show_default=True,
-    help="Hidden layer widths, e.g. 512,128 (none: a linear softmax).",
+@flags(
+    HeadOptions,
+    feature_augment={
+        "type": _Strength(),
+        "is_flag": False,
+        "flag_value": DEFAULT_FEATURE_AUGMENT,
+        "show_default": False,
+    },
 )
-@click.option("--dropout", type=float, default=head_defaults.DEFAULT_DROPOUT, show_default=True)
-@click.option("--batchnorm", is_flag=True, help="BatchNormalization after each hidden Dense.")
-@click.option("--activation", default=head_defaults.DEFAULT_ACTIVATION, show_default=True)
-@click.option(
-    "--optimizer",
-    type=click.Choice(OPTIMIZERS),
-    default=head_defaults.DEFAULT_OPTIMIZER,
-    show_default=True,
-)
-@click.option(
-    "--lr", type=float, default=head_defaults.DEFAULT_LR, show_default=True, help="Learning rate."
-)
-@click.option("--momentum", type=float, default=head_defaults.DEFAULT_MOMENTUM, show_default=True)
-@click.option("--epochs", type=int, default=head_defaults.DEFAULT_EPOCHS, show_default=True)
-@click.option("--batch-size", type=int, default=head_defaults.DEFAULT_BATCH_SIZE, show_default=True)
-@click.option(
-    "--patience",
-    type=int,
-    default=head_defaults.DEFAULT_PATIENCE,
-    show_default=True,
-    help="EarlyStopping patience (best weights restored); 0 disables it.",
-)
-@click.option(
-    "--monitor",
-    type=click.Choice(MONITORS),
-    default=head_defaults.DEFAULT_MONITOR,
-    show_default=True,
-)
-@click.option("--from-logits", is_flag=True, help="Linear output and a from_logits loss.")
-@click.option("--class-weight", type=click.Choice(("balanced",)), default=None)
-@click.option(
-    "--C",
-    "C",
-    type=float,
-    default=head_defaults.DEFAULT_C,
-    show_default=True,
-    help="Inverse regularisation of logreg, linear-svm and svm.",
-)
-@click.option(
-    "--k", type=int, default=head_defaults.DEFAULT_K, show_default=True, help="Neighbours of knn."
-)
-@click.option(
-    "--n-estimators",
-    type=int,
-    default=head_defaults.DEFAULT_N_ESTIMATORS,
-    show_default=True,
-    help="Trees of random-forest.",
-)
-@click.option(
-    "--max-depth",
-    type=int,
-    default=head_defaults.DEFAULT_MAX_DEPTH,
-    help="Tree depth of random-forest.",
-)
-@click.option(
-    "--alpha",
-    type=float,
-    default=head_defaults.DEFAULT_ALPHA,
-    show_default=True,
-    help="Ridge penalty.",
-)
-@click.option(
-    "--standardize/--no-standardize",
-    default=None,
-    help="Standardise features. [default: on for logreg, svm, knn, ridge]",
-)
-@click.option(
-    "--stream/--no-stream",
-    default=None,
-    help="Stream the dense head's features from disk. [default: when large]",
-)
-@click.option(
-    "--views",
-    type=click.Choice(head_defaults.VIEW_MODES),
-    default=head_defaults.DEFAULT_VIEWS,
-    show_default=True,
-    help="Cached views (extract --views) to train on: plain (view 0), one (a random view "
-    "per row and epoch, dense), all (every view a row), mean (their mean). Val and test "
-    "use view 0.",
-)
-@click.option(
-    "--feature-augment",
-    type=_Strength(),
-    default=0.0,
-    is_flag=False,
-    flag_value=head_defaults.DEFAULT_FEATURE_AUGMENT,
-    metavar="[STRENGTH]",
-    help="Dense head: FroFA-style feature augmentation, per-channel scale and shift "
-    f"redrawn every epoch. [alone: {head_defaults.DEFAULT_FEATURE_AUGMENT}]",
-)
-@click.option(
-    "--val-fraction",
-    type=float,
-    default=head_defaults.DEFAULT_VAL_FRACTION,
-    show_default=True,
-    help="Share of train carved into val when the cache has no val split.",
-)
-@seed_option(head_defaults.DEFAULT_SEED)
 @click.option(
     "--plot",
-    type=click.Choice(plot_defaults.PLOT_METHODS),
+    type=click.Choice(PLOT_METHODS),
     default=None,
     help="Also write map.png, a 2-D map of the features by this method (see plot).",
 )
 @json_option("Print the report as JSON.")
 @handle_errors
 def train_head_command(
-    caches: tuple[str, ...], kind: str, hidden: str, as_json: bool, **options: Any
+    caches: tuple[str, ...], head: str, hidden: str, as_json: bool, **options: Any
 ) -> None:
     """Train a classification head on the features of CACHES and report val and test metrics.
 
@@ -182,69 +78,21 @@ def train_head_command(
 
     cache = caches[0] if len(caches) == 1 else ", ".join(caches)
     result = train_head(
-        caches[0] if len(caches) == 1 else list(caches), kind, hidden=hidden, **options
+        caches[0] if len(caches) == 1 else list(caches), head, hidden=hidden, **options
     )
     report = result.report
     if as_json:
         click.echo(render_json({**report, "run_dir": str(result.run_dir)}))
     else:
-        click.echo(render_train_report(kind, cache, report, result.run_dir))
+        click.echo(render_train_report(head, cache, report, result.run_dir))
 
 
 @click.command("compare")
 @click.argument("caches", nargs=-1, required=True, type=click.Path())
 @output_option("Folder. [default: runs/<cache-stem>-compare-<timestamp>/]")
-@click.option(
-    "--protocol",
-    type=click.Choice(PROTOCOLS),
-    default=head_defaults.DEFAULT_PROTOCOL,
-    show_default=True,
-    help="quick: every head kind's small grid; linear-probe: L-BFGS logistic regression "
-    "over a C sweep; knn: cosine-weighted kNN; full: both and the dense head grid.",
-)
-@click.option("--heads", default=",".join(HEAD_KINDS), show_default=True)
-@click.option("--cv", type=int, default=None, help="Select by K-fold CV on train+val.")
-@click.option("--epochs", type=int, default=head_defaults.DEFAULT_EPOCHS, show_default=True)
-@seed_option(head_defaults.DEFAULT_SEED)
-@click.option(
-    "--c-grid",
-    default=None,
-    help="linear-probe: C values, LOW:HIGH:N log-spaced or a comma list. "
-    f"[default: {head_defaults.DEFAULT_C_GRID}]",
-)
-@click.option(
-    "--knn-ks",
-    default=None,
-    help="knn: neighbour counts chosen from on val. "
-    f"[default: {','.join(str(k) for k in head_defaults.KNN_KS)}]",
-)
-@click.option(
-    "--temperature",
-    type=float,
-    default=None,
-    help=f"knn: votes weigh exp(cosine/T). [default: {head_defaults.KNN_TEMPERATURE}]",
-)
-@click.option(
-    "--normalize",
-    type=click.Choice(NORMALIZATIONS),
-    default=None,
-    help="Feature transform fitted on train. [default: standardize for linear-probe, "
-    "l2 for knn, none for dense]",
-)
-@click.option("--shots", type=int, default=None, help="Few-shot: K training images per class.")
-@click.option(
-    "--seeds",
-    type=int,
-    default=None,
-    help=f"Few-shot draws. [default: {head_defaults.DEFAULT_FEW_SHOT_SEEDS}]",
-)
-@click.option(
-    "--bootstrap",
-    type=int,
-    default=None,
-    help="Test resamples of the 95% intervals (0: none). "
-    f"[default: {head_defaults.DEFAULT_BOOTSTRAP}]",
-)
+@flags(CompareOptions, only=("protocol", "heads", "cv"))
+@flags(HeadOptions, only=("epochs", "seed"))
+@flags(CompareOptions, skip=("protocol", "heads", "cv"))
 @click.option("--csv", "csv_path", type=click.Path(), default=None, help="Also write the CSV here.")
 @click.option("--plot", type=click.Path(), default=None, help="Bar chart PNG with the intervals.")
 @json_option("Print the leaderboard as JSON.")
@@ -270,7 +118,7 @@ def compare_command(
 
     given = {name: value for name, value in probe_options.items() if value is not None}
     probe = None
-    if given or protocol != head_defaults.DEFAULT_PROTOCOL:
+    if given or protocol != DEFAULT_PROTOCOL:
         probe = ProbeSettings(**given, seed=seed, epochs=epochs)
     board = compare(
         caches[0] if len(caches) == 1 else list(caches),
@@ -294,10 +142,7 @@ def compare_command(
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
 @output_option("CSV file. [default: predictions.csv; RUN/predictions.csv for a cache]")
-@click.option("--top-k", type=int, default=head_defaults.DEFAULT_TOP_K, show_default=True)
-@click.option(
-    "--batch-size", type=int, default=head_defaults.DEFAULT_PREDICT_BATCH_SIZE, show_default=True
-)
+@flags(PredictOptions, only=("top_k", "batch_size"))
 @quiet_option("No progress bar and no table.")
 @click.option(
     "--trust-pickle",
@@ -324,7 +169,7 @@ def predict_command(
 
     from ..heads.train import trusted_pickles
 
-    head_defaults.check_options({"top_k": top_k, "batch_size": batch_size})
+    PredictOptions(top_k=top_k, batch_size=batch_size)  # checked before any model loads
     if len(images) == 1 and images[0].endswith(".h5") and Path(images[0]).is_file():
         from ..heads.predict import predict_cache
 
@@ -345,18 +190,11 @@ def predict_command(
 @click.command("export")
 @click.argument("run", type=click.Path())
 @output_option("model.keras or a folder.", required=True)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(EXPORT_FORMATS),
-    default=head_defaults.DEFAULT_EXPORT_FORMAT,
-    show_default=True,
-    help="savedmodel: a TensorFlow SavedModel folder for TF Serving.",
-)
+@flags(PredictOptions, only=("format",))
 @handle_errors
-def export_command(run: str, output: str, fmt: str) -> None:
+def export_command(run: str, output: str, format: str) -> None:
     """Turn the dense head of RUN into one model taking images (resize, preprocessing,
     frozen backbone, head)."""
     from ..heads.endtoend import export
 
-    click.echo(render_wrote(export(run, output, fmt)))
+    click.echo(render_wrote(export(run, output, format)))

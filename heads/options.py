@@ -651,7 +651,11 @@ class PredictOptions:
 
     top_k: int = option(DEFAULT_TOP_K, range=AT_LEAST_1)
     batch_size: int = option(DEFAULT_PREDICT_BATCH_SIZE, range=AT_LEAST_1)
-    format: str = option(DEFAULT_EXPORT_FORMAT, choices=EXPORT_FORMATS, cli=False)
+    format: str = option(
+        DEFAULT_EXPORT_FORMAT,
+        choices=EXPORT_FORMATS,
+        help="savedmodel: a TensorFlow SavedModel folder for TF Serving.",
+    )
     """``export``'s file format."""
 
     def __post_init__(self) -> None:
