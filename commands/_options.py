@@ -76,11 +76,11 @@ def click_option(each: Field[Any], spec: Option, **changes: Any) -> Decorator:
             settings["default"] = ",".join(str(v) for v in default)
     if spec.metavar:
         settings["metavar"] = spec.metavar
+    settings.update(changes)
     if spec.default_text is not None:
         settings["help"] = f"{spec.help} [default: {spec.default_text}]".strip()
-    elif settings["default"] not in (None, "") and not settings.get("is_flag"):
-        settings["show_default"] = True
-    settings.update(changes)
+    elif settings["default"] not in (None, "", ()) and not settings.get("is_flag"):
+        settings.setdefault("show_default", True)
     return click.option(*names, each.name, **settings)
 
 

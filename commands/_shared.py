@@ -120,10 +120,6 @@ def tls_key_option(help: str) -> Decorator[Any]:
     return _path_flag("--tls-key", help)
 
 
-def tls_client_ca_option(help: str) -> Decorator[Any]:
-    return _path_flag("--tls-client-ca", help)
-
-
 def client_tls_options(remote: str) -> Decorator[Any]:
     """A client's ``--token-file``, ``--tls-ca``, ``--tls-cert`` and ``--tls-key``; ``remote``:
     the flag that names the server."""
@@ -132,14 +128,4 @@ def client_tls_options(remote: str) -> Decorator[Any]:
         tls_ca_option("CA certificate: use TLS."),
         tls_cert_option("Client certificate (mTLS)."),
         tls_key_option("Client key (mTLS)."),
-    )
-
-
-def server_tls_options() -> Decorator[Any]:
-    """A server's ``--token-file``, ``--tls-cert``, ``--tls-key`` and ``--tls-client-ca``."""
-    return stacked(
-        token_file_option("Require this bearer token."),
-        tls_cert_option("Server certificate (PEM)."),
-        tls_key_option("Server private key (PEM)."),
-        tls_client_ca_option("Require client certificates (mTLS)."),
     )

@@ -7,7 +7,9 @@ from typing import Any
 import click
 
 from ..audit import options as audit_defaults
-from ..audit import plot_options as plot_defaults
+from ..audit.options import AuditOptions
+from ..audit.plot_options import PlotOptions
+from ._options import flags
 from ._output import (
     render_audit_summary,
     render_export_features,
@@ -21,42 +23,13 @@ from ._shared import (
     json_option,
     output_option,
     quiet_option,
-    seed_option,
 )
 
 
 @click.command("audit")
 @click.argument("cache", type=click.Path())
 @output_option("Report folder. [default: CACHE.audit/]")
-@click.option(
-    "--threshold",
-    type=float,
-    default=audit_defaults.DEFAULT_THRESHOLD,
-    show_default=True,
-    help="Cosine similarity from which two rows are near-duplicates.",
-)
-@click.option(
-    "--neighbors",
-    type=int,
-    default=audit_defaults.DEFAULT_NEIGHBORS,
-    show_default=True,
-    help="Neighbours kept per row.",
-)
-@click.option(
-    "--outlier-fraction",
-    type=float,
-    default=audit_defaults.DEFAULT_OUTLIER_FRACTION,
-    show_default=True,
-    help="Fraction of rows reported as outliers.",
-)
-@click.option("--no-label-issues", is_flag=True, help="Skip the out-of-fold label check.")
-@click.option(
-    "--folds",
-    type=int,
-    default=audit_defaults.DEFAULT_FOLDS,
-    show_default=True,
-    help="Folds of the label check.",
-)
+@flags(AuditOptions)
 @click.option(
     "--fix-splits",
     is_flag=True,
@@ -68,14 +41,10 @@ from ._shared import (
 def audit_command(
     cache: str,
     output: str | None,
-    threshold: float,
-    neighbors: int,
-    outlier_fraction: float,
-    no_label_issues: bool,
-    folds: int,
     fix_splits: bool,
     as_json: bool,
     quiet: bool,
+    **chosen: Any,
 ) -> None:
     """Duplicates, near-duplicates, split leakage, outliers and likely label errors of a
     CACHE: report.json, CSV lists and report.html (thumbnails) in the report folder."""
@@ -83,17 +52,9 @@ def audit_command(
 
     from ..audit.audit import audit_cache
     from ..audit.audit import fix_splits as fix
-    from ..audit.options import AuditOptions
     from ..audit.output import write_audit_report
 
-    options = AuditOptions(
-        threshold=threshold,
-        neighbors=neighbors,
-        outlier_fraction=outlier_fraction,
-        label_issues=not no_label_issues,
-        folds=folds,
-        progress=False if quiet else None,
-    )
+    options = AuditOptions(progress=False if quiet else None, **chosen)
     report = audit_cache(cache, options)
     out = Path(output) if output else Path(cache).with_suffix(".audit")
     write_audit_report(report, out)
@@ -140,51 +101,19 @@ def search_command(
 @output_option(
     "Folder: new, empty or an earlier plot's (whose outputs are replaced). [default: CACHE.plot/]"
 )
-@click.option(
-    "--method",
-    type=click.Choice(plot_defaults.PLOT_METHODS),
-    default="auto",
-    show_default=True,
-    help="auto: umap when umap-learn is installed, else tsne up to "
-    f"{plot_defaults.AUTO_TSNE_MAX_POINTS} points, pca above.",
-)
-@click.option(
-    "--color",
-    type=click.Choice(plot_defaults.PLOT_COLORS),
-    default="label",
-    show_default=True,
-    help="Colour the points by class or by split (the marker always shows the split).",
-)
-@click.option(
-    "--max-points",
-    type=int,
-    default=plot_defaults.DEFAULT_MAX_POINTS,
-    show_default=True,
-    help="Plot a seeded random sample of this many rows when the cache has more.",
-)
-@click.option(
-    "--thumbnails",
-    type=int,
-    default=plot_defaults.DEFAULT_THUMBNAILS,
-    show_default=True,
-    help="Points of map.html that show their image on hover.",
-)
-@seed_option(0)
-@click.option("--no-html", is_flag=True, help="Write map.png and points.csv only.")
+@flags(PlotOptions)
 @json_option("Print the result as JSON.")
 @quiet_option("No progress bar.")
 @handle_errors
 def plot_command(
-    cache: str, output: str | None, no_html: bool, as_json: bool, quiet: bool, **options: Any
+    cache: str, output: str | None, as_json: bool, quiet: bool, **options: Any
 ) -> None:
     """A 2-D map of the features of CACHE (PCA, t-SNE or UMAP), coloured by label or split:
     map.png, an interactive map.html (image on hover) and points.csv in the output folder."""
     from ..audit.plot import plot_cache
 
     try:
-        result = plot_cache(
-            cache, output, html=not no_html, progress=False if quiet else None, **options
-        )
+        result = plot_cache(cache, output, progress=False if quiet else None, **options)
     except KeyboardInterrupt:
         interrupted("no map written; the output folder keeps what it held")
     click.echo(render_json(result.to_dict()) if as_json else render_plot(result))
