@@ -49,6 +49,24 @@ def flags(
     return decorate
 
 
+def declared_flags() -> dict[str, str]:
+    """Option name -> CLI flag, for the options whose flag is not ``--`` + the name with
+    dashes, over every option set the commands offer."""
+    from ..audit.options import AuditOptions
+    from ..audit.plot_options import PlotOptions
+    from ..core.options import ExtractOptions, RayOptions
+    from ..heads.options import OPTION_SETS
+    from ..service.options import ServeOptions
+
+    sets = (ExtractOptions, RayOptions, *OPTION_SETS, AuditOptions, PlotOptions, ServeOptions)
+    return {
+        each.name: spec.flag
+        for cls in sets
+        for each, spec in options_of(cls)
+        if spec.flag and spec.cli
+    }
+
+
 def flag_of(name: str, spec: Option) -> str:
     """The CLI flag of an option: its declared one, else ``--`` + the name with dashes."""
     return spec.flag or "--" + name.replace("_", "-")
@@ -96,4 +114,4 @@ def _kind(each: Field[Any], default: Any) -> type:
     return str
 
 
-__all__ = ["click_option", "flag_of", "flags"]
+__all__ = ["click_option", "declared_flags", "flag_of", "flags"]

@@ -13,12 +13,10 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import FeatcacheError
+from ._options import declared_flags
 
 F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[F], F]
-
-_FLAGS = {"models": "--model"}
-"""Python parameters whose flag is not ``--`` + the name with dashes."""
 
 
 def flag_message(exc: FeatcacheError) -> str:
@@ -26,7 +24,7 @@ def flag_message(exc: FeatcacheError) -> str:
     text = str(exc)
     parameter = getattr(exc, "parameter", None)
     if parameter and text.startswith(parameter):
-        flag = _FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+        flag = declared_flags().get(parameter, "--" + parameter.replace("_", "-"))
         text = flag + text[len(parameter) :]
     return text
 

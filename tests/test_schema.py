@@ -117,3 +117,108 @@ def test_client_keywords_are_the_declared_options():
         _settings("vgg16", poolin="avg")
     assert {"batch_size", "dtype", "split", "views", "augment_seed"} <= set(_DATASET_OPTIONS)
     assert "max_pixels" not in _DATASET_OPTIONS and "backbone" not in _DATASET_OPTIONS
+
+
+# -- the CLI: flags derived from the declarations ------------------------------------------
+
+COMMANDS = {
+    "extract": ("ExtractOptions", "RayOptions"),
+    "train-head": ("HeadOptions",),
+    "fine-tune": ("FineTuneOptions",),
+    "compare": ("CompareOptions",),
+    "predict": (),
+    "audit": ("AuditOptions",),
+    "plot": ("PlotOptions",),
+    "serve": ("ServeOptions",),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_declared_option_is_a_flag_of_its_command(command):
+    from featcache.cli import main
+    from featcache.commands._options import flag_of
+
+    by_name = {cls.__name__: cls for cls in SETS}
+    offered = {opt for p in main.commands[command].params for opt in p.opts}
+    for name in COMMANDS[command]:
+        for each, spec in options_of(by_name[name]):
+            if spec.cli:
+                assert flag_of(each.name, spec) in offered, (command, each.name)
+                if spec.short:
+                    assert spec.short in offered
+
+
+def test_a_new_declaration_is_a_checked_flag_with_its_help():
+    """What adding an option takes: the field; the flag, its help and the check follow."""
+    from dataclasses import dataclass
+
+    import click
+    from click.testing import CliRunner
+
+    from featcache.commands._options import flags
+    from featcache.commands._shared import handle_errors
+    from featcache.core.schema import check_fields
+
+    @dataclass(frozen=True)
+    class Demo:
+        tile_size: int = option(3, range=Range(1, 5), help="Tiles per side.")
+        mode: str = option("a", choices=("a", "b"))
+        sharpen: bool = option(False, negatable=True, help="Sharpen first.")
+
+        def __post_init__(self) -> None:
+            check_fields(self)
+
+    @click.command()
+    @flags(Demo)
+    @handle_errors
+    def demo(**given):
+        click.echo(repr(Demo(**given)))
+
+    runner = CliRunner()
+    assert "Tiles per side.  [default: 3]" in runner.invoke(demo, ["--help"]).output
+    ran = runner.invoke(demo, ["--tile-size", "4", "--mode", "b", "--sharpen"])
+    assert ran.exit_code == 0 and "Demo(tile_size=4, mode='b', sharpen=True)" in ran.output
+    refused = runner.invoke(demo, ["--tile-size", "9"])
+    assert refused.exit_code == 2
+    assert refused.output.strip() == "error: --tile-size 9: expected 1 to 5"
+
+
+def test_cli_journey_declared_flags_from_extract_to_predict(class_folder, tmp_path):
+    """extract -> train-head (dense flags) -> a refused flag value leaves the run alone ->
+    compare (probe flags) -> predict, each flag from its declaration."""
+    import json
+
+    from click.testing import CliRunner
+
+    from featcache.cli import main
+
+    runner = CliRunner()
+    cache = tmp_path / "c.h5"
+    tiny = ["-b", "vgg16", "-w", "none", "--image-size", "32", "--no-projection", "-q"]
+    assert (
+        runner.invoke(main, ["extract", str(class_folder), "-o", str(cache), *tiny]).exit_code == 0
+    )
+    run = tmp_path / "run"
+    head = ["--hidden", "16", "--dropout", "0.2", "--epochs", "3", "--batch-size", "4"]
+    trained = runner.invoke(main, ["train-head", str(cache), "-o", str(run), *head, "--json"])
+    assert trained.exit_code == 0, trained.output
+    params = json.loads(trained.output)["params"]
+    assert (params["hidden"], params["dropout"], params["epochs"]) == ([16], 0.2, 3)
+    bad = runner.invoke(
+        main, ["train-head", str(cache), "-o", str(tmp_path / "r2"), "--dropout", "1.5"]
+    )
+    assert bad.exit_code == 2
+    assert bad.output.strip() == "error: --dropout 1.5: must be at least 0 and below 1"
+    assert not (tmp_path / "r2").exists()
+    board = runner.invoke(
+        main,
+        ["compare", str(cache), "-o", str(tmp_path / "cmp"), "--protocol", "knn", "--knn-ks", "1,3",
+         "--bootstrap", "0", "--json"],
+    )  # fmt: skip
+    assert board.exit_code == 0, board.output
+    out = tmp_path / "p.csv"
+    predicted = runner.invoke(
+        main, ["predict", str(run), str(cache), "-o", str(out), "--top-k", "2"]
+    )
+    assert predicted.exit_code == 0, predicted.output
+    assert out.is_file() and len(out.read_text().splitlines()) == 13
