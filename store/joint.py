@@ -115,9 +115,7 @@ class JointCache(CacheReader):
     def features(self, rows: np.ndarray | None = None, part: int | None = None) -> np.ndarray:
         """float32 features of joint ``rows`` (all when None): every cache's, concatenated,
         or only cache number ``part``'s."""
-        picked = np.arange(len(self)) if rows is None else np.asarray(rows, np.int64).reshape(-1)
-        if len(picked) and (picked.min() < 0 or picked.max() >= len(self)):
-            raise IndexError(f"rows outside 0..{len(self) - 1} of {self.path}")
+        picked = np.arange(len(self)) if rows is None else self._checked(rows)
         chosen = range(len(self.readers)) if part is None else [part]
         parts = [self.readers[i].features(self.rows[i][picked]) for i in chosen]
         return parts[0] if len(parts) == 1 else np.hstack(parts)
@@ -129,11 +127,7 @@ class JointCache(CacheReader):
         shuffle: bool = False,
         seed: int = 0,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        chosen = np.arange(len(self)) if rows is None else np.asarray(rows, np.int64)
-        if shuffle:
-            chosen = chosen[np.random.default_rng(seed).permutation(len(chosen))]
-        for start in range(0, len(chosen), batch_size):
-            pick = chosen[start : start + batch_size]
+        for pick in self._batch_rows(rows, batch_size, shuffle, seed):
             yield pick, self.features(pick)
 
     def view_pairs(self, rows: np.ndarray, views: np.ndarray) -> np.ndarray:
