@@ -127,7 +127,9 @@ class JointCache(CacheReader):
         shuffle: bool = False,
         seed: int = 0,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for pick in self._batch_rows(rows, batch_size, shuffle, seed):
+        chosen = self._ordered(rows, shuffle, seed)
+        for start in range(0, len(chosen), batch_size):
+            pick = chosen[start : start + batch_size]
             yield pick, self.features(pick)
 
     def view_pairs(self, rows: np.ndarray, views: np.ndarray) -> np.ndarray:

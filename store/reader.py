@@ -140,20 +140,19 @@ class CacheReader:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """``(row indices, float32 features)`` batches streamed from disk, in order or
         shuffled; memory stays at one batch."""
+        chosen = self._ordered(rows, shuffle, seed)  # a bad row is the caller's IndexError
         with open_h5(self.path) as handle, guarded(self.path):
             dataset = handle["features"]
-            for pick in self._batch_rows(rows, batch_size, shuffle, seed):
+            for start in range(0, len(chosen), batch_size):
+                pick = chosen[start : start + batch_size]
                 yield pick, read_rows(dataset, pick).astype(np.float32)
 
-    def _batch_rows(
-        self, rows: np.ndarray | None, batch_size: int, shuffle: bool, seed: int
-    ) -> Iterator[np.ndarray]:
-        """``rows`` (all when None), checked, in order or shuffled by ``seed``, in batches."""
+    def _ordered(self, rows: np.ndarray | None, shuffle: bool, seed: int) -> np.ndarray:
+        """``rows`` (all when None), checked, in order or shuffled by ``seed``."""
         chosen = np.arange(len(self)) if rows is None else self._checked(rows)
         if shuffle:
             chosen = chosen[np.random.default_rng(seed).permutation(len(chosen))]
-        for start in range(0, len(chosen), batch_size):
-            yield chosen[start : start + batch_size]
+        return chosen
 
     def label_names(self, rows: np.ndarray) -> list[str]:
         """Class name of each row ("" for unlabelled rows)."""
