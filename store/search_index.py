@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,26 +100,70 @@ def _identity(reader: CacheReader) -> dict[str, Any]:
     }
 
 
+_BUILDING: dict[Path, threading.Lock] = {}
+_BUILDING_GUARD = threading.Lock()
+
+
+def _building_lock(path: Path) -> threading.Lock:
+    """One lock per index in this process (threads); the file lock covers processes."""
+    with _BUILDING_GUARD:
+        return _BUILDING.setdefault(path, threading.Lock())
+
+
+def _current(array_path: Path, meta_path: Path, want: dict[str, Any]) -> np.ndarray | None:
+    """The index, memory-mapped, when its files are whole and were built from the cache's
+    present state; None otherwise (missing, stale or damaged: rebuild)."""
+    try:
+        if json.loads(meta_path.read_text()) != want:
+            return None
+        index = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):  # missing, unreadable or damaged
+        return None
+    if index.shape != (want["rows"], want["feature_dim"]) or index.dtype != np.float32:
+        return None
+    return index
+
+
 def load_index(
     reader: CacheReader, rebuild: bool = False, progress: bool | None = None
 ) -> tuple[np.ndarray, bool]:
     """The normalised features of ``reader``'s cache, memory-mapped, and whether they were
-    (re)built now: built when missing, when ``rebuild``, or when the cache changed."""
+    (re)built now: built when missing, damaged, when ``rebuild``, or when the cache changed.
+
+    Concurrent callers (threads of a server, other processes) build an index once: the
+    first builds it under a lock while the others wait, then find it current. A build
+    writes under a fresh temporary name and renames it over the index, so a file someone
+    has memory-mapped is never truncated or rewritten."""
     array_path, meta_path = index_paths(reader.path)
     want = _identity(reader)
-    if not rebuild and array_path.is_file() and meta_path.is_file():
-        try:
-            found = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            found = None
-        if found == want:
-            index = np.load(array_path, mmap_mode="r")
-            if index.shape == (want["rows"], want["feature_dim"]):
-                return index, False
-    meta_path.unlink(missing_ok=True)  # no meta: never trusted, even if the rest fails
-    tmp = array_path.with_name(f"{array_path.name}.tmp-{os.getpid()}")
+    if not rebuild:
+        found = _current(array_path, meta_path, want)
+        if found is not None:
+            return found, False
+    from filelock import FileLock
+
+    lock_path = array_path.with_name(array_path.name + ".lock")
+    with _building_lock(array_path), FileLock(str(lock_path)):
+        found = _current(array_path, meta_path, want)
+        if found is not None and not rebuild:
+            return found, False  # another caller built it while this one waited
+        _build(reader, array_path, meta_path, want, progress)
+    return np.load(array_path, mmap_mode="r"), True
+
+
+def _build(
+    reader: CacheReader,
+    array_path: Path,
+    meta_path: Path,
+    want: dict[str, Any],
+    progress: bool | None,
+) -> None:
+    """Write the index and its identity under fresh temporary names, then rename them
+    into place (the identity last: an index without it is never trusted)."""
     from ..core.progress import progress_bar
 
+    meta_path.unlink(missing_ok=True)  # no identity: never trusted, even if the rest fails
+    tmp = _temporary(array_path)
     bar = progress_bar(len(reader), progress, "index")
     try:
         out = np.lib.format.open_memmap(
@@ -132,10 +178,20 @@ def load_index(
     finally:
         bar.close()
         tmp.unlink(missing_ok=True)
-    meta_tmp = meta_path.with_name(f"{meta_path.name}.tmp-{os.getpid()}")
-    meta_tmp.write_text(json.dumps(want))
-    os.replace(meta_tmp, meta_path)
-    return np.load(array_path, mmap_mode="r"), True
+    meta_tmp = _temporary(meta_path)
+    try:
+        meta_tmp.write_text(json.dumps(want))
+        os.replace(meta_tmp, meta_path)
+    finally:
+        meta_tmp.unlink(missing_ok=True)
+
+
+def _temporary(path: Path) -> Path:
+    """A new empty file next to ``path`` with a random name (``O_EXCL``: never an existing
+    file or a planted symlink), for this process to fill and rename."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    return Path(name)
 
 
 def rank_rows(

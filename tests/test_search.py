@@ -169,3 +169,54 @@ def test_search_rpc_answers_as_the_api_does(tmp_path):
                 assert info.value.code().name == code, info.value.details()
     finally:
         server.stop(0)
+
+
+def test_concurrent_searches_build_the_index_once_under_fresh_names(tmp_path):
+    """Issue 25 item 1: threads that all find the index missing build it once (the others
+    wait and map the one built); no temporary is shared, truncated or left behind."""
+    import threading
+
+    rows, x = clustered(per_class=50)
+    cache = write_cache(tmp_path / "c.h5", rows, x)
+    planted = tmp_path / "victim.txt"
+    planted.write_text("keep")
+    array_path, _ = index_paths(cache)
+    # the old predictable temporary name, planted as a symlink: never followed now
+    (tmp_path / f"{array_path.name}.tmp-{os.getpid()}").symlink_to(planted)
+    barrier = threading.Barrier(8)
+    found, errors = [], []
+
+    def load():
+        try:
+            barrier.wait()
+            index, built = load_index(CacheReader(cache), progress=False)
+            found.append((np.array(index), built))
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert len(found) == 8 and sum(built for _, built in found) == 1
+    for index, _ in found:
+        np.testing.assert_array_equal(index, normalize(x))
+    assert planted.read_text() == "keep"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_a_damaged_index_is_rebuilt_not_an_error(tmp_path, damage):
+    rows, x = clustered(per_class=10)
+    cache = write_cache(tmp_path / "c.h5", rows, x)
+    first = search(cache, row=3, k=5, progress=False)
+    array_path, _ = index_paths(cache)
+    data = array_path.read_bytes()
+    array_path.write_bytes(
+        {"garbage": b"not an index" * 10, "truncated": data[: len(data) // 2], "empty": b""}[damage]
+    )
+    again = search(cache, row=3, k=5, progress=False)
+    assert again.index_built and again.hits == first.hits
+    assert not search(cache, row=3, k=5, progress=False).index_built
