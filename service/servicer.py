@@ -21,7 +21,7 @@ import numpy as np
 from ..backbones.backbone import resolve_backbone
 from ..backbones.hub import list_hub_backbones
 from ..backbones.registry import list_backbones
-from ..core.options import DEFAULT_MAX_PIXELS
+from ..core.options import DEFAULT_MAX_PIXELS, NAMED_WEIGHTS, BackboneConfig
 from ..core.ranking import DEFAULT_TOP_K, top_k
 from ..errors import AccessDenied, ExtractionCancelled, InvalidOptionError, NotFound
 from ..extractor.sources import is_within
@@ -38,6 +38,7 @@ from .convert import (
     info_message,
     mib,
     relative_to_roots,
+    settings_message,
     shown_settings,
     status_name,
 )
@@ -399,18 +400,33 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         ]
         return pb.SearchResponse(query=label, hits=hits)
 
+    def _cache_config(self, config: BackboneConfig) -> BackboneConfig:
+        """A cache's backbone configuration, held to the rules of a request's (``Embed``,
+        ``ExtractDataset``): no remote presets, saved models, preset folders and weights
+        files only under the weights root, sides within ``max_image_size``; the allow-list
+        and fixed weights are checked on the resolved settings."""
+        root = self.roots.weights
+
+        def relative(name: str) -> str:
+            if not os.path.isabs(name):
+                return name  # checked as a request's name is: registered, or confined
+            if not (root and is_within(Path(name), root)):
+                raise AccessDenied("the cache's backbone files are not under the weights root")
+            return os.path.relpath(os.path.realpath(name), os.path.realpath(root))
+
+        weights = config.weights
+        if weights.lower() not in (*NAMED_WEIGHTS, "preset"):
+            weights = relative(weights)
+        asked = replace(config, backbone=relative(config.backbone), weights=weights)
+        return config_from_message(settings_message(asked), root, self.max_side)
+
     def _cache_query(self, reader: Any, content: Any, context: grpc.ServicerContext) -> Any:
-        """One image's normalised features from the pool's model for the cache's settings;
-        the cache's backbone and weights files must lie under the weights root."""
+        """One image's normalised features from the pool's model for the cache's settings,
+        built only as a request's settings may be (:meth:`_cache_config`)."""
         from ..store.search_index import normalize
 
         recorded = reader.settings
-        for name in (recorded.backbone, recorded.weights):
-            if os.path.isabs(name) and not (
-                self.roots.weights and is_within(Path(name), self.roots.weights)
-            ):
-                raise AccessDenied("the cache's backbone files are not under the weights root")
-        config = recorded.config()
+        config = self._cache_config(recorded.config())
         what = "the cache's backbone differs on this server; its features would not match"
         resolved = resolve_backbone(config)
         self.pool.permit(resolved)

@@ -220,3 +220,54 @@ def test_a_damaged_index_is_rebuilt_not_an_error(tmp_path, damage):
     again = search(cache, row=3, k=5, progress=False)
     assert again.index_built and again.hits == first.hits
     assert not search(cache, row=3, k=5, progress=False).index_built
+
+
+@pytest.mark.parametrize(
+    ("backbone", "weights", "allow"),
+    [
+        ("hf://someone/model", "preset", None),  # would be fetched from the network
+        ("../outside.keras", "embedded", None),  # a relative model path leaving the root
+        ("/tmp/outside.keras", "embedded", None),  # an absolute one
+        ("vgg16", "../../etc/hostname", None),  # a weights file outside the root
+        ("vgg16", "none", ["mobilenet"]),  # a backbone the allow-list leaves out
+    ],
+)
+def test_search_by_image_builds_a_model_only_as_a_request_may(tmp_path, backbone, weights, allow):
+    """Issue 25 item 2: a cache's recorded backbone goes through Embed's rules (remote
+    presets, --weights-root, --allow-backbone) before any model is fetched or read."""
+    import grpc
+
+    from featcache import ServeOptions, start_server
+    from featcache.core.settings import CacheSettings
+    from featcache.protos import extractor_pb2 as pb
+    from featcache.protos import extractor_pb2_grpc as pb_grpc
+    from featcache.store import CacheWriter
+
+    caches, roots = tmp_path / "cache", tmp_path / "weights"
+    caches.mkdir()
+    roots.mkdir()
+    (tmp_path / "outside.keras").write_bytes(b"not a model")
+    settings = CacheSettings(
+        backbone, "", weights, "", (32, 32), "stretch", "avg", "", "none", 0,
+        dtype="float32", split_ratios=(0.6, 0.2, 0.2), split_source="hash",
+        dataset_root=str(tmp_path),
+    )  # fmt: skip
+    writer = CacheWriter(caches / "c.h5", settings, ["a"], {"a/0.png": 0, "a/1.png": 1})
+    writer.add(["a/0.png", "a/1.png"], ["0" * 64, "1" * 64], ["a", "a"], [0, 0], np.eye(2, 4))
+    writer.commit(final=True)
+    options = ServeOptions(
+        port=0, cache_root=str(caches), weights_root=str(roots), allow_backbone=allow or []
+    )
+    server = start_server(options, warm=False)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ExtractorStub(channel)
+            image = pb.Image(encoded=write_image(tmp_path / "q.png", 1).read_bytes())
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Search(pb.SearchRequest(cache="c.h5", image=image, k=1), timeout=60)
+            assert info.value.code().name == "PERMISSION_DENIED", info.value.details()
+            assert str(tmp_path) not in info.value.details()
+            by_row = stub.Search(pb.SearchRequest(cache="c.h5", row=0, k=1), timeout=60)
+            assert [h.row for h in by_row.hits] == [1]  # a row query needs no model
+    finally:
+        server.stop(0)
