@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -126,12 +127,16 @@ def export_features(
         raise InvalidOptionError(f"{reader.path}: the cache has no features to export")
     src = _Source(reader, _paths(reader, absolute_paths), normalize, absolute_paths)
     started = time.monotonic()
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     writer = {"parquet": _write_parquet, "npy": _write_npy, "lance": _write_lance}[format]
     bar = progress_bar(len(reader), progress, "export")
     existed = out.exists()
+    work: Path | None = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        # a fresh private folder (random name, mode 0700) beside the output: nothing can be
+        # planted at the temporary's name, and cleaning up removes only what was made here
+        work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        tmp = work / out.name
         done = 0
 
         def advance(rows: int) -> None:
@@ -157,7 +162,8 @@ def export_features(
         raise _for_export(exc) from None
     finally:
         bar.close()
-        _remove(tmp)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     files = [str(p.relative_to(out)) for p in sorted(out.rglob("*")) if p.is_file()]
     size = sum((out / f).stat().st_size for f in files) if out.is_dir() else out.stat().st_size
     return ExportSummary(

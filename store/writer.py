@@ -20,6 +20,8 @@ import itertools
 import json
 import os
 import shutil
+import stat
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -119,7 +121,8 @@ class CacheWriter:
         """The file keeps its bad-file records in the old ``bad/`` group: any write moves them,
         and a final commit that changes nothing else moves them when it can (see commit)."""
         for stale in self.path.parent.glob(glob.escape(self.path.name) + ".tmp-*"):
-            stale.unlink(missing_ok=True)
+            if _leftover_checkpoint(stale):  # of a killed writer: we hold the cache's lock
+                stale.unlink(missing_ok=True)
         self.base_paths: list[str] = []
         self.base_sha: list[str] = []
         self.base_split = np.zeros(0, np.uint8)
@@ -292,10 +295,10 @@ class CacheWriter:
         if not self._has_base and not self._pending.paths and not final:
             return False
         started = time.monotonic()
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _fresh_temporary(self.path)
         try:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
                 if self._rewrite or (final and not self._in_order()):
                     rows = self._write_fresh(tmp)
                 else:
@@ -581,6 +584,30 @@ class CacheWriter:
 
     def _pending_stats(self) -> np.ndarray:
         return np.asarray(self._pending.stats, FILE_STAT_DTYPE).reshape(-1)
+
+
+def _fresh_temporary(path: Path) -> Path:
+    """A new empty file ``NAME.tmp-XXXXXXXX`` next to ``path``, created with ``O_EXCL``
+    under a random name: never an existing file, folder or planted symlink."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.tmp-")
+    os.close(handle)
+    return Path(name)
+
+
+def _leftover_checkpoint(path: Path) -> bool:
+    """True for what a killed writer leaves: a regular file (not a link or a folder), empty
+    or an HDF5 file. Anything else of that name is not ours to remove."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return False
+    return head in (b"", HDF5_SIGNATURE)
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 @contextmanager

@@ -1,0 +1,66 @@
+"""Temporary files are made fresh (O_EXCL, random names) beside their output, and only what
+this process made is removed (issue 25 item 3): a name an attacker or another tool planted
+is never followed, overwritten or deleted."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import pytest
+
+from featcache import extract
+from featcache.store import CacheReader
+from featcache.store.export import export_features
+from helpers import TINY, make_class_folder, write_image
+
+
+@pytest.fixture
+def cache(tmp_path):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=3)
+    out = tmp_path / "c.h5"
+    extract(data, output=out, **TINY)
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npy"])
+def test_export_never_follows_or_deletes_what_is_planted_at_a_temporary_name(cache, tmp_path, fmt):
+    pytest.importorskip("pyarrow")
+    out = tmp_path / f"x.{fmt}"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    # the names the export used to write to: a symlink to a victim, and a folder
+    (tmp_path / f".{out.name}.tmp-{os.getpid()}").symlink_to(victim)
+    planted = tmp_path / f".{out.name}.tmp-{os.getpid() + 1}"
+    planted.mkdir()
+    (planted / "theirs.txt").write_text("theirs")
+    summary = export_features(cache, out, format=fmt, progress=False)
+    assert summary.rows == 6 and out.exists()
+    assert victim.read_text() == "keep"
+    assert (planted / "theirs.txt").read_text() == "theirs"
+    leftovers = {p.name for p in tmp_path.iterdir() if ".tmp-" in p.name}
+    assert leftovers == {f".{out.name}.tmp-{os.getpid()}", planted.name}  # only the planted
+
+
+def test_extract_removes_only_a_killed_writers_checkpoints(cache, tmp_path):
+    data = tmp_path / "data"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    link = tmp_path / "c.h5.tmp-link"
+    link.symlink_to(victim)
+    folder = tmp_path / "c.h5.tmp-folder"
+    folder.mkdir()
+    other = tmp_path / "c.h5.tmp-notes"
+    other.write_text("not a checkpoint")
+    leftover = tmp_path / "c.h5.tmp-12345"  # what a kill -9 mid-checkpoint leaves
+    with h5py.File(leftover, "w") as handle:
+        handle["x"] = [1]
+    empty = tmp_path / "c.h5.tmp-67890"
+    empty.touch()
+    write_image(data / "class_0" / "new.png", 4242)
+    summary = extract(data, output=cache, **TINY)  # a rerun that commits a checkpoint
+    assert summary.rows == len(CacheReader(cache))
+    assert not leftover.exists() and not empty.exists()
+    assert link.is_symlink() and victim.read_text() == "keep"
+    assert folder.is_dir() and other.read_text() == "not a checkpoint"
+    assert not [p for p in tmp_path.glob("c.h5.tmp-*") if p not in (link, folder, other)]
