@@ -208,6 +208,8 @@ def _check_output(reader: CacheReader, out: Path, format: str, overwrite: bool) 
     holds it, that is a folder where a file goes, or that exists (unless ``overwrite``, and
     then only when it looks like an earlier export of ``format``: nothing else is ever
     replaced)."""
+    if out.name in ("", ".", ".."):
+        raise invalid("output", str(out), "names no file or folder; give one, e.g. out.parquet")
     target = out.resolve()
     if target == reader.path.resolve() or target in reader.path.resolve().parents:
         raise invalid("output", str(out), "is the cache or a folder holding it")
@@ -270,14 +272,14 @@ def _foreign_entry(out: Path, format: str) -> str | None:
 
 def _foreign_parquet(out: Path) -> str | None:
     """Why the file ``out`` is not an earlier Parquet export (one whose schema metadata has
-    the ``featcache`` key), or None when it is one or is empty."""
+    the ``featcache`` key), or None when it is one."""
     import pyarrow.parquet as pq
 
     try:
         with open(out, "rb") as handle:
             head = handle.read(4)
         if head == b"":
-            return None
+            return "an empty file, not an export"
         if head != PARQUET_MAGIC:
             return "not a Parquet file"
         metadata = pq.read_schema(out).metadata or {}

@@ -293,7 +293,26 @@ def test_overwrite_never_removes_a_folder_that_is_not_an_earlier_export(extracte
     with pytest.raises(InvalidOptionError, match="a Parquet file featcache did not write"):
         export_features(extracted, theirs, overwrite=True)
     assert theirs.read_bytes() == before
+    empty = tmp_path / "empty.parquet"  # an empty file is nobody's export (issue 25 item 5)
+    empty.touch()
+    with pytest.raises(InvalidOptionError, match="an empty file, not an export"):
+        export_features(extracted, empty, overwrite=True)
+    assert empty.exists() and empty.stat().st_size == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("output", [".", "..", "sub/.."])
+def test_an_output_naming_no_file_is_refused_in_one_line(extracted, tmp_path, output, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    for fmt in ("parquet", "npy"):
+        result = CliRunner().invoke(
+            main, ["export-features", str(extracted), "-o", output, "--format", fmt, "--overwrite"]
+        )
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (
+            f"error: --output {output!r}: names no file or folder; give one, e.g. out.parquet"
+        )
 
 
 def test_the_dataset_folder_and_its_parents_are_never_the_output(tmp_path):
