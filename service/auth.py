@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hmac
 import os
+import stat
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,27 @@ from ..errors import InvalidOptionError
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-def read_token(path: str | os.PathLike[str]) -> str:
-    """The token in a file (surrounding whitespace removed); empty files are refused."""
+def read_token(path: str | os.PathLike[str], exposed: str = "refuse") -> str:
+    """The token in a file (surrounding whitespace removed); empty files are refused.
+
+    A file that group or others may read (as ssh treats a private key) is refused with
+    ``exposed="refuse"`` (a server), and draws a warning with ``"warn"`` (a client, or a
+    server run with ``insecure``)."""
     try:
         token = Path(path).read_text().strip()
+        mode = os.stat(path).st_mode
     except OSError as exc:
         raise InvalidOptionError(
             f"token_file {path}: {exc.strerror or exc}", "token_file"
         ) from None
+    if os.name == "posix" and mode & 0o077:
+        words = (
+            f"token_file {path}: readable by group or others (mode {stat.S_IMODE(mode):04o}); "
+            f"chmod 600 {path}"
+        )
+        if exposed == "refuse":
+            raise InvalidOptionError(f"{words} (or serve with --insecure)", "token_file")
+        warnings.warn(words, UserWarning, stacklevel=2)
     if not token or any(c.isspace() for c in token):
         raise InvalidOptionError(
             f"token_file {path}: expected one token without spaces", "token_file"

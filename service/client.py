@@ -98,7 +98,7 @@ class Client:
     ) -> None:
         """``max_request_mb`` keeps requests under the server's ``--max-message-mb``."""
         if token_file is not None:
-            token = read_token(token_file)
+            token = read_token(token_file, "warn")
         self.address = address
         self.timeout = timeout
         self.max_request_bytes = int(max_request_mb * (1 << 20))

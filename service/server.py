@@ -153,7 +153,11 @@ class Server:
             fixed = [resolve_backbone(config) for config in self.preload]
         interceptors = []
         if options.token_file:
-            interceptors.append(TokenAuthInterceptor(read_token(options.token_file)))
+            interceptors.append(  # an exposed token file: refused, or a warning with --insecure
+                TokenAuthInterceptor(
+                    read_token(options.token_file, "warn" if options.insecure else "refuse")
+                )
+            )
         limit = options.max_message_mb * 1024 * 1024
         self.pool = ModelPool(
             options.max_loaded,

@@ -59,6 +59,7 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
     cache.mkdir()
     weights.mkdir()
     (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "token").chmod(0o600)
     command = [sys.executable, "-m", "featcache.cli", "serve", "--port", "0"]
     command += ["--data-root", str(data), "--cache-root", str(cache)]
     command += ["--weights-root", str(weights), "--preload", "vgg16=none@32"]

@@ -434,6 +434,7 @@ def test_unreachable_server_is_a_one_line_error(class_folder, tmp_path):
 def test_bearer_token_is_required_except_for_health(roots, tmp_path):
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
+    token.chmod(0o600)
     srv = start_server(options(roots, token_file=str(token)))
     address = f"127.0.0.1:{srv.port}"
     try:

@@ -22,6 +22,7 @@ def test_a_non_loopback_bind_needs_a_token_tls_or_insecure(tmp_path):
         start_server(ServeOptions(host="0.0.0.0", port=0, tls_cert="c.pem", tls_key="k.pem"))
     token = tmp_path / "token"
     token.write_text("s3cret-token")
+    token.chmod(0o600)
     for extra in ({"token_file": str(token)}, {"insecure": True}):
         server = start_server(ServeOptions(host="0.0.0.0", port=0, **extra), warm=False)
         server.stop(0)
@@ -29,6 +30,36 @@ def test_a_non_loopback_bind_needs_a_token_tls_or_insecure(tmp_path):
 
     result = CliRunner().invoke(main, ["serve", "--host", "0.0.0.0", "--port", "0"])
     assert result.exit_code == 2 and "--host '0.0.0.0'" in result.output
+
+
+def test_a_token_file_others_can_read_is_refused_as_ssh_refuses_a_key(tmp_path):
+    """Issue 25 item 10: serve refuses it in one line (--insecure: a warning); a client
+    warns."""
+    from click.testing import CliRunner
+
+    token = tmp_path / "token"
+    token.write_text("s3cret-token")
+    token.chmod(0o644)
+    with pytest.raises(InvalidOptionError, match=r"readable by group or others \(mode 0644\)"):
+        start_server(ServeOptions(port=0, token_file=str(token)), warm=False)
+    result = CliRunner().invoke(main, ["serve", "--port", "0", "--token-file", str(token)])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: --token-file {token}: readable by group or others (mode 0644); "
+        f"chmod 600 {token} (or serve with --insecure)"
+    )
+    with pytest.warns(UserWarning, match="chmod 600"):
+        server = start_server(
+            ServeOptions(port=0, token_file=str(token), insecure=True), warm=False
+        )
+    server.stop(0)
+    with pytest.warns(UserWarning, match="readable by group or others"):
+        Client("127.0.0.1:50051", token_file=token).close()
+    token.chmod(0o600)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Client("127.0.0.1:50051", token_file=token).close()
+        start_server(ServeOptions(port=0, token_file=str(token)), warm=False).stop(0)
 
 
 def test_the_client_warns_before_sending_a_token_in_plaintext():
