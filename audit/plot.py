@@ -24,9 +24,9 @@ import numpy as np
 from ..core.options import check_choice, invalid
 from ..core.progress import progress_bar
 from ..core.splits import SPLIT_NAMES
-from ..errors import CacheError, DatasetError, FeatcacheError
+from ..errors import DatasetError, FeatcacheError
 from ..store import CacheReader
-from ..store.format import OVERWRITE_HINT, first_line
+from ..store.format import first_line
 from ..store.search_index import normalize
 from .map_points import UNLABELLED, MapPoints, palette
 from .plot_options import AUTO_TSNE_MAX_POINTS, PCA_DIMS, PLOT_METHODS, UMAP_HINT, PlotOptions
@@ -196,13 +196,8 @@ def make_folder(folder: Path) -> bool:
 
 
 def open_cache(cache: str | os.PathLike[str]) -> CacheReader:
-    """The cache's reader; its errors' hint names the command that rebuilds a cache
-    (plot has no ``--overwrite``)."""
-    try:
-        return CacheReader(cache)
-    except CacheError as exc:
-        text = str(exc).replace(OVERWRITE_HINT, "featcache extract --overwrite rebuilds it")
-        raise type(exc)(text) from None
+    """The cache's reader (its errors' advice names ``featcache extract --overwrite``)."""
+    return CacheReader(cache)
 
 
 def write_outputs(

@@ -15,8 +15,9 @@ from typing import Any
 from ..backbones.backbone import is_model_file
 from ..core.options import DEFAULT_SEED, ExtractOptions
 from ..core.settings import CacheSettings, FeatureSettings
-from ..errors import CacheLockedError, InvalidOptionError
+from ..errors import CacheError, CacheLockedError, InvalidOptionError
 from ..store import CacheWriter
+from ..store.format import OVERWRITE_HINT, with_hint
 from ..store.writer import cached_settings
 from .engines import Engine
 from .recorder import ExtractProgress, Recorder
@@ -102,6 +103,8 @@ def run_extraction(
             augment_seed=options.view_seed,
         )
         return _run(dataset, engine, settings, output, options, on_progress, cancel, started)
+    except CacheError as exc:  # the user is writing this cache: --overwrite replaces it
+        raise with_hint(exc, OVERWRITE_HINT) from None
     finally:
         lock.release()
 

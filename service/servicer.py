@@ -23,7 +23,7 @@ from ..backbones.hub import list_hub_backbones
 from ..backbones.registry import list_backbones
 from ..core.options import DEFAULT_MAX_PIXELS, NAMED_WEIGHTS, BackboneConfig
 from ..core.ranking import DEFAULT_TOP_K, top_k
-from ..errors import AccessDenied, ExtractionCancelled, InvalidOptionError, NotFound
+from ..errors import AccessDenied, CacheError, ExtractionCancelled, InvalidOptionError, NotFound
 from ..extractor.sources import is_within
 from ..protos import extractor_pb2 as pb
 from ..protos import extractor_pb2_grpc as pb_grpc
@@ -61,6 +61,10 @@ from .options import (
 )
 
 log = logging.getLogger("featcache.serve")
+
+SEARCH_HINT = "rebuild it with ExtractDataset (overwrite: true)"
+DATASET_HINT = "overwrite: true in the request replaces it"
+"""What a client can do about a damaged cache, by RPC."""
 
 MAX_REPLY_BYTES = (2 << 30) - 1
 """gRPC's (and protobuf's) largest message."""
@@ -173,6 +177,11 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         with self._slot(context):
             try:
                 return self._search(request, context)
+            except CacheError as exc:  # a client cannot rebuild it with a flag
+                from ..store.format import with_hint
+
+                self._fail(context, with_hint(exc, SEARCH_HINT))
+                raise
             except Exception as exc:
                 self._fail(context, exc)
                 raise
@@ -277,6 +286,10 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                             )
                         else:
                             item = _Abort(grpc.StatusCode.CANCELLED, "cancelled")
+                    if isinstance(item, CacheError):
+                        from ..store.format import with_hint
+
+                        item = with_hint(item, DATASET_HINT)
                     self._fail(context, item)
                 yield item
                 if item.finished:

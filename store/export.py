@@ -39,7 +39,7 @@ from ..core.progress import progress_bar
 from ..core.splits import SPLIT_NAMES
 from ..errors import CacheError, FeatcacheError, InvalidOptionError
 from . import CacheReader
-from .format import OVERWRITE_HINT, first_line, fsync_dir
+from .format import first_line, fsync_dir
 
 EXPORT_FEATURE_FORMATS = ("parquet", "npy", "lance")
 EXPORT_DTYPES = ("float32", "float16")
@@ -117,10 +117,7 @@ def export_features(
     normalize = format == "npy" if normalize is None else normalize
     absolute_paths = format == "npy" if absolute_paths is None else absolute_paths
     before = _identity(Path(cache))
-    try:
-        reader = CacheReader(cache)
-    except CacheError as exc:
-        raise _for_export(exc) from None
+    reader = CacheReader(cache)
     out = Path(output) if output is not None else default_output(cache, format)
     _check_output(reader, out, format, overwrite)
     if reader.feature_dim == 0:
@@ -158,8 +155,6 @@ def export_features(
     except OSError as exc:  # a full disk, a folder that cannot be made or written
         kept = "the existing output is unchanged" if existed else "nothing was written"
         raise FeatcacheError(f"could not write {out} ({first_line(exc)}); {kept}") from None
-    except CacheError as exc:
-        raise _for_export(exc) from None
     finally:
         bar.close()
         if work is not None:
@@ -178,13 +173,6 @@ def export_features(
         normalized=normalize,
         absolute_paths=absolute_paths,
     )
-
-
-def _for_export(exc: CacheError) -> CacheError:
-    """``exc`` with its advice fitting export-features (which has no ``--overwrite`` for
-    the cache: ``extract`` rebuilds it)."""
-    text = str(exc).replace(OVERWRITE_HINT, "featcache extract --overwrite rebuilds it")
-    return exc if text == str(exc) else CacheError(text)
 
 
 # -- checks ------------------------------------------------------------------------------

@@ -56,7 +56,11 @@ UNKNOWN_STAT = (-1, -1, -1, 0)
 BAD_FILES_ATTR = "bad_files"
 """Root attribute: JSON list of ``[path, reason]`` pairs, sorted by path (a variable-length
 string, so any number of records fits)."""
+READ_HINT = "featcache extract --overwrite rebuilds it"
+"""What a damaged cache's error advises by default: the commands that read a cache
+(inspect, audit, search, plot, train-head, ...) have no ``--overwrite`` of their own."""
 OVERWRITE_HINT = "overwrite replaces it (--overwrite)"
+"""The advice where the user is writing the cache (``extract``): :func:`with_hint`."""
 _READ_ERRORS = (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError)
 """What h5py raises on a file whose bytes are not what it expects."""
 
@@ -82,7 +86,18 @@ def versions() -> dict[str, str]:
 
 def damaged(path: str | os.PathLike[str], detail: str) -> CacheError:
     """The error for a cache file whose contents are not a whole featcache cache."""
-    return CacheError(f"{path}: the cache file is damaged ({detail}); {OVERWRITE_HINT}")
+    return CacheError(f"{path}: the cache file is damaged ({detail}); {READ_HINT}")
+
+
+def with_hint(exc: CacheError, hint: str) -> CacheError:
+    """``exc`` with its advice for a damaged cache (:data:`READ_HINT` or
+    :data:`OVERWRITE_HINT`) replaced by ``hint``, what the caller's user can do (the same
+    class; ``exc`` itself when it has no advice)."""
+    text = str(exc)
+    for advice in (READ_HINT, OVERWRITE_HINT):
+        if advice in text:
+            return type(exc)(text.replace(advice, hint))
+    return exc
 
 
 def first_line(exc: BaseException) -> str:
@@ -109,7 +124,7 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
 @contextmanager
 def guarded(path: str | os.PathLike[str]) -> Iterator[None]:
     """Turn what h5py raises on damaged bytes (``KeyError``, ``OSError``, ...) into
-    :class:`CacheError` naming the file and ``--overwrite``; featcache errors pass."""
+    :class:`CacheError` naming the file and what rebuilds it; featcache errors pass."""
     try:
         yield
     except FeatcacheError:
@@ -238,7 +253,7 @@ def open_h5(path: str | os.PathLike[str]) -> h5py.File:
     except OSError as exc:
         raise CacheError(
             f"{path}: not a readable HDF5 file ({first_line(exc)}); "
-            f"if it is a damaged cache, {OVERWRITE_HINT}"
+            f"if it is a damaged cache, {READ_HINT}"
         ) from None
     try:
         with guarded(path):

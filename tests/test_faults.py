@@ -242,6 +242,54 @@ def test_a_malformed_cache_is_a_cache_error_naming_overwrite(good_cache, tmp_pat
     assert cache_rows(path) == 12
 
 
+def test_a_damaged_caches_advice_is_what_each_user_can_do(good_cache, tmp_path):
+    """Issue 25 item 9: commands that read a cache name ``featcache extract --overwrite``,
+    extract its own ``--overwrite``, the gRPC calls a request field."""
+    import grpc
+
+    from featcache import ServeOptions, start_server
+    from featcache.protos import extractor_pb2 as pb
+    from featcache.protos import extractor_pb2_grpc as pb_grpc
+
+    data, good = good_cache
+    caches = tmp_path / "caches"
+    caches.mkdir()
+    path = caches / "bad.h5"
+    shutil.copyfile(good, path)
+    with h5py.File(path, "r+") as f:
+        DAMAGE["labels-missing"](f)
+    readers = [
+        ["inspect", str(path)],
+        ["audit", str(path), "-o", str(tmp_path / "report"), "-q"],
+        ["search", str(path), "--row", "0", "-q"],
+        ["plot", str(path), "-o", str(tmp_path / "map"), "-q"],
+        ["train-head", str(path), "--head", "logreg", "-o", str(tmp_path / "run")],
+        ["compare", str(path), "-o", str(tmp_path / "cmp")],
+    ]
+    for args in readers:
+        line = _one_error_line(CliRunner().invoke(main, args))
+        assert line.endswith("featcache extract --overwrite rebuilds it"), (args[0], line)
+    line = _one_error_line(_extract_cli(data, path))
+    assert line.endswith("overwrite replaces it (--overwrite)"), line
+    server = start_server(
+        ServeOptions(port=0, data_root=str(data.parent), cache_root=str(caches)), warm=False
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ExtractorStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Search(pb.SearchRequest(cache="bad.h5", row=0), timeout=60)
+            assert info.value.details().endswith("rebuild it with ExtractDataset (overwrite: true)")
+            settings = pb.BackboneSettings(name="vgg16", weights="none", image_size=[32])
+            request = pb.ExtractDatasetRequest(data=data.name, output="bad.h5", backbone=settings)
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.ExtractDataset(request, timeout=120))
+            assert info.value.details().endswith("overwrite: true in the request replaces it")
+            assert "--overwrite" not in info.value.details()
+    finally:
+        server.stop(0)
+
+
 @pytest.mark.parametrize("where", [0.5, 0.25, 0.75, 600, 2000, 4096, 10_000, 30_000])
 def test_overwritten_bytes_never_give_a_raw_error(good_cache, tmp_path, where):
     """Bytes overwritten anywhere: a CacheError (exit 2) naming --overwrite, or, where the
