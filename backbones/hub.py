@@ -225,12 +225,31 @@ def _weight_files(spec: HubSpec) -> list[Path]:
         shards = json.loads(index.read_text()).get("weight_map", {}).values()
         for shard in shards:
             names.extend(shard if isinstance(shard, list) else [shard])
+        for name in names:
+            _check_shard_name(spec.preset, name)
     found: dict[str, Path] = {}
     for name in sorted(set(names)):
         path = _fetch(spec.preset, name, required=False)
         if path is not None:
             found[name] = path
     return [found[name] for name in sorted(found)]
+
+
+def _check_shard_name(preset: str, name: Any) -> None:
+    """Refuse a weights file name that is not a plain path inside the preset (a sharded
+    index naming ``/etc/hostname`` or ``../x`` must not make anyone read it)."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or Path(name).is_absolute()
+        or name.startswith("~")
+        or ".." in Path(name).parts
+        or "\\" in name
+    ):
+        raise InvalidOptionError(
+            f"backbone {preset}: model.weights.json names {name!r}, which leaves the preset folder",
+            "backbone",
+        )
 
 
 def _source(preset: str) -> str:
@@ -258,6 +277,11 @@ def _fetch(preset: str, name: str, required: bool) -> Path | None:
     folder = Path(preset).expanduser()
     if folder.is_dir():
         path = folder / name
+        real, inside = os.path.realpath(path), os.path.realpath(folder)
+        if os.path.commonpath([real, inside]) != inside:  # a link out of the folder
+            raise InvalidOptionError(
+                f"backbone {preset}: {name} leads out of the preset folder", "backbone"
+            )
         if path.is_file():
             return path
         if required:

@@ -404,3 +404,30 @@ def test_export_parity_for_other_families(presets, tmp_path, family, settings):
     for path, row in zip(cached.paths, expected):
         pixels = decode_image((data / path).read_bytes()).astype(np.float32)
         np.testing.assert_allclose(np.asarray(model(pixels[None]))[0], row, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "shard", ["/etc/hostname", "../../outside.bin", "sub/../../outside.bin", "~/x", "link.bin"]
+)
+def test_a_presets_sharded_index_cannot_name_files_outside_it(tmp_path, shard):
+    """Issue 25 item 6: shard names leaving the preset folder (paths or links) are refused,
+    never read or hashed."""
+    import json
+    from types import SimpleNamespace
+
+    from featcache.backbones.hub import _weight_files
+    from featcache.errors import InvalidOptionError
+
+    preset = tmp_path / "preset"
+    preset.mkdir()
+    (tmp_path / "outside.bin").write_bytes(b"secret")
+    (preset / "link.bin").symlink_to(tmp_path / "outside.bin")
+    (preset / "model_00000.weights.h5").write_bytes(b"ok")
+    index = {"weight_map": {"a": "model_00000.weights.h5", "b": shard}}
+    (preset / "model.weights.json").write_text(json.dumps(index))
+    with pytest.raises(InvalidOptionError, match="preset folder"):
+        _weight_files(SimpleNamespace(preset=str(preset)))
+    index["weight_map"]["b"] = "model_00000.weights.h5"
+    (preset / "model.weights.json").write_text(json.dumps(index))
+    found = _weight_files(SimpleNamespace(preset=str(preset)))
+    assert [p.name for p in found] == ["model.weights.json", "model_00000.weights.h5"]
