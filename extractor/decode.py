@@ -9,7 +9,9 @@ TensorFlow's bilinear ``tf.image.resize`` (no antialiasing), like Keras.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -58,7 +60,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
                 if image.format in _TF_FORMATS and orientation == 1 and image.mode != "CMYK":
                     pixels = _decode_tf(data)
                     if pixels is not None:
-                        return pixels
+                        return pixels  # TensorFlow refuses PNG data that ends early
+                if image.format == "PNG":  # Pillow would fill the missing rows with zeros
+                    check_png_data(data)
                 return _decode_pil(image)
     except Image.DecompressionBombError as exc:
         raise BadImageError(f"decompression bomb: {exc}") from None
@@ -66,6 +70,64 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise BadImageError("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(f"corrupt or truncated image: {exc}") from None
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+"""Samples per pixel of each PNG colour type."""
+_ADAM7 = (
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+)
+"""(x0, y0, dx, dy) of the seven passes of an interlaced PNG."""
+
+
+def check_png_data(data: bytes) -> None:
+    """Refuse a PNG whose image data holds fewer bytes than its header's size needs (its
+    chunks whole, its compressed stream ending early): decoders would fill the missing rows
+    with zeros. Counts the inflated bytes without keeping them."""
+    pos, header, stream = 8, b"", zlib.decompressobj()
+    have, expected = 0, -1
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR" and len(body) >= 13:
+            header = body
+            expected = _png_data_size(*struct.unpack(">IIBBBBB", body[:13]))
+        elif kind == b"IDAT":
+            try:
+                while body and have <= expected:
+                    have += len(stream.decompress(body, 1 << 20))
+                    body = stream.unconsumed_tail
+            except zlib.error as exc:
+                raise BadImageError(f"corrupt or truncated image: PNG data: {exc}") from None
+        elif kind == b"IEND":
+            break
+    if header and 0 <= have < expected:
+        raise BadImageError(f"truncated image: its PNG data ends after {have} of {expected} bytes")
+
+
+def _png_data_size(
+    width: int, height: int, depth: int, colour: int, _c: int, _f: int, interlace: int
+) -> int:
+    """Bytes of filtered scanlines a PNG of this header inflates to (-1: not a known type)."""
+    channels = _PNG_CHANNELS.get(colour)
+    if channels is None:
+        return -1
+    bits = channels * depth
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        w = (width - x0 + dx - 1) // dx if width > x0 else 0
+        h = (height - y0 + dy - 1) // dy if height > y0 else 0
+        if w and h:
+            total += h * (1 + (w * bits + 7) // 8)
+    return total
 
 
 def _decode_tf(data: bytes) -> np.ndarray | None:

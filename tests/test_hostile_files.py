@@ -258,3 +258,56 @@ def test_unsigned_labels_too_large_are_refused(tmp_path):
     np.save(tmp_path / "labels.npy", np.array([0, 2**64 - 1], np.uint64))
     with pytest.raises(DatasetError, match=str(MAX_CLASSES)):
         scan_dataset(tmp_path / "images.npy")
+
+
+def _short_png(width: int = 32, height: int = 32, rows: int = 16) -> bytes:
+    """A PNG whose chunks are whole but whose image data holds only ``rows`` rows."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    raw = b"".join(
+        b"\x00" + bytes((r * 7 + c) % 256 for c in range(width * 3)) for r in range(rows)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_truncated_images_of_every_format_are_bad_files_not_zero_filled(tmp_path):
+    """Issue 25 item 7: image data that ends early (a file cut anywhere, or a PNG whose
+    compressed rows stop short) is a bad file with its reason, never rows of zeros."""
+    import io
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    make_class_folder(data, classes=2, per_class=2)
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray((rng.random((96, 96, 3)) * 255).astype(np.uint8))
+    cut = data / "class_0"
+    expected_bad = []
+    for fmt, ext in [("PNG", "png"), ("JPEG", "jpg"), ("GIF", "gif"), ("BMP", "bmp"),
+                     ("WEBP", "webp"), ("TIFF", "tif")]:  # fmt: skip
+        buffer = io.BytesIO()
+        picture.save(buffer, fmt)
+        whole = buffer.getvalue()
+        for fraction in (0.3, 0.6, 0.95):
+            name = f"cut_{ext}_{int(fraction * 100)}.{ext}"
+            (cut / name).write_bytes(whole[: int(len(whole) * fraction)])
+            expected_bad.append(f"class_0/{name}")
+    (cut / "short_rows.png").write_bytes(_short_png())
+    expected_bad.append("class_0/short_rows.png")
+    summary = extract(data, output=tmp_path / "c.h5", **TINY)
+    info = cache_info(tmp_path / "c.h5")
+    bad = {b["path"]: b["reason"] for b in info["bad"]}
+    assert sorted(bad) == sorted(expected_bad), set(expected_bad) ^ set(bad)
+    assert summary.rows == 4 and summary.bad == len(expected_bad)
+    assert "truncated" in bad["class_0/short_rows.png"]
