@@ -4,11 +4,13 @@ self-contained ``report.html`` with base64 thumbnails read from the cached paths
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import html
 import io
 import json
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -16,8 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from ..core.schema import invalid
 from ..core.splits import SPLIT_NAMES
+from ..errors import FeatcacheError
 from ..store import CacheReader
+from ..store.format import first_line, fsync_dir
 from .audit import AuditReport
 
 THUMBNAIL = 64
@@ -39,9 +44,10 @@ def report_json(report: AuditReport) -> dict[str, Any]:
 
 
 def write_audit_report(report: AuditReport, out: str | os.PathLike[str]) -> list[Path]:
-    """Write the report's files into folder ``out``; returns their paths."""
+    """Write the report's files into folder ``out`` (new, empty or an earlier report's:
+    :func:`check_report_folder`), all or none; returns their paths."""
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_report_folder(folder)  # before anything is rendered
     reader = CacheReader(report.cache)
     paths, split = reader.paths, reader.split
     labels = reader.label_names(np.arange(len(reader)))
@@ -79,22 +85,98 @@ def write_audit_report(report: AuditReport, out: str | os.PathLike[str]) -> list
             for i in report.label_issues
         ],
     }
+    texts: dict[str, Callable[[], str]] = {
+        name: (lambda rows=rows, name=name: _csv_text(rows, _HEADERS[name]))
+        for name, rows in tables.items()
+    }
+    texts["report.json"] = lambda: json.dumps(report_json(report), indent=2) + "\n"
+    texts["report.html"] = lambda: render_html(report, reader)
+    return _write_files(folder, texts)
+
+
+REPORT_FILES = (
+    "duplicates.csv",
+    "near_duplicates.csv",
+    "leakage.csv",
+    "outliers.csv",
+    "label_issues.csv",
+    "report.json",
+    "report.html",
+)
+"""What an audit report folder holds."""
+_PART = ".audit-part-"
+"""Prefix of a report file while it is written (a fresh random name each time)."""
+
+
+def check_report_folder(folder: Path) -> None:
+    """Refuse ``folder`` unless it is new, empty or an earlier report's (only the regular
+    files :data:`REPORT_FILES` names): audit never replaces, removes or writes through
+    anything else (another file, a folder, a symbolic link)."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise invalid("output", str(folder), "not a folder")
+    try:
+        others = sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.name not in REPORT_FILES or p.is_symlink() or not p.is_file()
+        )
+    except OSError as exc:
+        raise invalid(
+            "output", str(folder), f"cannot read the folder ({first_line(exc)})"
+        ) from None
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise invalid(
+            "output",
+            str(folder),
+            f"holds other files ({shown}); audit writes into a new or empty folder or an "
+            "earlier report's",
+        )
+
+
+def _write_files(folder: Path, texts: dict[str, Callable[[], str]]) -> list[Path]:
+    """Write every file under a fresh temporary name, then rename them all into place: an
+    error (a full disk) or Ctrl-C leaves the folder as it was, and is one line."""
+    check_report_folder(folder)
+    parts: dict[str, Path] = {}
+    try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, text in texts.items():
+                handle, part = tempfile.mkstemp(prefix=_PART, suffix=".tmp", dir=folder)
+                os.close(handle)
+                parts[name] = Path(part)
+                with open(part, "w", newline="", encoding="utf-8") as out:
+                    out.write(text())
+                    out.flush()
+                    os.fsync(out.fileno())
+        except OSError as exc:
+            raise FeatcacheError(
+                f"could not write the report into {folder} ({first_line(exc)}); "
+                "its earlier files are kept"
+            ) from None
+    except BaseException:
+        for part in parts.values():
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+        raise
     written = []
-    for name, rows in tables.items():
-        path = folder / name
-        header = list(rows[0]) if rows else _HEADERS[name]
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
-        written.append(path)
-    path = folder / "report.json"
-    path.write_text(json.dumps(report_json(report), indent=2) + "\n")
-    written.append(path)
-    path = folder / "report.html"
-    path.write_text(render_html(report, reader))
-    written.append(path)
+    for name in texts:  # renames: the link or file at the name is replaced, never followed
+        os.replace(parts[name], folder / name)
+        written.append(folder / name)
+    fsync_dir(folder)
     return written
+
+
+def _csv_text(rows: list[dict[str, Any]], default_header: list[str]) -> str:
+    buffer = io.StringIO(newline="")
+    header = list(rows[0]) if rows else default_header
+    writer = csv.DictWriter(buffer, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 _ROW = ["row", "path", "class", "split"]

@@ -52,11 +52,12 @@ def audit_command(
 
     from ..audit.audit import audit_cache
     from ..audit.audit import fix_splits as fix
-    from ..audit.output import write_audit_report
+    from ..audit.output import check_report_folder, write_audit_report
 
     options = AuditOptions(progress=False if quiet else None, **chosen)
-    report = audit_cache(cache, options)
     out = Path(output) if output else Path(cache).with_suffix(".audit")
+    check_report_folder(out)  # refused before the audit runs, not after
+    report = audit_cache(cache, options)
     write_audit_report(report, out)
     summary = report.summary()
     summary["report"] = str(out)

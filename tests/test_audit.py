@@ -255,3 +255,58 @@ def test_cli_fix_splits(tmp_path):
     assert first["leakage_pairs"] == 1 and first["moved_rows"] == 1
     again = json.loads(CliRunner().invoke(main, [*args, "--no-label-issues"]).output)
     assert again["leakage_pairs"] == 0 and again["moved_rows"] == 0
+
+
+def test_audit_output_is_a_new_folder_or_an_earlier_reports_written_whole(tmp_path, monkeypatch):
+    """Issue 25 item 4: audit -o refuses a folder with other files (nothing touched, before
+    the audit runs), never writes through a link, replaces an earlier report, and on a full
+    disk exits 2 leaving the folder as it was."""
+    import errno
+
+    from featcache.audit import output
+
+    rows, x = clustered(per_class=10)
+    cache = write_cache(tmp_path / "c.h5", rows, x)
+    runner = CliRunner()
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    (theirs / "report.json").write_text("not an audit")
+    refused = runner.invoke(main, ["audit", str(cache), "-o", str(theirs), "-q"])
+    assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1
+    assert "holds other files (notes.txt)" in refused.output
+    assert (theirs / "report.json").read_text() == "not an audit"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "report.html").symlink_to(victim)
+    refused = runner.invoke(main, ["audit", str(cache), "-o", str(linked), "-q"])
+    assert refused.exit_code == 2 and "holds other files (report.html)" in refused.output
+    assert victim.read_text() == "keep"
+    report = tmp_path / "report"
+    assert runner.invoke(main, ["audit", str(cache), "-o", str(report), "-q"]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in report.iterdir()}
+    assert sorted(before) == sorted(output.REPORT_FILES)
+    calls = {"n": 0}
+    real_open = open
+
+    def full_disk(path, *args, **kwargs):  # the third file finds the disk full
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(output, "open", full_disk, raising=False)
+    failed = runner.invoke(
+        main, ["audit", str(cache), "-o", str(report), "-q", "--threshold", "0.5"]
+    )
+    assert failed.exit_code == 2, failed.output
+    assert "No space left on device" in failed.output and "earlier files are kept" in failed.output
+    assert {p.name: p.read_bytes() for p in report.iterdir()} == before  # nothing half-written
+    monkeypatch.undo()
+    again = runner.invoke(
+        main, ["audit", str(cache), "-o", str(report), "-q", "--threshold", "0.5"]
+    )
+    assert again.exit_code == 0
+    assert sorted(p.name for p in report.iterdir()) == sorted(output.REPORT_FILES)
