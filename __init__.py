@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .extraction import extract
     from .extractor.recorder import ExtractProgress
     from .extractor.runner import ExtractSummary
+    from .extractor.verify import VerifyResult, verify_cache
     from .heads.compare import Leaderboard, compare
     from .heads.dense import DenseHead
     from .heads.endtoend import export, load_model
@@ -86,6 +87,8 @@ _LAZY = {
     "ExtractOptions": "featcache.core.options",
     "RayOptions": "featcache.core.options",
     "ExtractSummary": "featcache.extractor.runner",
+    "verify_cache": "featcache.extractor.verify",
+    "VerifyResult": "featcache.extractor.verify",
     "ExtractProgress": "featcache.extractor.recorder",
     "BackboneConfig": "featcache.core.settings",
     "FeatureSettings": "featcache.core.settings",

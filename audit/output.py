@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import functools
 import html
 import io
 import json
@@ -86,8 +87,7 @@ def write_audit_report(report: AuditReport, out: str | os.PathLike[str]) -> list
         ],
     }
     texts: dict[str, Callable[[], str]] = {
-        name: (lambda rows=rows, name=name: _csv_text(rows, _HEADERS[name]))
-        for name, rows in tables.items()
+        name: functools.partial(_csv_text, rows, _HEADERS[name]) for name, rows in tables.items()
     }
     texts["report.json"] = lambda: json.dumps(report_json(report), indent=2) + "\n"
     texts["report.html"] = lambda: render_html(report, reader)
@@ -158,9 +158,9 @@ def _write_files(folder: Path, texts: dict[str, Callable[[], str]]) -> list[Path
                 "its earlier files are kept"
             ) from None
     except BaseException:
-        for part in parts.values():
+        for made in parts.values():
             with contextlib.suppress(OSError):
-                os.unlink(part)
+                made.unlink()
         raise
     written = []
     for name in texts:  # renames: the link or file at the name is replaced, never followed

@@ -304,3 +304,17 @@ def render_export_features(summary: Any) -> str:
         f"({summary.format}{', L2-normalised' if summary.normalized else ''}, "
         f"{summary.bytes} bytes, {summary.seconds:.1f} s)"
     )
+
+
+def render_verify(result: Any) -> str:
+    """``inspect --verify``: counts, then each changed or unreadable row and the fix."""
+    lines = [
+        f"verified {result.checked} of {result.rows} rows ({result.seconds:.1f} s): "
+        f"{result.unchanged} unchanged, {len(result.changed)} changed, "
+        f"{len(result.unreadable)} unreadable"
+    ]
+    lines += [f"  changed     {path}" for path in result.changed]
+    lines += [f"  unreadable  {path}: {reason}" for path, reason in result.unreadable]
+    if result.changed:
+        lines.append("extract --rehash on the same data re-embeds the changed files")
+    return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -9,7 +10,13 @@ import click
 from ..core.options import ExtractOptions, RayOptions
 from ..errors import InvalidOptionError
 from ._options import flags
-from ._output import render_backbones, render_cache_info, render_extract_summary, render_json
+from ._output import (
+    render_backbones,
+    render_cache_info,
+    render_extract_summary,
+    render_json,
+    render_verify,
+)
 from ._shared import (
     client_tls_options,
     handle_errors,
@@ -91,14 +98,41 @@ def extract_command(
 
 @click.command("inspect")
 @click.argument("cache", type=click.Path())
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Re-read every row's file and compare its SHA-256 with the cache's (exit status 1 "
+    "when some changed or cannot be read).",
+)
+@click.option(
+    "--verify-sample",
+    type=int,
+    default=None,
+    metavar="N",
+    help="With --verify: a seeded random sample of N rows instead of all.",
+)
 @json_option("Print everything as JSON.")
+@quiet_option("No progress bar (--verify).")
 @handle_errors
-def inspect_command(cache: str, as_json: bool) -> None:
-    """Rows, dimension, classes per split, bad files and settings of a CACHE file."""
+def inspect_command(
+    cache: str, verify: bool, verify_sample: int | None, as_json: bool, quiet: bool
+) -> None:
+    """Rows, dimension, classes per split, bad files and settings of a CACHE file; with
+    --verify, whether the files behind its rows still hold what was embedded."""
     from ..store import cache_info
 
-    info = cache_info(cache)
-    click.echo(render_json(info) if as_json else render_cache_info(info))
+    if verify_sample is not None and not verify:
+        raise InvalidOptionError("--verify-sample needs --verify")
+    if not verify:
+        info = cache_info(cache)
+        click.echo(render_json(info) if as_json else render_cache_info(info))
+        return
+    from ..extractor.verify import verify_cache
+
+    result = verify_cache(cache, verify_sample, progress=False if quiet or as_json else None)
+    click.echo(render_json(result.to_dict()) if as_json else render_verify(result))
+    if not result.ok:
+        sys.exit(1)
 
 
 @click.command("backbones")

@@ -255,3 +255,37 @@ def test_ray_reruns_read_only_new_files(tmp_path, reads):
     rerun = extract(data, output=out, engine="ray", **TINY)
     assert (rerun.new, rerun.reused) == (1, 6)
     assert reads == ["class_0/new.png"]  # the driver hashed only the new file
+
+
+def test_inspect_verify_finds_content_the_incremental_rule_cannot_see(tmp_path):
+    """Issue 25 item 8: a file rewritten behind the cache's back (as an mmap write that
+    keeps size, mtime and ctime would be) is listed by inspect --verify, exit status 1;
+    extract --rehash re-embeds it and verify passes again."""
+    import json
+
+    from featcache import verify_cache
+
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=3)
+    cache = tmp_path / "c.h5"
+    extract(data, output=cache, **TINY)
+    runner = CliRunner()
+    clean = runner.invoke(main, ["inspect", str(cache), "--verify", "-q"])
+    assert clean.exit_code == 0 and "6 unchanged, 0 changed, 0 unreadable" in clean.output
+    target = next(data.glob("class_0/*.png"))
+    size = target.stat().st_size
+    write_image(target, 777)  # other pixels, the same size
+    with open(target, "r+b") as handle:
+        handle.truncate(size)
+    gone = next(data.glob("class_1/*.jpg"))
+    gone.unlink()
+    found = runner.invoke(main, ["inspect", str(cache), "--verify", "--json"])
+    assert found.exit_code == 1, found.output
+    report = json.loads(found.output)
+    assert report["changed"] == [f"class_0/{target.name}"] and not report["ok"]
+    assert [path for path, _ in report["unreadable"]] == [f"class_1/{gone.name}"]
+    sampled = verify_cache(cache, sample=2, progress=False)
+    assert sampled.checked == 2 and sampled.rows == 6
+    extract(data, output=cache, rehash=True, **TINY)
+    assert verify_cache(cache, progress=False).ok
+    bad = runner.invoke(main, ["inspect", str(cache), "--verify-sample", "2"])
+    assert bad.exit_code == 2 and bad.output.strip() == "error: --verify-sample needs --verify"
