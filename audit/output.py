@@ -11,7 +11,6 @@ import html
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.files import fresh_file
 from ..core.schema import invalid
 from ..core.splits import SPLIT_NAMES
 from ..errors import FeatcacheError
@@ -145,9 +145,7 @@ def _write_files(folder: Path, texts: dict[str, Callable[[], str]]) -> list[Path
         try:
             folder.mkdir(parents=True, exist_ok=True)
             for name, text in texts.items():
-                handle, part = tempfile.mkstemp(prefix=_PART, suffix=".tmp", dir=folder)
-                os.close(handle)
-                parts[name] = Path(part)
+                part = parts[name] = fresh_file(folder, _PART, ".tmp")
                 with open(part, "w", newline="", encoding="utf-8") as out:
                     out.write(text())
                     out.flush()

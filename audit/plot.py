@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.files import fresh_file
 from ..core.options import check_choice, invalid
 from ..core.progress import progress_bar
 from ..core.splits import SPLIT_NAMES
@@ -147,12 +149,15 @@ OUTPUTS = {"png": "map.png", "html": "map.html", "csv": "points.csv"}
 """The files ``plot`` writes into its folder; a rerun replaces them and removes those it
 no longer writes (``--no-html`` removes an earlier ``map.html``)."""
 _PART = ".part-"
+_LEFTOVER = re.compile(r"\.part-(?:[0-9a-f]{8}\.)?(map\.png|map\.html|points\.csv)")
+"""A part an interrupted plot left (the names :func:`write_outputs` gives them, and the
+fixed names of earlier versions); removed only when it is a regular file."""
 """Prefix of an output while it is written (renamed when every output is done)."""
 
 
 def _owned(name: str) -> bool:
     plain = name.removeprefix(_PART)
-    return plain in OUTPUTS.values()
+    return plain in OUTPUTS.values() or _LEFTOVER.fullmatch(name) is not None
 
 
 def check_folder(folder: Path) -> None:
@@ -208,10 +213,12 @@ def write_outputs(
     error or Ctrl-C the folder keeps what it held."""
     title = f"{reader.path.name}: {_TITLES[points.method]} of {len(points.rows)} rows"
     parts: dict[str, Path] = {}
+    made: list[Path] = []
     shown = missing = 0
 
-    def part(kind: str) -> Path:
-        return folder / (_PART + OUTPUTS[kind])
+    def part(kind: str) -> Path:  # new, under a random name: nothing planted is followed
+        made.append(fresh_file(folder, _PART, f".{OUTPUTS[kind]}"))  # keeps the extension
+        return made[-1]
 
     try:
         try:
@@ -229,9 +236,9 @@ def write_outputs(
                 f"could not write into {folder} ({first_line(exc)}); its earlier files are kept"
             ) from None
     except BaseException:
-        for kind in OUTPUTS:  # those written and the one being written
+        for path in made:  # those written and the one being written
             with contextlib.suppress(OSError):
-                part(kind).unlink()
+                path.unlink()
         raise
     files = {}
     try:
@@ -240,10 +247,13 @@ def write_outputs(
             if kind in parts:
                 os.replace(parts.pop(kind), target)
                 files[kind] = str(target)
-            else:  # an earlier run's output, or a killed run's part
-                for stale in (target, part(kind)):
-                    with contextlib.suppress(FileNotFoundError):
-                        stale.unlink()
+            else:  # an earlier run's output
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+        for stale in folder.iterdir():  # a killed run's parts: plot's own, regular files
+            if _LEFTOVER.fullmatch(stale.name) and stale.is_file() and not stale.is_symlink():
+                with contextlib.suppress(OSError):
+                    stale.unlink()
     except OSError as exc:
         raise FeatcacheError(f"could not write into {folder} ({first_line(exc)})") from None
     return files, shown, missing

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..core.files import fresh_file
 from ..core.splits import SPLIT_NAMES
 
 if TYPE_CHECKING:
@@ -189,9 +189,7 @@ def _build(
 def _temporary(path: Path) -> Path:
     """A new empty file next to ``path`` with a random name (``O_EXCL``: never an existing
     file or a planted symlink), for this process to fill and rename."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    return Path(name)
+    return fresh_file(path.parent, f".{path.name}.", ".tmp")
 
 
 def rank_rows(

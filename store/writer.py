@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from ..core.files import fresh_file
 from ..core.options import DEFAULT_CHECKPOINT_SECONDS
 from ..core.settings import CacheSettings
 from ..errors import CacheError, SettingsMismatchError
@@ -587,11 +587,8 @@ class CacheWriter:
 
 
 def _fresh_temporary(path: Path) -> Path:
-    """A new empty file ``NAME.tmp-XXXXXXXX`` next to ``path``, created with ``O_EXCL``
-    under a random name: never an existing file, folder or planted symlink."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.tmp-")
-    os.close(handle)
-    return Path(name)
+    """A new empty file ``NAME.tmp-XXXXXXXX`` next to ``path`` (:func:`fresh_file`)."""
+    return fresh_file(path.parent, f"{path.name}.tmp-")
 
 
 def _leftover_checkpoint(path: Path) -> bool:

@@ -64,3 +64,28 @@ def test_extract_removes_only_a_killed_writers_checkpoints(cache, tmp_path):
     assert link.is_symlink() and victim.read_text() == "keep"
     assert folder.is_dir() and other.read_text() == "not a checkpoint"
     assert not [p for p in tmp_path.glob("c.h5.tmp-*") if p not in (link, folder, other)]
+
+
+def test_plot_parts_are_fresh_files_and_never_followed(cache, tmp_path):
+    from featcache.audit.plot import plot_cache
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    folder = tmp_path / "map"
+    folder.mkdir()
+    for name in (".part-map.png", ".part-points.csv"):  # the parts' old, fixed names
+        (folder / name).symlink_to(victim)
+    leftover = folder / ".part-0123abcd.map.html"  # what a killed plot leaves
+    leftover.write_text("partial")
+    plot_cache(cache, folder, method="pca", progress=False)
+    assert victim.read_text() == "keep"
+    assert (folder / "map.png").is_file() and (folder / "points.csv").is_file()
+    assert not leftover.exists()
+    assert (folder / ".part-map.png").is_symlink()  # not plot's: left alone
+
+
+def test_temporaries_get_a_new_files_permissions(cache, tmp_path):
+    """A cache written through a temporary reads as any new file does (umask), not 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    assert cache.stat().st_mode & 0o777 == 0o666 & ~umask
