@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import closing
 from typing import Any, Protocol
 
 import numpy as np
@@ -112,11 +113,12 @@ class LocalEngine:
             recorder.embedded([p.item for p in good], [p.sha256 for p in good], features, views)
             batch.clear()
 
-        reads = read_items(dataset, known, options.threads, options.window, self.embedder.prepare)
-        for prepared in recorder.triage(reads):
-            batch.append(prepared)
-            if len(batch) >= options.batch_size:
-                flush()
+        prepare = self.embedder.prepare
+        with closing(read_items(dataset, known, options.threads, options.window, prepare)) as reads:
+            for prepared in recorder.triage(reads):
+                batch.append(prepared)
+                if len(batch) >= options.batch_size:
+                    flush()
         flush()
 
     def _views(self, good: list[Prepared], options: ExtractOptions) -> np.ndarray:

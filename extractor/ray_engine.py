@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -104,8 +104,8 @@ class RayEngine:
     ) -> None:
         """Hash here (the files whose stat changed), embed the new images on Ray, hand
         every shard to the recorder."""
-        reads = read_items(dataset, known, options.threads, options.window)
-        pending = list(recorder.triage(reads))
+        with closing(read_items(dataset, known, options.threads, options.window)) as reads:
+            pending = list(recorder.triage(reads))
         pending = self._still_bad(dataset, pending, recorder)
         if not pending:
             return  # nothing new: Ray is not even started

@@ -8,7 +8,7 @@ row was recorded with the stat it still has is not read at all (:class:`Known`).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -77,13 +77,20 @@ def read_items(
     threads: int,
     window: int,
     prepare: Callable[[bytes | np.ndarray], Any] | None = None,
-) -> Iterator[Prepared]:
+) -> Generator[Prepared, None, None]:
     """:func:`read_one` over every item on ``threads`` threads, in dataset order, with at
-    most ``window`` items in flight."""
-    with ThreadPoolExecutor(threads, thread_name_prefix="featcache-read") as pool:
+    most ``window`` items in flight.
+
+    Closed early (the run stopped), it drops the reads not started and waits for the running
+    ones. Callers close it (``contextlib.closing``) rather than leave that to the garbage
+    collector, which may run on one of these threads, and a thread cannot join itself."""
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="featcache-read")
+    try:
         yield from ordered_map(
             pool, lambda item: read_one(dataset, item, known, prepare), dataset.items, window
         )
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def ordered_map(

@@ -12,6 +12,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,82 @@ def _root(path: str | None, what: str) -> Path | None:
     return root
 
 
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """``grpc.health.v1.Health``: Check, and Watch without holding an RPC thread.
+
+    grpcio-health-checking's own servicer (1.85) sends a Watch reply while holding its status
+    lock. In this synchronous server a send waits for gRPC's one event thread, and that
+    thread runs the close callback of a Watch that ended, which takes the same lock: a Watch
+    starting while another ends hung every call of the server for good. Here the status lock
+    is never held while sending; replies go out under a lock of their own (one at a time, in
+    order), which the event thread never takes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sending = threading.RLock()
+        self._status: dict[str, int] = {}
+        self._watchers: dict[str, set[Callable[[Any], None]]] = {}
+        self._final = False
+
+    def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._lock:
+            status = self._status.get(request.service)
+        if status is None:
+            context.set_code(grpc.StatusCode.NOT_FOUND)
+            return health_pb2.HealthCheckResponse()
+        return health_pb2.HealthCheckResponse(status=status)
+
+    def Watch(
+        self,
+        request: Any,
+        context: grpc.ServicerContext,
+        send_response_callback: Callable[[Any], None] | None = None,
+    ) -> None:
+        """The status now, then at each change (gRPC passes ``send_response_callback``:
+        Watch is marked non-blocking)."""
+        send, service = send_response_callback, request.service
+        if send is None:
+            raise RuntimeError("Watch needs a server that supports non-blocking streams")
+        with self._sending:
+            with self._lock:
+                status = self._status.get(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+                self._watchers.setdefault(service, set()).add(send)
+            if not context.add_callback(lambda: self._ended(service, send)):
+                self._ended(service, send)  # the call is already over
+                return
+            send(health_pb2.HealthCheckResponse(status=status))
+
+    Watch.experimental_non_blocking = True  # type: ignore[attr-defined]
+
+    def _ended(self, service: str, send: Callable[[Any], None]) -> None:
+        """A Watch call ended (on gRPC's event thread: never waits for a send)."""
+        with self._lock:
+            self._watchers.get(service, set()).discard(send)
+        send(None)
+
+    def set(self, service: str, status: int) -> None:
+        """Set a service's status and tell its watchers (ignored after shutdown began)."""
+        with self._sending:
+            with self._lock:
+                if self._final:
+                    return
+                self._status[service] = status
+                watchers = list(self._watchers.get(service, ()))
+            for send in watchers:
+                send(health_pb2.HealthCheckResponse(status=status))
+
+    def enter_graceful_shutdown(self) -> None:
+        """NOT_SERVING for every service from now on."""
+        with self._sending:
+            with self._lock:
+                services = [] if self._final else list(self._status)
+            for service in services:
+                self.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+            with self._lock:
+                self._final = True
+
+
 class Server:
     """A started server: its port, health, model pool and servicer."""
 
@@ -194,7 +271,7 @@ class Server:
             maximum_concurrent_rpcs=threads + QUEUED_CALLS,
         )
         add_extractor(self.servicer, self.grpc)
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.grpc

@@ -148,7 +148,8 @@ def load_index(
         if found is not None and not rebuild:
             return found, False  # another caller built it while this one waited
         _build(reader, array_path, meta_path, want, progress)
-    return np.load(array_path, mmap_mode="r"), True
+        # loaded under the locks: another caller may rebuild it for another state next
+        return np.load(array_path, mmap_mode="r"), True
 
 
 def _build(
