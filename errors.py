@@ -47,6 +47,11 @@ class CacheLockedError(CacheError):
     """Another process is writing the same cache file."""
 
 
+class CacheChangedError(CacheError):
+    """A cache file was replaced (rewritten by a run) after a reader opened it: open it
+    again to read the new one."""
+
+
 class WeightsError(FeatcacheError):
     """Backbone weights could not be loaded."""
 

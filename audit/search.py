@@ -18,6 +18,7 @@ import numpy as np
 from ..core.options import invalid
 from ..errors import InvalidOptionError
 from ..store import CacheReader
+from ..store.reader import read_fresh
 from ..store.search_index import index_paths, load_index, normalize, rank_rows
 from .options import DEFAULT_SEARCH_K, MAX_SEARCH_K
 
@@ -57,14 +58,23 @@ def search(
         raise invalid("k", k, f"expected 1 to {MAX_SEARCH_K}")
     if (image is None) == (row is None):
         raise InvalidOptionError("search needs an image or a row (one of them)", "row")
-    reader = CacheReader(cache)
+    if image is not None and not Path(image).is_file():
+        raise InvalidOptionError(f"image {str(image)!r}: no such file", "image")
+    return read_fresh(cache, lambda reader: _search(reader, image, row, k, rebuild, progress))
+
+
+def _search(
+    reader: CacheReader,
+    image: str | os.PathLike[str] | None,
+    row: int | None,
+    k: int,
+    rebuild: bool,
+    progress: bool | None,
+) -> SearchResult:
+    """:func:`search` over one opened state of the cache."""
     if row is not None and not 0 <= row < len(reader):
         last = f"0 to {len(reader) - 1}" if len(reader) else "none: the cache is empty"
         raise invalid("row", row, f"expected {last}")
-    if image is not None:
-        path = Path(image)
-        if not path.is_file():
-            raise InvalidOptionError(f"image {str(path)!r}: no such file", "image")
     index, built = load_index(reader, rebuild, progress)
     exclude: int | None = None
     if row is not None:

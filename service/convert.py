@@ -27,6 +27,7 @@ from ..core.schema import options_of, spec_of
 from ..core.settings import BackboneConfig, FeatureSettings
 from ..errors import (
     AccessDenied,
+    CacheChangedError,
     CacheLockedError,
     DatasetError,
     ExtractionCancelled,
@@ -384,7 +385,7 @@ def status_name(exc: BaseException) -> str:
         return "NOT_FOUND"
     if isinstance(exc, (UnknownBackboneError, InvalidOptionError, DatasetError)):
         return "INVALID_ARGUMENT"
-    if isinstance(exc, CacheLockedError):
+    if isinstance(exc, (CacheLockedError, CacheChangedError)):
         return "ABORTED"
     if isinstance(exc, ExtractionCancelled):
         return "CANCELLED"

@@ -375,8 +375,8 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
 
     def _search(self, request: Any, context: grpc.ServicerContext) -> Any:
         """``featcache search`` over a cache under the cache root (the same index file)."""
-        from ..store import CacheReader
-        from ..store.search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K, load_index, rank_rows
+        from ..store.reader import read_fresh
+        from ..store.search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K
 
         path = confine(self.roots.cache, request.cache, "cache")
         if not path.is_file():
@@ -387,7 +387,13 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         kind = request.WhichOneof("query")
         if kind is None:
             raise InvalidOptionError("search needs a row or an image", "row")
-        reader = CacheReader(path)
+        return read_fresh(path, lambda reader: self._search_in(reader, request, k, context))
+
+    def _search_in(self, reader: Any, request: Any, k: int, context: grpc.ServicerContext) -> Any:
+        """:meth:`_search` over one opened state of the cache."""
+        from ..store.search_index import load_index, rank_rows
+
+        kind = request.WhichOneof("query")
         if kind == "row" and not 0 <= request.row < len(reader):
             raise InvalidOptionError(f"row {request.row}: expected 0 to {len(reader) - 1}", "row")
         index, _ = load_index(reader, progress=False)

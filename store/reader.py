@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import h5py
 import numpy as np
 
 from ..core.settings import CacheSettings
 from ..core.splits import SPLIT_NAMES
+from ..errors import CacheChangedError
 from .format import (
     BAD_FILES_ATTR,
     VIEWS_DATASET,
@@ -28,6 +30,28 @@ from .format import (
     read_rows,
     strings,
 )
+
+T = TypeVar("T")
+
+
+def _identity(handle: h5py.File) -> tuple[int, int, int, int]:
+    """``(device, inode, size, mtime_ns)`` of an open HDF5 file, from its descriptor."""
+    info = os.fstat(handle.id.get_vfd_handle())
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def read_fresh(
+    path: str | os.PathLike[str], use: Callable[[CacheReader], T], attempts: int = 3
+) -> T:
+    """``use(CacheReader(path))``, opened again when a run rewrote the cache meanwhile
+    (:class:`~featcache.errors.CacheChangedError`), up to ``attempts`` times."""
+    for attempt in range(attempts):
+        try:
+            return use(CacheReader(path))
+        except CacheChangedError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 class CacheReader:
@@ -40,6 +64,10 @@ class CacheReader:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         with open_h5(self.path) as handle, guarded(self.path):
+            self.identity: tuple[int, int, int, int] = _identity(handle)
+            """``(device, inode, size, mtime_ns)`` of the file this reader opened: a later
+            read that finds another file there (a run rewrote the cache) raises
+            :class:`~featcache.errors.CacheChangedError` instead of mixing the two."""
             self.attrs: dict[str, Any] = {
                 k: v for k, v in plain_attrs(handle.attrs).items() if k != BAD_FILES_ATTR
             }
@@ -74,7 +102,7 @@ class CacheReader:
     def features(self, rows: np.ndarray | None = None) -> np.ndarray:
         """float32 features of ``rows`` (all rows when None), reading only those rows."""
         picked = None if rows is None else self._checked(rows)
-        with open_h5(self.path) as handle, guarded(self.path):
+        with self._open() as handle, guarded(self.path):
             dataset = handle["features"]
             if picked is None:
                 return np.asarray(dataset[:], dtype=np.float32)
@@ -92,7 +120,7 @@ class CacheReader:
         if self.views == 1:
             return plain[:, None, :]
         picked = None if rows is None else self._checked(rows)
-        with open_h5(self.path) as handle, guarded(self.path):
+        with self._open() as handle, guarded(self.path):
             dataset = handle[VIEWS_DATASET]
             extra = dataset[:] if picked is None else read_rows(dataset, picked)
         return np.concatenate([plain[:, None, :], np.asarray(extra, np.float32)], axis=1)
@@ -112,7 +140,7 @@ class CacheReader:
         if len(chosen) and (chosen.min() < 0 or chosen.max() >= self.views):
             raise IndexError(f"views outside 0..{self.views - 1} of {self.path}")
         out = np.empty((len(picked), self.feature_dim), np.float32)
-        with open_h5(self.path) as handle, guarded(self.path):
+        with self._open() as handle, guarded(self.path):
             for view in np.unique(chosen).tolist():
                 at = np.flatnonzero(chosen == view)
                 unique, inverse = np.unique(picked[at], return_inverse=True)
@@ -122,6 +150,16 @@ class CacheReader:
                     block = handle[VIEWS_DATASET][unique, view - 1]
                 out[at] = block[inverse]
         return out
+
+    def _open(self) -> h5py.File:
+        """The cache file, checked to be the one this reader opened."""
+        handle = open_h5(self.path)
+        if _identity(handle) != self.identity:
+            handle.close()
+            raise CacheChangedError(
+                f"{self.path}: the cache was rewritten since it was opened; open it again"
+            )
+        return handle
 
     def _checked(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` as int64 indices; IndexError (the caller's mistake, not a damaged file)
@@ -141,7 +179,7 @@ class CacheReader:
         """``(row indices, float32 features)`` batches streamed from disk, in order or
         shuffled; memory stays at one batch."""
         chosen = self._ordered(rows, shuffle, seed)  # a bad row is the caller's IndexError
-        with open_h5(self.path) as handle, guarded(self.path):
+        with self._open() as handle, guarded(self.path):
             dataset = handle["features"]
             for start in range(0, len(chosen), batch_size):
                 pick = chosen[start : start + batch_size]

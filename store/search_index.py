@@ -89,14 +89,16 @@ def index_paths(cache: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 def _identity(reader: CacheReader) -> dict[str, Any]:
-    stat = reader.path.stat()
+    """What an index was built from: the file ``reader`` opened (not whatever file is at its
+    path now: a run may have rewritten it since)."""
+    _, _, size, mtime_ns = reader.identity
     return {
         "version": INDEX_VERSION,
         "fingerprint": reader.fingerprint,
         "rows": len(reader),
         "feature_dim": reader.feature_dim,
-        "cache_size": stat.st_size,
-        "cache_mtime_ns": stat.st_mtime_ns,
+        "cache_size": size,
+        "cache_mtime_ns": mtime_ns,
     }
 
 

@@ -15,6 +15,8 @@ from featcache import extract
 from featcache.audit.neighbors import normalize, query_top_k
 from featcache.audit.search import index_paths, load_index, search
 from featcache.cli import main
+from featcache.errors import CacheChangedError
+from featcache.service.convert import status_name
 from featcache.store import CacheReader
 from helpers import TINY, make_class_folder, write_image
 
@@ -69,6 +71,28 @@ def test_index_built_once_and_rebuilt_when_the_cache_changes(tmp_path):
     meta_path.write_text("{")
     index, built = load_index(CacheReader(cache), progress=False)
     assert built and index.shape == (39, x.shape[1])
+
+
+def test_a_reader_never_mixes_two_states_of_a_rewritten_cache(tmp_path):
+    """A run rewrites a cache while a reader (a server's Search, an audit) holds it open:
+    reading on says so (CacheChangedError, the gRPC ABORTED), never reads the new file's
+    rows under the old file's paths; an index is never built from such a mix, and a search
+    opens the new state and answers from it."""
+    rows, x = clustered(per_class=10)
+    cache = write_cache(tmp_path / "c.h5", rows, x)
+    stale = CacheReader(cache)
+    x2 = np.random.default_rng(5).normal(size=(39, x.shape[1]))
+    replacement = write_cache(tmp_path / "new.h5", rows[:-1], x2)
+    os.replace(replacement, cache)  # as every checkpoint of a writer does
+    with pytest.raises(CacheChangedError, match="rewritten since it was opened"):
+        stale.features(np.arange(3))
+    with pytest.raises(CacheChangedError):
+        load_index(stale, progress=False)
+    assert not index_paths(cache)[1].exists()  # no index of the mixed state was kept
+    assert status_name(CacheChangedError("x")) == "ABORTED"
+    again = search(cache, row=1, progress=False)
+    assert [h["row"] for h in again.hits] == brute(x2, 1, 10)[0]
+    assert len(CacheReader(cache)) == 39
 
 
 def test_image_query_uses_the_caches_backbone(tmp_path):
