@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import click
 
+from .commands._help import WorkflowGroup
 from .commands._shared import flag_message
 from .commands.datasets import (
     audit_command,
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=WorkflowGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="featcache")
 def main() -> None:
     """Embed an image dataset once with a frozen backbone; train heads on the cache."""

@@ -15,7 +15,7 @@ DEFAULT_FOLDS = 5
 DEFAULT_BLOCK_BYTES = 256 << 20
 """Bytes of one block of float32 similarities: 256 MiB."""
 DEFAULT_THRESHOLD = 0.95
-"""Cosine similarity from which two rows are near-duplicates (see README: audit)."""
+"""Cosine similarity from which two rows are near-duplicates (see docs/commands.md: audit)."""
 THRESHOLD_TABLE = (0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 """Thresholds whose pair counts the report lists, to show the threshold's effect."""
 DEFAULT_NEIGHBORS = 10

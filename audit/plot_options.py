@@ -15,7 +15,7 @@ DEFAULT_MAX_POINTS = 5000
 """Points plotted at most: a larger cache is plotted from a seeded random sample."""
 AUTO_TSNE_MAX_POINTS = 3000
 """``auto`` without umap-learn runs t-SNE up to this many points, PCA above (t-SNE's
-cost: see README, plot)."""
+cost: see docs/commands.md, plot)."""
 DEFAULT_THUMBNAILS = 500
 """Points of the HTML map that carry a thumbnail (a seeded random choice)."""
 MAX_THUMBNAILS = 5000

@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 OLD_DEFAULTS = {"unfreeze": "20", "epochs": 6, "lr": 1e-4, "augment": "flip"}
 """The issue's run: what a new user tried with the options as they were."""
 ROTATION_AUGMENT = "flip,vflip,rotate90,contrast"
-"""The ``new-rot`` arm: the default recipe with the augmentation the README suggests for
+"""The ``new-rot`` arm: the default recipe with the augmentation docs/commands.md suggests for
 textures and micrographs (no up, and no crop that changes their scale)."""
 
 

@@ -1,4 +1,4 @@
-"""Make the README's pictures of ``featcache plot`` from a cache (no browser needed).
+"""Make the docs' pictures of ``featcache plot`` from a cache (no browser needed).
 
 ``map.png`` is plot's own PNG. ``map_html_hover.png`` draws, with matplotlib, what
 ``map.html`` shows in a browser while the pointer rests on one point: the canvas (the

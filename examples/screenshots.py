@@ -1,4 +1,4 @@
-"""Browser screenshots of the HTML pages for the README: the audit report and the plot's
+"""Browser screenshots of the HTML pages for docs/commands.md: the audit report and the plot's
 map.html with the pointer resting on a sandal of the val split.
 
 Needs a headless Chromium (``apt-get install chromium``) and the cache ``examples/run.sh``

@@ -132,7 +132,7 @@ class CacheReader:
         Pairs are read a view at a time, its rows sorted and unique (what h5py's fancy
         indexing needs), in one open of the file. A chunk of the ``views`` dataset holds
         every view of its rows, so the disk still reads whole chunks; what this saves is
-        copying the K - 1 views of each row out of them (measured in the README)."""
+        copying the K - 1 views of each row out of them (measured in docs/views.md)."""
         picked = self._checked(rows)
         chosen = np.asarray(views, np.int64).reshape(-1)
         if chosen.shape != picked.shape:

@@ -443,7 +443,7 @@ def test_auto_keeps_the_best_phase_and_reports_every_phase(coloured, tmp_path):
     assert changed == set(report["kept_layers"])  # the kept phase's layers, nothing else
     import keras
 
-    import featcache.heads.layers  # noqa: F401  (registers the custom layers, as README says)
+    import featcache.heads.layers  # noqa: F401  (registers the custom layers, as docs/commands.md says)
 
     plain = keras.models.load_model(tmp_path / "ft" / "model.keras")  # no training optimizer
     assert getattr(plain, "optimizer", None) is None

@@ -48,7 +48,7 @@ DOCUMENTED = {
     C.CANCELLED,
     C.UNAVAILABLE,
 }
-"""The codes the README's gRPC section documents (INTERNAL is for bugs: never expected)."""
+"""The codes docs/grpc.md documents (INTERNAL is for bugs: never expected)."""
 
 
 def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
