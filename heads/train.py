@@ -415,15 +415,9 @@ def _load_skops(path: Path) -> Any:
         raise CacheError(f"could not load {path}: {_first_line(exc)}") from None
 
 
-def load_head(run: str | os.PathLike[str], trust_pickle: bool | None = None) -> TrainedHead:
-    """Load a head saved by ``train_head`` (a run folder).
-
-    The head file must lie inside the run folder. A dense head's ``head.keras`` loads with
-    Keras' ``safe_mode``; a scikit-learn head's ``head.skops`` loads only the types
-    featcache's heads are made of (:func:`skops_trusted_types`). A ``head.joblib`` (runs
-    saved before ``head.skops``) is a pickle, which can run any code when loaded: it is
-    refused unless ``trust_pickle`` (None: inside :func:`trusted_pickles`).
-    """
+def read_head_meta(run: str | os.PathLike[str]) -> dict[str, Any]:
+    """A head run's ``head.json``, checked (JSON only: nothing is loaded, so that what a
+    run cannot do is refused before TensorFlow starts)."""
     run_dir = Path(run)
     meta_path = run_dir / "head.json"
     if not meta_path.is_file():
@@ -439,6 +433,20 @@ def load_head(run: str | os.PathLike[str], trust_pickle: bool | None = None) -> 
             f"{run_dir}: head format {meta['featcache_head']} is newer than "
             "this featcache reads; upgrade featcache"
         )
+    return meta
+
+
+def load_head(run: str | os.PathLike[str], trust_pickle: bool | None = None) -> TrainedHead:
+    """Load a head saved by ``train_head`` (a run folder).
+
+    The head file must lie inside the run folder. A dense head's ``head.keras`` loads with
+    Keras' ``safe_mode``; a scikit-learn head's ``head.skops`` loads only the types
+    featcache's heads are made of (:func:`skops_trusted_types`). A ``head.joblib`` (runs
+    saved before ``head.skops``) is a pickle, which can run any code when loaded: it is
+    refused unless ``trust_pickle`` (None: inside :func:`trusted_pickles`).
+    """
+    run_dir = Path(run)
+    meta = read_head_meta(run_dir)
     kind = meta["kind"]
     path = _head_file(run_dir, meta)
     if kind == "dense":
