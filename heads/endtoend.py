@@ -7,15 +7,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backbones.backbone import FeatureExtractor
 from ..backbones.rebuild import rebuild_backbone
 from ..core.options import check_choice, invalid
 from ..errors import CacheError, InvalidOptionError
-from .linear import linear_form
-from .options import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS, LINEAR_HEADS
-from .train import TrainedHead, load_head, read_head_meta
+from .options import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS
+from .runs import check_head
+
+if TYPE_CHECKING:  # heads.train loads scikit-learn: not before a refusal is decided
+    from .train import TrainedHead
 
 __all__ = ["EXPORT_FORMATS", "EndToEnd", "build", "check_head", "export", "load_model"]
 
@@ -31,30 +33,6 @@ class EndToEnd:
     """The feature extractor inside (backbone, tapped layer, pooling)."""
     head: TrainedHead
     image_size: tuple[int, int]
-
-
-def check_head(run: str | os.PathLike[str], purpose: str = "export") -> dict[str, Any]:
-    """``head.json`` of a run that can serve ``purpose``, or the reason it cannot.
-
-    ``export`` (one Keras model): a dense or linear head (:data:`LINEAR_HEADS`);
-    ``fine-tune``: a dense head; ``predict`` (on images): any head of one cache. Reads JSON
-    only, so that a refusal comes before TensorFlow loads.
-    """
-    meta = read_head_meta(run)
-    kind = str(meta["kind"])
-    if purpose == "fine-tune" and kind != "dense":
-        raise InvalidOptionError(
-            f"{run}: fine-tune starts from a dense head, not a {kind} head; train one with "
-            "head 'dense'"
-        )
-    if purpose == "export" and kind != "dense" and kind not in LINEAR_HEADS:
-        raise InvalidOptionError(
-            f"{run}: a {kind} head cannot be one Keras model: predict on images with "
-            f"`featcache predict {run} IMAGES`, or pick a linear head "
-            f"({', '.join(LINEAR_HEADS)}) or dense to export"
-        )
-    _ = TrainedHead(kind, None, list(meta.get("class_names", [])), meta).settings  # one cache
-    return meta
 
 
 def build(
@@ -74,6 +52,9 @@ def build(
     the same weights at another size, which needs features whose width does not depend on
     the size (a global pooling). A trainable backbone (fine-tuning) needs a dense head.
     """
+    from .linear import linear_form
+    from .train import load_head
+
     check_head(run, "fine-tune" if trainable_backbone else "export")
     head = load_head(run)
     parts = _features(head, trainable_backbone, augmentation, precision, image_size)

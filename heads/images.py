@@ -95,7 +95,8 @@ def load_classifier(model: str | os.PathLike[str]) -> Classifier:
     """
     path = Path(model)
     if path.is_dir() and (path / "head.json").is_file():
-        from .endtoend import build, check_head, feature_model
+        from .endtoend import build, feature_model
+        from .runs import check_head
         from .train import load_head
 
         meta = check_head(path, "predict")
