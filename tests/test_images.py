@@ -118,6 +118,8 @@ def test_a_linear_head_exports_as_one_dense_layer_equal_to_scikit_learn(sample, 
     import keras
 
     from featcache.heads.endtoend import export, load_model
+    from featcache.heads.images import predict_images
+    from featcache.heads.predict import predict_cache
 
     _, data, cache, _ = sample
     run = train_head(cache, kind, tmp_path / "run").run_dir
@@ -138,6 +140,15 @@ def test_a_linear_head_exports_as_one_dense_layer_equal_to_scikit_learn(sample, 
     got = np.concatenate([np.asarray(model(image[None])) for image in images])
     _agree(head.predict_proba(features), got, 1e-5)
     assert model.get_layer("class_probabilities").probabilities == (kind == "logreg")
+    # predict names what it reports: a probability, or a score for linear-svm and ridge
+    measure = "probability" if kind == "logreg" else "score"
+    files = [str(data / p) for p in read_cache(cache).paths[:4]]
+    on_images = predict_images(run, files, tmp_path / "p.csv")
+    assert set(_csv(tmp_path / "p.csv")[0]) == {"path", "class", measure, "top_k", "error"}
+    assert [r.top[0][0] for r in on_images] == [
+        head.class_names[c] for c in head.predict(features[:4])
+    ]
+    assert measure in _csv(predict_cache(run, cache, tmp_path / "cache.csv"))[0]
 
 
 @pytest.mark.parametrize("kind", ["logreg", "ridge", "linear-svm"])
