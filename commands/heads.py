@@ -161,9 +161,10 @@ def predict_command(
 ) -> None:
     """Classify IMAGES (files, folders or globs) with MODEL; write predictions.csv.
 
-    MODEL is a model.keras from `export` or `fine-tune`, or a dense head run (its
+    MODEL is a model.keras from `export` or `fine-tune`, or a head run of any kind (its
     backbone is rebuilt from the head's cache settings). `predict RUN CACHE.h5` applies
-    a head run to the features of another cache instead.
+    a head run to the features of another cache instead. Heads without probabilities
+    (linear-svm, ridge) write a `score` column: the softmax of their decision scores.
     """
     from pathlib import Path
 
@@ -193,8 +194,9 @@ def predict_command(
 @flags(PredictOptions, only=("format",))
 @handle_errors
 def export_command(run: str, output: str, format: str) -> None:
-    """Turn the dense head of RUN into one model taking images (resize, preprocessing,
-    frozen backbone, head)."""
+    """Turn the head of RUN into one model taking images (resize, preprocessing, frozen
+    backbone, head): a dense head, or a linear one (logreg, linear-svm, ridge) as one Dense
+    layer. svm, knn and random-forest heads cannot be one model: `predict RUN IMAGES`."""
     from ..heads.endtoend import export
 
     click.echo(render_wrote(export(run, output, format)))

@@ -7,16 +7,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backbones.backbone import FeatureExtractor
 from ..backbones.rebuild import rebuild_backbone
 from ..core.options import check_choice, invalid
 from ..errors import CacheError, InvalidOptionError
 from .options import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS
-from .train import TrainedHead, load_head
+from .runs import check_head
 
-__all__ = ["EXPORT_FORMATS", "EndToEnd", "build", "export", "load_model"]
+if TYPE_CHECKING:  # heads.train loads scikit-learn: not before a refusal is decided
+    from .train import TrainedHead
+
+__all__ = ["EXPORT_FORMATS", "EndToEnd", "build", "check_head", "export", "load_model"]
 
 
 @dataclass
@@ -24,7 +27,8 @@ class EndToEnd:
     """An end-to-end model and the parts fine-tuning needs."""
 
     model: Any
-    """uint8 or 0-255 float images ``(N, H, W, 3)`` of any size -> probabilities."""
+    """uint8 or 0-255 float images ``(N, H, W, 3)`` of any size -> probabilities (for
+    ``linear-svm`` and ``ridge`` heads, a softmax of their decision scores)."""
     backbone: Any
     """The feature extractor inside (backbone, tapped layer, pooling)."""
     head: TrainedHead
@@ -38,23 +42,61 @@ def build(
     precision: str | None = None,
     image_size: int | None = None,
 ) -> EndToEnd:
-    """The end-to-end model of a dense head run (``train-head --head dense``).
+    """The end-to-end model of a dense head run (``train-head --head dense``), or of a linear
+    scikit-learn head (logreg, linear-svm, ridge), which becomes one ``Dense`` layer
+    (:mod:`featcache.heads.linear`).
 
     ``augmentation`` layers go between resizing and preprocessing (active in training only).
     The backbone computes in the cache's precision unless ``precision`` says otherwise, and
     takes images of the cache's size unless ``image_size`` (a square side) says otherwise:
     the same weights at another size, which needs features whose width does not depend on
-    the size (a global pooling).
+    the size (a global pooling). A trainable backbone (fine-tuning) needs a dense head.
     """
-    from . import layers  # registers the custom layers
-    from .layers import ClassProbabilities, Preprocess, ResizeImages, StorageRound
+    from .linear import linear_form
+    from .train import load_head
 
+    check_head(run, "fine-tune" if trainable_backbone else "export")
     head = load_head(run)
-    if head.kind != "dense":
-        raise InvalidOptionError(
-            f"{run}: a {head.kind} head is a scikit-learn model and cannot become part of a "
-            "Keras model; train one with head 'dense'"
-        )
+    parts = _features(head, trainable_backbone, augmentation, precision, image_size)
+    import keras
+
+    from .layers import ClassProbabilities
+
+    if head.kind == "dense":
+        outputs, kind = head.estimator.model_(parts.features), _output_kind(head)
+    else:
+        form = linear_form(head.kind, head.estimator)
+        # float64: the folded scaler's weights can be large; the sum stays as exact as
+        # scikit-learn's own (it multiplies in float64 too)
+        dense = keras.layers.Dense(len(form.bias), dtype="float64", name="linear_head")
+        outputs, kind = dense(parts.features), form.output
+        dense.set_weights([form.weights, form.bias])
+    probabilities = ClassProbabilities(
+        kind, head.classes.tolist(), head.class_names, name="class_probabilities"
+    )(outputs)
+    model = keras.Model(parts.inputs, probabilities, name="featcache_classifier")
+    return EndToEnd(model, parts.backbone, head, parts.image_size)
+
+
+@dataclass
+class _Parts:
+    inputs: Any
+    features: Any
+    backbone: Any
+    image_size: tuple[int, int]
+
+
+def _features(
+    head: TrainedHead,
+    trainable_backbone: bool = False,
+    augmentation: list[Any] | None = None,
+    precision: str | None = None,
+    image_size: int | None = None,
+) -> _Parts:
+    """Images -> the features ``head`` learned on: resize, preprocessing, backbone."""
+    from . import layers  # registers the custom layers
+    from .layers import Preprocess, ResizeImages, StorageRound
+
     settings = head.meta["cache_settings"]
     extractor = rebuild_backbone(head.settings, precision)
     if image_size is not None and (image_size, image_size) != extractor.resolved.image_size:
@@ -73,14 +115,16 @@ def build(
     features = backbone(x, training=False)  # BatchNormalization stays in inference mode
     if settings.get("dtype") == "float16":  # the head learned on float16-rounded features
         features = StorageRound("float16", name="float16_storage")(features)
-    head_model = head.estimator.model_
-    outputs = head_model(features)
-    kind = _output_kind(head)
-    probabilities = ClassProbabilities(
-        kind, head.classes.tolist(), head.class_names, name="class_probabilities"
-    )(outputs)
-    model = keras.Model(inputs, probabilities, name="featcache_classifier")
-    return EndToEnd(model, backbone, head, (height, width))
+    return _Parts(inputs, features, backbone, (height, width))
+
+
+def feature_model(head: TrainedHead) -> Any:
+    """A Keras model from images (any size, 0-255) to the features ``head`` learned on:
+    how ``predict`` runs a head that cannot be part of a Keras model (svm, knn, forest)."""
+    import keras
+
+    parts = _features(head)
+    return keras.Model(parts.inputs, parts.features, name="featcache_features")
 
 
 def _resized(extractor: FeatureExtractor, side: int) -> FeatureExtractor:
@@ -114,11 +158,17 @@ def export(
     output: str | os.PathLike[str],
     format: str = DEFAULT_EXPORT_FORMAT,
 ) -> Path:
-    """Save a head run as one model taking images (``.keras`` or a TF SavedModel folder)."""
+    """Save a head run as one model taking images (``.keras`` or a TF SavedModel folder).
+
+    A dense head, or a linear scikit-learn head (logreg, linear-svm, ridge) as one ``Dense``
+    layer; an svm, knn or random-forest head is refused (before TensorFlow loads): it
+    predicts on images with :func:`featcache.heads.images.predict_images` instead.
+    """
     check_choice("format", format, EXPORT_FORMATS)
     out = Path(output)
     if format == "keras" and out.suffix != ".keras":
         raise invalid("output", str(out), "a Keras model file must end in .keras")
+    check_head(run, "export")
     built = build(run)
     out.parent.mkdir(parents=True, exist_ok=True)
     save(built.model, out, format)

@@ -1,7 +1,9 @@
 """``predict MODEL IMAGES``: classify image files with an end-to-end model.
 
-MODEL is a ``model.keras`` from ``export`` or ``fine-tune``, or a dense head run (its
-backbone is rebuilt from the settings the head was trained on).
+MODEL is a ``model.keras`` from ``export`` or ``fine-tune``, or a head run of any kind (its
+backbone is rebuilt from the settings the head was trained on): a dense or linear head runs
+as the model ``export`` makes, the others (svm, knn, random-forest) as the backbone's
+features through the scikit-learn head.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import csv
 import glob
 import os
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,13 @@ from ..core.ranking import top_k as rank
 from ..errors import DatasetError
 from ..extractor.decode import IMAGE_EXTENSIONS, decode_and_resize, decode_or_reason
 from ..extractor.reader import ordered_map
-from .options import DEFAULT_PREDICT_BATCH_SIZE, DEFAULT_TOP_K, check_options
+from .options import (
+    DEFAULT_PREDICT_BATCH_SIZE,
+    DEFAULT_TOP_K,
+    LINEAR_HEADS,
+    SCORE_HEADS,
+    check_options,
+)
 
 
 @dataclass
@@ -58,19 +67,67 @@ def list_images(images: str | os.PathLike[str] | list[str]) -> list[Path]:
     return files
 
 
-def load_classifier(model: str | os.PathLike[str]) -> tuple[Any, list[str]]:
-    """(Keras model, class names per output column) from a ``.keras`` file or a head run."""
+@dataclass
+class Classifier:
+    """What ``predict_images`` runs: images -> one value per class."""
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    """A batch of 0-255 images ``(N, H, W, 3)`` of ``size`` -> ``(N, classes)``."""
+    names: list[str]
+    """The class of each output column."""
+    size: tuple[int, int]
+    """(height, width) the images are resized to before ``predict``."""
+    resize: str
+    """How (``stretch``, ``pad``, ``crop``)."""
+    measure: str = "probability"
+    """``probability``, or ``score`` for heads without probabilities (linear-svm, ridge:
+    a softmax of their decision scores)."""
+
+
+def load_classifier(model: str | os.PathLike[str]) -> Classifier:
+    """A ``.keras`` file from ``export`` or ``fine-tune``, or a head run of any kind.
+
+    A dense or linear head (logreg, linear-svm, ridge) becomes one Keras model, as
+    ``export`` makes it; an svm, knn or random-forest head runs on the features of the
+    run's backbone (rebuilt from its settings). A run's head is loaded, and a pickle
+    refused unless trusted (:func:`featcache.heads.train.trusted_pickles`), before
+    TensorFlow loads.
+    """
     path = Path(model)
     if path.is_dir() and (path / "head.json").is_file():
-        from .endtoend import build
+        from .endtoend import build, feature_model
+        from .runs import check_head
+        from .train import load_head
 
-        built = build(path)
-        names = [built.head.class_names[int(c)] for c in built.head.classes]
-        return built.model, names
+        meta = check_head(path, "predict")
+        if meta["kind"] == "dense" or meta["kind"] in LINEAR_HEADS:
+            built = build(path)
+            names = [built.head.class_names[int(c)] for c in built.head.classes]
+            measure = "score" if built.head.kind in SCORE_HEADS else "probability"
+            return _keras_classifier(built.model, names, measure)
+        head = load_head(path)
+        features = feature_model(head)
+        resize = features.get_layer("resize")
+
+        def run(images: np.ndarray) -> np.ndarray:
+            return head.predict_proba(np.asarray(features(images, training=False)))
+
+        names = [head.class_names[int(c)] for c in head.classes]
+        return Classifier(run, names, (resize.height, resize.width), resize.mode)
     from .endtoend import load_model
 
     loaded, names, _ = load_model(path)
-    return loaded, names
+    last = loaded.get_layer("class_probabilities")
+    return _keras_classifier(loaded, names, "probability" if last.probabilities else "score")
+
+
+def _keras_classifier(model: Any, names: list[str], measure: str) -> Classifier:
+    resize = model.get_layer("resize")
+
+    def run(images: np.ndarray) -> np.ndarray:
+        return np.asarray(model(images, training=False))
+
+    return Classifier(run, names, (resize.height, resize.width), resize.mode, measure)
 
 
 def predict_images(
@@ -84,9 +141,8 @@ def predict_images(
     """Classify images; writes ``predictions.csv`` (path, class, probability, top_k, error)."""
     check_options({"top_k": top_k, "batch_size": batch_size})
     files = list_images(images)
-    classifier, names = load_classifier(model)
-    resize = classifier.get_layer("resize")
-    size, mode = (resize.height, resize.width), resize.mode
+    classifier = load_classifier(model)
+    names, size, mode = classifier.names, classifier.size, classifier.resize
 
     def prepare(path: Path) -> tuple[np.ndarray | None, str | None]:
         return decode_or_reason(lambda p: decode_and_resize(p.read_bytes(), size, mode), path)
@@ -105,7 +161,7 @@ def predict_images(
     def flush() -> None:
         if not pending:
             return
-        proba = np.asarray(classifier(np.stack([p for _, p in pending]), training=False))
+        proba = classifier.predict(np.stack([p for _, p in pending]))
         order = rank(proba, top_k)
         for (path, _), row, best in zip(pending, proba, order):
             results.append(Prediction(str(path), [(names[j], float(row[j])) for j in best]))
@@ -125,16 +181,18 @@ def predict_images(
         flush()
     bar.close()
     if output is not None:
-        write_predictions(results, Path(output))
+        write_predictions(results, Path(output), classifier.measure)
     return results
 
 
-def write_predictions(results: list[Prediction], out: Path) -> None:
-    """``predictions.csv``: path, class, probability, top_k (``class:p|...``), error."""
+def write_predictions(results: list[Prediction], out: Path, measure: str = "probability") -> None:
+    """``predictions.csv``: path, class, probability, top_k (``class:p|...``), error.
+
+    ``measure`` names the third column: ``score`` for heads without probabilities."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["path", "class", "probability", "top_k", "error"])
+        writer.writerow(["path", "class", measure, "top_k", "error"])
         for r in results:
             best = r.top[0] if r.top else ("", 0.0)
             top = "|".join(f"{name}:{p:.4f}" for name, p in r.top)

@@ -87,7 +87,10 @@ class ClassProbabilities(keras.layers.Layer):
     """A head's output as one probability per class in ``classes`` (label indices).
 
     ``output``: ``softmax`` (already probabilities), ``logits`` (softmax applied here),
-    ``sigmoid`` or ``sigmoid-logits`` (one unit for two classes).
+    ``sigmoid`` or ``sigmoid-logits`` (one unit for two classes), ``ovr-logits`` (one-vs-rest
+    logistic regression: sigmoids normalised to sum to one), ``scores`` (the decision scores
+    of a linear-svm or ridge head: their softmax, which ranks the classes as the head does
+    but is not a probability; :attr:`probabilities` is False).
     """
 
     def __init__(
@@ -102,9 +105,17 @@ class ClassProbabilities(keras.layers.Layer):
         if self.output_kind in ("sigmoid", "sigmoid-logits"):
             p = tf.sigmoid(x) if self.output_kind == "sigmoid-logits" else x
             return tf.concat([1.0 - p, p], axis=-1)
-        if self.output_kind == "logits":
+        if self.output_kind in ("logits", "scores"):
             return tf.nn.softmax(x, axis=-1)
+        if self.output_kind == "ovr-logits":
+            p = tf.sigmoid(x)
+            return p / tf.reduce_sum(p, axis=-1, keepdims=True)
         return x
+
+    @property
+    def probabilities(self) -> bool:
+        """False when the outputs rank classes without being probabilities (``scores``)."""
+        return self.output_kind != "scores"
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return (input_shape[0], len(self.classes))

@@ -31,6 +31,13 @@ BASELINES = ("logreg", "linear-svm", "svm", "knn", "random-forest", "ridge")
 """The scikit-learn heads."""
 HEAD_KINDS = ("dense", *BASELINES)
 """Every head ``train_head`` accepts."""
+LINEAR_HEADS = ("logreg", "linear-svm", "ridge")
+"""scikit-learn heads that ``export`` turns into one Keras ``Dense`` layer (with their
+scaler folded in); the other baselines predict on images through the backbone and the
+scikit-learn model (``predict RUN IMAGES``) and cannot be exported."""
+SCORE_HEADS = ("linear-svm", "ridge")
+"""Heads without probabilities: ``predict`` reports a softmax of their decision scores,
+named ``score`` (it ranks the classes as the head does; it is not calibrated)."""
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 MONITORS = ("val_accuracy", "val_loss")
 CLASS_WEIGHTS = ("balanced",)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..core.ranking import top_k as rank
 from ..store import CacheReader
-from .options import DEFAULT_FEATURE_BATCH_SIZE, DEFAULT_TOP_K, check_options
+from .options import DEFAULT_FEATURE_BATCH_SIZE, DEFAULT_TOP_K, SCORE_HEADS, check_options
 from .train import TrainedHead, load_head
 
 
@@ -37,7 +37,9 @@ def predict_cache(
 ) -> Path:
     """Write ``predictions.csv`` (path, label, predicted, probability, top-k) for every row.
 
-    The cache must come from the same backbone settings as the head's training cache.
+    The cache must come from the same backbone settings as the head's training cache. For
+    a linear-svm or ridge head the probability column is named ``score``: a softmax of the
+    head's decision scores, which ranks the classes as the head does but is not calibrated.
     """
     check_options({"top_k": top_k, "batch_size": batch_size})
     head = load_head(run)
@@ -48,7 +50,8 @@ def predict_cache(
     out = Path(output) if output is not None else Path(run) / "predictions.csv"
     with open(out, "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["path", "label", "predicted", "probability", "top_k"])
+        measure = "score" if head.kind in SCORE_HEADS else "probability"
+        writer.writerow(["path", "label", "predicted", measure, "top_k"])
         for rows, features in reader.batches(batch_size=batch_size):
             proba = head.predict_proba(features)
             order = rank(proba, top_k)

@@ -22,9 +22,9 @@ from .data import CachedSplits, Caches, JointCache, Split, cache_paths, load_spl
 from .dense import DenseHead
 from .options import DEFAULT_FEATURE_BATCH_SIZE, HeadOptions, merge_options
 from .report import metrics, write_confusion, write_history
+from .runs import HEAD_FORMAT, head_settings, read_head_meta
 from .view_training import check_view_training, fit_views, uses_views
 
-HEAD_FORMAT = 1
 DEFAULT_RUNS_DIR = Path("runs")
 _VAL_BATCH = 1024
 """Rows per validation batch when the dense head streams its features."""
@@ -43,17 +43,7 @@ class TrainedHead:
     def settings(self) -> FeatureSettings:
         """The feature settings of the cache the head was trained on (a head trained on
         several caches' features has none: CacheError)."""
-        caches = self.meta.get("caches") or []
-        if len(caches) > 1:
-            raise CacheError(
-                f"the head was trained on the features of {len(caches)} caches joined "
-                f"({', '.join(caches)}): predicting, exporting and fine-tuning need a "
-                "head trained on one cache"
-            )
-        recorded = self.meta["cache_settings"]
-        if not recorded.get("feature_dim"):  # the width is known from the head itself
-            recorded = {**recorded, "feature_dim": self.meta.get("feature_dim", 0)}
-        return FeatureSettings.from_mapping(recorded)
+        return head_settings(self.meta)
 
     @property
     def classes(self) -> np.ndarray:
@@ -425,20 +415,7 @@ def load_head(run: str | os.PathLike[str], trust_pickle: bool | None = None) -> 
     refused unless ``trust_pickle`` (None: inside :func:`trusted_pickles`).
     """
     run_dir = Path(run)
-    meta_path = run_dir / "head.json"
-    if not meta_path.is_file():
-        raise CacheError(f"{run_dir}: not a head run folder (no head.json)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CacheError(f"{meta_path}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or "kind" not in meta:
-        raise CacheError(f"{meta_path}: not a featcache head description")
-    if int(meta.get("featcache_head", 0)) > HEAD_FORMAT:
-        raise CacheError(
-            f"{run_dir}: head format {meta['featcache_head']} is newer than "
-            "this featcache reads; upgrade featcache"
-        )
+    meta = read_head_meta(run_dir)
     kind = meta["kind"]
     path = _head_file(run_dir, meta)
     if kind == "dense":

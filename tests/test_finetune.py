@@ -51,13 +51,14 @@ def test_export_equals_the_head_on_cached_features(setup):
         export(run, root / "model.h5")
 
 
-def test_scikit_learn_heads_cannot_be_exported(setup):
+def test_non_linear_scikit_learn_heads_cannot_be_exported(setup):
     from featcache.heads.endtoend import export
 
     root, _, cache, _ = setup
-    train_head(cache, head="logreg", output=root / "logreg")
-    with pytest.raises(InvalidOptionError, match="head 'dense'"):
-        export(root / "logreg", root / "logreg.keras")
+    train_head(cache, head="knn", k=3, output=root / "knn")
+    with pytest.raises(InvalidOptionError, match=r"knn head cannot be one Keras model.*logreg"):
+        export(root / "knn", root / "knn.keras")
+    assert not (root / "knn.keras").exists()
 
 
 def test_predict_on_files_folders_globs_and_bad_files(setup, tmp_path, monkeypatch):
