@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .core.lazy import lazy_attributes
 from .errors import (
     AccessDenied,
+    CacheChangedError,
     CacheError,
     CacheLockedError,
     DatasetError,
@@ -130,6 +131,7 @@ _LAZY = {
 __all__ = [
     "AccessDenied",
     "CacheError",
+    "CacheChangedError",
     "CacheLockedError",
     "DatasetError",
     "EngineError",
