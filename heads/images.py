@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.files import check_new_output, written_file
 from ..core.ranking import top_k as rank
 from ..errors import DatasetError
 from ..extractor.decode import IMAGE_EXTENSIONS, decode_and_resize, decode_or_reason
@@ -80,9 +81,16 @@ def predict_images(
     top_k: int = DEFAULT_TOP_K,
     batch_size: int = DEFAULT_PREDICT_BATCH_SIZE,
     progress: bool | None = None,
+    overwrite: bool = False,
 ) -> list[Prediction]:
-    """Classify images; writes ``predictions.csv`` (path, class, probability, top_k, error)."""
+    """Classify images; writes ``output`` (default ``predictions.csv``; None: no file) with
+    path, class, probability, top_k and error per image.
+
+    An existing ``output`` is refused before any model loads, unless ``overwrite``; the file
+    is written under a temporary name and renamed into place, so a failed run leaves what
+    was there."""
     check_options({"top_k": top_k, "batch_size": batch_size})
+    out = None if output is None else check_new_output(output, overwrite)
     files = list_images(images)
     classifier, names = load_classifier(model)
     resize = classifier.get_layer("resize")
@@ -124,15 +132,15 @@ def predict_images(
                 flush()
         flush()
     bar.close()
-    if output is not None:
-        write_predictions(results, Path(output))
+    if out is not None:
+        write_predictions(results, out, overwrite)
     return results
 
 
-def write_predictions(results: list[Prediction], out: Path) -> None:
-    """``predictions.csv``: path, class, probability, top_k (``class:p|...``), error."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as file:
+def write_predictions(results: list[Prediction], out: Path, overwrite: bool = False) -> None:
+    """``predictions.csv``: path, class, probability, top_k (``class:p|...``), error; an
+    existing ``out`` is replaced only with ``overwrite``."""
+    with written_file(out, overwrite) as file:
         writer = csv.writer(file)
         writer.writerow(["path", "class", "probability", "top_k", "error"])
         for r in results:
