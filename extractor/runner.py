@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backbones.backbone import is_model_file
+from ..core.locking import PathLock, lock_path
 from ..core.options import DEFAULT_SEED, ExtractOptions
 from ..core.settings import CacheSettings, FeatureSettings
 from ..errors import CacheError, CacheLockedError, InvalidOptionError
@@ -129,16 +130,13 @@ def _with_split_seed(features: FeatureSettings, seed: int) -> FeatureSettings:
     return replace(features, seed=seed)
 
 
-def _lock(path: Path) -> Any:
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(path) + ".lock", timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
+def _lock(path: Path) -> PathLock:
+    """The cache's lock (``PATH.lock``, removed when released), or CacheLockedError."""
+    lock = PathLock(lock_path(path))
+    if not lock.acquire(blocking=False):
         raise CacheLockedError(
             f"{path} is being written by another extract process; wait for it to finish"
-        ) from None
+        )
     return lock
 
 
