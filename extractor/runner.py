@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..backbones.backbone import is_model_file
 from ..core.locking import PathLock, lock_path
 from ..core.options import DEFAULT_SEED, ExtractOptions
 from ..core.settings import CacheSettings, FeatureSettings
@@ -23,16 +22,6 @@ from ..store.writer import cached_settings
 from .engines import Engine
 from .recorder import ExtractProgress, Recorder
 from .sources import Dataset, scan_dataset
-
-DEFAULT_CACHE_DIR = Path("cache")
-
-
-def default_output(backbone: str) -> Path:
-    """``cache/<backbone>.h5`` (the model file's stem for saved-model backbones, the last
-    part of a keras-hub preset folder or handle)."""
-    name = Path(backbone).stem if is_model_file(backbone) else backbone
-    name = name.rstrip("/").rsplit("/", 1)[-1].removeprefix("hub:")
-    return DEFAULT_CACHE_DIR / f"{name.lower().replace('-', '_')}.h5"
 
 
 @dataclass

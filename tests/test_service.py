@@ -421,6 +421,19 @@ def test_remote_extract_command_equals_local_and_resumes(server, class_folder, t
     assert sorted(here.bad_files) == sorted(there.bad_files)
 
 
+def test_remote_and_local_extracts_name_the_default_cache_alike(
+    server, class_folder, tmp_path, monkeypatch
+):
+    """Without -o, a remote run writes the cache a local run with the same settings names
+    (the settings in the name), so the local run resumes it."""
+    monkeypatch.chdir(tmp_path)
+    tiny = {"backbone": "vgg16", "progress": False, "pooling": "max", **MODEL}
+    there = extract(class_folder, remote=f"127.0.0.1:{server.port}", **tiny)
+    assert there.output == "cache/vgg16-32px-max-random.h5" and there.new == 12
+    here = extract(class_folder, **tiny)
+    assert (here.output, here.reused, here.new) == (there.output, 12, 0)
+
+
 def test_unreachable_server_is_a_one_line_error(class_folder, tmp_path):
     result = CliRunner().invoke(
         main,
@@ -571,7 +584,7 @@ def test_sigterm_stops_jobs_cleanly_and_drains(roots, tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    out = cache / "vgg16.h5"
+    out = cache / "vgg16-32px-random.h5"  # the default name carries the settings
     with cache_lock(out, 1):
         saved = read_cache(out)
     assert 4 <= len(saved.paths) < 200
