@@ -12,9 +12,12 @@ from typing import Any
 
 from .core.options import ExtractOptions
 from .core.settings import BackboneConfig
+from .errors import SettingsMismatchError
 from .extractor.engines import Engine, LocalEmbedder, LocalEngine
+from .extractor.naming import default_output, other_name_hint
 from .extractor.recorder import ExtractProgress
-from .extractor.runner import ExtractSummary, default_output, run_extraction
+from .extractor.runner import ExtractSummary, run_extraction
+from .store.writer import cached_settings
 
 
 def make_engine(options: ExtractOptions) -> Engine:
@@ -62,13 +65,19 @@ def extract(
     started = time.monotonic()
     options = replace(options or ExtractOptions(), **changes)
     engine = make_engine(options)
-    output = Path(options.output) if options.output is not None else None
-    return run_extraction(
-        data,
-        engine,
-        output or default_output(options.backbone),
-        options,
-        on_progress=on_progress,
-        cancel=cancel,
-        started=started,
-    )
+    output = Path(options.output) if options.output is not None else default_output(options)
+    try:
+        return run_extraction(
+            data,
+            engine,
+            output,
+            options,
+            on_progress=on_progress,
+            cancel=cancel,
+            started=started,
+        )
+    except SettingsMismatchError as exc:
+        if options.output is not None:
+            raise
+        hint = other_name_hint(output, data, cached_settings(output), options, engine.settings)
+        raise SettingsMismatchError(f"{exc}; {hint}") from None

@@ -236,8 +236,7 @@ def fix_splits(report: AuditReport) -> list[tuple[int, int, int]]:
     """Write :func:`fixed_splits` into the audited cache (atomically, under its lock) and
     record it in the ``splits_fixed`` attribute. Returns the moves (none: nothing written).
     """
-    from filelock import FileLock, Timeout
-
+    from ..core.locking import PathLock, lock_path
     from ..errors import CacheError, CacheLockedError
     from ..store.splits_edit import rewrite_splits
 
@@ -245,11 +244,9 @@ def fix_splits(report: AuditReport) -> list[tuple[int, int, int]]:
     if not moves:
         return []
     path = Path(report.cache)
-    lock = FileLock(str(path) + ".lock", timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise CacheLockedError(f"{path} is being written by another process; retry") from None
+    lock = PathLock(lock_path(path))
+    if not lock.acquire(blocking=False):
+        raise CacheLockedError(f"{path} is being written by another process; retry")
     try:
         now = CacheReader(path)
         same = len(now) == report.rows and _rows_digest(now) == report.rows_digest

@@ -233,7 +233,7 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "predict": _layout(
-        ("Basics", ("--output", "--top-k")),
+        ("Basics", ("--output", "--overwrite", "--top-k")),
         ("Performance", ("--batch-size",)),
         ("Trust", ("--trust-pickle",)),
         (LAST_SECTION, ()),

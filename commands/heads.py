@@ -142,6 +142,7 @@ def compare_command(
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
 @output_option("CSV file. [default: predictions.csv; RUN/predictions.csv for a cache]")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @flags(PredictOptions, only=("top_k", "batch_size"))
 @quiet_option("No progress bar and no table.")
 @click.option(
@@ -154,6 +155,7 @@ def predict_command(
     model: str,
     images: tuple[str, ...],
     output: str | None,
+    overwrite: bool,
     top_k: int,
     batch_size: int,
     quiet: bool,
@@ -164,7 +166,8 @@ def predict_command(
     MODEL is a model.keras from `export` or `fine-tune`, or a head run of any kind (its
     backbone is rebuilt from the head's cache settings). `predict RUN CACHE.h5` applies
     a head run to the features of another cache instead. Heads without probabilities
-    (linear-svm, ridge) write a `score` column: the softmax of their decision scores.
+    (linear-svm, ridge) write a `score` column: the softmax of their decision scores. An
+    existing output file is refused unless --overwrite.
     """
     from pathlib import Path
 
@@ -175,7 +178,7 @@ def predict_command(
         from ..heads.predict import predict_cache
 
         with trusted_pickles(trust_pickle):
-            written = predict_cache(model, images[0], output, top_k)
+            written = predict_cache(model, images[0], output, top_k, overwrite=overwrite)
         click.echo(render_wrote(written))
         return
     from ..heads.images import predict_images
@@ -183,7 +186,13 @@ def predict_command(
     out = Path(output or "predictions.csv")
     with trusted_pickles(trust_pickle):
         results = predict_images(
-            model, list(images), out, top_k, batch_size, progress=False if quiet else None
+            model,
+            list(images),
+            out,
+            top_k,
+            batch_size,
+            progress=False if quiet else None,
+            overwrite=overwrite,
         )
     click.echo(render_predictions(results, out, listed=not quiet and sys.stdout.isatty()))
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
+
+from ..errors import InvalidOptionError
 
 _ATTEMPTS = 100
 
@@ -25,3 +30,54 @@ def fresh_file(folder: str | os.PathLike[str], prefix: str, suffix: str = "") ->
         os.close(handle)
         return path
     raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {folder}")
+
+
+def check_new_output(
+    out: str | os.PathLike[str], overwrite: bool, parameter: str = "output"
+) -> Path:
+    """``out`` when a command may write it: refused when it is a folder, or when it exists
+    and ``overwrite`` is not given (a one-line error naming ``--overwrite`` and ``-o``)."""
+    path = Path(out)
+    if path.is_dir() and not path.is_symlink():
+        raise InvalidOptionError(f"{path} is a folder; -o names the file to write", parameter)
+    if os.path.lexists(path) and not overwrite:
+        raise InvalidOptionError(
+            f"{path} exists; overwrite replaces it (--overwrite), or -o names another file",
+            parameter,
+        )
+    return path
+
+
+def publish(part: Path, out: Path, overwrite: bool, parameter: str = "output") -> None:
+    """Move the finished temporary ``part`` to ``out``: over an existing ``out`` only with
+    ``overwrite`` (a file that appeared meanwhile is refused, never replaced), and never
+    writing through a link planted at ``out``. ``part`` is gone afterwards either way."""
+    try:
+        if overwrite:
+            os.replace(part, out)
+            return
+        try:
+            os.link(part, out)  # fails when ``out`` exists: no replace of a newcomer
+        except FileExistsError:
+            check_new_output(out, overwrite, parameter)
+            raise
+        except OSError:  # a file system without hard links: check, then rename
+            check_new_output(out, overwrite, parameter)
+            os.replace(part, out)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+@contextmanager
+def written_file(out: Path, overwrite: bool, parameter: str = "output") -> Iterator[TextIO]:
+    """A text file to fill, published at ``out`` when the block ends without error (see
+    :func:`publish`); on an error or Ctrl-C the temporary goes and ``out`` is as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = fresh_file(out.parent, f".{out.name}.part-")
+    try:
+        with open(part, "w", newline="", encoding="utf-8") as file:
+            yield file
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    publish(part, out, overwrite, parameter)

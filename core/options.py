@@ -310,10 +310,12 @@ class ExtractOptions(BackboneConfig):
         None,
         short="-o",
         path=True,
-        default_text="cache/<backbone>.h5",
-        help="Cache file to write.",
+        default_text="cache/<backbone>[-<settings>].h5",
+        help="Cache file to write; the default names the backbone and every setting not at "
+        "its default (cache/mobilenet.h5, cache/mobilenet-96px-max.h5).",
     )
-    """Cache file; None: ``cache/<backbone>.h5``."""
+    """Cache file; None: ``cache/<backbone>[-<settings>].h5``, the settings that are not
+    their defaults (:func:`featcache.extractor.naming.cache_name`)."""
     dtype: str = option(DEFAULT_DTYPE, choices=DTYPES, help="Storage type of the features.")
     split: str | tuple[float, ...] = option(
         DEFAULT_SPLIT,

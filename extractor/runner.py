@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..backbones.backbone import is_model_file
+from ..core.locking import PathLock, lock_path
 from ..core.options import DEFAULT_SEED, ExtractOptions
 from ..core.settings import CacheSettings, FeatureSettings
 from ..errors import CacheError, CacheLockedError, InvalidOptionError
@@ -22,16 +22,6 @@ from ..store.writer import cached_settings
 from .engines import Engine
 from .recorder import ExtractProgress, Recorder
 from .sources import Dataset, scan_dataset
-
-DEFAULT_CACHE_DIR = Path("cache")
-
-
-def default_output(backbone: str) -> Path:
-    """``cache/<backbone>.h5`` (the model file's stem for saved-model backbones, the last
-    part of a keras-hub preset folder or handle)."""
-    name = Path(backbone).stem if is_model_file(backbone) else backbone
-    name = name.rstrip("/").rsplit("/", 1)[-1].removeprefix("hub:")
-    return DEFAULT_CACHE_DIR / f"{name.lower().replace('-', '_')}.h5"
 
 
 @dataclass
@@ -129,16 +119,13 @@ def _with_split_seed(features: FeatureSettings, seed: int) -> FeatureSettings:
     return replace(features, seed=seed)
 
 
-def _lock(path: Path) -> Any:
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(path) + ".lock", timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
+def _lock(path: Path) -> PathLock:
+    """The cache's lock (``PATH.lock``, removed when released), or CacheLockedError."""
+    lock = PathLock(lock_path(path))
+    if not lock.acquire(blocking=False):
         raise CacheLockedError(
             f"{path} is being written by another extract process; wait for it to finish"
-        ) from None
+        )
     return lock
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.files import check_new_output, written_file
 from ..core.ranking import top_k as rank
 from ..errors import DatasetError
 from ..extractor.decode import IMAGE_EXTENSIONS, decode_and_resize, decode_or_reason
@@ -137,9 +138,16 @@ def predict_images(
     top_k: int = DEFAULT_TOP_K,
     batch_size: int = DEFAULT_PREDICT_BATCH_SIZE,
     progress: bool | None = None,
+    overwrite: bool = False,
 ) -> list[Prediction]:
-    """Classify images; writes ``predictions.csv`` (path, class, probability, top_k, error)."""
+    """Classify images; writes ``output`` (default ``predictions.csv``; None: no file) with
+    path, class, probability, top_k and error per image.
+
+    An existing ``output`` is refused before any model loads, unless ``overwrite``; the file
+    is written under a temporary name and renamed into place, so a failed run leaves what
+    was there."""
     check_options({"top_k": top_k, "batch_size": batch_size})
+    out = None if output is None else check_new_output(output, overwrite)
     files = list_images(images)
     classifier = load_classifier(model)
     names, size, mode = classifier.names, classifier.size, classifier.resize
@@ -180,17 +188,18 @@ def predict_images(
                 flush()
         flush()
     bar.close()
-    if output is not None:
-        write_predictions(results, Path(output), classifier.measure)
+    if out is not None:
+        write_predictions(results, out, classifier.measure, overwrite)
     return results
 
 
-def write_predictions(results: list[Prediction], out: Path, measure: str = "probability") -> None:
-    """``predictions.csv``: path, class, probability, top_k (``class:p|...``), error.
-
-    ``measure`` names the third column: ``score`` for heads without probabilities."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as file:
+def write_predictions(
+    results: list[Prediction], out: Path, measure: str = "probability", overwrite: bool = False
+) -> None:
+    """``predictions.csv``: path, class, probability, top_k (``class:p|...``), error; an
+    existing ``out`` is replaced only with ``overwrite``. ``measure`` names the third
+    column: ``score`` for heads without probabilities."""
+    with written_file(out, overwrite) as file:
         writer = csv.writer(file)
         writer.writerow(["path", "class", measure, "top_k", "error"])
         for r in results:

@@ -7,6 +7,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from ..core.files import check_new_output, written_file
 from ..core.ranking import top_k as rank
 from ..store import CacheReader
 from .options import DEFAULT_FEATURE_BATCH_SIZE, DEFAULT_TOP_K, SCORE_HEADS, check_options
@@ -34,21 +35,27 @@ def predict_cache(
     output: str | os.PathLike[str] | None = None,
     top_k: int = DEFAULT_TOP_K,
     batch_size: int = DEFAULT_FEATURE_BATCH_SIZE,
+    overwrite: bool = False,
 ) -> Path:
-    """Write ``predictions.csv`` (path, label, predicted, probability, top-k) for every row.
+    """Write ``output`` (default ``RUN/predictions.csv``: path, label, predicted,
+    probability, top-k) for every row.
 
     The cache must come from the same backbone settings as the head's training cache. For
     a linear-svm or ridge head the probability column is named ``score``: a softmax of the
     head's decision scores, which ranks the classes as the head does but is not calibrated.
+    An existing ``output`` is refused before anything loads, unless ``overwrite``; the file is
+    written under a temporary name and renamed into place.
     """
     check_options({"top_k": top_k, "batch_size": batch_size})
+    out = check_new_output(
+        Path(output) if output is not None else Path(run) / "predictions.csv", overwrite
+    )
     head = load_head(run)
     reader = CacheReader(cache)
     check_cache_suits(head, reader)
     names = head.class_names
     columns = [names[c] for c in head.classes]
-    out = Path(output) if output is not None else Path(run) / "predictions.csv"
-    with open(out, "w", newline="") as file:
+    with written_file(out, overwrite) as file:
         writer = csv.writer(file)
         measure = "score" if head.kind in SCORE_HEADS else "probability"
         writer.writerow(["path", "label", "predicted", measure, "top_k"])

@@ -38,7 +38,7 @@ from ..errors import (
     UnknownBackboneError,
     WeightsError,
 )
-from ..extractor.runner import default_output
+from ..extractor.naming import default_output
 from ..extractor.sources import is_within
 from ..protos import extractor_pb2 as pb
 from .options import DEFAULT_MAX_IMAGE_SIZE
@@ -200,7 +200,7 @@ def dataset_paths(
     data = confine(roots.data, request.data, "data")
     if not data.exists():
         raise NotFound(f"data {request.data!r}: no such folder or file under the data root")
-    name = request.output or default_output(config.backbone).name
+    name = request.output or default_output(config, request.dtype, request.split).name
     if any(c in name for c in "*?[]"):
         raise InvalidOptionError(f"output {name!r}: no wildcards in file names", "output")
     output = confine(roots.cache, name, "output")

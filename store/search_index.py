@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..core.files import fresh_file
+from ..core.locking import PathLock, lock_path
 from ..core.splits import SPLIT_NAMES
 
 if TYPE_CHECKING:
@@ -142,10 +143,7 @@ def load_index(
         found = _current(array_path, meta_path, want)
         if found is not None:
             return found, False
-    from filelock import FileLock
-
-    lock_path = array_path.with_name(array_path.name + ".lock")
-    with _building_lock(array_path), FileLock(str(lock_path)):
+    with _building_lock(array_path), PathLock(lock_path(array_path)):
         found = _current(array_path, meta_path, want)
         if found is not None and not rebuild:
             return found, False  # another caller built it while this one waited

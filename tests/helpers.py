@@ -7,7 +7,10 @@ Test modules import these with ``from helpers import ...`` (pytest puts ``tests/
 from __future__ import annotations
 
 import struct
+import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +68,20 @@ def cache_rows(path: Path) -> int:
         return len(CacheReader(path))
     except (CacheError, OSError, KeyError):
         return -1
+
+
+@contextmanager
+def cache_lock(cache: Path, timeout: float) -> Iterator[None]:
+    """Hold ``cache``'s lock (as ``extract`` does), waiting up to ``timeout`` seconds for
+    a writer to let go; AssertionError when it does not."""
+    from featcache.core.locking import PathLock, lock_path
+
+    lock = PathLock(lock_path(cache))
+    deadline = time.monotonic() + timeout
+    while not lock.acquire(blocking=False):
+        assert time.monotonic() < deadline, f"{cache} still locked after {timeout} s"
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        lock.release()

@@ -6,9 +6,9 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from filelock import FileLock
 
 from featcache import cache_info, extract, read_cache
+from featcache.core.locking import PathLock, lock_path
 from featcache.errors import CacheLockedError, InvalidOptionError, SettingsMismatchError
 from featcache.store import FORMAT_VERSION
 from helpers import TINY, make_class_folder, write_image
@@ -136,10 +136,10 @@ def test_other_settings_are_refused_naming_them(class_folder, tmp_path):
 
 def test_second_writer_fails_at_once(class_folder, tmp_path):
     out = tmp_path / "c.h5"
-    with FileLock(str(out) + ".lock"):
+    with PathLock(lock_path(out)):
         with pytest.raises(CacheLockedError, match="another extract process"):
             extract(class_folder, output=out, **TINY)
-    assert not out.exists()
+    assert not out.exists() and not lock_path(out).exists()
 
 
 def test_bad_files_are_recorded_and_never_stop_the_run(class_folder, tmp_path):

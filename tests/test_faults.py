@@ -128,7 +128,7 @@ def test_a_really_full_disk(class_folder, tmp_path):
         assert len(errors) == 1 and errors[0].startswith("error: disk full: "), result.stderr
         assert "Traceback" not in result.stderr
         assert _digest(out) == before
-        assert sorted(p.name for p in disk.iterdir()) == ["c.h5", "c.h5.lock"]
+        assert sorted(p.name for p in disk.iterdir()) == ["c.h5"]  # no temporary, no lock
     finally:
         subprocess.run(["umount", str(disk)], check=False)
 

@@ -83,10 +83,21 @@ def test_predict_on_files_folders_globs_and_bad_files(setup, tmp_path, monkeypat
         by_path = {r.path: r for r in folder}
         assert single[0].top[0][0] == by_path[single[0].path].top[0][0]
         assert abs(single[0].top[0][1] - by_path[single[0].path].top[0][1]) < 1e-4
+        with pytest.raises(InvalidOptionError, match="--overwrite"):  # before the model loads
+            predict_images(root / "no-model.keras", str(data), tmp_path / "p.csv")
+        again = predict_images(model, str(data / "class_0"), tmp_path / "p.csv", overwrite=True)
+        assert len(again) == 6 and len(list(csv.DictReader(open(tmp_path / "p.csv")))) == 6
         monkeypatch.chdir(tmp_path)
         result = CliRunner().invoke(main, ["predict", str(model), str(data / "class_2")])
         assert result.exit_code == 0, result.output
         assert "6 images classified, 0 bad" in result.output
+        written = (tmp_path / "predictions.csv").read_text()
+        result = CliRunner().invoke(main, ["predict", str(model), str(data / "class_0")])
+        assert result.exit_code == 2 and "--overwrite" in result.output, result.output
+        assert (tmp_path / "predictions.csv").read_text() == written
+        args = ["predict", str(model), str(data / "class_0"), "--overwrite"]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0 and "6 images classified" in result.output, result.output
         result = CliRunner().invoke(main, ["predict", str(model), str(tmp_path / "none*.png")])
         assert result.exit_code == 2 and result.output.startswith("error:")
     finally:

@@ -153,7 +153,7 @@ def test_predict_writes_a_row_per_image_and_checks_settings(cache, tmp_path):
     colour_folder(tmp_path / "d2", per_class=3)
     extract(tmp_path / "d2", output=other, **{**TINY, "image_size": 48})
     with pytest.raises(SettingsMismatchError, match="image_size") as refused:
-        predict_cache(tmp_path / "run", other)
+        predict_cache(tmp_path / "run", other, overwrite=True)
     message = str(refused.value)
     assert message.startswith(f"{other} was not made with the backbone settings")
     assert "image_size 32x32 (head) vs 48x48 (cache)" in message
@@ -170,10 +170,38 @@ def test_predict_names_every_setting_that_differs_and_ignores_the_dtype(cache, t
     other = tmp_path / "other.h5"
     extract(tmp_path / "d2", output=other, pooling="max", resize="pad", **TINY)
     with pytest.raises(SettingsMismatchError) as refused:
-        predict_cache(tmp_path / "run", other)
+        predict_cache(tmp_path / "run", other, overwrite=True)
     message = str(refused.value)
     assert "resize 'stretch' (head) vs 'pad' (cache)" in message
     assert "pooling 'avg' (head) vs 'max' (cache)" in message
+
+
+def test_predict_never_replaces_an_existing_file_unless_asked(cache, tmp_path):
+    """``predict`` refuses an existing output (its default included) in one line naming
+    --overwrite, before loading anything, and leaves the file as it was; --overwrite
+    replaces it whole."""
+    train_head(cache, "logreg", tmp_path / "run")
+    first = predict_cache(tmp_path / "run", cache, top_k=1)
+    assert first == tmp_path / "run" / "predictions.csv"
+    first.write_text("mine\n")
+    with pytest.raises(InvalidOptionError, match="--overwrite"):
+        predict_cache(tmp_path / "nothing-here", cache, first)  # refused before the head loads
+    runner = CliRunner()
+    refused = runner.invoke(main, ["predict", str(tmp_path / "run"), str(cache)])
+    assert refused.exit_code == 2 and len(refused.output.splitlines()) == 1, refused.output
+    assert refused.output == (
+        f"error: {first} exists; overwrite replaces it (--overwrite), or -o names another file\n"
+    )
+    assert first.read_text() == "mine\n"
+    replaced = runner.invoke(main, ["predict", str(tmp_path / "run"), str(cache), "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    with open(first) as handle:
+        assert len(list(csv.DictReader(handle))) == 60
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(InvalidOptionError, match="is a folder"):
+        predict_cache(tmp_path / "run", cache, tmp_path / "folder.csv", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.csv", "run"]  # no leftovers
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []
 
 
 def test_an_old_head_json_still_loads_and_checks(cache, tmp_path):
@@ -196,7 +224,7 @@ def test_an_old_head_json_still_loads_and_checks(cache, tmp_path):
     meta["cache_settings"]["image_size"] = [48, 48]
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(SettingsMismatchError, match=r"48x48 \(head\) vs 32x32 \(cache\)"):
-        predict_cache(tmp_path / "run", cache)
+        predict_cache(tmp_path / "run", cache, overwrite=True)
 
 
 def test_top_k_is_descending_with_ties_in_column_order():

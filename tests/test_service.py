@@ -16,7 +16,6 @@ import grpc
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from filelock import FileLock
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
@@ -29,7 +28,7 @@ from featcache.errors import RemoteError
 from featcache.protos import extractor_pb2 as pb
 from featcache.service.client import BadImagesError, Client
 from featcache.store import read_cache
-from helpers import make_class_folder, write_image
+from helpers import cache_lock, make_class_folder, write_image
 
 REGISTERED = len(REGISTRY) + len(HUB_REGISTRY)
 """Backbones ListBackbones names: keras.applications and keras-hub entries."""
@@ -373,7 +372,7 @@ def test_cancelling_extract_dataset_leaves_a_resumable_cache(client, roots):
         if step.embedded >= 4:
             break
     progress.close()  # cancels the call
-    with FileLock(str(out) + ".lock", timeout=30):  # the job saved and let go
+    with cache_lock(out, 30):  # the job saved and let go
         first = read_cache(out)
     assert 4 <= len(first.paths) <= 200
     final = list(client.extract_dataset("big", "vgg16", output="big.h5", **MODEL))[-1]
@@ -420,6 +419,19 @@ def test_remote_extract_command_equals_local_and_resumes(server, class_folder, t
     )
     assert here.bad == there.bad > 0 and here.rows == there.rows
     assert sorted(here.bad_files) == sorted(there.bad_files)
+
+
+def test_remote_and_local_extracts_name_the_default_cache_alike(
+    server, class_folder, tmp_path, monkeypatch
+):
+    """Without -o, a remote run writes the cache a local run with the same settings names
+    (the settings in the name), so the local run resumes it."""
+    monkeypatch.chdir(tmp_path)
+    tiny = {"backbone": "vgg16", "progress": False, "pooling": "max", **MODEL}
+    there = extract(class_folder, remote=f"127.0.0.1:{server.port}", **tiny)
+    assert there.output == "cache/vgg16-32px-max-random.h5" and there.new == 12
+    here = extract(class_folder, **tiny)
+    assert (here.output, here.reused, here.new) == (there.output, 12, 0)
 
 
 def test_unreachable_server_is_a_one_line_error(class_folder, tmp_path):
@@ -572,8 +584,8 @@ def test_sigterm_stops_jobs_cleanly_and_drains(roots, tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    out = cache / "vgg16.h5"
-    with FileLock(str(out) + ".lock", timeout=1):
+    out = cache / "vgg16-32px-random.h5"  # the default name carries the settings
+    with cache_lock(out, 1):
         saved = read_cache(out)
     assert 4 <= len(saved.paths) < 200
 

@@ -89,10 +89,14 @@ def test_errors_and_infos_show_paths_relative_to_the_roots(server):
     srv, base = server
     with Client(f"127.0.0.1:{srv.port}") as client:
         steps = list(client.extract_dataset("set", "vgg16", weights="none", image_size=32))
-        assert steps[-1].finished
+        assert steps[-1].finished and steps[-1].output == "vgg16-32px-random.h5"
         with pytest.raises(Exception) as failed:  # other settings: a mismatch naming the file
-            list(client.extract_dataset("set", "vgg16", weights="none", image_size=40))
-        assert "vgg16.h5" in str(failed.value) and str(base) not in str(failed.value)
+            list(
+                client.extract_dataset(
+                    "set", "vgg16", output=steps[-1].output, weights="none", image_size=40
+                )
+            )
+        assert "vgg16-32px-random.h5" in str(failed.value) and str(base) not in str(failed.value)
 
 
 def test_internal_errors_give_an_id_not_the_exception_text(server, monkeypatch):
@@ -166,7 +170,7 @@ def test_a_second_sigterm_exits_at_once_leaving_a_readable_cache(tmp_path):
             )
             with pytest.raises(RemoteError):
                 for _ in steps:
-                    if cache_rows(cache / "vgg16.h5") >= 2 and process.poll() is None:
+                    if cache_rows(cache / "vgg16-64px-random.h5") >= 2 and process.poll() is None:
                         process.send_signal(signal.SIGTERM)
                         assert stopping.wait(120), "the first SIGTERM was not handled"
                         process.send_signal(signal.SIGTERM)  # now a second, separate signal
@@ -177,5 +181,7 @@ def test_a_second_sigterm_exits_at_once_leaving_a_readable_cache(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    saved = read_cache(cache / "vgg16.h5")  # a checkpoint of the killed job: complete rows
+    saved = read_cache(
+        cache / "vgg16-64px-random.h5"
+    )  # a checkpoint of the killed job: complete rows
     assert 0 < len(saved.paths) < 200
