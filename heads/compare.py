@@ -267,7 +267,9 @@ def _shown(params: dict[str, Any]) -> str:
     """``hidden=256 dropout=0.5``: a grid point, short."""
 
     def value(v: Any) -> str:
-        return ",".join(map(str, v)) if isinstance(v, tuple | list) else str(v)
+        if isinstance(v, tuple | list):
+            return ",".join(map(str, v)) or "none"
+        return str(v)
 
     return " ".join(f"{k}={value(v)}" for k, v in params.items())
 

@@ -205,7 +205,8 @@ def train_head(
         check_view_training(splits, chosen)
     started = time.monotonic()
     streamed = streaming  # fit_views may stream the train views on its own
-    with tracking(_tracker(kind, progress)) as tracker, _fitting(kind, tracker):
+    own = _tracker(kind, progress)
+    with tracking(own), _fitting(kind, own):
         if views:
             estimator, history, streamed = fit_views(kind, params, splits, streaming, chosen)
         else:
