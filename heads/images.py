@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import glob
 import os
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.progress import Status, progress_bar
 from ..core.ranking import top_k as rank
 from ..errors import DatasetError
 from ..extractor.decode import IMAGE_EXTENSIONS, decode_and_resize, decode_or_reason
@@ -84,21 +84,15 @@ def predict_images(
     """Classify images; writes ``predictions.csv`` (path, class, probability, top_k, error)."""
     check_options({"top_k": top_k, "batch_size": batch_size})
     files = list_images(images)
-    classifier, names = load_classifier(model)
+    with Status(f"predict: loading {Path(model).name} (TensorFlow)…", progress):
+        classifier, names = load_classifier(model)
     resize = classifier.get_layer("resize")
     size, mode = (resize.height, resize.width), resize.mode
 
     def prepare(path: Path) -> tuple[np.ndarray | None, str | None]:
         return decode_or_reason(lambda p: decode_and_resize(p.read_bytes(), size, mode), path)
 
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=len(files),
-        unit="img",
-        desc="predict",
-        disable=not (sys.stderr.isatty() if progress is None else progress),
-    )
+    bar = progress_bar(len(files), progress, "predict")  # its clock starts with the model in
     results: list[Prediction] = []
     pending: list[tuple[Path, np.ndarray]] = []
 

@@ -105,9 +105,10 @@ def first(shown: list[str], text: str) -> int:
 
 
 def test_journey_shows_progress_on_a_terminal_and_nothing_in_pipes(tmp_path):
-    """extract -> train-head -> compare -> plot: each names its step on the terminal, with
-    a bar; the extract bar opens only once the first batch is embedded (its rate and ETA
-    leave the model's load out); piped, stderr stays empty and stdout is what it was."""
+    """extract -> train-head -> predict -> compare -> plot: each names its step on the
+    terminal, with a bar; the extract bar opens only once the first batch is embedded (its
+    rate and ETA leave the model's load out); piped, stderr stays empty and stdout is what
+    it was."""
     data = make_class_folder(tmp_path / "data", classes=3, per_class=8)
     cache = tmp_path / "c.h5"
 
@@ -133,6 +134,12 @@ def test_journey_shows_progress_on_a_terminal_and_nothing_in_pipes(tmp_path):
     dense = bars(shown, "train-head: dense head")
     assert dense and dense[-1][0] == dense[-1][1]  # ends full (an early stop shrinks it)
     assert any("epoch 3/3, val acc" in frame for frame in shown), shown
+
+    predict = ["predict", str(run_dir), str(data), "-o", str(tmp_path / "p.csv")]
+    stdout, shown = run(predict, terminal=True)
+    assert "%|" not in stdout
+    assert first(shown, "predict: loading dense (TensorFlow)…") < first(shown, "img/s")
+    assert bars(shown, "predict")[-1] == (24, 24)
 
     _, shown = run(["train-head", str(cache), "--head", "logreg", "-o", str(tmp_path / "lr")], True)
     assert any(f.startswith("train-head: fitting the logreg head… [") for f in shown), shown
@@ -162,6 +169,7 @@ def test_journey_shows_progress_on_a_terminal_and_nothing_in_pipes(tmp_path):
     piped_runs = [
         ["extract", str(data), "-o", str(tmp_path / "p.h5"), *EXTRACT],
         [*head[:-1], str(tmp_path / "dense-piped")],
+        [*predict[:-1], str(tmp_path / "p-piped.csv")],
         ["compare", str(cache), "--heads", "logreg", "-o", str(tmp_path / "cmp-piped")],
         ["plot", str(cache), "--method", "tsne", "-o", str(tmp_path / "map-piped")],
     ]
