@@ -246,7 +246,7 @@ def train_head(
     run_dir = Path(output) if output is not None else new_run_dir(cache, kind)
     save_run(run_dir, trained, report, history)
     if plot is not None:  # after the head is saved: a failed map never loses it
-        add_run_map(run_dir, splits, report, plot, chosen.seed)
+        add_run_map(run_dir, splits, report, plot, chosen.seed, progress)
     return TrainResult(run_dir, trained, report, report["notes"])
 
 
@@ -273,7 +273,12 @@ def _fitting(kind: str, tracker: Tracker | None) -> Iterator[None]:
 
 
 def add_run_map(
-    run_dir: Path, splits: CachedSplits, report: dict[str, Any], method: str, seed: int
+    run_dir: Path,
+    splits: CachedSplits,
+    report: dict[str, Any],
+    method: str,
+    seed: int,
+    progress: bool | None = None,
 ) -> None:
     """Write ``map.png`` into a saved run and record it in ``report.json`` under ``map``.
 
@@ -287,7 +292,7 @@ def add_run_map(
     for index, name in enumerate(("train", "val", "test")):
         split[getattr(splits, name).rows] = index
     try:
-        report["map"] = write_run_map(splits.reader, run_dir, method, seed, split)
+        report["map"] = write_run_map(splits.reader, run_dir, method, seed, split, progress)
     except KeyboardInterrupt:
         report["map"] = {"error": "interrupted"}
     except Exception as exc:  # noqa: BLE001 - the map is optional; the head is saved

@@ -164,7 +164,8 @@ def test_journey_shows_progress_on_a_terminal_and_nothing_in_pipes(tmp_path):
     assert iterations[-1][0] == iterations[-1][1]  # and ends where the optimisation did
 
     # quiet: --json on a terminal, and every command in a pipe
-    _, shown = run([*head[:-1], str(tmp_path / "dense-json"), "--json"], terminal=True)
+    json_run = [*head[:-1], str(tmp_path / "dense-json"), "--plot", "pca", "--json"]
+    _, shown = run(json_run, terminal=True)
     assert shown == []
     piped_runs = [
         ["extract", str(data), "-o", str(tmp_path / "p.h5"), *EXTRACT],
