@@ -24,7 +24,7 @@ import numpy as np
 
 from ..core.files import fresh_file
 from ..core.options import check_choice, invalid
-from ..core.progress import progress_bar
+from ..core.progress import Status, progress_bar
 from ..core.splits import SPLIT_NAMES
 from ..errors import DatasetError, FeatcacheError
 from ..store import CacheReader
@@ -32,6 +32,7 @@ from ..store.format import first_line
 from ..store.search_index import normalize
 from .map_points import UNLABELLED, MapPoints, palette
 from .plot_options import AUTO_TSNE_MAX_POINTS, PCA_DIMS, PLOT_METHODS, UMAP_HINT, PlotOptions
+from .tsne_progress import tsne_progress
 
 __all__ = ["PlotOptions", "PlotResult", "check_method", "plot_cache", "write_run_map"]
 
@@ -300,12 +301,7 @@ def project(
         if len(rows) < 3:
             raise DatasetError(f"{reader.path}: fewer than 3 rows with finite features")
     used = resolve_method(method, len(rows))
-    bar = progress_bar(len(rows), progress, f"plot: {_TITLES[used]}")  # which step, how long
-    try:
-        coords, more = _embed(normalize(x), used, seed)
-        bar.update(len(rows))
-    finally:
-        bar.close()
+    coords, more = _embed(normalize(x), used, seed, progress)
     splits = reader.split if split_of is None else np.asarray(split_of)
     labels, split = reader.labels[rows], splits[rows].astype(np.int64)
     if color == "split":
@@ -318,8 +314,22 @@ def project(
     return MapPoints(rows, coords, used, groups, group, split, notes + more)
 
 
-def _embed(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, list[str]]:
-    """(n x 2 float64 coordinates, notes) of unit-norm features ``x``."""
+def _embed(
+    x: np.ndarray, method: str, seed: int, progress: bool | None = False
+) -> tuple[np.ndarray, list[str]]:
+    """(n x 2 float64 coordinates, notes) of unit-norm features ``x``; ``progress``: t-SNE's
+    iterations on a bar (:mod:`.tsne_progress`), a status line with the time elapsed for
+    PCA and UMAP (neither says how far it is)."""
+    title = f"plot: {_TITLES[method]} of {len(x)} points"
+    if method == "tsne":
+        return _project(x, method, seed, progress)
+    with Status(f"{title}…", progress):
+        return _project(x, method, seed, progress)
+
+
+def _project(
+    x: np.ndarray, method: str, seed: int, progress: bool | None
+) -> tuple[np.ndarray, list[str]]:
     from sklearn.decomposition import PCA
 
     n, dim = x.shape
@@ -347,7 +357,9 @@ def _embed(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, list[str]
             learning_rate="auto",
             random_state=seed,
         )
-        return _two_columns(tsne.fit_transform(x)), notes
+        with tsne_progress(tsne, progress, f"plot: t-SNE of {n} points"):
+            coords = tsne.fit_transform(x)
+        return _two_columns(coords), notes
     umap = load_umap()
     if umap is None:  # resolve_method checked; installed and removed since is unlikely
         raise invalid("method", method, f"umap-learn is not installed; {UMAP_HINT}")

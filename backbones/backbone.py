@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from ..core.options import (
     invalid,
     parse_image_size,
 )
+from ..core.progress import note
 from ..core.settings import BackboneConfig, FeatureSettings
 from ..errors import InvalidOptionError, WeightsError
 from .hub import HUB_PREFIX, HubSpec, is_hub_backbone, parse_preprocessing
@@ -46,6 +48,8 @@ def ensure_tensorflow_backend() -> None:
     """Select the TensorFlow backend of Keras (the decoder and the loops use TF)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if "tensorflow" not in sys.modules:  # the CLI's first line while TensorFlow loads
+        note("loading TensorFlow…")
     import keras
 
     if keras.backend.backend() != "tensorflow":

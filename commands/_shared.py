@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ..core.progress import enable_notes
 from ..errors import FeatcacheError
 from ._options import declared_flags
 
@@ -31,10 +32,13 @@ def flag_message(exc: FeatcacheError) -> str:
 
 def handle_errors(fn: F) -> F:
     """Turn library exceptions into one-line messages and exit codes: 2 for usage or input
-    errors (:class:`FeatcacheError`), 130 for Ctrl-C, 1 for anything else."""
+    errors (:class:`FeatcacheError`), 130 for Ctrl-C, 1 for anything else. Also lets the
+    library's notes (``loading TensorFlow…``) reach a terminal unless ``--quiet``/``--json``."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # the command's first line on a terminal ("loading TensorFlow…"), none when quiet
+        enable_notes(False if kwargs.get("quiet") or kwargs.get("as_json") else None)
         try:
             return fn(*args, **kwargs)
         except FeatcacheError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -24,8 +23,8 @@ def fine_tune_command(cache: str, as_json: bool, **options: Any) -> None:
     """Unfreeze the top of the backbone under a trained head and train on CACHE's images."""
     from ..heads.finetune import fine_tune
 
-    verbose = 0 if as_json or not sys.stderr.isatty() else 1
-    result = fine_tune(cache, verbose=verbose, **options)
+    # featcache's bars on stderr (Keras' own, verbose=1, would print to stdout)
+    result = fine_tune(cache, progress=False if as_json else None, **options)
     if as_json:
         click.echo(render_json(result.report))
     else:

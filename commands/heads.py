@@ -78,7 +78,11 @@ def train_head_command(
 
     cache = caches[0] if len(caches) == 1 else ", ".join(caches)
     result = train_head(
-        caches[0] if len(caches) == 1 else list(caches), head, hidden=hidden, **options
+        caches[0] if len(caches) == 1 else list(caches),
+        head,
+        hidden=hidden,
+        progress=False if as_json else None,
+        **options,
     )
     report = result.report
     if as_json:
@@ -131,6 +135,7 @@ def compare_command(
         probe=probe,
         csv_path=csv_path,
         plot=plot,
+        progress=False if as_json else None,
     )
     if as_json:
         click.echo(render_compare_json(board, protocol, probed=probe is not None))

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from contextlib import closing
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -113,6 +115,8 @@ class LocalEngine:
             recorder.embedded([p.item for p in good], [p.sha256 for p in good], features, views)
             batch.clear()
 
+        if hasattr(self.embedder, "on_loading"):  # a status line while the model loads
+            self.embedder.on_loading = recorder.loading
         prepare = self.embedder.prepare
         with closing(read_items(dataset, known, options.threads, options.window, prepare)) as reads:
             for prepared in recorder.triage(reads):
@@ -183,6 +187,8 @@ class LocalEmbedder:
         self._import_lock = threading.Lock()
         self._imported = False
         self._common_size: tuple[int, int] | None = None
+        self.on_loading: Callable[[str], None] | None = None
+        """Told ``loading <backbone> (TensorFlow)…`` when the model starts loading."""
         if self.settings.spec is None:  # saved model: its input size is needed up front
             self.model()
 
@@ -195,6 +201,7 @@ class LocalEmbedder:
     def model(self) -> FeatureExtractor:
         """The feature extractor, built (and timed) on first use."""
         if self._model is None:
+            self._loading()
             self._import_tensorflow()
             began = time.monotonic()
             self._model = FeatureExtractor(self.settings)
@@ -208,12 +215,18 @@ class LocalEmbedder:
             return
         with self._import_lock:
             if not self._imported:
+                self._loading()
                 began = time.monotonic()
                 ensure_tensorflow_backend()
                 import tensorflow  # noqa: F401
 
                 self.import_seconds = time.monotonic() - began
                 self._imported = True
+
+    def _loading(self) -> None:
+        if self.on_loading is not None:
+            name = Path(self.settings.backbone).name or self.settings.backbone
+            self.on_loading(f"loading {name} (TensorFlow)…")
 
     @property
     def feature_dim(self) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.progress import progress_bar
+from ..core.progress import DeferredBar
 from ..core.settings import CacheSettings
 from ..core.splits import assign_split
 from ..errors import ExtractionCancelled
@@ -63,8 +63,15 @@ class Recorder:
         self.known_bad = frozenset(writer.bad)
         """Paths the cache recorded as bad before this run."""
         self.background = Background()
-        self.bar = progress_bar(total, progress, "extract")
+        self.bar = DeferredBar(total, progress, "extract")
+        """Its clock starts after the model has loaded (:meth:`loading`, :meth:`embedded`)."""
         self._last_report = 0.0
+
+    def loading(self, what: str) -> None:
+        """The engine is loading its model (``what``: ``loading mobilenet (TensorFlow)…``):
+        a status line shows it until the first batch is embedded, so the bar's rate and ETA
+        leave the load out. May be called from a reader thread."""
+        self.bar.loading(what)
 
     def check_cancel(self) -> None:
         """Raise :class:`ExtractionCancelled` once ``cancel`` is set."""
@@ -111,6 +118,7 @@ class Recorder:
         """New rows for ``items`` (replacing older rows of the same paths); ``views``:
         their augmented views' embeddings, for a cache with views."""
         if not items:  # a batch of bad files: still a batch finished
+            self.bar.start()
             self.report(force=True)
             return
         for item in items:
@@ -128,6 +136,7 @@ class Recorder:
             views,
         )
         self._done(len(items), force=True)
+        self.bar.start()  # the first batch is in: the bar's clock starts (once)
 
     def _done(self, n: int, force: bool = False) -> None:
         self.counts["done"] += n

@@ -20,6 +20,7 @@ from ..errors import DatasetError, FeatcacheError
 from .baselines import GRIDS, fit_baseline, make_baseline
 from .data import CachedSplits, Caches, JointCache, Split, cache_paths, load_splits
 from .dense import DenseHead
+from .fit_progress import Tracker, advance, step, tracking
 from .leaderboard import probe_record, write_csv, write_json, write_plot
 from .options import (
     COMPARE_CV_VALIDATION_FRACTION,
@@ -99,6 +100,7 @@ def compare(
     json_path: str | os.PathLike[str] | None = None,
     plot: str | os.PathLike[str] | None = None,
     options: HeadOptions | None = None,
+    progress: bool | None = None,
 ) -> Leaderboard:
     """Fit every head kind over its grid, choose by val accuracy (or ``cv``-fold CV on
     train+val), report test accuracy of each kind's best, and keep the overall best run.
@@ -125,6 +127,10 @@ def compare(
     Besides ``leaderboard.csv`` and ``leaderboard.json`` in ``output``, ``csv_path``,
     ``json_path`` and ``plot`` (a PNG bar chart of test acc@1 with the intervals) are
     written when given.
+
+    ``progress`` (None: on a terminal) shows one bar on stderr over every fit (grid points,
+    cross-validation folds, each kind's refit, the best head's run; or each protocol and
+    few-shot draw), naming the head being fitted, with the dense head's epoch.
     """
     chosen = merge_options(HeadOptions, options, epochs=epochs, seed=seed)
     kinds = parse_heads(heads)
@@ -148,6 +154,38 @@ def compare(
     label = "+".join(p.stem for p in paths)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = Path(output) if output else DEFAULT_RUNS_DIR / f"{label}-compare-{stamp}"
+    with tracking(_tracker(protocol, kinds, sources, splits, cv, probe, progress)):
+        rows, best_run, skipped = _run(
+            splits, sources, folder, kinds, cv, seed, epochs, protocol, probe, val_fraction
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [
+        write_csv(rows, folder / "leaderboard.csv"),
+        write_json(rows, folder / "leaderboard.json"),
+    ]
+    if csv_path is not None:
+        files.append(write_csv(rows, csv_path))
+    if json_path is not None:
+        files.append(write_json(rows, json_path))
+    if plot is not None:
+        files.append(write_plot(rows, plot, f"{label}: compare --protocol {protocol}"))
+    return Leaderboard(rows, folder, best_run, skipped, protocol, splits.notes, files)
+
+
+def _run(
+    splits: CachedSplits,
+    sources: list[_Source],
+    folder: Path,
+    kinds: tuple[str, ...],
+    cv: int | None,
+    seed: int,
+    epochs: int,
+    protocol: str,
+    probe: ProbeSettings | None,
+    val_fraction: float,
+) -> tuple[list[dict[str, Any]], TrainResult | None, list[str]]:
+    """The leaderboard's rows (unsorted for the probes), the best quick head's run and the
+    grid points skipped."""
     best_run = None
     skipped: list[str] = []
     if protocol == DEFAULT_PROTOCOL:
@@ -167,6 +205,7 @@ def compare(
         if top["head"] == "dense":
             params["epochs"] = epochs
         winner = next(s for s in sources if s.name == top.get("source", s.name))
+        step(f"compare: {top['head']} (the best), its run")
         best_run = train_head(
             winner.caches if len(winner.caches) > 1 else winner.caches[0],
             top["head"],
@@ -174,8 +213,10 @@ def compare(
             seed=seed,
             val_fraction=val_fraction,
             stream=False,
+            progress=False,  # compare's bar goes on
             **params,
         )
+        advance()
     else:
         settings = replace(probe or ProbeSettings(), seed=seed, epochs=epochs)
         carved = len(splits.reader.rows_of("val", labelled=True)) == 0
@@ -194,18 +235,43 @@ def compare(
             for row in run_protocols(data, PROTOCOL_KINDS[protocol], settings):
                 rows.append(probe_record(source.name, row))
         rows.sort(key=lambda r: -r["test_acc1"])
-    folder.mkdir(parents=True, exist_ok=True)
-    files = [
-        write_csv(rows, folder / "leaderboard.csv"),
-        write_json(rows, folder / "leaderboard.json"),
-    ]
-    if csv_path is not None:
-        files.append(write_csv(rows, csv_path))
-    if json_path is not None:
-        files.append(write_json(rows, json_path))
-    if plot is not None:
-        files.append(write_plot(rows, plot, f"{label}: compare --protocol {protocol}"))
-    return Leaderboard(rows, folder, best_run, skipped, protocol, splits.notes, files)
+    return rows, best_run, skipped
+
+
+def _tracker(
+    protocol: str,
+    kinds: tuple[str, ...],
+    sources: list[_Source],
+    splits: CachedSplits,
+    cv: int | None,
+    probe: ProbeSettings | None,
+    progress: bool | None,
+) -> Tracker | None:
+    """One bar over every fit ``compare`` makes."""
+    if progress is False:
+        return None
+    if protocol == DEFAULT_PROTOCOL:
+        train = len(splits.train)
+        points = sum(
+            sum(1 for p in GRIDS[kind] if not (kind == "knn" and p["k"] > train)) * (cv or 1) + 1
+            for kind in kinds
+        )
+        total = points * len(sources) + 1  # + the best head's run
+    else:
+        draws = (probe.seeds or 1) if probe is not None and probe.shots else 1
+        total = len(PROTOCOL_KINDS[protocol]) * draws * len(sources)
+    return Tracker("compare", progress, total, unit="fit")
+
+
+def _shown(params: dict[str, Any]) -> str:
+    """``hidden=256 dropout=0.5``: a grid point, short."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, tuple | list):
+            return ",".join(map(str, v)) or "none"
+        return str(v)
+
+    return " ".join(f"{k}={value(v)}" for k, v in params.items())
 
 
 def _quick_rows(
@@ -226,11 +292,13 @@ def _quick_rows(
         if cv > counts.min():
             raise invalid("cv", cv, f"the smallest class has only {counts.min()} train+val rows")
     rows, skipped = [], []
+    named = f"{source.name}: " if source.part is not None or len(source.caches) > 1 else ""
     for kind in kinds:
         best: dict[str, Any] | None = None
         for params in GRIDS[kind]:
             if kind == "knn" and params["k"] > len(y_train):
                 continue
+            step(f"compare: {named}{kind} {_shown(params)}")
             try:
                 if cv:
                     x_all = np.concatenate([x_train, x_val])
@@ -239,16 +307,21 @@ def _quick_rows(
                 else:
                     model = _fit(kind, params, seed, epochs, x_train, y_train, x_val, y_val)
                     score = float(accuracy_score(y_val, model.predict(x_val)))
+                    advance()
             except FeatcacheError as exc:
                 skipped.append(f"{kind} {params}: {exc}")
+                advance(cv or 1)  # its folds will not run
                 continue
             if best is None or score > best["score"]:
                 best = {"params": params, "score": score}
         if best is None:
+            advance()  # no refit
             continue
+        step(f"compare: {named}{kind} {_shown(best['params'])} (refit)")
         began = time.monotonic()
         model = _fit(kind, best["params"], seed, epochs, x_train, y_train, x_val, y_val)
         fit_seconds = time.monotonic() - began
+        advance()
         predicted = model.predict(x_test)
         present = np.unique(y_test)
         rows.append(
@@ -308,4 +381,5 @@ def _cv_score(
         else:
             fit_baseline(kind, model, x[train_idx], y[train_idx])
         scores.append(accuracy_score(y[val_idx], model.predict(x[val_idx])))
+        advance()
     return float(np.mean(scores))

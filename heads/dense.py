@@ -12,6 +12,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .fit_progress import keras_callbacks
 from .options import (
     DEFAULT_ACTIVATION,
     DEFAULT_BATCH_SIZE,
@@ -189,7 +190,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             epochs=self.epochs,
             batch_size=self.batch_size,
             class_weight=self._class_weights(encoded),
-            callbacks=self._callbacks(val is not None),
+            callbacks=self._callbacks(val is not None) + keras_callbacks(),
             shuffle=True,
             verbose=self.verbose,
         )
@@ -227,7 +228,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             validation_data=val_data,
             epochs=self.epochs,
             class_weight=self._class_weights(self._encode(train_labels)),
-            callbacks=self._callbacks(val is not None),
+            callbacks=self._callbacks(val is not None) + keras_callbacks(),
             verbose=self.verbose,
             shuffle=False,
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 
 from ..core.options import invalid
+from ..core.progress import Status, progress_bar
 from ..errors import DatasetError
 from ..extractor.decode import decode_and_resize, decode_or_reason
 from ..extractor.sources import Dataset, item_from_path, open_source
 from .data import CachedSplits, load_splits
+from .fit_progress import Tracker, keras_callbacks, tracking
 from .options import (
     AUGMENTATIONS,
     DEFAULT_SEED,
@@ -173,10 +175,15 @@ def _split_rows(splits: CachedSplits, classes: np.ndarray) -> dict[str, _Rows]:
     return rows
 
 
-def _usable(rows: _Rows, source: Dataset, skipped: dict[str, str]) -> _Rows:
-    """The rows whose file (or array row) is still there with the content the cache hashed."""
+def _usable(
+    rows: _Rows, source: Dataset, skipped: dict[str, str], done: Callable[[int], Any] | None = None
+) -> _Rows:
+    """The rows whose file (or array row) is still there with the content the cache hashed;
+    ``done(1)`` after each."""
     keep = []
     for i, path in enumerate(rows.paths):
+        if done is not None:
+            done(1)
         try:
             _, sha = source.read(item_from_path(path))
         except (OSError, IndexError) as exc:
@@ -253,6 +260,7 @@ def fine_tune(
     balance: str | None = None,
     warmup: float | None = None,
     lr_decay: float | None = None,
+    progress: bool | None = None,
 ) -> FineTuneResult:
     """Train the head of run ``head`` and the top of its backbone on the cache's images.
 
@@ -273,6 +281,11 @@ def fine_tune(
     ``model_precision`` says which). ``model.keras`` holds no optimizer state.
     Writes ``model.keras`` (images in, probabilities out), ``report.json``,
     ``history.csv``/``.png`` and ``confusion.png`` to the run folder.
+
+    ``progress`` (None: on a terminal) shows each step on stderr: loading the model,
+    checking the images, phase 0 (the head on val images), every phase by name (``head
+    warm-up``, ``unfreeze top N``) with its epoch, val accuracy, rate and ETA, and the final
+    evaluation. ``verbose`` is Keras' own ``fit`` output, on stdout.
     """
     from .endtoend import build, save
     from .predict import check_cache_suits
@@ -304,13 +317,14 @@ def fine_tune(
     augmentation = [] if auto else augmentation_layers(str(chosen.augment), chosen.seed)
     # trained in float32 whatever the cache's precision: float16 gradients would need loss
     # scaling, and the unfrozen layers change the features anyway
-    built = build(
-        head,
-        trainable_backbone=True,
-        augmentation=augmentation,
-        precision="float32",
-        image_size=chosen.image_size,
-    )
+    with Status("fine-tune: loading TensorFlow and the backbone…", progress):
+        built = build(
+            head,
+            trainable_backbone=True,
+            augmentation=augmentation,
+            precision="float32",
+            image_size=chosen.image_size,
+        )
     trained = built.head
     val_fraction = float(head_report.get("val_fraction") or DEFAULT_VAL_FRACTION)
     head_seed = int(trained.meta.get("params", {}).get("seed", DEFAULT_SEED) or DEFAULT_SEED)
@@ -332,9 +346,15 @@ def fine_tune(
     size, resize = built.image_size, trained.settings.resize
     batch_size = chosen.batch_size
     skipped: dict[str, str] = {}
-    train_rows = _usable(train_rows, source, skipped)
-    val_rows = _usable(val_rows, source, skipped)
-    test_rows = _usable(test_rows, source, skipped)
+    checking = progress_bar(
+        sum(len(r.paths) for r in (train_rows, val_rows, test_rows)),
+        progress,
+        "fine-tune: checking the images",
+    )
+    with checking:
+        train_rows = _usable(train_rows, source, skipped, checking.update)
+        val_rows = _usable(val_rows, source, skipped, checking.update)
+        test_rows = _usable(test_rows, source, skipped, checking.update)
     if not test_rows.paths:
         raise DatasetError(f"{cache}: none of the test images is still there unchanged")
     if not train_rows.paths:
@@ -363,21 +383,29 @@ def fine_tune(
                 len(known_val.paths), size, batch_size,
             ),
             head_val=lambda m, s: _evaluate(m, known_val, source, s, resize, trained,
-                                            batch_size),
+                                            batch_size, _bar(progress, known_val, PHASE_0)),
             head_model=lambda: build(head).model,
             verbose=verbose,
+            progress=progress,
         )  # fmt: skip
         history, extra = outcome.history, outcome.report
         extra["kept_layers"] = [unit.name for unit in allowed[len(allowed) - outcome.deepest :]]
         model, size, precision = outcome.model, outcome.image_size, outcome.precision
     else:
-        history = _fit_fixed(model, chosen, train_rows, known_val, source, size, resize, verbose)
+        fixed = Tracker(
+            f"fine-tune (fixed): unfreeze {len(touched)} layers", progress, keras_drives=True
+        )
+        with tracking(fixed):
+            history = _fit_fixed(
+                model, chosen, train_rows, known_val, source, size, resize, verbose
+            )
     fit_seconds = time.monotonic() - started
     evaluated = {}
     for split_name, split_rows in (("val", val_rows), ("test", test_rows)):
         evaluated[split_name] = _evaluate(
-            model, split_rows, source, size, resize, trained, batch_size
-        )
+            model, split_rows, source, size, resize, trained, batch_size,
+            _bar(progress, split_rows, f"fine-tune: evaluating on {split_name} images"),
+        )  # fmt: skip
     report: dict[str, Any] = {
         "kind": "fine-tune",
         "cache": str(cache),
@@ -430,6 +458,15 @@ def fine_tune(
         "fine-tuned model, test split (rows normalised)",
     )
     return FineTuneResult(run_dir, report, sorted(skipped.items()))
+
+
+PHASE_0 = "fine-tune phase 0 head-only: scoring the head on val images"
+"""The bar of the auto schedule's phase 0."""
+
+
+def _bar(progress: bool | None, rows: _Rows, desc: str) -> Any:
+    """A bar over the images of ``rows``, opened when called (its clock starts then)."""
+    return progress_bar(len(rows.paths), progress, desc)
 
 
 def _uncompiled(model: Any) -> Any:
@@ -520,7 +557,7 @@ def _fit_fixed(
         train_ds,
         validation_data=validation,
         epochs=chosen.epochs,
-        callbacks=callbacks,
+        callbacks=callbacks + keras_callbacks(),
         verbose=verbose,
     )
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
@@ -572,8 +609,10 @@ def _evaluate(
     resize: str,
     trained: TrainedHead,
     batch_size: int,
+    bar: Any = None,
 ) -> dict[str, Any]:
-    """Metrics over the usable rows of a split (as ``train-head`` reports them)."""
+    """Metrics over the usable rows of a split (as ``train-head`` reports them); ``bar``
+    (a progress bar, closed at the end) counts the images."""
     if not rows.paths:
         raise DatasetError("no images of this split are left to evaluate on")
     predicted: list[int] = []
@@ -583,11 +622,17 @@ def _evaluate(
         if batch:
             proba = np.asarray(model(np.stack(batch), training=False))
             predicted.extend(trained.classes[np.argmax(proba, axis=1)].tolist())
+            if bar is not None:
+                bar.update(len(batch))
             batch.clear()
 
-    for pixels, _ in _images(rows, source, size, resize):
-        batch.append(pixels)
-        if len(batch) >= batch_size:
-            flush()
-    flush()
+    try:
+        for pixels, _ in _images(rows, source, size, resize):
+            batch.append(pixels)
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+    finally:
+        if bar is not None:
+            bar.close()
     return metrics(rows.labels, np.asarray(predicted, np.int64), trained.class_names)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .fit_progress import Tracker, keras_callbacks, tracking
 from .options import BALANCE_RATIO, FineTuneOptions
 from .schedule import Phase, group_scales, layerwise_optimizer, plan_phases, warmup_cosine
 
@@ -122,6 +123,7 @@ def run_phases(
     verbose: int = 0,
     classes: int = 0,
     select: str = "accuracy",
+    progress: bool | None = False,
 ) -> tuple[list[PhaseRun], dict[str, list[float]]]:
     """Train ``phases`` in turn from the weights of ``best`` (each phase starts from the
     best so far); ``best`` ends holding the best weights of all. ``units``: the backbone's
@@ -130,14 +132,15 @@ def run_phases(
     learning-rate groups are fixed over all of them). Returns each phase's run and the
     concatenated Keras history. ``select``: ``accuracy`` or ``balanced_accuracy`` (of
     ``classes`` classes, also reported per epoch when ``classes`` is given), the val score the
-    best weights are chosen on."""
+    best weights are chosen on. ``progress`` (None: on a terminal): a bar per phase, named
+    (:func:`phase_title`), over its epochs' steps, with the epoch and val accuracy."""
     import keras
 
     scales_top_first = group_scales(every_unit, lr_decay)
     runs: list[PhaseRun] = []
     history: dict[str, list[float]] = {}
     loss = keras.losses.SparseCategoricalCrossentropy()
-    for phase in phases:
+    for number, phase in enumerate(phases, 1):
         model.set_weights(best.weights)
         set_trainable(backbone, units, allowed, phase.units)
         scales: dict[int, float] = {}
@@ -154,20 +157,30 @@ def run_phases(
             ],
         )
         run = PhaseRun(phase)
-        fitted = model.fit(
-            train,
-            validation_data=val,
-            epochs=phase.epochs,
-            class_weight=class_weight,
-            callbacks=[_keep_best(model, best, run, patience, select)],
-            verbose=verbose,
-            shuffle=False,  # the dataset shuffles itself, a new order each epoch
-        )
+        title = f"fine-tune phase {number}/{len(phases)} {phase_title(phase)}"
+        with tracking(Tracker(title, progress, keras_drives=True)):
+            fitted = model.fit(
+                train,
+                validation_data=val,
+                epochs=phase.epochs,
+                class_weight=class_weight,
+                callbacks=[_keep_best(model, best, run, patience, select), *keras_callbacks()],
+                verbose=verbose,
+                shuffle=False,  # the dataset shuffles itself, a new order each epoch
+            )
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         runs.append(run)
     model.set_weights(best.weights)
     return runs, history
+
+
+def phase_title(phase: Phase) -> str:
+    """What a phase trains, for its progress bar: ``head: head warm-up (backbone frozen)``,
+    ``top: unfreeze top 7 layers``, ``deeper: unfreeze top 28 layers``."""
+    if phase.units == 0:
+        return f"{phase.name}: head warm-up (backbone frozen)"
+    return f"{phase.name}: unfreeze top {phase.units} layers"
 
 
 def balanced_accuracy(classes: int) -> Any:
@@ -243,6 +256,7 @@ def train_auto(
     head_val: Callable[[Any, tuple[int, int]], dict[str, Any]],
     head_model: Callable[[], Any],
     verbose: int = 0,
+    progress: bool | None = False,
 ) -> AutoOutcome:
     """The auto schedule on ``built`` (an :class:`~featcache.heads.endtoend.EndToEnd`):
     phase 0 scores the head as ``export`` makes it on val (``head_val(model, size)``: its
@@ -274,7 +288,7 @@ def train_auto(
         model, built.backbone, units, allowed, every, phases, train, val, steps, best,
         optimizer=chosen.optimizer, warmup=chosen.warmup, lr_decay=chosen.lr_decay,
         class_weight=weights, patience=int(chosen.patience or 0), verbose=verbose,
-        classes=classes, select=select,
+        classes=classes, select=select, progress=progress,
     )  # fmt: skip
     beat = best.phase != "head-only"
     won = next((r.phase for r in runs if r.phase.name == best.phase), None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import glob
 import os
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..core.files import check_new_output, written_file
+from ..core.progress import Status, progress_bar
 from ..core.ranking import top_k as rank
 from ..errors import DatasetError
 from ..extractor.decode import IMAGE_EXTENSIONS, decode_and_resize, decode_or_reason
@@ -149,20 +149,14 @@ def predict_images(
     check_options({"top_k": top_k, "batch_size": batch_size})
     out = None if output is None else check_new_output(output, overwrite)
     files = list_images(images)
-    classifier = load_classifier(model)
+    with Status(f"predict: loading {Path(model).name} (TensorFlow)…", progress):
+        classifier = load_classifier(model)
     names, size, mode = classifier.names, classifier.size, classifier.resize
 
     def prepare(path: Path) -> tuple[np.ndarray | None, str | None]:
         return decode_or_reason(lambda p: decode_and_resize(p.read_bytes(), size, mode), path)
 
-    from tqdm import tqdm
-
-    bar = tqdm(
-        total=len(files),
-        unit="img",
-        desc="predict",
-        disable=not (sys.stderr.isatty() if progress is None else progress),
-    )
+    bar = progress_bar(len(files), progress, "predict")  # its clock starts with the model in
     results: list[Prediction] = []
     pending: list[tuple[Path, np.ndarray]] = []
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..core.options import invalid
+from .fit_progress import advance, detail, step
 from .metrics import Scored, bootstrap_metrics
 from .options import (
     DEFAULT_BOOTSTRAP,
@@ -170,7 +171,8 @@ def linear_probe(
     # threads on a busy 2-core machine (198 x 1,024 features: 25 s against 0.3 s)
     with warnings.catch_warnings(), threadpool_limits(limits=1, user_api="blas"):
         warnings.simplefilter("ignore", ConvergenceWarning)
-        for C in grid:
+        for i, C in enumerate(grid):
+            detail(f"C {i + 1}/{len(grid)}")
             model.set_params(C=C)
             model.fit(x_train, y_train)
             sweep.append((C, float(np.mean(model.predict(x_val) == y_val))))
@@ -439,7 +441,10 @@ def run_protocols(
             part = data
             if settings.shots is not None and draw is not None:
                 part = data.shots(settings.shots, settings.seed + draw)
+            shot = f" ({settings.shots}-shot, draw {draw + 1})" if draw is not None else ""
+            step(f"compare: {kind}{shot}")
             result = fit(part, settings, how, settings.shots is None)
+            advance()
             fitted.append(result)
             if draw is not None:
                 correct = result.scored.y_pred == result.scored.y_true

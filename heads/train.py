@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from ..core.progress import Status
 from ..core.settings import FeatureSettings
 from ..errors import CacheError, DatasetError
 from .baselines import fit_baseline, make_baseline, probabilities
 from .data import CachedSplits, Caches, JointCache, Split, cache_paths, load_splits, should_stream
 from .dense import DenseHead
+from .fit_progress import Tracker, tracking
 from .options import DEFAULT_FEATURE_BATCH_SIZE, HeadOptions, merge_options
 from .report import metrics, write_confusion, write_history
 from .runs import HEAD_FORMAT, head_settings, read_head_meta
@@ -145,6 +147,7 @@ def train_head(
     *,
     options: HeadOptions | None = None,
     plot: str | None = None,
+    progress: bool | None = None,
     **values: Any,
 ) -> TrainResult:
     """Fit a head on the cache's train split, select on val, report val and test.
@@ -163,6 +166,10 @@ def train_head(
     ``plot`` (auto, pca, tsne or umap) also writes ``map.png``, a 2-D map of the cache's
     features coloured by label (:func:`featcache.audit.plot.plot_cache`), into the run
     folder and records it in ``report.json`` under ``map``.
+
+    ``progress`` (None: on a terminal) shows the training on stderr: the dense head's bar
+    over its epochs' steps with the epoch and val accuracy, a status line with the time
+    elapsed for a scikit-learn head.
 
     Examples
     --------
@@ -188,10 +195,12 @@ def train_head(
         check_view_training(splits, chosen)
     started = time.monotonic()
     streamed = streaming  # fit_views may stream the train views on its own
-    if views:
-        estimator, history, streamed = fit_views(kind, params, splits, streaming, chosen)
-    else:
-        estimator, history = _fit(kind, params, splits, streaming)
+    own = _tracker(kind, progress)
+    with tracking(own), _fitting(kind, own):
+        if views:
+            estimator, history, streamed = fit_views(kind, params, splits, streaming, chosen)
+        else:
+            estimator, history = _fit(kind, params, splits, streaming)
     fit_seconds = time.monotonic() - started
     trained = TrainedHead(kind, estimator, names, _meta(kind, params, splits))
     if views:  # what the head trained on: head.json records it, as report.json does
@@ -227,12 +236,39 @@ def train_head(
     run_dir = Path(output) if output is not None else new_run_dir(cache, kind)
     save_run(run_dir, trained, report, history)
     if plot is not None:  # after the head is saved: a failed map never loses it
-        add_run_map(run_dir, splits, report, plot, chosen.seed)
+        add_run_map(run_dir, splits, report, plot, chosen.seed, progress)
     return TrainResult(run_dir, trained, report, report["notes"])
 
 
+def _tracker(kind: str, progress: bool | None) -> Tracker | None:
+    """``train-head``'s bar: the dense head's steps (Keras drives it); None when asked for
+    no progress (inside ``compare``, whose bar stays the current one)."""
+    if progress is False:
+        return None
+    return Tracker(f"train-head: {kind} head", progress, keras_drives=kind == "dense")
+
+
+@contextmanager
+def _fitting(kind: str, tracker: Tracker | None) -> Iterator[None]:
+    """A status line with the time elapsed while a scikit-learn head fits (no steps to
+    count), shown only under ``train_head``'s own tracker."""
+    shown = None
+    if kind != "dense" and tracker is not None and tracker.enabled:
+        shown = Status(f"train-head: fitting the {kind} head…", True)
+    try:
+        yield
+    finally:
+        if shown is not None:
+            shown.close()
+
+
 def add_run_map(
-    run_dir: Path, splits: CachedSplits, report: dict[str, Any], method: str, seed: int
+    run_dir: Path,
+    splits: CachedSplits,
+    report: dict[str, Any],
+    method: str,
+    seed: int,
+    progress: bool | None = None,
 ) -> None:
     """Write ``map.png`` into a saved run and record it in ``report.json`` under ``map``.
 
@@ -246,7 +282,7 @@ def add_run_map(
     for index, name in enumerate(("train", "val", "test")):
         split[getattr(splits, name).rows] = index
     try:
-        report["map"] = write_run_map(splits.reader, run_dir, method, seed, split)
+        report["map"] = write_run_map(splits.reader, run_dir, method, seed, split, progress)
     except KeyboardInterrupt:
         report["map"] = {"error": "interrupted"}
     except Exception as exc:  # noqa: BLE001 - the map is optional; the head is saved
