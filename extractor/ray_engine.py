@@ -37,6 +37,7 @@ from .reader import Known, Prepared, read_items, read_one
 from .recorder import Recorder
 from .sources import Dataset, item_from_path, open_source
 from .views import embed_views
+from .weights_check import check_weights
 
 INSTALL_HINT = "pip install 'featcache[ray]'"
 LOCAL_OBJECT_STORE_BYTES = 512 << 20
@@ -109,6 +110,7 @@ class RayEngine:
         pending = self._still_bad(dataset, pending, recorder)
         if not pending:
             return  # nothing new: Ray is not even started
+        check_weights(self.settings)  # one line here rather than an error on every actor
         recorder.check_cancel()
         ray = import_ray()
         with _ONE_RUN:  # Ray Data's settings are per process: one run at a time changes them
