@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..core.files import fresh_file
 from ..errors import WeightsError
@@ -310,3 +311,74 @@ def fetch(
         part.unlink(missing_ok=True)
         raise
     return file.path
+
+
+HUB_NOTE = (
+    "keras-hub presets are downloaded by keras-hub (kagglehub's cache: $KAGGLEHUB_CACHE or "
+    "~/.cache/kagglehub); offline, give a preset folder made with save_to_preset"
+)
+
+
+def weights_rows(
+    names: list[str] | None = None, image_size: tuple[int, int] | None = None
+) -> list[dict[str, object]]:
+    """One row per backbone (every registered ``keras.applications`` one when ``names`` is
+    empty): its file, URL, Keras's cache path, status and size. keras-hub names get a row
+    saying keras-hub downloads them."""
+    from .hub import is_hub_backbone
+
+    rows: list[dict[str, object]] = []
+    for name in names or [spec.name for spec in list_backbones()]:
+        if is_hub_backbone(name):
+            rows.append({"backbone": name, "status": "preset", "note": HUB_NOTE})
+            continue
+        file = imagenet_file(name, image_size)
+        status = file.status()
+        rows.append(
+            {
+                "backbone": file.backbone,
+                "file": file.name,
+                "url": file.url,
+                "path": str(file.path),
+                "hash": file.file_hash,
+                "status": status,
+                "size": file.size if status != "missing" else None,
+            }
+        )
+    return rows
+
+
+def fetch_missing(
+    names: list[str] | None = None,
+    image_size: tuple[int, int] | None = None,
+    progress: bool | None = None,
+) -> list[Path]:
+    """Download the files of ``names`` (every registered backbone when empty) that Keras's
+    cache lacks, or holds with another hash; a byte bar on a terminal unless ``progress``
+    is False. Returns the paths written; the first failure raises :class:`WeightsError`."""
+    import sys
+
+    from tqdm import tqdm
+
+    from .hub import is_hub_backbone
+
+    wanted = [name for name in names or [s.name for s in list_backbones()]]
+    files = [imagenet_file(n, image_size) for n in wanted if not is_hub_backbone(n)]
+    written = []
+    for file in files:
+        if file.status() == "present":
+            continue
+        reason = probe(file.url)
+        if reason is not None:
+            raise WeightsError(f"could not download {file.url}: {reason}")
+        enabled = sys.stderr.isatty() if progress is None else progress
+        with tqdm(
+            unit="B", unit_scale=True, desc=file.name, disable=not enabled, leave=False
+        ) as bar:
+
+            def moved(done: int, total: int, bar: Any = bar) -> None:
+                bar.total = total or None
+                bar.update(done - bar.n)
+
+            written.append(fetch(file, on_bytes=moved))
+    return written

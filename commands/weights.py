@@ -1,0 +1,50 @@
+"""``weights``: which ImageNet weights files Keras has, where it keeps them, and fetching
+the missing ones."""
+
+from __future__ import annotations
+
+import click
+
+from ._output import render_json, render_weights
+from ._shared import handle_errors, json_option, quiet_option
+
+
+@click.command("weights")
+@click.argument("backbones", nargs=-1)
+@click.option(
+    "--image-size",
+    type=click.IntRange(1, 4096),
+    default=None,
+    help="Input side; MobileNet and MobileNetV2 have one file per side (default 224).",
+)
+@click.option("--fetch", is_flag=True, help="Download the missing files into Keras's cache.")
+@json_option("Print the files as JSON (with their URLs and hashes).")
+@quiet_option("No progress bar while fetching.")
+@handle_errors
+def weights_command(
+    backbones: tuple[str, ...], image_size: int | None, fetch: bool, as_json: bool, quiet: bool
+) -> None:
+    """List the ImageNet weights files of BACKBONES (default: every keras.applications
+    backbone): the name Keras caches each under, whether it is present, and its size.
+
+    \b
+    Offline, copy a file into the folder shown under its name (its URL: --json), or give
+    extract a weights file with --weights FILE.
+    \b
+    Examples:
+      featcache weights
+      featcache weights resnet50 mobilenet --fetch
+      featcache weights mobilenet --image-size 128 --json
+    """
+    from ..backbones.weights_files import fetch_missing, keras_cache_dir, weights_rows
+
+    names = list(backbones)
+    size = (image_size, image_size) if image_size else None
+    if fetch:
+        for path in fetch_missing(names, size, progress=False if quiet else None):
+            click.echo(f"fetched {path}", err=True)
+    rows = weights_rows(names, size)
+    if as_json:
+        click.echo(render_json({"folder": str(keras_cache_dir()), "files": rows}))
+    else:
+        click.echo(render_weights(rows, str(keras_cache_dir())))
