@@ -31,6 +31,8 @@ import numpy as np
 from ..backbones.backbone import FeatureExtractor, resolve_backbone
 from ..core.options import DEFAULT_MAX_PIXELS, ExtractOptions, RayOptions, check_address
 from ..core.settings import BackboneConfig, FeatureSettings
+from ..core.tf_quiet import ENV
+from ..core.tf_quiet import install as install_quiet_tensorflow
 from ..errors import EngineError, FeatcacheError, InvalidOptionError
 from .decode import decode_and_resize
 from .reader import Known, Prepared, read_items, read_one
@@ -45,7 +47,11 @@ LOCAL_OBJECT_STORE_BYTES = 512 << 20
 ACTOR_START_SECONDS = 600
 """How long the pool may take to start (an autoscaler adding nodes) before the run fails;
 Ray's ``RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S`` overrides it."""
-ACTOR_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+ACTOR_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "KERAS_BACKEND": "tensorflow",
+    **({ENV: os.environ[ENV]} if ENV in os.environ else {}),  # FEATCACHE_TF_LOGS
+}
 """Set per actor (merged into a ``ray job submit`` runtime env rather than clashing with it)."""
 _ONE_RUN = threading.Lock()
 
@@ -273,6 +279,7 @@ class EmbedBatches:
         self.feature_dim = 0
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="featcache-decode")
         began = time.monotonic()
+        install_quiet_tensorflow()  # this worker's TensorFlow start-up, as the CLI's
         try:
             _configure_tensorflow(threads, gpus)
             npy = layout == "npy"
