@@ -24,12 +24,13 @@ from ._shared import handle_errors, json_option, quiet_option
 def weights_command(
     backbones: tuple[str, ...], image_size: int | None, fetch: bool, as_json: bool, quiet: bool
 ) -> None:
-    """List the ImageNet weights files of BACKBONES (default: every keras.applications
-    backbone): the name Keras caches each under, whether it is present, and its size.
+    """List and fetch the ImageNet weights files Keras uses.
 
-    \b
-    Offline, copy a file into the folder shown under its name (its URL: --json), or give
-    extract a weights file with --weights FILE.
+    For each of BACKBONES (default: every keras.applications backbone), the file name
+    Keras caches its ImageNet weights under, whether it is there, and its size. Offline,
+    copy a file into the folder shown under that name (its URL: --json), or give extract
+    a weights file with --weights FILE.
+
     \b
     Examples:
       featcache weights
