@@ -29,17 +29,27 @@ def weights_command(
     For each of BACKBONES (default: every keras.applications backbone), the file name
     Keras caches its ImageNet weights under, whether it is there, and its size. Offline,
     copy a file into the folder shown under that name (its URL: --json), or give extract
-    a weights file with --weights FILE.
+    a weights file with --weights FILE. Given a weights file (.h5), it says which
+    backbone the file was saved from.
 
     \b
     Examples:
       featcache weights
       featcache weights resnet50 mobilenet --fetch
       featcache weights mobilenet --image-size 128 --json
+      featcache weights downloads/some_notop.h5
     """
     from ..backbones.weights_files import fetch_missing, keras_cache_dir, weights_rows
 
-    names = list(backbones)
+    files = [name for name in backbones if name.lower().endswith((".h5", ".hdf5"))]
+    if files:
+        from ..extractor.weights_check import describe_weights_file
+
+        for path in files:
+            click.echo(f"{path}: {describe_weights_file(path)}")
+        if len(files) == len(backbones):
+            return
+    names = [name for name in backbones if name not in files]
     size = (image_size, image_size) if image_size else None
     if fetch:
         for path in fetch_missing(names, size, progress=False if quiet else None):

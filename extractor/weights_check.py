@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..backbones.registry import BackboneSpec
 from ..backbones.weights_files import check_imagenet
-from ..backbones.weights_fit import misfit
+from ..backbones.weights_fit import identify, kernel_count, misfit
 from ..core.settings import FeatureSettings
 from ..errors import WeightsError
 from ..store.weights_file import weight_shapes
@@ -25,3 +25,16 @@ def check_weights(settings: FeatureSettings) -> None:
         message = misfit(weight_shapes(settings.weights), spec.name, settings.weights)
         if message is not None:
             raise WeightsError(message)
+
+
+def describe_weights_file(path: str) -> str:
+    """What the weights file at ``path`` was saved from, in words (``featcache weights
+    FILE``): the registered backbone(s) whose arrays it has, or that it matches none."""
+    shapes = weight_shapes(path)
+    found = identify(shapes)
+    if not found:
+        return f"matches no registered backbone ({kernel_count(shapes)} kernels)"
+    return " or ".join(
+        f"{name} with its ImageNet classifier top" if top else f"{name}: use --backbone {name}"
+        for name, top in found
+    )

@@ -29,9 +29,12 @@ def weight_shapes(path: str | os.PathLike[str]) -> list[tuple[int, ...]]:
         if isinstance(item, h5py.Dataset) and np.issubdtype(item.dtype, np.floating):
             shapes.append(tuple(int(side) for side in item.shape))
 
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file {path}: no such file")
     try:
         with h5py.File(path, "r") as handle:
             handle.visititems(visit)
     except OSError as exc:
-        raise WeightsError(f"weights file {path}: not an HDF5 weights file ({exc})") from None
+        reason = str(exc).split("(")[0].strip() or type(exc).__name__
+        raise WeightsError(f"weights file {path}: not an HDF5 weights file ({reason})") from None
     return shapes

@@ -135,6 +135,35 @@ def test_offline_extract_fails_before_tensorflow_is_imported(tmp_path):
     assert imported == "False"
 
 
+def test_weights_command_lists_statuses_and_names_a_files_backbone(tmp_path, monkeypatch):
+    """Missing, present (MobileNet: Keras checks no hash) and differs (another file under
+    ResNet50's name, whose hash Keras checks); a weights file given is identified."""
+    import json
+
+    from click.testing import CliRunner
+
+    from featcache.cli import main
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    models = tmp_path / "models"
+    models.mkdir()
+    sample = ROOT / "examples" / "weights" / "mobilenet_1_0_224_imagenet_notop.weights.h5"
+    (models / "mobilenet_1_0_224_tf_no_top.h5").write_bytes(sample.read_bytes())
+    (models / imagenet_file("resnet50").name).write_bytes(b"not the file")
+    result = CliRunner().invoke(main, ["weights", "mobilenet", "resnet50", "vgg16", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = json.loads(result.output)
+    assert listed["folder"] == str(models)
+    assert [(f["backbone"], f["status"]) for f in listed["files"]] == [
+        ("mobilenet", "present"),
+        ("resnet50", "differs"),
+        ("vgg16", "missing"),
+    ]
+    assert listed["files"][0]["size"] == sample.stat().st_size
+    result = CliRunner().invoke(main, ["weights", str(sample)])
+    assert result.output.strip() == f"{sample}: mobilenet: use --backbone mobilenet"
+
+
 # -- a weights file of another architecture --------------------------------------------------
 
 
