@@ -45,15 +45,15 @@ def weights_command(
     if files:
         from ..extractor.weights_check import describe_weights_file
 
-        for path in files:
-            click.echo(f"{path}: {describe_weights_file(path)}")
+        for file in files:
+            click.echo(f"{file}: {describe_weights_file(file)}")
         if len(files) == len(backbones):
             return
     names = [name for name in backbones if name not in files]
     size = (image_size, image_size) if image_size else None
     if fetch:
-        for path in fetch_missing(names, size, progress=False if quiet else None):
-            click.echo(f"fetched {path}", err=True)
+        for fetched in fetch_missing(names, size, progress=False if quiet else None):
+            click.echo(f"fetched {fetched}", err=True)
     rows = weights_rows(names, size)
     if as_json:
         click.echo(render_json({"folder": str(keras_cache_dir()), "files": rows}))
