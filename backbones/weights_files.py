@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 import urllib.error
 import urllib.parse
@@ -22,6 +23,7 @@ from typing import Any
 
 from ..core.files import fresh_file
 from ..errors import WeightsError
+from .hub import is_hub_backbone
 from .registry import BackboneSpec, get_backbone, list_backbones
 
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
@@ -325,8 +327,6 @@ def weights_rows(
     """One row per backbone (every registered ``keras.applications`` one when ``names`` is
     empty): its file, URL, Keras's cache path, status and size. keras-hub names get a row
     saying keras-hub downloads them."""
-    from .hub import is_hub_backbone
-
     rows: list[dict[str, object]] = []
     for name in names or [spec.name for spec in list_backbones()]:
         if is_hub_backbone(name):
@@ -356,13 +356,9 @@ def fetch_missing(
     """Download the files of ``names`` (every registered backbone when empty) that Keras's
     cache lacks, or holds with another hash; a byte bar on a terminal unless ``progress``
     is False. Returns the paths written; the first failure raises :class:`WeightsError`."""
-    import sys
-
     from tqdm import tqdm
 
-    from .hub import is_hub_backbone
-
-    wanted = [name for name in names or [s.name for s in list_backbones()]]
+    wanted = names or [spec.name for spec in list_backbones()]
     files = [imagenet_file(n, image_size) for n in wanted if not is_hub_backbone(n)]
     written = []
     for file in files:
