@@ -23,6 +23,7 @@ from .commands.extract import backbones_command, extract_command, inspect_comman
 from .commands.finetune import fine_tune_command
 from .commands.heads import compare_command, export_command, predict_command, train_head_command
 from .commands.serve import serve_command
+from .commands.weights import weights_command
 
 __all__ = [
     "export_features_command",
@@ -48,6 +49,7 @@ for _command in (
     fine_tune_command,
     export_command,
     serve_command,
+    weights_command,
     audit_command,
     search_command,
     plot_command,

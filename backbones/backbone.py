@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from ..core.settings import BackboneConfig, FeatureSettings
 from ..errors import InvalidOptionError, WeightsError
 from .hub import HUB_PREFIX, HubSpec, is_hub_backbone, parse_preprocessing
 from .registry import REGISTRY, BackboneSpec, get_backbone
+from .weights_files import check_imagenet
 
 _MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 _BUILD_LOCK = threading.Lock()
@@ -289,15 +291,19 @@ class FeatureExtractor:
         if weights == "none":
             weights = None
         height, width = resolved.image_size
+        if weights == "imagenet":  # offline and not in Keras's cache: one line, no download
+            check_imagenet(spec, resolved.image_size)
         try:
-            return spec.constructor()(
-                include_top=False,
-                weights=weights,
-                input_shape=(height, width, 3),
-                pooling=None,
-            )
+            with warnings.catch_warnings():  # one per layer for a file that does not fit
+                warnings.simplefilter("ignore", UserWarning)
+                return spec.constructor()(
+                    include_top=False,
+                    weights=weights,
+                    input_shape=(height, width, 3),
+                    pooling=None,
+                )
         except Exception as exc:  # noqa: BLE001 - download and load errors vary
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = _first_sentence(exc)
             if weights == "imagenet":
                 raise WeightsError(
                     f"could not build {spec.name} with ImageNet weights ({message}); "
@@ -357,9 +363,23 @@ class FeatureExtractor:
 
 def _load_weights(model: Any, path: str) -> None:
     try:
-        model.load_weights(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            model.load_weights(path)
     except Exception as exc:  # noqa: BLE001
-        raise WeightsError(f"could not load weights {path}: {exc}") from None
+        raise WeightsError(f"could not load weights {path}: {_first_sentence(exc)}") from None
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """The start of an exception's message on one line: its first line, and the next one
+    too when the first ends with a colon (Keras's "... for object <Conv2D ...>:")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        text = f"{text} {lines[1]}"
+    return text
 
 
 def _with_policy(model: Any, policy: str, precision: str, keras: Any) -> Any:

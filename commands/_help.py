@@ -127,6 +127,16 @@ LAYOUTS: dict[str, Layout] = {
             ("As JSON, for scripts:", "featcache backbones --json"),
         ),
     ),
+    "weights": _layout(
+        ("Basics", ("--image-size", "--fetch")),
+        (LAST_SECTION, ()),
+        summary="List (and fetch) the ImageNet weights files Keras uses.",
+        examples=(
+            ("Which weights files are in Keras's cache:", "featcache weights"),
+            ("Online: download the missing ones:", "featcache weights resnet50 mobilenet --fetch"),
+            ("Which backbone a weights file fits:", "featcache weights downloads/some_notop.h5"),
+        ),
+    ),
     "train-head": _layout(
         ("Basics", ("--output", "--head", "--epochs", "--class-weight", "--seed")),
         (
@@ -256,7 +266,7 @@ LAYOUTS: dict[str, Layout] = {
     "export": _layout(
         ("Basics", ("--output", "--format")),
         (LAST_SECTION, ()),
-        summary="Export a dense head as one Keras model taking images.",
+        summary="Export a head run as one Keras model taking images.",
         examples=(
             (
                 "One Keras model from images to probabilities:",

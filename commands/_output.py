@@ -318,3 +318,31 @@ def render_verify(result: Any) -> str:
     if result.changed:
         lines.append("extract --rehash on the same data re-embeds the changed files")
     return "\n".join(lines)
+
+
+# -- weights ---------------------------------------------------------------------------------
+
+
+def render_weights(rows: Sequence[Mapping[str, Any]], folder: str) -> str:
+    """``weights``: Keras's cache folder, then one line per backbone's file."""
+    lines = [f"Keras's cache: {folder}", f"{'backbone':<22} {'status':<8} {'MB':>7}  file"]
+    notes = []
+    for row in rows:
+        if row["status"] == "preset":
+            lines.append(f"{row['backbone']:<22} {'preset':<8} {'-':>7}  (downloaded by keras-hub)")
+            notes = [str(row["note"])]
+            continue
+        size = f"{row['size'] / 1e6:.1f}" if row["size"] else "-"
+        lines.append(f"{row['backbone']:<22} {row['status']:<8} {size:>7}  {row['file']}")
+        if len(rows) <= 5 and row["status"] != "present":
+            lines.append(f"{'':<40}{row['url']}")
+    files = [row for row in rows if row["status"] != "preset"]
+    present = sum(row["status"] == "present" for row in files)
+    if files:
+        lines.append(
+            f"{present} of {len(files)} present. Offline: copy a file into {folder} under that "
+            "name (URLs: --json), or give extract --weights FILE; online: --fetch."
+        )
+    if any(row["status"] == "differs" for row in files):
+        lines.append("differs: not the file Keras expects (another hash); Keras fetches it again")
+    return "\n".join(lines + notes)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..core.options import DEFAULT_MAX_PIXELS, RESIZE_MODES
+from ..errors import WeightsError
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 """File name endings (case-insensitive) treated as images."""
@@ -214,10 +215,13 @@ def decode_or_reason(
 ) -> tuple[T, None] | tuple[None, str]:
     """``(prepare(content), None)``, or ``(None, reason)`` when the image is unusable.
 
-    One odd file must never stop a run, so every exception becomes a reason.
+    One odd file must never stop a run, so every exception becomes a reason, except a
+    :class:`WeightsError`: the model cannot be built, for any file.
     """
     try:
         return prepare(content), None
+    except WeightsError:
+        raise
     except BadImageError as exc:
         return None, str(exc)
     except OSError as exc:

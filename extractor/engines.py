@@ -24,12 +24,13 @@ from ..backbones.backbone import FeatureExtractor, ensure_tensorflow_backend, re
 from ..backbones.resize import resize_batch
 from ..core.options import DEFAULT_MAX_PIXELS, ExtractOptions
 from ..core.settings import BackboneConfig, FeatureSettings
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, WeightsError
 from .decode import decode_pixels, resize_image
 from .reader import Known, Prepared, read_items
 from .recorder import Recorder
 from .sources import Dataset
 from .views import embed_views
+from .weights_check import check_weights
 
 
 class Engine(Protocol):
@@ -186,6 +187,7 @@ class LocalEmbedder:
         self._model: FeatureExtractor | None = None
         self._import_lock = threading.Lock()
         self._imported = False
+        self._failure: WeightsError | None = None
         self._common_size: tuple[int, int] | None = None
         self.on_loading: Callable[[str], None] | None = None
         """Told ``loading <backbone> (TensorFlow)…`` when the model starts loading."""
@@ -214,7 +216,14 @@ class LocalEmbedder:
         if self._imported:
             return
         with self._import_lock:
+            if self._failure is not None:
+                raise self._failure
             if not self._imported:
+                try:
+                    check_weights(self.settings)  # fail in one line before TensorFlow loads
+                except WeightsError as exc:
+                    self._failure = exc
+                    raise
                 self._loading()
                 began = time.monotonic()
                 ensure_tensorflow_backend()

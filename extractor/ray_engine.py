@@ -31,12 +31,15 @@ import numpy as np
 from ..backbones.backbone import FeatureExtractor, resolve_backbone
 from ..core.options import DEFAULT_MAX_PIXELS, ExtractOptions, RayOptions, check_address
 from ..core.settings import BackboneConfig, FeatureSettings
+from ..core.tf_quiet import ENV
+from ..core.tf_quiet import install as install_quiet_tensorflow
 from ..errors import EngineError, FeatcacheError, InvalidOptionError
 from .decode import decode_and_resize
 from .reader import Known, Prepared, read_items, read_one
 from .recorder import Recorder
 from .sources import Dataset, item_from_path, open_source
 from .views import embed_views
+from .weights_check import check_weights
 
 INSTALL_HINT = "pip install 'featcache[ray]'"
 LOCAL_OBJECT_STORE_BYTES = 512 << 20
@@ -44,7 +47,11 @@ LOCAL_OBJECT_STORE_BYTES = 512 << 20
 ACTOR_START_SECONDS = 600
 """How long the pool may take to start (an autoscaler adding nodes) before the run fails;
 Ray's ``RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S`` overrides it."""
-ACTOR_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": "tensorflow"}
+ACTOR_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "KERAS_BACKEND": "tensorflow",
+    **({ENV: os.environ[ENV]} if ENV in os.environ else {}),  # FEATCACHE_TF_LOGS
+}
 """Set per actor (merged into a ``ray job submit`` runtime env rather than clashing with it)."""
 _ONE_RUN = threading.Lock()
 
@@ -109,6 +116,7 @@ class RayEngine:
         pending = self._still_bad(dataset, pending, recorder)
         if not pending:
             return  # nothing new: Ray is not even started
+        check_weights(self.settings)  # one line here rather than an error on every actor
         recorder.check_cancel()
         ray = import_ray()
         with _ONE_RUN:  # Ray Data's settings are per process: one run at a time changes them
@@ -271,6 +279,7 @@ class EmbedBatches:
         self.feature_dim = 0
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="featcache-decode")
         began = time.monotonic()
+        install_quiet_tensorflow()  # this worker's TensorFlow start-up, as the CLI's
         try:
             _configure_tensorflow(threads, gpus)
             npy = layout == "npy"

@@ -215,6 +215,12 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Any, list[str], list[int]]
     except ValueError:
         raise InvalidOptionError(f"{path}: not a featcache classifier (no class names)") from None
     names = [last.class_names[c] for c in last.classes]
+    if isinstance(model.input, list) and len(model.input) == 1:
+        # fine-tune saved its models with a list of one input until issue 26: called with an
+        # array (as predict and the server do), Keras warned on every batch
+        output = model.output
+        output = output[0] if isinstance(output, list) and len(output) == 1 else output
+        model = keras.Model(model.input[0], output, name=model.name)
     return model, names, list(last.classes)
 
 

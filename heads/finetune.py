@@ -474,7 +474,9 @@ def _uncompiled(model: Any) -> Any:
     and its moments): what plain ``keras.models.load_model`` reads back."""
     import keras
 
-    return keras.Model(model.inputs, model.outputs, name=model.name)
+    # input and output as the model has them (one tensor, not a list of one): a list makes
+    # Keras warn on every call given an array
+    return keras.Model(model.input, model.output, name=model.name)
 
 
 def minority_recall(

@@ -279,12 +279,39 @@ def shown_settings(settings: FeatureSettings, roots: Roots) -> FeatureSettings:
     )
 
 
+_ROOT_FLAGS = {
+    "weights file": "--weights-root",
+    "saved model": "--weights-root",
+    "preset folder": "--weights-root",
+    "allow_backbone": "--weights-root",
+    "data": "--data-root",
+    "labels": "--data-root",
+    "cache": "--cache-root",
+    "output": "--cache-root",
+}
+"""The ``serve`` flag of the folder each kind of path is resolved under."""
+
+
+def _under_hint(root: Path, path: str) -> str:
+    """`` (here: 'b/c.h5')`` when an absolute ``path`` lies under ``root`` (the client's
+    reply shows it relative, as every path under a root)."""
+    try:
+        inside = Path(os.path.expanduser(path)).resolve().relative_to(root.resolve())
+    except (ValueError, OSError):
+        return ""
+    return f" (here: {str(inside)!r})" if str(inside) != "." else ""
+
+
 def confine(root: Path | None, relative: str, what: str) -> Path:
     """``root / relative``, refusing absolute paths, ``..`` and symlinks leaving ``root``."""
     if root is None:
         raise AccessDenied(f"{what} {relative!r}: this server exposes no folder for it")
     if not relative or os.path.isabs(relative) or relative.startswith("~"):
-        raise AccessDenied(f"{what} {relative!r}: give a path relative to the server's folder")
+        flag = _ROOT_FLAGS.get(what, "root folder")
+        raise AccessDenied(
+            f"{what} {relative!r}: the server resolves it under its own {flag}; give a path "
+            f"relative to that folder{_under_hint(root, relative)}"
+        )
     if ".." in Path(relative).parts:
         raise AccessDenied(f"{what} {relative!r}: '..' is not allowed")
     path = root / relative

@@ -19,6 +19,7 @@ from ..core.options import DEFAULT_MAX_PIXELS
 from ..core.settings import BackboneConfig, FeatureSettings
 from ..errors import AccessDenied
 from ..extractor.decode import decode_and_resize, decode_or_reason
+from ..extractor.weights_check import check_weights
 from .batcher import Batcher, BatcherClosed
 from .convert import ResourceExhausted, mib
 from .options import (
@@ -262,6 +263,7 @@ class ModelPool:
                     raise pending.error
         try:
             began = time.monotonic()
+            check_weights(resolved)
             model = LoadedModel(FeatureExtractor(resolved), self.options)
         except BaseException as exc:
             with self._cond:

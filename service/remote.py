@@ -3,10 +3,13 @@ them, and the cache is written here, exactly as a local run writes it."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..core.options import NAMED_WEIGHTS
 from ..core.settings import BackboneConfig, FeatureSettings
 from ..errors import InvalidOptionError
 from ..extractor.decode import array_to_rgb
@@ -22,6 +25,7 @@ class RemoteEmbedder:
     """
 
     def __init__(self, remote: str | Client, config: BackboneConfig, max_pixels: int = 0) -> None:
+        _check_server_paths(config)
         self.client = remote if isinstance(remote, Client) else Client(remote)
         self.request = settings_message(config)
         self.max_pixels = max_pixels
@@ -47,3 +51,18 @@ class RemoteEmbedder:
         width = dim or self.feature_dim
         features = np.stack(good) if good else np.zeros((0, width), np.float32)
         return features, reasons
+
+
+def _check_server_paths(config: BackboneConfig) -> None:
+    """Refuse here, naming the path as given, a weights file or saved model given as an
+    absolute path: a server resolves them under its own ``--weights-root``."""
+    for parameter, value in (("weights", config.weights), ("backbone", config.backbone)):
+        text = value.strip()
+        if text.lower() in NAMED_WEIGHTS or not (os.path.isabs(text) or text.startswith("~")):
+            continue
+        raise InvalidOptionError(
+            f"{parameter} {value}: with remote, the server reads {parameter} files under its own "
+            f"--weights-root; give the path relative to that folder (e.g. {Path(text).name} "
+            "when the file lies directly in it)",
+            parameter,
+        )

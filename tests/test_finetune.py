@@ -104,6 +104,33 @@ def test_predict_on_files_folders_globs_and_bad_files(setup, tmp_path, monkeypat
         (data / "class_1" / "broken.png").unlink()
 
 
+def test_predict_with_fine_tune_saved_models_warns_nothing(setup, tmp_path):
+    """export -> the model saved as fine-tune saves it now, and as it did before issue 26
+    (input and output in lists of one) -> predict: the same classes, and no Keras
+    "structure of inputs doesn't match" warning per batch."""
+    import warnings
+
+    import keras
+
+    from featcache.heads.endtoend import export, load_model
+    from featcache.heads.finetune import _uncompiled
+    from featcache.heads.images import predict_images
+
+    _, data, _, run = setup
+    exported = export(run, tmp_path / "exported.keras")
+    model, _, _ = load_model(exported)
+    _uncompiled(model).save(tmp_path / "tuned.keras")
+    keras.Model(model.inputs, model.outputs, name=model.name).save(tmp_path / "old.keras")
+    got = {}
+    for name in ("exported", "tuned", "old"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rows = predict_images(tmp_path / f"{name}.keras", str(data), None, batch_size=4)
+        assert not [w for w in caught if "structure" in str(w.message)], name
+        got[name] = [(r.path, r.top[0][0]) for r in rows]
+    assert got["exported"] == got["tuned"] == got["old"] and len(got["old"]) == 18
+
+
 def test_fine_tune_trains_exactly_the_unfrozen_layers(setup, tmp_path):
     import keras
 

@@ -23,8 +23,9 @@ from featcache import ServeOptions, extract, start_server
 from featcache.backbones.hub import HUB_REGISTRY
 from featcache.backbones.registry import REGISTRY
 from featcache.cli import main
+from featcache.core.settings import BackboneConfig
 from featcache.core.splits import assign_split
-from featcache.errors import RemoteError
+from featcache.errors import FeatcacheError, RemoteError
 from featcache.protos import extractor_pb2 as pb
 from featcache.service.client import BadImagesError, Client
 from featcache.store import read_cache
@@ -643,3 +644,23 @@ def test_classify_serves_exported_models(roots, tmp_path):
             assert info.value.code == "INVALID_ARGUMENT" and "tiny" in str(info.value)
     finally:
         srv.stop(0)
+
+
+def test_an_absolute_weights_path_for_a_server_is_refused_naming_it(server, roots, tmp_path):
+    """`extract --remote --weights /abs/file.h5`: the path as given, and the server's
+    --weights-root; the server itself, asked directly, names the flag and the relative path."""
+    weights = roots / "weights" / "file.h5"
+    result = CliRunner().invoke(
+        main,
+        [
+            "extract", str(roots / "data" / "set"), "-o", str(tmp_path / "c.h5"),
+            "--remote", f"127.0.0.1:{server.port}", "-b", "vgg16", "--weights", str(weights),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1
+    assert f"--weights {weights}" in line and "--weights-root" in line and "file.h5" in line
+    with Client(f"127.0.0.1:{server.port}") as client, pytest.raises(FeatcacheError) as refused:
+        client.resolve(BackboneConfig("vgg16", str(weights), 32))
+    assert "--weights-root" in str(refused.value) and "'file.h5'" in str(refused.value)
