@@ -292,7 +292,32 @@ def render_audit_summary(summary: Mapping[str, Any]) -> str:
         "near-duplicate pairs by threshold: "
         + ", ".join(f">={t}: {n}" for t, n in summary["near_pairs_by_threshold"].items())
     )
+    if "label_threshold" in summary:
+        lines.append(render_label_check(summary))
     return "\n".join(lines)
+
+
+def render_label_check(summary: Mapping[str, Any]) -> str:
+    """What the label issues mean and how many of them to look at."""
+    flagged, checked = summary["label_issues"], summary["labels_checked"]
+    text = (
+        f"label issues: {flagged} of {checked} labels get under "
+        f"{summary['label_threshold']:g} probability from a classifier trained without "
+        "their row (label_issues.csv, lowest first)"
+    )
+    estimated = summary.get("label_errors_estimated")
+    if estimated is None:
+        return text + "; too few rows to estimate how many are wrong"
+    text += f"; about {estimated:.0f} labels in all look wrong"
+    precision, recall = (
+        summary.get("label_issues_expected_precision"),
+        summary.get("label_issues_expected_recall"),
+    )
+    if precision is not None:
+        text += f"; expect about {precision:.0%} of the flagged to be wrong"
+    if recall is not None:
+        text += f" and {recall:.0%} of wrong labels to be flagged"
+    return text + " (estimates that take wrong labels as random)"
 
 
 def render_search(result: Any) -> str:
