@@ -75,3 +75,37 @@ def test_stratified_split_stays_balanced_as_images_are_added(tmp_path):
     lines = [line for line in result.output.splitlines() if "accuracy" in line]
     assert lines[0].startswith("  val  accuracy ") and "(95% CI " in lines[0]
     assert lines[1].startswith("  test accuracy ") and ", n=30)" in lines[1]
+
+
+def test_a_cache_from_before_split_methods_resumes_with_the_hash_rule(tmp_path):
+    """A cache without the split_method attribute reads as hash: a rerun without
+    --split-method adds rows by the hash rule, moves none, and asking for stratified on it
+    is refused as other settings."""
+    from featcache import extract, read_cache
+    from featcache.core.options import DEFAULT_SEED
+    from helpers import TINY, make_class_folder
+
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=6)
+    cache = tmp_path / "c.h5"
+    extract(data, output=cache, split_method="hash", **TINY)
+    with h5py.File(cache, "a") as handle:  # as featcache wrote caches before the setting
+        del handle.attrs["split_method"]
+    before = _splits(cache)
+    make_class_folder(tmp_path / "more", classes=2, per_class=9, seed=5)
+    for image in (tmp_path / "more").rglob("img_*"):
+        target = data / image.parent.name / f"more_{image.name}"
+        shutil.copy2(image, target)
+    summary = extract(data, output=cache, **TINY)
+    assert (summary.new, summary.reused) == (18, 12)
+    after = read_cache(cache)
+    assert after.settings.split_method == "hash"
+    assert {p: s for p, s in _splits(cache).items() if p in before} == before
+    expected = [assign_split(sha, (0.7, 0.2, 0.1), DEFAULT_SEED) for sha in after.sha256]
+    assert after.split.tolist() == expected
+    runner = CliRunner()
+    refused = runner.invoke(
+        main, ["extract", str(data), "-o", str(cache), "--split-method", "stratified", *ARGS]
+    )
+    assert (
+        refused.exit_code == 2 and "split_method 'hash' (cache) vs 'stratified'" in refused.output
+    )
