@@ -225,8 +225,8 @@ def _label_issues(
         "label_threshold": found.threshold,
         "labels_checked": found.checked,
         "label_errors_estimated": _rounded(found.estimated_errors, 1),
-        "label_issues_expected_precision": _rounded(found.expected_precision, 3),
-        "label_issues_expected_recall": _rounded(found.expected_recall, 3),
+        "label_issues_precision": _rounded(found.expected_precision, 3),
+        "label_issues_recall": _rounded(found.expected_recall, 3),
     }
     return issues, check
 

@@ -310,13 +310,13 @@ def render_label_check(summary: Mapping[str, Any]) -> str:
         return text + "; too few rows to estimate how many are wrong"
     text += f"; about {estimated:.0f} labels in all look wrong"
     precision, recall = (
-        summary.get("label_issues_expected_precision"),
-        summary.get("label_issues_expected_recall"),
+        summary.get("label_issues_precision"),
+        summary.get("label_issues_recall"),
     )
     if precision is not None:
         text += f"; expect about {precision:.0%} of the flagged to be wrong"
     if recall is not None:
-        text += f" and {recall:.0%} of wrong labels to be flagged"
+        text += f"; the threshold catches about {recall:.0%} of wrong labels"
     return text + " (estimates that take wrong labels as random)"
 
 

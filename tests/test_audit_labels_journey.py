@@ -52,5 +52,5 @@ def test_audit_flags_planted_label_errors_and_says_how_many_to_look_at(tmp_path,
     assert noisy["label_issues"] >= 3 and hits >= 0.8 * noisy["label_issues"]
     assert all(row["path"] in moved for row in flagged[:3])  # the most likely come first
     assert noisy["label_errors_estimated"] > clean["label_errors_estimated"]
-    assert 0 < noisy["label_issues_expected_recall"] < 1
+    assert 0 < noisy["label_issues_recall"] < 1
     assert "labels in all look wrong" in text

@@ -253,17 +253,17 @@ def test_audit_summary_says_how_many_labels_to_look_at():
         "label_threshold": 0.05,
         "labels_checked": 300,
         "label_errors_estimated": 11.4,
-        "label_issues_expected_precision": 0.875,
-        "label_issues_expected_recall": 0.812,
+        "label_issues_precision": 0.875,
+        "label_issues_recall": 0.812,
         "near_pairs_by_threshold": {0.95: 0},
     }
     assert render_audit_summary(summary).splitlines()[-1] == (
         "label issues: 12 of 300 labels get under 0.05 probability from a classifier trained "
         "without their row (label_issues.csv, lowest first); about 11 labels in all look wrong; "
-        "expect about 88% of the flagged to be wrong and 81% of wrong labels to be flagged "
-        "(estimates that take wrong labels as random)"
+        "expect about 88% of the flagged to be wrong; the threshold catches about 81% of "
+        "wrong labels (estimates that take wrong labels as random)"
     )
-    few = {**summary, "label_errors_estimated": None, "label_issues_expected_precision": None}
+    few = {**summary, "label_errors_estimated": None, "label_issues_precision": None}
     assert (
         render_audit_summary(few)
         .splitlines()[-1]
