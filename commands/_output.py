@@ -317,7 +317,10 @@ def render_label_check(summary: Mapping[str, Any]) -> str:
         text += f"; expect about {precision:.0%} of the flagged to be wrong"
     if recall is not None:
         text += f"; the threshold catches about {recall:.0%} of wrong labels"
-    return text + " (estimates that take wrong labels as random)"
+    text += " (estimates that take wrong labels as random)"
+    if estimated >= flagged + 2:
+        text += "; a higher --label-threshold lists more of them"
+    return text
 
 
 def render_search(result: Any) -> str:

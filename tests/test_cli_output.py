@@ -263,6 +263,15 @@ def test_audit_summary_says_how_many_labels_to_look_at():
         "expect about 88% of the flagged to be wrong; the threshold catches about 81% of "
         "wrong labels (estimates that take wrong labels as random)"
     )
+    more = {**summary, "label_issues": 3, "label_issues_recall": 0.342}
+    assert (
+        render_audit_summary(more)
+        .splitlines()[-1]
+        .endswith(
+            "catches about 34% of wrong labels (estimates that take wrong labels as random); "
+            "a higher --label-threshold lists more of them"
+        )
+    )
     few = {**summary, "label_errors_estimated": None, "label_issues_precision": None}
     assert (
         render_audit_summary(few)
