@@ -20,7 +20,7 @@ import numpy as np
 from ..core.progress import progress_bar
 from ..core.splits import SPLIT_NAMES
 from ..store import CacheReader
-from .labels import find_label_issues, out_of_fold_probabilities
+from .labels import check_labels, out_of_fold_probabilities
 from .neighbors import normalize, top_k_neighbors
 from .options import THRESHOLD_TABLE, AuditOptions
 
@@ -50,6 +50,9 @@ class AuditReport:
     threshold_table: dict[str, int]
     groups: list[list[int]] = field(default_factory=list)
     """Connected groups of exact and near duplicates (two rows or more)."""
+    label_check: dict[str, Any] = field(default_factory=dict)
+    """What to expect of the label issues (:class:`~.labels.LabelCheck`'s threshold,
+    rows checked, estimated wrong labels, expected precision and recall of the flags)."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -64,6 +67,7 @@ class AuditReport:
             "leaking_groups": sum(1 for g in self.groups if len(self._splits(g)) > 1),
             "outliers": len(self.outliers),
             "label_issues": len(self.label_issues),
+            **self.label_check,
             "near_pairs_by_threshold": self.threshold_table,
         }
 
@@ -136,7 +140,7 @@ def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = No
     split = reader.split
     leakage = [p for p in (*exact_pairs, *near_pairs) if split[p.a] != split[p.b]]
     outliers = _outliers(sims, options.outlier_fraction)
-    issues = _label_issues(reader, x, options) if options.label_issues else []
+    issues, check = _label_issues(reader, x, options) if options.label_issues else ([], {})
     return AuditReport(
         cache=str(reader.path),
         rows=n,
@@ -148,6 +152,7 @@ def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = No
         label_issues=issues,
         threshold_table=table,
         groups=union.groups(),
+        label_check=check,
         split=split,
         rows_digest=_rows_digest(reader),
     )
@@ -194,19 +199,20 @@ def _outliers(sims: np.ndarray, fraction: float) -> list[tuple[int, float]]:
 
 def _label_issues(
     reader: CacheReader, x: np.ndarray, options: AuditOptions
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The flagged labels and what to expect of them (``label_check``)."""
     rows = np.flatnonzero(reader.labels >= 0)
     classes = len(reader.class_names)
     if len(rows) < 4 or classes < 2:
-        return []
+        return [], {}
     labels = reader.labels[rows]
     features = x if len(rows) == len(x) else x[rows]  # no copy when every row is labelled
     probabilities = out_of_fold_probabilities(
         features, labels, classes, options.folds, options.seed
     )
-    found = find_label_issues(labels, probabilities)
+    found = check_labels(labels, probabilities, options.label_threshold)
     names = reader.class_names
-    return [
+    issues = [
         {
             "row": int(rows[i]),
             "given": names[int(labels[i])],
@@ -215,6 +221,18 @@ def _label_issues(
         }
         for i, s, conf in zip(found.rows, found.suggested, found.self_confidence)
     ]
+    check = {
+        "label_threshold": found.threshold,
+        "labels_checked": found.checked,
+        "label_errors_estimated": _rounded(found.estimated_errors, 1),
+        "label_issues_precision": _rounded(found.expected_precision, 3),
+        "label_issues_recall": _rounded(found.expected_recall, 3),
+    }
+    return issues, check
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def fixed_splits(report: AuditReport) -> tuple[np.ndarray, list[tuple[int, int, int]]]:

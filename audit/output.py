@@ -296,7 +296,7 @@ def render_html(report: AuditReport, reader: CacheReader) -> str:
             len(report.outliers),
         ),
         section(
-            "Likely label errors",
+            f"Likely label errors (self-confidence under {report.options.label_threshold:g})",
             [
                 tile(
                     i["row"],

@@ -79,7 +79,7 @@ LAYOUTS: dict[str, Layout] = {
                 "--dtype",
             ),
         ),
-        ("Splits", ("--split", "--seed", "--labels")),
+        ("Splits", ("--split", "--split-method", "--seed", "--labels")),
         (
             "Performance",
             ("--batch-size", "--workers", "--checkpoint-seconds", "--max-pixels", "--rehash"),
@@ -296,7 +296,10 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "audit": _layout(
         ("Basics", ("--output", "--threshold", "--fix-splits")),
-        ("Checks", ("--neighbors", "--outlier-fraction", "--label-issues", "--folds")),
+        (
+            "Checks",
+            ("--neighbors", "--outlier-fraction", "--label-issues", "--label-threshold", "--folds"),
+        ),
         (LAST_SECTION, ()),
         summary="Find duplicates, split leakage, outliers, label errors.",
         examples=(

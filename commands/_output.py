@@ -28,6 +28,7 @@ _INSPECT_SETTINGS = (
     "augment_seed",
     "augment_version",
     "split_source",
+    "split_method",
     "split_ratios",
     "seed",
     "dataset_root",
@@ -91,7 +92,8 @@ def render_cache_info(info: Mapping[str, Any]) -> str:
         if key == "views" and key not in settings:
             lines.append(f"  {key:<14} 1")  # one embedding per image
             continue
-        shown = settings.get(key, "float32" if key == "precision" else "")  # older caches
+        older = {"precision": "float32", "split_method": "hash"}  # caches from before them
+        shown = settings.get(key, older.get(key, ""))
         lines.append(f"  {key:<14} {shown}")
     splits = info["splits"]
     lines.append(f"  {'class':<24} {'train':>7} {'val':>7} {'test':>7} {'total':>7}")
@@ -124,6 +126,21 @@ def render_backbones(rows: Sequence[Mapping[str, Any]]) -> str:
 # -- heads -----------------------------------------------------------------------------------
 
 
+def render_accuracy(value: float, low: float | None, high: float | None, rows: int | None) -> str:
+    """``0.873 (95% CI 0.830-0.910, n=30)``: an accuracy with its bootstrap interval and the
+    rows it was measured on (reports from before the intervals: the value and n only)."""
+    n = f"n={rows}" if rows is not None else ""
+    if low is None or high is None:
+        return f"{value:.3f}" + (f" ({n})" if n else "")
+    return f"{value:.3f} (95% CI {low:.3f}-{high:.3f}{', ' + n if n else ''})"
+
+
+def _metric_accuracy(m: Mapping[str, Any]) -> str:
+    return render_accuracy(
+        m["accuracy"], m.get("accuracy_low"), m.get("accuracy_high"), m.get("rows")
+    )
+
+
 def render_train_report(kind: str, cache: str, report: Mapping[str, Any], run_dir: Path) -> str:
     """``train-head``: rows, notes, val and test metrics, fit time and the run folder."""
     rows = report["rows"]
@@ -132,12 +149,11 @@ def render_train_report(kind: str, cache: str, report: Mapping[str, Any], run_di
         f"{rows['test']} test rows, {len(report['class_names'])} classes"
     ]
     lines += [f"  note: {note}" for note in report["notes"]]
-    lines.append(f"  {'split':<6} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9}")
     for split in ("val", "test"):
         m = report[split]
         lines.append(
-            f"  {split:<6} {m['accuracy']:>9.4f} {m['balanced_accuracy']:>9.4f} "
-            f"{m['macro_f1']:>9.4f}"
+            f"  {split:<4} accuracy {_metric_accuracy(m)}, balanced "
+            f"{m['balanced_accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}"
         )
     epochs = (
         f", best epoch {report['best_epoch']} of {report['epochs_run']}"
@@ -184,15 +200,23 @@ def render_compare(
     source = max([len("source")] + [len(r.get("source", "")) for r in board.rows])
     prefix = f"{'source':<{source}} " if "source" in board.rows[0] else ""
     lines.append(
-        f"{prefix}{'head':<14} {selected:>12} {'test acc':>9} {'test F1':>8} {'fit s':>7}  params"
+        f"{prefix}{'head':<14} {selected:>12}  {'test acc (95% CI)':<20} {'test F1':>7} "
+        f"{'fit s':>7}  params"
     )
     for row in board.rows:
         first = f"{row['source']:<{source}} " if prefix else ""
+        low, high = row.get("test_accuracy_low"), row.get("test_accuracy_high")
+        shown = f"{row['test_accuracy']:.3f}"
+        if low is not None and high is not None:
+            shown += f" ({low:.3f}-{high:.3f})"
         lines.append(
-            f"{first}{row['head']:<14} {row['selection_accuracy']:>12.4f} "
-            f"{row['test_accuracy']:>9.4f} "
-            f"{row['test_macro_f1']:>8.4f} {row['fit_seconds']:>7.2f}  {row['params']}"
+            f"{first}{row['head']:<14} {row['selection_accuracy']:>12.3f}  {shown:<20} "
+            f"{row['test_macro_f1']:>7.3f} {row['fit_seconds']:>7.2f}  {row['params']}"
         )
+    rows = {row.get("test_rows") for row in board.rows} - {None}
+    if rows:
+        counted = "/".join(str(n) for n in sorted(rows))
+        lines.append(f"test acc: 95% bootstrap interval over n={counted} test rows")
     lines += [f"skipped: {note}" for note in board.skipped]
     best = board.best.run_dir if board.best else None
     lines.append(f"leaderboard: {board.folder}/leaderboard.csv; best run: {best}")
@@ -234,7 +258,7 @@ def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: A
     head_test = report["head_only"]["test"]
     kept = "head-only (fallback)" if report.get("exported") == "head-only" else "fine-tuned"
     lines.append(
-        f"  test accuracy {report['test']['accuracy']:.3f} {kept} vs "
+        f"  test accuracy {_metric_accuracy(report['test'])} {kept} vs "
         f"{'-' if head_test is None else format(head_test, '.3f')} head only; "
         f"{len(report.get('kept_layers', report['unfrozen_layers']))} layers trained, "
         f"{report['epochs_run']} epochs, "
@@ -268,7 +292,35 @@ def render_audit_summary(summary: Mapping[str, Any]) -> str:
         "near-duplicate pairs by threshold: "
         + ", ".join(f">={t}: {n}" for t, n in summary["near_pairs_by_threshold"].items())
     )
+    if "label_threshold" in summary:
+        lines.append(render_label_check(summary))
     return "\n".join(lines)
+
+
+def render_label_check(summary: Mapping[str, Any]) -> str:
+    """What the label issues mean and how many of them to look at."""
+    flagged, checked = summary["label_issues"], summary["labels_checked"]
+    text = (
+        f"label issues: {flagged} of {checked} labels get under "
+        f"{summary['label_threshold']:g} probability from a classifier trained without "
+        "their row (label_issues.csv, lowest first)"
+    )
+    estimated = summary.get("label_errors_estimated")
+    if estimated is None:
+        return text + "; too few rows to estimate how many are wrong"
+    text += f"; about {estimated:.0f} labels in all look wrong"
+    precision, recall = (
+        summary.get("label_issues_precision"),
+        summary.get("label_issues_recall"),
+    )
+    if precision is not None:
+        text += f"; expect about {precision:.0%} of the flagged to be wrong"
+    if recall is not None:
+        text += f"; the threshold catches about {recall:.0%} of wrong labels"
+    text += " (estimates that take wrong labels as random)"
+    if estimated >= flagged + 2:
+        text += "; a higher --label-threshold lists more of them"
+    return text
 
 
 def render_search(result: Any) -> str:

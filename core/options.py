@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import InvalidOptionError
 from .schema import Range, check_choice, check_fields, invalid, option
+from .splits import SPLIT_METHODS
 
 DEFAULT_BACKBONE = "mobilenet"
 DEFAULT_WEIGHTS = "imagenet"
@@ -321,8 +322,19 @@ class ExtractOptions(BackboneConfig):
         DEFAULT_SPLIT,
         parse=_check_split,
         kind=str,
-        help="train,val[,test] ratios, from each image's content hash and --seed.",
+        help="train,val[,test] ratios (of each class with --split-method stratified).",
     )
+    split_method: str | None = option(
+        None,
+        choices=SPLIT_METHODS,
+        help="stratified: every class spread over train/val/test by the --split ratios "
+        "(new images fill the split furthest below its share; cached rows never move); "
+        "hash: from each image's content hash and --seed alone. [default: the cache's, "
+        "else stratified]",
+    )
+    """``stratified`` or ``hash`` (see :data:`~.splits.SPLIT_METHODS`); None: as the
+    existing cache (caches from before the method was recorded are ``hash``), else
+    ``stratified``. Images in train/val/test folders keep their folder's split."""
     labels: str | None = option(
         None, path=True, help="Integer labels .npy for an .npy image array."
     )
@@ -476,5 +488,13 @@ class ExtractOptions(BackboneConfig):
         return max(2 * self.batch_size, 16)
 
 
-_RUN_CHECKED = ("dtype", "engine", "batch_size", "workers", "max_pixels", "checkpoint_seconds")
+_RUN_CHECKED = (
+    "dtype",
+    "split_method",
+    "engine",
+    "batch_size",
+    "workers",
+    "max_pixels",
+    "checkpoint_seconds",
+)
 """The run options :class:`ExtractOptions` checks besides the backbone's and the views'."""

@@ -26,6 +26,7 @@ from .options import (
     PAD_VERSION,
     BackboneConfig,
 )
+from .splits import LEGACY_SPLIT_METHOD
 
 __all__ = ["BackboneConfig", "CacheSettings", "FeatureSettings"]
 
@@ -191,6 +192,9 @@ class CacheSettings(FeatureSettings):
     split_source: str = field(kw_only=True)
     """``hash`` (ratios and seed) or ``folders`` (train/val/test folders)."""
     dataset_root: str = field(kw_only=True)
+    split_method: str = field(default=LEGACY_SPLIT_METHOD, kw_only=True)
+    """How rows not placed by folders get their split (:data:`~.splits.SPLIT_METHODS`):
+    ``stratified`` or ``hash``; caches from before it was recorded read as ``hash``."""
     views: int = field(default=1, kw_only=True)
     """Embeddings per image: ``features`` holds view 0 (the plain image), the ``views``
     dataset views 1 to ``views - 1`` (augmented; see :mod:`.views`)."""
@@ -214,6 +218,7 @@ class CacheSettings(FeatureSettings):
         views: int = 1,
         augment: tuple[str, ...] = (),
         augment_seed: int = 0,
+        split_method: str = LEGACY_SPLIT_METHOD,
     ) -> CacheSettings:
         """``features`` with a cache's storage, split and view settings."""
         names = [each.name for each in fields(FeatureSettings)]
@@ -223,6 +228,7 @@ class CacheSettings(FeatureSettings):
             split_ratios=split_ratios,
             split_source=split_source,
             dataset_root=dataset_root,
+            split_method=split_method,
             views=views,
             augment=tuple(augment) if views > 1 else (),
             augment_seed=augment_seed if views > 1 else 0,
@@ -242,8 +248,15 @@ class CacheSettings(FeatureSettings):
         if not isinstance(other, CacheSettings):
             return out
         folders = self.split_source == other.split_source == "folders"
-        for name in ("dtype", "split_ratios", "split_source", "seed", "dataset_root"):
-            if folders and name in ("split_ratios", "seed"):
+        for name in (
+            "dtype",
+            "split_ratios",
+            "split_source",
+            "split_method",
+            "seed",
+            "dataset_root",
+        ):
+            if folders and name in ("split_ratios", "split_method", "seed"):
                 continue  # the layout sets the splits
             if name == "seed" and "none" in (self.weights, other.weights):
                 continue  # already named as the random-weight seed
@@ -323,6 +336,7 @@ class CacheSettings(FeatureSettings):
             "split_names": json.dumps(list(SPLIT_NAMES)),
             "split_ratios": np.asarray(self.split_ratios, dtype=np.float64),
             "split_source": self.split_source,
+            "split_method": self.split_method,
             "seed": int(self.seed),
             "dataset_root": self.dataset_root,
             "pad_version": int(self.pad_version),
@@ -342,6 +356,7 @@ class CacheSettings(FeatureSettings):
             split_ratios=(ratios[0], ratios[1], ratios[2]),
             split_source=_text(attrs, "split_source") or "hash",
             dataset_root=_text(attrs, "dataset_root"),
+            split_method=_text(attrs, "split_method") or LEGACY_SPLIT_METHOD,
             views=views,
             augment=tuple(a for a in _text(attrs, "augment").split(",") if a),
             augment_seed=int(_plain(attrs.get("augment_seed", 0)) or 0),

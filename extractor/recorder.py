@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..core.progress import DeferredBar
-from ..core.settings import CacheSettings
-from ..core.splits import assign_split
+from ..core.splits import SplitAssigner
 from ..errors import ExtractionCancelled
 from ..store import CacheWriter
 from .reader import Known, Prepared
@@ -46,6 +45,7 @@ class Recorder:
         self,
         writer: CacheWriter,
         known: Known,
+        splits: SplitAssigner,
         total: int,
         progress: bool | None,
         on_progress: Callable[[ExtractProgress], None] | None,
@@ -54,6 +54,8 @@ class Recorder:
     ) -> None:
         self.writer = writer
         self.known = known
+        self.splits = splits
+        """Assigns the new rows' splits (it counts the rows kept and added)."""
         self.total = total
         self.on_progress = on_progress
         self.cancel = cancel
@@ -106,6 +108,7 @@ class Recorder:
         self.background.submit(self.writer.set_bad, item.path, reason)
         if item.path in self.known:  # a cached file that went bad loses its old row
             self.background.submit(self.writer.drop, [item.path])
+            self.splits.drop(item.path)
         self._done(1)
 
     def embedded(
@@ -125,13 +128,17 @@ class Recorder:
             self.background.submit(self.writer.set_bad, item.path, None)
             if item.path in self.known:
                 self.background.submit(self.writer.drop, [item.path])
+                self.splits.drop(item.path)
         self.counts["new"] += len(items)
+        paths = [item.path for item in items]
+        classes = [item.class_name for item in items]
+        split = self.splits.assign(paths, sha256, classes, [item.split for item in items])
         self.background.submit(
             self.writer.add,
-            [item.path for item in items],
+            paths,
             sha256,
-            [item.class_name for item in items],
-            [_split_of(item, sha, self.writer.settings) for item, sha in zip(items, sha256)],
+            classes,
+            split,
             features,
             views,
         )
@@ -162,12 +169,6 @@ class Recorder:
                 round(new / seconds, 2) if seconds > 0 else 0.0,
             )
         )
-
-
-def _split_of(item: Item, sha256: str, settings: CacheSettings) -> int:
-    if item.split is not None:
-        return item.split
-    return assign_split(sha256, settings.split_ratios, settings.seed)
 
 
 class Background:

@@ -15,6 +15,7 @@ from typing import Any
 from ..core.locking import PathLock, lock_path
 from ..core.options import DEFAULT_SEED, ExtractOptions
 from ..core.settings import CacheSettings, FeatureSettings
+from ..core.splits import DEFAULT_SPLIT_METHOD, SplitAssigner
 from ..errors import CacheError, CacheLockedError, InvalidOptionError
 from ..store import CacheWriter
 from ..store.format import OVERWRITE_HINT, with_hint
@@ -82,12 +83,14 @@ def run_extraction(
     lock = _lock(output)
     try:
         options = with_cache_views(options, output)
+        method = split_method(options, output)
         settings = CacheSettings.of(
             _with_split_seed(engine.settings, options.seed),
             dtype=options.dtype,
             split_ratios=options.ratios,
             split_source="folders" if dataset.layout == "splits" else "hash",
             dataset_root=str(dataset.root),
+            split_method=method,
             views=options.view_count,
             augment=options.view_augment,
             augment_seed=options.view_seed,
@@ -106,6 +109,15 @@ def with_cache_views(options: ExtractOptions, output: Path) -> ExtractOptions:
     if cached is None:
         return options.with_cache_views(1, (), DEFAULT_SEED)
     return options.with_cache_views(cached.views, cached.augment, cached.augment_seed)
+
+
+def split_method(options: ExtractOptions, output: Path) -> str:
+    """``options.split_method``, else the cache's at ``output`` (``hash`` for caches from
+    before the method was recorded), else :data:`~..core.splits.DEFAULT_SPLIT_METHOD`."""
+    if options.split_method is not None:
+        return options.split_method
+    cached = None if options.overwrite else cached_settings(output)
+    return cached.split_method if cached is not None else DEFAULT_SPLIT_METHOD
 
 
 def _with_split_seed(features: FeatureSettings, seed: int) -> FeatureSettings:
@@ -153,8 +165,11 @@ def _run(
     writer.drop(removed)
     writer.forget_bad(order)
 
+    splits = SplitAssigner(
+        settings.split_ratios, settings.seed, settings.split_method, writer.kept_rows()
+    )
     recorder = Recorder(
-        writer, known, len(dataset.items), options.progress, on_progress, cancel, started
+        writer, known, splits, len(dataset.items), options.progress, on_progress, cancel, started
     )
     background = recorder.background
     finished = False

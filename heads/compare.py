@@ -33,6 +33,7 @@ from .options import (
     parse_heads,
 )
 from .probe import PROTOCOL_KINDS, ProbeData, ProbeSettings, run_protocols
+from .report import accuracy_interval
 from .train import DEFAULT_RUNS_DIR, TrainResult, train_head
 
 
@@ -324,6 +325,7 @@ def _quick_rows(
         advance()
         predicted = model.predict(x_test)
         present = np.unique(y_test)
+        low, high = accuracy_interval(y_test, predicted, seed=seed)
         rows.append(
             {
                 "head": kind,
@@ -333,6 +335,9 @@ def _quick_rows(
                 "selection": f"{cv}-fold cv" if cv else "val",
                 "selection_accuracy": round(best["score"], 4),
                 "test_accuracy": round(float(accuracy_score(y_test, predicted)), 4),
+                "test_accuracy_low": None if low is None else round(low, 4),
+                "test_accuracy_high": None if high is None else round(high, 4),
+                "test_rows": len(y_test),
                 "test_macro_f1": round(
                     float(
                         f1_score(

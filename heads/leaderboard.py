@@ -76,8 +76,8 @@ def _label(row: dict[str, Any]) -> str:
 def write_plot(
     rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = ""
 ) -> Path:
-    """A bar chart of test acc@1 per row with its 95% interval (``compare``'s quick rows,
-    which have none, as plain bars of test accuracy)."""
+    """A bar chart of test acc@1 (``compare``'s quick rows: test accuracy) per row with its
+    95% interval."""
     from .report import _pyplot
 
     path = Path(path)
@@ -86,7 +86,8 @@ def write_plot(
     for row in rows:
         value = row.get("test_acc1", row.get("test_accuracy"))
         values.append(float(value or 0.0))
-        low, high = row.get("test_acc1_low"), row.get("test_acc1_high")
+        low = row.get("test_acc1_low", row.get("test_accuracy_low"))
+        high = row.get("test_acc1_high", row.get("test_accuracy_high"))
         lows.append(values[-1] - float(low) if low is not None else 0.0)
         highs.append(float(high) - values[-1] if high is not None else 0.0)
     plt = _pyplot()

@@ -16,6 +16,11 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from .options import DEFAULT_BOOTSTRAP, DEFAULT_SEED
+
+INTERVAL_LEVEL = 0.95
+"""Level of the accuracy intervals every report carries (``accuracy_low``/``_high``)."""
+
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Accuracy, balanced accuracy, macro F1, per-class P/R/F1 and the confusion matrix."""
@@ -24,9 +29,12 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> d
         y_true, y_pred, labels=labels, zero_division=0
     )
     present = [i for i in labels if support[i] > 0]
+    low, high = accuracy_interval(y_true, y_pred)
     return {
         "rows": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
+        "accuracy_low": low,
+        "accuracy_high": high,
         "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
         "macro_f1": float(
             f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
@@ -43,6 +51,31 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> d
         ],
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def accuracy_interval(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    resamples: int = DEFAULT_BOOTSTRAP,
+    seed: int = DEFAULT_SEED,
+    level: float = INTERVAL_LEVEL,
+) -> tuple[float | None, float | None]:
+    """Percentile bootstrap interval of the accuracy (the rows resampled with replacement
+    ``resamples`` times, seeded, as :func:`~.metrics.bootstrap_metrics` draws them);
+    ``(None, None)`` without rows."""
+    correct = np.asarray(y_true) == np.asarray(y_pred)
+    rows = len(correct)
+    if rows == 0 or resamples == 0:
+        return None, None
+    rng = np.random.default_rng(seed)
+    draws = []
+    chunk = max(1, min(resamples, (1 << 22) // rows))  # at most 4M indices at once
+    for start in range(0, resamples, chunk):
+        picks = rng.integers(0, rows, size=(min(chunk, resamples - start), rows))
+        draws.append(correct[picks].mean(axis=1))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(np.concatenate(draws), [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:

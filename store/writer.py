@@ -200,6 +200,14 @@ class CacheWriter:
             self.base_stats[row] = (stat.size, stat.mtime_ns, stat.ctime_ns, stat.inode)
             self._dirty = True
 
+    def kept_rows(self) -> Iterator[tuple[str, str, str | None, int]]:
+        """``(path, sha256, class, split)`` of the existing rows not dropped."""
+        classes = self._base_classes
+        for row in np.flatnonzero(self.keep).tolist():
+            label = int(self.base_labels[row])
+            name = classes[label] if label >= 0 else None
+            yield self.base_paths[row], self.base_sha[row], name, int(self.base_split[row])
+
     def drop(self, paths: Iterable[str]) -> None:
         """Drop existing rows (deleted or changed files)."""
         for path in paths:

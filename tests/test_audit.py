@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from featcache.audit.audit import audit_cache, fix_splits, fixed_splits
-from featcache.audit.labels import find_label_issues, out_of_fold_probabilities
+from featcache.audit.labels import check_labels, find_label_issues, out_of_fold_probabilities
 from featcache.audit.neighbors import brute_force, normalize, top_k_neighbors
 from featcache.audit.options import AuditOptions
 from featcache.audit.output import write_audit_report
@@ -116,6 +116,30 @@ def test_confident_learning_finds_flipped_labels():
     p5 = out_of_fold_probabilities(lone, np.append(given, 4), 5)
     assert p5[-1].tolist() == [0, 0, 0, 0, 1]
     assert set(find_label_issues(np.append(given, 4), p5).rows.tolist()) == set(flipped.tolist())
+
+
+def test_label_check_flags_the_flips_and_estimates_how_many_there_are():
+    rng = np.random.default_rng(1)
+    rows, x = clustered(per_class=50, noise=0.6)
+    labels = np.asarray([CLASSES.index(r[1]) for r in rows])
+    clean = check_labels(labels, out_of_fold_probabilities(normalize(x), labels, 4))
+    assert len(clean.rows) == 0 and clean.checked == 200
+    assert clean.estimated_errors == 0 and clean.expected_precision is None
+    flipped = rng.choice(len(labels), 10, replace=False)
+    given = labels.copy()
+    given[flipped] = (labels[flipped] + 1 + rng.integers(0, 3, 10)) % 4
+    p = out_of_fold_probabilities(normalize(x), given, 4)
+    found = check_labels(given, p, threshold=0.05)
+    assert set(found.rows.tolist()) <= set(flipped.tolist()) and len(found.rows) >= 6
+    assert (found.suggested == labels[found.rows]).all()
+    assert list(found.self_confidence) == sorted(found.self_confidence)  # lowest first
+    confidence = p[np.arange(len(given)), given]
+    assert set(np.argsort(confidence)[:10].tolist()) == set(flipped.tolist())  # ranked first
+    assert 5 <= found.estimated_errors <= 20  # 10 flipped
+    assert found.expected_precision > 0.5 and 0.5 < found.expected_recall < 1
+    # a stricter threshold flags fewer and expects to catch fewer
+    strict = check_labels(given, p, threshold=0.02)
+    assert len(strict.rows) < len(found.rows) and strict.expected_recall < found.expected_recall
 
 
 def test_report_files_thumbnails_and_missing(tmp_path):

@@ -9,12 +9,14 @@ from types import SimpleNamespace
 
 from featcache.audit.search import SearchResult
 from featcache.commands._output import (
+    render_accuracy,
     render_audit_summary,
     render_cache_info,
     render_compare,
     render_extract_summary,
     render_json,
     render_search,
+    render_train_report,
 )
 from featcache.extractor.runner import ExtractSummary
 
@@ -121,6 +123,7 @@ def test_inspect_table():
         "  precision      float32\n"  # older caches: no precision setting
         "  views          1\n"
         "  split_source   hash\n"
+        "  split_method   hash\n"  # older caches: no split method, the hash rule
         "  split_ratios   0.8,0.1,0.1\n"
         "  seed           0\n"
         "  dataset_root   /d\n"
@@ -143,6 +146,9 @@ def test_compare_leaderboard_of_several_caches():
             "head": "logreg",
             "selection_accuracy": 0.9,
             "test_accuracy": 0.875,
+            "test_accuracy_low": 0.75,
+            "test_accuracy_high": 0.9688,
+            "test_rows": 32,
             "test_macro_f1": 0.8712,
             "fit_seconds": 0.42,
             "params": "C=1.0",
@@ -151,7 +157,7 @@ def test_compare_leaderboard_of_several_caches():
             "source": "a.h5+b.h5",
             "head": "dense",
             "selection_accuracy": 0.95,
-            "test_accuracy": 0.9,
+            "test_accuracy": 0.9,  # a row without an interval shows the value alone
             "test_macro_f1": 0.9,
             "fit_seconds": 3.1,
             "params": "hidden=512",
@@ -166,9 +172,10 @@ def test_compare_leaderboard_of_several_caches():
     )
     assert render_compare(board, probed=False, several=True, cv=None, plot=None) == (
         "note: 2 images only in a.h5: left out\n"
-        "source    head           val accuracy  test acc  test F1   fit s  params\n"
-        "a.h5      logreg               0.9000    0.8750   0.8712    0.42  C=1.0\n"
-        "a.h5+b.h5 dense                0.9500    0.9000   0.9000    3.10  hidden=512\n"
+        "source    head           val accuracy  test acc (95% CI)    test F1   fit s  params\n"
+        "a.h5      logreg                0.900  0.875 (0.750-0.969)    0.871    0.42  C=1.0\n"
+        "a.h5+b.h5 dense                 0.950  0.900                  0.900    3.10  hidden=512\n"
+        "test acc: 95% bootstrap interval over n=32 test rows\n"
         "skipped: svm: needs two classes\n"
         "leaderboard: runs/a-compare/leaderboard.csv; best run: runs/a-compare/dense"
     )
@@ -217,3 +224,57 @@ def test_json_is_indented_and_shows_paths_as_text():
     text = render_json({"run_dir": Path("runs/x"), "rows": [1, 2]})
     assert text == '{\n  "run_dir": "runs/x",\n  "rows": [\n    1,\n    2\n  ]\n}'
     assert json.loads(text) == {"run_dir": "runs/x", "rows": [1, 2]}
+
+
+def test_accuracies_print_with_their_interval_and_rows():
+    assert render_accuracy(0.8731, 0.83, 0.9123, 30) == "0.873 (95% CI 0.830-0.912, n=30)"
+    assert render_accuracy(0.8731, None, None, 30) == "0.873 (n=30)"  # reports from before
+    split = {"accuracy": 0.75, "accuracy_low": 0.5, "accuracy_high": 1.0, "rows": 8}
+    report = {
+        "rows": {"train": 40, "val": 8, "test": 8},
+        "class_names": ["a", "b"],
+        "notes": [],
+        "val": {**split, "balanced_accuracy": 0.75, "macro_f1": 0.7333},
+        "test": {"accuracy": 1.0, "rows": 8, "balanced_accuracy": 1.0, "macro_f1": 1.0},
+        "fit_seconds": 0.5,
+    }
+    assert render_train_report("logreg", "c.h5", report, Path("runs/x")).splitlines() == [
+        "logreg head on c.h5: 40 train, 8 val, 8 test rows, 2 classes",
+        "  val  accuracy 0.750 (95% CI 0.500-1.000, n=8), balanced 0.750, macro-F1 0.733",
+        "  test accuracy 1.000 (n=8), balanced 1.000, macro-F1 1.000",
+        "  fit 0.50 s; run folder runs/x",
+    ]
+
+
+def test_audit_summary_says_how_many_labels_to_look_at():
+    summary = {
+        "rows": 300,
+        "label_issues": 12,
+        "label_threshold": 0.05,
+        "labels_checked": 300,
+        "label_errors_estimated": 11.4,
+        "label_issues_precision": 0.875,
+        "label_issues_recall": 0.812,
+        "near_pairs_by_threshold": {0.95: 0},
+    }
+    assert render_audit_summary(summary).splitlines()[-1] == (
+        "label issues: 12 of 300 labels get under 0.05 probability from a classifier trained "
+        "without their row (label_issues.csv, lowest first); about 11 labels in all look wrong; "
+        "expect about 88% of the flagged to be wrong; the threshold catches about 81% of "
+        "wrong labels (estimates that take wrong labels as random)"
+    )
+    more = {**summary, "label_issues": 3, "label_issues_recall": 0.342}
+    assert (
+        render_audit_summary(more)
+        .splitlines()[-1]
+        .endswith(
+            "catches about 34% of wrong labels (estimates that take wrong labels as random); "
+            "a higher --label-threshold lists more of them"
+        )
+    )
+    few = {**summary, "label_errors_estimated": None, "label_issues_precision": None}
+    assert (
+        render_audit_summary(few)
+        .splitlines()[-1]
+        .endswith("; too few rows to estimate how many are wrong")
+    )

@@ -18,6 +18,7 @@ from featcache.heads.dense import DenseHead
 from featcache.heads.options import HeadOptions
 from featcache.heads.predict import predict_cache
 from featcache.heads.train import load_head, train_head
+from featcache.store import CacheReader
 from helpers import TINY
 
 KINDS = ["dense", "logreg", "linear-svm", "svm", "knn", "random-forest", "ridge"]
@@ -67,6 +68,9 @@ def test_every_head_fits_reports_and_reloads(cache, tmp_path, kind):
         } <= set(m)
         assert len(m["per_class"]) == 3 and np.asarray(m["confusion_matrix"]).shape == (3, 3)
         assert np.asarray(m["confusion_matrix"]).sum() == report["rows"][split]
+        # the 95% bootstrap interval of the accuracy, over the split's rows
+        assert m["accuracy_low"] <= m["accuracy"] <= m["accuracy_high"]
+        assert m["accuracy_high"] - m["accuracy_low"] > 0 or m["accuracy"] in (0.0, 1.0)
     assert report["test"]["accuracy"] >= 0.6, report["test"]  # chance is 1/3
     assert report["fit_seconds"] > 0 and report["fingerprint"]
     assert _valid_png(tmp_path / "run" / "confusion.png")
@@ -290,6 +294,9 @@ def test_compare_writes_a_leaderboard_and_keeps_the_best_run(cache, tmp_path):
     assert result.exit_code == 0, result.output
     board = json.loads(result.output)
     assert [r["head"] for r in board["rows"]] and len(board["rows"]) == 3
+    for row in board["rows"]:  # the quick protocol's test accuracy has its interval too
+        assert row["test_accuracy_low"] <= row["test_accuracy"] <= row["test_accuracy_high"]
+        assert row["test_rows"] == len(CacheReader(cache).rows_of("test", labelled=True))
     assert (tmp_path / "cmp" / "leaderboard.csv").is_file()
     assert (tmp_path / "cmp" / "leaderboard.json").is_file()
     assert (tmp_path / "cmp" / f"best-{board['rows'][0]['head']}" / "report.json").is_file()

@@ -24,7 +24,7 @@ from featcache.backbones.hub import HUB_REGISTRY
 from featcache.backbones.registry import REGISTRY
 from featcache.cli import main
 from featcache.core.settings import BackboneConfig
-from featcache.core.splits import assign_split
+from featcache.core.splits import SplitAssigner
 from featcache.errors import FeatcacheError, RemoteError
 from featcache.protos import extractor_pb2 as pb
 from featcache.service.client import BadImagesError, Client
@@ -355,7 +355,10 @@ def test_requests_sharing_a_model_keep_their_own_seed_and_weights_path(roots, tm
     seven, eight = (read_cache(roots / "cache" / f"seed{s}.h5") for s in (7, 8))
     assert (seven.settings.seed, eight.settings.seed) == (7, 8)
     assert seven.settings.weights == str(weights / "b.weights.h5")
-    expected = [assign_split(sha, (0.7, 0.2, 0.1), 7) for sha in seven.sha256]
+    assert seven.settings.split_method == "stratified"  # a new cache's default
+    names = [seven.class_names[y] for y in seven.labels]
+    assigner = SplitAssigner((0.7, 0.2, 0.1), 7, "stratified")  # the seed 7 placed the rows
+    expected = assigner.assign(seven.paths, seven.sha256, names, [None] * len(names))
     assert seven.split.tolist() == expected
     np.testing.assert_allclose(seven.features, eight.features, atol=1e-6)
     local = tmp_path / "local.h5"
