@@ -65,6 +65,7 @@ def tsne_progress(tsne: Any, enabled: bool | None, title: str = "plot: t-SNE") -
         bar.close()
         yield
         return
+    bar.mininterval = 0  # a frame per logged step (every 50 iterations), however fast they come
     tsne.set_params(verbose=2)
     log = _Log(bar, title)
     try:

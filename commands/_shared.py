@@ -20,6 +20,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 Decorator = Callable[[F], F]
 
 
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+"""Every command's click context settings: ``-h`` as well as ``--help``, also when a command
+runs alone (the ``extract``, ``train-head`` and ``fine-tune`` shortcuts)."""
+
+
 def flag_message(exc: FeatcacheError) -> str:
     """The error's message, naming the CLI flag where the library names a parameter."""
     text = str(exc)

@@ -18,6 +18,7 @@ from ._output import (
     render_search,
 )
 from ._shared import (
+    CONTEXT,
     handle_errors,
     interrupted,
     json_option,
@@ -26,7 +27,7 @@ from ._shared import (
 )
 
 
-@click.command("audit")
+@click.command("audit", context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
 @output_option("Report folder. [default: CACHE.audit/]")
 @flags(AuditOptions)
@@ -66,7 +67,7 @@ def audit_command(
     click.echo(render_json(summary) if as_json else render_audit_summary(summary))
 
 
-@click.command("search")
+@click.command("search", context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
 @click.argument("image", required=False, type=click.Path())
 @click.option("--row", type=int, default=None, help="Search with the features of this row.")
@@ -97,7 +98,7 @@ def search_command(
     click.echo(render_json(result.to_dict()) if as_json else render_search(result))
 
 
-@click.command("plot")
+@click.command("plot", context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
 @output_option(
     "Folder: new, empty or an earlier plot's (whose outputs are replaced). [default: CACHE.plot/]"
@@ -120,7 +121,7 @@ def plot_command(
     click.echo(render_json(result.to_dict()) if as_json else render_plot(result))
 
 
-@click.command("export-features")
+@click.command("export-features", context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
 @click.option(
     "--format",

@@ -18,6 +18,7 @@ from ._output import (
     render_verify,
 )
 from ._shared import (
+    CONTEXT,
     client_tls_options,
     handle_errors,
     json_option,
@@ -25,7 +26,7 @@ from ._shared import (
 )
 
 
-@click.command("extract")
+@click.command("extract", context_settings=CONTEXT)
 @click.argument("data", type=click.Path())
 @flags(ExtractOptions)
 @client_tls_options("--remote")
@@ -96,7 +97,7 @@ def extract_command(
         click.echo(render_extract_summary(summary))
 
 
-@click.command("inspect")
+@click.command("inspect", context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
 @click.option(
     "--verify",
@@ -135,7 +136,7 @@ def inspect_command(
         sys.exit(1)
 
 
-@click.command("backbones")
+@click.command("backbones", context_settings=CONTEXT)
 @json_option("Print the registry as JSON.")
 def backbones_command(as_json: bool) -> None:
     """List the registered backbones: keras.applications, then keras-hub presets."""

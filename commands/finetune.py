@@ -9,10 +9,10 @@ import click
 from ..heads.options import FineTuneOptions
 from ._options import flags
 from ._output import render_fine_tune_report, render_json
-from ._shared import handle_errors, json_option, output_option
+from ._shared import CONTEXT, handle_errors, json_option, output_option
 
 
-@click.command("fine-tune")
+@click.command("fine-tune", context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
 @click.option("--head", "head", type=click.Path(), required=True, help="A dense head run folder.")
 @output_option("Run folder to write.")

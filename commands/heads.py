@@ -24,7 +24,7 @@ from ._output import (
     render_train_report,
     render_wrote,
 )
-from ._shared import handle_errors, json_option, output_option, quiet_option
+from ._shared import CONTEXT, handle_errors, json_option, output_option, quiet_option
 
 
 class _Strength(click.ParamType):
@@ -47,7 +47,7 @@ class _Strength(click.ParamType):
             )
 
 
-@click.command("train-head")
+@click.command("train-head", context_settings=CONTEXT)
 @click.argument("caches", nargs=-1, required=True, type=click.Path())
 @output_option("Run folder. [default: runs/<cache-stem>-<head>-<timestamp>/]")
 @flags(
@@ -91,7 +91,7 @@ def train_head_command(
         click.echo(render_train_report(head, cache, report, result.run_dir))
 
 
-@click.command("compare")
+@click.command("compare", context_settings=CONTEXT)
 @click.argument("caches", nargs=-1, required=True, type=click.Path())
 @output_option("Folder. [default: runs/<cache-stem>-compare-<timestamp>/]")
 @flags(CompareOptions, only=("protocol", "heads", "cv"))
@@ -143,7 +143,7 @@ def compare_command(
         click.echo(render_compare(board, probe is not None, len(caches) > 1, cv, plot))
 
 
-@click.command("predict")
+@click.command("predict", context_settings=CONTEXT)
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
 @output_option("CSV file. [default: predictions.csv; RUN/predictions.csv for a cache]")
@@ -202,7 +202,7 @@ def predict_command(
     click.echo(render_predictions(results, out, listed=not quiet and sys.stdout.isatty()))
 
 
-@click.command("export")
+@click.command("export", context_settings=CONTEXT)
 @click.argument("run", type=click.Path())
 @output_option("model.keras or a folder.", required=True)
 @flags(PredictOptions, only=("format",))

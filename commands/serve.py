@@ -8,10 +8,10 @@ import click
 
 from ..service.options import ServeOptions
 from ._options import flags
-from ._shared import handle_errors
+from ._shared import CONTEXT, handle_errors
 
 
-@click.command("serve")
+@click.command("serve", context_settings=CONTEXT)
 @flags(
     ServeOptions,  # the lists are given as NAME,NAME (--model: repeated)
     preload={"default": ""},

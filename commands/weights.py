@@ -6,10 +6,10 @@ from __future__ import annotations
 import click
 
 from ._output import render_json, render_weights
-from ._shared import handle_errors, json_option, quiet_option
+from ._shared import CONTEXT, handle_errors, json_option, quiet_option
 
 
-@click.command("weights")
+@click.command("weights", context_settings=CONTEXT)
 @click.argument("backbones", nargs=-1)
 @click.option(
     "--image-size",

@@ -10,6 +10,7 @@ the file (the kernel drops its lock); the next holder takes it over and removes 
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from types import TracebackType
@@ -41,10 +42,11 @@ class PathLock:
         self.path = Path(path)
         self._fd: int | None = None
         self._fallback: Any = None
+        self._unwritable = False
 
     @property
     def is_locked(self) -> bool:
-        return self._fd is not None or self._fallback is not None
+        return self._fd is not None or self._fallback is not None or self._unwritable
 
     def acquire(self, blocking: bool = True) -> bool:
         """Take the lock; False when ``blocking`` is False and someone else holds it."""
@@ -53,7 +55,16 @@ class PathLock:
         if fcntl is None:  # pragma: no cover
             return self._acquire_fallback(blocking)
         while True:
-            fd = self._open()
+            try:
+                fd = self._open()
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                # a folder no one here may write to (read-only, immutable): this process cannot
+                # replace anything in it either, and readers need no lock (files there are only
+                # ever replaced whole), so there is nothing to exclude
+                self._unwritable = True
+                return True
             try:
                 if not self._flock(fd, blocking):
                     os.close(fd)
@@ -73,6 +84,7 @@ class PathLock:
             self._fallback = None
             return
         fd, self._fd = self._fd, None
+        self._unwritable = False
         if fd is None:
             return
         try:

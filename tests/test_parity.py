@@ -112,7 +112,7 @@ def test_vgg16_weights_file_loads_through_weights_path(tmp_path, weights_dir, cl
 def test_wrong_weights_file_is_a_clear_error(tmp_path, mobilenet_weights, class_folder):
     from featcache.errors import WeightsError
 
-    with pytest.raises(WeightsError, match="could not load"):
+    with pytest.raises(WeightsError, match="does not fit vgg16: it seems to be mobilenet"):
         extract(
             class_folder,
             backbone="vgg16",

@@ -493,6 +493,7 @@ def test_quick_on_one_cache_prints_as_before(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0].split() == [
-        "head", "val", "accuracy", "test", "acc", "test", "F1", "fit", "s", "params"
+        "head", "val", "accuracy", "test", "acc", "(95%", "CI)", "test", "F1", "fit", "s",
+        "params",
     ]  # fmt: skip
     assert "note:" not in result.output and "source" not in result.output

@@ -279,7 +279,8 @@ def test_offline_newcomer_journey(tmp_path, mobilenet_weights):
     )  # fmt: skip
     assert wrong.returncode == 2
     assert wrong.stderr.strip().splitlines() == [
-        f"error: weights file {mobilenet_weights} does not fit resnet50: it seems to be "
+        f"error: weights file {os.path.realpath(mobilenet_weights)} does not fit resnet50: "
+        "it seems to be "
         "mobilenet: try --backbone mobilenet"
     ]
 
