@@ -16,6 +16,7 @@ file, as offline users pass them (``--weights``).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -23,9 +24,11 @@ import pty
 import re
 import select
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +48,8 @@ def timed(argv: list[str], cwd: Path, pythonpath: str | None = None) -> dict:
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     master, slave = pty.openpty()
+    # a terminal of 40 x 120, as a user's (a new pty has 0 columns: tqdm would draw nothing)
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     start = time.perf_counter()
     process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)

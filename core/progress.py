@@ -5,9 +5,10 @@ time elapsed (steps with no countable progress, such as loading a model), and th
 
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Any
+
+from .tf_quiet import TERMINAL_STDERR
 
 _TICK_SECONDS = 0.5
 """How often a status line redraws its elapsed time."""
@@ -21,7 +22,7 @@ _statuses: list[Status] = []
 def on_terminal(enabled: bool | None) -> bool:
     """``enabled``, or (None) whether stderr is a terminal."""
     if enabled is None:
-        return sys.stderr.isatty()
+        return TERMINAL_STDERR.isatty()
     return bool(enabled)
 
 
@@ -35,6 +36,7 @@ def progress_bar(
     from tqdm import tqdm
 
     return tqdm(
+        file=TERMINAL_STDERR,
         total=total,
         initial=initial,
         unit=unit,
@@ -63,6 +65,7 @@ class Status:
 
         self.enabled = on_terminal(enabled)
         self._bar = tqdm(
+            file=TERMINAL_STDERR,
             total=None,
             desc=desc,
             bar_format="{desc} [{elapsed}]",
@@ -121,7 +124,7 @@ def note(text: str, key: str | None = None) -> None:
     _shown.add(key)
     from tqdm import tqdm
 
-    tqdm.write(text, file=sys.stderr)
+    tqdm.write(text, file=TERMINAL_STDERR)
 
 
 class DeferredBar:

@@ -49,6 +49,36 @@ _LOCK = threading.RLock()
 """fd 2 is the process's: one capture at a time (nested captures of one thread are fine)."""
 
 
+_ORIGINAL: list[int] = []
+"""The real stderr's descriptor while fd 2 is captured (the outermost capture's copy)."""
+
+
+class _TerminalStderr:
+    """stderr for featcache's own progress lines: the real one even while
+    :func:`quiet_stderr` captures fd 2 (a status line shown while TensorFlow loads is not
+    held back until it has loaded)."""
+
+    def write(self, text: str) -> int:
+        if _ORIGINAL:
+            os.write(_ORIGINAL[0], text.encode("utf-8", "replace"))
+            return len(text)
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        if not _ORIGINAL:
+            sys.stderr.flush()
+
+    def fileno(self) -> int:
+        return _ORIGINAL[0] if _ORIGINAL else sys.stderr.fileno()
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fileno())
+
+
+TERMINAL_STDERR = _TerminalStderr()
+"""Where progress bars and status lines write (see :class:`_TerminalStderr`)."""
+
+
 def tf_logs_wanted() -> bool:
     """True when ``FEATCACHE_TF_LOGS`` asks for TensorFlow's own messages."""
     return os.environ.get(ENV, "").strip().lower() not in ("", "0", "false", "no")
@@ -69,6 +99,9 @@ def quiet_stderr(noise: Sequence[re.Pattern[str]] = NOISE) -> Iterator[None]:
     with _LOCK, tempfile.TemporaryFile() as capture:
         sys.stderr.flush()
         saved = os.dup(2)
+        outermost = not _ORIGINAL
+        if outermost:
+            _ORIGINAL.append(saved)
         os.dup2(capture.fileno(), 2)
         try:
             yield
@@ -77,6 +110,8 @@ def quiet_stderr(noise: Sequence[re.Pattern[str]] = NOISE) -> Iterator[None]:
                 sys.stderr.flush()
             finally:
                 os.dup2(saved, 2)
+                if outermost:
+                    _ORIGINAL.clear()
                 os.close(saved)
             capture.seek(0)
             lines = capture.read().decode("utf-8", "replace").splitlines(keepends=True)
