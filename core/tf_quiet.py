@@ -72,7 +72,9 @@ class _TerminalStderr:
         return _ORIGINAL[0] if _ORIGINAL else sys.stderr.fileno()
 
     def isatty(self) -> bool:
-        return os.isatty(self.fileno())
+        if _ORIGINAL:
+            return os.isatty(_ORIGINAL[0])
+        return sys.stderr.isatty()  # whatever stands in for stderr (a test's capture)
 
 
 TERMINAL_STDERR = _TerminalStderr()
