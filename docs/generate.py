@@ -106,8 +106,10 @@ def _command_markdown(name: str, command: Any, group: Any) -> list[str]:
 
     from featcache.commands._help import examples_of, sections_of
 
-    parent = click.Context(group, info_name="featcache")
-    ctx = click.Context(command, info_name=name, parent=parent)
+    # the contexts the CLI makes (their settings: -h as well as --help), so that the page is
+    # the same whichever way click first built a command's help option
+    parent = click.Context(group, info_name="featcache", **group.context_settings)
+    ctx = click.Context(command, info_name=name, parent=parent, **command.context_settings)
     usage = " ".join(["featcache", name, *command.collect_usage_pieces(ctx)])
     lines = [f"## {name}", "", f"`{usage}`"]
     if name in SHORTCUTS:
