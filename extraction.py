@@ -14,7 +14,12 @@ from .core.options import ExtractOptions
 from .core.settings import BackboneConfig
 from .extractor.engines import Engine, LocalEmbedder, LocalEngine
 from .extractor.recorder import ExtractProgress
-from .extractor.runner import ExtractSummary, default_output, run_extraction
+from .extractor.runner import (
+    ExtractSummary,
+    default_output,
+    run_extraction,
+    with_cache_decode,
+)
 
 
 def make_engine(options: ExtractOptions) -> Engine:
@@ -61,12 +66,14 @@ def extract(
     """
     started = time.monotonic()
     options = replace(options or ExtractOptions(), **changes)
-    engine = make_engine(options)
     output = Path(options.output) if options.output is not None else None
+    output = output or default_output(options.backbone)
+    options = with_cache_decode(options, output)  # a rerun keeps the cache's decode mode
+    engine = make_engine(options)
     return run_extraction(
         data,
         engine,
-        output or default_output(options.backbone),
+        output,
         options,
         on_progress=on_progress,
         cancel=cancel,

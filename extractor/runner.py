@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backbones.backbone import is_model_file
-from ..core.options import DEFAULT_SEED, ExtractOptions
+from ..core.options import DEFAULT_DECODE, DEFAULT_SEED, ExtractOptions
 from ..core.settings import CacheSettings, FeatureSettings
 from ..errors import CacheError, CacheLockedError, InvalidOptionError
 from ..store import CacheWriter
@@ -116,6 +116,19 @@ def with_cache_views(options: ExtractOptions, output: Path) -> ExtractOptions:
     if cached is None:
         return options.with_cache_views(1, (), DEFAULT_SEED)
     return options.with_cache_views(cached.views, cached.augment, cached.augment_seed)
+
+
+def with_cache_decode(options: ExtractOptions, output: Path) -> ExtractOptions:
+    """``options`` with ``decode`` not given (None) taken from the cache at ``output``
+    (caches from before it was recorded: ``exact``), else :data:`DEFAULT_DECODE` (no cache,
+    ``overwrite``, or a file that is no cache: the run says why)."""
+    if options.decode is not None:
+        return options
+    try:
+        cached = None if options.overwrite else cached_settings(output)
+    except CacheError:
+        cached = None
+    return replace(options, decode=cached.decode if cached is not None else DEFAULT_DECODE)
 
 
 def _with_split_seed(features: FeatureSettings, seed: int) -> FeatureSettings:

@@ -87,9 +87,12 @@ def predict_images(
     classifier, names = load_classifier(model)
     resize = classifier.get_layer("resize")
     size, mode = (resize.height, resize.width), resize.mode
+    decode = getattr(resize, "decode", "exact")  # the cache's decode mode
 
     def prepare(path: Path) -> tuple[np.ndarray | None, str | None]:
-        return decode_or_reason(lambda p: decode_and_resize(p.read_bytes(), size, mode), path)
+        return decode_or_reason(
+            lambda p: decode_and_resize(p.read_bytes(), size, mode, decode=decode), path
+        )
 
     from tqdm import tqdm
 
