@@ -7,7 +7,7 @@ Usage (from the repository root)::
         --weights examples/weights/mobilenet_1_0_224_imagenet_notop.weights.h5 \
         --photos /usr/share/backgrounds --images 96 --repeats 3 --json results-decode.json
 
-(1) Per core: one real photograph (the largest under ``--photos``; Debian's wallpaper
+(1) Per core: one real photograph (the most detailed under ``--photos``; Debian's wallpaper
     packages ``ukui-wallpapers lomiri-wallpapers-20.04 mate-backgrounds`` hold some) cropped
     to 4:3 and resized (Lanczos) to 1, 3, 12 and 24 MP, saved as JPEG (quality 90) and PNG;
     ``decode_and_resize`` to 224x224 (stretch) for each decode mode, in a fresh process
@@ -46,14 +46,17 @@ MEGAPIXELS = {1: (1152, 864), 3: (2000, 1500), 12: (4032, 3024), 24: (5664, 4248
 
 
 def _photos(folder: Path) -> list[Path]:
-    """Real photographs under ``folder``, largest first."""
+    """Real photographs of 8 MP or more under ``folder``, the most detailed (most JPEG
+    bits per pixel) first: a smooth illustration decodes faster than a camera photo."""
     found = []
     for path in folder.rglob("*"):
         if path.suffix.lower() in (".jpg", ".jpeg"):
             with Image.open(path) as image:
-                found.append((image.size[0] * image.size[1], path))
+                pixels = image.size[0] * image.size[1]
+            if pixels >= 8_000_000:
+                found.append((path.stat().st_size * 8 / pixels, path))
     if not found:
-        raise SystemExit(f"no JPEG photographs under {folder} (see the usage)")
+        raise SystemExit(f"no JPEG photographs of 8 MP or more under {folder} (see the usage)")
     return [p for _, p in sorted(found, reverse=True)]
 
 
@@ -130,6 +133,36 @@ def decode_costs(sources: dict[str, Path], repeats: int) -> dict:
         row["exact/fast"] = round(row["exact"] / row["fast"], 2)
         out[name] = row
         print(name, row, file=sys.stderr, flush=True)
+    return out
+
+
+def thread_scaling(path: Path, count: int = 16) -> dict:
+    """Images per second of ``decode_and_resize`` on 1 thread and on every core's thread
+    (do decoding threads run in parallel, the GIL released?)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from featcache.extractor.decode import decode_and_resize
+
+    data = path.read_bytes()
+    cores = len(os.sched_getaffinity(0))
+    out: dict = {"cores": cores}
+    for mode in MODES:
+        decode_and_resize(data, (224, 224), "stretch", decode=mode)
+        rates = {}
+        for threads in sorted({1, cores}):
+            with ThreadPoolExecutor(threads) as pool:
+                began = time.perf_counter()
+                list(
+                    pool.map(
+                        lambda _, m=mode: decode_and_resize(data, (224, 224), "stretch", decode=m),
+                        range(count),
+                    )
+                )
+                rates[threads] = count / (time.perf_counter() - began)
+        out[mode] = {
+            "images_per_second": {k: round(v, 1) for k, v in rates.items()},
+            "speedup": round(rates[cores] / rates[1], 2),
+        }
     return out
 
 
@@ -219,6 +252,8 @@ def main() -> None:
             tf.config.threading.set_inter_op_parallelism_threads(1)
             sources = json.loads(rest)
             row = decode_costs({k: Path(v) for k, v in sources.items()}, args.decode_repeats)
+        elif kind == "threads":
+            row = thread_scaling(Path(rest))
         elif kind == "model":
             row = model_only(args.weights, Path(rest), args.batch_size)
         else:
@@ -239,6 +274,8 @@ def main() -> None:
         payload = json.dumps({k: str(v) for k, v in sources.items()})
         results["decode_ms_per_image_one_core"] = _child(["--one", f"costs:{payload}"])
         print(json.dumps(results["decode_ms_per_image_one_core"]), flush=True)
+        results["decode_threads"] = _child(["--one", f"threads:{sources['12MP.jpg']}"])
+        print(json.dumps(results["decode_threads"]), flush=True)
     if "extract" not in skip:
         folders = {
             "12MP.jpg": camera_folder(photos, data, args.images),
