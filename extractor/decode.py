@@ -69,7 +69,7 @@ def decode_image(
                         f"decompression bomb: {width}x{height} pixels is over the "
                         f"limit of {max_pixels}"
                     )
-                orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+                orientation = _orientation(image, data)
                 if target is not None and image.format == "JPEG":
                     scale = jpeg_scale(image.size, orientation in _ROTATED, *target)
                     if scale > 1:
@@ -88,6 +88,28 @@ def decode_image(
         raise BadImageError("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(f"corrupt or truncated image: {exc}") from None
+
+
+def _orientation(image: Image.Image, data: bytes) -> int:
+    """The EXIF orientation (1: as stored). A PNG's is read only when it has an eXIf chunk:
+    Pillow's ``getexif`` otherwise decodes the whole PNG to look for one after the pixels."""
+    if image.format == "PNG" and "exif" not in image.info and not _png_has_exif(data):
+        return 1
+    return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+
+
+def _png_has_exif(data: bytes) -> bool:
+    """Whether a PNG holds an eXIf chunk (walks the chunk headers, reads no pixels)."""
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"eXIf":
+            return True
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return False
 
 
 def jpeg_scale(size: tuple[int, int], rotated: bool, target: tuple[int, int], mode: str) -> int:

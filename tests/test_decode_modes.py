@@ -196,3 +196,37 @@ def test_an_old_cache_without_a_decode_mode_resumes_as_exact(tmp_path):
     rows = {path: row for path, row in zip(again.paths, again.features)}
     for path, row in zip(cached.paths, cached.features):
         np.testing.assert_allclose(row, rows[path], atol=1e-5)
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    """A PNG's chunks, each whole (length, type, body, CRC)."""
+    import struct
+
+    out, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        out.append(data[pos : pos + 12 + length])
+        pos += 12 + length
+    return out
+
+
+def test_a_png_is_turned_by_its_exif_orientation_before_or_after_its_pixels():
+    """PNG orientation is read from the chunk list (Pillow's getexif would decode the whole
+    image to look for an eXIf chunk after the pixels), wherever the chunk is."""
+    image = Image.fromarray(np.arange(30 * 40 * 3, dtype=np.uint8).reshape(30, 40, 3))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", exif=_rotated_exif())
+    before = buffer.getvalue()
+    chunks = _chunks(before)
+    kinds = [c[4:8] for c in chunks]
+    assert kinds.index(b"eXIf") < kinds.index(b"IDAT")
+    exif = chunks[kinds.index(b"eXIf")]
+    rest = [c for c in chunks if c is not exif]
+    after = before[:8] + b"".join(rest[:-1]) + exif + rest[-1]  # eXIf just before IEND
+    plain = io.BytesIO()
+    image.save(plain, "PNG")
+    upright = decode_pixels(plain.getvalue())
+    assert upright.shape == (30, 40, 3)
+    for data in (before, after):
+        turned = decode_pixels(data)
+        np.testing.assert_array_equal(turned, np.rot90(upright, -1))
