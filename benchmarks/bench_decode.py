@@ -12,11 +12,14 @@ Usage (from the repository root)::
     to 4:3 and resized (Lanczos) to 1, 3, 12 and 24 MP, saved as JPEG (quality 90) and PNG;
     ``decode_and_resize`` to 224x224 (stretch) for each decode mode, in a fresh process
     pinned to one core with TensorFlow on one thread; the median of ``--decode-repeats``.
+    The same for ``smooth`` sources: a Fashion-MNIST image upscaled (bicubic), whose JPEGs
+    are a tenth the size (JPEG decoding time grows with the compressed bits).
 (2) ``extract`` vs the model alone, fresh processes, both cores: ``--images`` distinct
-    12 MP JPEGs (crops of the photographs, 4032x3024, quality 90) and as many 224 px PNGs
-    (Fashion-MNIST upscaled); (a) the model alone on decoded 224 px tensors in memory,
-    batches of 32, (b) ``extract --decode MODE`` to a new cache (load time excluded), runs
-    interleaved, the median of ``--repeats``; the ratio is b / a.
+    12 MP JPEGs (crops of the photographs, 4032x3024, quality 90), as many upscaled
+    Fashion-MNIST 12 MP JPEGs and as many 224 px PNGs (Fashion-MNIST upscaled); (a) the
+    model alone on decoded 224 px tensors in memory, batches of 32, (b) ``extract --decode
+    MODE`` to a new cache (load time excluded), runs interleaved, the median of
+    ``--repeats``; the ratio is b / a.
 """
 
 from __future__ import annotations
@@ -81,19 +84,45 @@ def _encoded(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
+def _upscaled(index: int, size: tuple[int, int]) -> Image.Image:
+    """Fashion-MNIST image ``index`` upscaled (bicubic) to ``size``: smooth, so its JPEG
+    is small (the kind of file issue 27's first figures were measured on)."""
+    from datasets import load_fashion_mnist
+
+    images, _, _ = load_fashion_mnist("train")
+    return Image.fromarray(images[index]).resize(size, Image.BICUBIC).convert("RGB")
+
+
 def make_sources(photos: list[Path], data: Path) -> dict[str, Path]:
-    """One file per (megapixels, format): ``{"12MP.jpg": path, ...}``."""
+    """One file per (kind, megapixels, format): ``{"photo 12MP.jpg": path, ...}``; kind
+    ``photo`` (the most detailed photograph) or ``smooth`` (upscaled Fashion-MNIST)."""
     data.mkdir(parents=True, exist_ok=True)
     out = {}
-    for mp, size in MEGAPIXELS.items():
-        image = None
-        for fmt, ext in (("JPEG", "jpg"), ("PNG", "png")):
-            path = data / f"source-{mp}MP.{ext}"
-            if not path.exists():
-                image = image or _camera(photos[0], size)
-                path.write_bytes(_encoded(image, fmt))
-            out[f"{mp}MP.{ext}"] = path
+    for kind in ("photo", "smooth"):
+        for mp, size in MEGAPIXELS.items():
+            image = None
+            for fmt, ext in (("JPEG", "jpg"), ("PNG", "png")):
+                path = data / f"{kind}-{mp}MP.{ext}"
+                if not path.exists():
+                    if image is None:
+                        image = _camera(photos[0], size) if kind == "photo" else _upscaled(0, size)
+                    path.write_bytes(_encoded(image, fmt))
+                out[f"{kind} {mp}MP.{ext}"] = path
     return out
+
+
+def smooth_folder(data: Path, count: int) -> Path:
+    """``count`` Fashion-MNIST images upscaled to 4032x3024 JPEGs (quality 90)."""
+    folder = data / f"smooth12-{count}"
+    marker = folder / ".complete"
+    if marker.exists():
+        return folder
+    for i in range(count):
+        target = folder / f"class_{i % 2}" / f"img_{i:04d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(_encoded(_upscaled(i, MEGAPIXELS[12]), "JPEG"))
+    marker.touch()
+    return folder
 
 
 def camera_folder(photos: list[Path], data: Path, count: int) -> Path:
@@ -239,6 +268,7 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated: costs, extract")
     parser.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "featcache-decode"))
     parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--prepare-only", action="store_true", help="write the images, stop")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     data = Path(args.data)
@@ -269,20 +299,29 @@ def main() -> None:
         "load_average_at_start": os.getloadavg(),
         "photo": str(photos[0]),
     }
-    if "costs" not in skip:
+    if "costs" not in skip and not args.prepare_only:
         sources = make_sources(photos, data)
         payload = json.dumps({k: str(v) for k, v in sources.items()})
         results["decode_ms_per_image_one_core"] = _child(["--one", f"costs:{payload}"])
         print(json.dumps(results["decode_ms_per_image_one_core"]), flush=True)
-        results["decode_threads"] = _child(["--one", f"threads:{sources['12MP.jpg']}"])
+        results["decode_threads"] = _child(["--one", f"threads:{sources['photo 12MP.jpg']}"])
         print(json.dumps(results["decode_threads"]), flush=True)
+    folders = {
+        "photos 12MP.jpg": camera_folder(photos, data, args.images),
+        "smooth 12MP.jpg": smooth_folder(data, args.images),
+        "fashion-mnist 224px.png": write_jpeg_folder(
+            data / f"png224-{args.images}", args.images, 224, fmt="PNG"
+        ),
+    }
+    for name, folder in folders.items():
+        files = [p for p in folder.rglob("*") if p.suffix in (".jpg", ".png")]
+        size = sum(p.stat().st_size for p in files) / len(files)
+        results.setdefault("folders", {})[name] = {"files": len(files), "mean_bytes": int(size)}
+    if args.prepare_only:
+        make_sources(photos, data)
+        print(json.dumps(results["folders"]))
+        return
     if "extract" not in skip:
-        folders = {
-            "12MP.jpg": camera_folder(photos, data, args.images),
-            "224px.png": write_jpeg_folder(
-                data / f"png224-{args.images}", args.images, 224, fmt="PNG"
-            ),
-        }
         table: dict = {}
         for name, folder in folders.items():
             runs: dict = {"model": [], **{m: [] for m in MODES}}

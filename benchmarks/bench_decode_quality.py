@@ -53,9 +53,21 @@ def _features(extractor, contents: list[bytes], size: tuple[int, int], resize: s
     return out
 
 
-def _cosines(features: dict) -> dict:
+def _whole_fast(extractor, contents: list[bytes], size: tuple[int, int], resize: str):
+    """``fast`` features as an exported model computes them: every pixel decoded, then its
+    ``ResizeImages`` layer's box reduction and resize (no reduced-scale JPEG decode)."""
+    from featcache.extractor.decode import decode_pixels, resize_image
+
+    rows = [
+        np.asarray(extractor(resize_image(decode_pixels(c), size, resize, "fast")[None]))
+        for c in contents
+    ]
+    return np.concatenate(rows).astype(np.float32)
+
+
+def _cosines(features: dict, pairs=PAIRS) -> dict:
     out = {}
-    for a, b in PAIRS:
+    for a, b in pairs:
         x, y = features[a], features[b]
         cos = np.sum(x * y, 1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1))
         out[f"{a}~{b}"] = {
@@ -75,11 +87,13 @@ def agreement(extractor, photos: Path, size, resize: str) -> dict:
     contents = [p.read_bytes() for p in files]
     features = _features(extractor, contents, size, resize)
     result = {"images": len(files), "all": _cosines(features)}
+    features["fast_whole"] = _whole_fast(extractor, contents, size, resize)
+    serving = (("fast", "fast_whole"), ("exact", "fast_whole"))
     for kind in ("JPEG", "PNG"):
         keep = [i for i, p in enumerate(files) if (p.suffix.lower() == ".png") == (kind == "PNG")]
         if keep:
             sub = {m: f[keep] for m, f in features.items()}
-            result[kind] = {"images": len(keep), **_cosines(sub)}
+            result[kind] = {"images": len(keep), **_cosines(sub), **_cosines(sub, serving)}
     megapixels = [Image.open(p).size[0] * Image.open(p).size[1] / 1e6 for p in files]
     result["megapixels"] = [round(min(megapixels), 1), round(max(megapixels), 1)]
     return result
