@@ -16,7 +16,7 @@ from .errors import SettingsMismatchError
 from .extractor.engines import Engine, LocalEmbedder, LocalEngine
 from .extractor.naming import default_output, other_name_hint
 from .extractor.recorder import ExtractProgress
-from .extractor.runner import ExtractSummary, run_extraction
+from .extractor.runner import ExtractSummary, run_extraction, with_cache_decode
 from .store.writer import cached_settings
 
 
@@ -64,8 +64,9 @@ def extract(
     """
     started = time.monotonic()
     options = replace(options or ExtractOptions(), **changes)
-    engine = make_engine(options)
     output = Path(options.output) if options.output is not None else default_output(options)
+    options = with_cache_decode(options, output)  # a rerun keeps the cache's decode mode
+    engine = make_engine(options)
     try:
         return run_extraction(
             data,

@@ -98,7 +98,9 @@ def _image_query(reader: CacheReader, index: np.ndarray, path: Path) -> tuple[np
     extractor = rebuild_backbone(reader.settings)
     size = extractor.resolved.image_size
     try:
-        pixels = decode_and_resize(data, size, reader.settings.resize)
+        pixels = decode_and_resize(
+            data, size, reader.settings.resize, decode=reader.settings.decode
+        )
     except BadImageError as exc:
         raise InvalidOptionError(f"image {str(path)!r}: {exc}", "image") from None
     features = np.asarray(extractor(pixels[None]), np.float32)

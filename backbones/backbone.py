@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..core.options import (
+    DECODE_MODES,
+    DEFAULT_DECODE,
     NAMED_WEIGHTS,
     POOLING_MODES,
     PRECISIONS,
@@ -95,6 +97,7 @@ def resolve_backbone(config: BackboneConfig) -> FeatureSettings:
     check_seed(config.seed)
     check_choice("pooling", config.pooling, POOLING_MODES)
     check_choice("resize", config.resize, RESIZE_MODES)
+    check_choice("decode", config.decode or DEFAULT_DECODE, DECODE_MODES)
     check_choice("precision", config.precision, PRECISIONS)
     check_blocks(config.blocks)
     if is_hub_backbone(config.backbone):
@@ -146,6 +149,7 @@ def resolve_backbone(config: BackboneConfig) -> FeatureSettings:
         preprocessing,
         config.seed,
         precision=config.precision,
+        decode=config.decode or DEFAULT_DECODE,
         spec=spec,
     )
 
@@ -344,7 +348,7 @@ class FeatureExtractor:
         from .resize import resize_batch
 
         height, width = self.resolved.image_size
-        mode = self.resolved.resize
+        mode, decode = self.resolved.resize, self.resolved.decode
         preprocess = preprocess_function(self.resolved.preprocessing)
         model = self.model
         shape = [None, height, width, 3] if same_size else [None, None, None, 3]
@@ -354,7 +358,7 @@ class FeatureExtractor:
             if same_size:
                 pixels = tf.cast(images, tf.float32)
             else:
-                pixels = resize_batch(images, height, width, mode)
+                pixels = resize_batch(images, height, width, mode, decode)
             return model(preprocess(pixels), training=False)
 
         embed.get_concrete_function()

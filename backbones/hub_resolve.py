@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..core.options import invalid, parse_image_size
+from ..core.options import DEFAULT_DECODE, invalid, parse_image_size
 from ..core.settings import BackboneConfig, FeatureSettings
 from ..errors import InvalidOptionError
 from .hub import (
@@ -62,6 +62,7 @@ def resolve_hub(config: BackboneConfig, file_sha256: Callable[[Path], str]) -> F
         precision=config.precision,
         blocks=config.blocks,
         projection=config.projection,
+        decode=config.decode or DEFAULT_DECODE,
         spec=spec,
     )
 

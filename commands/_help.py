@@ -71,6 +71,7 @@ LAYOUTS: dict[str, Layout] = {
             "Features",
             (
                 "--resize",
+                "--decode",
                 "--preprocessing",
                 "--layer",
                 "--blocks",

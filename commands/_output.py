@@ -17,6 +17,7 @@ _INSPECT_SETTINGS = (
     "weights",
     "image_size",
     "resize",
+    "decode",
     "pooling",
     "layer",
     "preprocessing",
@@ -37,6 +38,8 @@ _INSPECT_SETTINGS = (
     "updated",
 )
 """The settings ``inspect`` lists, in order."""
+_OLD_DEFAULTS = {"precision": "float32", "split_method": "hash", "decode": "exact"}
+"""What caches from before a setting was recorded hold."""
 
 
 def render_json(payload: Any) -> str:
@@ -92,8 +95,7 @@ def render_cache_info(info: Mapping[str, Any]) -> str:
         if key == "views" and key not in settings:
             lines.append(f"  {key:<14} 1")  # one embedding per image
             continue
-        older = {"precision": "float32", "split_method": "hash"}  # caches from before them
-        shown = settings.get(key, older.get(key, ""))
+        shown = settings.get(key, _OLD_DEFAULTS.get(key, ""))  # older caches
         lines.append(f"  {key:<14} {shown}")
     splits = info["splits"]
     lines.append(f"  {'class':<24} {'train':>7} {'val':>7} {'test':>7} {'total':>7}")

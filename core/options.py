@@ -45,6 +45,18 @@ RESIZE_MODES = ("stretch", "pad", "crop")
 """``stretch``: plain bilinear resize; ``pad``: fit inside and centre on black, as
 ``tf.image.resize_with_pad`` but with exact box arithmetic; ``crop``: centre crop to the
 target aspect ratio, then resize (Keras ``crop_to_aspect_ratio``). See :mod:`.resize`."""
+DECODE_MODES = ("exact", "fast", "antialias")
+"""How an image becomes the model's input. ``exact``: every pixel decoded, then the bilinear
+resize without antialiasing of Keras's loader (features equal to
+``keras.utils.image_dataset_from_directory``'s). ``fast``: never more pixels than the resize
+needs: a JPEG decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (libjpeg's scaled IDCT), any
+image then reduced by the largest integer box average, so that it stays at least twice the
+input (where the resize mode samples it), then the same bilinear resize; images below twice
+the input take the ``exact`` path unchanged. ``antialias``: every pixel decoded, then an
+antialiased bilinear resize (``tf.image.resize(antialias=True)``). Caches record it; features
+of two modes are never mixed."""
+DEFAULT_DECODE = "fast"
+"""The decode mode of new caches; caches from before it was recorded read as ``exact``."""
 POOLING_MODES = ("avg", "max", "none", "cls", "mean", "cls+mean")
 """``avg``/``max``: global pooling of the feature map; ``none``: the flattened map (or token
 sequence). Transformers (keras-hub presets): ``cls`` the class token, ``mean`` the mean of the
@@ -281,6 +293,18 @@ class BackboneConfig:
     )
     """CLIP: the features after the image projection (the shared image-text space); SigLIP:
     the attention-pooling head's output. False: pooled tokens before them."""
+    decode: str | None = option(
+        None,
+        choices=DECODE_MODES,
+        kind=str,
+        metavar="|".join(DECODE_MODES),
+        help="exact (every pixel, Keras's bilinear resize), fast (large JPEGs decoded at "
+        "reduced scale, large images box-reduced to twice the input first) or antialias "
+        f"(antialiased resize). [default: the cache's, else {DEFAULT_DECODE}]",
+    )
+    """How images become the model's input (see :data:`DECODE_MODES`); None: as the
+    existing cache (caches from before it was recorded are ``exact``), else
+    :data:`DEFAULT_DECODE`."""
 
     def __post_init__(self) -> None:
         if self.layer is None:
@@ -294,7 +318,7 @@ class BackboneConfig:
         return cls(**values)
 
 
-_BACKBONE_CHECKED = ("pooling", "resize", "precision", "seed", "blocks", "image_size")
+_BACKBONE_CHECKED = ("pooling", "resize", "precision", "seed", "blocks", "image_size", "decode")
 """The backbone options checked when a :class:`BackboneConfig` is made (names and files are
 checked when the backbone is resolved)."""
 

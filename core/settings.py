@@ -30,6 +30,10 @@ from .splits import LEGACY_SPLIT_METHOD
 
 __all__ = ["BackboneConfig", "CacheSettings", "FeatureSettings"]
 
+OLD_DECODE = "exact"
+"""The decode mode of caches and heads from before it was recorded (and of settings that do
+not say)."""
+
 FEATURE_FIELDS = (
     "backbone",
     "backbone_sha256",
@@ -73,6 +77,9 @@ class FeatureSettings:
     """Transformer blocks whose pooled outputs are concatenated (1: the last only)."""
     projection: bool = field(default=False, kw_only=True)
     """CLIP / SigLIP features after the image projection (or attention-pooling head)."""
+    decode: str = field(default=OLD_DECODE, kw_only=True)
+    """How images became the model's input (:data:`~.options.DECODE_MODES`); caches and
+    heads from before it was recorded read as ``exact``."""
     spec: Any = field(default=None, compare=False, repr=False, kw_only=True)
     """The registry entry (a ``backbones.registry.BackboneSpec`` or ``backbones.hub.HubSpec``);
     None for a saved model."""
@@ -93,6 +100,7 @@ class FeatureSettings:
             self.precision,
             self.blocks,
             self.projection,
+            self.decode,
         )
 
     def identity(self, resize: bool = True) -> dict[str, Any]:
@@ -110,6 +118,8 @@ class FeatureSettings:
             out["seed"] = self.seed
         if resize and self.resize == "pad" and self.pad_version != 1:
             out["pad_version"] = self.pad_version  # version 1 caches keep their fingerprint
+        if resize and self.decode != OLD_DECODE:
+            out["decode"] = self.decode  # exact caches keep their fingerprint
         if self.precision != DEFAULT_PRECISION:
             out["precision"] = self.precision  # float32 caches keep their fingerprint
         if self.blocks != DEFAULT_BLOCKS:
@@ -154,6 +164,11 @@ class FeatureSettings:
         if self.precision != other.precision:
             out.append(
                 f"precision {_show(self.precision)} ({ours}) vs {_show(other.precision)} ({theirs})"
+            )
+        if self.decode != other.decode:
+            out.append(
+                f"decode {_show(self.decode)} ({ours}) vs {_show(other.decode)} ({theirs}): "
+                "images became the model's input another way (--decode)"
             )
         for name in ("blocks", "projection"):
             mine, yours = getattr(self, name), getattr(other, name)
@@ -341,6 +356,7 @@ class CacheSettings(FeatureSettings):
             "dataset_root": self.dataset_root,
             "pad_version": int(self.pad_version),
             "precision": self.precision,
+            "decode": self.decode,
             "fingerprint": self.fingerprint,
         }
 
@@ -399,6 +415,7 @@ def _common(values: Mapping[str, Any]) -> dict[str, Any]:
         "precision": _text(values, "precision") or DEFAULT_PRECISION,
         "blocks": int(_plain(values.get("blocks", DEFAULT_BLOCKS)) or DEFAULT_BLOCKS),
         "projection": bool(_plain(values.get("projection", False))),
+        "decode": _text(values, "decode") or OLD_DECODE,
     }
 
 

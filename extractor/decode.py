@@ -2,8 +2,11 @@
 
 Formats TensorFlow decodes (JPEG, PNG, GIF, BMP) go through ``tf.io.decode_image``
 so that features match ``keras.utils.image_dataset_from_directory`` exactly; the rest
-(TIFF, WebP, CMYK JPEG, EXIF-rotated photos) go through Pillow. Resizing always uses
-TensorFlow's bilinear ``tf.image.resize`` (no antialiasing), like Keras.
+(TIFF, WebP, CMYK JPEG, EXIF-rotated photos) go through Pillow. Resizing uses
+TensorFlow's bilinear ``tf.image.resize`` (no antialiasing, like Keras) for the ``exact``
+decode mode; ``fast`` decodes a large JPEG at reduced scale (Pillow's ``draft``, libjpeg's
+scaled IDCT) and box-reduces other large images first, ``antialias`` resizes with
+antialiasing (see :data:`~featcache.core.options.DECODE_MODES`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".
 T = TypeVar("T")
 _TF_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}
 _EXIF_ORIENTATION = 0x0112
+_ROTATED = (5, 6, 7, 8)
+"""EXIF orientations that swap width and height."""
+
+Target = tuple[tuple[int, int], str]
+"""The model input ``(height, width)`` and resize mode a reduced-scale decode must serve."""
 
 
 class BadImageError(Exception):
@@ -39,9 +47,14 @@ class UnusableFileError(OSError):
     not valid UTF-8); the message is the bad-file reason."""
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, target: Target | None = None
+) -> np.ndarray:
     """Decode encoded image bytes to an ``(H, W, 3)`` uint8 RGB array.
 
+    With a ``target``, a JPEG at least 4 times the input (where the resize mode samples
+    it) is decoded at 1/2, 1/4 or 1/8 scale, the smallest that stays at least twice the
+    input (:func:`jpeg_scale`); every other image is decoded whole, as without.
     Raises :class:`BadImageError` with a short reason for empty, truncated, oversized
     or unrecognised data.
     """
@@ -57,7 +70,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
                         f"decompression bomb: {width}x{height} pixels is over the "
                         f"limit of {max_pixels}"
                     )
-                orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+                orientation = _orientation(image, data)
+                if target is not None and image.format == "JPEG":
+                    scale = jpeg_scale(image.size, orientation in _ROTATED, *target)
+                    if scale > 1:
+                        image.draft("RGB", (width // scale, height // scale))
+                        return _decode_pil(image)
                 if image.format in _TF_FORMATS and orientation == 1 and image.mode != "CMYK":
                     pixels = _decode_tf(data)
                     if pixels is not None:
@@ -71,6 +89,41 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         raise BadImageError("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImageError(f"corrupt or truncated image: {exc}") from None
+
+
+def _orientation(image: Image.Image, data: bytes) -> int:
+    """The EXIF orientation (1: as stored). A PNG's is read only when it has an eXIf chunk:
+    Pillow's ``getexif`` otherwise decodes the whole PNG to look for one after the pixels."""
+    if image.format == "PNG" and "exif" not in image.info and not _png_has_exif(data):
+        return 1
+    return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+
+
+def _png_has_exif(data: bytes) -> bool:
+    """Whether a PNG holds an eXIf chunk (walks the chunk headers, reads no pixels)."""
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"eXIf":
+            return True
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return False
+
+
+def jpeg_scale(size: tuple[int, int], rotated: bool, target: tuple[int, int], mode: str) -> int:
+    """The libjpeg scale (1, 2, 4 or 8) by which a JPEG of stored ``size`` (width, height)
+    can be decoded and stay at least twice ``target`` (height, width) where the resize
+    ``mode`` samples it; ``rotated``: its EXIF orientation swaps the sides."""
+    from ..backbones.resize import reduce_factor
+
+    width, height = size
+    if rotated:
+        width, height = height, width
+    factor = reduce_factor(height, width, target[0], target[1], mode)
+    return next(s for s in (8, 4, 2, 1) if s <= factor)
 
 
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -185,14 +238,20 @@ def decode_and_resize(
     size: tuple[int, int],
     resize: str,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode: str = "exact",
 ) -> np.ndarray:
-    """File bytes or an in-memory image to resized float32 ``(H, W, 3)`` pixels (0-255)."""
-    return resize_image(decode_pixels(content, max_pixels), size, resize)
+    """File bytes or an in-memory image to resized float32 ``(H, W, 3)`` pixels (0-255),
+    decoded and resized as the ``decode`` mode says."""
+    target = (size, resize) if decode == "fast" else None
+    return resize_image(decode_pixels(content, max_pixels, target), size, resize, decode)
 
 
-def decode_pixels(content: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_pixels(
+    content: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIXELS, target: Target | None = None
+) -> np.ndarray:
     """File bytes or an in-memory image to ``(H, W, 3)`` pixels, not resized: uint8 for
-    files, the array's own dtype for arrays."""
+    files, the array's own dtype for arrays. ``target``: a large JPEG is decoded at reduced
+    scale for it (``fast`` decoding, see :func:`decode_image`)."""
     if isinstance(content, np.ndarray):
         if content.ndim >= 2 and content.shape[0] * content.shape[1] > max_pixels:
             raise BadImageError(
@@ -200,7 +259,7 @@ def decode_pixels(content: bytes | np.ndarray, max_pixels: int = DEFAULT_MAX_PIX
                 f"of {max_pixels}"
             )
         return array_to_rgb(content)
-    return decode_image(content, max_pixels)
+    return decode_image(content, max_pixels, target)
 
 
 def unreadable_reason(exc: OSError) -> str:
@@ -232,8 +291,11 @@ def decode_or_reason(
         return None, f"decode failed: {type(exc).__name__}: {exc}"
 
 
-def resize_image(pixels: Any, size: tuple[int, int], mode: str = "stretch") -> np.ndarray:
-    """Resize one ``(H, W, 3)`` image to ``size`` (height, width) as float32, bilinear.
+def resize_image(
+    pixels: Any, size: tuple[int, int], mode: str = "stretch", decode: str = "exact"
+) -> np.ndarray:
+    """Resize one ``(H, W, 3)`` image to ``size`` (height, width) as float32, bilinear
+    (box-reduced first for ``fast``, antialiased for ``antialias`` decoding).
 
     The same code as the ``ResizeImages`` layer of exported models
     (:func:`featcache.backbones.resize.resize_batch`).
@@ -243,4 +305,4 @@ def resize_image(pixels: Any, size: tuple[int, int], mode: str = "stretch") -> n
     height, width = size
     if mode in RESIZE_MODES and tuple(pixels.shape[:2]) == (height, width):
         return np.asarray(pixels, dtype=np.float32)  # every mode is the identity here
-    return resize_one(np.asarray(pixels), height, width, mode)
+    return resize_one(np.asarray(pixels), height, width, mode, decode)

@@ -137,7 +137,7 @@ class LocalEngine:
                 "views",
             )
         size, mode = self.settings.image_size, self.settings.resize
-        images = as_inputs([p.payload for p in good], size, mode)
+        images = as_inputs([p.payload for p in good], size, mode, self.settings.decode)
         return embed_views(
             embed_images,
             images,
@@ -149,14 +149,18 @@ class LocalEngine:
         )
 
 
-def as_input(image: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+def as_input(
+    image: np.ndarray, size: tuple[int, int], mode: str, decode: str = "exact"
+) -> np.ndarray:
     """A decoded image as the backbone's float32 input (resized unless it already is)."""
     if image.dtype == np.float32 and tuple(image.shape[:2]) == tuple(size):
         return image
-    return resize_image(image, size, mode)
+    return resize_image(image, size, mode, decode)
 
 
-def as_inputs(images: list[np.ndarray], size: tuple[int, int], mode: str) -> np.ndarray:
+def as_inputs(
+    images: list[np.ndarray], size: tuple[int, int], mode: str, decode: str = "exact"
+) -> np.ndarray:
     """:func:`as_input` of every image, stacked: uint8 images of one size are resized in
     one TensorFlow call (the same kernel, image by image, as resizing each alone)."""
     first = images[0]
@@ -164,8 +168,8 @@ def as_inputs(images: list[np.ndarray], size: tuple[int, int], mode: str) -> np.
         i.dtype == np.uint8 and i.shape == first.shape for i in images
     ):
         if tuple(first.shape[:2]) != tuple(size):
-            return np.asarray(resize_batch(np.stack(images), size[0], size[1], mode))
-    return np.stack([as_input(image, size, mode) for image in images])
+            return np.asarray(resize_batch(np.stack(images), size[0], size[1], mode, decode))
+    return np.stack([as_input(image, size, mode, decode) for image in images])
 
 
 class LocalEmbedder:
@@ -244,10 +248,11 @@ class LocalEmbedder:
     def prepare(self, content: bytes | np.ndarray) -> np.ndarray:
         self._import_tensorflow()
         settings = self.settings
-        pixels = decode_pixels(content, self.max_pixels)
+        target = (settings.image_size, settings.resize) if settings.decode == "fast" else None
+        pixels = decode_pixels(content, self.max_pixels, target)
         if pixels.dtype == np.uint8 and self._batchable(pixels.shape):
             return pixels
-        return resize_image(pixels, settings.image_size, settings.resize)
+        return resize_image(pixels, settings.image_size, settings.resize, settings.decode)
 
     def _batchable(self, shape: tuple[int, ...]) -> bool:
         """Whether an image of ``shape`` waits, uint8 and unresized, for the graph."""
@@ -268,9 +273,11 @@ class LocalEmbedder:
             p.dtype == np.uint8 and p.shape == first.shape for p in prepared
         ):
             return model.embed_pixels(np.stack(prepared)), [None] * len(prepared)
-        size, mode = self.settings.image_size, self.settings.resize
+        size, mode, decode = self.settings.image_size, self.settings.resize, self.settings.decode
         images = [
-            p if p.dtype == np.float32 and p.shape[:2] == size else resize_image(p, size, mode)
+            p
+            if p.dtype == np.float32 and p.shape[:2] == size
+            else resize_image(p, size, mode, decode)
             for p in prepared
         ]
         return model(np.stack(images)), [None] * len(prepared)

@@ -13,6 +13,7 @@ setting               part                   example
 ``layer``             the layer's name       ``block4_pool``
 ``blocks``            ``4blocks``
 ``projection``        ``proj``
+``decode``            the mode               ``exact``, ``antialias`` (``fast``: none)
 ``preprocessing``     ``prep_<name>``        ``prep_none``
 ``weights``           ``random``, ``w_<file stem>``  ``w_finetuned``
 ``seed``              ``seed<N>``            ``seed7``
@@ -43,6 +44,7 @@ from ..backbones.hub import HUB_REGISTRY
 from ..backbones.registry import REGISTRY
 from ..core.options import (
     DEFAULT_BLOCKS,
+    DEFAULT_DECODE,
     DEFAULT_DTYPE,
     DEFAULT_POOLING,
     DEFAULT_PRECISION,
@@ -93,6 +95,8 @@ def cache_name(
         parts.append(f"{config.blocks}blocks")
     if config.projection:
         parts.append("proj")
+    if config.decode not in (None, DEFAULT_DECODE):
+        parts.append(_clean(config.decode))
     if config.preprocessing != DEFAULT_PREPROCESSING:
         parts.append("prep_" + _clean(config.preprocessing)[:_FREE_FORM])
     parts += _weights_parts(config.weights, config.seed)

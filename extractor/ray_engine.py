@@ -171,6 +171,7 @@ class RayEngine:
             size=self.settings.image_size,
             resize=self.settings.resize,
             max_pixels=self.max_pixels,
+            decode=self.settings.decode,
         )
         keep = []
         for prepared in pending:
@@ -305,6 +306,7 @@ class EmbedBatches:
                 size=resolved.image_size,
                 resize=resolved.resize,
                 max_pixels=max_pixels,
+                decode=resolved.decode,
             )
             self.model = FeatureExtractor(resolved)
             self.feature_dim = self.model.feature_dim

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.locking import PathLock, lock_path
-from ..core.options import DEFAULT_SEED, ExtractOptions
+from ..core.options import DEFAULT_DECODE, DEFAULT_SEED, ExtractOptions
 from ..core.settings import CacheSettings, FeatureSettings
 from ..core.splits import DEFAULT_SPLIT_METHOD, SplitAssigner
 from ..errors import CacheError, CacheLockedError, InvalidOptionError
@@ -118,6 +118,19 @@ def split_method(options: ExtractOptions, output: Path) -> str:
         return options.split_method
     cached = None if options.overwrite else cached_settings(output)
     return cached.split_method if cached is not None else DEFAULT_SPLIT_METHOD
+
+
+def with_cache_decode(options: ExtractOptions, output: Path) -> ExtractOptions:
+    """``options`` with ``decode`` not given (None) taken from the cache at ``output``
+    (caches from before it was recorded: ``exact``), else :data:`DEFAULT_DECODE` (no cache,
+    ``overwrite``, or a file that is no cache: the run says why)."""
+    if options.decode is not None:
+        return options
+    try:
+        cached = None if options.overwrite else cached_settings(output)
+    except CacheError:
+        cached = None
+    return replace(options, decode=cached.decode if cached is not None else DEFAULT_DECODE)
 
 
 def _with_split_seed(features: FeatureSettings, seed: int) -> FeatureSettings:

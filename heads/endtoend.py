@@ -106,7 +106,8 @@ def _features(
     del layers
     height, width = extractor.resolved.image_size
     inputs = keras.Input((None, None, 3), dtype="float32", name="image")
-    x = ResizeImages(height, width, extractor.resolved.resize, name="resize")(inputs)
+    resolved = extractor.resolved
+    x = ResizeImages(height, width, resolved.resize, resolved.decode, name="resize")(inputs)
     for layer in augmentation or []:
         x = layer(x)
     x = Preprocess(extractor.resolved.preprocessing, name="preprocess")(x)

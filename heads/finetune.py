@@ -205,10 +205,11 @@ def _images(
     rows: _Rows,
     source: Dataset,
     size: tuple[int, int],
-    resize: str,
+    resize: tuple[str, str],
     shuffle_seed: int | None = None,
 ) -> Iterator[tuple[np.ndarray, int]]:
-    """Decoded, resized images of (usable) ``rows``, shuffled when a seed is given."""
+    """Decoded, resized images of (usable) ``rows``, shuffled when a seed is given;
+    ``resize`` is the cache's (resize mode, decode mode)."""
     order = np.arange(len(rows.paths))
     if shuffle_seed is not None:
         np.random.default_rng(shuffle_seed).shuffle(order)
@@ -220,7 +221,9 @@ def _images(
             raise DatasetError(f"{path} became unusable during fine-tuning: {exc}") from None
         if sha != rows.sha256[i]:
             raise DatasetError(f"{path} changed during fine-tuning")
-        pixels, reason = decode_or_reason(lambda c: decode_and_resize(c, size, resize), content)
+        pixels, reason = decode_or_reason(
+            lambda c: decode_and_resize(c, size, resize[0], decode=resize[1]), content
+        )
         if pixels is None:
             raise DatasetError(f"{path} became unusable during fine-tuning: {reason}")
         yield np.round(pixels).astype(np.uint8), int(rows.columns[i])
@@ -343,7 +346,7 @@ def fine_tune(
 
     keras.utils.set_random_seed(chosen.seed)
     model = built.model
-    size, resize = built.image_size, trained.settings.resize
+    size, resize = built.image_size, (trained.settings.resize, trained.settings.decode)
     batch_size = chosen.batch_size
     skipped: dict[str, str] = {}
     checking = progress_bar(
@@ -519,7 +522,7 @@ def _fit_fixed(
     known_val: _Rows,
     source: Dataset,
     size: tuple[int, int],
-    resize: str,
+    resize: tuple[str, str],
     verbose: int,
 ) -> dict[str, list[float]]:
     """``schedule="fixed"``: one ``fit`` with the options given (the behaviour from before
@@ -566,7 +569,11 @@ def _fit_fixed(
 
 
 def _train_dataset(
-    rows: _Rows, source: Dataset, size: tuple[int, int], resize: str, chosen: FineTuneOptions
+    rows: _Rows,
+    source: Dataset,
+    size: tuple[int, int],
+    resize: tuple[str, str],
+    chosen: FineTuneOptions,
 ) -> Any:
     """Shuffled (a new order each epoch), augmented (heads/augment.py) training batches."""
     import tensorflow as tf
@@ -608,7 +615,7 @@ def _evaluate(
     rows: _Rows,
     source: Dataset,
     size: tuple[int, int],
-    resize: str,
+    resize: tuple[str, str],
     trained: TrainedHead,
     batch_size: int,
     bar: Any = None,

@@ -80,6 +80,8 @@ class Classifier:
     """(height, width) the images are resized to before ``predict``."""
     resize: str
     """How (``stretch``, ``pad``, ``crop``)."""
+    decode: str
+    """How large images are decoded (``exact``, ``fast``, ``antialias``): the cache's mode."""
     measure: str = "probability"
     """``probability``, or ``score`` for heads without probabilities (linear-svm, ridge:
     a softmax of their decision scores)."""
@@ -114,7 +116,8 @@ def load_classifier(model: str | os.PathLike[str]) -> Classifier:
             return head.predict_proba(np.asarray(features(images, training=False)))
 
         names = [head.class_names[int(c)] for c in head.classes]
-        return Classifier(run, names, (resize.height, resize.width), resize.mode)
+        size = (resize.height, resize.width)
+        return Classifier(run, names, size, resize.mode, _decode_of(resize))
     from .endtoend import load_model
 
     loaded, names, _ = load_model(path)
@@ -128,7 +131,13 @@ def _keras_classifier(model: Any, names: list[str], measure: str) -> Classifier:
     def run(images: np.ndarray) -> np.ndarray:
         return np.asarray(model(images, training=False))
 
-    return Classifier(run, names, (resize.height, resize.width), resize.mode, measure)
+    size = (resize.height, resize.width)
+    return Classifier(run, names, size, resize.mode, _decode_of(resize), measure)
+
+
+def _decode_of(resize: Any) -> str:
+    """The decode mode of a model's ``resize`` layer (models from before it: ``exact``)."""
+    return str(getattr(resize, "decode", "exact"))
 
 
 def predict_images(
@@ -152,9 +161,12 @@ def predict_images(
     with Status(f"predict: loading {Path(model).name} (TensorFlow)…", progress):
         classifier = load_classifier(model)
     names, size, mode = classifier.names, classifier.size, classifier.resize
+    decode = classifier.decode
 
     def prepare(path: Path) -> tuple[np.ndarray | None, str | None]:
-        return decode_or_reason(lambda p: decode_and_resize(p.read_bytes(), size, mode), path)
+        return decode_or_reason(
+            lambda p: decode_and_resize(p.read_bytes(), size, mode, decode=decode), path
+        )
 
     bar = progress_bar(len(files), progress, "predict")  # its clock starts with the model in
     results: list[Prediction] = []

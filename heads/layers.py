@@ -23,19 +23,26 @@ del hub_model
 
 @keras.saving.register_keras_serializable(package="featcache")
 class ResizeImages(keras.layers.Layer):
-    """0-255 images of any size to ``(height, width)`` float32, as ``extract --resize``."""
+    """0-255 images of any size to ``(height, width)`` float32, as ``extract --resize``
+    and ``--decode`` (models saved before ``decode`` was recorded: ``exact``). For ``fast``,
+    the box reduction stands in for a JPEG's reduced-scale decode (close, not equal: see
+    :func:`featcache.backbones.resize.resize_batch`); images decoded by ``predict`` arrive
+    already at the input size."""
 
-    def __init__(self, height: int, width: int, mode: str = "stretch", **kwargs: Any) -> None:
-        from ..core.options import RESIZE_MODES, check_choice
+    def __init__(
+        self, height: int, width: int, mode: str = "stretch", decode: str = "exact", **kwargs: Any
+    ) -> None:
+        from ..core.options import DECODE_MODES, RESIZE_MODES, check_choice
 
         super().__init__(**kwargs)
         self.height, self.width = int(height), int(width)
         self.mode = check_choice("resize", mode, RESIZE_MODES)
+        self.decode = check_choice("decode", decode, DECODE_MODES)
 
     def call(self, images: Any) -> Any:
         from ..backbones.resize import resize_batch  # the code extraction runs too
 
-        return resize_batch(images, self.height, self.width, self.mode)
+        return resize_batch(images, self.height, self.width, self.mode, self.decode)
 
     def compute_output_shape(self, input_shape: Any) -> Any:
         return (input_shape[0], self.height, self.width, 3)
@@ -46,6 +53,7 @@ class ResizeImages(keras.layers.Layer):
             "height": self.height,
             "width": self.width,
             "mode": self.mode,
+            "decode": self.decode,
         }
 
 

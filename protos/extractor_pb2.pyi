@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class BackboneSettings(_message.Message):
-    __slots__ = ("name", "weights", "image_size", "pooling", "layer", "resize", "preprocessing", "seed", "precision", "blocks", "projection")
+    __slots__ = ("name", "weights", "image_size", "pooling", "layer", "resize", "preprocessing", "seed", "precision", "blocks", "projection", "decode")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class BackboneSettings(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     PROJECTION_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     weights: str
     image_size: _containers.RepeatedScalarFieldContainer[int]
@@ -30,7 +31,8 @@ class BackboneSettings(_message.Message):
     precision: str
     blocks: int
     projection: bool
-    def __init__(self, name: _Optional[str] = ..., weights: _Optional[str] = ..., image_size: _Optional[_Iterable[int]] = ..., pooling: _Optional[str] = ..., layer: _Optional[str] = ..., resize: _Optional[str] = ..., preprocessing: _Optional[str] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ..., blocks: _Optional[int] = ..., projection: _Optional[bool] = ...) -> None: ...
+    decode: str
+    def __init__(self, name: _Optional[str] = ..., weights: _Optional[str] = ..., image_size: _Optional[_Iterable[int]] = ..., pooling: _Optional[str] = ..., layer: _Optional[str] = ..., resize: _Optional[str] = ..., preprocessing: _Optional[str] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ..., blocks: _Optional[int] = ..., projection: _Optional[bool] = ..., decode: _Optional[str] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("data", "shape", "dtype")
@@ -61,7 +63,7 @@ class EmbedRequest(_message.Message):
     def __init__(self, backbone: _Optional[_Union[BackboneSettings, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., max_pixels: _Optional[int] = ...) -> None: ...
 
 class BackboneInfo(_message.Message):
-    __slots__ = ("name", "backbone_sha256", "weights", "weights_sha256", "image_height", "image_width", "pooling", "layer", "preprocessing", "resize", "feature_dim", "seed", "precision", "blocks", "projection")
+    __slots__ = ("name", "backbone_sha256", "weights", "weights_sha256", "image_height", "image_width", "pooling", "layer", "preprocessing", "resize", "feature_dim", "seed", "precision", "blocks", "projection", "decode")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_SHA256_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +79,7 @@ class BackboneInfo(_message.Message):
     PRECISION_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     PROJECTION_FIELD_NUMBER: _ClassVar[int]
+    DECODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     backbone_sha256: str
     weights: str
@@ -92,7 +95,8 @@ class BackboneInfo(_message.Message):
     precision: str
     blocks: int
     projection: bool
-    def __init__(self, name: _Optional[str] = ..., backbone_sha256: _Optional[str] = ..., weights: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., pooling: _Optional[str] = ..., layer: _Optional[str] = ..., preprocessing: _Optional[str] = ..., resize: _Optional[str] = ..., feature_dim: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ..., blocks: _Optional[int] = ..., projection: _Optional[bool] = ...) -> None: ...
+    decode: str
+    def __init__(self, name: _Optional[str] = ..., backbone_sha256: _Optional[str] = ..., weights: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., image_height: _Optional[int] = ..., image_width: _Optional[int] = ..., pooling: _Optional[str] = ..., layer: _Optional[str] = ..., preprocessing: _Optional[str] = ..., resize: _Optional[str] = ..., feature_dim: _Optional[int] = ..., seed: _Optional[int] = ..., precision: _Optional[str] = ..., blocks: _Optional[int] = ..., projection: _Optional[bool] = ..., decode: _Optional[str] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values", "error")

@@ -327,16 +327,18 @@ def embed_contents(
     active: Callable[[], bool] = lambda: True,
     timeout: Callable[[], float | None] = lambda: None,
     gate: threading.BoundedSemaphore | None = None,
+    decode: str = "exact",
 ) -> tuple[np.ndarray, list[str | None]]:
     """Decode, resize and run images through ``model``'s batcher, ``max_batch`` at a time;
-    ``gate`` bounds the full-size decodes running at once (:attr:`MemoryBudget.decoding`).
+    ``gate`` bounds the full-size decodes running at once (:attr:`MemoryBudget.decoding`);
+    ``decode`` is the decode mode (:data:`~featcache.core.options.DECODE_MODES`).
 
     Returns the outputs of the usable images and one reason (or None) per image.
     """
 
     def prepare(content: bytes | np.ndarray) -> np.ndarray:
         with gate or nullcontext():
-            return decode_and_resize(content, model.image_size, resize, max_pixels)
+            return decode_and_resize(content, model.image_size, resize, max_pixels, decode)
 
     reasons: list[str | None] = []
     parts: list[np.ndarray] = []
@@ -365,6 +367,7 @@ class Classifier:
         resize = self.model.get_layer("resize")
         self.image_size = (int(resize.height), int(resize.width))
         self.resize = str(resize.mode)
+        self.decode = str(getattr(resize, "decode", "exact"))
         self.feature_dim = len(self.class_names)
         model = self.model
         self.batcher = Batcher(
@@ -403,7 +406,9 @@ class PoolEmbedder:
     def prepare(self, content: bytes | np.ndarray) -> np.ndarray:
         settings = self.settings
         with self.gate or nullcontext():
-            return decode_and_resize(content, settings.image_size, settings.resize, self.max_pixels)
+            return decode_and_resize(
+                content, settings.image_size, settings.resize, self.max_pixels, settings.decode
+            )
 
     def embed(self, prepared: list[np.ndarray]) -> tuple[np.ndarray, list[str | None]]:
         return self.model.batcher.run(np.stack(prepared), self.active), [None] * len(prepared)

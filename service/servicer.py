@@ -24,6 +24,7 @@ from ..backbones.registry import list_backbones
 from ..core.options import DEFAULT_MAX_PIXELS, NAMED_WEIGHTS, BackboneConfig
 from ..core.ranking import DEFAULT_TOP_K, top_k
 from ..errors import AccessDenied, CacheError, ExtractionCancelled, InvalidOptionError, NotFound
+from ..extractor.runner import with_cache_decode
 from ..extractor.sources import is_within
 from ..protos import extractor_pb2 as pb
 from ..protos import extractor_pb2_grpc as pb_grpc
@@ -355,6 +356,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 context.is_active,
                 lambda: _remaining(context),
                 self.budget.decoding,
+                classifier.decode,
             )
             names = classifier.class_names
             best_of = iter(top_k(probabilities, request.top_k or DEFAULT_TOP_K))
@@ -463,6 +465,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 context.is_active,
                 lambda: _remaining(context),
                 self.budget.decoding,
+                resolved.decode,
             )
         if reasons[0] is not None:
             raise InvalidOptionError(f"image: {reasons[0]}", "image")
@@ -493,6 +496,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 context.is_active,
                 lambda: _remaining(context),
                 self.budget.decoding,
+                resolved.decode,
             )
             info = info_message(shown_settings(model.settings_for(config), self.roots))
             rows = []
@@ -510,7 +514,8 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         config = config_from_message(request.backbone, self.roots.weights, self.max_side)
         data, output, labels, shown = dataset_paths(request, config, self.roots)
         max_pixels = min(request.max_pixels or self.max_pixels, self.max_pixels)
-        options = extract_options(request, config, labels, max_pixels)
+        options = with_cache_decode(extract_options(request, config, labels, max_pixels), output)
+        config = replace(config, decode=options.decode)  # a rerun keeps the cache's
         resolved = resolve_backbone(config)
         self.pool.permit(resolved)
         size = resolved.image_size  # (0, 0) for a saved model of any size: checked later

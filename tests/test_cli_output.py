@@ -117,6 +117,7 @@ def test_inspect_table():
         "  weights        none\n"
         "  image_size     32,32\n"
         "  resize         stretch\n"
+        "  decode         exact\n"
         "  pooling        avg\n"
         "  layer          None\n"
         "  preprocessing  auto\n"

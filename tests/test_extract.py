@@ -374,11 +374,12 @@ def test_pad_caches_record_their_pad_version_and_old_ones_are_not_resumed(class_
 
 
 def test_fingerprints_of_caches_without_pad_are_unchanged(class_folder, tmp_path):
-    """The fingerprint formula of format version 1, written out: old caches keep theirs."""
+    """The fingerprint formula of format version 1, written out: old caches keep theirs
+    (they decoded every pixel: ``decode="exact"``)."""
     import hashlib
 
     out = tmp_path / "c.h5"
-    extract(class_folder, output=out, resize="crop", **TINY)
+    extract(class_folder, output=out, resize="crop", decode="exact", **TINY)
     attrs = read_cache(out).attrs
     names = ("backbone", "backbone_sha256", "weights", "weights_sha256", "image_size")
     names += ("resize", "pooling", "layer", "preprocessing", "dtype")

@@ -209,7 +209,10 @@ def test_predict_never_replaces_an_existing_file_unless_asked(cache, tmp_path):
 
 
 def test_an_old_head_json_still_loads_and_checks(cache, tmp_path):
-    """head.json files written before FeatureSettings kept a fixed list of cache attributes."""
+    """head.json files written before FeatureSettings kept a fixed list of cache attributes
+    (heads of caches that decoded every pixel, as caches then did: ``decode="exact"``)."""
+    data, cache = cache.parent / "data", tmp_path / "exact.h5"
+    extract(data, output=cache, split="0.6,0.2,0.2", decode="exact", **TINY)
     train_head(cache, "logreg", tmp_path / "run")
     meta_path = tmp_path / "run" / "head.json"
     meta = json.loads(meta_path.read_text())

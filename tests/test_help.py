@@ -50,7 +50,7 @@ def test_command_help_has_sections_basics_first_and_examples(name):
     command = main.commands[name]
     layout = LAYOUTS.get(name)
     assert layout is not None, f"{name} has no help layout: add one to commands/_help.py LAYOUTS"
-    with click.Context(command, info_name=name) as ctx:
+    with click.Context(command, info_name=name, **command.context_settings) as ctx:
         sections = sections_of(command, ctx)
     loose = [flag_name(p) for title, params in sections if title == OTHER_SECTION for p in params]
     assert not loose, f"{name}: {loose} in no section: add them to LAYOUTS[{name!r}]"

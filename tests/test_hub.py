@@ -366,7 +366,7 @@ def test_cli_flags_reach_the_cache_and_errors_name_the_flag(presets, tmp_path):
 def test_older_fingerprints_are_unchanged_and_bfloat16_builds(presets):
     from featcache.core.settings import CacheSettings
 
-    old = resolve_backbone(BackboneConfig("vgg16", "none", 32))
+    old = resolve_backbone(BackboneConfig("vgg16", "none", 32, decode="exact"))  # as before
     assert set(old.identity()) == {
         "backbone", "backbone_sha256", "weights", "weights_sha256", "image_size", "resize",
         "pooling", "layer", "preprocessing", "seed",
