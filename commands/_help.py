@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import click
 
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Embed", ("extract", "inspect", "backbones", "weights")),
+    ("Embed", ("extract", "inspect", "manifest", "backbones", "weights")),
     ("Train", ("train-head", "compare", "fine-tune")),
     ("Use", ("predict", "export", "search")),
     ("Understand the data", ("audit", "plot", "export-features")),
@@ -116,6 +116,25 @@ LAYOUTS: dict[str, Layout] = {
             (
                 "Check 100 rows' files against their hashes:",
                 "featcache inspect cache/mobilenet.h5 --verify --verify-sample 100",
+            ),
+        ),
+    ),
+    "manifest": _layout(
+        ("Basics", ("--joint", "--overwrite")),
+        (LAST_SECTION, ()),
+        summary="Name several caches as one dataset (shards, or one per backbone).",
+        examples=(
+            (
+                "Four shards written in parallel, as one dataset:",
+                "featcache manifest cache/all.featcache.json cache/part-*.h5",
+            ),
+            (
+                "Train on it as on one cache:",
+                "featcache train-head cache/all.featcache.json -o runs/dense",
+            ),
+            (
+                "The same images under two backbones, features side by side:",
+                "featcache manifest cache/both.featcache.json cache/a.h5 cache/b.h5 --joint",
             ),
         ),
     ),

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import h5py
 import numpy as np
@@ -31,27 +31,11 @@ from .format import (
     strings,
 )
 
-T = TypeVar("T")
-
 
 def _identity(handle: h5py.File) -> tuple[int, int, int, int]:
     """``(device, inode, size, mtime_ns)`` of an open HDF5 file, from its descriptor."""
     info = os.fstat(handle.id.get_vfd_handle())
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-
-
-def read_fresh(
-    path: str | os.PathLike[str], use: Callable[[CacheReader], T], attempts: int = 3
-) -> T:
-    """``use(CacheReader(path))``, opened again when a run rewrote the cache meanwhile
-    (:class:`~featcache.errors.CacheChangedError`), up to ``attempts`` times."""
-    for attempt in range(attempts):
-        try:
-            return use(CacheReader(path))
-        except CacheChangedError:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 class CacheReader:
@@ -264,8 +248,3 @@ def read_cache(path: str | os.PathLike[str], features: bool = True) -> CacheData
         attrs=reader.attrs,
         bad=reader.bad,
     )
-
-
-def cache_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What ``featcache inspect`` shows: rows, classes per split, bad files, settings."""
-    return CacheReader(path).info()
