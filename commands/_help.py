@@ -87,6 +87,7 @@ LAYOUTS: dict[str, Layout] = {
         ("Views", ("--views", "--augment", "--augment-seed")),
         ("Remote (gRPC)", ("--remote", "--token-file", "--tls-ca", "--tls-cert", "--tls-key")),
         ("Ray", ("--engine", "--ray-address", "--actors", "--cpus-per-actor", "--gpus-per-actor")),
+        ("Shards", ("--shard",)),
         (LAST_SECTION, ()),
         summary="Embed a folder of images into an HDF5 cache (incremental).",
         examples=(
@@ -129,8 +130,8 @@ LAYOUTS: dict[str, Layout] = {
                 "featcache manifest cache/all.featcache.json cache/part-*.h5",
             ),
             (
-                "Train on it as on one cache:",
-                "featcache train-head cache/all.featcache.json -o runs/dense",
+                "Shards of two sub-folders extracted apart (rows named under data/):",
+                "featcache manifest cache/data.featcache.json cache/part1.h5 cache/part2.h5",
             ),
             (
                 "The same images under two backbones, features side by side:",

@@ -170,9 +170,9 @@ def predict_command(
 
     MODEL is a model.keras from `export` or `fine-tune`, or a head run of any kind (its
     backbone is rebuilt from the head's cache settings). `predict RUN CACHE.h5` (or a
-    manifest of caches) applies a head run to the features of another cache instead. Heads without probabilities
-    (linear-svm, ridge) write a `score` column: the softmax of their decision scores. An
-    existing output file is refused unless --overwrite.
+    manifest of caches) applies a head run to the features of another cache instead.
+    Heads without probabilities (linear-svm, ridge) write a `score` column: the softmax of
+    their decision scores. An existing output file is refused unless --overwrite.
     """
     from pathlib import Path
 

@@ -104,6 +104,7 @@ class JointCache(CacheReader):
         self.split: np.ndarray = first.split[rows[0]]
         self.paths: list[str] = [first.paths[i] for i in rows[0].tolist()]
         self.sha256: list[str] = [first.sha256[i] for i in rows[0].tolist()]
+        self.bad: list[tuple[str, str]] = first.bad
 
     def __len__(self) -> int:
         return self.rows.shape[1]
