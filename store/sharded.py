@@ -184,6 +184,13 @@ class ShardedCache(CacheReader):
         """No row in two shards: the same full path, or the same recorded path with the
         same content (one folder extracted twice, a shard named twice under two names).
         The same content under other paths is a duplicate image, as in one cache."""
+        if len(set(self.paths)) == len(self.paths):
+            roots = {r.settings.dataset_root for r in self.readers}
+            if len(roots) == 1:
+                return  # one root: the full paths are the recorded paths
+            recorded = [(p, sha) for r in self.readers for p, sha in zip(r.paths, r.sha256)]
+            if len(set(recorded)) == len(recorded):
+                return  # the usual case, in C; the loop below names the shards otherwise
         by_path: dict[str, int] = {}
         by_content: dict[tuple[str, str], int] = {}
         for shard, reader in enumerate(self.readers):
