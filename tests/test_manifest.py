@@ -322,3 +322,41 @@ def test_search_rpc_on_a_manifest_answers_as_the_api_does(tmp_path):
             assert refused.value.code().name == "PERMISSION_DENIED"
     finally:
         server.stop(0)
+
+
+def test_compare_on_a_manifest_scores_as_on_the_one_cache(tmp_path):
+    """The same rows as one cache and as a 2-shard manifest: the same leaderboard."""
+    from featcache import compare
+
+    whole, parts = _halves(tmp_path)
+    manifest = tmp_path / "all.featcache.json"
+    create_manifest(manifest, parts)
+    boards = [
+        compare(c, tmp_path / f"cmp-{i}", heads="logreg,knn", progress=False)
+        for i, c in enumerate((whole, manifest))
+    ]
+    scores = [[(r["head"], r["test_accuracy"]) for r in b.rows] for b in boards]
+    assert scores[0] == scores[1] and len(scores[0]) == 2
+
+
+def test_cached_views_of_shards_are_the_views_of_the_one_cache(tmp_path):
+    """extract --views 2 per shard: the manifest's views (what train-head --views reads)
+    are the one cache's, row for row."""
+    from featcache import extract
+
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=5)
+    tiny = {"backbone": "vgg16", "weights": "none", "image_size": 32, "progress": False}
+    whole = extract(data, output=tmp_path / "whole.h5", views=2, **tiny)
+    parts = [
+        extract(data, output=tmp_path / f"p{i}.h5", views=2, shard=f"{i}/2", **tiny).output
+        for i in range(2)
+    ]
+    one = CacheReader(whole.output)
+    both = create_manifest(tmp_path / "m.json", parts)
+    assert both.views == 2
+    at = np.asarray([one.paths.index(p) for p in both.paths])
+    np.testing.assert_allclose(both.view_features(), one.view_features(at), atol=1e-6)
+    rows, views = np.arange(len(both))[::-1], np.arange(len(both)) % 2
+    np.testing.assert_allclose(
+        both.view_pairs(rows, views), one.view_pairs(at[rows], views), atol=1e-6
+    )
