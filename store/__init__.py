@@ -5,8 +5,8 @@ Nothing outside this package opens HDF5 files.
 
 from ..core.settings import CacheSettings
 from .format import FORMAT, FORMAT_VERSION
-from .opening import cache_info, open_cache
-from .reader import CacheData, CacheReader, read_cache
+from .opening import cache_info, open_cache, read_cache
+from .reader import CacheData, CacheReader
 from .writer import CacheWriter
 
 __all__ = [

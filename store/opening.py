@@ -12,10 +12,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from ..errors import CacheChangedError
+from .format import guarded, open_h5
 from .joint import CacheArg, Caches, JointCache, cache_paths
 from .manifest import KINDS, is_manifest, read_manifest, write_manifest
-from .reader import CacheReader
+from .reader import CacheData, CacheReader
 from .sharded import ShardedCache
 
 T = TypeVar("T")
@@ -25,6 +28,7 @@ __all__ = [
     "create_manifest",
     "open_cache",
     "open_caches",
+    "read_cache",
     "read_fresh",
 ]
 
@@ -115,3 +119,32 @@ def cache_info(path: str | os.PathLike[str]) -> dict[str, Any]:
             for r in reader.readers
         ]
     return info
+
+
+def read_cache(path: str | os.PathLike[str], features: bool = True) -> CacheData:
+    """Load a whole cache (or a manifest's dataset) into memory: features as stored (unless
+    ``features=False``), labels, paths, splits. :func:`open_cache` reads only what is asked
+    for."""
+    reader = open_cache(path)
+    stored = _stored(reader) if features else np.empty((0, reader.feature_dim))
+    return CacheData(
+        features=stored,
+        labels=reader.labels.astype(np.int32),
+        paths=reader.paths,
+        sha256=reader.sha256,
+        split=reader.split,
+        class_names=reader.class_names,
+        settings=reader.settings,
+        attrs=reader.attrs,
+        bad=reader.bad,
+    )
+
+
+def _stored(reader: CacheReader) -> np.ndarray:
+    """Every row's features in the cache's storage type (float32 for joined caches)."""
+    if isinstance(reader, ShardedCache):
+        return np.concatenate([_stored(r) for r in reader.readers])
+    if isinstance(reader, JointCache):
+        return reader.features()
+    with open_h5(reader.path) as handle, guarded(reader.path):
+        return np.asarray(handle["features"][:])

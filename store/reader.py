@@ -1,8 +1,8 @@
 """Reading a cache: settings, labels, splits and paths up front; features on demand.
 
-:class:`CacheReader` is the one way featcache reads a cache (train-head, compare, predict,
-fine-tune, inspect); it never holds the file open between calls, so a writer can replace
-the file at any time.
+:class:`CacheReader` is the one way featcache reads a cache file; it never holds the file
+open between calls, so a writer can replace the file at any time. What a user names as a
+cache (a file or a manifest of several) is opened by :func:`~.opening.open_cache`.
 """
 
 from __future__ import annotations
@@ -229,22 +229,3 @@ class CacheData:
     @property
     def test_mask(self) -> np.ndarray:
         return self.mask("test")
-
-
-def read_cache(path: str | os.PathLike[str], features: bool = True) -> CacheData:
-    """Load a whole cache into memory: features (unless ``features=False``), labels, paths,
-    splits. :class:`CacheReader` reads only what is asked for."""
-    reader = CacheReader(path)
-    with open_h5(reader.path) as handle, guarded(reader.path):
-        stored = handle["features"][:] if features else np.empty((0, reader.feature_dim))
-    return CacheData(
-        features=stored,
-        labels=reader.labels.astype(np.int32),
-        paths=reader.paths,
-        sha256=reader.sha256,
-        split=reader.split,
-        class_names=reader.class_names,
-        settings=reader.settings,
-        attrs=reader.attrs,
-        bad=reader.bad,
-    )

@@ -16,7 +16,7 @@ from featcache.cli import main
 from featcache.core.options import parse_shard
 from featcache.errors import CacheError, DatasetError, InvalidOptionError, SettingsMismatchError
 from featcache.extractor.sources import scan_dataset, shard_of, take_shard
-from featcache.store import CacheReader, CacheWriter, open_cache
+from featcache.store import CacheReader, CacheWriter, open_cache, read_cache
 from featcache.store.joint import JointCache
 from featcache.store.opening import create_manifest
 from featcache.store.search_index import load_index
@@ -72,6 +72,9 @@ def test_shards_read_as_the_one_cache_of_their_rows(tmp_path):
         seen += got.tolist()
     assert sorted(seen) == list(range(len(sharded)))
     assert sharded.fingerprint == one.fingerprint  # the same settings
+    loaded = read_cache(sharded.path)
+    np.testing.assert_array_equal(loaded.features, one.features(at))
+    assert loaded.paths == sharded.paths and loaded.class_names == one.class_names
     info = open_cache(sharded.path).info()
     assert [s["rows"] for s in info["shards"]] == [20, 20] and info["rows"] == 40
 
