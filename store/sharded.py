@@ -60,13 +60,16 @@ class ShardedCache(CacheReader):
                 )
         self.starts = np.cumsum([0, *(len(r) for r in self.readers)]).astype(np.int64)
         """Global row of each shard's first row (and the row count last)."""
-        root, self.paths = self._paths()
+        root, prefixes = self._roots()
+        self.paths = [prefix + p for prefix, r in zip(prefixes, self.readers) for p in r.paths]
         self._check_rows()
         self.class_names = _unified_classes([r.class_names for r in self.readers])
         self.labels = np.concatenate([self._labels(r) for r in self.readers])
         self.split = np.concatenate([r.split for r in self.readers]).astype(np.uint8)
         self.sha256 = [sha for r in self.readers for sha in r.sha256]
-        self.bad = [bad for r in self.readers for bad in r.bad]
+        self.bad = [
+            (prefix + p, why) for prefix, r in zip(prefixes, self.readers) for p, why in r.bad
+        ]
         self.feature_dim = first.feature_dim
         self.dtype = first.dtype
         self.settings = replace(first.settings, dataset_root=root)
@@ -145,6 +148,9 @@ class ShardedCache(CacheReader):
                 block = np.empty((len(pick), self.feature_dim), np.float32)
                 for shard, at, local in self.shard_rows(pick):
                     reader = self.readers[shard]
+                    if type(reader) is not CacheReader:  # a manifest named as a shard
+                        block[at] = reader.features(local)
+                        continue
                     if shard not in handles:
                         handles[shard] = stack.enter_context(reader._open())
                     with guarded(reader.path):
@@ -160,25 +166,24 @@ class ShardedCache(CacheReader):
         labels = reader.labels
         return np.where(labels >= 0, lookup[np.clip(labels, 0, len(lookup) - 1)], -1)
 
-    def _paths(self) -> tuple[str, list[str]]:
-        """The dataset root and every row's path. Shards of one root keep their paths;
-        shards of several folders name rows relative to the folders' common parent."""
+    def _roots(self) -> tuple[str, list[str]]:
+        """The dataset root and what each shard's paths get in front. Shards of one root
+        keep their paths; shards of several folders name rows relative to the folders'
+        common parent (``one/cat/1.png``)."""
         roots = [r.settings.dataset_root for r in self.readers]
+        same = [""] * len(roots)
         if len(set(roots)) == 1:
-            return roots[0], [p for r in self.readers for p in r.paths]
+            return roots[0], same
         arrays = any(_ROW_MARK in p for r in self.readers for p in r.paths[:1])
         if arrays or not all(posixpath.isabs(root) for root in roots):
             self.notes.append(
                 f"{self.path}: the shards' datasets are {', '.join(sorted(set(roots)))}; "
                 f"paths are shown as each shard records them, under {roots[0]}"
             )
-            return roots[0], [p for r in self.readers for p in r.paths]
+            return roots[0], same
         common = posixpath.commonpath(roots)
-        paths = []
-        for root, reader in zip(roots, self.readers):
-            prefix = posixpath.relpath(root, common)
-            paths += [p if prefix == "." else f"{prefix}/{p}" for p in reader.paths]
-        return common, paths
+        prefixes = [posixpath.relpath(root, common) + "/" for root in roots]
+        return common, ["" if p == "./" else p for p in prefixes]
 
     def _check_rows(self) -> None:
         """No row in two shards: the same full path, or the same recorded path with the

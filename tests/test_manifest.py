@@ -363,3 +363,23 @@ def test_cached_views_of_shards_are_the_views_of_the_one_cache(tmp_path):
     np.testing.assert_allclose(
         both.view_pairs(rows, views), one.view_pairs(at[rows], views), atol=1e-6
     )
+
+
+def test_a_manifest_may_name_shard_manifests(tmp_path):
+    """Shards written by two machines, each with its own manifest, then one for all."""
+    rows, x = clustered(per_class=10, dim=8)
+    whole = write_cache(tmp_path / "whole.h5", rows, x)
+    parts = [
+        write_cache(tmp_path / f"q{i}.h5", rows[i::4], x[i::4], root=tmp_path) for i in range(4)
+    ]
+    create_manifest(tmp_path / "left.json", parts[:2])
+    create_manifest(tmp_path / "right.json", parts[2:])
+    every = create_manifest(
+        tmp_path / "all.json", [tmp_path / "left.json", tmp_path / "right.json"]
+    )
+    one = CacheReader(whole)
+    at = np.asarray([one.paths.index(p) for p in every.paths])
+    streamed = np.concatenate([block for _, block in every.batches(batch_size=9)])
+    np.testing.assert_array_equal(streamed, one.features(at))
+    with pytest.raises(DatasetError, match="is in two shards"):
+        create_manifest(tmp_path / "twice.json", [tmp_path / "left.json", parts[0]])
