@@ -61,8 +61,9 @@ if TYPE_CHECKING:
     from .service.options import ServeOptions
     from .service.server import Server
     from .serving import serve, start_server
-    from .store import CacheData, CacheReader, cache_info, read_cache
+    from .store import CacheData, CacheReader, cache_info, open_cache, read_cache
     from .store.export import ExportSummary, export_features
+    from .store.opening import create_manifest
 
 try:
     from importlib.metadata import version as _version
@@ -99,6 +100,8 @@ _LAZY = {
     "CacheData": "featcache.store",
     "read_cache": "featcache.store",
     "cache_info": "featcache.store",
+    "open_cache": "featcache.store",
+    "create_manifest": "featcache.store.opening",
     "BackboneSpec": "featcache.backbones.registry",
     "get_backbone": "featcache.backbones.registry",
     "list_backbones": "featcache.backbones.registry",

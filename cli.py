@@ -19,7 +19,12 @@ from .commands.datasets import (
     plot_command,
     search_command,
 )
-from .commands.extract import backbones_command, extract_command, inspect_command
+from .commands.extract import (
+    backbones_command,
+    extract_command,
+    inspect_command,
+    manifest_command,
+)
 from .commands.finetune import fine_tune_command
 from .commands.heads import compare_command, export_command, predict_command, train_head_command
 from .commands.serve import serve_command
@@ -43,6 +48,7 @@ def main() -> None:
 
 for _command in (
     inspect_command,
+    manifest_command,
     backbones_command,
     compare_command,
     predict_command,

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..core.progress import progress_bar
 from ..core.splits import SPLIT_NAMES
-from ..store import CacheReader
+from ..store import CacheReader, open_cache
 from .labels import check_labels, out_of_fold_probabilities
 from .neighbors import normalize, top_k_neighbors
 from .options import THRESHOLD_TABLE, AuditOptions
@@ -112,7 +112,7 @@ def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = No
     >>> report.summary()["leakage_pairs"]  # doctest: +SKIP
     """
     options = options or AuditOptions()
-    reader = CacheReader(cache)
+    reader = open_cache(cache)
     n = len(reader)
     bar = progress_bar(n, options.progress, "audit")
     try:

@@ -22,7 +22,7 @@ from ..core.files import fresh_file
 from ..core.schema import invalid
 from ..core.splits import SPLIT_NAMES
 from ..errors import FeatcacheError
-from ..store import CacheReader
+from ..store import CacheReader, open_cache
 from ..store.format import first_line, fsync_dir
 from .audit import AuditReport
 
@@ -49,7 +49,7 @@ def write_audit_report(report: AuditReport, out: str | os.PathLike[str]) -> list
     :func:`check_report_folder`), all or none; returns their paths."""
     folder = Path(out)
     check_report_folder(folder)  # before anything is rendered
-    reader = CacheReader(report.cache)
+    reader = open_cache(report.cache)
     paths, split = reader.paths, reader.split
     labels = reader.label_names(np.arange(len(reader)))
 

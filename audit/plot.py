@@ -28,6 +28,7 @@ from ..core.progress import Status, progress_bar
 from ..core.splits import SPLIT_NAMES
 from ..errors import DatasetError, FeatcacheError
 from ..store import CacheReader
+from ..store import open_cache as store_open_cache
 from ..store.format import first_line
 from ..store.search_index import normalize
 from .map_points import UNLABELLED, MapPoints, palette
@@ -203,7 +204,7 @@ def make_folder(folder: Path) -> bool:
 
 def open_cache(cache: str | os.PathLike[str]) -> CacheReader:
     """The cache's reader (its errors' advice names ``featcache extract --overwrite``)."""
-    return CacheReader(cache)
+    return store_open_cache(cache)
 
 
 def write_outputs(

@@ -18,7 +18,7 @@ import numpy as np
 from ..core.options import invalid
 from ..errors import InvalidOptionError
 from ..store import CacheReader
-from ..store.reader import read_fresh
+from ..store.opening import read_fresh
 from ..store.search_index import index_paths, load_index, normalize, rank_rows
 from .options import DEFAULT_SEARCH_K, MAX_SEARCH_K
 
@@ -94,6 +94,9 @@ def _image_query(reader: CacheReader, index: np.ndarray, path: Path) -> tuple[np
         return np.asarray(index[same]), f"{path} (row {same}: same content)"
     from ..backbones.rebuild import rebuild_backbone
     from ..extractor.decode import BadImageError, decode_and_resize
+    from ..store.joint import one_backbone
+
+    one_backbone(reader, "a search by image")
 
     extractor = rebuild_backbone(reader.settings)
     size = extractor.resolved.image_size

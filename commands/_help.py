@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import click
 
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Embed", ("extract", "inspect", "backbones", "weights")),
+    ("Embed", ("extract", "inspect", "manifest", "backbones", "weights")),
     ("Train", ("train-head", "compare", "fine-tune")),
     ("Use", ("predict", "export", "search")),
     ("Understand the data", ("audit", "plot", "export-features")),
@@ -88,6 +88,7 @@ LAYOUTS: dict[str, Layout] = {
         ("Views", ("--views", "--augment", "--augment-seed")),
         ("Remote (gRPC)", ("--remote", "--token-file", "--tls-ca", "--tls-cert", "--tls-key")),
         ("Ray", ("--engine", "--ray-address", "--actors", "--cpus-per-actor", "--gpus-per-actor")),
+        ("Shards", ("--shard",)),
         (LAST_SECTION, ()),
         summary="Embed a folder of images into an HDF5 cache (incremental).",
         examples=(
@@ -117,6 +118,25 @@ LAYOUTS: dict[str, Layout] = {
             (
                 "Check 100 rows' files against their hashes:",
                 "featcache inspect cache/mobilenet.h5 --verify --verify-sample 100",
+            ),
+        ),
+    ),
+    "manifest": _layout(
+        ("Basics", ("--joint", "--overwrite")),
+        (LAST_SECTION, ()),
+        summary="Name several caches as one dataset (shards, or one per backbone).",
+        examples=(
+            (
+                "Four shards written in parallel, as one dataset:",
+                "featcache manifest cache/all.featcache.json cache/part-*.h5",
+            ),
+            (
+                "Shards of two sub-folders extracted apart (rows named under data/):",
+                "featcache manifest cache/data.featcache.json cache/part1.h5 cache/part2.h5",
+            ),
+            (
+                "The same images under two backbones, features side by side:",
+                "featcache manifest cache/both.featcache.json cache/a.h5 cache/b.h5 --joint",
             ),
         ),
     ),

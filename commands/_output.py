@@ -110,7 +110,31 @@ def render_cache_info(info: Mapping[str, Any]) -> str:
     )
     lines.append(f"  bad files: {len(info['bad'])}")
     lines += [f"    {bad['path']}: {bad['reason']}" for bad in info["bad"]]
-    return "\n".join(lines)
+    return "\n".join(lines + _manifest_lines(info))
+
+
+def _manifest_lines(info: Mapping[str, Any]) -> list[str]:
+    """A manifest's members under ``inspect``'s table: each shard's rows and splits, or
+    each joined cache's rows and width; then the manifest's notes."""
+    if "manifest" not in info:
+        return []
+    lines = []
+    if "shards" in info:
+        lines.append(f"  shards: {len(info['shards'])}")
+        lines.append(f"    {'rows':>7} {'train':>7} {'val':>7} {'test':>7} {'bad':>5}  cache")
+        for shard in info["shards"]:
+            splits = shard["splits"]
+            lines.append(
+                f"    {shard['rows']:>7} {splits['train']:>7} {splits['val']:>7} "
+                f"{splits['test']:>7} {shard['bad']:>5}  {shard['path']}"
+            )
+    else:
+        lines.append(f"  joined caches: {len(info['caches'])}")
+        lines += [
+            f"    {c['rows']:>7} rows x {c['feature_dim']:<5} {c['path']}" for c in info["caches"]
+        ]
+    lines += [f"  note: {note}" for note in info["manifest"]["notes"]]
+    return lines
 
 
 def render_backbones(rows: Sequence[Mapping[str, Any]]) -> str:

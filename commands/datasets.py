@@ -9,6 +9,7 @@ import click
 from ..audit import options as audit_defaults
 from ..audit.options import AuditOptions
 from ..audit.plot_options import PlotOptions
+from ..errors import InvalidOptionError
 from ._options import flags
 from ._output import (
     render_audit_summary,
@@ -54,8 +55,14 @@ def audit_command(
     from ..audit.audit import audit_cache
     from ..audit.audit import fix_splits as fix
     from ..audit.output import check_report_folder, write_audit_report
+    from ..store.manifest import is_manifest
 
     options = AuditOptions(progress=False if quiet else None, **chosen)
+    if fix_splits and is_manifest(cache):
+        raise InvalidOptionError(
+            f"--fix-splits rewrites one cache file and {cache} is a manifest; audit each "
+            "cache it names with --fix-splits"
+        )
     out = Path(output) if output else Path(cache).with_suffix(".audit")
     check_report_folder(out)  # refused before the audit runs, not after
     report = audit_cache(cache, options)

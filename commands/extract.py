@@ -1,4 +1,4 @@
-"""Extraction and inspection: ``extract``, ``inspect`` and ``backbones``."""
+"""Extraction and inspection: ``extract``, ``inspect``, ``manifest`` and ``backbones``."""
 
 from __future__ import annotations
 
@@ -118,8 +118,9 @@ def extract_command(
 def inspect_command(
     cache: str, verify: bool, verify_sample: int | None, as_json: bool, quiet: bool
 ) -> None:
-    """Rows, dimension, classes per split, bad files and settings of a CACHE file; with
-    --verify, whether the files behind its rows still hold what was embedded."""
+    """Rows, dimension, classes per split, bad files and settings of a CACHE file (of a
+    manifest: the whole dataset, then its caches); with --verify, whether the files behind
+    its rows still hold what was embedded."""
     from ..store import cache_info
 
     if verify_sample is not None and not verify:
@@ -134,6 +135,32 @@ def inspect_command(
     click.echo(render_json(result.to_dict()) if as_json else render_verify(result))
     if not result.ok:
         sys.exit(1)
+
+
+@click.command("manifest", context_settings=CONTEXT)
+@click.argument("output", type=click.Path())
+@click.argument("caches", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--joint",
+    is_flag=True,
+    help="The caches hold the same images under other backbones: join their features by "
+    "content hash (as train-head A.h5 B.h5 does) instead of concatenating their rows.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@json_option("Print the dataset as inspect --json does.")
+@handle_errors
+def manifest_command(
+    output: str, caches: tuple[str, ...], joint: bool, overwrite: bool, as_json: bool
+) -> None:
+    """Write OUTPUT, a manifest naming CACHES as one dataset: shards of one dataset (rows
+    concatenated; they must agree on settings and hold no row twice), or with --joint the
+    same images under several backbones. search, audit, train-head, compare, predict,
+    plot, export-features, inspect and the Search RPC take the manifest as a cache."""
+    from ..store.opening import cache_info, create_manifest
+
+    created = create_manifest(output, caches, "joint" if joint else "shards", overwrite)
+    info = cache_info(created.path)
+    click.echo(render_json(info) if as_json else render_cache_info(info))
 
 
 @click.command("backbones", context_settings=CONTEXT)

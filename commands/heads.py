@@ -169,17 +169,19 @@ def predict_command(
     """Classify IMAGES (files, folders or globs) with MODEL; write predictions.csv.
 
     MODEL is a model.keras from `export` or `fine-tune`, or a head run of any kind (its
-    backbone is rebuilt from the head's cache settings). `predict RUN CACHE.h5` applies
-    a head run to the features of another cache instead. Heads without probabilities
-    (linear-svm, ridge) write a `score` column: the softmax of their decision scores. An
-    existing output file is refused unless --overwrite.
+    backbone is rebuilt from the head's cache settings). `predict RUN CACHE.h5` (or a
+    manifest of caches) applies a head run to the features of another cache instead.
+    Heads without probabilities (linear-svm, ridge) write a `score` column: the softmax of
+    their decision scores. An existing output file is refused unless --overwrite.
     """
     from pathlib import Path
 
     from ..heads.train import trusted_pickles
+    from ..store.manifest import is_manifest
 
     PredictOptions(top_k=top_k, batch_size=batch_size)  # checked before any model loads
-    if len(images) == 1 and images[0].endswith(".h5") and Path(images[0]).is_file():
+    one = images[0] if len(images) == 1 and Path(images[0]).is_file() else ""
+    if one.endswith(".h5") or (one and is_manifest(one)):
         from ..heads.predict import predict_cache
 
         with trusted_pickles(trust_pickle):

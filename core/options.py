@@ -184,6 +184,22 @@ def _check_split(value: Any, name: str) -> tuple[float, float, float]:
     return parse_split(value, name)
 
 
+def parse_shard(value: Any, name: str = "shard") -> tuple[int, int]:
+    """``"I/N"`` as ``(I, N)``: shard I (0 to N - 1) of N."""
+    text = str(value).strip()
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit()):
+        raise invalid(name, value, "expected I/N, shard I of N counted from 0 (0/4 to 3/4)")
+    i, n = int(index), int(count)
+    if not 0 <= i < n:
+        raise invalid(
+            name,
+            value,
+            f"expected I from 0 to N - 1 (0/{max(n, 1)} to {max(n, 1) - 1}/{max(n, 1)})",
+        )
+    return i, n
+
+
 def _check_address(value: str, name: str) -> None:
     check_address(value, name.replace("address", "ray_address"))
 
@@ -432,6 +448,18 @@ class ExtractOptions(BackboneConfig):
     )
     """Seeds the augmentations (with each image's SHA-256 and the view index). None: as the
     existing cache when it has these views, else :data:`DEFAULT_SEED`."""
+    shard: str | None = option(
+        None,
+        kind=str,
+        metavar="I/N",
+        parse=parse_shard,
+        help="Embed only shard I of N: the files whose path hashes to I (SHA-256 of the path "
+        "under DATA, mod N). N runs with I = 0 .. N-1, on one machine or several, split one "
+        "folder without talking to each other; featcache manifest names their N caches as "
+        "one dataset.",
+    )
+    """``"I/N"``: only the items whose dataset path hashes to ``I`` mod ``N``
+    (:func:`featcache.extractor.sources.take_shard`); None: every item."""
     ratios: tuple[float, float, float] = field(init=False)
     view_count: int = field(init=False)
     """``views`` for this run (1 while not given; see :meth:`with_cache_views`)."""
@@ -520,5 +548,6 @@ _RUN_CHECKED = (
     "workers",
     "max_pixels",
     "checkpoint_seconds",
+    "shard",
 )
 """The run options :class:`ExtractOptions` checks besides the backbone's and the views'."""

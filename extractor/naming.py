@@ -20,6 +20,7 @@ setting               part                   example
 ``precision``         ``bf16``, ``fp16``
 ``dtype``             ``f16``
 ``split``             ``split<percent>``     ``split80_10_10``
+``shard``             ``shard<I>of<N>``      ``shard0of4``
 ====================  =====================  ==========================================
 
 The backbone part is the registry name, a saved model's file stem, or the last part of a
@@ -54,6 +55,7 @@ from ..core.options import (
     DEFAULT_SPLIT,
     BackboneConfig,
     parse_image_size,
+    parse_shard,
     parse_split,
 )
 from ..core.settings import CacheSettings, FeatureSettings
@@ -107,6 +109,10 @@ def cache_name(
     ratios = parse_split(split)
     if ratios != parse_split(DEFAULT_SPLIT):
         parts.append("split" + "_".join(f"{round(100 * r, 1):g}" for r in ratios if r))
+    shard = getattr(config, "shard", None)
+    if shard:
+        index, count = parse_shard(shard)
+        parts.append(f"shard{index}of{count}")
     return "-".join(part for part in parts if part)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.locking import PathLock, lock_path
-from ..core.options import DEFAULT_DECODE, DEFAULT_SEED, ExtractOptions
+from ..core.options import DEFAULT_DECODE, DEFAULT_SEED, ExtractOptions, parse_shard
 from ..core.settings import CacheSettings, FeatureSettings
 from ..core.splits import DEFAULT_SPLIT_METHOD, SplitAssigner
 from ..errors import CacheError, CacheLockedError, InvalidOptionError
@@ -22,7 +22,7 @@ from ..store.format import OVERWRITE_HINT, with_hint
 from ..store.writer import cached_settings
 from .engines import Engine
 from .recorder import ExtractProgress, Recorder
-from .sources import Dataset, scan_dataset
+from .sources import Dataset, scan_dataset, take_shard
 
 
 @dataclass
@@ -77,6 +77,7 @@ def run_extraction(
     started = time.monotonic() if started is None else started
     # bad input fails before any file
     dataset = scan_dataset(data, options.labels, confine, options.max_pixels)
+    dataset = take_shard(dataset, parse_shard(options.shard) if options.shard else None)
     if output.is_dir():
         raise InvalidOptionError(f"output {str(output)!r}: is a folder, not a cache file", "output")
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import errno
 import hashlib
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -416,3 +416,21 @@ def open_source(root: str | os.PathLike[str]) -> Dataset:
     if path.is_dir():
         return Dataset(path, "classes", [], [])
     raise DatasetError(f"the cache's dataset {path} is missing")
+
+
+def shard_of(path: str, count: int) -> int:
+    """The shard (0 to ``count - 1``) of a dataset path: the first 8 bytes of the SHA-256
+    of its UTF-8 form, mod ``count``; the same on every machine and every run."""
+    digest = hashlib.sha256(path.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % count
+
+
+def take_shard(dataset: Dataset, shard: tuple[int, int] | None) -> Dataset:
+    """``dataset`` with only the items of shard ``(index, count)`` (:func:`shard_of`); the
+    class names stay the whole dataset's, so every shard's cache has the same."""
+    if shard is None:
+        return dataset
+    index, count = shard
+    items = [item for item in dataset.items if shard_of(item.path, count) == index]
+    unusable = {p: r for p, r in dataset.unusable.items() if shard_of(p, count) == index}
+    return replace(dataset, items=items, unusable=unusable)

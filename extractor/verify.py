@@ -13,7 +13,7 @@ import numpy as np
 
 from ..core.progress import progress_bar
 from ..core.schema import invalid
-from ..store import CacheReader
+from ..store import open_cache
 from .decode import unreadable_reason
 from .sources import item_from_path, open_source
 
@@ -51,7 +51,7 @@ def verify_cache(
     A changed row is fixed by ``extract --rehash`` on the same data (it re-reads every file
     and re-embeds those whose bytes changed)."""
     started = time.monotonic()
-    reader = CacheReader(cache)
+    reader = open_cache(cache)
     if sample is not None and (isinstance(sample, bool) or sample < 1):
         raise invalid("sample", sample, "must be at least 1")
     rows = np.arange(len(reader))

@@ -13,7 +13,8 @@ import numpy as np
 from ..core.splits import SPLIT_NAMES
 from ..errors import DatasetError
 from ..store import CacheReader, CacheSettings
-from ..store.joint import CacheArg, Caches, JointCache, cache_paths, open_caches
+from ..store.joint import CacheArg, Caches, JointCache, cache_paths
+from ..store.opening import open_caches
 from .options import DEFAULT_MEMORY_FRACTION, DEFAULT_SEED, DEFAULT_VAL_FRACTION, check_options
 
 __all__ = [
@@ -135,7 +136,7 @@ def load_splits(
         raise DatasetError(
             f"{path}: only one class ({class_names[present[0]]!r}); need two or more"
         )
-    notes: list[str] = list(reader.notes) if isinstance(reader, JointCache) else []
+    notes: list[str] = list(getattr(reader, "notes", []))
     if len(labels) > labelled.sum():
         notes.append(f"{int((~labelled).sum())} unlabelled rows ignored")
     rows = {name: reader.rows_of(name, labelled=True) for name in SPLIT_NAMES}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..core.files import check_new_output, written_file
 from ..core.ranking import top_k as rank
-from ..store import CacheReader
+from ..store import CacheReader, open_cache
 from .options import DEFAULT_FEATURE_BATCH_SIZE, DEFAULT_TOP_K, SCORE_HEADS, check_options
 from .train import TrainedHead, load_head
 
@@ -51,7 +51,7 @@ def predict_cache(
         Path(output) if output is not None else Path(run) / "predictions.csv", overwrite
     )
     head = load_head(run)
-    reader = CacheReader(cache)
+    reader = open_cache(cache)
     check_cache_suits(head, reader)
     names = head.class_names
     columns = [names[c] for c in head.classes]

@@ -377,7 +377,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
 
     def _search(self, request: Any, context: grpc.ServicerContext) -> Any:
         """``featcache search`` over a cache under the cache root (the same index file)."""
-        from ..store.reader import read_fresh
+        from ..store.opening import read_fresh
         from ..store.search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K
 
         path = confine(self.roots.cache, request.cache, "cache")
@@ -389,7 +389,14 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         kind = request.WhichOneof("query")
         if kind is None:
             raise InvalidOptionError("search needs a row or an image", "row")
-        return read_fresh(path, lambda reader: self._search_in(reader, request, k, context))
+        return read_fresh(
+            path, lambda reader: self._search_in(reader, request, k, context), allowed=self._in_root
+        )
+
+    def _in_root(self, path: Path) -> None:
+        """A cache a manifest names must lie under the cache root too."""
+        if not (self.roots.cache and is_within(path, self.roots.cache)):
+            raise AccessDenied("a cache the manifest names is not under the cache root")
 
     def _search_in(self, reader: Any, request: Any, k: int, context: grpc.ServicerContext) -> Any:
         """:meth:`_search` over one opened state of the cache."""
@@ -444,8 +451,10 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
     def _cache_query(self, reader: Any, content: Any, context: grpc.ServicerContext) -> Any:
         """One image's normalised features from the pool's model for the cache's settings,
         built only as a request's settings may be (:meth:`_cache_config`)."""
+        from ..store.joint import one_backbone
         from ..store.search_index import normalize
 
+        one_backbone(reader, "a search by image")
         recorded = reader.settings
         config = self._cache_config(recorded.config())
         what = "the cache's backbone differs on this server; its features would not match"

@@ -5,7 +5,8 @@ Nothing outside this package opens HDF5 files.
 
 from ..core.settings import CacheSettings
 from .format import FORMAT, FORMAT_VERSION
-from .reader import CacheData, CacheReader, cache_info, read_cache
+from .opening import cache_info, open_cache, read_cache
+from .reader import CacheData, CacheReader
 from .writer import CacheWriter
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "CacheSettings",
     "CacheWriter",
     "cache_info",
+    "open_cache",
     "read_cache",
 ]

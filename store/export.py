@@ -40,6 +40,7 @@ from ..core.splits import SPLIT_NAMES
 from ..errors import CacheError, FeatcacheError, InvalidOptionError
 from . import CacheReader
 from .format import first_line, fsync_dir
+from .opening import open_cache
 
 EXPORT_FEATURE_FORMATS = ("parquet", "npy", "lance")
 EXPORT_DTYPES = ("float32", "float16")
@@ -117,7 +118,7 @@ def export_features(
     normalize = format == "npy" if normalize is None else normalize
     absolute_paths = format == "npy" if absolute_paths is None else absolute_paths
     before = _identity(Path(cache))
-    reader = CacheReader(cache)
+    reader = open_cache(cache)
     out = Path(output) if output is not None else default_output(cache, format)
     _check_output(reader, out, format, overwrite)
     if reader.feature_dim == 0:

@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from ..errors import CacheError, FeatcacheError
+from .manifest import is_manifest
 
 FORMAT = "featcache"
 FORMAT_VERSION = 3
@@ -248,6 +249,11 @@ def open_h5(path: str | os.PathLike[str]) -> h5py.File:
     path = Path(path)
     if not path.is_file():
         raise CacheError(f"{path}: no such cache file")
+    if is_manifest(path):
+        raise CacheError(
+            f"{path}: a manifest of several caches, not one cache file; this needs one of "
+            "the caches it names"
+        )
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:

@@ -1,10 +1,12 @@
 """Several caches of the same images read as one: :class:`JointCache` is a
 :class:`~.reader.CacheReader` whose rows are the images every cache holds and whose features
-are the caches' side by side; :func:`open_caches` opens one cache or several alike."""
+are the caches' side by side (:func:`~.opening.open_caches` opens one cache or several
+alike)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -41,13 +43,18 @@ class JointCache(CacheReader):
     content) are paired in path order.
     """
 
-    def __init__(self, paths: Sequence[CacheArg]) -> None:
+    def __init__(
+        self, caches: Sequence[CacheArg | CacheReader], path: CacheArg | None = None
+    ) -> None:
+        """``caches``: paths or opened readers (a :class:`~.sharded.ShardedCache` too);
+        ``path``: the manifest naming them, else ``FIRST_FOLDER/a+b``."""
         # no CacheReader.__init__: there is no one file; the attributes are set here
-        self.readers = [CacheReader(p) for p in paths]
+        self.readers = [c if isinstance(c, CacheReader) else CacheReader(c) for c in caches]
         if len(self.readers) < 2:
             raise ValueError("JointCache needs two caches or more")
         first = self.readers[0]
-        self.path = first.path.parent / "+".join(r.path.stem for r in self.readers)
+        joined = first.path.parent / "+".join(r.path.stem for r in self.readers)
+        self.path = joined if path is None else Path(path)
         self.notes: list[str] = []
         keyed = [_content_keys(r) for r in self.readers]
         shared = set(keyed[0])
@@ -97,6 +104,7 @@ class JointCache(CacheReader):
         self.split: np.ndarray = first.split[rows[0]]
         self.paths: list[str] = [first.paths[i] for i in rows[0].tolist()]
         self.sha256: list[str] = [first.sha256[i] for i in rows[0].tolist()]
+        self.bad: list[tuple[str, str]] = first.bad
 
     def __len__(self) -> int:
         return self.rows.shape[1]
@@ -106,6 +114,14 @@ class JointCache(CacheReader):
         """SHA-256 over the caches' fingerprints, in order."""
         joined = "+".join(r.fingerprint for r in self.readers)
         return hashlib.sha256(joined.encode()).hexdigest()
+
+    @property
+    def identity(self) -> tuple[int, int, int, int]:  # type: ignore[override]
+        """``(0, digest, total bytes, digest)``, the digest over every cache's identity:
+        anything built from this state (a search index) is rebuilt when one changes."""
+        text = json.dumps([[str(r.path), *r.identity] for r in self.readers])
+        digest = int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+        return (0, digest, sum(r.identity[2] for r in self.readers), digest)
 
     @property
     def views(self) -> int:
@@ -155,9 +171,10 @@ def _content_keys(reader: CacheReader) -> dict[tuple[str, int], int]:
     return keys
 
 
-def open_caches(caches: Caches) -> CacheReader:
-    """A :class:`CacheReader` for one cache, a :class:`JointCache` for several."""
-    paths = cache_paths(caches)
-    if len(paths) == 1:
-        return CacheReader(paths[0])
-    return JointCache(paths)
+def one_backbone(reader: CacheReader, what: str) -> None:
+    """Refuse ``what`` (an image query) on joined caches: no one backbone embeds for them."""
+    if isinstance(reader, JointCache):
+        raise DatasetError(
+            f"{reader.path}: {what} needs one backbone; these caches join "
+            f"{len(reader.readers)} (search them by row, or search one of them)"
+        )

@@ -1,18 +1,18 @@
 """Reading a cache: settings, labels, splits and paths up front; features on demand.
 
-:class:`CacheReader` is the one way featcache reads a cache (train-head, compare, predict,
-fine-tune, inspect); it never holds the file open between calls, so a writer can replace
-the file at any time.
+:class:`CacheReader` is the one way featcache reads a cache file; it never holds the file
+open between calls, so a writer can replace the file at any time. What a user names as a
+cache (a file or a manifest of several) is opened by :func:`~.opening.open_cache`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import h5py
 import numpy as np
@@ -31,27 +31,11 @@ from .format import (
     strings,
 )
 
-T = TypeVar("T")
-
 
 def _identity(handle: h5py.File) -> tuple[int, int, int, int]:
     """``(device, inode, size, mtime_ns)`` of an open HDF5 file, from its descriptor."""
     info = os.fstat(handle.id.get_vfd_handle())
     return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
-
-
-def read_fresh(
-    path: str | os.PathLike[str], use: Callable[[CacheReader], T], attempts: int = 3
-) -> T:
-    """``use(CacheReader(path))``, opened again when a run rewrote the cache meanwhile
-    (:class:`~featcache.errors.CacheChangedError`), up to ``attempts`` times."""
-    for attempt in range(attempts):
-        try:
-            return use(CacheReader(path))
-        except CacheChangedError:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 class CacheReader:
@@ -245,27 +229,3 @@ class CacheData:
     @property
     def test_mask(self) -> np.ndarray:
         return self.mask("test")
-
-
-def read_cache(path: str | os.PathLike[str], features: bool = True) -> CacheData:
-    """Load a whole cache into memory: features (unless ``features=False``), labels, paths,
-    splits. :class:`CacheReader` reads only what is asked for."""
-    reader = CacheReader(path)
-    with open_h5(reader.path) as handle, guarded(reader.path):
-        stored = handle["features"][:] if features else np.empty((0, reader.feature_dim))
-    return CacheData(
-        features=stored,
-        labels=reader.labels.astype(np.int32),
-        paths=reader.paths,
-        sha256=reader.sha256,
-        split=reader.split,
-        class_names=reader.class_names,
-        settings=reader.settings,
-        attrs=reader.attrs,
-        bad=reader.bad,
-    )
-
-
-def cache_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What ``featcache inspect`` shows: rows, classes per split, bad files, settings."""
-    return CacheReader(path).info()
