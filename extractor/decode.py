@@ -163,7 +163,9 @@ def check_png_data(data: bytes) -> None:
         elif kind == b"IEND":
             break
     if header and 0 <= have < expected:
-        raise BadImageError(f"truncated image: its PNG data ends after {have} of {expected} bytes")
+        raise BadImageError(
+            f"corrupt or truncated image: its PNG data ends after {have} of {expected} bytes"
+        )
 
 
 def _png_data_size(

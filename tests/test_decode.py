@@ -86,7 +86,7 @@ def test_gif_takes_the_first_frame():
         (b"", "empty file"),
         (b"hello, I am text pretending to be a JPEG", "not an image"),
         (_encode(RGB, "JPEG")[:300], "corrupt or truncated"),
-        (_encode(RGB, "PNG")[:200], "truncated image: its PNG data ends after"),
+        (_encode(RGB, "PNG")[:200], "corrupt or truncated image: its PNG data ends after"),
         (png_claiming(50_000, 50_000), "decompression bomb"),
     ],
     ids=["empty", "text", "truncated-jpeg", "truncated-png", "bomb"],

@@ -165,9 +165,10 @@ def test_journey_extract_train_predict_through_one_decode_path(decode, tmp_path)
             assert got[name] == pytest.approx(float(row[column]), abs=1e-4)
     from featcache.heads.images import load_classifier
 
-    classifier, _ = load_classifier(run)
+    classifier = load_classifier(run)
+    assert classifier.decode == decode
     whole = [decode_and_resize((data / p).read_bytes(), (32, 32), "stretch") for p in cached.paths]
-    plain = np.asarray(classifier(np.stack(whole)))  # the exact path, whatever the cache's
+    plain = np.asarray(classifier.predict(np.stack(whole)))  # the exact path, whatever the cache's
     assert np.allclose(plain, expected, atol=1e-4) == (decode == "exact")
     other = "exact" if decode != "exact" else "fast"
     with pytest.raises(SettingsMismatchError, match=f"decode '{decode}' \\(cache\\) vs '{other}'"):
