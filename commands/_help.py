@@ -229,6 +229,7 @@ LAYOUTS: dict[str, Layout] = {
             ),
         ),
         ("Data", ("--augment", "--image-size", "--balance")),
+        ("Selection and time", ("--allow-trade", "--time-budget")),
         (LAST_SECTION, ()),
         summary="Fine-tune the backbone under a trained dense head.",
         examples=(
@@ -240,6 +241,10 @@ LAYOUTS: dict[str, Layout] = {
                 "Textures or micrographs (no up), class weights:",
                 "featcache fine-tune cache/mobilenet.h5 --head runs/dense/ "
                 "--augment flip,vflip,rotate90,contrast --balance auto",
+            ),
+            (
+                "At most 20 minutes, the epochs fitted to it:",
+                "featcache fine-tune cache/mobilenet.h5 --head runs/dense/ --time-budget 20m",
             ),
         ),
     ),

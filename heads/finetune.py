@@ -209,13 +209,19 @@ def _images(
     size: tuple[int, int],
     resize: tuple[str, str],
     shuffle_seed: int | None = None,
+    balanced: bool = False,
 ) -> Iterator[tuple[np.ndarray, int]]:
     """Decoded, resized float32 images of (usable) ``rows``, shuffled when a seed is given;
-    ``resize`` is the cache's (resize mode, decode mode). Never rounded: extraction and
+    ``resize`` is the cache's (resize mode, decode mode); ``balanced`` (with a seed): as many
+    rows drawn with replacement, every class equally likely. Never rounded: extraction and
     ``predict`` feed the resized pixels as they are (rounding them to uint8 moved pixels by up
     to 0.5 and flipped near-tie predictions, so the report disagreed with ``predict``)."""
     order = np.arange(len(rows.paths))
-    if shuffle_seed is not None:
+    if shuffle_seed is not None and balanced:
+        order = np.random.default_rng(shuffle_seed).choice(
+            len(order), len(order), p=balanced_draw(rows.columns)
+        )
+    elif shuffle_seed is not None:
         np.random.default_rng(shuffle_seed).shuffle(order)
     for i in order:
         path = rows.paths[i]
@@ -231,6 +237,16 @@ def _images(
         if pixels is None:
             raise DatasetError(f"{path} became unusable during fine-tuning: {reason}")
         yield np.asarray(pixels, np.float32), int(rows.columns[i])
+
+
+def balanced_draw(columns: np.ndarray) -> np.ndarray:
+    """Each row's chance in a class-balanced draw: ``1 / (classes * count of its class)``
+    (rows of classes the head never saw: none)."""
+    known = columns >= 0
+    counts = np.bincount(columns[known]) if known.any() else np.zeros(1, np.int64)
+    chance = np.zeros(len(columns), np.float64)
+    chance[known] = 1.0 / counts[columns[known]]
+    return chance / chance.sum()
 
 
 def _dataset(make: Any, rows: int, size: tuple[int, int], batch_size: int) -> Any:
@@ -265,6 +281,8 @@ def fine_tune(
     schedule: str | None = None,
     image_size: int | None = None,
     balance: str | None = None,
+    allow_trade: bool | None = None,
+    time_budget: str | float | None = None,
     warmup: float | None = None,
     lr_decay: float | None = None,
     progress: bool | None = None,
@@ -312,9 +330,12 @@ def fine_tune(
         schedule=schedule,
         image_size=image_size,
         balance=balance,
+        allow_trade=allow_trade,
+        time_budget=time_budget,
         warmup=warmup,
         lr_decay=lr_decay,
     ).resolved()
+    began = time.monotonic()  # a time budget counts from here: the model's load included
     auto = chosen.schedule == "auto"
     cache = Path(cache)
     head_report_path = Path(head) / "report.json"
@@ -376,7 +397,9 @@ def fine_tune(
     precision = "float32"
     started = time.monotonic()
     if auto:
-        from .finetune_phases import train_auto
+        from .finetune_phases import resolve_balance, train_auto
+
+        balancing = resolve_balance(train_rows.columns, len(trained.classes), chosen.balance)
 
         every = len(unfreeze_layers(built.backbone, "all"))
         allowed = unfreeze_units(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
@@ -384,7 +407,9 @@ def fine_tune(
         units = backbone_units(built.backbone)
         outcome = train_auto(
             built, chosen, units, allowed, every, train_rows.columns, len(trained.classes),
-            train=_train_dataset(train_rows, source, size, resize, chosen),
+            train=_train_dataset(
+                train_rows, source, size, resize, chosen, balancing == "sample"
+            ),
             val=_dataset(
                 lambda: _images(known_val, source, size, resize),
                 len(known_val.paths), size, batch_size,
@@ -394,6 +419,8 @@ def fine_tune(
             head_model=lambda: build(head).model,
             verbose=verbose,
             progress=progress,
+            deadline=None if chosen.time_budget is None else began + float(chosen.time_budget),
+            evaluate_share=(len(val_rows.paths) + len(test_rows.paths)) / len(known_val.paths),
         )  # fmt: skip
         history, extra = outcome.history, outcome.report
         extra["kept_layers"] = [unit.name for unit in allowed[len(allowed) - outcome.deepest :]]
@@ -581,8 +608,10 @@ def _train_dataset(
     size: tuple[int, int],
     resize: tuple[str, str],
     chosen: FineTuneOptions,
+    balanced: bool = False,
 ) -> Any:
-    """Shuffled (a new order each epoch), augmented (heads/augment.py) training batches."""
+    """Shuffled (a new order each epoch; ``balanced``: a class-balanced draw), augmented
+    (heads/augment.py) training batches."""
     import tensorflow as tf
 
     from .augment import augment_function
@@ -592,7 +621,7 @@ def _train_dataset(
     def keyed() -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
         epoch = next(counter)
         for row, (pixels, column) in enumerate(
-            _images(rows, source, size, resize, chosen.seed + epoch)
+            _images(rows, source, size, resize, chosen.seed + epoch, balanced)
         ):
             yield pixels, column, np.array([epoch, row], np.int64)
 

@@ -4,6 +4,7 @@ are what ``predict`` gives on the same files with ``model.keras``."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 
 import numpy as np
@@ -97,3 +98,45 @@ def test_fine_tune_feeds_the_pixels_predict_feeds(tmp_path):
         assert pixels.dtype == np.float32
         np.testing.assert_array_equal(pixels, expected)
     assert any(not np.array_equal(p, np.round(p)) for p in fed)  # the case that mattered
+
+
+def _imbalanced(root):
+    """The colour classes at 12 / 5 / 3 images (60 / 25 / 15 %)."""
+    _folder(root, per_class=12)
+    for k, keep in ((1, 5), (2, 3)):
+        for i in range(keep, 12):
+            (root / f"c{k}" / f"{i}.png").unlink()
+    return root
+
+
+def test_imbalanced_train_is_balanced_by_sampling_steadily_and_within_a_time_budget(tmp_path):
+    from featcache import extract
+    from featcache.heads.finetune import fine_tune
+    from featcache.heads.train import train_head
+
+    data = _imbalanced(tmp_path / "data")
+    cache = tmp_path / "c.h5"
+    extract(data, output=cache, backbone="vgg16", weights="none", image_size=32,
+            split="0.5,0.25,0.25", progress=False)  # fmt: skip
+    train_head(cache, head="dense", hidden=(8,), epochs=1, lr=1e-7, output=tmp_path / "head")
+    report = fine_tune(cache, tmp_path / "head", output=tmp_path / "ft", epochs=4, batch_size=4,
+                       lr=1e-3).report  # fmt: skip
+    assert report["balance"] == {"asked": "auto", "used": "sample"}
+    assert report["best"]["selected_by"] == "val_balanced_accuracy"
+    phases = report["phases"]
+    assert [p["name"] for p in phases][:2] == ["head-only", "head"]  # the head re-fit first
+    # steady: no epoch-to-epoch swing of val accuracy over a third of the val rows
+    seen = [v for p in phases[1:] for v in p["val_accuracy"]]
+    assert max(abs(a - b) for a, b in itertools.pairwise(seen)) <= 1 / 3
+    head_val = (phases[0]["val_accuracy"][0], phases[0]["val_balanced_accuracy"][0])
+    assert report["val"]["accuracy"] >= head_val[0] - 1e-6  # no trade: neither figure drops
+    assert report["val"]["balanced_accuracy"] >= head_val[1] - 1e-6
+    plan = report["plan"]
+    assert plan["estimated_seconds"] > 0 and plan["epochs_planned"] == 4
+    assert set(plan["step_seconds"]) == {p["name"] for p in phases[1:]}
+    # a budget nothing fits: no training, the head exported, said so
+    tight = fine_tune(cache, tmp_path / "head", output=tmp_path / "tight", epochs=4,
+                      batch_size=4, time_budget="0.01s").report  # fmt: skip
+    assert tight["exported"] == "head-only" and tight["epochs_run"] == 0
+    assert tight["plan"]["time_budget"] == 0.01
+    assert any("time budget" in n for n in tight["plan"]["notes"])
