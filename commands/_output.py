@@ -250,6 +250,7 @@ def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: A
     plan = report.get("plan")
     if plan:
         lines.append(f"  plan: {plan['summary']}")
+        lines += [f"  {note}" for note in plan.get("notes", [])]
     balance = report.get("balance")
     if balance:
         lines.append(f"  balance: {balance['used']} (asked {balance['asked']})")

@@ -659,14 +659,14 @@ def test_phases_train_only_the_top_layers_and_never_batchnorm():
 
 def _loss(model, labels, data, paths, split, resize, augment=None):
     """Mean cross-entropy of ``model`` on the images of a cache split, decoded and resized to
-    32 px as fine-tuning reads them, each passed through ``augment`` first when given."""
+    32 px as fine-tuning reads them (float32, not rounded), each passed through ``augment``
+    first when given."""
     import tensorflow as tf
 
     from featcache.extractor.decode import decode_and_resize
 
     pixels = [
-        np.round(decode_and_resize((data / paths[i]).read_bytes(), (32, 32), resize))
-        for i in split.rows
+        decode_and_resize((data / paths[i]).read_bytes(), (32, 32), resize) for i in split.rows
     ]
     images = tf.constant(np.stack(pixels).astype("float32"))
     if augment is not None:
