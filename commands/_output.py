@@ -290,7 +290,11 @@ def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: A
     lines.append(
         f"  {len(report.get('kept_layers', report['unfrozen_layers']))} layers trained, "
         f"{report['epochs_run']} epochs, {report['fit_seconds']:.0f} s"
-        + (f" (estimated {plan['estimated_seconds']:.0f} s)" if plan else "")
+        + (
+            f" (estimated {plan.get('estimated_fit_seconds', plan['estimated_seconds']):.0f} s)"
+            if plan
+            else ""
+        )
     )
     for minority in report.get("minority_classes", []):
         lines.append(

@@ -315,6 +315,7 @@ def train_auto(
     and its estimate are printed (on a terminal) and reported, and with a ``deadline``
     (``time.monotonic()``, from ``time_budget``) the epochs are cut to fit it;
     ``evaluate_share``: the final evaluation's images over val's."""
+    began = time.monotonic()
     model, size = built.model, built.image_size
     base_size = tuple(built.head.settings.image_size)
     head_precision = str(built.head.settings.precision or "float32")
@@ -348,6 +349,7 @@ def train_auto(
         steps, val_seconds, evaluate_share,
     )  # fmt: skip
     plan.budget = None if chosen.time_budget is None else float(chosen.time_budget)
+    plan.before_seconds = time.monotonic() - began
     if deadline is not None:
         plan = fit_to_budget(plan, deadline - time.monotonic(), lr, len(allowed), head_epochs)
     phases = plan.phases

@@ -42,6 +42,8 @@ class Plan:
     epochs_asked: int
     budget: float | None = None
     measure_seconds: float = 0.0
+    before_seconds: float = 0.0
+    """Seconds training had already taken when the plan was made (phase 0, the timing)."""
     notes: list[str] = field(default_factory=list)
 
     def phase_seconds(self, phase: Phase) -> float:
@@ -76,6 +78,9 @@ class Plan:
         return {
             "summary": self.summary(),
             "estimated_seconds": round(self.seconds, 1),
+            "estimated_fit_seconds": round(
+                self.before_seconds + self.seconds - self.evaluate_seconds, 1
+            ),
             "epochs_asked": self.epochs_asked,
             "epochs_planned": sum(p.epochs for p in self.phases),
             "phases": [
