@@ -249,6 +249,7 @@ LAYOUTS: dict[str, Layout] = {
             ),
         ),
         ("Data", ("--augment", "--image-size", "--balance")),
+        ("Selection and time", ("--allow-trade", "--time-budget")),
         (LAST_SECTION, ()),
         summary="Fine-tune the backbone under a trained dense head.",
         examples=(
@@ -257,9 +258,13 @@ LAYOUTS: dict[str, Layout] = {
                 "featcache fine-tune cache/mobilenet.h5 --head runs/dense/",
             ),
             (
-                "Textures or micrographs (no up), class weights:",
+                "Textures or micrographs (no up), class weights in the loss:",
                 "featcache fine-tune cache/mobilenet.h5 --head runs/dense/ "
-                "--augment flip,vflip,rotate90,contrast --balance auto",
+                "--augment flip,vflip,rotate90,contrast --balance weights",
+            ),
+            (
+                "At most 20 minutes, the epochs fitted to it:",
+                "featcache fine-tune cache/mobilenet.h5 --head runs/dense/ --time-budget 20m",
             ),
         ),
     ),

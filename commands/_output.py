@@ -267,30 +267,59 @@ def render_predictions(results: Sequence[Any], out: Path, listed: bool) -> str:
 
 
 def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: Any) -> str:
-    """``fine-tune``: the phases, the kept epoch, test accuracy against the head alone, the
-    minority classes' recall and the images skipped."""
+    """``fine-tune``: the plan, the phases (val accuracy and balanced accuracy per epoch), the
+    kept epoch, any trade against the head, test accuracy and balanced accuracy against the
+    head alone, the minority classes' recall and the images skipped."""
     lines = [f"{run_dir}: model.keras, report.json, history.csv/png, confusion.png"]
+    plan = report.get("plan")
+    if plan:
+        lines.append(f"  plan: {plan['summary']}")
+        lines += [f"  {note}" for note in plan.get("notes", [])]
+    balance = report.get("balance")
+    if balance:
+        lines.append(f"  balance: {balance['used']} (asked {balance['asked']})")
     for phase in report.get("phases", []):
         shown = " ".join(f"{v:.3f}" for v in phase["val_accuracy"]) or "-"
-        lines.append(f"  phase {phase['name']:<9} {phase['layers']:>3} layers  val {shown}")
+        balanced = " ".join(f"{v:.3f}" for v in phase.get("val_balanced_accuracy", []))
+        lines.append(
+            f"  phase {phase['name']:<9} {phase['layers']:>3} layers  val {shown}"
+            + (f"  (balanced {balanced})" if balanced else "")
+        )
     if "best" in report:
         best = report["best"]
+        balanced = best.get("val_balanced_accuracy")
         lines.append(
-            f"  kept: {best['phase']} epoch {best['epoch']}, val {best['val_accuracy']:.3f}; "
-            f"model.keras is the {report['exported']} model"
+            f"  kept: {best['phase']} epoch {best['epoch']} by {best['selected_by']}, val "
+            f"{best['val_accuracy']:.3f}"
+            + ("" if balanced is None else f" (balanced {balanced:.3f})")
+            + f"; model.keras is the {report['exported']} model"
+        )
+    trade = report.get("trade")
+    if trade:
+        lines.append(
+            f"  TRADE (allow_trade): against the head, val accuracy "
+            f"{trade['val_accuracy']:+.3f}, val balanced accuracy "
+            f"{trade['val_balanced_accuracy']:+.3f}"
         )
     if report.get("note"):
         lines.append(f"  {report['note']}")
-    head_test = report["head_only"]["test"]
+    head = report["head_only"]
     kept = "head-only (fallback)" if report.get("exported") == "head-only" else "fine-tuned"
     lines.append(
-        f"  test accuracy {_metric_accuracy(report['test'])} {kept} vs "
-        f"{'-' if head_test is None else format(head_test, '.3f')} head only; "
-        f"{len(report.get('kept_layers', report['unfrozen_layers']))} layers trained, "
-        f"{report['epochs_run']} epochs, "
-        f"{report['fit_seconds']:.0f} s"
+        f"  test accuracy {_metric_accuracy(report['test'])}, balanced "
+        f"{report['test']['balanced_accuracy']:.3f} ({kept}, model.keras as predict runs it) vs "
+        f"{_maybe(head['test'])}, balanced {_maybe(head.get('test_balanced_accuracy'))} "
+        "head only"
     )
-    lines.append(f"  test balanced accuracy {report['test']['balanced_accuracy']:.3f}")
+    lines.append(
+        f"  {len(report.get('kept_layers', report['unfrozen_layers']))} layers trained, "
+        f"{report['epochs_run']} epochs, {report['fit_seconds']:.0f} s"
+        + (
+            f" (estimated {plan.get('estimated_fit_seconds', plan['estimated_seconds']):.0f} s)"
+            if plan
+            else ""
+        )
+    )
     for minority in report.get("minority_classes", []):
         lines.append(
             f"  minority class {minority['class']} ({minority['train_rows']} train rows): "
@@ -304,6 +333,10 @@ def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: A
         )
     lines += [f"  skipped: {path}: {reason}" for path, reason in skipped[:10]]
     return "\n".join(lines)
+
+
+def _maybe(value: float | None) -> str:
+    return "-" if value is None else format(value, ".3f")
 
 
 # -- dataset tools ---------------------------------------------------------------------------

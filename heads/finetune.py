@@ -22,8 +22,10 @@ from ..extractor.decode import decode_and_resize, decode_or_reason
 from ..extractor.sources import Dataset, item_from_path, open_source
 from .data import CachedSplits, load_splits
 from .fit_progress import Tracker, keras_callbacks, tracking
+from .images import Classifier, load_classifier
 from .options import (
     AUGMENTATIONS,
+    DEFAULT_PREDICT_BATCH_SIZE,
     DEFAULT_SEED,
     DEFAULT_VAL_FRACTION,
     FINE_TUNE_UNFREEZE,
@@ -207,11 +209,19 @@ def _images(
     size: tuple[int, int],
     resize: tuple[str, str],
     shuffle_seed: int | None = None,
+    balanced: bool = False,
 ) -> Iterator[tuple[np.ndarray, int]]:
-    """Decoded, resized images of (usable) ``rows``, shuffled when a seed is given;
-    ``resize`` is the cache's (resize mode, decode mode)."""
+    """Decoded, resized float32 images of (usable) ``rows``, shuffled when a seed is given;
+    ``resize`` is the cache's (resize mode, decode mode); ``balanced`` (with a seed): as many
+    rows drawn with replacement, every class equally likely. Never rounded: extraction and
+    ``predict`` feed the resized pixels as they are (rounding them to uint8 moved pixels by up
+    to 0.5 and flipped near-tie predictions, so the report disagreed with ``predict``)."""
     order = np.arange(len(rows.paths))
-    if shuffle_seed is not None:
+    if shuffle_seed is not None and balanced:
+        order = np.random.default_rng(shuffle_seed).choice(
+            len(order), len(order), p=balanced_draw(rows.columns)
+        )
+    elif shuffle_seed is not None:
         np.random.default_rng(shuffle_seed).shuffle(order)
     for i in order:
         path = rows.paths[i]
@@ -226,7 +236,17 @@ def _images(
         )
         if pixels is None:
             raise DatasetError(f"{path} became unusable during fine-tuning: {reason}")
-        yield np.round(pixels).astype(np.uint8), int(rows.columns[i])
+        yield np.asarray(pixels, np.float32), int(rows.columns[i])
+
+
+def balanced_draw(columns: np.ndarray) -> np.ndarray:
+    """Each row's chance in a class-balanced draw: ``1 / (classes * count of its class)``
+    (rows of classes the head never saw: none)."""
+    known = columns >= 0
+    counts = np.bincount(columns[known]) if known.any() else np.zeros(1, np.int64)
+    chance = np.zeros(len(columns), np.float64)
+    chance[known] = 1.0 / counts[columns[known]]
+    return chance / chance.sum()
 
 
 def _dataset(make: Any, rows: int, size: tuple[int, int], batch_size: int) -> Any:
@@ -234,7 +254,7 @@ def _dataset(make: Any, rows: int, size: tuple[int, int], batch_size: int) -> An
     import tensorflow as tf
 
     spec = (
-        tf.TensorSpec((size[0], size[1], 3), tf.uint8),
+        tf.TensorSpec((size[0], size[1], 3), tf.float32),
         tf.TensorSpec((), tf.int64),
     )
     dataset = tf.data.Dataset.from_generator(make, output_signature=spec).batch(batch_size)
@@ -261,6 +281,8 @@ def fine_tune(
     schedule: str | None = None,
     image_size: int | None = None,
     balance: str | None = None,
+    allow_trade: bool | None = None,
+    time_budget: str | float | None = None,
     warmup: float | None = None,
     lr_decay: float | None = None,
     progress: bool | None = None,
@@ -308,9 +330,12 @@ def fine_tune(
         schedule=schedule,
         image_size=image_size,
         balance=balance,
+        allow_trade=allow_trade,
+        time_budget=time_budget,
         warmup=warmup,
         lr_decay=lr_decay,
     ).resolved()
+    began = time.monotonic()  # a time budget counts from here: the model's load included
     auto = chosen.schedule == "auto"
     cache = Path(cache)
     head_report_path = Path(head) / "report.json"
@@ -372,7 +397,9 @@ def fine_tune(
     precision = "float32"
     started = time.monotonic()
     if auto:
-        from .finetune_phases import train_auto
+        from .finetune_phases import resolve_balance, train_auto
+
+        balancing = resolve_balance(train_rows.columns, len(trained.classes), chosen.balance)
 
         every = len(unfreeze_layers(built.backbone, "all"))
         allowed = unfreeze_units(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
@@ -380,7 +407,9 @@ def fine_tune(
         units = backbone_units(built.backbone)
         outcome = train_auto(
             built, chosen, units, allowed, every, train_rows.columns, len(trained.classes),
-            train=_train_dataset(train_rows, source, size, resize, chosen),
+            train=_train_dataset(
+                train_rows, source, size, resize, chosen, balancing == "sample"
+            ),
             val=_dataset(
                 lambda: _images(known_val, source, size, resize),
                 len(known_val.paths), size, batch_size,
@@ -390,6 +419,8 @@ def fine_tune(
             head_model=lambda: build(head).model,
             verbose=verbose,
             progress=progress,
+            deadline=None if chosen.time_budget is None else began + float(chosen.time_budget),
+            evaluate_share=(len(val_rows.paths) + len(test_rows.paths)) / len(known_val.paths),
         )  # fmt: skip
         history, extra = outcome.history, outcome.report
         extra["kept_layers"] = [unit.name for unit in allowed[len(allowed) - outcome.deepest :]]
@@ -403,11 +434,19 @@ def fine_tune(
                 model, chosen, train_rows, known_val, source, size, resize, verbose
             )
     fit_seconds = time.monotonic() - started
+    run_dir = Path(output) if output is not None else new_run_dir(cache, "finetune")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for layer in augmentation:  # inference-only model: augmentation does nothing there anyway
+        layer.trainable = False
+    save(_uncompiled(model), run_dir / "model.keras")
+    del model
+    # val and test of the file written, loaded back and run as ``predict`` runs it
+    exported = load_classifier(run_dir / "model.keras")
     evaluated = {}
     for split_name, split_rows in (("val", val_rows), ("test", test_rows)):
-        evaluated[split_name] = _evaluate(
-            model, split_rows, source, size, resize, trained, batch_size,
-            _bar(progress, split_rows, f"fine-tune: evaluating on {split_name} images"),
+        evaluated[split_name] = _evaluate_export(
+            exported, split_rows, source, trained,
+            _bar(progress, split_rows, f"fine-tune: evaluating model.keras on {split_name} images"),
         )  # fmt: skip
     report: dict[str, Any] = {
         "kind": "fine-tune",
@@ -447,11 +486,6 @@ def fine_tune(
         ),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    run_dir = Path(output) if output is not None else new_run_dir(cache, "finetune")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for layer in augmentation:  # inference-only model: augmentation does nothing there anyway
-        layer.trainable = False
-    save(_uncompiled(model), run_dir / "model.keras")
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     write_history(history, run_dir)
     write_confusion(
@@ -574,8 +608,10 @@ def _train_dataset(
     size: tuple[int, int],
     resize: tuple[str, str],
     chosen: FineTuneOptions,
+    balanced: bool = False,
 ) -> Any:
-    """Shuffled (a new order each epoch), augmented (heads/augment.py) training batches."""
+    """Shuffled (a new order each epoch; ``balanced``: a class-balanced draw), augmented
+    (heads/augment.py) training batches."""
     import tensorflow as tf
 
     from .augment import augment_function
@@ -585,12 +621,12 @@ def _train_dataset(
     def keyed() -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
         epoch = next(counter)
         for row, (pixels, column) in enumerate(
-            _images(rows, source, size, resize, chosen.seed + epoch)
+            _images(rows, source, size, resize, chosen.seed + epoch, balanced)
         ):
             yield pixels, column, np.array([epoch, row], np.int64)
 
     spec = (
-        tf.TensorSpec((size[0], size[1], 3), tf.uint8),
+        tf.TensorSpec((size[0], size[1], 3), tf.float32),
         tf.TensorSpec((), tf.int64),
         tf.TensorSpec((2,), tf.int64),
     )
@@ -639,6 +675,41 @@ def _evaluate(
         for pixels, _ in _images(rows, source, size, resize):
             batch.append(pixels)
             if len(batch) >= batch_size:
+                flush()
+        flush()
+    finally:
+        if bar is not None:
+            bar.close()
+    return metrics(rows.labels, np.asarray(predicted, np.int64), trained.class_names)
+
+
+def _evaluate_export(
+    exported: Classifier, rows: _Rows, source: Dataset, trained: TrainedHead, bar: Any = None
+) -> dict[str, Any]:
+    """Metrics of the exported model over the usable rows of a split, computed as
+    ``predict`` computes them: the same decode and resize (:meth:`Classifier.prepare`), the
+    same batches of ``predict``'s default size, the same model file loaded back."""
+    if not rows.paths:
+        raise DatasetError("no images of this split are left to evaluate on")
+    column = [trained.class_names.index(name) for name in exported.names]
+    predicted: list[int] = []
+    batch: list[np.ndarray] = []
+
+    def flush() -> None:
+        if batch:
+            scores = exported.predict(np.stack(batch))
+            predicted.extend(column[int(j)] for j in np.argmax(scores, axis=1))
+            if bar is not None:
+                bar.update(len(batch))
+            batch.clear()
+
+    try:
+        for i, path in enumerate(rows.paths):
+            content, sha = source.read(item_from_path(path))
+            if sha != rows.sha256[i]:
+                raise DatasetError(f"{path} changed during fine-tuning")
+            batch.append(exported.prepare(content))
+            if len(batch) >= DEFAULT_PREDICT_BATCH_SIZE:
                 flush()
         flush()
     finally:

@@ -4,12 +4,16 @@ by val accuracy kept across every epoch of every phase (the untrained head inclu
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..core.progress import on_terminal
+from ..core.tf_quiet import TERMINAL_STDERR
+from .finetune_plan import Plan, deadline_callback, duration, fit_to_budget, measure
 from .fit_progress import Tracker, keras_callbacks, tracking
 from .options import BALANCE_RATIO, FineTuneOptions
 from .schedule import Phase, group_scales, layerwise_optimizer, plan_phases, warmup_cosine
@@ -52,12 +56,22 @@ class Best:
     """``head-only``: the head as it came (phase 0), else the phase's name."""
     epoch: int = 0
     score: float | None = None
-    """What the choice is made on: val accuracy, or val balanced accuracy with class weights
+    """What the choice is made on: val accuracy, or val balanced accuracy when balancing
     (None: ``val_accuracy``)."""
+    val_balanced_accuracy: float | None = None
+    floor: tuple[float, float] | None = None
+    """(val accuracy, val balanced accuracy) an epoch must reach to be kept (the head's;
+    None: any epoch better on ``score``, the trade allowed)."""
 
     def __post_init__(self) -> None:
         if self.score is None:
             self.score = self.val_accuracy
+
+    def eligible(self, accuracy: float, balanced: float) -> bool:
+        """Whether an epoch with these val figures may be kept (no silent trade)."""
+        if self.floor is None:
+            return True
+        return accuracy >= self.floor[0] - TIE and balanced >= self.floor[1] - TIE
 
 
 def _keep_best(model: Any, best: Best, run: PhaseRun, patience: int, select: str) -> Any:
@@ -71,12 +85,14 @@ def _keep_best(model: Any, best: Best, run: PhaseRun, patience: int, select: str
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             logs = logs or {}
             accuracy = float(logs.get("val_accuracy", float("nan")))
+            balanced = float(logs.get("val_balanced_accuracy", float("nan")))
             run.val_accuracy.append(accuracy)
-            run.val_balanced_accuracy.append(float(logs.get("val_balanced_accuracy", float("nan"))))
+            run.val_balanced_accuracy.append(balanced)
             value = float(logs.get(f"val_{select}", float("nan")))
-            if value > float(best.score or 0) + TIE:  # ties keep the earlier model
+            # ties keep the earlier model; below the head on either figure: never (no trade)
+            if value > float(best.score or 0) + TIE and best.eligible(accuracy, balanced):
                 best.score, best.weights = value, model.get_weights()
-                best.val_accuracy = accuracy
+                best.val_accuracy, best.val_balanced_accuracy = accuracy, balanced
                 best.phase, best.epoch = run.phase.name, epoch + 1
                 self.waited = 0
                 return
@@ -124,6 +140,9 @@ def run_phases(
     classes: int = 0,
     select: str = "accuracy",
     progress: bool | None = False,
+    plan: Plan | None = None,
+    deadline: float | None = None,
+    stopped: list[str] | None = None,
 ) -> tuple[list[PhaseRun], dict[str, list[float]]]:
     """Train ``phases`` in turn from the weights of ``best`` (each phase starts from the
     best so far); ``best`` ends holding the best weights of all. ``units``: the backbone's
@@ -133,14 +152,21 @@ def run_phases(
     concatenated Keras history. ``select``: ``accuracy`` or ``balanced_accuracy`` (of
     ``classes`` classes, also reported per epoch when ``classes`` is given), the val score the
     best weights are chosen on. ``progress`` (None: on a terminal): a bar per phase, named
-    (:func:`phase_title`), over its epochs' steps, with the epoch and val accuracy."""
+    (:func:`phase_title`), over its epochs' steps, with the epoch and val accuracy, and
+    (given the ``plan``) the estimated time the run has left. ``deadline``
+    (``time.monotonic()``): no epoch starts that would end after it; ``stopped`` collects
+    what was cut."""
     import keras
 
     scales_top_first = group_scales(every_unit, lr_decay)
     runs: list[PhaseRun] = []
     history: dict[str, list[float]] = {}
     loss = keras.losses.SparseCategoricalCrossentropy()
+    cut = stopped if stopped is not None else []
     for number, phase in enumerate(phases, 1):
+        if deadline is not None and time.monotonic() >= deadline:
+            cut.append(f"time budget: phases from {phase.name} on skipped")
+            break
         model.set_weights(best.weights)
         set_trainable(backbone, units, allowed, phase.units)
         scales: dict[int, float] = {}
@@ -158,19 +184,28 @@ def run_phases(
         )
         run = PhaseRun(phase)
         title = f"fine-tune phase {number}/{len(phases)} {phase_title(phase)}"
+        if plan is not None:
+            left = sum(plan.phase_seconds(p) for p in phases[number - 1 :])
+            title += f" (run: about {duration(left + plan.evaluate_seconds)} left)"
         with tracking(Tracker(title, progress, keras_drives=True)):
             fitted = model.fit(
                 train,
                 validation_data=val,
                 epochs=phase.epochs,
                 class_weight=class_weight,
-                callbacks=[_keep_best(model, best, run, patience, select), *keras_callbacks()],
+                callbacks=[
+                    _keep_best(model, best, run, patience, select),
+                    *deadline_callback(deadline, cut),
+                    *keras_callbacks(),
+                ],
                 verbose=verbose,
                 shuffle=False,  # the dataset shuffles itself, a new order each epoch
             )
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         runs.append(run)
+        if cut and deadline is not None and time.monotonic() >= deadline:
+            break
     model.set_weights(best.weights)
     return runs, history
 
@@ -228,16 +263,26 @@ class AutoOutcome:
     """Compute precision of ``model``: float32 when fine-tuned, the cache's for the head."""
 
 
+def resolve_balance(columns: np.ndarray, classes: int, balance: str) -> str:
+    """What ``balance`` means for these train columns: ``weights``, ``sample`` or ``none``
+    (``auto``: ``sample`` when the largest train class has :data:`BALANCE_RATIO` times the
+    rows of the smallest, else ``none``)."""
+    counts = np.bincount(columns[columns >= 0], minlength=classes)
+    present = counts[counts > 0]
+    if balance == "none" or not present.size:
+        return "none"
+    if balance == "auto":
+        return "sample" if present.max() >= BALANCE_RATIO * present.min() else "none"
+    return balance
+
+
 def class_weights(columns: np.ndarray, classes: int, balance: str) -> dict[int, float] | None:
-    """Balanced class weights (``n / (classes * count)``, scikit-learn's) for ``weights``, and
-    for ``auto`` when the largest train class has :data:`BALANCE_RATIO` times the rows of
-    the smallest; None otherwise."""
+    """Balanced class weights (``n / (classes * count)``, scikit-learn's) when ``balance``
+    resolves to ``weights`` (:func:`resolve_balance`); None otherwise."""
+    if resolve_balance(columns, classes, balance) != "weights":
+        return None
     counts = np.bincount(columns[columns >= 0], minlength=classes).astype(np.float64)
     present = counts > 0
-    if balance == "none" or not present.any():
-        return None
-    if balance == "auto" and counts[present].max() < BALANCE_RATIO * counts[present].min():
-        return None
     total, seen = counts.sum(), int(present.sum())
     return {i: float(total / (seen * counts[i])) if counts[i] else 1.0 for i in range(classes)}
 
@@ -257,12 +302,20 @@ def train_auto(
     head_model: Callable[[], Any],
     verbose: int = 0,
     progress: bool | None = False,
+    deadline: float | None = None,
+    evaluate_share: float = 2.0,
 ) -> AutoOutcome:
     """The auto schedule on ``built`` (an :class:`~featcache.heads.endtoend.EndToEnd`):
     phase 0 scores the head as ``export`` makes it on val (``head_val(model, size)``: its
     metrics), then the phases of :func:`plan_phases` train; the best val accuracy (val
-    balanced accuracy when classes are weighted) wins, and the head-only model
-    (``head_model()``) unless some epoch beat it."""
+    balanced accuracy when balancing) wins, and the head-only model (``head_model()``)
+    unless some epoch beat it without a drop on the other figure (``allow_trade``).
+
+    Before training, a few steps of each phase are timed (:mod:`.finetune_plan`): the plan
+    and its estimate are printed (on a terminal) and reported, and with a ``deadline``
+    (``time.monotonic()``, from ``time_budget``) the epochs are cut to fit it;
+    ``evaluate_share``: the final evaluation's images over val's."""
+    began = time.monotonic()
     model, size = built.model, built.image_size
     base_size = tuple(built.head.settings.image_size)
     head_precision = str(built.head.settings.precision or "float32")
@@ -270,26 +323,53 @@ def train_auto(
     # the same (same size, float32 cache); else the export model, dropped once scored
     same = size == base_size and head_precision == "float32"
     baseline = model if same else head_model()
+    scoring = time.monotonic()
     head_metrics = head_val(baseline, base_size)
+    val_seconds = time.monotonic() - scoring
     del baseline
     head_accuracy = float(head_metrics["accuracy"])
     head_balanced = float(head_metrics["balanced_accuracy"])
+    balancing = resolve_balance(train_columns, classes, chosen.balance)
     weights = class_weights(train_columns, classes, chosen.balance)
-    select = "accuracy" if weights is None else "balanced_accuracy"
-    head_score = head_accuracy if weights is None else head_balanced
-    best = Best(head_accuracy, model.get_weights(), score=head_score)
-    # at another size the head meets features it never saw: one epoch for it alone first
-    phases = plan_phases(
-        int(chosen.epochs or 1), float(chosen.lr or 0), len(allowed),
-        head_epochs=int(size != base_size),
+    select = "accuracy" if balancing == "none" else "balanced_accuracy"
+    head_score = head_accuracy if select == "accuracy" else head_balanced
+    floor = None if chosen.allow_trade else (head_accuracy, head_balanced)
+    best = Best(
+        head_accuracy, model.get_weights(), score=head_score,
+        val_balanced_accuracy=head_balanced, floor=floor,
     )  # fmt: skip
+    # at another size the head meets features it never saw, and a balanced loss or draw is
+    # not what it was trained under: one epoch for it alone first, before any layer thaws
+    head_epochs = int(size != base_size or balancing != "none")
+    epochs, lr = int(chosen.epochs or 1), float(chosen.lr or 0)
+    phases = plan_phases(epochs, lr, len(allowed), head_epochs=head_epochs)
     steps = int(train.cardinality())
+    plan = _plan(
+        model, built.backbone, units, allowed, phases, train, weights, chosen.optimizer,
+        steps, val_seconds, evaluate_share,
+    )  # fmt: skip
+    plan.budget = None if chosen.time_budget is None else float(chosen.time_budget)
+    plan.before_seconds = time.monotonic() - began
+    if deadline is not None:
+        plan = fit_to_budget(plan, deadline - time.monotonic(), lr, len(allowed), head_epochs)
+    phases = plan.phases
+    if on_terminal(progress):
+        TERMINAL_STDERR.write(
+            f"fine-tune plan: {plan.summary()}\nfine-tune balance: {balancing} (asked "
+            f"{chosen.balance}); keeping the best epoch by val {select.replace('_', ' ')}, "
+            + ("a drop on the other figure allowed\n" if chosen.allow_trade else
+               "never below the head on val accuracy or balanced accuracy\n")
+        )  # fmt: skip
+        TERMINAL_STDERR.flush()
+    stopped: list[str] = []
     runs, history = run_phases(
         model, built.backbone, units, allowed, every, phases, train, val, steps, best,
         optimizer=chosen.optimizer, warmup=chosen.warmup, lr_decay=chosen.lr_decay,
         class_weight=weights, patience=int(chosen.patience or 0), verbose=verbose,
-        classes=classes, select=select, progress=progress,
+        classes=classes, select=select, progress=progress, plan=plan, deadline=deadline,
+        stopped=stopped,
     )  # fmt: skip
+    plan.notes.extend(stopped)
     beat = best.phase != "head-only"
     won = next((r.phase for r in runs if r.phase.name == best.phase), None)
     report: dict[str, Any] = {
@@ -309,21 +389,85 @@ def train_auto(
             "phase": best.phase,
             "epoch": best.epoch,
             "val_accuracy": best.val_accuracy,
+            "val_balanced_accuracy": best.val_balanced_accuracy,
             "selected_by": f"val_{select}",
             "score": best.score,
+            "allow_trade": bool(chosen.allow_trade),
         },
         "exported": "fine-tuned" if beat else "head-only",
         "beat_head_on_val": beat,
+        "balance": {"asked": chosen.balance, "used": balancing},
         "class_weight": None if weights is None else {str(k): v for k, v in weights.items()},
+        "trade": trade(best, head_accuracy, head_balanced),
+        "plan": plan.record(),
     }
     if not beat:
+        seen = max(_all(runs, select), default=0.0)
+        why = f"({seen:.4f} at best vs {head_score:.4f})"
+        if floor is not None and seen > head_score + TIE:
+            why = (
+                f"without losing val accuracy or balanced accuracy against it (its best "
+                f"{seen:.4f} vs {head_score:.4f} came with a drop; allow_trade keeps such epochs)"
+            )
         report["note"] = (
-            f"fine-tuning did not beat the head on val {select.replace('_', ' ')} "
-            f"({max(_all(runs, select), default=0):.4f} at best vs {head_score:.4f}); "
+            f"fine-tuning did not beat the head on val {select.replace('_', ' ')} {why}; "
             "model.keras is the head-only model"
         )
         return AutoOutcome(head_model(), base_size, history, report, 0, head_precision)
     return AutoOutcome(model, size, history, report, won.units if won else 0)
+
+
+def _plan(
+    model: Any,
+    backbone: Any,
+    units: list[Any],
+    allowed: list[Any],
+    phases: list[Phase],
+    train: Any,
+    class_weight: dict[int, float] | None,
+    optimizer: str,
+    steps: int,
+    val_seconds: float,
+    evaluate_share: float,
+) -> Plan:
+    """The plan of ``phases`` with each phase's steps timed (at a learning rate of 0: no
+    weight moves; the weights are put back all the same)."""
+    import keras
+
+    kept = model.get_weights()
+    started = time.monotonic()
+
+    def ready(phase: Phase) -> None:
+        set_trainable(backbone, units, allowed, phase.units)
+        model.compile(
+            optimizer=layerwise_optimizer(optimizer, 0.0, {}),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+        )
+
+    timing = measure(model, phases, train, ready, class_weight) if phases else {}
+    model.set_weights(kept)
+    return Plan(
+        phases,
+        steps,
+        timing,
+        val_seconds,
+        val_seconds * evaluate_share,
+        sum(p.epochs for p in phases),
+        measure_seconds=time.monotonic() - started,
+    )
+
+
+def trade(best: Best, head_accuracy: float, head_balanced: float) -> dict[str, float] | None:
+    """The kept epoch's val figures against the head's when one of them dropped (only with
+    ``allow_trade``): ``{"val_accuracy": change, "val_balanced_accuracy": change}``."""
+    balanced = best.val_balanced_accuracy
+    if balanced is None:
+        return None
+    change = {
+        "val_accuracy": round(best.val_accuracy - head_accuracy, 6),
+        "val_balanced_accuracy": round(balanced - head_balanced, 6),
+    }
+    return change if min(change.values()) < -TIE else None
 
 
 def _all(runs: list[PhaseRun], select: str = "accuracy") -> list[float]:

@@ -86,6 +86,12 @@ class Classifier:
     """``probability``, or ``score`` for heads without probabilities (linear-svm, ridge:
     a softmax of their decision scores)."""
 
+    def prepare(self, content: bytes | np.ndarray) -> np.ndarray:
+        """A file's bytes (or an array image) as ``predict`` takes it: decoded and resized
+        to float32 0-255 pixels, never rounded (``predict`` and ``fine-tune``'s report both
+        go through here, so their figures cannot differ)."""
+        return decode_and_resize(content, self.size, self.resize, decode=self.decode)
+
 
 def load_classifier(model: str | os.PathLike[str]) -> Classifier:
     """A ``.keras`` file from ``export`` or ``fine-tune``, or a head run of any kind.
@@ -160,13 +166,10 @@ def predict_images(
     files = list_images(images)
     with Status(f"predict: loading {Path(model).name} (TensorFlow)…", progress):
         classifier = load_classifier(model)
-    names, size, mode = classifier.names, classifier.size, classifier.resize
-    decode = classifier.decode
+    names = classifier.names
 
     def prepare(path: Path) -> tuple[np.ndarray | None, str | None]:
-        return decode_or_reason(
-            lambda p: decode_and_resize(p.read_bytes(), size, mode, decode=decode), path
-        )
+        return decode_or_reason(lambda p: classifier.prepare(p.read_bytes()), path)
 
     bar = progress_bar(len(files), progress, "predict")  # its clock starts with the model in
     results: list[Prediction] = []

@@ -451,7 +451,9 @@ def test_auto_keeps_the_best_phase_and_reports_every_phase(coloured, tmp_path):
 
     _, _, cache, run = coloured
     before = {layer.name: layer.get_weights() for layer in build(run).backbone.layers}
-    result = fine_tune(cache, run, output=tmp_path / "ft", epochs=4, batch_size=4, lr=1e-3)
+    result = fine_tune(
+        cache, run, output=tmp_path / "ft", epochs=4, batch_size=4, lr=1e-3, balance="none"
+    )
     report = result.report
     assert report["schedule"] == "auto" and report["params"]["unfreeze"] == "all"
     assert report["params"]["balance"] == "none" and report["class_weight"] is None
@@ -537,10 +539,9 @@ def test_auto_weighs_imbalanced_classes_and_reports_the_minority(tmp_path):
     from featcache.heads.finetune_phases import class_weights
 
     columns = np.array([0] * 8 + [1] * 4 + [2] * 2)
-    weights = class_weights(columns, 3, "auto")
+    weights = class_weights(columns, 3, "weights")
     assert weights == pytest.approx({0: 14 / 24, 1: 14 / 12, 2: 14 / 6})
-    assert class_weights(np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2]), 3, "auto") is None  # 4/3
-    assert class_weights(np.array([0, 0, 0, 1, 1, 2, 2]), 3, "auto") is not None  # 1.5x
+    assert class_weights(columns, 3, "auto") is None  # auto balances by sampling
     assert class_weights(np.array([0, 1, 2]), 3, "weights") == {0: 1.0, 1: 1.0, 2: 1.0}
     assert class_weights(columns, 3, "none") is None
     data = _coloured_folder(tmp_path / "data")
@@ -551,7 +552,7 @@ def test_auto_weighs_imbalanced_classes_and_reports_the_minority(tmp_path):
     train_head(cache, head="dense", hidden=(8,), epochs=1, output=tmp_path / "head")
     report = fine_tune(
         cache, tmp_path / "head", output=tmp_path / "ft", epochs=1, batch_size=8, unfreeze=0,
-        balance="auto",
+        balance="weights",
     ).report  # fmt: skip
     assert report["class_weight"] is not None
     assert report["class_weight"]["2"] > report["class_weight"]["0"]
@@ -563,8 +564,12 @@ def test_auto_weighs_imbalanced_classes_and_reports_the_minority(tmp_path):
     # classes weighted: the best epoch is chosen on val balanced accuracy, reported per epoch
     best = report["best"]
     assert best["selected_by"] == "val_balanced_accuracy"
-    scores = [v for p in report["phases"] for v in p["val_balanced_accuracy"]]
-    assert len(scores) == 2 and best["score"] == pytest.approx(max(scores), abs=1e-6)
+    phases = report["phases"]
+    epochs = [e for p in phases for e in zip(p["val_accuracy"], p["val_balanced_accuracy"])]
+    head = epochs[0]  # no epoch below the head on either figure is kept (no trade)
+    kept = [b for a, b in epochs if a >= head[0] - 1e-6 and b >= head[1] - 1e-6]
+    assert len(epochs) == 2 and best["score"] == pytest.approx(max(kept), abs=1e-6)
+    assert report["trade"] is None and report["balance"] == {"asked": "weights", "used": "weights"}
     assert report["val"]["balanced_accuracy"] == pytest.approx(best["score"], abs=1e-6)
 
 
@@ -616,9 +621,9 @@ def test_cli_fine_tune_auto_json_and_one_line_errors(coloured, tmp_path):
     args[3] = str(head)
     result = CliRunner().invoke(main, [*args, "--epochs", "1", "--lr", "1e-12"])
     assert result.exit_code == 0, result.output
-    assert "phase head-only" in result.output and "test balanced accuracy" in result.output
-    assert "head-only (fallback) vs 0.000 head only" in result.output  # no "fine-tuned", no nan
-    assert "fine-tuned vs" not in result.output and "nan" not in result.output
+    assert "phase head-only" in result.output and "plan: " in result.output
+    assert "(head-only (fallback), model.keras as predict runs it) vs 0.000," in result.output
+    assert "fine-tuned," not in result.output and "nan" not in result.output
     for bad, flag in (
         (["--image-size", "0"], "--image-size"),
         (["--schedule", "fixed", "--augment", "rotate90"], "--augment"),
@@ -654,14 +659,14 @@ def test_phases_train_only_the_top_layers_and_never_batchnorm():
 
 def _loss(model, labels, data, paths, split, resize, augment=None):
     """Mean cross-entropy of ``model`` on the images of a cache split, decoded and resized to
-    32 px as fine-tuning reads them, each passed through ``augment`` first when given."""
+    32 px as fine-tuning reads them (float32, not rounded), each passed through ``augment``
+    first when given."""
     import tensorflow as tf
 
     from featcache.extractor.decode import decode_and_resize
 
     pixels = [
-        np.round(decode_and_resize((data / paths[i]).read_bytes(), (32, 32), resize))
-        for i in split.rows
+        decode_and_resize((data / paths[i]).read_bytes(), (32, 32), resize) for i in split.rows
     ]
     images = tf.constant(np.stack(pixels).astype("float32"))
     if augment is not None:

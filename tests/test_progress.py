@@ -254,12 +254,14 @@ def test_fine_tune_names_its_phases(tmp_path):
         "fine-tune: loading TensorFlow and the backbone…",
         "fine-tune: checking the images",
         "fine-tune phase 0 head-only: scoring the head on val images",
+        "fine-tune plan: top 1 epoch",  # the estimate, before any phase trains
         "fine-tune phase 1/2 top: unfreeze top",
         "fine-tune phase 2/2 deeper: unfreeze top",
-        "fine-tune: evaluating on test images",
+        "fine-tune: evaluating model.keras on test images",
     ]
     positions = [first(shown, step) for step in order]
     assert positions == sorted(positions), shown
     assert any(f.startswith("fine-tune phase 2/2") and "epoch 1/1" in f for f in shown)
+    assert any(f.startswith("fine-tune phase 1/2") and "left)" in f for f in shown)  # run ETA
     _, quiet = run([*tune, "-o", str(tmp_path / "ft-json"), "--json"], terminal=True)
     assert quiet == []

@@ -1,0 +1,142 @@
+"""fine-tune's report tells the truth about the model it exported: its val and test figures
+are what ``predict`` gives on the same files with ``model.keras``."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from featcache.cli import main
+from featcache.heads.report import metrics
+
+pytestmark = pytest.mark.slow
+
+
+def _folder(root, per_class=8):
+    """Three colour-coded classes of 37x35 images: resizing to 32 px gives pixels between
+    integers, where a rounding decode and ``predict``'s differ."""
+    rng = np.random.default_rng(3)
+    for k in range(3):
+        for i in range(per_class):
+            pixels = rng.integers(0, 90, (35, 37, 3))
+            pixels[..., k] += 150
+            (root / f"c{k}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / f"c{k}" / f"{i}.png")
+    return root
+
+
+def _run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _predicted_metrics(tmp_path, model, report, name):
+    """``predict`` on the val and test files (as the cache lists them) -> metrics of each."""
+    from featcache.store.reader import CacheReader
+
+    reader = CacheReader(report["cache"])
+    root = reader.settings.dataset_root
+    rows = {split: reader.rows_of(split, labelled=True) for split in ("val", "test")}
+    files = {split: [f"{root}/{reader.paths[i]}" for i in rows[split]] for split in rows}
+    listing = tmp_path / f"{name}.csv"
+    _run("predict", model, *files["val"], *files["test"], "-o", listing, "--quiet")
+    by_path = {r["path"]: r["class"] for r in csv.DictReader(open(listing))}
+    names = report["class_names"]
+    return {
+        split: metrics(
+            reader.labels[rows[split]],
+            np.array([names.index(by_path[f]) for f in files[split]]),
+            names,
+        )
+        for split in rows
+    }
+
+
+def test_journey_extract_train_fine_tune_predict_agree_with_the_report(tmp_path):
+    data = _folder(tmp_path / "data")
+    cache = tmp_path / "c.h5"
+    _run("extract", data, "-o", cache, "--backbone", "vgg16", "--weights", "none",
+         "--image-size", 32, "--split", "0.5,0.25,0.25", "--quiet")  # fmt: skip
+    _run("train-head", cache, "--head", "dense", "--hidden", "8", "--epochs", 1, "--lr", 1e-7,
+         "-o", tmp_path / "head")  # fmt: skip
+    for name, lr, exported in (("tuned", 1e-3, "fine-tuned"), ("fallback", 1e-12, "head-only")):
+        out = tmp_path / name
+        _run("fine-tune", cache, "--head", tmp_path / "head", "-o", out, "--epochs", 2,
+             "--batch-size", 4, "--lr", lr, "--json")  # fmt: skip
+        report = json.loads((out / "report.json").read_text())
+        assert report["exported"] == exported
+        predicted = _predicted_metrics(tmp_path, out / "model.keras", report, name)
+        for split, got in predicted.items():
+            assert got["confusion_matrix"] == report[split]["confusion_matrix"], (name, split)
+            assert got["accuracy"] == report[split]["accuracy"]
+        assert report["test_accuracy"] == report["test"]["accuracy"]
+
+
+def test_fine_tune_feeds_the_pixels_predict_feeds(tmp_path):
+    """The images fine-tune trains and scores on are ``predict``'s, bit for bit (they were
+    rounded to uint8: up to 0.5 off, enough to flip near ties)."""
+    from featcache.extractor.sources import item_from_path, open_source
+    from featcache.heads.finetune import _images, _Rows
+    from featcache.heads.images import Classifier
+
+    data = _folder(tmp_path / "data", per_class=2)
+    paths = sorted(str(p.relative_to(data)) for p in data.glob("c*/*.png"))
+    source = open_source(data)
+    sha = [source.read(item_from_path(p))[1] for p in paths]
+    rows = _Rows(paths, np.zeros(len(paths), np.int64), np.zeros(len(paths), np.int64), sha)
+    classifier = Classifier(lambda x: x, ["a"], (32, 32), "stretch", "exact")
+    fed = [pixels for pixels, _ in _images(rows, source, (32, 32), ("stretch", "exact"))]
+    for path, pixels in zip(paths, fed):
+        expected = classifier.prepare((data / path).read_bytes())
+        assert pixels.dtype == np.float32
+        np.testing.assert_array_equal(pixels, expected)
+    assert any(not np.array_equal(p, np.round(p)) for p in fed)  # the case that mattered
+
+
+def _imbalanced(root):
+    """The colour classes at 12 / 5 / 3 images (60 / 25 / 15 %)."""
+    _folder(root, per_class=12)
+    for k, keep in ((1, 5), (2, 3)):
+        for i in range(keep, 12):
+            (root / f"c{k}" / f"{i}.png").unlink()
+    return root
+
+
+def test_imbalanced_train_is_balanced_by_sampling_steadily_and_within_a_time_budget(tmp_path):
+    from featcache import extract
+    from featcache.heads.finetune import fine_tune
+    from featcache.heads.train import train_head
+
+    data = _imbalanced(tmp_path / "data")
+    cache = tmp_path / "c.h5"
+    extract(data, output=cache, backbone="vgg16", weights="none", image_size=32,
+            split="0.5,0.25,0.25", progress=False)  # fmt: skip
+    train_head(cache, head="dense", hidden=(8,), epochs=1, lr=1e-7, output=tmp_path / "head")
+    report = fine_tune(cache, tmp_path / "head", output=tmp_path / "ft", epochs=4, batch_size=4,
+                       lr=1e-3).report  # fmt: skip
+    assert report["balance"] == {"asked": "auto", "used": "sample"}
+    assert report["best"]["selected_by"] == "val_balanced_accuracy"
+    phases = report["phases"]
+    assert [p["name"] for p in phases][:2] == ["head-only", "head"]  # the head re-fit first
+    # steady: no epoch-to-epoch swing of val accuracy over a third of the val rows
+    seen = [v for p in phases[1:] for v in p["val_accuracy"]]
+    assert max(abs(a - b) for a, b in itertools.pairwise(seen)) <= 1 / 3
+    head_val = (phases[0]["val_accuracy"][0], phases[0]["val_balanced_accuracy"][0])
+    assert report["val"]["accuracy"] >= head_val[0] - 1e-6  # no trade: neither figure drops
+    assert report["val"]["balanced_accuracy"] >= head_val[1] - 1e-6
+    plan = report["plan"]
+    assert plan["estimated_seconds"] > 0 and plan["epochs_planned"] == 4
+    assert set(plan["step_seconds"]) == {p["name"] for p in phases[1:]}
+    # a budget nothing fits: no training, the head exported, said so
+    tight = fine_tune(cache, tmp_path / "head", output=tmp_path / "tight", epochs=4,
+                      batch_size=4, time_budget="0.01s").report  # fmt: skip
+    assert tight["exported"] == "head-only" and tight["epochs_run"] == 0
+    assert tight["plan"]["time_budget"] == 0.01
+    assert any("time budget" in n for n in tight["plan"]["notes"])
