@@ -196,7 +196,7 @@ def _neighbors(
     """The kNN graph, exact or from the approximate index, and how it was found."""
     n = len(x)
     if not options.approximate(n):
-        exact_bar = progress_bar(n, options.progress, "audit: neighbours (exact)")
+        exact_bar = progress_bar(n, options.progress, "audit: neighbours (exact)", "row")
         try:
             sims, index = top_k_neighbors(
                 x, options.neighbors, options.block_bytes, exact_bar.update
@@ -217,7 +217,7 @@ def _neighbors(
         nonlocal bar
         if bar is None:
             status.close()
-            bar = progress_bar(n, options.progress, "audit: neighbours (approximate)")
+            bar = progress_bar(n, options.progress, "audit: neighbours (approximate)", "row")
         bar.update(rows)
 
     try:
