@@ -2,7 +2,9 @@
 of one cache, and ``fix_splits()``, which removes the leakage from the cache's splits.
 
 Everything is read through :class:`~featcache.store.CacheReader`; neighbours come
-from :mod:`.neighbors` (blocked, exact, no N x N matrix).
+from :mod:`.neighbors` (blocked, exact, no N x N matrix) below
+``options.approximate_from`` rows or with ``options.exact``, from :mod:`.ann_neighbors`
+(an inverted-file self-join, exact cosines) above.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.progress import progress_bar
+from ..core.progress import Status, progress_bar
 from ..core.splits import SPLIT_NAMES
 from ..store import CacheReader, open_cache
 from .labels import check_labels, out_of_fold_probabilities
@@ -53,6 +55,11 @@ class AuditReport:
     label_check: dict[str, Any] = field(default_factory=dict)
     """What to expect of the label issues (:class:`~.labels.LabelCheck`'s threshold,
     rows checked, estimated wrong labels, expected precision and recall of the flags)."""
+    neighbors_method: dict[str, Any] = field(default_factory=lambda: {"method": "exact"})
+    """How the neighbours were found: ``exact``, or ``ivf`` with the index's parameters
+    and a one-line ``description``."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds of each stage: read, neighbours, pairs, labels."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -69,6 +76,7 @@ class AuditReport:
             "label_issues": len(self.label_issues),
             **self.label_check,
             "near_pairs_by_threshold": self.threshold_table,
+            "neighbors_method": self.neighbors_method.get("description", "exact"),
         }
 
     split: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
@@ -114,20 +122,20 @@ def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = No
     options = options or AuditOptions()
     reader = open_cache(cache)
     n = len(reader)
-    bar = progress_bar(n, options.progress, "audit")
-    try:
-        x = np.empty((n, reader.feature_dim), np.float32)  # the one copy of the features
+    clock = _Clock()
+    x = np.empty((n, reader.feature_dim), np.float32)  # the one copy of the features
+    with Status(f"audit: reading {n:,} rows", options.progress):
         for rows, block in reader.batches(batch_size=8192):
             x[rows[0] : rows[-1] + 1] = normalize(block)
-        sims, index = top_k_neighbors(x, options.neighbors, options.block_bytes, bar.update)
-    finally:
-        bar.close()
+    content = np.unique(np.asarray(reader.sha256), return_inverse=True)[1].reshape(-1)
+    clock.lap("read")
+    sims, index, method = _neighbors(x, content, options)
+    clock.lap("neighbors")
     by_sha: dict[str, list[int]] = defaultdict(list)
     for row, sha in enumerate(reader.sha256):
         by_sha[sha].append(row)
     duplicate_groups = sorted((g for g in by_sha.values() if len(g) > 1), key=lambda g: g[0])
     exact_pairs = [Pair(g[0], other, 1.0, "exact") for g in duplicate_groups for other in g[1:]]
-    content = np.unique(np.asarray(reader.sha256), return_inverse=True)[1].reshape(-1)
     a, b, best = _candidate_pairs(sims, index, content, min((*THRESHOLD_TABLE, options.threshold)))
     keep = best >= options.threshold
     near_pairs = [
@@ -140,7 +148,13 @@ def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = No
     split = reader.split
     leakage = [p for p in (*exact_pairs, *near_pairs) if split[p.a] != split[p.b]]
     outliers = _outliers(sims, options.outlier_fraction)
-    issues, check = _label_issues(reader, x, options) if options.label_issues else ([], {})
+    clock.lap("pairs")
+    issues: list[dict[str, Any]] = []
+    check: dict[str, Any] = {}
+    if options.label_issues:
+        with Status(f"audit: label check ({options.folds} folds)", options.progress):
+            issues, check = _label_issues(reader, x, options)
+        clock.lap("labels")
     return AuditReport(
         cache=str(reader.path),
         rows=n,
@@ -155,7 +169,66 @@ def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = No
         label_check=check,
         split=split,
         rows_digest=_rows_digest(reader),
+        neighbors_method=method,
+        seconds=clock.seconds,
     )
+
+
+class _Clock:
+    """Seconds per stage."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._now = time.perf_counter
+        self._last = self._now()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
+
+
+def _neighbors(
+    x: np.ndarray, content: np.ndarray, options: AuditOptions
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The kNN graph, exact or from the approximate index, and how it was found."""
+    n = len(x)
+    if not options.approximate(n):
+        exact_bar = progress_bar(n, options.progress, "audit: neighbours (exact)", "row")
+        try:
+            sims, index = top_k_neighbors(
+                x, options.neighbors, options.block_bytes, exact_bar.update
+            )
+        finally:
+            exact_bar.close()
+        return sims, index, {"method": "exact", "description": "exact (every pair compared)"}
+    from .ann_neighbors import ann_top_k_neighbors, describe, plan_index
+
+    plan = plan_index(n, options.probes)
+    status = Status("audit: neighbours", options.progress)
+    bar: Any = None
+
+    def stage(text: str) -> None:
+        status.set(f"audit: neighbours: {text}")
+
+    def progress(rows: int) -> None:
+        nonlocal bar
+        if bar is None:
+            status.close()
+            bar = progress_bar(n, options.progress, "audit: neighbours (approximate)", "row")
+        bar.update(rows)
+
+    try:
+        sims, index = ann_top_k_neighbors(
+            x, options.neighbors, plan, content, options.seed, options.block_bytes, progress, stage
+        )
+    finally:
+        status.close()
+        if bar is not None:
+            bar.close()
+    return sims, index, {**plan.to_dict(), "description": describe(plan, n)}
 
 
 def _rows_digest(reader: CacheReader) -> str:
@@ -208,7 +281,7 @@ def _label_issues(
     labels = reader.labels[rows]
     features = x if len(rows) == len(x) else x[rows]  # no copy when every row is labelled
     probabilities = out_of_fold_probabilities(
-        features, labels, classes, options.folds, options.seed
+        features, labels, classes, options.folds, options.seed, options.label_fit_rows
     )
     found = check_labels(labels, probabilities, options.label_threshold)
     names = reader.class_names
@@ -221,13 +294,15 @@ def _label_issues(
         }
         for i, s, conf in zip(found.rows, found.suggested, found.self_confidence)
     ]
-    check = {
+    check: dict[str, Any] = {
         "label_threshold": found.threshold,
         "labels_checked": found.checked,
         "label_errors_estimated": _rounded(found.estimated_errors, 1),
         "label_issues_precision": _rounded(found.expected_precision, 3),
         "label_issues_recall": _rounded(found.expected_recall, 3),
     }
+    if len(rows) - len(rows) // options.folds > options.label_fit_rows:
+        check["label_fit_rows"] = options.label_fit_rows  # each fold's model saw a sample
     return issues, check
 
 

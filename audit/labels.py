@@ -33,6 +33,10 @@ ESTIMATE_SHARE = 0.5
 which the error rate is estimated (see the module)."""
 
 
+PREDICT_ROWS = 65536
+"""Rows predicted at once (bounds the copies of a large fold)."""
+
+
 @dataclass
 class LabelCheck:
     """The labels flagged by :func:`check_labels` and what to expect of them."""
@@ -114,11 +118,18 @@ class LabelIssues:
 
 
 def out_of_fold_probabilities(
-    x: np.ndarray, labels: np.ndarray, classes: int, folds: int = DEFAULT_FOLDS, seed: int = 0
+    x: np.ndarray,
+    labels: np.ndarray,
+    classes: int,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+    max_fit_rows: int | None = None,
 ) -> np.ndarray:
     """``(N, classes)`` probabilities, each row from a logistic regression fitted on the
     other folds (stratified; fewer folds when a class has fewer rows). Rows of a class with
-    a single row are not checked: their given label has probability 1."""
+    a single row are not checked: their given label has probability 1. ``max_fit_rows``:
+    each fold's model is fitted on a seeded sample of at most that many of the other
+    folds' rows (time and memory bounded on large caches)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
@@ -132,12 +143,16 @@ def out_of_fold_probabilities(
         return out
     y = labels[checked]
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for fit_rows, held in splitter.split(x[checked], y):
+    rng = np.random.default_rng(seed)
+    for fit_rows, held in splitter.split(np.zeros((len(y), 1)), y):
+        if max_fit_rows is not None and len(fit_rows) > max_fit_rows:
+            fit_rows = np.sort(rng.choice(fit_rows, max_fit_rows, replace=False))
         model = LogisticRegression(max_iter=1000, C=1.0)
         model.fit(x[checked[fit_rows]], y[fit_rows])
-        rows = checked[held]
-        out[rows] = 0.0
-        out[np.ix_(rows, model.classes_)] = model.predict_proba(x[rows])
+        for h0 in range(0, len(held), PREDICT_ROWS):
+            rows = checked[held[h0 : h0 + PREDICT_ROWS]]
+            out[rows] = 0.0
+            out[np.ix_(rows, model.classes_)] = model.predict_proba(x[rows])
     return out
 
 

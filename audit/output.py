@@ -41,6 +41,8 @@ def report_json(report: AuditReport) -> dict[str, Any]:
         "leakage": [asdict(p) for p in report.leakage],
         "outliers": [{"row": r, "score": s} for r, s in report.outliers],
         "label_issues": report.label_issues,
+        "neighbors_index": report.neighbors_method,
+        "seconds": report.seconds,
     }
 
 

@@ -324,8 +324,16 @@ LAYOUTS: dict[str, Layout] = {
         ("Basics", ("--output", "--threshold", "--fix-splits")),
         (
             "Checks",
-            ("--neighbors", "--outlier-fraction", "--label-issues", "--label-threshold", "--folds"),
+            (
+                "--neighbors",
+                "--outlier-fraction",
+                "--label-issues",
+                "--label-threshold",
+                "--folds",
+                "--label-fit-rows",
+            ),
         ),
+        ("Large caches", ("--exact", "--approximate-from", "--probes")),
         (LAST_SECTION, ()),
         summary="Find duplicates, split leakage, outliers, label errors.",
         examples=(
