@@ -86,9 +86,7 @@ def search(
         raise invalid("exact_below", exact_below, "expected 0 or more")
 
     def run(reader: CacheReader) -> SearchResult:
-        searcher, how = open_ann(
-            reader, exact, memory, exact_below, rebuild, progress, index_kind
-        )
+        searcher, how = open_ann(reader, exact, memory, exact_below, rebuild, progress, index_kind)
         return _search(reader, searcher, how, image, row, k)
 
     return read_held(cache, run)
@@ -112,14 +110,12 @@ def _search(
         exclude = row
     else:
         query, label = _image_query(reader, searcher, Path(str(image)))
-    sims, rows = searcher.search(query[None, :], k, exclude) if len(reader) else ([[]], [[]])
-    hits = ranked_hits(reader, np.asarray(sims[0]), np.asarray(rows[0]))
+    sims, rows = searcher.search(query[None, :], k, exclude)
+    hits = ranked_hits(reader, sims[0], rows[0])
     return SearchResult(label, hits, how == "built", searcher.kind, how)
 
 
-def _image_query(
-    reader: CacheReader, searcher: Searcher, path: Path
-) -> tuple[np.ndarray, str]:
+def _image_query(reader: CacheReader, searcher: Searcher, path: Path) -> tuple[np.ndarray, str]:
     """The normalised features of an image file, as the cache's backbone gives them."""
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()

@@ -41,6 +41,7 @@ import numpy as np
 from featcache.store import CacheReader, CacheSettings, CacheWriter
 
 HERE = Path(__file__).resolve()
+SESSION_ROWS = 262_144
 SUBS = 20
 """Sub-centres per cluster."""
 
@@ -71,21 +72,34 @@ def features(start: int, count: int, dim: int, clusters: int, noise: float) -> n
 
 
 def write_rows(path: Path, start: int, rows: int, total: int, args: argparse.Namespace) -> None:
-    """Rows ``start..start+rows`` into ``path`` (a new cache, or appended as on resume)."""
+    """Rows ``start..start+rows`` into ``path`` (a new cache, or appended as on resume),
+    in writer sessions of at most :data:`SESSION_ROWS` rows (1 GiB pending at 1,024 wide:
+    1M rows in one session would hold 4 GiB and more while committing)."""
     names = [f"img_{i:08d}.png" for i in range(total)]
-    writer = CacheWriter(path, settings(path.parent), ["a", "b"], {n: i for i, n in enumerate(names)},
-                         checkpoint_seconds=1e9, max_pending_bytes=1 << 62)  # fmt: skip
-    step = 65536
-    for s in range(start, start + rows, step):
-        chunk = names[s : min(start + rows, s + step)]
-        writer.add(
-            chunk,
-            [hashlib.sha256(n.encode()).hexdigest() for n in chunk],
-            ["a" if i % 2 else "b" for i in range(len(chunk))],
-            [0] * len(chunk),
-            features(s, len(chunk), args.dim, args.clusters, args.noise),
-        )
-    writer.commit(final=True)
+    order = {n: i for i, n in enumerate(names)}
+    for first in range(start, start + rows, SESSION_ROWS):
+        last = min(start + rows, first + SESSION_ROWS)
+        writer = CacheWriter(path, settings(path.parent), ["a", "b"], order,
+                             checkpoint_seconds=1e9, max_pending_bytes=1 << 62)  # fmt: skip
+        for s in range(first, last, 65536):
+            chunk = names[s : min(last, s + 65536)]
+            writer.add(
+                chunk,
+                [hashlib.sha256(n.encode()).hexdigest() for n in chunk],
+                ["a" if i % 2 else "b" for i in range(len(chunk))],
+                [0] * len(chunk),
+                features(s, len(chunk), args.dim, args.clusters, args.noise),
+            )
+        writer.commit(final=True)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: ru_maxrss would carry the parent's
+    peak over fork and exec), memory-mapped file pages included."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load_average() -> float:
@@ -110,8 +124,7 @@ def run_variant(args: argparse.Namespace) -> None:
     cache, kind = Path(args.cache), args.variant
     load = load_average()
     started = time.perf_counter()
-    searcher, how = open_ann(CacheReader(cache), kind=kind, exact_below=0, rebuild=True,
-                             progress=False)  # fmt: skip
+    _, how = open_ann(CacheReader(cache), kind=kind, exact_below=0, rebuild=True, progress=False)
     build_s = time.perf_counter() - started
     picks = json.loads(Path(args.picks).read_text())
     options = {"k": 10, "index_kind": kind, "exact_below": 0, "progress": False}
@@ -130,7 +143,7 @@ def run_variant(args: argparse.Namespace) -> None:
         "build_s": build_s,
         "first_query_s": first_s,
         "api": pct(times),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "index_mb": index_bytes(cache, kind) / 2**20,
         "hits": hits,
         "load_before": load,
@@ -163,13 +176,12 @@ def run_update(args: argparse.Namespace) -> None:
     print(json.dumps({
         "variant": kind, "rows": rows, "added": new, "status": result.index_status,
         "update_s": update_s, "rebuild_status": again.index_status, "rebuild_s": rebuild_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "load": load,
+        "peak_rss_mb": peak_rss_mb(), "load": load,
     }))  # fmt: skip
 
 
 USEARCH = """
-import json, sys, time, resource, numpy as np
+import json, sys, time, numpy as np
 from usearch.index import Index
 x = np.load(sys.argv[1], mmap_mode="r"); picks = json.loads(open(sys.argv[2]).read())
 t = time.perf_counter(); index = Index(ndim=x.shape[1], metric="ip", dtype="f16")
@@ -183,7 +195,8 @@ for r in picks:
 ms = np.asarray(times) * 1000
 print(json.dumps({"variant": "usearch-hnsw-f16", "build_s": build, "hits": hits,
     "raw": {f"p{p}_ms": float(np.percentile(ms, p)) for p in (50, 95, 99)},
-    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "peak_rss_mb": [int(v.split()[1]) / 1024 for v in open("/proc/self/status")
+                    if v.startswith("VmHWM:")][0],
     "index_mb": index.memory_usage / 2**20}))
 """
 
@@ -218,7 +231,9 @@ def main() -> None:
         return run_variant(args)
     if args.mode == "update":
         return run_update(args)
-    results = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else {}
+    results = (
+        json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else {}
+    )
     results.setdefault("runs", [])
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for rows in [int(v) for v in args.rows.split(",")]:
@@ -229,8 +244,9 @@ def main() -> None:
             picks = Path(tmp) / "picks.json"
             chosen = np.random.default_rng(7).choice(rows, args.queries, replace=False)
             picks.write_text(json.dumps(sorted(chosen.tolist())))
-            common = [str(HERE), "--cache", str(cache), "--picks", str(picks), "--dim", str(args.dim),
-                      "--clusters", str(args.clusters), "--noise", str(args.noise)]  # fmt: skip
+            common = [str(HERE), "--cache", str(cache), "--picks", str(picks),
+                      "--dim", str(args.dim), "--clusters", str(args.clusters),
+                      "--noise", str(args.noise)]  # fmt: skip
             run = {"rows": rows, "dim": args.dim, "clusters": args.clusters, "noise": args.noise,
                    "queries": args.queries, "write_cache_s": write_s, "variants": []}  # fmt: skip
             truth = None

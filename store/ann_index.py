@@ -21,6 +21,7 @@ import os
 import secrets
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,8 +29,15 @@ import numpy as np
 
 from ..core.locking import PathLock, lock_path
 from .ann_plan import DEFAULT_EXACT_BELOW, DEFAULT_INDEX_MEMORY, IndexPlan, plan_index
-from .search_index import _building_lock, _temporary, index_paths, load_index, normalize
-from .search_index import merge_top_k, query_top_k
+from .search_index import (
+    _building_lock,
+    _temporary,
+    index_paths,
+    load_index,
+    merge_top_k,
+    normalize,
+    query_top_k,
+)
 
 if TYPE_CHECKING:
     from . import CacheReader
@@ -39,13 +47,21 @@ TARGET_RECALL = 0.97
 """recall@10 against exact that the build tunes ``nprobe`` for (on held-out rows)."""
 REBUILD_FRACTION = 0.25
 REBUILD_GROWTH = 4.0
-TRAIN_ROWS = 64 * 1024
-"""Rows k-means trains on at most (read as random runs of 1,024 rows)."""
+TRAIN_PER_LIST = 40
+"""Rows k-means trains on per IVF list (faiss asks for 39), read as random runs of 1,024
+rows: 40,960 for the 1,024 lists of 1M rows."""
 PROBE_QUERIES = 256
 BLOCK_ROWS = 32 * 1024
 RERANK = (4, 16, 64)
 """An ``ivf-pq`` search fetches R x k candidates and re-ranks them exactly from the
 cache's features: the first R of these reaching the target recall at some ``nprobe``."""
+
+
+def _faiss() -> Any:
+    """The faiss module (imported on first use; typed loosely: its stubs lag its API)."""
+    import faiss
+
+    return faiss
 
 
 class Searcher(Protocol):
@@ -63,7 +79,10 @@ class Searcher(Protocol):
 def ann_paths(cache: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     """``(CACHE.search.faiss, CACHE.search.slots.npz, CACHE.search.ann.json)``."""
     path = Path(cache)
-    return tuple(path.with_name(path.name + s) for s in (".search.faiss", ".search.slots.npz", ".search.ann.json"))  # type: ignore[return-value]
+    return tuple(
+        path.with_name(path.name + s)
+        for s in (".search.faiss", ".search.slots.npz", ".search.ann.json")
+    )  # type: ignore[return-value]
 
 
 class ExactIndex:
@@ -209,14 +228,13 @@ def _load(paths: tuple[Path, Path, Path], meta: dict[str, Any]) -> _Loaded | Non
         held = _LOADED.get(paths[0])
     if held is not None and held.meta["build"] == meta["build"]:
         return held
-    import faiss
-
+    faiss = _faiss()
     try:
         with np.load(paths[1]) as slots:
             build, rows, keys = str(slots["build"]), slots["rows"], slots["keys"]
         index = faiss.read_index(str(paths[0]))
-    except (OSError, ValueError, EOFError, KeyError, RuntimeError):
-        return None
+    except (OSError, ValueError, EOFError, KeyError, RuntimeError, zipfile.BadZipFile):
+        return None  # missing, damaged or half-written: rebuilt
     if build != meta["build"] or index.ntotal != meta["live"] or len(rows) != len(keys):
         return None
     if _read_meta(paths[2]) != meta:  # replaced while these were read
@@ -287,8 +305,7 @@ def _update(
 ) -> bool:
     """Bring ``previous`` to the cache's state by adding and removing rows; False (and
     nothing written) when a rebuild is due instead."""
-    import faiss
-
+    faiss = _faiss()
     from ..core.progress import progress_bar
 
     keys = content_keys(reader.sha256)
@@ -308,7 +325,9 @@ def _update(
     try:
         for start in range(0, len(new_rows), BLOCK_ROWS):
             pick = new_rows[start : start + BLOCK_ROWS]
-            index.add_with_ids(normalize(reader.features(pick)), first + start + np.arange(len(pick)))
+            index.add_with_ids(
+                normalize(reader.features(pick)), first + start + np.arange(len(pick))
+            )
             bar.update(len(pick))
     finally:
         bar.close()
@@ -329,14 +348,13 @@ def _build(
     progress: bool | None,
 ) -> None:
     """Train on a sample, add every row in blocks, tune ``nprobe``, write."""
-    import faiss
-
+    faiss = _faiss()
     from ..core.progress import progress_bar
 
     started = time.perf_counter()
     n, dim = len(reader), reader.feature_dim
     rng = np.random.default_rng(0)
-    train = normalize(reader.features(_sample_rows(n, min(n, TRAIN_ROWS), rng)))
+    train = normalize(reader.features(_sample_rows(n, min(n, TRAIN_PER_LIST * plan.nlist), rng)))
     index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
     _train(index, train, plan.kind)
     probe_rows = np.sort(rng.choice(n, min(n, PROBE_QUERIES), replace=False))
@@ -380,8 +398,7 @@ def _build(
 def _train(index: Any, train: np.ndarray, kind: str) -> None:
     """``index.train``; a PQ trains one thread (its many small k-means stall OpenMP
     threads on busy cores: 4.4 s on two threads against 0.3 s on one, 16 x 4-bit)."""
-    import faiss
-
+    faiss = _faiss()
     threads = faiss.omp_get_max_threads()
     if kind == "ivf-pq":
         faiss.omp_set_num_threads(1)
@@ -439,8 +456,7 @@ def _ann_query(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """faiss search, slots to rows, the excluded row dropped; with ``rerank``, R x k
     candidates re-ranked exactly from the cache's features."""
-    import faiss
-
+    faiss = _faiss()
     fetch = k + 1 + rerank * k
     sims, slots = loaded.index.search(q, fetch, params=faiss.SearchParametersIVF(nprobe=nprobe))
     rows = np.where(slots >= 0, loaded.rows[np.maximum(slots, 0)], -1)
@@ -461,9 +477,7 @@ def _ann_query(
     return out
 
 
-def _padded(
-    found: Any, queries: int, k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _padded(found: Any, queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     sims = np.full((queries, k), -np.inf, np.float32)
     rows = np.full((queries, k), -1, np.int64)
     for j, (s, r) in enumerate(found):
@@ -480,8 +494,7 @@ def _write(
 ) -> None:
     """Index, slot table, then identity, each under a fresh name renamed into place; the
     old identity goes first, so no state of the files is ever trusted half-written."""
-    import faiss
-
+    faiss = _faiss()
     meta = dict(meta, build=secrets.token_hex(8))
     paths[2].unlink(missing_ok=True)
     temporaries = [_temporary(p) for p in paths]

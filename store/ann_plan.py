@@ -6,7 +6,7 @@ index that fits a memory budget (numpy only; faiss is imported where an index is
 | ``exact`` | 4 D (memory-mapped, not held) | rows < ``exact_below`` |
 | ``ivf-flat`` | 4 D | 4 D x rows fits the budget |
 | ``ivf-sq8`` | D | D x rows fits |
-| ``ivf-pq`` | M/2 (M 4-bit fast-scan PQ codes, M = D/4 down to D/32), hits re-ranked exactly from the cache | otherwise |
+| ``ivf-pq`` | M/2 (M 4-bit PQ codes, M = D/4 to D/32), re-ranked from the cache | otherwise |
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ def plan_index(
     below ``exact_below`` rows; ``kind`` (one of :data:`KINDS`) instead of ``auto``
     forces one (``ivf-pq`` still fitted to ``memory``)."""
     if kind not in ("auto", *KINDS):
-        raise InvalidOptionError(f"index kind {kind!r}: expected auto or one of {', '.join(KINDS)}", "kind")
+        raise InvalidOptionError(
+            f"index kind {kind!r}: expected auto or one of {', '.join(KINDS)}", "kind"
+        )
     if exact or kind == "exact" or (kind == "auto" and rows < exact_below):
         return IndexPlan("exact")
     room = rows + rows // 4
@@ -92,7 +94,9 @@ def plan_index(
     for choice in ("ivf-flat", "ivf-sq8") if kind == "auto" else ():
         if room * bytes_per_row(choice, dim) + centroids <= memory:
             return IndexPlan(choice, nlist)
-    fits = [m for m in pq_choices(dim) if room * bytes_per_row("ivf-pq", dim, m) + centroids <= memory]
+    fits = [
+        m for m in pq_choices(dim) if room * bytes_per_row("ivf-pq", dim, m) + centroids <= memory
+    ]
     if not fits:
         least = room * bytes_per_row("ivf-pq", dim, pq_choices(dim)[-1]) + centroids
         raise InvalidOptionError(
