@@ -22,6 +22,7 @@ import secrets
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,6 +52,10 @@ TRAIN_PER_LIST = 40
 """Rows k-means trains on per IVF list (faiss asks for 39), read as random runs of 1,024
 rows: 40,960 for the 1,024 lists of 1M rows."""
 PROBE_QUERIES = 256
+TABLE_BYTES = 256 << 20
+"""An ``ivf-pq`` build keeps its probes' similarity to every row (float16) in this many
+bytes at most (fewer probes for more rows: 134 at 1M), to tune re-ranking without
+reading rows back from the cache."""
 BLOCK_ROWS = 32 * 1024
 RERANK = (4, 16, 64)
 """An ``ivf-pq`` search fetches R x k candidates and re-ranks them exactly from the
@@ -62,6 +67,10 @@ def _faiss() -> Any:
     import faiss
 
     return faiss
+
+
+Rescore = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``(queries, candidate rows (q, c)) -> exact similarities (q, c)``."""
 
 
 class Searcher(Protocol):
@@ -121,7 +130,9 @@ class AnnIndex:
         """As :meth:`ExactIndex.search`, approximately (recall@10 ~ :attr:`recall`)."""
         q = np.atleast_2d(np.asarray(queries, np.float32))
         return _padded(
-            _ann_query(self._loaded, q, k, exclude, self._reader, self.nprobe, self.rerank),
+            _ann_query(
+                self._loaded, q, k, exclude, _reader_rescore(self._reader), self.nprobe, self.rerank
+            ),
             len(q),
             k,
         )
@@ -357,8 +368,12 @@ def _build(
     train = normalize(reader.features(_sample_rows(n, min(n, TRAIN_PER_LIST * plan.nlist), rng)))
     index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
     _train(index, train, plan.kind)
-    probe_rows = np.sort(rng.choice(n, min(n, PROBE_QUERIES), replace=False))
+    probes_n = min(n, PROBE_QUERIES)
+    if plan.kind == "ivf-pq":  # keep the probes' similarity to every row: re-ranking reads it
+        probes_n = min(probes_n, max(32, TABLE_BYTES // (2 * n)))
+    probe_rows = np.sort(rng.choice(n, probes_n, replace=False))
     probes = normalize(reader.features(probe_rows))
+    table = np.zeros((probes_n, n if plan.kind == "ivf-pq" else 0), np.float16)
     del train
     kk = 11  # the probe itself and its 10 neighbours
     best_s = np.full((len(probes), 0), -np.inf, np.float32)
@@ -369,6 +384,8 @@ def _build(
             x = normalize(block)
             index.add_with_ids(x, rows.astype(np.int64))
             s = probes @ x.T
+            if table.shape[1]:
+                table[:, rows] = s
             best_s, best_i = merge_top_k(best_s, best_i, s, np.broadcast_to(rows, s.shape), kk)
             bar.update(len(rows))
     finally:
@@ -377,7 +394,7 @@ def _build(
     truth = [set(i.tolist()) - {r} for i, r in zip(best_i, probe_rows)]
     keys = content_keys(reader.sha256)
     loaded = _Loaded({"kind": plan.kind}, index, np.arange(n, dtype=np.int64), keys)
-    nprobe, rerank, recall = _tune(loaded, reader, probes, probe_rows, truth, plan.nlist)
+    nprobe, rerank, recall = _tune(loaded, table, probes, probe_rows, truth, plan.nlist)
     meta = {
         "version": ANN_VERSION,
         "kind": plan.kind,
@@ -418,7 +435,7 @@ def _sample_rows(n: int, count: int, rng: np.random.Generator, run: int = 1024) 
 
 def _tune(
     loaded: _Loaded,
-    reader: CacheReader,
+    table: np.ndarray,
     probes: np.ndarray,
     probe_rows: np.ndarray,
     truth: list[set[int]],
@@ -430,7 +447,9 @@ def _tune(
     for rerank in RERANK if loaded.meta["kind"] == "ivf-pq" else (0,):
         nprobe = 1
         while True:
-            found = _ann_query(loaded, probes, 10, None, reader, nprobe, rerank, probe_rows)
+            found = _ann_query(
+                loaded, probes, 10, None, _table_rescore(table), nprobe, rerank, probe_rows
+            )
             _, got = _padded(found, len(probes), 10)
             hit = [len(t & set(g.tolist())) / max(1, len(t)) for t, g in zip(truth, got)]
             recall = float(np.mean(hit))
@@ -444,12 +463,32 @@ def _tune(
     return best
 
 
+def _table_rescore(table: np.ndarray) -> Rescore:
+    """Exact similarities of the probes from the build's table."""
+    return lambda q, rows: table[np.arange(len(rows))[:, None], np.maximum(rows, 0)].astype(
+        np.float32
+    )
+
+
+def _reader_rescore(reader: CacheReader) -> Rescore:
+    """Exact similarities read from the cache's features, all candidates in one read."""
+
+    def rescore(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        wanted = np.unique(rows[rows >= 0])
+        if not len(wanted):
+            return np.zeros(rows.shape, np.float32)
+        vectors = normalize(reader.features(wanted))
+        return np.einsum("qkd,qd->qk", vectors[np.searchsorted(wanted, np.maximum(rows, 0))], q)
+
+    return rescore
+
+
 def _ann_query(
     loaded: _Loaded,
     q: np.ndarray,
     k: int,
     exclude: int | None,
-    reader: CacheReader,
+    rescore: Rescore,
     nprobe: int,
     rerank: int = 0,
     excludes: np.ndarray | None = None,
@@ -462,12 +501,8 @@ def _ann_query(
     rows = np.where(slots >= 0, loaded.rows[np.maximum(slots, 0)], -1)
     drop = np.full(len(q), -2 if exclude is None else exclude) if excludes is None else excludes
     rows[rows == drop[:, None]] = -1
-    if rerank:  # 4-bit codes rank roughly: exact on the candidates, read in one go
-        wanted = np.unique(rows[rows >= 0])
-        if len(wanted):
-            vectors = normalize(reader.features(wanted))
-            at = np.searchsorted(wanted, np.maximum(rows, 0))
-            sims = np.einsum("qkd,qd->qk", vectors[at], q)
+    if rerank:  # 4-bit codes rank roughly: exact similarities of the candidates
+        sims = rescore(q, rows)
     out = []
     for s, r in zip(sims, rows):
         live = r >= 0
