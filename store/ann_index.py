@@ -22,6 +22,7 @@ import secrets
 import threading
 import time
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -33,7 +34,6 @@ from .ann_plan import DEFAULT_EXACT_BELOW, DEFAULT_INDEX_MEMORY, IndexPlan, plan
 from .search_index import (
     _building_lock,
     _temporary,
-    index_paths,
     load_index,
     merge_top_k,
     normalize,
@@ -208,8 +208,18 @@ class _Loaded:
         return int(self._slots[row]) if 0 <= row < len(self._slots) else -1
 
 
-_LOADED: dict[Path, _Loaded] = {}
+_LOADED: OrderedDict[Path, _Loaded] = OrderedDict()
 _LOADED_GUARD = threading.Lock()
+HELD_INDEXES = 2
+"""Indexes this process keeps in memory (the most recently used caches')."""
+
+
+def _hold(path: Path, loaded: _Loaded) -> None:
+    with _LOADED_GUARD:
+        _LOADED[path] = loaded
+        _LOADED.move_to_end(path)
+        while len(_LOADED) > HELD_INDEXES:
+            _LOADED.popitem(last=False)
 
 
 def _identity(reader: CacheReader) -> dict[str, Any]:
@@ -251,8 +261,7 @@ def _load(paths: tuple[Path, Path, Path], meta: dict[str, Any]) -> _Loaded | Non
     if _read_meta(paths[2]) != meta:  # replaced while these were read
         return None
     loaded = _Loaded(meta, index, rows, keys)
-    with _LOADED_GUARD:
-        _LOADED[paths[0]] = loaded  # one index per cache held: the latest
+    _hold(paths[0], loaded)  # one index per cache: the latest
     return loaded
 
 
@@ -543,10 +552,4 @@ def _write(
     finally:
         for temporary in temporaries:
             temporary.unlink(missing_ok=True)
-    with _LOADED_GUARD:
-        _LOADED[paths[0]] = _Loaded(meta, index, slot_rows, slot_keys)
-
-
-def index_files(cache: str | os.PathLike[str]) -> list[Path]:
-    """Every file a search index of ``cache`` may have."""
-    return [*index_paths(cache), *ann_paths(cache)]
+    _hold(paths[0], _Loaded(meta, index, slot_rows, slot_keys))
