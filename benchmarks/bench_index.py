@@ -220,6 +220,7 @@ def main() -> None:
     parser.add_argument("--update", default="ivf-sq8", help="Variant of the 1%% update run.")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--usearch", default=None, help="A Python with usearch installed.")
+    parser.add_argument("--real", default=None, help="An existing cache to run instead.")
     parser.add_argument("--dir", default=None)
     parser.add_argument("--json", default=None)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -236,10 +237,15 @@ def main() -> None:
     )
     results.setdefault("runs", [])
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        for rows in [int(v) for v in args.rows.split(",")]:
+        for rows in [int(v) for v in args.rows.split(",")] if not args.real else [0]:
             cache = Path(tmp) / f"mix-{rows}.h5"
             started = time.perf_counter()
-            write_rows(cache, 0, rows, rows, args)
+            if args.real:
+                cache = Path(tmp) / Path(args.real).name
+                os.link(args.real, cache)  # its indexes go in the temporary folder
+                rows = len(CacheReader(cache))
+            else:
+                write_rows(cache, 0, rows, rows, args)
             write_s = time.perf_counter() - started
             picks = Path(tmp) / "picks.json"
             chosen = np.random.default_rng(7).choice(rows, args.queries, replace=False)
@@ -247,8 +253,9 @@ def main() -> None:
             common = [str(HERE), "--cache", str(cache), "--picks", str(picks),
                       "--dim", str(args.dim), "--clusters", str(args.clusters),
                       "--noise", str(args.noise)]  # fmt: skip
-            run = {"rows": rows, "dim": args.dim, "clusters": args.clusters, "noise": args.noise,
-                   "queries": args.queries, "write_cache_s": write_s, "variants": []}  # fmt: skip
+            run = {"rows": rows, "real": args.real, "dim": args.dim, "clusters": args.clusters,
+                   "noise": args.noise, "queries": args.queries, "write_cache_s": write_s,
+                   "variants": []}  # fmt: skip
             truth = None
             for kind in args.variants.split(","):
                 out = child([*common, "--mode", "variant", "--variant", kind])
@@ -269,7 +276,8 @@ def main() -> None:
                 print(json.dumps(out), flush=True)
                 run["update"] = out
             run["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-            results["runs"] = [r for r in results["runs"] if r["rows"] != rows] + [run]
+            same = [r for r in results["runs"] if (r["rows"], r.get("real")) == (rows, args.real)]
+            results["runs"] = [r for r in results["runs"] if r not in same] + [run]
             results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count()}
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
