@@ -51,6 +51,8 @@ REBUILD_GROWTH = 4.0
 TRAIN_PER_LIST = 40
 """Rows k-means trains on per IVF list (faiss asks for 39), read as random runs of 1,024
 rows: 40,960 for the 1,024 lists of 1M rows."""
+PLATEAU = 0.002
+"""Recall gained by doubling ``nprobe`` under which tuning stops."""
 PROBE_QUERIES = 256
 TABLE_BYTES = 256 << 20
 """An ``ivf-pq`` build keeps its probes' similarity to every row (float16) in this many
@@ -451,10 +453,12 @@ def _tune(
     nlist: int,
 ) -> tuple[int, int, float]:
     """The smallest ``nprobe`` (and ``ivf-pq``'s re-rank factor) reaching
-    :data:`TARGET_RECALL` recall@10 on the probes: ``(nprobe, rerank, recall)``."""
+    :data:`TARGET_RECALL` recall@10 on the probes: ``(nprobe, rerank, recall)``; else the
+    best seen, once doubling ``nprobe`` stops helping (the codes' precision limits
+    recall: 8-bit codes swap near-ties; probing every list would only cost time)."""
     best = (nlist, 0, 0.0)
     for rerank in RERANK if loaded.meta["kind"] == "ivf-pq" else (0,):
-        nprobe = 1
+        nprobe, previous = 1, -1.0
         while True:
             found = _ann_query(
                 loaded, probes, 10, None, _table_rescore(table), nprobe, rerank, probe_rows
@@ -466,9 +470,9 @@ def _tune(
                 best = (nprobe, rerank, recall)
             if recall >= TARGET_RECALL:
                 return nprobe, rerank, recall
-            if nprobe >= nlist:
+            if nprobe >= nlist or (nprobe >= 8 and recall < previous + PLATEAU):
                 break
-            nprobe = min(nlist, nprobe * 2)
+            nprobe, previous = min(nlist, nprobe * 2), recall
     return best
 
 
