@@ -119,12 +119,14 @@ class ExactIndex:
 class AnnIndex:
     """A faiss IVF index over one state of a cache (its slot table maps ids to rows)."""
 
-    def __init__(self, loaded: _Loaded, reader: CacheReader) -> None:
+    def __init__(
+        self, loaded: _Loaded, reader: CacheReader, vectors: np.ndarray | None = None
+    ) -> None:
         self.kind: str = loaded.meta["kind"]
         self.nprobe: int = loaded.meta["nprobe"]
         self.rerank: int = loaded.meta.get("rerank", 0)
         self.recall: float = loaded.meta["recall"]
-        self._loaded, self._reader = loaded, reader
+        self._loaded, self._reader, self._vectors = loaded, reader, vectors
 
     def search(
         self, queries: np.ndarray, k: int, exclude: int | None = None
@@ -132,19 +134,25 @@ class AnnIndex:
         """As :meth:`ExactIndex.search`, approximately (recall@10 ~ :attr:`recall`)."""
         q = np.atleast_2d(np.asarray(queries, np.float32))
         return _padded(
-            _ann_query(
-                self._loaded, q, k, exclude, _reader_rescore(self._reader), self.nprobe, self.rerank
-            ),
+            _ann_query(self._loaded, q, k, exclude, self._rescore, self.nprobe, self.rerank),
             len(q),
             k,
         )
 
+    def _rescore(self, q: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Exact similarities of candidate rows, from the memory-mapped exact index."""
+        if self._vectors is None:
+            return _reader_rescore(self._reader)(q, rows)
+        return np.einsum("qkd,qd->qk", self._vectors[np.maximum(rows, 0)], q)
+
     def row_vector(self, row: int) -> np.ndarray:
         """Row ``row``'s normalised features: from the index's codes (exact for
         ``ivf-flat``, 8-bit for ``ivf-sq8``: reading one row of an HDF5 cache costs about
-        10 ms), from the cache for ``ivf-pq``'s coarse 4-bit codes."""
+        10 ms), from the memory-mapped exact index beside ``ivf-pq``'s 4-bit codes."""
+        if self._vectors is not None:
+            return np.asarray(self._vectors[row])
         slot = self._loaded.slot_of(row, len(self._reader))
-        if self.kind == "ivf-pq" or slot < 0:
+        if slot < 0:
             return normalize(self._reader.features(np.array([row])))[0]
         return normalize(self._loaded.index.reconstruct(slot)[None, :])[0]
 
@@ -171,16 +179,27 @@ def open_ann(
     if plan.kind == "exact":
         array, built = load_index(reader, rebuild, progress)
         return ExactIndex(array), "built" if built else "loaded"
+    found, how = _open_faiss(reader, plan, rebuild, progress)
+    vectors = None
+    if plan.kind == "ivf-pq":  # re-ranks from the exact index, memory-mapped (on disk)
+        vectors = load_index(reader, rebuild, progress)[0]
+    return AnnIndex(found, reader, vectors), how
+
+
+def _open_faiss(
+    reader: CacheReader, plan: IndexPlan, rebuild: bool, progress: bool | None
+) -> tuple[_Loaded, str]:
+    """:func:`open_ann`'s faiss index: loaded, built or updated."""
     paths = ann_paths(reader.path)
     want = _identity(reader)
     if not rebuild:
         found = _current(paths, want, plan.kind)
         if found is not None:
-            return AnnIndex(found, reader), "loaded"
+            return found, "loaded"
     with _building_lock(paths[0]), PathLock(lock_path(paths[0])):
         found = _current(paths, want, plan.kind)
         if found is not None and not rebuild:
-            return AnnIndex(found, reader), "loaded"
+            return found, "loaded"
         how = "built"
         previous = None if rebuild else _previous(paths, want, plan)
         if previous is not None and _update(reader, previous, paths, want, progress):
@@ -190,7 +209,7 @@ def open_ann(
         found = _current(paths, want, plan.kind)
         if found is None:  # pragma: no cover - only if the files were removed under the lock
             raise OSError(f"{paths[2]}: the index just written is gone")
-        return AnnIndex(found, reader), how
+        return found, how
 
 
 class _Loaded:
