@@ -111,7 +111,7 @@ class ExtractorServicer:
     def Search(self, request, context):
         """Cosine top-k over a cache under --cache-root: the rows most similar to one of its rows,
         or to an image embedded with the backbone the cache records (`featcache search`). Exact
-        below 200,000 rows (or when asked), else from the cache's approximate faiss index
+        below 100,000 rows (or when asked), else from the cache's approximate faiss index
         (the one `featcache search` builds; recall@10 >= 0.95 against exact).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
