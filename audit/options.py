@@ -6,9 +6,16 @@ from dataclasses import dataclass
 
 from ..core.options import check_seed
 from ..core.schema import Range, check_fields, option
+from ..store.ann_plan import DEFAULT_EXACT_BELOW, DEFAULT_INDEX_MEMORY
 from ..store.search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K
 
-__all__ = ["DEFAULT_SEARCH_K", "MAX_SEARCH_K", "AuditOptions"]
+__all__ = [
+    "DEFAULT_EXACT_BELOW",
+    "DEFAULT_INDEX_MEMORY",
+    "DEFAULT_SEARCH_K",
+    "MAX_SEARCH_K",
+    "AuditOptions",
+]
 
 DEFAULT_FOLDS = 5
 """Folds of the out-of-fold label check."""

@@ -1,8 +1,9 @@
-"""Exact cosine search over a cache: ``search(cache, image=... | row=..., k=10)``.
+"""Cosine search over a cache: ``search(cache, image=... | row=..., k=10)``.
 
-The index and the scan are :mod:`featcache.store.search_index` (the ``Search`` RPC uses
-them too); this adds the image query, embedded by the backbone the cache records (rebuilt by
-:func:`featcache.backbones.rebuild.rebuild_backbone`). Exact, no approximate index.
+The index is :func:`featcache.store.ann_index.open_ann`'s (the ``Search`` RPC uses it
+too): the exact scan below ``exact_below`` rows or with ``exact=True``, a faiss IVF index
+that fits ``index_memory`` above. This adds the image query, embedded by the backbone the
+cache records (rebuilt by :func:`featcache.backbones.rebuild.rebuild_backbone`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import numpy as np
 from ..core.options import invalid
 from ..errors import InvalidOptionError
 from ..store import CacheReader
-from ..store.opening import read_fresh
-from ..store.search_index import index_paths, load_index, normalize, rank_rows
+from ..store.ann_index import Searcher, open_ann
+from ..store.ann_plan import DEFAULT_EXACT_BELOW, DEFAULT_INDEX_MEMORY, parse_memory
+from ..store.reader_cache import read_held
+from ..store.search_index import index_paths, load_index, normalize, ranked_hits
 from .options import DEFAULT_SEARCH_K, MAX_SEARCH_K
 
 __all__ = ["SearchResult", "index_paths", "load_index", "search"]
@@ -33,9 +36,20 @@ class SearchResult:
     hits: list[dict[str, Any]]
     """rank, row, path, class, split, similarity; best first."""
     index_built: bool
+    """The index was built now (not found current, nor updated)."""
+    index: str = "exact"
+    """What answered: ``exact``, ``ivf-flat``, ``ivf-sq8`` or ``ivf-pq``."""
+    index_status: str = "loaded"
+    """``loaded``, ``built`` or ``updated`` (only the rows the cache gained or lost)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "index_built": self.index_built, "hits": self.hits}
+        return {
+            "query": self.query,
+            "index": self.index,
+            "index_status": self.index_status,
+            "index_built": self.index_built,
+            "hits": self.hits,
+        }
 
 
 def search(
@@ -45,12 +59,19 @@ def search(
     k: int = DEFAULT_SEARCH_K,
     rebuild: bool = False,
     progress: bool | None = None,
+    exact: bool = False,
+    index_memory: int | str = DEFAULT_INDEX_MEMORY,
+    exact_below: int = DEFAULT_EXACT_BELOW,
+    index_kind: str = "auto",
 ) -> SearchResult:
     """The ``k`` rows of ``cache`` most similar (cosine) to ``image`` or to row ``row``.
 
     An image is embedded with the cache's own backbone settings (unless the cache already
     holds a row with its content: that row's features are used, and it is not excluded);
-    a ``row`` query never returns the row itself.
+    a ``row`` query never returns the row itself. From ``exact_below`` rows an
+    approximate faiss index answers (recall@10 >= 0.95 against exact), the most accurate
+    kind whose rows fit ``index_memory`` bytes (``2GB``), or ``index_kind`` when not
+    ``auto``; ``exact`` scans every row.
 
     >>> search("cache/mobilenet.h5", row=3, k=5).hits[0]["path"]  # doctest: +SKIP
     """
@@ -60,38 +81,47 @@ def search(
         raise InvalidOptionError("search needs an image or a row (one of them)", "row")
     if image is not None and not Path(image).is_file():
         raise InvalidOptionError(f"image {str(image)!r}: no such file", "image")
-    return read_fresh(cache, lambda reader: _search(reader, image, row, k, rebuild, progress))
+    memory = parse_memory(index_memory)
+    if exact_below < 0:
+        raise invalid("exact_below", exact_below, "expected 0 or more")
+
+    def run(reader: CacheReader) -> SearchResult:
+        searcher, how = open_ann(reader, exact, memory, exact_below, rebuild, progress, index_kind)
+        return _search(reader, searcher, how, image, row, k)
+
+    return read_held(cache, run)
 
 
 def _search(
     reader: CacheReader,
+    searcher: Searcher,
+    how: str,
     image: str | os.PathLike[str] | None,
     row: int | None,
     k: int,
-    rebuild: bool,
-    progress: bool | None,
 ) -> SearchResult:
     """:func:`search` over one opened state of the cache."""
     if row is not None and not 0 <= row < len(reader):
         last = f"0 to {len(reader) - 1}" if len(reader) else "none: the cache is empty"
         raise invalid("row", row, f"expected {last}")
-    index, built = load_index(reader, rebuild, progress)
     exclude: int | None = None
     if row is not None:
-        query, label = np.asarray(index[row]), f"row {row}"
+        query, label = searcher.row_vector(row), f"row {row}"
         exclude = row
     else:
-        query, label = _image_query(reader, index, Path(str(image)))
-    return SearchResult(label, rank_rows(reader, index, query, k, exclude), built)
+        query, label = _image_query(reader, searcher, Path(str(image)))
+    sims, rows = searcher.search(query[None, :], k, exclude)
+    hits = ranked_hits(reader, sims[0], rows[0])
+    return SearchResult(label, hits, how == "built", searcher.kind, how)
 
 
-def _image_query(reader: CacheReader, index: np.ndarray, path: Path) -> tuple[np.ndarray, str]:
+def _image_query(reader: CacheReader, searcher: Searcher, path: Path) -> tuple[np.ndarray, str]:
     """The normalised features of an image file, as the cache's backbone gives them."""
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     if sha in reader.sha256:
         same = reader.sha256.index(sha)
-        return np.asarray(index[same]), f"{path} (row {same}: same content)"
+        return searcher.row_vector(same), f"{path} (row {same}: same content)"
     from ..backbones.rebuild import rebuild_backbone
     from ..extractor.decode import BadImageError, decode_and_resize
     from ..store.joint import one_backbone

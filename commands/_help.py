@@ -306,7 +306,7 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "search": _layout(
         ("Basics", ("--row", "--k")),
-        ("Index", ("--rebuild",)),
+        ("Index", ("--exact", "--index-memory", "--exact-below", "--rebuild")),
         (LAST_SECTION, ()),
         summary="Find the cache rows most similar to an image or a row.",
         examples=(
@@ -317,6 +317,10 @@ LAYOUTS: dict[str, Layout] = {
             (
                 "Neighbours of row 30, leaving row 30 out:",
                 "featcache search cache/mobilenet.h5 --row 30 -k 5",
+            ),
+            (
+                "A million-row cache, exactly (slower; the default answers from faiss):",
+                "featcache search cache/big.h5 --row 30 --exact",
             ),
         ),
     ),

@@ -384,7 +384,7 @@ def render_label_check(summary: Mapping[str, Any]) -> str:
 
 def render_search(result: Any) -> str:
     """``search``: the query, then one line per hit."""
-    lines = [f"query: {result.query}"]
+    lines = [f"query: {result.query}  (index: {result.index}, {result.index_status})"]
     for hit in result.hits:
         lines.append(
             f"{hit['rank']:>4} {hit['similarity']:.4f} #{hit['row']:<7} {hit['split']:<5} "

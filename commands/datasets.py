@@ -81,7 +81,27 @@ def audit_command(
 @click.option(
     "-k", "--k", "k", type=int, default=audit_defaults.DEFAULT_SEARCH_K, show_default=True
 )
-@click.option("--rebuild", is_flag=True, help="Rebuild the index (CACHE.search.npy) first.")
+@click.option("--rebuild", is_flag=True, help="Rebuild the index from scratch first.")
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Scan every row (CACHE.search.npy), even where the approximate index would answer.",
+)
+@click.option(
+    "--index-memory",
+    default="2GB",
+    show_default=True,
+    metavar="SIZE",
+    help="Memory the approximate index may take (2GB, 512MB): the most accurate of "
+    "ivf-flat, ivf-sq8, ivf-pq whose rows fit.",
+)
+@click.option(
+    "--exact-below",
+    type=click.IntRange(min=0),
+    default=audit_defaults.DEFAULT_EXACT_BELOW,
+    show_default=True,
+    help="Rows under which the search is exact; from there a faiss index answers.",
+)
 @json_option("Print the hits as JSON.")
 @quiet_option("No progress bar.")
 @handle_errors
@@ -91,17 +111,32 @@ def search_command(
     row: int | None,
     k: int,
     rebuild: bool,
+    exact: bool,
+    index_memory: str,
+    exact_below: int,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """The k rows of CACHE most similar (exact cosine) to IMAGE or to --row N.
+    """The k rows of CACHE most similar (cosine) to IMAGE or to --row N.
 
-    IMAGE is embedded with the cache's own backbone settings. The index (normalised
-    features, CACHE.search.npy) is built on first use and rebuilt when the cache changes.
+    IMAGE is embedded with the cache's own backbone settings. The index is built on first
+    use and kept up to date as the cache changes: exact (CACHE.search.npy) under
+    --exact-below rows, else a faiss IVF index (CACHE.search.faiss, recall@10 >= 0.95)
+    to which later extracts only add or remove rows.
     """
     from ..audit.search import search
 
-    result = search(cache, image, row, k, rebuild, progress=False if quiet else None)
+    result = search(
+        cache,
+        image,
+        row,
+        k,
+        rebuild,
+        progress=False if quiet else None,
+        exact=exact,
+        index_memory=index_memory,
+        exact_below=exact_below,
+    )
     click.echo(render_json(result.to_dict()) if as_json else render_search(result))
 
 

@@ -251,16 +251,18 @@ class ClassifyResponse(_message.Message):
     def __init__(self, class_names: _Optional[_Iterable[str]] = ..., results: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("cache", "row", "image", "k")
+    __slots__ = ("cache", "row", "image", "k", "exact")
     CACHE_FIELD_NUMBER: _ClassVar[int]
     ROW_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    EXACT_FIELD_NUMBER: _ClassVar[int]
     cache: str
     row: int
     image: Image
     k: int
-    def __init__(self, cache: _Optional[str] = ..., row: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., k: _Optional[int] = ...) -> None: ...
+    exact: bool
+    def __init__(self, cache: _Optional[str] = ..., row: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., k: _Optional[int] = ..., exact: _Optional[bool] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("rank", "row", "path", "class_name", "split", "similarity")
@@ -279,9 +281,11 @@ class SearchHit(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., row: _Optional[int] = ..., path: _Optional[str] = ..., class_name: _Optional[str] = ..., split: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("query", "hits")
+    __slots__ = ("query", "hits", "index")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     query: str
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
-    def __init__(self, query: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ...) -> None: ...
+    index: str
+    def __init__(self, query: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., index: _Optional[str] = ...) -> None: ...

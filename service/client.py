@@ -243,16 +243,19 @@ class Client:
         *,
         row: int | None = None,
         k: int = 10,
+        exact: bool = False,
     ) -> list[dict[str, Any]]:
         """The ``k`` rows of a cache under the server's cache root most similar (cosine) to
         ``image`` or to row ``row``, best first: rank, row, path, class, split, similarity
-        (``featcache search`` on the server)."""
+        (``featcache search`` on the server; ``exact``: scan every row even of a cache
+        large enough for the approximate index)."""
         if (image is None) == (row is None):
             raise FeatcacheError("search needs an image or a row (one of them)")
         if image is not None:
-            request = pb.SearchRequest(cache=cache, image=image_message(_load(image)), k=k)
+            image_msg = image_message(_load(image))
+            request = pb.SearchRequest(cache=cache, image=image_msg, k=k, exact=exact)
         else:
-            request = pb.SearchRequest(cache=cache, row=row, k=k)
+            request = pb.SearchRequest(cache=cache, row=row, k=k, exact=exact)
         reply = self._call(self.stub.Search, request)
         return [
             {

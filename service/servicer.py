@@ -377,7 +377,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
 
     def _search(self, request: Any, context: grpc.ServicerContext) -> Any:
         """``featcache search`` over a cache under the cache root (the same index file)."""
-        from ..store.opening import read_fresh
+        from ..store.reader_cache import read_held
         from ..store.search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K
 
         path = confine(self.roots.cache, request.cache, "cache")
@@ -389,7 +389,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         kind = request.WhichOneof("query")
         if kind is None:
             raise InvalidOptionError("search needs a row or an image", "row")
-        return read_fresh(
+        return read_held(
             path, lambda reader: self._search_in(reader, request, k, context), allowed=self._in_root
         )
 
@@ -399,22 +399,21 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
             raise AccessDenied("a cache the manifest names is not under the cache root")
 
     def _search_in(self, reader: Any, request: Any, k: int, context: grpc.ServicerContext) -> Any:
-        """:meth:`_search` over one opened state of the cache."""
-        from ..store.search_index import load_index, rank_rows
+        """:meth:`_search` over one opened state of the cache, from the index ``search``
+        uses (built once however many calls ask at once; see store/ann_index.py)."""
+        from ..store.ann_index import open_ann
+        from ..store.search_index import ranked_hits
 
         kind = request.WhichOneof("query")
         if kind == "row" and not 0 <= request.row < len(reader):
             raise InvalidOptionError(f"row {request.row}: expected 0 to {len(reader) - 1}", "row")
-        index, _ = load_index(reader, progress=False)
+        index, _ = open_ann(reader, exact=request.exact, progress=False)
         if kind == "row":
-            query, label, exclude = (
-                np.asarray(index[request.row]),
-                f"row {request.row}",
-                request.row,
-            )
+            query, label, exclude = index.row_vector(request.row), f"row {request.row}", request.row
         else:
             content = image_content(request.image, 0, self.max_pixels)
             query, label, exclude = self._cache_query(reader, content, context), "image", None
+        sims, rows = index.search(query[None, :], k, exclude)
         hits = [
             pb.SearchHit(
                 rank=h["rank"],
@@ -424,9 +423,9 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 split=h["split"],
                 similarity=h["similarity"],
             )
-            for h in rank_rows(reader, index, query, k, exclude)
+            for h in ranked_hits(reader, sims[0], rows[0])
         ]
-        return pb.SearchResponse(query=label, hits=hits)
+        return pb.SearchResponse(query=label, hits=hits, index=index.kind)
 
     def _cache_config(self, config: BackboneConfig) -> BackboneConfig:
         """A cache's backbone configuration, held to the rules of a request's (``Embed``,

@@ -201,6 +201,14 @@ def rank_rows(
     if len(index) == 0:
         return []
     sims, rows = next(query_top_k(index, np.asarray(query)[None, :], k, exclude))
+    return ranked_hits(reader, sims, rows)
+
+
+def ranked_hits(reader: CacheReader, sims: np.ndarray, rows: np.ndarray) -> list[dict[str, Any]]:
+    """Hits of one query from its best-first ``(similarities, rows)`` (-1 rows skipped):
+    rank, row, path, class, split, similarity."""
+    keep = np.asarray(rows) >= 0
+    sims, rows = np.asarray(sims)[keep], np.asarray(rows)[keep]
     names = reader.label_names(rows)
     return [
         {

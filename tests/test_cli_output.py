@@ -201,9 +201,11 @@ def test_search_hits_and_audit_summary():
             },
         ],
         index_built=False,
+        index="ivf-sq8",
+        index_status="updated",
     )
     assert render_search(result) == (
-        "query: row 3\n"
+        "query: row 3  (index: ivf-sq8, updated)\n"
         "   1 1.0000 #3       train cat              a\n"
         "   2 0.8765 #10      test  -                x"
     )

@@ -172,6 +172,7 @@ def test_search_rpc_answers_as_the_api_does(tmp_path):
                 [h.similarity for h in reply.hits], [h["similarity"] for h in local.hits], atol=1e-4
             )
             reply = stub.Search(pb.SearchRequest(cache="tiny.h5", row=2, k=3), timeout=60)
+            assert reply.index == "exact"  # a small cache: no approximate index
             assert [(h.row, h.path) for h in reply.hits] == [
                 (h["row"], h["path"]) for h in by_row.hits
             ]
@@ -179,6 +180,9 @@ def test_search_rpc_answers_as_the_api_does(tmp_path):
             hits = client.search("tiny.h5", query, k=3)
             assert [h["row"] for h in hits] == [h["row"] for h in local.hits]
             assert client.search("tiny.h5", row=2, k=3)[0]["path"] == by_row.hits[0]["path"]
+            assert client.search("tiny.h5", row=2, k=3, exact=True) == client.search(
+                "tiny.h5", row=2, k=3
+            )
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = pb_grpc.ExtractorStub(channel)
             bad = {
