@@ -5,7 +5,7 @@ index that fits a memory budget (numpy only; faiss is imported where an index is
 | --- | --- | --- |
 | ``exact`` | 4 D (memory-mapped, not held) | rows < ``exact_below`` |
 | ``ivf-flat`` | 4 D | 4 D x rows fits the budget |
-| ``ivf-sq8`` | D | D x rows fits |
+| ``ivf-sq8`` | D; re-ranks from CACHE.search.npy when its codes fall short | D x rows fits |
 | ``ivf-pq`` | M/2 (4-bit PQ, M = D/4 to D/32); re-ranks from CACHE.search.npy on disk | otherwise |
 """
 
