@@ -402,6 +402,7 @@ LAYOUTS: dict[str, Layout] = {
             ),
         ),
         ("Batching", ("--max-batch", "--max-delay-ms", "--batching")),
+        ("Search", ("--index-memory", "--exact-below")),
         (LAST_SECTION, ()),
         summary="Run the gRPC extraction service.",
         examples=(

@@ -10,6 +10,7 @@ from ..audit import options as audit_defaults
 from ..audit.options import AuditOptions
 from ..audit.plot_options import PlotOptions
 from ..errors import InvalidOptionError
+from ..store.ann_plan import IndexChoice
 from ._options import flags
 from ._output import (
     render_audit_summary,
@@ -87,21 +88,7 @@ def audit_command(
     is_flag=True,
     help="Scan every row (CACHE.search.npy), even where the approximate index would answer.",
 )
-@click.option(
-    "--index-memory",
-    default="2GB",
-    show_default=True,
-    metavar="SIZE",
-    help="Memory the approximate index may take (2GB, 512MB): the most accurate of "
-    "ivf-flat, ivf-sq8, ivf-pq whose rows fit.",
-)
-@click.option(
-    "--exact-below",
-    type=click.IntRange(min=0),
-    default=audit_defaults.DEFAULT_EXACT_BELOW,
-    show_default=True,
-    help="Rows under which the search is exact; from there a faiss index answers.",
-)
+@flags(IndexChoice)
 @json_option("Print the hits as JSON.")
 @quiet_option("No progress bar.")
 @handle_errors

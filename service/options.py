@@ -8,6 +8,7 @@ from typing import Any
 
 from ..core.options import DEFAULT_MAX_PIXELS
 from ..core.schema import Range, check_fields, option
+from ..store.ann_plan import IndexChoice
 
 DEFAULT_MAX_LOADED = 4
 """Loaded models kept; the least recently used idle one is unloaded."""
@@ -42,8 +43,9 @@ _AT_LEAST_0 = Range(0, wording="must be 0 or more")
 
 
 @dataclass
-class ServeOptions:
-    """Everything ``featcache serve`` takes, checked when made."""
+class ServeOptions(IndexChoice):
+    """Everything ``featcache serve`` takes, checked when made (the ``Search`` RPC's index
+    choice: :class:`~featcache.store.ann_plan.IndexChoice`)."""
 
     host: str = option("127.0.0.1", help="Address to listen on.")
     port: int = option(50051, range=Range(0, 65535), help="0 picks a free port.")

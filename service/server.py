@@ -28,6 +28,7 @@ from ..core.options import DEFAULT_WEIGHTS, NAMED_WEIGHTS, check_range
 from ..core.settings import BackboneConfig
 from ..errors import InvalidOptionError, UnknownBackboneError
 from ..protos import extractor_pb2 as pb
+from ..store.ann_plan import IndexChoice
 from .auth import TokenAuthInterceptor, read_token
 from .convert import Roots, confine, is_loopback
 from .handlers import add_extractor
@@ -254,6 +255,7 @@ class Server:
             budget=MemoryBudget(options.max_inflight_mb << 20, options.max_pixels),
             max_jobs=options.max_jobs,
             max_calls=options.workers,
+            index=IndexChoice(options.index_memory, options.exact_below),
         )
         # Extractor calls take one of `workers` slots; the threads beyond them answer health
         # checks and refuse extra calls at once. gRPC itself refuses calls only far beyond

@@ -28,6 +28,7 @@ from ..extractor.runner import with_cache_decode
 from ..extractor.sources import is_within
 from ..protos import extractor_pb2 as pb
 from ..protos import extractor_pb2_grpc as pb_grpc
+from ..store.ann_plan import IndexChoice
 from .convert import (
     ResourceExhausted,
     Roots,
@@ -97,7 +98,10 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         budget: MemoryBudget | None = None,
         max_jobs: int = DEFAULT_MAX_JOBS,
         max_calls: int = DEFAULT_WORKERS,
+        index: IndexChoice | None = None,
     ) -> None:
+        self.index = index or IndexChoice()
+        """Which index answers ``Search`` (``serve --index-memory``, ``--exact-below``)."""
         self.classifiers = classifiers or {}
         self.pool = pool
         self.roots = roots
@@ -407,7 +411,10 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         kind = request.WhichOneof("query")
         if kind == "row" and not 0 <= request.row < len(reader):
             raise InvalidOptionError(f"row {request.row}: expected 0 to {len(reader) - 1}", "row")
-        index, _ = open_ann(reader, exact=request.exact, progress=False)
+        choice = self.index
+        index, _ = open_ann(
+            reader, request.exact, choice.memory, choice.exact_below, progress=False
+        )
         if kind == "row":
             query, label, exclude = index.row_vector(request.row), f"row {request.row}", request.row
         else:

@@ -15,6 +15,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from ..core.schema import Range, check_fields, option
 from ..errors import InvalidOptionError
 
 DEFAULT_EXACT_BELOW = 100_000
@@ -44,6 +45,35 @@ def parse_memory(text: str | int, parameter: str = "index_memory") -> int:
     if value < 1 << 20:
         raise InvalidOptionError(f"{parameter} {text!r}: expected at least 1MB", parameter)
     return value
+
+
+@dataclass
+class IndexChoice:
+    """Which index answers a cache's searches, declared once for ``search`` and ``serve``
+    (the ``Search`` RPC): exact under ``exact_below`` rows, else the approximate index
+    that fits ``index_memory``."""
+
+    index_memory: str = option(
+        "2GB",
+        kind=str,
+        metavar="SIZE",
+        parse=parse_memory,
+        help="Memory the approximate index may take (2GB, 512MB): the most accurate of "
+        "ivf-flat, ivf-sq8, ivf-pq whose rows fit.",
+    )
+    exact_below: int = option(
+        DEFAULT_EXACT_BELOW,
+        range=Range(0, wording="must be 0 or more", integer=True),
+        help="Rows under which a search is exact; from there a faiss index answers.",
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @property
+    def memory(self) -> int:
+        """:attr:`index_memory` in bytes."""
+        return parse_memory(self.index_memory)
 
 
 @dataclass(frozen=True)

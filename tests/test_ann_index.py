@@ -188,3 +188,35 @@ def test_journey_extract_search_extract_more_search_updated(tmp_path):
         )
     bad = runner.invoke(main, [*args, "--row", "0", "--index-memory", "lots"])
     assert bad.exit_code == 2 and "--index-memory 'lots'" in bad.output
+
+
+def test_a_server_answers_from_the_index_its_options_choose(tmp_path):
+    """serve --exact-below / --index-memory (one declaration with search's): a server told
+    to index small caches answers the Search RPC from the approximate index, with the hits
+    the API gives from the same index; bad values are refused before it starts."""
+    import grpc
+
+    from featcache import ServeOptions, start_server
+    from featcache.protos import extractor_pb2 as pb
+    from featcache.protos import extractor_pb2_grpc as pb_grpc
+
+    caches = tmp_path / "caches"
+    caches.mkdir()
+    x = mixture(2000)
+    cache = write_cache(caches / "c.h5", rows_for(2000), x)
+    options = ServeOptions(port=0, cache_root=str(caches), exact_below=0, index_memory="64MB")
+    server = start_server(options, warm=False)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ExtractorStub(channel)
+            reply = stub.Search(pb.SearchRequest(cache="c.h5", row=7, k=5), timeout=120)
+            exact = stub.Search(pb.SearchRequest(cache="c.h5", row=7, k=5, exact=True), timeout=60)
+    finally:
+        server.stop(0)
+    local = search(cache, row=7, k=5, **ANN)
+    assert reply.index == local.index and reply.index.startswith("ivf-")
+    assert [h.row for h in reply.hits] == [h["row"] for h in local.hits]
+    assert exact.index == "exact" and [h.row for h in exact.hits] == exact_top(x, 7, 5)
+    for bad in ({"exact_below": -1}, {"index_memory": "lots"}):
+        with pytest.raises(InvalidOptionError):
+            ServeOptions(port=0, **bad)
