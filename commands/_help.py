@@ -159,7 +159,7 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "train-head": _layout(
-        ("Basics", ("--output", "--head", "--epochs", "--class-weight", "--seed")),
+        ("Basics", ("--output", "--overwrite", "--head", "--epochs", "--class-weight", "--seed")),
         (
             "Dense head",
             (
@@ -201,7 +201,7 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "compare": _layout(
-        ("Basics", ("--output", "--protocol", "--heads", "--cv", "--seed")),
+        ("Basics", ("--output", "--overwrite", "--protocol", "--heads", "--cv", "--seed")),
         ("Dense head", ("--epochs",)),
         (
             "Probe protocols",
@@ -290,7 +290,7 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "export": _layout(
-        ("Basics", ("--output", "--format")),
+        ("Basics", ("--output", "--overwrite", "--format")),
         (LAST_SECTION, ()),
         summary="Export a head run as one Keras model taking images.",
         examples=(

@@ -101,6 +101,11 @@ def output_option(help: str, required: bool = False) -> Decorator[Any]:
     return click.option("--output", "-o", type=click.Path(), default=None, help=help)
 
 
+def overwrite_option(help: str) -> Decorator[Any]:
+    """``--overwrite``: write over an existing output; ``help`` says what it replaces."""
+    return click.option("--overwrite", is_flag=True, help=help)
+
+
 def seed_option(default: int, help: str | None = None) -> Decorator[Any]:
     """``--seed``: an integer seed, its default shown."""
     return click.option("--seed", type=int, default=default, show_default=True, help=help)

@@ -24,7 +24,14 @@ from ._output import (
     render_train_report,
     render_wrote,
 )
-from ._shared import CONTEXT, handle_errors, json_option, output_option, quiet_option
+from ._shared import (
+    CONTEXT,
+    handle_errors,
+    json_option,
+    output_option,
+    overwrite_option,
+    quiet_option,
+)
 
 
 class _Strength(click.ParamType):
@@ -50,6 +57,7 @@ class _Strength(click.ParamType):
 @click.command("train-head", context_settings=CONTEXT)
 @click.argument("caches", nargs=-1, required=True, type=click.Path())
 @output_option("Run folder. [default: runs/<cache-stem>-<head>-<timestamp>/]")
+@overwrite_option("Write the run into an -o folder that already holds files.")
 @flags(
     HeadOptions,
     feature_augment={
@@ -94,6 +102,7 @@ def train_head_command(
 @click.command("compare", context_settings=CONTEXT)
 @click.argument("caches", nargs=-1, required=True, type=click.Path())
 @output_option("Folder. [default: runs/<cache-stem>-compare-<timestamp>/]")
+@overwrite_option("Write into an -o folder that already holds files.")
 @flags(CompareOptions, only=("protocol", "heads", "cv"))
 @flags(HeadOptions, only=("epochs", "seed"))
 @flags(CompareOptions, skip=("protocol", "heads", "cv"))
@@ -104,6 +113,7 @@ def train_head_command(
 def compare_command(
     caches: tuple[str, ...],
     output: str | None,
+    overwrite: bool,
     protocol: str,
     heads: str,
     cv: int | None,
@@ -136,6 +146,7 @@ def compare_command(
         csv_path=csv_path,
         plot=plot,
         progress=False if as_json else None,
+        overwrite=overwrite,
     )
     if as_json:
         click.echo(render_compare_json(board, protocol, probed=probe is not None))
@@ -147,7 +158,7 @@ def compare_command(
 @click.argument("model", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
 @output_option("CSV file. [default: predictions.csv; RUN/predictions.csv for a cache]")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@overwrite_option("Replace an existing output file.")
 @flags(PredictOptions, only=("top_k", "batch_size"))
 @quiet_option("No progress bar and no table.")
 @click.option(
@@ -207,12 +218,13 @@ def predict_command(
 @click.command("export", context_settings=CONTEXT)
 @click.argument("run", type=click.Path())
 @output_option("model.keras or a folder.", required=True)
+@overwrite_option("Replace an existing model file or folder.")
 @flags(PredictOptions, only=("format",))
 @handle_errors
-def export_command(run: str, output: str, format: str) -> None:
+def export_command(run: str, output: str, format: str, overwrite: bool) -> None:
     """Turn the head of RUN into one model taking images (resize, preprocessing, frozen
     backbone, head): a dense head, or a linear one (logreg, linear-svm, ridge) as one Dense
     layer. svm, knn and random-forest heads cannot be one model: `predict RUN IMAGES`."""
     from ..heads.endtoend import export
 
-    click.echo(render_wrote(export(run, output, format)))
+    click.echo(render_wrote(export(run, output, format, overwrite=overwrite)))

@@ -48,6 +48,25 @@ def check_new_output(
     return path
 
 
+def check_run_folder(
+    out: str | os.PathLike[str] | None, overwrite: bool, parameter: str = "output"
+) -> None:
+    """Refuse ``out`` as a run folder when it is a file, or a folder that already holds
+    files, unless ``overwrite`` (then the run's files replace theirs of the same name).
+    Checked before any training, so a mistyped ``-o`` never replaces an earlier run."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise InvalidOptionError(f"{path} is not a folder; -o names the run folder", parameter)
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        raise InvalidOptionError(
+            f"{path} already holds files; --overwrite writes the run into it, or -o names "
+            "a new folder",
+            parameter,
+        )
+
+
 def publish(part: Path, out: Path, overwrite: bool, parameter: str = "output") -> None:
     """Move the finished temporary ``part`` to ``out``: over an existing ``out`` only with
     ``overwrite`` (a file that appeared meanwhile is refused, never replaced), and never

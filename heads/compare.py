@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
+from ..core.files import check_run_folder
 from ..core.options import invalid
 from ..errors import DatasetError, FeatcacheError
 from .baselines import GRIDS, fit_baseline, make_baseline
@@ -102,6 +103,7 @@ def compare(
     plot: str | os.PathLike[str] | None = None,
     options: HeadOptions | None = None,
     progress: bool | None = None,
+    overwrite: bool = False,
 ) -> Leaderboard:
     """Fit every head kind over its grid, choose by val accuracy (or ``cv``-fold CV on
     train+val), report test accuracy of each kind's best, and keep the overall best run.
@@ -132,8 +134,12 @@ def compare(
     ``progress`` (None: on a terminal) shows one bar on stderr over every fit (grid points,
     cross-validation folds, each kind's refit, the best head's run; or each protocol and
     few-shot draw), naming the head being fitted, with the dense head's epoch.
+
+    An ``output`` folder that already holds files is refused before any fit unless
+    ``overwrite``.
     """
     chosen = merge_options(HeadOptions, options, epochs=epochs, seed=seed)
+    check_run_folder(output, overwrite)
     kinds = parse_heads(heads)
     check_options({"cv": cv, "protocol": protocol, "val_fraction": val_fraction})
     if protocol != DEFAULT_PROTOCOL:

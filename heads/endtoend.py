@@ -5,12 +5,15 @@ trains it further."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..backbones.backbone import FeatureExtractor
 from ..backbones.rebuild import rebuild_backbone
+from ..core.files import check_new_output, fresh_file, publish
 from ..core.options import check_choice, invalid
 from ..errors import CacheError, InvalidOptionError
 from .options import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS
@@ -158,8 +161,13 @@ def export(
     run: str | os.PathLike[str],
     output: str | os.PathLike[str],
     format: str = DEFAULT_EXPORT_FORMAT,
+    overwrite: bool = False,
 ) -> Path:
     """Save a head run as one model taking images (``.keras`` or a TF SavedModel folder).
+
+    An existing ``output`` is refused before anything loads unless ``overwrite``; the model
+    is written under a temporary name and moved into place, so a failed export leaves
+    ``output`` as it was.
 
     A dense head, or a linear scikit-learn head (logreg, linear-svm, ridge) as one ``Dense``
     layer; an svm, knn or random-forest head is refused (before TensorFlow loads): it
@@ -169,11 +177,41 @@ def export(
     out = Path(output)
     if format == "keras" and out.suffix != ".keras":
         raise invalid("output", str(out), "a Keras model file must end in .keras")
+    if format == "keras":
+        check_new_output(out, overwrite)
+    elif os.path.lexists(out) and not overwrite:
+        raise invalid("output", str(out), "exists; --overwrite replaces it, or -o names another")
     check_head(run, "export")
     built = build(run)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save(built.model, out, format)
+    if format == "keras":
+        part = fresh_file(out.parent, f".{out.stem}.part-", ".keras")
+        try:
+            save(built.model, part, format)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        publish(part, out, overwrite)
+    else:
+        _save_folder(built.model, out, format)
     return out
+
+
+def _save_folder(model: Any, out: Path, format: str) -> None:
+    """A SavedModel written beside ``out`` then swapped in; the old folder goes last."""
+    part = Path(tempfile.mkdtemp(prefix=f".{out.name}.part-", dir=out.parent))
+    try:
+        shutil.rmtree(part)
+        save(model, part, format)
+        old = None
+        if os.path.lexists(out):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "model")
+        os.replace(part, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(part, ignore_errors=True)
 
 
 def save(model: Any, out: Path, format: str = DEFAULT_EXPORT_FORMAT) -> None:

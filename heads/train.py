@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.files import check_run_folder
 from ..core.progress import Status
 from ..core.settings import FeatureSettings
 from ..errors import CacheError, DatasetError
@@ -148,6 +149,7 @@ def train_head(
     options: HeadOptions | None = None,
     plot: str | None = None,
     progress: bool | None = None,
+    overwrite: bool = False,
     **values: Any,
 ) -> TrainResult:
     """Fit a head on the cache's train split, select on val, report val and test.
@@ -171,12 +173,16 @@ def train_head(
     over its epochs' steps with the epoch and val accuracy, a status line with the time
     elapsed for a scikit-learn head.
 
+    An ``output`` folder that already holds files is refused before training unless
+    ``overwrite``.
+
     Examples
     --------
     >>> result = train_head("cache/mobilenet.h5", head="logreg", C=1.0)  # doctest: +SKIP
     >>> result.report["test"]["accuracy"]  # doctest: +SKIP
     """
     chosen = merge_options(HeadOptions, options, head=head, **values)
+    check_run_folder(output, overwrite)
     if plot is not None:  # refused before training, not after
         from ..audit.plot import check_method
 

@@ -208,6 +208,43 @@ def test_predict_never_replaces_an_existing_file_unless_asked(cache, tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []
 
 
+def test_runs_and_exports_never_replace_earlier_output_unless_asked(cache, tmp_path):
+    """The chain train-head -o RUN -> export -o MODEL -> compare -o DIR, each run a second
+    time by mistake: refused in one line naming --overwrite, before any fit or model load,
+    the earlier run, model and leaderboard untouched; with --overwrite each is written."""
+    runner = CliRunner()
+    run, model, board = tmp_path / "run", tmp_path / "model.keras", tmp_path / "board"
+    first = runner.invoke(main, ["train-head", str(cache), "-o", str(run), "--head", "logreg"])
+    assert first.exit_code == 0, first.output
+    head_json = (run / "head.json").read_text()
+    again = runner.invoke(main, ["train-head", str(cache), "-o", str(run), "--head", "dense"])
+    assert again.exit_code == 2 and len(again.output.splitlines()) == 1, again.output
+    assert "--overwrite" in again.output and (run / "head.json").read_text() == head_json
+    assert not (run / "head.keras").exists()
+    exported = runner.invoke(main, ["export", str(run), "-o", str(model)])
+    assert exported.exit_code == 0, exported.output
+    size = model.stat().st_size
+    refused = runner.invoke(main, ["export", str(tmp_path / "no-run"), "-o", str(model)])
+    assert refused.exit_code == 2 and "--overwrite" in refused.output  # before the run is read
+    assert model.stat().st_size == size
+    replaced = runner.invoke(main, ["export", str(run), "-o", str(model), "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    board.mkdir()
+    (board / "notes.txt").write_text("mine")
+    compared = ["compare", str(cache), "-o", str(board), "--heads", "logreg"]
+    refused = runner.invoke(main, compared)
+    assert refused.exit_code == 2 and "already holds files" in refused.output
+    assert sorted(p.name for p in board.iterdir()) == ["notes.txt"]
+    written = runner.invoke(main, [*compared, "--overwrite"])
+    assert written.exit_code == 0, written.output
+    assert (board / "leaderboard.csv").is_file() and (board / "notes.txt").read_text() == "mine"
+    assert train_head(cache, "dense", run, overwrite=True, epochs=2).run_dir == run
+    assert (run / "head.keras").is_file()
+    with pytest.raises(InvalidOptionError, match="not a folder"):
+        train_head(cache, "logreg", model)
+
+
 def test_an_old_head_json_still_loads_and_checks(cache, tmp_path):
     """head.json files written before FeatureSettings kept a fixed list of cache attributes
     (heads of caches that decoded every pixel, as caches then did: ``decode="exact"``)."""
