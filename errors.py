@@ -79,3 +79,9 @@ class RemoteError(FeatcacheError):
         super().__init__(message)
         self.code = code
         """The gRPC status code name, e.g. ``UNAUTHENTICATED``."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.files import fresh_file
-from ..core.schema import invalid
+from ..core.files import check_output_folder, fresh_file
 from ..core.splits import SPLIT_NAMES
 from ..errors import FeatcacheError
 from ..store import CacheReader, open_cache
@@ -114,28 +113,11 @@ def check_report_folder(folder: Path) -> None:
     """Refuse ``folder`` unless it is new, empty or an earlier report's (only the regular
     files :data:`REPORT_FILES` names): audit never replaces, removes or writes through
     anything else (another file, a folder, a symbolic link)."""
-    if not folder.exists() and not folder.is_symlink():
-        return
-    if folder.is_symlink() or not folder.is_dir():
-        raise invalid("output", str(folder), "not a folder")
-    try:
-        others = sorted(
-            p.name
-            for p in folder.iterdir()
-            if p.name not in REPORT_FILES or p.is_symlink() or not p.is_file()
-        )
-    except OSError as exc:
-        raise invalid(
-            "output", str(folder), f"cannot read the folder ({first_line(exc)})"
-        ) from None
-    if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        raise invalid(
-            "output",
-            str(folder),
-            f"holds other files ({shown}); audit writes into a new or empty folder or an "
-            "earlier report's",
-        )
+    check_output_folder(
+        folder,
+        lambda p: p.name in REPORT_FILES and not p.is_symlink() and p.is_file(),
+        "audit writes into a new or empty folder or an earlier report's",
+    )
 
 
 def _write_files(folder: Path, texts: dict[str, Callable[[], str]]) -> list[Path]:

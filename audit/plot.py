@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.files import fresh_file
+from ..core.files import check_output_folder, fresh_file
 from ..core.options import check_choice, invalid
 from ..core.progress import Status, progress_bar
 from ..core.splits import SPLIT_NAMES
@@ -165,24 +165,11 @@ def _owned(name: str) -> bool:
 def check_folder(folder: Path) -> None:
     """Refuse ``folder`` unless it is new, empty or an earlier plot's (only files
     :data:`OUTPUTS` names): plot never replaces or removes files of another kind."""
-    if not folder.exists():
-        return
-    if not folder.is_dir():
-        raise invalid("output", str(folder), "not a folder")
-    try:
-        others = sorted(p.name for p in folder.iterdir() if not _owned(p.name) or p.is_dir())
-    except OSError as exc:
-        raise invalid(
-            "output", str(folder), f"cannot read the folder ({first_line(exc)})"
-        ) from None
-    if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        raise invalid(
-            "output",
-            str(folder),
-            f"holds other files ({shown}); plot writes into a new or empty folder "
-            "or an earlier plot's",
-        )
+    check_output_folder(
+        folder,
+        lambda p: _owned(p.name) and not p.is_dir(),
+        "plot writes into a new or empty folder or an earlier plot's",
+    )
 
 
 def make_folder(folder: Path) -> bool:

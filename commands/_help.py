@@ -235,7 +235,16 @@ LAYOUTS: dict[str, Layout] = {
     "fine-tune": _layout(
         (
             "Basics",
-            ("--head", "--output", "--schedule", "--epochs", "--lr", "--unfreeze", "--seed"),
+            (
+                "--head",
+                "--output",
+                "--overwrite",
+                "--schedule",
+                "--epochs",
+                "--lr",
+                "--unfreeze",
+                "--seed",
+            ),
         ),
         (
             "Schedule",

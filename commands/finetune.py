@@ -9,13 +9,14 @@ import click
 from ..heads.options import FineTuneOptions
 from ._options import flags
 from ._output import render_fine_tune_report, render_json
-from ._shared import CONTEXT, handle_errors, json_option, output_option
+from ._shared import CONTEXT, handle_errors, json_option, output_option, overwrite_option
 
 
 @click.command("fine-tune", context_settings=CONTEXT)
 @click.argument("cache", type=click.Path())
 @click.option("--head", "head", type=click.Path(), required=True, help="A dense head run folder.")
 @output_option("Run folder to write.")
+@overwrite_option("Write the run into an -o folder that already holds files.")
 @flags(FineTuneOptions)
 @json_option("Print the report as JSON.")
 @handle_errors

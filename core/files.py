@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, first_line
+from .schema import invalid
 
 _ATTEMPTS = 100
 
@@ -48,21 +49,39 @@ def check_new_output(
     return path
 
 
+def check_output_folder(
+    folder: Path, owned: Callable[[Path], bool], refusal: str, parameter: str = "output"
+) -> None:
+    """Refuse ``folder`` unless it is new, or a folder whose entries ``owned`` all accepts
+    (the files an earlier output of the same kind left): a command never writes through a
+    symbolic link, nor replaces or removes files it does not own. ``refusal`` follows the
+    listed files in the one-line error (what the user can do)."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_symlink() or not folder.is_dir():
+        raise invalid(parameter, str(folder), "not a folder")
+    try:
+        others = sorted(p.name for p in folder.iterdir() if not owned(p))
+    except OSError as exc:
+        raise invalid(
+            parameter, str(folder), f"cannot read the folder ({first_line(exc)})"
+        ) from None
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise invalid(parameter, str(folder), f"holds other files ({shown}); {refusal}")
+
+
 def check_run_folder(
     out: str | os.PathLike[str] | None, overwrite: bool, parameter: str = "output"
 ) -> None:
-    """Refuse ``out`` as a run folder when it is a file, or a folder that already holds
-    files, unless ``overwrite`` (then the run's files replace theirs of the same name).
-    Checked before any training, so a mistyped ``-o`` never replaces an earlier run."""
-    if out is None:
-        return
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise InvalidOptionError(f"{path} is not a folder; -o names the run folder", parameter)
-    if not overwrite and path.is_dir() and any(path.iterdir()):
-        raise InvalidOptionError(
-            f"{path} already holds files; --overwrite writes the run into it, or -o names "
-            "a new folder",
+    """Refuse ``out`` as a run folder when it already holds files, unless ``overwrite``
+    (then the run's files replace theirs of the same name). Checked before any training,
+    so a mistyped ``-o`` never replaces an earlier run."""
+    if out is not None:
+        check_output_folder(
+            Path(out),
+            lambda _: overwrite,
+            "--overwrite writes the run into it, or -o names a new folder",
             parameter,
         )
 

@@ -14,4 +14,4 @@ cd "$(dirname "$0")/.."
   --output cache/mobilenet.h5
 .venv/bin/featcache inspect cache/mobilenet.h5
 # ...then train the tutorials' dense head on the cached features (seconds) and report on test.
-.venv/bin/featcache train-head cache/mobilenet.h5 --output runs/example-dense
+.venv/bin/featcache train-head cache/mobilenet.h5 --output runs/example-dense --overwrite

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.files import check_run_folder
 from ..core.options import invalid
 from ..core.progress import Status, progress_bar
 from ..errors import DatasetError
@@ -286,6 +287,7 @@ def fine_tune(
     warmup: float | None = None,
     lr_decay: float | None = None,
     progress: bool | None = None,
+    overwrite: bool = False,
 ) -> FineTuneResult:
     """Train the head of run ``head`` and the top of its backbone on the cache's images.
 
@@ -311,6 +313,9 @@ def fine_tune(
     checking the images, phase 0 (the head on val images), every phase by name (``head
     warm-up``, ``unfreeze top N``) with its epoch, val accuracy, rate and ETA, and the final
     evaluation. ``verbose`` is Keras' own ``fit`` output, on stdout.
+
+    An ``output`` folder that already holds files (the head's own run folder, say) is
+    refused before anything loads unless ``overwrite``.
     """
     from .endtoend import build, save
     from .predict import check_cache_suits
@@ -335,6 +340,7 @@ def fine_tune(
         warmup=warmup,
         lr_decay=lr_decay,
     ).resolved()
+    check_run_folder(output, overwrite)
     began = time.monotonic()  # a time budget counts from here: the model's load included
     auto = chosen.schedule == "auto"
     cache = Path(cache)

@@ -29,7 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import CacheError, FeatcacheError
+from ..errors import CacheError, FeatcacheError, first_line
 from .manifest import is_manifest
 
 FORMAT = "featcache"
@@ -99,12 +99,6 @@ def with_hint(exc: CacheError, hint: str) -> CacheError:
         if advice in text:
             return type(exc)(text.replace(advice, hint))
     return exc
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:

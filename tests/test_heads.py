@@ -209,8 +209,8 @@ def test_predict_never_replaces_an_existing_file_unless_asked(cache, tmp_path):
 
 
 def test_runs_and_exports_never_replace_earlier_output_unless_asked(cache, tmp_path):
-    """The chain train-head -o RUN -> export -o MODEL -> compare -o DIR, each run a second
-    time by mistake: refused in one line naming --overwrite, before any fit or model load,
+    """The chain train-head -o RUN -> fine-tune -o RUN -> export -o MODEL -> compare -o DIR,
+    each writing over an earlier output by mistake: refused in one line naming --overwrite, before any fit or model load,
     the earlier run, model and leaderboard untouched; with --overwrite each is written."""
     runner = CliRunner()
     run, model, board = tmp_path / "run", tmp_path / "model.keras", tmp_path / "board"
@@ -221,6 +221,9 @@ def test_runs_and_exports_never_replace_earlier_output_unless_asked(cache, tmp_p
     assert again.exit_code == 2 and len(again.output.splitlines()) == 1, again.output
     assert "--overwrite" in again.output and (run / "head.json").read_text() == head_json
     assert not (run / "head.keras").exists()
+    tuned = runner.invoke(main, ["fine-tune", str(cache), "--head", str(run), "-o", str(run)])
+    assert tuned.exit_code == 2 and "--overwrite" in tuned.output  # the head's own folder
+    assert (run / "head.json").read_text() == head_json and not (run / "model.keras").exists()
     exported = runner.invoke(main, ["export", str(run), "-o", str(model)])
     assert exported.exit_code == 0, exported.output
     size = model.stat().st_size
@@ -234,7 +237,7 @@ def test_runs_and_exports_never_replace_earlier_output_unless_asked(cache, tmp_p
     (board / "notes.txt").write_text("mine")
     compared = ["compare", str(cache), "-o", str(board), "--heads", "logreg"]
     refused = runner.invoke(main, compared)
-    assert refused.exit_code == 2 and "already holds files" in refused.output
+    assert refused.exit_code == 2 and "holds other files (notes.txt)" in refused.output
     assert sorted(p.name for p in board.iterdir()) == ["notes.txt"]
     written = runner.invoke(main, [*compared, "--overwrite"])
     assert written.exit_code == 0, written.output

@@ -354,7 +354,7 @@ def test_train_head_keeps_the_head_when_the_map_fails(cache, tmp_path):
 
     run_dir = tmp_path / "run"
     (run_dir / "map.png").mkdir(parents=True)
-    result = train_head(cache, head="logreg", output=run_dir, plot="pca")
+    result = train_head(cache, head="logreg", output=run_dir, plot="pca", overwrite=True)
     report = json.loads((run_dir / "report.json").read_text())
     assert set(report["map"]) == {"error"} and "map.png" in report["map"]["error"]
     assert report == json.loads(json.dumps(result.report))
@@ -365,7 +365,17 @@ def test_train_head_keeps_the_head_when_the_map_fails(cache, tmp_path):
     np.testing.assert_array_equal(head.predict(features), result.head.predict(features))
     run = CliRunner().invoke(
         main,
-        ["train-head", str(cache), "--head", "logreg", "-o", str(run_dir), "--plot", "pca"],
+        [
+            "train-head",
+            str(cache),
+            "--head",
+            "logreg",
+            "-o",
+            str(run_dir),
+            "--plot",
+            "pca",
+            "--overwrite",
+        ],
     )
     assert run.exit_code == 0, run.output
     assert "  map: not written (" in run.output and (run_dir / "head.skops").is_file()
