@@ -21,7 +21,8 @@ requested size, the layout ``extract`` reads splits from) and returns a summary.
   ``textures.json``), 256 to 2048 px, written in colour at their own resolution, labelled by
   the object's type in the OpenNGC catalogue that Debian's ``kstars-data`` ships (CC-BY-SA
   4.0): galaxy, globular cluster, open cluster, nebula, planetary nebula. Read from the two
-  ``.deb`` files (``apt-get download stellarium-data kstars-data``; no install needed).
+  ``.deb`` files (``apt-get update && apt-get download stellarium-data kstars-data``, done
+  for you; no install needed, about 330 MB).
   Imbalanced as the sky is (galaxies about 4 times the open clusters); split 55/15/30 per
   class by object, so two pictures of one object never straddle splits; test as-is.
 """
@@ -250,7 +251,8 @@ def digits(out: Path, size: int, train: int, val: int, test: int, seed: int = 0)
 
 def _debian_files(store: Path, package: str, pattern: str) -> Path:
     """Unpack the members of Debian ``package`` matching ``pattern`` (a tar wildcard) into
-    ``store/package`` (``apt-get download`` first when its ``.deb`` is not in ``store``)."""
+    ``store/package`` (``apt-get download`` first when its ``.deb`` is not in ``store``: the
+    package lists must be there, ``apt-get update``)."""
     root = store / package
     marker = root / ".unpacked"
     if marker.is_file() and marker.read_text() == pattern:
