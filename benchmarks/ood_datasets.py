@@ -16,15 +16,20 @@ requested size, the layout ``extract`` reads splits from) and returns a summary.
   the train split is imbalanced (the first class 8 times the last).
 - ``digits``: scikit-learn's bundled handwritten digits (UCI, 1,797 images of 8x8 px,
   16 grey levels), split 60/15/25 per class by a seeded shuffle.
-- ``deepsky``: Stellarium's deep-sky images (Debian ``stellarium-data``, GPL-2+; the images
-  are amateur and professional telescope photographs, credited in the package's
-  ``textures.json``), 256 to 2048 px, written in colour at their own resolution, labelled by
-  the object's type in the OpenNGC catalogue that Debian's ``kstars-data`` ships (CC-BY-SA
-  4.0): galaxy, globular cluster, open cluster, nebula, planetary nebula. Read from the two
-  ``.deb`` files (``apt-get update && apt-get download stellarium-data kstars-data``, done
-  for you; no install needed, about 330 MB).
-  Imbalanced as the sky is (galaxies about 4 times the open clusters); split 55/15/30 per
-  class by object, so two pictures of one object never straddle splits; test as-is.
+- ``deepsky``: Stellarium's deep-sky images (Debian ``stellarium-data``, GPL-2+ as a whole;
+  the images are amateur and observatory telescope photographs, redistributable with credit,
+  credited in the package's ``textures.json`` and ``copyright``), 256 to 2048 px, written in
+  colour at their own resolution, labelled by the object's type in the OpenNGC catalogue
+  that Debian's ``kstars-data`` ships (CC-BY-SA 4.0): galaxy, globular cluster, open
+  cluster, nebula, planetary nebula. Read from the two ``.deb`` files (``apt-get update &&
+  apt-get download stellarium-data kstars-data``, done for you; no install needed, about
+  330 MB). Imbalanced as the sky is (galaxies about 4 times the open clusters); split
+  55/15/30 per class by object, so two pictures of one object never straddle splits; test
+  as-is.
+- ``galaxies``: the galaxies among those pictures by Hubble class (elliptical, lenticular,
+  spiral, irregular) from the morphological type in Stellarium's own catalogue
+  (``catalog.dat`` in the same package): about 200 pictures, spirals 8 times the
+  lenticulars; split 50/15/35 per class by galaxy; test as-is. Small: a test split of 68.
 """
 
 from __future__ import annotations
