@@ -9,6 +9,13 @@ download access for scikit-image's texture photographs, see ``ood_datasets.py``)
         --train 1500 --val 300 --test 900 --weights-dir ../shared/weights \
         --json benchmarks/results-finetune-ood.json
 
+The two sets of large colour pictures, ``deepsky`` (object types) and ``galaxies`` (Hubble
+classes), both from Debian's ``stellarium-data``, are written at their own size (256 to 2048
+px); run them at the backbone's own size::
+
+    python benchmarks/bench_finetune_ood.py --sets deepsky,galaxies --arms new --size 224 \
+        --seed 0 --weights-dir ../shared/weights --json benchmarks/results-finetune-ood-issue29.json
+
 Per set: ``extract`` with the pretrained MobileNet (frozen, once), ``train-head --head
 dense`` on the cache, then two ``fine-tune`` runs from that same head: the options a new
 user tried in the issue (``--schedule fixed --unfreeze 20 --epochs 6 --lr 1e-4 --augment
@@ -99,7 +106,8 @@ def run_set(name: str, args: argparse.Namespace, weights: str, work: Path) -> di
             "report": {k: v for k, v in report.items() if k not in ("test", "val", "history")},
         }
         print(f"{name} {arm}: test {out[arm]['accuracy']['value']:.3f} "
-              f"(head {out['head']['accuracy']['value']:.3f})", flush=True)  # fmt: skip
+              f"(head {out['head']['accuracy']['value']:.3f}), exported "
+              f"{report.get('exported', 'fine-tuned')}", flush=True)  # fmt: skip
     return out
 
 

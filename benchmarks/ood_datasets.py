@@ -16,15 +16,34 @@ requested size, the layout ``extract`` reads splits from) and returns a summary.
   the train split is imbalanced (the first class 8 times the last).
 - ``digits``: scikit-learn's bundled handwritten digits (UCI, 1,797 images of 8x8 px,
   16 grey levels), split 60/15/25 per class by a seeded shuffle.
+- ``deepsky``: Stellarium's deep-sky images (Debian ``stellarium-data``, GPL-2+ as a whole;
+  the images are amateur and observatory telescope photographs, redistributable with credit,
+  credited in the package's ``textures.json`` and ``copyright``), 256 to 2048 px, written in
+  colour at their own resolution, labelled by the object's type in the OpenNGC catalogue
+  that Debian's ``kstars-data`` ships (CC-BY-SA 4.0): galaxy, globular cluster, open
+  cluster, nebula, planetary nebula. Read from the two ``.deb`` files (``apt-get update &&
+  apt-get download stellarium-data kstars-data``, done for you; no install needed, about
+  330 MB). Imbalanced as the sky is (galaxies about 4 times the open clusters); split
+  55/15/30 per class by object, so two pictures of one object never straddle splits; test
+  as-is.
+- ``galaxies``: the galaxies among those pictures by Hubble class (elliptical, lenticular,
+  spiral, irregular) from the morphological type in Stellarium's own catalogue
+  (``catalog.dat`` in the same package): about 200 pictures, spirals 8 times the
+  lenticulars; split 50/15/35 per class by galaxy; test as-is. Small: a test split of 68.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import io
 import json
 import os
 import platform
+import re
+import shutil
+import sqlite3
+import struct
 import subprocess
 import sys
 import tarfile
@@ -46,6 +65,13 @@ WEIGHTS = "mobilenet_1_0_224_imagenet_notop.weights.h5"
 SPLITS = ("train", "val", "test")
 TEXTURES = ("brick", "grass", "gravel", "cell", "ihc", "moon")
 DIGITS = [str(d) for d in range(10)]
+DEEPSKY = ("galaxy", "globular_cluster", "open_cluster", "nebula", "planetary_nebula")
+_OPENNGC_TYPES = {8: "galaxy", 4: "globular_cluster", 3: "open_cluster", 5: "nebula",
+                  6: "planetary_nebula"}  # fmt: skip
+"""KStars' object types (OpenNGC.kscat ``cat.type``) -> :data:`DEEPSKY` class."""
+_CATALOGUES = {"m": "M", "n": "NGC", "ic": "IC"}
+_OWN_CLASS = {"p": "galaxy", "u": "galaxy", "sh2-": "nebula"}
+"""Catalogues of one kind: PGC and UGC list galaxies, Sharpless (Sh2) HII regions."""
 
 
 def _write(out: Path, split: str, name: str, index: int, image: np.ndarray, size: int) -> None:
@@ -228,11 +254,221 @@ def digits(out: Path, size: int, train: int, val: int, test: int, seed: int = 0)
     return _finish(out, key, counts)
 
 
+def _debian_files(store: Path, package: str, pattern: str) -> Path:
+    """Unpack the members of Debian ``package`` matching ``pattern`` (a tar wildcard) into
+    ``store/package`` (``apt-get download`` first when its ``.deb`` is not in ``store``: the
+    package lists must be there, ``apt-get update``)."""
+    root = store / package
+    marker = root / ".unpacked"
+    if marker.is_file() and marker.read_text() == pattern:
+        return root
+    store.mkdir(parents=True, exist_ok=True)
+    debs = sorted(store.glob(f"{package}_*.deb"))
+    if not debs:
+        subprocess.run(["apt-get", "download", "-q", package], cwd=store, check=True)
+        debs = sorted(store.glob(f"{package}_*.deb"))
+    root.mkdir(exist_ok=True)
+    tarball = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(debs[-1])], check=True,
+                             capture_output=True).stdout  # fmt: skip
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as archive:
+        wanted = [m for m in archive.getmembers() if m.isfile() and _match(m.name, pattern)]
+        archive.extractall(root, members=wanted, filter="data")
+    marker.write_text(pattern)
+    return root
+
+
+def _match(name: str, pattern: str) -> bool:
+    from fnmatch import fnmatch
+
+    return fnmatch(name.removeprefix("./"), pattern)
+
+
+def _deepsky_images(store: Path) -> dict[str, list[tuple[str, Path]]]:
+    """Class -> [(object, image path)] for Stellarium's deep-sky pictures whose object has a
+    :data:`DEEPSKY` type (by its M, NGC or IC number in OpenNGC, or its catalogue)."""
+    sky = _debian_files(store, "stellarium-data", "usr/share/stellarium/nebulae/default/*")
+    ngc = _debian_files(store, "kstars-data", "usr/share/kstars/OpenNGC.kscat")
+    types: dict[str, int] = {}
+    with sqlite3.connect(ngc / "usr/share/kstars/OpenNGC.kscat") as db:
+        for kind, name, ident in db.execute("SELECT type, name, catalog_identifier FROM cat"):
+            types.setdefault(name.upper(), kind)
+            if ident:
+                types.setdefault(re.sub(r"^(NGC|IC)0*(\d+)", r"\1 \2", ident).upper(), kind)
+    found: dict[str, list[tuple[str, Path]]] = {c: [] for c in DEEPSKY}
+    for path in sorted((sky / "usr/share/stellarium/nebulae/default").glob("*.png")):
+        stem = path.stem.lower()
+        number = re.match(r"(m|n|ic)(\d+)", stem)
+        own = re.match(r"(p|u|sh2-)(\d+)", stem)
+        if number:
+            obj = f"{_CATALOGUES[number.group(1)]} {int(number.group(2))}"
+            kind = _OPENNGC_TYPES.get(types.get(obj, -1))
+        elif own:
+            obj, kind = f"{own.group(1)}{int(own.group(2))}", _OWN_CLASS[own.group(1)]
+        else:
+            continue
+        if kind is not None:
+            found[kind].append((obj, path))
+    return found
+
+
+def _split_objects(
+    out: Path,
+    found: dict[str, list[tuple[str, Path]]],
+    seed: int,
+    smallest: int,
+    shares: tuple[float, float] = (0.55, 0.15),
+) -> dict[str, dict[str, int]]:
+    """Write each class's pictures of at least ``smallest`` px a side into train/val/test
+    by their objects (a seeded shuffle, ``shares`` of train and val, test the rest), in
+    colour at their own size (transparency over black)."""
+    rng = np.random.default_rng(seed)
+    counts: dict[str, dict[str, int]] = {s: dict.fromkeys(found, 0) for s in SPLITS}
+    for name, pictures in found.items():
+        kept = []
+        for obj, path in pictures:
+            with Image.open(path) as picture:
+                if min(picture.size) >= smallest:
+                    kept.append((obj, path))
+        objects = sorted({obj for obj, _ in kept})
+        order = rng.permutation(len(objects))
+        cut = [round(len(objects) * shares[0]), round(len(objects) * sum(shares))]
+        for split, part in zip(SPLITS, np.split(order, cut), strict=True):
+            chosen = {objects[i] for i in part}
+            for obj, path in kept:
+                if obj in chosen:
+                    folder = out / split / name
+                    folder.mkdir(parents=True, exist_ok=True)
+                    with Image.open(path) as picture:
+                        rgba = picture.convert("RGBA")
+                    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+                    Image.alpha_composite(black, rgba).convert("RGB").save(folder / path.name)
+                    counts[split][name] += 1
+    return counts
+
+
+def deepsky(
+    out: Path, size: int, train: int, val: int, test: int, seed: int = 0, smallest: int = 200
+) -> dict[str, Any]:
+    """Stellarium's deep-sky pictures of at least ``smallest`` px a side, in colour at their
+    own size, 55/15/30 % of each class's objects by a seeded shuffle (``size``, ``train``,
+    ``val`` and ``test`` are ignored: the set has about 470 pictures)."""
+    key = {"set": "deepsky", "seed": seed, "smallest": smallest}
+    if _done(out, key):
+        return _summary(out)
+    if out.exists():
+        shutil.rmtree(out)
+    counts = _split_objects(out, _deepsky_images(out.parent / "deb"), seed, smallest)
+    return _finish(out, key, counts)
+
+
+def _qstring(data: bytes, at: int) -> tuple[str, int]:
+    (length,) = struct.unpack_from(">I", data, at)
+    if length == 0xFFFFFFFF:
+        return "", at + 4
+    return data[at + 4 : at + 4 + length].decode("utf-16-be"), at + 4 + length
+
+
+def stellarium_catalog(path: Path) -> list[dict[str, Any]]:
+    """The records of Stellarium's deep-sky catalogue ``catalog.dat`` (format 3.16, a
+    gzipped Qt data stream): ``type`` (Stellarium's code; 0-3 are galaxies), ``morphology``
+    (e.g. ``SA(s)b``), ``id`` and the numbers in ``M``, ``NGC``, ``IC``, ``PGC`` and ``UGC`` (0 when
+    not in that catalogue)."""
+    data = gzip.decompress(path.read_bytes())
+    version, at = _qstring(data, 0)
+    _, at = _qstring(data, at)
+    if version != "3.16":
+        raise SystemExit(f"{path}: catalogue format {version}, this reader knows 3.16")
+    numbers = ("NGC", "IC", "M", "C", "B", "Sh2", "VdB", "RCW", "LDN", "LBN", "Cr", "Mel",
+               "PGC", "UGC")  # fmt: skip
+    records = []
+    while at < len(data):
+        # id, ra, dec, bmag, vmag (doubles), type
+        ident, kind = (
+            struct.unpack_from(">I", data, at)[0],
+            struct.unpack_from(">I", data, at + 36)[0],
+        )
+        morphology, at = _qstring(data, at + 40)
+        at += 8 * 2 + 4 + 8 * 6  # axes, orientation, redshift, parallax, distance (+ errors)
+        record = dict(zip(numbers, struct.unpack_from(">14I", data, at), strict=True))
+        at += 4 * 14
+        _, at = _qstring(data, at)  # Ced
+        at += 8  # Arp, VV
+        for _ in range(7):  # PK, PNG, SNRG, ACO, HCG, ESO, VdBH
+            _, at = _qstring(data, at)
+        at += 4 * 5  # DWB, Tr, St, Ru, VdBHa
+        records.append({"id": ident, "type": kind, "morphology": morphology.strip(), **record})
+    return records
+
+
+GALAXIES = ("elliptical", "lenticular", "spiral", "irregular")
+
+
+def hubble_class(morphology: str) -> str | None:
+    """A galaxy's :data:`GALAXIES` class from its morphological type (de Vaucouleurs or
+    Hubble notation, or a numerical stage T), None when it says none."""
+    text = re.sub(r"^\(R'?[_0-9]*\)'?", "", morphology.split(",")[0].strip())
+    if re.fullmatch(r"-?\d+(\.\d+)?", text):
+        stage = float(text)
+        return ("elliptical" if stage <= -4 else "lenticular" if stage <= 0
+                else "spiral" if stage <= 8 else "irregular" if stage <= 10 else None)  # fmt: skip
+    if re.match(r"(d?E|dSph|cD)", text):
+        return "elliptical"
+    if re.match(r"S[AB]*(\([rs]+\))?0|S0", text):
+        return "lenticular"
+    if re.match(r"(d?I|S[AB]*(\([rs]+\))?\s*m)", text):
+        return "irregular"
+    if re.match(r"S[AB]*(\([rs]+\))?\s*(a|b|c|d)", text):
+        return "spiral"
+    return None
+
+
+def _galaxy_images(store: Path) -> dict[str, list[tuple[str, Path]]]:
+    """Class -> [(object, image path)] for Stellarium's pictures of galaxies whose
+    morphological type gives a :data:`GALAXIES` class."""
+    sky = _debian_files(store, "stellarium-data", "usr/share/stellarium/nebulae/default/*")
+    folder = sky / "usr/share/stellarium/nebulae/default"
+    by_name: dict[str, dict[str, Any]] = {}
+    for record in stellarium_catalog(folder / "catalog.dat"):
+        for catalogue, prefix in (("M", "m"), ("NGC", "n"), ("IC", "ic"), ("PGC", "p"),
+                                  ("UGC", "u")):  # fmt: skip
+            if record[catalogue]:
+                by_name.setdefault(f"{prefix}{record[catalogue]}", record)
+    found: dict[str, list[tuple[str, Path]]] = {c: [] for c in GALAXIES}
+    for path in sorted(folder.glob("*.png")):
+        number = re.match(r"(m|n|ic|p|u)(\d+)", path.stem.lower())
+        record = by_name.get(f"{number.group(1)}{int(number.group(2))}") if number else None
+        if record is None or record["type"] > 3:  # 0-3: galaxies (active, radio, interacting)
+            continue
+        name = hubble_class(record["morphology"])
+        if name is not None:
+            found[name].append((f"DSO {record['id']}", path))
+    return found
+
+
+def galaxies(
+    out: Path, size: int, train: int, val: int, test: int, seed: int = 0, smallest: int = 200
+) -> dict[str, Any]:
+    """Stellarium's galaxy pictures by Hubble class (:data:`GALAXIES`, from the morphological
+    type in Stellarium's own catalogue), at least ``smallest`` px a side, in colour at their
+    own size, 50/15/35 % of each class's galaxies by a seeded shuffle (``size``, ``train``,
+    ``val`` and ``test`` are ignored: the set has about 200 pictures)."""
+    key = {"set": "galaxies", "seed": seed, "smallest": smallest}
+    if _done(out, key):
+        return _summary(out)
+    if out.exists():
+        shutil.rmtree(out)
+    found = _galaxy_images(out.parent / "deb")
+    counts = _split_objects(out, found, seed, smallest, shares=(0.5, 0.15))
+    return _finish(out, key, counts)
+
+
 BUILDERS: dict[str, Callable[..., dict[str, Any]]] = {
     "fashion": fashion,
     "mnist-lt": mnist_lt,
     "textures": textures,
     "digits": digits,
+    "deepsky": deepsky,
+    "galaxies": galaxies,
 }
 
 
