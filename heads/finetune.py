@@ -8,7 +8,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -315,7 +315,7 @@ def fine_tune(
     from .endtoend import build, save
     from .predict import check_cache_suits
 
-    chosen = merge_options(
+    merged = merge_options(
         FineTuneOptions,
         options,
         unfreeze=unfreeze,
@@ -334,7 +334,14 @@ def fine_tune(
         time_budget=time_budget,
         warmup=warmup,
         lr_decay=lr_decay,
-    ).resolved()
+    )
+    # the recipe reads the data for what the user left unset; what they set always wins
+    explicit = frozenset(
+        name
+        for name in ("augment", "lr", "epochs", "image_size")
+        if getattr(merged, name) is not None
+    )
+    chosen = merged.resolved()
     began = time.monotonic()  # a time budget counts from here: the model's load included
     auto = chosen.schedule == "auto"
     cache = Path(cache)
@@ -400,6 +407,14 @@ def fine_tune(
         from .finetune_phases import resolve_balance, train_auto
 
         balancing = resolve_balance(train_rows.columns, len(trained.classes), chosen.balance)
+        recipe: dict[str, Any] = {}
+        if "augment" in explicit:
+            recipe["augment"] = {"chosen": chosen.augment, "by": "asked",
+                                 "summary": f"{chosen.augment or 'none'} (asked)"}  # fmt: skip
+        else:
+            recipe["augment"] = _augment_test(built, train_rows, source, size, resize, chosen,
+                                              progress)  # fmt: skip
+            chosen = replace(chosen, augment=recipe["augment"]["chosen"])
 
         every = len(unfreeze_layers(built.backbone, "all"))
         allowed = unfreeze_units(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
@@ -421,7 +436,11 @@ def fine_tune(
             progress=progress,
             deadline=None if chosen.time_budget is None else began + float(chosen.time_budget),
             evaluate_share=(len(val_rows.paths) + len(test_rows.paths)) / len(known_val.paths),
+            explicit=explicit,
+            recipe=recipe,
+            improve_margin=1.0 / len(known_val.paths),  # one more val image right
         )  # fmt: skip
+        chosen = replace(chosen, lr=outcome.lr or chosen.lr)
         history, extra = outcome.history, outcome.report
         extra["kept_layers"] = [unit.name for unit in allowed[len(allowed) - outcome.deepest :]]
         model, size, precision = outcome.model, outcome.image_size, outcome.precision
@@ -536,6 +555,41 @@ def minority_recall(
         for i in np.argsort(counts, kind="stable")
         if counts[i] * 2 <= counts.max()
     ]
+
+
+def _augment_test(
+    built: Any,
+    rows: _Rows,
+    source: Dataset,
+    size: tuple[int, int],
+    resize: tuple[str, str],
+    chosen: FineTuneOptions,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """The recipe's augmentation, measured (:mod:`.orientation`) on a sample of ``rows``
+    through the backbone as it is before training."""
+    from .orientation import SAMPLE, choose_augment
+
+    picked = np.sort(np.random.default_rng(chosen.seed).permutation(len(rows.paths))[:SAMPLE])
+    sample = _Rows(
+        [rows.paths[i] for i in picked], rows.columns[picked], rows.labels[picked],
+        [rows.sha256[i] for i in picked],
+    )  # fmt: skip
+    with Status(f"fine-tune: measuring the augmentation on {len(picked)} train images…", progress):
+        images = np.stack([pixels for pixels, _ in _images(sample, source, size, resize)])
+        preprocess = built.model.get_layer("preprocess")
+
+        def features_of(batch: np.ndarray) -> np.ndarray:
+            out = [
+                np.asarray(built.backbone(preprocess(batch[i : i + 32]), training=False))
+                for i in range(0, len(batch), 32)
+            ]
+            return np.concatenate(out).reshape(len(batch), -1)
+
+        test = choose_augment(
+            features_of, images, sample.columns, seed=chosen.seed, default=str(chosen.augment)
+        )
+    return test.record()
 
 
 def _known(rows: _Rows) -> _Rows:
