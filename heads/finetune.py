@@ -400,6 +400,22 @@ def fine_tune(
             f"{cache}: no val images of the head's classes to choose the best checkpoint by; "
             "use schedule fixed"
         )
+    recipe: dict[str, Any] = {}
+    if auto and "image_size" in explicit:
+        recipe["image_size"] = {"chosen": chosen.image_size, "by": "asked",
+                                "summary": f"{chosen.image_size} px (asked)"}  # fmt: skip
+    elif auto:
+        deadline = None if chosen.time_budget is None else began + float(chosen.time_budget)
+        recipe["image_size"] = _own_resolution(
+            built, train_rows, source, resize, chosen, deadline, progress
+        )
+        if recipe["image_size"]["chosen"] != size[0]:
+            built = build(
+                head, trainable_backbone=True, augmentation=augmentation, precision="float32",
+                image_size=int(recipe["image_size"]["chosen"]),
+            )  # fmt: skip
+            trained, size = built.head, built.image_size
+            chosen = replace(chosen, image_size=size[0])
     extra: dict[str, Any] = {}
     precision = "float32"
     started = time.monotonic()
@@ -407,7 +423,6 @@ def fine_tune(
         from .finetune_phases import resolve_balance, train_auto
 
         balancing = resolve_balance(train_rows.columns, len(trained.classes), chosen.balance)
-        recipe: dict[str, Any] = {}
         if "augment" in explicit:
             recipe["augment"] = {"chosen": chosen.augment, "by": "asked",
                                  "summary": f"{chosen.augment or 'none'} (asked)"}  # fmt: skip
@@ -555,6 +570,60 @@ def minority_recall(
         for i in np.argsort(counts, kind="stable")
         if counts[i] * 2 <= counts.max()
     ]
+
+
+def _own_resolution(
+    built: Any,
+    rows: _Rows,
+    source: Dataset,
+    resize: tuple[str, str],
+    chosen: FineTuneOptions,
+    deadline: float | None,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """The recipe's image size (:mod:`.resolution`): the images' own when larger than the
+    cache's and the time allows, estimated from steps timed at the cache's size."""
+    from .finetune_phases import set_trainable
+    from .finetune_plan import measure
+    from .resolution import SAMPLE, SideChoice, choose_side, larger_side_is_worth, native_side
+    from .schedule import Phase, layerwise_optimizer
+
+    size = built.image_size
+    if size[0] != size[1]:
+        return SideChoice(size[0], size[0], None, reason="the images are not square").record()
+    contents = []
+    for path in rows.paths[:SAMPLE]:
+        try:
+            contents.append(source.read(item_from_path(path))[0])
+        except (OSError, IndexError):
+            continue
+    native = native_side(contents)
+    if not larger_side_is_worth(native, size[0]):
+        return choose_side(native, size[0], 0.0).record()
+    if len(built.backbone.output.shape) != 2:
+        return SideChoice(size[0], size[0], native, reason="the features are not pooled").record()
+    import keras
+
+    allowed = unfreeze_units(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
+    units = backbone_units(built.backbone)
+    deeper = Phase("deeper", len(allowed), 1, 0.0)
+
+    def ready(phase: Phase) -> None:
+        set_trainable(built.backbone, units, allowed, phase.units)
+        built.model.compile(optimizer=layerwise_optimizer(chosen.optimizer, 0.0, {}),
+                            loss=keras.losses.SparseCategoricalCrossentropy())  # fmt: skip
+
+    kept = built.model.get_weights()
+    with Status("fine-tune: timing a step at the cache's size…", progress):
+        train = _train_dataset(rows, source, size, resize, chosen)
+        timing = measure(built.model, [deeper], train, ready, None)[deeper.units]
+    built.model.set_weights(kept)
+    train_seconds = float(chosen.epochs or 1) * int(train.cardinality()) * timing.step_seconds
+    remaining = None if deadline is None else deadline - time.monotonic()
+    decision = choose_side(native, size[0], train_seconds, remaining)
+    record = decision.record()
+    record["step_seconds_at_cache_size"] = round(timing.step_seconds, 4)
+    return record
 
 
 def _augment_test(
