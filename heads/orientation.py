@@ -41,7 +41,7 @@ at 64 px with MobileNet, 96 images: stripes whose class is their frequency lost 
 turned at random 0.11."""
 CROP_TEST_AREA = CROP_AREA[0]
 """The crop tested: the centre of the smallest area ``crop`` keeps."""
-MIN_IMAGES = 16
+MIN_IMAGES = 12
 """Fewer train images: no test, the recipe's default augmentation."""
 FOLDS = 4
 RIDGE_ALPHA = 100.0

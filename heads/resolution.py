@@ -21,8 +21,8 @@ CAP_FACTOR = 2.0
 """Never train at more than this times the cache's side..."""
 CAP_SIDE = 320
 """...nor above this side (the cost grows with the pixels: 2x the side, 4x the time)."""
-MULTIPLE = 32
-"""Sides tried are multiples of this (the backbones' total stride)."""
+MULTIPLE = 16
+"""Sides tried are multiples of this."""
 MIN_GAIN = 1.25
 """The images must be at least this times the cache's side to be worth the time."""
 BUDGET_SHARE = 0.8
