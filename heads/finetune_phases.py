@@ -335,6 +335,8 @@ def train_auto(
     layers, and more epochs (``epochs``) while the last epoch is still the best by
     ``improve_margin``. ``recipe``: the choices made before (augmentation, image size); the
     report's ``recipe`` holds them all with the numbers behind them."""
+    import keras
+
     from .finetune_recipe import asked, choose_lr, extend
 
     began = time.monotonic()
@@ -375,9 +377,17 @@ def train_auto(
     if "lr" in explicit:
         recipe["lr"] = asked(lr)
     else:
+        scales = layer_scales(allowed, group_scales(every, chosen.lr_decay))
+
+        def ready(phase: Phase, rate: Any) -> None:
+            set_trainable(built.backbone, units, allowed, phase.units)
+            model.compile(
+                optimizer=layerwise_optimizer(chosen.optimizer, rate, scales),
+                loss=keras.losses.SparseCategoricalCrossentropy(),
+            )
+
         recipe["lr"] = choose_lr(
-            model, built.backbone, units, allowed, every, phases, train, plan, default=lr,
-            optimizer=chosen.optimizer, lr_decay=chosen.lr_decay, class_weight=weights,
+            model, phases, train, plan, ready, default=lr, class_weight=weights,
             remaining=None if deadline is None else deadline - time.monotonic(),
         )  # fmt: skip
         if recipe["lr"]["chosen"] != lr:

@@ -10,10 +10,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .finetune_phases import Best, PhaseRun, layer_scales, set_trainable
 from .finetune_plan import Plan, duration
 from .lr_range import STEPS, lr_range_test
-from .schedule import Phase, group_scales, layerwise_optimizer
+from .schedule import Phase
 
 EXTEND_SHARE = 0.25
 """Each extension adds this share of the epochs asked (at least one)."""
@@ -32,25 +31,19 @@ def asked(value: Any) -> dict[str, Any]:
 
 def choose_lr(
     model: Any,
-    backbone: Any,
-    units: list[Any],
-    allowed: list[Any],
-    every: int,
     phases: list[Phase],
     train: Any,
     plan: Plan,
+    ready: Callable[[Phase, Any], None],
     *,
     default: float,
-    optimizer: str,
-    lr_decay: float,
     class_weight: dict[int, float] | None,
     remaining: float | None,
 ) -> dict[str, Any]:
     """The peak rate for the phases: a range test on the first phase that thaws layers
-    (its layers trainable, its layer-wise rates), the model's weights put back after; the
-    default when no phase thaws or a time budget (``remaining`` seconds) leaves no room."""
-    import keras
-
+    (``ready(phase, rate)`` makes the model train that phase's layers at their layer-wise
+    rates, compiled at ``rate``), the model's weights put back after; the default when no
+    phase thaws or a time budget (``remaining`` seconds) leaves no room."""
     thawed = next((p for p in phases if p.units), None)
     if thawed is None:
         return _default(default, "no phase trains backbone layers")
@@ -60,16 +53,9 @@ def choose_lr(
         return _default(
             default, f"the range test (about {duration(estimate)}) does not fit the budget"
         )
-    set_trainable(backbone, units, allowed, thawed.units)
-    scales = layer_scales(allowed, group_scales(every, lr_decay))
-
-    def compile_at(rate: Any) -> None:
-        model.compile(
-            optimizer=layerwise_optimizer(optimizer, rate, scales),
-            loss=keras.losses.SparseCategoricalCrossentropy(),
-        )
-
-    test = lr_range_test(model, train, compile_at, default, class_weight=class_weight)
+    test = lr_range_test(
+        model, train, lambda rate: ready(thawed, rate), default, class_weight=class_weight
+    )
     record = test.record()
     record["phase"] = thawed.name
     record["estimated_seconds"] = round(estimate, 2)
@@ -85,9 +71,10 @@ def _default(default: float, reason: str) -> dict[str, Any]:
     }
 
 
-def still_improving(best: Best, run: PhaseRun, margin: float) -> bool:
-    """Whether the last epoch of ``run`` is the kept one, better than the best before it by
-    at least ``margin``, and the phase ran all its epochs."""
+def still_improving(best: Any, run: Any, margin: float) -> bool:
+    """Whether the last epoch of ``run`` (a :class:`~.finetune_phases.PhaseRun`) is the one
+    ``best`` (:class:`~.finetune_phases.Best`) keeps, better than the best before it by at
+    least ``margin``, and the phase ran all its epochs."""
     epochs = len(run.val_accuracy)
     return (
         epochs == run.phase.epochs
@@ -98,9 +85,9 @@ def still_improving(best: Best, run: PhaseRun, margin: float) -> bool:
 
 
 def extend(
-    train_phases: Callable[[list[Phase]], list[PhaseRun]],
-    runs: list[PhaseRun],
-    best: Best,
+    train_phases: Callable[[list[Phase]], list[Any]],
+    runs: list[Any],
+    best: Any,
     plan: Plan,
     *,
     epochs_asked: int,

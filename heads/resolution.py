@@ -73,13 +73,17 @@ class SideChoice:
         }
 
 
-def native_side(contents: Iterable[bytes]) -> int | None:
-    """The median shorter side of the images in ``contents`` (file bytes), from their headers;
-    None when none can be read."""
+def native_side(contents: Iterable[bytes | np.ndarray]) -> int | None:
+    """The median shorter side of the images in ``contents`` (file bytes, read from their
+    headers, or pixel arrays); None when none can be read."""
     from PIL import Image
 
     sides = []
     for content in contents:
+        if isinstance(content, np.ndarray):
+            if content.ndim >= 2:
+                sides.append(min(content.shape[:2]))
+            continue
         try:
             with Image.open(io.BytesIO(content)) as image:
                 sides.append(min(image.size))
