@@ -618,7 +618,11 @@ def _own_resolution(
         train = _train_dataset(rows, source, size, resize, chosen)
         timing = measure(built.model, [deeper], train, ready, None)[deeper.units]
     built.model.set_weights(kept)
-    train_seconds = float(chosen.epochs or 1) * int(train.cardinality()) * timing.step_seconds
+    # every epoch's steps, and a trace for each of the (at most 3) phases
+    epochs = float(chosen.epochs or 1)
+    train_seconds = (
+        epochs * int(train.cardinality()) * timing.step_seconds + 3 * timing.trace_seconds
+    )
     remaining = None if deadline is None else deadline - time.monotonic()
     decision = choose_side(native, size[0], train_seconds, remaining)
     record = decision.record()

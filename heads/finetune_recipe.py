@@ -101,7 +101,7 @@ def extend(
     of the epochs asked and within the ``deadline``. Extends ``runs``; returns the record."""
     cap = max(1, math.ceil(EXTEND_CAP * epochs_asked))
     step = max(1, round(EXTEND_SHARE * epochs_asked))
-    added, why = 0, ""
+    added, why = 0, "nothing trained"
     checks: list[dict[str, Any]] = []
     while runs:
         last = runs[-1]

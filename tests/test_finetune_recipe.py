@@ -116,7 +116,7 @@ def test_own_resolution_from_the_headers_and_the_time(tmp_path):
     assert choose_side(96, 64, 10.0).side == 96
     assert choose_side(900, 224, 10.0).side == CAP_SIDE
     # a budget: the largest side whose estimate fits, or the cache's
-    fits = choose_side(96, 32, train_seconds=10.0, remaining=40.0)
+    fits = choose_side(96, 32, train_seconds=10.0, remaining=50.0)  # half of it for training
     assert fits.side == 48 and fits.estimated_seconds == pytest.approx(22.5)
     tight = choose_side(96, 32, train_seconds=10.0, remaining=12.0)
     assert tight.side == 32 and "budget" in tight.summary
