@@ -424,9 +424,10 @@ def train_auto(
     runs = train_phases(phases)
     if "epochs" in explicit:
         recipe["epochs"] = asked(epochs)
-    elif stopped:
-        recipe["epochs"] = {"chosen": epochs, "by": "time budget", "summary": f"{epochs} "
-                            "(the time budget cut them: no more)"}  # fmt: skip
+    elif stopped or sum(p.epochs for p in phases) < epochs:
+        ran = sum(len(r.val_accuracy) for r in runs)
+        recipe["epochs"] = {"chosen": ran, "by": "time budget", "asked": epochs,
+                            "summary": f"{ran} of {epochs} (the time budget cut them)"}  # fmt: skip
     else:
         recipe["epochs"] = extend(
             train_phases, runs, best, plan, epochs_asked=epochs, margin=improve_margin,
