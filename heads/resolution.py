@@ -93,10 +93,20 @@ def native_side(contents: Iterable[bytes | np.ndarray]) -> int | None:
     return int(np.median(sides)) if sides else None
 
 
+def largest_side(native: int, cache_side: int) -> int:
+    """The largest side tried for images of shorter side ``native``: capped
+    (:data:`CAP_FACTOR`, :data:`CAP_SIDE`) and rounded down to :data:`MULTIPLE`."""
+    return min(native, int(CAP_FACTOR * cache_side), CAP_SIDE) // MULTIPLE * MULTIPLE
+
+
 def larger_side_is_worth(native: int | None, cache_side: int) -> bool:
     """Whether images of shorter side ``native`` are enough larger than the cache's side
     for the recipe to consider them (and time a step)."""
-    return native is not None and native >= MIN_GAIN * cache_side
+    return (
+        native is not None
+        and native >= MIN_GAIN * cache_side
+        and largest_side(native, cache_side) > cache_side
+    )
 
 
 def choose_side(
@@ -115,10 +125,11 @@ def choose_side(
         return SideChoice(cache_side, cache_side, None, reason="image sizes unreadable")
     if not larger_side_is_worth(native, cache_side):
         return SideChoice(
-            cache_side, cache_side, native, reason=f"not {MIN_GAIN:g}x larger than the cache's"
-        )
+            cache_side, cache_side, native,
+            reason=f"not {MIN_GAIN:g}x larger than the cache's, in steps of {MULTIPLE} px",
+        )  # fmt: skip
     cap = min(native, int(CAP_FACTOR * cache_side), CAP_SIDE)
-    top = cap // MULTIPLE * MULTIPLE
+    top = largest_side(native, cache_side)
     for side in range(top, cache_side, -MULTIPLE):
         estimate = train_seconds * (side / cache_side) ** 2
         if remaining is None or estimate <= BUDGET_SHARE * remaining:

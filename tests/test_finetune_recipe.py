@@ -280,3 +280,10 @@ def test_journey_extract_train_fine_tune_reads_the_data_and_predict(tmp_path):
     assert {name: c["by"] for name, c in recipe.items()} == dict.fromkeys(recipe, "asked")
     assert recipe["lr"]["chosen"] == 1e-3 and recipe["augment"]["chosen"] == "crop"
     assert "recipe lr: 0.001 (asked)" in text
+
+
+def test_own_resolution_needs_a_larger_side_in_steps():
+    # 40 px is 1.25x of 32 but rounds down (steps of 16) to 32: not worth timing a step
+    assert choose_side(40, 32, 10.0).side == 32
+    assert "not 1.25x larger" in choose_side(40, 32, 10.0).summary
+    assert choose_side(48, 32, 10.0).side == 48
