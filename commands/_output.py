@@ -278,6 +278,8 @@ def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: A
     balance = report.get("balance")
     if balance:
         lines.append(f"  balance: {balance['used']} (asked {balance['asked']})")
+    for name, choice in (report.get("recipe") or {}).items():
+        lines.append(f"  recipe {name}: {choice['summary']}")
     for phase in report.get("phases", []):
         shown = " ".join(f"{v:.3f}" for v in phase["val_accuracy"]) or "-"
         balanced = " ".join(f"{v:.3f}" for v in phase.get("val_balanced_accuracy", []))

@@ -8,7 +8,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -320,7 +320,7 @@ def fine_tune(
     from .endtoend import build, save
     from .predict import check_cache_suits
 
-    chosen = merge_options(
+    merged = merge_options(
         FineTuneOptions,
         options,
         unfreeze=unfreeze,
@@ -339,7 +339,14 @@ def fine_tune(
         time_budget=time_budget,
         warmup=warmup,
         lr_decay=lr_decay,
-    ).resolved()
+    )
+    # the recipe reads the data for what the user left unset; what they set always wins
+    explicit = frozenset(
+        name
+        for name in ("augment", "lr", "epochs", "image_size")
+        if getattr(merged, name) is not None
+    )
+    chosen = merged.resolved()
     check_run_folder(output, overwrite)
     began = time.monotonic()  # a time budget counts from here: the model's load included
     auto = chosen.schedule == "auto"
@@ -399,6 +406,22 @@ def fine_tune(
             f"{cache}: no val images of the head's classes to choose the best checkpoint by; "
             "use schedule fixed"
         )
+    recipe: dict[str, Any] = {}
+    if auto and "image_size" in explicit:
+        recipe["image_size"] = {"chosen": chosen.image_size, "by": "asked",
+                                "summary": f"{chosen.image_size} px (asked)"}  # fmt: skip
+    elif auto:
+        deadline = None if chosen.time_budget is None else began + float(chosen.time_budget)
+        recipe["image_size"] = _own_resolution(
+            built, train_rows, source, resize, chosen, deadline, progress
+        )
+        if recipe["image_size"]["chosen"] != size[0]:
+            built = build(
+                head, trainable_backbone=True, augmentation=augmentation, precision="float32",
+                image_size=int(recipe["image_size"]["chosen"]),
+            )  # fmt: skip
+            trained, size = built.head, built.image_size
+            chosen = replace(chosen, image_size=size[0])
     extra: dict[str, Any] = {}
     precision = "float32"
     started = time.monotonic()
@@ -406,6 +429,13 @@ def fine_tune(
         from .finetune_phases import resolve_balance, train_auto
 
         balancing = resolve_balance(train_rows.columns, len(trained.classes), chosen.balance)
+        if "augment" in explicit:
+            recipe["augment"] = {"chosen": chosen.augment, "by": "asked",
+                                 "summary": f"{chosen.augment or 'none'} (asked)"}  # fmt: skip
+        else:
+            recipe["augment"] = _augment_test(built, train_rows, source, size, resize, chosen,
+                                              progress)  # fmt: skip
+            chosen = replace(chosen, augment=recipe["augment"]["chosen"])
 
         every = len(unfreeze_layers(built.backbone, "all"))
         allowed = unfreeze_units(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
@@ -427,7 +457,11 @@ def fine_tune(
             progress=progress,
             deadline=None if chosen.time_budget is None else began + float(chosen.time_budget),
             evaluate_share=(len(val_rows.paths) + len(test_rows.paths)) / len(known_val.paths),
+            explicit=explicit,
+            recipe=recipe,
+            improve_margin=1.0 / len(known_val.paths),  # one more val image right
         )  # fmt: skip
+        chosen = replace(chosen, lr=outcome.lr or chosen.lr)
         history, extra = outcome.history, outcome.report
         extra["kept_layers"] = [unit.name for unit in allowed[len(allowed) - outcome.deepest :]]
         model, size, precision = outcome.model, outcome.image_size, outcome.precision
@@ -542,6 +576,99 @@ def minority_recall(
         for i in np.argsort(counts, kind="stable")
         if counts[i] * 2 <= counts.max()
     ]
+
+
+def _own_resolution(
+    built: Any,
+    rows: _Rows,
+    source: Dataset,
+    resize: tuple[str, str],
+    chosen: FineTuneOptions,
+    deadline: float | None,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """The recipe's image size (:mod:`.resolution`): the images' own when larger than the
+    cache's and the time allows, estimated from steps timed at the cache's size."""
+    from .finetune_phases import set_trainable
+    from .finetune_plan import measure
+    from .resolution import SAMPLE, SideChoice, choose_side, larger_side_is_worth, native_side
+    from .schedule import Phase, layerwise_optimizer
+
+    size = built.image_size
+    if size[0] != size[1]:
+        return SideChoice(size[0], size[0], None, reason="the images are not square").record()
+    contents = []
+    for path in rows.paths[:SAMPLE]:
+        try:
+            contents.append(source.read(item_from_path(path))[0])
+        except (OSError, IndexError):
+            continue
+    native = native_side(contents)
+    if not larger_side_is_worth(native, size[0]):
+        return choose_side(native, size[0], 0.0).record()
+    if len(built.backbone.output.shape) != 2:
+        return SideChoice(size[0], size[0], native, reason="the features are not pooled").record()
+    import keras
+
+    allowed = unfreeze_units(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
+    units = backbone_units(built.backbone)
+    deeper = Phase("deeper", len(allowed), 1, 0.0)
+
+    def ready(phase: Phase) -> None:
+        set_trainable(built.backbone, units, allowed, phase.units)
+        built.model.compile(optimizer=layerwise_optimizer(chosen.optimizer, 0.0, {}),
+                            loss=keras.losses.SparseCategoricalCrossentropy())  # fmt: skip
+
+    kept = built.model.get_weights()
+    with Status("fine-tune: timing a step at the cache's size…", progress):
+        train = _train_dataset(rows, source, size, resize, chosen)
+        timing = measure(built.model, [deeper], train, ready, None)[deeper.units]
+    built.model.set_weights(kept)
+    # every epoch's steps, and a trace for each of the (at most 3) phases
+    epochs = float(chosen.epochs or 1)
+    train_seconds = (
+        epochs * int(train.cardinality()) * timing.step_seconds + 3 * timing.trace_seconds
+    )
+    remaining = None if deadline is None else deadline - time.monotonic()
+    decision = choose_side(native, size[0], train_seconds, remaining)
+    record = decision.record()
+    record["step_seconds_at_cache_size"] = round(timing.step_seconds, 4)
+    return record
+
+
+def _augment_test(
+    built: Any,
+    rows: _Rows,
+    source: Dataset,
+    size: tuple[int, int],
+    resize: tuple[str, str],
+    chosen: FineTuneOptions,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """The recipe's augmentation, measured (:mod:`.orientation`) on a sample of ``rows``
+    through the backbone as it is before training."""
+    from .orientation import SAMPLE, choose_augment
+
+    picked = np.sort(np.random.default_rng(chosen.seed).permutation(len(rows.paths))[:SAMPLE])
+    sample = _Rows(
+        [rows.paths[i] for i in picked], rows.columns[picked], rows.labels[picked],
+        [rows.sha256[i] for i in picked],
+    )  # fmt: skip
+    with Status(f"fine-tune: measuring the augmentation on {len(picked)} train images…", progress):
+        images = np.stack([pixels for pixels, _ in _images(sample, source, size, resize)])
+        preprocess = built.model.get_layer("preprocess")
+
+        def features_of(batch: np.ndarray) -> np.ndarray:
+            out = [
+                np.asarray(built.backbone(preprocess(batch[i : i + 32]), training=False))
+                for i in range(0, len(batch), 32)
+            ]
+            return np.concatenate(out).reshape(len(batch), -1)
+
+        test = choose_augment(
+            features_of, images, sample.columns, seed=chosen.seed, default=str(chosen.augment)
+        )
+    return test.record()
 
 
 def _known(rows: _Rows) -> _Rows:

@@ -62,6 +62,8 @@ class Best:
     floor: tuple[float, float] | None = None
     """(val accuracy, val balanced accuracy) an epoch must reach to be kept (the head's;
     None: any epoch better on ``score``, the trade allowed)."""
+    gain: float = 0.0
+    """How much the kept epoch raised ``score`` over the best before it."""
 
     def __post_init__(self) -> None:
         if self.score is None:
@@ -91,6 +93,7 @@ def _keep_best(model: Any, best: Best, run: PhaseRun, patience: int, select: str
             value = float(logs.get(f"val_{select}", float("nan")))
             # ties keep the earlier model; below the head on either figure: never (no trade)
             if value > float(best.score or 0) + TIE and best.eligible(accuracy, balanced):
+                best.gain = value - float(best.score or 0)
                 best.score, best.weights = value, model.get_weights()
                 best.val_accuracy, best.val_balanced_accuracy = accuracy, balanced
                 best.phase, best.epoch = run.phase.name, epoch + 1
@@ -169,10 +172,7 @@ def run_phases(
             break
         model.set_weights(best.weights)
         set_trainable(backbone, units, allowed, phase.units)
-        scales: dict[int, float] = {}
-        for depth, layer in enumerate(reversed(allowed)):
-            for variable in layer.trainable_weights:
-                scales[id(variable)] = scales_top_first[depth]
+        scales = layer_scales(allowed, scales_top_first)
         rate = warmup_cosine(phase.lr, steps * phase.epochs, warmup)
         model.compile(
             optimizer=layerwise_optimizer(optimizer, rate, scales),
@@ -208,6 +208,15 @@ def run_phases(
             break
     model.set_weights(best.weights)
     return runs, history
+
+
+def layer_scales(allowed: list[Any], scales_top_first: list[float]) -> dict[int, float]:
+    """Each trainable variable's learning-rate factor (by ``id``): its layer's group's."""
+    scales: dict[int, float] = {}
+    for depth, layer in enumerate(reversed(allowed)):
+        for variable in layer.trainable_weights:
+            scales[id(variable)] = scales_top_first[depth]
+    return scales
 
 
 def phase_title(phase: Phase) -> str:
@@ -261,6 +270,8 @@ class AutoOutcome:
     """Backbone layers with weights the kept model trained (0: the head only or none)."""
     precision: str = "float32"
     """Compute precision of ``model``: float32 when fine-tuned, the cache's for the head."""
+    lr: float | None = None
+    """The peak rate the phases trained at (the recipe's or the one asked)."""
 
 
 def resolve_balance(columns: np.ndarray, classes: int, balance: str) -> str:
@@ -304,6 +315,9 @@ def train_auto(
     progress: bool | None = False,
     deadline: float | None = None,
     evaluate_share: float = 2.0,
+    explicit: frozenset[str] = frozenset(),
+    recipe: dict[str, Any] | None = None,
+    improve_margin: float = 0.0,
 ) -> AutoOutcome:
     """The auto schedule on ``built`` (an :class:`~featcache.heads.endtoend.EndToEnd`):
     phase 0 scores the head as ``export`` makes it on val (``head_val(model, size)``: its
@@ -314,7 +328,17 @@ def train_auto(
     Before training, a few steps of each phase are timed (:mod:`.finetune_plan`): the plan
     and its estimate are printed (on a terminal) and reported, and with a ``deadline``
     (``time.monotonic()``, from ``time_budget``) the epochs are cut to fit it;
-    ``evaluate_share``: the final evaluation's images over val's."""
+    ``evaluate_share``: the final evaluation's images over val's.
+
+    The recipe reads the data (:mod:`.finetune_recipe`) for the options not in
+    ``explicit``: the peak rate (``lr``) from a range test before the first phase that thaws
+    layers, and more epochs (``epochs``) while the last epoch is still the best by
+    ``improve_margin``. ``recipe``: the choices made before (augmentation, image size); the
+    report's ``recipe`` holds them all with the numbers behind them."""
+    import keras
+
+    from .finetune_recipe import asked, choose_lr, extend
+
     began = time.monotonic()
     model, size = built.model, built.image_size
     base_size = tuple(built.head.settings.image_size)
@@ -349,6 +373,26 @@ def train_auto(
         steps, val_seconds, evaluate_share,
     )  # fmt: skip
     plan.budget = None if chosen.time_budget is None else float(chosen.time_budget)
+    recipe = dict(recipe or {})
+    if "lr" in explicit:
+        recipe["lr"] = asked(lr)
+    else:
+        scales = layer_scales(allowed, group_scales(every, chosen.lr_decay))
+
+        def ready(phase: Phase, rate: Any) -> None:
+            set_trainable(built.backbone, units, allowed, phase.units)
+            model.compile(
+                optimizer=layerwise_optimizer(chosen.optimizer, rate, scales),
+                loss=keras.losses.SparseCategoricalCrossentropy(),
+            )
+
+        recipe["lr"] = choose_lr(
+            model, phases, train, plan, ready, default=lr, class_weight=weights,
+            remaining=None if deadline is None else deadline - time.monotonic(),
+        )  # fmt: skip
+        if recipe["lr"]["chosen"] != lr:
+            lr = float(recipe["lr"]["chosen"])
+            phases = plan.phases = plan_phases(epochs, lr, len(allowed), head_epochs=head_epochs)
     plan.before_seconds = time.monotonic() - began
     if deadline is not None:
         plan = fit_to_budget(plan, deadline - time.monotonic(), lr, len(allowed), head_epochs)
@@ -359,16 +403,38 @@ def train_auto(
             f"{chosen.balance}); keeping the best epoch by val {select.replace('_', ' ')}, "
             + ("a drop on the other figure allowed\n" if chosen.allow_trade else
                "never below the head on val accuracy or balanced accuracy\n")
+            + "".join(f"fine-tune recipe {k}: {v['summary']}\n" for k, v in recipe.items())
         )  # fmt: skip
         TERMINAL_STDERR.flush()
     stopped: list[str] = []
-    runs, history = run_phases(
-        model, built.backbone, units, allowed, every, phases, train, val, steps, best,
-        optimizer=chosen.optimizer, warmup=chosen.warmup, lr_decay=chosen.lr_decay,
-        class_weight=weights, patience=int(chosen.patience or 0), verbose=verbose,
-        classes=classes, select=select, progress=progress, plan=plan, deadline=deadline,
-        stopped=stopped,
-    )  # fmt: skip
+    history: dict[str, list[float]] = {}
+
+    def train_phases(some: list[Phase]) -> list[PhaseRun]:
+        done, more = run_phases(
+            model, built.backbone, units, allowed, every, some, train, val, steps, best,
+            optimizer=chosen.optimizer, warmup=chosen.warmup, lr_decay=chosen.lr_decay,
+            class_weight=weights, patience=int(chosen.patience or 0), verbose=verbose,
+            classes=classes, select=select, progress=progress, plan=plan, deadline=deadline,
+            stopped=stopped,
+        )  # fmt: skip
+        for key, values in more.items():
+            history.setdefault(key, []).extend(values)
+        return done
+
+    runs = train_phases(phases)
+    if "epochs" in explicit:
+        recipe["epochs"] = asked(epochs)
+    elif stopped or sum(p.epochs for p in phases) < epochs:
+        ran = sum(len(r.val_accuracy) for r in runs)
+        recipe["epochs"] = {"chosen": ran, "by": "time budget", "asked": epochs,
+                            "summary": f"{ran} of {epochs} (the time budget cut them)"}  # fmt: skip
+    else:
+        recipe["epochs"] = extend(
+            train_phases, runs, best, plan, epochs_asked=epochs, margin=improve_margin,
+            deadline=deadline,
+        )  # fmt: skip
+    if on_terminal(progress) and recipe["epochs"]["by"] == "val trend":
+        TERMINAL_STDERR.write(f"fine-tune recipe epochs: {recipe['epochs']['summary']}\n")
     plan.notes.extend(stopped)
     beat = best.phase != "head-only"
     won = next((r.phase for r in runs if r.phase.name == best.phase), None)
@@ -400,6 +466,7 @@ def train_auto(
         "class_weight": None if weights is None else {str(k): v for k, v in weights.items()},
         "trade": trade(best, head_accuracy, head_balanced),
         "plan": plan.record(),
+        "recipe": recipe,
     }
     if not beat:
         seen = max(_all(runs, select), default=0.0)
@@ -413,8 +480,8 @@ def train_auto(
             f"fine-tuning did not beat the head on val {select.replace('_', ' ')} {why}; "
             "model.keras is the head-only model"
         )
-        return AutoOutcome(head_model(), base_size, history, report, 0, head_precision)
-    return AutoOutcome(model, size, history, report, won.units if won else 0)
+        return AutoOutcome(head_model(), base_size, history, report, 0, head_precision, lr)
+    return AutoOutcome(model, size, history, report, won.units if won else 0, lr=lr)
 
 
 def _plan(

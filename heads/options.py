@@ -154,7 +154,8 @@ FINE_TUNE_AUTO_PATIENCE = 0
 epochs (measured: a phase's val accuracy often dips before the cosine decay brings it back
 up, so stopping early throws away the phase's best epochs)."""
 FINE_TUNE_AUTO_AUGMENT = "crop,contrast"
-"""Safe for every kind of data (no flips or turns: digits and text have an orientation)."""
+"""Safe for every kind of data (no flips or turns: digits and text have an orientation): what
+the recipe falls back to when the train images are too few to measure (heads/orientation.py)."""
 FINE_TUNE_WARMUP = 0.1
 """Share of each phase's steps warming the learning rate up from 0."""
 FINE_TUNE_LR_DECAY = 1 / 2.6
@@ -510,21 +511,20 @@ class FineTuneOptions:
         range=POSITIVE,
         kind=float,
         help="Learning rate (auto: the peak of the head and the top layers). "
-        f"[default: auto {FINE_TUNE_AUTO_LR:g}, fixed {FINE_TUNE_LR:g}]",
+        f"[default: auto a range test around {FINE_TUNE_AUTO_LR:g}, fixed {FINE_TUNE_LR:g}]",
     )
     """fixed: the learning rate (1e-5); auto: the peak rate of the head and the top layer
-    group (1e-4)."""
+    group (unset: a learning-rate range test picks it, within 10x of 1e-4)."""
     optimizer: str = option(FINE_TUNE_OPTIMIZER, choices=OPTIMIZERS)
     epochs: int | None = option(
         None,
         range=AT_LEAST_1,
         kind=int,
-        help=f"Epochs (auto: of all phases). [default: {FINE_TUNE_EPOCHS}]"
-        if FINE_TUNE_AUTO_EPOCHS == FINE_TUNE_EPOCHS
-        else f"Epochs (auto: of all phases). [default: auto {FINE_TUNE_AUTO_EPOCHS}, "
-        f"fixed {FINE_TUNE_EPOCHS}]",
+        help=f"Epochs (auto: of all phases; unset: {FINE_TUNE_AUTO_EPOCHS}, up to half more "
+        f"while val still improves). [default: {FINE_TUNE_EPOCHS}]",
     )
-    """10 (auto: of all phases together)."""
+    """10 (auto: of all phases together; unset: up to half more while the last epoch is still
+    the best)."""
     batch_size: int = option(FINE_TUNE_BATCH_SIZE, range=AT_LEAST_1)
     patience: int | None = option(
         None,
@@ -540,16 +540,19 @@ class FineTuneOptions:
         parse=_parse(parse_augment),
         kind=str,
         help=f"Some of {','.join(AUGMENTATIONS)} (training only; fixed: the first five). "
-        f"[default: auto {FINE_TUNE_AUTO_AUGMENT}, fixed none]",
+        "[default: auto measured on the train images (flips and quarter turns when they have "
+        "no orientation, crop unless it changes their class), fixed none]",
     )
     """Some of :data:`AUGMENTATIONS`, comma-separated (training only; fixed: those of
-    :data:`LAYER_AUGMENTATIONS`, none by default; auto: ``crop,contrast``)."""
+    :data:`LAYER_AUGMENTATIONS`, none by default; auto: measured on the train images,
+    :mod:`.orientation`, ``crop,contrast`` when too few to measure)."""
     image_size: int | None = option(
         None,
         range=AT_LEAST_1,
         kind=int,
         help="auto: train at this side instead of the cache's (BatchNorm stays frozen; needs "
-        "a global pooling). [default: the cache's]",
+        "a global pooling). [default: the images' own when larger and the time allows, up to "
+        "2x the cache's and 320; else the cache's]",
     )
     """Train at this side (square) instead of the cache's size (auto only; needs a backbone
     whose feature width does not depend on the size)."""

@@ -1,0 +1,150 @@
+"""The ``auto`` recipe's choices that read the data, wired into the schedule: the peak
+learning rate from a range test (:mod:`.lr_range`) and more epochs while val still improves.
+Each choice returns a record (``chosen``, ``by``, ``summary`` and the numbers behind it) for
+the report's ``recipe`` entry; an option the user set is never overridden (``by: asked``)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .finetune_plan import Plan, duration
+from .lr_range import STEPS, lr_range_test
+from .schedule import Phase
+
+EXTEND_SHARE = 0.25
+"""Each extension adds this share of the epochs asked (at least one)."""
+EXTEND_CAP = 0.5
+"""Extensions add at most this share of the epochs asked."""
+EXTEND_LR_FACTOR = 0.5
+"""An extension's peak rate: this times the last phase's (a gentler warm restart)."""
+RANGE_TEST_BUDGET_SHARE = 0.2
+"""With a time budget, the range test runs only when its estimate fits this share of it."""
+
+
+def asked(value: Any) -> dict[str, Any]:
+    """The record of a choice the user made."""
+    return {"chosen": value, "by": "asked", "summary": f"{value} (asked)"}
+
+
+def choose_lr(
+    model: Any,
+    phases: list[Phase],
+    train: Any,
+    plan: Plan,
+    ready: Callable[[Phase, Any], None],
+    *,
+    default: float,
+    class_weight: dict[int, float] | None,
+    remaining: float | None,
+) -> dict[str, Any]:
+    """The peak rate for the phases: a range test on the first phase that thaws layers
+    (``ready(phase, rate)`` makes the model train that phase's layers at their layer-wise
+    rates, compiled at ``rate``), the model's weights put back after; the default when no
+    phase thaws or a time budget (``remaining`` seconds) leaves no room."""
+    thawed = next((p for p in phases if p.units), None)
+    if thawed is None:
+        return _default(default, "no phase trains backbone layers")
+    cost = plan.timing[thawed.units]
+    estimate = cost.trace_seconds + STEPS * cost.step_seconds
+    if remaining is not None and estimate > RANGE_TEST_BUDGET_SHARE * remaining:
+        return _default(
+            default, f"the range test (about {duration(estimate)}) does not fit the budget"
+        )
+    test = lr_range_test(
+        model, train, lambda rate: ready(thawed, rate), default, class_weight=class_weight
+    )
+    record = test.record()
+    record["phase"] = thawed.name
+    record["estimated_seconds"] = round(estimate, 2)
+    return record
+
+
+def _default(default: float, reason: str) -> dict[str, Any]:
+    return {
+        "chosen": default,
+        "by": "default",
+        "summary": f"{default:g} ({reason})",
+        "reason": reason,
+    }
+
+
+def still_improving(best: Any, run: Any, margin: float) -> bool:
+    """Whether the last epoch of ``run`` (a :class:`~.finetune_phases.PhaseRun`) is the one
+    ``best`` (:class:`~.finetune_phases.Best`) keeps, better than the best before it by at
+    least ``margin``, and the phase ran all its epochs."""
+    epochs = len(run.val_accuracy)
+    return (
+        epochs == run.phase.epochs
+        and best.phase == run.phase.name
+        and best.epoch == epochs
+        and best.gain >= margin - 1e-9
+    )
+
+
+def extend(
+    train_phases: Callable[[list[Phase]], list[Any]],
+    runs: list[Any],
+    best: Any,
+    plan: Plan,
+    *,
+    epochs_asked: int,
+    margin: float,
+    deadline: float | None,
+) -> dict[str, Any]:
+    """More epochs while val improves: when the last phase's last epoch is the best so far
+    by ``margin`` or more, ``train_phases([Phase("extend", ...)])`` trains
+    :data:`EXTEND_SHARE` of the epochs asked more (same layers, a warm restart at
+    :data:`EXTEND_LR_FACTOR` of the peak), again while that holds, up to :data:`EXTEND_CAP`
+    of the epochs asked and within the ``deadline``. Extends ``runs``; returns the record."""
+    cap = max(1, math.ceil(EXTEND_CAP * epochs_asked))
+    step = max(1, round(EXTEND_SHARE * epochs_asked))
+    added, why = 0, "nothing trained"
+    checks: list[dict[str, Any]] = []
+    while runs:
+        last = runs[-1]
+        improving = still_improving(best, last, margin)
+        checks.append(
+            {
+                "after": last.phase.name,
+                "last_epoch_is_best": best.phase == last.phase.name
+                and best.epoch == len(last.val_accuracy),
+                "gain": round(best.gain, 6),
+                "margin": round(margin, 6),
+            }
+        )
+        if not improving:
+            why = (
+                f"val stopped improving in {last.phase.name}"
+                if not added
+                else f"val stopped improving after {added} more"
+            )
+            break
+        if added >= cap:
+            why = f"val still improving, but at the cap of {cap} more"
+            break
+        phase = Phase(
+            "extend", last.phase.units, min(step, cap - added), last.phase.lr * EXTEND_LR_FACTOR
+        )
+        needed = plan.phase_seconds(phase) if phase.units in plan.timing else 0.0
+        if deadline is not None and time.monotonic() + needed > deadline:
+            why = f"val still improving, but {duration(needed)} more does not fit the time budget"
+            break
+        more = train_phases([phase])
+        if not more:
+            why = "the time budget ran out"
+            break
+        runs.extend(more)
+        added += len(more[-1].val_accuracy)
+    return {
+        "chosen": epochs_asked + added,
+        "by": "val trend",
+        "summary": f"{epochs_asked} + {added} ({why})",
+        "asked": epochs_asked,
+        "added": added,
+        "cap": cap,
+        "margin": round(margin, 6),
+        "checks": checks,
+    }
