@@ -12,17 +12,26 @@ from typing import Any
 
 from .core.options import ExtractOptions
 from .core.settings import BackboneConfig
-from .errors import SettingsMismatchError
+from .errors import InvalidOptionError, SettingsMismatchError
 from .extractor.engines import Engine, LocalEmbedder, LocalEngine
 from .extractor.naming import default_output, other_name_hint
 from .extractor.recorder import ExtractProgress
-from .extractor.runner import ExtractSummary, run_extraction, with_cache_decode
+from .extractor.runner import (
+    ExtractSummary,
+    run_extraction,
+    with_cache_decode,
+    with_cache_taps,
+)
 from .store.writer import cached_settings
 
 
 def make_engine(options: ExtractOptions) -> Engine:
     """The engine ``options`` ask for: local, ``remote`` server, or Ray."""
     config = BackboneConfig.of(options)
+    if options.tap_list and options.engine == "ray":
+        raise InvalidOptionError(
+            "taps: the Ray engine stores no taps yet; use engine local", "taps"
+        )
     if options.engine == "ray":
         from .extractor.ray_engine import RayEngine
 
@@ -31,7 +40,7 @@ def make_engine(options: ExtractOptions) -> Engine:
         from .service.remote import RemoteEmbedder
 
         return LocalEngine(RemoteEmbedder(options.remote, config, options.max_pixels))
-    return LocalEngine(LocalEmbedder(config, options.max_pixels))
+    return LocalEngine(LocalEmbedder(config, options.max_pixels, options.tap_list))
 
 
 def extract(
@@ -66,6 +75,7 @@ def extract(
     options = replace(options or ExtractOptions(), **changes)
     output = Path(options.output) if options.output is not None else default_output(options)
     options = with_cache_decode(options, output)  # a rerun keeps the cache's decode mode
+    options = with_cache_taps(options, output)  # and its taps
     engine = make_engine(options)
     try:
         return run_extraction(

@@ -74,6 +74,7 @@ LAYOUTS: dict[str, Layout] = {
                 "--decode",
                 "--preprocessing",
                 "--layer",
+                "--taps",
                 "--blocks",
                 "--projection",
                 "--precision",
