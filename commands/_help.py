@@ -160,7 +160,7 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "train-head": _layout(
-        ("Basics", ("--output", "--head", "--epochs", "--class-weight", "--seed")),
+        ("Basics", ("--output", "--head", "--tap", "--epochs", "--class-weight", "--seed")),
         (
             "Dense head",
             (
@@ -202,7 +202,7 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "compare": _layout(
-        ("Basics", ("--output", "--protocol", "--heads", "--cv", "--seed")),
+        ("Basics", ("--output", "--protocol", "--heads", "--taps", "--cv", "--seed")),
         ("Dense head", ("--epochs",)),
         (
             "Probe protocols",

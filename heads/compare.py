@@ -17,6 +17,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from ..core.options import invalid
 from ..errors import DatasetError, FeatcacheError
+from ..store.opening import open_cache, tap_names
 from .baselines import GRIDS, fit_baseline, make_baseline
 from .data import CachedSplits, Caches, JointCache, Split, cache_paths, load_splits
 from .dense import DenseHead
@@ -57,14 +58,24 @@ class Leaderboard:
 
 @dataclass
 class _Source:
-    """One feature source: a cache, or (``part`` None) every cache concatenated."""
+    """One feature source: a cache, or (``part`` None) every cache concatenated; with
+    taps, a tap of one cache, or every tap asked concatenated."""
 
     name: str
     caches: list[Path]
     part: int | None
+    tap: str | None = None
 
 
-def _sources(paths: list[Path]) -> list[_Source]:
+def _sources(paths: list[Path], taps: list[str] | None = None) -> list[_Source]:
+    if taps:
+        alone = [
+            _Source(name, paths, i if len(taps) > 1 else None, name) for i, name in enumerate(taps)
+        ]
+        if len(taps) == 1:
+            return alone
+        joined = "+".join(taps) if len(taps) <= 2 else f"concat({len(taps)} taps)"
+        return [*alone, _Source(joined, paths, None, "+".join(taps))]
     if len(paths) == 1:
         return [_Source(paths[0].stem, paths, None)]
     alone = [_Source(p.stem, [p], i) for i, p in enumerate(paths)]
@@ -102,6 +113,7 @@ def compare(
     plot: str | os.PathLike[str] | None = None,
     options: HeadOptions | None = None,
     progress: bool | None = None,
+    taps: str | None = None,
 ) -> Leaderboard:
     """Fit every head kind over its grid, choose by val accuracy (or ``cv``-fold CV on
     train+val), report test accuracy of each kind's best, and keep the overall best run.
@@ -124,6 +136,12 @@ def compare(
     Several caches (``cache`` a sequence) are matched by content hash: each cache and their
     concatenation are evaluated on the images present in every cache (with one class), and
     :attr:`Leaderboard.notes` says how many rows were dropped.
+
+    ``taps`` (one cache with taps, ``extract --taps``): ``all`` (``main``, the features,
+    and every tap) or a comma list of tap names; each tap is a source of rows (its
+    ``source`` column), and so is their concatenation, so the leaderboard ranks tap x
+    head (or protocol, with the bootstrap intervals; ``shots`` gives each tap's few-shot
+    row). The best quick head is trained on its tap.
 
     Besides ``leaderboard.csv`` and ``leaderboard.json`` in ``output``, ``csv_path``,
     ``json_path`` and ``plot`` (a PNG bar chart of test acc@1 with the intervals) are
@@ -150,9 +168,11 @@ def compare(
     if val_fraction is None:
         quick = protocol == DEFAULT_PROTOCOL or options is not None
         val_fraction = chosen.val_fraction if quick else PROBE_VAL_FRACTION
-    splits = load_splits(paths if len(paths) > 1 else paths[0], val_fraction, seed)
-    sources = _sources(paths)
-    label = "+".join(p.stem for p in paths)
+    names = _tap_list(paths, taps)
+    spec = "+".join(names) if names else None
+    splits = load_splits(paths if len(paths) > 1 else paths[0], val_fraction, seed, spec)
+    sources = _sources(paths, names)
+    label = "+".join(p.stem for p in paths) + ("-taps" if names else "")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = Path(output) if output else DEFAULT_RUNS_DIR / f"{label}-compare-{stamp}"
     with tracking(_tracker(protocol, kinds, sources, splits, cv, probe, progress)):
@@ -211,6 +231,7 @@ def _run(
             winner.caches if len(winner.caches) > 1 else winner.caches[0],
             top["head"],
             folder / f"best-{top['head']}",
+            tap=winner.tap,
             seed=seed,
             val_fraction=val_fraction,
             stream=False,
@@ -237,6 +258,15 @@ def _run(
                 rows.append(probe_record(source.name, row))
         rows.sort(key=lambda r: -r["test_acc1"])
     return rows, best_run, skipped
+
+
+def _tap_list(paths: list[Path], taps: str | None) -> list[str] | None:
+    """The taps ``compare`` ranks (None: the features of each cache)."""
+    if taps is None:
+        return None
+    if len(paths) != 1:
+        raise invalid("taps", taps, "ranks the taps of one cache, not several")
+    return tap_names(open_cache(paths[0]), taps)
 
 
 def _tracker(

@@ -435,6 +435,15 @@ class HeadOptions:
     """The dense head: FroFA-style feature augmentation of the training rows, redrawn every
     epoch (:mod:`.view_training`): each channel scaled by ``1 +- feature_augment`` and
     shifted by ``+- feature_augment`` of its standard deviation; 0: off."""
+    tap: str | None = option(
+        None,
+        kind=str,
+        metavar="NAME",
+        help="Train on a tap's features (extract --taps): its layer name, main (the "
+        "features), or a+b side by side. A head on one tap exports a model ending there.",
+    )
+    """A tap of the cache (``extract --taps``) to train on: its layer name, ``main``, or
+    ``a+b`` (side by side; such a head is not exported). None: the features."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -691,6 +700,15 @@ class CompareOptions:
         kind=int,
         help=f"Test resamples of the 95% intervals (0: none). [default: {DEFAULT_BOOTSTRAP}]",
     )
+    taps: str | None = option(
+        None,
+        kind=str,
+        metavar="all|LIST",
+        help="Rank the taps of one cache (extract --taps): all (main and every tap) or "
+        "names; each tap and their concatenation is a row source.",
+    )
+    """Taps of one cache to rank (``all`` or a comma list; ``main``: the features): each
+    is a source of rows, and so is their concatenation. None: the features only."""
 
     def __post_init__(self) -> None:
         check_fields(self)

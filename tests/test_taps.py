@@ -1,0 +1,209 @@
+"""Journey: extract the Fashion-MNIST sample with --taps auto (the real MobileNet, one
+forward pass) -> inspect lists the taps -> compare --taps all ranks tap x protocol with
+intervals -> train-head --tap on an inner layer -> export builds a model that ends at that
+layer -> predict on the images gives what the head gives on the cached tap features.
+Then: a rerun adds taps for new images and refuses another tap list; a head on two taps
+side by side trains but is not exported."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from featcache.cli import main
+from featcache.extractor.decode import decode_image
+from featcache.heads.train import load_head
+from featcache.store import open_cache
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "examples" / "fashion-mnist"
+WEIGHTS = ROOT / "examples" / "weights" / "mobilenet_1_0_224_imagenet_notop.weights.h5"
+ARGS = ["-b", "mobilenet", "-w", str(WEIGHTS), "--image-size", "64", "-q"]
+CLASSES = ("bag", "sandal", "trouser")
+
+
+def _copy(target: Path, first: int, last: int) -> None:
+    for name in CLASSES:
+        (target / name).mkdir(parents=True, exist_ok=True)
+        for image in sorted((SAMPLE / name).glob("*.png"))[first:last]:
+            shutil.copy2(image, target / name / image.name)
+
+
+def _ok(runner: CliRunner, *args: str) -> str:
+    result = runner.invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def tapped(tmp_path_factory):
+    if not (SAMPLE.is_dir() and WEIGHTS.is_file()):
+        pytest.skip("examples/fashion-mnist or its MobileNet weights are missing")
+    root = tmp_path_factory.mktemp("taps")
+    data, cache = root / "data", root / "c.h5"
+    _copy(data, 0, 10)
+    _ok(CliRunner(), "extract", data, "-o", cache, "--taps", "auto", *ARGS)
+    return root, data, cache
+
+
+def _layers(model) -> set[str]:
+    names = set()
+    for layer in model.layers:
+        names.add(layer.name)
+        if hasattr(layer, "layers"):
+            names |= _layers(layer)
+    return names
+
+
+def test_taps_journey(tapped):
+    root, data, cache = tapped
+    runner = CliRunner()
+    info = json.loads(_ok(runner, "inspect", cache, "--json"))
+    taps = info["taps"]
+    # auto: the end of each stage before the last (64 px: maps of 32, 16, 8 and 4 px)
+    assert [t["name"] for t in taps] == [
+        "conv_pw_1_relu",
+        "conv_pw_3_relu",
+        "conv_pw_5_relu",
+        "conv_pw_11_relu",
+    ]
+    assert [t["dim"] for t in taps] == [64, 128, 256, 512]
+    assert "conv_pw_5_relu" in _ok(runner, "inspect", cache)
+    with h5py.File(cache, "r") as handle:
+        rows = handle["features"].shape[0]
+        assert rows == 30
+        assert all(handle[f"taps/{t['name']}"].shape == (rows, t["dim"]) for t in taps)
+
+    board = json.loads(
+        _ok(
+            runner,
+            "compare",
+            cache,
+            "--taps",
+            "all",
+            "--protocol",
+            "linear-probe",
+            "--bootstrap",
+            "200",
+            "-o",
+            root / "cmp",
+            "--json",
+        )
+    )
+    sources = {row["source"] for row in board["rows"]}
+    assert sources == {"main", *(t["name"] for t in taps), "concat(5 taps)"}
+    assert all(
+        row["test_acc1_low"] <= row["test_acc1"] <= row["test_acc1_high"] for row in board["rows"]
+    )
+    few = json.loads(
+        _ok(
+            runner,
+            "compare",
+            cache,
+            "--taps",
+            "main,conv_pw_5_relu",
+            "--protocol",
+            "linear-probe",
+            "--shots",
+            "2",
+            "--seeds",
+            "2",
+            "-o",
+            root / "few",
+            "--json",
+        )
+    )
+    assert {row["source"] for row in few["rows"]} == {
+        "main",
+        "conv_pw_5_relu",
+        "main+conv_pw_5_relu",
+    }
+    assert all(row["train_rows"] == 2 * len(CLASSES) for row in few["rows"])  # 2-shot
+
+    run = root / "run"
+    _ok(runner, "train-head", cache, "--tap", "conv_pw_5_relu", "--head", "logreg", "-o", run)
+    head = load_head(run)
+    assert head.settings.layer == "conv_pw_5_relu" and head.meta["feature_dim"] == 256
+
+    model_path = root / "m.keras"
+    _ok(runner, "export", run, "-o", model_path)
+    from featcache.heads.endtoend import load_model
+
+    model, _, _ = load_model(model_path)
+    layers = _layers(model)
+    assert "conv_pw_5_relu" in layers and "conv_pw_6" not in layers  # ends at the tap
+
+    reader = open_cache(cache).tap("conv_pw_5_relu")
+    expected = head.predict_proba(reader.features())
+    for path, row in zip(reader.paths, expected):
+        pixels = decode_image((data / path).read_bytes()).astype(np.float32)
+        np.testing.assert_allclose(np.asarray(model(pixels[None]))[0], row, atol=1e-4)
+    out = root / "p.csv"
+    _ok(runner, "predict", run, data, "-o", out)
+    with open(out) as handle:
+        predicted = {r["path"]: float(r["probability"]) for r in csv.DictReader(handle)}
+    for path, row in zip(reader.paths, expected):
+        assert abs(predicted[str(data / path)] - row.max()) < 1e-4
+
+
+def test_rerun_adds_taps_for_new_images_and_keeps_the_tap_list(tapped, tmp_path):
+    data, cache, first = tmp_path / "data", tmp_path / "c.h5", tmp_path / "first.h5"
+    _copy(data, 0, 10)
+    runner = CliRunner()
+    _ok(runner, "extract", data, "-o", cache, "--taps", "auto", *ARGS)
+    shutil.copy2(cache, first)
+    _copy(data, 10, 12)
+    _ok(runner, "extract", data, "-o", cache, *ARGS)  # no --taps: the cache's
+    reader = open_cache(cache)
+    assert len(reader) == 36 and reader.settings.taps == ("auto",)
+    with h5py.File(first, "r") as old:
+        kept = {p.decode(): i for i, p in enumerate(old["paths"][:])}
+        before = old["taps/conv_pw_3_relu"][:]
+    tap = reader.tap("conv_pw_3_relu").features()
+    for row, path in enumerate(reader.paths):
+        if path in kept:  # cached rows kept their tap features
+            np.testing.assert_array_equal(tap[row], before[kept[path]])
+        else:
+            assert np.abs(tap[row]).sum() > 0
+    result = runner.invoke(
+        main, ["extract", str(data), "-o", str(cache), "--taps", "conv_pw_5_relu", *ARGS]
+    )
+    assert result.exit_code == 2
+    assert "taps auto (cache) vs conv_pw_5_relu (now)" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert len(open_cache(cache)) == 36
+
+
+def test_a_head_on_two_taps_side_by_side_trains_but_is_not_exported(tapped, tmp_path):
+    _, _, cache = tapped
+    runner = CliRunner()
+    run = tmp_path / "run"
+    _ok(runner, "train-head", cache, "--tap", "main+conv_pw_11_relu", "--head", "logreg", "-o", run)
+    assert load_head(run).meta["feature_dim"] == 1024 + 512
+    result = runner.invoke(main, ["export", str(run), "-o", str(tmp_path / "m.keras")])
+    assert result.exit_code == 2, result.output
+    assert "taps side by side (main+conv_pw_11_relu): a model ends at one layer" in result.output
+    assert not (tmp_path / "m.keras").exists()
+
+
+def test_a_cache_without_taps_is_written_as_before(class_folder, tmp_path):
+    from featcache import extract
+
+    cache = tmp_path / "c.h5"
+    extract(
+        class_folder, output=cache, backbone="vgg16", weights="none", image_size=32, progress=False
+    )
+    with h5py.File(cache, "r") as handle:
+        assert "taps" not in handle and "taps" not in handle.attrs
+    assert open_cache(cache).taps == []
+    with pytest.raises(Exception, match="no tap 'x'; the cache has main"):
+        open_cache(cache).tap("x")
