@@ -12,7 +12,7 @@ from typing import Any
 
 from .core.options import ExtractOptions
 from .core.settings import BackboneConfig
-from .errors import InvalidOptionError, SettingsMismatchError
+from .errors import SettingsMismatchError
 from .extractor.engines import Engine, LocalEmbedder, LocalEngine
 from .extractor.naming import default_output, other_name_hint
 from .extractor.recorder import ExtractProgress
@@ -28,14 +28,10 @@ from .store.writer import cached_settings
 def make_engine(options: ExtractOptions) -> Engine:
     """The engine ``options`` ask for: local, ``remote`` server, or Ray."""
     config = BackboneConfig.of(options)
-    if options.tap_list and options.engine == "ray":
-        raise InvalidOptionError(
-            "taps: the Ray engine stores no taps yet; use engine local", "taps"
-        )
     if options.engine == "ray":
         from .extractor.ray_engine import RayEngine
 
-        return RayEngine(config, options.max_pixels, options.ray_options)
+        return RayEngine(config, options.max_pixels, options.ray_options, options.tap_list)
     if options.remote is not None:
         from .service.remote import RemoteEmbedder
 

@@ -32,14 +32,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def storage(cache: Path) -> dict[str, int]:
-    """Bytes on disk of ``features`` and of each tap dataset."""
+    """Bytes of ``features`` and of each tap dataset (rows x width x item size; HDF5
+    allocates whole chunks on top)."""
     import h5py
 
     with h5py.File(cache, "r") as handle:
-        out = {"features": int(handle["features"].id.get_storage_size())}
-        for name in handle.get("taps", {}):
-            out[name] = int(handle[f"taps/{name}"].id.get_storage_size())
-    return out
+        names = ["features", *(f"taps/{name}" for name in handle.get("taps", {}))]
+        return {
+            name.removeprefix("taps/"): int(handle[name].size * handle[name].dtype.itemsize)
+            for name in names
+        }
 
 
 def _acc(row: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +105,8 @@ def show(name: str, result: dict[str, Any]) -> None:
     for key in [k for k in result if k.endswith("-shot")]:
         print(f"  {key}: " + ", ".join(f"{s} {r['acc1']:.3f}" for s, r in result[key].items()))
     sizes = result["bytes"]
-    print(f"  extract: {plain:.1f} s without taps, {tapped:.1f} s with (embedding only)")
+    first = result["extract_plain"]["embed_seconds"]
+    print(f"  extract: {first:.1f} and {plain:.1f} s without taps, {tapped:.1f} s with (embedding)")
     print("  bytes: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()), flush=True)
 
 

@@ -370,7 +370,7 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "export-features": _layout(
         ("Basics", ("--format", "--output", "--overwrite")),
-        ("Values", ("--dtype", "--normalize", "--absolute-paths")),
+        ("Values", ("--dtype", "--normalize", "--absolute-paths", "--tap")),
         (LAST_SECTION, ()),
         summary="Write a cache as Parquet, npy + parquet or Lance.",
         examples=(

@@ -207,3 +207,48 @@ def test_a_cache_without_taps_is_written_as_before(class_folder, tmp_path):
     assert open_cache(cache).taps == []
     with pytest.raises(Exception, match="no tap 'x'; the cache has main"):
         open_cache(cache).tap("x")
+
+
+def test_hf_datasets_loads_each_tap_as_a_nested_column(tapped, tmp_path):
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets (the dev extra)")
+    _, _, cache = tapped
+    loaded = datasets.load_dataset(
+        "hdf5", data_files=str(cache), split="train", cache_dir=str(tmp_path / "hf")
+    )
+    reader = open_cache(cache)
+    assert loaded.num_rows == len(reader)
+    for name in reader.taps:
+        got = np.asarray([row[name] for row in loaded["taps"]], np.float32)
+        np.testing.assert_array_equal(got, reader.tap(name).features())
+
+
+def test_export_features_writes_a_tap(tapped, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow (the export extra)")
+    _, _, cache = tapped
+    out = tmp_path / "t.parquet"
+    _ok(CliRunner(), "export-features", cache, "--tap", "conv_pw_3_relu", "-o", out, "-q")
+    table = pq.read_table(out)
+    got = np.asarray(table.column("features").to_pylist(), np.float32)
+    np.testing.assert_array_equal(got, open_cache(cache).tap("conv_pw_3_relu").features())
+    assert json.loads(table.schema.metadata[b"featcache"])["settings"]["layer"] == "conv_pw_3_relu"
+
+
+def test_the_ray_engine_writes_the_local_engines_taps(class_folder, tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed: pip install '.[ray]'")
+    from featcache import RayOptions, extract
+
+    tiny = {"backbone": "vgg16", "weights": "none", "image_size": 32, "progress": False}
+    extract(class_folder, output=tmp_path / "local.h5", taps="auto", views=2, augment="flip",
+            **tiny)  # fmt: skip
+    extract(class_folder, output=tmp_path / "ray.h5", taps="auto", engine="ray",
+            ray_options=RayOptions(actors=1), views=2, augment="flip", **tiny)  # fmt: skip
+    local, ray = open_cache(tmp_path / "local.h5"), open_cache(tmp_path / "ray.h5")
+    assert ray.taps == local.taps and len(local.taps) == 4
+    assert ray.paths == local.paths
+    np.testing.assert_allclose(ray.features(), local.features(), rtol=1e-5, atol=1e-5)
+    for name in local.taps:
+        np.testing.assert_allclose(
+            ray.tap(name).features(), local.tap(name).features(), rtol=1e-5, atol=1e-5
+        )
+    np.testing.assert_allclose(ray.view_features(), local.view_features(), rtol=1e-5, atol=1e-5)
+    assert local.view_features().shape == (len(local), 2, local.feature_dim)
