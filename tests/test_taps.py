@@ -153,6 +153,11 @@ def test_taps_journey(tapped):
         predicted = {r["path"]: float(r["probability"]) for r in csv.DictReader(handle)}
     for path, row in zip(reader.paths, expected):
         assert abs(predicted[str(data / path)] - row.max()) < 1e-4
+    on_cache = root / "pc.csv"  # the head on the cache: it reads the cache's tap
+    _ok(runner, "predict", run, cache, "-o", on_cache)
+    with open(on_cache) as handle:
+        cached = {r["path"]: float(r["probability"]) for r in csv.DictReader(handle)}
+    assert cached == pytest.approx({p: r.max() for p, r in zip(reader.paths, expected)}, abs=1e-5)
 
 
 def test_rerun_adds_taps_for_new_images_and_keeps_the_tap_list(tapped, tmp_path):
