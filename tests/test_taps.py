@@ -257,3 +257,36 @@ def test_the_ray_engine_writes_the_local_engines_taps(class_folder, tmp_path):
         )
     np.testing.assert_allclose(ray.view_features(), local.view_features(), rtol=1e-5, atol=1e-5)
     assert local.view_features().shape == (len(local), 2, local.feature_dim)
+
+
+def test_extract_dataset_on_a_server_writes_the_local_taps(tmp_path):
+    pytest.importorskip("grpc", reason="the serve extra")
+    from featcache import ServeOptions, extract, start_server
+    from featcache.service.client import Client
+    from helpers import make_class_folder
+
+    make_class_folder(tmp_path / "data" / "set")
+    (tmp_path / "cache").mkdir()
+    tiny = {"weights": "none", "image_size": 32}
+    local = tmp_path / "local.h5"
+    extract(tmp_path / "data" / "set", backbone="vgg16", output=local, taps="auto",
+            progress=False, **tiny)  # fmt: skip
+    served = ServeOptions(port=0, data_root=str(tmp_path / "data"),
+                          cache_root=str(tmp_path / "cache"))  # fmt: skip
+    server = start_server(served)
+    try:
+        with Client(f"127.0.0.1:{server.port}") as client:
+            steps = list(client.extract_dataset("set", "vgg16", output="s.h5", taps="auto", **tiny))
+            assert steps[-1].finished and steps[-1].feature_dim == 512
+            plain = client.embed([tmp_path / "data" / "set" / "class_0" / "img_0.png"],
+                                 "vgg16", **tiny)  # fmt: skip
+    finally:
+        server.stop(0)
+    ours, theirs = open_cache(local), open_cache(tmp_path / "cache" / "s.h5")
+    assert theirs.taps == ours.taps and len(ours.taps) == 4 and theirs.paths == ours.paths
+    for name in ours.taps:
+        np.testing.assert_allclose(
+            theirs.tap(name).features(), ours.tap(name).features(), atol=1e-5
+        )
+    row = ours.paths.index("class_0/img_0.png")
+    np.testing.assert_allclose(np.asarray(plain)[0], ours.features()[row], atol=1e-5)
