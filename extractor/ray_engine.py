@@ -330,9 +330,9 @@ class EmbedBatches:
             )
             self.model = FeatureExtractor(resolved, taps)
             self.feature_dim = self.model.feature_dim
-            layout = self.model.tap_layout
-            self.width = self.feature_dim + sum(dim for _, dim in layout)
-            self.tap_layout = json.dumps([list(each) for each in layout]) if layout else ""
+            tapped = self.model.tap_layout
+            self.width = self.feature_dim + sum(dim for _, dim in tapped)
+            self.tap_layout = json.dumps([list(each) for each in tapped]) if tapped else ""
         except Exception as exc:  # noqa: BLE001 - reported to the driver as one line
             self.fatal = f"on Ray node {_node()}: {_first_line(exc)}"
         self.load_seconds = time.monotonic() - began
