@@ -114,7 +114,7 @@ def resolve_backbone(config: BackboneConfig) -> FeatureSettings:
                 parameter,
                 value,
                 f"only for keras-hub transformers ({config.backbone} gives a feature map: "
-                "pooling avg, max or none)",
+                "pooling avg, max, gem or none)",
             )
     spec: BackboneSpec | None = None
     backbone_sha = ""
@@ -525,6 +525,10 @@ def _pool(output: Any, pooling: str, keras: Any, suffix: str = "") -> Any:
         )(output)
     if pooling == "none":
         return keras.layers.Flatten(dtype="float32", name=f"featcache_flatten{suffix}")(output)
+    if pooling == "gem" and rank in (3, 4):
+        from .pool_layers import GeMPool
+
+        return GeMPool(name=f"featcache_gem_pool{suffix}")(output)
     if rank == 4:
         layer = (
             keras.layers.GlobalAveragePooling2D

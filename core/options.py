@@ -57,8 +57,9 @@ antialiased bilinear resize (``tf.image.resize(antialias=True)``). Caches record
 of two modes are never mixed."""
 DEFAULT_DECODE = "fast"
 """The decode mode of new caches; caches from before it was recorded read as ``exact``."""
-POOLING_MODES = ("avg", "max", "none", "cls", "mean", "cls+mean")
-"""``avg``/``max``: global pooling of the feature map; ``none``: the flattened map (or token
+POOLING_MODES = ("avg", "max", "gem", "none", "cls", "mean", "cls+mean")
+"""``avg``/``max``: global pooling of the feature map; ``gem``: generalized mean (p 3) of
+the map (keras.applications and saved models); ``none``: the flattened map (or token
 sequence). Transformers (keras-hub presets): ``cls`` the class token, ``mean`` the mean of the
 patch tokens (class and register tokens skipped; ``avg`` means the same), ``cls+mean`` both,
 concatenated."""
@@ -296,7 +297,8 @@ class BackboneConfig:
     pooling: str = option(
         DEFAULT_POOLING,
         choices=POOLING_MODES,
-        help="Global pooling of the feature map (avg, max; none keeps it whole, flattened); "
+        help="Global pooling of the feature map (avg, max, gem: generalized mean p=3; none "
+        "keeps it whole, flattened); "
         "keras-hub transformers: cls, mean (avg: the same; class and register tokens "
         "skipped), cls+mean or none.",
     )

@@ -290,3 +290,32 @@ def test_extract_dataset_on_a_server_writes_the_local_taps(tmp_path):
         )
     row = ours.paths.index("class_0/img_0.png")
     np.testing.assert_allclose(np.asarray(plain)[0], ours.features()[row], atol=1e-5)
+
+
+def test_gem_pooling_is_the_generalized_mean_and_exports(class_folder, tmp_path):
+    from featcache import extract, train_head
+    from featcache.backbones.backbone import FeatureExtractor, resolve_backbone
+    from featcache.core.settings import BackboneConfig
+    from featcache.heads.endtoend import export, load_model
+
+    tiny = {"backbone": "vgg16", "weights": "none", "image_size": 32}
+    cache = tmp_path / "gem.h5"
+    extract(class_folder, output=cache, pooling="gem", taps="block4_conv3", progress=False, **tiny)
+    reader = open_cache(cache)
+    inner = BackboneConfig(**tiny, pooling="none", layer="block4_conv3")
+    flat = FeatureExtractor(resolve_backbone(inner))
+    from featcache.extractor.decode import resize_image
+
+    images = [decode_image((class_folder / p).read_bytes()) for p in reader.paths]
+    inputs = np.stack([resize_image(i, (32, 32), "stretch") for i in images])
+    maps = flat(inputs).reshape(len(inputs), 16, 512)  # block4_conv3: 4x4 at 32 px
+    expected = np.mean(np.maximum(maps, 1e-6) ** 3, axis=1) ** (1 / 3)
+    tap = reader.tap("block4_conv3")
+    np.testing.assert_allclose(tap.features(), expected, rtol=1e-4, atol=1e-5)
+    assert reader.tap_info["block4_conv3"].pooling == "gem"
+    run = train_head(cache, head="logreg", tap="block4_conv3", output=tmp_path / "run").run_dir
+    model, _, _ = load_model(export(run, tmp_path / "m.keras"))
+    proba = load_head(run).predict_proba(tap.features())
+    for image, row in zip(images, proba):
+        got = np.asarray(model(image[None].astype(np.float32)))[0]
+        np.testing.assert_allclose(got, row, atol=1e-4)
