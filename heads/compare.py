@@ -240,7 +240,8 @@ def _run(
         )
         advance()
     else:
-        settings = replace(probe or ProbeSettings(), seed=seed, epochs=epochs)
+        chosen = replace(probe or ProbeSettings(), seed=seed, epochs=epochs)
+        curve = chosen.shots if isinstance(chosen.shots, tuple) else (chosen.shots,)
         carved = len(splits.reader.rows_of("val", labelled=True)) == 0
         rows = []
         for source in sources:
@@ -254,8 +255,11 @@ def _run(
                 splits.class_names,
                 "carved val" if carved else "val",
             )
-            for row in run_protocols(data, PROTOCOL_KINDS[protocol], settings):
-                rows.append(probe_record(source.name, row))
+            for shots in curve:  # one K, or a few-shot curve
+                settings = replace(chosen, shots=shots)
+                for row in run_protocols(data, PROTOCOL_KINDS[protocol], settings):
+                    extra = {"shots": shots} if len(curve) > 1 else {}
+                    rows.append({**probe_record(source.name, row), **extra})
         rows.sort(key=lambda r: -r["test_acc1"])
     return rows, best_run, skipped
 
@@ -290,6 +294,8 @@ def _tracker(
         total = points * len(sources) + 1  # + the best head's run
     else:
         draws = (probe.seeds or 1) if probe is not None and probe.shots else 1
+        if probe is not None and isinstance(probe.shots, tuple):
+            draws *= len(probe.shots)  # a few-shot curve
         total = len(PROTOCOL_KINDS[protocol]) * draws * len(sources)
     return Tracker("compare", progress, total, unit="fit")
 

@@ -250,6 +250,25 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def parse_shots(value: str | int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """Few-shot counts from ``5``, ``"1,5,10"`` or a sequence, each at least 1, sorted
+    (several: a few-shot curve)."""
+    try:
+        if isinstance(value, str):
+            shots = tuple(int(v) for v in value.split(",") if v.strip())
+        elif isinstance(value, list | tuple):
+            shots = tuple(int(v) for v in value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            shots = (value,)
+        else:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise invalid("shots", _shown(value), "expected K or K,K,... like 1,5,10") from None
+    if not shots or any(k < 1 for k in shots):
+        raise invalid("shots", _shown(value), "must be at least 1")
+    return tuple(sorted(set(shots)))
+
+
 def parse_ks(value: str | int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """Neighbour counts from ``"10,20,100,200"`` or a sequence, each at least 1, sorted."""
     try:
@@ -685,8 +704,13 @@ class CompareOptions:
         help="Feature transform fitted on train. [default: standardize for linear-probe, "
         "l2 for knn, none for dense]",
     )
-    shots: int | None = option(
-        None, range=AT_LEAST_1, kind=int, help="Few-shot: K training images per class."
+    shots: str | int | tuple[int, ...] | None = option(
+        None,
+        parse=_parse(parse_shots),
+        kind=str,
+        metavar="K[,K...]",
+        help="Few-shot: K training images per class; several (1,5,10): a few-shot curve, "
+        "rows for each K.",
     )
     seeds: int | None = option(
         None,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import h5py
@@ -65,6 +66,13 @@ class CacheReader:
     >>> x = cache.features(cache.rows_of("train"))  # doctest: +SKIP
     """
 
+    tap_name: str = MAIN_TAP
+    """Which features this reader reads: ``main`` (``features``) or a tap's name."""
+    tap_info: Mapping[str, TapInfo] = MappingProxyType({})
+    """The cache's taps (``extract --taps``) by name (the layer's), in order; none for
+    readers of several caches."""
+    _dataset = "features"
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         with open_h5(self.path) as handle, guarded(self.path):
@@ -85,7 +93,7 @@ class CacheReader:
             self.feature_dim = int(features.shape[1])
             self.dtype = np.dtype(features.dtype)
             self.class_names: list[str] = json.loads(str(self.attrs.get("class_names", "[]")))
-            self.tap_info: dict[str, TapInfo] = {
+            self.tap_info = {
                 name: TapInfo(
                     name,
                     str(handle[f"{TAPS_GROUP}/{name}"].attrs.get("layer", name)),
@@ -94,10 +102,6 @@ class CacheReader:
                 )
                 for name in tap_order(handle)
             }
-            """The cache's taps (``extract --taps``) by name (the layer's), in order."""
-        self.tap_name = MAIN_TAP
-        """Which features this reader reads: ``main`` (``features``) or a tap's name."""
-        self._dataset = "features"
 
     @property
     def taps(self) -> list[str]:

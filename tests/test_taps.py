@@ -114,7 +114,7 @@ def test_taps_journey(tapped):
             "--protocol",
             "linear-probe",
             "--shots",
-            "2",
+            "1,2",
             "--seeds",
             "2",
             "-o",
@@ -127,7 +127,8 @@ def test_taps_journey(tapped):
         "conv_pw_5_relu",
         "main+conv_pw_5_relu",
     }
-    assert all(row["train_rows"] == 2 * len(CLASSES) for row in few["rows"])  # 2-shot
+    curve = sorted((row["source"], row["shots"], row["train_rows"]) for row in few["rows"])
+    assert [(shots, rows) for _, shots, rows in curve] == [(1, 3), (2, 6)] * 3  # a curve per tap
 
     run = root / "run"
     _ok(runner, "train-head", cache, "--tap", "conv_pw_5_relu", "--head", "logreg", "-o", run)
