@@ -16,7 +16,12 @@ from .errors import SettingsMismatchError
 from .extractor.engines import Engine, LocalEmbedder, LocalEngine
 from .extractor.naming import default_output, other_name_hint
 from .extractor.recorder import ExtractProgress
-from .extractor.runner import ExtractSummary, run_extraction, with_cache_decode
+from .extractor.runner import (
+    ExtractSummary,
+    run_extraction,
+    with_cache_decode,
+    with_cache_taps,
+)
 from .store.writer import cached_settings
 
 
@@ -26,12 +31,12 @@ def make_engine(options: ExtractOptions) -> Engine:
     if options.engine == "ray":
         from .extractor.ray_engine import RayEngine
 
-        return RayEngine(config, options.max_pixels, options.ray_options)
+        return RayEngine(config, options.max_pixels, options.ray_options, options.tap_list)
     if options.remote is not None:
         from .service.remote import RemoteEmbedder
 
         return LocalEngine(RemoteEmbedder(options.remote, config, options.max_pixels))
-    return LocalEngine(LocalEmbedder(config, options.max_pixels))
+    return LocalEngine(LocalEmbedder(config, options.max_pixels, options.tap_list))
 
 
 def extract(
@@ -66,6 +71,7 @@ def extract(
     options = replace(options or ExtractOptions(), **changes)
     output = Path(options.output) if options.output is not None else default_output(options)
     options = with_cache_decode(options, output)  # a rerun keeps the cache's decode mode
+    options = with_cache_taps(options, output)  # and its taps
     engine = make_engine(options)
     try:
         return run_extraction(

@@ -114,7 +114,7 @@ def resolve_backbone(config: BackboneConfig) -> FeatureSettings:
                 parameter,
                 value,
                 f"only for keras-hub transformers ({config.backbone} gives a feature map: "
-                "pooling avg, max or none)",
+                "pooling avg, max, gem or none)",
             )
     spec: BackboneSpec | None = None
     backbone_sha = ""
@@ -199,10 +199,28 @@ def preprocess_function(name: str) -> Callable[[Any], Any]:
     return matches[0].preprocess_input()
 
 
-class FeatureExtractor:
-    """Frozen backbone that embeds batches of resized float32 images (0-255 RGB)."""
+def check_taps(resolved: FeatureSettings, taps: tuple[str, ...]) -> None:
+    """Refuse taps the backbone cannot give (before any model loads)."""
+    if taps and isinstance(resolved.spec, HubSpec):
+        raise InvalidOptionError(
+            f"taps: {resolved.backbone} is a keras-hub transformer; taps are for "
+            "keras.applications and saved models (transformers: blocks concatenates the "
+            "last blocks)",
+            "taps",
+        )
 
-    def __init__(self, resolved: FeatureSettings) -> None:
+
+class FeatureExtractor:
+    """Frozen backbone that embeds batches of resized float32 images (0-255 RGB).
+
+    With ``taps`` (``("auto",)`` or layer names) one model gives the features and each
+    tap's pooled features, concatenated in one row (one forward pass):
+    :attr:`tap_layout` says which layers and widths follow the first
+    :attr:`feature_dim` columns, :meth:`split` separates them.
+    """
+
+    def __init__(self, resolved: FeatureSettings, taps: tuple[str, ...] = ()) -> None:
+        check_taps(resolved, taps)
         ensure_tensorflow_backend()
         import keras
         import tensorflow as tf
@@ -239,6 +257,12 @@ class FeatureExtractor:
                 f"features of shape {tuple(self.model.output.shape)} are not (N, D)"
             )
         self.feature_dim = int(self.model.output.shape[1])
+        self.tap_layout: tuple[tuple[str, int], ...] = ()
+        """``(layer, width)`` of each tap, in the order its columns follow the features."""
+        if taps:
+            self.model, self.tap_layout = _with_taps(
+                base, self.model, taps, resolved.layer, resolved.pooling, keras
+            )
         self.resolved = replace(resolved, feature_dim=self.feature_dim)
         preprocess = preprocess_function(resolved.preprocessing)
         height, width = resolved.image_size
@@ -317,8 +341,18 @@ class FeatureExtractor:
                 f"could not load {resolved.weights} into {spec.name}: {message}"
             ) from None
 
+    def split(self, wide: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Rows of this model's output as ``(features, {layer: tap features})``."""
+        taps: dict[str, np.ndarray] = {}
+        start = self.feature_dim
+        for layer, width in self.tap_layout:
+            taps[layer] = wide[:, start : start + width]
+            start += width
+        return wide[:, : self.feature_dim], taps
+
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        """Embed ``(N, H, W, 3)`` float32 images; returns ``(N, D)`` float32."""
+        """Embed ``(N, H, W, 3)`` float32 images; returns ``(N, D)`` float32 (with taps:
+        the features, then each tap's; :meth:`split`)."""
         return np.asarray(self._embed(images), dtype=np.float32)
 
     def embed_pixels(self, images: np.ndarray) -> np.ndarray:
@@ -408,39 +442,105 @@ def _with_policy(model: Any, policy: str, precision: str, keras: Any) -> Any:
     return copy
 
 
-def _tap_layer(base: Any, layer: str, keras: Any) -> Any:
+def _tap_layer(base: Any, layer: str, keras: Any, parameter: str = "layer") -> Any:
     if not layer:
         return base
+    if "+" in layer:
+        raise InvalidOptionError(
+            f"layer {layer!r}: features of several taps side by side; a model ends at one "
+            "layer (train the head on one tap to export or predict with it)",
+            parameter,
+        )
     names = [each.name for each in base.layers]
     if layer not in names:
         close = difflib.get_close_matches(layer, names, n=5, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else f"{len(names)} layers exist"
-        raise InvalidOptionError(f"layer {layer!r}: no such layer in {base.name}; {hint}", "layer")
+        raise InvalidOptionError(
+            f"{parameter} {layer!r}: no such layer in {base.name}; {hint}", parameter
+        )
     return keras.Model(base.inputs, base.get_layer(layer).output)
 
 
-def _pool(output: Any, pooling: str, keras: Any) -> Any:
+_NOT_STAGES = ("ZeroPadding2D", "Dropout", "InputLayer", "Rescaling", "Normalization")
+"""Layers that never end a stage (padding makes a map larger just before it shrinks)."""
+
+
+def auto_taps(base: Any, last: str = "", count: int = 4) -> list[str]:
+    """The layer ending each stage of a CNN (the last layer whose feature map has a
+    given size), the last ``count`` stages before the one ``last`` (else the output) is in;
+    every stage when the network has fewer."""
+    end = base.get_layer(last).output if last else base.output
+    final = tuple(end.shape[1:3]) if len(end.shape) == 4 else None
+    stages: dict[tuple[int, int], str] = {}
+    first = tuple(base.inputs[0].shape[1:3])
+    for layer in base.layers:
+        if type(layer).__name__ in _NOT_STAGES:
+            continue
+        output = getattr(layer, "output", None)
+        shape = getattr(output, "shape", None)
+        if shape is None or len(shape) != 4 or None in tuple(shape[1:3]):
+            continue
+        size = (int(shape[1]), int(shape[2]))
+        if size == first:
+            continue  # the stem at input resolution
+        stages.pop(size, None)  # keep the sizes in the order their stages end
+        stages[size] = layer.name
+        if layer.name == last:
+            break
+    names = [name for size, name in stages.items() if size != final]
+    return names[-count:]
+
+
+def _with_taps(
+    base: Any, model: Any, taps: tuple[str, ...], last: str, pooling: str, keras: Any
+) -> tuple[Any, tuple[tuple[str, int], ...]]:
+    """``model`` (image -> pooled features) with each tap's pooled output concatenated
+    after its features, and the taps' ``(layer, width)``."""
+    from ..core.options import AUTO_TAPS, MAX_AUTO_TAPS
+
+    layers = list(auto_taps(base, last, MAX_AUTO_TAPS)) if taps == (AUTO_TAPS,) else list(taps)
+    if not layers:
+        raise InvalidOptionError(f"taps auto: {base.name} has no stage before its last", "taps")
+    outputs = [model.output]
+    for index, layer in enumerate(layers):
+        tapped = _tap_layer(base, layer, keras, "taps")
+        pooled = _pool(tapped.output, pooling, keras, suffix=f"_tap{index}")
+        if len(pooled.shape) != 2:
+            raise InvalidOptionError(f"taps {layer!r}: gives no (N, D) features", "taps")
+        outputs.append(pooled)
+    joined = keras.layers.Concatenate(axis=-1, dtype="float32", name="featcache_taps")(outputs)
+    layout = tuple((layer, int(out.shape[1])) for layer, out in zip(layers, outputs[1:]))
+    return keras.Model(model.inputs, joined, name=f"{model.name}_taps"), layout
+
+
+def _pool(output: Any, pooling: str, keras: Any, suffix: str = "") -> Any:
     """Pooled features, as float32 whatever the backbone's precision (these layers are made
     with the float32 dtype policy and cast their input)."""
     rank = len(output.shape)
     if rank == 2:
         if output.dtype == "float32":
             return output
-        return keras.layers.Activation("linear", dtype="float32", name="featcache_float32")(output)
+        return keras.layers.Activation(
+            "linear", dtype="float32", name=f"featcache_float32{suffix}"
+        )(output)
     if pooling == "none":
-        return keras.layers.Flatten(dtype="float32", name="featcache_flatten")(output)
+        return keras.layers.Flatten(dtype="float32", name=f"featcache_flatten{suffix}")(output)
+    if pooling == "gem" and rank in (3, 4):
+        from .pool_layers import GeMPool
+
+        return GeMPool(name=f"featcache_gem_pool{suffix}")(output)
     if rank == 4:
         layer = (
             keras.layers.GlobalAveragePooling2D
             if pooling == "avg"
             else keras.layers.GlobalMaxPooling2D
         )
-        return layer(dtype="float32", name=f"featcache_{pooling}_pool")(output)
+        return layer(dtype="float32", name=f"featcache_{pooling}_pool{suffix}")(output)
     if rank == 3:
         layer = (
             keras.layers.GlobalAveragePooling1D
             if pooling == "avg"
             else keras.layers.GlobalMaxPooling1D
         )
-        return layer(dtype="float32", name=f"featcache_{pooling}_pool")(output)
-    return keras.layers.Flatten(dtype="float32", name="featcache_flatten")(output)
+        return layer(dtype="float32", name=f"featcache_{pooling}_pool{suffix}")(output)
+    return keras.layers.Flatten(dtype="float32", name=f"featcache_flatten{suffix}")(output)

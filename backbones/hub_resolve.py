@@ -73,12 +73,12 @@ def _pooling(config: BackboneConfig, spec: HubSpec) -> str:
     if config.projection and spec.family not in ("clip", "siglip"):
         raise invalid("projection", True, f"only CLIP and SigLIP have one, not {spec.family}")
     if not spec.is_transformer:
-        if pooling not in ("avg", "max", "none"):
+        if pooling not in ("avg", "max", "none"):  # no gem: keras-hub builds its own pooling
             raise invalid("pooling", pooling, f"{spec.name} gives a feature map: avg, max or none")
         if config.blocks != 1:
             raise invalid("blocks", config.blocks, f"{spec.name} is not a transformer")
         return pooling
-    if pooling == "max":
+    if pooling in ("max", "gem"):
         raise invalid("pooling", pooling, "transformers: cls, mean (or avg), cls+mean or none")
     if config.projection:
         if pooling not in ("avg", "cls" if spec.family == "clip" else "mean"):

@@ -74,6 +74,7 @@ LAYOUTS: dict[str, Layout] = {
                 "--decode",
                 "--preprocessing",
                 "--layer",
+                "--taps",
                 "--blocks",
                 "--projection",
                 "--precision",
@@ -159,7 +160,10 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "train-head": _layout(
-        ("Basics", ("--output", "--overwrite", "--head", "--epochs", "--class-weight", "--seed")),
+        (
+            "Basics",
+            ("--output", "--overwrite", "--head", "--tap", "--epochs", "--class-weight", "--seed"),
+        ),
         (
             "Dense head",
             (
@@ -201,7 +205,10 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "compare": _layout(
-        ("Basics", ("--output", "--overwrite", "--protocol", "--heads", "--cv", "--seed")),
+        (
+            "Basics",
+            ("--output", "--overwrite", "--protocol", "--heads", "--taps", "--cv", "--seed"),
+        ),
         ("Dense head", ("--epochs",)),
         (
             "Probe protocols",
@@ -378,7 +385,7 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "export-features": _layout(
         ("Basics", ("--format", "--output", "--overwrite")),
-        ("Values", ("--dtype", "--normalize", "--absolute-paths")),
+        ("Values", ("--dtype", "--normalize", "--absolute-paths", "--tap")),
         (LAST_SECTION, ()),
         summary="Write a cache as Parquet, npy + parquet or Lance.",
         examples=(

@@ -57,6 +57,8 @@ def render_wrote(path: Any) -> str:
 def render_extract_summary(summary: Any) -> str:
     """``extract``'s summary of an :class:`~featcache.extractor.ExtractSummary`."""
     views = f" x {summary.views} views" if summary.views > 1 else ""
+    if summary.taps:
+        views += f" + {len(summary.taps)} taps"
     lines = [
         f"{summary.output}: {summary.rows} rows x {summary.feature_dim}{views} "
         f"({summary.backbone})",
@@ -97,6 +99,11 @@ def render_cache_info(info: Mapping[str, Any]) -> str:
             continue
         shown = settings.get(key, _OLD_DEFAULTS.get(key, ""))  # older caches
         lines.append(f"  {key:<14} {shown}")
+    if info.get("taps"):  # extract --taps: each its own row dataset taps/LAYER
+        asked = settings.get("taps", "")
+        lines.append(f"  {'taps':<14} {', '.join(json.loads(asked)) if asked else ''}")
+        for tap in info["taps"]:
+            lines.append(f"    {tap['name']:<28} {tap['dim']:>6} ({tap['pooling']} pooled)")
     splits = info["splits"]
     lines.append(f"  {'class':<24} {'train':>7} {'val':>7} {'test':>7} {'total':>7}")
     for row in info["classes"]:

@@ -186,6 +186,12 @@ def plot_command(
     is_flag=True,
     help="Replace an existing output, only if it is an earlier export of this format.",
 )
+@click.option(
+    "--tap",
+    default=None,
+    metavar="NAME",
+    help="Write the features of this tap of the cache (extract --taps; a+b side by side).",
+)
 @json_option("Print the summary as JSON.")
 @quiet_option("No progress bar.")
 @handle_errors
@@ -197,6 +203,7 @@ def export_features_command(
     normalize: bool | None,
     absolute_paths: bool | None,
     overwrite: bool,
+    tap: str | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -214,6 +221,7 @@ def export_features_command(
             progress=False if quiet else None,
             normalize=normalize,
             absolute_paths=absolute_paths,
+            tap=tap,
         )
     except KeyboardInterrupt:
         interrupted("nothing was exported; an existing output is unchanged")

@@ -130,6 +130,7 @@ def compare_command(
     from ..heads.compare import compare
     from ..heads.probe import ProbeSettings
 
+    taps = probe_options.pop("taps", None)
     given = {name: value for name, value in probe_options.items() if value is not None}
     probe = None
     if given or protocol != DEFAULT_PROTOCOL:
@@ -147,11 +148,13 @@ def compare_command(
         plot=plot,
         progress=False if as_json else None,
         overwrite=overwrite,
+        taps=taps,
     )
     if as_json:
         click.echo(render_compare_json(board, protocol, probed=probe is not None))
     else:
-        click.echo(render_compare(board, probe is not None, len(caches) > 1, cv, plot))
+        several = len(caches) > 1 or taps is not None
+        click.echo(render_compare(board, probe is not None, several, cv, plot))
 
 
 @click.command("predict", context_settings=CONTEXT)

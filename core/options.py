@@ -57,8 +57,9 @@ antialiased bilinear resize (``tf.image.resize(antialias=True)``). Caches record
 of two modes are never mixed."""
 DEFAULT_DECODE = "fast"
 """The decode mode of new caches; caches from before it was recorded read as ``exact``."""
-POOLING_MODES = ("avg", "max", "none", "cls", "mean", "cls+mean")
-"""``avg``/``max``: global pooling of the feature map; ``none``: the flattened map (or token
+POOLING_MODES = ("avg", "max", "gem", "none", "cls", "mean", "cls+mean")
+"""``avg``/``max``: global pooling of the feature map; ``gem``: generalized mean (p 3) of
+the map (keras.applications and saved models); ``none``: the flattened map (or token
 sequence). Transformers (keras-hub presets): ``cls`` the class token, ``mean`` the mean of the
 patch tokens (class and register tokens skipped; ``avg`` means the same), ``cls+mean`` both,
 concatenated."""
@@ -85,6 +86,33 @@ only augmentation. Caches record it (views caches from before read as 1); views 
 versions are never mixed."""
 MAX_VIEWS = 64
 """Most views per image (view 0, the plain image, included)."""
+AUTO_TAPS = "auto"
+"""``taps`` that picks the layers: the end of each stage of a CNN (where the feature map
+shrinks next), the last :data:`MAX_AUTO_TAPS` stages before the last layer."""
+MAX_AUTO_TAPS = 4
+MAX_TAPS = 16
+"""Most taps one extraction stores besides ``features``."""
+
+
+def parse_taps(value: str | Sequence[str], parameter: str = "taps") -> tuple[str, ...]:
+    """``"auto"``, ``"none"`` (or empty) or ``"LAYER,LAYER"`` as a tuple: ``("auto",)``,
+    ``()`` or the layer names, in the order given, each once."""
+    names = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value)
+    names = [n for n in names if n]
+    if names in (["none"], []):
+        return ()
+    if AUTO_TAPS in names:
+        if len(names) > 1:
+            raise invalid(parameter, value, "auto picks the layers: give auto or layer names")
+        return (AUTO_TAPS,)
+    for name in names:
+        if "/" in name or "+" in name:
+            raise invalid(parameter, value, f"layer name {name!r}: '/' and '+' are not allowed")
+    if len(set(names)) != len(names):
+        raise invalid(parameter, value, "a layer is named twice")
+    if len(names) > MAX_TAPS:
+        raise invalid(parameter, value, f"at most {MAX_TAPS} taps")
+    return tuple(names)
 
 
 def parse_view_augment(text: str | Sequence[str], parameter: str = "augment") -> tuple[str, ...]:
@@ -200,6 +228,10 @@ def parse_shard(value: Any, name: str = "shard") -> tuple[int, int]:
     return i, n
 
 
+def _check_taps(value: Any, name: str) -> tuple[str, ...]:
+    return parse_taps(value, name)
+
+
 def _check_address(value: str, name: str) -> None:
     check_address(value, name.replace("address", "ray_address"))
 
@@ -265,7 +297,8 @@ class BackboneConfig:
     pooling: str = option(
         DEFAULT_POOLING,
         choices=POOLING_MODES,
-        help="Global pooling of the feature map (avg, max; none keeps it whole, flattened); "
+        help="Global pooling of the feature map (avg, max, gem: generalized mean p=3; none "
+        "keeps it whole, flattened); "
         "keras-hub transformers: cls, mean (avg: the same; class and register tokens "
         "skipped), cls+mean or none.",
     )
@@ -460,6 +493,18 @@ class ExtractOptions(BackboneConfig):
     )
     """``"I/N"``: only the items whose dataset path hashes to ``I`` mod ``N``
     (:func:`featcache.extractor.sources.take_shard`); None: every item."""
+    taps: str | tuple[str, ...] | None = option(
+        None,
+        kind=str,
+        metavar="LIST",
+        parse=_check_taps,
+        help="Also store these inner layers, pooled as --pooling, from the same forward pass: "
+        "auto (the end of each stage of a CNN, the last 4), layer names (a,b), or none. "
+        "[default: the cache's, else none]",
+    )
+    """Inner layers stored beside ``features``, each its own row dataset ``taps/LAYER``
+    (one forward pass): ``"auto"``, layer names (``"a,b"`` or a tuple), ``"none"``. None:
+    as the existing cache (a rerun keeps its taps), else none."""
     ratios: tuple[float, float, float] = field(init=False)
     view_count: int = field(init=False)
     """``views`` for this run (1 while not given; see :meth:`with_cache_views`)."""
@@ -467,11 +512,24 @@ class ExtractOptions(BackboneConfig):
     """``augment`` parsed (all augmentations when views > 1 and none were named)."""
     view_seed: int = field(init=False)
     """``augment_seed`` for this run (:data:`DEFAULT_SEED` while not given)."""
+    tap_list: tuple[str, ...] = field(init=False)
+    """``taps`` parsed: ``()`` (none, or not given), ``("auto",)`` or layer names."""
 
     def __post_init__(self) -> None:
         self._check_views()
         super().__post_init__()
         check_fields(self, _RUN_CHECKED)
+        object.__setattr__(self, "tap_list", parse_taps(self.taps or ""))
+        if self.tap_list and self.remote is not None:
+            raise InvalidOptionError(
+                "taps: a remote server embeds the last layer only; extract taps locally", "taps"
+            )
+        if self.tap_list and self.pooling in ("none", *TOKEN_POOLING):
+            raise invalid(
+                "taps",
+                self.taps,
+                f"taps are pooled as pooling says: avg or max, not {self.pooling}",
+            )
         if self.engine != "ray" and self.ray_options is not None:
             raise InvalidOptionError("ray_options need engine='ray'")
         if self.engine == "ray" and self.remote is not None:
@@ -529,6 +587,12 @@ class ExtractOptions(BackboneConfig):
             ),
         )
 
+    def with_cache_taps(self, taps: Sequence[str]) -> ExtractOptions:
+        """These options with ``taps`` not given (None) taken from an existing cache's."""
+        if self.taps is not None:
+            return self
+        return replace(self, taps=",".join(taps) or "none")
+
     @property
     def threads(self) -> int:
         """Reader threads (``workers``, else cores + 1, at most 4)."""
@@ -549,5 +613,6 @@ _RUN_CHECKED = (
     "max_pixels",
     "checkpoint_seconds",
     "shard",
+    "taps",
 )
 """The run options :class:`ExtractOptions` checks besides the backbone's and the views'."""

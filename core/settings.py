@@ -220,6 +220,9 @@ class CacheSettings(FeatureSettings):
     augment_version: int = field(default=AUGMENT_VERSION, kw_only=True)
     """Version of the augmentation procedure (:data:`~.options.AUGMENT_VERSION`); caches
     with views from before it was recorded read as 1."""
+    taps: tuple[str, ...] = field(default=(), kw_only=True)
+    """Inner layers stored beside ``features`` as asked (``("auto",)`` or layer names; the
+    layers ``auto`` chose are the ``taps/`` datasets); empty: none."""
 
     @classmethod
     def of(
@@ -234,6 +237,7 @@ class CacheSettings(FeatureSettings):
         augment: tuple[str, ...] = (),
         augment_seed: int = 0,
         split_method: str = LEGACY_SPLIT_METHOD,
+        taps: tuple[str, ...] = (),
     ) -> CacheSettings:
         """``features`` with a cache's storage, split and view settings."""
         names = [each.name for each in fields(FeatureSettings)]
@@ -247,12 +251,15 @@ class CacheSettings(FeatureSettings):
             views=views,
             augment=tuple(augment) if views > 1 else (),
             augment_seed=augment_seed if views > 1 else 0,
+            taps=tuple(taps),
         )
 
     @property
     def fingerprint(self) -> str:
         """SHA-256 over every setting that changes the stored features."""
         payload = {**self.identity(), "dtype": self.dtype}
+        if self.taps:  # caches without taps keep their fingerprint
+            payload["taps"] = list(self.taps)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def differences(
@@ -284,6 +291,10 @@ class CacheSettings(FeatureSettings):
                     f"{_show(getattr(other, name))} ({theirs})"
                 )
         out += self._view_differences(other, ours, theirs)
+        if self.taps != other.taps:
+            mine, yours = ",".join(self.taps) or "none", ",".join(other.taps) or "none"
+            keep = " (to keep the cached taps rerun without --taps)" if ours == "cache" else ""
+            out.append(f"taps {mine} ({ours}) vs {yours} ({theirs}){keep}")
         return out
 
     def _view_differences(self, other: CacheSettings, ours: str, theirs: str) -> list[str]:
@@ -336,6 +347,8 @@ class CacheSettings(FeatureSettings):
             extra["augment"] = ",".join(self.augment)
             extra["augment_seed"] = int(self.augment_seed)
             extra["augment_version"] = int(self.augment_version)
+        if self.taps:  # caches without taps keep their attributes
+            extra["taps"] = json.dumps(list(self.taps))
         return {
             **extra,
             "backbone": self.backbone,
@@ -379,6 +392,7 @@ class CacheSettings(FeatureSettings):
             augment_version=(
                 int(_plain(attrs.get("augment_version", 1)) or 1) if views > 1 else AUGMENT_VERSION
             ),
+            taps=tuple(json.loads(_text(attrs, "taps") or "[]")),
         )
 
 

@@ -20,7 +20,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..backbones.backbone import FeatureExtractor, ensure_tensorflow_backend, resolve_backbone
+from ..backbones.backbone import (
+    FeatureExtractor,
+    check_taps,
+    ensure_tensorflow_backend,
+    resolve_backbone,
+)
 from ..backbones.resize import resize_batch
 from ..core.options import DEFAULT_MAX_PIXELS, ExtractOptions
 from ..core.settings import BackboneConfig, FeatureSettings
@@ -108,12 +113,17 @@ class LocalEngine:
             if not batch:
                 return
             features, reasons = self.embedder.embed([p.payload for p in batch])
+            taps = None
+            if options.tap_list:  # the taps' columns follow the features' (one pass)
+                features, taps = self._split(features)
             good = [p for p, reason in zip(batch, reasons) if reason is None]
             for prepared, reason in zip(batch, reasons):
                 if reason is not None:
                     recorder.bad(prepared.item, reason)
             views = self._views(good, options) if options.view_count > 1 and good else None
-            recorder.embedded([p.item for p in good], [p.sha256 for p in good], features, views)
+            recorder.embedded(
+                [p.item for p in good], [p.sha256 for p in good], features, views, taps
+            )
             batch.clear()
 
         if hasattr(self.embedder, "on_loading"):  # a status line while the model loads
@@ -125,6 +135,16 @@ class LocalEngine:
                 if len(batch) >= options.batch_size:
                     flush()
         flush()
+
+    def _split(self, wide: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The features and each tap's, from the model's rows (:meth:`FeatureExtractor.split`)."""
+        split = getattr(self.embedder, "split", None)
+        if split is None:
+            raise InvalidOptionError(
+                f"taps: {type(self.embedder).__name__} embeds the last layer only", "taps"
+            )
+        features, taps = split(wide)
+        return features, taps
 
     def _views(self, good: list[Prepared], options: ExtractOptions) -> np.ndarray:
         """Embeddings of views 1+ of ``good`` (:mod:`.views`), with the embedder's
@@ -138,6 +158,10 @@ class LocalEngine:
             )
         size, mode = self.settings.image_size, self.settings.resize
         images = as_inputs([p.payload for p in good], size, mode, self.settings.decode)
+        if options.tap_list:  # views of the features only
+            width = self.feature_dim
+            whole = embed_images
+            embed_images = lambda x: whole(x)[:, :width]  # noqa: E731
         return embed_views(
             embed_images,
             images,
@@ -182,8 +206,16 @@ class LocalEmbedder:
     :func:`~.decode.decode_and_resize`.
     """
 
-    def __init__(self, config: BackboneConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        config: BackboneConfig,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        taps: tuple[str, ...] = (),
+    ) -> None:
         self.settings = resolve_backbone(config)
+        check_taps(self.settings, taps)
+        self.taps = taps
+        """Layers embedded beside the features (``extract --taps``)."""
         self.max_pixels = max_pixels
         self.import_seconds = 0.0
         """Time spent importing TensorFlow for this run (0 when it was already imported)."""
@@ -210,7 +242,7 @@ class LocalEmbedder:
             self._loading()
             self._import_tensorflow()
             began = time.monotonic()
-            self._model = FeatureExtractor(self.settings)
+            self._model = FeatureExtractor(self.settings, self.taps)
             self.settings = self._model.resolved
             self.build_seconds = time.monotonic() - began
         return self._model
@@ -244,6 +276,10 @@ class LocalEmbedder:
     @property
     def feature_dim(self) -> int:
         return self.model().feature_dim
+
+    def split(self, wide: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The features and each tap's from the model's rows."""
+        return self.model().split(wide)
 
     def prepare(self, content: bytes | np.ndarray) -> np.ndarray:
         self._import_tensorflow()

@@ -13,6 +13,7 @@ Ray is optional (``pip install 'featcache[ray]'``) and only imported here.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -28,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backbones.backbone import FeatureExtractor, resolve_backbone
+from ..backbones.backbone import FeatureExtractor, check_taps, resolve_backbone
 from ..core.options import DEFAULT_MAX_PIXELS, ExtractOptions, RayOptions, check_address
 from ..core.settings import BackboneConfig, FeatureSettings
 from ..core.tf_quiet import ENV
@@ -77,6 +78,7 @@ class RayEngine:
         config: BackboneConfig,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         options: RayOptions | None = None,
+        taps: tuple[str, ...] = (),
     ) -> None:
         import_ray()  # fail before any file is read
         _gpu_memory_growth()  # the driver decodes and may build a model on a GPU node
@@ -86,6 +88,9 @@ class RayEngine:
         self.max_pixels = max_pixels
         self._feature_dim = 0
         self.settings: FeatureSettings = resolve_backbone(config)
+        check_taps(self.settings, taps)
+        self.taps = taps
+        """Layers the actors embed beside the features (``extract --taps``)."""
         if self.settings.spec is None:  # a saved model: its input size is read from the file
             model = FeatureExtractor(self.settings)
             self.settings, self._feature_dim = model.resolved, model.feature_dim
@@ -211,6 +216,7 @@ class RayEngine:
                 "gpus": gpus,
                 "probe": pending[0].item.path,
                 "views": (options.view_count, options.view_augment, options.view_seed),
+                "taps": self.taps,
             },
             batch_size=batch_size,
             batch_format="numpy",
@@ -234,6 +240,15 @@ class RayEngine:
             raise EngineError(fatal)
         self.load_seconds = max(self.load_seconds, float(np.max(shard["load_seconds"])))
         features = shard["features"]
+        taps: dict[str, np.ndarray] | None = None
+        if "tap_layout" in shard:  # the taps' columns follow the features' (one pass)
+            layout = json.loads(str(shard["tap_layout"][0]))
+            width = features.shape[1] - sum(dim for _, dim in layout)
+            taps, start = {}, width
+            for layer, dim in layout:
+                taps[layer] = features[:, start : start + dim]
+                start += dim
+            features = features[:, :width]
         self._feature_dim = features.shape[1]
         good: list[int] = []
         for k, (row, reason) in enumerate(zip(shard["row"].tolist(), shard["reason"].tolist())):
@@ -249,6 +264,7 @@ class RayEngine:
             [str(sha) for sha in shard["sha256"][good]],
             features[good],
             shard["views"][good] if "views" in shard else None,
+            {layer: values[good] for layer, values in taps.items()} if taps else None,
         )
 
 
@@ -272,8 +288,12 @@ class EmbedBatches:
         gpus: float = 0.0,
         probe: str = "",
         views: tuple[int, tuple[str, ...], int] = (1, (), 0),
+        taps: tuple[str, ...] = (),
     ) -> None:
         self.fatal = ""
+        self.width = 0
+        """Columns of the model's rows: the features, then each tap's."""
+        self.tap_layout = "[]"
         self.views = views
         """(views, augmentations, seed) of :mod:`.views`: views 1+ are embedded here too."""
         self.load_seconds = 0.0
@@ -308,8 +328,11 @@ class EmbedBatches:
                 max_pixels=max_pixels,
                 decode=resolved.decode,
             )
-            self.model = FeatureExtractor(resolved)
+            self.model = FeatureExtractor(resolved, taps)
             self.feature_dim = self.model.feature_dim
+            tapped = self.model.tap_layout
+            self.width = self.feature_dim + sum(dim for _, dim in tapped)
+            self.tap_layout = json.dumps([list(each) for each in tapped]) if tapped else ""
         except Exception as exc:  # noqa: BLE001 - reported to the driver as one line
             self.fatal = f"on Ray node {_node()}: {_first_line(exc)}"
         self.load_seconds = time.monotonic() - began
@@ -324,13 +347,16 @@ class EmbedBatches:
             self.pool.map(lambda item: read_one(self.dataset, item, None, self.prepare), items)
         )
         good = [k for k, each in enumerate(loaded) if each.reason is None]
-        features = np.zeros((n, self.feature_dim), np.float32)
+        features = np.zeros((n, self.width), np.float32)
         if good:
             features[good] = self.model(np.stack([loaded[k].payload for k in good]))
         load_seconds, self.load_seconds = self.load_seconds, 0.0  # reported once
         extra = self._views(loaded, good, n)
         return {
             **({"views": extra} if extra is not None else {}),
+            **(
+                {"tap_layout": np.full(n, self.tap_layout, dtype=object)} if self.tap_layout else {}
+            ),
             "row": rows,
             "fatal": np.full(n, "", dtype=object),
             "sha256": np.asarray([each.sha256 for each in loaded], dtype=object),
@@ -349,7 +375,12 @@ class EmbedBatches:
         if good:
             images = np.stack([loaded[k].payload for k in good])
             shas = [loaded[k].sha256 for k in good]
-            out[good] = embed_views(self.model, images, shas, count, augment, seed, len(good))
+            width = self.feature_dim
+
+            def embed(x: np.ndarray) -> np.ndarray:
+                return self.model(x)[:, :width]  # views of the features only
+
+            out[good] = embed_views(embed, images, shas, count, augment, seed, len(good))
         return out
 
 

@@ -117,9 +117,11 @@ class Recorder:
         sha256: list[str],
         features: np.ndarray,
         views: np.ndarray | None = None,
+        taps: dict[str, np.ndarray] | None = None,
     ) -> None:
         """New rows for ``items`` (replacing older rows of the same paths); ``views``:
-        their augmented views' embeddings, for a cache with views."""
+        their augmented views' embeddings, for a cache with views; ``taps``: each tap's
+        features, for a cache with taps."""
         if not items:  # a batch of bad files: still a batch finished
             self.bar.start()
             self.report(force=True)
@@ -141,6 +143,7 @@ class Recorder:
             split,
             features,
             views,
+            taps,
         )
         self._done(len(items), force=True)
         self.bar.start()  # the first batch is in: the bar's clock starts (once)

@@ -49,6 +49,8 @@ class ExtractSummary:
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     views: int = 1
     """Embeddings per image (``views``; 1: ``features`` only)."""
+    taps: dict[str, int] = field(default_factory=dict)
+    """Width of each tap stored beside ``features`` (``taps``), by layer."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form of the summary."""
@@ -83,7 +85,7 @@ def run_extraction(
     output.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock(output)
     try:
-        options = with_cache_views(options, output)
+        options = with_cache_taps(with_cache_views(options, output), output)
         method = split_method(options, output)
         settings = CacheSettings.of(
             _with_split_seed(engine.settings, options.seed),
@@ -95,6 +97,7 @@ def run_extraction(
             views=options.view_count,
             augment=options.view_augment,
             augment_seed=options.view_seed,
+            taps=options.tap_list,
         )
         return _run(dataset, engine, settings, output, options, on_progress, cancel, started)
     except CacheError as exc:  # the user is writing this cache: --overwrite replaces it
@@ -110,6 +113,18 @@ def with_cache_views(options: ExtractOptions, output: Path) -> ExtractOptions:
     if cached is None:
         return options.with_cache_views(1, (), DEFAULT_SEED)
     return options.with_cache_views(cached.views, cached.augment, cached.augment_seed)
+
+
+def with_cache_taps(options: ExtractOptions, output: Path) -> ExtractOptions:
+    """``options`` with ``taps`` not given taken from the cache at ``output`` (none, a
+    file that is no cache, or ``overwrite``: no taps)."""
+    if options.taps is not None:
+        return options
+    try:
+        cached = None if options.overwrite else cached_settings(output)
+    except CacheError:
+        cached = None
+    return options.with_cache_taps(cached.taps if cached is not None else ())
 
 
 def split_method(options: ExtractOptions, output: Path) -> str:
@@ -217,4 +232,5 @@ def _run(
         classes=dataset.class_names,
         bad_files=recorder.bad_files,
         views=settings.views,
+        taps=dict(writer.tap_dims),
     )

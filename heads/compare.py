@@ -18,6 +18,7 @@ from sklearn.model_selection import StratifiedKFold
 from ..core.files import check_run_folder
 from ..core.options import invalid
 from ..errors import DatasetError, FeatcacheError
+from ..store.opening import open_cache, tap_names
 from .baselines import GRIDS, fit_baseline, make_baseline
 from .data import CachedSplits, Caches, JointCache, Split, cache_paths, load_splits
 from .dense import DenseHead
@@ -58,14 +59,24 @@ class Leaderboard:
 
 @dataclass
 class _Source:
-    """One feature source: a cache, or (``part`` None) every cache concatenated."""
+    """One feature source: a cache, or (``part`` None) every cache concatenated; with
+    taps, a tap of one cache, or every tap asked concatenated."""
 
     name: str
     caches: list[Path]
     part: int | None
+    tap: str | None = None
 
 
-def _sources(paths: list[Path]) -> list[_Source]:
+def _sources(paths: list[Path], taps: list[str] | None = None) -> list[_Source]:
+    if taps:
+        alone = [
+            _Source(name, paths, i if len(taps) > 1 else None, name) for i, name in enumerate(taps)
+        ]
+        if len(taps) == 1:
+            return alone
+        joined = "+".join(taps) if len(taps) <= 2 else f"concat({len(taps)} taps)"
+        return [*alone, _Source(joined, paths, None, "+".join(taps))]
     if len(paths) == 1:
         return [_Source(paths[0].stem, paths, None)]
     alone = [_Source(p.stem, [p], i) for i, p in enumerate(paths)]
@@ -104,6 +115,7 @@ def compare(
     options: HeadOptions | None = None,
     progress: bool | None = None,
     overwrite: bool = False,
+    taps: str | None = None,
 ) -> Leaderboard:
     """Fit every head kind over its grid, choose by val accuracy (or ``cv``-fold CV on
     train+val), report test accuracy of each kind's best, and keep the overall best run.
@@ -126,6 +138,12 @@ def compare(
     Several caches (``cache`` a sequence) are matched by content hash: each cache and their
     concatenation are evaluated on the images present in every cache (with one class), and
     :attr:`Leaderboard.notes` says how many rows were dropped.
+
+    ``taps`` (one cache with taps, ``extract --taps``): ``all`` (``main``, the features,
+    and every tap) or a comma list of tap names; each tap is a source of rows (its
+    ``source`` column), and so is their concatenation, so the leaderboard ranks tap x
+    head (or protocol, with the bootstrap intervals; ``shots`` gives each tap's few-shot
+    row). The best quick head is trained on its tap.
 
     Besides ``leaderboard.csv`` and ``leaderboard.json`` in ``output``, ``csv_path``,
     ``json_path`` and ``plot`` (a PNG bar chart of test acc@1 with the intervals) are
@@ -156,9 +174,11 @@ def compare(
     if val_fraction is None:
         quick = protocol == DEFAULT_PROTOCOL or options is not None
         val_fraction = chosen.val_fraction if quick else PROBE_VAL_FRACTION
-    splits = load_splits(paths if len(paths) > 1 else paths[0], val_fraction, seed)
-    sources = _sources(paths)
-    label = "+".join(p.stem for p in paths)
+    names = _tap_list(paths, taps)
+    spec = "+".join(names) if names else None
+    splits = load_splits(paths if len(paths) > 1 else paths[0], val_fraction, seed, spec)
+    sources = _sources(paths, names)
+    label = "+".join(p.stem for p in paths) + ("-taps" if names else "")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     folder = Path(output) if output else DEFAULT_RUNS_DIR / f"{label}-compare-{stamp}"
     with tracking(_tracker(protocol, kinds, sources, splits, cv, probe, progress)):
@@ -217,6 +237,7 @@ def _run(
             winner.caches if len(winner.caches) > 1 else winner.caches[0],
             top["head"],
             folder / f"best-{top['head']}",
+            tap=winner.tap,
             seed=seed,
             val_fraction=val_fraction,
             stream=False,
@@ -225,7 +246,8 @@ def _run(
         )
         advance()
     else:
-        settings = replace(probe or ProbeSettings(), seed=seed, epochs=epochs)
+        chosen = replace(probe or ProbeSettings(), seed=seed, epochs=epochs)
+        curve = chosen.shots if isinstance(chosen.shots, tuple) else (chosen.shots,)
         carved = len(splits.reader.rows_of("val", labelled=True)) == 0
         rows = []
         for source in sources:
@@ -239,10 +261,22 @@ def _run(
                 splits.class_names,
                 "carved val" if carved else "val",
             )
-            for row in run_protocols(data, PROTOCOL_KINDS[protocol], settings):
-                rows.append(probe_record(source.name, row))
+            for shots in curve:  # one K, or a few-shot curve
+                settings = replace(chosen, shots=shots)
+                for row in run_protocols(data, PROTOCOL_KINDS[protocol], settings):
+                    extra = {"shots": shots} if len(curve) > 1 else {}
+                    rows.append({**probe_record(source.name, row), **extra})
         rows.sort(key=lambda r: -r["test_acc1"])
     return rows, best_run, skipped
+
+
+def _tap_list(paths: list[Path], taps: str | None) -> list[str] | None:
+    """The taps ``compare`` ranks (None: the features of each cache)."""
+    if taps is None:
+        return None
+    if len(paths) != 1:
+        raise invalid("taps", taps, "ranks the taps of one cache, not several")
+    return tap_names(open_cache(paths[0]), taps)
 
 
 def _tracker(
@@ -266,6 +300,8 @@ def _tracker(
         total = points * len(sources) + 1  # + the best head's run
     else:
         draws = (probe.seeds or 1) if probe is not None and probe.shots else 1
+        if probe is not None and isinstance(probe.shots, tuple):
+            draws *= len(probe.shots)  # a few-shot curve
         total = len(PROTOCOL_KINDS[protocol]) * draws * len(sources)
     return Tracker("compare", progress, total, unit="fit")
 

@@ -114,8 +114,11 @@ def load_splits(
     cache: Caches,
     val_fraction: float = DEFAULT_VAL_FRACTION,
     seed: int = DEFAULT_SEED,
+    tap: str | None = None,
 ) -> CachedSplits:
     """Read a cache's labels and splits, carving a val split from train if it has none.
+
+    ``tap``: the features of a tap of one cache (``extract --taps``; ``a+b`` side by side).
 
     Several caches are joined by content hash (:class:`JointCache`): only the images in
     every cache, with the same class, are used, and the notes say how many were dropped.
@@ -124,7 +127,7 @@ def load_splits(
     a classifier: no labels, a single class, an empty train or test split.
     """
     check_options({"val_fraction": val_fraction, "seed": seed})
-    reader = open_caches(cache)
+    reader = open_caches(cache, tap)
     path, labels, class_names = reader.path, reader.labels, reader.class_names
     labelled = labels >= 0
     if not labelled.any():

@@ -369,7 +369,8 @@ def fine_tune(
     trained = built.head
     val_fraction = float(head_report.get("val_fraction") or DEFAULT_VAL_FRACTION)
     head_seed = int(trained.meta.get("params", {}).get("seed", DEFAULT_SEED) or DEFAULT_SEED)
-    splits = load_splits(cache, val_fraction=val_fraction, seed=head_seed)
+    tap = trained.meta.get("tap")  # a head on a tap (train-head --tap) reads that tap
+    splits = load_splits(cache, val_fraction=val_fraction, seed=head_seed, tap=tap)
     check_cache_suits(trained, splits.reader)
     if splits.class_names != trained.class_names:
         raise DatasetError(

@@ -16,9 +16,9 @@ ensure_tensorflow_backend()
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from ..backbones import hub_model  # noqa: E402 - registers TokenPool for saved models
+from ..backbones import hub_model, pool_layers  # noqa: E402 - TokenPool, GeMPool for saved models
 
-del hub_model
+del hub_model, pool_layers
 
 
 @keras.saving.register_keras_serializable(package="featcache")

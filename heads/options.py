@@ -251,6 +251,25 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def parse_shots(value: str | int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """Few-shot counts from ``5``, ``"1,5,10"`` or a sequence, each at least 1, sorted
+    (several: a few-shot curve)."""
+    try:
+        if isinstance(value, str):
+            shots = tuple(int(v) for v in value.split(",") if v.strip())
+        elif isinstance(value, list | tuple):
+            shots = tuple(int(v) for v in value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            shots = (value,)
+        else:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise invalid("shots", _shown(value), "expected K or K,K,... like 1,5,10") from None
+    if not shots or any(k < 1 for k in shots):
+        raise invalid("shots", _shown(value), "must be at least 1")
+    return tuple(sorted(set(shots)))
+
+
 def parse_ks(value: str | int | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """Neighbour counts from ``"10,20,100,200"`` or a sequence, each at least 1, sorted."""
     try:
@@ -436,6 +455,15 @@ class HeadOptions:
     """The dense head: FroFA-style feature augmentation of the training rows, redrawn every
     epoch (:mod:`.view_training`): each channel scaled by ``1 +- feature_augment`` and
     shifted by ``+- feature_augment`` of its standard deviation; 0: off."""
+    tap: str | None = option(
+        None,
+        kind=str,
+        metavar="NAME",
+        help="Train on a tap's features (extract --taps): its layer name, main (the "
+        "features), or a+b side by side. A head on one tap exports a model ending there.",
+    )
+    """A tap of the cache (``extract --taps``) to train on: its layer name, ``main``, or
+    ``a+b`` (side by side; such a head is not exported). None: the features."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -679,8 +707,13 @@ class CompareOptions:
         help="Feature transform fitted on train. [default: standardize for linear-probe, "
         "l2 for knn, none for dense]",
     )
-    shots: int | None = option(
-        None, range=AT_LEAST_1, kind=int, help="Few-shot: K training images per class."
+    shots: str | int | tuple[int, ...] | None = option(
+        None,
+        parse=_parse(parse_shots),
+        kind=str,
+        metavar="K[,K...]",
+        help="Few-shot: K training images per class; several (1,5,10): a few-shot curve, "
+        "rows for each K.",
     )
     seeds: int | None = option(
         None,
@@ -694,6 +727,15 @@ class CompareOptions:
         kind=int,
         help=f"Test resamples of the 95% intervals (0: none). [default: {DEFAULT_BOOTSTRAP}]",
     )
+    taps: str | None = option(
+        None,
+        kind=str,
+        metavar="all|LIST",
+        help="Rank the taps of one cache (extract --taps): all (main and every tap) or "
+        "names; each tap and their concatenation is a row source.",
+    )
+    """Taps of one cache to rank (``all`` or a comma list; ``main``: the features): each
+    is a source of rows, and so is their concatenation. None: the features only."""
 
     def __post_init__(self) -> None:
         check_fields(self)

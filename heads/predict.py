@@ -40,7 +40,8 @@ def predict_cache(
     """Write ``output`` (default ``RUN/predictions.csv``: path, label, predicted,
     probability, top-k) for every row.
 
-    The cache must come from the same backbone settings as the head's training cache. For
+    The cache must come from the same backbone settings as the head's training cache (a
+    head trained on a tap, ``train-head --tap``, reads the cache's tap of that name). For
     a linear-svm or ridge head the probability column is named ``score``: a softmax of the
     head's decision scores, which ranks the classes as the head does but is not calibrated.
     An existing ``output`` is refused before anything loads, unless ``overwrite``; the file is
@@ -52,6 +53,9 @@ def predict_cache(
     )
     head = load_head(run)
     reader = open_cache(cache)
+    tap = head.meta.get("tap")
+    if tap and tap in getattr(reader, "tap_info", {}):  # a head on a tap: the cache's tap
+        reader = reader.tap(tap)
     check_cache_suits(head, reader)
     names = head.class_names
     columns = [names[c] for c in head.classes]

@@ -44,6 +44,7 @@ from .options import (
     check_options,
     parse_c_grid,
     parse_ks,
+    parse_shots,
 )
 
 PROTOCOL_NORMALIZE = {"linear-probe": "standardize", "knn": "l2", "dense": "none"}
@@ -288,8 +289,9 @@ class ProbeSettings:
     temperature: float = KNN_TEMPERATURE
     normalize: str | None = None
     """``l2``, ``standardize`` or ``none``; None: :data:`PROTOCOL_NORMALIZE`."""
-    shots: int | None = None
-    """Few-shot: this many training rows per class, drawn ``seeds`` times."""
+    shots: int | tuple[int, ...] | None = None
+    """Few-shot: this many training rows per class, drawn ``seeds`` times (``compare``
+    also takes several, ``(1, 5, 10)``: a curve, each run on its own)."""
     seeds: int | None = None
     """Few-shot draws (only with ``shots``); None: :data:`DEFAULT_FEW_SHOT_SEEDS` with
     ``shots``, else 1."""
@@ -314,6 +316,9 @@ class ProbeSettings:
                 "epochs": self.epochs,
             }
         )
+        if self.shots is not None:  # "5" or (5,): 5; several stay a tuple (a curve)
+            counts = parse_shots(self.shots)
+            object.__setattr__(self, "shots", counts[0] if len(counts) == 1 else counts)
         if self.shots is None and self.seeds not in (None, 1):
             raise invalid("seeds", self.seeds, "only with shots (few-shot draws)")
         if self.seeds is None:
@@ -430,6 +435,8 @@ def run_protocols(
     interval resamples the test rows for all draws at once. Few-shot runs choose on the
     full val split and do not refit on val (it would add more than the shots)."""
     settings = settings or ProbeSettings()
+    if isinstance(settings.shots, tuple):
+        raise invalid("shots", settings.shots, "one K per run (compare runs a few-shot curve)")
     out = []
     for kind in kinds:
         fit = _FITTERS[kind]

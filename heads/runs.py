@@ -41,6 +41,12 @@ def head_settings(meta: dict[str, Any]) -> FeatureSettings:
     """The feature settings of the cache a head was trained on (a head trained on several
     caches' features has none: CacheError)."""
     caches = meta.get("caches") or []
+    tap = str(meta.get("tap") or "")
+    if "+" in tap:
+        raise CacheError(
+            f"the head was trained on taps side by side ({tap}): a model ends at one layer; "
+            "predicting, exporting and fine-tuning need a head trained on one tap (--tap NAME)"
+        )
     if len(caches) > 1:
         raise CacheError(
             f"the head was trained on the features of {len(caches)} caches joined "

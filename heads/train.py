@@ -191,7 +191,10 @@ def train_head(
     kind = chosen.head
     params = chosen.head_params()
     splits = load_splits(
-        paths if len(paths) > 1 else paths[0], val_fraction=chosen.val_fraction, seed=chosen.seed
+        paths if len(paths) > 1 else paths[0],
+        val_fraction=chosen.val_fraction,
+        seed=chosen.seed,
+        tap=chosen.tap,
     )
     cache = splits.path
     streaming = kind == "dense" and should_stream(splits, chosen.stream)
@@ -211,6 +214,8 @@ def train_head(
     trained = TrainedHead(kind, estimator, names, _meta(kind, params, splits))
     if views:  # what the head trained on: head.json records it, as report.json does
         trained.meta.update(views=chosen.views, feature_augment=chosen.feature_augment)
+    if chosen.tap:
+        trained.meta["tap"] = chosen.tap
     evaluated = {}
     for split_name in ("val", "test"):
         split = getattr(splits, split_name)
@@ -230,6 +235,7 @@ def train_head(
         "stream_option": chosen.stream,
         "val_fraction": chosen.val_fraction,
         **({"views": chosen.views, "feature_augment": chosen.feature_augment} if views else {}),
+        **({"tap": chosen.tap, "layer": splits.settings.layer} if chosen.tap else {}),
         "notes": splits.notes,
         "fit_seconds": round(fit_seconds, 3),
         "val": evaluated["val"],

@@ -145,7 +145,7 @@ class ListBackbonesResponse(_message.Message):
     def __init__(self, backbones: _Optional[_Iterable[_Union[Backbone, _Mapping]]] = ..., loaded: _Optional[_Iterable[_Union[BackboneInfo, _Mapping]]] = ..., classifiers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExtractDatasetRequest(_message.Message):
-    __slots__ = ("data", "output", "backbone", "dtype", "split", "labels", "batch_size", "overwrite", "max_pixels", "checkpoint_seconds", "views", "augment", "augment_seed")
+    __slots__ = ("data", "output", "backbone", "dtype", "split", "labels", "batch_size", "overwrite", "max_pixels", "checkpoint_seconds", "views", "augment", "augment_seed", "taps")
     DATA_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     BACKBONE_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +159,7 @@ class ExtractDatasetRequest(_message.Message):
     VIEWS_FIELD_NUMBER: _ClassVar[int]
     AUGMENT_FIELD_NUMBER: _ClassVar[int]
     AUGMENT_SEED_FIELD_NUMBER: _ClassVar[int]
+    TAPS_FIELD_NUMBER: _ClassVar[int]
     data: str
     output: str
     backbone: BackboneSettings
@@ -172,7 +173,8 @@ class ExtractDatasetRequest(_message.Message):
     views: int
     augment: str
     augment_seed: int
-    def __init__(self, data: _Optional[str] = ..., output: _Optional[str] = ..., backbone: _Optional[_Union[BackboneSettings, _Mapping]] = ..., dtype: _Optional[str] = ..., split: _Optional[str] = ..., labels: _Optional[str] = ..., batch_size: _Optional[int] = ..., overwrite: _Optional[bool] = ..., max_pixels: _Optional[int] = ..., checkpoint_seconds: _Optional[float] = ..., views: _Optional[int] = ..., augment: _Optional[str] = ..., augment_seed: _Optional[int] = ...) -> None: ...
+    taps: str
+    def __init__(self, data: _Optional[str] = ..., output: _Optional[str] = ..., backbone: _Optional[_Union[BackboneSettings, _Mapping]] = ..., dtype: _Optional[str] = ..., split: _Optional[str] = ..., labels: _Optional[str] = ..., batch_size: _Optional[int] = ..., overwrite: _Optional[bool] = ..., max_pixels: _Optional[int] = ..., checkpoint_seconds: _Optional[float] = ..., views: _Optional[int] = ..., augment: _Optional[str] = ..., augment_seed: _Optional[int] = ..., taps: _Optional[str] = ...) -> None: ...
 
 class BadFile(_message.Message):
     __slots__ = ("path", "reason")

@@ -14,7 +14,12 @@ from ..core.options import ExtractOptions
 from ..core.settings import BackboneConfig
 from ..extractor.engines import LocalEngine
 from ..extractor.recorder import ExtractProgress
-from ..extractor.runner import ExtractSummary, run_extraction, with_cache_views
+from ..extractor.runner import (
+    ExtractSummary,
+    run_extraction,
+    with_cache_taps,
+    with_cache_views,
+)
 from ..protos import extractor_pb2 as pb
 from .models import MemoryBudget, ModelPool, PoolEmbedder, input_bytes
 
@@ -69,9 +74,11 @@ class DatasetJob:
 
         def run() -> None:
             try:
-                with pool.use(config, active) as model:
+                taps = with_cache_taps(options, output).tap_list  # a model with them
+                with pool.use(config, active, taps=taps) as model:
                     options_now = with_cache_views(options, output)  # the views it makes
-                    need = job_bytes(options_now, model.image_size, model.feature_dim)
+                    width = model.feature_dim + sum(d for _, d in model.extractor.tap_layout)
+                    need = job_bytes(options_now, model.image_size, width)  # taps too
                     what = job_name(options, model.image_size)
                     with _hold(budget, need, what, pool.wait, active):
                         gate = budget.decoding if budget is not None else None

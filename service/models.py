@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..backbones.backbone import FeatureExtractor, resolve_backbone
+from ..backbones.backbone import FeatureExtractor, check_taps, resolve_backbone
 from ..core.options import DEFAULT_MAX_PIXELS
 from ..core.settings import BackboneConfig, FeatureSettings
 from ..errors import AccessDenied
@@ -219,13 +219,15 @@ class ModelPool:
         config: BackboneConfig,
         active: Callable[[], bool] = lambda: True,
         timeout: float | None = None,
+        taps: tuple[str, ...] = (),
     ) -> Iterator[LoadedModel]:
         """The model for ``config``, loading it if needed; not unloaded while in use.
 
         Waits for a free slot at most ``min(wait, timeout)`` seconds, and only while
-        ``active()``.
+        ``active()``. ``taps`` (an ``ExtractDataset`` job's): a model that also gives
+        those layers' features (a model of its own, never one that ``Embed`` uses).
         """
-        model = self._get(config, active, self.wait if timeout is None else timeout)
+        model = self._get(config, active, self.wait if timeout is None else timeout, taps)
         try:
             yield model
         finally:
@@ -234,10 +236,17 @@ class ModelPool:
                 self._evict()
                 self._cond.notify_all()
 
-    def _get(self, config: BackboneConfig, active: Callable[[], bool], wait: float) -> LoadedModel:
+    def _get(
+        self,
+        config: BackboneConfig,
+        active: Callable[[], bool],
+        wait: float,
+        taps: tuple[str, ...] = (),
+    ) -> LoadedModel:
         resolved = resolve_backbone(config)  # validates options before any loading
         self.permit(resolved)
-        key = resolved.model_key()
+        check_taps(resolved, taps)
+        key = resolved.model_key() + (f"#taps={','.join(taps)}" if taps else "")
         deadline = time.monotonic() + min(wait, self.wait)
         with self._cond:
             while True:
@@ -264,7 +273,7 @@ class ModelPool:
         try:
             began = time.monotonic()
             check_weights(resolved)
-            model = LoadedModel(FeatureExtractor(resolved), self.options)
+            model = LoadedModel(FeatureExtractor(resolved, taps), self.options)
         except BaseException as exc:
             with self._cond:
                 pending.error = exc
@@ -416,6 +425,10 @@ class PoolEmbedder:
     def embed_images(self, images: np.ndarray) -> np.ndarray:
         """Embed float32 images at the input size (a job's augmented views)."""
         return self.model.batcher.run(images, self.active)
+
+    def split(self, wide: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The features and each tap's, from a taps model's rows."""
+        return self.model.extractor.split(wide)
 
 
 __all__ = [

@@ -40,7 +40,7 @@ from ..core.splits import SPLIT_NAMES
 from ..errors import CacheError, FeatcacheError, InvalidOptionError
 from . import CacheReader
 from .format import first_line, fsync_dir
-from .opening import open_cache
+from .opening import open_cache, with_tap
 
 EXPORT_FEATURE_FORMATS = ("parquet", "npy", "lance")
 EXPORT_DTYPES = ("float32", "float16")
@@ -74,11 +74,12 @@ class ExportSummary:
         return asdict(self)
 
 
-def default_output(cache: str | os.PathLike[str], format: str) -> Path:
-    """``CACHE.parquet``, ``CACHE-npy/`` or ``CACHE.lance`` next to the cache."""
+def default_output(cache: str | os.PathLike[str], format: str, tap: str | None = None) -> Path:
+    """``CACHE.parquet``, ``CACHE-npy/`` or ``CACHE.lance`` next to the cache (with a tap:
+    ``CACHE@TAP.parquet``, ...)."""
     path = Path(cache)
     suffix = {"parquet": ".parquet", "npy": "-npy", "lance": ".lance"}[format]
-    return path.with_name(path.stem + suffix)
+    return path.with_name(path.stem + (f"@{tap}" if tap else "") + suffix)
 
 
 def export_features(
@@ -92,6 +93,7 @@ def export_features(
     on_progress: Callable[[int, int], Any] | None = None,
     normalize: bool | None = None,
     absolute_paths: bool | None = None,
+    tap: str | None = None,
 ) -> ExportSummary:
     """Write the rows of ``cache`` as ``format`` (``parquet``, ``npy`` or ``lance``) to
     ``output`` (default: :func:`default_output`), features as ``dtype``.
@@ -108,6 +110,9 @@ def export_features(
     for ``npy`` (what clip-retrieval writes there: normalised embeddings, indexed by inner
     product, and paths clip-back can open) and off for ``parquet`` and ``lance``.
 
+    ``tap`` writes the features of a tap of the cache (``extract --taps``; ``a+b``: side
+    by side) instead of ``features``.
+
     >>> export_features("cache/mobilenet.h5", "emb.parquet").rows  # doctest: +SKIP
     """
     check_choice("format", format, EXPORT_FEATURE_FORMATS)
@@ -119,7 +124,9 @@ def export_features(
     absolute_paths = format == "npy" if absolute_paths is None else absolute_paths
     before = _identity(Path(cache))
     reader = open_cache(cache)
-    out = Path(output) if output is not None else default_output(cache, format)
+    if tap:
+        reader = with_tap(reader, tap)
+    out = Path(output) if output is not None else default_output(cache, format, tap)
     _check_output(reader, out, format, overwrite)
     if reader.feature_dim == 0:
         raise InvalidOptionError(f"{reader.path}: the cache has no features to export")

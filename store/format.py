@@ -52,6 +52,10 @@ FILE_STAT_DTYPE = np.dtype(
 VIEWS_DATASET = "views"
 """Row dataset ``(rows, views - 1, feature_dim)`` of a cache with augmented views (the
 ``views`` attribute above 1): views 1+ of each row; view 0 is ``features``."""
+TAPS_GROUP = "taps"
+"""Group of a cache with taps (``extract --taps``): one row dataset ``taps/LAYER``
+``(rows, dim)`` per inner layer, pooled as the ``pooling`` attribute says, with attributes
+``layer``, ``pooling``, ``dim`` and ``index`` (the order of the taps)."""
 UNKNOWN_STAT = (-1, -1, -1, 0)
 """The stat of a row whose file was not stat'ed (rows of version 1 files): never matches."""
 BAD_FILES_ATTR = "bad_files"
@@ -169,8 +173,13 @@ def layout_problem(handle: h5py.File, rows: int | None = None) -> str | None:
     if problem is not None:
         return problem
     view_names = [VIEWS_DATASET] if VIEWS_DATASET in handle else []
+    problem = _taps_problem(handle)
+    if problem is not None:
+        return problem
+    tap_names = [f"{TAPS_GROUP}/{name}" for name in tap_order(handle)]
     counts = {
-        name: int(handle[name].shape[0]) for name in (*ROW_DATASETS, *stat_names, *view_names)
+        name: int(handle[name].shape[0])
+        for name in (*ROW_DATASETS, *stat_names, *view_names, *tap_names)
     }
     if len(set(counts.values())) > 1:
         return "datasets of different lengths: " + ", ".join(
@@ -234,6 +243,28 @@ def _views_problem(handle: h5py.File) -> str | None:
     if int(dataset.shape[2]) != int(handle["features"].shape[1]):
         width = int(handle["features"].shape[1])
         return f"{VIEWS_DATASET} of width {dataset.shape[2]}, features of width {width}"
+    return None
+
+
+def tap_order(handle: h5py.File) -> list[str]:
+    """The tap datasets of a cache (layer names), in the order they were asked for."""
+    group = handle.get(TAPS_GROUP)
+    if not isinstance(group, h5py.Group):
+        return []
+    return sorted(group, key=lambda name: (int(group[name].attrs.get("index", 0)), name))
+
+
+def _taps_problem(handle: h5py.File) -> str | None:
+    """What is wrong with the taps of a cache (None when nothing is): each is 2-D."""
+    group = handle.get(TAPS_GROUP)
+    if group is None:
+        return None
+    if not isinstance(group, h5py.Group):
+        return f"{TAPS_GROUP} is not a group"
+    for name in group:
+        dataset = group[name]
+        if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 2:
+            return f"{TAPS_GROUP}/{name} is not a 2-D dataset"
     return None
 
 

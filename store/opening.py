@@ -14,17 +14,19 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import CacheChangedError
+from ..errors import CacheChangedError, InvalidOptionError
 from .format import guarded, open_h5
 from .joint import CacheArg, Caches, JointCache, cache_paths
 from .manifest import KINDS, is_manifest, read_manifest, write_manifest
-from .reader import CacheData, CacheReader
+from .reader import MAIN_TAP, CacheData, CacheReader
 from .sharded import ShardedCache
 
 T = TypeVar("T")
 
 __all__ = [
     "cache_info",
+    "tap_names",
+    "with_tap",
     "create_manifest",
     "open_cache",
     "open_caches",
@@ -53,12 +55,46 @@ def open_cache(path: CacheArg, allowed: Callable[[Path], None] | None = None) ->
     return JointCache(members, manifest.path)
 
 
-def open_caches(caches: Caches) -> CacheReader:
-    """:func:`open_cache` for one cache or manifest, a :class:`JointCache` for several."""
+def open_caches(caches: Caches, tap: str | None = None) -> CacheReader:
+    """:func:`open_cache` for one cache or manifest, a :class:`JointCache` for several;
+    ``tap``: the features of that tap of one cache (:func:`with_tap`)."""
     paths = cache_paths(caches)
+    if tap:
+        if len(paths) != 1:
+            raise InvalidOptionError(f"tap {tap!r}: taps are of one cache, not several", "tap")
+        return with_tap(open_cache(paths[0]), tap)
     if len(paths) == 1:
         return open_cache(paths[0])
     return JointCache([open_cache(p) for p in paths])
+
+
+def with_tap(reader: CacheReader, tap: str) -> CacheReader:
+    """``reader`` with the features of one tap (``extract --taps``; ``main``: the
+    features), or of several side by side (``a+b``: a :class:`JointCache` of them, named
+    ``STEM@a+b``, from which no model can be exported)."""
+    if isinstance(reader, JointCache | ShardedCache):
+        raise InvalidOptionError(f"tap {tap!r}: taps are read from one cache file", "tap")
+    names = [name.strip() for name in tap.split("+")]
+    if len(names) == 1:
+        return reader.tap(names[0])
+    if len(set(names)) != len(names):
+        raise InvalidOptionError(f"tap {tap!r}: a tap is named twice", "tap")
+    return JointCache(
+        [reader.tap(n) for n in names], reader.path.parent / f"{reader.path.stem}@{tap}"
+    )
+
+
+def tap_names(reader: CacheReader, taps: str) -> list[str]:
+    """``all`` (``main`` and every tap of the cache) or a comma list of tap names, each
+    checked to be in the cache."""
+    if taps.strip() == "all":
+        return [MAIN_TAP, *reader.taps]
+    names = [name.strip() for name in taps.split(",") if name.strip()]
+    for name in names:
+        reader.tap(name)  # DatasetError naming the cache's taps
+    if not names:
+        raise InvalidOptionError(f"taps {taps!r}: expected all or tap names", "taps")
+    return names
 
 
 def read_fresh(

@@ -7,11 +7,13 @@ cache (a file or a manifest of several) is opened by :func:`~.opening.open_cache
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import h5py
@@ -22,6 +24,7 @@ from ..core.splits import SPLIT_NAMES
 from ..errors import CacheChangedError
 from .format import (
     BAD_FILES_ATTR,
+    TAPS_GROUP,
     VIEWS_DATASET,
     bad_records,
     guarded,
@@ -29,7 +32,25 @@ from .format import (
     plain_attrs,
     read_rows,
     strings,
+    tap_order,
 )
+
+MAIN_TAP = "main"
+"""The tap name of ``features`` (the last layer, or ``--layer``)."""
+
+
+@dataclass(frozen=True)
+class TapInfo:
+    """One tap of a cache: the row dataset ``taps/LAYER`` (``features`` for ``main``)."""
+
+    name: str
+    layer: str
+    pooling: str
+    dim: int
+
+    @property
+    def dataset(self) -> str:
+        return "features" if self.name == MAIN_TAP else f"{TAPS_GROUP}/{self.name}"
 
 
 def _identity(handle: h5py.File) -> tuple[int, int, int, int]:
@@ -44,6 +65,13 @@ class CacheReader:
     >>> cache = CacheReader("cache/mobilenet.h5")  # doctest: +SKIP
     >>> x = cache.features(cache.rows_of("train"))  # doctest: +SKIP
     """
+
+    tap_name: str = MAIN_TAP
+    """Which features this reader reads: ``main`` (``features``) or a tap's name."""
+    tap_info: Mapping[str, TapInfo] = MappingProxyType({})
+    """The cache's taps (``extract --taps``) by name (the layer's), in order; none for
+    readers of several caches."""
+    _dataset = "features"
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -65,14 +93,55 @@ class CacheReader:
             self.feature_dim = int(features.shape[1])
             self.dtype = np.dtype(features.dtype)
             self.class_names: list[str] = json.loads(str(self.attrs.get("class_names", "[]")))
+            self.tap_info = {
+                name: TapInfo(
+                    name,
+                    str(handle[f"{TAPS_GROUP}/{name}"].attrs.get("layer", name)),
+                    str(handle[f"{TAPS_GROUP}/{name}"].attrs.get("pooling", "")),
+                    int(handle[f"{TAPS_GROUP}/{name}"].shape[1]),
+                )
+                for name in tap_order(handle)
+            }
+
+    @property
+    def taps(self) -> list[str]:
+        """Names of the cache's taps (``extract --taps``), not counting ``main``."""
+        return list(self.tap_info)
+
+    def tap(self, name: str) -> CacheReader:
+        """This cache with the features of tap ``name`` (``main``: ``features``): its
+        ``features``, ``batches``, ``feature_dim`` and ``settings`` are the tap's, with
+        ``settings.layer`` the tap's layer, so that a head trained on them exports a model
+        that ends at that layer. :class:`~featcache.errors.DatasetError` for a name the
+        cache has not."""
+        from ..errors import DatasetError
+
+        if name == MAIN_TAP:
+            return self
+        info = self.tap_info.get(name)
+        if info is None:
+            known = ", ".join([MAIN_TAP, *self.tap_info])
+            raise DatasetError(f"{self.path}: no tap {name!r}; the cache has {known}")
+        view = copy.copy(self)
+        view.tap_name = name
+        view._dataset = info.dataset
+        view.feature_dim = info.dim
+        view.settings = replace(
+            self.settings, layer=info.layer, feature_dim=info.dim, views=1, augment=(), taps=()
+        )
+        view.attrs = {**self.attrs, "layer": info.layer, "feature_dim": info.dim, "tap": name}
+        view.attrs.pop("views", None)
+        return view
 
     def __len__(self) -> int:
         return len(self.paths)
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 over the settings that change the features, as the file records it."""
-        return str(self.attrs.get("fingerprint", ""))
+        """SHA-256 over the settings that change the features, as the file records it (a
+        tap's reader: with ``#tap=NAME``)."""
+        recorded = str(self.attrs.get("fingerprint", ""))
+        return recorded if self.tap_name == MAIN_TAP else f"{recorded}#tap={self.tap_name}"
 
     def mask(self, split: str) -> np.ndarray:
         """Boolean row mask of ``train``, ``val`` or ``test``."""
@@ -87,7 +156,7 @@ class CacheReader:
         """float32 features of ``rows`` (all rows when None), reading only those rows."""
         picked = None if rows is None else self._checked(rows)
         with self._open() as handle, guarded(self.path):
-            dataset = handle["features"]
+            dataset = handle[self._dataset]
             if picked is None:
                 return np.asarray(dataset[:], dtype=np.float32)
             return read_rows(dataset, picked).astype(np.float32)
@@ -129,7 +198,7 @@ class CacheReader:
                 at = np.flatnonzero(chosen == view)
                 unique, inverse = np.unique(picked[at], return_inverse=True)
                 if view == 0:
-                    block = read_rows(handle["features"], unique)
+                    block = read_rows(handle[self._dataset], unique)
                 else:
                     block = handle[VIEWS_DATASET][unique, view - 1]
                 out[at] = block[inverse]
@@ -164,7 +233,7 @@ class CacheReader:
         shuffled; memory stays at one batch."""
         chosen = self._ordered(rows, shuffle, seed)  # a bad row is the caller's IndexError
         with self._open() as handle, guarded(self.path):
-            dataset = handle["features"]
+            dataset = handle[self._dataset]
             for start in range(0, len(chosen), batch_size):
                 pick = chosen[start : start + batch_size]
                 yield pick, read_rows(dataset, pick).astype(np.float32)
@@ -197,6 +266,11 @@ class CacheReader:
             "classes": classes,
             "bad": [{"path": p, "reason": r} for p, r in self.bad],
             "settings": {k: v for k, v in self.attrs.items() if k != "class_names"},
+            **(
+                {"taps": [vars_of(info) for info in self.tap_info.values()]}
+                if self.tap_info
+                else {}
+            ),
         }
 
 
@@ -229,3 +303,8 @@ class CacheData:
     @property
     def test_mask(self) -> np.ndarray:
         return self.mask("test")
+
+
+def vars_of(info: TapInfo) -> dict[str, Any]:
+    """A tap as plain JSON (``inspect``)."""
+    return {"name": info.name, "layer": info.layer, "pooling": info.pooling, "dim": info.dim}

@@ -22,7 +22,7 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +42,7 @@ from .format import (
     FORMAT,
     FORMAT_VERSION,
     STRING,
+    TAPS_GROUP,
     UNKNOWN_STAT,
     VIEWS_DATASET,
     bad_records,
@@ -56,6 +57,7 @@ from .format import (
     open_h5,
     read_rows,
     strings,
+    tap_order,
     versions,
 )
 from .known import FileStat, Known
@@ -76,6 +78,7 @@ class _Pending:
     stats: list[tuple[int, int, int, int]] = field(default_factory=list)
     features: list[np.ndarray] = field(default_factory=list)
     views: list[np.ndarray] = field(default_factory=list)
+    taps: list[dict[str, np.ndarray]] = field(default_factory=list)
     nbytes: int = 0
 
 
@@ -112,6 +115,8 @@ class CacheWriter:
         self.checkpoint_seconds = checkpoint_seconds
         self.max_pending_bytes = max_pending_bytes
         self.feature_dim = 0
+        self.tap_dims: dict[str, int] = {}
+        """Width of each tap (``taps/LAYER``), in order: the file's, else the first rows'."""
         self.created = _now()
         self._pending = _Pending()
         self._last_commit = time.monotonic()
@@ -149,6 +154,9 @@ class CacheWriter:
                 )
             self.created = str(handle.attrs.get("created", self.created))
             self.feature_dim = int(handle.attrs.get("feature_dim", 0))
+            self.tap_dims = {
+                name: int(handle[f"{TAPS_GROUP}/{name}"].shape[1]) for name in tap_order(handle)
+            }
             self.base_paths = strings(handle["paths"])
             self.base_sha = [v.decode() for v in handle["sha256"][:]]
             self.base_split = handle["split"][:].astype(np.uint8)
@@ -242,14 +250,18 @@ class CacheWriter:
         split: list[int],
         features: np.ndarray,
         views: np.ndarray | None = None,
+        taps: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Queue new rows; commits by itself when a checkpoint is due.
 
         ``views``: ``(len(paths), views - 1, D)`` embeddings of the augmented views, for a
-        cache whose settings have ``views > 1`` (and only then)."""
+        cache whose settings have ``views > 1`` (and only then). ``taps``: layer ->
+        ``(len(paths), dim)`` features of each tap, for a cache whose settings have taps
+        (the same layers and widths for every batch)."""
         if features.ndim != 2 or len(features) != len(paths):
             raise ValueError("features must be (len(paths), D)")
         self._check_views(features, views)
+        self._check_taps(len(paths), taps)
         if self.feature_dim and features.shape[1] != self.feature_dim:
             raise CacheError(
                 f"{self.path}: features of width {features.shape[1]}, cache has {self.feature_dim}"
@@ -268,6 +280,12 @@ class CacheWriter:
             stored_views = views.astype(self.settings.dtype, copy=False)
             pending.views.append(stored_views)
             pending.nbytes += stored_views.nbytes
+        if taps:
+            stored_taps = {
+                name: taps[name].astype(self.settings.dtype, copy=False) for name in self.tap_dims
+            }
+            pending.taps.append(stored_taps)
+            pending.nbytes += sum(each.nbytes for each in stored_taps.values())
         self._dirty = True
         if self.due():
             self.commit()
@@ -282,6 +300,23 @@ class CacheWriter:
         if views is None or views.shape != shape:
             got = "none" if views is None else str(views.shape)
             raise ValueError(f"views must be {shape}, got {got}")
+
+    def _check_taps(self, rows: int, taps: Mapping[str, np.ndarray] | None) -> None:
+        """Taps come exactly for a cache with taps, the same layers and widths each time."""
+        if not self.settings.taps:
+            if taps:
+                raise ValueError("taps given for a cache without taps")
+            return
+        if not taps:
+            raise ValueError(f"{self.path}: the cache has taps; features of its taps missing")
+        dims = {name: int(array.shape[1]) for name, array in taps.items()}
+        if any(array.ndim != 2 or len(array) != rows for array in taps.values()):
+            raise ValueError("taps must be (len(paths), dim) each")
+        if self.tap_dims and dims != self.tap_dims:
+            have = ", ".join(f"{n} {d}" for n, d in self.tap_dims.items())
+            got = ", ".join(f"{n} {d}" for n, d in dims.items())
+            raise CacheError(f"{self.path}: taps {got}; the cache has taps {have}")
+        self.tap_dims = dims
 
     def due(self) -> bool:
         """True when the pending rows should be checkpointed now."""
@@ -339,6 +374,8 @@ class CacheWriter:
                 handle["paths"][rows - 1]
                 if VIEWS_DATASET in handle:
                     handle[VIEWS_DATASET][rows - 1]
+                for name in tap_order(handle):
+                    handle[f"{TAPS_GROUP}/{name}"][rows - 1]
         if problem is not None:
             raise CacheError(
                 f"{self.path}: the new checkpoint did not come out whole ({problem}); "
@@ -422,6 +459,8 @@ class CacheWriter:
             fletcher32=bool(self.feature_dim),
         )
         self._create_views(handle, rows)
+        for name in self.tap_dims:
+            self._create_tap(handle, name, rows)
         for name, dtype in (
             ("labels", np.int32),
             ("paths", STRING),
@@ -454,6 +493,28 @@ class CacheWriter:
             else None,
             fletcher32=bool(self.feature_dim),
         )
+
+    def _create_tap(self, handle: h5py.File, name: str, rows: int) -> None:
+        """The row dataset ``taps/LAYER``, with what it is in its attributes."""
+        dim = self.tap_dims[name]
+        chunk_rows = max(1, min(4096, (1 << 20) // (dim * np.dtype(self.settings.dtype).itemsize)))
+        dataset = handle.create_dataset(
+            f"{TAPS_GROUP}/{name}",
+            shape=(rows, dim),
+            dtype=self.settings.dtype,
+            maxshape=(None, dim),
+            chunks=(chunk_rows, dim),
+            fletcher32=True,
+        )
+        dataset.attrs["layer"] = name
+        dataset.attrs["pooling"] = self.settings.pooling
+        dataset.attrs["dim"] = dim
+        dataset.attrs["index"] = list(self.tap_dims).index(name)
+
+    def _new_tap(self, name: str) -> np.ndarray:
+        if self._pending.taps:
+            return np.concatenate([each[name] for each in self._pending.taps])
+        return np.zeros((0, self.tap_dims[name]), self.settings.dtype)
 
     def _new_views(self) -> np.ndarray:
         extra = self.settings.views - 1
@@ -495,6 +556,7 @@ class CacheWriter:
             else np.zeros((0, self.feature_dim), self.settings.dtype)
         )
         new_views = self._new_views() if self.settings.views > 1 else None
+        new_taps = {name: self._new_tap(name) for name in self.tap_dims}
         old_classes: list[str | None] = []
         old_labels = np.zeros(0, np.int32)
         old: h5py.File | None = None
@@ -517,7 +579,9 @@ class CacheWriter:
                 out["sha256"][:] = np.asarray([all_sha[i] for i in order], dtype="S64")
                 out["split"][:] = all_split[order]
                 self._write_stats(out, all_stats[order])
-                row_bytes = self.feature_dim * 4 * self.settings.views  # views copied alongside
+                row_bytes = 4 * (  # views and taps copied alongside
+                    self.feature_dim * self.settings.views + sum(self.tap_dims.values())
+                )
                 step = max(1, _COPY_CHUNK_BYTES // max(1, row_bytes))
                 for start in range(0, rows, step):
                     picks = order[start : start + step]
@@ -532,6 +596,8 @@ class CacheWriter:
                     out["features"][start : start + len(picks)] = block
                     if new_views is not None:
                         self._copy_views(out, old, kept, picks, n_base, start, new_views)
+                    for name, new_tap in new_taps.items():
+                        self._copy_tap(out, old, name, kept, picks, n_base, start, new_tap)
                 self._write_bad(out)
                 self._root_attrs(out, rows)
         finally:
@@ -560,6 +626,28 @@ class CacheWriter:
             block[~from_old] = new_views[picks[~from_old] - n_base]
         out[VIEWS_DATASET][start : start + len(picks)] = block
 
+    def _copy_tap(
+        self,
+        out: h5py.File,
+        old: h5py.File | None,
+        name: str,
+        kept: np.ndarray,
+        picks: np.ndarray,
+        n_base: int,
+        start: int,
+        new_tap: np.ndarray,
+    ) -> None:
+        """Tap ``name`` of the rows ``picks`` (old rows from the old file, new ones pending)."""
+        key = f"{TAPS_GROUP}/{name}"
+        block = np.empty((len(picks), self.tap_dims[name]), self.settings.dtype)
+        from_old = picks < n_base
+        if from_old.any() and old is not None:
+            with guarded(self.path):
+                block[from_old] = read_rows(old[key], kept[picks[from_old]])
+        if (~from_old).any():
+            block[~from_old] = new_tap[picks[~from_old] - n_base]
+        out[key][start : start + len(picks)] = block
+
     def _write_appended(self, tmp: Path) -> int:
         """Copy the current file and append the pending rows to the copy. Returns the
         number of rows the copy should now hold."""
@@ -581,6 +669,12 @@ class CacheWriter:
                     if VIEWS_DATASET in out:
                         out[VIEWS_DATASET].resize(end, axis=0)
                         out[VIEWS_DATASET][start:end] = self._new_views()
+                    for name in self.tap_dims:
+                        key = f"{TAPS_GROUP}/{name}"
+                        if key not in out:  # a cache of bad files only until now
+                            self._create_tap(out, name, start)
+                        out[key].resize(end, axis=0)
+                        out[key][start:end] = self._new_tap(name)
                 self._write_stats(out, np.concatenate([self.base_stats, self._pending_stats()]))
                 self._write_bad(out)
                 self._root_attrs(out, start + len(pending.paths))

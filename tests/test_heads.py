@@ -210,8 +210,9 @@ def test_predict_never_replaces_an_existing_file_unless_asked(cache, tmp_path):
 
 def test_runs_and_exports_never_replace_earlier_output_unless_asked(cache, tmp_path):
     """The chain train-head -o RUN -> fine-tune -o RUN -> export -o MODEL -> compare -o DIR,
-    each writing over an earlier output by mistake: refused in one line naming --overwrite, before any fit or model load,
-    the earlier run, model and leaderboard untouched; with --overwrite each is written."""
+    each writing over an earlier output by mistake: refused in one line naming --overwrite,
+    before any fit or model load, the earlier run, model and leaderboard untouched; with
+    --overwrite each is written."""
     runner = CliRunner()
     run, model, board = tmp_path / "run", tmp_path / "model.keras", tmp_path / "board"
     first = runner.invoke(main, ["train-head", str(cache), "-o", str(run), "--head", "logreg"])
