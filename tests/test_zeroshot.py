@@ -1,0 +1,185 @@
+"""Zero-shot heads, text search and text towers on cached image embeddings (issue 31).
+
+No weights can be downloaded here: tiny CLIP and SigLIP presets with random weights are
+saved by ``save_to_preset`` with their tokenizers (a byte-pair vocabulary for CLIP, a
+SentencePiece model trained on a few sentences for SigLIP) and image converters, and
+featcache's numbers are compared with keras-hub's own forward pass of the same images and
+texts.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from helpers import make_class_folder
+
+keras_hub = pytest.importorskip("keras_hub", reason="keras-hub not installed (featcache[hub])")
+
+SIZE = 32
+SCALE, OFFSET = [0.02, 0.021, 0.019], [-2.0, -1.9, -1.7]
+SENTENCES = [
+    "a photo of a cat",
+    "a photo of the small dog",
+    "a red bicycle on a beach",
+    "class 0 class 1 class 2",
+    "itap of a bird",
+    "bad art of the dog",
+]
+
+
+def _clip_tokenizer():
+    """A byte-pair vocabulary of letters, digits, a few words; the end token has the
+    largest id, as CLIP's text pooler (argmax of the ids) requires."""
+    vocab: dict[str, int] = {}
+    for ch in "abcdefghijklmnopqrstuvwxyz0123456789_.":
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    merges = []
+    for word in ("at</w>", "cat</w>", "ph", "pho", "photo</w>"):
+        if word == "at</w>":
+            merges.append("a t</w>")
+        elif word == "cat</w>":
+            merges.append("c at</w>")
+        elif word == "ph":
+            merges.append("p h")
+        elif word == "pho":
+            merges.append("ph o")
+        else:
+            vocab["to</w>"] = len(vocab)
+            merges.append("t o</w>")
+            vocab["photo</w>"] = len(vocab)
+            merges.append("pho to</w>")
+            continue
+        vocab[word] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return keras_hub.models.CLIPTokenizer(vocabulary=vocab, merges=merges)
+
+
+def _siglip_tokenizer():
+    import sentencepiece as spm
+
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCES * 4),
+        model_writer=proto,
+        vocab_size=20,
+        hard_vocab_limit=False,
+        model_type="word",
+        pad_id=0,
+        unk_id=1,
+        eos_id=2,
+        bos_id=-1,
+        pad_piece="<pad>",
+        unk_piece="<unk>",
+        eos_piece="</s>",
+        minloglevel=2,
+    )
+    return keras_hub.models.SigLIPTokenizer(proto=proto.getvalue())
+
+
+def make_text_preset(family: str, folder) -> None:
+    """A tiny preset of ``family`` with both towers, its tokenizer and image converter."""
+    kh = keras_hub.models
+    converter = keras_hub.layers.ImageConverter(image_size=(SIZE, SIZE), scale=SCALE, offset=OFFSET)
+    if family == "clip":
+        tokenizer = _clip_tokenizer()
+        vision = kh.CLIPVisionEncoder(8, 32, 2, 2, 64, image_shape=(SIZE, SIZE, 3))
+        text = kh.CLIPTextEncoder(
+            tokenizer.vocabulary_size(), 16, 16, 1, 2, 32, max_sequence_length=12
+        )
+        backbone = kh.CLIPBackbone(vision, text, projection_dim=24)
+        preprocessor = kh.CLIPPreprocessor(tokenizer, converter, sequence_length=12)
+    else:
+        tokenizer = _siglip_tokenizer()
+        vision = kh.SigLIPVisionEncoder(8, 32, 2, 2, 64, image_shape=(SIZE, SIZE, 3))
+        text = kh.SigLIPTextEncoder(
+            tokenizer.vocabulary_size(), 32, 32, 1, 2, 64, max_sequence_length=12
+        )
+        backbone = kh.SigLIPBackbone(vision, text)
+        preprocessor = kh.SigLIPPreprocessor(tokenizer, converter, sequence_length=12)
+        # a trained SigLIP has a bias far from 0; make it matter in the test
+        backbone.siglip_head.logit_bias.assign(-1.5)
+        backbone.siglip_head.logit_scale.assign(np.log(7.0))
+    backbone.save_to_preset(str(folder))
+    preprocessor.save_to_preset(str(folder))  # with its tokenizer and image converter
+
+
+@pytest.fixture(scope="module")
+def text_presets(tmp_path_factory):
+    import keras
+
+    keras.utils.set_random_seed(5)
+    out = {}
+    for family in ("clip", "siglip"):
+        folder = tmp_path_factory.mktemp(f"{family}_text")
+        make_text_preset(family, folder)
+        out[family] = folder
+    return out
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_class_folder(tmp_path_factory.mktemp("zs") / "data", classes=3, per_class=3)
+
+
+def _extract(preset, data, out, **settings):
+    from featcache import extract
+
+    settings.setdefault("projection", True)
+    extract(data, backbone=str(preset), weights="preset", output=out, progress=False, **settings)
+    return out
+
+
+def _pixels(data, reader) -> np.ndarray:
+    """The cached rows' images, decoded and resized as extraction did."""
+    from featcache.extractor.decode import decode_and_resize
+
+    s = reader.settings
+    return np.stack(
+        [
+            decode_and_resize((data / p).read_bytes(), s.image_size, s.resize, decode=s.decode)
+            for p in reader.paths
+        ]
+    )
+
+
+def _keras_hub_logits(preset, family, pixels, texts) -> np.ndarray:
+    """keras-hub's own forward pass: its preprocessor on images and texts, the backbone's
+    ``vision_logits``."""
+    backbone = keras_hub.models.Backbone.from_preset(str(preset))
+    kind = {"clip": "CLIPPreprocessor", "siglip": "SigLIPPreprocessor"}[family]
+    preprocessor = getattr(keras_hub.models, kind).from_preset(str(preset))
+    assert preprocessor.image_converter is not None
+    x = preprocessor({"images": pixels, "prompts": texts})
+    out = backbone({"images": x["images"], "token_ids": x["token_ids"]})
+    return np.asarray(out["vision_logits"])
+
+
+@pytest.mark.parametrize(
+    ("family", "settings"),
+    [
+        ("clip", {"projection": True}),
+        ("clip", {"projection": False, "pooling": "cls"}),  # projected afterwards
+        ("siglip", {"projection": True}),
+    ],
+)
+def test_zero_shot_logits_equal_keras_hubs_forward_pass(
+    text_presets, data, tmp_path, family, settings
+):
+    from featcache.backbones.text_tower import TextTower
+    from featcache.backbones.zero_shot import build_classifier
+    from featcache.store import open_cache
+
+    cache = _extract(text_presets[family], data, tmp_path / "c.h5", **settings)
+    reader = open_cache(cache)
+    names = ["a photo of a cat", "the small dog", "a Red Bicycle, on a beach!"]
+    tower = TextTower.load(reader.settings)
+    classifier = build_classifier(tower, ["cat", "dog", "bike"], ["{}"], class_texts=names)
+    ours = classifier.logits(reader.features())
+    theirs = _keras_hub_logits(text_presets[family], family, _pixels(data, reader), names)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    assert np.ptp(theirs) > 1e-3  # not all equal: the test can tell texts apart
