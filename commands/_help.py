@@ -19,7 +19,7 @@ import click
 
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Embed", ("extract", "inspect", "manifest", "backbones", "weights")),
-    ("Train", ("train-head", "compare", "fine-tune")),
+    ("Train", ("train-head", "zero-shot", "compare", "fine-tune")),
     ("Use", ("predict", "export", "search")),
     ("Understand the data", ("audit", "plot", "export-features")),
     ("Serve", ("serve",)),
@@ -197,6 +197,25 @@ LAYOUTS: dict[str, Layout] = {
             (
                 "Two backbones' features side by side:",
                 "featcache train-head cache/mobilenet.h5 cache/resnet50.h5",
+            ),
+        ),
+    ),
+    "zero-shot": _layout(
+        ("Basics", ("--output", "--classes", "--templates", "--seed")),
+        (LAST_SECTION, ()),
+        summary="Classify a CLIP or SigLIP cache from class names alone.",
+        examples=(
+            (
+                "The cache's class names in 'a photo of a {}.', into runs/zs/:",
+                "featcache zero-shot cache/clip.h5 -o runs/zs",
+            ),
+            (
+                "Readable class texts and CLIP's 7-template ensemble:",
+                "featcache zero-shot cache/clip.h5 --classes tench,goldfish --templates clip",
+            ),
+            (
+                "Class texts from a file, prompts from another:",
+                "featcache zero-shot cache/siglip.h5 --classes names.txt --templates prompts.txt",
             ),
         ),
     ),

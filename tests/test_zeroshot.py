@@ -183,3 +183,58 @@ def test_zero_shot_logits_equal_keras_hubs_forward_pass(
     theirs = _keras_hub_logits(text_presets[family], family, _pixels(data, reader), names)
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
     assert np.ptp(theirs) > 1e-3  # not all equal: the test can tell texts apart
+
+
+def _cli(*args: str) -> str:
+    from click.testing import CliRunner
+
+    from featcache.cli import main
+
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_journey_extract_zero_shot_predict_export(text_presets, data, tmp_path, family):
+    """extract --projection -> zero-shot -> predict on the images (== zero-shot on the
+    cache) -> export (no text tower inside) -> the exported model gives the same."""
+    import json
+
+    from featcache.heads.endtoend import load_model
+    from featcache.heads.images import predict_images
+    from featcache.heads.train import load_head
+    from featcache.store import open_cache
+
+    cache, run = tmp_path / "c.h5", tmp_path / "zs"
+    _cli("extract", str(data), "-o", str(cache), "--backbone", str(text_presets[family]),
+         "--weights", "preset", "--projection", "--split", "0.4,0.3,0.3")  # fmt: skip
+    shown = _cli("zero-shot", str(cache), "-o", str(run), "--classes", "cat,dog,bird",
+                 "--templates", "clip")  # fmt: skip
+    assert f"zero-shot ({family})" in shown and "7 template(s)" in shown
+    report = json.loads((run / "report.json").read_text())
+    assert report["labelled_images_used"] == 0 and report["all"]["rows"] == 9
+    assert report["class_names"] == ["class_0", "class_1", "class_2"]
+    reader = open_cache(cache)
+    expected = load_head(run).predict_proba(reader.features())
+    assert np.allclose(expected.sum(axis=1), 1, atol=1e-5)
+    files = [str(data / p) for p in reader.paths]
+    predicted = predict_images(run, files, None, top_k=3)
+    for here, row in zip(predicted, expected):
+        top = dict(here.top)
+        ours = np.array([top[n] for n in report["class_names"]])
+        np.testing.assert_allclose(ours, row, atol=1e-4)
+    exported = tmp_path / "zs.keras"
+    _cli("export", str(run), "-o", str(exported))
+    model, names, _ = load_model(exported)
+    assert names == report["class_names"]
+    assert not any("text" in layer.name for layer in _all_layers(model))
+    pixels = _pixels(data, reader)
+    np.testing.assert_allclose(np.asarray(model(pixels)), expected, atol=1e-4)
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
