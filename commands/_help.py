@@ -324,10 +324,10 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "search": _layout(
-        ("Basics", ("--row", "--k")),
+        ("Basics", ("--row", "--text", "--k")),
         ("Index", ("--exact", "--index-memory", "--exact-below", "--rebuild")),
         (LAST_SECTION, ()),
-        summary="Find the cache rows most similar to an image or a row.",
+        summary="Find the cache rows most similar to an image, a row or a text.",
         examples=(
             (
                 "The 10 rows most like an image (a cached image comes back first):",
@@ -338,8 +338,8 @@ LAYOUTS: dict[str, Layout] = {
                 "featcache search cache/mobilenet.h5 --row 30 -k 5",
             ),
             (
-                "A million-row cache, exactly (slower; the default answers from faiss):",
-                "featcache search cache/big.h5 --row 30 --exact",
+                "Images that fit a text (a CLIP or SigLIP cache, extract --projection):",
+                'featcache search cache/clip.h5 --text "a red bicycle on a beach"',
             ),
         ),
     ),

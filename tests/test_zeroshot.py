@@ -197,8 +197,9 @@ def _cli(*args: str) -> str:
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])
 def test_journey_extract_zero_shot_predict_export(text_presets, data, tmp_path, family):
-    """extract --projection -> zero-shot -> predict on the images (== zero-shot on the
-    cache) -> export (no text tower inside) -> the exported model gives the same."""
+    """extract (SigLIP --projection; CLIP's class tokens, projected later) -> zero-shot ->
+    predict on the images (== zero-shot on the cache) -> export (no text tower inside) ->
+    the exported model gives the same -> search --text."""
     import json
 
     from featcache.heads.endtoend import load_model
@@ -207,8 +208,9 @@ def test_journey_extract_zero_shot_predict_export(text_presets, data, tmp_path, 
     from featcache.store import open_cache
 
     cache, run = tmp_path / "c.h5", tmp_path / "zs"
+    projection = ["--projection"] if family == "siglip" else ["--pooling", "cls"]
     _cli("extract", str(data), "-o", str(cache), "--backbone", str(text_presets[family]),
-         "--weights", "preset", "--projection", "--split", "0.4,0.3,0.3")  # fmt: skip
+         "--weights", "preset", *projection, "--split", "0.4,0.3,0.3")  # fmt: skip
     shown = _cli("zero-shot", str(cache), "-o", str(run), "--classes", "cat,dog,bird",
                  "--templates", "clip")  # fmt: skip
     assert f"zero-shot ({family})" in shown and "7 template(s)" in shown
@@ -231,6 +233,26 @@ def test_journey_extract_zero_shot_predict_export(text_presets, data, tmp_path, 
     assert not any("text" in layer.name for layer in _all_layers(model))
     pixels = _pixels(data, reader)
     np.testing.assert_allclose(np.asarray(model(pixels)), expected, atol=1e-4)
+    _search_text(cache, reader)
+
+
+def _search_text(cache, reader) -> None:
+    """search --text ranks the rows by the cosine of their image embedding with the
+    text's (embed_text), as keras-hub's towers give them."""
+    import json
+
+    from featcache import embed_text
+    from featcache.audit.text_query import image_embeddings
+
+    words = "a red bicycle on a beach"
+    hits = json.loads(_cli("search", str(cache), "--text", words, "-k", "4", "--json"))["hits"]
+    query = embed_text(words, cache)
+    assert query.shape[0] == 1 and np.isclose(np.linalg.norm(query), 1, atol=1e-5)
+    cosine = image_embeddings(cache) @ query[0]
+    best = np.argsort(-cosine)[:4]
+    assert [h["row"] for h in hits] == best.tolist()
+    np.testing.assert_allclose([h["similarity"] for h in hits], cosine[best], atol=1e-4)
+    assert hits[0]["path"] == reader.paths[best[0]]
 
 
 def _all_layers(model):
@@ -238,3 +260,39 @@ def _all_layers(model):
         yield layer
         if hasattr(layer, "layers"):
             yield from _all_layers(layer)
+
+
+def test_caches_without_a_shared_space_are_refused_saying_why(text_presets, data, tmp_path):
+    from click.testing import CliRunner
+
+    from featcache.cli import main
+
+    clip_mean = _extract(text_presets["clip"], data, tmp_path / "m.h5", projection=False,
+                         pooling="mean")  # fmt: skip
+    siglip_mean = _extract(text_presets["siglip"], data, tmp_path / "s.h5", projection=False,
+                           pooling="mean")  # fmt: skip
+    cnn = tmp_path / "cnn.h5"
+    _cli("extract", str(data), "-o", str(cnn), "--backbone", "mobilenet_v2", "--weights", "none",
+         "--image-size", "32")  # fmt: skip
+    runner = CliRunner()
+    expected = {
+        clip_mean: "CLIP's image embedding is the projection of the last block's class token",
+        siglip_mean: "SigLIP's image embedding is its attention-pooling head",
+        cnn: "backbone mobilenet_v2 has no text tower",
+    }
+    for cache, reason in expected.items():
+        for args in (["zero-shot", str(cache)], ["search", str(cache), "--text", "a cat"]):
+            result = runner.invoke(main, args)
+            assert result.exit_code == 2, result.output
+            assert reason in result.output
+    good = _extract(text_presets["clip"], data, tmp_path / "p.h5")
+    for args, message in (
+        (["--classes", "a,b"], "2 texts for the cache's 3 classes"),
+        (["--templates", "nope"], "expected photo, plain, clip or a file"),
+    ):
+        result = runner.invoke(main, ["zero-shot", str(good), *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+    bad = tmp_path / "t.txt"
+    bad.write_text("a photo\n")
+    result = runner.invoke(main, ["zero-shot", str(good), "--templates", str(bad)])
+    assert result.exit_code == 2 and "must hold the class name's place once" in result.output
