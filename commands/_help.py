@@ -232,6 +232,7 @@ LAYOUTS: dict[str, Layout] = {
                 "--shots",
                 "--seeds",
                 "--bootstrap",
+                "--zero-shot",
             ),
         ),
         (LAST_SECTION, ("--csv", "--plot")),

@@ -143,7 +143,7 @@ def compare_command(
     from ..heads.compare import compare
     from ..heads.probe import ProbeSettings
 
-    given = {name: value for name, value in probe_options.items() if value is not None}
+    given = {k: v for k, v in probe_options.items() if v is not None and v is not False}
     probe = None
     if given or protocol != DEFAULT_PROTOCOL:
         probe = ProbeSettings(**given, seed=seed, epochs=epochs)

@@ -34,6 +34,7 @@ from .options import (
 )
 from .probe import PROTOCOL_KINDS, ProbeData, ProbeSettings, run_protocols
 from .report import accuracy_interval
+from .text_probe import TEXT_KINDS
 from .train import DEFAULT_RUNS_DIR, TrainResult, train_head
 
 
@@ -221,6 +222,11 @@ def _run(
     else:
         settings = replace(probe or ProbeSettings(), seed=seed, epochs=epochs)
         carved = len(splits.reader.rows_of("val", labelled=True)) == 0
+        kinds = PROTOCOL_KINDS[protocol]
+        fitters = None
+        if settings.zero_shot:
+            fitters = _text_fitters(splits, sources)
+            kinds = (*kinds, *TEXT_KINDS)
         rows = []
         for source in sources:
             data = ProbeData(
@@ -233,10 +239,21 @@ def _run(
                 splits.class_names,
                 "carved val" if carved else "val",
             )
-            for row in run_protocols(data, PROTOCOL_KINDS[protocol], settings):
+            for row in run_protocols(data, kinds, settings, fitters):
                 rows.append(probe_record(source.name, row))
         rows.sort(key=lambda r: -r["test_acc1"])
     return rows, best_run, skipped
+
+
+def _text_fitters(splits: CachedSplits, sources: list[_Source]) -> dict[str, Any]:
+    """``compare --zero-shot``'s fitters, on the one cache's zero-shot classifier."""
+    from .text_probe import text_fitters
+    from .zeroshot import zero_shot_classifier
+
+    if len(sources) > 1 or isinstance(splits.reader, JointCache):
+        raise invalid("zero_shot", True, "learning from text compares one cache")
+    step("compare: encoding the class names")
+    return text_fitters(zero_shot_classifier(splits.reader, progress=False))
 
 
 def _tracker(
@@ -261,6 +278,8 @@ def _tracker(
     else:
         draws = (probe.seeds or 1) if probe is not None and probe.shots else 1
         total = len(PROTOCOL_KINDS[protocol]) * draws * len(sources)
+        if probe is not None and probe.zero_shot:
+            total += 1 + draws  # the zero-shot row once, text-probe per draw
     return Tracker("compare", progress, total, unit="fit")
 
 

@@ -695,6 +695,12 @@ class CompareOptions:
         kind=int,
         help=f"Test resamples of the 95% intervals (0: none). [default: {DEFAULT_BOOTSTRAP}]",
     )
+    zero_shot: bool = option(
+        False,
+        help="Also learn from text (a CLIP or SigLIP cache, extract --projection): a zero-shot "
+        "row (0 labelled images) and text-probe, a linear probe started from the zero-shot "
+        "classifier and regularised toward it.",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -296,3 +296,39 @@ def test_caches_without_a_shared_space_are_refused_saying_why(text_presets, data
     bad.write_text("a photo\n")
     result = runner.invoke(main, ["zero-shot", str(good), "--templates", str(bad)])
     assert result.exit_code == 2 and "must hold the class name's place once" in result.output
+
+
+def test_compare_learns_from_text(text_presets, data, tmp_path):
+    """compare --zero-shot: the zero-shot row (0 labelled images, the run's own numbers) and
+    text-probe; the penalty's limits are the zero-shot classifier and a plain probe."""
+    import json
+
+    from featcache import compare
+    from featcache.heads.probe import ProbeSettings
+    from featcache.heads.text_probe import fit_penalised
+    from featcache.heads.zeroshot import zero_shot_classifier
+    from featcache.store import open_cache
+
+    cache = _extract(text_presets["siglip"], data, tmp_path / "c.h5", split="0.4,0.3,0.3")
+    shown = _cli("compare", str(cache), "-o", str(tmp_path / "cmp"), "--protocol",
+                 "linear-probe", "--zero-shot", "--shots", "1", "--seeds", "2",
+                 "--c-grid", "0.1,1", "--json")  # fmt: skip
+    rows = {r["protocol"]: r for r in json.loads(shown)["rows"]}
+    assert set(rows) == {"linear-probe", "zero-shot", "text-probe"}
+    assert rows["zero-shot"]["train_rows"] == 0 and rows["linear-probe"]["train_rows"] == 3
+    assert len(json.loads(rows["text-probe"]["params"])["lambda"]) == 2  # one per draw
+    reader = open_cache(cache)
+    classifier = zero_shot_classifier(reader)
+    test = reader.rows_of("test", labelled=True)
+    accuracy = np.mean(classifier.predict(reader.features(test)) == reader.labels[test])
+    assert rows["zero-shot"]["test_acc1"] == pytest.approx(accuracy, abs=1e-4)
+    # the penalty's two ends
+    x = classifier.image_vectors(reader.features())
+    y = reader.labels
+    w0 = classifier.texts.T.astype(np.float64)
+    w, b = fit_penalised(x, y, w0, classifier.scale, lam=1e6)
+    np.testing.assert_allclose(w, w0, atol=1e-4)
+    w, b = fit_penalised(x, y, w0, classifier.scale, lam=0.0)
+    assert np.mean(np.argmax(classifier.scale * x @ w + b, axis=1) == y) == 1.0
+    with pytest.raises(Exception, match="protocol"):
+        compare(cache, tmp_path / "q", probe=ProbeSettings(zero_shot=True))
