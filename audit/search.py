@@ -99,10 +99,10 @@ def search(
         if text is not None:
             tower = _text_tower(reader)
             if tower.projection is not None:  # the index holds unprojected class tokens
-                from .text_query import projected_scan
+                from ..backbones.text_tower import projected_scan
 
                 query = normalize(tower.encode([text]))[0]
-                sims, rows = projected_scan(reader, tower, query, k)
+                sims, rows = projected_scan(reader.batches(batch_size=65536), tower, query, k)
                 hits = ranked_hits(reader, sims, rows)
                 return SearchResult(f"text {text!r}", hits, False, "exact-projected", "scanned")
         searcher, how = open_ann(reader, exact, memory, exact_below, rebuild, progress, index_kind)
@@ -138,11 +138,11 @@ def _search(
 
 
 def _text_tower(reader: CacheReader) -> Any:
+    from ..backbones.text_tower import cached_tower
     from ..store.joint import one_backbone
-    from .text_query import text_tower
 
     one_backbone(reader, "a search by text")
-    return text_tower(reader.settings)
+    return cached_tower(reader.settings)
 
 
 def _image_query(reader: CacheReader, searcher: Searcher, path: Path) -> tuple[np.ndarray, str]:

@@ -1,4 +1,5 @@
-"""Texts in a cache's image-text space: ``embed_text`` and the text query of ``search``.
+"""Texts in a cache's image-text space: ``embed_text``, and the image embeddings they are
+compared with.
 
 The text tower is the one of the preset the cache records (CLIP or SigLIP; see
 :mod:`featcache.backbones.text_tower`), loaded once per process and kept for later calls.
@@ -7,31 +8,11 @@ The text tower is the one of the preset the cache records (CLIP or SigLIP; see
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 
-from ..backbones.text_tower import DEFAULT_TEXT_BATCH, TextTower, check_shared_space, normalise
-from ..core.settings import FeatureSettings
+from ..backbones.text_tower import DEFAULT_TEXT_BATCH, cached_tower, normalise
 from ..store import CacheReader, open_cache
-
-_TOWERS: dict[str, TextTower] = {}
-_LOCK = threading.Lock()
-_MAX_TOWERS = 2
-
-
-def text_tower(settings: FeatureSettings) -> TextTower:
-    """The text tower of a cache's preset, loaded once per process (the last two kept)."""
-    check_shared_space(settings)
-    key = settings.model_key()
-    with _LOCK:
-        found = _TOWERS.get(key)
-        if found is None:
-            found = TextTower.load(settings)
-            while len(_TOWERS) >= _MAX_TOWERS:
-                _TOWERS.pop(next(iter(_TOWERS)))
-            _TOWERS[key] = found
-        return found
 
 
 def embed_text(
@@ -48,7 +29,7 @@ def embed_text(
     (1, 512)
     """
     reader = cache if isinstance(cache, CacheReader) else open_cache(cache)
-    tower = text_tower(reader.settings)
+    tower = cached_tower(reader.settings)
     items = [texts] if isinstance(texts, str) else list(texts)
     out = tower.encode(items, batch_size)
     return normalise(out) if normalize else out
@@ -60,21 +41,5 @@ def image_embeddings(
     """Unit image embeddings of a cache's rows in its preset's image-text space (a CLIP
     cache of class tokens is projected here)."""
     reader = cache if isinstance(cache, CacheReader) else open_cache(cache)
-    tower = text_tower(reader.settings)
+    tower = cached_tower(reader.settings)
     return normalise(tower.image_vectors(reader.features(rows)))
-
-
-def projected_scan(
-    reader: CacheReader, tower: TextTower, query: np.ndarray, k: int, batch: int = 65536
-) -> tuple[np.ndarray, np.ndarray]:
-    """Best-first ``(similarities, rows)`` of a unit ``query`` over every row projected
-    into the shared space (for caches whose index holds the unprojected features)."""
-    best_sims = np.full(0, -np.inf, dtype=np.float32)
-    best_rows = np.zeros(0, dtype=np.int64)
-    for rows, features in reader.batches(batch_size=batch):
-        sims = normalise(tower.image_vectors(features)) @ query
-        sims = np.concatenate([best_sims, sims.astype(np.float32)])
-        every = np.concatenate([best_rows, rows.astype(np.int64)])
-        keep = np.argsort(-sims, kind="stable")[:k]
-        best_sims, best_rows = sims[keep], every[keep]
-    return best_sims, best_rows

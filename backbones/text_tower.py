@@ -11,6 +11,8 @@ to 77 tokens; SigLIP canonicalises and pads to 64) and gives the logit scale and
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -156,6 +158,44 @@ class TextTower:
 
             model = self._model = embed
         return model
+
+
+_TOWERS: dict[str, TextTower] = {}
+_TOWERS_LOCK = threading.Lock()
+MAX_TOWERS = 2
+"""Text towers kept loaded per process (the most recently loaded)."""
+
+
+def cached_tower(settings: FeatureSettings) -> TextTower:
+    """:meth:`TextTower.load`, once per process for the same settings (the last
+    :data:`MAX_TOWERS` kept)."""
+    check_shared_space(settings)
+    key = settings.model_key()
+    with _TOWERS_LOCK:
+        found = _TOWERS.get(key)
+        if found is None:
+            found = TextTower.load(settings)
+            while len(_TOWERS) >= MAX_TOWERS:
+                _TOWERS.pop(next(iter(_TOWERS)))
+            _TOWERS[key] = found
+        return found
+
+
+def projected_scan(
+    batches: Iterable[tuple[np.ndarray, np.ndarray]], tower: TextTower, query: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best-first ``(similarities, rows)`` of a unit ``query`` over cached ``(rows,
+    features)`` batches, each row projected into the shared space: the exact search of a
+    CLIP cache of class tokens (its index holds the unprojected features)."""
+    best_sims = np.full(0, -np.inf, dtype=np.float32)
+    best_rows = np.zeros(0, dtype=np.int64)
+    for rows, features in batches:
+        sims = normalise(tower.image_vectors(features)) @ np.asarray(query, np.float32)
+        sims = np.concatenate([best_sims, sims.astype(np.float32)])
+        every = np.concatenate([best_rows, np.asarray(rows, np.int64)])
+        keep = np.argsort(-sims, kind="stable")[:k]
+        best_sims, best_rows = sims[keep], every[keep]
+    return best_sims, best_rows
 
 
 def _preprocessor(family: str, spec: HubSpec) -> Any:

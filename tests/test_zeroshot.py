@@ -332,3 +332,61 @@ def test_compare_learns_from_text(text_presets, data, tmp_path):
     assert np.mean(np.argmax(classifier.scale * x @ w + b, axis=1) == y) == 1.0
     with pytest.raises(Exception, match="protocol"):
         compare(cache, tmp_path / "q", probe=ProbeSettings(zero_shot=True))
+
+
+def test_embed_text_and_text_search_rpcs_follow_the_servers_rules(text_presets, tmp_path):
+    """EmbedText and Search by text answer as the Python API does, with Embed's rules:
+    preset folders only under the weights root, the allow-list, and the token."""
+    import shutil
+
+    from featcache import ServeOptions, embed_text, search, start_server
+    from featcache.backbones.text_tower import cached_tower
+    from featcache.service.client import Client, RemoteError
+    from featcache.store import open_cache
+
+    weights = tmp_path / "weights"
+    shutil.copytree(text_presets["clip"], weights / "p" / "clip")
+    make_class_folder(tmp_path / "data" / "set", classes=2, per_class=3)
+    (tmp_path / "cache").mkdir()
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
+    roots = {"data_root": str(tmp_path / "data"), "cache_root": str(tmp_path / "cache")}
+    options = ServeOptions(
+        port=0, weights_root=str(weights), token_file=str(token),
+        allow_backbone=["p/clip", "mobilenet_v2"], **roots,
+    )  # fmt: skip
+    srv = start_server(options, warm=False)
+    texts = ["a photo of a cat", "a red bicycle on a beach", "dog"]
+    try:
+        with Client(f"127.0.0.1:{srv.port}", token="s3cret") as client:
+            job = client.extract_dataset("set", "p/clip", output="s.h5", weights="preset",
+                                         projection=True)  # fmt: skip
+            assert list(job)[-1].finished
+            cache = tmp_path / "cache" / "s.h5"
+            vectors, scale, bias = client.embed_text(texts, "p/clip", weights="preset")
+            np.testing.assert_allclose(vectors, embed_text(texts, cache), atol=1e-5)
+            tower = cached_tower(open_cache(cache).settings)
+            assert scale == pytest.approx(tower.scale) and bias == pytest.approx(tower.bias)
+            raw, _, _ = client.embed_text(texts[:1], "p/clip", weights="preset", normalize=False)
+            assert not np.isclose(np.linalg.norm(raw), 1.0)
+            hits = client.search("s.h5", text=texts[1], k=3)
+            local = search(cache, text=texts[1], k=3, progress=False).hits
+            assert [h["row"] for h in hits] == [h["row"] for h in local]
+            np.testing.assert_allclose(
+                [h["similarity"] for h in hits], [h["similarity"] for h in local], atol=1e-4
+            )
+            refused = {
+                "hub:clip_vit_base_patch32": "PERMISSION_DENIED",  # remote: never fetched
+                "resnet50": "PERMISSION_DENIED",  # not on the allow-list
+                "mobilenet_v2": "INVALID_ARGUMENT",  # no text tower
+            }
+            for name, code in refused.items():
+                with pytest.raises(RemoteError) as info:
+                    client.embed_text(texts, name, weights="none")
+                assert info.value.code == code, (name, str(info.value))
+        with Client(f"127.0.0.1:{srv.port}") as client, pytest.raises(RemoteError) as info:
+            client.embed_text(texts, "p/clip", weights="preset")
+        assert info.value.code == "UNAUTHENTICATED"
+    finally:
+        srv.stop(0)
