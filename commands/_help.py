@@ -355,6 +355,8 @@ LAYOUTS: dict[str, Layout] = {
                 "--label-threshold",
                 "--folds",
                 "--label-fit-rows",
+                "--zero-shot",
+                "--zero-shot-threshold",
             ),
         ),
         ("Large caches", ("--exact", "--approximate-from", "--probes")),

@@ -390,3 +390,34 @@ def test_embed_text_and_text_search_rpcs_follow_the_servers_rules(text_presets, 
         assert info.value.code == "UNAUTHENTICATED"
     finally:
         srv.stop(0)
+
+
+def test_audit_gains_the_zero_shot_opinion(text_presets, data, tmp_path):
+    """audit --zero-shot: every label the zero-shot classifier strongly disagrees with is in
+    label_issues.csv, with its class and probability of the given label as columns."""
+    import csv
+
+    from featcache.heads.zeroshot import zero_shot_classifier
+    from featcache.store import open_cache
+
+    cache = _extract(text_presets["clip"], data, tmp_path / "c.h5")
+    out = tmp_path / "audit"
+    _cli("audit", str(cache), "-o", str(out), "--zero-shot", "--zero-shot-threshold", "0.5",
+         "--folds", "2")  # fmt: skip
+    with open(out / "label_issues.csv") as handle:
+        issues = {int(r["row"]): r for r in csv.DictReader(handle)}
+    reader = open_cache(cache)
+    p = zero_shot_classifier(reader).predict_proba(reader.features())
+    given = p[np.arange(len(p)), reader.labels]
+    names = reader.class_names
+    disagree = (given < 0.5) & (np.argmax(p, axis=1) != reader.labels)
+    assert disagree.any() and not disagree.all()  # the test can tell
+    for row in np.flatnonzero(disagree):
+        issue = issues[int(row)]
+        assert issue["flagged_by"] in ("zero-shot", "both")
+        assert issue["zero_shot"] == names[int(np.argmax(p[row]))]
+        assert float(issue["zero_shot_given"]) == pytest.approx(given[row], abs=1e-5)
+    for row, issue in issues.items():
+        assert (issue["flagged_by"] != "out-of-fold") == bool(disagree[row])
+    report = (out / "report.json").read_text()
+    assert '"zero_shot_disagreements": ' + str(int(disagree.sum())) in report
