@@ -20,7 +20,7 @@ from ..backbones.zero_shot import ZeroShotClassifier
 from ..core.progress import Status
 from ..errors import InvalidOptionError
 from ..store import CacheReader, open_cache
-from .options import DEFAULT_BOOTSTRAP, ZERO_SHOT, ZeroShotOptions, merge_options
+from .options import DEFAULT_BOOTSTRAP, DEFAULT_SEED, ZERO_SHOT, ZeroShotOptions, merge_options
 from .report import accuracy_interval, metrics, write_confusion
 from .runs import HEAD_FORMAT
 from .train import TrainedHead, TrainResult, new_run_dir
@@ -138,20 +138,23 @@ def _report(
         notes.append("the cache has no labels for these classes: no metrics")
     evaluated: dict[str, Any] = {}
     rows: dict[str, int] = {}
+    every = np.flatnonzero(reader.labels >= 0) if labelled else np.zeros(0, np.int64)
+    predicted = _predict(classifier, reader, every)  # once; the splits are slices of it
     for split in ("val", "test", "all"):
         if split == "all":
-            picked = np.flatnonzero(reader.labels >= 0)
+            picked = np.arange(len(every))
         else:
-            picked = reader.rows_of(split, labelled=True)
-        rows[split] = len(picked) if labelled else 0
-        if not labelled or not len(picked):
+            picked = np.flatnonzero(reader.mask(split)[every])
+        rows[split] = len(picked)
+        if not len(picked):
             evaluated[split] = None
             continue
-        predicted = _predict(classifier, reader, picked)
-        truth = reader.labels[picked]
-        found = metrics(truth, predicted, classifier.class_names)
-        low, high = accuracy_interval(truth, predicted, DEFAULT_BOOTSTRAP, chosen.seed)
-        evaluated[split] = {**found, "accuracy_low": low, "accuracy_high": high}
+        truth = reader.labels[every[picked]]
+        found = metrics(truth, predicted[picked], classifier.class_names)
+        if chosen.seed != DEFAULT_SEED:  # metrics' intervals are drawn with the default
+            low, high = accuracy_interval(truth, predicted[picked], DEFAULT_BOOTSTRAP, chosen.seed)
+            found.update(accuracy_low=low, accuracy_high=high)
+        evaluated[split] = found
     if labelled and evaluated["test"] is None:
         notes.append("the cache has no labelled test rows: see 'all' for every labelled row")
     return {
@@ -177,7 +180,7 @@ def _report(
 
 def _predict(classifier: ZeroShotClassifier, reader: CacheReader, rows: np.ndarray) -> np.ndarray:
     out = np.empty(len(rows), dtype=np.int64)
-    step = 65536
+    step = 16384
     for start in range(0, len(rows), step):
         part = rows[start : start + step]
         out[start : start + len(part)] = classifier.predict(reader.features(part))
