@@ -22,9 +22,15 @@ from ..core.settings import FeatureSettings
 from ..errors import InvalidOptionError, WeightsError
 from .hub import HubSpec, hub_spec, is_hub_backbone, require_keras_hub
 
-TEXT_FAMILIES = ("clip", "siglip")
+TEXT_FAMILIES = ("clip", "siglip", "metaclip2")
 """keras-hub families whose presets have a text tower featcache reads."""
-_PREPROCESSORS = {"clip": "CLIPPreprocessor", "siglip": "SigLIPPreprocessor"}
+_PREPROCESSORS = {
+    "clip": "CLIPPreprocessor",
+    "siglip": "SigLIPPreprocessor",
+    "metaclip2": "MetaCLIP2CausalLMPreprocessor",
+}
+_HEADS = {"clip": "clip_head", "siglip": "siglip_head", "metaclip2": "metaclip_2_head"}
+_SHOWN = {"clip": "CLIP", "siglip": "SigLIP", "metaclip2": "MetaCLIP 2"}
 DEFAULT_TEXT_BATCH = 256
 """Texts per forward pass of the text encoder."""
 
@@ -47,13 +53,17 @@ def shared_space_problem(settings: FeatureSettings) -> str:
     if not family:
         return (
             f"backbone {settings.backbone} has no text tower: zero-shot needs a keras-hub "
-            f"{' or '.join(f.upper() if f == 'clip' else 'SigLIP' for f in TEXT_FAMILIES)} "
-            "preset"
+            f"{', '.join(_SHOWN[f] for f in TEXT_FAMILIES)} preset"
         )
     if family not in TEXT_FAMILIES:
         return f"backbone {settings.backbone} is a {family} backbone, without a text tower"
     if settings.projection:
         return ""
+    if family == "metaclip2":
+        return (
+            f"the cache holds pooling {settings.pooling}; MetaCLIP 2's image embedding is the "
+            "projection of its normalised class token: extract with --projection"
+        )
     if family == "clip":
         if settings.pooling == "cls" and settings.blocks == 1:
             return ""  # the class token: projected here
@@ -110,7 +120,7 @@ class TextTower:
         projection = None
         if not settings.projection:
             projection = np.asarray(backbone.vision_projection.kernel, dtype=np.float32)
-        head = getattr(backbone, f"{family}_head")
+        head = getattr(backbone, _HEADS[family])
         scale = float(np.exp(np.asarray(head.logit_scale, dtype=np.float64)))
         bias = float(np.asarray(head.logit_bias)) if family == "siglip" else 0.0
         return cls(settings, family, backbone, preprocessor, projection, scale, bias)
@@ -118,7 +128,7 @@ class TextTower:
     @property
     def dim(self) -> int:
         """Width of the shared space."""
-        if self.family == "clip":
+        if self.family != "siglip":
             return int(self.backbone.projection_dim)
         return int(self.backbone.text_encoder.output.shape[-1])
 

@@ -34,7 +34,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 """Built-in prompt template sets (``{}`` is the class name)."""
 DEFAULT_TEMPLATES = "photo"
-OUTPUTS = {"clip": "logits", "siglip": "ovr-logits"}
+OUTPUTS = {"clip": "logits", "siglip": "ovr-logits", "metaclip2": "logits"}
 """How each family's logits become probabilities (as ``ClassProbabilities`` names it)."""
 
 

@@ -19,6 +19,12 @@ from helpers import make_class_folder
 keras_hub = pytest.importorskip("keras_hub", reason="keras-hub not installed (featcache[hub])")
 
 SIZE = 32
+FAMILIES = ("clip", "siglip", "metaclip2")
+PREPROCESSORS = {
+    "clip": "CLIPPreprocessor",
+    "siglip": "SigLIPPreprocessor",
+    "metaclip2": "MetaCLIP2CausalLMPreprocessor",
+}
 SCALE, OFFSET = [0.02, 0.021, 0.019], [-2.0, -1.9, -1.7]
 SENTENCES = [
     "a photo of a cat",
@@ -59,7 +65,8 @@ def _clip_tokenizer():
     return keras_hub.models.CLIPTokenizer(vocabulary=vocab, merges=merges)
 
 
-def _siglip_tokenizer():
+def _sentencepiece(**ids) -> bytes:
+    """A SentencePiece word model of :data:`SENTENCES`, with the special ids given."""
     import sentencepiece as spm
 
     proto = io.BytesIO()
@@ -69,16 +76,24 @@ def _siglip_tokenizer():
         vocab_size=20,
         hard_vocab_limit=False,
         model_type="word",
-        pad_id=0,
-        unk_id=1,
-        eos_id=2,
-        bos_id=-1,
-        pad_piece="<pad>",
-        unk_piece="<unk>",
-        eos_piece="</s>",
         minloglevel=2,
+        **ids,
     )
-    return keras_hub.models.SigLIPTokenizer(proto=proto.getvalue())
+    return proto.getvalue()
+
+
+def _siglip_tokenizer():
+    proto = _sentencepiece(
+        pad_id=0, unk_id=1, eos_id=2, bos_id=-1, pad_piece="<pad>", unk_piece="<unk>",
+        eos_piece="</s>",
+    )  # fmt: skip
+    return keras_hub.models.SigLIPTokenizer(proto=proto)
+
+
+def _metaclip2_tokenizer():
+    """XLM-R's layout, which MetaCLIP 2's tokenizer shifts by one: <unk> 0, <s> 1, </s> 2."""
+    proto = _sentencepiece(unk_id=0, bos_id=1, eos_id=2, pad_id=-1)
+    return keras_hub.models.MetaCLIP2Tokenizer(proto=proto)
 
 
 def make_text_preset(family: str, folder) -> None:
@@ -93,6 +108,14 @@ def make_text_preset(family: str, folder) -> None:
         )
         backbone = kh.CLIPBackbone(vision, text, projection_dim=24)
         preprocessor = kh.CLIPPreprocessor(tokenizer, converter, sequence_length=12)
+    elif family == "metaclip2":
+        tokenizer = _metaclip2_tokenizer()
+        vision = kh.MetaCLIP2VisionEncoder(8, 32, 2, 2, 64, image_shape=(SIZE, SIZE, 3))
+        text = kh.MetaCLIP2TextEncoder(
+            tokenizer.vocabulary_size(), 16, 16, 1, 2, 32, max_sequence_length=12
+        )
+        backbone = kh.MetaCLIP2Backbone(vision, text, projection_dim=24)
+        preprocessor = kh.MetaCLIP2CausalLMPreprocessor(tokenizer, converter, sequence_length=12)
     else:
         tokenizer = _siglip_tokenizer()
         vision = kh.SigLIPVisionEncoder(8, 32, 2, 2, 64, image_shape=(SIZE, SIZE, 3))
@@ -114,7 +137,7 @@ def text_presets(tmp_path_factory):
 
     keras.utils.set_random_seed(5)
     out = {}
-    for family in ("clip", "siglip"):
+    for family in FAMILIES:
         folder = tmp_path_factory.mktemp(f"{family}_text")
         make_text_preset(family, folder)
         out[family] = folder
@@ -151,10 +174,10 @@ def _keras_hub_logits(preset, family, pixels, texts) -> np.ndarray:
     """keras-hub's own forward pass: its preprocessor on images and texts, the backbone's
     ``vision_logits``."""
     backbone = keras_hub.models.Backbone.from_preset(str(preset))
-    kind = {"clip": "CLIPPreprocessor", "siglip": "SigLIPPreprocessor"}[family]
-    preprocessor = getattr(keras_hub.models, kind).from_preset(str(preset))
+    preprocessor = getattr(keras_hub.models, PREPROCESSORS[family]).from_preset(str(preset))
     assert preprocessor.image_converter is not None
     x = preprocessor({"images": pixels, "prompts": texts})
+    x = x[0] if isinstance(x, tuple) else x
     out = backbone({"images": x["images"], "token_ids": x["token_ids"]})
     return np.asarray(out["vision_logits"])
 
@@ -165,6 +188,7 @@ def _keras_hub_logits(preset, family, pixels, texts) -> np.ndarray:
         ("clip", {"projection": True}),
         ("clip", {"projection": False, "pooling": "cls"}),  # projected afterwards
         ("siglip", {"projection": True}),
+        ("metaclip2", {"projection": True}),
     ],
 )
 def test_zero_shot_logits_equal_keras_hubs_forward_pass(
@@ -195,9 +219,9 @@ def _cli(*args: str) -> str:
     return result.output
 
 
-@pytest.mark.parametrize("family", ["clip", "siglip"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_journey_extract_zero_shot_predict_export(text_presets, data, tmp_path, family):
-    """extract (SigLIP --projection; CLIP's class tokens, projected later) -> zero-shot ->
+    """extract (--projection; CLIP: its class tokens, projected later) -> zero-shot ->
     predict on the images (== zero-shot on the cache) -> export (no text tower inside) ->
     the exported model gives the same -> search --text."""
     import json
@@ -208,7 +232,7 @@ def test_journey_extract_zero_shot_predict_export(text_presets, data, tmp_path, 
     from featcache.store import open_cache
 
     cache, run = tmp_path / "c.h5", tmp_path / "zs"
-    projection = ["--projection"] if family == "siglip" else ["--pooling", "cls"]
+    projection = ["--pooling", "cls"] if family == "clip" else ["--projection"]
     _cli("extract", str(data), "-o", str(cache), "--backbone", str(text_presets[family]),
          "--weights", "preset", *projection, "--split", "0.4,0.3,0.3")  # fmt: skip
     shown = _cli("zero-shot", str(cache), "-o", str(run), "--classes", "cat,dog,bird",
