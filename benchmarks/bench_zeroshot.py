@@ -201,6 +201,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--preset", default=None, help="A real CLIP preset folder.")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--stages", default="text,zero-shot,classify", help="Which stages to run (comma list)."
+    )
     parser.add_argument("--stage", nargs="+", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
@@ -222,8 +225,10 @@ def main() -> None:
             "preset": args.preset or "CLIP ViT-B/32-shaped text tower, random weights",
         }
         results["load_before"] = load_average()
-        results["text"] = run_stage("text", str(preset), weights, str(args.classes))
-        print(f"text: {results['text']}", file=sys.stderr)
+        stages = args.stages.split(",")
+        if "text" in stages:
+            results["text"] = run_stage("text", str(preset), weights, str(args.classes))
+            print(f"text: {results['text']}", file=sys.stderr)
         cache = root / "cache.h5"
         began = time.perf_counter()
         write_cache(cache, preset, weights, args.rows, args.dim, args.classes)
@@ -235,8 +240,9 @@ def main() -> None:
         run = root / "run"
         results["zero_shot"] = run_stage("zero-shot", str(cache), str(run))
         print(f"zero-shot: {results['zero_shot']}", file=sys.stderr)
-        results["classify"] = run_stage("classify", str(cache), str(run))
-        print(f"classify: {results['classify']}", file=sys.stderr)
+        if "classify" in stages:
+            results["classify"] = run_stage("classify", str(cache), str(run))
+            print(f"classify: {results['classify']}", file=sys.stderr)
         results["load_after"] = load_average()
     text = json.dumps(results, indent=2)
     print(text)
