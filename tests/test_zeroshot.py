@@ -445,3 +445,15 @@ def test_audit_gains_the_zero_shot_opinion(text_presets, data, tmp_path):
         assert (issue["flagged_by"] != "out-of-fold") == bool(disagree[row])
     report = (out / "report.json").read_text()
     assert '"zero_shot_disagreements": ' + str(int(disagree.sum())) in report
+
+
+def test_the_confusion_image_of_a_thousand_classes_stays_small(tmp_path):
+    """A zero-shot run over ImageNet's 1,000 classes drew a 60,000-pixel-wide canvas (16 GB)."""
+    from PIL import Image
+
+    from featcache.heads.report import MAX_CONFUSION_INCHES, write_confusion
+
+    names = [f"class {i}" for i in range(1000)]
+    write_confusion(np.eye(1000, dtype=int).tolist(), names, tmp_path / "c.png", "1,000 classes")
+    with Image.open(tmp_path / "c.png") as image:
+        assert max(image.size) <= (MAX_CONFUSION_INCHES + 1) * 100
