@@ -12,7 +12,7 @@ does not take part in text encoding or in classifying cached rows; ``--preset`` 
 preset folder instead). Its tokenizer is a synthetic byte-pair vocabulary of that size
 (every prompt is padded to 77 tokens, so the encoder's work does not depend on it).
 
-Each stage runs in its own subprocess, so that ``ru_maxrss`` is that stage's peak:
+Each stage runs in its own subprocess, so that its peak memory (``VmHWM``) is that stage's:
 
 - ``text``: load the text tower, encode ``--classes`` prompts (``a photo of a class N.``),
   twice (the first call traces the graph); seconds and peak memory.
@@ -113,6 +113,14 @@ def write_cache(path: Path, preset: Path, weights: str, rows: int, dim: int, cla
 
 
 def peak_mib() -> float:
+    """This process's peak resident memory: ``VmHWM`` (``ru_maxrss`` survives ``execve``,
+    so a stage's subprocess would report the parent's peak when that was higher)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -19,6 +19,8 @@ from helpers import make_class_folder
 keras_hub = pytest.importorskip("keras_hub", reason="keras-hub not installed (featcache[hub])")
 
 SIZE = 32
+TOKENS = 24
+"""Text length of the tiny presets (long enough for every prompt of the tests)."""
 FAMILIES = ("clip", "siglip", "metaclip2")
 PREPROCESSORS = {
     "clip": "CLIPPreprocessor",
@@ -104,29 +106,34 @@ def make_text_preset(family: str, folder) -> None:
         tokenizer = _clip_tokenizer()
         vision = kh.CLIPVisionEncoder(8, 32, 2, 2, 64, image_shape=(SIZE, SIZE, 3))
         text = kh.CLIPTextEncoder(
-            tokenizer.vocabulary_size(), 16, 16, 1, 2, 32, max_sequence_length=12
+            tokenizer.vocabulary_size(), 16, 16, 1, 2, 32, max_sequence_length=TOKENS
         )
         backbone = kh.CLIPBackbone(vision, text, projection_dim=24)
-        preprocessor = kh.CLIPPreprocessor(tokenizer, converter, sequence_length=12)
+        preprocessor = kh.CLIPPreprocessor(tokenizer, converter, sequence_length=TOKENS)
     elif family == "metaclip2":
         tokenizer = _metaclip2_tokenizer()
         vision = kh.MetaCLIP2VisionEncoder(8, 32, 2, 2, 64, image_shape=(SIZE, SIZE, 3))
         text = kh.MetaCLIP2TextEncoder(
-            tokenizer.vocabulary_size(), 16, 16, 1, 2, 32, max_sequence_length=12
+            tokenizer.vocabulary_size(), 16, 16, 1, 2, 32, max_sequence_length=TOKENS
         )
         backbone = kh.MetaCLIP2Backbone(vision, text, projection_dim=24)
-        preprocessor = kh.MetaCLIP2CausalLMPreprocessor(tokenizer, converter, sequence_length=12)
+        preprocessor = kh.MetaCLIP2CausalLMPreprocessor(
+            tokenizer, converter, sequence_length=TOKENS
+        )
     else:
         tokenizer = _siglip_tokenizer()
         vision = kh.SigLIPVisionEncoder(8, 32, 2, 2, 64, image_shape=(SIZE, SIZE, 3))
         text = kh.SigLIPTextEncoder(
-            tokenizer.vocabulary_size(), 32, 32, 1, 2, 64, max_sequence_length=12
+            tokenizer.vocabulary_size(), 32, 32, 1, 2, 64, max_sequence_length=TOKENS
         )
         backbone = kh.SigLIPBackbone(vision, text)
-        preprocessor = kh.SigLIPPreprocessor(tokenizer, converter, sequence_length=12)
+        preprocessor = kh.SigLIPPreprocessor(tokenizer, converter, sequence_length=TOKENS)
         # a trained SigLIP has a bias far from 0; make it matter in the test
         backbone.siglip_head.logit_bias.assign(-1.5)
         backbone.siglip_head.logit_scale.assign(np.log(7.0))
+    if family != "siglip":  # CLIP's trained scale (100), not its initial 1/0.07: random
+        head = backbone.clip_head if family == "clip" else backbone.metaclip_2_head
+        head.logit_scale.assign(np.log(100.0))  # towers give close cosines; let them matter
     backbone.save_to_preset(str(folder))
     preprocessor.save_to_preset(str(folder))  # with its tokenizer and image converter
 
@@ -425,16 +432,19 @@ def test_audit_gains_the_zero_shot_opinion(text_presets, data, tmp_path):
     from featcache.store import open_cache
 
     cache = _extract(text_presets["clip"], data, tmp_path / "c.h5")
-    out = tmp_path / "audit"
-    _cli("audit", str(cache), "-o", str(out), "--zero-shot", "--zero-shot-threshold", "0.5",
-         "--folds", "2")  # fmt: skip
-    with open(out / "label_issues.csv") as handle:
-        issues = {int(r["row"]): r for r in csv.DictReader(handle)}
     reader = open_cache(cache)
     p = zero_shot_classifier(reader).predict_proba(reader.features())
     given = p[np.arange(len(p)), reader.labels]
     names = reader.class_names
-    disagree = (given < 0.5) & (np.argmax(p, axis=1) != reader.labels)
+    ordered = np.sort(given)
+    widest = int(np.argmax(np.diff(ordered)[1:-1])) + 1  # a threshold far from every row
+    threshold = float((ordered[widest] + ordered[widest + 1]) / 2)
+    out = tmp_path / "audit"
+    _cli("audit", str(cache), "-o", str(out), "--zero-shot", "--zero-shot-threshold",
+         str(threshold), "--folds", "2")  # fmt: skip
+    with open(out / "label_issues.csv") as handle:
+        issues = {int(r["row"]): r for r in csv.DictReader(handle)}
+    disagree = (given < threshold) & (np.argmax(p, axis=1) != reader.labels)
     assert disagree.any() and not disagree.all()  # the test can tell
     for row in np.flatnonzero(disagree):
         issue = issues[int(row)]
