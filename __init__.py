@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .audit.plot import PlotResult, plot_cache
     from .audit.plot_options import PlotOptions
     from .audit.search import SearchResult, search
+    from .audit.text_query import embed_text
     from .backbones.backbone import FeatureExtractor
     from .backbones.hub import HubSpec, list_hub_backbones
     from .backbones.registry import BackboneSpec, get_backbone, list_backbones
@@ -54,9 +55,10 @@ if TYPE_CHECKING:
     from .heads.endtoend import export, load_model
     from .heads.finetune import FineTuneResult, fine_tune
     from .heads.images import Prediction, predict_images
-    from .heads.options import FineTuneOptions, HeadOptions
+    from .heads.options import FineTuneOptions, HeadOptions, ZeroShotOptions
     from .heads.predict import predict_cache
     from .heads.train import TrainedHead, TrainResult, load_head, train_head
+    from .heads.zeroshot import zero_shot
     from .service.client import BadImagesError, Client
     from .service.options import ServeOptions
     from .service.server import Server
@@ -80,6 +82,7 @@ _LAZY = {
     "write_audit_report": "featcache.audit.output",
     "search": "featcache.audit.search",
     "SearchResult": "featcache.audit.search",
+    "embed_text": "featcache.audit.text_query",
     "plot_cache": "featcache.audit.plot",
     "PlotResult": "featcache.audit.plot",
     "PlotOptions": "featcache.audit.plot_options",
@@ -119,6 +122,8 @@ _LAZY = {
     "TrainedHead": "featcache.heads.train",
     "HeadOptions": "featcache.heads.options",
     "FineTuneOptions": "featcache.heads.options",
+    "ZeroShotOptions": "featcache.heads.options",
+    "zero_shot": "featcache.heads.zeroshot",
     "compare": "featcache.heads.compare",
     "Leaderboard": "featcache.heads.compare",
     "DenseHead": "featcache.heads.dense",

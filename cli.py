@@ -26,7 +26,13 @@ from .commands.extract import (
     manifest_command,
 )
 from .commands.finetune import fine_tune_command
-from .commands.heads import compare_command, export_command, predict_command, train_head_command
+from .commands.heads import (
+    compare_command,
+    export_command,
+    predict_command,
+    train_head_command,
+    zero_shot_command,
+)
 from .commands.serve import serve_command
 from .commands.weights import weights_command
 
@@ -62,6 +68,7 @@ for _command in (
     export_features_command,
     extract_command,
     train_head_command,
+    zero_shot_command,
 ):
     main.add_command(_command)
 

@@ -155,6 +155,13 @@ def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = No
         with Status(f"audit: label check ({options.folds} folds)", options.progress):
             issues, check = _label_issues(reader, x, options)
         clock.lap("labels")
+    if options.zero_shot:
+        from .zero_shot import zero_shot_issues
+
+        with Status("audit: zero-shot opinion", options.progress):
+            issues, opinion = zero_shot_issues(reader, x, issues, options.zero_shot_threshold)
+        check.update(opinion)
+        clock.lap("zero-shot")
     return AuditReport(
         cache=str(reader.path),
         rows=n,

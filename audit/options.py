@@ -40,6 +40,9 @@ DEFAULT_PROBES = 1
 """Cells of the approximate index whose rows each row is compared with (its own first, then
 the nearest); every row is listed in its two nearest cells, so one probe already compares
 a row with its neighbours across its cell's border."""
+DEFAULT_ZERO_SHOT_THRESHOLD = 0.05
+"""Zero-shot probability of the given label under which (its top class being another) the
+zero-shot classifier strongly disagrees with a label."""
 DEFAULT_LABEL_FIT_ROWS = 20_000
 """Rows each fold's classifier of the label check is fitted on at most (a seeded sample of
 the other folds); every row is still predicted by a model that never saw it."""
@@ -92,6 +95,18 @@ class AuditOptions:
         DEFAULT_LABEL_FIT_ROWS,
         range=Range(100),
         help="Rows each fold's classifier of the label check is fitted on at most.",
+    )
+    zero_shot: bool = option(
+        False,
+        help="Also the zero-shot classifier's opinion (a CLIP or SigLIP cache, extract "
+        "--projection): labels it strongly disagrees with join the label issues, with its "
+        "class and probability as columns.",
+    )
+    zero_shot_threshold: float = option(
+        DEFAULT_ZERO_SHOT_THRESHOLD,
+        range=Range(0, 1, "expected a probability in (0, 1]", low_open=True),
+        help="The zero-shot classifier disagrees strongly when it gives the label less than "
+        "this probability and prefers another class.",
     )
     seed: int = option(0, parse=check_seed, cli=False)
     block_bytes: int = option(

@@ -152,6 +152,16 @@ def _write_files(folder: Path, texts: dict[str, Callable[[], str]]) -> list[Path
     return written
 
 
+def _label_score(issue: dict[str, Any]) -> str:
+    """``p=0.012`` (out-of-fold), with the zero-shot classifier's opinion when asked."""
+    parts = []
+    if issue.get("self_confidence") is not None:
+        parts.append(f"p={issue['self_confidence']:.3f}")
+    if "zero_shot" in issue:
+        parts.append(f"zero-shot {issue['zero_shot']}, p(given)={issue['zero_shot_given']:.3f}")
+    return "; ".join(parts)
+
+
 def _csv_text(rows: list[dict[str, Any]], default_header: list[str]) -> str:
     buffer = io.StringIO(newline="")
     header = list(rows[0]) if rows else default_header
@@ -284,7 +294,7 @@ def render_html(report: AuditReport, reader: CacheReader) -> str:
             [
                 tile(
                     i["row"],
-                    f"given {i['given']}, likely {i['suggested']} (p={i['self_confidence']:.3f})",
+                    f"given {i['given']}, likely {i['suggested']} ({_label_score(i)})",
                 )
                 for i in report.label_issues[:SHOWN]
             ],

@@ -38,9 +38,11 @@ class SearchResult:
     index_built: bool
     """The index was built now (not found current, nor updated)."""
     index: str = "exact"
-    """What answered: ``exact``, ``ivf-flat``, ``ivf-sq8`` or ``ivf-pq``."""
+    """What answered: ``exact``, ``ivf-flat``, ``ivf-sq8`` or ``ivf-pq``; for a text query
+    on a CLIP cache of class tokens ``exact-projected`` (every row projected and scanned)."""
     index_status: str = "loaded"
-    """``loaded``, ``built`` or ``updated`` (only the rows the cache gained or lost)."""
+    """``loaded``, ``built`` or ``updated`` (only the rows the cache gained or lost);
+    ``scanned`` with ``exact-projected``."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,8 +65,10 @@ def search(
     index_memory: int | str = DEFAULT_INDEX_MEMORY,
     exact_below: int = DEFAULT_EXACT_BELOW,
     index_kind: str = "auto",
+    text: str | None = None,
 ) -> SearchResult:
-    """The ``k`` rows of ``cache`` most similar (cosine) to ``image`` or to row ``row``.
+    """The ``k`` rows of ``cache`` most similar (cosine) to ``image``, to row ``row`` or
+    to ``text``.
 
     An image is embedded with the cache's own backbone settings (unless the cache already
     holds a row with its content: that row's features are used, and it is not excluded);
@@ -73,12 +77,18 @@ def search(
     kind whose rows fit ``index_memory`` bytes (``2GB``), or ``index_kind`` when not
     ``auto``; ``exact`` scans every row.
 
+    A ``text`` goes through the text tower of the cache's CLIP or SigLIP preset (a cache
+    of its image embeddings: ``extract --projection``); a CLIP cache of class tokens is
+    scanned exactly, each row projected into the shared space.
+
     >>> search("cache/mobilenet.h5", row=3, k=5).hits[0]["path"]  # doctest: +SKIP
     """
     if not 1 <= k <= MAX_SEARCH_K:
         raise invalid("k", k, f"expected 1 to {MAX_SEARCH_K}")
-    if (image is None) == (row is None):
-        raise InvalidOptionError("search needs an image or a row (one of them)", "row")
+    if sum(x is not None for x in (image, row, text)) != 1:
+        raise InvalidOptionError("search needs an image, a row or a text (one of them)", "row")
+    if text is not None and not text.strip():
+        raise invalid("text", text, "expected some words")
     if image is not None and not Path(image).is_file():
         raise InvalidOptionError(f"image {str(image)!r}: no such file", "image")
     memory = parse_memory(index_memory)
@@ -86,8 +96,17 @@ def search(
         raise invalid("exact_below", exact_below, "expected 0 or more")
 
     def run(reader: CacheReader) -> SearchResult:
+        if text is not None:
+            tower = _text_tower(reader)
+            if tower.projection is not None:  # the index holds unprojected class tokens
+                from ..backbones.text_tower import projected_scan
+
+                query = normalize(tower.encode([text]))[0]
+                sims, rows = projected_scan(reader.batches(batch_size=65536), tower, query, k)
+                hits = ranked_hits(reader, sims, rows)
+                return SearchResult(f"text {text!r}", hits, False, "exact-projected", "scanned")
         searcher, how = open_ann(reader, exact, memory, exact_below, rebuild, progress, index_kind)
-        return _search(reader, searcher, how, image, row, k)
+        return _search(reader, searcher, how, image, row, k, text)
 
     return read_held(cache, run)
 
@@ -99,6 +118,7 @@ def _search(
     image: str | os.PathLike[str] | None,
     row: int | None,
     k: int,
+    text: str | None = None,
 ) -> SearchResult:
     """:func:`search` over one opened state of the cache."""
     if row is not None and not 0 <= row < len(reader):
@@ -108,11 +128,21 @@ def _search(
     if row is not None:
         query, label = searcher.row_vector(row), f"row {row}"
         exclude = row
+    elif text is not None:
+        query, label = normalize(_text_tower(reader).encode([text]))[0], f"text {text!r}"
     else:
         query, label = _image_query(reader, searcher, Path(str(image)))
     sims, rows = searcher.search(query[None, :], k, exclude)
     hits = ranked_hits(reader, sims[0], rows[0])
     return SearchResult(label, hits, how == "built", searcher.kind, how)
+
+
+def _text_tower(reader: CacheReader) -> Any:
+    from ..backbones.text_tower import cached_tower
+    from ..store.joint import one_backbone
+
+    one_backbone(reader, "a search by text")
+    return cached_tower(reader.settings)
 
 
 def _image_query(reader: CacheReader, searcher: Searcher, path: Path) -> tuple[np.ndarray, str]:

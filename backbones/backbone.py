@@ -210,6 +210,16 @@ def check_taps(resolved: FeatureSettings, taps: tuple[str, ...]) -> None:
         )
 
 
+def load_base(resolved: FeatureSettings) -> Any:
+    """The whole backbone (for a keras-hub CLIP or SigLIP: both towers) built as
+    :class:`FeatureExtractor` builds it: the same weights, or the same seeded random ones."""
+    ensure_tensorflow_backend()
+    import keras
+
+    with _BUILD_LOCK:
+        return FeatureExtractor._load_base(resolved, keras)
+
+
 class FeatureExtractor:
     """Frozen backbone that embeds batches of resized float32 images (0-255 RGB).
 

@@ -26,9 +26,9 @@ HUB_PREFIX = "hub:"
 """``hub:<preset>``: any built-in keras-hub preset, registered here or not."""
 _SCHEMES = ("hf://", "kaggle://", "gs://", "modelscope://")
 _WEIGHT_NAMES = ("model.weights.h5", "model.weights.json", "model.safetensors")
-TRANSFORMERS = ("dinov2", "dinov3", "vit", "clip", "siglip")
+TRANSFORMERS = ("dinov2", "dinov3", "vit", "clip", "siglip", "metaclip2")
 """Families whose output is a token sequence (``cls``/``mean`` pooling, ``blocks``)."""
-FIXED_SIZE = ("vit", "clip", "siglip")
+FIXED_SIZE = ("vit", "clip", "siglip", "metaclip2")
 """Families whose position embeddings fix the input size (DINOv2 interpolates them)."""
 _CLASS_FAMILIES = {
     "DINOV2Backbone": "dinov2",
@@ -36,6 +36,7 @@ _CLASS_FAMILIES = {
     "ViTBackbone": "vit",
     "CLIPBackbone": "clip",
     "SigLIPBackbone": "siglip",
+    "MetaCLIP2Backbone": "metaclip2",
 }
 
 

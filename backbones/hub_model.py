@@ -4,7 +4,8 @@ Token pooling of transformers: ``cls`` (the class token), ``mean`` (patch tokens
 class token and DINOv2's register tokens are skipped), ``cls+mean`` (both, concatenated) or
 ``none`` (every token, flattened); ``blocks`` concatenates that for the last N blocks, each
 with the backbone's final norm (DINOv2's linear evaluation). CLIP's ``projection`` is its
-image projection of the class token; SigLIP's is its attention-pooling head.
+image projection of the class token (MetaCLIP 2's: of the class token after its post
+layer norm); SigLIP's is its attention-pooling head.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def hub_feature_model(backbone: Any, resolved: FeatureSettings, spec: HubSpec) -
     """``images (N, H, W, 3) preprocessed -> features (N, D)`` float32, as one Keras model."""
     height, width = resolved.image_size
     images = keras.Input((height, width, 3), name="images")
-    if spec.family == "clip":
+    if spec.family in ("clip", "metaclip2"):
         features = _clip(backbone, resolved, images)
     elif spec.family == "siglip":
         features = _siglip(backbone, resolved, images)
@@ -137,10 +138,15 @@ def _clip(backbone: Any, resolved: FeatureSettings, images: Any) -> Any:
             )
         tokens = _apply(encoder, images)
         pooled = backbone.vision_pooler(tokens)
+        norm = getattr(backbone, "vision_post_layer_norm", None)  # MetaCLIP 2's
+        if norm is not None:
+            pooled = norm(pooled)
         out = backbone.vision_projection(pooled)
         return keras.layers.Activation("linear", dtype="float32", name="featcache_float32")(out)
     if resolved.blocks == 1:
         return _pool(_apply(encoder, images), resolved, 1, True)
+    if not hasattr(encoder, "encoder_layers"):
+        _no_blocks(resolved, type(backbone).__name__)
     blocks = list(encoder.encoder_layers)
     if len(blocks) < resolved.blocks:
         raise InvalidOptionError(f"blocks {resolved.blocks}: {len(blocks)} blocks", "blocks")

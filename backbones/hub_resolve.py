@@ -70,8 +70,10 @@ def resolve_hub(config: BackboneConfig, file_sha256: Callable[[Path], str]) -> F
 def _pooling(config: BackboneConfig, spec: HubSpec) -> str:
     """The canonical pooling: ``avg`` is ``mean`` for tokens; CNNs keep avg/max/none."""
     pooling = config.pooling
-    if config.projection and spec.family not in ("clip", "siglip"):
-        raise invalid("projection", True, f"only CLIP and SigLIP have one, not {spec.family}")
+    if config.projection and spec.family not in ("clip", "siglip", "metaclip2"):
+        raise invalid(
+            "projection", True, f"only CLIP, SigLIP and MetaCLIP 2 have one, not {spec.family}"
+        )
     if not spec.is_transformer:
         if pooling not in ("avg", "max", "none"):  # no gem: keras-hub builds its own pooling
             raise invalid("pooling", pooling, f"{spec.name} gives a feature map: avg, max or none")
@@ -81,9 +83,10 @@ def _pooling(config: BackboneConfig, spec: HubSpec) -> str:
     if pooling in ("max", "gem"):
         raise invalid("pooling", pooling, "transformers: cls, mean (or avg), cls+mean or none")
     if config.projection:
-        if pooling not in ("avg", "cls" if spec.family == "clip" else "mean"):
+        token = "mean" if spec.family == "siglip" else "cls"
+        if pooling not in ("avg", token):
             raise invalid("pooling", pooling, "the projection decides the pooling; leave it out")
-        return "cls" if spec.family == "clip" else "mean"
+        return token
     return "mean" if pooling == "avg" else pooling
 
 

@@ -19,7 +19,7 @@ import click
 
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Embed", ("extract", "inspect", "manifest", "backbones", "weights")),
-    ("Train", ("train-head", "compare", "fine-tune")),
+    ("Train", ("train-head", "zero-shot", "compare", "fine-tune")),
     ("Use", ("predict", "export", "search")),
     ("Understand the data", ("audit", "plot", "export-features")),
     ("Serve", ("serve",)),
@@ -204,6 +204,25 @@ LAYOUTS: dict[str, Layout] = {
             ),
         ),
     ),
+    "zero-shot": _layout(
+        ("Basics", ("--output", "--classes", "--templates", "--seed")),
+        (LAST_SECTION, ()),
+        summary="Classify a CLIP or SigLIP cache from class names alone.",
+        examples=(
+            (
+                "The cache's class names in 'a photo of a {}.', into runs/zs/:",
+                "featcache zero-shot cache/clip.h5 -o runs/zs",
+            ),
+            (
+                "Readable class texts and CLIP's 7-template ensemble:",
+                "featcache zero-shot cache/clip.h5 --classes tench,goldfish --templates clip",
+            ),
+            (
+                "Class texts from a file, prompts from another:",
+                "featcache zero-shot cache/siglip.h5 --classes names.txt --templates prompts.txt",
+            ),
+        ),
+    ),
     "compare": _layout(
         (
             "Basics",
@@ -220,6 +239,7 @@ LAYOUTS: dict[str, Layout] = {
                 "--shots",
                 "--seeds",
                 "--bootstrap",
+                "--zero-shot",
             ),
         ),
         (LAST_SECTION, ("--csv", "--plot")),
@@ -321,10 +341,10 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "search": _layout(
-        ("Basics", ("--row", "--k")),
+        ("Basics", ("--row", "--text", "--k")),
         ("Index", ("--exact", "--index-memory", "--exact-below", "--rebuild")),
         (LAST_SECTION, ()),
-        summary="Find the cache rows most similar to an image or a row.",
+        summary="Find the cache rows most similar to an image, a row or a text.",
         examples=(
             (
                 "The 10 rows most like an image (a cached image comes back first):",
@@ -335,8 +355,8 @@ LAYOUTS: dict[str, Layout] = {
                 "featcache search cache/mobilenet.h5 --row 30 -k 5",
             ),
             (
-                "A million-row cache, exactly (slower; the default answers from faiss):",
-                "featcache search cache/big.h5 --row 30 --exact",
+                "Images that fit a text (a CLIP or SigLIP cache, extract --projection):",
+                'featcache search cache/clip.h5 --text "a red bicycle on a beach"',
             ),
         ),
     ),
@@ -351,6 +371,8 @@ LAYOUTS: dict[str, Layout] = {
                 "--label-threshold",
                 "--folds",
                 "--label-fit-rows",
+                "--zero-shot",
+                "--zero-shot-threshold",
             ),
         ),
         ("Large caches", ("--exact", "--approximate-from", "--probes")),

@@ -202,6 +202,25 @@ def render_train_report(kind: str, cache: str, report: Mapping[str, Any], run_di
     return "\n".join(lines)
 
 
+def render_zero_shot_report(cache: str, report: Mapping[str, Any], run_dir: Path) -> str:
+    """``zero-shot``: classes, templates, val/test/all metrics and the run folder."""
+    templates = report["params"]["templates"]
+    lines = [
+        f"zero-shot ({report['family']}) on {cache}: {len(report['class_names'])} classes, "
+        f"{len(templates)} template(s), no labelled image used"
+    ]
+    lines += [f"  note: {note}" for note in report["notes"]]
+    for split in ("val", "test", "all"):
+        m = report.get(split)
+        if m:
+            lines.append(
+                f"  {split:<4} accuracy {_metric_accuracy(m)}, balanced "
+                f"{m['balanced_accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}"
+            )
+    lines.append(f"  texts encoded in {report['fit_seconds']:.2f} s; run folder {run_dir}")
+    return "\n".join(lines)
+
+
 def render_compare_json(board: Any, protocol: str, probed: bool) -> str:
     """``compare --json``: the leaderboard rows, its folder, the best run and what was skipped
     (with a probe protocol also the protocol and the notes)."""

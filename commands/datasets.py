@@ -80,6 +80,11 @@ def audit_command(
 @click.argument("image", required=False, type=click.Path())
 @click.option("--row", type=int, default=None, help="Search with the features of this row.")
 @click.option(
+    "--text",
+    default=None,
+    help="Search with a text, through the text tower of the cache's CLIP or SigLIP preset.",
+)
+@click.option(
     "-k", "--k", "k", type=int, default=audit_defaults.DEFAULT_SEARCH_K, show_default=True
 )
 @click.option("--rebuild", is_flag=True, help="Rebuild the index from scratch first.")
@@ -96,6 +101,7 @@ def search_command(
     cache: str,
     image: str | None,
     row: int | None,
+    text: str | None,
     k: int,
     rebuild: bool,
     exact: bool,
@@ -104,9 +110,10 @@ def search_command(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """The k rows of CACHE most similar (cosine) to IMAGE or to --row N.
+    """The k rows of CACHE most similar (cosine) to IMAGE, to --row N or to --text WORDS.
 
-    IMAGE is embedded with the cache's own backbone settings. The index is built on first
+    IMAGE is embedded with the cache's own backbone settings; a text with the text tower
+    of its CLIP or SigLIP preset (a cache extracted with --projection). The index is built on first
     use and kept up to date as the cache changes: exact (CACHE.search.npy) under
     --exact-below rows, else a faiss IVF index (CACHE.search.faiss, recall@10 >= 0.95)
     to which later extracts only add or remove rows.
@@ -123,6 +130,7 @@ def search_command(
         exact=exact,
         index_memory=index_memory,
         exact_below=exact_below,
+        text=text,
     )
     click.echo(render_json(result.to_dict()) if as_json else render_search(result))
 

@@ -14,6 +14,7 @@ from ..heads.options import (
     CompareOptions,
     HeadOptions,
     PredictOptions,
+    ZeroShotOptions,
 )
 from ._options import flags
 from ._output import (
@@ -23,6 +24,7 @@ from ._output import (
     render_predictions,
     render_train_report,
     render_wrote,
+    render_zero_shot_report,
 )
 from ._shared import (
     CONTEXT,
@@ -99,6 +101,27 @@ def train_head_command(
         click.echo(render_train_report(head, cache, report, result.run_dir))
 
 
+@click.command("zero-shot", context_settings=CONTEXT)
+@click.argument("cache", type=click.Path())
+@output_option("Run folder. [default: runs/<cache-stem>-zero-shot-<timestamp>/]")
+@flags(ZeroShotOptions)
+@json_option("Print the report as JSON.")
+@handle_errors
+def zero_shot_command(cache: str, output: str | None, as_json: bool, **options: Any) -> None:
+    """Classify CACHE's images from class names alone, with the text tower of its CLIP or
+    SigLIP preset, and write a run folder that predict and export take.
+
+    The cache must hold the preset's image embeddings (extract --projection; a CLIP cache
+    of class tokens is projected here)."""
+    from ..heads.zeroshot import zero_shot
+
+    result = zero_shot(cache, output, progress=False if as_json else None, **options)
+    if as_json:
+        click.echo(render_json({**result.report, "run_dir": str(result.run_dir)}))
+    else:
+        click.echo(render_zero_shot_report(cache, result.report, result.run_dir))
+
+
 @click.command("compare", context_settings=CONTEXT)
 @click.argument("caches", nargs=-1, required=True, type=click.Path())
 @output_option("Folder. [default: runs/<cache-stem>-compare-<timestamp>/]")
@@ -131,7 +154,7 @@ def compare_command(
     from ..heads.probe import ProbeSettings
 
     taps = probe_options.pop("taps", None)
-    given = {name: value for name, value in probe_options.items() if value is not None}
+    given = {k: v for k, v in probe_options.items() if v is not None and v is not False}
     probe = None
     if given or protocol != DEFAULT_PROTOCOL:
         probe = ProbeSettings(**given, seed=seed, epochs=epochs)

@@ -36,6 +36,7 @@ from .options import (
 )
 from .probe import PROTOCOL_KINDS, ProbeData, ProbeSettings, run_protocols
 from .report import accuracy_interval
+from .text_probe import TEXT_KINDS
 from .train import DEFAULT_RUNS_DIR, TrainResult, train_head
 
 
@@ -249,6 +250,11 @@ def _run(
         chosen = replace(probe or ProbeSettings(), seed=seed, epochs=epochs)
         curve = chosen.shots if isinstance(chosen.shots, tuple) else (chosen.shots,)
         carved = len(splits.reader.rows_of("val", labelled=True)) == 0
+        kinds = PROTOCOL_KINDS[protocol]
+        fitters = None
+        if chosen.zero_shot:
+            fitters = _text_fitters(splits, sources)
+            kinds = (*kinds, *TEXT_KINDS)
         rows = []
         for source in sources:
             data = ProbeData(
@@ -263,7 +269,7 @@ def _run(
             )
             for shots in curve:  # one K, or a few-shot curve
                 settings = replace(chosen, shots=shots)
-                for row in run_protocols(data, PROTOCOL_KINDS[protocol], settings):
+                for row in run_protocols(data, kinds, settings, fitters):
                     extra = {"shots": shots} if len(curve) > 1 else {}
                     rows.append({**probe_record(source.name, row), **extra})
         rows.sort(key=lambda r: -r["test_acc1"])
@@ -277,6 +283,17 @@ def _tap_list(paths: list[Path], taps: str | None) -> list[str] | None:
     if len(paths) != 1:
         raise invalid("taps", taps, "ranks the taps of one cache, not several")
     return tap_names(open_cache(paths[0]), taps)
+
+
+def _text_fitters(splits: CachedSplits, sources: list[_Source]) -> dict[str, Any]:
+    """``compare --zero-shot``'s fitters, on the one cache's zero-shot classifier."""
+    from .text_probe import text_fitters
+    from .zeroshot import zero_shot_classifier
+
+    if len(sources) > 1 or isinstance(splits.reader, JointCache):
+        raise invalid("zero_shot", True, "learning from text compares one cache")
+    step("compare: encoding the class names")
+    return text_fitters(zero_shot_classifier(splits.reader, progress=False))
 
 
 def _tracker(
@@ -303,6 +320,8 @@ def _tracker(
         if probe is not None and isinstance(probe.shots, tuple):
             draws *= len(probe.shots)  # a few-shot curve
         total = len(PROTOCOL_KINDS[protocol]) * draws * len(sources)
+        if probe is not None and probe.zero_shot:
+            total += 1 + draws  # the zero-shot row once, text-probe per draw
     return Tracker("compare", progress, total, unit="fit")
 
 

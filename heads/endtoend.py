@@ -16,7 +16,7 @@ from ..backbones.rebuild import rebuild_backbone
 from ..core.files import check_new_output, fresh_file, publish
 from ..core.options import check_choice, invalid
 from ..errors import CacheError, InvalidOptionError
-from .options import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS
+from .options import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS, ZERO_SHOT
 from .runs import check_head
 
 if TYPE_CHECKING:  # heads.train loads scikit-learn: not before a refusal is decided
@@ -45,9 +45,10 @@ def build(
     precision: str | None = None,
     image_size: int | None = None,
 ) -> EndToEnd:
-    """The end-to-end model of a dense head run (``train-head --head dense``), or of a linear
+    """The end-to-end model of a dense head run (``train-head --head dense``), of a linear
     scikit-learn head (logreg, linear-svm, ridge), which becomes one ``Dense`` layer
-    (:mod:`featcache.heads.linear`).
+    (:mod:`featcache.heads.linear`), or of a ``zero-shot`` run (its class text embeddings
+    as one ``Dense`` layer after unit normalisation: no text tower).
 
     ``augmentation`` layers go between resizing and preprocessing (active in training only).
     The backbone computes in the cache's precision unless ``precision`` says otherwise, and
@@ -67,6 +68,8 @@ def build(
 
     if head.kind == "dense":
         outputs, kind = head.estimator.model_(parts.features), _output_kind(head)
+    elif head.kind == ZERO_SHOT:
+        outputs, kind = _zero_shot_layers(head.estimator, parts.features), head.estimator.output
     else:
         form = linear_form(head.kind, head.estimator)
         # float64: the folded scaler's weights can be large; the sum stays as exact as
@@ -79,6 +82,26 @@ def build(
     )(outputs)
     model = keras.Model(parts.inputs, probabilities, name="featcache_classifier")
     return EndToEnd(model, parts.backbone, head, parts.image_size)
+
+
+def _zero_shot_layers(classifier: Any, features: Any) -> Any:
+    """Features -> zero-shot logits: CLIP's image projection (for class tokens), unit norm,
+    then one ``Dense`` of the class text embeddings times the scale, plus SigLIP's bias."""
+    import keras
+
+    x = features
+    if classifier.projection is not None:
+        project = keras.layers.Dense(
+            classifier.projection.shape[1], use_bias=False, dtype="float32", name="projection"
+        )
+        x = project(x)
+        project.set_weights([classifier.projection])
+    x = keras.layers.UnitNormalization(axis=-1, dtype="float32", name="unit_norm")(x)
+    weights, bias = classifier.weights()
+    dense = keras.layers.Dense(len(bias), dtype="float64", name="zero_shot_head")
+    out = dense(x)
+    dense.set_weights([weights, bias])
+    return out
 
 
 @dataclass

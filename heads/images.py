@@ -30,6 +30,7 @@ from .options import (
     DEFAULT_TOP_K,
     LINEAR_HEADS,
     SCORE_HEADS,
+    ZERO_SHOT,
     check_options,
 )
 
@@ -109,7 +110,7 @@ def load_classifier(model: str | os.PathLike[str]) -> Classifier:
         from .train import load_head
 
         meta = check_head(path, "predict")
-        if meta["kind"] == "dense" or meta["kind"] in LINEAR_HEADS:
+        if meta["kind"] in ("dense", ZERO_SHOT, *LINEAR_HEADS):
             built = build(path)
             names = [built.head.class_names[int(c)] for c in built.head.classes]
             measure = "score" if built.head.kind in SCORE_HEADS else "probability"

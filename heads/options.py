@@ -54,6 +54,10 @@ BALANCES = ("auto", "weights", "sample", "none")
 (each epoch draws train images with every class equally likely), ``none``, ``auto``
 (balancing when the train classes are imbalanced, see :data:`BALANCE_RATIO`)."""
 EXPORT_FORMATS = ("keras", "savedmodel")
+ZERO_SHOT = "zero-shot"
+"""The kind of a ``zero-shot`` run: a classifier from class names, no labelled image."""
+TEMPLATE_SETS = ("photo", "plain", "clip")
+"""Built-in prompt template sets (:data:`featcache.backbones.zero_shot.TEMPLATES`)."""
 PROTOCOLS = ("quick", "linear-probe", "knn", "full")
 """``compare`` protocols: ``quick`` (the small grids of every head kind), ``linear-probe``
 (L-BFGS logistic regression over a C sweep), ``knn`` (cosine-weighted kNN), ``full``
@@ -736,6 +740,12 @@ class CompareOptions:
     )
     """Taps of one cache to rank (``all`` or a comma list; ``main``: the features): each
     is a source of rows, and so is their concatenation. None: the features only."""
+    zero_shot: bool = option(
+        False,
+        help="Also learn from text (a CLIP or SigLIP cache, extract --projection): a zero-shot "
+        "row (0 labelled images) and text-probe, a linear probe started from the zero-shot "
+        "classifier and regularised toward it.",
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -758,7 +768,58 @@ class PredictOptions:
         check_fields(self)
 
 
-OPTION_SETS = (HeadOptions, FineTuneOptions, CompareOptions, PredictOptions)
+def parse_classes(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """Class texts from a file (one a line), a comma list or a sequence."""
+    from pathlib import Path
+
+    if isinstance(value, str):
+        path = Path(value).expanduser()
+        if "," not in value and path.is_file():
+            lines = path.read_text().splitlines()
+        else:
+            lines = value.split(",")
+    else:
+        lines = [str(v) for v in value]
+    chosen = tuple(t.strip() for t in lines if t.strip())
+    if isinstance(value, str) and value.strip() and not chosen:
+        raise invalid("classes", value, "expected a comma list or a file of class texts")
+    return chosen
+
+
+def _check_templates(value: str, name: str) -> None:
+    from pathlib import Path
+
+    if value not in TEMPLATE_SETS and not Path(value).expanduser().is_file():
+        raise invalid(name, value, f"expected {', '.join(TEMPLATE_SETS)} or a file of templates")
+
+
+@dataclass(frozen=True)
+class ZeroShotOptions:
+    """What ``zero-shot`` is asked: the class texts and the prompt templates."""
+
+    classes: str | tuple[str, ...] = option(
+        (),
+        parse=_parse(parse_classes),
+        normalise=True,
+        metavar="A,B,..|FILE",
+        default_text="the cache's class names",
+        help="The text of each class, one per class of the cache in its order (or the "
+        "classes of an unlabelled cache): a comma list or a file, one a line.",
+    )
+    templates: str = option(
+        "photo",
+        parse=_check_templates,
+        metavar="NAME|FILE",
+        help="Prompt templates, {} for the class: photo ('a photo of a {}.'), plain, clip "
+        "(CLIP's 7-template ensemble) or a file, one a line; several are averaged.",
+    )
+    seed: int = option(DEFAULT_SEED, parse=check_seed)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+OPTION_SETS = (HeadOptions, FineTuneOptions, CompareOptions, PredictOptions, ZeroShotOptions)
 """Every heads option set; :func:`check_options` knows each of their options."""
 _SPECS: dict[str, Option] = {}
 for _set in OPTION_SETS:
@@ -774,7 +835,7 @@ def check_options(values: Mapping[str, Any]) -> None:
             check_value(name, _SPECS[name], value)
 
 
-Options = TypeVar("Options", HeadOptions, FineTuneOptions)
+Options = TypeVar("Options", HeadOptions, FineTuneOptions, ZeroShotOptions)
 
 
 def merge_options(kind: type[Options], options: Options | None, **values: Any) -> Options:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -301,6 +301,9 @@ class ProbeSettings:
     """Of the dense head grid."""
     max_iter: int = PROBE_MAX_ITER
     tol: float = PROBE_TOL
+    zero_shot: bool = False
+    """Also the ``zero-shot`` row and the ``text-probe`` (a CLIP or SigLIP cache with its
+    preset's text tower; :mod:`~.text_probe`)."""
 
     def __post_init__(self) -> None:
         check_options(
@@ -423,25 +426,35 @@ PROTOCOL_KINDS = {
     "full": ("linear-probe", "knn", "dense"),
 }
 """The rows of each ``compare`` protocol but ``quick``."""
+ZERO_LABEL_KINDS = ("zero-shot",)
+"""Rows that learn nothing from labelled images (one fit, 0 training rows, few-shot or not)."""
 
 
 def run_protocols(
-    data: ProbeData, kinds: Sequence[str], settings: ProbeSettings | None = None
+    data: ProbeData,
+    kinds: Sequence[str],
+    settings: ProbeSettings | None = None,
+    fitters: Mapping[str, Callable[..., _Fitted]] | None = None,
 ) -> list[ProbeRow]:
     """One :class:`ProbeRow` per kind (``linear-probe``, ``knn``, ``dense``): parameters
     chosen on val, test metrics with bootstrap intervals. With ``settings.shots``, every
     kind runs on ``seeds`` draws of that many training rows per class (the same draws for
     every kind); the metrics are the mean over the draws, ``std`` their spread, and the
     interval resamples the test rows for all draws at once. Few-shot runs choose on the
-    full val split and do not refit on val (it would add more than the shots)."""
+    full val split and do not refit on val (it would add more than the shots).
+    ``fitters`` adds kinds (``compare --zero-shot``'s, :mod:`~.text_probe`)."""
     settings = settings or ProbeSettings()
     if isinstance(settings.shots, tuple):
         raise invalid("shots", settings.shots, "one K per run (compare runs a few-shot curve)")
+    known = {**_FITTERS, **(fitters or {})}
     out = []
     for kind in kinds:
-        fit = _FITTERS[kind]
-        how = settings.normalize or PROTOCOL_NORMALIZE[kind]
-        draws = range(settings.seeds or 1) if settings.shots else [None]
+        fit = known[kind]
+        how = settings.normalize or PROTOCOL_NORMALIZE.get(kind, "none")
+        zero = kind in ZERO_LABEL_KINDS
+        draws: Sequence[int | None] = (
+            range(settings.seeds or 1) if settings.shots and not zero else [None]
+        )
         fitted, seeds = [], []
         began = time.monotonic()
         for draw in draws:
@@ -466,10 +479,12 @@ def run_protocols(
         rows = {"train": len(data.y_train), "val": len(data.y_val), "test": len(data.y_test)}
         if settings.shots is not None:
             rows["train"] = settings.shots * len(np.unique(data.y_train))
+        if zero:
+            rows["train"] = 0
         params = dict(fitted[0].params)
-        if settings.shots is not None:
+        if settings.shots is not None and not zero:
             params = {"shots": settings.shots, "seeds": settings.seeds, **params}
-            for name in ("C", "k", "hidden", "dropout"):
+            for name in ("C", "k", "hidden", "dropout", "lambda"):
                 if name in params:
                     params[name] = [f.params[name] for f in fitted]
         out.append(

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..core.settings import FeatureSettings
 from ..errors import CacheError, InvalidOptionError
-from .options import LINEAR_HEADS
+from .options import LINEAR_HEADS, ZERO_SHOT
 
 HEAD_FORMAT = 1
 """The newest ``head.json`` format this featcache reads."""
@@ -62,7 +62,7 @@ def head_settings(meta: dict[str, Any]) -> FeatureSettings:
 def check_head(run: str | os.PathLike[str], purpose: str = "export") -> dict[str, Any]:
     """``head.json`` of a run that can serve ``purpose``, or the reason it cannot.
 
-    ``export`` (one Keras model): a dense or linear head (:data:`LINEAR_HEADS`);
+    ``export`` (one Keras model): a dense, linear (:data:`LINEAR_HEADS`) or zero-shot head;
     ``fine-tune``: a dense head; ``predict`` (on images): any head of one cache.
     """
     meta = read_head_meta(run)
@@ -72,7 +72,7 @@ def check_head(run: str | os.PathLike[str], purpose: str = "export") -> dict[str
             f"{run}: fine-tune starts from a dense head, not a {kind} head; train one with "
             "head 'dense'"
         )
-    if purpose == "export" and kind != "dense" and kind not in LINEAR_HEADS:
+    if purpose == "export" and kind not in ("dense", ZERO_SHOT, *LINEAR_HEADS):
         raise InvalidOptionError(
             f"{run}: a {kind} head cannot be one Keras model: predict on images with "
             f"`featcache predict {run} IMAGES`, or pick a linear head "

@@ -23,7 +23,7 @@ from .baselines import fit_baseline, make_baseline, probabilities
 from .data import CachedSplits, Caches, JointCache, Split, cache_paths, load_splits, should_stream
 from .dense import DenseHead
 from .fit_progress import Tracker, tracking
-from .options import DEFAULT_FEATURE_BATCH_SIZE, HeadOptions, merge_options
+from .options import DEFAULT_FEATURE_BATCH_SIZE, ZERO_SHOT, HeadOptions, merge_options
 from .report import metrics, write_confusion, write_history
 from .runs import HEAD_FORMAT, head_settings, read_head_meta
 from .view_training import check_view_training, fit_views, uses_views
@@ -373,7 +373,11 @@ def save_run(
 
 
 _TRUST_PICKLE: ContextVar[bool] = ContextVar("featcache_trust_pickle", default=False)
-_HEAD_FILES = {"dense": (".keras",), "baseline": (".skops", ".joblib")}
+_HEAD_FILES = {
+    "dense": (".keras",),
+    "baseline": (".skops", ".joblib"),
+    ZERO_SHOT: (".npz",),  # arrays only: loading runs no code
+}
 """The file types a head run may name, by kind of head."""
 
 
@@ -410,7 +414,7 @@ def _head_file(run_dir: Path, meta: dict[str, Any]) -> Path:
     """``meta["file"]``, refused unless it names a file inside the run folder (no
     absolute path, no ``..``, no symbolic link out of it) of a type the head's kind uses."""
     name = meta.get("file")
-    kind = "dense" if meta.get("kind") == "dense" else "baseline"
+    kind = str(meta.get("kind")) if meta.get("kind") in ("dense", ZERO_SHOT) else "baseline"
     if not isinstance(name, str) or not name:
         raise CacheError(f"{run_dir}/head.json names no head file")
     relative = Path(name)
@@ -466,7 +470,14 @@ def load_head(run: str | os.PathLike[str], trust_pickle: bool | None = None) -> 
     meta = read_head_meta(run_dir)
     kind = meta["kind"]
     path = _head_file(run_dir, meta)
-    if kind == "dense":
+    if kind == ZERO_SHOT:
+        from ..backbones.zero_shot import ZeroShotClassifier
+
+        try:
+            estimator: Any = ZeroShotClassifier.load(path, meta["family"], meta["class_names"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise CacheError(f"could not load {path}: {_first_line(exc)}") from None
+    elif kind == "dense":
         from ..backbones.backbone import ensure_tensorflow_backend
 
         ensure_tensorflow_backend()

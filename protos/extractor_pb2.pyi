@@ -253,18 +253,20 @@ class ClassifyResponse(_message.Message):
     def __init__(self, class_names: _Optional[_Iterable[str]] = ..., results: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("cache", "row", "image", "k", "exact")
+    __slots__ = ("cache", "row", "image", "text", "k", "exact")
     CACHE_FIELD_NUMBER: _ClassVar[int]
     ROW_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
     cache: str
     row: int
     image: Image
+    text: str
     k: int
     exact: bool
-    def __init__(self, cache: _Optional[str] = ..., row: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., k: _Optional[int] = ..., exact: _Optional[bool] = ...) -> None: ...
+    def __init__(self, cache: _Optional[str] = ..., row: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., text: _Optional[str] = ..., k: _Optional[int] = ..., exact: _Optional[bool] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("rank", "row", "path", "class_name", "split", "similarity")
@@ -291,3 +293,25 @@ class SearchResponse(_message.Message):
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     index: str
     def __init__(self, query: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., index: _Optional[str] = ...) -> None: ...
+
+class EmbedTextRequest(_message.Message):
+    __slots__ = ("backbone", "texts", "normalize")
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    backbone: BackboneSettings
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    normalize: bool
+    def __init__(self, backbone: _Optional[_Union[BackboneSettings, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ...) -> None: ...
+
+class EmbedTextResponse(_message.Message):
+    __slots__ = ("backbone", "embeddings", "logit_scale", "logit_bias")
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_SCALE_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_BIAS_FIELD_NUMBER: _ClassVar[int]
+    backbone: BackboneInfo
+    embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
+    logit_scale: float
+    logit_bias: float
+    def __init__(self, backbone: _Optional[_Union[BackboneInfo, _Mapping]] = ..., embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., logit_scale: _Optional[float] = ..., logit_bias: _Optional[float] = ...) -> None: ...

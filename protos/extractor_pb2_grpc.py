@@ -64,6 +64,11 @@ class ExtractorStub:
                 request_serializer=featcache_dot_v1_dot_extractor__pb2.SearchRequest.SerializeToString,
                 response_deserializer=featcache_dot_v1_dot_extractor__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.EmbedText = channel.unary_unary(
+                '/featcache.v1.Extractor/EmbedText',
+                request_serializer=featcache_dot_v1_dot_extractor__pb2.EmbedTextRequest.SerializeToString,
+                response_deserializer=featcache_dot_v1_dot_extractor__pb2.EmbedTextResponse.FromString,
+                _registered_method=True)
 
 
 class ExtractorServicer:
@@ -110,9 +115,19 @@ class ExtractorServicer:
 
     def Search(self, request, context):
         """Cosine top-k over a cache under --cache-root: the rows most similar to one of its rows,
-        or to an image embedded with the backbone the cache records (`featcache search`). Exact
+        to an image embedded with the backbone the cache records, or to a text embedded with
+        the text tower of its CLIP or SigLIP preset (`featcache search`). Exact
         below 100,000 rows (or when asked), else from the cache's approximate faiss index
         (the one `featcache search` builds; recall@10 >= 0.95 against exact).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EmbedText(self, request, context):
+        """Embed texts with the text tower of a CLIP or SigLIP keras-hub preset, into the space of
+        its image embeddings (what Embed gives with projection: true). The same backbone,
+        weights-root, allow-list, batch, memory and auth rules as Embed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,6 +165,11 @@ def add_ExtractorServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=featcache_dot_v1_dot_extractor__pb2.SearchRequest.FromString,
                     response_serializer=featcache_dot_v1_dot_extractor__pb2.SearchResponse.SerializeToString,
+            ),
+            'EmbedText': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedText,
+                    request_deserializer=featcache_dot_v1_dot_extractor__pb2.EmbedTextRequest.FromString,
+                    response_serializer=featcache_dot_v1_dot_extractor__pb2.EmbedTextResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +334,33 @@ class Extractor:
             '/featcache.v1.Extractor/Search',
             featcache_dot_v1_dot_extractor__pb2.SearchRequest.SerializeToString,
             featcache_dot_v1_dot_extractor__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedText(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/featcache.v1.Extractor/EmbedText',
+            featcache_dot_v1_dot_extractor__pb2.EmbedTextRequest.SerializeToString,
+            featcache_dot_v1_dot_extractor__pb2.EmbedTextResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -183,6 +183,27 @@ class Client:
             raise BadImagesError(bad, len(rows))
         return out
 
+    def embed_text(
+        self,
+        texts: Sequence[str],
+        backbone: str,
+        *,
+        normalize: bool = True,
+        **settings: Any,
+    ) -> tuple[np.ndarray, float, float]:
+        """``(embeddings (N, P) float32, logit scale, logit bias)`` of ``texts`` from the
+        text tower of a CLIP or SigLIP preset on the server, in the space of the preset's
+        image embeddings (``embed(..., projection=True)``); unit rows unless ``normalize``
+        is False. ``settings`` as :meth:`embed`'s (``weights``, ``seed``, ...)."""
+        request = pb.EmbedTextRequest(
+            backbone=_settings(backbone, **settings), texts=list(texts), normalize=normalize
+        )
+        reply = self._call(self.stub.EmbedText, request)
+        dim = reply.backbone.feature_dim
+        rows = [np.asarray(e.values, np.float32) for e in reply.embeddings]
+        out = np.stack(rows) if rows else np.zeros((0, dim), np.float32)
+        return out, float(reply.logit_scale), float(reply.logit_bias)
+
     def embed_contents(
         self, settings: Any, contents: Sequence[bytes | np.ndarray], max_pixels: int = 0
     ) -> tuple[list[np.ndarray | str], int]:
@@ -244,16 +265,19 @@ class Client:
         row: int | None = None,
         k: int = 10,
         exact: bool = False,
+        text: str | None = None,
     ) -> list[dict[str, Any]]:
         """The ``k`` rows of a cache under the server's cache root most similar (cosine) to
-        ``image`` or to row ``row``, best first: rank, row, path, class, split, similarity
-        (``featcache search`` on the server; ``exact``: scan every row even of a cache
-        large enough for the approximate index)."""
-        if (image is None) == (row is None):
-            raise FeatcacheError("search needs an image or a row (one of them)")
+        ``image``, to row ``row`` or to ``text`` (a CLIP or SigLIP cache), best first: rank,
+        row, path, class, split, similarity (``featcache search`` on the server; ``exact``:
+        scan every row even of a cache large enough for the approximate index)."""
+        if sum(x is not None for x in (image, row, text)) != 1:
+            raise FeatcacheError("search needs an image or a row (one of them), or a text")
         if image is not None:
             image_msg = image_message(_load(image))
             request = pb.SearchRequest(cache=cache, image=image_msg, k=k, exact=exact)
+        elif text is not None:
+            request = pb.SearchRequest(cache=cache, text=text, k=k, exact=exact)
         else:
             request = pb.SearchRequest(cache=cache, row=row, k=k, exact=exact)
         reply = self._call(self.stub.Search, request)

@@ -70,6 +70,10 @@ DATASET_HINT = "overwrite: true in the request replaces it"
 
 MAX_REPLY_BYTES = (2 << 30) - 1
 """gRPC's (and protobuf's) largest message."""
+MAX_TEXT_CHARS = 10_000
+"""Longest text ``EmbedText`` takes (the presets keep 64 or 77 tokens of it)."""
+TEXT_BYTES = 64 << 10
+"""Memory one text reserves while encoded (its string, token ids and activations)."""
 
 
 class _Abort(Exception):
@@ -187,6 +191,14 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
 
                 self._fail(context, with_hint(exc, SEARCH_HINT))
                 raise
+            except Exception as exc:
+                self._fail(context, exc)
+                raise
+
+    def EmbedText(self, request: Any, context: grpc.ServicerContext) -> Any:
+        with self._slot(context):
+            try:
+                return self._embed_text(request, context)
             except Exception as exc:
                 self._fail(context, exc)
                 raise
@@ -392,7 +404,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
             raise InvalidOptionError(f"k {k}: expected 1 to {MAX_SEARCH_K}", "k")
         kind = request.WhichOneof("query")
         if kind is None:
-            raise InvalidOptionError("search needs a row or an image", "row")
+            raise InvalidOptionError("search needs a row, an image or a text", "row")
         return read_held(
             path, lambda reader: self._search_in(reader, request, k, context), allowed=self._in_root
         )
@@ -406,7 +418,6 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         """:meth:`_search` over one opened state of the cache, from the index ``search``
         uses (built once however many calls ask at once; see store/ann_index.py)."""
         from ..store.ann_index import open_ann
-        from ..store.search_index import ranked_hits
 
         kind = request.WhichOneof("query")
         if kind == "row" and not 0 <= request.row < len(reader):
@@ -415,12 +426,28 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         index, _ = open_ann(
             reader, request.exact, choice.memory, choice.exact_below, progress=False
         )
-        if kind == "row":
+        if kind == "text":
+            tower = self._cache_tower(reader, request.text, context)
+            query = self._text_vectors(tower, [request.text], context)[0]
+            if tower.projection is not None:  # the index holds unprojected class tokens
+                from ..backbones.text_tower import projected_scan
+
+                sims1, rows1 = projected_scan(reader.batches(batch_size=65536), tower, query, k)
+                return self._search_reply(reader, "text", sims1, rows1, "exact-projected")
+            label, exclude = "text", None
+        elif kind == "row":
             query, label, exclude = index.row_vector(request.row), f"row {request.row}", request.row
         else:
             content = image_content(request.image, 0, self.max_pixels)
             query, label, exclude = self._cache_query(reader, content, context), "image", None
         sims, rows = index.search(query[None, :], k, exclude)
+        return self._search_reply(reader, label, sims[0], rows[0], index.kind)
+
+    def _search_reply(
+        self, reader: Any, label: str, sims: np.ndarray, rows: np.ndarray, kind: str
+    ) -> Any:
+        from ..store.search_index import ranked_hits
+
         hits = [
             pb.SearchHit(
                 rank=h["rank"],
@@ -430,9 +457,70 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 split=h["split"],
                 similarity=h["similarity"],
             )
-            for h in ranked_hits(reader, sims[0], rows[0])
+            for h in ranked_hits(reader, sims, rows)
         ]
-        return pb.SearchResponse(query=label, hits=hits, index=index.kind)
+        return pb.SearchResponse(query=label, hits=hits, index=kind)
+
+    def _text_tower(self, config: BackboneConfig) -> Any:
+        """The text tower of a request's (or a cache's) CLIP or SigLIP preset, held to
+        Embed's rules: the weights root, the allow-list and fixed weights."""
+        from ..backbones.text_tower import cached_tower
+
+        resolved = resolve_backbone(config)
+        self.pool.permit(resolved)
+        return cached_tower(resolved)
+
+    def _cache_tower(self, reader: Any, text: str, context: grpc.ServicerContext) -> Any:
+        """The text tower of a cache's preset, built only as a request's may be."""
+        from ..store.joint import one_backbone
+
+        if not text.strip():
+            raise InvalidOptionError("text: expected some words", "text")
+        one_backbone(reader, "a search by text")
+        recorded = reader.settings
+        config = self._cache_config(recorded.config())
+        what = "the cache's backbone differs on this server; its texts would not match"
+        recorded.check(resolve_backbone(config), what, ours="cache", theirs="server")
+        return self._text_tower(config)
+
+    def _text_vectors(
+        self, tower: Any, texts: list[str], context: grpc.ServicerContext, unit: bool = True
+    ) -> np.ndarray:
+        """``texts`` through ``tower`` under the memory budget (token ids and rows)."""
+        from ..backbones.text_tower import normalise
+
+        self._check_count(len(texts))
+        dim = tower.dim
+        self._check_reply(len(texts), dim)
+        need = len(texts) * (TEXT_BYTES + dim * 4)
+        with self.budget.hold(need, f"{len(texts)} texts", self._wait(context), context.is_active):
+            vectors = tower.encode(texts)
+        return normalise(vectors) if unit else vectors
+
+    def _embed_text(self, request: Any, context: grpc.ServicerContext) -> Any:
+        """``EmbedText``: texts in the image-text space of a request's preset."""
+        from ..backbones.text_tower import TEXT_FAMILIES, text_family
+
+        config = config_from_message(request.backbone, self.roots.weights, self.max_side)
+        resolved = resolve_backbone(config)
+        self.pool.permit(resolved)  # before anything else is said of the backbone
+        if text_family(resolved) in TEXT_FAMILIES:
+            config = replace(config, projection=True)  # the texts' space is the projected one
+        for i, text in enumerate(request.texts):
+            if len(text) > MAX_TEXT_CHARS:
+                raise InvalidOptionError(
+                    f"texts[{i}]: {len(text)} characters; at most {MAX_TEXT_CHARS}", "texts"
+                )
+        tower = self._text_tower(config)
+        vectors = self._text_vectors(tower, list(request.texts), context, request.normalize)
+        settings = replace(tower.settings, feature_dim=tower.dim)
+        info = info_message(shown_settings(settings, self.roots))
+        return pb.EmbedTextResponse(
+            backbone=info,
+            embeddings=[pb.Embedding(values=row) for row in vectors],
+            logit_scale=tower.scale,
+            logit_bias=tower.bias,
+        )
 
     def _cache_config(self, config: BackboneConfig) -> BackboneConfig:
         """A cache's backbone configuration, held to the rules of a request's (``Embed``,

@@ -36,4 +36,5 @@ def test_package_and_service_names():
         "ExtractDataset",
         "Classify",
         "Search",
+        "EmbedText",
     }

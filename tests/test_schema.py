@@ -124,6 +124,7 @@ def test_client_keywords_are_the_declared_options():
 COMMANDS = {
     "extract": ("ExtractOptions", "RayOptions"),
     "train-head": ("HeadOptions",),
+    "zero-shot": ("ZeroShotOptions",),
     "fine-tune": ("FineTuneOptions",),
     "compare": ("CompareOptions",),
     "predict": (),

@@ -129,7 +129,7 @@ def test_cli_prints_json(tmp_path):
         (["missing.h5", "--row", "0"], "no such cache file"),
         (["CACHE", "--row", "20"], "--row 20: expected 0 to 19"),
         (["CACHE", "--row", "-1"], "--row -1"),
-        (["CACHE"], "an image or a row"),
+        (["CACHE"], "an image, a row or a text"),
         (["CACHE", "nothing.png"], "no such file"),
         (["CACHE", "--row", "0", "-k", "0"], "--k 0"),
     ],
