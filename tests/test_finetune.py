@@ -619,6 +619,7 @@ def test_cli_fine_tune_auto_json_and_one_line_errors(coloured, tmp_path):
     head_report["test"]["accuracy"] = 0.0
     (head / "report.json").write_text(json.dumps(head_report))
     args[3] = str(head)
+    args.append("--overwrite")  # the same -o folder again
     result = CliRunner().invoke(main, [*args, "--epochs", "1", "--lr", "1e-12"])
     assert result.exit_code == 0, result.output
     assert "phase head-only" in result.output and "plan: " in result.output
