@@ -1,8 +1,12 @@
 """The ``auto`` fine-tuning recipe's learning-rate range test (Smith 2017, fastai's
 ``lr_find``): a few dozen training steps with the rate growing exponentially, the smoothed
-loss recorded at each; the peak rate is a tenth of the rate where the loss was lowest (or
-the rate of its steepest descent, when lower), clamped around the default. The weights are
-put back afterwards: the test only reads the data."""
+loss recorded at each; the suggestion is a tenth of the rate where the loss was lowest (or
+the rate of its steepest descent, when lower), clamped around the default. A suggestion
+below the default is taken only when the loss diverged at or below the default rate:
+fine-tuning starts from a trained head, where the loss of the first, tiny rates is mostly
+noise, and on the sets measured (benchmarks/RESULTS.md section 27) a lower rate taken from
+that noise kept every run at the head. The weights are put back afterwards: the test only
+reads the data."""
 
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ class RangeTest:
                 if self.clamped
                 else ""
             )
+            + (f"; {self.reason}" if self.reason else "")
             + f"; {self.seconds:.1f} s)"
         )
 
@@ -81,7 +86,8 @@ def rate_at(step: int, steps: int, low: float, high: float) -> float:
 def pick_rate(rates: list[float], losses: list[float], default: float) -> RangeTest:
     """The rate a range test's smoothed ``losses`` suggest: the lower of a tenth of the rate
     of the lowest loss and the rate of the steepest descent (in log rate), clamped to within
-    :data:`CLAMP` of ``default``."""
+    :data:`CLAMP` of ``default``; ``default`` itself when the suggestion is lower but the
+    loss had not diverged (:data:`DIVERGED` times its lowest so far) by the default rate."""
     loss = np.asarray(losses, np.float64)
     lowest = int(np.argmin(loss))
     minimum = rates[lowest]
@@ -89,6 +95,15 @@ def pick_rate(rates: list[float], losses: list[float], default: float) -> RangeT
     steepest = rates[int(np.argmin(slope))] if slope is not None else minimum / 10
     candidate = min(minimum / 10, steepest)
     chosen = min(max(candidate, default / CLAMP), default * CLAMP)
+    reason = ""
+    diverged = diverged_rate(rates, losses)
+    if chosen < default and (diverged is None or diverged > default):
+        chosen = default
+        reason = (
+            "no divergence up to the default rate: the default kept"
+            if diverged is None
+            else f"the loss diverged only at {diverged:.2g}, above the default: the default kept"
+        )
     return RangeTest(
         default,
         float(f"{chosen:.3g}"),
@@ -96,8 +111,20 @@ def pick_rate(rates: list[float], losses: list[float], default: float) -> RangeT
         list(losses),
         minimum,
         steepest,
-        clamped=not math.isclose(chosen, candidate),
+        clamped=not reason and not math.isclose(chosen, candidate),
+        reason=reason,
     )
+
+
+def diverged_rate(rates: list[float], losses: list[float]) -> float | None:
+    """The first rate whose smoothed loss is :data:`DIVERGED` times the lowest before it
+    (where the test stops), None when the loss never got there."""
+    best = math.inf
+    for rate, value in zip(rates, losses, strict=True):
+        best = min(best, value)
+        if value > DIVERGED * best:
+            return rate
+    return None
 
 
 def lr_range_test(

@@ -31,11 +31,16 @@ def test_pick_rate_takes_a_tenth_of_the_lowest_loss_or_the_steepest_descent():
     logs = np.log10(rates)
     # flat, a descent steepest at 1e-5, the lowest loss at 1e-4, then divergence
     losses = list(2.0 - np.tanh(3 * (logs + 5)) + np.maximum(0, logs + 4) ** 2 * 5)
-    test = pick_rate(rates, losses, 3e-5)
+    test = pick_rate(rates, losses, 1e-3)  # diverges at 7.4e-4: the default is too high
     assert test.minimum_rate == pytest.approx(rates[int(np.argmin(losses))])
     assert 5e-6 < test.steepest_rate < 2e-5
-    assert test.chosen == pytest.approx(min(test.minimum_rate / 10, test.steepest_rate), rel=1e-2)
-    assert not test.clamped
+    suggested = min(test.minimum_rate / 10, test.steepest_rate)  # ~1e-5, below 1e-3 / CLAMP
+    assert test.clamped and not test.reason and test.chosen == pytest.approx(1e-3 / CLAMP)
+    assert suggested < test.chosen
+    # the same suggestion under a default the loss never diverged at: the default is kept
+    kept = pick_rate(rates, losses, 3e-5)
+    assert kept.chosen == 3e-5 and "the default kept" in kept.reason and not kept.clamped
+    assert "the default kept" in kept.record()["summary"]
     # a curve whose suggestion is far off: clamped to within CLAMP of the default
     falling = list(np.linspace(3, 1, 40))  # lowest at the highest rate tried
     wild = pick_rate(rates, falling, 1e-6)
