@@ -40,7 +40,7 @@ def _start(data, out):
 
 
 def _kill_when(process, out, rows, extra_delay):
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 280  # a busy machine starts TensorFlow slowly
     while cache_rows(out) < rows and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     time.sleep(extra_delay)
