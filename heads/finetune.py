@@ -461,6 +461,7 @@ def fine_tune(
             explicit=explicit,
             recipe=recipe,
             improve_margin=1.0 / len(known_val.paths),  # one more val image right
+            head_margin=1.0 / len(known_val.paths),
         )  # fmt: skip
         chosen = replace(chosen, lr=outcome.lr or chosen.lr)
         history, extra = outcome.history, outcome.report

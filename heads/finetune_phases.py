@@ -64,10 +64,19 @@ class Best:
     None: any epoch better on ``score``, the trade allowed)."""
     gain: float = 0.0
     """How much the kept epoch raised ``score`` over the best before it."""
+    margin: float = 0.0
+    """How much an epoch must beat the head (phase 0) on ``score`` by to replace it: more
+    than one val image's worth, so that one picture of a small val does not decide."""
 
     def __post_init__(self) -> None:
         if self.score is None:
             self.score = self.val_accuracy
+
+    def beats(self, value: float) -> bool:
+        """Whether an epoch scoring ``value`` beats the kept weights (ties keep the earlier;
+        the head only by more than ``margin``)."""
+        need = max(TIE, self.margin) if self.phase == "head-only" else TIE
+        return value > float(self.score or 0) + need
 
     def eligible(self, accuracy: float, balanced: float) -> bool:
         """Whether an epoch with these val figures may be kept (no silent trade)."""
@@ -92,7 +101,7 @@ def _keep_best(model: Any, best: Best, run: PhaseRun, patience: int, select: str
             run.val_balanced_accuracy.append(balanced)
             value = float(logs.get(f"val_{select}", float("nan")))
             # ties keep the earlier model; below the head on either figure: never (no trade)
-            if value > float(best.score or 0) + TIE and best.eligible(accuracy, balanced):
+            if best.beats(value) and best.eligible(accuracy, balanced):
                 best.gain = value - float(best.score or 0)
                 best.score, best.weights = value, model.get_weights()
                 best.val_accuracy, best.val_balanced_accuracy = accuracy, balanced
@@ -318,6 +327,7 @@ def train_auto(
     explicit: frozenset[str] = frozenset(),
     recipe: dict[str, Any] | None = None,
     improve_margin: float = 0.0,
+    head_margin: float = 0.0,
 ) -> AutoOutcome:
     """The auto schedule on ``built`` (an :class:`~featcache.heads.endtoend.EndToEnd`):
     phase 0 scores the head as ``export`` makes it on val (``head_val(model, size)``: its
@@ -360,7 +370,7 @@ def train_auto(
     floor = None if chosen.allow_trade else (head_accuracy, head_balanced)
     best = Best(
         head_accuracy, model.get_weights(), score=head_score,
-        val_balanced_accuracy=head_balanced, floor=floor,
+        val_balanced_accuracy=head_balanced, floor=floor, margin=head_margin,
     )  # fmt: skip
     # at another size the head meets features it never saw, and a balanced loss or draw is
     # not what it was trained under: one epoch for it alone first, before any layer thaws
@@ -458,6 +468,7 @@ def train_auto(
             "val_balanced_accuracy": best.val_balanced_accuracy,
             "selected_by": f"val_{select}",
             "score": best.score,
+            "head_margin": round(head_margin, 6),
             "allow_trade": bool(chosen.allow_trade),
         },
         "exported": "fine-tuned" if beat else "head-only",
@@ -471,7 +482,13 @@ def train_auto(
     if not beat:
         seen = max(_all(runs, select), default=0.0)
         why = f"({seen:.4f} at best vs {head_score:.4f})"
-        if floor is not None and seen > head_score + TIE:
+        if head_score + TIE < seen <= head_score + head_margin + TIE:
+            why = (
+                f"by more than one val image's worth ({seen:.4f} at best vs {head_score:.4f}; "
+                f"{head_margin:.4f} needed: val has too few images to tell a smaller gain "
+                "from noise)"
+            )
+        elif floor is not None and seen > head_score + TIE:
             why = (
                 f"without losing val accuracy or balanced accuracy against it (its best "
                 f"{seen:.4f} vs {head_score:.4f} came with a drop; allow_trade keeps such epochs)"

@@ -56,6 +56,16 @@ def test_an_epoch_below_the_head_on_either_figure_is_never_kept_unless_allowed()
     assert trade(Best(0.75, [], val_balanced_accuracy=0.5), 0.70, 0.40) is None
 
 
+def test_the_head_is_replaced_only_by_more_than_one_val_images_worth():
+    # val of 30 images: one picture more is 0.0333; the head's 0.70 needs more than 0.7333
+    head = Best(0.70, [], margin=1 / 30)
+    assert not head.beats(0.70 + 1 / 30) and head.beats(0.70 + 2 / 30)
+    tuned = Best(0.75, [], phase="top", epoch=2, margin=1 / 30)
+    assert tuned.beats(0.75 + 1 / 30)  # among fine-tuned epochs the better one wins
+    assert not tuned.beats(0.75)  # a tie keeps the earlier
+    assert Best(0.70, []).beats(0.70 + 1e-3)  # no margin asked: any gain
+
+
 def _plan(epochs, steps=10):
     timing = {0: StepTime(1.0, 0.1), 3: StepTime(2.0, 0.5), 13: StepTime(3.0, 1.0)}
     phases = plan_phases(epochs, 1e-4, 13, head_epochs=1)
