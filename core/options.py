@@ -90,6 +90,8 @@ AUTO_TAPS = "auto"
 """``taps`` that picks the layers: the end of each stage of a CNN (where the feature map
 shrinks next), the last :data:`MAX_AUTO_TAPS` stages before the last layer."""
 MAX_AUTO_TAPS = 4
+MAIN_TAP = "main"
+"""The tap name of a cache's ``features`` (the last layer, or ``--layer``)."""
 MAX_TAPS = 16
 """Most taps one extraction stores besides ``features``."""
 

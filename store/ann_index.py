@@ -3,7 +3,8 @@
 ``open_ann(reader)`` gives an object with ``.kind`` and ``.search(queries, k, exclude)
 -> (similarities, rows)`` whatever answers: the exact scan over ``CACHE.search.npy``
 (:mod:`.search_index`) or a faiss index (``CACHE.search.faiss``, its slot table
-``CACHE.search.slots.npz`` and its identity ``CACHE.search.ann.json``, written last).
+``CACHE.search.slots.npz`` and its identity ``CACHE.search.ann.json``, written last); a
+tap's features (``extract --taps``) have their own, ``CACHE.search@TAP.*``.
 
 A faiss index holds rows under *slot* ids; the slot table gives each slot's cache row and
 the first 64 bits of its content SHA-256. When the cache changed (``extract`` added,
@@ -34,6 +35,7 @@ from .ann_plan import DEFAULT_EXACT_BELOW, DEFAULT_INDEX_MEMORY, IndexPlan, plan
 from .search_index import (
     _building_lock,
     _temporary,
+    index_stem,
     load_index,
     merge_top_k,
     normalize,
@@ -91,13 +93,11 @@ class Searcher(Protocol):
     def row_vector(self, row: int) -> np.ndarray: ...
 
 
-def ann_paths(cache: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
-    """``(CACHE.search.faiss, CACHE.search.slots.npz, CACHE.search.ann.json)``."""
-    path = Path(cache)
-    return tuple(
-        path.with_name(path.name + s)
-        for s in (".search.faiss", ".search.slots.npz", ".search.ann.json")
-    )  # type: ignore[return-value]
+def ann_paths(cache: str | os.PathLike[str], tap: str | None = None) -> tuple[Path, Path, Path]:
+    """``(CACHE.search.faiss, CACHE.search.slots.npz, CACHE.search.ann.json)``; a tap's
+    (``extract --taps``) are ``CACHE.search@TAP.faiss``, ... (:func:`.index_stem`)."""
+    stem = index_stem(cache, tap)
+    return tuple(stem.with_name(stem.name + s) for s in (".faiss", ".slots.npz", ".ann.json"))  # type: ignore[return-value]
 
 
 class ExactIndex:
@@ -194,7 +194,7 @@ def _open_faiss(
     reader: CacheReader, plan: IndexPlan, rebuild: bool, progress: bool | None
 ) -> tuple[_Loaded, str]:
     """:func:`open_ann`'s faiss index: loaded, built or updated."""
-    paths = ann_paths(reader.path)
+    paths = ann_paths(reader.path, reader.tap_name)
     want = _identity(reader)
     if not rebuild:
         found = _current(paths, want, plan.kind)

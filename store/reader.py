@@ -19,6 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..core.options import MAIN_TAP
 from ..core.settings import CacheSettings
 from ..core.splits import SPLIT_NAMES
 from ..errors import CacheChangedError
@@ -34,9 +35,6 @@ from .format import (
     strings,
     tap_order,
 )
-
-MAIN_TAP = "main"
-"""The tap name of ``features`` (the last layer, or ``--layer``)."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@
 The index is the cache's features, L2-normalised float32, in ``CACHE.search.npy`` (read
 memory-mapped) with ``CACHE.search.json`` saying which cache it was built from: the cache's
 fingerprint, row count, size and modification time. Any difference rebuilds it, so an
-index never answers for another state of the cache. A query scans the index in blocks.
+index never answers for another state of the cache. A tap's features (``extract --taps``)
+have their own index, ``CACHE.search@TAP.npy``. A query scans the index in blocks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..core.files import fresh_file
 from ..core.locking import PathLock, lock_path
+from ..core.options import MAIN_TAP
 from ..core.splits import SPLIT_NAMES
 
 if TYPE_CHECKING:
@@ -83,10 +85,19 @@ def query_top_k(
         yield s_row[order], i_row[order]
 
 
-def index_paths(cache: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """``(CACHE.search.npy, CACHE.search.json)``."""
+def index_stem(cache: str | os.PathLike[str], tap: str | None = None) -> Path:
+    """``CACHE.search``, the start of the name of every search index file of ``cache``;
+    for a tap (``extract --taps``; not ``main``) ``CACHE.search@TAP``, so that the index of
+    one tap's features never answers, nor is rebuilt over, another's."""
     path = Path(cache)
-    return path.with_name(path.name + ".search.npy"), path.with_name(path.name + ".search.json")
+    keyed = f"@{tap}" if tap and tap != MAIN_TAP else ""
+    return path.with_name(f"{path.name}.search{keyed}")
+
+
+def index_paths(cache: str | os.PathLike[str], tap: str | None = None) -> tuple[Path, Path]:
+    """``(CACHE.search.npy, CACHE.search.json)`` (a tap's: ``CACHE.search@TAP.npy``, ...)."""
+    stem = index_stem(cache, tap)
+    return stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".json")
 
 
 def _identity(reader: CacheReader) -> dict[str, Any]:
@@ -137,7 +148,7 @@ def load_index(
     first builds it under a lock while the others wait, then find it current. A build
     writes under a fresh temporary name and renames it over the index, so a file someone
     has memory-mapped is never truncated or rewritten."""
-    array_path, meta_path = index_paths(reader.path)
+    array_path, meta_path = index_paths(reader.path, reader.tap_name)
     want = _identity(reader)
     if not rebuild:
         found = _current(array_path, meta_path, want)
