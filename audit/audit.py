@@ -19,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from ..core.options import MAIN_TAP
 from ..core.progress import Status, progress_bar
 from ..core.splits import SPLIT_NAMES
 from ..store import CacheReader, open_cache
+from ..store.opening import with_tap
 from .labels import check_labels, out_of_fold_probabilities
 from .neighbors import normalize, top_k_neighbors
 from .options import THRESHOLD_TABLE, AuditOptions
@@ -60,10 +62,14 @@ class AuditReport:
     and a one-line ``description``."""
     seconds: dict[str, float] = field(default_factory=dict)
     """Seconds of each stage: read, neighbours, pairs, labels."""
+    tap: str = MAIN_TAP
+    """Whose features were audited: ``main`` (the cache's features) or a tap's name
+    (``extract --taps``; ``a+b``: side by side)."""
 
     def summary(self) -> dict[str, Any]:
         return {
             "cache": self.cache,
+            "tap": self.tap,
             "rows": self.rows,
             "threshold": self.options.threshold,
             "neighbors": self.options.neighbors,
@@ -116,11 +122,17 @@ class _Groups:
 def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = None) -> AuditReport:
     """Audit one cache: duplicates, near-duplicates, leakage, outliers, label issues.
 
+    ``options.tap`` audits the features of a tap of the cache (``extract --taps``) instead
+    of its ``features``: near-duplicates, outliers and label issues are found in that
+    tap's space (exact duplicates are the same content whatever the tap).
+
     >>> report = audit_cache("cache/mobilenet.h5")  # doctest: +SKIP
     >>> report.summary()["leakage_pairs"]  # doctest: +SKIP
     """
     options = options or AuditOptions()
-    reader = open_cache(cache)
+    opened = open_cache(cache)
+    tap = options.tap.strip() if options.tapped and options.tap else MAIN_TAP
+    reader = opened if tap == MAIN_TAP else with_tap(opened, tap)
     n = len(reader)
     clock = _Clock()
     x = np.empty((n, reader.feature_dim), np.float32)  # the one copy of the features
@@ -163,7 +175,7 @@ def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = No
         check.update(opinion)
         clock.lap("zero-shot")
     return AuditReport(
-        cache=str(reader.path),
+        cache=str(opened.path),
         rows=n,
         options=options,
         duplicate_groups=duplicate_groups,
@@ -178,6 +190,7 @@ def audit_cache(cache: str | os.PathLike[str], options: AuditOptions | None = No
         rows_digest=_rows_digest(reader),
         neighbors_method=method,
         seconds=clock.seconds,
+        tap=tap,
     )
 
 
@@ -358,6 +371,7 @@ def fix_splits(report: AuditReport) -> list[tuple[int, int, int]]:
         note = {
             "rule": "each leaking duplicate group takes the split of its first row",
             "threshold": report.options.threshold,
+            **({"tap": report.tap} if report.tap != MAIN_TAP else {}),
             "moved": dict(moved),
         }
         rewrite_splits(path, split, note)

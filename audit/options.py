@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.options import check_seed
-from ..core.schema import Range, check_fields, option
+from ..core.options import MAIN_TAP, check_seed
+from ..core.schema import Range, check_fields, invalid, option
 from ..store.ann_plan import DEFAULT_EXACT_BELOW, DEFAULT_INDEX_MEMORY
 from ..store.search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K
 
@@ -108,6 +108,15 @@ class AuditOptions:
         help="The zero-shot classifier disagrees strongly when it gives the label less than "
         "this probability and prefers another class.",
     )
+    tap: str | None = option(
+        None,
+        kind=str,
+        metavar="NAME",
+        help="Audit a tap's features (extract --taps): its layer name, main (the features), "
+        "or a+b side by side.",
+    )
+    """A tap of the cache (``extract --taps``) whose features are audited: its layer name,
+    ``main``, or ``a+b`` (side by side). None: the features."""
     seed: int = option(0, parse=check_seed, cli=False)
     block_bytes: int = option(
         DEFAULT_BLOCK_BYTES, range=Range(1 << 16, wording="expected at least 65536"), cli=False
@@ -116,6 +125,19 @@ class AuditOptions:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.zero_shot and self.tapped:
+            raise invalid(
+                "tap",
+                self.tap,
+                "the zero-shot opinion compares features with texts in the image-text "
+                "space of a CLIP or SigLIP cache, which a tap is not in; audit the tap "
+                "without it",
+            )
+
+    @property
+    def tapped(self) -> bool:
+        """Whether a tap's features are audited rather than the cache's ``features``."""
+        return bool(self.tap and self.tap.strip() and self.tap.strip() != MAIN_TAP)
 
     def approximate(self, rows: int) -> bool:
         """Whether ``rows`` rows get their neighbours from the approximate index."""

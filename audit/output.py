@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.files import check_output_folder, fresh_file
+from ..core.files import beside_cache, check_output_folder, fresh_file
+from ..core.options import MAIN_TAP
 from ..core.splits import SPLIT_NAMES
 from ..errors import FeatcacheError
 from ..store import CacheReader, open_cache
@@ -107,6 +108,11 @@ REPORT_FILES = (
 """What an audit report folder holds."""
 _PART = ".audit-part-"
 """Prefix of a report file while it is written (a fresh random name each time)."""
+
+
+def default_report_folder(cache: str | os.PathLike[str], tap: str | None = None) -> Path:
+    """``CACHE.audit/`` next to the cache; a tap's (``tap``): ``CACHE@TAP.audit/``."""
+    return beside_cache(cache, ".audit", tap)
 
 
 def check_report_folder(folder: Path) -> None:
@@ -301,6 +307,7 @@ def render_html(report: AuditReport, reader: CacheReader) -> str:
             len(report.label_issues),
         ),
     ]
+    tapped = f" (tap {html.escape(report.tap)})" if report.tap != MAIN_TAP else ""
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>featcache audit</title>
 <style>
@@ -311,7 +318,7 @@ figure{{margin:0;width:140px;font-size:11px;word-break:break-all}}
 .missing{{width:64px;height:64px;background:#eee;color:#900;display:flex;
 align-items:center;justify-content:center}}
 </style></head><body>
-<h1>featcache audit of {html.escape(report.cache)}</h1>
+<h1>featcache audit of {html.escape(report.cache)}{tapped}</h1>
 <table>{rows}</table>
 <h2>Near-duplicate pairs by threshold</h2>
 <table><tr><th>cosine &ge;</th><th>pairs</th></tr>{thresholds}</table>

@@ -22,14 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from ..core.files import check_output_folder, fresh_file
-from ..core.options import check_choice, invalid
+from ..core.files import beside_cache, check_output_folder, fresh_file
+from ..core.options import MAIN_TAP, check_choice, invalid
 from ..core.progress import Status, progress_bar
 from ..core.splits import SPLIT_NAMES
 from ..errors import DatasetError, FeatcacheError
 from ..store import CacheReader
 from ..store import open_cache as store_open_cache
 from ..store.format import first_line
+from ..store.opening import with_tap
 from ..store.search_index import normalize
 from .map_points import UNLABELLED, MapPoints, palette
 from .plot_options import AUTO_TSNE_MAX_POINTS, PCA_DIMS, PLOT_METHODS, UMAP_HINT, PlotOptions
@@ -59,6 +60,9 @@ class PlotResult:
     notes: list[str]
     plotted_rows: np.ndarray = field(repr=False)
     coords: np.ndarray = field(repr=False)
+    tap: str = MAIN_TAP
+    """Whose features were mapped: ``main`` (the cache's features) or a tap's name
+    (``extract --taps``; ``a+b``: side by side)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, without the arrays (``points.csv`` has them)."""
@@ -107,7 +111,8 @@ def plot_cache(
     ``options`` (:class:`PlotOptions`), or keyword arguments of the same names, which
     override it: ``method`` (auto, pca, tsne, umap), ``color`` (label, split),
     ``max_points``, ``thumbnails`` (HTML points with a thumbnail), ``seed``, ``png``,
-    ``html``, ``progress``.
+    ``html``, ``progress``, ``tap`` (the features of a tap of the cache, ``extract --taps``;
+    the default folder is then ``CACHE@TAP.plot/`` and the title names the tap).
 
     >>> result = plot_cache("cache/mobilenet.h5", method="tsne")  # doctest: +SKIP
     >>> result.files["html"]  # doctest: +SKIP
@@ -115,10 +120,13 @@ def plot_cache(
     """
     chosen = replace(options or PlotOptions(), **values)
     check_method(chosen.method)
-    folder = Path(output) if output is not None else Path(cache).with_suffix(".plot")
+    tap = chosen.tap.strip() if chosen.tap and chosen.tap.strip() else MAIN_TAP
+    folder = Path(output) if output is not None else beside_cache(cache, ".plot", tap)
     check_folder(folder)
     started = time.monotonic()
     reader = open_cache(cache)
+    if tap != MAIN_TAP:
+        reader = with_tap(reader, tap)  # an unknown tap: refused before the folder is made
     created = make_folder(folder)
     try:
         points = project(
@@ -144,6 +152,7 @@ def plot_cache(
         notes=points.notes,
         plotted_rows=points.rows,
         coords=points.coords,
+        tap=tap,
     )
 
 
@@ -194,13 +203,20 @@ def open_cache(cache: str | os.PathLike[str]) -> CacheReader:
     return store_open_cache(cache)
 
 
+def map_title(reader: CacheReader, points: MapPoints) -> str:
+    """``c.h5: t-SNE of 300 rows``; a tap's: ``c.h5 (tap conv_pw_5_relu): ...`` (several
+    side by side read as ``c@a+b``)."""
+    tapped = f" (tap {reader.tap_name})" if reader.tap_name != MAIN_TAP else ""
+    return f"{Path(reader.path).name}{tapped}: {_TITLES[points.method]} of {len(points.rows)} rows"
+
+
 def write_outputs(
     points: MapPoints, reader: CacheReader, folder: Path, chosen: PlotOptions
 ) -> tuple[dict[str, str], int, int]:
     """Write the chosen outputs under temporary names, then rename them all and remove
     earlier outputs not written this time; (files, thumbnails shown, missing). On an
     error or Ctrl-C the folder keeps what it held."""
-    title = f"{reader.path.name}: {_TITLES[points.method]} of {len(points.rows)} rows"
+    title = map_title(reader, points)
     parts: dict[str, Path] = {}
     made: list[Path] = []
     shown = missing = 0
@@ -475,7 +491,7 @@ def write_run_map(
 
     points = project(reader, method, "label", DEFAULT_MAX_POINTS, seed, progress, split)
     run_dir.mkdir(parents=True, exist_ok=True)
-    title = f"{Path(reader.path).name}: {_TITLES[points.method]} of {len(points.rows)} rows"
+    title = map_title(reader, points)
     write_png(points, run_dir / "map.png", title)
     return {
         "png": "map.png",

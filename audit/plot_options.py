@@ -52,6 +52,15 @@ class PlotOptions:
         help="Points of map.html that show their image on hover.",
     )
     seed: int = option(0, parse=check_seed)
+    tap: str | None = option(
+        None,
+        kind=str,
+        metavar="NAME",
+        help="Map a tap's features (extract --taps): its layer name, main (the features), or "
+        "a+b side by side.",
+    )
+    """A tap of the cache (``extract --taps``) whose features are mapped: its layer name,
+    ``main``, or ``a+b`` (side by side). None: the features."""
     png: bool = option(True, cli=False)
     html: bool = option(
         True, negatable=True, help="Write map.html too (--no-html: map.png and points.csv only)."

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..core.options import invalid
+from ..core.options import MAIN_TAP, invalid
 from ..errors import InvalidOptionError
 from ..store import CacheReader
 from ..store.ann_index import Searcher, open_ann
 from ..store.ann_plan import DEFAULT_EXACT_BELOW, DEFAULT_INDEX_MEMORY, parse_memory
+from ..store.opening import with_tap
 from ..store.reader_cache import read_held
 from ..store.search_index import index_paths, load_index, normalize, ranked_hits
 from .options import DEFAULT_SEARCH_K, MAX_SEARCH_K
@@ -43,10 +44,14 @@ class SearchResult:
     index_status: str = "loaded"
     """``loaded``, ``built`` or ``updated`` (only the rows the cache gained or lost);
     ``scanned`` with ``exact-projected``."""
+    tap: str = MAIN_TAP
+    """Whose features were searched: ``main`` (the cache's features) or a tap's name
+    (``extract --taps``; ``a+b``: side by side)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "query": self.query,
+            "tap": self.tap,
             "index": self.index,
             "index_status": self.index_status,
             "index_built": self.index_built,
@@ -66,6 +71,7 @@ def search(
     exact_below: int = DEFAULT_EXACT_BELOW,
     index_kind: str = "auto",
     text: str | None = None,
+    tap: str | None = None,
 ) -> SearchResult:
     """The ``k`` rows of ``cache`` most similar (cosine) to ``image``, to row ``row`` or
     to ``text``.
@@ -81,6 +87,11 @@ def search(
     of its image embeddings: ``extract --projection``); a CLIP cache of class tokens is
     scanned exactly, each row projected into the shared space.
 
+    ``tap`` searches the features of a tap of the cache (``extract --taps``; ``main``: the
+    features; ``a+b``: side by side, by row only), with an index of their own
+    (``CACHE.search@TAP.npy``, ...). An image is then embedded by the backbone up to that
+    tap's layer; a text cannot be searched in a tap's space (it is no image-text space).
+
     >>> search("cache/mobilenet.h5", row=3, k=5).hits[0]["path"]  # doctest: +SKIP
     """
     if not 1 <= k <= MAX_SEARCH_K:
@@ -94,8 +105,13 @@ def search(
     memory = parse_memory(index_memory)
     if exact_below < 0:
         raise invalid("exact_below", exact_below, "expected 0 or more")
+    searched = _check_tap(tap, image, text)
 
-    def run(reader: CacheReader) -> SearchResult:
+    def run(opened: CacheReader) -> SearchResult:
+        reader = opened if searched == MAIN_TAP else with_tap(opened, searched)
+        return replace(run_on(reader), tap=searched)
+
+    def run_on(reader: CacheReader) -> SearchResult:
         if text is not None:
             tower = _text_tower(reader)
             if tower.projection is not None:  # the index holds unprojected class tokens
@@ -111,6 +127,27 @@ def search(
     return read_held(cache, run)
 
 
+def _check_tap(tap: str | None, image: object, text: str | None) -> str:
+    """``tap`` (None: ``main``), refused in one line for a query its space cannot take."""
+    if tap is None or not tap.strip() or tap.strip() == MAIN_TAP:
+        return MAIN_TAP
+    tap = tap.strip()
+    if text is not None:
+        raise InvalidOptionError(
+            f"tap {tap!r}: a text is searched in the image-text space of the cache's "
+            "features (a CLIP or SigLIP cache, extract --projection), which a tap is not in; "
+            "search the tap by image or row",
+            "tap",
+        )
+    if image is not None and "+" in tap:
+        raise InvalidOptionError(
+            f"tap {tap!r}: an image is embedded up to one layer, not several side by side; "
+            "search by row, or by image in one tap",
+            "tap",
+        )
+    return tap
+
+
 def _search(
     reader: CacheReader,
     searcher: Searcher,
@@ -119,6 +156,7 @@ def _search(
     row: int | None,
     k: int,
     text: str | None = None,
+    tap: str | None = None,
 ) -> SearchResult:
     """:func:`search` over one opened state of the cache."""
     if row is not None and not 0 <= row < len(reader):
@@ -146,7 +184,8 @@ def _text_tower(reader: CacheReader) -> Any:
 
 
 def _image_query(reader: CacheReader, searcher: Searcher, path: Path) -> tuple[np.ndarray, str]:
-    """The normalised features of an image file, as the cache's backbone gives them."""
+    """The normalised features of an image file, as the cache's backbone gives them (for
+    a tap's reader: the backbone up to the tap's layer, with the cache's pooling)."""
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     if sha in reader.sha256:

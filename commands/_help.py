@@ -341,7 +341,7 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "search": _layout(
-        ("Basics", ("--row", "--text", "--k")),
+        ("Basics", ("--row", "--text", "--k", "--tap")),
         ("Index", ("--exact", "--index-memory", "--exact-below", "--rebuild")),
         (LAST_SECTION, ()),
         summary="Find the cache rows most similar to an image, a row or a text.",
@@ -361,7 +361,7 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "audit": _layout(
-        ("Basics", ("--output", "--threshold", "--fix-splits")),
+        ("Basics", ("--output", "--threshold", "--fix-splits", "--tap")),
         (
             "Checks",
             (
@@ -390,7 +390,7 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "plot": _layout(
-        ("Basics", ("--output", "--method", "--color")),
+        ("Basics", ("--output", "--method", "--color", "--tap")),
         ("Sampling", ("--max-points", "--thumbnails", "--seed")),
         (LAST_SECTION, ("--html",)),
         summary="Draw a 2-D map of a cache's features (PNG and HTML).",

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..core.options import MAIN_TAP
+
 _INSPECT_SETTINGS = (
     "backbone",
     "weights",
@@ -373,7 +375,9 @@ def _maybe(value: float | None) -> str:
 def render_audit_summary(summary: Mapping[str, Any]) -> str:
     """``audit``: one ``key value`` line per summary entry, then near pairs by threshold."""
     lines = [
-        f"{key:<24} {value}" for key, value in summary.items() if key != "near_pairs_by_threshold"
+        f"{key:<24} {value}"
+        for key, value in summary.items()
+        if key != "near_pairs_by_threshold" and not (key == "tap" and value == MAIN_TAP)
     ]
     lines.append(
         "near-duplicate pairs by threshold: "
@@ -412,7 +416,8 @@ def render_label_check(summary: Mapping[str, Any]) -> str:
 
 def render_search(result: Any) -> str:
     """``search``: the query, then one line per hit."""
-    lines = [f"query: {result.query}  (index: {result.index}, {result.index_status})"]
+    tapped = f"tap {result.tap}; " if result.tap != MAIN_TAP else ""
+    lines = [f"query: {result.query}  ({tapped}index: {result.index}, {result.index_status})"]
     for hit in result.hits:
         lines.append(
             f"{hit['rank']:>4} {hit['similarity']:.4f} #{hit['row']:<7} {hit['split']:<5} "
@@ -423,8 +428,9 @@ def render_search(result: Any) -> str:
 
 def render_plot(result: Any) -> str:
     """``plot``: the method, points and colouring, notes, thumbnails and the files written."""
+    tapped = f" of tap {result.tap}" if result.tap != MAIN_TAP else ""
     lines = [
-        f"{result.method} map of {result.points} of {result.rows} rows "
+        f"{result.method} map{tapped} of {result.points} of {result.rows} rows "
         f"({result.seconds:.1f} s), coloured by {result.color}"
     ]
     lines += [f"  note: {note}" for note in result.notes]

@@ -50,12 +50,15 @@ def audit_command(
     **chosen: Any,
 ) -> None:
     """Duplicates, near-duplicates, split leakage, outliers and likely label errors of a
-    CACHE: report.json, CSV lists and report.html (thumbnails) in the report folder."""
+    CACHE: report.json, CSV lists and report.html (thumbnails) in the report folder.
+
+    With --tap, in the space of that tap's features (extract --taps); the report folder
+    is then CACHE@TAP.audit/ unless -o names one."""
     from pathlib import Path
 
     from ..audit.audit import audit_cache
     from ..audit.audit import fix_splits as fix
-    from ..audit.output import check_report_folder, write_audit_report
+    from ..audit.output import check_report_folder, default_report_folder, write_audit_report
     from ..store.manifest import is_manifest
 
     options = AuditOptions(progress=False if quiet else None, **chosen)
@@ -64,7 +67,7 @@ def audit_command(
             f"--fix-splits rewrites one cache file and {cache} is a manifest; audit each "
             "cache it names with --fix-splits"
         )
-    out = Path(output) if output else Path(cache).with_suffix(".audit")
+    out = Path(output) if output else default_report_folder(cache, options.tap)
     check_report_folder(out)  # refused before the audit runs, not after
     report = audit_cache(cache, options)
     write_audit_report(report, out)
@@ -87,6 +90,13 @@ def audit_command(
 @click.option(
     "-k", "--k", "k", type=int, default=audit_defaults.DEFAULT_SEARCH_K, show_default=True
 )
+@click.option(
+    "--tap",
+    default=None,
+    metavar="NAME",
+    help="Search a tap's features (extract --taps): its layer name, main (the features), "
+    "or a+b side by side (by row only); an image is embedded up to that layer. Not with --text.",
+)
 @click.option("--rebuild", is_flag=True, help="Rebuild the index from scratch first.")
 @click.option(
     "--exact",
@@ -103,6 +113,7 @@ def search_command(
     row: int | None,
     text: str | None,
     k: int,
+    tap: str | None,
     rebuild: bool,
     exact: bool,
     index_memory: str,
@@ -116,7 +127,8 @@ def search_command(
     of its CLIP or SigLIP preset (a cache extracted with --projection). The index is built on first
     use and kept up to date as the cache changes: exact (CACHE.search.npy) under
     --exact-below rows, else a faiss IVF index (CACHE.search.faiss, recall@10 >= 0.95)
-    to which later extracts only add or remove rows.
+    to which later extracts only add or remove rows. A tap (--tap) has an index of its
+    own (CACHE.search@TAP.npy, ...).
     """
     from ..audit.search import search
 
@@ -131,6 +143,7 @@ def search_command(
         index_memory=index_memory,
         exact_below=exact_below,
         text=text,
+        tap=tap,
     )
     click.echo(render_json(result.to_dict()) if as_json else render_search(result))
 
@@ -148,7 +161,8 @@ def plot_command(
     cache: str, output: str | None, as_json: bool, quiet: bool, **options: Any
 ) -> None:
     """A 2-D map of the features of CACHE (PCA, t-SNE or UMAP), coloured by label or split:
-    map.png, an interactive map.html (image on hover) and points.csv in the output folder."""
+    map.png, an interactive map.html (image on hover) and points.csv in the output folder
+    (with --tap: of that tap's features, in CACHE@TAP.plot/ unless -o names one)."""
     from ..audit.plot import plot_cache
 
     try:

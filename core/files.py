@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import InvalidOptionError, first_line
+from .options import MAIN_TAP
 from .schema import invalid
 
 _ATTEMPTS = 100
@@ -31,6 +32,15 @@ def fresh_file(folder: str | os.PathLike[str], prefix: str, suffix: str = "") ->
         os.close(handle)
         return path
     raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {folder}")
+
+
+def beside_cache(cache: str | os.PathLike[str], suffix: str, tap: str | None = None) -> Path:
+    """``CACHE<suffix>`` next to the cache (``cache/c.h5``, ``.audit``: ``cache/c.audit``);
+    for a tap other than ``main`` ``cache/c@TAP.audit``, so that outputs made from a tap's
+    features never replace those of the cache's features."""
+    path = Path(cache)
+    keyed = f"@{tap.strip()}" if tap and tap.strip() and tap.strip() != MAIN_TAP else ""
+    return path.with_name(path.stem + keyed + suffix)
 
 
 def check_new_output(
