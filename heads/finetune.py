@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,33 +15,48 @@ from typing import Any
 import numpy as np
 
 from ..core.files import check_run_folder
-from ..core.options import invalid
 from ..core.progress import Status, progress_bar
 from ..errors import DatasetError
-from ..extractor.decode import decode_and_resize, decode_or_reason
-from ..extractor.sources import Dataset, item_from_path, open_source
-from .data import CachedSplits, load_splits
+from ..extractor.sources import Dataset, open_source
+from .data import load_splits
+from .finetune_images import (
+    Rows,
+    balanced_draw,
+    evaluate_exported,
+    evaluate_images,
+    image_dataset,
+    images_bar,
+    known_rows,
+    read_images,
+    split_rows,
+    train_dataset,
+    usable_rows,
+)
+from .finetune_layers import (
+    augmentation_layers,
+    backbone_units,
+    unfreeze_layers,
+    unfreeze_units,
+)
+from .finetune_recipe import augment_test, own_resolution
 from .fit_progress import Tracker, keras_callbacks, tracking
-from .images import Classifier, load_classifier
+from .images import load_classifier
 from .options import (
     AUGMENTATIONS,
-    DEFAULT_PREDICT_BATCH_SIZE,
     DEFAULT_SEED,
     DEFAULT_VAL_FRACTION,
-    FINE_TUNE_UNFREEZE,
     FineTuneOptions,
     merge_options,
-    parse_augment,
-    parse_unfreeze,
 )
-from .report import metrics, write_confusion, write_history
-from .train import TrainedHead, new_run_dir
+from .report import write_confusion, write_history
+from .train import new_run_dir
 
 __all__ = [
     "AUGMENTATIONS",
     "FineTuneResult",
     "augmentation_layers",
     "backbone_units",
+    "balanced_draw",
     "fine_tune",
     "minority_recall",
     "unfreeze_layers",
@@ -56,211 +70,6 @@ class FineTuneResult:
     run_dir: Path
     report: dict[str, Any]
     skipped: list[tuple[str, str]] = field(default_factory=list)
-
-
-@dataclass
-class _Rows:
-    paths: list[str]
-    columns: np.ndarray
-    """Output column of each row's label (-1 when the head never saw that class)."""
-    labels: np.ndarray
-    sha256: list[str]
-
-
-def augmentation_layers(names: str, seed: int = DEFAULT_SEED) -> list[Any]:
-    """Keras preprocessing layers for ``flip,rotate,zoom,contrast,translate``."""
-    chosen = parse_augment(names)
-    import keras
-
-    make = {
-        "flip": lambda: keras.layers.RandomFlip("horizontal", seed=seed, name="aug_flip"),
-        "rotate": lambda: keras.layers.RandomRotation(0.05, seed=seed, name="aug_rotate"),
-        "zoom": lambda: keras.layers.RandomZoom(0.1, seed=seed, name="aug_zoom"),
-        "contrast": lambda: keras.layers.RandomContrast(
-            0.1, value_range=(0, 255), seed=seed, name="aug_contrast"
-        ),
-        "translate": lambda: keras.layers.RandomTranslation(
-            0.1, 0.1, seed=seed, name="aug_translate"
-        ),
-    }
-    return [make[n]() for n in chosen]
-
-
-def unfreeze_layers(
-    backbone: Any, unfreeze: str | int = FINE_TUNE_UNFREEZE, unfreeze_from: str | None = None
-) -> list[str]:
-    """Make the top of ``backbone`` trainable; BatchNormalization and LayerNormalization
-    layers stay frozen (they count in ``unfreeze`` all the same).
-
-    ``unfreeze``: a number of top layers or ``all``; ``unfreeze_from``: a layer name from
-    which on every layer is unfrozen. Returns the names of the layers made trainable.
-    """
-    return [layer.name for layer in unfreeze_units(backbone, unfreeze, unfreeze_from)]
-
-
-def unfreeze_units(
-    backbone: Any, unfreeze: str | int = FINE_TUNE_UNFREEZE, unfreeze_from: str | None = None
-) -> list[Any]:
-    """:func:`unfreeze_layers`, returning the layers made trainable (with weights, bottom to
-    top) themselves: names can repeat across the blocks of nested (keras-hub) models."""
-    import keras
-
-    frozen = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)
-    layers = backbone_units(backbone)
-    count = parse_unfreeze(unfreeze)
-    if unfreeze_from is not None:
-        names = [layer.name for layer in layers]
-        if unfreeze_from not in names:
-            raise invalid("unfreeze_from", unfreeze_from, "no such backbone layer")
-        start = names.index(unfreeze_from)
-    elif count is None:  # all
-        start = 0
-    else:
-        start = max(0, len(layers) - count)  # more than there are: all of them
-    backbone.trainable = True
-    for i, layer in enumerate(layers):
-        layer.trainable = i >= start
-    for inner in backbone._flatten_layers(include_self=False):  # every norm, blocks' too
-        if isinstance(inner, frozen):
-            inner.trainable = False
-    return [layer for i, layer in enumerate(layers) if i >= start and layer.trainable_weights]
-
-
-def backbone_units(backbone: Any) -> list[Any]:
-    """The backbone's layers as ``unfreeze`` counts them, bottom to top (not the input or
-    featcache's pooling)."""
-    import keras
-
-    return [
-        layer
-        for layer in _units(backbone, keras)
-        if not isinstance(layer, keras.layers.InputLayer)
-        and not layer.name.startswith("featcache_")
-    ]
-
-
-def _units(model: Any, keras: Any) -> list[Any]:
-    """The layers fine-tuning counts, in order: keras-hub models inside the extractor are
-    opened, and a transformer encoder counts as its blocks, so that ``unfreeze N`` counts
-    transformer blocks (and the final norm) rather than whole backbones."""
-    out: list[Any] = []
-    for layer in model.layers:
-        hub = type(layer).__module__.startswith("keras_hub")
-        if isinstance(layer, keras.Model) and (hub or _holds_hub(layer)):
-            out.extend(_units(layer, keras))
-            continue
-        blocks = getattr(layer, "encoder_layers", None) or (
-            layer.layers if type(layer).__name__.endswith("Encoder") else None
-        )
-        out.extend(blocks if blocks else [layer])
-    return out
-
-
-def _holds_hub(model: Any) -> bool:
-    """True for a plain functional model made of keras-hub layers (featcache's taps)."""
-    return any(type(layer).__module__.startswith("keras_hub") for layer in model.layers)
-
-
-def _split_rows(splits: CachedSplits, classes: np.ndarray) -> dict[str, _Rows]:
-    """Train, val and test rows as the head saw them (labelled rows only, val carved from
-    train the same way when the cache has none)."""
-    column = {int(c): i for i, c in enumerate(classes)}
-    sha = splits.reader.sha256
-    rows = {}
-    for name in ("train", "val", "test"):
-        split = getattr(splits, name)
-        rows[name] = _Rows(
-            [splits.paths[i] for i in split.rows],
-            np.array([column.get(int(label), -1) for label in split.labels], np.int64),
-            split.labels.astype(np.int64),
-            [sha[i] for i in split.rows],
-        )
-    return rows
-
-
-def _usable(
-    rows: _Rows, source: Dataset, skipped: dict[str, str], done: Callable[[int], Any] | None = None
-) -> _Rows:
-    """The rows whose file (or array row) is still there with the content the cache hashed;
-    ``done(1)`` after each."""
-    keep = []
-    for i, path in enumerate(rows.paths):
-        if done is not None:
-            done(1)
-        try:
-            _, sha = source.read(item_from_path(path))
-        except (OSError, IndexError) as exc:
-            skipped[path] = f"missing or unreadable: {getattr(exc, 'strerror', None) or exc}"
-            continue
-        if sha != rows.sha256[i]:
-            skipped[path] = "changed since the cache was made"
-            continue
-        keep.append(i)
-    return _Rows(
-        [rows.paths[i] for i in keep],
-        rows.columns[keep],
-        rows.labels[keep],
-        [rows.sha256[i] for i in keep],
-    )
-
-
-def _images(
-    rows: _Rows,
-    source: Dataset,
-    size: tuple[int, int],
-    resize: tuple[str, str],
-    shuffle_seed: int | None = None,
-    balanced: bool = False,
-) -> Iterator[tuple[np.ndarray, int]]:
-    """Decoded, resized float32 images of (usable) ``rows``, shuffled when a seed is given;
-    ``resize`` is the cache's (resize mode, decode mode); ``balanced`` (with a seed): as many
-    rows drawn with replacement, every class equally likely. Never rounded: extraction and
-    ``predict`` feed the resized pixels as they are (rounding them to uint8 moved pixels by up
-    to 0.5 and flipped near-tie predictions, so the report disagreed with ``predict``)."""
-    order = np.arange(len(rows.paths))
-    if shuffle_seed is not None and balanced:
-        order = np.random.default_rng(shuffle_seed).choice(
-            len(order), len(order), p=balanced_draw(rows.columns)
-        )
-    elif shuffle_seed is not None:
-        np.random.default_rng(shuffle_seed).shuffle(order)
-    for i in order:
-        path = rows.paths[i]
-        try:
-            content, sha = source.read(item_from_path(path))
-        except (OSError, IndexError) as exc:
-            raise DatasetError(f"{path} became unusable during fine-tuning: {exc}") from None
-        if sha != rows.sha256[i]:
-            raise DatasetError(f"{path} changed during fine-tuning")
-        pixels, reason = decode_or_reason(
-            lambda c: decode_and_resize(c, size, resize[0], decode=resize[1]), content
-        )
-        if pixels is None:
-            raise DatasetError(f"{path} became unusable during fine-tuning: {reason}")
-        yield np.asarray(pixels, np.float32), int(rows.columns[i])
-
-
-def balanced_draw(columns: np.ndarray) -> np.ndarray:
-    """Each row's chance in a class-balanced draw: ``1 / (classes * count of its class)``
-    (rows of classes the head never saw: none)."""
-    known = columns >= 0
-    counts = np.bincount(columns[known]) if known.any() else np.zeros(1, np.int64)
-    chance = np.zeros(len(columns), np.float64)
-    chance[known] = 1.0 / counts[columns[known]]
-    return chance / chance.sum()
-
-
-def _dataset(make: Any, rows: int, size: tuple[int, int], batch_size: int) -> Any:
-    """Batches streamed from disk by ``make()`` (re-run every epoch); memory stays bounded."""
-    import tensorflow as tf
-
-    spec = (
-        tf.TensorSpec((size[0], size[1], 3), tf.float32),
-        tf.TensorSpec((), tf.int64),
-    )
-    dataset = tf.data.Dataset.from_generator(make, output_signature=spec).batch(batch_size)
-    batches = -(-rows // batch_size)
-    return dataset.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(2)
 
 
 def fine_tune(
@@ -377,7 +186,7 @@ def fine_tune(
             f"{cache} has classes {splits.class_names}, the head was trained on "
             f"{trained.class_names}; fine-tune on a cache with the head's classes"
         )
-    rows = _split_rows(splits, trained.classes)
+    rows = split_rows(splits, trained.classes)
     train_rows, val_rows, test_rows = rows["train"], rows["val"], rows["test"]
     source = open_source(splits.settings.dataset_root)
     touched = unfreeze_layers(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
@@ -394,14 +203,14 @@ def fine_tune(
         "fine-tune: checking the images",
     )
     with checking:
-        train_rows = _usable(train_rows, source, skipped, checking.update)
-        val_rows = _usable(val_rows, source, skipped, checking.update)
-        test_rows = _usable(test_rows, source, skipped, checking.update)
+        train_rows = usable_rows(train_rows, source, skipped, checking.update)
+        val_rows = usable_rows(val_rows, source, skipped, checking.update)
+        test_rows = usable_rows(test_rows, source, skipped, checking.update)
     if not test_rows.paths:
         raise DatasetError(f"{cache}: none of the test images is still there unchanged")
     if not train_rows.paths:
         raise DatasetError(f"{cache}: none of the train images is still there unchanged")
-    known_val = _known(val_rows)
+    known_val = known_rows(val_rows)
     if auto and not known_val.paths:
         raise DatasetError(
             f"{cache}: no val images of the head's classes to choose the best checkpoint by; "
@@ -413,7 +222,7 @@ def fine_tune(
                                 "summary": f"{chosen.image_size} px (asked)"}  # fmt: skip
     elif auto:
         deadline = None if chosen.time_budget is None else began + float(chosen.time_budget)
-        recipe["image_size"] = _own_resolution(
+        recipe["image_size"] = own_resolution(
             built, train_rows, source, resize, chosen, deadline, progress
         )
         if recipe["image_size"]["chosen"] != size[0]:
@@ -434,7 +243,7 @@ def fine_tune(
             recipe["augment"] = {"chosen": chosen.augment, "by": "asked",
                                  "summary": f"{chosen.augment or 'none'} (asked)"}  # fmt: skip
         else:
-            recipe["augment"] = _augment_test(built, train_rows, source, size, resize, chosen,
+            recipe["augment"] = augment_test(built, train_rows, source, size, resize, chosen,
                                               progress)  # fmt: skip
             chosen = replace(chosen, augment=recipe["augment"]["chosen"])
 
@@ -444,15 +253,15 @@ def fine_tune(
         units = backbone_units(built.backbone)
         outcome = train_auto(
             built, chosen, units, allowed, every, train_rows.columns, len(trained.classes),
-            train=_train_dataset(
+            train=train_dataset(
                 train_rows, source, size, resize, chosen, balancing == "sample"
             ),
-            val=_dataset(
-                lambda: _images(known_val, source, size, resize),
+            val=image_dataset(
+                lambda: read_images(known_val, source, size, resize),
                 len(known_val.paths), size, batch_size,
             ),
-            head_val=lambda m, s: _evaluate(m, known_val, source, s, resize, trained,
-                                            batch_size, _bar(progress, known_val, PHASE_0)),
+            head_val=lambda m, s: evaluate_images(m, known_val, source, s, resize, trained,
+                                            batch_size, images_bar(progress, known_val, PHASE_0)),
             head_model=lambda: build(head).model,
             verbose=verbose,
             progress=progress,
@@ -485,10 +294,11 @@ def fine_tune(
     # val and test of the file written, loaded back and run as ``predict`` runs it
     exported = load_classifier(run_dir / "model.keras")
     evaluated = {}
-    for split_name, split_rows in (("val", val_rows), ("test", test_rows)):
-        evaluated[split_name] = _evaluate_export(
-            exported, split_rows, source, trained,
-            _bar(progress, split_rows, f"fine-tune: evaluating model.keras on {split_name} images"),
+    for split_name, rows_of_split in (("val", val_rows), ("test", test_rows)):
+        evaluated[split_name] = evaluate_exported(
+            exported, rows_of_split, source, trained,
+            images_bar(progress, rows_of_split,
+                       f"fine-tune: evaluating model.keras on {split_name} images"),
         )  # fmt: skip
     report: dict[str, Any] = {
         "kind": "fine-tune",
@@ -543,11 +353,6 @@ PHASE_0 = "fine-tune phase 0 head-only: scoring the head on val images"
 """The bar of the auto schedule's phase 0."""
 
 
-def _bar(progress: bool | None, rows: _Rows, desc: str) -> Any:
-    """A bar over the images of ``rows``, opened when called (its clock starts then)."""
-    return progress_bar(len(rows.paths), progress, desc)
-
-
 def _uncompiled(model: Any) -> Any:
     """``model`` without its compile state (the training optimizer, a class of this package,
     and its moments): what plain ``keras.models.load_model`` reads back."""
@@ -580,115 +385,11 @@ def minority_recall(
     ]
 
 
-def _own_resolution(
-    built: Any,
-    rows: _Rows,
-    source: Dataset,
-    resize: tuple[str, str],
-    chosen: FineTuneOptions,
-    deadline: float | None,
-    progress: bool | None,
-) -> dict[str, Any]:
-    """The recipe's image size (:mod:`.resolution`): the images' own when larger than the
-    cache's and the time allows, estimated from steps timed at the cache's size."""
-    from .finetune_phases import set_trainable
-    from .finetune_plan import measure
-    from .resolution import SAMPLE, SideChoice, choose_side, larger_side_is_worth, native_side
-    from .schedule import Phase, layerwise_optimizer
-
-    size = built.image_size
-    if size[0] != size[1]:
-        return SideChoice(size[0], size[0], None, reason="the images are not square").record()
-    contents = []
-    for path in rows.paths[:SAMPLE]:
-        try:
-            contents.append(source.read(item_from_path(path))[0])
-        except (OSError, IndexError):
-            continue
-    native = native_side(contents)
-    if not larger_side_is_worth(native, size[0]):
-        return choose_side(native, size[0], 0.0).record()
-    if len(built.backbone.output.shape) != 2:
-        return SideChoice(size[0], size[0], native, reason="the features are not pooled").record()
-    import keras
-
-    allowed = unfreeze_units(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
-    units = backbone_units(built.backbone)
-    deeper = Phase("deeper", len(allowed), 1, 0.0)
-
-    def ready(phase: Phase) -> None:
-        set_trainable(built.backbone, units, allowed, phase.units)
-        built.model.compile(optimizer=layerwise_optimizer(chosen.optimizer, 0.0, {}),
-                            loss=keras.losses.SparseCategoricalCrossentropy())  # fmt: skip
-
-    kept = built.model.get_weights()
-    with Status("fine-tune: timing a step at the cache's size…", progress):
-        train = _train_dataset(rows, source, size, resize, chosen)
-        timing = measure(built.model, [deeper], train, ready, None)[deeper.units]
-    built.model.set_weights(kept)
-    # every epoch's steps, and a trace for each of the (at most 3) phases
-    epochs = float(chosen.epochs or 1)
-    train_seconds = (
-        epochs * int(train.cardinality()) * timing.step_seconds + 3 * timing.trace_seconds
-    )
-    remaining = None if deadline is None else deadline - time.monotonic()
-    decision = choose_side(native, size[0], train_seconds, remaining)
-    record = decision.record()
-    record["step_seconds_at_cache_size"] = round(timing.step_seconds, 4)
-    return record
-
-
-def _augment_test(
-    built: Any,
-    rows: _Rows,
-    source: Dataset,
-    size: tuple[int, int],
-    resize: tuple[str, str],
-    chosen: FineTuneOptions,
-    progress: bool | None,
-) -> dict[str, Any]:
-    """The recipe's augmentation, measured (:mod:`.orientation`) on a sample of ``rows``
-    through the backbone as it is before training."""
-    from .orientation import SAMPLE, choose_augment
-
-    picked = np.sort(np.random.default_rng(chosen.seed).permutation(len(rows.paths))[:SAMPLE])
-    sample = _Rows(
-        [rows.paths[i] for i in picked], rows.columns[picked], rows.labels[picked],
-        [rows.sha256[i] for i in picked],
-    )  # fmt: skip
-    with Status(f"fine-tune: measuring the augmentation on {len(picked)} train images…", progress):
-        images = np.stack([pixels for pixels, _ in _images(sample, source, size, resize)])
-        preprocess = built.model.get_layer("preprocess")
-
-        def features_of(batch: np.ndarray) -> np.ndarray:
-            out = [
-                np.asarray(built.backbone(preprocess(batch[i : i + 32]), training=False))
-                for i in range(0, len(batch), 32)
-            ]
-            return np.concatenate(out).reshape(len(batch), -1)
-
-        test = choose_augment(
-            features_of, images, sample.columns, seed=chosen.seed, default=str(chosen.augment)
-        )
-    return test.record()
-
-
-def _known(rows: _Rows) -> _Rows:
-    """The rows of classes the head knows."""
-    keep = rows.columns >= 0
-    return _Rows(
-        [p for p, k in zip(rows.paths, keep) if k],
-        rows.columns[keep],
-        rows.labels[keep],
-        [s for s, k in zip(rows.sha256, keep) if k],
-    )
-
-
 def _fit_fixed(
     model: Any,
     chosen: FineTuneOptions,
-    train_rows: _Rows,
-    known_val: _Rows,
+    train_rows: Rows,
+    known_val: Rows,
     source: Dataset,
     size: tuple[int, int],
     resize: tuple[str, str],
@@ -710,8 +411,8 @@ def _fit_fixed(
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )
     epoch = iter(range(1_000_000))
-    train_ds = _dataset(
-        lambda: _images(train_rows, source, size, resize, chosen.seed + next(epoch)),
+    train_ds = image_dataset(
+        lambda: read_images(train_rows, source, size, resize, chosen.seed + next(epoch)),
         len(train_rows.paths),
         size,
         batch_size,
@@ -719,9 +420,10 @@ def _fit_fixed(
     callbacks = []
     validation = None
     if known_val.paths:
-        validation = _dataset(
-            lambda: _images(known_val, source, size, resize), len(known_val.paths), size, batch_size
-        )
+        validation = image_dataset(
+            lambda: read_images(known_val, source, size, resize),
+            len(known_val.paths), size, batch_size,
+        )  # fmt: skip
         callbacks.append(
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=int(chosen.patience or 0), restore_best_weights=True
@@ -735,119 +437,3 @@ def _fit_fixed(
         verbose=verbose,
     )
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
-
-
-def _train_dataset(
-    rows: _Rows,
-    source: Dataset,
-    size: tuple[int, int],
-    resize: tuple[str, str],
-    chosen: FineTuneOptions,
-    balanced: bool = False,
-) -> Any:
-    """Shuffled (a new order each epoch; ``balanced``: a class-balanced draw), augmented
-    (heads/augment.py) training batches."""
-    import tensorflow as tf
-
-    from .augment import augment_function
-
-    counter = iter(range(1_000_000))
-
-    def keyed() -> Iterator[tuple[np.ndarray, int, np.ndarray]]:
-        epoch = next(counter)
-        for row, (pixels, column) in enumerate(
-            _images(rows, source, size, resize, chosen.seed + epoch, balanced)
-        ):
-            yield pixels, column, np.array([epoch, row], np.int64)
-
-    spec = (
-        tf.TensorSpec((size[0], size[1], 3), tf.float32),
-        tf.TensorSpec((), tf.int64),
-        tf.TensorSpec((2,), tf.int64),
-    )
-    augment = augment_function(str(chosen.augment), chosen.seed, size)
-
-    def prepare(pixels: Any, column: Any, key: Any) -> tuple[Any, Any]:
-        image = tf.cast(pixels, tf.float32)
-        return (augment(image, key) if chosen.augment else image), column
-
-    batches = -(-len(rows.paths) // chosen.batch_size)
-    return (
-        tf.data.Dataset.from_generator(keyed, output_signature=spec)
-        .map(prepare)
-        .batch(chosen.batch_size)
-        .apply(tf.data.experimental.assert_cardinality(batches))
-        .prefetch(2)
-    )
-
-
-def _evaluate(
-    model: Any,
-    rows: _Rows,
-    source: Dataset,
-    size: tuple[int, int],
-    resize: tuple[str, str],
-    trained: TrainedHead,
-    batch_size: int,
-    bar: Any = None,
-) -> dict[str, Any]:
-    """Metrics over the usable rows of a split (as ``train-head`` reports them); ``bar``
-    (a progress bar, closed at the end) counts the images."""
-    if not rows.paths:
-        raise DatasetError("no images of this split are left to evaluate on")
-    predicted: list[int] = []
-    batch: list[np.ndarray] = []
-
-    def flush() -> None:
-        if batch:
-            proba = np.asarray(model(np.stack(batch), training=False))
-            predicted.extend(trained.classes[np.argmax(proba, axis=1)].tolist())
-            if bar is not None:
-                bar.update(len(batch))
-            batch.clear()
-
-    try:
-        for pixels, _ in _images(rows, source, size, resize):
-            batch.append(pixels)
-            if len(batch) >= batch_size:
-                flush()
-        flush()
-    finally:
-        if bar is not None:
-            bar.close()
-    return metrics(rows.labels, np.asarray(predicted, np.int64), trained.class_names)
-
-
-def _evaluate_export(
-    exported: Classifier, rows: _Rows, source: Dataset, trained: TrainedHead, bar: Any = None
-) -> dict[str, Any]:
-    """Metrics of the exported model over the usable rows of a split, computed as
-    ``predict`` computes them: the same decode and resize (:meth:`Classifier.prepare`), the
-    same batches of ``predict``'s default size, the same model file loaded back."""
-    if not rows.paths:
-        raise DatasetError("no images of this split are left to evaluate on")
-    column = [trained.class_names.index(name) for name in exported.names]
-    predicted: list[int] = []
-    batch: list[np.ndarray] = []
-
-    def flush() -> None:
-        if batch:
-            scores = exported.predict(np.stack(batch))
-            predicted.extend(column[int(j)] for j in np.argmax(scores, axis=1))
-            if bar is not None:
-                bar.update(len(batch))
-            batch.clear()
-
-    try:
-        for i, path in enumerate(rows.paths):
-            content, sha = source.read(item_from_path(path))
-            if sha != rows.sha256[i]:
-                raise DatasetError(f"{path} changed during fine-tuning")
-            batch.append(exported.prepare(content))
-            if len(batch) >= DEFAULT_PREDICT_BATCH_SIZE:
-                flush()
-        flush()
-    finally:
-        if bar is not None:
-            bar.close()
-    return metrics(rows.labels, np.asarray(predicted, np.int64), trained.class_names)

@@ -10,8 +10,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
+from ..core.progress import Status
+from ..extractor.sources import Dataset, item_from_path
+from .finetune_images import Rows, read_images, train_dataset
+from .finetune_layers import backbone_units, unfreeze_units
 from .finetune_plan import Plan, duration
 from .lr_range import STEPS, lr_range_test
+from .options import FineTuneOptions
 from .schedule import Phase
 
 EXTEND_SHARE = 0.25
@@ -148,3 +155,96 @@ def extend(
         "margin": round(margin, 6),
         "checks": checks,
     }
+
+
+def own_resolution(
+    built: Any,
+    rows: Rows,
+    source: Dataset,
+    resize: tuple[str, str],
+    chosen: FineTuneOptions,
+    deadline: float | None,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """The recipe's image size (:mod:`.resolution`): the images' own when larger than the
+    cache's and the time allows, estimated from steps timed at the cache's size."""
+    from .finetune_phases import set_trainable
+    from .finetune_plan import measure
+    from .resolution import SAMPLE, SideChoice, choose_side, larger_side_is_worth, native_side
+    from .schedule import Phase, layerwise_optimizer
+
+    size = built.image_size
+    if size[0] != size[1]:
+        return SideChoice(size[0], size[0], None, reason="the images are not square").record()
+    contents = []
+    for path in rows.paths[:SAMPLE]:
+        try:
+            contents.append(source.read(item_from_path(path))[0])
+        except (OSError, IndexError):
+            continue
+    native = native_side(contents)
+    if not larger_side_is_worth(native, size[0]):
+        return choose_side(native, size[0], 0.0).record()
+    if len(built.backbone.output.shape) != 2:
+        return SideChoice(size[0], size[0], native, reason="the features are not pooled").record()
+    import keras
+
+    allowed = unfreeze_units(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
+    units = backbone_units(built.backbone)
+    deeper = Phase("deeper", len(allowed), 1, 0.0)
+
+    def ready(phase: Phase) -> None:
+        set_trainable(built.backbone, units, allowed, phase.units)
+        built.model.compile(optimizer=layerwise_optimizer(chosen.optimizer, 0.0, {}),
+                            loss=keras.losses.SparseCategoricalCrossentropy())  # fmt: skip
+
+    kept = built.model.get_weights()
+    with Status("fine-tune: timing a step at the cache's size…", progress):
+        train = train_dataset(rows, source, size, resize, chosen)
+        timing = measure(built.model, [deeper], train, ready, None)[deeper.units]
+    built.model.set_weights(kept)
+    # every epoch's steps, and a trace for each of the (at most 3) phases
+    epochs = float(chosen.epochs or 1)
+    train_seconds = (
+        epochs * int(train.cardinality()) * timing.step_seconds + 3 * timing.trace_seconds
+    )
+    remaining = None if deadline is None else deadline - time.monotonic()
+    decision = choose_side(native, size[0], train_seconds, remaining)
+    record = decision.record()
+    record["step_seconds_at_cache_size"] = round(timing.step_seconds, 4)
+    return record
+
+
+def augment_test(
+    built: Any,
+    rows: Rows,
+    source: Dataset,
+    size: tuple[int, int],
+    resize: tuple[str, str],
+    chosen: FineTuneOptions,
+    progress: bool | None,
+) -> dict[str, Any]:
+    """The recipe's augmentation, measured (:mod:`.orientation`) on a sample of ``rows``
+    through the backbone as it is before training."""
+    from .orientation import SAMPLE, choose_augment
+
+    picked = np.sort(np.random.default_rng(chosen.seed).permutation(len(rows.paths))[:SAMPLE])
+    sample = Rows(
+        [rows.paths[i] for i in picked], rows.columns[picked], rows.labels[picked],
+        [rows.sha256[i] for i in picked],
+    )  # fmt: skip
+    with Status(f"fine-tune: measuring the augmentation on {len(picked)} train images…", progress):
+        images = np.stack([pixels for pixels, _ in read_images(sample, source, size, resize)])
+        preprocess = built.model.get_layer("preprocess")
+
+        def features_of(batch: np.ndarray) -> np.ndarray:
+            out = [
+                np.asarray(built.backbone(preprocess(batch[i : i + 32]), training=False))
+                for i in range(0, len(batch), 32)
+            ]
+            return np.concatenate(out).reshape(len(batch), -1)
+
+        test = choose_augment(
+            features_of, images, sample.columns, seed=chosen.seed, default=str(chosen.augment)
+        )
+    return test.record()

@@ -753,7 +753,7 @@ def test_auto_phases_keep_batchnorm_statistics_and_follow_the_schedule():
 def test_unfreeze_units_are_layers_not_names():
     import keras
 
-    from featcache.heads.finetune import unfreeze_layers, unfreeze_units
+    from featcache.heads.finetune_layers import unfreeze_layers, unfreeze_units
 
     class TwinEncoder(keras.Model):  # opened into its layers, as keras-hub encoders are
         def __init__(self, **kwargs):

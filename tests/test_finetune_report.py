@@ -83,16 +83,16 @@ def test_fine_tune_feeds_the_pixels_predict_feeds(tmp_path):
     """The images fine-tune trains and scores on are ``predict``'s, bit for bit (they were
     rounded to uint8: up to 0.5 off, enough to flip near ties)."""
     from featcache.extractor.sources import item_from_path, open_source
-    from featcache.heads.finetune import _images, _Rows
+    from featcache.heads.finetune_images import Rows, read_images
     from featcache.heads.images import Classifier
 
     data = _folder(tmp_path / "data", per_class=2)
     paths = sorted(str(p.relative_to(data)) for p in data.glob("c*/*.png"))
     source = open_source(data)
     sha = [source.read(item_from_path(p))[1] for p in paths]
-    rows = _Rows(paths, np.zeros(len(paths), np.int64), np.zeros(len(paths), np.int64), sha)
+    rows = Rows(paths, np.zeros(len(paths), np.int64), np.zeros(len(paths), np.int64), sha)
     classifier = Classifier(lambda x: x, ["a"], (32, 32), "stretch", "exact")
-    fed = [pixels for pixels, _ in _images(rows, source, (32, 32), ("stretch", "exact"))]
+    fed = [pixels for pixels, _ in read_images(rows, source, (32, 32), ("stretch", "exact"))]
     for path, pixels in zip(paths, fed):
         expected = classifier.prepare((data / path).read_bytes())
         assert pixels.dtype == np.float32
