@@ -101,3 +101,19 @@ def _units(model: Any, keras: Any) -> list[Any]:
 def _holds_hub(model: Any) -> bool:
     """True for a plain functional model made of keras-hub layers (featcache's taps)."""
     return any(type(layer).__module__.startswith("keras_hub") for layer in model.layers)
+
+
+def set_trainable(backbone: Any, units: list[Any], allowed: list[Any], count: int) -> None:
+    """Train the top ``count`` of ``allowed`` (backbone layers with weights, bottom to top)
+    and freeze every other unit of ``units`` (the backbone's layers as fine-tuning counts
+    them); normalization layers stay frozen."""
+    import keras
+
+    chosen = {id(layer) for layer in allowed[len(allowed) - count :]} if count else set()
+    backbone.trainable = True  # containers stay trainable: units nested in them can train
+    for layer in units:
+        layer.trainable = id(layer) in chosen
+    frozen = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)
+    for inner in backbone._flatten_layers(include_self=False):
+        if isinstance(inner, frozen):
+            inner.trainable = False

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..core.progress import on_terminal
 from ..core.tf_quiet import TERMINAL_STDERR
+from .finetune_layers import set_trainable
 from .finetune_plan import Plan, deadline_callback, duration, fit_to_budget, measure
 from .fit_progress import Tracker, keras_callbacks, tracking
 from .options import BALANCE_RATIO, FineTuneOptions
@@ -113,22 +114,6 @@ def _keep_best(model: Any, best: Best, run: PhaseRun, patience: int, select: str
                 model.stop_training = True
 
     return KeepBest()
-
-
-def set_trainable(backbone: Any, units: list[Any], allowed: list[Any], count: int) -> None:
-    """Train the top ``count`` of ``allowed`` (backbone layers with weights, bottom to top)
-    and freeze every other unit of ``units`` (the backbone's layers as fine-tuning counts
-    them); normalization layers stay frozen."""
-    import keras
-
-    chosen = {id(layer) for layer in allowed[len(allowed) - count :]} if count else set()
-    backbone.trainable = True  # containers stay trainable: units nested in them can train
-    for layer in units:
-        layer.trainable = id(layer) in chosen
-    frozen = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)
-    for inner in backbone._flatten_layers(include_self=False):
-        if isinstance(inner, frozen):
-            inner.trainable = False
 
 
 def run_phases(

@@ -15,7 +15,7 @@ import numpy as np
 from ..core.progress import Status
 from ..extractor.sources import Dataset, item_from_path
 from .finetune_images import Rows, read_images, train_dataset
-from .finetune_layers import backbone_units, unfreeze_units
+from .finetune_layers import backbone_units, set_trainable, unfreeze_units
 from .finetune_plan import Plan, duration
 from .lr_range import STEPS, lr_range_test
 from .options import FineTuneOptions
@@ -168,7 +168,6 @@ def own_resolution(
 ) -> dict[str, Any]:
     """The recipe's image size (:mod:`.resolution`): the images' own when larger than the
     cache's and the time allows, estimated from steps timed at the cache's size."""
-    from .finetune_phases import set_trainable
     from .finetune_plan import measure
     from .resolution import SAMPLE, SideChoice, choose_side, larger_side_is_worth, native_side
     from .schedule import Phase, layerwise_optimizer

@@ -638,7 +638,7 @@ def test_cli_fine_tune_auto_json_and_one_line_errors(coloured, tmp_path):
 def test_phases_train_only_the_top_layers_and_never_batchnorm():
     import keras
 
-    from featcache.heads.finetune_phases import set_trainable
+    from featcache.heads.finetune_layers import set_trainable
 
     backbone = keras.applications.MobileNet(
         include_top=False, weights=None, input_shape=(32, 32, 3)
