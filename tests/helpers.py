@@ -76,9 +76,10 @@ class RowWatch:
     another file has replaced it.
 
     A commit never changes the cache file in place: it writes a temporary copy and renames
-    it over (``CacheWriter.commit``), so the file at ``path`` is another inode after every
-    commit. A poll costs a ``stat`` then, not an HDF5 open and read (about 10 ms of CPU,
-    taken from the run being watched on a 2-core machine).
+    it over (``CacheWriter.commit``), so after every commit the file at ``path`` is another
+    inode than the one before, with another ctime. A poll costs a ``stat`` then, not an
+    HDF5 open and read (about 10 ms of CPU, taken from the run being watched on a 2-core
+    machine).
     """
 
     def __init__(self, path: Path) -> None:
