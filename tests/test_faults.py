@@ -26,7 +26,7 @@ from featcache.cli import main
 from featcache.errors import CacheError
 from featcache.store import writer as cache_writer
 from featcache.store.format import FILE_STAT_DATASETS, ROW_DATASETS
-from helpers import TINY, cache_rows, make_class_folder, write_image
+from helpers import TINY, RowWatch, cache_rows, make_class_folder, write_image
 
 CLI_TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "-q"]
 
@@ -400,6 +400,7 @@ def _run_and_kill(data: Path, out: Path, event: str, rows: int, delay: float):
     was on disk."""
     lock = Path(f"{out}.lock")
     copies = f"{out.name}.tmp-*"
+    rows_now = RowWatch(out)  # a stat a poll, not an HDF5 read: the run keeps the CPU
     with open(f"{out}.log", "wb") as log:  # a file, not a pipe that could fill up
         process = subprocess.Popen(
             [sys.executable, "-c", _DRIVER, str(data), str(out), str(PACE)],
@@ -410,18 +411,18 @@ def _run_and_kill(data: Path, out: Path, event: str, rows: int, delay: float):
         if event == "lock":
             _wait(lock.exists, process, "cache lock")
         elif rows:
-            _wait(lambda: cache_rows(out) >= rows, process, f"{rows} rows")
+            _wait(lambda: rows_now() >= rows, process, f"{rows} rows")
         if event == "tmp":  # a copy lives for milliseconds: a few checkpoints to catch one
             polls = itertools.count()
 
             def copying_or_past() -> bool:
                 if any(out.parent.glob(copies)):
                     return True
-                return next(polls) % 25 == 24 and cache_rows(out) >= rows + 5
+                return next(polls) % 25 == 24 and rows_now() >= rows + 5
 
             _wait(copying_or_past, process, "checkpoint copy")
         time.sleep(delay)
-        committed = max(cache_rows(out), 0)
+        committed = max(rows_now(), 0)
         copying = any(out.parent.glob(copies))
         os.kill(process.pid, signal.SIGKILL)
     finally:

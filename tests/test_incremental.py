@@ -243,6 +243,7 @@ def test_a_stat_is_recorded_only_with_the_hash_of_what_was_read(class_folder, tm
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # with tests/test_ray.py: one local Ray instance at a time
 def test_ray_reruns_read_only_new_files(tmp_path, reads):
     pytest.importorskip("ray", reason="the ray extra is not installed")
     data = make_class_folder(tmp_path / "data", classes=2, per_class=3)

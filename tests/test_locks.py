@@ -16,7 +16,7 @@ from featcache import extract, read_cache
 from featcache.cli import main
 from featcache.core.locking import PathLock, lock_path
 from featcache.errors import CacheLockedError
-from helpers import TINY, cache_rows, make_class_folder
+from helpers import TINY, RowWatch, make_class_folder
 
 CLI_TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "-q"]
 
@@ -127,7 +127,8 @@ def test_no_lock_file_after_a_run_a_refused_run_or_ctrl_c(tmp_path):
         text=True,
     )
     deadline = time.monotonic() + 180
-    while cache_rows(out) < 10:  # a few new rows committed: mid-run, holding the lock
+    rows_now = RowWatch(out)
+    while rows_now() < 10:  # a few new rows committed: mid-run, holding the lock
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
         assert time.monotonic() < deadline, "no new rows"
         time.sleep(0.01)

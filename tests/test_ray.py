@@ -20,7 +20,7 @@ from featcache.backbones.backbone import resolve_backbone
 from featcache.cli import main
 from featcache.core.settings import BackboneConfig
 from featcache.errors import EngineError, InvalidOptionError
-from helpers import TINY, cache_rows, make_class_folder, write_image
+from helpers import TINY, RowWatch, make_class_folder, write_image
 
 # One worker runs them all (--dist loadgroup), so the other never waits on the lock below.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
@@ -133,7 +133,8 @@ def test_killed_ray_job_resumes_where_it_stopped(tmp_path):
         start_new_session=True,  # the driver and the Ray instance it started die together
     )
     deadline = time.monotonic() + 180
-    while cache_rows(out) < 1 and process.poll() is None and time.monotonic() < deadline:
+    rows_now = RowWatch(out)
+    while rows_now() < 1 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

@@ -239,6 +239,7 @@ def test_export_features_writes_a_tap(tapped, tmp_path):
     assert json.loads(table.schema.metadata[b"featcache"])["settings"]["layer"] == "conv_pw_3_relu"
 
 
+@pytest.mark.xdist_group("ray")  # with tests/test_ray.py: one local Ray instance at a time
 def test_the_ray_engine_writes_the_local_engines_taps(class_folder, tmp_path):
     pytest.importorskip("ray", reason="the ray extra is not installed: pip install '.[ray]'")
     from featcache import RayOptions, extract

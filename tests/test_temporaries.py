@@ -4,6 +4,7 @@ is never followed, overwritten or deleted."""
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import h5py
@@ -89,3 +90,33 @@ def test_temporaries_get_a_new_files_permissions(cache, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert cache.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_every_commit_replaces_the_cache_file_and_a_row_watch_sees_it(tmp_path):
+    """A commit writes a new file and renames it over the cache, never writing in place:
+    the kill tests' :class:`helpers.RowWatch` re-reads the file only when its inode (or
+    size, or times) changed, and so sees every commit."""
+    import numpy as np
+
+    from featcache.core.settings import CacheSettings
+    from featcache.store import CacheWriter
+    from helpers import RowWatch
+
+    settings = CacheSettings(
+        "vgg16", "", "none", "", (32, 32), "stretch", "avg", "", "none", 0,
+        dtype="float32", split_ratios=(0.6, 0.2, 0.2), split_source="hash",
+        dataset_root=str(tmp_path),
+    )  # fmt: skip
+    out = tmp_path / "c.h5"
+    watch = RowWatch(out)
+    assert watch() == -1  # no file yet
+    names = {f"a/{i}.png": 0 for i in range(3)}
+    writer = CacheWriter(out, settings, ["a"], names)
+    inodes = []
+    for i in range(3):
+        writer.add([f"a/{i}.png"], [f"{i}" * 64], ["a"], [0], np.full((1, 4), i, np.float32))
+        assert writer.commit(final=i == 2)
+        inodes.append(os.stat(out).st_ino)
+        assert watch() == i + 1 == len(CacheReader(out))
+        assert watch() == i + 1  # unchanged: the same answer
+    assert all(a != b for a, b in itertools.pairwise(inodes))  # each time another file

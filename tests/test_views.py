@@ -29,7 +29,7 @@ from featcache.heads.data import load_splits
 from featcache.heads.train import load_head
 from featcache.heads.view_training import TrainViews, feature_augment
 from featcache.store import CacheReader
-from helpers import TINY, cache_rows, make_class_folder, write_image
+from helpers import TINY, RowWatch, make_class_folder, write_image
 
 SHA = "ab" * 32
 
@@ -638,7 +638,8 @@ def test_a_killed_run_keeps_views_only_with_their_rows_and_resumes(tmp_path, dat
     args = [sys.executable, "-c", _PACED_DRIVER, str(data), str(out)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300  # waits on rows, not on time: a bound for a hung run
-    while cache_rows(out) < 3 and process.poll() is None and time.monotonic() < deadline:
+    rows_now = RowWatch(out)  # a stat a poll, not an HDF5 read
+    while rows_now() < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
     os.kill(process.pid, signal.SIGKILL)
