@@ -23,7 +23,13 @@ from ..store.ann_index import Searcher, open_ann
 from ..store.ann_plan import DEFAULT_EXACT_BELOW, DEFAULT_INDEX_MEMORY, parse_memory
 from ..store.opening import with_tap
 from ..store.reader_cache import read_held
-from ..store.search_index import index_paths, load_index, normalize, ranked_hits
+from ..store.search_index import (
+    index_paths,
+    load_index,
+    normalize,
+    ranked_hits,
+    search_tap,
+)
 from .options import DEFAULT_SEARCH_K, MAX_SEARCH_K
 
 __all__ = ["SearchResult", "index_paths", "load_index", "search"]
@@ -105,7 +111,7 @@ def search(
     memory = parse_memory(index_memory)
     if exact_below < 0:
         raise invalid("exact_below", exact_below, "expected 0 or more")
-    searched = _check_tap(tap, image, text)
+    searched = search_tap(tap, image=image is not None, text=text is not None)
 
     def run(opened: CacheReader) -> SearchResult:
         reader = opened if searched == MAIN_TAP else with_tap(opened, searched)
@@ -125,27 +131,6 @@ def search(
         return _search(reader, searcher, how, image, row, k, text)
 
     return read_held(cache, run)
-
-
-def _check_tap(tap: str | None, image: object, text: str | None) -> str:
-    """``tap`` (None: ``main``), refused in one line for a query its space cannot take."""
-    if tap is None or not tap.strip() or tap.strip() == MAIN_TAP:
-        return MAIN_TAP
-    tap = tap.strip()
-    if text is not None:
-        raise InvalidOptionError(
-            f"tap {tap!r}: a text is searched in the image-text space of the cache's "
-            "features (a CLIP or SigLIP cache, extract --projection), which a tap is not in; "
-            "search the tap by image or row",
-            "tap",
-        )
-    if image is not None and "+" in tap:
-        raise InvalidOptionError(
-            f"tap {tap!r}: an image is embedded up to one layer, not several side by side; "
-            "search by row, or by image in one tap",
-            "tap",
-        )
-    return tap
 
 
 def _search(

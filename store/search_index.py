@@ -23,6 +23,7 @@ from ..core.files import fresh_file
 from ..core.locking import PathLock, lock_path
 from ..core.options import MAIN_TAP
 from ..core.splits import SPLIT_NAMES
+from ..errors import InvalidOptionError
 
 if TYPE_CHECKING:
     from . import CacheReader
@@ -83,6 +84,29 @@ def query_top_k(
         s_row, i_row = s_row[keep], i_row[keep]
         order = np.lexsort((i_row, -s_row))
         yield s_row[order], i_row[order]
+
+
+def search_tap(tap: str | None, *, image: bool, text: bool) -> str:
+    """The tap a search asks for (None or empty: ``main``), refused in one line for a
+    query its space cannot take: a text (a tap is no image-text space), an image on taps
+    side by side (``a+b``). ``featcache search`` and the ``Search`` RPC share it."""
+    if tap is None or not tap.strip() or tap.strip() == MAIN_TAP:
+        return MAIN_TAP
+    tap = tap.strip()
+    if text:
+        raise InvalidOptionError(
+            f"tap {tap!r}: a text is searched in the image-text space of the cache's "
+            "features (a CLIP or SigLIP cache, extract --projection), which a tap is not in; "
+            "search the tap by image or row",
+            "tap",
+        )
+    if image and "+" in tap:
+        raise InvalidOptionError(
+            f"tap {tap!r}: an image is embedded up to one layer, not several side by side; "
+            "search by row, or by image in one tap",
+            "tap",
+        )
+    return tap
 
 
 def index_stem(cache: str | os.PathLike[str], tap: str | None = None) -> Path:
