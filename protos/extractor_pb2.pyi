@@ -253,20 +253,22 @@ class ClassifyResponse(_message.Message):
     def __init__(self, class_names: _Optional[_Iterable[str]] = ..., results: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("cache", "row", "image", "text", "k", "exact")
+    __slots__ = ("cache", "row", "image", "text", "k", "exact", "tap")
     CACHE_FIELD_NUMBER: _ClassVar[int]
     ROW_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EXACT_FIELD_NUMBER: _ClassVar[int]
+    TAP_FIELD_NUMBER: _ClassVar[int]
     cache: str
     row: int
     image: Image
     text: str
     k: int
     exact: bool
-    def __init__(self, cache: _Optional[str] = ..., row: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., text: _Optional[str] = ..., k: _Optional[int] = ..., exact: _Optional[bool] = ...) -> None: ...
+    tap: str
+    def __init__(self, cache: _Optional[str] = ..., row: _Optional[int] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., text: _Optional[str] = ..., k: _Optional[int] = ..., exact: _Optional[bool] = ..., tap: _Optional[str] = ...) -> None: ...
 
 class SearchHit(_message.Message):
     __slots__ = ("rank", "row", "path", "class_name", "split", "similarity")

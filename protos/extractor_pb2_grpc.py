@@ -118,7 +118,8 @@ class ExtractorServicer:
         to an image embedded with the backbone the cache records, or to a text embedded with
         the text tower of its CLIP or SigLIP preset (`featcache search`). Exact
         below 100,000 rows (or when asked), else from the cache's approximate faiss index
-        (the one `featcache search` builds; recall@10 >= 0.95 against exact).
+        (the one `featcache search` builds; recall@10 >= 0.95 against exact). `tap`: the
+        features of a tap of the cache (`featcache search --tap`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -266,20 +266,22 @@ class Client:
         k: int = 10,
         exact: bool = False,
         text: str | None = None,
+        tap: str | None = None,
     ) -> list[dict[str, Any]]:
         """The ``k`` rows of a cache under the server's cache root most similar (cosine) to
         ``image``, to row ``row`` or to ``text`` (a CLIP or SigLIP cache), best first: rank,
         row, path, class, split, similarity (``featcache search`` on the server; ``exact``:
-        scan every row even of a cache large enough for the approximate index)."""
+        scan every row even of a cache large enough for the approximate index; ``tap``:
+        search the features of that tap of the cache, ``featcache search --tap``)."""
         if sum(x is not None for x in (image, row, text)) != 1:
             raise FeatcacheError("search needs an image or a row (one of them), or a text")
+        request = pb.SearchRequest(cache=cache, k=k, exact=exact, tap=tap or "")
         if image is not None:
-            image_msg = image_message(_load(image))
-            request = pb.SearchRequest(cache=cache, image=image_msg, k=k, exact=exact)
+            request.image.CopyFrom(image_message(_load(image)))
         elif text is not None:
-            request = pb.SearchRequest(cache=cache, text=text, k=k, exact=exact)
-        else:
-            request = pb.SearchRequest(cache=cache, row=row, k=k, exact=exact)
+            request.text = text
+        elif row is not None:
+            request.row = row
         reply = self._call(self.stub.Search, request)
         return [
             {

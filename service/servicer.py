@@ -21,7 +21,7 @@ import numpy as np
 from ..backbones.backbone import resolve_backbone
 from ..backbones.hub import list_hub_backbones
 from ..backbones.registry import list_backbones
-from ..core.options import DEFAULT_MAX_PIXELS, NAMED_WEIGHTS, BackboneConfig
+from ..core.options import DEFAULT_MAX_PIXELS, MAIN_TAP, NAMED_WEIGHTS, BackboneConfig
 from ..core.ranking import DEFAULT_TOP_K, top_k
 from ..errors import AccessDenied, CacheError, ExtractionCancelled, InvalidOptionError, NotFound
 from ..extractor.runner import with_cache_decode
@@ -394,7 +394,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
     def _search(self, request: Any, context: grpc.ServicerContext) -> Any:
         """``featcache search`` over a cache under the cache root (the same index file)."""
         from ..store.reader_cache import read_held
-        from ..store.search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K
+        from ..store.search_index import DEFAULT_SEARCH_K, MAX_SEARCH_K, search_tap
 
         path = confine(self.roots.cache, request.cache, "cache")
         if not path.is_file():
@@ -405,8 +405,11 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         kind = request.WhichOneof("query")
         if kind is None:
             raise InvalidOptionError("search needs a row, an image or a text", "row")
+        tap = search_tap(request.tap, image=kind == "image", text=kind == "text")
         return read_held(
-            path, lambda reader: self._search_in(reader, request, k, context), allowed=self._in_root
+            path,
+            lambda reader: self._search_in(reader, request, k, context, tap),
+            allowed=self._in_root,
         )
 
     def _in_root(self, path: Path) -> None:
@@ -414,11 +417,22 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
         if not (self.roots.cache and is_within(path, self.roots.cache)):
             raise AccessDenied("a cache the manifest names is not under the cache root")
 
-    def _search_in(self, reader: Any, request: Any, k: int, context: grpc.ServicerContext) -> Any:
-        """:meth:`_search` over one opened state of the cache, from the index ``search``
-        uses (built once however many calls ask at once; see store/ann_index.py)."""
+    def _search_in(
+        self,
+        reader: Any,
+        request: Any,
+        k: int,
+        context: grpc.ServicerContext,
+        tap: str = MAIN_TAP,
+    ) -> Any:
+        """:meth:`_search` over one opened state of the cache (or of its ``tap``'s
+        features), from the index ``search`` uses (built once however many calls ask at
+        once; see store/ann_index.py)."""
         from ..store.ann_index import open_ann
+        from ..store.opening import with_tap
 
+        if tap != MAIN_TAP:
+            reader = with_tap(reader, tap)  # an image: the pool's model ends at its layer
         kind = request.WhichOneof("query")
         if kind == "row" and not 0 <= request.row < len(reader):
             raise InvalidOptionError(f"row {request.row}: expected 0 to {len(reader) - 1}", "row")

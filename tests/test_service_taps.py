@@ -1,0 +1,119 @@
+"""Journey: extract the Fashion-MNIST sample with --taps auto (the real MobileNet at 64 px)
+into a server's cache root -> the ``Search`` RPC with ``tap`` answers as ``search(...,
+tap=)`` does: by row in each tap, in taps side by side and in the features (an empty tap),
+and by a new image embedded by the server's model up to the tap's layer. Then the refusals,
+each INVALID_ARGUMENT with the library's one line: a tap the cache has not, a text in a
+tap's space, an image on taps side by side."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from test_taps import ARGS, SAMPLE, WEIGHTS, _copy, _ok
+
+from featcache.audit.search import search
+from featcache.errors import FeatcacheError, RemoteError
+from featcache.store import open_cache
+
+pytestmark = pytest.mark.slow
+
+grpc = pytest.importorskip("grpc", reason="the serve extra")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    if not (SAMPLE.is_dir() and WEIGHTS.is_file()):
+        pytest.skip("examples/fashion-mnist or its MobileNet weights are missing")
+    from featcache import ServeOptions, start_server
+    from featcache.service.client import Client
+
+    root = tmp_path_factory.mktemp("servedtaps")
+    data, caches = root / "data", root / "caches"
+    caches.mkdir()
+    _copy(data, 0, 4)
+    cache = caches / "c.h5"
+    _ok(CliRunner(), "extract", data, "-o", cache, "--taps", "auto", *ARGS)
+    options = ServeOptions(
+        port=0,
+        data_root=str(data),
+        cache_root=str(caches),
+        weights_root=str(WEIGHTS.parent),  # the cache's weights file: image queries
+    )
+    server = start_server(options, warm=False)
+    try:
+        with Client(f"127.0.0.1:{server.port}", timeout=300) as client:
+            yield root, cache, client
+    finally:
+        server.stop(0)
+
+
+def _pairs(hits: list[dict]) -> list[tuple[int, str]]:
+    return [(h["row"], h["path"]) for h in hits]
+
+
+def _same(remote: list[dict], local: list[dict], atol: float = 1e-6) -> None:
+    assert _pairs(remote) == _pairs(local)
+    np.testing.assert_allclose(
+        [h["similarity"] for h in remote], [h["similarity"] for h in local], atol=atol
+    )
+
+
+def test_search_rpc_with_a_tap_answers_as_the_library(served):
+    root, cache, client = served
+    taps = open_cache(cache).taps
+    assert len(taps) >= 2
+    side_by_side = f"{taps[0]}+{taps[-1]}"
+    answers = {}
+    for tap in ("main", *taps, side_by_side):
+        local = search(cache, row=1, k=5, tap=tap, progress=False)
+        assert local.tap == tap
+        remote = client.search("c.h5", row=1, k=5, tap=tap)
+        _same(remote, local.hits)
+        answers[tap] = [h["similarity"] for h in remote]
+    # each space ranks with its own cosines (a tap never answers with the features' index)
+    assert len({tuple(np.round(s, 5)) for s in answers.values()}) == len(answers)
+    # no tap, an empty one and "main": the features
+    main = client.search("c.h5", row=1, k=5)
+    assert client.search("c.h5", row=1, k=5, tap="") == main
+    _same(main, search(cache, row=1, k=5, progress=False).hits)
+
+    # a new image, embedded by the server's model up to the tap's layer
+    source = sorted(p for p in (root / "data" / "bag").glob("*.png"))[2]
+    changed = root / "changed.png"
+    pixels = np.asarray(Image.open(source).convert("L")).copy()
+    pixels[0, 0] = 255 - pixels[0, 0]  # other bytes (no content shortcut), nearly the same
+    Image.fromarray(pixels).save(changed)
+    tap = taps[-1]
+    local = search(cache, changed, k=4, tap=tap, progress=False)
+    assert "same content" not in local.query
+    remote = client.search("c.h5", changed, k=4, tap=tap)
+    _same(remote, local.hits, atol=1e-4)
+    assert remote[0]["path"] == f"bag/{source.name}" and remote[0]["similarity"] > 0.99
+
+
+def _refusal(call, *args, **kwargs) -> str:
+    with pytest.raises(RemoteError) as info:
+        call(*args, **kwargs)
+    assert info.value.code == "INVALID_ARGUMENT", info.value
+    message = str(info.value).removeprefix("server said INVALID_ARGUMENT: ")
+    assert len(message.splitlines()) == 1, message
+    return message
+
+
+def test_search_rpc_refuses_what_a_tap_cannot_answer_in_one_line(served):
+    root, cache, client = served
+    taps = open_cache(cache).taps
+    image = next((root / "data" / "bag").glob("*.png"))
+    unknown = _refusal(client.search, "c.h5", row=0, tap="nope")
+    assert "no tap 'nope'; the cache has main, " + ", ".join(taps) in unknown
+    assert str(root) not in unknown  # server paths stay on the server
+    cases = {
+        "text": ({"text": "a bag"}, taps[0]),
+        "image on a+b": ({"image": image}, f"{taps[0]}+{taps[1]}"),
+    }
+    for asked, tap in cases.values():
+        with pytest.raises(FeatcacheError) as library:
+            search(cache, tap=tap, progress=False, **asked)
+        assert _refusal(client.search, "c.h5", tap=tap, **asked) == str(library.value)
