@@ -117,3 +117,24 @@ def test_search_rpc_refuses_what_a_tap_cannot_answer_in_one_line(served):
         with pytest.raises(FeatcacheError) as library:
             search(cache, tap=tap, progress=False, **asked)
         assert _refusal(client.search, "c.h5", tap=tap, **asked) == str(library.value)
+
+
+def test_clients_at_once_build_each_taps_index_once_and_agree(served):
+    """Eight clients at once, half in a tap and half in the features of a cache whose
+    indexes do not exist yet: every answer equals the library's, and each space has one
+    index of its own."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, cache, client = served
+    fresh = cache.with_name("fresh.h5")
+    shutil.copyfile(cache, fresh)
+    tap = open_cache(fresh).taps[-1]
+    asks = [(row % 4, tap if row % 2 else "main") for row in range(8)]
+    with ThreadPoolExecutor(len(asks)) as pool:
+        got = list(pool.map(lambda a: client.search("fresh.h5", row=a[0], k=4, tap=a[1]), asks))
+    for (row, space), remote in zip(asks, got):
+        _same(remote, search(fresh, row=row, k=4, tap=space, progress=False).hits)
+    made = sorted(p.name for p in fresh.parent.glob("fresh.h5.search*"))
+    assert "fresh.h5.search.npy" in made and f"fresh.h5.search@{tap}.npy" in made, made
+    assert not [name for name in made if "tmp" in name or name.endswith(".partial")], made
