@@ -44,15 +44,21 @@ def _ok(runner: CliRunner, *args: str) -> str:
     return result.output
 
 
-@pytest.fixture(scope="module")
-def tapped(tmp_path_factory):
+def tapped_cache(tmp_path_factory, name: str, per_class: int):
+    """``extract --taps auto`` of ``per_class`` sample images of each class into a new
+    folder: (root, data, cache); skips where the sample or its weights are missing."""
     if not (SAMPLE.is_dir() and WEIGHTS.is_file()):
         pytest.skip("examples/fashion-mnist or its MobileNet weights are missing")
-    root = tmp_path_factory.mktemp("taps")
+    root = tmp_path_factory.mktemp(name)
     data, cache = root / "data", root / "c.h5"
-    _copy(data, 0, 10)
+    _copy(data, 0, per_class)
     _ok(CliRunner(), "extract", data, "-o", cache, "--taps", "auto", *ARGS)
     return root, data, cache
+
+
+@pytest.fixture(scope="module")
+def tapped(tmp_path_factory):
+    return tapped_cache(tmp_path_factory, "taps", 10)
 
 
 def _layers(model) -> set[str]:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_taps import ARGS, SAMPLE, WEIGHTS, _copy, _ok
+from test_taps import _ok, tapped_cache
 
 from featcache.cli import main
 
@@ -27,13 +27,7 @@ TAP = "conv_pw_5_relu"
 
 @pytest.fixture(scope="module")
 def tapped(tmp_path_factory):
-    if not (SAMPLE.is_dir() and WEIGHTS.is_file()):
-        pytest.skip("examples/fashion-mnist or its MobileNet weights are missing")
-    root = tmp_path_factory.mktemp("taptools")
-    data, cache = root / "data", root / "c.h5"
-    _copy(data, 0, 8)
-    _ok(CliRunner(), "extract", data, "-o", cache, "--taps", "auto", *ARGS)
-    return root, data, cache
+    return tapped_cache(tmp_path_factory, "taptools", 8)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
