@@ -309,6 +309,15 @@ def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: A
     for name, choice in (report.get("recipe") or {}).items():
         lines.append(f"  recipe {name}: {choice['summary']}")
     for phase in report.get("phases", []):
+        if "best_epoch" in phase:  # the head re-fit on frozen features: its start and best
+            at, seen = phase["best_epoch"], phase["val_accuracy"]
+            lines.append(
+                f"  phase {phase['name']:<9} {phase['layers']:>3} layers  re-fit on frozen "
+                f"features: val {seen[0]:.3f} -> {seen[at]:.3f} (balanced "
+                f"{phase['val_balanced_accuracy'][0]:.3f} -> "
+                f"{phase['val_balanced_accuracy'][at]:.3f}), epoch {at} of {len(seen) - 1}"
+            )
+            continue
         shown = " ".join(f"{v:.3f}" for v in phase["val_accuracy"]) or "-"
         balanced = " ".join(f"{v:.3f}" for v in phase.get("val_balanced_accuracy", []))
         lines.append(
@@ -322,7 +331,7 @@ def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: A
             f"  kept: {best['phase']} epoch {best['epoch']} by {best['selected_by']}, val "
             f"{best['val_accuracy']:.3f}"
             + ("" if balanced is None else f" (balanced {balanced:.3f})")
-            + f"; model.keras is the {report['exported']} model"
+            + f"; model.keras is the {_exported(report)}"
         )
     trade = report.get("trade")
     if trade:
@@ -335,6 +344,8 @@ def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: A
         lines.append(f"  {report['note']}")
     head = report["head_only"]
     kept = "head-only (fallback)" if report.get("exported") == "head-only" else "fine-tuned"
+    if _refit_kept(report):
+        kept = "re-fit head"
     lines.append(
         f"  test accuracy {_metric_accuracy(report['test'])}, balanced "
         f"{report['test']['balanced_accuracy']:.3f} ({kept}, model.keras as predict runs it) vs "
@@ -491,3 +502,21 @@ def render_weights(rows: Sequence[Mapping[str, Any]], folder: str) -> str:
     if any(row["status"] == "differs" for row in files):
         lines.append("differs: not the file Keras expects (another hash); Keras fetches it again")
     return "\n".join(lines + notes)
+
+
+def _refit_kept(report: dict[str, Any]) -> bool:
+    """Whether the kept weights are the head re-fit on frozen features (no layer trained)."""
+    best = report.get("best") or {}
+    return (
+        report.get("exported") == "fine-tuned"
+        and best.get("phase") == "head"
+        and any(p["name"] == "head" and "best_epoch" in p for p in report.get("phases", []))
+    )
+
+
+def _exported(report: dict[str, Any]) -> str:
+    """What model.keras is, for the kept line."""
+    if _refit_kept(report):
+        side = report["image_size"][0]
+        return f"re-fit head at {side} px (the backbone as it came)"
+    return f"{report['exported']} model"

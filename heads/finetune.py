@@ -251,6 +251,7 @@ def fine_tune(
         allowed = unfreeze_units(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
         touched = [unit.name for unit in allowed]
         units = backbone_units(built.backbone)
+        known_train = known_rows(train_rows)
         outcome = train_auto(
             built, chosen, units, allowed, every, train_rows.columns, len(trained.classes),
             train=train_dataset(
@@ -271,6 +272,11 @@ def fine_tune(
             recipe=recipe,
             improve_margin=1.0 / len(known_val.paths),  # one more val image right
             head_margin=1.0 / len(known_val.paths),
+            plain_train=(
+                image_dataset(lambda: read_images(known_train, source, size, resize),
+                              len(known_train.paths), size, batch_size),
+                len(known_train.paths) + len(known_val.paths),
+            ),
         )  # fmt: skip
         chosen = replace(chosen, lr=outcome.lr or chosen.lr)
         history, extra = outcome.history, outcome.report

@@ -15,6 +15,7 @@ from ..core.progress import on_terminal
 from ..core.tf_quiet import TERMINAL_STDERR
 from .finetune_layers import set_trainable
 from .finetune_plan import Plan, deadline_callback, duration, fit_to_budget, measure
+from .finetune_refit import Refit, refit_head
 from .fit_progress import Tracker, keras_callbacks, tracking
 from .options import BALANCE_RATIO, FineTuneOptions
 from .schedule import Phase, group_scales, layerwise_optimizer, plan_phases, warmup_cosine
@@ -32,8 +33,12 @@ class PhaseRun:
     """Val accuracy after each epoch run."""
     val_balanced_accuracy: list[float] = field(default_factory=list)
     """Val balanced accuracy (mean recall over the classes present) after each epoch run."""
+    refit: Refit | None = None
+    """The head phase's re-fit on frozen features (its record replaces the phase's)."""
 
     def record(self) -> dict[str, Any]:
+        if self.refit is not None:
+            return self.refit.record()
         return {
             "name": self.phase.name,
             "layers": self.phase.units,
@@ -140,6 +145,7 @@ def run_phases(
     plan: Plan | None = None,
     deadline: float | None = None,
     stopped: list[str] | None = None,
+    refit: Callable[[str], Refit] | None = None,
 ) -> tuple[list[PhaseRun], dict[str, list[float]]]:
     """Train ``phases`` in turn from the weights of ``best`` (each phase starts from the
     best so far); ``best`` ends holding the best weights of all. ``units``: the backbone's
@@ -152,7 +158,10 @@ def run_phases(
     (:func:`phase_title`), over its epochs' steps, with the epoch and val accuracy, and
     (given the ``plan``) the estimated time the run has left. ``deadline``
     (``time.monotonic()``): no epoch starts that would end after it; ``stopped`` collects
-    what was cut."""
+    what was cut. ``refit`` (given the phase's progress title): a head phase re-fits the
+    head on frozen features instead (:mod:`.finetune_refit`), and the next phase starts
+    from the re-fit head whether or not it beat the best (the head it thaws under must have
+    learnt under the same balance)."""
     import keras
 
     scales_top_first = group_scales(every_unit, lr_decay)
@@ -160,11 +169,35 @@ def run_phases(
     history: dict[str, list[float]] = {}
     loss = keras.losses.SparseCategoricalCrossentropy()
     cut = stopped if stopped is not None else []
+    start: list[Any] | None = None
     for number, phase in enumerate(phases, 1):
         if deadline is not None and time.monotonic() >= deadline:
             cut.append(f"time budget: phases from {phase.name} on skipped")
             break
-        model.set_weights(best.weights)
+        model.set_weights(best.weights if start is None else start)
+        start = None
+        title = f"fine-tune phase {number}/{len(phases)} {phase_title(phase, refit is not None)}"
+        if plan is not None:
+            left = sum(plan.phase_seconds(p) for p in phases[number - 1 :])
+            title += f" (run: about {duration(left + plan.evaluate_seconds)} left)"
+        if phase.units == 0 and refit is not None:
+            run = PhaseRun(phase)
+            run.refit = done = refit(title)
+            start = model.get_weights()
+            # one epoch of the schedule: the re-fit head's val figures (its own epochs are
+            # in its record)
+            accuracy = done.val_accuracy[done.best_epoch]
+            balanced = done.val_balanced_accuracy[done.best_epoch]
+            run.val_accuracy, run.val_balanced_accuracy = [accuracy], [balanced]
+            if done.best_epoch:
+                value = accuracy if select == "accuracy" else balanced
+                if best.beats(value) and best.eligible(accuracy, balanced):
+                    best.gain = value - float(best.score or 0)
+                    best.score, best.weights = value, start
+                    best.val_accuracy, best.val_balanced_accuracy = accuracy, balanced
+                    best.phase, best.epoch = phase.name, done.best_epoch
+            runs.append(run)
+            continue
         set_trainable(backbone, units, allowed, phase.units)
         scales = layer_scales(allowed, scales_top_first)
         rate = warmup_cosine(phase.lr, steps * phase.epochs, warmup)
@@ -177,10 +210,6 @@ def run_phases(
             ],
         )
         run = PhaseRun(phase)
-        title = f"fine-tune phase {number}/{len(phases)} {phase_title(phase)}"
-        if plan is not None:
-            left = sum(plan.phase_seconds(p) for p in phases[number - 1 :])
-            title += f" (run: about {duration(left + plan.evaluate_seconds)} left)"
         with tracking(Tracker(title, progress, keras_drives=True)):
             fitted = model.fit(
                 train,
@@ -213,11 +242,13 @@ def layer_scales(allowed: list[Any], scales_top_first: list[float]) -> dict[int,
     return scales
 
 
-def phase_title(phase: Phase) -> str:
-    """What a phase trains, for its progress bar: ``head: head warm-up (backbone frozen)``,
+def phase_title(phase: Phase, refit: bool = False) -> str:
+    """What a phase trains, for its progress bar: ``head: head warm-up (backbone frozen)``
+    (``refit``: ``head: head re-fit on frozen features``),
     ``top: unfreeze top 7 layers``, ``deeper: unfreeze top 28 layers``."""
     if phase.units == 0:
-        return f"{phase.name}: head warm-up (backbone frozen)"
+        what = "head re-fit on frozen features" if refit else "head warm-up (backbone frozen)"
+        return f"{phase.name}: {what}"
     return f"{phase.name}: unfreeze top {phase.units} layers"
 
 
@@ -313,6 +344,7 @@ def train_auto(
     recipe: dict[str, Any] | None = None,
     improve_margin: float = 0.0,
     head_margin: float = 0.0,
+    plain_train: tuple[Any, int] | None = None,
 ) -> AutoOutcome:
     """The auto schedule on ``built`` (an :class:`~featcache.heads.endtoend.EndToEnd`):
     phase 0 scores the head as ``export`` makes it on val (``head_val(model, size)``: its
@@ -329,7 +361,12 @@ def train_auto(
     ``explicit``: the peak rate (``lr``) from a range test before the first phase that thaws
     layers, and more epochs (``epochs``) while the last epoch is still the best by
     ``improve_margin``. ``recipe``: the choices made before (augmentation, image size); the
-    report's ``recipe`` holds them all with the numbers behind them."""
+    report's ``recipe`` holds them all with the numbers behind them.
+
+    ``plain_train``: (a dataset of the train images without augmentation or shuffling, the
+    count of train and val images): the head phase re-fits the head on their frozen features
+    (:mod:`.finetune_refit`) before the phases that thaw layers; without it, or when no layer
+    may thaw (``unfreeze`` 0: every epoch is the head's), the head trains on the images."""
     import keras
 
     from .finetune_recipe import asked, choose_lr, extend
@@ -404,13 +441,24 @@ def train_auto(
     stopped: list[str] = []
     history: dict[str, list[float]] = {}
 
+    refit = None
+    if plain_train is not None and allowed:  # unfreeze 0: the head trains on the images
+        plain, rows = plain_train
+
+        def refit(title: str) -> Refit:
+            return refit_head(
+                model, built.backbone, built.head.estimator, plain, val,
+                rows, classes=classes, balancing=balancing,
+                select=select, seed=int(chosen.seed), progress=progress, title=title,
+            )  # fmt: skip
+
     def train_phases(some: list[Phase]) -> list[PhaseRun]:
         done, more = run_phases(
             model, built.backbone, units, allowed, every, some, train, val, steps, best,
             optimizer=chosen.optimizer, warmup=chosen.warmup, lr_decay=chosen.lr_decay,
             class_weight=weights, patience=int(chosen.patience or 0), verbose=verbose,
             classes=classes, select=select, progress=progress, plan=plan, deadline=deadline,
-            stopped=stopped,
+            stopped=stopped, refit=refit,
         )  # fmt: skip
         for key, values in more.items():
             history.setdefault(key, []).extend(values)
@@ -434,6 +482,7 @@ def train_auto(
     beat = best.phase != "head-only"
     won = next((r.phase for r in runs if r.phase.name == best.phase), None)
     report: dict[str, Any] = {
+        "epochs_run": sum(len(r.val_accuracy) for r in runs),
         "phases": [
             {
                 "name": "head-only",

@@ -583,9 +583,11 @@ def test_auto_trains_at_a_larger_image_size(coloured, tmp_path):
         cache, run, output=tmp_path / "ft", epochs=2, batch_size=4, lr=1e-3, image_size=48,
         unfreeze=2,
     ).report  # fmt: skip
-    assert report["exported"] == "fine-tuned" and report["kept_layers"]
+    # the re-fit head at 48 px alone (no layer kept) or with the backbone's top layers
+    assert report["exported"] == "fine-tuned"
+    assert bool(report["kept_layers"]) == (report["best"]["phase"] != "head")
     assert report["image_size"] == [48, 48] and report["params"]["image_size"] == 48
-    # the head learned on 32 px features: one epoch for it alone at 48 px first
+    # the head learned on 32 px features: it is re-fit on 48 px features first
     assert [p["name"] for p in report["phases"]] == ["head-only", "head", "deeper"]
     model, _, _ = load_model(tmp_path / "ft" / "model.keras")
     resize = model.get_layer("resize")
@@ -820,3 +822,42 @@ def test_balanced_accuracy_metric_equals_scikit_learns():
     metric.reset_state()
     metric.update_state(truth, np.eye(4, dtype="float32")[truth])
     assert float(metric.result()) == pytest.approx(1.0)
+
+
+def test_thawing_starts_from_the_re_fit_head_even_below_the_best():
+    import keras
+    import tensorflow as tf
+
+    from featcache.heads.finetune_phases import Best, run_phases
+    from featcache.heads.finetune_refit import Refit
+    from featcache.heads.schedule import Phase
+
+    keras.utils.set_random_seed(0)
+    x = image = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(x)
+    backbone = keras.Model(image, keras.layers.GlobalAveragePooling2D()(x))
+    inputs = keras.Input((8, 8, 3))
+    dense = keras.layers.Dense(2, activation="softmax")
+    model = keras.Model(inputs, dense(backbone(inputs, training=False)))
+    units = [layer for layer in backbone.layers if layer.weights]
+    images = np.random.default_rng(0).uniform(0, 1, (16, 8, 8, 3)).astype("float32")
+    labels = np.array([0] * 12 + [1] * 4)
+    data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    kernel = np.zeros((4, 2), np.float32)
+    dense.set_weights([kernel, np.array([0.0, 10.0], np.float32)])  # the head: always 1
+
+    def refit(title):  # the re-fit head: always 0 (val 0.75), yet below the kept score
+        assert "head re-fit on frozen features" in title
+        dense.set_weights([kernel, np.array([10.0, 0.0], np.float32)])
+        return Refit(1e-3, None, [0.25, 0.75], [0.5, 0.5], best_epoch=1, rows=16)
+
+    best = Best(0.9, model.get_weights())  # nothing here reaches 0.9
+    runs, _ = run_phases(
+        model, backbone, units, units, 1, [Phase("head", 0, 1, 0.0), Phase("top", 1, 1, 1e-12)],
+        data, data, 2, best, optimizer="adam", warmup=0.0, lr_decay=1.0, class_weight=None,
+        patience=0, refit=refit,
+    )  # fmt: skip
+    assert runs[0].val_accuracy == [0.75] and runs[0].record()["best_epoch"] == 1
+    assert runs[1].val_accuracy == [pytest.approx(0.75)]  # thawed from the re-fit head
+    assert best.phase == "head-only"  # and the kept weights are still the best's
+    assert np.argmax(model.predict(images, verbose=0), axis=1).tolist() == [1] * 16

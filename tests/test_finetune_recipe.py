@@ -262,11 +262,21 @@ def test_journey_extract_train_fine_tune_reads_the_data_and_predict(tmp_path):
     assert augment["by"] == "measured" and augment["quarter_turns"]["held_out"] > 0
     assert report["params"]["augment"] == augment["chosen"]
     assert set(augment["chosen"].split(",")) <= {"flip", "vflip", "rotate90", "crop", "contrast"}
+    # at 48 px the head meets features it never saw: re-fit on them before any layer thaws
+    refit = report["phases"][1]
+    assert refit["name"] == "head" and refit["measured_on"].startswith("frozen features")
+    assert refit["epochs_run"] >= 10 and refit["class_weight"] is None  # balanced classes
+    assert report["phases"][2]["layers"] > 0
+    at = refit["best_epoch"]
+    assert f"re-fit on frozen features: val {refit['val_accuracy'][0]:.3f} -> " in text
+    assert f"epoch {at} of {refit['epochs_run']}" in text
+    if report["best"]["phase"] == "head":  # the re-fit head kept: the summary says so
+        assert "model.keras is the re-fit head at 48 px" in text
     lr = recipe["lr"]
     assert lr["by"] == "range test" and 1e-5 <= lr["chosen"] <= 1e-3
     assert report["params"]["lr"] == lr["chosen"]
     assert all(p["peak_lr"] in (lr["chosen"], lr["chosen"] * 10, lr["chosen"] / 2)
-               for p in report["phases"][1:])  # fmt: skip
+               for p in report["phases"][1:] if p["name"] != "head")  # fmt: skip
     epochs = recipe["epochs"]
     assert epochs["by"] == "val trend" and epochs["asked"] == 10
     assert epochs["chosen"] == 10 + epochs["added"] == report["epochs_run"]
