@@ -504,7 +504,7 @@ def render_weights(rows: Sequence[Mapping[str, Any]], folder: str) -> str:
     return "\n".join(lines + notes)
 
 
-def _refit_kept(report: dict[str, Any]) -> bool:
+def _refit_kept(report: Mapping[str, Any]) -> bool:
     """Whether the kept weights are the head re-fit on frozen features (no layer trained)."""
     best = report.get("best") or {}
     return (
@@ -514,7 +514,7 @@ def _refit_kept(report: dict[str, Any]) -> bool:
     )
 
 
-def _exported(report: dict[str, Any]) -> str:
+def _exported(report: Mapping[str, Any]) -> str:
     """What model.keras is, for the kept line."""
     if _refit_kept(report):
         side = report["image_size"][0]
