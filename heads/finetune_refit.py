@@ -3,7 +3,8 @@ on the frozen backbone's features of the train images, at the size and under the
 balance the thawing phases train with (linear probing then fine-tuning, LP-FT: Kumar et al.
 2022, "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution").
 
-The head came from ``train-head`` on the cache: at the cache's size, without balancing. One
+Used when fine-tuning trains at another size than the cache's (the recipe's own resolution
+or ``image_size``): the head came from ``train-head`` on the cache's features. One
 epoch of it alone on augmented images at 10x the rate (what the recipe did before) lowered
 val accuracy in every one of 12 balanced runs (issue 29), so the thaw started from the
 unbalanced head again. Here the features are computed once (no augmentation), the head

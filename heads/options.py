@@ -594,7 +594,7 @@ class FineTuneOptions:
         help="auto schedule: weights: balanced class weights in the loss; sample: every "
         "class equally likely in each epoch's draw of train images; auto: sample when the "
         f"largest train class has {BALANCE_RATIO:g}x the rows of the smallest. Balancing "
-        "re-fits the head on frozen features first and chooses by val balanced accuracy.",
+        "re-fits the head first and chooses by val balanced accuracy.",
     )
     """One of :data:`BALANCES` (auto only)."""
     allow_trade: bool = option(

@@ -124,22 +124,15 @@ def test_imbalanced_train_is_balanced_by_sampling_steadily_and_within_a_time_bud
             split="0.5,0.25,0.25", progress=False)  # fmt: skip
     train_head(cache, head="dense", hidden=(8,), epochs=1, lr=1e-7, output=tmp_path / "head")
     report = fine_tune(cache, tmp_path / "head", output=tmp_path / "ft", epochs=4, batch_size=4,
-                       lr=1e-4).report  # fmt: skip
+                       lr=1e-3).report  # fmt: skip
     assert report["balance"] == {"asked": "auto", "used": "sample"}
     assert report["best"]["selected_by"] == "val_balanced_accuracy"
     phases = report["phases"]
     assert [p["name"] for p in phases][:2] == ["head-only", "head"]  # the head re-fit first
-    # the re-fit: on frozen features under balanced class weights, the head (trained at a
-    # rate of 1e-7: as good as untrained) learns; its best epoch is where the thaw starts
-    refit = phases[1]
-    assert refit["measured_on"].startswith("frozen features") and refit["class_weight"]
-    kept = refit["best_epoch"]
-    assert kept >= 1
-    assert refit["val_balanced_accuracy"][kept] > refit["val_balanced_accuracy"][0]
-    # steady: no epoch-to-epoch swing of val accuracy over a third of the val rows, from the
-    # re-fit head through every epoch that thaws layers
-    seen = [refit["val_accuracy"][kept]] + [v for p in phases[2:] for v in p["val_accuracy"]]
-    assert len(seen) == 4 and max(abs(a - b) for a, b in itertools.pairwise(seen)) <= 1 / 3
+    assert "best_epoch" not in phases[1]  # at the cache's size: one epoch on the images
+    # steady: no epoch-to-epoch swing of val accuracy over a third of the val rows
+    seen = [v for p in phases[1:] for v in p["val_accuracy"]]
+    assert max(abs(a - b) for a, b in itertools.pairwise(seen)) <= 1 / 3
     head_val = (phases[0]["val_accuracy"][0], phases[0]["val_balanced_accuracy"][0])
     assert report["val"]["accuracy"] >= head_val[0] - 1e-6  # no trade: neither figure drops
     assert report["val"]["balanced_accuracy"] >= head_val[1] - 1e-6
