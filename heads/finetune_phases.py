@@ -15,7 +15,7 @@ from ..core.progress import on_terminal
 from ..core.tf_quiet import TERMINAL_STDERR
 from .finetune_layers import set_trainable
 from .finetune_plan import Plan, deadline_callback, duration, fit_to_budget, measure
-from .finetune_refit import Refit, refit_head
+from .finetune_refit import Refit, balanced_weights, refit_head
 from .fit_progress import Tracker, keras_callbacks, tracking
 from .options import BALANCE_RATIO, FineTuneOptions
 from .schedule import Phase, group_scales, layerwise_optimizer, plan_phases, warmup_cosine
@@ -317,10 +317,7 @@ def class_weights(columns: np.ndarray, classes: int, balance: str) -> dict[int, 
     resolves to ``weights`` (:func:`resolve_balance`); None otherwise."""
     if resolve_balance(columns, classes, balance) != "weights":
         return None
-    counts = np.bincount(columns[columns >= 0], minlength=classes).astype(np.float64)
-    present = counts > 0
-    total, seen = counts.sum(), int(present.sum())
-    return {i: float(total / (seen * counts[i])) if counts[i] else 1.0 for i in range(classes)}
+    return balanced_weights(columns, classes)
 
 
 def train_auto(

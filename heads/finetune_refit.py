@@ -70,20 +70,26 @@ class Refit:
 
 
 def balanced_weights(columns: np.ndarray, classes: int) -> dict[int, float]:
-    """``n / (classes present * count)`` per class (scikit-learn's ``balanced``): in
-    expectation the loss of a class-balanced draw, without its noise."""
+    """``n / (classes present * count)`` per class (scikit-learn's ``balanced``; 1 for a
+    class absent from ``columns``): in expectation the loss of a class-balanced draw,
+    without its noise."""
+    from sklearn.utils.class_weight import compute_class_weight
+
     known = columns[columns >= 0]
-    counts = np.bincount(known, minlength=classes).astype(np.float64)
-    seen = int((counts > 0).sum())
-    return {i: float(len(known) / (seen * c)) if c else 1.0 for i, c in enumerate(counts)}
+    present = np.unique(known)
+    values = compute_class_weight("balanced", classes=present, y=known) if known.size else []
+    found = {int(c): float(w) for c, w in zip(present, values, strict=True)}
+    return {i: found.get(i, 1.0) for i in range(classes)}
 
 
 def scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """(accuracy, balanced accuracy: the mean recall over the classes present)."""
+    from .report import quiet_balanced_accuracy
+
     predicted = np.argmax(probabilities, axis=1)
-    right = predicted == labels
-    recalls = [float(right[labels == c].mean()) for c in np.unique(labels)]
-    return float(right.mean()), float(np.mean(recalls)) if recalls else 0.0
+    if not len(labels):
+        return 0.0, 0.0
+    return float(np.mean(predicted == labels)), quiet_balanced_accuracy(labels, predicted)
 
 
 def feature_model(model: Any, backbone: Any) -> Any:

@@ -40,7 +40,7 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> d
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "accuracy_low": low,
         "accuracy_high": high,
-        "balanced_accuracy": _balanced_accuracy(y_true, y_pred),
+        "balanced_accuracy": quiet_balanced_accuracy(y_true, y_pred),
         "macro_f1": float(
             f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
         ),
@@ -83,7 +83,9 @@ def accuracy_interval(
     return float(low), float(high)
 
 
-def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+def quiet_balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """scikit-learn's balanced accuracy (mean recall over the classes of ``y_true``), without
+    its warning for a class predicted but absent from ``y_true``."""
     with warnings.catch_warnings():  # a class predicted but absent from y_true is fine here
         warnings.simplefilter("ignore", UserWarning)
         return float(balanced_accuracy_score(y_true, y_pred))
