@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_thaw_drop import patched
 from ood_datasets import BUILDERS, add_run_arguments, confusion_pairs, run_record, weights_file
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -101,11 +102,13 @@ def run_set(name: str, args: argparse.Namespace, weights: str, work: Path) -> di
         "new": {},
         "new-rot": {"augment": ROTATION_AUGMENT},
         "new-warm": {"warmup": LONG_WARMUP},
+        "new-bbtenth": {},  # every backbone group at a tenth of its rate (bench_thaw_drop.py)
     }
     for arm in [a for a in args.arms.split(",") if a]:
         began = time.monotonic()
-        tuned = fine_tune(cache, work / f"{name}-h", output=work / f"{name}-{arm}",
-                          seed=args.seed, **arms[arm])  # fmt: skip
+        with patched("backbone-tenth" if arm == "new-bbtenth" else None):
+            tuned = fine_tune(cache, work / f"{name}-h", output=work / f"{name}-{arm}",
+                              seed=args.seed, **arms[arm])  # fmt: skip
         report = tuned.report
         out[arm] = {
             "seconds": time.monotonic() - began,
@@ -123,7 +126,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", default="fashion,mnist-lt,textures")
     parser.add_argument(
-        "--arms", default="old,new", help="fine-tune runs: old,new,new-rot,new-warm"
+        "--arms", default="old,new", help="fine-tune runs: old,new,new-rot,new-warm,new-bbtenth"
     )
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--train", type=int, default=1500)

@@ -14,10 +14,12 @@ balanced accuracy per phase, so the cause is the arm whose drop disappears::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +33,43 @@ ARMS: dict[str, dict[str, Any]] = {
     "sgd": {"optimizer": "sgd", "lr": 1e-3},
     "lr-tenth": {"lr": 1e-5},
     "warmup-0.5": {"warmup": 0.5},
+    "lamb-1e-3": {"lr": 1e-3},
+    "lamb-3e-3": {"lr": 3e-3},
+    "backbone-tenth": {},
 }
 """One change each against the shipped recipe (``sgd``: momentum 0.9 at ten times Adam's
-default rate, the usual ratio)."""
+default rate, the usual ratio; ``lamb-*``: Keras's LAMB in place of Adam, each layer's step
+a fixed share of its weights' norm; ``backbone-tenth``: every backbone group's rate a tenth
+of the shipped one, the head's unchanged)."""
+PATCHES = {"lamb-1e-3": "lamb", "lamb-3e-3": "lamb", "backbone-tenth": "backbone-tenth"}
+
+
+@contextlib.contextmanager
+def patched(kind: str | None) -> Iterator[None]:
+    """The arm's change that no option of ``fine_tune`` makes (experiments only)."""
+    from featcache.heads import finetune_phases, schedule
+
+    saved = finetune_phases.layerwise_optimizer, finetune_phases.group_scales
+    if kind == "lamb":
+        import keras
+
+        def lamb(name: str, learning_rate: Any, scales: dict[int, float]) -> Any:
+            saved_adam = keras.optimizers.Adam
+            keras.optimizers.Adam = keras.optimizers.Lamb
+            try:
+                return schedule.layerwise_optimizer(name, learning_rate, scales)
+            finally:
+                keras.optimizers.Adam = saved_adam
+
+        finetune_phases.layerwise_optimizer = lamb
+    elif kind == "backbone-tenth":
+        finetune_phases.group_scales = lambda total, decay=schedule.LR_DECAY: [
+            0.1 * s for s in schedule.group_scales(total, decay)
+        ]
+    try:
+        yield
+    finally:
+        finetune_phases.layerwise_optimizer, finetune_phases.group_scales = saved
 
 
 def phases_of(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -83,11 +119,13 @@ def main() -> None:
         train_head(cache, head="dense", hidden=(256,), epochs=30, output=work / "head")
         for arm in [a for a in args.arms.split(",") if a]:
             began = time.monotonic()
-            tuned = fine_tune(cache, work / "head", output=work / arm, seed=args.seed,
-                              epochs=args.epochs, **ARMS[arm])  # fmt: skip
+            with patched(PATCHES.get(arm)):
+                tuned = fine_tune(cache, work / "head", output=work / arm, seed=args.seed,
+                                  epochs=args.epochs, **ARMS[arm])  # fmt: skip
             report = tuned.report
             record = {
                 "options": ARMS[arm],
+                "patch": PATCHES.get(arm),
                 "seconds": round(time.monotonic() - began, 1),
                 "phases": phases_of(report),
                 "recipe": {k: v.get("summary") for k, v in report.get("recipe", {}).items()},
