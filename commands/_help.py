@@ -285,7 +285,7 @@ LAYOUTS: dict[str, Layout] = {
             ),
         ),
         ("Data", ("--augment", "--image-size", "--balance")),
-        ("Selection and time", ("--allow-trade", "--time-budget")),
+        ("Selection and time", ("--allow-trade", "--time-budget", "--test-views")),
         (LAST_SECTION, ()),
         summary="Fine-tune the backbone under a trained dense head.",
         examples=(
@@ -294,9 +294,9 @@ LAYOUTS: dict[str, Layout] = {
                 "featcache fine-tune cache/mobilenet.h5 --head runs/dense/",
             ),
             (
-                "Textures or micrographs (no up), class weights in the loss:",
+                "Textures or micrographs (no up), class weights, 8 turned/mirrored views:",
                 "featcache fine-tune cache/mobilenet.h5 --head runs/dense/ "
-                "--augment flip,vflip,rotate90,contrast --balance weights",
+                "--augment flip,vflip,rotate90,contrast --balance weights --test-views all",
             ),
             (
                 "At most 20 minutes, the epochs fitted to it:",

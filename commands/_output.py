@@ -308,6 +308,9 @@ def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: A
         lines.append(f"  balance: {balance['used']} (asked {balance['asked']})")
     for name, choice in (report.get("recipe") or {}).items():
         lines.append(f"  recipe {name}: {choice['summary']}")
+    views = report.get("test_views")
+    if views:
+        lines.append(f"  test views: {views['summary']}")
     for phase in report.get("phases", []):
         if "best_epoch" in phase:  # the head re-fit on frozen features: its start and best
             at, seen = phase["best_epoch"], phase["val_accuracy"]

@@ -7,22 +7,35 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..backbones.backbone import FeatureExtractor
 from ..backbones.rebuild import rebuild_backbone
 from ..core.files import check_new_output, fresh_file, publish
 from ..core.options import check_choice, invalid
 from ..errors import CacheError, InvalidOptionError
-from .options import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS, ZERO_SHOT
+from .options import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS, ZERO_SHOT, view_count
 from .runs import check_head
 
 if TYPE_CHECKING:  # heads.train loads scikit-learn: not before a refusal is decided
     from .train import TrainedHead
 
-__all__ = ["EXPORT_FORMATS", "EndToEnd", "build", "check_head", "export", "load_model"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "EndToEnd",
+    "build",
+    "check_head",
+    "export",
+    "load_model",
+    "predictor",
+    "test_views_of",
+    "with_test_views",
+]
 
 
 @dataclass
@@ -82,6 +95,59 @@ def build(
     )(outputs)
     model = keras.Model(parts.inputs, probabilities, name="featcache_classifier")
     return EndToEnd(model, parts.backbone, head, parts.image_size)
+
+
+def with_test_views(model: Any, group: str) -> Any:
+    """``model`` (from :func:`build`, sharing its layers and weights) averaging its
+    probabilities over each image's views of ``group`` (``mirror``, ``turns``, ``all``:
+    :data:`featcache.heads.options.VIEW_GROUPS`), made after resizing: the backbone runs once
+    per view. ``none``: ``model`` itself."""
+    if group == "none":
+        return model
+    import keras
+
+    from .layers import TestViews, ViewAverage
+
+    resize = model.get_layer("resize")
+    if group != "mirror" and resize.height != resize.width:
+        raise invalid("test_views", group, "quarter turns need square images")
+
+    def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
+        out = layer(*args, **kwargs)
+        if layer.name == "resize":
+            return TestViews(group, name="test_views")(out)
+        if layer.name == "class_probabilities":
+            return ViewAverage(view_count(group), name="view_average")(out)
+        return out
+
+    return keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
+
+
+def test_views_of(model: Any) -> str:
+    """The view group a model averages over (:func:`with_test_views`); ``none`` for one."""
+    try:
+        return str(model.get_layer("test_views").group)
+    except ValueError:
+        return "none"
+
+
+def predictor(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """``model`` as a function of a batch of images -> a float32 array. A model with test
+    views (:func:`with_test_views`) takes a part of the batch at a time, so that its
+    backbone sees about the batch asked for, not ``views`` times it (8 views of 32 images
+    at 320 px would hold gigabytes of activations)."""
+    group = test_views_of(model)
+    views = 1 if group == "none" else view_count(group)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        step = max(1, len(images) // views)
+        parts = [
+            np.asarray(model(images[start : start + step], training=False), np.float32)
+            for start in range(0, max(len(images), 1), step)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    return run
 
 
 def _zero_shot_layers(classifier: Any, features: Any) -> Any:

@@ -27,6 +27,7 @@ from .finetune_images import (
     image_dataset,
     images_bar,
     known_rows,
+    predict_exported,
     read_images,
     split_rows,
     train_dataset,
@@ -40,7 +41,7 @@ from .finetune_layers import (
 )
 from .finetune_recipe import augment_test, own_resolution
 from .fit_progress import Tracker, keras_callbacks, tracking
-from .images import load_classifier
+from .images import Classifier
 from .options import (
     AUGMENTATIONS,
     DEFAULT_SEED,
@@ -49,6 +50,7 @@ from .options import (
     merge_options,
 )
 from .report import write_confusion, write_history
+from .test_views import choose_test_views
 from .train import new_run_dir
 
 __all__ = [
@@ -95,6 +97,7 @@ def fine_tune(
     time_budget: str | float | None = None,
     warmup: float | None = None,
     lr_decay: float | None = None,
+    test_views: str | None = None,
     progress: bool | None = None,
     overwrite: bool = False,
 ) -> FineTuneResult:
@@ -148,6 +151,7 @@ def fine_tune(
         time_budget=time_budget,
         warmup=warmup,
         lr_decay=lr_decay,
+        test_views=test_views,
     )
     # the recipe reads the data for what the user left unset; what they set always wins
     explicit = frozenset(
@@ -295,17 +299,32 @@ def fine_tune(
     run_dir.mkdir(parents=True, exist_ok=True)
     for layer in augmentation:  # inference-only model: augmentation does nothing there anyway
         layer.trainable = False
-    save(_uncompiled(model), run_dir / "model.keras")
+    plain = _uncompiled(model)
+    save(plain, run_dir / "model.keras")
     del model
+
     # val and test of the file written, loaded back and run as ``predict`` runs it
-    exported = load_classifier(run_dir / "model.keras")
-    evaluated = {}
-    for split_name, rows_of_split in (("val", val_rows), ("test", test_rows)):
-        evaluated[split_name] = evaluate_exported(
-            exported, rows_of_split, source, trained,
-            images_bar(progress, rows_of_split,
-                       f"fine-tune: evaluating model.keras on {split_name} images"),
-        )  # fmt: skip
+    def on_val(classifier: Classifier, what: str) -> np.ndarray:
+        bar = images_bar(progress, val_rows, f"fine-tune: evaluating model.keras on {what}")
+        return predict_exported(classifier, val_rows, source, trained, bar)
+
+    floor = None  # auto: the views may not take val below the head's (phase 0's) figures
+    if auto and len(known_val.paths) == len(val_rows.paths):
+        head_phase = extra["phases"][0]
+        floor = (head_phase["val_accuracy"][0], head_phase["val_balanced_accuracy"][0])
+    views = choose_test_views(
+        plain, run_dir / "model.keras", chosen.test_views, chosen.augment, on_val,
+        val_rows.labels, trained.class_names, save, floor,
+    )  # fmt: skip
+    del plain
+    exported = views.classifier
+    evaluated = {
+        "val": views.val,
+        "test": evaluate_exported(
+            exported, test_rows, source, trained,
+            images_bar(progress, test_rows, "fine-tune: evaluating model.keras on test images"),
+        ),
+    }  # fmt: skip
     report: dict[str, Any] = {
         "kind": "fine-tune",
         "cache": str(cache),
@@ -335,6 +354,7 @@ def fine_tune(
             **({"val_on_images": extra["phases"][0]["best_val_accuracy"]} if auto else {}),
         },
         **extra,
+        "test_views": views.record,
         "val": evaluated["val"],
         "test": evaluated["test"],
         "test_accuracy": evaluated["test"]["accuracy"],

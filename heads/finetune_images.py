@@ -222,6 +222,14 @@ def evaluate_exported(
     """Metrics of the exported model over the usable rows of a split, computed as
     ``predict`` computes them: the same decode and resize (:meth:`Classifier.prepare`), the
     same batches of ``predict``'s default size, the same model file loaded back."""
+    predicted = predict_exported(exported, rows, source, trained, bar)
+    return metrics(rows.labels, predicted, trained.class_names)
+
+
+def predict_exported(
+    exported: Classifier, rows: Rows, source: Dataset, trained: TrainedHead, bar: Any = None
+) -> np.ndarray:
+    """The label :func:`evaluate_exported` scores for each row (``predict``'s path)."""
     if not rows.paths:
         raise DatasetError("no images of this split are left to evaluate on")
     column = [trained.class_names.index(name) for name in exported.names]
@@ -236,8 +244,7 @@ def evaluate_exported(
     def predict(batch: np.ndarray) -> list[int]:
         return [column[int(j)] for j in np.argmax(exported.predict(batch), axis=1)]
 
-    predicted = _predicted(prepared(), DEFAULT_PREDICT_BATCH_SIZE, predict, bar)
-    return metrics(rows.labels, predicted, trained.class_names)
+    return _predicted(prepared(), DEFAULT_PREDICT_BATCH_SIZE, predict, bar)
 
 
 def _predicted(

@@ -133,10 +133,10 @@ def load_classifier(model: str | os.PathLike[str]) -> Classifier:
 
 
 def _keras_classifier(model: Any, names: list[str], measure: str) -> Classifier:
-    resize = model.get_layer("resize")
+    from .endtoend import predictor
 
-    def run(images: np.ndarray) -> np.ndarray:
-        return np.asarray(model(images, training=False))
+    resize = model.get_layer("resize")
+    run = predictor(model)
 
     size = (resize.height, resize.width)
     return Classifier(run, names, size, resize.mode, _decode_of(resize), measure)

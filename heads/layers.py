@@ -17,6 +17,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ..backbones import hub_model, pool_layers  # noqa: E402 - TokenPool, GeMPool for saved models
+from .options import VIEW_GROUPS, view_count  # noqa: E402
 
 del hub_model, pool_layers
 
@@ -135,3 +136,60 @@ class ClassProbabilities(keras.layers.Layer):
             "classes": self.classes,
             "class_names": self.class_names,
         }
+
+
+@keras.saving.register_keras_serializable(package="featcache")
+class TestViews(keras.layers.Layer):
+    """Square images ``(N, S, S, 3)`` -> their views ``(V * N, S, S, 3)``, view-major: each
+    quarter turn of ``group`` (``mirror``: none), each also mirrored left-right when the
+    group mirrors. :class:`ViewAverage` undoes the stacking after the head."""
+
+    def __init__(self, group: str = "all", **kwargs: Any) -> None:
+        from ..core.options import check_choice
+
+        super().__init__(**kwargs)
+        self.group = check_choice("test_views", group, tuple(VIEW_GROUPS))
+
+    def call(self, images: Any) -> Any:
+        turns, mirror = VIEW_GROUPS[self.group]
+        views = []
+        for k in range(turns):
+            turned = tf.image.rot90(images, k) if k else images
+            views.append(turned)
+            if mirror:
+                views.append(tf.reverse(turned, axis=[2]))
+        return tf.concat(views, axis=0)
+
+    @property
+    def views(self) -> int:
+        """Copies of each image made (2, 4 or 8)."""
+        return view_count(self.group)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        batch = input_shape[0]
+        count = view_count(self.group)
+        return (None if batch is None else batch * count, *input_shape[1:])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "group": self.group}
+
+
+@keras.saving.register_keras_serializable(package="featcache")
+class ViewAverage(keras.layers.Layer):
+    """``(V * N, K)`` probabilities of :class:`TestViews`' stacked views -> ``(N, K)``:
+    their mean over the ``V`` views of each image."""
+
+    def __init__(self, views: int = 8, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.views = int(views)
+
+    def call(self, x: Any) -> Any:
+        stacked = tf.reshape(x, (self.views, -1, tf.shape(x)[-1]))
+        return tf.reduce_mean(stacked, axis=0)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        batch = input_shape[0]
+        return (None if batch is None else batch // self.views, *input_shape[1:])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "views": self.views}

@@ -379,9 +379,13 @@ class Classifier:
         self.decode = str(getattr(resize, "decode", "exact"))
         self.feature_dim = len(self.class_names)
         model = self.model
+        try:  # a model averaging test views runs each image that many times: fewer per batch
+            views = int(model.get_layer("test_views").views)
+        except ValueError:
+            views = 1
         self.batcher = Batcher(
             lambda images: np.asarray(model(images, training=False), np.float32),
-            options.max_batch,
+            max(1, options.max_batch // views),
             options.max_delay,
             options.merge,
             name=name,

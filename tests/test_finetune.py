@@ -499,7 +499,7 @@ def test_auto_keeps_the_best_phase_and_reports_every_phase(coloured, tmp_path):
 
 
 def test_auto_exports_the_head_when_fine_tuning_cannot_beat_it(coloured, tmp_path):
-    from featcache.heads.endtoend import export, load_model
+    from featcache.heads.endtoend import export, load_model, with_test_views
     from featcache.heads.finetune import fine_tune
 
     _, data, cache, run = coloured
@@ -511,6 +511,8 @@ def test_auto_exports_the_head_when_fine_tuning_cannot_beat_it(coloured, tmp_pat
     assert report["val"]["accuracy"] == report["phases"][0]["val_accuracy"][0]
     tuned, _, _ = load_model(tmp_path / "ft" / "model.keras")
     plain, _, _ = load_model(export(run, tmp_path / "head.keras"))
+    # the head's model, averaged over the test views auto kept (if any)
+    plain = with_test_views(plain, report["test_views"]["chosen"])
     pixels = np.stack([decode_image(p.read_bytes()) for p in sorted(data.glob("c*/*.png"))[:6]])
     np.testing.assert_allclose(
         np.asarray(tuned(pixels.astype("float32"))), np.asarray(plain(pixels.astype("float32")))
@@ -530,8 +532,12 @@ def test_auto_fallback_on_a_bfloat16_cache_is_the_model_phase_0_scored(tmp_path)
     assert report["exported"] == "head-only"
     assert report["model_precision"] == "bfloat16" and report["cache_precision"] == "bfloat16"
     assert report["precision"] == "float32"  # what training ran in, as before
-    # val of the saved (bfloat16) head-only model is exactly what phase 0 scored
-    assert report["val"]["accuracy"] == report["phases"][0]["val_accuracy"][0]
+    # val of the saved (bfloat16) head-only model, one view, is exactly what phase 0 scored
+    views = report["test_views"]
+    one_view = views.get("one_view_val", views["val"])["accuracy"]
+    assert one_view == pytest.approx(report["phases"][0]["val_accuracy"][0], abs=1e-4)
+    if views["chosen"] == "none":
+        assert report["val"]["accuracy"] == report["phases"][0]["val_accuracy"][0]
 
 
 def test_auto_weighs_imbalanced_classes_and_reports_the_minority(tmp_path):
@@ -694,7 +700,7 @@ def test_auto_augments_train_batches_only_never_val(coloured, tmp_path):
     chosen = "vflip,rotate90,crop,contrast,brightness"
     fine_tune(
         cache, run, output=tmp_path / "ft", epochs=1, batch_size=4, lr=1e-12, unfreeze=0,
-        augment=chosen,
+        augment=chosen, test_views="none",  # model.keras: the head, one view
     )  # fmt: skip
     with open(tmp_path / "ft" / "history.csv") as f:
         epoch = next(csv.DictReader(f))

@@ -59,20 +59,29 @@ def _predicted_metrics(tmp_path, model, report, name):
     }
 
 
-def test_journey_extract_train_fine_tune_predict_agree_with_the_report(tmp_path):
-    data = _folder(tmp_path / "data")
-    cache = tmp_path / "c.h5"
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory):
+    """extract (random VGG16 at 32 px) then train-head (a head that learned nothing yet), by
+    the CLI: the colour folder, its cache and the head run."""
+    root = tmp_path_factory.mktemp("colour")
+    data = _folder(root / "data")
+    cache = root / "c.h5"
     _run("extract", data, "-o", cache, "--backbone", "vgg16", "--weights", "none",
          "--image-size", 32, "--split", "0.5,0.25,0.25", "--quiet")  # fmt: skip
     _run("train-head", cache, "--head", "dense", "--hidden", "8", "--epochs", 1, "--lr", 1e-7,
-         "-o", tmp_path / "head")  # fmt: skip
+         "-o", root / "head")  # fmt: skip
+    return data, cache, root / "head"
+
+
+def test_journey_extract_train_fine_tune_predict_agree_with_the_report(colour_run, tmp_path):
+    _, cache, head = colour_run
     # the fallback learns nothing at 1e-12 whatever its epochs: one (one phase to trace)
     for name, lr, epochs, exported in (
         ("tuned", 1e-3, 2, "fine-tuned"),
         ("fallback", 1e-12, 1, "head-only"),
     ):
         out = tmp_path / name
-        _run("fine-tune", cache, "--head", tmp_path / "head", "-o", out, "--epochs", epochs,
+        _run("fine-tune", cache, "--head", head, "-o", out, "--epochs", epochs,
              "--batch-size", 4, "--lr", lr, "--json")  # fmt: skip
         report = json.loads((out / "report.json").read_text())
         assert report["exported"] == exported
@@ -145,3 +154,105 @@ def test_imbalanced_train_is_balanced_by_sampling_steadily_and_within_a_time_bud
     assert tight["exported"] == "head-only" and tight["epochs_run"] == 0
     assert tight["plan"]["time_budget"] == 0.01
     assert any("time budget" in n for n in tight["plan"]["notes"])
+
+
+def test_journey_fine_tune_with_test_views_predicts_and_serves_the_averaged_model(
+    colour_run, tmp_path
+):
+    """extract -> train-head -> fine-tune --test-views all -> predict and the gRPC server:
+    model.keras averages every image's 8 quarter-turned and mirrored views, and the report,
+    predict and Classify all give what that average gives."""
+    from featcache import ServeOptions, start_server
+    from featcache.heads.endtoend import build, load_model, test_views_of
+    from featcache.heads.images import load_classifier
+    from featcache.service.client import Client
+
+    data, cache, head = colour_run
+    out = tmp_path / "ft"
+    shown = _run("fine-tune", cache, "--head", head, "-o", out, "--epochs", 1,
+                 "--batch-size", 4, "--lr", 1e-12, "--test-views", "all")  # fmt: skip
+    assert "test views: 8 views (all, asked); predict runs the backbone 8x per image" in shown
+    report = json.loads((out / "report.json").read_text())
+    assert report["exported"] == "head-only"  # 1e-12 learns nothing: the head's weights
+    assert report["test_views"]["chosen"] == "all" and report["test_views"]["views"] == 8
+    model, _, _ = load_model(out / "model.keras")
+    assert test_views_of(model) == "all"
+    # the head alone, averaged by hand over the 8 views, is what model.keras computes
+    alone = build(head).model
+    files = sorted(data.glob("c*/*.png"))[:5]
+    prepared = np.stack(
+        [load_classifier(out / "model.keras").prepare(f.read_bytes()) for f in files]
+    )
+    views = [np.rot90(prepared, k, axes=(1, 2)) for k in range(4)]
+    views += [v[:, :, ::-1] for v in views]
+    by_hand = np.mean([np.asarray(alone(np.ascontiguousarray(v))) for v in views], axis=0)
+    averaged = np.asarray(model(prepared))
+    np.testing.assert_allclose(averaged, by_hand, atol=1e-6)
+    assert not np.allclose(averaged, np.asarray(alone(prepared)), atol=1e-6)
+    predicted = _predicted_metrics(tmp_path, out / "model.keras", report, "views")
+    for split, got in predicted.items():
+        assert got["confusion_matrix"] == report[split]["confusion_matrix"], split
+    srv = start_server(ServeOptions(port=0, models=[f"views={out / 'model.keras'}"]))
+    try:
+        with Client(f"127.0.0.1:{srv.port}") as client:
+            remote = client.classify([str(f) for f in files], "views", top_k=3)
+    finally:
+        srv.stop(0)
+    names = report["class_names"]
+    for reply, row in zip(remote, averaged):
+        got = dict(reply["top"])
+        np.testing.assert_allclose([got[n] for n in names], row, atol=1e-5)
+
+
+def test_auto_test_views_follow_the_augmentation_and_never_lower_val(colour_run, tmp_path):
+    """auto: flip alone -> the mirror pair is tried; kept only when val is no worse with it;
+    a fixed schedule without flips -> one view, nothing tried."""
+    from featcache.heads.finetune import fine_tune
+    from featcache.heads.test_views import views_of_augment
+
+    assert [views_of_augment(a) for a in ("flip,crop", "vflip,rotate90", "flip,rotate90", "")] \
+        == ["mirror", "turns", "all", "none"]  # fmt: skip
+    _, cache, head = colour_run
+    result = fine_tune(cache, head, output=tmp_path / "ft", epochs=1, batch_size=4,
+                       augment="flip,contrast", balance="none")  # fmt: skip
+    record = result.report["test_views"]
+    assert record["by"] == "augmentation" and record["candidate"] == "mirror"
+    one, floor = record["one_view_val"], record["floor"]
+    lowest = {k: min(floor[k], one[k]) - 1e-4 for k in ("accuracy", "balanced_accuracy")}
+    if record["chosen"] == "mirror":
+        assert not record["paired"]["worse"]
+        assert all(record["val"][k] >= lowest[k] for k in lowest)
+    else:
+        worse = record["candidate_val"]
+        assert record["paired"]["worse"] or any(worse[k] < lowest[k] for k in lowest)
+        assert record["val"] == one
+    assert result.report["val"]["accuracy"] == pytest.approx(record["val"]["accuracy"], abs=1e-4)
+    fixed = fine_tune(cache, head, output=tmp_path / "fixed", schedule="fixed",
+                      epochs=1, batch_size=4)  # fmt: skip
+    assert fixed.report["test_views"]["chosen"] == "none"
+    assert "candidate" not in fixed.report["test_views"]
+
+
+def test_views_are_vetoed_by_a_significant_val_loss_or_the_head_floor():
+    from featcache.heads.test_views import _veto, paired
+
+    right_alone = np.array([True] * 20 + [False] * 10)
+    lose_one = right_alone.copy()
+    lose_one[0] = False  # 1 lost, 0 won: noise, not a significant loss
+    assert paired(lose_one, right_alone) == {"gained": 0, "lost": 1, "worse": False}
+    lose_many = right_alone.copy()
+    lose_many[:6] = False
+    lose_many[20] = True  # 6 lost, 1 won: 5 > 1.645 * sqrt(7)
+    assert paired(lose_many, right_alone)["worse"]
+    one = {"accuracy": 0.9, "balanced_accuracy": 0.8}
+    quiet = paired(lose_one, right_alone)
+    assert _veto({"accuracy": 0.89, "balanced_accuracy": 0.8}, one, quiet, None) is None
+    # under the head's val on either figure: dropped, even without a significant loss
+    below = _veto({"accuracy": 0.89, "balanced_accuracy": 0.8}, one, quiet, (0.9, 0.7))
+    assert below is not None and below.startswith("below the head")
+    assert _veto({"accuracy": 0.9, "balanced_accuracy": 0.79}, one, quiet, (0.9, 0.8))
+    # kept weights already below the head (a trade the user allowed): their own figures
+    assert _veto({"accuracy": 0.9, "balanced_accuracy": 0.8}, one, quiet, (0.95, 0.85)) is None
+    assert _veto(
+        {"accuracy": 0.9, "balanced_accuracy": 0.8}, one, paired(lose_many, right_alone), None
+    )
