@@ -128,8 +128,44 @@ def run_set(name: str, args: argparse.Namespace, weights: str, work: Path) -> di
     return out
 
 
+def summarise(paths: list[str]) -> None:
+    """Replay ``--test-views auto``'s rule (:mod:`featcache.heads.test_views`: the sign test
+    against one view and the head's val as the floor) on saved runs and print, per set and
+    seed, test accuracy / balanced accuracy of one view, of the views and of auto's choice."""
+    from featcache.heads.test_views import _veto, paired
+
+    print("| set | seed | model.keras | one view | views | auto keeps | auto |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for path in paths:
+        for name, got in json.loads(Path(path).read_text())["sets"].items():
+            for seed, run in got["seeds"].items():
+                for tag in ("head", "model"):
+                    if tag == "head" and seed != min(got["seeds"]):
+                        continue  # the head is the same whatever the fine-tuning seed
+                    one, views = run[tag]["one"], run[tag].get("views")
+                    head = run["head"]["one"]["val"]
+                    kept = "-"
+                    if views is not None:
+                        test = paired(np.array(views["val"]["right"], bool),
+                                      np.array(one["val"]["right"], bool))  # fmt: skip
+                        floor = (head["accuracy"], head["balanced_accuracy"])
+                        veto = _veto(views["val"], one["val"], test, floor)
+                        kept = run["group"] if veto is None else f"one ({veto.split(' (')[0]})"
+                    auto = views if views is not None and not kept.startswith("one") else one
+                    what = "head" if tag == "head" else run["exported"]
+                    shown = _pair(views) if views else "-"
+                    print(f"| {name} | {seed} | {what} | {_pair(one)} | {shown} | {kept} | "
+                          f"{_pair(auto)} |")  # fmt: skip
+
+
+def _pair(scored: dict[str, Any]) -> str:
+    test = scored["test"]
+    return f"{test['accuracy']:.3f} / {test['balanced_accuracy']:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--summarise", nargs="+", metavar="JSON", help="replay saved runs")
     parser.add_argument("--sets", default="galaxies,deepsky")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--train", type=int, default=1500)
@@ -138,6 +174,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="20,21,22")
     add_run_arguments(parser)
     args = parser.parse_args()
+    if args.summarise:
+        summarise(args.summarise)
+        return
     weights = weights_file(args.weights_dir)
     results: dict[str, Any] = {**run_record(), "sets": {}}
     with tempfile.TemporaryDirectory() as tmp:
