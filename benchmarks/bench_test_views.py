@@ -134,14 +134,17 @@ def summarise(paths: list[str]) -> None:
     seed, test accuracy / balanced accuracy of one view, of the views and of auto's choice."""
     from featcache.heads.test_views import _veto, paired
 
+    shown_heads: set[str] = set()
     print("| set | seed | model.keras | one view | views | auto keeps | auto |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for path in paths:
         for name, got in json.loads(Path(path).read_text())["sets"].items():
             for seed, run in got["seeds"].items():
                 for tag in ("head", "model"):
-                    if tag == "head" and seed != min(got["seeds"]):
+                    if tag == "head" and name in shown_heads:
                         continue  # the head is the same whatever the fine-tuning seed
+                    if tag == "head":
+                        shown_heads.add(name)
                     one, views = run[tag]["one"], run[tag].get("views")
                     head = run["head"]["one"]["val"]
                     kept = "-"
