@@ -326,7 +326,7 @@ LAYOUTS: dict[str, Layout] = {
         ),
     ),
     "export": _layout(
-        ("Basics", ("--output", "--overwrite", "--format")),
+        ("Basics", ("--output", "--overwrite", "--format", "--test-views")),
         (LAST_SECTION, ()),
         summary="Export a head run as one Keras model taking images.",
         examples=(

@@ -245,12 +245,14 @@ def predict_command(
 @click.argument("run", type=click.Path())
 @output_option("model.keras or a folder.", required=True)
 @overwrite_option("Replace an existing model file or folder.")
-@flags(PredictOptions, only=("format",))
+@flags(PredictOptions, only=("format", "test_views"))
 @handle_errors
-def export_command(run: str, output: str, format: str, overwrite: bool) -> None:
+def export_command(run: str, output: str, format: str, test_views: str, overwrite: bool) -> None:
     """Turn the head of RUN into one model taking images (resize, preprocessing, frozen
     backbone, head): a dense head, or a linear one (logreg, linear-svm, ridge) as one Dense
     layer. svm, knn and random-forest heads cannot be one model: `predict RUN IMAGES`."""
     from ..heads.endtoend import export
 
-    click.echo(render_wrote(export(run, output, format, overwrite=overwrite)))
+    click.echo(
+        render_wrote(export(run, output, format, overwrite=overwrite, test_views=test_views))
+    )

@@ -19,7 +19,13 @@ from ..backbones.rebuild import rebuild_backbone
 from ..core.files import check_new_output, fresh_file, publish
 from ..core.options import check_choice, invalid
 from ..errors import CacheError, InvalidOptionError
-from .options import DEFAULT_EXPORT_FORMAT, EXPORT_FORMATS, ZERO_SHOT, view_count
+from .options import (
+    DEFAULT_EXPORT_FORMAT,
+    EXPORT_FORMATS,
+    EXPORT_TEST_VIEWS,
+    ZERO_SHOT,
+    view_count,
+)
 from .runs import check_head
 
 if TYPE_CHECKING:  # heads.train loads scikit-learn: not before a refusal is decided
@@ -251,6 +257,7 @@ def export(
     output: str | os.PathLike[str],
     format: str = DEFAULT_EXPORT_FORMAT,
     overwrite: bool = False,
+    test_views: str = "none",
 ) -> Path:
     """Save a head run as one model taking images (``.keras`` or a TF SavedModel folder).
 
@@ -261,8 +268,11 @@ def export(
     A dense head, or a linear scikit-learn head (logreg, linear-svm, ridge) as one ``Dense``
     layer; an svm, knn or random-forest head is refused (before TensorFlow loads): it
     predicts on images with :func:`featcache.heads.images.predict_images` instead.
+    ``test_views`` (``mirror``, ``turns``, ``all``): the model averages each image's views
+    (:func:`with_test_views`), for images with no up; ``none``: one view.
     """
     check_choice("format", format, EXPORT_FORMATS)
+    check_choice("test_views", test_views, EXPORT_TEST_VIEWS)
     out = Path(output)
     if format == "keras" and out.suffix != ".keras":
         raise invalid("output", str(out), "a Keras model file must end in .keras")
@@ -271,18 +281,18 @@ def export(
     elif os.path.lexists(out) and not overwrite:
         raise invalid("output", str(out), "exists; --overwrite replaces it, or -o names another")
     check_head(run, "export")
-    built = build(run)
+    model = with_test_views(build(run).model, test_views)
     out.parent.mkdir(parents=True, exist_ok=True)
     if format == "keras":
         part = fresh_file(out.parent, f".{out.stem}.part-", ".keras")
         try:
-            save(built.model, part, format)
+            save(model, part, format)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
         publish(part, out, overwrite)
     else:
-        _save_folder(built.model, out, format)
+        _save_folder(model, out, format)
     return out
 
 

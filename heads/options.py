@@ -69,6 +69,9 @@ def view_count(group: str) -> int:
     return turns * (2 if mirror else 1)
 
 
+EXPORT_TEST_VIEWS = ("none", *VIEW_GROUPS)
+"""``export --test-views``: one view, or a group of :data:`VIEW_GROUPS` (no ``auto``: export
+has no training augmentation or val to decide from)."""
 EXPORT_FORMATS = ("keras", "savedmodel")
 ZERO_SHOT = "zero-shot"
 """The kind of a ``zero-shot`` run: a classifier from class names, no labelled image."""
@@ -793,6 +796,13 @@ class PredictOptions:
         help="savedmodel: a TensorFlow SavedModel folder for TF Serving.",
     )
     """``export``'s file format."""
+    test_views: str = option(
+        "none",
+        choices=EXPORT_TEST_VIEWS,
+        help="Average over each image mirrored (2 views), quarter-turned (4) or both (8), for "
+        "images with no up; the backbone runs once per view.",
+    )
+    """``export``'s test-time views (:data:`VIEW_GROUPS`)."""
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -47,6 +47,21 @@ def test_export_equals_the_head_on_cached_features(setup):
     assert names == [f"class_{c}" for c in classes]
     saved = export(run, root / "saved", format="savedmodel")
     assert (saved / "saved_model.pb").is_file()
+    # --test-views mirror: the mean of the model on each image and on its mirror image
+    result = CliRunner().invoke(
+        main, ["export", str(run), "-o", str(root / "mirror.keras"), "--test-views", "mirror"]
+    )
+    assert result.exit_code == 0, result.output
+    mirrored, _, _ = load_model(root / "mirror.keras")
+    from featcache.heads.images import load_classifier
+
+    prepare = load_classifier(out).prepare  # at the model's size: the mirror follows resizing
+    for path in cached.paths[:4]:
+        pixels = prepare((data / path).read_bytes())[None]
+        expected = (np.asarray(model(pixels)) + np.asarray(model(pixels[:, :, ::-1].copy()))) / 2
+        np.testing.assert_allclose(np.asarray(mirrored(pixels)), expected, atol=1e-5)
+    result = CliRunner().invoke(main, ["export", str(run), "-o", "x.keras", "--test-views", "up"])
+    assert result.exit_code == 2 and "--test-views" in result.output
     with pytest.raises(InvalidOptionError, match=r"\.keras"):
         export(run, root / "model.h5")
 
