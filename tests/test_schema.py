@@ -63,6 +63,7 @@ def test_options_shared_by_heads_sets_are_checked_alike():
             "augment",
             "optimizer",
             "batch_size",
+            "test_views",  # fine_tune's adds auto (from its augmentation and val); export's not
         }, name
     with pytest.raises(InvalidOptionError, match=r"^dropout 1\.5: must be at least 0 and below 1"):
         HeadOptions(dropout=1.5)
