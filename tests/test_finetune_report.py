@@ -3,6 +3,7 @@ are what ``predict`` gives on the same files with ``model.keras``."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import itertools
 import json
@@ -193,15 +194,27 @@ def test_journey_fine_tune_with_test_views_predicts_and_serves_the_averaged_mode
     for split, got in predicted.items():
         assert got["confusion_matrix"] == report[split]["confusion_matrix"], split
     srv = start_server(ServeOptions(port=0, models=[f"views={out / 'model.keras'}"]))
+    asked = [[(t + i) % len(files) for i in range(1 + t % len(files))] for t in range(8)]
     try:
         with Client(f"127.0.0.1:{srv.port}") as client:
             remote = client.classify([str(f) for f in files], "views", top_k=3)
+            # eight clients at once: the server's batcher mixes their images, cut to
+            # max_batch / 8 per call, and each still gets its own images' averages
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                replies = list(pool.map(
+                    lambda rows: client.classify([str(files[r]) for r in rows], "views",
+                                                 top_k=3), asked))  # fmt: skip
     finally:
         srv.stop(0)
     names = report["class_names"]
     for reply, row in zip(remote, averaged):
         got = dict(reply["top"])
         np.testing.assert_allclose([got[n] for n in names], row, atol=1e-5)
+    for rows, got_rows in zip(asked, replies, strict=True):
+        assert len(got_rows) == len(rows)
+        for r, reply in zip(rows, got_rows):
+            got = dict(reply["top"])
+            np.testing.assert_allclose([got[n] for n in names], averaged[r], atol=1e-5)
 
 
 def test_auto_test_views_follow_the_augmentation_and_never_lower_val(colour_run, tmp_path):
