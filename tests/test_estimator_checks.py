@@ -14,7 +14,7 @@ EXPECTED_FAILURES = {
 
 
 @parametrize_with_checks(
-    [DenseHead(hidden=(16,), dropout=0.0, epochs=20, lr=0.02, batch_size=16, patience=0)],
+    [DenseHead(hidden=(16,), dropout=0.0, epochs=20, lr=0.05, batch_size=64, patience=0)],
     expected_failed_checks=lambda estimator: EXPECTED_FAILURES,
 )
 def test_sklearn_estimator_contract(estimator, check):
