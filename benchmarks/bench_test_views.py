@@ -132,7 +132,7 @@ def summarise(paths: list[str]) -> None:
     """Replay ``--test-views auto``'s rule (:mod:`featcache.heads.test_views`: the sign test
     against one view and the head's val as the floor) on saved runs and print, per set and
     seed, test accuracy / balanced accuracy of one view, of the views and of auto's choice."""
-    from featcache.heads.test_views import _veto, paired
+    from featcache.heads.test_views import paired, veto
 
     shown_heads: set[str] = set()
     print("| set | seed | model.keras | one view | views | auto keeps | auto |")
@@ -152,7 +152,7 @@ def summarise(paths: list[str]) -> None:
                         test = paired(np.array(views["val"]["right"], bool),
                                       np.array(one["val"]["right"], bool))  # fmt: skip
                         floor = (head["accuracy"], head["balanced_accuracy"])
-                        veto = _veto(views["val"], one["val"], test, floor)
+                        veto = veto(views["val"], one["val"], test, floor)
                         kept = run["group"] if veto is None else f"one ({veto.split(' (')[0]})"
                     auto = views if views is not None and not kept.startswith("one") else one
                     what = "head" if tag == "head" else run["exported"]

@@ -18,6 +18,7 @@ from ..backbones.backbone import FeatureExtractor
 from ..backbones.rebuild import rebuild_backbone
 from ..core.files import check_new_output, fresh_file, publish
 from ..core.options import check_choice, invalid
+from ..core.views import TEST_VIEWS_LAYER, views_per_image
 from ..errors import CacheError, InvalidOptionError
 from .options import (
     DEFAULT_EXPORT_FORMAT,
@@ -121,7 +122,7 @@ def with_test_views(model: Any, group: str) -> Any:
     def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
         out = layer(*args, **kwargs)
         if layer.name == "resize":
-            return TestViews(group, name="test_views")(out)
+            return TestViews(group, name=TEST_VIEWS_LAYER)(out)
         if layer.name == "class_probabilities":
             return ViewAverage(view_count(group), name="view_average")(out)
         return out
@@ -132,7 +133,7 @@ def with_test_views(model: Any, group: str) -> Any:
 def test_views_of(model: Any) -> str:
     """The view group a model averages over (:func:`with_test_views`); ``none`` for one."""
     try:
-        return str(model.get_layer("test_views").group)
+        return str(model.get_layer(TEST_VIEWS_LAYER).group)
     except ValueError:
         return "none"
 
@@ -142,8 +143,7 @@ def predictor(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     views (:func:`with_test_views`) takes a part of the batch at a time, so that its
     backbone sees about the batch asked for, not ``views`` times it (8 views of 32 images
     at 320 px would hold gigabytes of activations)."""
-    group = test_views_of(model)
-    views = 1 if group == "none" else view_count(group)
+    views = views_per_image(model)
 
     def run(images: np.ndarray) -> np.ndarray:
         step = max(1, len(images) // views)

@@ -26,7 +26,7 @@ from .images import Classifier, load_classifier
 from .options import view_count
 from .report import metrics
 
-__all__ = ["Z", "ViewChoice", "choose_test_views", "views_of_augment"]
+__all__ = ["Z", "ViewChoice", "choose_test_views", "paired", "veto", "views_of_augment"]
 
 Z = 1.645
 """One-sided 95% normal quantile: views that lose ``Z`` standard errors more val images
@@ -101,13 +101,13 @@ def choose_test_views(
             f"val {alone['accuracy']:.3f} -> {with_views['accuracy']:.3f}, balanced "
             f"{alone['balanced_accuracy']:.3f} -> {with_views['balanced_accuracy']:.3f}"
         )
-        veto = _veto(with_views, alone, test, floor)
-        if veto is None:
+        why = veto(with_views, alone, test, floor)
+        if why is None:
             os.replace(part, saved)
             text = f"{count} views ({group}: {change}); {cost}"
             record = _record(group, by, text, with_views, alone, group, test, floor)
             return ViewChoice(viewed, with_views, record)
-        text = f"one view ({group} dropped, {veto}: {change})"
+        text = f"one view ({group} dropped, {why}: {change})"
         record = _record("none", by, text, alone, alone, group, test, floor)
         record["candidate_val"] = _scores(with_views)
         return ViewChoice(single, alone, record)
@@ -124,7 +124,7 @@ def paired(right: np.ndarray, right_alone: np.ndarray) -> dict[str, Any]:
     return {"gained": gained, "lost": lost, "worse": bool(lost - gained > bound)}
 
 
-def _veto(
+def veto(
     views: dict[str, Any],
     alone: dict[str, Any],
     test: dict[str, Any],

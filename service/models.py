@@ -17,6 +17,7 @@ import numpy as np
 from ..backbones.backbone import FeatureExtractor, check_taps, resolve_backbone
 from ..core.options import DEFAULT_MAX_PIXELS
 from ..core.settings import BackboneConfig, FeatureSettings
+from ..core.views import views_per_image
 from ..errors import AccessDenied
 from ..extractor.decode import decode_and_resize, decode_or_reason
 from ..extractor.weights_check import check_weights
@@ -379,13 +380,10 @@ class Classifier:
         self.decode = str(getattr(resize, "decode", "exact"))
         self.feature_dim = len(self.class_names)
         model = self.model
-        try:  # a model averaging test views runs each image that many times: fewer per batch
-            views = int(model.get_layer("test_views").views)
-        except ValueError:
-            views = 1
         self.batcher = Batcher(
             lambda images: np.asarray(model(images, training=False), np.float32),
-            max(1, options.max_batch // views),
+            # a model averaging test views runs each image that many times: fewer per batch
+            max(1, options.max_batch // views_per_image(model)),
             options.max_delay,
             options.merge,
             name=name,

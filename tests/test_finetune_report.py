@@ -247,7 +247,7 @@ def test_auto_test_views_follow_the_augmentation_and_never_lower_val(colour_run,
 
 
 def test_views_are_vetoed_by_a_significant_val_loss_or_the_head_floor():
-    from featcache.heads.test_views import _veto, paired
+    from featcache.heads.test_views import paired, veto
 
     right_alone = np.array([True] * 20 + [False] * 10)
     lose_one = right_alone.copy()
@@ -259,13 +259,13 @@ def test_views_are_vetoed_by_a_significant_val_loss_or_the_head_floor():
     assert paired(lose_many, right_alone)["worse"]
     one = {"accuracy": 0.9, "balanced_accuracy": 0.8}
     quiet = paired(lose_one, right_alone)
-    assert _veto({"accuracy": 0.89, "balanced_accuracy": 0.8}, one, quiet, None) is None
+    assert veto({"accuracy": 0.89, "balanced_accuracy": 0.8}, one, quiet, None) is None
     # under the head's val on either figure: dropped, even without a significant loss
-    below = _veto({"accuracy": 0.89, "balanced_accuracy": 0.8}, one, quiet, (0.9, 0.7))
+    below = veto({"accuracy": 0.89, "balanced_accuracy": 0.8}, one, quiet, (0.9, 0.7))
     assert below is not None and below.startswith("below the head")
-    assert _veto({"accuracy": 0.9, "balanced_accuracy": 0.79}, one, quiet, (0.9, 0.8))
+    assert veto({"accuracy": 0.9, "balanced_accuracy": 0.79}, one, quiet, (0.9, 0.8))
     # kept weights already below the head (a trade the user allowed): their own figures
-    assert _veto({"accuracy": 0.9, "balanced_accuracy": 0.8}, one, quiet, (0.95, 0.85)) is None
-    assert _veto(
+    assert veto({"accuracy": 0.9, "balanced_accuracy": 0.8}, one, quiet, (0.95, 0.85)) is None
+    assert veto(
         {"accuracy": 0.9, "balanced_accuracy": 0.8}, one, paired(lose_many, right_alone), None
     )
