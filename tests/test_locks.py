@@ -86,23 +86,31 @@ def test_a_second_writer_is_refused_and_no_lock_stays(tmp_path):
 
 _PACED = textwrap.dedent(
     """
-    import sys, time
+    import sys, threading, time
     from featcache.cli import main
     from featcache.extractor import recorder
+    from featcache.store import CacheReader, writer
 
     embedded = recorder.Recorder.embedded
-    calls = [0]
+    commit = writer.CacheWriter.commit
+    visible = threading.Event()
+
+    def noted(self, final=False):
+        done = commit(self, final)
+        if done and not final and len(CacheReader(self.path)) >= 10:
+            visible.set()
+        return done
 
     def paced(self, *args):
         embedded(self, *args)
         time.sleep(0.2)
-        calls[0] += 1
-        if calls[0] == 12:  # mid-run, rows committed, lock held: wait here for Ctrl-C,
-            # so that a busy machine cannot let the run finish before the signal comes
+        if visible.is_set():  # 10 rows on disk mid-run, lock held: wait here for Ctrl-C,
+            # so that a busy machine (slow commits, so rare ones) cannot let the run end first
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 time.sleep(0.05)
 
+    writer.CacheWriter.commit = noted
     recorder.Recorder.embedded = paced
     sys.argv = ["featcache", *sys.argv[1:]]
     main()
