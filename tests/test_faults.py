@@ -354,6 +354,8 @@ _DRIVER = textwrap.dedent(
     from featcache import extract
     from featcache.extractor import recorder
 
+    from featcache.store import writer
+
     embedded = recorder.Recorder.embedded
 
     def paced(self, *args):
@@ -361,6 +363,10 @@ _DRIVER = textwrap.dedent(
         time.sleep(float(sys.argv[3]))
 
     recorder.Recorder.embedded = paced
+    # a checkpoint after every batch, as checkpoint_seconds=0 asks, however slow commits
+    # get on a busy machine (the writer waits 10 commits' cost between them otherwise, so
+    # that the rows of a late kill point could first show at the final commit)
+    writer.CacheWriter.due = lambda self: bool(self._pending.paths)
     extract(sys.argv[1], output=sys.argv[2], backbone="vgg16", weights="none",
             image_size=32, batch_size=1, checkpoint_seconds=0, progress=False)
     """
