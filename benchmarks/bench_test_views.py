@@ -131,34 +131,100 @@ def run_set(name: str, args: argparse.Namespace, weights: str, work: Path) -> di
 def summarise(paths: list[str]) -> None:
     """Replay ``--test-views auto``'s rule (:mod:`featcache.heads.test_views`: the sign test
     against one view and the head's val as the floor) on saved runs and print, per set and
-    seed, test accuracy / balanced accuracy of one view, of the views and of auto's choice."""
-    from featcache.heads.test_views import paired, veto
-
-    shown_heads: set[str] = set()
-    print("| set | seed | model.keras | one view | views | auto keeps | auto |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    seed, test accuracy / balanced accuracy of one view, of the views and of auto's choice;
+    then per set the mean change against the head over the seeds, with 95% intervals."""
+    runs: dict[str, dict[str, Any]] = {}
     for path in paths:
         for name, got in json.loads(Path(path).read_text())["sets"].items():
             for seed, run in got["seeds"].items():
-                for tag in ("head", "model"):
-                    if tag == "head" and name in shown_heads:
-                        continue  # the head is the same whatever the fine-tuning seed
-                    if tag == "head":
-                        shown_heads.add(name)
-                    one, views = run[tag]["one"], run[tag].get("views")
-                    head = run["head"]["one"]["val"]
-                    kept = "-"
-                    if views is not None:
-                        test = paired(np.array(views["val"]["right"], bool),
-                                      np.array(one["val"]["right"], bool))  # fmt: skip
-                        floor = (head["accuracy"], head["balanced_accuracy"])
-                        veto = veto(views["val"], one["val"], test, floor)
-                        kept = run["group"] if veto is None else f"one ({veto.split(' (')[0]})"
-                    auto = views if views is not None and not kept.startswith("one") else one
-                    what = "head" if tag == "head" else run["exported"]
-                    shown = _pair(views) if views else "-"
-                    print(f"| {name} | {seed} | {what} | {_pair(one)} | {shown} | {kept} | "
-                          f"{_pair(auto)} |")  # fmt: skip
+                runs.setdefault(name, {})[seed] = run
+    print("| set | seed | model.keras | one view | views | auto keeps | auto |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, seeds in runs.items():
+        for number, (seed, run) in enumerate(sorted(seeds.items())):
+            for tag in ("head", "model") if number == 0 else ("model",):  # one head a set
+                one, views = run[tag]["one"], run[tag].get("views")
+                kept, auto = _auto(run, tag)
+                what = "head" if tag == "head" else run["exported"]
+                shown = _pair(views) if views else "-"
+                print(f"| {name} | {seed} | {what} | {_pair(one)} | {shown} | {kept} | "
+                      f"{_pair(auto)} |")  # fmt: skip
+    print()
+    print("| set (test images; head) | seeds | one view | auto views | views always |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, seeds in runs.items():
+        ordered = [seeds[seed] for seed in sorted(seeds)]
+        head = ordered[0]["head"]["one"]["test"]
+        arms = {
+            "one": [run["model"]["one"] for run in ordered],
+            "auto": [_auto(run, "model")[1] for run in ordered],
+            "always": [run["model"].get("views") or run["model"]["one"] for run in ordered],
+        }
+        cells = [_change(head, [arm["test"] for arm in arms[key]]) for key in arms]
+        described = f"{name} ({len(head['right'])}; {head['accuracy']:.3f} / "
+        described += f"{head['balanced_accuracy']:.3f})"
+        print(f"| {described} | {len(ordered)} | " + " | ".join(cells) + " |")
+    print(
+        f"\n(points, mean over the seeds; [95% paired bootstrap interval over the test "
+        f"images, {BOOTSTRAP} resamples], accuracy / balanced accuracy)"
+    )
+
+
+BOOTSTRAP = 2000
+"""Resamples of the test images for an interval of the mean change against the head."""
+
+
+def _auto(run: dict[str, Any], tag: str) -> tuple[str, dict[str, Any]]:
+    """What auto's rule keeps for the ``tag`` model of a run (``head`` or ``model``): a
+    short reason and the scores it ships."""
+    from featcache.heads.test_views import paired, veto
+
+    one, views = run[tag]["one"], run[tag].get("views")
+    if views is None:
+        return "-", one
+    test = paired(np.array(views["val"]["right"], bool), np.array(one["val"]["right"], bool))
+    head = run["head"]["one"]["val"]
+    why = veto(views["val"], one["val"], test, (head["accuracy"], head["balanced_accuracy"]))
+    if why is None:
+        return str(run["group"]), views
+    return f"one ({why.split(' (')[0]})", one
+
+
+def _scores(right: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and balanced accuracy of each row of ``right`` (resamples x images) with
+    the matching rows of ``labels``; a class absent from a resample is left out."""
+    accuracy = right.mean(axis=1)
+    recalls = []
+    for k in np.unique(labels):
+        members = labels == k
+        count = members.sum(axis=1)
+        hits = (right & members).sum(axis=1)
+        recalls.append(np.where(count > 0, hits / np.maximum(count, 1), np.nan))
+    return accuracy, np.nanmean(np.stack(recalls), axis=0)
+
+
+def _change(head: dict[str, Any], arms: list[dict[str, Any]]) -> str:
+    """Mean change of ``arms`` (one test score per seed, same images) against ``head``, in
+    points, with the 95% interval of a paired bootstrap over the test images."""
+    labels = np.asarray(head["labels"])
+    rng = np.random.default_rng(0)
+    picks = np.vstack(
+        [np.arange(len(labels)), rng.integers(0, len(labels), (BOOTSTRAP, len(labels)))]
+    )
+    base_acc, base_bal = _scores(np.asarray(head["right"], bool)[picks], labels[picks])
+    acc = np.zeros_like(base_acc)
+    bal = np.zeros_like(base_bal)
+    for arm in arms:
+        if list(arm["labels"]) != list(labels):
+            raise SystemExit("the seeds' test images differ: no paired interval")
+        got_acc, got_bal = _scores(np.asarray(arm["right"], bool)[picks], labels[picks])
+        acc += (got_acc - base_acc) / len(arms)
+        bal += (got_bal - base_bal) / len(arms)
+    shown = []
+    for values in (acc, bal):
+        low, high = np.percentile(values[1:], [2.5, 97.5]) * 100
+        shown.append(f"{values[0] * 100:+.1f} [{low:+.1f}, {high:+.1f}]")
+    return " / ".join(shown)
 
 
 def _pair(scored: dict[str, Any]) -> str:
