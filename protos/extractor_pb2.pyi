@@ -287,14 +287,16 @@ class SearchHit(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., row: _Optional[int] = ..., path: _Optional[str] = ..., class_name: _Optional[str] = ..., split: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("query", "hits", "index")
+    __slots__ = ("query", "hits", "index", "tap")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
+    TAP_FIELD_NUMBER: _ClassVar[int]
     query: str
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     index: str
-    def __init__(self, query: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., index: _Optional[str] = ...) -> None: ...
+    tap: str
+    def __init__(self, query: _Optional[str] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., index: _Optional[str] = ..., tap: _Optional[str] = ...) -> None: ...
 
 class EmbedTextRequest(_message.Message):
     __slots__ = ("backbone", "texts", "normalize")

@@ -447,7 +447,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
                 from ..backbones.text_tower import projected_scan
 
                 sims1, rows1 = projected_scan(reader.batches(batch_size=65536), tower, query, k)
-                return self._search_reply(reader, "text", sims1, rows1, "exact-projected")
+                return self._search_reply(reader, "text", sims1, rows1, "exact-projected", tap)
             label, exclude = "text", None
         elif kind == "row":
             query, label, exclude = index.row_vector(request.row), f"row {request.row}", request.row
@@ -455,10 +455,10 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
             content = image_content(request.image, 0, self.max_pixels)
             query, label, exclude = self._cache_query(reader, content, context), "image", None
         sims, rows = index.search(query[None, :], k, exclude)
-        return self._search_reply(reader, label, sims[0], rows[0], index.kind)
+        return self._search_reply(reader, label, sims[0], rows[0], index.kind, tap)
 
     def _search_reply(
-        self, reader: Any, label: str, sims: np.ndarray, rows: np.ndarray, kind: str
+        self, reader: Any, label: str, sims: np.ndarray, rows: np.ndarray, kind: str, tap: str
     ) -> Any:
         from ..store.search_index import ranked_hits
 
@@ -473,7 +473,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
             )
             for h in ranked_hits(reader, sims, rows)
         ]
-        return pb.SearchResponse(query=label, hits=hits, index=kind)
+        return pb.SearchResponse(query=label, hits=hits, index=kind, tap=tap)
 
     def _text_tower(self, config: BackboneConfig) -> Any:
         """The text tower of a request's (or a cache's) CLIP or SigLIP preset, held to

@@ -74,6 +74,12 @@ def test_search_rpc_with_a_tap_answers_as_the_library(served):
         answers[tap] = [h["similarity"] for h in remote]
     # each space ranks with its own cosines (a tap never answers with the features' index)
     assert len({tuple(np.round(s, 5)) for s in answers.values()}) == len(answers)
+    # the reply says whose features answered; no tap and an empty one: "main"
+    from featcache.protos import extractor_pb2 as pb
+
+    for tap in ("", "main", taps[0], side_by_side):
+        reply = client.stub.Search(pb.SearchRequest(cache="c.h5", row=1, k=5, tap=tap))
+        assert reply.tap == (tap or "main") and len(reply.hits) == 5
     # no tap, an empty one and "main": the features
     main = client.search("c.h5", row=1, k=5)
     assert client.search("c.h5", row=1, k=5, tap="") == main
