@@ -4,6 +4,7 @@ not by the dataset size."""
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ from ..core.splits import DEFAULT_SPLIT_METHOD, SplitAssigner
 from ..errors import CacheError, CacheLockedError, InvalidOptionError
 from ..store import CacheWriter
 from ..store.format import OVERWRITE_HINT, with_hint
+from ..store.search_index import drop_gone_tap_indexes
 from ..store.writer import cached_settings
 from .engines import Engine
 from .recorder import ExtractProgress, Recorder
@@ -213,6 +215,10 @@ def _run(
         if not finished:  # interrupted: keep the batches already embedded
             background.submit_last(writer.commit)
         background.close(raise_error=finished)
+    try:  # the index files of taps the cache no longer has: never read again
+        drop_gone_tap_indexes(out_path, writer.tap_dims)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("old tap search indexes left: %s", exc)
     recorder.report(force=True)
     counts = recorder.counts
     seconds = time.monotonic() - started

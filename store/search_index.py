@@ -10,10 +10,11 @@ have their own index, ``CACHE.search@TAP.npy``. A query scans the index in block
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,25 @@ def index_stem(cache: str | os.PathLike[str], tap: str | None = None) -> Path:
     path = Path(cache)
     keyed = f"@{tap}" if tap and tap != MAIN_TAP else ""
     return path.with_name(f"{path.name}.search{keyed}")
+
+
+def drop_gone_tap_indexes(cache: str | os.PathLike[str], taps: Iterable[str]) -> list[Path]:
+    """Remove the search index files (and their locks) of taps ``cache`` no longer has,
+    after a run rewrote it with other taps or none: no search can ask for those taps again,
+    and each index is a full copy of its tap's features. ``taps``: the cache's taps now;
+    side-by-side indexes (``a+b``) stay while every part is one of them. Returns the files
+    removed. (A search that has an index memory-mapped keeps reading its pages.)"""
+    path = Path(cache)
+    prefix = f"{path.name}.search@"
+    have = {MAIN_TAP, *taps}
+    removed = []
+    for file in sorted(path.parent.glob(glob.escape(prefix) + "*")):
+        keyed = file.name[len(prefix) :].split(".", 1)[0]
+        if keyed and all(name in have for name in keyed.split("+")):
+            continue
+        file.unlink(missing_ok=True)
+        removed.append(file)
+    return removed
 
 
 def index_paths(cache: str | os.PathLike[str], tap: str | None = None) -> tuple[Path, Path]:

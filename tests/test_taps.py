@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from featcache.audit.search import search
 from featcache.cli import main
 from featcache.extractor.decode import decode_image
 from featcache.heads.train import load_head
@@ -193,6 +194,19 @@ def test_rerun_adds_taps_for_new_images_and_keeps_the_tap_list(tapped, tmp_path)
     assert "taps auto (cache) vs conv_pw_5_relu (now)" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert len(open_cache(cache)) == 36
+    # searched in two taps and side by side; rewritten with one of them: only its index
+    # files stay (and main's, which the next search rebuilds)
+    for tap in ("main", "conv_pw_3_relu", "conv_pw_1_relu", "conv_pw_3_relu+conv_pw_1_relu"):
+        assert search(cache, row=0, k=3, tap=tap, progress=False).tap == tap
+    made = {p.name for p in tmp_path.glob("c.h5.search*")}
+    assert {"c.h5.search@conv_pw_1_relu.npy", "c.h5.search@conv_pw_3_relu.json"} <= made
+    _ok(runner, "extract", data, "-o", cache, "--taps", "conv_pw_3_relu", "--overwrite", *ARGS)
+    left = {p.name for p in tmp_path.glob("c.h5.search*")}
+    assert left == {n for n in made if "@" not in n or n.startswith("c.h5.search@conv_pw_3_relu.")}
+    assert "c.h5.search.npy" in left and "c.h5.search@conv_pw_3_relu.npy" in left
+    assert search(cache, row=0, k=3, tap="conv_pw_3_relu", progress=False).index_built
+    _ok(runner, "extract", data, "-o", cache, "--overwrite", *ARGS)  # no taps at all
+    assert not list(tmp_path.glob("c.h5.search@*")) and (tmp_path / "c.h5.search.npy").exists()
 
 
 def test_a_head_on_two_taps_side_by_side_trains_but_is_not_exported(tapped, tmp_path):
