@@ -22,6 +22,16 @@ TINY = {"backbone": "vgg16", "weights": "none", "image_size": 32, "progress": Fa
 are well scaled, unlike the BatchNorm nets whose random features vanish)."""
 
 
+COMMIT_EVERY_BATCH = """
+from featcache.store import writer as _writer
+_writer.CacheWriter.due = lambda self: bool(self._pending.paths)
+"""
+"""Code for the top of a killed run's ``python -c`` driver: a checkpoint after every batch,
+as ``checkpoint_seconds=0`` asks, however slow commits get on a busy machine. (The writer
+otherwise waits 10 times the last commit's cost between checkpoints, so the rows a test
+waits for could first show at the final commit, after the run it meant to kill has ended.)"""
+
+
 def write_image(path: Path, seed: int, size: tuple[int, int] = (40, 48), fmt: str = "PNG") -> Path:
     """Write a smooth random RGB image (width, height) so resizing matters."""
     rng = np.random.default_rng(seed)

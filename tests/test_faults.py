@@ -26,7 +26,14 @@ from featcache.cli import main
 from featcache.errors import CacheError
 from featcache.store import writer as cache_writer
 from featcache.store.format import FILE_STAT_DATASETS, ROW_DATASETS
-from helpers import TINY, RowWatch, cache_rows, make_class_folder, write_image
+from helpers import (
+    COMMIT_EVERY_BATCH,
+    TINY,
+    RowWatch,
+    cache_rows,
+    make_class_folder,
+    write_image,
+)
 
 CLI_TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "-q"]
 
@@ -348,13 +355,12 @@ PACE = 0.05
 """Seconds the killed run pauses after each embedded batch (its writer thread goes on), so
 that every kill point lies well before its end, however busy the machine is."""
 
-_DRIVER = textwrap.dedent(
+_DRIVER = COMMIT_EVERY_BATCH + textwrap.dedent(
     """
     import sys, time
     from featcache import extract
     from featcache.extractor import recorder
 
-    from featcache.store import writer
 
     embedded = recorder.Recorder.embedded
 
@@ -363,10 +369,6 @@ _DRIVER = textwrap.dedent(
         time.sleep(float(sys.argv[3]))
 
     recorder.Recorder.embedded = paced
-    # a checkpoint after every batch, as checkpoint_seconds=0 asks, however slow commits
-    # get on a busy machine (the writer waits 10 commits' cost between them otherwise, so
-    # that the rows of a late kill point could first show at the final commit)
-    writer.CacheWriter.due = lambda self: bool(self._pending.paths)
     extract(sys.argv[1], output=sys.argv[2], backbone="vgg16", weights="none",
             image_size=32, batch_size=1, checkpoint_seconds=0, progress=False)
     """
@@ -449,7 +451,7 @@ def kill_dataset(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(1200)  # a bound for a hung run, never reached on a healthy one
 def test_kill_9_at_ten_seeded_points_loses_no_rows(tmp_path, kill_dataset, capsys):
     data, reference = kill_dataset
     assert len(reference.paths) == IMAGES and len(reference.bad) == len(BAD)

@@ -16,7 +16,7 @@ from featcache import extract, read_cache
 from featcache.cli import main
 from featcache.core.locking import PathLock, lock_path
 from featcache.errors import CacheLockedError
-from helpers import TINY, RowWatch, make_class_folder
+from helpers import COMMIT_EVERY_BATCH, TINY, RowWatch, make_class_folder
 
 CLI_TINY = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "-q"]
 
@@ -84,7 +84,7 @@ def test_a_second_writer_is_refused_and_no_lock_stays(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
-_PACED = textwrap.dedent(
+_PACED = COMMIT_EVERY_BATCH + textwrap.dedent(
     """
     import sys, threading, time
     from featcache.cli import main

@@ -10,16 +10,28 @@ import numpy as np
 import pytest
 
 from featcache import extract, read_cache
-from helpers import TINY, RowWatch, make_class_folder
+from helpers import COMMIT_EVERY_BATCH, TINY, RowWatch, make_class_folder
 
 pytestmark = pytest.mark.slow
+
+
+_CLI = (
+    COMMIT_EVERY_BATCH
+    + """
+import sys
+from featcache.cli import main
+sys.argv = ["featcache", *sys.argv[1:]]
+main()
+"""
+)
+"""``featcache`` as a user runs it, checkpointing after every batch even on a busy machine."""
 
 
 def _start(data, out):
     args = [
         sys.executable,
-        "-m",
-        "featcache.cli",
+        "-c",
+        _CLI,
         "extract",
         str(data),
         "-o",
@@ -45,6 +57,7 @@ def _kill_when(process, out, rows, extra_delay):
     while rows_now() < rows and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     time.sleep(extra_delay)
+    assert process.poll() is None, f"the run ended before {rows} rows were on disk"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     return process.returncode

@@ -29,7 +29,7 @@ from featcache.heads.data import load_splits
 from featcache.heads.train import load_head
 from featcache.heads.view_training import TrainViews, feature_augment
 from featcache.store import CacheReader
-from helpers import TINY, RowWatch, make_class_folder, write_image
+from helpers import COMMIT_EVERY_BATCH, TINY, RowWatch, make_class_folder, write_image
 
 SHA = "ab" * 32
 
@@ -607,7 +607,9 @@ def test_hugging_face_datasets_loads_a_cache_with_views(tmp_path, data):
         np.testing.assert_allclose(np.asarray(loaded[row]["views"]), stacked[row, 1:])
 
 
-_PACED_DRIVER = """
+_PACED_DRIVER = (
+    COMMIT_EVERY_BATCH
+    + """
 import sys, time
 from featcache import extract
 from featcache.extractor import recorder
@@ -622,6 +624,7 @@ recorder.Recorder.embedded = paced
 extract(sys.argv[1], output=sys.argv[2], backbone="vgg16", weights="none", image_size=32,
         views=3, augment_seed=9, batch_size=1, checkpoint_seconds=0, progress=False)
 """
+)
 """The killed run: as the CLI's, pausing 0.3 s after each embedded image (its writer thread
 goes on), so that the kill lands seconds before the run's end however busy the machine."""
 
