@@ -50,7 +50,7 @@ from .options import (
     merge_options,
 )
 from .report import write_confusion, write_history
-from .test_views import choose_test_views
+from .test_views import choose_test_views, evaluation_passes
 from .train import new_run_dir
 
 __all__ = [
@@ -251,6 +251,7 @@ def fine_tune(
                                               progress)  # fmt: skip
             chosen = replace(chosen, augment=recipe["augment"]["chosen"])
 
+        val_passes, test_passes = evaluation_passes(chosen.test_views, chosen.augment)
         every = len(unfreeze_layers(built.backbone, "all"))
         allowed = unfreeze_units(built.backbone, chosen.unfreeze or 0, chosen.unfreeze_from)
         touched = [unit.name for unit in allowed]
@@ -271,7 +272,9 @@ def fine_tune(
             verbose=verbose,
             progress=progress,
             deadline=None if chosen.time_budget is None else began + float(chosen.time_budget),
-            evaluate_share=(len(val_rows.paths) + len(test_rows.paths)) / len(known_val.paths),
+            evaluate_share=(  # the views' passes too (test_views.evaluation_passes)
+                val_passes * len(val_rows.paths) + test_passes * len(test_rows.paths)
+            ) / len(known_val.paths),
             explicit=explicit,
             recipe=recipe,
             improve_margin=1.0 / len(known_val.paths),  # one more val image right
@@ -284,6 +287,8 @@ def fine_tune(
         )  # fmt: skip
         chosen = replace(chosen, lr=outcome.lr or chosen.lr)
         history, extra = outcome.history, outcome.report
+        if "plan" in extra:
+            extra["plan"]["evaluate_passes"] = {"val": val_passes, "test": test_passes}
         extra["kept_layers"] = [unit.name for unit in allowed[len(allowed) - outcome.deepest :]]
         model, size, precision = outcome.model, outcome.image_size, outcome.precision
     else:

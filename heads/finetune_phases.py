@@ -352,7 +352,7 @@ def train_auto(
     Before training, a few steps of each phase are timed (:mod:`.finetune_plan`): the plan
     and its estimate are printed (on a terminal) and reported, and with a ``deadline``
     (``time.monotonic()``, from ``time_budget``) the epochs are cut to fit it;
-    ``evaluate_share``: the final evaluation's images over val's.
+    ``evaluate_share``: the final evaluation's images over val's (each view counted).
 
     The recipe reads the data (:mod:`.finetune_recipe`) for the options not in
     ``explicit``: the peak rate (``lr``) from a range test before the first phase that thaws

@@ -38,7 +38,8 @@ class Plan:
     val_seconds: float
     """One pass over the val images (measured on phase 0)."""
     evaluate_seconds: float
-    """The final evaluation of model.keras on val and test (estimated from val's)."""
+    """The final evaluation of model.keras on val and test, the test views' passes
+    included (estimated from val's)."""
     epochs_asked: int
     budget: float | None = None
     measure_seconds: float = 0.0
@@ -91,6 +92,7 @@ class Plan:
             },
             "steps_per_epoch": self.steps,
             "val_seconds": round(self.val_seconds, 2),
+            "evaluate_seconds": round(self.evaluate_seconds, 2),
             "measure_seconds": round(self.measure_seconds, 2),
             "time_budget": self.budget,
             "notes": self.notes,

@@ -26,7 +26,15 @@ from .images import Classifier, load_classifier
 from .options import view_count
 from .report import metrics
 
-__all__ = ["Z", "ViewChoice", "choose_test_views", "paired", "veto", "views_of_augment"]
+__all__ = [
+    "Z",
+    "ViewChoice",
+    "choose_test_views",
+    "evaluation_passes",
+    "paired",
+    "veto",
+    "views_of_augment",
+]
 
 Z = 1.645
 """One-sided 95% normal quantile: views that lose ``Z`` standard errors more val images
@@ -41,6 +49,18 @@ def views_of_augment(augment: str | None) -> str:
     if mirror and turns:
         return "all"
     return "turns" if turns else "mirror" if mirror else "none"
+
+
+def evaluation_passes(asked: str, augment: str | None) -> tuple[int, int]:
+    """Backbone passes over each val and each test image that :func:`choose_test_views`
+    and the test evaluation after it will make, at most: one each without views; the
+    views' count with a group asked; with ``auto`` and a candidate, one more val pass (one
+    view, against which the views are checked). For the time plan, before training."""
+    group = views_of_augment(augment) if asked == "auto" else asked
+    if group == "none":
+        return 1, 1
+    count = view_count(group)
+    return count + (asked == "auto"), count
 
 
 @dataclass

@@ -240,6 +240,11 @@ def test_auto_test_views_follow_the_augmentation_and_never_lower_val(colour_run,
         assert record["paired"]["worse"] or any(worse[k] < lowest[k] for k in lowest)
         assert record["val"] == one
     assert result.report["val"]["accuracy"] == pytest.approx(record["val"]["accuracy"], abs=1e-4)
+    # the time plan counted the views: val once and twice (mirror), test twice, at most
+    plan, rows = result.report["plan"], result.report["rows"]
+    assert plan["evaluate_passes"] == {"val": 3, "test": 2}
+    share = (3 * rows["val"] + 2 * rows["test"]) / rows["val"]
+    assert plan["evaluate_seconds"] == pytest.approx(plan["val_seconds"] * share, abs=0.01 * share)
     fixed = fine_tune(cache, head, output=tmp_path / "fixed", schedule="fixed",
                       epochs=1, batch_size=4)  # fmt: skip
     assert fixed.report["test_views"]["chosen"] == "none"
@@ -247,7 +252,13 @@ def test_auto_test_views_follow_the_augmentation_and_never_lower_val(colour_run,
 
 
 def test_views_are_vetoed_by_a_significant_val_loss_or_the_head_floor():
-    from featcache.heads.test_views import paired, veto
+    from featcache.heads.test_views import evaluation_passes, paired, veto
+
+    # what the time plan counts: (val passes, test passes) of each image
+    assert evaluation_passes("none", "flip") == evaluation_passes("auto", "crop") == (1, 1)
+    assert evaluation_passes("auto", "flip") == (3, 2)  # one view checked, then 2 views
+    assert evaluation_passes("auto", "flip,rotate90") == (9, 8)
+    assert evaluation_passes("turns", None) == (4, 4)  # asked: no one-view check
 
     right_alone = np.array([True] * 20 + [False] * 10)
     lose_one = right_alone.copy()
