@@ -313,6 +313,7 @@ def fine_tune(
         bar = images_bar(progress, val_rows, f"fine-tune: evaluating model.keras on {what}")
         return predict_exported(classifier, val_rows, source, trained, bar)
 
+    evaluating = time.monotonic()
     floor = None  # auto: the views may not take val below the head's (phase 0's) figures
     if auto and len(known_val.paths) == len(val_rows.paths):
         head_phase = extra["phases"][0]
@@ -330,6 +331,7 @@ def fine_tune(
             images_bar(progress, test_rows, "fine-tune: evaluating model.keras on test images"),
         ),
     }  # fmt: skip
+    evaluate_seconds = time.monotonic() - evaluating
     report: dict[str, Any] = {
         "kind": "fine-tune",
         "cache": str(cache),
@@ -350,6 +352,7 @@ def fine_tune(
         "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped.items())],
         "epochs_run": len(history.get("loss", [])),
         "fit_seconds": round(fit_seconds, 3),
+        "evaluate_seconds": round(evaluate_seconds, 3),  # test views chosen, val and test
         "head_only": {
             "val": head_report.get("val", {}).get("accuracy"),
             "test": head_report.get("test", {}).get("accuracy"),

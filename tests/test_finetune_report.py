@@ -245,6 +245,7 @@ def test_auto_test_views_follow_the_augmentation_and_never_lower_val(colour_run,
     assert plan["evaluate_passes"] == {"val": 3, "test": 2}
     share = (3 * rows["val"] + 2 * rows["test"]) / rows["val"]
     assert plan["evaluate_seconds"] == pytest.approx(plan["val_seconds"] * share, abs=0.01 * share)
+    assert result.report["evaluate_seconds"] > 0  # what it took, beside the estimate
     fixed = fine_tune(cache, head, output=tmp_path / "fixed", schedule="fixed",
                       epochs=1, batch_size=4)  # fmt: skip
     assert fixed.report["test_views"]["chosen"] == "none"
