@@ -119,21 +119,35 @@ def index_stem(cache: str | os.PathLike[str], tap: str | None = None) -> Path:
     return path.with_name(f"{path.name}.search{keyed}")
 
 
+INDEX_ENDINGS = (".ann.json", ".slots.npz", ".faiss", ".npy", ".json")
+"""What follows an index stem (:func:`index_stem`) in the name of each of its files: the
+exact index and its identity, the faiss index, its slots and identity (``ann_index``); each
+may also have a lock (``.lock`` after it)."""
+
+
 def drop_gone_tap_indexes(cache: str | os.PathLike[str], taps: Iterable[str]) -> list[Path]:
     """Remove the search index files (and their locks) of taps ``cache`` no longer has,
     after a run rewrote it with other taps or none: no search can ask for those taps again,
     and each index is a full copy of its tap's features. ``taps``: the cache's taps now;
-    side-by-side indexes (``a+b``) stay while every part is one of them. Returns the files
-    removed. (A search that has an index memory-mapped keeps reading its pages.)"""
+    side-by-side indexes (``a+b``) stay while every part is one of them. Only names made by
+    :func:`index_stem` and :data:`INDEX_ENDINGS` are touched. Returns the files removed.
+    (A search that has an index memory-mapped keeps reading its pages.)"""
     path = Path(cache)
     prefix = f"{path.name}.search@"
     have = {MAIN_TAP, *taps}
     removed = []
     for file in sorted(path.parent.glob(glob.escape(prefix) + "*")):
-        keyed = file.name[len(prefix) :].split(".", 1)[0]
-        if keyed and all(name in have for name in keyed.split("+")):
+        name = file.name.removesuffix(".lock")
+        ending = next((e for e in INDEX_ENDINGS if name.endswith(e)), None)
+        if ending is None or not file.is_file():
+            continue  # not an index file of this cache's
+        keyed = name[len(prefix) : -len(ending)]
+        if not keyed or all(part in have for part in keyed.split("+")):
             continue
-        file.unlink(missing_ok=True)
+        try:
+            file.unlink()
+        except OSError:  # gone already, or not ours to remove: leave it
+            continue
         removed.append(file)
     return removed
 

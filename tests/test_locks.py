@@ -94,6 +94,7 @@ _PACED = COMMIT_EVERY_BATCH + textwrap.dedent(
     embedded = recorder.Recorder.embedded
     commit = writer.CacheWriter.commit
     visible = threading.Event()
+    held = []
 
     def noted(self, final=False):
         done = commit(self, final)
@@ -104,8 +105,9 @@ _PACED = COMMIT_EVERY_BATCH + textwrap.dedent(
     def paced(self, *args):
         embedded(self, *args)
         time.sleep(0.2)
-        if visible.is_set():  # 10 rows on disk mid-run, lock held: wait here for Ctrl-C,
-            # so that a busy machine (slow commits, so rare ones) cannot let the run end first
+        if visible.is_set() and not held:  # 10 rows on disk mid-run, lock held: wait
+            # here (once, at most 120 s) for Ctrl-C, so that the run cannot end first
+            held.append(True)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -57,9 +57,11 @@ def _kill_when(process, out, rows, extra_delay):
     while rows_now() < rows and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     time.sleep(extra_delay)
-    assert process.poll() is None, f"the run ended before {rows} rows were on disk"
-    os.kill(process.pid, signal.SIGKILL)
+    running = process.poll() is None
+    if running:
+        os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    assert running, f"the run ended before {rows} rows were on disk"
     return process.returncode
 
 

@@ -299,3 +299,30 @@ def test_search_by_image_builds_a_model_only_as_a_request_may(tmp_path, backbone
             assert [h.row for h in by_row.hits] == [1]  # a row query needs no model
     finally:
         server.stop(0)
+
+
+def test_only_index_files_of_taps_the_cache_lost_are_removed(tmp_path):
+    from featcache.store.search_index import drop_gone_tap_indexes
+
+    names = [
+        "c.h5.search.npy", "c.h5.search.json",  # the features' index: never touched
+        "c.h5.search@layer1.0.conv.npy", "c.h5.search@layer1.0.conv.npy.lock",  # kept tap
+        "c.h5.search@a+layer1.0.conv.json",  # side by side, both kept
+        "c.h5.search@old.npy", "c.h5.search@old.json", "c.h5.search@old.npy.lock",
+        "c.h5.search@old.faiss", "c.h5.search@old.slots.npz", "c.h5.search@old.ann.json",
+        "c.h5.search@a+old.npy",  # one part gone
+        "c.h5.search@old.h5", "c.h5.search@old.h5.lock",  # another cache, oddly named
+        "c.h5x.search@old.npy", "d.h5.search@old.npy",  # other caches' indexes
+    ]  # fmt: skip
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "c.h5.search@gone.npy").mkdir()  # not a file: left alone
+    removed = drop_gone_tap_indexes(tmp_path / "c.h5", ["a", "layer1.0.conv"])
+    gone = {p.name for p in removed}
+    assert gone == {
+        "c.h5.search@old.npy", "c.h5.search@old.json", "c.h5.search@old.npy.lock",
+        "c.h5.search@old.faiss", "c.h5.search@old.slots.npz", "c.h5.search@old.ann.json",
+        "c.h5.search@a+old.npy",
+    }  # fmt: skip
+    assert {p.name for p in tmp_path.iterdir()} == (set(names) - gone) | {"c.h5.search@gone.npy"}
+    assert drop_gone_tap_indexes(tmp_path / "c.h5", ["a", "layer1.0.conv"]) == []
