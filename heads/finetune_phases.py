@@ -367,7 +367,7 @@ def train_auto(
     every epoch is the head's), the head trains on the images."""
     import keras
 
-    from .finetune_recipe import asked, choose_lr, extend
+    from .finetune_recipe import asked, choose_lr, extend, extend_cap
 
     began = time.monotonic()
     model, size = built.model, built.image_size
@@ -427,6 +427,8 @@ def train_auto(
     if deadline is not None:
         plan = fit_to_budget(plan, deadline - time.monotonic(), lr, len(allowed), head_epochs)
     phases = plan.phases
+    if "epochs" not in explicit and sum(p.epochs for p in phases) >= epochs:
+        plan.extend_epochs = extend_cap(epochs)  # the recipe may add these while val improves
     if on_terminal(progress):
         TERMINAL_STDERR.write(
             f"fine-tune plan: {plan.summary()}\nfine-tune balance: {balancing} (asked "

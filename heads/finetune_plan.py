@@ -46,6 +46,9 @@ class Plan:
     before_seconds: float = 0.0
     """Seconds training had already taken when the plan was made (phase 0, the timing)."""
     notes: list[str] = field(default_factory=list)
+    extend_epochs: int = 0
+    """Epochs the recipe may add while val improves, at most (in the last phase's layers);
+    0: none (epochs asked, or a time budget that cut them)."""
 
     def phase_seconds(self, phase: Phase) -> float:
         cost = self.timing[phase.units]
@@ -57,6 +60,18 @@ class Plan:
     def seconds(self) -> float:
         """Estimated seconds from now to the end (training and the final evaluation)."""
         return sum(self.phase_seconds(p) for p in self.phases) + self.evaluate_seconds
+
+    @property
+    def most_seconds(self) -> float:
+        """:attr:`seconds` with every epoch the recipe may add (a bound, not a forecast)."""
+        if not (self.extend_epochs and self.phases):
+            return self.seconds
+        cost = self.timing[self.phases[-1].units]
+        return (
+            self.seconds
+            + cost.trace_seconds
+            + self.extend_epochs * (self.steps * cost.step_seconds + self.val_seconds)
+        )
 
     def summary(self) -> str:
         shown = ", ".join(
@@ -71,6 +86,11 @@ class Plan:
             f"{shown or 'no training'}; about {duration(self.seconds)} "
             f"(a step: {steps or '-'}; val {self.val_seconds:.1f} s an epoch)"
         )
+        if self.extend_epochs and self.phases:
+            text += (
+                f"; up to {duration(self.most_seconds)} if val keeps improving "
+                f"({self.extend_epochs} more epoch{'s' * (self.extend_epochs != 1)} at most)"
+            )
         if self.budget is not None:
             text += f"; time budget {duration(self.budget)}"
         return text
@@ -82,6 +102,8 @@ class Plan:
             "estimated_fit_seconds": round(
                 self.before_seconds + self.seconds - self.evaluate_seconds, 1
             ),
+            "estimated_most_seconds": round(self.most_seconds, 1),
+            "extend_epochs_at_most": self.extend_epochs,
             "epochs_asked": self.epochs_asked,
             "epochs_planned": sum(p.epochs for p in self.phases),
             "phases": [

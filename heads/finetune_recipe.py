@@ -91,6 +91,11 @@ def still_improving(best: Any, run: Any, margin: float) -> bool:
     )
 
 
+def extend_cap(epochs_asked: int) -> int:
+    """The most epochs :func:`extend` adds to ``epochs_asked``."""
+    return max(1, math.ceil(EXTEND_CAP * epochs_asked))
+
+
 def extend(
     train_phases: Callable[[list[Phase]], list[Any]],
     runs: list[Any],
@@ -106,7 +111,7 @@ def extend(
     :data:`EXTEND_SHARE` of the epochs asked more (same layers, a warm restart at
     :data:`EXTEND_LR_FACTOR` of the peak), again while that holds, up to :data:`EXTEND_CAP`
     of the epochs asked and within the ``deadline``. Extends ``runs``; returns the record."""
-    cap = max(1, math.ceil(EXTEND_CAP * epochs_asked))
+    cap = extend_cap(epochs_asked)
     step = max(1, round(EXTEND_SHARE * epochs_asked))
     added, why = 0, "nothing trained"
     checks: list[dict[str, Any]] = []

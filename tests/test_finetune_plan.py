@@ -79,7 +79,14 @@ def test_the_estimate_adds_each_phase_and_the_budget_cuts_epochs_to_fit():
     ]  # fmt: skip
     # head 1 + 1*(10*0.1 + 2); top 2 + 3*(10*0.5 + 2); deeper 3 + 6*(10*1 + 2); eval 4
     assert plan.seconds == pytest.approx(4 + 23 + 75 + 4)
-    assert "about 1 min 46 s" in plan.summary()
+    assert "about 1 min 46 s" in plan.summary() and "up to" not in plan.summary()
+    assert plan.most_seconds == plan.seconds
+    plan.extend_epochs = 5  # the recipe may add 5 epochs of deeper: 3 + 5*(10*1 + 2)
+    assert plan.most_seconds == pytest.approx(plan.seconds + 63)
+    assert plan.summary().endswith(
+        "val 2.0 s an epoch); up to 2 min 49 s if val keeps improving (5 more epochs at most)"
+    )
+    assert plan.record()["estimated_most_seconds"] == pytest.approx(169.0)
     fitted = fit_to_budget(_plan(10), 60.0, 1e-4, 13, 1)
     assert fitted.seconds <= 60 and sum(p.epochs for p in fitted.phases) < 10
     more = fit_to_budget(_plan(10), fitted.seconds + 100, 1e-4, 13, 1)

@@ -283,6 +283,10 @@ def test_journey_extract_train_fine_tune_reads_the_data_and_predict(tmp_path):
     assert epochs["added"] <= 5
     extended = [p for p in report["phases"] if p["name"] == "extend"]
     assert sum(p["epochs_run"] for p in extended) == epochs["added"]
+    plan = report["plan"]  # the time plan gave the bound of what the recipe could add
+    assert plan["extend_epochs_at_most"] == epochs["cap"] == 5
+    assert plan["estimated_most_seconds"] > plan["estimated_seconds"] > 0
+    assert "if val keeps improving (5 more epochs at most)" in plan["summary"]
     listing = tmp_path / "p.csv"
     _run("predict", out / "model.keras", data, "-o", listing, "--quiet")
     rows = list(csv.DictReader(open(listing)))
@@ -291,8 +295,10 @@ def test_journey_extract_train_fine_tune_reads_the_data_and_predict(tmp_path):
     args = ["--augment", "crop", "--lr", "1e-3", "--epochs", 1, "--image-size", 32]
     text = _run("fine-tune", cache, "--head", tmp_path / "head", "-o", tmp_path / "set",
                 "--batch-size", 8, *args)  # fmt: skip
-    recipe = json.loads((tmp_path / "set" / "report.json").read_text())["recipe"]
+    report = json.loads((tmp_path / "set" / "report.json").read_text())
+    recipe = report["recipe"]
     assert {name: c["by"] for name, c in recipe.items()} == dict.fromkeys(recipe, "asked")
+    assert report["plan"]["extend_epochs_at_most"] == 0  # epochs asked: nothing added
     assert recipe["lr"]["chosen"] == 1e-3 and recipe["augment"]["chosen"] == "crop"
     assert "recipe lr: 0.001 (asked)" in text
 
