@@ -38,7 +38,7 @@ def run_set(name: str, args: argparse.Namespace, weights: str, work: Path) -> di
     extract(data["folder"], backbone="mobilenet", weights=weights, image_size=args.size,
             output=cache, progress=False)  # fmt: skip
     train_head(cache, head="dense", hidden=(256,), epochs=30, output=work / f"{name}-h")
-    began = time.monotonic()
+    began = time.monotonic()  # the plan's estimates count from when it is made, after this
     tuned = fine_tune(cache, work / f"{name}-h", output=work / f"{name}-ft", seed=args.seed)
     report, taken = tuned.report, time.monotonic() - began
     plan = report.get("plan", {})
@@ -55,6 +55,9 @@ def run_set(name: str, args: argparse.Namespace, weights: str, work: Path) -> di
         "evaluate_estimated": plan.get("evaluate_seconds"),
         "evaluate_taken": report["evaluate_seconds"],
         "fit_estimated": plan.get("estimated_fit_seconds"),
+        "estimated": plan.get("estimated_seconds"),
+        "most_estimated": plan.get("estimated_most_seconds"),
+        "epochs_added": report["recipe"]["epochs"].get("added"),
         "fit_taken": report["fit_seconds"],
         "fine_tune_seconds": round(taken, 1),
     }
