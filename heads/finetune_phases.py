@@ -566,6 +566,8 @@ def _plan(
 
     timing = measure(model, phases, train, ready, class_weight) if phases else {}
     model.set_weights(kept)
+    import tensorflow as tf
+
     return Plan(
         phases,
         steps,
@@ -574,6 +576,7 @@ def _plan(
         val_seconds * evaluate_share,
         sum(p.epochs for p in phases),
         measure_seconds=time.monotonic() - started,
+        read_overlaps=bool(tf.config.list_physical_devices("GPU")),
     )
 
 

@@ -1,5 +1,6 @@
-"""Time a user can plan: before the auto schedule trains, a few training steps of each phase
-are timed on the real input pipeline; the run's time is estimated from them, the phases'
+"""Time a user can plan: before the auto schedule trains, a few batches of the real input
+pipeline are read (timed) and a few training steps of each phase timed on them; the run's
+time is estimated from both, the phases'
 epochs are cut to a time budget, and a budget still running out stops training at an epoch's
 end."""
 
@@ -23,7 +24,10 @@ class StepTime:
     trace_seconds: float
     """The first step: building and tracing the training graph (paid once per phase)."""
     step_seconds: float
-    """A training step (a batch read, decoded, augmented, forward and backward)."""
+    """A training step on a batch already in memory (forward and backward)."""
+    read_seconds: float = 0.0
+    """Reading a batch of train: decoding and augmenting it (timed on the batches the steps
+    then use, so the same for every phase)."""
 
 
 @dataclass
@@ -46,14 +50,24 @@ class Plan:
     before_seconds: float = 0.0
     """Seconds training had already taken when the plan was made (phase 0, the timing)."""
     notes: list[str] = field(default_factory=list)
+    read_overlaps: bool = False
+    """Whether reading a batch overlaps the steps (an accelerator trains while the CPU
+    reads: a step takes the longer of the two); on a CPU the same cores do both: they add."""
     extend_epochs: int = 0
     """Epochs the recipe may add while val improves, at most (in the last phase's layers);
     0: none (epochs asked, or a time budget that cut them)."""
 
+    def step_seconds(self, units: int) -> float:
+        """A training step of a phase training ``units`` layers, reading its batch in."""
+        cost = self.timing[units]
+        if self.read_overlaps:
+            return max(cost.step_seconds, cost.read_seconds)
+        return cost.step_seconds + cost.read_seconds
+
     def phase_seconds(self, phase: Phase) -> float:
         cost = self.timing[phase.units]
         return cost.trace_seconds + phase.epochs * (
-            self.steps * cost.step_seconds + self.val_seconds
+            self.steps * self.step_seconds(phase.units) + self.val_seconds
         )
 
     @property
@@ -66,11 +80,11 @@ class Plan:
         """:attr:`seconds` with every epoch the recipe may add (a bound, not a forecast)."""
         if not (self.extend_epochs and self.phases):
             return self.seconds
-        cost = self.timing[self.phases[-1].units]
+        units = self.phases[-1].units
         return (
             self.seconds
-            + cost.trace_seconds
-            + self.extend_epochs * (self.steps * cost.step_seconds + self.val_seconds)
+            + self.timing[units].trace_seconds
+            + self.extend_epochs * (self.steps * self.step_seconds(units) + self.val_seconds)
         )
 
     def summary(self) -> str:
@@ -82,9 +96,11 @@ class Plan:
         steps = ", ".join(
             f"{p.name} {self.timing[p.units].step_seconds:.2f} s" for p in self.phases
         )
+        read = max((t.read_seconds for t in self.timing.values()), default=0.0)
+        reading = f", reading a batch {read:.2f} s" if read else ""
         text = (
             f"{shown or 'no training'}; about {duration(self.seconds)} "
-            f"(a step: {steps or '-'}; val {self.val_seconds:.1f} s an epoch)"
+            f"(a step: {steps or '-'}{reading}; val {self.val_seconds:.1f} s an epoch)"
         )
         if self.extend_epochs and self.phases:
             text += (
@@ -113,6 +129,10 @@ class Plan:
                 p.name: round(self.timing[p.units].step_seconds, 4) for p in self.phases
             },
             "steps_per_epoch": self.steps,
+            "read_seconds": round(
+                max((t.read_seconds for t in self.timing.values()), default=0.0), 4
+            ),
+            "read_overlaps": self.read_overlaps,
             "val_seconds": round(self.val_seconds, 2),
             "evaluate_seconds": round(self.evaluate_seconds, 2),
             "measure_seconds": round(self.measure_seconds, 2),
@@ -142,7 +162,9 @@ def measure(
     model train what the phase trains, compiled at a learning rate of 0, so no weight
     moves) on batches of ``train``."""
     timing: dict[int, StepTime] = {}
-    batches = list(train.take(TIMED_STEPS + 1))  # the pipeline's cost is measured below
+    began = time.monotonic()  # reading them: no extra pass, so train's stream is unchanged
+    batches = list(train.take(TIMED_STEPS + 1))
+    read = (time.monotonic() - began) / max(1, len(batches))
     for phase in phases:
         if phase.units in timing:
             continue
@@ -154,16 +176,8 @@ def measure(
         for x, y in batches[1:]:
             model.train_on_batch(x, y, class_weight=class_weight)
         steps = max(1, len(batches) - 1)
-        timing[phase.units] = StepTime(traced - started, (time.monotonic() - traced) / steps)
+        timing[phase.units] = StepTime(traced - started, (time.monotonic() - traced) / steps, read)
     return timing
-
-
-def read_seconds(train: Any, batches: int = TIMED_STEPS) -> float:
-    """Seconds to read, decode and augment one batch of ``train`` (the steps timed by
-    :func:`measure` use batches already in memory)."""
-    started = time.monotonic()
-    count = sum(1 for _ in train.take(batches))
-    return (time.monotonic() - started) / max(1, count)
 
 
 def fit_to_budget(

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -87,6 +89,12 @@ def test_the_estimate_adds_each_phase_and_the_budget_cuts_epochs_to_fit():
         "val 2.0 s an epoch); up to 2 min 49 s if val keeps improving (5 more epochs at most)"
     )
     assert plan.record()["estimated_most_seconds"] == pytest.approx(169.0)
+    # reading a batch (0.3 s) adds to each step on a CPU; overlapped, a step takes the longer
+    read = {units: replace(cost, read_seconds=0.3) for units, cost in plan.timing.items()}
+    plan.timing, plan.extend_epochs = read, 0  # 10 epochs of 10 steps: 30 s more
+    assert plan.seconds == pytest.approx(106 + 30) and "reading a batch 0.30 s" in plan.summary()
+    plan.read_overlaps = True  # head 0.1 -> 0.3 s a step (1 epoch, 10 steps): 2 s more
+    assert plan.seconds == pytest.approx(106 + 2) and plan.record()["read_overlaps"]
     fitted = fit_to_budget(_plan(10), 60.0, 1e-4, 13, 1)
     assert fitted.seconds <= 60 and sum(p.epochs for p in fitted.phases) < 10
     more = fit_to_budget(_plan(10), fitted.seconds + 100, 1e-4, 13, 1)
