@@ -23,23 +23,21 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ood_datasets import BUILDERS, add_run_arguments, run_record, weights_file
+from ood_datasets import (
+    add_run_arguments,
+    add_set_arguments,
+    cache_and_head,
+    run_record,
+    weights_file,
+)
 
 
 def run_set(name: str, args: argparse.Namespace, weights: str, work: Path) -> dict[str, Any]:
-    from featcache import extract
     from featcache.heads.finetune import fine_tune
-    from featcache.heads.train import train_head
 
-    data = BUILDERS[name](
-        Path(args.data) / f"{name}-{args.size}", args.size, args.train, args.val, args.test
-    )
-    cache = work / f"{name}.h5"
-    extract(data["folder"], backbone="mobilenet", weights=weights, image_size=args.size,
-            output=cache, progress=False)  # fmt: skip
-    train_head(cache, head="dense", hidden=(256,), epochs=30, output=work / f"{name}-h")
+    _, cache, head = cache_and_head(name, args, weights, work)
     began = time.monotonic()  # the plan's estimates count from when it is made, after this
-    tuned = fine_tune(cache, work / f"{name}-h", output=work / f"{name}-ft", seed=args.seed)
+    tuned = fine_tune(cache, head, output=work / f"{name}-ft", seed=args.seed)
     report, taken = tuned.report, time.monotonic() - began
     plan = report.get("plan", {})
     return {
@@ -66,10 +64,7 @@ def run_set(name: str, args: argparse.Namespace, weights: str, work: Path) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sets", default="deepsky,textures")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--train", type=int, default=1500)
-    parser.add_argument("--val", type=int, default=300)
-    parser.add_argument("--test", type=int, default=900)
+    add_set_arguments(parser)
     parser.add_argument("--seed", type=int, default=20)
     add_run_arguments(parser)
     args = parser.parse_args()

@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ood_datasets import BUILDERS, add_run_arguments, run_record, weights_file
+from ood_datasets import (
+    add_run_arguments,
+    add_set_arguments,
+    cache_and_head,
+    run_record,
+    weights_file,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -79,20 +85,11 @@ def scores(model_file: Path, files: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_set(name: str, args: argparse.Namespace, weights: str, work: Path) -> dict[str, Any]:
-    from featcache import extract
     from featcache.heads.endtoend import build, save, with_test_views
     from featcache.heads.finetune import fine_tune
     from featcache.heads.test_views import views_of_augment
-    from featcache.heads.train import train_head
 
-    data = BUILDERS[name](
-        Path(args.data) / f"{name}-{args.size}", args.size, args.train, args.val, args.test
-    )
-    cache = work / f"{name}.h5"
-    extract(data["folder"], backbone="mobilenet", weights=weights, image_size=args.size,
-            output=cache, progress=False)  # fmt: skip
-    head = work / f"{name}-h"
-    train_head(cache, head="dense", hidden=(256,), epochs=30, output=head)
+    data, cache, head = cache_and_head(name, args, weights, work)
     files = split_files(cache)
     out: dict[str, Any] = {"counts": data["counts"], "seeds": {}}
     for seed in [int(s) for s in args.seeds.split(",")]:
@@ -236,10 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--summarise", nargs="+", metavar="JSON", help="replay saved runs")
     parser.add_argument("--sets", default="galaxies,deepsky")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--train", type=int, default=1500)
-    parser.add_argument("--val", type=int, default=300)
-    parser.add_argument("--test", type=int, default=900)
+    add_set_arguments(parser)
     parser.add_argument("--seeds", default="20,21,22")
     add_run_arguments(parser)
     args = parser.parse_args()

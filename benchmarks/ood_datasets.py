@@ -479,6 +479,34 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_out", default=None)
 
 
+def add_set_arguments(parser: argparse.ArgumentParser, size: int = 224) -> None:
+    """``--size``, ``--train``, ``--val`` and ``--test``: how a set is built (BUILDERS)."""
+    parser.add_argument("--size", type=int, default=size)
+    parser.add_argument("--train", type=int, default=1500)
+    parser.add_argument("--val", type=int, default=300)
+    parser.add_argument("--test", type=int, default=900)
+
+
+def cache_and_head(
+    name: str, args: argparse.Namespace, weights: str, work: Path
+) -> tuple[dict[str, Any], Path, Path]:
+    """Set ``name`` built as ``args`` say (:func:`add_set_arguments`, ``--data``), extracted
+    with the frozen MobileNet into ``work`` and the dense head (256 hidden, 30 epochs) the
+    benchmarks compare against trained on it: (the builder's summary, cache, head run)."""
+    from featcache import extract
+    from featcache.heads.train import train_head
+
+    data = BUILDERS[name](
+        Path(args.data) / f"{name}-{args.size}", args.size, args.train, args.val, args.test
+    )
+    cache = work / f"{name}.h5"
+    extract(data["folder"], backbone="mobilenet", weights=weights, image_size=args.size,
+            output=cache, progress=False)  # fmt: skip
+    head = work / f"{name}-h"
+    train_head(cache, head="dense", hidden=(256,), epochs=30, output=head)
+    return data, cache, head
+
+
 def weights_file(weights_dir: str | None) -> str:
     """The path of :data:`WEIGHTS` in ``weights_dir``; exits with a message without it."""
     if not weights_dir or not (Path(weights_dir) / WEIGHTS).is_file():
