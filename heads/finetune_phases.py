@@ -14,7 +14,14 @@ import numpy as np
 from ..core.progress import on_terminal
 from ..core.tf_quiet import TERMINAL_STDERR
 from .finetune_layers import set_trainable
-from .finetune_plan import Plan, deadline_callback, duration, fit_to_budget, measure
+from .finetune_plan import (
+    Plan,
+    deadline_callback,
+    duration,
+    fit_to_budget,
+    measure,
+    on_accelerator,
+)
 from .finetune_refit import Refit, balanced_weights, refit_head
 from .fit_progress import Tracker, keras_callbacks, tracking
 from .options import BALANCE_RATIO, FineTuneOptions
@@ -566,8 +573,6 @@ def _plan(
 
     timing = measure(model, phases, train, ready, class_weight) if phases else {}
     model.set_weights(kept)
-    import tensorflow as tf
-
     return Plan(
         phases,
         steps,
@@ -576,7 +581,7 @@ def _plan(
         val_seconds * evaluate_share,
         sum(p.epochs for p in phases),
         measure_seconds=time.monotonic() - started,
-        read_overlaps=bool(tf.config.list_physical_devices("GPU")),
+        read_overlaps=on_accelerator(),
     )
 
 

@@ -162,9 +162,8 @@ def measure(
     model train what the phase trains, compiled at a learning rate of 0, so no weight
     moves) on batches of ``train``."""
     timing: dict[int, StepTime] = {}
-    began = time.monotonic()  # reading them: no extra pass, so train's stream is unchanged
-    batches = list(train.take(TIMED_STEPS + 1))
-    read = (time.monotonic() - began) / max(1, len(batches))
+    # reading them: no extra pass, so train's stream is unchanged
+    batches, read = read_batches(train, TIMED_STEPS + 1)
     for phase in phases:
         if phase.units in timing:
             continue
@@ -178,6 +177,22 @@ def measure(
         steps = max(1, len(batches) - 1)
         timing[phase.units] = StepTime(traced - started, (time.monotonic() - traced) / steps, read)
     return timing
+
+
+def read_batches(train: Any, count: int) -> tuple[list[Any], float]:
+    """The first ``count`` batches of ``train`` and the seconds reading one took (decoding
+    and augmenting; the mean over them)."""
+    began = time.monotonic()
+    batches = list(train.take(count))
+    return batches, (time.monotonic() - began) / max(1, len(batches))
+
+
+def on_accelerator() -> bool:
+    """Whether training runs on an accelerator, so that reading (on the CPU) overlaps the
+    steps; on a CPU the same cores do both and their times add."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 def fit_to_budget(

@@ -172,9 +172,18 @@ def own_resolution(
     progress: bool | None,
 ) -> dict[str, Any]:
     """The recipe's image size (:mod:`.resolution`): the images' own when larger than the
-    cache's and the time allows, estimated from steps timed at the cache's size."""
-    from .finetune_plan import measure
-    from .resolution import SAMPLE, SideChoice, choose_side, larger_side_is_worth, native_side
+    cache's and the time allows, estimated from steps timed at the cache's size and reading
+    timed at the cache's size and the largest side tried."""
+    from .finetune_plan import TIMED_STEPS, measure, on_accelerator, read_batches
+    from .resolution import (
+        SAMPLE,
+        Cost,
+        SideChoice,
+        choose_side,
+        larger_side_is_worth,
+        largest_side,
+        native_side,
+    )
     from .schedule import Phase, layerwise_optimizer
 
     size = built.image_size
@@ -203,19 +212,28 @@ def own_resolution(
                             loss=keras.losses.SparseCategoricalCrossentropy())  # fmt: skip
 
     kept = built.model.get_weights()
+    top = largest_side(native or 0, size[0])
     with Status("fine-tune: timing a step at the cache's size…", progress):
         train = train_dataset(rows, source, size, resize, chosen)
         timing = measure(built.model, [deeper], train, ready, None)[deeper.units]
+        larger = train_dataset(rows, source, (top, top), resize, chosen)
+        top_read = read_batches(larger, TIMED_STEPS + 1)[1]
     built.model.set_weights(kept)
     # every epoch's steps, and a trace for each of the (at most 3) phases
-    epochs = float(chosen.epochs or 1)
-    train_seconds = (
-        epochs * int(train.cardinality()) * timing.step_seconds + 3 * timing.trace_seconds
+    steps = float(chosen.epochs or 1) * int(train.cardinality())
+    cost = Cost(
+        steps * timing.step_seconds + 3 * timing.trace_seconds,
+        steps * timing.read_seconds,
+        top,
+        steps * top_read,
+        on_accelerator(),
     )
     remaining = None if deadline is None else deadline - time.monotonic()
-    decision = choose_side(native, size[0], train_seconds, remaining)
+    decision = choose_side(native, size[0], cost, remaining)
     record = decision.record()
     record["step_seconds_at_cache_size"] = round(timing.step_seconds, 4)
+    record["read_seconds_at_cache_size"] = round(timing.read_seconds, 4)
+    record["read_seconds_at_largest_side"] = {"side": top, "seconds": round(top_read, 4)}
     return record
 
 

@@ -4,6 +4,9 @@ than the cache's and the time allows.
 The images' size is read from the headers of a sample of train files (no decoding); a
 training step's time at the cache's size (timed, :mod:`.finetune_plan`) is scaled by the
 pixel count to estimate the run at each larger side, from the images' own (capped) down.
+Reading a batch (decoding, resizing, augmenting) is timed at the cache's side and at the
+largest side tried, and added in between by pixel count (on a CPU the same cores read and
+train; on an accelerator a step takes the longer of the two).
 """
 
 from __future__ import annotations
@@ -31,6 +34,36 @@ rest: the augmentation and range tests, the timed steps, validation and the fina
 evaluation; measured: with 0.8, a 4 min budget chose 96 px over 48 and then no epoch fit)."""
 SAMPLE = 64
 """Train files whose headers are read."""
+
+
+@dataclass
+class Cost:
+    """A run's estimated training time at the cache's side, split into what grows with the
+    pixel count (the steps' compute and the traces) and reading the batches, timed at the
+    cache's side and at ``read_side``."""
+
+    compute_seconds: float
+    """The steps and traces at the cache's side."""
+    read_seconds: float = 0.0
+    """Reading every batch of the run at the cache's side."""
+    read_side: int | None = None
+    """The larger side reading was also timed at (None: reading not timed there)."""
+    read_side_seconds: float = 0.0
+    """Reading every batch at ``read_side``."""
+    overlaps: bool = False
+    """Reading overlaps the steps (an accelerator): the longer of the two counts."""
+
+    def seconds(self, side: int, cache_side: int) -> float:
+        """The estimate at ``side``: compute scaled by the pixels; reading between the
+        sides it was timed at, by the pixels (held at the nearest beyond them)."""
+        pixels = (side / cache_side) ** 2
+        read = self.read_seconds
+        if self.read_side is not None and self.read_side > cache_side:
+            share = (side**2 - cache_side**2) / (self.read_side**2 - cache_side**2)
+            share = min(max(share, 0.0), 1.0)
+            read += share * (self.read_side_seconds - self.read_seconds)
+        compute = self.compute_seconds * pixels
+        return max(compute, read) if self.overlaps else compute + read
 
 
 @dataclass
@@ -112,15 +145,17 @@ def larger_side_is_worth(native: int | None, cache_side: int) -> bool:
 def choose_side(
     native: int | None,
     cache_side: int,
-    train_seconds: float,
+    train_seconds: float | Cost,
     remaining: float | None = None,
 ) -> SideChoice:
     """The side to train at: the images' own (``native``), capped at :data:`CAP_FACTOR`
     times ``cache_side`` and :data:`CAP_SIDE`, rounded down to :data:`MULTIPLE`, or the
-    largest smaller one whose estimated training time (``train_seconds`` at the cache's side,
-    scaled by the pixel count) fits :data:`BUDGET_SHARE` of ``remaining`` seconds (None: no
-    budget). The cache's side when the images are not :data:`MIN_GAIN` times larger or
-    nothing larger fits."""
+    largest smaller one whose estimated training time (``train_seconds``: the :class:`Cost`
+    at the cache's side, or seconds that all scale with the pixel count) fits
+    :data:`BUDGET_SHARE` of ``remaining`` seconds (None: no budget). The cache's side when
+    the images are not :data:`MIN_GAIN` times larger or nothing larger fits."""
+    cost = train_seconds if isinstance(train_seconds, Cost) else Cost(train_seconds)
+    at_cache = cost.seconds(cache_side, cache_side)
     if native is None:
         return SideChoice(cache_side, cache_side, None, reason="image sizes unreadable")
     if not larger_side_is_worth(native, cache_side):
@@ -131,7 +166,7 @@ def choose_side(
     cap = min(native, int(CAP_FACTOR * cache_side), CAP_SIDE)
     top = largest_side(native, cache_side)
     for side in range(top, cache_side, -MULTIPLE):
-        estimate = train_seconds * (side / cache_side) ** 2
+        estimate = cost.seconds(side, cache_side)
         if remaining is None or estimate <= BUDGET_SHARE * remaining:
             why = (
                 "no time budget"
@@ -139,8 +174,8 @@ def choose_side(
                 else f"fits the time budget ({duration(remaining)} left)"
             )
             capped = f"capped at {cap} px, " if cap < native else ""
-            return SideChoice(side, cache_side, native, estimate, train_seconds, capped + why)
+            return SideChoice(side, cache_side, native, estimate, at_cache, capped + why)
     return SideChoice(
-        cache_side, cache_side, native, None, train_seconds,
+        cache_side, cache_side, native, None, at_cache,
         f"no larger side fits the time budget ({duration(remaining or 0)} left)",
     )  # fmt: skip

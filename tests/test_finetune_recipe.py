@@ -19,7 +19,7 @@ from featcache.heads.finetune_phases import Best, PhaseRun
 from featcache.heads.finetune_plan import Plan, StepTime
 from featcache.heads.finetune_recipe import EXTEND_CAP, extend
 from featcache.heads.lr_range import CLAMP, pick_rate, rate_at
-from featcache.heads.resolution import CAP_SIDE, choose_side, native_side
+from featcache.heads.resolution import CAP_SIDE, Cost, choose_side, native_side
 from featcache.heads.schedule import Phase
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fashion-mnist"
@@ -127,6 +127,25 @@ def test_own_resolution_from_the_headers_and_the_time(tmp_path):
     assert tight.side == 32 and "budget" in tight.summary
     small = choose_side(36, 32, 10.0)
     assert small.side == 32 and "not 1.25x larger" in small.summary
+
+
+def test_own_resolution_counts_reading_timed_at_both_sides():
+    # compute 10 s at 32 px (x4 at 64), reading 6 s at 32 and 8 s at 64: on a CPU they add
+    cost = Cost(10.0, 6.0, 64, 8.0)
+    assert cost.seconds(32, 32) == pytest.approx(16.0)
+    assert cost.seconds(64, 32) == pytest.approx(48.0)
+    assert cost.seconds(48, 32) == pytest.approx(
+        22.5 + 6.0 + 2.0 * (48**2 - 32**2) / (64**2 - 32**2)
+    )
+    # an accelerator reads while it trains: the longer of the two
+    assert Cost(10.0, 16.0, 64, 20.0, overlaps=True).seconds(32, 32) == pytest.approx(16.0)
+    assert Cost(10.0, 16.0, 64, 20.0, overlaps=True).seconds(64, 32) == pytest.approx(40.0)
+    # reading decides: 64 px would fit a 100 s budget on compute alone (40 <= 50), not with it
+    assert choose_side(96, 32, 10.0, remaining=100.0).side == 64
+    slow_read = choose_side(96, 32, Cost(10.0, 6.0, 64, 12.0), remaining=100.0)
+    # 48 px: 22.5 s of compute, reading 6 s + 5/12 of the 6 s more at 64 px = 31 s <= 50 s
+    assert slow_read.side == 48 and slow_read.estimated_seconds == pytest.approx(31.0)
+    assert slow_read.cache_seconds == pytest.approx(16.0)
 
 
 @pytest.mark.slow
@@ -256,6 +275,9 @@ def test_journey_extract_train_fine_tune_reads_the_data_and_predict(tmp_path):
     size = recipe["image_size"]
     assert size["native_side"] == 48 and size["chosen"] == 48 and size["cache_side"] == 32
     assert size["estimated_seconds"] > size["cache_estimated_seconds"] > 0
+    assert size["read_seconds_at_cache_size"] > 0
+    assert size["read_seconds_at_largest_side"]["side"] == 48
+    assert size["read_seconds_at_largest_side"]["seconds"] > 0
     assert report["params"]["image_size"] == 48
     assert report["image_size"] == ([48, 48] if report["exported"] == "fine-tuned" else [32, 32])
     augment = recipe["augment"]
