@@ -86,7 +86,8 @@ def test_a_second_writer_is_refused_and_no_lock_stays(tmp_path):
 
 _PACED = COMMIT_EVERY_BATCH + textwrap.dedent(
     """
-    import sys, threading, time
+    import faulthandler, signal, sys, threading, time
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's dump on a hang
     from featcache.cli import main
     from featcache.extractor import recorder
     from featcache.store import CacheReader, writer
@@ -151,7 +152,14 @@ def test_no_lock_file_after_a_run_a_refused_run_or_ctrl_c(tmp_path):
         time.sleep(0.01)
     assert lock_path(out).exists()
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    try:
+        _, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)  # every thread's stack, then stop it
+        time.sleep(2)
+        process.kill()
+        _, err = process.communicate()
+        pytest.fail(f"no exit 120 s after Ctrl-C; its threads:\n{err[-6000:]}")
     assert process.returncode == 130, err[-2000:]
     assert "interrupted" in err
     assert sorted(p.name for p in folder.iterdir()) == ["c.h5"]
