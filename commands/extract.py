@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any
 
 import click
 
+from ..core.interrupt import ctrl_c_sets
 from ..core.options import ExtractOptions, RayOptions
-from ..errors import InvalidOptionError
+from ..errors import ExtractionCancelled, InvalidOptionError
 from ._options import flags
 from ._output import (
     render_backbones,
@@ -21,6 +23,7 @@ from ._shared import (
     CONTEXT,
     client_tls_options,
     handle_errors,
+    interrupted,
     json_option,
     quiet_option,
 )
@@ -83,11 +86,17 @@ def extract_command(
     elif token_file or tls_ca or tls_cert or tls_key:
         raise InvalidOptionError("--token-file and --tls-* apply to --remote only")
     progress = False if quiet or as_json else None
+    stop = threading.Event()
     try:
         settings = ExtractOptions(
             progress=progress, remote=client, ray_options=ray_options, **options
         )
-        summary = extract(data, settings)
+        with ctrl_c_sets(stop, "stopping after the current batch (Ctrl-C again: at once)"):
+            summary = extract(data, settings, cancel=stop)
+    except ExtractionCancelled:
+        if not stop.is_set():
+            raise
+        interrupted("finished batches were saved; rerun to resume")
     finally:
         if client is not None:
             client.close()

@@ -107,10 +107,11 @@ _PACED = COMMIT_EVERY_BATCH + textwrap.dedent(
         embedded(self, *args)
         time.sleep(0.2)
         if visible.is_set() and not held:  # 10 rows on disk mid-run, lock held: wait
-            # here (once, at most 120 s) for Ctrl-C, so that the run cannot end first
+            # here (once, at most 120 s) for Ctrl-C (it sets the run's cancel event), so
+            # that the run cannot end first
             held.append(True)
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not self.cancel.is_set():
                 time.sleep(0.05)
 
     writer.CacheWriter.commit = noted
@@ -161,7 +162,7 @@ def test_no_lock_file_after_a_run_a_refused_run_or_ctrl_c(tmp_path):
         _, err = process.communicate()
         pytest.fail(f"no exit 120 s after Ctrl-C; its threads:\n{err[-6000:]}")
     assert process.returncode == 130, err[-2000:]
-    assert "interrupted" in err
+    assert "stopping after the current batch" in err and "interrupted" in err
     assert sorted(p.name for p in folder.iterdir()) == ["c.h5"]
     saved = len(read_cache(out).paths)
     assert 10 <= saved < 80
@@ -191,3 +192,40 @@ def test_the_search_index_lock_goes_too(tmp_path):
         "c.h5.search.npy",
         "data",
     ]
+
+
+_TWO_PRESSES = textwrap.dedent(
+    """
+    import os, signal, threading, time
+    from featcache.core.interrupt import ctrl_c_sets
+
+    stop = threading.Event()
+    with ctrl_c_sets(stop, "stopping soon"):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(200):  # the handler runs between bytecodes
+            if stop.is_set():
+                break
+            time.sleep(0.01)
+        print("first press: flag", stop.is_set(), flush=True)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+            print("second press: ignored", flush=True)
+        except KeyboardInterrupt:
+            print("second press: KeyboardInterrupt", flush=True)
+    print("handler restored", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    """
+)
+
+
+def test_first_ctrl_c_sets_the_flag_and_a_second_stops_at_once():
+    done = subprocess.run(
+        [sys.executable, "-c", _TWO_PRESSES], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [
+        "first press: flag True",
+        "second press: KeyboardInterrupt",
+        "handler restored True",
+    ]
+    assert "stopping soon" in done.stderr
