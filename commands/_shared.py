@@ -49,8 +49,8 @@ def handle_errors(fn: F) -> F:
         except FeatcacheError as exc:
             click.echo(f"error: {flag_message(exc)}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("interrupted: finished batches were saved; rerun to resume", err=True)
+        except KeyboardInterrupt:  # commands that keep partial work say what they keep
+            click.echo("interrupted: stopped before the end; nothing more was written", err=True)
             sys.exit(130)
         except Exception as exc:
             if os.environ.get("FEATCACHE_DEBUG"):

@@ -97,6 +97,8 @@ def extract_command(
         if not stop.is_set():
             raise
         interrupted("finished batches were saved; rerun to resume")
+    except KeyboardInterrupt:  # a second Ctrl-C: at once
+        interrupted("finished batches were saved; rerun to resume")
     finally:
         if client is not None:
             client.close()

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import click
 
+from ..core.interrupt import ctrl_c_sets
 from ..heads.options import FineTuneOptions
 from ._options import flags
 from ._output import render_fine_tune_report, render_json
-from ._shared import CONTEXT, handle_errors, json_option, output_option, overwrite_option
+from ._shared import (
+    CONTEXT,
+    handle_errors,
+    interrupted,
+    json_option,
+    output_option,
+    overwrite_option,
+)
+
+STOPPING = (
+    "fine-tune: stopping at the end of this epoch; the best model so far is then evaluated "
+    "and saved (Ctrl-C again: stop at once, nothing saved)"
+)
 
 
 @click.command("fine-tune", context_settings=CONTEXT)
@@ -24,9 +38,15 @@ def fine_tune_command(cache: str, as_json: bool, **options: Any) -> None:
     """Unfreeze the top of the backbone under a trained head and train on CACHE's images."""
     from ..heads.finetune import fine_tune
 
-    # featcache's bars on stderr (Keras' own, verbose=1, would print to stdout)
-    result = fine_tune(cache, progress=False if as_json else None, **options)
+    stop = threading.Event()
+    with ctrl_c_sets(stop, STOPPING):
+        # featcache's bars on stderr (Keras' own, verbose=1, would print to stdout)
+        result = fine_tune(cache, progress=False if as_json else None, stop=stop, **options)
     if as_json:
         click.echo(render_json(result.report))
     else:
         click.echo(render_fine_tune_report(result.report, result.run_dir, result.skipped))
+    if result.report["stopped_early"]:
+        interrupted(f"training stopped early; the best model so far is in {result.run_dir}")
+    elif stop.is_set():
+        interrupted(f"Ctrl-C came after training; the whole run is in {result.run_dir}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ from .finetune_layers import (
     unfreeze_layers,
     unfreeze_units,
 )
+from .finetune_plan import stop_callback
 from .finetune_recipe import augment_test, own_resolution
 from .fit_progress import Tracker, keras_callbacks, tracking
 from .images import Classifier
@@ -100,6 +102,7 @@ def fine_tune(
     test_views: str | None = None,
     progress: bool | None = None,
     overwrite: bool = False,
+    stop: threading.Event | None = None,
 ) -> FineTuneResult:
     """Train the head of run ``head`` and the top of its backbone on the cache's images.
 
@@ -128,6 +131,10 @@ def fine_tune(
 
     An ``output`` folder that already holds files (the head's own run folder, say) is
     refused before anything loads unless ``overwrite``.
+
+    Setting ``stop`` (the CLI sets it on Ctrl-C) ends training at the current epoch's end:
+    no further phase or added epoch runs, and the best weights so far are evaluated and
+    saved as usual; the report's ``stopped_early`` is true and ``plan.notes`` say where.
     """
     from .endtoend import build, save
     from .predict import check_cache_suits
@@ -284,6 +291,7 @@ def fine_tune(
                               len(known_train.paths), size, batch_size),
                 len(known_train.paths) + len(known_val.paths),
             ),
+            stop=stop,
         )  # fmt: skip
         chosen = replace(chosen, lr=outcome.lr or chosen.lr)
         history, extra = outcome.history, outcome.report
@@ -297,9 +305,10 @@ def fine_tune(
         )
         with tracking(fixed):
             history = _fit_fixed(
-                model, chosen, train_rows, known_val, source, size, resize, verbose
+                model, chosen, train_rows, known_val, source, size, resize, verbose, stop
             )
     fit_seconds = time.monotonic() - started
+    stopped_early = stop is not None and stop.is_set()  # a later Ctrl-C cuts no training
     run_dir = Path(output) if output is not None else new_run_dir(cache, "finetune")
     run_dir.mkdir(parents=True, exist_ok=True)
     for layer in augmentation:  # inference-only model: augmentation does nothing there anyway
@@ -351,6 +360,7 @@ def fine_tune(
         },
         "skipped": [{"path": p, "reason": r} for p, r in sorted(skipped.items())],
         "epochs_run": len(history.get("loss", [])),
+        "stopped_early": stopped_early,  # Ctrl-C: the best weights so far
         "fit_seconds": round(fit_seconds, 3),
         "evaluate_seconds": round(evaluate_seconds, 3),  # test views chosen, val and test
         "head_only": {
@@ -428,9 +438,10 @@ def _fit_fixed(
     size: tuple[int, int],
     resize: tuple[str, str],
     verbose: int,
+    stop: threading.Event | None = None,
 ) -> dict[str, list[float]]:
     """``schedule="fixed"``: one ``fit`` with the options given (the behaviour from before
-    the auto schedule)."""
+    the auto schedule), ending at an epoch's end once ``stop`` is set."""
     import keras
 
     lr, batch_size = chosen.lr, chosen.batch_size
@@ -467,7 +478,7 @@ def _fit_fixed(
         train_ds,
         validation_data=validation,
         epochs=chosen.epochs,
-        callbacks=callbacks + keras_callbacks(),
+        callbacks=callbacks + stop_callback(stop, []) + keras_callbacks(),
         verbose=verbose,
     )
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}

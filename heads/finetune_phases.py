@@ -4,6 +4,7 @@ by val accuracy kept across every epoch of every phase (the untrained head inclu
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,12 +16,14 @@ from ..core.progress import on_terminal
 from ..core.tf_quiet import TERMINAL_STDERR
 from .finetune_layers import set_trainable
 from .finetune_plan import (
+    STOPPED_BY,
     Plan,
     deadline_callback,
     duration,
     fit_to_budget,
     measure,
     on_accelerator,
+    stop_callback,
 )
 from .finetune_refit import Refit, balanced_weights, refit_head
 from .fit_progress import Tracker, keras_callbacks, tracking
@@ -153,6 +156,7 @@ def run_phases(
     deadline: float | None = None,
     stopped: list[str] | None = None,
     refit: Callable[[str], Refit] | None = None,
+    stop: threading.Event | None = None,
 ) -> tuple[list[PhaseRun], dict[str, list[float]]]:
     """Train ``phases`` in turn from the weights of ``best`` (each phase starts from the
     best so far); ``best`` ends holding the best weights of all. ``units``: the backbone's
@@ -168,7 +172,8 @@ def run_phases(
     what was cut. ``refit`` (given the phase's progress title): a head phase re-fits the
     head on frozen features instead (:mod:`.finetune_refit`), and the next phase starts
     from the re-fit head whether or not it beat the best (the head it thaws under must have
-    learnt under the same balance)."""
+    learnt under the same balance). ``stop`` (set on Ctrl-C): training ends at the current
+    epoch's end and no further phase starts."""
     import keras
 
     scales_top_first = group_scales(every_unit, lr_decay)
@@ -180,6 +185,9 @@ def run_phases(
     for number, phase in enumerate(phases, 1):
         if deadline is not None and time.monotonic() >= deadline:
             cut.append(f"time budget: phases from {phase.name} on skipped")
+            break
+        if stop is not None and stop.is_set():
+            cut.append(f"{STOPPED_BY}: phases from {phase.name} on skipped")
             break
         model.set_weights(best.weights if start is None else start)
         start = None
@@ -226,6 +234,7 @@ def run_phases(
                 callbacks=[
                     _keep_best(model, best, run, patience, select),
                     *deadline_callback(deadline, cut),
+                    *stop_callback(stop, cut),
                     *keras_callbacks(),
                 ],
                 verbose=verbose,
@@ -349,6 +358,7 @@ def train_auto(
     improve_margin: float = 0.0,
     head_margin: float = 0.0,
     plain_train: tuple[Any, int] | None = None,
+    stop: threading.Event | None = None,
 ) -> AutoOutcome:
     """The auto schedule on ``built`` (an :class:`~featcache.heads.endtoend.EndToEnd`):
     phase 0 scores the head as ``export`` makes it on val (``head_val(model, size)``: its
@@ -360,6 +370,8 @@ def train_auto(
     and its estimate are printed (on a terminal) and reported, and with a ``deadline``
     (``time.monotonic()``, from ``time_budget``) the epochs are cut to fit it;
     ``evaluate_share``: the final evaluation's images over val's (each view counted).
+    ``stop`` (set on Ctrl-C): training ends at the current epoch's end, the recipe adds no
+    epochs, and the best weights so far are kept as usual.
 
     The recipe reads the data (:mod:`.finetune_recipe`) for the options not in
     ``explicit``: the peak rate (``lr``) from a range test before the first phase that thaws
@@ -467,7 +479,7 @@ def train_auto(
             optimizer=chosen.optimizer, warmup=chosen.warmup, lr_decay=chosen.lr_decay,
             class_weight=weights, patience=int(chosen.patience or 0), verbose=verbose,
             classes=classes, select=select, progress=progress, plan=plan, deadline=deadline,
-            stopped=stopped, refit=refit,
+            stopped=stopped, refit=refit, stop=stop,
         )  # fmt: skip
         for key, values in more.items():
             history.setdefault(key, []).extend(values)
@@ -476,6 +488,10 @@ def train_auto(
     runs = train_phases(phases)
     if "epochs" in explicit:
         recipe["epochs"] = asked(epochs)
+    elif stop is not None and stop.is_set():
+        ran = sum(len(r.val_accuracy) for r in runs)
+        recipe["epochs"] = {"chosen": ran, "by": STOPPED_BY, "asked": epochs,
+                            "summary": f"{ran} of {epochs} (stopped by {STOPPED_BY})"}  # fmt: skip
     elif stopped or sum(p.epochs for p in phases) < epochs:
         ran = sum(len(r.val_accuracy) for r in runs)
         recipe["epochs"] = {"chosen": ran, "by": "time budget", "asked": epochs,
@@ -483,7 +499,7 @@ def train_auto(
     else:
         recipe["epochs"] = extend(
             train_phases, runs, best, plan, epochs_asked=epochs, margin=improve_margin,
-            deadline=deadline,
+            deadline=deadline, stop=stop,
         )  # fmt: skip
     if on_terminal(progress) and recipe["epochs"]["by"] == "val trend":
         TERMINAL_STDERR.write(f"fine-tune recipe epochs: {recipe['epochs']['summary']}\n")

@@ -6,6 +6,7 @@ end."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from typing import Any
 
 from .schedule import Phase, plan_phases
 
+STOPPED_BY = "Ctrl-C"
+"""How the notes name a stop the user asked for (the ``stop`` event set)."""
 TIMED_STEPS = 2
 """Training steps timed per phase, after one untimed step that traces the graph."""
 
@@ -218,6 +221,24 @@ def fit_to_budget(
         f"time budget: not even one epoch fits ({duration(remaining)} left); nothing trains"
     )
     return plan
+
+
+def stop_callback(stop: threading.Event | None, stopped: list[str]) -> list[Any]:
+    """A Keras callback stopping ``fit`` at an epoch's end once ``stop`` is set (the user
+    pressed Ctrl-C); it appends a note to ``stopped``. None without an event."""
+    if stop is None:
+        return []
+    import keras
+
+    event: threading.Event = stop
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            if event.is_set():
+                self.model.stop_training = True
+                stopped.append(f"{STOPPED_BY}: stopped after epoch {epoch + 1} of this phase")
+
+    return [Stop()]
 
 
 def deadline_callback(deadline: float | None, stopped: list[str]) -> list[Any]:

@@ -6,6 +6,7 @@ the report's ``recipe`` entry; an option the user set is never overridden (``by:
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ from ..core.progress import Status
 from ..extractor.sources import Dataset, item_from_path
 from .finetune_images import Rows, read_images, train_dataset
 from .finetune_layers import backbone_units, set_trainable, unfreeze_units
-from .finetune_plan import Plan, duration
+from .finetune_plan import STOPPED_BY, Plan, duration
 from .lr_range import STEPS, lr_range_test
 from .options import FineTuneOptions
 from .schedule import Phase
@@ -105,17 +106,22 @@ def extend(
     epochs_asked: int,
     margin: float,
     deadline: float | None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """More epochs while val improves: when the last phase's last epoch is the best so far
     by ``margin`` or more, ``train_phases([Phase("extend", ...)])`` trains
     :data:`EXTEND_SHARE` of the epochs asked more (same layers, a warm restart at
     :data:`EXTEND_LR_FACTOR` of the peak), again while that holds, up to :data:`EXTEND_CAP`
-    of the epochs asked and within the ``deadline``. Extends ``runs``; returns the record."""
+    of the epochs asked, within the ``deadline`` and until ``stop`` is set (Ctrl-C).
+    Extends ``runs``; returns the record."""
     cap = extend_cap(epochs_asked)
     step = max(1, round(EXTEND_SHARE * epochs_asked))
     added, why = 0, "nothing trained"
     checks: list[dict[str, Any]] = []
     while runs:
+        if stop is not None and stop.is_set():
+            why = f"stopped by {STOPPED_BY}"
+            break
         last = runs[-1]
         improving = still_improving(best, last, margin)
         checks.append(

@@ -658,6 +658,60 @@ def test_cli_fine_tune_auto_json_and_one_line_errors(coloured, tmp_path):
         assert flag in result.output and len(result.output.strip().splitlines()) == 1
 
 
+def test_ctrl_c_stops_fine_tuning_at_an_epoch_end_and_saves_the_best_so_far(
+    coloured, tmp_path, monkeypatch, capfd
+):
+    """A user's chain: a head trained, fine-tune started, Ctrl-C at the first epoch's end:
+    training stops there, the best model so far is evaluated and saved (exit 130) with a
+    report that says so, and predict runs it on the images."""
+    import signal
+    import threading
+
+    from featcache.heads import finetune_phases
+
+    assert threading.current_thread() is threading.main_thread()  # where signals land
+    _, data, cache, run = coloured
+    real, pressed = finetune_phases._keep_best, []
+
+    def keep_best_then_press(model, best, phase_run, patience, select):
+        callback = real(model, best, phase_run, patience, select)
+        keep = callback.on_epoch_end
+
+        def on_epoch_end(epoch, logs=None):
+            keep(epoch, logs)
+            if not pressed:
+                pressed.append(phase_run.phase.name)
+                signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C
+
+        callback.on_epoch_end = on_epoch_end
+        return callback
+
+    monkeypatch.setattr(finetune_phases, "_keep_best", keep_best_then_press)
+    out = tmp_path / "ft"
+    args = ["fine-tune", str(cache), "--head", str(run), "-o", str(out),
+            "--batch-size", "4", "--lr", "1e-3", "--balance", "none"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130, result.output
+    assert f"interrupted: training stopped early; the best model so far is in {out}" in (
+        result.output
+    )
+    assert "stopping at the end of this epoch" in capfd.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped_early"] is True and report["epochs_run"] == 1
+    notes = report["plan"]["notes"]
+    assert "Ctrl-C: stopped after epoch 1 of this phase" in notes
+    assert any(n.startswith("Ctrl-C: phases from") for n in notes)  # the later phases
+    assert [p["name"] for p in report["phases"]][1:] == pressed
+    assert report["recipe"]["epochs"]["by"] == "Ctrl-C"  # no epochs added while val improves
+    listing = tmp_path / "predictions.csv"
+    done = CliRunner().invoke(main, ["predict", str(out / "model.keras"), str(data),
+                                     "-o", str(listing)])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    rows = list(csv.DictReader(listing.open()))
+    assert len(rows) == sum(1 for _ in data.rglob("*.png"))
+
+
 def test_phases_train_only_the_top_layers_and_never_batchnorm():
     import keras
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,16 @@ def test_more_epochs_while_the_last_epoch_is_still_the_best():
     runs = train([Phase("deeper", 4, 2, 1e-4)])
     record = extend(train, runs, best, _plan([deeper]), epochs_asked=2, margin=0.01, deadline=0.0)
     assert record["added"] == 0 and len(calls) == 1 and "time budget" in record["summary"]
+    # still improving, but the user pressed Ctrl-C: nothing more trains
+    best = Best(0.5, [], score=0.5)
+    train, calls = _train_phases(best, [[0.6, 0.7]])
+    runs = train([Phase("deeper", 4, 2, 1e-4)])
+    pressed = threading.Event()
+    pressed.set()
+    record = extend(train, runs, best, _plan([deeper]), epochs_asked=2, margin=0.01,
+                    deadline=None, stop=pressed)  # fmt: skip
+    assert record["added"] == 0 and len(calls) == 1
+    assert record["summary"] == "2 + 0 (stopped by Ctrl-C)"
 
 
 def _png(path: Path, size: tuple[int, int], seed: int) -> Path:
