@@ -48,15 +48,18 @@ def test_each_family_embeds_through_the_feature_extractor(name):
 @pytest.mark.parametrize("name", [name for name in REGISTRY if name not in FAMILIES.values()])
 def test_entry_builds_and_gives_documented_dimension(name):
     # The rest of each family: same code path, so building the Keras model is enough
-    # (the traced forward pass would double the time of the largest ones).
+    # (the traced forward pass would double the time of the largest ones). Built in a
+    # StatelessScope: the layers and shapes are real, the random initial values are never
+    # drawn (measured: 35-55% of a build's time, nasnet_large 5.2 -> 3.4 s).
     import keras
 
     keras.backend.clear_session()
     spec = REGISTRY[name]
-    model = spec.constructor()(
-        include_top=False,
-        weights=None,
-        input_shape=(spec.min_size, spec.min_size, 3),
-        pooling="avg",
-    )
+    with keras.StatelessScope():
+        model = spec.constructor()(
+            include_top=False,
+            weights=None,
+            input_shape=(spec.min_size, spec.min_size, 3),
+            pooling="avg",
+        )
     assert model.output_shape == (None, spec.feature_dim)
