@@ -190,6 +190,16 @@ def read_batches(train: Any, count: int) -> tuple[list[Any], float]:
     return batches, (time.monotonic() - began) / max(1, len(batches))
 
 
+def steady_read_seconds(train: Any, count: int) -> float:
+    """Seconds reading one batch of ``train`` once the pipeline runs: the mean over
+    ``count`` batches after the first (which pays the pipeline's start)."""
+    batches = iter(train.take(count + 1))
+    next(batches, None)
+    began = time.monotonic()
+    read = sum(1 for _ in batches)
+    return (time.monotonic() - began) / max(1, read)
+
+
 def on_accelerator() -> bool:
     """Whether training runs on an accelerator, so that reading (on the CPU) overlaps the
     steps; on a CPU the same cores do both and their times add."""
@@ -225,7 +235,8 @@ def fit_to_budget(
 
 def stop_callback(stop: threading.Event | None, stopped: list[str]) -> list[Any]:
     """A Keras callback stopping ``fit`` at an epoch's end once ``stop`` is set (the user
-    pressed Ctrl-C); it appends a note to ``stopped``. None without an event."""
+    pressed Ctrl-C) and epochs remain; it appends a note to ``stopped``. None without an
+    event."""
     if stop is None:
         return []
     import keras
@@ -234,7 +245,7 @@ def stop_callback(stop: threading.Event | None, stopped: list[str]) -> list[Any]
 
     class Stop(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            if event.is_set():
+            if event.is_set() and epoch + 1 < int(self.params.get("epochs") or 0):
                 self.model.stop_training = True
                 stopped.append(f"{STOPPED_BY}: stopped after epoch {epoch + 1} of this phase")
 

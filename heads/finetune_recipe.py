@@ -180,7 +180,7 @@ def own_resolution(
     """The recipe's image size (:mod:`.resolution`): the images' own when larger than the
     cache's and the time allows, estimated from steps timed at the cache's size and reading
     timed at the cache's size and the largest side tried."""
-    from .finetune_plan import TIMED_STEPS, measure, on_accelerator, read_batches
+    from .finetune_plan import measure, on_accelerator, steady_read_seconds
     from .resolution import (
         SAMPLE,
         Cost,
@@ -222,14 +222,17 @@ def own_resolution(
     with Status("fine-tune: timing a step at the cache's size…", progress):
         train = train_dataset(rows, source, size, resize, chosen)
         timing = measure(built.model, [deeper], train, ready, None)[deeper.units]
+        # reading at both sides the same way: past the first batch, which pays each
+        # pipeline's start (measure's own timing includes it)
+        cache_read = steady_read_seconds(train_dataset(rows, source, size, resize, chosen), 2)
         larger = train_dataset(rows, source, (top, top), resize, chosen)
-        top_read = read_batches(larger, TIMED_STEPS + 1)[1]
+        top_read = steady_read_seconds(larger, 2)
     built.model.set_weights(kept)
     # every epoch's steps, and a trace for each of the (at most 3) phases
     steps = float(chosen.epochs or 1) * int(train.cardinality())
     cost = Cost(
         steps * timing.step_seconds + 3 * timing.trace_seconds,
-        steps * timing.read_seconds,
+        steps * cache_read,
         top,
         steps * top_read,
         on_accelerator(),
@@ -238,7 +241,7 @@ def own_resolution(
     decision = choose_side(native, size[0], cost, remaining)
     record = decision.record()
     record["step_seconds_at_cache_size"] = round(timing.step_seconds, 4)
-    record["read_seconds_at_cache_size"] = round(timing.read_seconds, 4)
+    record["read_seconds_at_cache_size"] = round(cache_read, 4)
     record["read_seconds_at_largest_side"] = {"side": top, "seconds": round(top_read, 4)}
     return record
 
