@@ -91,8 +91,11 @@ def extract_command(
         settings = ExtractOptions(
             progress=progress, remote=client, ray_options=ray_options, **options
         )
-        with ctrl_c_sets(stop, "stopping after the current batch (Ctrl-C again: at once)"):
-            summary = extract(data, settings, cancel=stop)
+        if options["engine"] == "ray":  # it checks between shards only: Ctrl-C at once
+            summary = extract(data, settings)
+        else:
+            with ctrl_c_sets(stop, "stopping after the current batch (Ctrl-C again: at once)"):
+                summary = extract(data, settings, cancel=stop)
     except ExtractionCancelled:
         if not stop.is_set():
             raise

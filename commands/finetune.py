@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import click
 
-from ..core.interrupt import ctrl_c_sets
+from ..core.interrupt import StopRequest, ctrl_c_sets
 from ..heads.options import FineTuneOptions
 from ._options import flags
 from ._output import render_fine_tune_report, render_json
@@ -22,7 +21,7 @@ from ._shared import (
 
 STOPPING = (
     "fine-tune: stopping at the end of this epoch; the best model so far is then evaluated "
-    "and saved (Ctrl-C again: stop at once, nothing saved)"
+    "and saved (Ctrl-C again: stop at once, without a report)"
 )
 
 
@@ -38,7 +37,7 @@ def fine_tune_command(cache: str, as_json: bool, **options: Any) -> None:
     """Unfreeze the top of the backbone under a trained head and train on CACHE's images."""
     from ..heads.finetune import fine_tune
 
-    stop = threading.Event()
+    stop = StopRequest()  # armed while epochs train; any other time Ctrl-C stops at once
     with ctrl_c_sets(stop, STOPPING):
         # featcache's bars on stderr (Keras' own, verbose=1, would print to stdout)
         result = fine_tune(cache, progress=False if as_json else None, stop=stop, **options)
@@ -49,4 +48,4 @@ def fine_tune_command(cache: str, as_json: bool, **options: Any) -> None:
     if result.report["stopped_early"]:
         interrupted(f"training stopped early; the best model so far is in {result.run_dir}")
     elif stop.is_set():
-        interrupted(f"Ctrl-C came after training; the whole run is in {result.run_dir}")
+        interrupted(f"Ctrl-C came in the last epoch, nothing was cut: {result.run_dir}")

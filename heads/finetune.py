@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..core.files import check_run_folder
+from ..core.interrupt import armed
 from ..core.progress import Status, progress_bar
 from ..errors import DatasetError
 from ..extractor.sources import Dataset, open_source
@@ -40,7 +41,7 @@ from .finetune_layers import (
     unfreeze_layers,
     unfreeze_units,
 )
-from .finetune_plan import stop_callback
+from .finetune_plan import STOPPED_BY, stop_callback
 from .finetune_recipe import augment_test, own_resolution
 from .fit_progress import Tracker, keras_callbacks, tracking
 from .images import Classifier
@@ -134,7 +135,9 @@ def fine_tune(
 
     Setting ``stop`` (the CLI sets it on Ctrl-C) ends training at the current epoch's end:
     no further phase or added epoch runs, and the best weights so far are evaluated and
-    saved as usual; the report's ``stopped_early`` is true and ``plan.notes`` say where.
+    saved as usual; the report's ``stopped_early`` is true when that cut some training, and
+    ``plan.notes`` say where. (A :class:`~featcache.core.interrupt.StopRequest` is armed
+    only while epochs train: the CLI's Ctrl-C stops anything else at once.)
     """
     from .endtoend import build, save
     from .predict import check_cache_suits
@@ -244,6 +247,7 @@ def fine_tune(
             trained, size = built.head, built.image_size
             chosen = replace(chosen, image_size=size[0])
     extra: dict[str, Any] = {}
+    fixed_cut: list[str] = []  # what Ctrl-C cut of the fixed schedule
     precision = "float32"
     started = time.monotonic()
     if auto:
@@ -305,10 +309,15 @@ def fine_tune(
         )
         with tracking(fixed):
             history = _fit_fixed(
-                model, chosen, train_rows, known_val, source, size, resize, verbose, stop
-            )
+                model, chosen, train_rows, known_val, source, size, resize, verbose, stop,
+                fixed_cut,
+            )  # fmt: skip
     fit_seconds = time.monotonic() - started
-    stopped_early = stop is not None and stop.is_set()  # a later Ctrl-C cuts no training
+    # Ctrl-C cut some training (a press in the last epoch of all cuts none)
+    cut = [*extra.get("plan", {}).get("notes", []), *fixed_cut]
+    stopped_early = any(note.startswith(STOPPED_BY) for note in cut) or STOPPED_BY in str(
+        recipe.get("epochs", {}).get("summary", "")
+    )
     run_dir = Path(output) if output is not None else new_run_dir(cache, "finetune")
     run_dir.mkdir(parents=True, exist_ok=True)
     for layer in augmentation:  # inference-only model: augmentation does nothing there anyway
@@ -439,9 +448,11 @@ def _fit_fixed(
     resize: tuple[str, str],
     verbose: int,
     stop: threading.Event | None = None,
+    stopped: list[str] | None = None,
 ) -> dict[str, list[float]]:
     """``schedule="fixed"``: one ``fit`` with the options given (the behaviour from before
-    the auto schedule), ending at an epoch's end once ``stop`` is set."""
+    the auto schedule), ending at an epoch's end once ``stop`` is set (noted in
+    ``stopped``)."""
     import keras
 
     lr, batch_size = chosen.lr, chosen.batch_size
@@ -474,11 +485,14 @@ def _fit_fixed(
                 monitor="val_loss", patience=int(chosen.patience or 0), restore_best_weights=True
             )
         )
-    history = model.fit(
-        train_ds,
-        validation_data=validation,
-        epochs=chosen.epochs,
-        callbacks=callbacks + stop_callback(stop, []) + keras_callbacks(),
-        verbose=verbose,
-    )
+    with armed(stop):  # Ctrl-C waits for an epoch's end only here
+        history = model.fit(
+            train_ds,
+            validation_data=validation,
+            epochs=chosen.epochs,
+            callbacks=callbacks
+            + stop_callback(stop, [] if stopped is None else stopped)
+            + keras_callbacks(),
+            verbose=verbose,
+        )
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}

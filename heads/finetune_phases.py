@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.interrupt import armed
 from ..core.progress import on_terminal
 from ..core.tf_quiet import TERMINAL_STDERR
 from .finetune_layers import set_trainable
@@ -485,22 +486,25 @@ def train_auto(
             history.setdefault(key, []).extend(values)
         return done
 
-    runs = train_phases(phases)
-    if "epochs" in explicit:
-        recipe["epochs"] = asked(epochs)
-    elif stop is not None and stop.is_set():
-        ran = sum(len(r.val_accuracy) for r in runs)
-        recipe["epochs"] = {"chosen": ran, "by": STOPPED_BY, "asked": epochs,
-                            "summary": f"{ran} of {epochs} (stopped by {STOPPED_BY})"}  # fmt: skip
-    elif stopped or sum(p.epochs for p in phases) < epochs:
-        ran = sum(len(r.val_accuracy) for r in runs)
-        recipe["epochs"] = {"chosen": ran, "by": "time budget", "asked": epochs,
-                            "summary": f"{ran} of {epochs} (the time budget cut them)"}  # fmt: skip
-    else:
-        recipe["epochs"] = extend(
-            train_phases, runs, best, plan, epochs_asked=epochs, margin=improve_margin,
-            deadline=deadline, stop=stop,
-        )  # fmt: skip
+    with armed(stop):  # Ctrl-C waits for an epoch's end only here
+        runs = train_phases(phases)
+        if "epochs" in explicit:
+            recipe["epochs"] = asked(epochs)
+        elif stop is not None and stop.is_set():
+            ran = sum(len(r.val_accuracy) for r in runs)
+            why = f"stopped by {STOPPED_BY}"
+            recipe["epochs"] = {"chosen": ran, "by": STOPPED_BY, "asked": epochs,
+                                "summary": f"{ran} of {epochs} ({why})"}  # fmt: skip
+        elif stopped or sum(p.epochs for p in phases) < epochs:
+            ran = sum(len(r.val_accuracy) for r in runs)
+            why = "the time budget cut them"
+            recipe["epochs"] = {"chosen": ran, "by": "time budget", "asked": epochs,
+                                "summary": f"{ran} of {epochs} ({why})"}  # fmt: skip
+        else:
+            recipe["epochs"] = extend(
+                train_phases, runs, best, plan, epochs_asked=epochs, margin=improve_margin,
+                deadline=deadline, stop=stop,
+            )  # fmt: skip
     if on_terminal(progress) and recipe["epochs"]["by"] == "val trend":
         TERMINAL_STDERR.write(f"fine-tune recipe epochs: {recipe['epochs']['summary']}\n")
     plan.notes.extend(stopped)

@@ -104,3 +104,27 @@ def test_the_estimate_adds_each_phase_and_the_budget_cuts_epochs_to_fit():
     nothing = fit_to_budget(_plan(10), 5.0, 1e-4, 13, 1)
     assert nothing.phases == [] and "not even one epoch" in nothing.notes[0]
     assert nothing.record()["epochs_planned"] == 0
+
+
+def test_a_stop_request_ends_fit_at_an_epoch_end_only_when_epochs_remain():
+    import threading
+
+    import keras
+
+    from featcache.heads.finetune_plan import stop_callback
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.zeros((8, 3), np.float32), np.zeros((8, 2), np.float32)
+    assert stop_callback(None, []) == []
+    pressed, notes = threading.Event(), []
+    pressed.set()
+    ran = model.fit(x, y, epochs=3, verbose=0, callbacks=stop_callback(pressed, notes))
+    assert len(ran.history["loss"]) == 1
+    assert notes == ["Ctrl-C: stopped after epoch 1 of this phase"]
+    notes.clear()  # the last epoch: nothing is cut, nothing noted
+    model.fit(x, y, epochs=1, verbose=0, callbacks=stop_callback(pressed, notes))
+    assert notes == []
+    notes.clear()  # not pressed: every epoch runs
+    ran = model.fit(x, y, epochs=2, verbose=0, callbacks=stop_callback(threading.Event(), notes))
+    assert len(ran.history["loss"]) == 2 and notes == []

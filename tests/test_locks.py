@@ -88,6 +88,7 @@ _PACED = COMMIT_EVERY_BATCH + textwrap.dedent(
     """
     import faulthandler, signal, sys, threading, time
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test's dump on a hang
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
     from featcache.cli import main
     from featcache.extractor import recorder
     from featcache.store import CacheReader, writer
@@ -197,8 +198,9 @@ def test_the_search_index_lock_goes_too(tmp_path):
 _TWO_PRESSES = textwrap.dedent(
     """
     import os, signal, threading, time
-    from featcache.core.interrupt import ctrl_c_sets
+    from featcache.core.interrupt import StopRequest, armed, ctrl_c_sets
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
     stop = threading.Event()
     with ctrl_c_sets(stop, "stopping soon"):
         os.kill(os.getpid(), signal.SIGINT)
@@ -214,6 +216,25 @@ _TWO_PRESSES = textwrap.dedent(
         except KeyboardInterrupt:
             print("second press: KeyboardInterrupt", flush=True)
     print("handler restored", signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+    request = StopRequest()  # a fine-tune's: the flag only while armed, else at once
+    with ctrl_c_sets(request, "stopping soon"):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            print("not armed: KeyboardInterrupt, flag", request.is_set(), flush=True)
+        with armed(request):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(200):
+                if request.is_set():
+                    break
+                time.sleep(0.01)
+        print("armed: flag", request.is_set(), flush=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a job started with Ctrl-C ignored
+    with ctrl_c_sets(threading.Event(), "stopping soon") as ignored:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        print("ignored: flag", ignored.is_set(), flush=True)
     """
 )
 
@@ -227,5 +248,8 @@ def test_first_ctrl_c_sets_the_flag_and_a_second_stops_at_once():
         "first press: flag True",
         "second press: KeyboardInterrupt",
         "handler restored True",
+        "not armed: KeyboardInterrupt, flag False",
+        "armed: flag True",
+        "ignored: flag False",
     ]
     assert "stopping soon" in done.stderr
