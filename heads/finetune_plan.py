@@ -165,8 +165,9 @@ def measure(
     model train what the phase trains, compiled at a learning rate of 0, so no weight
     moves) on batches of ``train``."""
     timing: dict[int, StepTime] = {}
-    # reading them: no extra pass, so train's stream is unchanged
-    batches, read = read_batches(train, TIMED_STEPS + 1)
+    began = time.monotonic()  # reading them: no extra pass, so train's stream is unchanged
+    batches = list(train.take(TIMED_STEPS + 1))
+    read = (time.monotonic() - began) / max(1, len(batches))
     for phase in phases:
         if phase.units in timing:
             continue
@@ -180,14 +181,6 @@ def measure(
         steps = max(1, len(batches) - 1)
         timing[phase.units] = StepTime(traced - started, (time.monotonic() - traced) / steps, read)
     return timing
-
-
-def read_batches(train: Any, count: int) -> tuple[list[Any], float]:
-    """The first ``count`` batches of ``train`` and the seconds reading one took (decoding
-    and augmenting; the mean over them)."""
-    began = time.monotonic()
-    batches = list(train.take(count))
-    return batches, (time.monotonic() - began) / max(1, len(batches))
 
 
 def steady_read_seconds(train: Any, count: int) -> float:
