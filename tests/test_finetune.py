@@ -687,17 +687,24 @@ def test_ctrl_c_stops_fine_tuning_at_an_epoch_end_and_saves_the_best_so_far(
         return callback
 
     monkeypatch.setattr(finetune_phases, "_keep_best", keep_best_then_press)
+    # as in a terminal: a pytest started in the background (`&`) inherits SIGINT ignored,
+    # and fine-tune rightly leaves an ignored SIGINT alone
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     before = signal.getsignal(signal.SIGINT)
     out = tmp_path / "ft"
     args = ["fine-tune", str(cache), "--head", str(run), "-o", str(out),
             "--batch-size", "4", "--lr", "1e-3", "--balance", "none"]  # fmt: skip
-    result = CliRunner().invoke(main, args)
+    try:
+        result = CliRunner().invoke(main, args)
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert result.exit_code == 130, result.output
     assert f"interrupted: training stopped early; the best model so far is in {out}" in (
         result.output
     )
     assert "stopping at the end of this epoch" in capfd.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is before  # the handler restored
+    assert after is before  # fine-tune's handler removed
     report = json.loads((out / "report.json").read_text())
     assert report["stopped_early"] is True and report["epochs_run"] == 1
     first, second = report["plan"]["phases"][:2]  # a phase's last epoch cuts nothing there
