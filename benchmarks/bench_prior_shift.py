@@ -52,8 +52,10 @@ def accuracy_pair(pred: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
 
 def pick(rows: list[dict[str, Any]], floor: bool) -> dict[str, Any]:
     """The row of the best val balanced accuracy (ties: the smaller tau); with ``floor``,
-    among the rows whose val accuracy is at least tau 0's."""
-    head_val = rows[0]["val"][0]
+    among the rows whose val accuracy is at least the head's (tau 0). Checking accuracy is
+    enough for fine-tune's promise on both figures: the head's row is always allowed, so
+    the row picked never has a lower val balanced accuracy than the head's."""
+    head_val = next(r for r in rows if r["tau"] == 0.0)["val"][0]
     allowed = [r for r in rows if not floor or r["val"][0] >= head_val]
     return max(allowed, key=lambda r: (r["val"][1], -r["tau"]))
 
