@@ -12,6 +12,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .compiling import compile_for_training
 from .fit_progress import keras_callbacks
 from .options import (
     DEFAULT_ACTIVATION,
@@ -132,7 +133,8 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             "rmsprop": lambda: keras.optimizers.RMSprop(self.lr, momentum=self.momentum),
         }
         # several steps per call: a small head is dominated by per-step Python overhead
-        model.compile(
+        compile_for_training(
+            model,
             optimizer=optimizers[self.optimizer](),
             loss=loss,
             metrics=[metric],

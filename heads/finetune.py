@@ -20,6 +20,7 @@ from ..core.interrupt import armed
 from ..core.progress import Status, progress_bar
 from ..errors import DatasetError
 from ..extractor.sources import Dataset, open_source
+from .compiling import compile_for_training
 from .data import load_splits
 from .finetune_images import (
     Rows,
@@ -461,7 +462,8 @@ def _fit_fixed(
         "sgd": lambda: keras.optimizers.SGD(lr, momentum=0.9),
         "rmsprop": lambda: keras.optimizers.RMSprop(lr),
     }
-    model.compile(
+    compile_for_training(
+        model,
         optimizer=optimizers[chosen.optimizer](),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],

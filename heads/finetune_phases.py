@@ -15,6 +15,7 @@ import numpy as np
 from ..core.interrupt import armed
 from ..core.progress import on_terminal
 from ..core.tf_quiet import TERMINAL_STDERR
+from .compiling import compile_for_training
 from .finetune_layers import set_trainable
 from .finetune_plan import (
     STOPPED_BY,
@@ -217,7 +218,8 @@ def run_phases(
         set_trainable(backbone, units, allowed, phase.units)
         scales = layer_scales(allowed, scales_top_first)
         rate = warmup_cosine(phase.lr, steps * phase.epochs, warmup)
-        model.compile(
+        compile_for_training(
+            model,
             optimizer=layerwise_optimizer(optimizer, rate, scales),
             loss=loss,
             metrics=[
@@ -431,7 +433,8 @@ def train_auto(
 
         def ready(phase: Phase, rate: Any) -> None:
             set_trainable(built.backbone, units, allowed, phase.units)
-            model.compile(
+            compile_for_training(
+                model,
                 optimizer=layerwise_optimizer(chosen.optimizer, rate, scales),
                 loss=keras.losses.SparseCategoricalCrossentropy(),
             )
@@ -586,7 +589,8 @@ def _plan(
 
     def ready(phase: Phase) -> None:
         set_trainable(backbone, units, allowed, phase.units)
-        model.compile(
+        compile_for_training(
+            model,
             optimizer=layerwise_optimizer(optimizer, 0.0, {}),
             loss=keras.losses.SparseCategoricalCrossentropy(),
         )

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core.progress import Status
 from ..extractor.sources import Dataset, item_from_path
+from .compiling import compile_for_training
 from .finetune_images import Rows, read_images, train_dataset
 from .finetune_layers import backbone_units, set_trainable, unfreeze_units
 from .finetune_plan import STOPPED_BY, Plan, duration
@@ -214,8 +215,9 @@ def own_resolution(
 
     def ready(phase: Phase) -> None:
         set_trainable(built.backbone, units, allowed, phase.units)
-        built.model.compile(optimizer=layerwise_optimizer(chosen.optimizer, 0.0, {}),
-                            loss=keras.losses.SparseCategoricalCrossentropy())  # fmt: skip
+        optimizer = layerwise_optimizer(chosen.optimizer, 0.0, {})
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        compile_for_training(built.model, optimizer=optimizer, loss=loss)
 
     kept = built.model.get_weights()
     top = largest_side(native or 0, size[0])

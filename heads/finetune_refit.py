@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..core.progress import progress_bar
+from .compiling import compile_for_training
 from .options import DEFAULT_LR
 
 REFIT_EPOCHS = 100
@@ -182,7 +183,8 @@ def refit_head(
     batch = int(getattr(head, "batch_size", 32) or 32)
     least = -(-REFIT_MIN_STEPS // -(-len(train_y) // batch))
     keras.utils.set_random_seed(seed)
-    trainer.compile(
+    compile_for_training(
+        trainer,
         optimizer=keras.optimizers.Adam(REFIT_LR),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         steps_per_execution=16,

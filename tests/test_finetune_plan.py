@@ -128,3 +128,47 @@ def test_a_stop_request_ends_fit_at_an_epoch_end_only_when_epochs_remain():
     notes.clear()  # not pressed: every epoch runs
     ran = model.fit(x, y, epochs=2, verbose=0, callbacks=stop_callback(threading.Event(), notes))
     assert len(ran.history["loss"]) == 2 and notes == []
+
+
+def test_compiled_for_training_the_train_step_is_traced_once():
+    """Every fine-tune phase, its step timing and the range test compile anew: with the
+    optimizer built at compile, the train step is traced once, the same update as Keras's."""
+    import keras
+
+    from featcache.heads.compiling import compile_for_training
+    from featcache.heads.schedule import layerwise_optimizer
+
+    x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
+    y = np.array([0, 1] * 4)
+    weights, traces = [], []
+    for compiler in ("keras", "ours"):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        real_step = model.train_step
+
+        def counted(data, real_step=real_step, compiler=compiler):
+            traces.append(compiler)
+            return real_step(data)
+
+        model.train_step = counted
+        args = {
+            "optimizer": layerwise_optimizer("adam", 0.1, {}),
+            "loss": "sparse_categorical_crossentropy",
+        }
+        if compiler == "ours":
+            compile_for_training(model, **args)
+            assert model.optimizer.built
+        else:
+            model.compile(**args)
+        for _ in range(3):
+            model.train_on_batch(x, y)
+        weights.append(model.get_weights())
+    assert traces.count("ours") == 1 <= traces.count("keras")
+    for ours, theirs in zip(*weights):
+        np.testing.assert_array_equal(ours, theirs)
+    # a model whose variables do not exist yet is left to Keras
+    unbuilt = keras.Sequential([keras.layers.Dense(2)])
+    compile_for_training(unbuilt, optimizer="adam", loss="sparse_categorical_crossentropy")
+    assert not unbuilt.optimizer.built
+    unbuilt.train_on_batch(x, y)
+    assert unbuilt.optimizer.built
