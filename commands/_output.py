@@ -294,6 +294,16 @@ def render_predictions(results: Sequence[Any], out: Path, listed: bool) -> str:
     return "\n".join(lines)
 
 
+def _phase_time(phase: Mapping[str, Any]) -> str:
+    """``; 21 s (estimated 18 s)``: what a fine-tune phase took beside the plan's estimate
+    (empty for reports written before phases were timed)."""
+    if phase.get("seconds") is None:
+        return ""
+    estimate = phase.get("estimated_seconds")
+    planned = "" if estimate is None else f" (estimated {estimate:.0f} s)"
+    return f"; {phase['seconds']:.0f} s{planned}"
+
+
 def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: Any) -> str:
     """``fine-tune``: the plan, the phases (val accuracy and balanced accuracy per epoch), the
     kept epoch, any trade against the head, test accuracy and balanced accuracy against the
@@ -319,6 +329,7 @@ def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: A
                 f"features: val {seen[0]:.3f} -> {seen[at]:.3f} (balanced "
                 f"{phase['val_balanced_accuracy'][0]:.3f} -> "
                 f"{phase['val_balanced_accuracy'][at]:.3f}), epoch {at} of {len(seen) - 1}"
+                + _phase_time(phase)
             )
             continue
         shown = " ".join(f"{v:.3f}" for v in phase["val_accuracy"]) or "-"
@@ -326,6 +337,7 @@ def render_fine_tune_report(report: Mapping[str, Any], run_dir: Path, skipped: A
         lines.append(
             f"  phase {phase['name']:<9} {phase['layers']:>3} layers  val {shown}"
             + (f"  (balanced {balanced})" if balanced else "")
+            + _phase_time(phase)
         )
     if "best" in report:
         best = report["best"]

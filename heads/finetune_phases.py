@@ -47,10 +47,20 @@ class PhaseRun:
     """Val balanced accuracy (mean recall over the classes present) after each epoch run."""
     refit: Refit | None = None
     """The head phase's re-fit on frozen features (its record replaces the phase's)."""
+    seconds: float | None = None
+    """What the phase took, its set-up and every epoch's validation included."""
+    estimated_seconds: float | None = None
+    """The plan's estimate for it, made before training (None: no plan)."""
 
     def record(self) -> dict[str, Any]:
+        timing = {
+            "seconds": None if self.seconds is None else round(self.seconds, 2),
+            "estimated_seconds": None
+            if self.estimated_seconds is None
+            else round(self.estimated_seconds, 2),
+        }
         if self.refit is not None:
-            return self.refit.record()
+            return {**self.refit.record(), **timing}
         return {
             "name": self.phase.name,
             "layers": self.phase.units,
@@ -60,6 +70,7 @@ class PhaseRun:
             "val_accuracy": [round(v, 6) for v in self.val_accuracy],
             "best_val_accuracy": max(self.val_accuracy, default=None),
             "val_balanced_accuracy": [round(v, 6) for v in self.val_balanced_accuracy],
+            **timing,
         }
 
 
@@ -191,6 +202,8 @@ def run_phases(
         if stop is not None and stop.is_set():
             cut.append(f"{STOPPED_BY}: phases from {phase.name} on skipped")
             break
+        began = time.monotonic()
+        estimate = None if plan is None else plan.phase_seconds(phase)
         model.set_weights(best.weights if start is None else start)
         start = None
         title = f"fine-tune phase {number}/{len(phases)} {phase_title(phase, refit is not None)}"
@@ -198,7 +211,7 @@ def run_phases(
             left = sum(plan.phase_seconds(p) for p in phases[number - 1 :])
             title += f" (run: about {duration(left + plan.evaluate_seconds)} left)"
         if phase.units == 0 and refit is not None:
-            run = PhaseRun(phase)
+            run = PhaseRun(phase, estimated_seconds=estimate)
             run.refit = done = refit(title)
             start = model.get_weights()
             # one epoch of the schedule: the re-fit head's val figures (its own epochs are
@@ -213,6 +226,7 @@ def run_phases(
                     best.score, best.weights = value, start
                     best.val_accuracy, best.val_balanced_accuracy = accuracy, balanced
                     best.phase, best.epoch = phase.name, done.best_epoch
+            run.seconds = time.monotonic() - began
             runs.append(run)
             continue
         set_trainable(backbone, units, allowed, phase.units)
@@ -227,7 +241,7 @@ def run_phases(
                 *([balanced_accuracy(classes)] if classes else []),
             ],
         )
-        run = PhaseRun(phase)
+        run = PhaseRun(phase, estimated_seconds=estimate)
         with tracking(Tracker(title, progress, keras_drives=True)):
             fitted = model.fit(
                 train,
@@ -245,6 +259,7 @@ def run_phases(
             )
         for key, values in fitted.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
+        run.seconds = time.monotonic() - began
         runs.append(run)
         if cut and deadline is not None and time.monotonic() >= deadline:
             break

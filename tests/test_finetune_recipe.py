@@ -316,6 +316,12 @@ def test_journey_extract_train_fine_tune_reads_the_data_and_predict(tmp_path):
     assert epochs["added"] <= 5
     extended = [p for p in report["phases"] if p["name"] == "extend"]
     assert sum(p["epochs_run"] for p in extended) == epochs["added"]
+    # each phase's time beside the plan's estimate of it, in report.json and printed
+    timed = report["phases"][1:]
+    assert all(p["seconds"] > 0 and p["estimated_seconds"] > 0 for p in timed)
+    for phase in timed:
+        assert f"; {phase['seconds']:.0f} s (estimated {phase['estimated_seconds']:.0f} s)" in text
+    assert sum(p["seconds"] for p in timed) <= report["fit_seconds"]
     plan = report["plan"]  # the time plan gave the bound of what the recipe could add
     assert plan["extend_epochs_at_most"] == epochs["cap"] == 5
     assert plan["estimated_most_seconds"] > plan["estimated_seconds"] > 0
