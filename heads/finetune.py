@@ -297,6 +297,7 @@ def fine_tune(
                 len(known_train.paths) + len(known_val.paths),
             ),
             stop=stop,
+            started=started,
         )  # fmt: skip
         chosen = replace(chosen, lr=outcome.lr or chosen.lr)
         history, extra = outcome.history, outcome.report

@@ -377,6 +377,7 @@ def train_auto(
     head_margin: float = 0.0,
     plain_train: tuple[Any, int] | None = None,
     stop: threading.Event | None = None,
+    started: float | None = None,
 ) -> AutoOutcome:
     """The auto schedule on ``built`` (an :class:`~featcache.heads.endtoend.EndToEnd`):
     phase 0 scores the head as ``export`` makes it on val (``head_val(model, size)``: its
@@ -389,7 +390,9 @@ def train_auto(
     (``time.monotonic()``, from ``time_budget``) the epochs are cut to fit it;
     ``evaluate_share``: the final evaluation's images over val's (each view counted).
     ``stop`` (set on Ctrl-C): training ends at the current epoch's end, the recipe adds no
-    epochs, and the best weights so far are kept as usual.
+    epochs, and the best weights so far are kept as usual. ``started``
+    (``time.monotonic()``, default now): where the report's ``fit_seconds`` count from, so
+    that the plan's ``estimated_fit_seconds`` includes what ran before (the recipe's tests).
 
     The recipe reads the data (:mod:`.finetune_recipe`) for the options not in
     ``explicit``: the peak rate (``lr``) from a range test before the first phase that thaws
@@ -461,7 +464,7 @@ def train_auto(
         if recipe["lr"]["chosen"] != lr:
             lr = float(recipe["lr"]["chosen"])
             phases = plan.phases = plan_phases(epochs, lr, len(allowed), head_epochs=head_epochs)
-    plan.before_seconds = time.monotonic() - began
+    plan.before_seconds = time.monotonic() - (began if started is None else started)
     if deadline is not None:
         plan = fit_to_budget(plan, deadline - time.monotonic(), lr, len(allowed), head_epochs)
     phases = plan.phases

@@ -51,7 +51,9 @@ class Plan:
     budget: float | None = None
     measure_seconds: float = 0.0
     before_seconds: float = 0.0
-    """Seconds training had already taken when the plan was made (phase 0, the timing)."""
+    """Seconds training had already taken when the plan was printed, counted from where the
+    report's ``fit_seconds`` start (the augmentation test, phase 0, the timing, the range
+    test)."""
     notes: list[str] = field(default_factory=list)
     read_overlaps: bool = False
     """Whether reading a batch overlaps the steps (an accelerator trains while the CPU
@@ -122,6 +124,7 @@ class Plan:
                 self.before_seconds + self.seconds - self.evaluate_seconds, 1
             ),
             "estimated_most_seconds": round(self.most_seconds, 1),
+            "before_seconds": round(self.before_seconds, 1),
             "extend_epochs_at_most": self.extend_epochs,
             "epochs_asked": self.epochs_asked,
             "epochs_planned": sum(p.epochs for p in self.phases),

@@ -323,6 +323,12 @@ def test_journey_extract_train_fine_tune_reads_the_data_and_predict(tmp_path):
         assert f"; {phase['seconds']:.0f} s (estimated {phase['estimated_seconds']:.0f} s)" in text
     assert sum(p["seconds"] for p in timed) <= report["fit_seconds"]
     plan = report["plan"]  # the time plan gave the bound of what the recipe could add
+    # the estimate printed beside fit_seconds counts from the same start: the augmentation
+    # and range tests it ran before the plan was printed are in both
+    assert plan["before_seconds"] >= augment["seconds"] + lr["seconds"]
+    assert plan["estimated_fit_seconds"] == pytest.approx(
+        plan["before_seconds"] + plan["estimated_seconds"] - plan["evaluate_seconds"], abs=0.2
+    )
     assert plan["extend_epochs_at_most"] == epochs["cap"] == 5
     assert plan["estimated_most_seconds"] > plan["estimated_seconds"] > 0
     assert "if val keeps improving (5 more epochs at most)" in plan["summary"]
