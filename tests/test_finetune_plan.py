@@ -151,8 +151,9 @@ def test_compiled_for_training_the_train_step_is_traced_once():
             return real_step(data)
 
         model.train_step = counted
+        scales = {id(model.layers[0].kernel): 0.25}  # the layer-wise rates, keyed at build
         args = {
-            "optimizer": layerwise_optimizer("adam", 0.1, {}),
+            "optimizer": layerwise_optimizer("adam", 0.1, scales),
             "loss": "sparse_categorical_crossentropy",
         }
         if compiler == "ours":
