@@ -4,7 +4,9 @@
 Usage (from the repository root)::
 
     python benchmarks/bench_compile.py --weights-dir ../shared/weights --repeats 3 \
-        --json benchmarks/results-compile.json
+        --json one.json
+    python benchmarks/bench_compile.py --weights-dir ../shared/weights --repeats 3 --fresh \
+        --json fresh.json     # each measurement in a new process
 
 Every fine-tune phase, its step timing, the range test and the head's re-fit compile the
 model anew; each compile's first step pays the trace of the train step. The model is the
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -97,6 +100,15 @@ def one(compiler: str, share: float, args: argparse.Namespace) -> dict[str, Any]
     return {"first_step_s": first, "next_step_s": time.monotonic() - began, "traces": len(traces)}
 
 
+def fresh(compiler: str, share: float, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`one` in a new Python process."""
+    sizes = ["--size", str(args.size), "--batch", str(args.batch)]
+    weights = ["--weights-dir", str(args.weights_dir or "")]
+    command = [sys.executable, __file__, "--one", compiler, str(share), *sizes, *weights]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights-dir", default=os.environ.get("FEATCACHE_WEIGHTS_DIR"))
@@ -104,9 +116,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="each measurement in a new Python process (nothing traced before it), as the "
+        "first compile of a user's run; default: all in one process, as the later ones",
+    )
+    parser.add_argument("--one", nargs=2, metavar=("COMPILER", "SHARE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     found = Path(args.weights_dir or "") / WEIGHTS
     args.weights = str(found) if args.weights_dir and found.is_file() else None
+    if args.one:  # a child of --fresh: one measurement, as JSON on the last line
+        print(json.dumps(one(args.one[0], float(args.one[1]), args)))
+        return
     setups = {"head": 0.0, "top quarter": 0.25, "all": 1.0}
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {
         s: {"keras": [], "ours": []} for s in setups
@@ -115,7 +137,9 @@ def main() -> None:
         for name, share in setups.items():
             order = ("keras", "ours") if r % 2 == 0 else ("ours", "keras")
             for compiler in order:
-                rows[name][compiler].append(one(compiler, share, args))
+                rows[name][compiler].append(
+                    fresh(compiler, share, args) if args.fresh else one(compiler, share, args)
+                )
     summary = {}
     print(
         f"{'set-up':12s} {'compile':8s} {'traces':>6s} {'first step s':>12s} {'next step s':>11s}"
@@ -136,6 +160,7 @@ def main() -> None:
             **run_record(),
             "cpu": _cpu_flags(),
             "weights": "ImageNet" if args.weights else "random",
+            "fresh_process_each": args.fresh,
             "size": args.size,
             "batch": args.batch,
             "repeats": args.repeats,
