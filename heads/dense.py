@@ -29,6 +29,7 @@ from .options import (
     MONITORS,
     OPTIMIZERS,
 )
+from .train_input import STEPS_PER_EXECUTION, batched, steps_per_execution, train_input
 
 __all__ = ["MONITORS", "OPTIMIZERS", "DenseHead"]
 
@@ -89,7 +90,11 @@ class DenseHead(ClassifierMixin, BaseEstimator):
     # -- building --------------------------------------------------------------------
 
     def _build(
-        self, n_features: int, n_classes: int, stats: tuple[np.ndarray, np.ndarray] | None = None
+        self,
+        n_features: int,
+        n_classes: int,
+        stats: tuple[np.ndarray, np.ndarray] | None = None,
+        steps_per_execution: int = STEPS_PER_EXECUTION,
     ) -> Any:
         from ..backbones.backbone import ensure_tensorflow_backend
 
@@ -132,13 +137,12 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             "sgd": lambda: keras.optimizers.SGD(self.lr, momentum=self.momentum),
             "rmsprop": lambda: keras.optimizers.RMSprop(self.lr, momentum=self.momentum),
         }
-        # several steps per call: a small head is dominated by per-step Python overhead
         compile_for_training(
             model,
             optimizer=optimizers[self.optimizer](),
             loss=loss,
             metrics=[metric],
-            steps_per_execution=16,
+            steps_per_execution=steps_per_execution,
         )
         return model
 
@@ -184,16 +188,18 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             val = (X[order[:cut]], encoded[order[:cut]])
             X, encoded = X[order[cut:]], encoded[order[cut:]]
         stats = (X.mean(axis=0), X.var(axis=0)) if self.standardize else None
-        self.model_ = self._build(X.shape[1], len(self.classes_), stats)
+        batch = int(self.batch_size)
+        execution = steps_per_execution(len(X), batch)
+        self.model_ = self._build(X.shape[1], len(self.classes_), stats, execution)
+        train = train_input(X, encoded, batch, self.seed)  # after _build seeded TensorFlow
         history = self.model_.fit(
-            X,
-            encoded,
-            validation_data=val,
+            train.dataset,
+            steps_per_epoch=train.steps_per_epoch,
+            validation_data=None if val is None else batched(*val, batch),
             epochs=self.epochs,
-            batch_size=self.batch_size,
             class_weight=self._class_weights(encoded),
             callbacks=self._callbacks(val is not None) + keras_callbacks(),
-            shuffle=True,
+            shuffle=False,  # shuffled already: a new order each epoch
             verbose=self.verbose,
         )
         self._record(history, val is not None)

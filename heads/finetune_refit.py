@@ -23,6 +23,7 @@ import numpy as np
 from ..core.progress import progress_bar
 from .compiling import compile_for_training
 from .options import DEFAULT_LR
+from .train_input import train_input
 
 REFIT_EPOCHS = 100
 """Most epochs of the head on the frozen features (small: 1-2 s for 300 rows x 1024)."""
@@ -183,15 +184,16 @@ def refit_head(
     batch = int(getattr(head, "batch_size", 32) or 32)
     least = -(-REFIT_MIN_STEPS // -(-len(train_y) // batch))
     keras.utils.set_random_seed(seed)
+    data = train_input(train_x, train_y, batch, seed)
     compile_for_training(
         trainer,
         optimizer=keras.optimizers.Adam(REFIT_LR),
         loss=keras.losses.SparseCategoricalCrossentropy(),
-        steps_per_execution=16,
+        steps_per_execution=data.steps_per_execution,
     )
     trainer.fit(
-        train_x, train_y, batch_size=batch,
-        epochs=REFIT_EPOCHS, class_weight=weights, shuffle=True, verbose=0,
+        data.dataset, steps_per_epoch=data.steps_per_epoch,
+        epochs=REFIT_EPOCHS, class_weight=weights, shuffle=False, verbose=0,
         callbacks=[KeepBest()],
     )  # fmt: skip
     for layer, values in zip(layers, kept["weights"]):

@@ -123,6 +123,38 @@ def test_same_seed_same_head():
     assert not np.allclose(a, c, atol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [100, 1100])  # 2 steps an epoch (one execution), 18 steps
+def test_each_epoch_is_one_pass_over_train_in_a_new_order(rows):
+    """The head's train pipeline (one for every epoch when an epoch is one execution of the
+    train step, a pass of it an epoch otherwise): every row once an epoch with its label,
+    never a step more, in a new order each epoch."""
+    from featcache.heads.train_input import STEPS_PER_EXECUTION, train_input
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(rows, 4)).astype(np.float32)
+    y = rng.integers(0, 3, rows)
+    head = DenseHead(hidden=(8,), epochs=3, batch_size=64, patience=0).fit(x, y)
+    steps = -(-rows // 64)
+    assert int(head.model_.optimizer.iterations.numpy()) == 3 * steps
+    endless = steps <= STEPS_PER_EXECUTION
+    dataset = train_input(x, y, 64, 0).dataset
+    if endless:
+        batches = iter(dataset)
+        epochs = [[next(batches) for _ in range(steps)] for _ in range(2)]
+    else:  # each pass over the dataset is one epoch, then it ends
+        epochs = [list(dataset) for _ in range(2)]
+        assert [len(epoch) for epoch in epochs] == [steps, steps]
+    label = {tuple(row): int(c) for row, c in zip(x.tolist(), y)}
+    orders = []
+    for epoch in epochs:
+        features = np.concatenate([np.asarray(b[0]) for b in epoch]).tolist()
+        labels = np.concatenate([np.asarray(b[1]) for b in epoch])
+        assert sorted(map(tuple, features)) == sorted(label)
+        assert [label[tuple(row)] for row in features] == labels.tolist()
+        orders.append(features)
+    assert orders[0] != orders[1]
+
+
 def test_missing_val_split_is_carved_from_train(tmp_path):
     colour_folder(tmp_path / "d", per_class=10)
     extract(tmp_path / "d", output=tmp_path / "c.h5", split="0.8,0,0.2", **TINY)
