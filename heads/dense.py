@@ -94,7 +94,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
         n_features: int,
         n_classes: int,
         stats: tuple[np.ndarray, np.ndarray] | None = None,
-        steps_per_execution: int = STEPS_PER_EXECUTION,
+        execution: int = STEPS_PER_EXECUTION,
     ) -> Any:
         from ..backbones.backbone import ensure_tensorflow_backend
 
@@ -142,7 +142,7 @@ class DenseHead(ClassifierMixin, BaseEstimator):
             optimizer=optimizers[self.optimizer](),
             loss=loss,
             metrics=[metric],
-            steps_per_execution=steps_per_execution,
+            steps_per_execution=execution,
         )
         return model
 

@@ -1,10 +1,11 @@
 """In-memory training input for a small Keras model (a head on features): batches in a new
-order each epoch, from a pipeline built once when an epoch is one execution of the train
-step.
+order each epoch, read by one iterator for every epoch when an epoch is one execution of
+the train step.
 
-Keras's own array input builds its tf.data pipeline anew every epoch, about 16-30 ms on 2
-cores: most of a small head's training time, which takes a few milliseconds an epoch
-(``benchmarks/bench_dense_fit.py``, RESULTS 36)."""
+Keras's own array input starts new iterators over its tf.data pipeline, for train and
+for val, every epoch (tf.data instantiates and optimizes the pipeline anew each time), about
+16-30 ms each on 2 cores: most of a small head's training time, which takes a few
+milliseconds an epoch (``benchmarks/bench_dense_fit.py``, RESULTS 36)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class TrainInput:
     dataset: Any
     """A ``tf.data.Dataset`` of (features, labels) batches, shuffled each epoch."""
     steps_per_epoch: int | None
-    """For ``fit``: set when the dataset is endless (one pipeline for every epoch)."""
+    """For ``fit``: set when the dataset is endless (one iterator for every epoch)."""
     steps_per_execution: int
     """For ``compile``: the steps of one epoch when they fit one execution, else
     :data:`STEPS_PER_EXECUTION` (an execution must never run on into the next epoch)."""

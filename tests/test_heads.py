@@ -125,7 +125,7 @@ def test_same_seed_same_head():
 
 @pytest.mark.parametrize("rows", [100, 1100])  # 2 steps an epoch (one execution), 18 steps
 def test_each_epoch_is_one_pass_over_train_in_a_new_order(rows):
-    """The head's train pipeline (one for every epoch when an epoch is one execution of the
+    """The head's train input (one iterator for every epoch when an epoch is one execution of the
     train step, a pass of it an epoch otherwise): every row once an epoch with its label,
     never a step more, in a new order each epoch."""
     from featcache.heads.train_input import STEPS_PER_EXECUTION, train_input
