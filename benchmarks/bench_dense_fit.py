@@ -4,6 +4,8 @@ before) against the head's shuffled-index pipeline (``heads/train_input.py``), s
 Usage (from the repository root)::
 
     python benchmarks/bench_dense_fit.py --repeats 3 --json results-dense-fit.json
+    python benchmarks/bench_dense_fit.py --repeats 3 --fresh --json fresh.json  # each fit in
+                                                                               # a new process
 
 Per shape (rows x features, epochs), both inputs train the same model (``DenseHead``'s,
 built the same way, same seed) on separable Gaussian blobs with a 10% val split, in
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,12 +72,34 @@ def fit(x: np.ndarray, y: np.ndarray, epochs: int, ours: bool) -> dict[str, Any]
     }
 
 
+def fresh(rows: int, features: int, epochs: int, ours: bool) -> dict[str, Any]:
+    """:func:`fit` in a new Python process (TensorFlow loaded, nothing traced before it)."""
+    arm = "ours" if ours else "keras"
+    command = [sys.executable, __file__, "--one", str(rows), str(features), str(epochs), arm]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="each fit in a new Python process, as a user's train-head; default: all in one "
+        "process after a warm-up fit",
+    )
+    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    fit(*blobs(100, 8, 0), 1, True)  # TensorFlow's first graph, outside the figures
+    if args.one:  # a child of --fresh: one fit, as JSON on the last line
+        rows, features, epochs = (int(v) for v in args.one[:3])
+        import tensorflow  # noqa: F401  (loaded before the clock, as in the parent's runs)
+
+        print(json.dumps(fit(*blobs(rows, features, 0), epochs, args.one[3] == "ours")))
+        return
+    if not args.fresh:
+        fit(*blobs(100, 8, 0), 1, True)  # TensorFlow's first graph, outside the figures
     results = []
     for rows, features, epochs in SHAPES:
         x, y = blobs(rows, features, 0)
@@ -82,7 +107,10 @@ def main() -> None:
         for repeat in range(args.repeats):
             order = ["keras arrays", "ours"] if repeat % 2 == 0 else ["ours", "keras arrays"]
             for name in order:
-                runs[name].append(fit(x, y, epochs, name == "ours"))
+                ours = name == "ours"
+                runs[name].append(
+                    fresh(rows, features, epochs, ours) if args.fresh else fit(x, y, epochs, ours)
+                )
         row: dict[str, Any] = {"rows": rows, "features": features, "epochs": epochs}
         for name, done in runs.items():
             row[name] = {
@@ -97,7 +125,12 @@ def main() -> None:
         results.append(row)
         print(json.dumps(row))
     if args.json:
-        record = {**run_record(), "cpu": _cpu_flags(), "repeats": args.repeats}
+        record = {
+            **run_record(),
+            "cpu": _cpu_flags(),
+            "repeats": args.repeats,
+            "fresh_process_each": args.fresh,
+        }
         args.json.write_text(json.dumps({**record, "results": results}, indent=1) + "\n")
 
 
