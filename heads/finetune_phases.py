@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..core.interrupt import armed
-from ..core.progress import on_terminal
+from ..core.progress import Status, on_terminal
 from ..core.tf_quiet import TERMINAL_STDERR
 from .compiling import compile_for_training
 from .finetune_layers import set_trainable
@@ -440,7 +440,7 @@ def train_auto(
     steps = int(train.cardinality())
     plan = _plan(
         model, built.backbone, units, allowed, phases, train, weights, chosen.optimizer,
-        steps, val_seconds, evaluate_share,
+        steps, val_seconds, evaluate_share, progress,
     )  # fmt: skip
     plan.budget = None if chosen.time_budget is None else float(chosen.time_budget)
     recipe = dict(recipe or {})
@@ -460,6 +460,7 @@ def train_auto(
         recipe["lr"] = choose_lr(
             model, phases, train, plan, ready, default=lr, class_weight=weights,
             remaining=None if deadline is None else deadline - time.monotonic(),
+            progress=progress,
         )  # fmt: skip
         if recipe["lr"]["chosen"] != lr:
             lr = float(recipe["lr"]["chosen"])
@@ -597,9 +598,10 @@ def _plan(
     steps: int,
     val_seconds: float,
     evaluate_share: float,
+    progress: bool | None = False,
 ) -> Plan:
     """The plan of ``phases`` with each phase's steps timed (at a learning rate of 0: no
-    weight moves; the weights are put back all the same)."""
+    weight moves; the weights are put back all the same), a status line on a terminal."""
     import keras
 
     kept = model.get_weights()
@@ -613,7 +615,9 @@ def _plan(
             loss=keras.losses.SparseCategoricalCrossentropy(),
         )
 
-    timing = measure(model, phases, train, ready, class_weight) if phases else {}
+    names = ", ".join(p.name for p in phases)
+    with Status(f"fine-tune: timing a train step of each phase ({names})…", progress):
+        timing = measure(model, phases, train, ready, class_weight) if phases else {}
     model.set_weights(kept)
     return Plan(
         phases,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.progress import Status
+from ..core.progress import Status, progress_bar, restart_clock
 from ..extractor.sources import Dataset, item_from_path
 from .compiling import compile_for_training
 from .finetune_images import Rows, read_images, train_dataset
@@ -48,6 +48,7 @@ def choose_lr(
     default: float,
     class_weight: dict[int, float] | None,
     remaining: float | None,
+    progress: bool | None = False,
 ) -> dict[str, Any]:
     """The peak rate for the phases: a range test on the first phase that thaws layers
     (``ready(phase, rate)`` makes the model train that phase's layers at their layer-wise
@@ -62,9 +63,18 @@ def choose_lr(
         return _default(
             default, f"the range test (about {duration(estimate)}) does not fit the budget"
         )
-    test = lr_range_test(
-        model, train, lambda rate: ready(thawed, rate), default, class_weight=class_weight
-    )
+    desc = f"fine-tune: learning-rate range test ({thawed.name} layers)"
+    with progress_bar(STEPS, progress, desc, unit="step") as bar:
+
+        def stepped() -> None:
+            bar.update()
+            if bar.n == 1:  # the first step traced the graph: not in the rate or the ETA
+                restart_clock(bar)
+
+        test = lr_range_test(
+            model, train, lambda rate: ready(thawed, rate), default,
+            class_weight=class_weight, on_step=stepped,
+        )  # fmt: skip
     record = test.record()
     record["phase"] = thawed.name
     record["estimated_seconds"] = round(estimate, 2)

@@ -241,8 +241,10 @@ def test_first_line_names_the_tensorflow_load(tmp_path):
 
 @pytest.mark.slow
 def test_fine_tune_names_its_phases(tmp_path):
-    """fine-tune on a terminal: loading, phase 0 (the head on val images), each phase by
-    name with its epoch, then the evaluation; --json keeps the terminal quiet."""
+    """fine-tune on a terminal: loading, the augmentation test, phase 0 (the head on val
+    images), the step timing and the range test before the plan (nothing runs unnamed),
+    each phase by name with its epoch, then the evaluation; --json keeps the terminal
+    quiet."""
     data = make_class_folder(tmp_path / "data", classes=2, per_class=10)
     cache = tmp_path / "c.h5"
     run(["extract", str(data), "-o", str(cache), *EXTRACT, "--split", "0.5,0.25,0.25"], False)
@@ -253,7 +255,10 @@ def test_fine_tune_names_its_phases(tmp_path):
     order = [
         "fine-tune: loading TensorFlow and the backbone…",
         "fine-tune: checking the images",
+        "fine-tune: measuring the augmentation on",
         "fine-tune phase 0 head-only: scoring the head on val images",
+        "fine-tune: timing a train step of each phase (top, deeper)",
+        "fine-tune: learning-rate range test (top layers)",
         "fine-tune plan: top 1 epoch",  # the estimate, before any phase trains
         "fine-tune phase 1/2 top: unfreeze top",
         "fine-tune phase 2/2 deeper: unfreeze top",
@@ -263,5 +268,8 @@ def test_fine_tune_names_its_phases(tmp_path):
     assert positions == sorted(positions), shown
     assert any(f.startswith("fine-tune phase 2/2") and "epoch 1/1" in f for f in shown)
     assert any(f.startswith("fine-tune phase 1/2") and "left)" in f for f in shown)  # run ETA
-    _, quiet = run([*tune, "-o", str(tmp_path / "ft-json"), "--json"], terminal=True)
+    assert bars(shown, "fine-tune: learning-rate range test")[-1][1] == 40  # steps, with ETA
+    # --json: not a line on the terminal (one epoch: every kind of bar all the same)
+    quiet_run = [*tune[:-1], "1", "-o", str(tmp_path / "ft-json"), "--json"]
+    _, quiet = run(quiet_run, terminal=True)
     assert quiet == []
