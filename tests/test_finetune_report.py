@@ -150,7 +150,7 @@ def test_imbalanced_train_is_balanced_by_sampling_steadily_and_within_a_time_bud
     assert plan["estimated_seconds"] > 0 and plan["epochs_planned"] == 4
     assert set(plan["step_seconds"]) == {p["name"] for p in phases[1:]}
     # a budget nothing fits: no training, the head exported, said so
-    tight = fine_tune(cache, tmp_path / "head", output=tmp_path / "tight", epochs=4,
+    tight = fine_tune(cache, tmp_path / "head", output=tmp_path / "tight", epochs=1,
                       batch_size=4, time_budget="0.01s").report  # fmt: skip
     assert tight["exported"] == "head-only" and tight["epochs_run"] == 0
     assert tight["plan"]["time_budget"] == 0.01
@@ -226,7 +226,8 @@ def test_auto_test_views_follow_the_augmentation_and_never_lower_val(colour_run,
     assert [views_of_augment(a) for a in ("flip,crop", "vflip,rotate90", "flip,rotate90", "")] \
         == ["mirror", "turns", "all", "none"]  # fmt: skip
     _, cache, head = colour_run
-    result = fine_tune(cache, head, output=tmp_path / "ft", epochs=1, batch_size=4,
+    # (the rate given: the views do not depend on it, and the range test is timed elsewhere)
+    result = fine_tune(cache, head, output=tmp_path / "ft", epochs=1, batch_size=4, lr=1e-3,
                        augment="flip,contrast", balance="none")  # fmt: skip
     record = result.report["test_views"]
     assert record["by"] == "augmentation" and record["candidate"] == "mirror"

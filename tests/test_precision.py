@@ -221,17 +221,3 @@ def test_export_and_predict_rebuild_the_backbone_in_the_caches_precision(tmp_pat
     extract(data, output=full, split="0.6,0.2,0.2", **TINY)
     with pytest.raises(SettingsMismatchError, match="precision 'bfloat16'"):
         predict_cache(tmp_path / "head", full, tmp_path / "p.csv")
-
-
-@pytest.mark.slow
-def test_fine_tune_trains_in_float32_and_says_so(tmp_path):
-    from featcache.heads.finetune import fine_tune
-    from featcache.heads.train import train_head
-
-    data = make_class_folder(tmp_path / "data", classes=2, per_class=5)
-    cache = tmp_path / "half.h5"
-    extract(data, output=cache, precision="bfloat16", split="0.6,0.2,0.2", **TINY)
-    train_head(cache, head="dense", hidden=(8,), epochs=2, output=tmp_path / "head")
-    result = fine_tune(cache, tmp_path / "head", output=tmp_path / "ft", epochs=1, unfreeze=2)
-    assert result.report["precision"] == "float32"
-    assert result.report["cache_precision"] == "bfloat16"
