@@ -246,16 +246,18 @@ def test_a_stat_is_recorded_only_with_the_hash_of_what_was_read(class_folder, tm
 @pytest.mark.xdist_group("ray")  # with tests/test_ray.py: one local Ray instance at a time
 def test_ray_reruns_read_only_new_files(tmp_path, reads):
     pytest.importorskip("ray", reason="the ray extra is not installed")
+    # a user's chain: the cache made on this machine, the data grown, the rerun on Ray
     data = make_class_folder(tmp_path / "data", classes=2, per_class=3)
     out = tmp_path / "r.h5"
-    extract(data, output=out, engine="ray", **TINY)
-    stats = _stats(out)
-    assert stats == {p: _stat(data / p) for p in stats}  # rows embedded by the actors
+    extract(data, output=out, **TINY)
     write_image(data / "class_0" / "new.png", 77)
     reads.clear()
     rerun = extract(data, output=out, engine="ray", **TINY)
     assert (rerun.new, rerun.reused) == (1, 6)
     assert reads == ["class_0/new.png"]  # the driver hashed only the new file
+    stats = _stats(out)
+    assert len(stats) == 7 and stats["class_0/new.png"] is not None
+    assert stats == {p: _stat(data / p) for p in stats}  # the actors' row has its stat too
 
 
 def test_inspect_verify_finds_content_the_incremental_rule_cannot_see(tmp_path):
