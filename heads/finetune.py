@@ -127,7 +127,8 @@ def fine_tune(
     ``history.csv``/``.png`` and ``confusion.png`` to the run folder.
 
     ``progress`` (None: on a terminal) shows each step on stderr: loading the model,
-    checking the images, phase 0 (the head on val images), every phase by name (``head
+    checking the images, (auto) the image-size and augmentation tests, phase 0 (the head on
+    val images), the step timing, the learning-rate range test, every phase by name (``head
     warm-up``, ``unfreeze top N``) with its epoch, val accuracy, rate and ETA, and the final
     evaluation. ``verbose`` is Keras' own ``fit`` output, on stdout.
 

@@ -75,6 +75,9 @@ def choose_lr(
             model, train, lambda rate: ready(thawed, rate), default,
             class_weight=class_weight, on_step=stepped,
         )  # fmt: skip
+        if bar.n != bar.total:  # stopped where the loss diverged: the bar ends there
+            bar.total = bar.n
+            bar.refresh()
     record = test.record()
     record["phase"] = thawed.name
     record["estimated_seconds"] = round(estimate, 2)

@@ -139,9 +139,9 @@ def lr_range_test(
 ) -> RangeTest:
     """Run the range test on ``model`` (set to train what it should) over ``batches`` (a
     ``tf.data`` dataset of (images, labels), repeated as needed): ``compile_at(rate)``
-    compiles it with a rate (a float or a Keras schedule); ``on_step()`` after each step (a
-    progress bar's update). The weights are restored after; the optimizer is left for the
-    caller to replace."""
+    compiles it with a rate (a float or a Keras schedule); ``on_step()`` after each step
+    recorded (a progress bar's update). The weights are restored after; the optimizer is
+    left for the caller to replace."""
     import keras
 
     started = time.monotonic()
@@ -161,14 +161,14 @@ def lr_range_test(
         for step, (x, y) in enumerate(batches.repeat().take(steps)):
             value = model.train_on_batch(x, y, class_weight=class_weight)
             value = float(value[0] if isinstance(value, list | tuple) else value)
-            if on_step is not None:
-                on_step()
             if not math.isfinite(value):
                 break
             average = SMOOTHING * average + (1 - SMOOTHING) * value
             smoothed = average / (1 - SMOOTHING ** (step + 1))
             rates.append(rate_at(step, steps, low, high))
             losses.append(smoothed)
+            if on_step is not None:
+                on_step()
             best = min(best, smoothed)
             if smoothed > DIVERGED * best:
                 break

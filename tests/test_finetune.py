@@ -612,8 +612,8 @@ def test_image_size_needs_size_free_features(tmp_path):
 
 def test_auto_exports_the_head_when_fine_tuning_cannot_beat_it(coloured, tmp_path):
     """fine-tune on the CLI at a rate too small to learn: the head is exported as it came
-    (averaged over the test views auto kept), the summary says so, and a rerun on the same
-    -o folder needs --overwrite; bad options are one line each."""
+    (averaged over the test views auto kept), the summary says so; an earlier run's -o
+    folder is refused without --overwrite, replaced with it; bad options are one line each."""
     from featcache.heads.endtoend import export, load_model, with_test_views
 
     _, data, cache, run = coloured
@@ -622,7 +622,14 @@ def test_auto_exports_the_head_when_fine_tuning_cannot_beat_it(coloured, tmp_pat
     head_report = json.loads((head / "report.json").read_text())
     head_report["test"]["accuracy"] = 0.0
     (head / "report.json").write_text(json.dumps(head_report))
-    args = ["fine-tune", str(cache), "--head", str(head), "-o", str(tmp_path / "ft")]
+    out = tmp_path / "ft"  # a folder an earlier run left
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    args = ["fine-tune", str(cache), "--head", str(head), "-o", str(out)]
+    again = CliRunner().invoke(main, args)  # refused before any work, the folder as it was
+    assert again.exit_code == 2 and "--overwrite" in again.output, again.output
+    assert (out / "report.json").read_text() == "{}"
+    args.append("--overwrite")
     result = CliRunner().invoke(
         main, [*args, "--epochs", "1", "--batch-size", "4", "--lr", "1e-12"]
     )
@@ -644,9 +651,6 @@ def test_auto_exports_the_head_when_fine_tuning_cannot_beat_it(coloured, tmp_pat
     np.testing.assert_allclose(
         np.asarray(tuned(pixels.astype("float32"))), np.asarray(plain(pixels.astype("float32")))
     )
-    again = CliRunner().invoke(main, args)  # the same -o folder: refused before any work
-    assert again.exit_code == 2 and "--overwrite" in again.output, again.output
-    args.append("--overwrite")
     for bad, flag in (
         (["--image-size", "0"], "--image-size"),
         (["--schedule", "fixed", "--augment", "rotate90"], "--augment"),

@@ -184,8 +184,12 @@ def test_lr_range_test_returns_a_bounded_rate_and_restores_the_weights():
     def compile_at(rate):
         model.compile(keras.optimizers.Adam(rate), "sparse_categorical_crossentropy")
 
-    test = lr_range_test(model, batches, compile_at, 1e-2, steps=30)
+    stepped: list[int] = []  # what drives fine-tune's bar: one call a step recorded
+    test = lr_range_test(
+        model, batches, compile_at, 1e-2, steps=30, on_step=lambda: stepped.append(1)
+    )
     assert 3 <= len(test.rates) <= 30 and np.all(np.diff(test.rates) > 0)
+    assert len(stepped) == len(test.rates)
     assert np.isfinite(test.chosen) and 1e-3 <= test.chosen <= 1e-1
     assert test.record()["by"] == "range test" and test.seconds > 0
     for a, b in zip(model.get_weights(), before):
