@@ -419,7 +419,11 @@ def train_auto(
     baseline = model if same else head_model()
     scoring = time.monotonic()
     head_metrics = head_val(baseline, base_size)
-    val_seconds = time.monotonic() - scoring
+    head_val_seconds = time.monotonic() - scoring
+    # the epochs validate, and a fine-tuned model.keras is evaluated, at the training size:
+    # val priced there by the pixels (phase 0 scored the head at the cache's size)
+    pixels = (size[0] * size[1]) / (base_size[0] * base_size[1])
+    val_seconds = head_val_seconds * max(1.0, pixels)
     del baseline
     head_accuracy = float(head_metrics["accuracy"])
     head_balanced = float(head_metrics["balanced_accuracy"])
@@ -443,6 +447,7 @@ def train_auto(
         steps, val_seconds, evaluate_share, progress,
     )  # fmt: skip
     plan.budget = None if chosen.time_budget is None else float(chosen.time_budget)
+    plan.head_val_seconds = head_val_seconds
     recipe = dict(recipe or {})
     if "lr" in explicit:
         recipe["lr"] = asked(lr)

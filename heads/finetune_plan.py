@@ -43,13 +43,16 @@ class Plan:
     timing: dict[int, StepTime]
     """Measured cost by the number of layers a phase trains."""
     val_seconds: float
-    """One pass over the val images (measured on phase 0)."""
+    """One pass over the val images at the training size: phase 0's, scaled by the pixels
+    when training runs larger than the cache's size (phase 0 scores the head there)."""
     evaluate_seconds: float
     """The final evaluation of model.keras on val and test, the test views' passes
     included (estimated from val's)."""
     epochs_asked: int
     budget: float | None = None
     measure_seconds: float = 0.0
+    head_val_seconds: float | None = None
+    """Phase 0's pass over val (the head at the cache's size), as measured."""
     before_seconds: float = 0.0
     """Seconds training had already taken when the plan was printed, counted from where the
     report's ``fit_seconds`` start (the augmentation test, phase 0, the timing, the range
@@ -140,6 +143,9 @@ class Plan:
             ),
             "read_overlaps": self.read_overlaps,
             "val_seconds": round(self.val_seconds, 2),
+            "head_val_seconds": (
+                None if self.head_val_seconds is None else round(self.head_val_seconds, 2)
+            ),
             "evaluate_seconds": round(self.evaluate_seconds, 2),
             "measure_seconds": round(self.measure_seconds, 2),
             "time_budget": self.budget,

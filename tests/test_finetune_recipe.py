@@ -329,8 +329,11 @@ def test_journey_extract_train_fine_tune_reads_the_data_and_predict(tmp_path):
     plan = report["plan"]  # the time plan gave the bound of what the recipe could add
     # the estimate printed beside fit_seconds counts from the same start: the augmentation
     # test (run before train_auto), phase 0, the step timing and the range test are in both
-    ran_before = augment["seconds"] + plan["val_seconds"] + plan["measure_seconds"]
+    ran_before = augment["seconds"] + plan["head_val_seconds"] + plan["measure_seconds"]
     assert plan["before_seconds"] >= ran_before + lr["seconds"] - 0.1  # (each rounded)
+    # phase 0 scored the head at the cache's 32 px; the epochs validate at 48 px: val is
+    # priced there, by the pixels
+    assert plan["val_seconds"] == pytest.approx(plan["head_val_seconds"] * (48 / 32) ** 2, abs=0.03)
     # a phase's estimate is its own: its epochs of its layers' steps (and a trace)
     last = plan["phases"][-1]["name"]
     for phase in timed[1:]:  # the head's re-fit aside
