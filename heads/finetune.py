@@ -288,6 +288,9 @@ def fine_tune(
             evaluate_share=(  # the views' passes too (test_views.evaluation_passes)
                 val_passes * len(val_rows.paths) + test_passes * len(test_rows.paths)
             ) / len(known_val.paths),
+            evaluate_reads=(  # each image read once for its views; auto checks val twice
+                (1 + (val_passes > test_passes)) * len(val_rows.paths) + len(test_rows.paths)
+            ) / len(known_val.paths),
             explicit=explicit,
             recipe=recipe,
             improve_margin=1.0 / len(known_val.paths),  # one more val image right
@@ -304,6 +307,7 @@ def fine_tune(
         history, extra = outcome.history, outcome.report
         if "plan" in extra:
             extra["plan"]["evaluate_passes"] = {"val": val_passes, "test": test_passes}
+            extra["plan"]["evaluate_reads"] = {"val": 1 + (val_passes > test_passes), "test": 1}
         extra["kept_layers"] = [unit.name for unit in allowed[len(allowed) - outcome.deepest :]]
         model, size, precision = outcome.model, outcome.image_size, outcome.precision
     else:

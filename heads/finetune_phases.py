@@ -371,6 +371,7 @@ def train_auto(
     progress: bool | None = False,
     deadline: float | None = None,
     evaluate_share: float = 2.0,
+    evaluate_reads: float | None = None,
     explicit: frozenset[str] = frozenset(),
     recipe: dict[str, Any] | None = None,
     improve_margin: float = 0.0,
@@ -388,7 +389,9 @@ def train_auto(
     Before training, a few steps of each phase are timed (:mod:`.finetune_plan`): the plan
     and its estimate are printed (on a terminal) and reported, and with a ``deadline``
     (``time.monotonic()``, from ``time_budget``) the epochs are cut to fit it;
-    ``evaluate_share``: the final evaluation's images over val's (each view counted).
+    ``evaluate_share``: the final evaluation's images over val's (each view counted);
+    ``evaluate_reads``: the same with each image counted once for all its views (read once,
+    its views one batched pass; default ``evaluate_share``).
     ``stop`` (set on Ctrl-C): training ends at the current epoch's end, the recipe adds no
     epochs, and the best weights so far are kept as usual. ``started``
     (``time.monotonic()``, default now): where the report's ``fit_seconds`` count from, so
@@ -420,11 +423,20 @@ def train_auto(
     scoring = time.monotonic()
     head_metrics = head_val(baseline, base_size)
     head_val_seconds = time.monotonic() - scoring
-    # the epochs validate, and a fine-tuned model.keras is evaluated, at the training size:
-    # val priced there by the pixels (phase 0 scored the head at the cache's size)
-    pixels = (size[0] * size[1]) / (base_size[0] * base_size[1])
-    val_seconds = head_val_seconds * max(1.0, pixels)
     del baseline
+    # the epochs validate, and a fine-tuned model.keras is evaluated, at the training size:
+    # val's reading timed there alone, the model's share of phase 0 scaled by the pixels
+    # (phase 0 ran the head at the cache's size); the views of an image share its reading
+    reading = time.monotonic()
+    for _ in val:
+        pass
+    val_read_seconds = time.monotonic() - reading
+    pixels = max(1.0, (size[0] * size[1]) / (base_size[0] * base_size[1]))
+    val_model_seconds = max(0.0, head_val_seconds - val_read_seconds) * pixels
+    val_seconds = val_read_seconds + val_model_seconds
+    evaluate_seconds = (
+        evaluate_share if evaluate_reads is None else evaluate_reads
+    ) * val_read_seconds + evaluate_share * val_model_seconds
     head_accuracy = float(head_metrics["accuracy"])
     head_balanced = float(head_metrics["balanced_accuracy"])
     balancing = resolve_balance(train_columns, classes, chosen.balance)
@@ -444,10 +456,10 @@ def train_auto(
     steps = int(train.cardinality())
     plan = _plan(
         model, built.backbone, units, allowed, phases, train, weights, chosen.optimizer,
-        steps, val_seconds, evaluate_share, progress,
+        steps, val_seconds, evaluate_seconds, progress,
     )  # fmt: skip
     plan.budget = None if chosen.time_budget is None else float(chosen.time_budget)
-    plan.head_val_seconds = head_val_seconds
+    plan.head_val_seconds, plan.val_read_seconds = head_val_seconds, val_read_seconds
     recipe = dict(recipe or {})
     if "lr" in explicit:
         recipe["lr"] = asked(lr)
@@ -602,7 +614,7 @@ def _plan(
     optimizer: str,
     steps: int,
     val_seconds: float,
-    evaluate_share: float,
+    evaluate_seconds: float,
     progress: bool | None = False,
 ) -> Plan:
     """The plan of ``phases`` with each phase's steps timed (at a learning rate of 0: no
@@ -629,7 +641,7 @@ def _plan(
         steps,
         timing,
         val_seconds,
-        val_seconds * evaluate_share,
+        evaluate_seconds,
         sum(p.epochs for p in phases),
         measure_seconds=time.monotonic() - started,
         read_overlaps=on_accelerator(),

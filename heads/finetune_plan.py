@@ -43,8 +43,9 @@ class Plan:
     timing: dict[int, StepTime]
     """Measured cost by the number of layers a phase trains."""
     val_seconds: float
-    """One pass over the val images at the training size: phase 0's, scaled by the pixels
-    when training runs larger than the cache's size (phase 0 scores the head there)."""
+    """One pass over the val images at the training size: their reading, timed there, and
+    the model's share of phase 0, scaled by the pixels when training runs larger than the
+    cache's size (phase 0 scores the head there)."""
     evaluate_seconds: float
     """The final evaluation of model.keras on val and test, the test views' passes
     included (estimated from val's)."""
@@ -53,6 +54,8 @@ class Plan:
     measure_seconds: float = 0.0
     head_val_seconds: float | None = None
     """Phase 0's pass over val (the head at the cache's size), as measured."""
+    val_read_seconds: float | None = None
+    """Reading the val images alone at the training size, as measured."""
     before_seconds: float = 0.0
     """Seconds training had already taken when the plan was printed, counted from where the
     report's ``fit_seconds`` start (the augmentation test, phase 0, the timing, the range
@@ -145,6 +148,9 @@ class Plan:
             "val_seconds": round(self.val_seconds, 2),
             "head_val_seconds": (
                 None if self.head_val_seconds is None else round(self.head_val_seconds, 2)
+            ),
+            "val_read_seconds": (
+                None if self.val_read_seconds is None else round(self.val_read_seconds, 2)
             ),
             "evaluate_seconds": round(self.evaluate_seconds, 2),
             "measure_seconds": round(self.measure_seconds, 2),
