@@ -428,8 +428,9 @@ def train_auto(
     # val's reading timed there alone, the model's share of phase 0 scaled by the pixels
     # (phase 0 ran the head at the cache's size); the views of an image share its reading
     reading = time.monotonic()
-    for _ in val:
-        pass
+    with Status("fine-tune: timing the val images' reading…", progress):
+        for _ in val:
+            pass
     val_read_seconds = time.monotonic() - reading
     pixels = max(1.0, (size[0] * size[1]) / (base_size[0] * base_size[1]))
     val_model_seconds = max(0.0, head_val_seconds - val_read_seconds) * pixels

@@ -257,6 +257,7 @@ def test_fine_tune_names_its_phases(tmp_path):
         "fine-tune: checking the images",
         "fine-tune: measuring the augmentation on",
         "fine-tune phase 0 head-only: scoring the head on val images",
+        "fine-tune: timing the val images' reading",
         "fine-tune: timing a train step of each phase (top, deeper)",
         "fine-tune: learning-rate range test (top layers)",
         "fine-tune plan: top 1 epoch",  # the estimate, before any phase trains
