@@ -23,6 +23,7 @@ import numpy as np
 from ..core.options import (
     DECODE_MODES,
     DEFAULT_DECODE,
+    MAIN_TAP,
     NAMED_WEIGHTS,
     POOLING_MODES,
     PRECISIONS,
@@ -208,6 +209,12 @@ def check_taps(resolved: FeatureSettings, taps: tuple[str, ...]) -> None:
             "last blocks)",
             "taps",
         )
+    if taps and "+" in resolved.layer:
+        raise InvalidOptionError(
+            f"taps: the features are layers side by side ({resolved.layer}); taps need "
+            "features of one layer",
+            "taps",
+        )
 
 
 def load_base(resolved: FeatureSettings) -> Any:
@@ -259,9 +266,7 @@ class FeatureExtractor:
 
             self.model = hub_feature_model(base, resolved, resolved.spec)
         else:
-            tapped = _tap_layer(base, resolved.layer, keras)
-            pooled = _pool(tapped.output, resolved.pooling, keras)
-            self.model = keras.Model(tapped.inputs, pooled, name=f"featcache_{base.name}")
+            self.model = _layers_model(base, resolved.layer, resolved.pooling, keras)
         if len(self.model.output.shape) != 2 or self.model.output.shape[1] is None:
             raise InvalidOptionError(
                 f"features of shape {tuple(self.model.output.shape)} are not (N, D)"
@@ -452,13 +457,32 @@ def _with_policy(model: Any, policy: str, precision: str, keras: Any) -> Any:
     return copy
 
 
+def _layers_model(base: Any, layer: str, pooling: str, keras: Any) -> Any:
+    """Images -> the pooled output of ``layer`` (empty: the backbone's own), or of several
+    layers side by side (``a+b``, :data:`~featcache.core.options.MAIN_TAP` for the
+    backbone's own output), concatenated in that order: what a head trained on taps side
+    by side (``train-head --tap a+b``) reads."""
+    parts = [part.strip() for part in layer.split("+")] if "+" in layer else [layer]
+    outputs = []
+    for index, part in enumerate(parts):
+        tapped = _tap_layer(base, "" if part == MAIN_TAP else part, keras)
+        suffix = f"_side{index}" if len(parts) > 1 else ""
+        outputs.append(_pool(tapped.output, pooling, keras, suffix=suffix))
+    if len(outputs) == 1:
+        return keras.Model(base.inputs, outputs[0], name=f"featcache_{base.name}")
+    if any(len(out.shape) != 2 for out in outputs):
+        raise InvalidOptionError(f"layer {layer!r}: a layer gives no (N, D) features", "layer")
+    joined = keras.layers.Concatenate(axis=-1, dtype="float32", name="featcache_side_by_side")
+    return keras.Model(base.inputs, joined(outputs), name=f"featcache_{base.name}")
+
+
 def _tap_layer(base: Any, layer: str, keras: Any, parameter: str = "layer") -> Any:
     if not layer:
         return base
     if "+" in layer:
         raise InvalidOptionError(
-            f"layer {layer!r}: features of several taps side by side; a model ends at one "
-            "layer (train the head on one tap to export or predict with it)",
+            f"{parameter} {layer!r}: one layer per tap (taps side by side are a+b in "
+            "train-head --tap, not in --taps)",
             parameter,
         )
     names = [each.name for each in base.layers]

@@ -197,7 +197,18 @@ def compare(
         files.append(write_json(rows, json_path))
     if plot is not None:
         files.append(write_plot(rows, plot, f"{label}: compare --protocol {protocol}"))
-    return Leaderboard(rows, folder, best_run, skipped, protocol, splits.notes, files)
+    notes = [*splits.notes, *_tap_notes(sources)]
+    return Leaderboard(rows, folder, best_run, skipped, protocol, notes, files)
+
+
+def _tap_notes(sources: list[_Source]) -> list[str]:
+    """How to train a head on a row of several taps (``train-head --tap``), when its name
+    is shortened."""
+    return [
+        f"{s.name} is train-head --tap {s.tap} (export, predict and fine-tune read it)"
+        for s in sources
+        if s.tap and s.name != s.tap
+    ]
 
 
 def _run(

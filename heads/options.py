@@ -489,10 +489,11 @@ class HeadOptions:
         kind=str,
         metavar="NAME",
         help="Train on a tap's features (extract --taps): its layer name, main (the "
-        "features), or a+b side by side. A head on one tap exports a model ending there.",
+        "features), or a+b side by side. The head exports a model ending at those layers.",
     )
     """A tap of the cache (``extract --taps``) to train on: its layer name, ``main``, or
-    ``a+b`` (side by side; such a head is not exported). None: the features."""
+    ``a+b`` (side by side, in that order; the exported model pools each layer and joins
+    them). None: the features."""
 
     def __post_init__(self) -> None:
         check_fields(self)

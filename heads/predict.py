@@ -8,8 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..core.files import check_new_output, written_file
+from ..core.options import MAIN_TAP
 from ..core.ranking import top_k as rank
 from ..store import CacheReader, open_cache
+from ..store.opening import with_tap
 from .options import DEFAULT_FEATURE_BATCH_SIZE, DEFAULT_TOP_K, SCORE_HEADS, check_options
 from .train import TrainedHead, load_head
 
@@ -41,7 +43,8 @@ def predict_cache(
     probability, top-k) for every row.
 
     The cache must come from the same backbone settings as the head's training cache (a
-    head trained on a tap, ``train-head --tap``, reads the cache's tap of that name). For
+    head trained on a tap, ``train-head --tap``, reads the cache's tap of that name, or its
+    taps side by side). For
     a linear-svm or ridge head the probability column is named ``score``: a softmax of the
     head's decision scores, which ranks the classes as the head does but is not calibrated.
     An existing ``output`` is refused before anything loads, unless ``overwrite``; the file is
@@ -53,9 +56,11 @@ def predict_cache(
     )
     head = load_head(run)
     reader = open_cache(cache)
-    tap = head.meta.get("tap")
-    if tap and tap in getattr(reader, "tap_info", {}):  # a head on a tap: the cache's tap
-        reader = reader.tap(tap)
+    tap = str(head.meta.get("tap") or "")
+    names = [name.strip() for name in tap.split("+")] if tap else []
+    known = {MAIN_TAP, *getattr(reader, "tap_info", {})}
+    if names and set(names) <= known:  # a head on taps: the cache's taps of those names
+        reader = with_tap(reader, tap)
     check_cache_suits(head, reader)
     names = head.class_names
     columns = [names[c] for c in head.classes]

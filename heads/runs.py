@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..core.options import MAIN_TAP
 from ..core.settings import FeatureSettings
 from ..errors import CacheError, InvalidOptionError
 from .options import LINEAR_HEADS, ZERO_SHOT
@@ -42,18 +43,19 @@ def head_settings(meta: dict[str, Any]) -> FeatureSettings:
     caches' features has none: CacheError)."""
     caches = meta.get("caches") or []
     tap = str(meta.get("tap") or "")
-    if "+" in tap:
-        raise CacheError(
-            f"the head was trained on taps side by side ({tap}): a model ends at one layer; "
-            "predicting, exporting and fine-tuning need a head trained on one tap (--tap NAME)"
-        )
+    recorded = meta["cache_settings"]
+    if "+" in tap:  # taps of one cache side by side: a model ends at each of their layers
+        if "+" not in str(recorded.get("layer", "")):  # heads from before layers were joined
+            layer = str(recorded.get("layer") or MAIN_TAP)
+            parts = [layer if n.strip() == MAIN_TAP else n.strip() for n in tap.split("+")]
+            recorded = {**recorded, "layer": "+".join(parts)}
+        caches = caches[:1]
     if len(caches) > 1:
         raise CacheError(
             f"the head was trained on the features of {len(caches)} caches joined "
             f"({', '.join(caches)}): predicting, exporting and fine-tuning need a "
             "head trained on one cache"
         )
-    recorded = meta["cache_settings"]
     if not recorded.get("feature_dim"):  # the width is known from the head itself
         recorded = {**recorded, "feature_dim": meta.get("feature_dim", 0)}
     return FeatureSettings.from_mapping(recorded)

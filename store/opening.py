@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,7 +72,8 @@ def open_caches(caches: Caches, tap: str | None = None) -> CacheReader:
 def with_tap(reader: CacheReader, tap: str) -> CacheReader:
     """``reader`` with the features of one tap (``extract --taps``; ``main``: the
     features), or of several side by side (``a+b``: a :class:`JointCache` of them, named
-    ``STEM@a+b``, from which no model can be exported)."""
+    ``STEM@a+b``, whose ``settings.layer`` is their layers joined by ``+``: a model
+    exported from a head trained on them ends at each of those layers)."""
     if isinstance(reader, JointCache | ShardedCache):
         raise InvalidOptionError(f"tap {tap!r}: taps are read from one cache file", "tap")
     names = [name.strip() for name in tap.split("+")]
@@ -79,9 +81,14 @@ def with_tap(reader: CacheReader, tap: str) -> CacheReader:
         return reader.tap(names[0])
     if len(set(names)) != len(names):
         raise InvalidOptionError(f"tap {tap!r}: a tap is named twice", "tap")
-    return JointCache(
-        [reader.tap(n) for n in names], reader.path.parent / f"{reader.path.stem}@{tap}"
-    )
+    members = [reader.tap(n) for n in names]
+    joint = JointCache(members, reader.path.parent / f"{reader.path.stem}@{tap}")
+    layers = "+".join(m.settings.layer or MAIN_TAP for m in members)
+    joint.settings = replace(
+        members[0].settings, layer=layers, feature_dim=joint.feature_dim, views=1, augment=(),
+        taps=(),
+    )  # fmt: skip
+    return joint
 
 
 def tap_names(reader: CacheReader, taps: str) -> list[str]:

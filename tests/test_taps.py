@@ -3,7 +3,7 @@ forward pass) -> inspect lists the taps -> compare --taps all ranks tap x protoc
 intervals -> train-head --tap on an inner layer -> export builds a model that ends at that
 layer -> predict on the images gives what the head gives on the cached tap features.
 Then: a rerun adds taps for new images and refuses another tap list; a head on two taps
-side by side trains but is not exported."""
+side by side exports, predicts and fine-tunes."""
 
 from __future__ import annotations
 
@@ -108,6 +108,9 @@ def test_taps_journey(tapped):
     )
     sources = {row["source"] for row in board["rows"]}
     assert sources == {"main", *(t["name"] for t in taps), "concat(5 taps)"}
+    every = "+".join(["main", *(t["name"] for t in taps)])
+    note = f"concat(5 taps) is train-head --tap {every} (export, predict and fine-tune read it)"
+    assert note in board["notes"]
     assert all(
         row["test_acc1_low"] <= row["test_acc1"] <= row["test_acc1_high"] for row in board["rows"]
     )
@@ -209,16 +212,53 @@ def test_rerun_adds_taps_for_new_images_and_keeps_the_tap_list(tapped, tmp_path)
     assert not list(tmp_path.glob("c.h5.search@*")) and (tmp_path / "c.h5.search.npy").exists()
 
 
-def test_a_head_on_two_taps_side_by_side_trains_but_is_not_exported(tapped, tmp_path):
-    _, _, cache = tapped
+def test_a_head_on_taps_side_by_side_exports_predicts_and_fine_tunes(tapped, tmp_path):
+    """compare ranks taps side by side; the head trained on them (an inner tap before main,
+    so the order of the columns matters) exports a model ending at both layers that gives
+    on the images what it gives on the cached taps, predicts on a folder and on the cache
+    alike, and fine-tunes into a model that predict reads."""
+    _, data, cache = tapped
     runner = CliRunner()
     run = tmp_path / "run"
-    _ok(runner, "train-head", cache, "--tap", "main+conv_pw_11_relu", "--head", "logreg", "-o", run)
-    assert load_head(run).meta["feature_dim"] == 1024 + 512
-    result = runner.invoke(main, ["export", str(run), "-o", str(tmp_path / "m.keras")])
-    assert result.exit_code == 2, result.output
-    assert "taps side by side (main+conv_pw_11_relu): a model ends at one layer" in result.output
-    assert not (tmp_path / "m.keras").exists()
+    tap = "conv_pw_5_relu+main"
+    _ok(runner, "train-head", cache, "--tap", tap, "--epochs", "3", "-o", run)
+    head = load_head(run)
+    assert head.meta["feature_dim"] == 256 + 1024
+    assert head.settings.layer == "conv_pw_5_relu+main"
+
+    from featcache.heads.endtoend import load_model
+
+    _ok(runner, "export", run, "-o", tmp_path / "m.keras")
+    model, _, _ = load_model(tmp_path / "m.keras")
+    reader = open_cache(cache)
+    joined = np.concatenate([reader.tap("conv_pw_5_relu").features(), reader.features()], axis=1)
+    expected = head.predict_proba(joined)
+    pixels = np.stack(
+        [decode_image((data / p).read_bytes()).astype(np.float32) for p in reader.paths]
+    )
+    np.testing.assert_allclose(np.asarray(model(pixels)), expected, atol=1e-4)
+
+    on_images, on_cache = tmp_path / "images.csv", tmp_path / "cache.csv"
+    _ok(runner, "predict", run, data, "-o", on_images)
+    _ok(runner, "predict", run, cache, "-o", on_cache)
+    with open(on_images) as handle:
+        from_images = {r["path"]: float(r["probability"]) for r in csv.DictReader(handle)}
+    with open(on_cache) as handle:
+        rows = csv.DictReader(handle)
+        from_cache = {str(data / r["path"]): float(r["probability"]) for r in rows}
+    assert from_images == pytest.approx(from_cache, abs=1e-4)
+    assert from_cache == pytest.approx(
+        {str(data / p): row.max() for p, row in zip(reader.paths, expected)}, abs=1e-5
+    )
+
+    tuned = tmp_path / "ft"
+    _ok(runner, "fine-tune", cache, "--head", run, "--schedule", "fixed", "--epochs", "1",
+        "-o", tuned)  # fmt: skip
+    assert "conv_pw_5_relu" in _layers(load_model(tuned / "model.keras")[0])
+    out = tmp_path / "tuned.csv"
+    _ok(runner, "predict", tuned / "model.keras", data, "-o", out)
+    with open(out) as handle:
+        assert len(list(csv.DictReader(handle))) == len(reader.paths)
 
 
 def test_a_cache_without_taps_is_written_as_before(class_folder, tmp_path):
