@@ -94,9 +94,10 @@ def search(
     scanned exactly, each row projected into the shared space.
 
     ``tap`` searches the features of a tap of the cache (``extract --taps``; ``main``: the
-    features; ``a+b``: side by side, by row only), with an index of their own
+    features; ``a+b``: side by side), with an index of their own
     (``CACHE.search@TAP.npy``, ...). An image is then embedded by the backbone up to that
-    tap's layer; a text cannot be searched in a tap's space (it is no image-text space).
+    tap's layer (each of ``a+b``'s, side by side); a text cannot be searched in a tap's
+    space (it is no image-text space).
 
     >>> search("cache/mobilenet.h5", row=3, k=5).hits[0]["path"]  # doctest: +SKIP
     """
@@ -178,7 +179,7 @@ def _image_query(reader: CacheReader, searcher: Searcher, path: Path) -> tuple[n
         return searcher.row_vector(same), f"{path} (row {same}: same content)"
     from ..backbones.rebuild import rebuild_backbone
     from ..extractor.decode import BadImageError, decode_and_resize
-    from ..store.joint import one_backbone
+    from ..store.joint import one_backbone, stored_dtype
 
     one_backbone(reader, "a search by image")
 
@@ -191,5 +192,5 @@ def _image_query(reader: CacheReader, searcher: Searcher, path: Path) -> tuple[n
     except BadImageError as exc:
         raise InvalidOptionError(f"image {str(path)!r}: {exc}", "image") from None
     features = np.asarray(extractor(pixels[None]), np.float32)
-    stored = features.astype(reader.dtype).astype(np.float32)  # as the cache rounds them
+    stored = features.astype(stored_dtype(reader)).astype(np.float32)  # as the cache rounds them
     return normalize(stored)[0], str(path)

@@ -95,7 +95,8 @@ def audit_command(
     default=None,
     metavar="NAME",
     help="Search a tap's features (extract --taps): its layer name, main (the features), "
-    "or a+b side by side (by row only); an image is embedded up to that layer. Not with --text.",
+    "or a+b side by side; an image is embedded up to that layer (each of a+b's). Not with "
+    "--text.",
 )
 @click.option("--rebuild", is_flag=True, help="Rebuild the index from scratch first.")
 @click.option(

@@ -559,7 +559,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
     def _cache_query(self, reader: Any, content: Any, context: grpc.ServicerContext) -> Any:
         """One image's normalised features from the pool's model for the cache's settings,
         built only as a request's settings may be (:meth:`_cache_config`)."""
-        from ..store.joint import one_backbone
+        from ..store.joint import one_backbone, stored_dtype
         from ..store.search_index import normalize
 
         one_backbone(reader, "a search by image")
@@ -586,7 +586,7 @@ class ExtractorServicer(pb_grpc.ExtractorServicer):
             )
         if reasons[0] is not None:
             raise InvalidOptionError(f"image: {reasons[0]}", "image")
-        stored = np.asarray(features, np.float32).astype(reader.dtype).astype(np.float32)
+        stored = np.asarray(features, np.float32).astype(stored_dtype(reader)).astype(np.float32)
         return normalize(stored)[0]
 
     def _embed(self, request: Any, settings: Any, context: grpc.ServicerContext) -> Any:

@@ -124,6 +124,11 @@ class JointCache(CacheReader):
         return (0, digest, sum(r.identity[2] for r in self.readers), digest)
 
     @property
+    def one_file(self) -> bool:
+        """True when every part is read from one cache file (its taps side by side)."""
+        return len({r.path for r in self.readers}) == 1
+
+    @property
     def views(self) -> int:
         """Joined caches are read without their augmented views."""
         return 1
@@ -171,9 +176,19 @@ def _content_keys(reader: CacheReader) -> dict[tuple[str, int], int]:
     return keys
 
 
-def one_backbone(reader: CacheReader, what: str) -> None:
-    """Refuse ``what`` (an image query) on joined caches: no one backbone embeds for them."""
+def stored_dtype(reader: CacheReader) -> np.dtype:
+    """The type ``reader``'s features are stored in (joined caches read as float32: theirs
+    when every part stores one type), so that a new image's features round as theirs did."""
     if isinstance(reader, JointCache):
+        kinds = {np.dtype(r.dtype) for r in reader.readers}
+        return kinds.pop() if len(kinds) == 1 else np.dtype(np.float32)
+    return np.dtype(reader.dtype)
+
+
+def one_backbone(reader: CacheReader, what: str) -> None:
+    """Refuse ``what`` (an image query) on joined caches: no one backbone embeds for them
+    (taps of one cache side by side are one backbone: its layers joined)."""
+    if isinstance(reader, JointCache) and not reader.one_file:
         raise DatasetError(
             f"{reader.path}: {what} needs one backbone; these caches join "
             f"{len(reader.readers)} (search them by row, or search one of them)"

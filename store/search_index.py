@@ -89,8 +89,9 @@ def query_top_k(
 
 def search_tap(tap: str | None, *, image: bool, text: bool) -> str:
     """The tap a search asks for (None or empty: ``main``), refused in one line for a
-    query its space cannot take: a text (a tap is no image-text space), an image on taps
-    side by side (``a+b``). ``featcache search`` and the ``Search`` RPC share it."""
+    query its space cannot take: a text (a tap is no image-text space). An image on taps
+    side by side (``a+b``) is embedded up to each of their layers. ``featcache search`` and
+    the ``Search`` RPC share it."""
     if tap is None or not tap.strip() or tap.strip() == MAIN_TAP:
         return MAIN_TAP
     tap = tap.strip()
@@ -99,12 +100,6 @@ def search_tap(tap: str | None, *, image: bool, text: bool) -> str:
             f"tap {tap!r}: a text is searched in the image-text space of the cache's "
             "features (a CLIP or SigLIP cache, extract --projection), which a tap is not in; "
             "search the tap by image or row",
-            "tap",
-        )
-    if image and "+" in tap:
-        raise InvalidOptionError(
-            f"tap {tap!r}: an image is embedded up to one layer, not several side by side; "
-            "search by row, or by image in one tap",
             "tap",
         )
     return tap
