@@ -146,7 +146,7 @@ def resolve_backbone(config: BackboneConfig) -> FeatureSettings:
         size or (0, 0),
         config.resize,
         config.pooling,
-        config.layer or "",
+        "" if config.layer in (None, MAIN_TAP) else config.layer,  # main: the last layer
         preprocessing,
         config.seed,
         precision=config.precision,

@@ -304,8 +304,14 @@ class BackboneConfig:
         "keras-hub transformers: cls, mean (avg: the same; class and register tokens "
         "skipped), cls+mean or none.",
     )
-    layer: str | None = option("", help="Take features from this inner layer.", kind=str)
-    """An inner layer to tap ("" or None: the last)."""
+    layer: str | None = option(
+        "",
+        help="Take features from this inner layer (a+b: several, each pooled, side by side; "
+        "main: the backbone's own output).",
+        kind=str,
+    )
+    """An inner layer to tap ("", None or ``main``: the last; ``a+b``: several side by side,
+    in that order, as a head on taps side by side reads them)."""
     preprocessing: str = option(
         DEFAULT_PREPROCESSING,
         help="auto (the backbone's preprocess_input), none, or a backbone name.",

@@ -58,8 +58,10 @@ def predict_cache(
     reader = open_cache(cache)
     tap = str(head.meta.get("tap") or "")
     names = [name.strip() for name in tap.split("+")] if tap else []
-    known = {MAIN_TAP, *getattr(reader, "tap_info", {})}
-    if names and set(names) <= known:  # a head on taps: the cache's taps of those names
+    known = getattr(reader, "tap_info", {})
+    if len(names) == 1 and names[0] in known:  # a head on a tap: the cache's tap
+        reader = reader.tap(names[0])
+    elif len(names) > 1 and set(names) <= {MAIN_TAP, *known}:  # its taps side by side
         reader = with_tap(reader, tap)
     check_cache_suits(head, reader)
     names = head.class_names

@@ -46,9 +46,7 @@ def head_settings(meta: dict[str, Any]) -> FeatureSettings:
     recorded = meta["cache_settings"]
     if "+" in tap:  # taps of one cache side by side: a model ends at each of their layers
         if "+" not in str(recorded.get("layer", "")):  # heads from before layers were joined
-            layer = str(recorded.get("layer") or MAIN_TAP)
-            parts = [layer if n.strip() == MAIN_TAP else n.strip() for n in tap.split("+")]
-            recorded = {**recorded, "layer": "+".join(parts)}
+            recorded = {**recorded, "layer": _joined_layers(tap, recorded)}
         caches = caches[:1]
     if len(caches) > 1:
         raise CacheError(
@@ -59,6 +57,19 @@ def head_settings(meta: dict[str, Any]) -> FeatureSettings:
     if not recorded.get("feature_dim"):  # the width is known from the head itself
         recorded = {**recorded, "feature_dim": meta.get("feature_dim", 0)}
     return FeatureSettings.from_mapping(recorded)
+
+
+def _joined_layers(tap: str, recorded: dict[str, Any]) -> str:
+    """The layers of taps side by side for a head saved before ``head.json`` recorded them:
+    it recorded the first tap's layer; the others are named by their taps, except ``main``
+    (the cache's own layer, not recorded then) after the first: CacheError."""
+    names = [name.strip() for name in tap.split("+")]
+    if MAIN_TAP in names[1:]:
+        raise CacheError(
+            f"the head was trained on taps side by side ({tap}) by an older featcache, "
+            "which did not record the layer of main after the first tap: train it again"
+        )
+    return "+".join([str(recorded.get("layer") or MAIN_TAP), *names[1:]])
 
 
 def check_head(run: str | os.PathLike[str], purpose: str = "export") -> dict[str, Any]:

@@ -88,6 +88,7 @@ def with_tap(reader: CacheReader, tap: str) -> CacheReader:
         members[0].settings, layer=layers, feature_dim=joint.feature_dim, views=1, augment=(),
         taps=(),
     )  # fmt: skip
+    joint.attrs = {**joint.attrs, "layer": layers, "feature_dim": joint.feature_dim, "tap": tap}
     return joint
 
 

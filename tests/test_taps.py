@@ -261,6 +261,24 @@ def test_a_head_on_taps_side_by_side_exports_predicts_and_fine_tunes(tapped, tmp
         assert len(list(csv.DictReader(handle))) == len(reader.paths)
 
 
+def test_heads_on_taps_side_by_side_saved_before_their_layers_were_recorded():
+    """head.json of an older featcache recorded the first tap's layer only: main first is
+    the cache's own output, later taps their names; main after the first is refused."""
+    from featcache.errors import CacheError
+    from featcache.heads.runs import head_settings
+
+    settings = {"backbone": "mobilenet", "weights": "none", "image_size": [64, 64],
+                "pooling": "avg", "layer": "", "feature_dim": 1280}  # fmt: skip
+    old = {"cache_settings": settings, "caches": ["c.h5", "c.h5"], "feature_dim": 1280}
+    assert head_settings({**old, "tap": "main+conv_pw_11_relu"}).layer == "main+conv_pw_11_relu"
+    tapped = {**old, "cache_settings": {**settings, "layer": "conv_pw_5_relu", "feature_dim": 768}}
+    assert head_settings({**tapped, "tap": "conv_pw_5_relu+conv_pw_11_relu"}).layer == (
+        "conv_pw_5_relu+conv_pw_11_relu"
+    )
+    with pytest.raises(CacheError, match=r"did not record the layer of main .*: train it again"):
+        head_settings({**tapped, "tap": "conv_pw_5_relu+main"})
+
+
 def test_a_cache_without_taps_is_written_as_before(class_folder, tmp_path):
     from featcache import extract
 

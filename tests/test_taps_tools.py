@@ -2,8 +2,8 @@
 -> audit --tap finds near-duplicates and outliers in that tap's space -> search --tap by row
 ranks by the tap's cosines, with an index of the tap's own that the features' index never
 replaces -> search --tap by a new image embeds it up to the tap -> plot --tap maps the tap.
-Then the refusals: a text or the zero-shot opinion in a tap's space, an image on taps side
-by side, and a tap the cache has not, each in one line."""
+Then the refusals: a text or the zero-shot opinion in a tap's space and a tap the cache has
+not, each in one line."""
 
 from __future__ import annotations
 
