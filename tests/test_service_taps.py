@@ -127,11 +127,11 @@ def test_search_rpc_refuses_what_a_tap_cannot_answer_in_one_line(served):
 def test_clients_at_once_build_each_taps_index_once_and_agree(served):
     """Eight clients at once, half in a tap and half in the features of a cache whose
     indexes do not exist yet: every answer equals the library's, and each space has one
-    index of its own."""
+    index of its own. Then four at once by image in taps side by side."""
     import shutil
     from concurrent.futures import ThreadPoolExecutor
 
-    _, cache, client = served
+    root, cache, client = served
     fresh = cache.with_name("fresh.h5")
     shutil.copyfile(cache, fresh)
     tap = open_cache(fresh).taps[-1]
@@ -143,3 +143,11 @@ def test_clients_at_once_build_each_taps_index_once_and_agree(served):
     made = sorted(p.name for p in fresh.parent.glob("fresh.h5.search*"))
     assert "fresh.h5.search.npy" in made and f"fresh.h5.search@{tap}.npy" in made, made
     assert not [name for name in made if "tmp" in name or name.endswith(".partial")], made
+    # four clients at once by image in taps side by side: one model up to both layers
+    both = f"{open_cache(fresh).taps[0]}+main"
+    images = sorted((root / "data" / "sandal").glob("*.png"))[:4]
+    with ThreadPoolExecutor(len(images)) as pool:
+        found = list(pool.map(lambda i: client.search("fresh.h5", i, k=3, tap=both), images))
+    for image, remote in zip(images, found):
+        _same(remote, search(fresh, image, k=3, tap=both, progress=False).hits, atol=1e-4)
+        assert remote[0]["path"] == f"sandal/{image.name}"  # its own row, at a cosine of ~1
