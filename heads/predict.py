@@ -44,9 +44,9 @@ def predict_cache(
 
     The cache must come from the same backbone settings as the head's training cache (a
     head trained on a tap, ``train-head --tap``, reads the cache's tap of that name, or its
-    taps side by side). For
-    a linear-svm or ridge head the probability column is named ``score``: a softmax of the
-    head's decision scores, which ranks the classes as the head does but is not calibrated.
+    taps side by side). For a linear-svm or ridge head the probability column is named
+    ``score``: a softmax of the head's decision scores, which ranks the classes as the head
+    does but is not calibrated.
     An existing ``output`` is refused before anything loads, unless ``overwrite``; the file is
     written under a temporary name and renamed into place.
     """
