@@ -219,8 +219,13 @@ def test_a_head_on_taps_side_by_side_exports_predicts_and_fine_tunes(tapped, tmp
     alike, and fine-tunes into a model that predict reads."""
     _, data, cache = tapped
     runner = CliRunner()
+    board = json.loads(
+        _ok(runner, "compare", cache, "--taps", "conv_pw_5_relu,main", "--protocol",
+            "linear-probe", "--bootstrap", "50", "-o", tmp_path / "cmp", "--json")
+    )  # fmt: skip
+    tap = next(row["source"] for row in board["rows"] if "+" in row["source"])
+    assert tap == "conv_pw_5_relu+main"  # the row side by side, named as --tap takes it
     run = tmp_path / "run"
-    tap = "conv_pw_5_relu+main"
     _ok(runner, "train-head", cache, "--tap", tap, "--epochs", "3", "-o", run)
     head = load_head(run)
     assert head.meta["feature_dim"] == 256 + 1024
